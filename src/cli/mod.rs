@@ -1,0 +1,190 @@
+//! The `kiln` command line.
+
+use crate::diag::{self, render_json, render_text, Code, Diagnostic, SourceMap};
+use crate::spec::{self, schema, Document};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+const EXAMPLES: &str = "\
+Examples:
+  kiln validate recipes/default.yaml
+  kiln validate models/*.yaml recipes/*.yaml --format json
+  kiln validate recipes/default.yaml --set train.optimizer.lr=3e-4 --set model.vars.d_model=128
+  kiln schema --out schemas/
+  kiln completions bash > /etc/bash_completion.d/kiln";
+
+/// kiln: a declarative model compiler. Describe a sequence model and an experiment in YAML;
+/// kiln validates them against its schemas with precise diagnostics.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, after_help = EXAMPLES, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check model and recipe files against the schemas and report every problem at once.
+    ///
+    /// Exit status: 0 when every file is valid, 1 when one is invalid, 2 when one cannot be
+    /// read as YAML (missing file, not UTF-8, syntax error).
+    #[command(after_help = "Examples:\n  kiln validate recipes/default.yaml\n  kiln validate models/*.yaml --format json\n  kiln validate recipes/default.yaml --set train.steps=100")]
+    Validate {
+        /// Files to check (`kind: model` or `kind: recipe`).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Override a value before validation, e.g. `train.optimizer.lr=3e-4` (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Output format of the diagnostics.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Write the JSON Schemas of model and recipe files (for editors and other validators).
+    #[command(after_help = "Examples:\n  kiln schema --out schemas/\n  kiln schema --check schemas/")]
+    Schema {
+        /// Folder to write `model.schema.json` and `recipe.schema.json` into; without it the
+        /// recipe schema is printed.
+        #[arg(long, value_name = "DIR", conflicts_with = "check")]
+        out: Option<PathBuf>,
+        /// Compare the schemas in DIR with the generated ones; exit 1 when they differ.
+        #[arg(long, value_name = "DIR")]
+        check: Option<PathBuf>,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  kiln completions bash > ~/.local/share/bash-completion/completions/kiln")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Diagnostic output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable, with source snippets.
+    Text,
+    /// A JSON object per file with its diagnostics.
+    Json,
+}
+
+/// Run the command line; returns the exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => 2,
+            };
+        }
+    };
+    match cli.command {
+        Command::Validate { files, set, format } => validate(&files, &set, format),
+        Command::Schema { out, check } => schema_cmd(out.as_deref(), check.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+            0
+        }
+    }
+}
+
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
+    let mut status = 0;
+    let mut json_files = Vec::new();
+    for file in files {
+        let mut sources = SourceMap::new();
+        let result = spec::load(file, set, &mut sources);
+        let (diags, file_status, summary) = match &result {
+            Ok(doc) => (Vec::new(), 0, describe(doc)),
+            Err(e) => (e.diags.clone(), if e.unreadable() { 2 } else { 1 }, String::new()),
+        };
+        status = status.max(file_status);
+        match format {
+            Format::Text => {
+                if !diags.is_empty() {
+                    eprint!("{}", render_text(&diags, &sources, color()));
+                    let n = diags.iter().filter(|d| d.is_error()).count();
+                    eprintln!("{}: {n} error{}", file.display(), if n == 1 { "" } else { "s" });
+                } else {
+                    println!("{}: ok ({summary})", file.display());
+                }
+            }
+            Format::Json => json_files.push(serde_json::json!({
+                "file": file.display().to_string(),
+                "valid": file_status == 0,
+                "diagnostics": render_json(&diags, &sources),
+            })),
+        }
+    }
+    if format == Format::Json {
+        let out = serde_json::json!({ "files": json_files });
+        println!("{}", serde_json::to_string_pretty(&out).expect("json serializes"));
+    }
+    status
+}
+
+fn describe(doc: &Document) -> String {
+    match doc {
+        Document::Model(m) => format!(
+            "model{}, {} top-level layers",
+            m.spec.name.as_ref().map(|n| format!(" `{n}`")).unwrap_or_default(),
+            m.spec.layers.len()
+        ),
+        Document::Recipe(r) => format!(
+            "recipe{}, model {}",
+            r.spec.name.as_ref().map(|n| format!(" `{n}`")).unwrap_or_default(),
+            r.model_path.as_ref().map_or_else(|| "inline".to_string(), |p| format!("`{}`", p.display()))
+        ),
+    }
+}
+
+fn schema_cmd(out: Option<&Path>, check: Option<&Path>) -> i32 {
+    let schemas = schema::all();
+    if let Some(dir) = check {
+        let mut stale = Vec::new();
+        for (name, s) in &schemas {
+            let path = dir.join(name);
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(schema::to_text(s).as_str()) {
+                stale.push(path.display().to_string());
+            }
+        }
+        if stale.is_empty() {
+            println!("schemas in {} are up to date", dir.display());
+            return 0;
+        }
+        eprintln!("stale schemas: {}\nrun `kiln schema --out {}` and commit the result", stale.join(", "), dir.display());
+        return 1;
+    }
+    let Some(dir) = out else {
+        let (_, recipe) = schemas.iter().find(|(n, _)| *n == "recipe.schema.json").expect("recipe schema exists");
+        print!("{}", schema::to_text(recipe));
+        return 0;
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        report_io(&format!("cannot create `{}`: {e}", dir.display()));
+        return 2;
+    }
+    for (name, s) in &schemas {
+        let path = dir.join(name);
+        if let Err(e) = crate::util::write_atomic(&path, schema::to_text(s).as_bytes()) {
+            report_io(&format!("cannot write `{}`: {e}", path.display()));
+            return 2;
+        }
+        println!("wrote {}", path.display());
+    }
+    0
+}
+
+fn report_io(msg: &str) {
+    let d = Diagnostic::error(Code::Io, None, msg);
+    let mut diags = vec![d];
+    diag::sort(&mut diags);
+    let _ = std::io::stderr().write_all(render_text(&diags, &SourceMap::new(), color()).as_bytes());
+}

@@ -1,0 +1,13 @@
+//! The spec stage: YAML documents (`kind: model`, `kind: recipe`), their types, their JSON
+//! Schemas, and loading with validation.
+
+pub mod load;
+pub mod model;
+pub mod recipe;
+pub mod schema;
+pub mod validate;
+pub mod yaml;
+
+pub use load::{load, DocKind, Document, LoadError, LoadedModel, LoadedRecipe};
+pub use model::{Activation, Layer, ModelSpec};
+pub use recipe::RecipeSpec;

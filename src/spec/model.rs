@@ -1,0 +1,321 @@
+//! `kind: model` documents: a list of layers composed with blocks.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The `kind` of a model document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// A model specification.
+    Model,
+}
+
+/// A kiln model: an architecture written as a list of layers.
+///
+/// Numbers anywhere in a model may be written as `$name`, a reference to an entry of `vars`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "kiln model")]
+pub struct ModelSpec {
+    /// Document kind; always `model`.
+    pub kind: ModelKind,
+    /// Short name used in reports and run directories.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Free text describing the model.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Token vocabulary size. Leave it out in a model used by a recipe: the recipe's task
+    /// supplies it (and a different value here is an error).
+    #[serde(default)]
+    #[schemars(range(min = 2, max = 1048576))]
+    pub vocab: Option<u32>,
+    /// Named values that numbers in the model refer to as `$name`, e.g. `d_model: 64` and then
+    /// `dim: $d_model`. Override them from the command line with `--set vars.d_model=128`
+    /// (or `--set model.vars.d_model=128` on a recipe).
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}))]
+    pub vars: BTreeMap<String, VarValue>,
+    /// The layers, applied in order to the token ids. The first layer is usually `embedding`
+    /// and the last `head`.
+    #[schemars(length(min = 1))]
+    pub layers: Vec<Layer>,
+}
+
+/// The value of a variable: a number or a boolean.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum VarValue {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A real number.
+    Float(f64),
+}
+
+/// An activation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(0, x).
+    Relu,
+    /// Gaussian error linear unit (exact, erf form).
+    Gelu,
+    /// x · sigmoid(x) (swish).
+    Silu,
+    /// Hyperbolic tangent.
+    Tanh,
+}
+
+/// Rotary position embedding (RoPE) of queries and keys.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rope {
+    /// Base of the rotation frequencies: pair i of a head of dimension d rotates by
+    /// position · base^(−2i/d). kiln pairs dimension i with i + d/2 (the Hugging Face / Llama
+    /// convention).
+    #[serde(default = "default_rope_base")]
+    #[schemars(range(min = 1.0, max = 1e12))]
+    pub base: f64,
+}
+
+fn default_rope_base() -> f64 {
+    10000.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ln_eps() -> f64 {
+    1e-5
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_one() -> u32 {
+    1
+}
+
+/// One layer or block of layers. `type` selects which; the other keys configure it.
+///
+/// Every layer maps a sequence `[batch, seq, width]` to a sequence of the same length; the width
+/// may change (`embedding`, `linear`, `lstm`, `head`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Layer {
+    /// Token embedding: token ids `[batch, seq]` to vectors `[batch, seq, dim]`.
+    Embedding {
+        /// Width of the embedding vectors (d_model).
+        #[schemars(range(min = 1, max = 65536))]
+        dim: u32,
+        /// Multiply the embeddings by √dim (as in "Attention is all you need").
+        #[serde(default)]
+        scale: bool,
+    },
+    /// Add fixed sinusoidal position encodings (Vaswani et al. 2017): sin at even, cos at odd
+    /// feature indices, frequency 10000^(−2i/width).
+    SinusoidalPositions {},
+    /// Add a learned position embedding for positions 0..max_len−1.
+    LearnedPositions {
+        /// Longest sequence the model can read.
+        #[schemars(range(min = 1, max = 1048576))]
+        max_len: u32,
+    },
+    /// Multi-head self-attention, with grouped-query attention when `kv_heads` < `heads`.
+    Attention {
+        /// Number of query heads.
+        #[schemars(range(min = 1, max = 1024))]
+        heads: u32,
+        /// Number of key/value heads (grouped-query attention); must divide `heads`. Query head
+        /// h uses key/value head ⌊h / (heads / kv_heads)⌋. Leave it out for ordinary attention.
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 1024))]
+        kv_heads: Option<u32>,
+        /// Width of each head; leave it out for width / heads.
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 4096))]
+        head_dim: Option<u32>,
+        /// Let position t attend only to positions ≤ t. Required for next-token prediction.
+        #[serde(default = "default_true")]
+        causal: bool,
+        /// Rotary position embedding of queries and keys; leave it out for none.
+        #[serde(default)]
+        rope: Option<Rope>,
+        /// QK-norm: l2-normalize queries and keys per head and scale the logits by a learned
+        /// scalar g (initialised to 10) instead of 1/√head_dim.
+        #[serde(default)]
+        qk_norm: bool,
+        /// Add biases to the query, key, value and output projections.
+        #[serde(default = "default_true")]
+        bias: bool,
+        /// Dropout on the attention weights during training.
+        #[serde(default)]
+        #[schemars(range(min = 0.0, max = 0.99))]
+        dropout: f64,
+    },
+    /// Layer normalisation over the feature axis, with learned gain and bias.
+    Layernorm {
+        /// Added to the variance for numerical stability.
+        #[serde(default = "default_ln_eps")]
+        #[schemars(range(min = 0.0, max = 1.0))]
+        eps: f64,
+    },
+    /// RMS normalisation: x / sqrt(mean(x²) + eps) · g (Zhang & Sennrich 2019).
+    Rmsnorm {
+        /// Added to the mean square for numerical stability.
+        #[serde(default = "default_rms_eps")]
+        #[schemars(range(min = 0.0, max = 1.0))]
+        eps: f64,
+    },
+    /// Position-wise feed-forward network: linear → activation → dropout → linear, back to the
+    /// input width.
+    Mlp {
+        /// Hidden width.
+        #[schemars(range(min = 1, max = 1048576))]
+        hidden: u32,
+        /// Activation between the two linear maps.
+        #[serde(default = "default_activation")]
+        activation: Activation,
+        /// Add biases to both linear maps.
+        #[serde(default = "default_true")]
+        bias: bool,
+        /// Dropout after the activation during training.
+        #[serde(default)]
+        #[schemars(range(min = 0.0, max = 0.99))]
+        dropout: f64,
+    },
+    /// SwiGLU feed-forward network: (SiLU(x W₁) ⊙ x W₃) W₂ (Shazeer 2020).
+    Swiglu {
+        /// Hidden width (often 2/3 · 4 · width to match an MLP's parameter count).
+        #[schemars(range(min = 1, max = 1048576))]
+        hidden: u32,
+        /// Add biases to the three linear maps.
+        #[serde(default)]
+        bias: bool,
+    },
+    /// A stack of unidirectional LSTM layers (PyTorch `nn.LSTM` gates i, f, g, o, two biases);
+    /// the output width is `hidden`.
+    Lstm {
+        /// Width of the hidden state and of the output.
+        #[schemars(range(min = 1, max = 65536))]
+        hidden: u32,
+        /// Number of stacked LSTM layers.
+        #[serde(default = "default_one")]
+        #[schemars(range(min = 1, max = 64))]
+        layers: u32,
+        /// Dropout between stacked layers during training (not after the last one).
+        #[serde(default)]
+        #[schemars(range(min = 0.0, max = 0.99))]
+        dropout: f64,
+    },
+    /// Global spectral filter (GFNet, 1-D): rfft over the sequence, multiply by a learned
+    /// complex filter per frequency and feature, irfft back. Its causal form learns a kernel of
+    /// `max_len` taps and convolves with zero padding to 2·max_len, so no position sees a later
+    /// one.
+    SpectralGate {
+        /// Longest sequence; the filter is sized for it and shorter inputs are zero-padded.
+        #[schemars(range(min = 2, max = 1048576))]
+        max_len: u32,
+        /// Causal (linear, zero-padded) convolution instead of the circular one.
+        #[serde(default = "default_true")]
+        causal: bool,
+    },
+    /// Dropout during training.
+    Dropout {
+        /// Probability of zeroing each value.
+        #[schemars(range(min = 0.0, max = 0.99))]
+        p: f64,
+    },
+    /// A linear map to a new width.
+    Linear {
+        /// Output width.
+        #[schemars(range(min = 1, max = 1048576))]
+        out: u32,
+        /// Add a bias.
+        #[serde(default = "default_true")]
+        bias: bool,
+    },
+    /// Output projection to one logit per vocabulary entry.
+    Head {
+        /// Add a bias.
+        #[serde(default = "default_true")]
+        bias: bool,
+    },
+    /// x + body(x): a residual connection around a list of layers. Pre-norm blocks put the
+    /// norm first in `body`; post-norm blocks put a norm layer after the residual.
+    Residual {
+        /// The layers inside the residual branch; they must return the input width.
+        #[schemars(length(min = 1))]
+        body: Vec<Layer>,
+    },
+    /// Sum of several branches applied to the same input (e.g. a parallel attention + MLP
+    /// block, y = x + attn(norm(x)) + mlp(norm(x)) when wrapped in `residual`).
+    Parallel {
+        /// Each branch is a list of layers; all must return the same width.
+        #[schemars(length(min = 2))]
+        branches: Vec<Vec<Layer>>,
+    },
+    /// Repeat a list of layers `times` times, each copy with its own weights. Inside, `cycle`
+    /// and `every` choose layers by the copy's index.
+    Repeat {
+        /// Number of copies.
+        #[schemars(range(min = 1, max = 4096))]
+        times: u32,
+        /// The layers of one copy.
+        #[schemars(length(min = 1))]
+        body: Vec<Layer>,
+    },
+    /// Inside `repeat`: copy i uses `choices[i mod len]` (e.g. two attention kinds on
+    /// alternating layers).
+    Cycle {
+        /// The layers to cycle through.
+        #[schemars(length(min = 1))]
+        choices: Vec<Layer>,
+    },
+    /// Inside `repeat`: include `body` only in the copies whose index i satisfies
+    /// i mod n = offset (e.g. a spectral layer after every 3rd block).
+    Every {
+        /// Period.
+        #[schemars(range(min = 1, max = 4096))]
+        n: u32,
+        /// Which index in each period (0-based, less than `n`).
+        #[serde(default)]
+        #[schemars(range(min = 0, max = 4095))]
+        offset: u32,
+        /// The layers to include.
+        #[schemars(length(min = 1))]
+        body: Vec<Layer>,
+    },
+}
+
+fn default_activation() -> Activation {
+    Activation::Relu
+}
+
+impl Layer {
+    /// The `type` tag of the layer, as written in YAML.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Layer::Embedding { .. } => "embedding",
+            Layer::SinusoidalPositions {} => "sinusoidal_positions",
+            Layer::LearnedPositions { .. } => "learned_positions",
+            Layer::Attention { .. } => "attention",
+            Layer::Layernorm { .. } => "layernorm",
+            Layer::Rmsnorm { .. } => "rmsnorm",
+            Layer::Mlp { .. } => "mlp",
+            Layer::Swiglu { .. } => "swiglu",
+            Layer::Lstm { .. } => "lstm",
+            Layer::SpectralGate { .. } => "spectral_gate",
+            Layer::Dropout { .. } => "dropout",
+            Layer::Linear { .. } => "linear",
+            Layer::Head { .. } => "head",
+            Layer::Residual { .. } => "residual",
+            Layer::Parallel { .. } => "parallel",
+            Layer::Repeat { .. } => "repeat",
+            Layer::Cycle { .. } => "cycle",
+            Layer::Every { .. } => "every",
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! `kind: recipe` documents: a model, a task, and how to train and decode it.
+
+use super::model::ModelSpec;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The `kind` of a recipe document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipeKind {
+    /// An experiment recipe.
+    Recipe,
+}
+
+/// A kiln recipe: which model to train on which task, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "kiln recipe")]
+pub struct RecipeSpec {
+    /// Document kind; always `recipe`.
+    pub kind: RecipeKind,
+    /// Short name used in reports and run directories.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Free text describing the experiment.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The model: a path to a `kind: model` file (relative to this recipe), or the model
+    /// written inline.
+    pub model: ModelRef,
+    /// The task: data, loss and metrics.
+    pub task: Task,
+    /// Training settings.
+    pub train: Train,
+    /// How to generate sequences from the trained model.
+    #[serde(default)]
+    pub decode: Decode,
+    /// Accept a model that lets position t see later positions although the task predicts the
+    /// next token. kiln rejects such models unless this is `true`.
+    #[serde(default)]
+    pub allow_noncausal: bool,
+}
+
+/// A model file path or an inline model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ModelRef {
+    /// Path of a `kind: model` file, relative to the recipe.
+    Path(String),
+    /// The model itself.
+    Inline(Box<ModelSpec>),
+}
+
+/// A formal language of the rule-extrapolation benchmark (Mészáros et al. 2024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Language {
+    /// aⁿbⁿ (context-free). R1: #a = #b; R2: no a after the first b.
+    #[serde(rename = "aNbN")]
+    ANbN,
+    /// aⁿbⁿcⁿ (context-sensitive). R1: #a = #b = #c; R2: a's before b's before c's.
+    #[serde(rename = "aNbNcN")]
+    ANbNcN,
+    /// b a^even (regular). R1: even number of a; R2: starts with b.
+    #[serde(rename = "baN")]
+    BaN,
+    /// bⁿ a^2m (regular). R1: even number of a after the last b; R2: b's before a's, ≥ 1 b.
+    #[serde(rename = "bbaN")]
+    BbaN,
+    /// Dyck language with ( ) and [ ], nested (context-free).
+    #[serde(rename = "dyck")]
+    Dyck,
+    /// Two bracket types matched independently, crossing allowed (context-sensitive Dyck).
+    #[serde(rename = "cs_dyck")]
+    CsDyck,
+}
+
+/// The task a model is trained on. `type` selects which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Task {
+    /// Next-token prediction on a formal language, evaluated by greedy completion of in- and
+    /// out-of-distribution prompts (rule extrapolation).
+    Grammar {
+        /// Which language.
+        language: Language,
+        /// Longest word; sequences are `SOS word EOS` right-padded to max_length + 2.
+        #[serde(default = "default_max_length")]
+        #[schemars(range(min = 8, max = 4096))]
+        max_length: u32,
+        /// Number of training words for the sampled languages (baN, bbaN, both Dyck); the
+        /// aNbN and aNbNcN sets are all words up to max_length. Leave it out for the paper's
+        /// value (15000 for baN and bbaN, 512 for Dyck).
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 10000000))]
+        num_train: Option<u32>,
+        /// Number of validation words for the sampled languages.
+        #[serde(default = "default_num_eval")]
+        #[schemars(range(min = 1, max = 1000000))]
+        num_val: u32,
+        /// Number of test words for the sampled languages.
+        #[serde(default = "default_num_eval")]
+        #[schemars(range(min = 1, max = 1000000))]
+        num_test: u32,
+    },
+    /// Next-value prediction on a binary file of little-endian uint16 values.
+    Uint16 {
+        /// The data file, relative to the recipe.
+        path: String,
+        /// Number of distinct values (classes); every value in the file must be below it.
+        #[serde(default = "default_u16_vocab")]
+        #[schemars(range(min = 2, max = 65536))]
+        vocab: u32,
+        /// Length of the context window the model reads.
+        #[schemars(range(min = 1, max = 1048576))]
+        context: u32,
+        /// Fraction of the stream (taken from its end, before the test part) used for
+        /// validation.
+        #[serde(default = "default_fraction")]
+        #[schemars(range(min = 0.0, max = 0.5))]
+        val_fraction: f64,
+        /// Fraction of the stream (taken from its end) used for testing.
+        #[serde(default = "default_fraction")]
+        #[schemars(range(min = 0.0, max = 0.5))]
+        test_fraction: f64,
+    },
+}
+
+fn default_max_length() -> u32 {
+    256
+}
+fn default_num_eval() -> u32 {
+    512
+}
+fn default_u16_vocab() -> u32 {
+    65536
+}
+fn default_fraction() -> f64 {
+    0.1
+}
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// The learning-rate schedule (a factor on the optimizer's `lr`).
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Number of optimizer steps. Give `steps` or `epochs`, not both.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub steps: Option<u64>,
+    /// Number of passes over the training set. Give `steps` or `epochs`, not both.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub epochs: Option<u64>,
+    /// Sequences per optimizer step (before gradient accumulation).
+    #[serde(default = "default_batch")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub batch_size: u32,
+    /// Accumulate gradients over this many batches per optimizer step.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub grad_accum: u32,
+    /// Clip the global gradient norm (over all parameters together, as PyTorch's
+    /// `clip_grad_norm_`) to this value; leave it out for no clipping.
+    #[serde(default)]
+    #[schemars(range(max = 1e6), extend("exclusiveMinimum" = 0.0))]
+    pub clip_grad_norm: Option<f64>,
+    /// Label smoothing ε: the target is (1 − ε)·one-hot + ε/K over all K classes.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 0.99))]
+    pub label_smoothing: f64,
+    /// Seed of every random choice (initialisation, data order, dropout).
+    #[serde(default)]
+    pub seed: u64,
+    /// Evaluate on the validation set every this many steps.
+    #[serde(default = "default_eval_every")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub eval_every: u64,
+    /// Stop when the validation loss has not improved for a while; leave it out to always
+    /// train for the full duration.
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStopping>,
+    /// Write a checkpoint every this many steps (and at the end).
+    #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub checkpoint_every: u64,
+}
+
+fn default_batch() -> u32 {
+    32
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_eval_every() -> u64 {
+    100
+}
+fn default_checkpoint_every() -> u64 {
+    500
+}
+
+/// Early stopping on the validation loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// Number of evaluations without improvement before stopping.
+    #[serde(default = "default_patience")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub patience: u32,
+    /// Smallest decrease of the validation loss that counts as an improvement.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1e6))]
+    pub min_delta: f64,
+}
+
+fn default_patience() -> u32 {
+    10
+}
+
+/// The optimizer. `type` selects which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Optimizer {
+    /// Adam with decoupled weight decay (Loshchilov & Hutter 2019).
+    Adamw {
+        /// Peak learning rate.
+        #[serde(default = "default_lr")]
+        #[schemars(range(max = 10.0), extend("exclusiveMinimum" = 0.0))]
+        lr: f64,
+        /// Decay rate of the first-moment estimate.
+        #[serde(default = "default_beta1")]
+        #[schemars(range(min = 0.0, max = 0.9999))]
+        beta1: f64,
+        /// Decay rate of the second-moment estimate.
+        #[serde(default = "default_beta2")]
+        #[schemars(range(min = 0.0, max = 0.99999))]
+        beta2: f64,
+        /// Added to the denominator for numerical stability.
+        #[serde(default = "default_adam_eps")]
+        #[schemars(range(min = 0.0, max = 1.0))]
+        eps: f64,
+        /// Decoupled weight decay λ: θ ← θ − lr·λ·θ each step.
+        #[serde(default = "default_wd")]
+        #[schemars(range(min = 0.0, max = 10.0))]
+        weight_decay: f64,
+        /// Also decay norm gains, biases and embeddings (usually left false).
+        #[serde(default)]
+        decay_all: bool,
+    },
+}
+
+impl Default for Optimizer {
+    fn default() -> Self {
+        Optimizer::Adamw {
+            lr: default_lr(),
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_adam_eps(),
+            weight_decay: default_wd(),
+            decay_all: false,
+        }
+    }
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+fn default_wd() -> f64 {
+    0.01
+}
+
+/// A learning-rate schedule. `type` selects which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// The optimizer's `lr` throughout.
+    Constant {},
+    /// Linear warm-up from 0 to `lr` over `warmup_steps`, then cosine decay to `min_lr` at the
+    /// last step.
+    WarmupCosine {
+        /// Steps of linear warm-up.
+        #[serde(default)]
+        #[schemars(range(min = 0, max = 1000000000))]
+        warmup_steps: u64,
+        /// Learning rate at the last step.
+        #[serde(default)]
+        #[schemars(range(min = 0.0, max = 10.0))]
+        min_lr: f64,
+    },
+    /// Linear warm-up over `warmup_steps`, then lr · 1/√((t + timescale − warmup)/timescale)
+    /// (Hugging Face `get_inverse_sqrt_schedule`; used by the rule-extrapolation paper).
+    InverseSqrt {
+        /// Steps of linear warm-up.
+        #[schemars(range(min = 1, max = 1000000000))]
+        warmup_steps: u64,
+        /// Time scale of the decay; leave it out for `warmup_steps`.
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 1000000000))]
+        timescale: Option<u64>,
+    },
+    /// One-cycle policy (PyTorch `OneCycleLR`, cosine): up from lr/div_factor to lr over
+    /// pct_start of the run, then down to lr/(div_factor·final_div_factor).
+    OneCycle {
+        /// Fraction of the run spent increasing the learning rate.
+        #[serde(default = "default_pct_start")]
+        #[schemars(range(min = 0.0, max = 1.0))]
+        pct_start: f64,
+        /// The initial learning rate is lr / div_factor.
+        #[serde(default = "default_div_factor")]
+        #[schemars(range(min = 1.0, max = 1e9))]
+        div_factor: f64,
+        /// The final learning rate is lr / (div_factor · final_div_factor).
+        #[serde(default = "default_final_div_factor")]
+        #[schemars(range(min = 1.0, max = 1e12))]
+        final_div_factor: f64,
+    },
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::Constant {}
+    }
+}
+
+fn default_pct_start() -> f64 {
+    0.3
+}
+fn default_div_factor() -> f64 {
+    25.0
+}
+fn default_final_div_factor() -> f64 {
+    1e4
+}
+
+/// How sequences are generated. Only greedy decoding is available so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decode {
+    /// The decoding strategy.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Most tokens to generate after the prompt; leave it out for the task's own length.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_new_tokens: Option<u32>,
+}
+
+impl Default for Decode {
+    fn default() -> Self {
+        Decode {
+            strategy: Strategy::Greedy,
+            max_new_tokens: None,
+        }
+    }
+}
+
+/// A decoding strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Always take the most probable next token.
+    #[default]
+    Greedy,
+}
