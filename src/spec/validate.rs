@@ -94,7 +94,8 @@ impl<'s> Validator<'s> {
             if schema == &J::Bool(false) {
                 self.push(
                     Diagnostic::error(Code::UnknownKey, Some(node.span), "no value is allowed here")
-                        .label("not allowed"),
+                        .label("not allowed")
+                        .help("remove this value"),
                 );
             }
             return;
@@ -353,6 +354,19 @@ impl<'s> Validator<'s> {
         if help.is_none() && matches!(node.value, Value::Null) {
             help = Some(format!("give {} a value, or remove the key", ctx.subject()));
         }
+        if help.is_none() {
+            let key = ctx.key.as_deref().filter(|k| !k.contains('[')).unwrap_or("key");
+            let example = match expected.iter().find(|t| *t != "null").map(String::as_str) {
+                Some("integer") => format!("`{key}: 4`"),
+                Some("number") => format!("`{key}: 0.5`"),
+                Some("boolean") => format!("`{key}: true`"),
+                Some("string") => format!("`{key}: some-text`"),
+                Some("array") => format!("`{key}: [...]` or one `- item` per line"),
+                Some("object") => format!("`{key}:` followed by indented `name: value` lines"),
+                _ => "a value of the type above".to_string(),
+            };
+            help = Some(format!("write it as {example}"));
+        }
         self.push(
             Diagnostic::error(
                 Code::WrongType,
@@ -380,7 +394,8 @@ impl<'s> Validator<'s> {
                             Some(node.span),
                             format!("{} must be a finite number, found {}", ctx.subject(), node.describe()),
                         )
-                        .label("not finite"),
+                        .label("not finite")
+                        .help("`.inf` and `.nan` are not allowed here; write an ordinary number"),
                     );
                     return false;
                 }
@@ -457,11 +472,17 @@ impl<'s> Validator<'s> {
             (None, None) => unreachable!("a bound was violated"),
         };
         let (msg, label) = if below {
-            let bound = xmin.or(min).expect("below implies a lower bound");
-            (format!("{} is too small: {}", ctx.subject(), describe_num(node)), format!("must be at least {}", fmt_f64(bound)))
+            let label = match xmin {
+                Some(m) => format!("must be greater than {}", fmt_f64(m)),
+                None => format!("must be at least {}", fmt_f64(min.unwrap_or_default())),
+            };
+            (format!("{} is too small: {}", ctx.subject(), describe_num(node)), label)
         } else {
-            let bound = xmax.or(max).expect("above implies an upper bound");
-            (format!("{} is too large: {}", ctx.subject(), describe_num(node)), format!("must be at most {}", fmt_f64(bound)))
+            let label = match xmax {
+                Some(m) => format!("must be less than {}", fmt_f64(m)),
+                None => format!("must be at most {}", fmt_f64(max.unwrap_or_default())),
+            };
+            (format!("{} is too large: {}", ctx.subject(), describe_num(node)), label)
         };
         let mut d = Diagnostic::error(Code::OutOfRange, Some(node.span), msg)
             .label(label)
@@ -477,7 +498,8 @@ impl<'s> Validator<'s> {
             if (s.chars().count() as u64) < min {
                 self.push(
                     Diagnostic::error(Code::BadString, Some(node.span), format!("{} must not be empty", ctx.subject()))
-                        .label("empty"),
+                        .label("empty")
+                        .help("write at least one character"),
                 );
             }
         }
@@ -490,7 +512,8 @@ impl<'s> Validator<'s> {
                             Some(node.span),
                             format!("{} does not have the required form", ctx.subject()),
                         )
-                        .label(format!("must match `{p}`")),
+                        .label(format!("must match `{p}`"))
+                        .help(format!("the value must match the regular expression `{p}`")),
                     );
                 }
             }
@@ -515,7 +538,8 @@ impl<'s> Validator<'s> {
                     Some(node.span),
                     format!("{} needs {want} item{}, found {n}", ctx.subject(), if want.ends_with(" 1") { "" } else { "s" }),
                 )
-                .label(format!("{n} item{}", if n == 1 { "" } else { "s" })),
+                .label(format!("{n} item{}", if n == 1 { "" } else { "s" }))
+                .help(format!("{} takes {want} item(s)", ctx.subject())),
             );
         }
         if let Some(item_schema) = obj.get("items") {
@@ -524,10 +548,6 @@ impl<'s> Validator<'s> {
                     key: Some(format!("{}[{i}]", ctx.key.as_deref().unwrap_or("item"))),
                     key_span: None,
                     what: ctx.what.clone(),
-                };
-                let sub = Ctx {
-                    key: if item_schema.get("$ref").is_some() { ctx.key.clone() } else { sub.key },
-                    ..sub
                 };
                 self.check(item_schema, item, &sub);
             }

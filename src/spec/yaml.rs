@@ -563,8 +563,12 @@ impl Builder<'_> {
             help = Some("check the indentation of this line against the lines above it, or quote a value that contains `: `".to_string());
         } else if info.contains("did not find expected key") || info.contains("block") {
             help = Some("check the indentation: keys of one mapping must start in the same column".to_string());
+        } else if info.contains("flow") {
+            help = Some("a `[` or `{` is not closed here, or its items are not separated by commas".to_string());
         } else if info.contains("did not find expected") || info.contains("unclosed") || info.contains("end of stream") {
             help = Some("a quote, bracket or brace is not closed".to_string());
+        } else {
+            help = Some("the YAML syntax breaks at this position; compare it with the lines above".to_string());
         }
         Diagnostic::error(Code::YamlSyntax, Some(Span::new(self.src, start, end)), format!("invalid YAML: {info}"))
             .label("here")
