@@ -38,7 +38,11 @@ fn diagnostics_match_golden_files() {
     let bless = std::env::var_os("KILN_BLESS").is_some();
     let mut failures = Vec::new();
     let all = cases();
-    assert!(all.len() >= 15, "expected the golden cases, found {}", all.len());
+    assert!(
+        all.len() >= 15,
+        "expected the golden cases, found {}",
+        all.len()
+    );
     for case in all {
         let (text, json) = render(&case);
         for (ext, got) in [("txt", text), ("json", json)] {
@@ -74,14 +78,30 @@ fn every_broken_case_is_rejected_with_located_diagnostics() {
             .expect_err(&format!("{} should be rejected", case.display()));
         assert!(!err.diags.is_empty());
         for d in &err.diags {
-            let span = d.span.unwrap_or_else(|| panic!("{}: {d:?} has no location", case.display()));
+            let span = d
+                .span
+                .unwrap_or_else(|| panic!("{}: {d:?} has no location", case.display()));
             let src = sources.get(span.src);
             assert!(span.start <= span.end && span.end <= src.text.len());
-            assert!(d.help.is_some(), "{}: {} has no help line", case.display(), d.message);
+            assert!(
+                d.help.is_some(),
+                "{}: {} has no help line",
+                case.display(),
+                d.message
+            );
         }
-        let positions: Vec<_> = err.diags.iter().map(|d| d.span.map(|s| (s.src, s.start))).collect();
+        let positions: Vec<_> = err
+            .diags
+            .iter()
+            .map(|d| d.span.map(|s| (s.src, s.start)))
+            .collect();
         let mut sorted = positions.clone();
         sorted.sort();
-        assert_eq!(positions, sorted, "{}: diagnostics are not sorted", case.display());
+        assert_eq!(
+            positions,
+            sorted,
+            "{}: diagnostics are not sorted",
+            case.display()
+        );
     }
 }

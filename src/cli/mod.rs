@@ -29,7 +29,9 @@ enum Command {
     ///
     /// Exit status: 0 when every file is valid, 1 when one is invalid, 2 when one cannot be
     /// read as YAML (missing file, not UTF-8, syntax error).
-    #[command(after_help = "Examples:\n  kiln validate recipes/default.yaml\n  kiln validate models/*.yaml --format json\n  kiln validate recipes/default.yaml --set train.steps=100")]
+    #[command(
+        after_help = "Examples:\n  kiln validate recipes/default.yaml\n  kiln validate models/*.yaml --format json\n  kiln validate recipes/default.yaml --set train.steps=100"
+    )]
     Validate {
         /// Files to check (`kind: model` or `kind: recipe`).
         #[arg(required = true, value_name = "FILE")]
@@ -42,7 +44,9 @@ enum Command {
         format: Format,
     },
     /// Write the JSON Schemas of model and recipe files (for editors and other validators).
-    #[command(after_help = "Examples:\n  kiln schema --out schemas/\n  kiln schema --check schemas/")]
+    #[command(
+        after_help = "Examples:\n  kiln schema --out schemas/\n  kiln schema --check schemas/"
+    )]
     Schema {
         /// Folder to write `model.schema.json` and `recipe.schema.json` into; without it the
         /// recipe schema is printed.
@@ -53,7 +57,9 @@ enum Command {
         check: Option<PathBuf>,
     },
     /// Print a shell completion script.
-    #[command(after_help = "Example:\n  kiln completions bash > ~/.local/share/bash-completion/completions/kiln")]
+    #[command(
+        after_help = "Example:\n  kiln completions bash > ~/.local/share/bash-completion/completions/kiln"
+    )]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -103,7 +109,11 @@ fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
         let result = spec::load(file, set, &mut sources);
         let (diags, file_status, summary) = match &result {
             Ok(doc) => (Vec::new(), 0, describe(doc)),
-            Err(e) => (e.diags.clone(), if e.unreadable() { 2 } else { 1 }, String::new()),
+            Err(e) => (
+                e.diags.clone(),
+                if e.unreadable() { 2 } else { 1 },
+                String::new(),
+            ),
         };
         status = status.max(file_status);
         match format {
@@ -111,7 +121,11 @@ fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
                 if !diags.is_empty() {
                     eprint!("{}", render_text(&diags, &sources, color()));
                     let n = diags.iter().filter(|d| d.is_error()).count();
-                    eprintln!("{}: {n} error{}", file.display(), if n == 1 { "" } else { "s" });
+                    eprintln!(
+                        "{}: {n} error{}",
+                        file.display(),
+                        if n == 1 { "" } else { "s" }
+                    );
                 } else {
                     println!("{}: ok ({summary})", file.display());
                 }
@@ -125,7 +139,10 @@ fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
     }
     if format == Format::Json {
         let out = serde_json::json!({ "files": json_files });
-        println!("{}", serde_json::to_string_pretty(&out).expect("json serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("json serializes")
+        );
     }
     status
 }
@@ -134,13 +151,23 @@ fn describe(doc: &Document) -> String {
     match doc {
         Document::Model(m) => format!(
             "model{}, {} top-level layers",
-            m.spec.name.as_ref().map(|n| format!(" `{n}`")).unwrap_or_default(),
+            m.spec
+                .name
+                .as_ref()
+                .map(|n| format!(" `{n}`"))
+                .unwrap_or_default(),
             m.spec.layers.len()
         ),
         Document::Recipe(r) => format!(
             "recipe{}, model {}",
-            r.spec.name.as_ref().map(|n| format!(" `{n}`")).unwrap_or_default(),
-            r.model_path.as_ref().map_or_else(|| "inline".to_string(), |p| format!("`{}`", p.display()))
+            r.spec
+                .name
+                .as_ref()
+                .map(|n| format!(" `{n}`"))
+                .unwrap_or_default(),
+            r.model_path
+                .as_ref()
+                .map_or_else(|| "inline".to_string(), |p| format!("`{}`", p.display()))
         ),
     }
 }
@@ -159,11 +186,18 @@ fn schema_cmd(out: Option<&Path>, check: Option<&Path>) -> i32 {
             println!("schemas in {} are up to date", dir.display());
             return 0;
         }
-        eprintln!("stale schemas: {}\nrun `kiln schema --out {}` and commit the result", stale.join(", "), dir.display());
+        eprintln!(
+            "stale schemas: {}\nrun `kiln schema --out {}` and commit the result",
+            stale.join(", "),
+            dir.display()
+        );
         return 1;
     }
     let Some(dir) = out else {
-        let (_, recipe) = schemas.iter().find(|(n, _)| *n == "recipe.schema.json").expect("recipe schema exists");
+        let (_, recipe) = schemas
+            .iter()
+            .find(|(n, _)| *n == "recipe.schema.json")
+            .expect("recipe schema exists");
         print!("{}", schema::to_text(recipe));
         return 0;
     };

@@ -57,7 +57,7 @@ pub enum Document {
     /// A model.
     Model(LoadedModel),
     /// A recipe.
-    Recipe(LoadedRecipe),
+    Recipe(Box<LoadedRecipe>),
 }
 
 /// The diagnostics of a document that could not be loaded.
@@ -78,9 +78,19 @@ impl LoadError {
 ///
 /// `overrides` are `key.path=value` strings (from `--set`), applied in order. Every source read
 /// is added to `sources`, so diagnostics can be rendered afterwards.
-pub fn load(path: &Path, overrides: &[String], sources: &mut SourceMap) -> Result<Document, LoadError> {
+pub fn load(
+    path: &Path,
+    overrides: &[String],
+    sources: &mut SourceMap,
+) -> Result<Document, LoadError> {
     let mut diags = Vec::new();
-    let result = load_inner(path, overrides, sources, &mut diags);
+    let result = match read_source(path, sources) {
+        Ok(src) => load_inner(path, src, overrides, sources, &mut diags),
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    };
     crate::diag::sort(&mut diags);
     match result {
         Some(doc) if !diags.iter().any(Diagnostic::is_error) => Ok(doc),
@@ -94,12 +104,25 @@ pub fn read_source(path: &Path, sources: &mut SourceMap) -> Result<SourceId, Dia
         return Ok(id);
     }
     let bytes = std::fs::read(path).map_err(|e| {
-        let mut d = Diagnostic::error(Code::Io, None, format!("cannot read `{}`: {}", path.display(), io_reason(&e)));
+        let mut d = Diagnostic::error(
+            Code::Io,
+            None,
+            format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
+        );
         if e.kind() == std::io::ErrorKind::NotFound {
             d = d.maybe_help(similar_file(path).map(|f| format!("did you mean `{f}`?")));
         }
         d
     })?;
+    add_source(path, bytes, sources)
+}
+
+/// Add in-memory bytes as the source named `path`. Errors are K002 (not UTF-8).
+pub fn add_source(
+    path: &Path,
+    bytes: Vec<u8>,
+    sources: &mut SourceMap,
+) -> Result<SourceId, Diagnostic> {
     match String::from_utf8(bytes) {
         Ok(text) => Ok(sources.add(Origin::File(path.to_path_buf()), text)),
         Err(e) => {
@@ -111,7 +134,10 @@ pub fn read_source(path: &Path, sources: &mut SourceMap) -> Result<SourceId, Dia
             Err(Diagnostic::error(
                 Code::NotUtf8,
                 Some(Span::new(id, offset, offset + '\u{FFFD}'.len_utf8())),
-                format!("`{}` is not UTF-8 text (invalid byte at offset {valid})", path.display()),
+                format!(
+                    "`{}` is not UTF-8 text (invalid byte at offset {valid})",
+                    path.display()
+                ),
             )
             .label("invalid UTF-8 here")
             .help("kiln reads YAML text files; save the file as UTF-8"))
@@ -142,19 +168,36 @@ fn similar_file(path: &Path) -> Option<String> {
     Some(dir.join(guess).display().to_string())
 }
 
+/// Like [`load`], for a document already in memory (named `path`; a recipe's model path is
+/// relative to it).
+pub fn load_bytes(
+    path: &Path,
+    bytes: Vec<u8>,
+    overrides: &[String],
+    sources: &mut SourceMap,
+) -> Result<Document, LoadError> {
+    let mut diags = Vec::new();
+    let result = match add_source(path, bytes, sources) {
+        Ok(src) => load_inner(path, src, overrides, sources, &mut diags),
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    };
+    crate::diag::sort(&mut diags);
+    match result {
+        Some(doc) if !diags.iter().any(Diagnostic::is_error) => Ok(doc),
+        _ => Err(LoadError { diags }),
+    }
+}
+
 fn load_inner(
     path: &Path,
+    src: SourceId,
     overrides: &[String],
     sources: &mut SourceMap,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Document> {
-    let src = match read_source(path, sources) {
-        Ok(id) => id,
-        Err(d) => {
-            diags.push(d);
-            return None;
-        }
-    };
     let (root, parse_diags) = yaml::parse(sources, src);
     diags.extend(parse_diags);
     let mut root = root?;
@@ -190,7 +233,7 @@ fn load_inner(
         DocKind::Model => model_schema(),
         DocKind::Recipe => recipe_schema(),
     };
-    diags.extend(validate(&schema, &root, kind.as_str()));
+    diags.extend(validate(schema, &root, kind.as_str()));
     if diags.iter().any(Diagnostic::is_error) {
         return None;
     }
@@ -210,26 +253,35 @@ fn load_inner(
                 tree: model_tree,
             };
             check_recipe(&spec, &root, diags);
-            Document::Recipe(LoadedRecipe {
+            Document::Recipe(Box::new(LoadedRecipe {
                 spec,
                 model,
                 model_path,
                 tree: root,
-            })
+            }))
         }
     };
     Some(doc)
 }
 
-fn deserialize<T: serde::de::DeserializeOwned>(root: &Node, diags: &mut Vec<Diagnostic>) -> Option<T> {
+fn deserialize<T: serde::de::DeserializeOwned>(
+    root: &Node,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
     match serde_json::from_value(root.to_json()) {
         Ok(v) => Some(v),
         Err(e) => {
             // The schema is generated from the same types, so this means a bug in kiln.
             diags.push(
-                Diagnostic::error(Code::WrongType, Some(root.span), format!("internal error: the document passed the schema but not the types: {e}"))
-                    .label("document")
-                    .help("please report this as a bug in kiln, with the file"),
+                Diagnostic::error(
+                    Code::WrongType,
+                    Some(root.span),
+                    format!(
+                        "internal error: the document passed the schema but not the types: {e}"
+                    ),
+                )
+                .label("document")
+                .help("please report this as a bug in kiln, with the file"),
             );
             None
         }
@@ -254,7 +306,10 @@ fn document_kind(root: &Node, diags: &mut Vec<Diagnostic>) -> Option<DocKind> {
                 Diagnostic::error(
                     Code::WrongType,
                     Some(root.span),
-                    format!("a kiln document must be a mapping, found {}", root.describe()),
+                    format!(
+                        "a kiln document must be a mapping, found {}",
+                        root.describe()
+                    ),
                 )
                 .label("expected `key: value` lines")
                 .help("a kiln document starts with `kind: model` or `kind: recipe`"),
@@ -280,7 +335,10 @@ fn document_kind(root: &Node, diags: &mut Vec<Diagnostic>) -> Option<DocKind> {
                 Diagnostic::error(
                     Code::UnknownVariant,
                     Some(entry.value.span),
-                    format!("unknown document kind {}", given.map_or_else(|| entry.value.describe(), |g| format!("`{g}`"))),
+                    format!(
+                        "unknown document kind {}",
+                        given.map_or_else(|| entry.value.describe(), |g| format!("`{g}`"))
+                    ),
                 )
                 .label("not a kind kiln knows")
                 .help(match guess {
@@ -311,8 +369,21 @@ fn compose_model(
         Err(d) if d.code == Code::Io => {
             let help = similar_file(&path)
                 .map(|f| format!("did you mean `{f}`? Paths are relative to the recipe's folder"))
-                .unwrap_or_else(|| format!("paths are relative to the recipe's folder `{}`", dir.display()));
-            diags.push(bad(format!("cannot read model file `{}`: {}", path.display(), d.message.rsplit(": ").next().unwrap_or(""))).label("named here").help(help));
+                .unwrap_or_else(|| {
+                    format!(
+                        "paths are relative to the recipe's folder `{}`",
+                        dir.display()
+                    )
+                });
+            diags.push(
+                bad(format!(
+                    "cannot read model file `{}`: {}",
+                    path.display(),
+                    d.message.rsplit(": ").next().unwrap_or("")
+                ))
+                .label("named here")
+                .help(help),
+            );
             return None;
         }
         Err(d) => {
@@ -349,16 +420,24 @@ struct Override {
     whole: Span,
 }
 
-fn parse_overrides(overrides: &[String], sources: &mut SourceMap, diags: &mut Vec<Diagnostic>) -> Vec<Override> {
+fn parse_overrides(
+    overrides: &[String],
+    sources: &mut SourceMap,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Override> {
     let mut out = Vec::new();
     for (i, text) in overrides.iter().enumerate() {
         let id = sources.add(Origin::Override(i + 1), text.clone());
         let whole = Span::new(id, 0, text.len());
         let Some(eq) = text.find('=') else {
             diags.push(
-                Diagnostic::error(Code::BadOverride, Some(whole), format!("`--set {text}` has no `=`"))
-                    .label("expected KEY.PATH=VALUE")
-                    .help("write e.g. `--set train.optimizer.lr=3e-4`"),
+                Diagnostic::error(
+                    Code::BadOverride,
+                    Some(whole),
+                    format!("`--set {text}` has no `=`"),
+                )
+                .label("expected KEY.PATH=VALUE")
+                .help("write e.g. `--set train.optimizer.lr=3e-4`"),
             );
             continue;
         };
@@ -396,7 +475,11 @@ fn apply_override(root: &mut Node, o: Override, diags: &mut Vec<Diagnostic>) {
     for (i, (key, span)) in o.path.iter().enumerate() {
         let last = i + 1 == n;
         let shown: Vec<&str> = o.path[..i].iter().map(|(k, _)| k.as_str()).collect();
-        let parent = if shown.is_empty() { "the document".to_string() } else { format!("`{}`", shown.join(".")) };
+        let parent = if shown.is_empty() {
+            "the document".to_string()
+        } else {
+            format!("`{}`", shown.join("."))
+        };
         let what = cur.describe();
         match &mut cur.value {
             Value::Map(entries) => {
@@ -436,9 +519,13 @@ fn apply_override(root: &mut Node, o: Override, diags: &mut Vec<Diagnostic>) {
             }
             _ => {
                 diags.push(
-                    Diagnostic::error(Code::BadOverride, Some(*span), format!("cannot set `{key}` inside {parent}: it is {what}, not a mapping"))
-                        .label("cannot go into a plain value")
-                        .note(o.whole, "in this override"),
+                    Diagnostic::error(
+                        Code::BadOverride,
+                        Some(*span),
+                        format!("cannot set `{key}` inside {parent}: it is {what}, not a mapping"),
+                    )
+                    .label("cannot go into a plain value")
+                    .note(o.whole, "in this override"),
                 );
                 return;
             }
@@ -451,7 +538,11 @@ fn substitute_vars(model: &mut Node, diags: &mut Vec<Diagnostic>) {
     let vars: BTreeMap<String, (Node, Span)> = model
         .get("vars")
         .and_then(Node::as_map)
-        .map(|m| m.iter().map(|e| (e.key.clone(), (e.value.clone(), e.key_span))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|e| (e.key.clone(), (e.value.clone(), e.key_span)))
+                .collect()
+        })
         .unwrap_or_default();
     let Value::Map(entries) = &mut model.value else {
         return;
@@ -473,19 +564,30 @@ fn substitute(node: &mut Node, vars: &BTreeMap<String, (Node, Span)>, diags: &mu
                 None => {
                     let guess = did_you_mean(&name, vars.keys().map(String::as_str));
                     diags.push(
-                        Diagnostic::error(Code::UndefinedVariable, Some(node.span), format!("undefined variable `${name}`"))
-                            .label("not defined in `vars`")
-                            .help(match guess {
-                                Some(g) => format!("did you mean `${g}`?"),
-                                None if vars.is_empty() => format!("define it in the model: `vars: {{{name}: ...}}`"),
-                                None => format!("define it under `vars:` (defined: {})", one_of(&vars.keys().map(|k| format!("${k}")).collect::<Vec<_>>())),
-                            }),
+                        Diagnostic::error(
+                            Code::UndefinedVariable,
+                            Some(node.span),
+                            format!("undefined variable `${name}`"),
+                        )
+                        .label("not defined in `vars`")
+                        .help(match guess {
+                            Some(g) => format!("did you mean `${g}`?"),
+                            None if vars.is_empty() => {
+                                format!("define it in the model: `vars: {{{name}: ...}}`")
+                            }
+                            None => format!(
+                                "define it under `vars:` (defined: {})",
+                                one_of(&vars.keys().map(|k| format!("${k}")).collect::<Vec<_>>())
+                            ),
+                        }),
                     );
                 }
             }
         }
         Value::Seq(items) => items.iter_mut().for_each(|n| substitute(n, vars, diags)),
-        Value::Map(entries) => entries.iter_mut().for_each(|e| substitute(&mut e.value, vars, diags)),
+        Value::Map(entries) => entries
+            .iter_mut()
+            .for_each(|e| substitute(&mut e.value, vars, diags)),
         _ => {}
     }
 }
@@ -493,8 +595,12 @@ fn substitute(node: &mut Node, vars: &BTreeMap<String, (Node, Span)>, diags: &mu
 fn is_var_ref(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next() == Some('$')
-        && chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
-        && s[2..].chars().all(|c| c == '_' || c.is_ascii_alphanumeric())
+        && chars
+            .next()
+            .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && s[2..]
+            .chars()
+            .all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 /// The span of the value at `path` (keys of nested mappings), or the deepest one that exists.
@@ -523,7 +629,8 @@ pub fn key_span_at(tree: &Node, path: &[&str]) -> Span {
             None => return span_at(tree, path),
         }
     }
-    cur.entry(last).map_or_else(|| span_at(tree, path), |e| e.key_span)
+    cur.entry(last)
+        .map_or_else(|| span_at(tree, path), |e| e.key_span)
 }
 
 /// Checks across fields of a recipe (K200).
@@ -531,33 +638,61 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
     let t = &spec.train;
     match (t.steps, t.epochs) {
         (Some(_), Some(_)) => diags.push(
-            Diagnostic::error(Code::Conflict, Some(key_span_at(tree, &["train", "epochs"])), "`train` gives both `steps` and `epochs`")
-                .label("remove this or `steps`")
-                .note(key_span_at(tree, &["train", "steps"]), "steps given here")
-                .help("the run's length is either a number of optimizer steps or of epochs"),
+            Diagnostic::error(
+                Code::Conflict,
+                Some(key_span_at(tree, &["train", "epochs"])),
+                "`train` gives both `steps` and `epochs`",
+            )
+            .label("remove this or `steps`")
+            .note(key_span_at(tree, &["train", "steps"]), "steps given here")
+            .help("the run's length is either a number of optimizer steps or of epochs"),
         ),
         (None, None) => diags.push(
-            Diagnostic::error(Code::Conflict, Some(key_span_at(tree, &["train"])), "`train` needs `steps` or `epochs`")
-                .label("how long to train is not given")
-                .help("add e.g. `steps: 2000` (optimizer steps) or `epochs: 50`"),
+            Diagnostic::error(
+                Code::Conflict,
+                Some(key_span_at(tree, &["train"])),
+                "`train` needs `steps` or `epochs`",
+            )
+            .label("how long to train is not given")
+            .help("add e.g. `steps: 2000` (optimizer steps) or `epochs: 50`"),
         ),
         _ => {}
     }
-    if let (Some(steps), super::recipe::Schedule::WarmupCosine { warmup_steps, .. } | super::recipe::Schedule::InverseSqrt { warmup_steps, .. }) = (t.steps, &t.schedule) {
+    if let (
+        Some(steps),
+        super::recipe::Schedule::WarmupCosine { warmup_steps, .. }
+        | super::recipe::Schedule::InverseSqrt { warmup_steps, .. },
+    ) = (t.steps, &t.schedule)
+    {
         if *warmup_steps > steps {
             diags.push(
-                Diagnostic::error(Code::Conflict, Some(span_at(tree, &["train", "schedule", "warmup_steps"])), format!("warm-up of {warmup_steps} steps is longer than the run ({steps} steps)"))
-                    .label("longer than `train.steps`")
-                    .help("shorten the warm-up or train for more steps"),
+                Diagnostic::error(
+                    Code::Conflict,
+                    Some(span_at(tree, &["train", "schedule", "warmup_steps"])),
+                    format!(
+                        "warm-up of {warmup_steps} steps is longer than the run ({steps} steps)"
+                    ),
+                )
+                .label("longer than `train.steps`")
+                .help("shorten the warm-up or train for more steps"),
             );
         }
     }
-    if let Task::Uint16 { val_fraction, test_fraction, .. } = &spec.task {
+    if let Task::Uint16 {
+        val_fraction,
+        test_fraction,
+        ..
+    } = &spec.task
+    {
         if val_fraction + test_fraction >= 1.0 {
             diags.push(
-                Diagnostic::error(Code::Conflict, Some(key_span_at(tree, &["task", "val_fraction"])), "validation and test fractions leave no training data")
-                    .label("val_fraction + test_fraction ≥ 1")
-                    .help("keep val_fraction + test_fraction below 1, e.g. 0.1 each"),
+                Diagnostic::error(
+                    Code::Conflict,
+                    Some(key_span_at(tree, &["task", "val_fraction"])),
+                    "validation and test fractions leave no training data",
+                )
+                .label("val_fraction + test_fraction ≥ 1")
+                .help("keep val_fraction + test_fraction below 1, e.g. 0.1 each"),
             );
         }
     }

@@ -10,27 +10,30 @@ use super::recipe::RecipeSpec;
 use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
 
 /// Name of the definition that `$name` references validate against.
 pub const VAR_REF: &str = "VarRef";
 /// Pattern of a `$name` variable reference.
 pub const VAR_REF_PATTERN: &str = "^\\$[A-Za-z_][A-Za-z0-9_]*$";
 
-/// The schema of `kind: model` documents.
-pub fn model_schema() -> Value {
-    generate::<ModelSpec>("model")
+/// The schema of `kind: model` documents (generated once per process).
+pub fn model_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| generate::<ModelSpec>("model"))
 }
 
-/// The schema of `kind: recipe` documents.
-pub fn recipe_schema() -> Value {
-    generate::<RecipeSpec>("recipe")
+/// The schema of `kind: recipe` documents (generated once per process).
+pub fn recipe_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| generate::<RecipeSpec>("recipe"))
 }
 
 /// `(file name, schema)` for every committed schema.
 pub fn all() -> Vec<(&'static str, Value)> {
     vec![
-        ("model.schema.json", model_schema()),
-        ("recipe.schema.json", recipe_schema()),
+        ("model.schema.json", model_schema().clone()),
+        ("recipe.schema.json", recipe_schema().clone()),
     ]
 }
 
@@ -47,6 +50,7 @@ fn generate<T: JsonSchema>(kind: &str) -> Value {
         .into_root_schema_for::<T>();
     let mut v = schema.to_value();
     strip_formats(&mut v);
+    describe_tags(&mut v);
     let obj = v.as_object_mut().expect("root schema is an object");
     obj.insert(
         "$id".into(),
@@ -100,6 +104,41 @@ fn strip_formats(v: &mut Value) {
             m.values_mut().for_each(strip_formats);
         }
         Value::Array(a) => a.iter_mut().for_each(strip_formats),
+        _ => {}
+    }
+}
+
+/// Give the tag property of every variant of a tagged union (`type: attention`) the variant's
+/// description, so editors show it on hover and in completion.
+fn describe_tags(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::Array(alts)) = m.get_mut("oneOf") {
+                for alt in alts.iter_mut() {
+                    let Some(alt) = alt.as_object_mut() else {
+                        continue;
+                    };
+                    let doc = alt
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .map(String::from);
+                    let Some(Value::Object(props)) = alt.get_mut("properties") else {
+                        continue;
+                    };
+                    for prop in props.values_mut() {
+                        if let Some(p) = prop.as_object_mut() {
+                            if p.contains_key("const") && !p.contains_key("description") {
+                                if let Some(d) = &doc {
+                                    p.insert("description".into(), Value::String(d.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            m.values_mut().for_each(describe_tags);
+        }
+        Value::Array(a) => a.iter_mut().for_each(describe_tags),
         _ => {}
     }
 }

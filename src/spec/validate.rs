@@ -93,9 +93,13 @@ impl<'s> Validator<'s> {
         let Some(obj) = schema.as_object() else {
             if schema == &J::Bool(false) {
                 self.push(
-                    Diagnostic::error(Code::UnknownKey, Some(node.span), "no value is allowed here")
-                        .label("not allowed")
-                        .help("remove this value"),
+                    Diagnostic::error(
+                        Code::UnknownKey,
+                        Some(node.span),
+                        "no value is allowed here",
+                    )
+                    .label("not allowed")
+                    .help("remove this value"),
                 );
             }
             return;
@@ -200,7 +204,10 @@ impl<'s> Validator<'s> {
             .iter()
             .map(|a| {
                 let (a, _) = self.resolve(a);
-                a.get("const").cloned().map(|c| vec![c]).or_else(|| a.get("enum").and_then(J::as_array).cloned())
+                a.get("const")
+                    .cloned()
+                    .map(|c| vec![c])
+                    .or_else(|| a.get("enum").and_then(J::as_array).cloned())
             })
             .collect();
         if let Some(consts) = consts {
@@ -248,9 +255,7 @@ impl<'s> Validator<'s> {
         match best {
             Some((_, diags)) => self.diags.extend(diags),
             None => {
-                let var_ok = alts
-                    .iter()
-                    .any(|a| self.resolve(a).1 == Some(VAR_REF));
+                let var_ok = alts.iter().any(|a| self.resolve(a).1 == Some(VAR_REF));
                 self.wrong_type(&expected, var_ok, node, ctx);
             }
         }
@@ -264,7 +269,7 @@ impl<'s> Validator<'s> {
         node: &Node,
         ctx: &Ctx,
     ) {
-        let noun = def_name.map_or_else(|| "section".to_string(), |n| lower_words(n));
+        let noun = def_name.map_or_else(|| "section".to_string(), lower_words);
         let names: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
         let Value::Map(_) = &node.value else {
             self.push(
@@ -278,12 +283,18 @@ impl<'s> Validator<'s> {
                     ),
                 )
                 .label("expected a mapping")
-                .help(format!("write e.g. `{tag}: {}`; the {tag} is one of {}", names[0], one_of(&names))),
+                .help(format!(
+                    "write e.g. `{tag}: {}`; the {tag} is one of {}",
+                    names[0],
+                    one_of(&names)
+                )),
             );
             return;
         };
         let Some(entry) = node.entry(tag) else {
-            let span = ctx.key_span.unwrap_or(Span::new(node.span.src, node.span.start, node.span.start));
+            let span =
+                ctx.key_span
+                    .unwrap_or(Span::new(node.span.src, node.span.start, node.span.start));
             self.push(
                 Diagnostic::error(
                     Code::MissingKey,
@@ -296,20 +307,27 @@ impl<'s> Validator<'s> {
             return;
         };
         let given = entry.value.as_str();
-        let Some((name, variant)) = given.and_then(|g| variants.iter().find(|(n, _)| n == g)) else {
+        let Some((name, variant)) = given.and_then(|g| variants.iter().find(|(n, _)| n == g))
+        else {
             let guess = given.and_then(|g| did_you_mean(g, names.iter().copied()));
             let help = match guess {
-                Some(g) => format!("did you mean `{g}`? The {noun} {tag}s are {}", one_of(&names)),
+                Some(g) => format!(
+                    "did you mean `{g}`? The {noun} {tag}s are {}",
+                    one_of(&names)
+                ),
                 None => format!("the {noun} {tag}s are {}", one_of(&names)),
             };
             self.push(
                 Diagnostic::error(
                     Code::UnknownVariant,
                     Some(entry.value.span),
-                    format!("unknown {noun} {tag} {}", match given {
-                        Some(g) => format!("`{g}`"),
-                        None => entry.value.describe(),
-                    }),
+                    format!(
+                        "unknown {noun} {tag} {}",
+                        match given {
+                            Some(g) => format!("`{g}`"),
+                            None => entry.value.describe(),
+                        }
+                    ),
                 )
                 .label(format!("not a known {noun}"))
                 .help(help),
@@ -346,16 +364,26 @@ impl<'s> Validator<'s> {
             if quoted_number && expected.iter().any(|t| t == "integer" || t == "number") {
                 help = Some(format!("remove the quotes: `{}`", s.trim()));
             } else if expected.iter().any(|t| t == "boolean")
-                && matches!(s.to_lowercase().as_str(), "yes" | "no" | "on" | "off" | "y" | "n")
+                && matches!(
+                    s.to_lowercase().as_str(),
+                    "yes" | "no" | "on" | "off" | "y" | "n"
+                )
             {
-                help = Some("write `true` or `false` (YAML 1.2 reads `yes`/`no`/`on`/`off` as strings)".into());
+                help = Some(
+                    "write `true` or `false` (YAML 1.2 reads `yes`/`no`/`on`/`off` as strings)"
+                        .into(),
+                );
             }
         }
         if help.is_none() && matches!(node.value, Value::Null) {
             help = Some(format!("give {} a value, or remove the key", ctx.subject()));
         }
         if help.is_none() {
-            let key = ctx.key.as_deref().filter(|k| !k.contains('[')).unwrap_or("key");
+            let key = ctx
+                .key
+                .as_deref()
+                .filter(|k| !k.contains('['))
+                .unwrap_or("key");
             let example = match expected.iter().find(|t| *t != "null").map(String::as_str) {
                 Some("integer") => format!("`{key}: 4`"),
                 Some("number") => format!("`{key}: 0.5`"),
@@ -371,7 +399,11 @@ impl<'s> Validator<'s> {
             Diagnostic::error(
                 Code::WrongType,
                 Some(node.span),
-                format!("{} must be {want}, found {}", ctx.subject(), node.describe()),
+                format!(
+                    "{} must be {want}, found {}",
+                    ctx.subject(),
+                    node.describe()
+                ),
             )
             .label(format!("expected {want}"))
             .maybe_help(help),
@@ -382,7 +414,10 @@ impl<'s> Validator<'s> {
     fn check_type(&mut self, obj: &Map<String, J>, node: &Node, ctx: &Ctx) -> bool {
         let types = match obj.get("type") {
             Some(J::String(t)) => vec![t.clone()],
-            Some(J::Array(ts)) => ts.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
+            Some(J::Array(ts)) => ts
+                .iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect(),
             _ => return true,
         };
         if types.iter().any(|t| type_matches(t, node)) {
@@ -392,7 +427,11 @@ impl<'s> Validator<'s> {
                         Diagnostic::error(
                             Code::OutOfRange,
                             Some(node.span),
-                            format!("{} must be a finite number, found {}", ctx.subject(), node.describe()),
+                            format!(
+                                "{} must be a finite number, found {}",
+                                ctx.subject(),
+                                node.describe()
+                            ),
                         )
                         .label("not finite")
                         .help("`.inf` and `.nan` are not allowed here; write an ordinary number"),
@@ -427,10 +466,14 @@ impl<'s> Validator<'s> {
             Diagnostic::error(
                 Code::UnknownValue,
                 Some(node.span),
-                format!("unknown value {} for {}", match &given {
-                    Some(g) => format!("`{g}`"),
-                    None => node.describe(),
-                }, ctx.subject()),
+                format!(
+                    "unknown value {} for {}",
+                    match &given {
+                        Some(g) => format!("`{g}`"),
+                        None => node.describe(),
+                    },
+                    ctx.subject()
+                ),
             )
             .label("not an allowed value")
             .help(help),
@@ -476,13 +519,19 @@ impl<'s> Validator<'s> {
                 Some(m) => format!("must be greater than {}", fmt_f64(m)),
                 None => format!("must be at least {}", fmt_f64(min.unwrap_or_default())),
             };
-            (format!("{} is too small: {}", ctx.subject(), describe_num(node)), label)
+            (
+                format!("{} is too small: {}", ctx.subject(), describe_num(node)),
+                label,
+            )
         } else {
             let label = match xmax {
                 Some(m) => format!("must be less than {}", fmt_f64(m)),
                 None => format!("must be at most {}", fmt_f64(max.unwrap_or_default())),
             };
-            (format!("{} is too large: {}", ctx.subject(), describe_num(node)), label)
+            (
+                format!("{} is too large: {}", ctx.subject(), describe_num(node)),
+                label,
+            )
         };
         let mut d = Diagnostic::error(Code::OutOfRange, Some(node.span), msg)
             .label(label)
@@ -497,9 +546,13 @@ impl<'s> Validator<'s> {
         if let Some(min) = obj.get("minLength").and_then(J::as_u64) {
             if (s.chars().count() as u64) < min {
                 self.push(
-                    Diagnostic::error(Code::BadString, Some(node.span), format!("{} must not be empty", ctx.subject()))
-                        .label("empty")
-                        .help("write at least one character"),
+                    Diagnostic::error(
+                        Code::BadString,
+                        Some(node.span),
+                        format!("{} must not be empty", ctx.subject()),
+                    )
+                    .label("empty")
+                    .help("write at least one character"),
                 );
             }
         }
@@ -536,7 +589,11 @@ impl<'s> Validator<'s> {
                 Diagnostic::error(
                     Code::BadLength,
                     Some(node.span),
-                    format!("{} needs {want} item{}, found {n}", ctx.subject(), if want.ends_with(" 1") { "" } else { "s" }),
+                    format!(
+                        "{} needs {want} item{}, found {n}",
+                        ctx.subject(),
+                        if want.ends_with(" 1") { "" } else { "s" }
+                    ),
                 )
                 .label(format!("{n} item{}", if n == 1 { "" } else { "s" }))
                 .help(format!("{} takes {want} item(s)", ctx.subject())),
@@ -559,17 +616,26 @@ impl<'s> Validator<'s> {
         let props = obj.get("properties").and_then(J::as_object);
         let extra = obj.get("additionalProperties");
         let names_schema = obj.get("propertyNames");
-        let known: Vec<&str> = props.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+        let known: Vec<&str> = props
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
         for e in entries {
             if let Some(ns) = names_schema {
                 let key_node = Node::new(Value::Str(e.key.clone()), e.key_span);
-                let sub = Ctx { key: Some("the key".into()), key_span: None, what: ctx.what.clone() };
+                let sub = Ctx {
+                    key: Some("the key".into()),
+                    key_span: None,
+                    what: ctx.what.clone(),
+                };
                 let before = self.diags.len();
                 self.check(ns, &key_node, &sub);
                 for d in &mut self.diags[before..] {
                     d.code = Code::BadKey;
                     d.message = format!("`{}` is not a valid name in {}", e.key, ctx.what);
-                    d.help = Some("names start with a letter or `_` and contain only letters, digits and `_`".into());
+                    d.help = Some(
+                        "names start with a letter or `_` and contain only letters, digits and `_`"
+                            .into(),
+                    );
                 }
             }
             let sub = Ctx {
@@ -619,7 +685,10 @@ impl<'s> Validator<'s> {
                     .and_then(J::as_str)
                     .map(first_sentence);
                 let help = match doc {
-                    Some(d) => format!("add `{r}: ...` ({})", d.trim_end_matches('.').to_lowercase()),
+                    Some(d) => format!(
+                        "add `{r}: ...` ({})",
+                        d.trim_end_matches('.').to_lowercase()
+                    ),
                     None => format!("add `{r}: ...`"),
                 };
                 self.push(
@@ -666,7 +735,10 @@ fn lower_words(name: &str) -> String {
 fn schema_types(s: &J) -> Vec<String> {
     match s.get("type") {
         Some(J::String(t)) => vec![t.clone()],
-        Some(J::Array(ts)) => ts.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
+        Some(J::Array(ts)) => ts
+            .iter()
+            .filter_map(|t| t.as_str().map(String::from))
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -220,7 +220,9 @@ pub fn parse(sources: &SourceMap, src: SourceId) -> (Option<Node>, Vec<Diagnosti
     diags.append(&mut b.diags);
     match result {
         Ok(()) => {
-            let root = b.root.unwrap_or_else(|| Node::new(Value::Null, Span::new(src, 0, 0)));
+            let root = b
+                .root
+                .unwrap_or_else(|| Node::new(Value::Null, Span::new(src, 0, 0)));
             (Some(root), diags)
         }
         Err(d) => {
@@ -310,7 +312,10 @@ impl Builder<'_> {
         Span::new(self.src, self.offset(&s.start), self.offset(&s.end))
     }
 
-    fn run<'i>(&mut self, mut parser: Parser<'i, saphyr_parser::StrInput<'i>>) -> Result<(), Fatal> {
+    fn run<'i>(
+        &mut self,
+        mut parser: Parser<'i, saphyr_parser::StrInput<'i>>,
+    ) -> Result<(), Fatal> {
         loop {
             let (event, yspan) = match parser.next_event() {
                 None => return Ok(()),
@@ -520,11 +525,15 @@ impl Builder<'_> {
                 "str" => Some(Value::Str(text.to_string())),
                 "null" => Some(Value::Null),
                 "bool" => resolve_plain(text).filter(|v| matches!(v, Value::Bool(_))),
-                "int" => resolve_plain(text).filter(|v| matches!(v, Value::Int(_) | Value::Float(_))),
-                "float" => resolve_plain(text).map(|v| match v {
-                    Value::Int(i) => Value::Float(i as f64),
-                    v => v,
-                }).filter(|v| matches!(v, Value::Float(_))),
+                "int" => {
+                    resolve_plain(text).filter(|v| matches!(v, Value::Int(_) | Value::Float(_)))
+                }
+                "float" => resolve_plain(text)
+                    .map(|v| match v {
+                        Value::Int(i) => Value::Float(i as f64),
+                        v => v,
+                    })
+                    .filter(|v| matches!(v, Value::Float(_))),
                 _ => None,
             };
             return v.ok_or_else(|| {
@@ -539,7 +548,9 @@ impl Builder<'_> {
             });
         }
         Ok(match style {
-            ScalarStyle::Plain => resolve_plain(text).unwrap_or_else(|| Value::Str(text.to_string())),
+            ScalarStyle::Plain => {
+                resolve_plain(text).unwrap_or_else(|| Value::Str(text.to_string()))
+            }
             _ => Value::Str(text.to_string()),
         })
     }
@@ -556,23 +567,32 @@ impl Builder<'_> {
             .rsplit('\n')
             .next()
             .unwrap_or("");
-        let mut help = None;
-        if info.contains("tab") || line_text.contains('\t') || text[start.min(text.len())..].starts_with('\t') {
-            help = Some("YAML does not allow tab characters for indentation; indent with spaces".to_string());
+        let help = if info.contains("tab")
+            || line_text.contains('\t')
+            || text[start.min(text.len())..].starts_with('\t')
+        {
+            "YAML does not allow tab characters for indentation; indent with spaces"
         } else if info.contains("mapping values are not allowed") {
-            help = Some("check the indentation of this line against the lines above it, or quote a value that contains `: `".to_string());
+            "check the indentation of this line against the lines above it, or quote a value that contains `: `"
         } else if info.contains("did not find expected key") || info.contains("block") {
-            help = Some("check the indentation: keys of one mapping must start in the same column".to_string());
+            "check the indentation: keys of one mapping must start in the same column"
         } else if info.contains("flow") {
-            help = Some("a `[` or `{` is not closed here, or its items are not separated by commas".to_string());
-        } else if info.contains("did not find expected") || info.contains("unclosed") || info.contains("end of stream") {
-            help = Some("a quote, bracket or brace is not closed".to_string());
+            "a `[` or `{` is not closed here, or its items are not separated by commas"
+        } else if info.contains("did not find expected")
+            || info.contains("unclosed")
+            || info.contains("end of stream")
+        {
+            "a quote, bracket or brace is not closed"
         } else {
-            help = Some("the YAML syntax breaks at this position; compare it with the lines above".to_string());
-        }
-        Diagnostic::error(Code::YamlSyntax, Some(Span::new(self.src, start, end)), format!("invalid YAML: {info}"))
-            .label("here")
-            .maybe_help(help)
+            "the YAML syntax breaks at this position; compare it with the lines above"
+        };
+        Diagnostic::error(
+            Code::YamlSyntax,
+            Some(Span::new(self.src, start, end)),
+            format!("invalid YAML: {info}"),
+        )
+        .label("here")
+        .help(help)
     }
 }
 
@@ -607,21 +627,27 @@ fn resolve_plain(text: &str) -> Option<Value> {
     if let Some(hex) = text.strip_prefix("0x") {
         if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Some(
-                i64::from_str_radix(hex, 16).map_or_else(|_| Value::Float(f64::INFINITY), Value::Int),
+                i64::from_str_radix(hex, 16)
+                    .map_or_else(|_| Value::Float(f64::INFINITY), Value::Int),
             );
         }
     }
     if let Some(oct) = text.strip_prefix("0o") {
         if !oct.is_empty() && oct.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
             return Some(
-                i64::from_str_radix(oct, 8).map_or_else(|_| Value::Float(f64::INFINITY), Value::Int),
+                i64::from_str_radix(oct, 8)
+                    .map_or_else(|_| Value::Float(f64::INFINITY), Value::Int),
             );
         }
     }
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         return Some(match text.parse::<i64>() {
             Ok(i) => Value::Int(i),
-            Err(_) => Value::Float(format!("{sign}{digits}").parse::<f64>().unwrap_or(f64::INFINITY)),
+            Err(_) => Value::Float(
+                format!("{sign}{digits}")
+                    .parse::<f64>()
+                    .unwrap_or(f64::INFINITY),
+            ),
         });
     }
     if is_float_syntax(digits) {
