@@ -9,5 +9,8 @@
 
 pub mod cli;
 pub mod diag;
+pub mod ir;
+pub mod lower;
+pub mod passes;
 pub mod spec;
 pub mod util;

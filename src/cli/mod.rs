@@ -56,6 +56,34 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         check: Option<PathBuf>,
     },
+    /// Lower a model or recipe to the graph IR, optimize it, and print it.
+    ///
+    /// Prints the graph (text, Graphviz DOT or JSON), the parameter count, an estimate of the
+    /// activation memory per example, whether the model is causal, and what each pass changed.
+    #[command(after_help = "Examples:\n  kiln graph recipes/default.yaml\n  kiln graph recipes/default.yaml --no-opt\n  kiln graph models/gfnet-causal.yaml --vocab 7 --seq 64 --passes spectral,dce\n  kiln graph recipes/default.yaml --format dot | dot -Tsvg > graph.svg")]
+    Graph {
+        /// A model or recipe file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Override a value first, e.g. `model.vars.heads=8` (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Show the graph as lowered, without optimization passes.
+        #[arg(long)]
+        no_opt: bool,
+        /// Comma-separated passes to run (default: all: gqa,spectral,cse,dce).
+        #[arg(long, value_delimiter = ',', value_name = "PASS,...", conflicts_with = "no_opt")]
+        passes: Option<Vec<String>>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+        /// Vocabulary size for a model file without `vocab` (recipes take it from the task).
+        #[arg(long)]
+        vocab: Option<u64>,
+        /// Sequence length for the memory estimate and length checks (recipes: the task's).
+        #[arg(long)]
+        seq: Option<u64>,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  kiln completions bash > ~/.local/share/bash-completion/completions/kiln"
@@ -64,6 +92,17 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// Graph output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// One line per op.
+    Text,
+    /// Graphviz DOT.
+    Dot,
+    /// JSON with the nodes and a summary.
+    Json,
 }
 
 /// Diagnostic output format.
@@ -89,6 +128,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Validate { files, set, format } => validate(&files, &set, format),
+        Command::Graph { file, set, no_opt, passes, format, vocab, seq } => graph_cmd(&file, &set, no_opt, passes, format, vocab, seq),
         Command::Schema { out, check } => schema_cmd(out.as_deref(), check.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
@@ -106,7 +146,10 @@ fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
     let mut json_files = Vec::new();
     for file in files {
         let mut sources = SourceMap::new();
-        let result = spec::load(file, set, &mut sources);
+        let result = spec::load(file, set, &mut sources).and_then(|doc| match lower_doc(&doc, None, None) {
+            Ok(_) => Ok(doc),
+            Err(diags) => Err(spec::LoadError { diags }),
+        });
         let (diags, file_status, summary) = match &result {
             Ok(doc) => (Vec::new(), 0, describe(doc)),
             Err(e) => (
@@ -221,4 +264,123 @@ fn report_io(msg: &str) {
     let mut diags = vec![d];
     diag::sort(&mut diags);
     let _ = std::io::stderr().write_all(render_text(&diags, &SourceMap::new(), color()).as_bytes());
+}
+
+/// Lower a loaded document: recipes with their task's vocabulary, sequence length and
+/// causality requirement; model files with `vocab` (or the placeholder) and no causality
+/// requirement.
+fn lower_doc(doc: &Document, vocab: Option<u64>, seq: Option<u64>) -> Result<crate::ir::Graph, Vec<Diagnostic>> {
+    match doc {
+        Document::Recipe(r) => crate::lower::lower_recipe(r),
+        Document::Model(m) => crate::lower::lower(
+            m,
+            &crate::lower::LowerOptions {
+                vocab: vocab.or(m.spec.vocab.map(u64::from)).unwrap_or(crate::lower::PLACEHOLDER_VOCAB),
+                max_seq: seq,
+                require_causal: false,
+            },
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn graph_cmd(file: &Path, set: &[String], no_opt: bool, passes: Option<Vec<String>>, format: GraphFormat, vocab: Option<u64>, seq: Option<u64>) -> i32 {
+    let mut sources = SourceMap::new();
+    let doc = match spec::load(file, set, &mut sources) {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprint!("{}", render_text(&e.diags, &sources, color()));
+            return if e.unreadable() { 2 } else { 1 };
+        }
+    };
+    let mut graph = match lower_doc(&doc, vocab, seq) {
+        Ok(g) => g,
+        Err(diags) => {
+            eprint!("{}", render_text(&diags, &sources, color()));
+            return 1;
+        }
+    };
+    let selected = match (no_opt, passes) {
+        (true, _) => Vec::new(),
+        (false, None) => crate::passes::ALL.iter().collect(),
+        (false, Some(names)) => match crate::passes::by_name(&names) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+    };
+    let changes = match crate::passes::optimize(&mut graph, &selected, cfg!(debug_assertions)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("internal error: {e}");
+            return 3;
+        }
+    };
+    let seq = match &doc {
+        Document::Recipe(r) => r.spec.task.max_seq(),
+        Document::Model(_) => seq.unwrap_or(128),
+    };
+    let params = graph.param_count();
+    let act = graph.activation_bytes(seq);
+    let causal = crate::lower::is_causal(&graph);
+    let summary = vec![
+        format!("{}: {} parameters, {} ops", graph.name, group_digits(params), graph.g.node_count()),
+        format!("activation memory ≈ {} per example at seq {seq} (f32, all intermediate values)", human_bytes(act)),
+        format!("causal: {}", if causal { "yes" } else { "no (a position can see later positions)" }),
+        format!(
+            "passes: {}",
+            if selected.is_empty() { "none".to_string() } else { selected.iter().map(|p| p.name).collect::<Vec<_>>().join(", ") }
+        ),
+    ];
+    match format {
+        GraphFormat::Text => {
+            print!("{}", crate::ir::print::to_text(&graph));
+            for line in &summary {
+                println!("# {line}");
+            }
+            for c in &changes {
+                println!("# {}: {}", c.pass, c.what);
+            }
+        }
+        GraphFormat::Dot => {
+            print!("{}", crate::ir::print::to_dot(&graph));
+            for line in &summary {
+                eprintln!("# {line}");
+            }
+        }
+        GraphFormat::Json => {
+            let v = serde_json::json!({
+                "graph": crate::ir::print::to_json(&graph),
+                "params": params,
+                "activation_bytes_per_example": act,
+                "seq": seq,
+                "causal": causal,
+                "changes": changes.iter().map(|c| serde_json::json!({"pass": c.pass, "change": c.what})).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v).expect("json serializes"));
+        }
+    }
+    0
+}
+
+fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
 }

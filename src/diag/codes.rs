@@ -75,6 +75,12 @@ codes! {
     BadKey = "K113",
     /// Values that are valid one by one but contradict each other.
     Conflict = "K200",
+    /// A layer does not fit the shape of its input (widths, heads, lengths).
+    Shape = "K300",
+    /// The model lets a position see later positions, but the task predicts the next token.
+    NonCausal = "K301",
+    /// A layer is used where it has no meaning (e.g. `cycle` outside `repeat`).
+    Structure = "K302",
 }
 
 impl Code {

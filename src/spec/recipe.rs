@@ -375,3 +375,33 @@ pub enum Strategy {
     #[default]
     Greedy,
 }
+
+impl Language {
+    /// Vocabulary size: SOS, EOS, PAD and the language's symbols (reference §1.1).
+    pub fn vocab(self) -> u64 {
+        match self {
+            Language::ANbN | Language::BaN | Language::BbaN => 5,
+            Language::ANbNcN => 6,
+            Language::Dyck | Language::CsDyck => 7,
+        }
+    }
+}
+
+impl Task {
+    /// Vocabulary size the model must predict.
+    pub fn vocab(&self) -> u64 {
+        match self {
+            Task::Grammar { language, .. } => language.vocab(),
+            Task::Uint16 { vocab, .. } => u64::from(*vocab),
+        }
+    }
+
+    /// Longest sequence the model reads: `SOS w EOS` padded to max_length + 2, minus the last
+    /// token (teacher forcing) for grammars; the context window for uint16 streams.
+    pub fn max_seq(&self) -> u64 {
+        match self {
+            Task::Grammar { max_length, .. } => u64::from(*max_length) + 1,
+            Task::Uint16 { context, .. } => u64::from(*context),
+        }
+    }
+}

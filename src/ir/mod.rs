@@ -1,0 +1,239 @@
+//! The graph IR: a `petgraph` `StableDiGraph` of [`Op`]s whose edges carry input ports, with
+//! symbolic shapes (`batch`, `seq`) and a verifier.
+
+pub mod op;
+pub mod print;
+pub mod reference;
+pub mod verify;
+
+pub use op::{AttnScale, Init, Mixing, Op, Real, SpectralAlgo};
+
+use crate::diag::Span;
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use std::collections::BinaryHeap;
+use std::fmt;
+
+/// A dimension: symbolic or fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// The batch size.
+    Batch,
+    /// The sequence length.
+    Seq,
+    /// A number known at compile time.
+    Fixed(u64),
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Batch => write!(f, "batch"),
+            Dim::Seq => write!(f, "seq"),
+            Dim::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit floats.
+    F32,
+    /// Token ids.
+    I64,
+}
+
+/// The type of a value: element type and shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TensorType {
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<Dim>,
+}
+
+impl TensorType {
+    /// Number of elements for given batch and sequence sizes.
+    pub fn numel(&self, batch: u64, seq: u64) -> u64 {
+        self.shape
+            .iter()
+            .map(|d| match d {
+                Dim::Batch => batch,
+                Dim::Seq => seq,
+                Dim::Fixed(n) => *n,
+            })
+            .product()
+    }
+}
+
+impl fmt::Display for TensorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.shape.iter().map(Dim::to_string).collect();
+        let t = match self.dtype {
+            DType::F32 => "f32",
+            DType::I64 => "i64",
+        };
+        write!(f, "{t}[{}]", dims.join(", "))
+    }
+}
+
+/// A node: an op, its inferred output type, and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The operation.
+    pub op: Op,
+    /// The output type.
+    pub ty: TensorType,
+    /// Path of the layer that produced it, e.g. `layers[1].body[0]`.
+    pub layer: String,
+    /// The YAML span of that layer.
+    pub span: Option<Span>,
+    /// Set by lowering when the op is one piece of a construction that is causal as a whole
+    /// (the FFT pair of a causal spectral filter); the causality analysis uses it instead of
+    /// the op's own mixing.
+    pub mixing: Option<Mixing>,
+}
+
+/// Input port an edge feeds.
+pub type Port = u32;
+
+/// A model graph.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    /// The nodes and edges.
+    pub g: StableDiGraph<Node, Port>,
+    /// The model's name.
+    pub name: String,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new(name: impl Into<String>) -> Self {
+        Graph {
+            g: StableDiGraph::new(),
+            name: name.into(),
+        }
+    }
+
+    /// Add a node whose inputs are `inputs` (in port order), inferring its type.
+    pub fn add(&mut self, op: Op, inputs: &[NodeIndex], layer: &str, span: Option<Span>) -> Result<NodeIndex, String> {
+        let tys: Vec<TensorType> = inputs.iter().map(|&i| self.g[i].ty.clone()).collect();
+        let ty = op.infer(&tys)?;
+        let n = self.g.add_node(Node {
+            op,
+            ty,
+            layer: layer.to_string(),
+            span,
+            mixing: None,
+        });
+        for (port, &i) in inputs.iter().enumerate() {
+            self.g.add_edge(i, n, port as Port);
+        }
+        Ok(n)
+    }
+
+    /// The inputs of a node in port order.
+    pub fn inputs(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        let mut ins: Vec<(Port, NodeIndex)> = self
+            .g
+            .edges_directed(n, Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
+        ins.sort();
+        ins.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// The nodes that read `n`, with the port they read it on, sorted.
+    pub fn users(&self, n: NodeIndex) -> Vec<(NodeIndex, Port)> {
+        let mut v: Vec<(NodeIndex, Port)> = self
+            .g
+            .edges_directed(n, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Replace every use of `old` by `new`.
+    pub fn replace_uses(&mut self, old: NodeIndex, new: NodeIndex) {
+        for (user, port) in self.users(old) {
+            let e = self.g.find_edge(old, user).expect("edge exists");
+            self.g.remove_edge(e);
+            self.g.add_edge(new, user, port);
+        }
+    }
+
+    /// Set input `port` of `n` to `src`.
+    pub fn set_input(&mut self, n: NodeIndex, port: Port, src: NodeIndex) {
+        let old: Vec<_> = self
+            .g
+            .edges_directed(n, Direction::Incoming)
+            .filter(|e| *e.weight() == port)
+            .map(|e| e.id())
+            .collect();
+        for e in old {
+            self.g.remove_edge(e);
+        }
+        self.g.add_edge(src, n, port);
+    }
+
+    /// The output node.
+    pub fn output(&self) -> Option<NodeIndex> {
+        self.g.node_indices().find(|&n| self.g[n].op == Op::Output)
+    }
+
+    /// The input node.
+    pub fn input(&self) -> Option<NodeIndex> {
+        self.g.node_indices().find(|&n| self.g[n].op == Op::Input)
+    }
+
+    /// Nodes in a deterministic topological order (Kahn's algorithm, smallest index first), or
+    /// `None` when the graph has a cycle.
+    pub fn topo(&self) -> Option<Vec<NodeIndex>> {
+        let mut indeg: std::collections::HashMap<NodeIndex, usize> = self
+            .g
+            .node_indices()
+            .map(|n| (n, self.g.edges_directed(n, Direction::Incoming).count()))
+            .collect();
+        let mut ready: BinaryHeap<std::cmp::Reverse<NodeIndex>> = indeg
+            .iter()
+            .filter(|(_, &d)| d == 0)
+            .map(|(&n, _)| std::cmp::Reverse(n))
+            .collect();
+        let mut order = Vec::with_capacity(indeg.len());
+        while let Some(std::cmp::Reverse(n)) = ready.pop() {
+            order.push(n);
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let d = indeg.get_mut(&e.target()).expect("node exists");
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(std::cmp::Reverse(e.target()));
+                }
+            }
+        }
+        (order.len() == self.g.node_count()).then_some(order)
+    }
+
+    /// Total number of learned values.
+    pub fn param_count(&self) -> u64 {
+        self.g
+            .node_weights()
+            .filter_map(|n| match &n.op {
+                Op::Param { shape, .. } => Some(shape.iter().product::<u64>()),
+                _ => None,
+            })
+            .sum()
+    }
+
+    /// Estimated activation memory of one example of length `seq`, in bytes: the sum of the
+    /// sizes of all intermediate values (what a training step keeps for the backward pass).
+    pub fn activation_bytes(&self, seq: u64) -> u64 {
+        self.g
+            .node_weights()
+            .filter(|n| !matches!(n.op, Op::Param { .. } | Op::Input | Op::Output))
+            .map(|n| n.ty.numel(1, seq) * 4)
+            .sum()
+    }
+}

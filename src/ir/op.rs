@@ -1,0 +1,499 @@
+//! Operations of the IR: their attributes, shape inference, and how they mix positions.
+
+use super::{DType, Dim, TensorType};
+use crate::spec::Activation;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// An `f64` attribute with bitwise `Eq`/`Hash` (so ops can be compared and hashed for CSE).
+#[derive(Debug, Clone, Copy, PartialOrd)]
+pub struct Real(pub f64);
+
+impl PartialEq for Real {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for Real {}
+impl Hash for Real {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
+}
+impl fmt::Display for Real {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", crate::spec::yaml::fmt_f64(self.0))
+    }
+}
+
+/// How a parameter is initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Init {
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Every entry equal to the value.
+    Const(Real),
+    /// Normal with mean 0 and this standard deviation.
+    Normal(Real),
+    /// Uniform on (−bound, bound).
+    Uniform(Real),
+}
+
+impl fmt::Display for Init {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Init::Zeros => write!(f, "zeros"),
+            Init::Ones => write!(f, "ones"),
+            Init::Const(c) => write!(f, "const {c}"),
+            Init::Normal(s) => write!(f, "normal {:.4}", s.0),
+            Init::Uniform(b) => write!(f, "uniform ±{:.4}", b.0),
+        }
+    }
+}
+
+/// How attention logits are scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttnScale {
+    /// q·k / √head_dim.
+    InvSqrtDim,
+    /// q̂·k̂ · g with a learned scalar g (QK-norm); g is the fourth input.
+    Learned,
+}
+
+/// Which algorithm a fused spectral filter uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpectralAlgo {
+    /// rfft → multiply → irfft, O(n log n).
+    Fft,
+    /// The equivalent (circular or causal) convolution as a dense matrix product, O(n²), faster
+    /// for short sequences.
+    Dense,
+}
+
+/// Which positions an op lets an output position depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mixing {
+    /// Output t depends on input t only (or on no position at all).
+    Pointwise,
+    /// Output t depends on inputs ≤ t.
+    Causal,
+    /// Output t may depend on any input position, later ones included.
+    Full,
+}
+
+/// One operation. Inputs are numbered ports; every op has one output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Token ids `i64[batch, seq]`.
+    Input,
+    /// A learned tensor.
+    Param {
+        /// Stable name, e.g. `layers.1.3.attention.q.weight`.
+        name: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Its initialisation.
+        init: Init,
+    },
+    /// `(ids [b, s], table [v, d]) → [b, s, d]`.
+    Embedding,
+    /// `(x [.., i], w [i, o], bias [o]?) → [.., o]`.
+    Linear {
+        /// Whether the third input (bias) is present.
+        bias: bool,
+    },
+    /// Elementwise sum of two tensors of the same shape.
+    Add,
+    /// Elementwise product of two tensors of the same shape.
+    Mul,
+    /// Multiply by a constant.
+    Scale(Real),
+    /// An activation function.
+    Act(Activation),
+    /// Dropout with probability p during training (identity at inference).
+    Dropout(Real),
+    /// `(x, gain, bias)`: layer normalisation over the last axis.
+    LayerNorm(Real),
+    /// `(x, gain)`: RMS normalisation over the last axis.
+    RmsNorm(Real),
+    /// `(tokens) → [seq, dim]`: sinusoidal position table.
+    SinusoidalTable {
+        /// Width.
+        dim: u64,
+    },
+    /// `(x [b, s, d], table [s or more, d]) → x + table[..s]`.
+    AddPositions,
+    /// `[b, s, h·d] → [b, h, s, d]`.
+    SplitHeads {
+        /// Number of heads.
+        heads: u64,
+    },
+    /// `[b, h, s, d] → [b, s, h·d]`.
+    MergeHeads,
+    /// `(tokens) → [seq, d/2, 2]`: cos and sin of RoPE angles.
+    RopeTable {
+        /// Head width (even).
+        head_dim: u64,
+        /// Frequency base.
+        base: Real,
+    },
+    /// `(x [b, h, s, d], table) → x` rotated (half-split pairs i, i + d/2).
+    ApplyRope,
+    /// L2-normalise the last axis.
+    L2Norm,
+    /// `[b, hkv, s, d] → [b, hkv·g, s, d]`: repeat each KV head g times (head h of the result is
+    /// head ⌊h/g⌋ of the input).
+    RepeatKv {
+        /// Repeats.
+        groups: u64,
+    },
+    /// `(q [b, hq, s, d], k [b, hkv, s, d], v [b, hkv, s, d], g?) → [b, hq, s, d]` with
+    /// hq = hkv · kv_groups; query head h reads KV head ⌊h / kv_groups⌋.
+    Attention {
+        /// Mask later positions.
+        causal: bool,
+        /// Query heads per KV head (1: ordinary attention).
+        kv_groups: u64,
+        /// Logit scaling.
+        scale: AttnScale,
+        /// Dropout on the attention weights.
+        dropout: Real,
+    },
+    /// `(x [b, s, i], then per layer w_ih [i, 4h], w_hh [h, 4h], b_ih [4h], b_hh [4h]) → [b, s, h]`.
+    Lstm {
+        /// Stacked layers.
+        layers: u64,
+        /// Hidden width.
+        hidden: u64,
+        /// Dropout between layers.
+        dropout: Real,
+    },
+    /// `[.., s, d] → [.., len, d]`, zero-padding the second-to-last axis (s ≤ len).
+    PadSeq {
+        /// Padded length.
+        len: u64,
+    },
+    /// `(x [b, len, d], like [b, s, ..]) → [b, s, d]`: the first s positions.
+    CropSeq,
+    /// Real FFT along the second-to-last axis (length n): `[.., n, d] → [.., n/2+1, d, 2]`
+    /// (real and imaginary parts last).
+    Rfft {
+        /// Transform length.
+        n: u64,
+    },
+    /// Inverse of [`Op::Rfft`] (with the 1/n factor): `[.., n/2+1, d, 2] → [.., n, d]`.
+    Irfft {
+        /// Output length.
+        n: u64,
+    },
+    /// Complex product `([b, f, d, 2], [f, d, 2]) → [b, f, d, 2]`.
+    ComplexMul,
+    /// Fused spectral filter `(x [b, s, d], p) → [b, s, d]`. Circular form: p is the complex
+    /// gate `[n/2+1, d, 2]` and y = irfft(rfft(pad(x, n)) · p)[..s]. Causal form: p is a kernel
+    /// `[n/2, d]` and y = (p * x) a causal linear convolution, computed with padding to n.
+    SpectralFilter {
+        /// Transform length.
+        n: u64,
+        /// Causal (kernel) form.
+        causal: bool,
+        /// Algorithm.
+        algo: SpectralAlgo,
+    },
+    /// The model's result.
+    Output,
+}
+
+impl Op {
+    /// Short name used in printing.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Param { .. } => "param",
+            Op::Embedding => "embedding",
+            Op::Linear { .. } => "linear",
+            Op::Add => "add",
+            Op::Mul => "mul",
+            Op::Scale(_) => "scale",
+            Op::Act(_) => "act",
+            Op::Dropout(_) => "dropout",
+            Op::LayerNorm(_) => "layernorm",
+            Op::RmsNorm(_) => "rmsnorm",
+            Op::SinusoidalTable { .. } => "sinusoidal_table",
+            Op::AddPositions => "add_positions",
+            Op::SplitHeads { .. } => "split_heads",
+            Op::MergeHeads => "merge_heads",
+            Op::RopeTable { .. } => "rope_table",
+            Op::ApplyRope => "apply_rope",
+            Op::L2Norm => "l2norm",
+            Op::RepeatKv { .. } => "repeat_kv",
+            Op::Attention { .. } => "attention",
+            Op::Lstm { .. } => "lstm",
+            Op::PadSeq { .. } => "pad_seq",
+            Op::CropSeq => "crop_seq",
+            Op::Rfft { .. } => "rfft",
+            Op::Irfft { .. } => "irfft",
+            Op::ComplexMul => "complex_mul",
+            Op::SpectralFilter { .. } => "spectral_filter",
+            Op::Output => "output",
+        }
+    }
+
+    /// Attributes as text, e.g. `heads=4`.
+    pub fn attrs(&self) -> String {
+        match self {
+            Op::Param { name, init, .. } => format!("{name} ({init})"),
+            Op::Linear { bias } => format!("bias={bias}"),
+            Op::Scale(c) => format!("{c}"),
+            Op::Act(a) => format!("{a:?}").to_lowercase(),
+            Op::Dropout(p) => format!("p={p}"),
+            Op::LayerNorm(e) | Op::RmsNorm(e) => format!("eps={e}"),
+            Op::SinusoidalTable { dim } => format!("dim={dim}"),
+            Op::SplitHeads { heads } => format!("heads={heads}"),
+            Op::RopeTable { head_dim, base } => format!("head_dim={head_dim} base={base}"),
+            Op::RepeatKv { groups } => format!("groups={groups}"),
+            Op::Attention { causal, kv_groups, scale, dropout } => format!(
+                "causal={causal} kv_groups={kv_groups} scale={} dropout={dropout}",
+                match scale {
+                    AttnScale::InvSqrtDim => "1/sqrt(d)",
+                    AttnScale::Learned => "learned",
+                }
+            ),
+            Op::Lstm { layers, hidden, dropout } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
+            Op::PadSeq { len } => format!("len={len}"),
+            Op::Rfft { n } | Op::Irfft { n } => format!("n={n}"),
+            Op::SpectralFilter { n, causal, algo } => format!("n={n} causal={causal} algo={}", match algo {
+                SpectralAlgo::Fft => "fft",
+                SpectralAlgo::Dense => "dense",
+            }),
+            _ => String::new(),
+        }
+    }
+
+    /// `false` for ops whose result is random (two of them on the same input differ), so CSE
+    /// must not merge them; parameters are distinct by name anyway.
+    pub fn is_pure(&self) -> bool {
+        !matches!(self, Op::Dropout(_) | Op::Param { .. } | Op::Input | Op::Output)
+            && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
+            && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
+    }
+
+    /// How the op mixes sequence positions.
+    pub fn mixing(&self) -> Mixing {
+        match self {
+            Op::Attention { causal: true, .. } | Op::Lstm { .. } => Mixing::Causal,
+            Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => Mixing::Full,
+            Op::SpectralFilter { causal, .. } => {
+                if *causal {
+                    Mixing::Causal
+                } else {
+                    Mixing::Full
+                }
+            }
+            _ => Mixing::Pointwise,
+        }
+    }
+
+    /// Number of inputs the op takes, given whether optional inputs are present.
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Input | Op::Param { .. } => 0,
+            Op::Embedding | Op::Add | Op::Mul | Op::AddPositions | Op::ApplyRope | Op::CropSeq | Op::ComplexMul | Op::SpectralFilter { .. } => 2,
+            Op::Linear { bias } => 2 + usize::from(*bias),
+            Op::LayerNorm(_) => 3,
+            Op::RmsNorm(_) => 2,
+            Op::Attention { scale, .. } => 3 + usize::from(*scale == AttnScale::Learned),
+            Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
+            _ => 1,
+        }
+    }
+
+    /// Infer the output type from the input types, or explain why they do not fit.
+    pub fn infer(&self, ins: &[TensorType]) -> Result<TensorType, String> {
+        if ins.len() != self.arity() {
+            return Err(format!("{} takes {} inputs, got {}", self.name(), self.arity(), ins.len()));
+        }
+        let f32 = |shape: Vec<Dim>| Ok(TensorType { dtype: DType::F32, shape });
+        let float = |i: usize| -> Result<&TensorType, String> {
+            if ins[i].dtype != DType::F32 {
+                return Err("expects a sequence of vectors, but gets token ids: put an `embedding` layer first".into());
+            }
+            Ok(&ins[i])
+        };
+        let last = |t: &TensorType| t.shape.last().copied();
+        match self {
+            Op::Input => Ok(TensorType { dtype: DType::I64, shape: vec![Dim::Batch, Dim::Seq] }),
+            Op::Param { shape, .. } => f32(shape.iter().map(|&d| Dim::Fixed(d)).collect()),
+            Op::Embedding => {
+                if ins[0].dtype != DType::I64 {
+                    return Err("an `embedding` reads token ids, but its input is already a sequence of vectors".into());
+                }
+                let d = ins[1].shape.get(1).copied().ok_or("embedding table must be 2-D")?;
+                f32(vec![ins[0].shape[0], ins[0].shape[1], d])
+            }
+            Op::Linear { bias } => {
+                let x = float(0)?;
+                let (wi, wo) = match ins[1].shape.as_slice() {
+                    [a, b] => (*a, *b),
+                    _ => return Err("linear weight must be 2-D".into()),
+                };
+                if last(x) != Some(wi) {
+                    return Err(format!("input width {} does not match the weight's {}", fmt_dim(last(x)), wi));
+                }
+                if *bias && ins[2].shape != vec![wo] {
+                    return Err("bias shape does not match the output width".into());
+                }
+                let mut s = x.shape.clone();
+                *s.last_mut().expect("rank ≥ 1") = wo;
+                f32(s)
+            }
+            Op::Add | Op::Mul => {
+                float(0)?;
+                float(1)?;
+                if ins[0].shape != ins[1].shape {
+                    return Err(format!("cannot combine shapes {} and {}", ins[0], ins[1]));
+                }
+                f32(ins[0].shape.clone())
+            }
+            Op::Scale(_) | Op::Act(_) | Op::Dropout(_) | Op::L2Norm => f32(float(0)?.shape.clone()),
+            Op::LayerNorm(_) | Op::RmsNorm(_) => {
+                let x = float(0)?;
+                for g in &ins[1..] {
+                    if g.shape.len() != 1 || Some(g.shape[0]) != last(x) {
+                        return Err("norm parameters do not match the input width".into());
+                    }
+                }
+                f32(x.shape.clone())
+            }
+            Op::SinusoidalTable { dim } => f32(vec![Dim::Seq, Dim::Fixed(*dim)]),
+            Op::AddPositions => {
+                let x = float(0)?;
+                if x.shape.len() != 3 || ins[1].shape.len() != 2 || ins[1].shape[1] != x.shape[2] {
+                    return Err(format!("position table {} does not fit input {}", ins[1], x));
+                }
+                f32(x.shape.clone())
+            }
+            Op::SplitHeads { heads } => {
+                let x = float(0)?;
+                match x.shape.as_slice() {
+                    [b, s, Dim::Fixed(w)] if w % heads == 0 => f32(vec![*b, Dim::Fixed(*heads), *s, Dim::Fixed(w / heads)]),
+                    [_, _, w] => Err(format!("width {} is not divisible by {heads} heads", fmt_dim(Some(*w)))),
+                    _ => Err(format!("expects [batch, seq, width], got {x}")),
+                }
+            }
+            Op::MergeHeads => match float(0)?.shape.as_slice() {
+                [b, Dim::Fixed(h), s, Dim::Fixed(d)] => f32(vec![*b, *s, Dim::Fixed(h * d)]),
+                _ => Err(format!("expects [batch, heads, seq, head_dim], got {}", ins[0])),
+            },
+            Op::RopeTable { head_dim, .. } => {
+                if head_dim % 2 != 0 {
+                    return Err(format!("rotary embeddings need an even head width, got {head_dim}"));
+                }
+                f32(vec![Dim::Seq, Dim::Fixed(head_dim / 2), Dim::Fixed(2)])
+            }
+            Op::ApplyRope => {
+                let x = float(0)?;
+                match (x.shape.as_slice(), ins[1].shape.as_slice()) {
+                    ([_, _, _, Dim::Fixed(d)], [_, Dim::Fixed(h), _]) if *d == 2 * h => f32(x.shape.clone()),
+                    _ => Err(format!("rope table {} does not fit {}", ins[1], x)),
+                }
+            }
+            Op::RepeatKv { groups } => match float(0)?.shape.as_slice() {
+                [b, Dim::Fixed(h), s, d] => f32(vec![*b, Dim::Fixed(h * groups), *s, *d]),
+                _ => Err(format!("expects [batch, heads, seq, head_dim], got {}", ins[0])),
+            },
+            Op::Attention { kv_groups, .. } => {
+                let (q, k, v) = (float(0)?, float(1)?, float(2)?);
+                match (q.shape.as_slice(), k.shape.as_slice()) {
+                    ([b, Dim::Fixed(hq), s, d], [_, Dim::Fixed(hk), _, dk]) => {
+                        if hq != &(hk * kv_groups) {
+                            return Err(format!("{hq} query heads cannot share {hk} key/value heads in groups of {kv_groups}"));
+                        }
+                        if d != dk || k.shape != v.shape {
+                            return Err(format!("query {q}, key {k} and value {v} do not fit"));
+                        }
+                        f32(vec![*b, Dim::Fixed(*hq), *s, *d])
+                    }
+                    _ => Err(format!("expects [batch, heads, seq, head_dim] inputs, got {q} and {k}")),
+                }
+            }
+            Op::Lstm { hidden, .. } => {
+                let x = float(0)?;
+                match x.shape.as_slice() {
+                    [b, s, _] => f32(vec![*b, *s, Dim::Fixed(*hidden)]),
+                    _ => Err(format!("expects [batch, seq, width], got {x}")),
+                }
+            }
+            Op::PadSeq { len } => {
+                let x = float(0)?;
+                let r = x.shape.len();
+                if r < 2 {
+                    return Err(format!("expects [.., seq, width], got {x}"));
+                }
+                if let Dim::Fixed(s) = x.shape[r - 2] {
+                    if s > *len {
+                        return Err(format!("cannot pad a sequence of {s} positions to {len}"));
+                    }
+                }
+                let mut s = x.shape.clone();
+                s[r - 2] = Dim::Fixed(*len);
+                f32(s)
+            }
+            Op::CropSeq => match (float(0)?.shape.as_slice(), ins[1].shape.as_slice()) {
+                ([b, _, d], [_, s, ..]) => f32(vec![*b, *s, *d]),
+                _ => Err("crop expects [batch, len, width]".into()),
+            },
+            Op::Rfft { n } => {
+                let x = float(0)?;
+                let r = x.shape.len();
+                if r < 2 || x.shape[r - 2] != Dim::Fixed(*n) {
+                    return Err(format!("rfft of length {n} does not fit {x}"));
+                }
+                let mut s = x.shape.clone();
+                s[r - 2] = Dim::Fixed(n / 2 + 1);
+                s.push(Dim::Fixed(2));
+                f32(s)
+            }
+            Op::Irfft { n } => {
+                let x = float(0)?;
+                let r = x.shape.len();
+                if r < 3 || x.shape[r - 3] != Dim::Fixed(n / 2 + 1) || x.shape[r - 1] != Dim::Fixed(2) {
+                    return Err(format!("irfft of length {n} does not fit {x}"));
+                }
+                let mut s = x.shape[..r - 1].to_vec();
+                s[r - 3] = Dim::Fixed(*n);
+                f32(s)
+            }
+            Op::ComplexMul => {
+                let x = float(0)?;
+                let g = &ins[1];
+                if x.shape.len() < g.shape.len() || x.shape[x.shape.len() - g.shape.len()..] != g.shape[..] {
+                    return Err(format!("gate {g} does not fit spectrum {x}"));
+                }
+                f32(x.shape.clone())
+            }
+            Op::SpectralFilter { n, causal, .. } => {
+                let x = float(0)?;
+                let d = match x.shape.as_slice() {
+                    [_, _, d] => *d,
+                    _ => return Err(format!("expects [batch, seq, width], got {x}")),
+                };
+                let want = if *causal {
+                    vec![Dim::Fixed(n / 2), d]
+                } else {
+                    vec![Dim::Fixed(n / 2 + 1), d, Dim::Fixed(2)]
+                };
+                if ins[1].shape != want {
+                    return Err(format!("spectral filter parameter {} does not fit input {x}", ins[1]));
+                }
+                f32(x.shape.clone())
+            }
+            Op::Output => Ok(ins[0].clone()),
+        }
+    }
+}
+
+fn fmt_dim(d: Option<Dim>) -> String {
+    d.map_or_else(|| "?".into(), |d| d.to_string())
+}

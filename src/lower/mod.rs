@@ -1,0 +1,483 @@
+//! Lowering: a validated model spec becomes a [`Graph`], with shapes inferred and checked.
+//!
+//! Every layer lowers to a handful of ops; a shape conflict becomes a diagnostic at the YAML
+//! layer that caused it. After lowering, the causality analysis finds layers that let a
+//! position see later positions.
+
+use crate::diag::{Code, Diagnostic, Span};
+use crate::ir::{AttnScale, DType, Dim, Graph, Init, Mixing, Op, Real};
+use crate::spec::yaml::Node;
+use crate::spec::{Activation, Layer, LoadedModel};
+use petgraph::stable_graph::NodeIndex;
+
+/// What lowering needs to know besides the model.
+#[derive(Debug, Clone, Copy)]
+pub struct LowerOptions {
+    /// Vocabulary size (from the task, or the model's `vocab`).
+    pub vocab: u64,
+    /// Longest sequence the model will read, when known (checked against `max_len`s).
+    pub max_seq: Option<u64>,
+    /// Reject a model in which a position sees later positions (next-token prediction).
+    pub require_causal: bool,
+}
+
+/// Lower a model. Returns the graph or every diagnostic found.
+pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diagnostic>> {
+    let name = model.spec.name.clone().unwrap_or_else(|| "model".into());
+    let mut l = Lowerer {
+        g: Graph::new(name),
+        input: NodeIndex::new(0),
+        opts: *opts,
+        diags: Vec::new(),
+        repeat: Vec::new(),
+    };
+    l.input = l.g.add(Op::Input, &[], "", None).expect("input has no inputs");
+    let nodes = model.tree.get("layers").and_then(seq_items);
+    let out = l.seq(&model.spec.layers, nodes, l.input, "layers");
+    if let Some(out) = out {
+        let last_span = nodes.and_then(|n| n.last()).map(layer_span);
+        let ty = &l.g.g[out].ty;
+        let want = Dim::Fixed(opts.vocab);
+        if ty.dtype != DType::F32 || ty.shape.last() != Some(&want) {
+            let width = ty.shape.last().map_or_else(|| "?".into(), Dim::to_string);
+            l.diags.push(
+                Diagnostic::error(Code::Shape, last_span, format!("the model ends with width {width}, but the task needs {} logits per position", opts.vocab))
+                    .label("last layer")
+                    .help("end the model with `{type: head}`, which projects to the vocabulary"),
+            );
+        } else {
+            l.g.add(Op::Output, &[out], "", None).expect("output takes any input");
+        }
+    }
+    if l.diags.is_empty() && opts.require_causal {
+        for n in noncausal_layers(&l.g) {
+            let node = &l.g.g[n];
+            l.diags.push(
+                Diagnostic::error(Code::NonCausal, node.span, format!("layer `{}` lets each position see later positions", node.layer))
+                    .label(format!("{} mixes the whole sequence", node.op.name()))
+                    .help("next-token prediction needs a causal model: make this layer causal (`causal: true`), or set `allow_noncausal: true` in the recipe to train it anyway"),
+            );
+        }
+    }
+    if l.diags.is_empty() {
+        Ok(l.g)
+    } else {
+        crate::diag::sort(&mut l.diags);
+        Err(l.diags)
+    }
+}
+
+/// Nodes whose own mixing is non-causal and whose result reaches the output: the layers that
+/// let a position see the future. Sorted by node index, one per layer.
+pub fn noncausal_layers(g: &Graph) -> Vec<NodeIndex> {
+    let Some(order) = g.topo() else { return Vec::new() };
+    let Some(out) = g.output() else { return Vec::new() };
+    // Which nodes reach the output.
+    let mut reaches = std::collections::HashSet::new();
+    reaches.insert(out);
+    for &n in order.iter().rev() {
+        if g.users(n).iter().any(|(u, _)| reaches.contains(u)) {
+            reaches.insert(n);
+        }
+    }
+    let mut seen_layers = std::collections::HashSet::new();
+    let mut v = Vec::new();
+    for n in order {
+        let node = &g.g[n];
+        let mixing = node.mixing.unwrap_or_else(|| node.op.mixing());
+        if mixing == Mixing::Full && reaches.contains(&n) && seen_layers.insert(node.layer.clone()) {
+            v.push(n);
+        }
+    }
+    v
+}
+
+/// `true` when no position of the output depends on a later input position.
+pub fn is_causal(g: &Graph) -> bool {
+    noncausal_layers(g).is_empty()
+}
+
+fn seq_items(n: &Node) -> Option<&[Node]> {
+    match &n.value {
+        crate::spec::yaml::Value::Seq(items) => Some(items),
+        _ => None,
+    }
+}
+
+/// Where a layer is written: the span of its `type` value.
+fn layer_span(n: &Node) -> Span {
+    n.get("type").map_or(n.span, |t| t.span)
+}
+
+struct Lowerer {
+    g: Graph,
+    input: NodeIndex,
+    opts: LowerOptions,
+    diags: Vec<Diagnostic>,
+    /// Copy indices of the enclosing `repeat`s, innermost last.
+    repeat: Vec<u32>,
+}
+
+/// The layer being lowered: its parameter prefix and YAML location.
+struct At<'a> {
+    path: String,
+    node: Option<&'a Node>,
+    span: Option<Span>,
+}
+
+impl At<'_> {
+    fn field_span(&self, key: &str) -> Option<Span> {
+        self.node.and_then(|n| n.get(key)).map(|n| n.span).or(self.span)
+    }
+}
+
+fn linear_init(fan_in: u64) -> Init {
+    Init::Uniform(Real(1.0 / (fan_in as f64).sqrt()))
+}
+
+impl Lowerer {
+    fn seq(&mut self, layers: &[Layer], nodes: Option<&[Node]>, mut x: NodeIndex, path: &str) -> Option<NodeIndex> {
+        for (i, layer) in layers.iter().enumerate() {
+            let node = nodes.and_then(|n| n.get(i));
+            x = self.layer(layer, node, x, &format!("{path}.{i}"))?;
+        }
+        Some(x)
+    }
+
+    fn width(&self, x: NodeIndex) -> u64 {
+        match self.g.g[x].ty.shape.last() {
+            Some(Dim::Fixed(w)) => *w,
+            _ => 0,
+        }
+    }
+
+    fn is_tokens(&self, x: NodeIndex) -> bool {
+        self.g.g[x].ty.dtype == DType::I64
+    }
+
+    fn error(&mut self, code: Code, span: Option<Span>, msg: String, label: &str, help: &str) {
+        self.diags.push(Diagnostic::error(code, span, msg).label(label).help(help));
+    }
+
+    fn op(&mut self, at: &At, op: Op, inputs: &[NodeIndex]) -> Option<NodeIndex> {
+        let name = op.name();
+        match self.g.add(op, inputs, &at.path, at.span) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                let help = if e.contains("token ids") {
+                    "start the model with `{type: embedding, dim: ...}`"
+                } else {
+                    "check the widths and head counts of this layer against the layer before it"
+                };
+                self.error(Code::Shape, at.span, format!("layer `{}` does not fit its input: {e}", at.path), &format!("{name} fails here"), help);
+                None
+            }
+        }
+    }
+
+    fn param(&mut self, at: &At, name: &str, shape: &[u64], init: Init) -> NodeIndex {
+        let op = Op::Param {
+            name: format!("{}.{name}", at.path),
+            shape: shape.to_vec(),
+            init,
+        };
+        self.g.add(op, &[], &at.path, at.span).expect("params have no inputs")
+    }
+
+    fn linear(&mut self, at: &At, name: &str, x: NodeIndex, out: u64, bias: bool) -> Option<NodeIndex> {
+        let inp = self.width(x);
+        let w = self.param(at, &format!("{name}.weight"), &[inp, out], linear_init(inp));
+        let mut ins = vec![x, w];
+        if bias {
+            ins.push(self.param(at, &format!("{name}.bias"), &[out], linear_init(inp)));
+        }
+        self.op(at, Op::Linear { bias }, &ins)
+    }
+
+    fn vectors(&mut self, at: &At, x: NodeIndex, what: &str) -> Option<()> {
+        if self.is_tokens(x) {
+            self.error(Code::Shape, at.span, format!("`{what}` expects a sequence of vectors, but gets token ids"), "token ids arrive here", "start the model with `{type: embedding, dim: ...}`");
+            return None;
+        }
+        Some(())
+    }
+
+    fn check_len(&mut self, at: &At, max_len: u64, what: &str) -> Option<()> {
+        if let Some(s) = self.opts.max_seq {
+            if s > max_len {
+                self.error(
+                    Code::Shape,
+                    at.field_span("max_len"),
+                    format!("`{what}` handles at most {max_len} positions, but the task feeds sequences of {s}"),
+                    "too short",
+                    &format!("set `max_len: {s}` or more"),
+                );
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    fn layer(&mut self, layer: &Layer, node: Option<&Node>, x: NodeIndex, path: &str) -> Option<NodeIndex> {
+        let at = At {
+            path: path.to_string(),
+            node,
+            span: node.map(layer_span),
+        };
+        let kind = layer.type_name();
+        if !matches!(layer, Layer::Embedding { .. } | Layer::Repeat { .. } | Layer::Cycle { .. } | Layer::Every { .. } | Layer::Residual { .. } | Layer::Parallel { .. }) {
+            self.vectors(&at, x, kind)?;
+        }
+        match layer {
+            Layer::Embedding { dim, scale } => {
+                if !self.is_tokens(x) {
+                    self.error(Code::Shape, at.span, "an `embedding` reads token ids, but its input is already a sequence of vectors".into(), "second embedding", "use `linear` to change the width of vectors");
+                    return None;
+                }
+                let table = self.param(&at, "weight", &[self.opts.vocab, u64::from(*dim)], Init::Normal(Real(1.0)));
+                let e = self.op(&at, Op::Embedding, &[x, table])?;
+                if *scale {
+                    self.op(&at, Op::Scale(Real(f64::from(*dim).sqrt())), &[e])
+                } else {
+                    Some(e)
+                }
+            }
+            Layer::SinusoidalPositions {} => {
+                let dim = self.width(x);
+                let table = self.op(&at, Op::SinusoidalTable { dim }, &[self.input])?;
+                self.op(&at, Op::AddPositions, &[x, table])
+            }
+            Layer::LearnedPositions { max_len } => {
+                self.check_len(&at, u64::from(*max_len), kind)?;
+                let table = self.param(&at, "weight", &[u64::from(*max_len), self.width(x)], Init::Normal(Real(0.02)));
+                self.op(&at, Op::AddPositions, &[x, table])
+            }
+            Layer::Attention { heads, kv_heads, head_dim, causal, rope, qk_norm, bias, dropout } => {
+                let w = self.width(x);
+                let h = u64::from(*heads);
+                let kv = kv_heads.map_or(h, u64::from);
+                if h % kv != 0 {
+                    self.error(Code::Shape, at.field_span("kv_heads"), format!("{h} query heads cannot be shared evenly by {kv} key/value heads"), "must divide `heads`", &format!("use a divisor of {h} for `kv_heads`"));
+                    return None;
+                }
+                let hd = match head_dim {
+                    Some(d) => u64::from(*d),
+                    None if w % h == 0 => w / h,
+                    None => {
+                        self.error(Code::Shape, at.field_span("heads"), format!("width {w} is not divisible by {h} heads"), "does not divide the width", "choose `heads` dividing the width, or set `head_dim`");
+                        return None;
+                    }
+                };
+                if rope.is_some() && hd % 2 != 0 {
+                    self.error(Code::Shape, at.field_span("rope"), format!("rotary embeddings need an even head width, got {hd}"), "odd head width", "change `heads` or `head_dim` so that the head width is even");
+                    return None;
+                }
+                let q = self.linear(&at, "q", x, h * hd, *bias)?;
+                let k = self.linear(&at, "k", x, kv * hd, *bias)?;
+                let v = self.linear(&at, "v", x, kv * hd, *bias)?;
+                let mut q = self.op(&at, Op::SplitHeads { heads: h }, &[q])?;
+                let mut k = self.op(&at, Op::SplitHeads { heads: kv }, &[k])?;
+                let mut v = self.op(&at, Op::SplitHeads { heads: kv }, &[v])?;
+                if *qk_norm {
+                    q = self.op(&at, Op::L2Norm, &[q])?;
+                    k = self.op(&at, Op::L2Norm, &[k])?;
+                }
+                if let Some(r) = rope {
+                    let table = self.op(&at, Op::RopeTable { head_dim: hd, base: Real(r.base) }, &[self.input])?;
+                    q = self.op(&at, Op::ApplyRope, &[q, table])?;
+                    k = self.op(&at, Op::ApplyRope, &[k, table])?;
+                }
+                if kv < h {
+                    k = self.op(&at, Op::RepeatKv { groups: h / kv }, &[k])?;
+                    v = self.op(&at, Op::RepeatKv { groups: h / kv }, &[v])?;
+                }
+                let mut ins = vec![q, k, v];
+                let scale = if *qk_norm {
+                    ins.push(self.param(&at, "qk_scale", &[1], Init::Const(Real(10.0))));
+                    AttnScale::Learned
+                } else {
+                    AttnScale::InvSqrtDim
+                };
+                let a = self.op(&at, Op::Attention { causal: *causal, kv_groups: 1, scale, dropout: Real(*dropout) }, &ins)?;
+                let m = self.op(&at, Op::MergeHeads, &[a])?;
+                self.linear(&at, "out", m, w, *bias)
+            }
+            Layer::Layernorm { eps } => {
+                let w = self.width(x);
+                let g = self.param(&at, "weight", &[w], Init::Ones);
+                let b = self.param(&at, "bias", &[w], Init::Zeros);
+                self.op(&at, Op::LayerNorm(Real(*eps)), &[x, g, b])
+            }
+            Layer::Rmsnorm { eps } => {
+                let w = self.width(x);
+                let g = self.param(&at, "weight", &[w], Init::Ones);
+                self.op(&at, Op::RmsNorm(Real(*eps)), &[x, g])
+            }
+            Layer::Mlp { hidden, activation, bias, dropout } => {
+                let w = self.width(x);
+                let h = self.linear(&at, "up", x, u64::from(*hidden), *bias)?;
+                let mut h = self.op(&at, Op::Act(*activation), &[h])?;
+                if *dropout > 0.0 {
+                    h = self.op(&at, Op::Dropout(Real(*dropout)), &[h])?;
+                }
+                self.linear(&at, "down", h, w, *bias)
+            }
+            Layer::Swiglu { hidden, bias } => {
+                let w = self.width(x);
+                let a = self.linear(&at, "gate", x, u64::from(*hidden), *bias)?;
+                let b = self.linear(&at, "up", x, u64::from(*hidden), *bias)?;
+                let a = self.op(&at, Op::Act(Activation::Silu), &[a])?;
+                let h = self.op(&at, Op::Mul, &[a, b])?;
+                self.linear(&at, "down", h, w, *bias)
+            }
+            Layer::Lstm { hidden, layers, dropout } => {
+                let h = u64::from(*hidden);
+                let mut ins = vec![x];
+                let mut inp = self.width(x);
+                let init = Init::Uniform(Real(1.0 / (h as f64).sqrt()));
+                for l in 0..*layers {
+                    ins.push(self.param(&at, &format!("l{l}.w_ih"), &[inp, 4 * h], init));
+                    ins.push(self.param(&at, &format!("l{l}.w_hh"), &[h, 4 * h], init));
+                    ins.push(self.param(&at, &format!("l{l}.b_ih"), &[4 * h], init));
+                    ins.push(self.param(&at, &format!("l{l}.b_hh"), &[4 * h], init));
+                    inp = h;
+                }
+                self.op(&at, Op::Lstm { layers: u64::from(*layers), hidden: h, dropout: Real(*dropout) }, &ins)
+            }
+            Layer::SpectralGate { max_len, causal } => {
+                let l = u64::from(*max_len);
+                self.check_len(&at, l, kind)?;
+                let w = self.width(x);
+                let first = self.g.g.node_count();
+                let y = if *causal {
+                    let n = 2 * l;
+                    let kernel = self.param(&at, "kernel", &[l, w], Init::Normal(Real(0.02)));
+                    let kp = self.op(&at, Op::PadSeq { len: n }, &[kernel])?;
+                    let kf = self.op(&at, Op::Rfft { n }, &[kp])?;
+                    let p = self.op(&at, Op::PadSeq { len: n }, &[x])?;
+                    let xf = self.op(&at, Op::Rfft { n }, &[p])?;
+                    let yf = self.op(&at, Op::ComplexMul, &[xf, kf])?;
+                    let y = self.op(&at, Op::Irfft { n }, &[yf])?;
+                    self.op(&at, Op::CropSeq, &[y, x])?
+                } else {
+                    let gate = self.param(&at, "gate", &[l / 2 + 1, w, 2], Init::Normal(Real(0.02)));
+                    let p = self.op(&at, Op::PadSeq { len: l }, &[x])?;
+                    let xf = self.op(&at, Op::Rfft { n: l }, &[p])?;
+                    let yf = self.op(&at, Op::ComplexMul, &[xf, gate])?;
+                    let y = self.op(&at, Op::Irfft { n: l }, &[yf])?;
+                    self.op(&at, Op::CropSeq, &[y, x])?
+                };
+                if *causal {
+                    // A linear convolution with a kernel of l taps, padded to 2l: causal as a
+                    // whole although its FFTs mix all positions.
+                    let ids: Vec<NodeIndex> = self.g.g.node_indices().filter(|n| n.index() >= first).collect();
+                    for n in ids {
+                        self.g.g[n].mixing = Some(Mixing::Causal);
+                    }
+                }
+                Some(y)
+            }
+            Layer::Dropout { p } => {
+                if *p > 0.0 {
+                    self.op(&at, Op::Dropout(Real(*p)), &[x])
+                } else {
+                    Some(x)
+                }
+            }
+            Layer::Linear { out, bias } => self.linear(&at, "proj", x, u64::from(*out), *bias),
+            Layer::Head { bias } => self.linear(&at, "proj", x, self.opts.vocab, *bias),
+            Layer::Residual { body } => {
+                let nodes = node.and_then(|n| n.get("body")).and_then(seq_items);
+                let y = self.seq(body, nodes, x, path)?;
+                if self.g.g[y].ty != self.g.g[x].ty {
+                    let (a, b) = (self.g.g[x].ty.to_string(), self.g.g[y].ty.to_string());
+                    self.error(Code::Shape, at.span, format!("the residual's body turns {a} into {b}; a residual needs the same shape"), "residual here", "make the body end with the width it starts with (e.g. a `linear` back to the input width)");
+                    return None;
+                }
+                self.op(&at, Op::Add, &[x, y])
+            }
+            Layer::Parallel { branches } => {
+                let nodes = node.and_then(|n| n.get("branches")).and_then(seq_items);
+                let mut outs = Vec::new();
+                for (b, branch) in branches.iter().enumerate() {
+                    let bn = nodes.and_then(|n| n.get(b)).and_then(seq_items);
+                    outs.push(self.seq(branch, bn, x, &format!("{path}.{b}"))?);
+                }
+                let ty0 = self.g.g[outs[0]].ty.clone();
+                if let Some(bad) = outs.iter().position(|&o| self.g.g[o].ty != ty0) {
+                    let tb = self.g.g[outs[bad]].ty.to_string();
+                    self.error(Code::Shape, at.span, format!("branch 0 returns {ty0} but branch {bad} returns {tb}; parallel branches are summed"), "parallel here", "make every branch end with the same width");
+                    return None;
+                }
+                let mut acc = outs[0];
+                for &o in &outs[1..] {
+                    acc = self.op(&at, Op::Add, &[acc, o])?;
+                }
+                Some(acc)
+            }
+            Layer::Repeat { times, body } => {
+                let nodes = node.and_then(|n| n.get("body")).and_then(seq_items);
+                let mut x = x;
+                for i in 0..*times {
+                    self.repeat.push(i);
+                    let r = self.seq(body, nodes, x, &format!("{path}.{i}"));
+                    self.repeat.pop();
+                    x = r?;
+                }
+                Some(x)
+            }
+            Layer::Cycle { choices } => {
+                let Some(&i) = self.repeat.last() else {
+                    self.error(Code::Structure, at.span, "`cycle` is only meaningful inside `repeat`".into(), "outside any repeat", "put the `cycle` in the `body` of a `repeat`, or use the layer directly");
+                    return None;
+                };
+                let k = i as usize % choices.len();
+                let cn = node.and_then(|n| n.get("choices")).and_then(seq_items).and_then(|c| c.get(k));
+                self.layer(&choices[k], cn, x, path)
+            }
+            Layer::Every { n, offset, body } => {
+                if offset >= n {
+                    self.error(Code::Structure, at.field_span("offset"), format!("`offset` {offset} is never reached with period {n}"), "must be less than `n`", &format!("use an offset from 0 to {}", n - 1));
+                    return None;
+                }
+                let Some(&i) = self.repeat.last() else {
+                    self.error(Code::Structure, at.span, "`every` is only meaningful inside `repeat`".into(), "outside any repeat", "put the `every` in the `body` of a `repeat`, or use its layers directly");
+                    return None;
+                };
+                if i % n == *offset {
+                    let nodes = node.and_then(|nd| nd.get("body")).and_then(seq_items);
+                    self.seq(body, nodes, x, path)
+                } else {
+                    Some(x)
+                }
+            }
+        }
+    }
+}
+
+/// Lower a recipe's model with the task's vocabulary and sequence length; causality is
+/// required unless the recipe sets `allow_noncausal`. A model `vocab` that disagrees with the
+/// task is an error.
+pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnostic>> {
+    let vocab = r.spec.task.vocab();
+    if let Some(v) = r.model.spec.vocab {
+        if u64::from(v) != vocab {
+            let span = r.model.tree.get("vocab").map(|n| n.span);
+            return Err(vec![Diagnostic::error(Code::Conflict, span, format!("the model says `vocab: {v}` but the task has {vocab} tokens"))
+                .label("disagrees with the task")
+                .help("remove `vocab` from the model: the recipe's task supplies it")]);
+        }
+    }
+    lower(
+        &r.model,
+        &LowerOptions {
+            vocab,
+            max_seq: Some(r.spec.task.max_seq()),
+            require_causal: !r.spec.allow_noncausal,
+        },
+    )
+}
+
+/// Vocabulary used to check a model file on its own when it declares none: any size works
+/// for shape checking, since only the embedding and head depend on it.
+pub const PLACEHOLDER_VOCAB: u64 = 16;
