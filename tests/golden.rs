@@ -23,7 +23,10 @@ fn render(case: &Path) -> (String, String) {
         .unwrap_or_default();
     let mut sources = SourceMap::new();
     let (diags, status) = match kiln::spec::load(case, &overrides, &mut sources) {
-        Ok(_) => (Vec::new(), 0),
+        Ok(doc) => match kiln::lower::lower_document(&doc, None, None) {
+            Ok(_) => (Vec::new(), 0),
+            Err(diags) => (diags, 1),
+        },
         Err(e) => (e.diags.clone(), if e.unreadable() { 2 } else { 1 }),
     };
     let mut text = render_text(&diags, &sources, false);
@@ -74,10 +77,13 @@ fn every_broken_case_is_rejected_with_located_diagnostics() {
             .map(|s| s.lines().map(String::from).collect())
             .unwrap_or_default();
         let mut sources = SourceMap::new();
-        let err = kiln::spec::load(&case, &overrides, &mut sources)
-            .expect_err(&format!("{} should be rejected", case.display()));
-        assert!(!err.diags.is_empty());
-        for d in &err.diags {
+        let diags = match kiln::spec::load(&case, &overrides, &mut sources) {
+            Ok(doc) => kiln::lower::lower_document(&doc, None, None)
+                .expect_err(&format!("{} should be rejected", case.display())),
+            Err(e) => e.diags,
+        };
+        assert!(!diags.is_empty());
+        for d in &diags {
             let span = d
                 .span
                 .unwrap_or_else(|| panic!("{}: {d:?} has no location", case.display()));
@@ -90,8 +96,7 @@ fn every_broken_case_is_rejected_with_located_diagnostics() {
                 d.message
             );
         }
-        let positions: Vec<_> = err
-            .diags
+        let positions: Vec<_> = diags
             .iter()
             .map(|d| d.span.map(|s| (s.src, s.start)))
             .collect();

@@ -146,7 +146,7 @@ fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
     let mut json_files = Vec::new();
     for file in files {
         let mut sources = SourceMap::new();
-        let result = spec::load(file, set, &mut sources).and_then(|doc| match lower_doc(&doc, None, None) {
+        let result = spec::load(file, set, &mut sources).and_then(|doc| match crate::lower::lower_document(&doc, None, None) {
             Ok(_) => Ok(doc),
             Err(diags) => Err(spec::LoadError { diags }),
         });
@@ -266,23 +266,6 @@ fn report_io(msg: &str) {
     let _ = std::io::stderr().write_all(render_text(&diags, &SourceMap::new(), color()).as_bytes());
 }
 
-/// Lower a loaded document: recipes with their task's vocabulary, sequence length and
-/// causality requirement; model files with `vocab` (or the placeholder) and no causality
-/// requirement.
-fn lower_doc(doc: &Document, vocab: Option<u64>, seq: Option<u64>) -> Result<crate::ir::Graph, Vec<Diagnostic>> {
-    match doc {
-        Document::Recipe(r) => crate::lower::lower_recipe(r),
-        Document::Model(m) => crate::lower::lower(
-            m,
-            &crate::lower::LowerOptions {
-                vocab: vocab.or(m.spec.vocab.map(u64::from)).unwrap_or(crate::lower::PLACEHOLDER_VOCAB),
-                max_seq: seq,
-                require_causal: false,
-            },
-        ),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn graph_cmd(file: &Path, set: &[String], no_opt: bool, passes: Option<Vec<String>>, format: GraphFormat, vocab: Option<u64>, seq: Option<u64>) -> i32 {
     let mut sources = SourceMap::new();
@@ -293,7 +276,7 @@ fn graph_cmd(file: &Path, set: &[String], no_opt: bool, passes: Option<Vec<Strin
             return if e.unreadable() { 2 } else { 1 };
         }
     };
-    let mut graph = match lower_doc(&doc, vocab, seq) {
+    let mut graph = match crate::lower::lower_document(&doc, vocab, seq) {
         Ok(g) => g,
         Err(diags) => {
             eprint!("{}", render_text(&diags, &sources, color()));

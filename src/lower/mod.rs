@@ -50,8 +50,12 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         }
     }
     if l.diags.is_empty() && opts.require_causal {
+        let mut spans = std::collections::HashSet::new();
         for n in noncausal_layers(&l.g) {
             let node = &l.g.g[n];
+            if !spans.insert(node.span) {
+                continue; // another copy of a repeated layer, already reported
+            }
             l.diags.push(
                 Diagnostic::error(Code::NonCausal, node.span, format!("layer `{}` lets each position see later positions", node.layer))
                     .label(format!("{} mixes the whole sequence", node.op.name()))
@@ -136,12 +140,20 @@ fn linear_init(fan_in: u64) -> Init {
 }
 
 impl Lowerer {
+    /// Lower a list of layers. A layer that fails is skipped (its input flows on) so the
+    /// layers after it are still checked, unless its input was still token ids (everything
+    /// after would fail for the same reason).
     fn seq(&mut self, layers: &[Layer], nodes: Option<&[Node]>, mut x: NodeIndex, path: &str) -> Option<NodeIndex> {
+        let mut ok = true;
         for (i, layer) in layers.iter().enumerate() {
             let node = nodes.and_then(|n| n.get(i));
-            x = self.layer(layer, node, x, &format!("{path}.{i}"))?;
+            match self.layer(layer, node, x, &format!("{path}.{i}")) {
+                Some(y) => x = y,
+                None if self.is_tokens(x) => return None,
+                None => ok = false,
+            }
         }
-        Some(x)
+        ok.then_some(x)
     }
 
     fn width(&self, x: NodeIndex) -> u64 {
@@ -481,3 +493,20 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
 /// Vocabulary used to check a model file on its own when it declares none: any size works
 /// for shape checking, since only the embedding and head depend on it.
 pub const PLACEHOLDER_VOCAB: u64 = 16;
+
+/// Lower a loaded document: a recipe with its task's vocabulary, sequence length and
+/// causality requirement; a model file with `vocab` (or the given one, or a placeholder) and
+/// no causality requirement.
+pub fn lower_document(doc: &crate::spec::Document, vocab: Option<u64>, seq: Option<u64>) -> Result<Graph, Vec<Diagnostic>> {
+    match doc {
+        crate::spec::Document::Recipe(r) => lower_recipe(r),
+        crate::spec::Document::Model(m) => lower(
+            m,
+            &LowerOptions {
+                vocab: vocab.or(m.spec.vocab.map(u64::from)).unwrap_or(PLACEHOLDER_VOCAB),
+                max_seq: seq,
+                require_causal: false,
+            },
+        ),
+    }
+}
