@@ -60,7 +60,9 @@ enum Command {
     ///
     /// Prints the graph (text, Graphviz DOT or JSON), the parameter count, an estimate of the
     /// activation memory per example, whether the model is causal, and what each pass changed.
-    #[command(after_help = "Examples:\n  kiln graph recipes/default.yaml\n  kiln graph recipes/default.yaml --no-opt\n  kiln graph models/gfnet-causal.yaml --vocab 7 --seq 64 --passes spectral,dce\n  kiln graph recipes/default.yaml --format dot | dot -Tsvg > graph.svg")]
+    #[command(
+        after_help = "Examples:\n  kiln graph recipes/default.yaml\n  kiln graph recipes/default.yaml --no-opt\n  kiln graph models/gfnet-causal.yaml --vocab 7 --seq 64 --passes spectral,dce\n  kiln graph recipes/default.yaml --format dot | dot -Tsvg > graph.svg"
+    )]
     Graph {
         /// A model or recipe file.
         #[arg(value_name = "FILE")]
@@ -72,7 +74,12 @@ enum Command {
         #[arg(long)]
         no_opt: bool,
         /// Comma-separated passes to run (default: all: gqa,spectral,cse,dce).
-        #[arg(long, value_delimiter = ',', value_name = "PASS,...", conflicts_with = "no_opt")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "PASS,...",
+            conflicts_with = "no_opt"
+        )]
         passes: Option<Vec<String>>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
@@ -128,7 +135,15 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Validate { files, set, format } => validate(&files, &set, format),
-        Command::Graph { file, set, no_opt, passes, format, vocab, seq } => graph_cmd(&file, &set, no_opt, passes, format, vocab, seq),
+        Command::Graph {
+            file,
+            set,
+            no_opt,
+            passes,
+            format,
+            vocab,
+            seq,
+        } => graph_cmd(&file, &set, no_opt, passes, format, vocab, seq),
         Command::Schema { out, check } => schema_cmd(out.as_deref(), check.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
@@ -146,10 +161,13 @@ fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
     let mut json_files = Vec::new();
     for file in files {
         let mut sources = SourceMap::new();
-        let result = spec::load(file, set, &mut sources).and_then(|doc| match crate::lower::lower_document(&doc, None, None) {
-            Ok(_) => Ok(doc),
-            Err(diags) => Err(spec::LoadError { diags }),
-        });
+        let result =
+            spec::load(file, set, &mut sources).and_then(|doc| match crate::lower::lower_document(
+                &doc, None, None,
+            ) {
+                Ok(_) => Ok(doc),
+                Err(diags) => Err(spec::LoadError { diags }),
+            });
         let (diags, file_status, summary) = match &result {
             Ok(doc) => (Vec::new(), 0, describe(doc)),
             Err(e) => (
@@ -267,7 +285,15 @@ fn report_io(msg: &str) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn graph_cmd(file: &Path, set: &[String], no_opt: bool, passes: Option<Vec<String>>, format: GraphFormat, vocab: Option<u64>, seq: Option<u64>) -> i32 {
+fn graph_cmd(
+    file: &Path,
+    set: &[String],
+    no_opt: bool,
+    passes: Option<Vec<String>>,
+    format: GraphFormat,
+    vocab: Option<u64>,
+    seq: Option<u64>,
+) -> i32 {
     let mut sources = SourceMap::new();
     let doc = match spec::load(file, set, &mut sources) {
         Ok(doc) => doc,
@@ -309,12 +335,35 @@ fn graph_cmd(file: &Path, set: &[String], no_opt: bool, passes: Option<Vec<Strin
     let act = graph.activation_bytes(seq);
     let causal = crate::lower::is_causal(&graph);
     let summary = vec![
-        format!("{}: {} parameters, {} ops", graph.name, group_digits(params), graph.g.node_count()),
-        format!("activation memory ≈ {} per example at seq {seq} (f32, all intermediate values)", human_bytes(act)),
-        format!("causal: {}", if causal { "yes" } else { "no (a position can see later positions)" }),
+        format!(
+            "{}: {} parameters, {} ops",
+            graph.name,
+            group_digits(params),
+            graph.g.node_count()
+        ),
+        format!(
+            "activation memory ≈ {} per example at seq {seq} (f32, all intermediate values)",
+            human_bytes(act)
+        ),
+        format!(
+            "causal: {}",
+            if causal {
+                "yes"
+            } else {
+                "no (a position can see later positions)"
+            }
+        ),
         format!(
             "passes: {}",
-            if selected.is_empty() { "none".to_string() } else { selected.iter().map(|p| p.name).collect::<Vec<_>>().join(", ") }
+            if selected.is_empty() {
+                "none".to_string()
+            } else {
+                selected
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         ),
     ];
     match format {
@@ -342,7 +391,10 @@ fn graph_cmd(file: &Path, set: &[String], no_opt: bool, passes: Option<Vec<Strin
                 "causal": causal,
                 "changes": changes.iter().map(|c| serde_json::json!({"pass": c.pass, "change": c.what})).collect::<Vec<_>>(),
             });
-            println!("{}", serde_json::to_string_pretty(&v).expect("json serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).expect("json serializes")
+            );
         }
     }
     0

@@ -118,7 +118,13 @@ impl Graph {
     }
 
     /// Add a node whose inputs are `inputs` (in port order), inferring its type.
-    pub fn add(&mut self, op: Op, inputs: &[NodeIndex], layer: &str, span: Option<Span>) -> Result<NodeIndex, String> {
+    pub fn add(
+        &mut self,
+        op: Op,
+        inputs: &[NodeIndex],
+        layer: &str,
+        span: Option<Span>,
+    ) -> Result<NodeIndex, String> {
         let tys: Vec<TensorType> = inputs.iter().map(|&i| self.g[i].ty.clone()).collect();
         let ty = op.infer(&tys)?;
         let n = self.g.add_node(Node {

@@ -253,20 +253,32 @@ impl Op {
             Op::SplitHeads { heads } => format!("heads={heads}"),
             Op::RopeTable { head_dim, base } => format!("head_dim={head_dim} base={base}"),
             Op::RepeatKv { groups } => format!("groups={groups}"),
-            Op::Attention { causal, kv_groups, scale, dropout } => format!(
+            Op::Attention {
+                causal,
+                kv_groups,
+                scale,
+                dropout,
+            } => format!(
                 "causal={causal} kv_groups={kv_groups} scale={} dropout={dropout}",
                 match scale {
                     AttnScale::InvSqrtDim => "1/sqrt(d)",
                     AttnScale::Learned => "learned",
                 }
             ),
-            Op::Lstm { layers, hidden, dropout } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
+            Op::Lstm {
+                layers,
+                hidden,
+                dropout,
+            } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
             Op::Rfft { n } | Op::Irfft { n } => format!("n={n}"),
-            Op::SpectralFilter { n, causal, algo } => format!("n={n} causal={causal} algo={}", match algo {
-                SpectralAlgo::Fft => "fft",
-                SpectralAlgo::Dense => "dense",
-            }),
+            Op::SpectralFilter { n, causal, algo } => format!(
+                "n={n} causal={causal} algo={}",
+                match algo {
+                    SpectralAlgo::Fft => "fft",
+                    SpectralAlgo::Dense => "dense",
+                }
+            ),
             _ => String::new(),
         }
     }
@@ -274,8 +286,10 @@ impl Op {
     /// `false` for ops whose result is random (two of them on the same input differ), so CSE
     /// must not merge them; parameters are distinct by name anyway.
     pub fn is_pure(&self) -> bool {
-        !matches!(self, Op::Dropout(_) | Op::Param { .. } | Op::Input | Op::Output)
-            && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
+        !matches!(
+            self,
+            Op::Dropout(_) | Op::Param { .. } | Op::Input | Op::Output
+        ) && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
             && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
     }
 
@@ -283,7 +297,9 @@ impl Op {
     pub fn mixing(&self) -> Mixing {
         match self {
             Op::Attention { causal: true, .. } | Op::Lstm { .. } => Mixing::Causal,
-            Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => Mixing::Full,
+            Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
+                Mixing::Full
+            }
             Op::SpectralFilter { causal, .. } => {
                 if *causal {
                     Mixing::Causal
@@ -299,7 +315,14 @@ impl Op {
     pub fn arity(&self) -> usize {
         match self {
             Op::Input | Op::Param { .. } => 0,
-            Op::Embedding | Op::Add | Op::Mul | Op::AddPositions | Op::ApplyRope | Op::CropSeq | Op::ComplexMul | Op::SpectralFilter { .. } => 2,
+            Op::Embedding
+            | Op::Add
+            | Op::Mul
+            | Op::AddPositions
+            | Op::ApplyRope
+            | Op::CropSeq
+            | Op::ComplexMul
+            | Op::SpectralFilter { .. } => 2,
             Op::Linear { bias } => 2 + usize::from(*bias),
             Op::LayerNorm(_) => 3,
             Op::RmsNorm(_) => 2,
@@ -312,9 +335,19 @@ impl Op {
     /// Infer the output type from the input types, or explain why they do not fit.
     pub fn infer(&self, ins: &[TensorType]) -> Result<TensorType, String> {
         if ins.len() != self.arity() {
-            return Err(format!("{} takes {} inputs, got {}", self.name(), self.arity(), ins.len()));
+            return Err(format!(
+                "{} takes {} inputs, got {}",
+                self.name(),
+                self.arity(),
+                ins.len()
+            ));
         }
-        let f32 = |shape: Vec<Dim>| Ok(TensorType { dtype: DType::F32, shape });
+        let f32 = |shape: Vec<Dim>| {
+            Ok(TensorType {
+                dtype: DType::F32,
+                shape,
+            })
+        };
         let float = |i: usize| -> Result<&TensorType, String> {
             if ins[i].dtype != DType::F32 {
                 return Err("expects a sequence of vectors, but gets token ids: put an `embedding` layer first".into());
@@ -323,13 +356,20 @@ impl Op {
         };
         let last = |t: &TensorType| t.shape.last().copied();
         match self {
-            Op::Input => Ok(TensorType { dtype: DType::I64, shape: vec![Dim::Batch, Dim::Seq] }),
+            Op::Input => Ok(TensorType {
+                dtype: DType::I64,
+                shape: vec![Dim::Batch, Dim::Seq],
+            }),
             Op::Param { shape, .. } => f32(shape.iter().map(|&d| Dim::Fixed(d)).collect()),
             Op::Embedding => {
                 if ins[0].dtype != DType::I64 {
                     return Err("an `embedding` reads token ids, but its input is already a sequence of vectors".into());
                 }
-                let d = ins[1].shape.get(1).copied().ok_or("embedding table must be 2-D")?;
+                let d = ins[1]
+                    .shape
+                    .get(1)
+                    .copied()
+                    .ok_or("embedding table must be 2-D")?;
                 f32(vec![ins[0].shape[0], ins[0].shape[1], d])
             }
             Op::Linear { bias } => {
@@ -339,7 +379,11 @@ impl Op {
                     _ => return Err("linear weight must be 2-D".into()),
                 };
                 if last(x) != Some(wi) {
-                    return Err(format!("input width {} does not match the weight's {}", fmt_dim(last(x)), wi));
+                    return Err(format!(
+                        "input width {} does not match the weight's {}",
+                        fmt_dim(last(x)),
+                        wi
+                    ));
                 }
                 if *bias && ins[2].shape != vec![wo] {
                     return Err("bias shape does not match the output width".into());
@@ -370,38 +414,56 @@ impl Op {
             Op::AddPositions => {
                 let x = float(0)?;
                 if x.shape.len() != 3 || ins[1].shape.len() != 2 || ins[1].shape[1] != x.shape[2] {
-                    return Err(format!("position table {} does not fit input {}", ins[1], x));
+                    return Err(format!(
+                        "position table {} does not fit input {}",
+                        ins[1], x
+                    ));
                 }
                 f32(x.shape.clone())
             }
             Op::SplitHeads { heads } => {
                 let x = float(0)?;
                 match x.shape.as_slice() {
-                    [b, s, Dim::Fixed(w)] if w % heads == 0 => f32(vec![*b, Dim::Fixed(*heads), *s, Dim::Fixed(w / heads)]),
-                    [_, _, w] => Err(format!("width {} is not divisible by {heads} heads", fmt_dim(Some(*w)))),
+                    [b, s, Dim::Fixed(w)] if w % heads == 0 => {
+                        f32(vec![*b, Dim::Fixed(*heads), *s, Dim::Fixed(w / heads)])
+                    }
+                    [_, _, w] => Err(format!(
+                        "width {} is not divisible by {heads} heads",
+                        fmt_dim(Some(*w))
+                    )),
                     _ => Err(format!("expects [batch, seq, width], got {x}")),
                 }
             }
             Op::MergeHeads => match float(0)?.shape.as_slice() {
                 [b, Dim::Fixed(h), s, Dim::Fixed(d)] => f32(vec![*b, *s, Dim::Fixed(h * d)]),
-                _ => Err(format!("expects [batch, heads, seq, head_dim], got {}", ins[0])),
+                _ => Err(format!(
+                    "expects [batch, heads, seq, head_dim], got {}",
+                    ins[0]
+                )),
             },
             Op::RopeTable { head_dim, .. } => {
                 if head_dim % 2 != 0 {
-                    return Err(format!("rotary embeddings need an even head width, got {head_dim}"));
+                    return Err(format!(
+                        "rotary embeddings need an even head width, got {head_dim}"
+                    ));
                 }
                 f32(vec![Dim::Seq, Dim::Fixed(head_dim / 2), Dim::Fixed(2)])
             }
             Op::ApplyRope => {
                 let x = float(0)?;
                 match (x.shape.as_slice(), ins[1].shape.as_slice()) {
-                    ([_, _, _, Dim::Fixed(d)], [_, Dim::Fixed(h), _]) if *d == 2 * h => f32(x.shape.clone()),
+                    ([_, _, _, Dim::Fixed(d)], [_, Dim::Fixed(h), _]) if *d == 2 * h => {
+                        f32(x.shape.clone())
+                    }
                     _ => Err(format!("rope table {} does not fit {}", ins[1], x)),
                 }
             }
             Op::RepeatKv { groups } => match float(0)?.shape.as_slice() {
                 [b, Dim::Fixed(h), s, d] => f32(vec![*b, Dim::Fixed(h * groups), *s, *d]),
-                _ => Err(format!("expects [batch, heads, seq, head_dim], got {}", ins[0])),
+                _ => Err(format!(
+                    "expects [batch, heads, seq, head_dim], got {}",
+                    ins[0]
+                )),
             },
             Op::Attention { kv_groups, .. } => {
                 let (q, k, v) = (float(0)?, float(1)?, float(2)?);
@@ -415,7 +477,9 @@ impl Op {
                         }
                         f32(vec![*b, Dim::Fixed(*hq), *s, *d])
                     }
-                    _ => Err(format!("expects [batch, heads, seq, head_dim] inputs, got {q} and {k}")),
+                    _ => Err(format!(
+                        "expects [batch, heads, seq, head_dim] inputs, got {q} and {k}"
+                    )),
                 }
             }
             Op::Lstm { hidden, .. } => {
@@ -458,7 +522,10 @@ impl Op {
             Op::Irfft { n } => {
                 let x = float(0)?;
                 let r = x.shape.len();
-                if r < 3 || x.shape[r - 3] != Dim::Fixed(n / 2 + 1) || x.shape[r - 1] != Dim::Fixed(2) {
+                if r < 3
+                    || x.shape[r - 3] != Dim::Fixed(n / 2 + 1)
+                    || x.shape[r - 1] != Dim::Fixed(2)
+                {
                     return Err(format!("irfft of length {n} does not fit {x}"));
                 }
                 let mut s = x.shape[..r - 1].to_vec();
@@ -468,7 +535,9 @@ impl Op {
             Op::ComplexMul => {
                 let x = float(0)?;
                 let g = &ins[1];
-                if x.shape.len() < g.shape.len() || x.shape[x.shape.len() - g.shape.len()..] != g.shape[..] {
+                if x.shape.len() < g.shape.len()
+                    || x.shape[x.shape.len() - g.shape.len()..] != g.shape[..]
+                {
                     return Err(format!("gate {g} does not fit spectrum {x}"));
                 }
                 f32(x.shape.clone())
@@ -485,7 +554,10 @@ impl Op {
                     vec![Dim::Fixed(n / 2 + 1), d, Dim::Fixed(2)]
                 };
                 if ins[1].shape != want {
-                    return Err(format!("spectral filter parameter {} does not fit input {x}", ins[1]));
+                    return Err(format!(
+                        "spectral filter parameter {} does not fit input {x}",
+                        ins[1]
+                    ));
                 }
                 f32(x.shape.clone())
             }

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 fn numbering(graph: &Graph) -> (Vec<NodeIndex>, HashMap<NodeIndex, usize>) {
-    let order = graph.topo().unwrap_or_else(|| graph.g.node_indices().collect());
+    let order = graph
+        .topo()
+        .unwrap_or_else(|| graph.g.node_indices().collect());
     let ids = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     (order, ids)
 }
@@ -20,15 +22,37 @@ pub fn to_text(graph: &Graph) -> String {
     writeln!(out, "graph {} {{", graph.name).unwrap();
     for n in order {
         let node = &graph.g[n];
-        let args: Vec<String> = graph.inputs(n).iter().map(|i| format!("%{}", ids[i])).collect();
+        let args: Vec<String> = graph
+            .inputs(n)
+            .iter()
+            .map(|i| format!("%{}", ids[i]))
+            .collect();
         let attrs = node.op.attrs();
         if let Op::Param { .. } = node.op {
             writeln!(out, "  %{} = param {attrs} : {}", ids[&n], node.ty).unwrap();
             continue;
         }
-        let attrs = if attrs.is_empty() { String::new() } else { format!(" {attrs}") };
-        let layer = if node.layer.is_empty() { String::new() } else { format!("  # {}", node.layer) };
-        writeln!(out, "  %{} = {}({}){} : {}{}", ids[&n], node.op.name(), args.join(", "), attrs, node.ty, layer).unwrap();
+        let attrs = if attrs.is_empty() {
+            String::new()
+        } else {
+            format!(" {attrs}")
+        };
+        let layer = if node.layer.is_empty() {
+            String::new()
+        } else {
+            format!("  # {}", node.layer)
+        };
+        writeln!(
+            out,
+            "  %{} = {}({}){} : {}{}",
+            ids[&n],
+            node.op.name(),
+            args.join(", "),
+            attrs,
+            node.ty,
+            layer
+        )
+        .unwrap();
     }
     writeln!(out, "}}").unwrap();
     out
@@ -38,12 +62,26 @@ pub fn to_text(graph: &Graph) -> String {
 pub fn to_dot(graph: &Graph) -> String {
     let (order, ids) = numbering(graph);
     let mut out = String::new();
-    writeln!(out, "digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"monospace\", fontsize=10];", graph.name.replace('"', "'")).unwrap();
+    writeln!(
+        out,
+        "digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"monospace\", fontsize=10];",
+        graph.name.replace('"', "'")
+    )
+    .unwrap();
     for &n in &order {
         let node = &graph.g[n];
         let (label, shape) = match &node.op {
             Op::Param { name, .. } => (format!("{name}\\n{}", node.ty), "box"),
-            op => (format!("%{} {}\\n{}\\n{}", ids[&n], op.name(), op.attrs().replace('"', "'"), node.ty), "ellipse"),
+            op => (
+                format!(
+                    "%{} {}\\n{}\\n{}",
+                    ids[&n],
+                    op.name(),
+                    op.attrs().replace('"', "'"),
+                    node.ty
+                ),
+                "ellipse",
+            ),
         };
         writeln!(out, "  n{} [label=\"{}\", shape={shape}];", ids[&n], label).unwrap();
     }

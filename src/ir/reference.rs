@@ -1,1 +1,584 @@
-//! placeholder
+//! A naive float64 interpreter of the IR: the numerical reference.
+//!
+//! Every op is written in the plainest form (loops, direct sums, the DFT by definition), with
+//! no shared code with the optimized paths, so optimized and unoptimized graphs, fused ops and
+//! (later) the Burn runtime can be checked against it on tiny inputs. Dropout is the identity
+//! (evaluation mode).
+
+use super::{AttnScale, Graph, Init, Op};
+use crate::spec::Activation;
+use std::collections::HashMap;
+use std::f64::consts::PI;
+
+/// A dense row-major float64 tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f64>,
+}
+
+impl Tensor {
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize]) -> Self {
+        Tensor {
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
+    }
+
+    /// Largest absolute difference to another tensor of the same shape.
+    pub fn max_abs_diff(&self, other: &Tensor) -> f64 {
+        assert_eq!(self.shape, other.shape, "shapes differ");
+        self.data
+            .iter()
+            .zip(&other.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    }
+}
+
+/// A small deterministic generator (splitmix64) for parameters and test inputs.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
+    }
+}
+
+fn name_seed(name: &str, seed: u64) -> u64 {
+    // FNV-1a of the name, mixed with the seed: a parameter's values do not depend on the
+    // order in which parameters are created.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Initialise every parameter of the graph as its `Init` says, deterministically from `seed`.
+pub fn init_params(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
+    let mut params = HashMap::new();
+    for node in graph.g.node_weights() {
+        if let Op::Param { name, shape, init } = &node.op {
+            let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            let mut t = Tensor::zeros(&shape);
+            let mut rng = Rng::new(name_seed(name, seed));
+            for v in &mut t.data {
+                *v = match init {
+                    Init::Zeros => 0.0,
+                    Init::Ones => 1.0,
+                    Init::Const(c) => c.0,
+                    Init::Normal(s) => s.0 * rng.normal(),
+                    Init::Uniform(b) => b.0 * (2.0 * rng.uniform() - 1.0),
+                };
+            }
+            params.insert(name.clone(), t);
+        }
+    }
+    params
+}
+
+/// Run the graph on token ids `[batch][seq]` with the given parameters; returns the output.
+pub fn run(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    tokens: &[Vec<i64>],
+) -> Result<Tensor, String> {
+    let order = graph.topo().ok_or("the graph has a cycle")?;
+    let b = tokens.len();
+    let s = tokens.first().map_or(0, Vec::len);
+    let mut values: HashMap<_, Tensor> = HashMap::new();
+    let mut out = None;
+    for n in order {
+        let node = &graph.g[n];
+        let ins: Vec<&Tensor> = graph.inputs(n).iter().map(|i| &values[i]).collect();
+        let v = match &node.op {
+            Op::Input => Tensor {
+                shape: vec![b, s],
+                data: tokens.iter().flatten().map(|&t| t as f64).collect(),
+            },
+            Op::Param { name, .. } => params
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no value for parameter `{name}`"))?,
+            Op::Output => {
+                out = Some(ins[0].clone());
+                continue;
+            }
+            op => eval(op, &ins)?,
+        };
+        values.insert(n, v);
+    }
+    out.ok_or_else(|| "the graph has no output".into())
+}
+
+fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
+    Tensor {
+        shape: x.shape.clone(),
+        data: x.data.iter().map(|&v| f(v)).collect(),
+    }
+}
+
+fn zip(a: &Tensor, b: &Tensor, f: impl Fn(f64, f64) -> f64) -> Result<Tensor, String> {
+    if a.shape != b.shape {
+        return Err(format!("shapes {:?} and {:?} differ", a.shape, b.shape));
+    }
+    Ok(Tensor {
+        shape: a.shape.clone(),
+        data: a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(),
+    })
+}
+
+fn act(a: Activation, x: f64) -> f64 {
+    match a {
+        Activation::Relu => x.max(0.0),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Tanh => x.tanh(),
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Apply `f` to every row (last axis) of `x`.
+fn rows(x: &Tensor, f: impl Fn(&[f64], &mut [f64])) -> Tensor {
+    let w = *x.shape.last().unwrap_or(&1);
+    let mut out = Tensor::zeros(&x.shape);
+    if w == 0 {
+        return out;
+    }
+    for (src, dst) in x.data.chunks(w).zip(out.data.chunks_mut(w)) {
+        f(src, dst);
+    }
+    out
+}
+
+/// Split a shape `[.., n, d]` at its second-to-last axis: (outer count, n, d).
+fn outer_n_d(shape: &[usize]) -> (usize, usize, usize) {
+    let r = shape.len();
+    (shape[..r - 2].iter().product(), shape[r - 2], shape[r - 1])
+}
+
+fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
+    Ok(match op {
+        Op::Embedding => {
+            let (ids, table) = (ins[0], ins[1]);
+            let (v, d) = (table.shape[0], table.shape[1]);
+            let mut out = Tensor::zeros(&[ids.shape[0], ids.shape[1], d]);
+            for (i, &id) in ids.data.iter().enumerate() {
+                let id = id as usize;
+                if id >= v {
+                    return Err(format!("token id {id} is outside the vocabulary of {v}"));
+                }
+                out.data[i * d..(i + 1) * d].copy_from_slice(&table.data[id * d..(id + 1) * d]);
+            }
+            out
+        }
+        Op::Linear { bias } => {
+            let (x, w) = (ins[0], ins[1]);
+            let (i_dim, o_dim) = (w.shape[0], w.shape[1]);
+            let mut shape = x.shape.clone();
+            *shape.last_mut().ok_or("scalar input")? = o_dim;
+            let mut out = Tensor::zeros(&shape);
+            for (r, row) in x.data.chunks(i_dim).enumerate() {
+                for o in 0..o_dim {
+                    let mut acc = if *bias { ins[2].data[o] } else { 0.0 };
+                    for (i, &xv) in row.iter().enumerate() {
+                        acc += xv * w.data[i * o_dim + o];
+                    }
+                    out.data[r * o_dim + o] = acc;
+                }
+            }
+            out
+        }
+        Op::Add => zip(ins[0], ins[1], |a, b| a + b)?,
+        Op::Mul => zip(ins[0], ins[1], |a, b| a * b)?,
+        Op::Scale(c) => map(ins[0], |v| v * c.0),
+        Op::Act(a) => map(ins[0], |v| act(*a, v)),
+        Op::Dropout(_) => ins[0].clone(),
+        Op::LayerNorm(eps) => {
+            let (g, b) = (ins[1], ins[2]);
+            rows(ins[0], |x, y| {
+                let n = x.len() as f64;
+                let mean = x.iter().sum::<f64>() / n;
+                let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                for (j, v) in x.iter().enumerate() {
+                    y[j] = (v - mean) / (var + eps.0).sqrt() * g.data[j] + b.data[j];
+                }
+            })
+        }
+        Op::RmsNorm(eps) => {
+            let g = ins[1];
+            rows(ins[0], |x, y| {
+                let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+                for (j, v) in x.iter().enumerate() {
+                    y[j] = v / (ms + eps.0).sqrt() * g.data[j];
+                }
+            })
+        }
+        Op::L2Norm => rows(ins[0], |x, y| {
+            let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            for (j, v) in x.iter().enumerate() {
+                y[j] = v / norm;
+            }
+        }),
+        Op::SinusoidalTable { dim } => {
+            let s = ins[0].shape[1];
+            let d = *dim as usize;
+            let mut t = Tensor::zeros(&[s, d]);
+            for pos in 0..s {
+                for j in 0..d {
+                    let i2 = (j - j % 2) as f64;
+                    let angle = pos as f64 / 10000f64.powf(i2 / d as f64);
+                    t.data[pos * d + j] = if j % 2 == 0 { angle.sin() } else { angle.cos() };
+                }
+            }
+            t
+        }
+        Op::AddPositions => {
+            let (x, t) = (ins[0], ins[1]);
+            let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
+            if t.shape[0] < s {
+                return Err(format!(
+                    "position table has {} rows, the input {s} positions",
+                    t.shape[0]
+                ));
+            }
+            let mut out = x.clone();
+            for bi in 0..b {
+                for si in 0..s {
+                    for j in 0..d {
+                        out.data[(bi * s + si) * d + j] += t.data[si * d + j];
+                    }
+                }
+            }
+            out
+        }
+        Op::SplitHeads { heads } => {
+            let x = ins[0];
+            let (b, s, w) = (x.shape[0], x.shape[1], x.shape[2]);
+            let h = *heads as usize;
+            let d = w / h;
+            let mut out = Tensor::zeros(&[b, h, s, d]);
+            for bi in 0..b {
+                for hi in 0..h {
+                    for si in 0..s {
+                        for j in 0..d {
+                            out.data[((bi * h + hi) * s + si) * d + j] =
+                                x.data[(bi * s + si) * w + hi * d + j];
+                        }
+                    }
+                }
+            }
+            out
+        }
+        Op::MergeHeads => {
+            let x = ins[0];
+            let (b, h, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+            let mut out = Tensor::zeros(&[b, s, h * d]);
+            for bi in 0..b {
+                for hi in 0..h {
+                    for si in 0..s {
+                        for j in 0..d {
+                            out.data[(bi * s + si) * h * d + hi * d + j] =
+                                x.data[((bi * h + hi) * s + si) * d + j];
+                        }
+                    }
+                }
+            }
+            out
+        }
+        Op::RopeTable { head_dim, base } => {
+            let s = ins[0].shape[1];
+            let half = *head_dim as usize / 2;
+            let mut t = Tensor::zeros(&[s, half, 2]);
+            for pos in 0..s {
+                for i in 0..half {
+                    let theta = pos as f64 * base.0.powf(-2.0 * i as f64 / *head_dim as f64);
+                    t.data[(pos * half + i) * 2] = theta.cos();
+                    t.data[(pos * half + i) * 2 + 1] = theta.sin();
+                }
+            }
+            t
+        }
+        Op::ApplyRope => {
+            let (x, t) = (ins[0], ins[1]);
+            let (b, h, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+            let half = d / 2;
+            let mut out = x.clone();
+            for bh in 0..b * h {
+                for si in 0..s {
+                    let base = (bh * s + si) * d;
+                    for i in 0..half {
+                        let (c, sn) =
+                            (t.data[(si * half + i) * 2], t.data[(si * half + i) * 2 + 1]);
+                        let (x1, x2) = (x.data[base + i], x.data[base + i + half]);
+                        out.data[base + i] = x1 * c - x2 * sn;
+                        out.data[base + i + half] = x1 * sn + x2 * c;
+                    }
+                }
+            }
+            out
+        }
+        Op::RepeatKv { groups } => {
+            let x = ins[0];
+            let (b, h, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+            let g = *groups as usize;
+            let mut out = Tensor::zeros(&[b, h * g, s, d]);
+            let per = s * d;
+            for bi in 0..b {
+                for ho in 0..h * g {
+                    let src = (bi * h + ho / g) * per;
+                    let dst = (bi * h * g + ho) * per;
+                    out.data[dst..dst + per].copy_from_slice(&x.data[src..src + per]);
+                }
+            }
+            out
+        }
+        Op::Attention {
+            causal,
+            kv_groups,
+            scale,
+            ..
+        } => {
+            let (q, k, v) = (ins[0], ins[1], ins[2]);
+            let (b, hq, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+            let hk = k.shape[1];
+            let g = *kv_groups as usize;
+            let factor = match scale {
+                AttnScale::InvSqrtDim => 1.0 / (d as f64).sqrt(),
+                AttnScale::Learned => ins[3].data[0],
+            };
+            let mut out = Tensor::zeros(&q.shape);
+            for bi in 0..b {
+                for h in 0..hq {
+                    let kh = h / g;
+                    let qb = (bi * hq + h) * s * d;
+                    let kb = (bi * hk + kh) * s * d;
+                    for i in 0..s {
+                        let keys = if *causal { i + 1 } else { s };
+                        let logits: Vec<f64> = (0..keys)
+                            .map(|j| {
+                                (0..d)
+                                    .map(|c| q.data[qb + i * d + c] * k.data[kb + j * d + c])
+                                    .sum::<f64>()
+                                    * factor
+                            })
+                            .collect();
+                        let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for c in 0..d {
+                            out.data[qb + i * d + c] =
+                                (0..keys).map(|j| e[j] / z * v.data[kb + j * d + c]).sum();
+                        }
+                    }
+                }
+            }
+            out
+        }
+        Op::Lstm { layers, hidden, .. } => {
+            let h = *hidden as usize;
+            let mut x = ins[0].clone();
+            for l in 0..*layers as usize {
+                let (w_ih, w_hh, b_ih, b_hh) = (
+                    ins[1 + 4 * l],
+                    ins[2 + 4 * l],
+                    ins[3 + 4 * l],
+                    ins[4 + 4 * l],
+                );
+                let (b, s, i_dim) = (x.shape[0], x.shape[1], x.shape[2]);
+                let mut y = Tensor::zeros(&[b, s, h]);
+                for bi in 0..b {
+                    let mut hs = vec![0.0; h];
+                    let mut cs = vec![0.0; h];
+                    for si in 0..s {
+                        let xt = &x.data[(bi * s + si) * i_dim..(bi * s + si + 1) * i_dim];
+                        let gate = |col: usize| {
+                            let mut acc = b_ih.data[col] + b_hh.data[col];
+                            for (i, xv) in xt.iter().enumerate() {
+                                acc += xv * w_ih.data[i * 4 * h + col];
+                            }
+                            for (j, hv) in hs.iter().enumerate() {
+                                acc += hv * w_hh.data[j * 4 * h + col];
+                            }
+                            acc
+                        };
+                        let pre: Vec<f64> = (0..4 * h).map(gate).collect();
+                        for u in 0..h {
+                            let ig = sigmoid(pre[u]);
+                            let fg = sigmoid(pre[h + u]);
+                            let gg = pre[2 * h + u].tanh();
+                            let og = sigmoid(pre[3 * h + u]);
+                            cs[u] = fg * cs[u] + ig * gg;
+                            hs[u] = og * cs[u].tanh();
+                        }
+                        y.data[(bi * s + si) * h..(bi * s + si + 1) * h].copy_from_slice(&hs);
+                    }
+                }
+                x = y;
+            }
+            x
+        }
+        Op::PadSeq { len } => {
+            let x = ins[0];
+            let (outer, n, d) = outer_n_d(&x.shape);
+            let len = *len as usize;
+            let mut shape = x.shape.clone();
+            let r = shape.len();
+            shape[r - 2] = len;
+            let mut out = Tensor::zeros(&shape);
+            for o in 0..outer {
+                out.data[o * len * d..o * len * d + n * d]
+                    .copy_from_slice(&x.data[o * n * d..(o + 1) * n * d]);
+            }
+            out
+        }
+        Op::CropSeq => {
+            let (x, like) = (ins[0], ins[1]);
+            let (b, n, d) = (x.shape[0], x.shape[1], x.shape[2]);
+            let s = like.shape[1];
+            let mut out = Tensor::zeros(&[b, s, d]);
+            for bi in 0..b {
+                out.data[bi * s * d..(bi + 1) * s * d]
+                    .copy_from_slice(&x.data[bi * n * d..bi * n * d + s * d]);
+            }
+            out
+        }
+        Op::Rfft { n } => {
+            let x = ins[0];
+            let (outer, len, d) = outer_n_d(&x.shape);
+            let n = *n as usize;
+            let f = n / 2 + 1;
+            let mut shape = x.shape.clone();
+            let r = shape.len();
+            shape[r - 2] = f;
+            shape.push(2);
+            let mut out = Tensor::zeros(&shape);
+            for o in 0..outer {
+                for k in 0..f {
+                    for c in 0..d {
+                        let (mut re, mut im) = (0.0, 0.0);
+                        for t in 0..len {
+                            let a = -2.0 * PI * (k * t) as f64 / n as f64;
+                            let v = x.data[(o * len + t) * d + c];
+                            re += v * a.cos();
+                            im += v * a.sin();
+                        }
+                        let idx = ((o * f + k) * d + c) * 2;
+                        out.data[idx] = re;
+                        out.data[idx + 1] = im;
+                    }
+                }
+            }
+            out
+        }
+        Op::Irfft { n } => irfft(ins[0], *n as usize),
+        Op::ComplexMul => {
+            let (x, g) = (ins[0], ins[1]);
+            let gl = g.data.len();
+            let mut out = x.clone();
+            for (i, pair) in out.data.chunks_mut(2).enumerate() {
+                let gi = (i * 2) % gl;
+                let (a, b) = (pair[0], pair[1]);
+                let (c, d) = (g.data[gi], g.data[gi + 1]);
+                pair[0] = a * c - b * d;
+                pair[1] = a * d + b * c;
+            }
+            out
+        }
+        Op::SpectralFilter { n, causal, .. } => {
+            let (x, p) = (ins[0], ins[1]);
+            let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
+            let n = *n as usize;
+            // The kernel in the time domain: the causal form stores it; the circular form's
+            // kernel is the inverse transform of its gate.
+            let kernel = if *causal { p.clone() } else { irfft(p, n) };
+            let taps = kernel.shape[0];
+            let mut out = Tensor::zeros(&[b, s, d]);
+            for bi in 0..b {
+                for t in 0..s {
+                    for c in 0..d {
+                        let mut acc = 0.0;
+                        for j in 0..taps {
+                            let src = if *causal {
+                                if j > t {
+                                    break;
+                                }
+                                t - j
+                            } else {
+                                (t + n - j % n) % n
+                            };
+                            if src < s {
+                                acc += kernel.data[j * d + c] * x.data[(bi * s + src) * d + c];
+                            }
+                        }
+                        out.data[(bi * s + t) * d + c] = acc;
+                    }
+                }
+            }
+            out
+        }
+        Op::Input | Op::Param { .. } | Op::Output => unreachable!("handled by run"),
+    })
+}
+
+/// Inverse real DFT along the second-to-last axis of a `[.., f, d, 2]` spectrum, with 1/n.
+fn irfft(x: &Tensor, n: usize) -> Tensor {
+    let r = x.shape.len();
+    let (outer, f, d) = (
+        x.shape[..r - 3].iter().product::<usize>(),
+        x.shape[r - 3],
+        x.shape[r - 2],
+    );
+    let mut shape = x.shape[..r - 1].to_vec();
+    shape[r - 3] = n;
+    let mut out = Tensor::zeros(&shape);
+    for o in 0..outer {
+        for t in 0..n {
+            for c in 0..d {
+                let mut acc = 0.0;
+                for k in 0..f {
+                    let idx = ((o * f + k) * d + c) * 2;
+                    let (re, im) = (x.data[idx], x.data[idx + 1]);
+                    let a = 2.0 * PI * (k * t) as f64 / n as f64;
+                    let term = re * a.cos() - im * a.sin();
+                    // Bins other than DC and (for even n) Nyquist stand for their conjugates too.
+                    let weight = if k == 0 || (n % 2 == 0 && k == n / 2) {
+                        1.0
+                    } else {
+                        2.0
+                    };
+                    acc += weight * term;
+                }
+                out.data[(o * n + t) * d + c] = acc / n as f64;
+            }
+        }
+    }
+    out
+}

@@ -15,12 +15,22 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<String>> {
         problems.push("the graph has a cycle".to_string());
         return Err(problems);
     }
-    let count = |want: &Op| g.node_weights().filter(|n| std::mem::discriminant(&n.op) == std::mem::discriminant(want)).count();
+    let count = |want: &Op| {
+        g.node_weights()
+            .filter(|n| std::mem::discriminant(&n.op) == std::mem::discriminant(want))
+            .count()
+    };
     if count(&Op::Input) != 1 {
-        problems.push(format!("expected one input node, found {}", count(&Op::Input)));
+        problems.push(format!(
+            "expected one input node, found {}",
+            count(&Op::Input)
+        ));
     }
     if count(&Op::Output) != 1 {
-        problems.push(format!("expected one output node, found {}", count(&Op::Output)));
+        problems.push(format!(
+            "expected one output node, found {}",
+            count(&Op::Output)
+        ));
     }
     let mut names = HashSet::new();
     for n in g.node_indices() {
@@ -30,17 +40,29 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<String>> {
                 problems.push(format!("parameter name `{name}` is used twice"));
             }
         }
-        let mut ports: Vec<Port> = g.edges_directed(n, Direction::Incoming).map(|e| *e.weight()).collect();
+        let mut ports: Vec<Port> = g
+            .edges_directed(n, Direction::Incoming)
+            .map(|e| *e.weight())
+            .collect();
         ports.sort();
         let want: Vec<Port> = (0..node.op.arity() as Port).collect();
         if ports != want {
-            problems.push(format!("node {} ({}): input ports {ports:?}, expected {want:?}", n.index(), node.op.name()));
+            problems.push(format!(
+                "node {} ({}): input ports {ports:?}, expected {want:?}",
+                n.index(),
+                node.op.name()
+            ));
             continue;
         }
         let tys: Vec<_> = graph.inputs(n).iter().map(|&i| g[i].ty.clone()).collect();
         match node.op.infer(&tys) {
             Ok(ty) if ty == node.ty => {}
-            Ok(ty) => problems.push(format!("node {} ({}): stored type {} but inputs give {ty}", n.index(), node.op.name(), node.ty)),
+            Ok(ty) => problems.push(format!(
+                "node {} ({}): stored type {} but inputs give {ty}",
+                n.index(),
+                node.op.name(),
+                node.ty
+            )),
             Err(e) => problems.push(format!("node {} ({}): {e}", n.index(), node.op.name())),
         }
     }

@@ -31,7 +31,9 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         diags: Vec::new(),
         repeat: Vec::new(),
     };
-    l.input = l.g.add(Op::Input, &[], "", None).expect("input has no inputs");
+    l.input =
+        l.g.add(Op::Input, &[], "", None)
+            .expect("input has no inputs");
     let nodes = model.tree.get("layers").and_then(seq_items);
     let out = l.seq(&model.spec.layers, nodes, l.input, "layers");
     if let Some(out) = out {
@@ -46,7 +48,8 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
                     .help("end the model with `{type: head}`, which projects to the vocabulary"),
             );
         } else {
-            l.g.add(Op::Output, &[out], "", None).expect("output takes any input");
+            l.g.add(Op::Output, &[out], "", None)
+                .expect("output takes any input");
         }
     }
     if l.diags.is_empty() && opts.require_causal {
@@ -74,8 +77,12 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
 /// Nodes whose own mixing is non-causal and whose result reaches the output: the layers that
 /// let a position see the future. Sorted by node index, one per layer.
 pub fn noncausal_layers(g: &Graph) -> Vec<NodeIndex> {
-    let Some(order) = g.topo() else { return Vec::new() };
-    let Some(out) = g.output() else { return Vec::new() };
+    let Some(order) = g.topo() else {
+        return Vec::new();
+    };
+    let Some(out) = g.output() else {
+        return Vec::new();
+    };
     // Which nodes reach the output.
     let mut reaches = std::collections::HashSet::new();
     reaches.insert(out);
@@ -89,7 +96,8 @@ pub fn noncausal_layers(g: &Graph) -> Vec<NodeIndex> {
     for n in order {
         let node = &g.g[n];
         let mixing = node.mixing.unwrap_or_else(|| node.op.mixing());
-        if mixing == Mixing::Full && reaches.contains(&n) && seen_layers.insert(node.layer.clone()) {
+        if mixing == Mixing::Full && reaches.contains(&n) && seen_layers.insert(node.layer.clone())
+        {
             v.push(n);
         }
     }
@@ -131,7 +139,10 @@ struct At<'a> {
 
 impl At<'_> {
     fn field_span(&self, key: &str) -> Option<Span> {
-        self.node.and_then(|n| n.get(key)).map(|n| n.span).or(self.span)
+        self.node
+            .and_then(|n| n.get(key))
+            .map(|n| n.span)
+            .or(self.span)
     }
 }
 
@@ -143,7 +154,13 @@ impl Lowerer {
     /// Lower a list of layers. A layer that fails is skipped (its input flows on) so the
     /// layers after it are still checked, unless its input was still token ids (everything
     /// after would fail for the same reason).
-    fn seq(&mut self, layers: &[Layer], nodes: Option<&[Node]>, mut x: NodeIndex, path: &str) -> Option<NodeIndex> {
+    fn seq(
+        &mut self,
+        layers: &[Layer],
+        nodes: Option<&[Node]>,
+        mut x: NodeIndex,
+        path: &str,
+    ) -> Option<NodeIndex> {
         let mut ok = true;
         for (i, layer) in layers.iter().enumerate() {
             let node = nodes.and_then(|n| n.get(i));
@@ -168,7 +185,8 @@ impl Lowerer {
     }
 
     fn error(&mut self, code: Code, span: Option<Span>, msg: String, label: &str, help: &str) {
-        self.diags.push(Diagnostic::error(code, span, msg).label(label).help(help));
+        self.diags
+            .push(Diagnostic::error(code, span, msg).label(label).help(help));
     }
 
     fn op(&mut self, at: &At, op: Op, inputs: &[NodeIndex]) -> Option<NodeIndex> {
@@ -181,7 +199,13 @@ impl Lowerer {
                 } else {
                     "check the widths and head counts of this layer against the layer before it"
                 };
-                self.error(Code::Shape, at.span, format!("layer `{}` does not fit its input: {e}", at.path), &format!("{name} fails here"), help);
+                self.error(
+                    Code::Shape,
+                    at.span,
+                    format!("layer `{}` does not fit its input: {e}", at.path),
+                    &format!("{name} fails here"),
+                    help,
+                );
                 None
             }
         }
@@ -193,10 +217,19 @@ impl Lowerer {
             shape: shape.to_vec(),
             init,
         };
-        self.g.add(op, &[], &at.path, at.span).expect("params have no inputs")
+        self.g
+            .add(op, &[], &at.path, at.span)
+            .expect("params have no inputs")
     }
 
-    fn linear(&mut self, at: &At, name: &str, x: NodeIndex, out: u64, bias: bool) -> Option<NodeIndex> {
+    fn linear(
+        &mut self,
+        at: &At,
+        name: &str,
+        x: NodeIndex,
+        out: u64,
+        bias: bool,
+    ) -> Option<NodeIndex> {
         let inp = self.width(x);
         let w = self.param(at, &format!("{name}.weight"), &[inp, out], linear_init(inp));
         let mut ins = vec![x, w];
@@ -208,7 +241,13 @@ impl Lowerer {
 
     fn vectors(&mut self, at: &At, x: NodeIndex, what: &str) -> Option<()> {
         if self.is_tokens(x) {
-            self.error(Code::Shape, at.span, format!("`{what}` expects a sequence of vectors, but gets token ids"), "token ids arrive here", "start the model with `{type: embedding, dim: ...}`");
+            self.error(
+                Code::Shape,
+                at.span,
+                format!("`{what}` expects a sequence of vectors, but gets token ids"),
+                "token ids arrive here",
+                "start the model with `{type: embedding, dim: ...}`",
+            );
             return None;
         }
         Some(())
@@ -230,14 +269,28 @@ impl Lowerer {
         Some(())
     }
 
-    fn layer(&mut self, layer: &Layer, node: Option<&Node>, x: NodeIndex, path: &str) -> Option<NodeIndex> {
+    fn layer(
+        &mut self,
+        layer: &Layer,
+        node: Option<&Node>,
+        x: NodeIndex,
+        path: &str,
+    ) -> Option<NodeIndex> {
         let at = At {
             path: path.to_string(),
             node,
             span: node.map(layer_span),
         };
         let kind = layer.type_name();
-        if !matches!(layer, Layer::Embedding { .. } | Layer::Repeat { .. } | Layer::Cycle { .. } | Layer::Every { .. } | Layer::Residual { .. } | Layer::Parallel { .. }) {
+        if !matches!(
+            layer,
+            Layer::Embedding { .. }
+                | Layer::Repeat { .. }
+                | Layer::Cycle { .. }
+                | Layer::Every { .. }
+                | Layer::Residual { .. }
+                | Layer::Parallel { .. }
+        ) {
             self.vectors(&at, x, kind)?;
         }
         match layer {
@@ -246,7 +299,12 @@ impl Lowerer {
                     self.error(Code::Shape, at.span, "an `embedding` reads token ids, but its input is already a sequence of vectors".into(), "second embedding", "use `linear` to change the width of vectors");
                     return None;
                 }
-                let table = self.param(&at, "weight", &[self.opts.vocab, u64::from(*dim)], Init::Normal(Real(1.0)));
+                let table = self.param(
+                    &at,
+                    "weight",
+                    &[self.opts.vocab, u64::from(*dim)],
+                    Init::Normal(Real(1.0)),
+                );
                 let e = self.op(&at, Op::Embedding, &[x, table])?;
                 if *scale {
                     self.op(&at, Op::Scale(Real(f64::from(*dim).sqrt())), &[e])
@@ -261,27 +319,59 @@ impl Lowerer {
             }
             Layer::LearnedPositions { max_len } => {
                 self.check_len(&at, u64::from(*max_len), kind)?;
-                let table = self.param(&at, "weight", &[u64::from(*max_len), self.width(x)], Init::Normal(Real(0.02)));
+                let table = self.param(
+                    &at,
+                    "weight",
+                    &[u64::from(*max_len), self.width(x)],
+                    Init::Normal(Real(0.02)),
+                );
                 self.op(&at, Op::AddPositions, &[x, table])
             }
-            Layer::Attention { heads, kv_heads, head_dim, causal, rope, qk_norm, bias, dropout } => {
+            Layer::Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                causal,
+                rope,
+                qk_norm,
+                bias,
+                dropout,
+            } => {
                 let w = self.width(x);
                 let h = u64::from(*heads);
                 let kv = kv_heads.map_or(h, u64::from);
                 if h % kv != 0 {
-                    self.error(Code::Shape, at.field_span("kv_heads"), format!("{h} query heads cannot be shared evenly by {kv} key/value heads"), "must divide `heads`", &format!("use a divisor of {h} for `kv_heads`"));
+                    self.error(
+                        Code::Shape,
+                        at.field_span("kv_heads"),
+                        format!("{h} query heads cannot be shared evenly by {kv} key/value heads"),
+                        "must divide `heads`",
+                        &format!("use a divisor of {h} for `kv_heads`"),
+                    );
                     return None;
                 }
                 let hd = match head_dim {
                     Some(d) => u64::from(*d),
                     None if w % h == 0 => w / h,
                     None => {
-                        self.error(Code::Shape, at.field_span("heads"), format!("width {w} is not divisible by {h} heads"), "does not divide the width", "choose `heads` dividing the width, or set `head_dim`");
+                        self.error(
+                            Code::Shape,
+                            at.field_span("heads"),
+                            format!("width {w} is not divisible by {h} heads"),
+                            "does not divide the width",
+                            "choose `heads` dividing the width, or set `head_dim`",
+                        );
                         return None;
                     }
                 };
                 if rope.is_some() && hd % 2 != 0 {
-                    self.error(Code::Shape, at.field_span("rope"), format!("rotary embeddings need an even head width, got {hd}"), "odd head width", "change `heads` or `head_dim` so that the head width is even");
+                    self.error(
+                        Code::Shape,
+                        at.field_span("rope"),
+                        format!("rotary embeddings need an even head width, got {hd}"),
+                        "odd head width",
+                        "change `heads` or `head_dim` so that the head width is even",
+                    );
                     return None;
                 }
                 let q = self.linear(&at, "q", x, h * hd, *bias)?;
@@ -295,7 +385,14 @@ impl Lowerer {
                     k = self.op(&at, Op::L2Norm, &[k])?;
                 }
                 if let Some(r) = rope {
-                    let table = self.op(&at, Op::RopeTable { head_dim: hd, base: Real(r.base) }, &[self.input])?;
+                    let table = self.op(
+                        &at,
+                        Op::RopeTable {
+                            head_dim: hd,
+                            base: Real(r.base),
+                        },
+                        &[self.input],
+                    )?;
                     q = self.op(&at, Op::ApplyRope, &[q, table])?;
                     k = self.op(&at, Op::ApplyRope, &[k, table])?;
                 }
@@ -310,7 +407,16 @@ impl Lowerer {
                 } else {
                     AttnScale::InvSqrtDim
                 };
-                let a = self.op(&at, Op::Attention { causal: *causal, kv_groups: 1, scale, dropout: Real(*dropout) }, &ins)?;
+                let a = self.op(
+                    &at,
+                    Op::Attention {
+                        causal: *causal,
+                        kv_groups: 1,
+                        scale,
+                        dropout: Real(*dropout),
+                    },
+                    &ins,
+                )?;
                 let m = self.op(&at, Op::MergeHeads, &[a])?;
                 self.linear(&at, "out", m, w, *bias)
             }
@@ -325,7 +431,12 @@ impl Lowerer {
                 let g = self.param(&at, "weight", &[w], Init::Ones);
                 self.op(&at, Op::RmsNorm(Real(*eps)), &[x, g])
             }
-            Layer::Mlp { hidden, activation, bias, dropout } => {
+            Layer::Mlp {
+                hidden,
+                activation,
+                bias,
+                dropout,
+            } => {
                 let w = self.width(x);
                 let h = self.linear(&at, "up", x, u64::from(*hidden), *bias)?;
                 let mut h = self.op(&at, Op::Act(*activation), &[h])?;
@@ -342,7 +453,11 @@ impl Lowerer {
                 let h = self.op(&at, Op::Mul, &[a, b])?;
                 self.linear(&at, "down", h, w, *bias)
             }
-            Layer::Lstm { hidden, layers, dropout } => {
+            Layer::Lstm {
+                hidden,
+                layers,
+                dropout,
+            } => {
                 let h = u64::from(*hidden);
                 let mut ins = vec![x];
                 let mut inp = self.width(x);
@@ -354,7 +469,15 @@ impl Lowerer {
                     ins.push(self.param(&at, &format!("l{l}.b_hh"), &[4 * h], init));
                     inp = h;
                 }
-                self.op(&at, Op::Lstm { layers: u64::from(*layers), hidden: h, dropout: Real(*dropout) }, &ins)
+                self.op(
+                    &at,
+                    Op::Lstm {
+                        layers: u64::from(*layers),
+                        hidden: h,
+                        dropout: Real(*dropout),
+                    },
+                    &ins,
+                )
             }
             Layer::SpectralGate { max_len, causal } => {
                 let l = u64::from(*max_len);
@@ -372,7 +495,8 @@ impl Lowerer {
                     let y = self.op(&at, Op::Irfft { n }, &[yf])?;
                     self.op(&at, Op::CropSeq, &[y, x])?
                 } else {
-                    let gate = self.param(&at, "gate", &[l / 2 + 1, w, 2], Init::Normal(Real(0.02)));
+                    let gate =
+                        self.param(&at, "gate", &[l / 2 + 1, w, 2], Init::Normal(Real(0.02)));
                     let p = self.op(&at, Op::PadSeq { len: l }, &[x])?;
                     let xf = self.op(&at, Op::Rfft { n: l }, &[p])?;
                     let yf = self.op(&at, Op::ComplexMul, &[xf, gate])?;
@@ -382,7 +506,12 @@ impl Lowerer {
                 if *causal {
                     // A linear convolution with a kernel of l taps, padded to 2l: causal as a
                     // whole although its FFTs mix all positions.
-                    let ids: Vec<NodeIndex> = self.g.g.node_indices().filter(|n| n.index() >= first).collect();
+                    let ids: Vec<NodeIndex> = self
+                        .g
+                        .g
+                        .node_indices()
+                        .filter(|n| n.index() >= first)
+                        .collect();
                     for n in ids {
                         self.g.g[n].mixing = Some(Mixing::Causal);
                     }
@@ -440,20 +569,41 @@ impl Lowerer {
             }
             Layer::Cycle { choices } => {
                 let Some(&i) = self.repeat.last() else {
-                    self.error(Code::Structure, at.span, "`cycle` is only meaningful inside `repeat`".into(), "outside any repeat", "put the `cycle` in the `body` of a `repeat`, or use the layer directly");
+                    self.error(
+                        Code::Structure,
+                        at.span,
+                        "`cycle` is only meaningful inside `repeat`".into(),
+                        "outside any repeat",
+                        "put the `cycle` in the `body` of a `repeat`, or use the layer directly",
+                    );
                     return None;
                 };
                 let k = i as usize % choices.len();
-                let cn = node.and_then(|n| n.get("choices")).and_then(seq_items).and_then(|c| c.get(k));
+                let cn = node
+                    .and_then(|n| n.get("choices"))
+                    .and_then(seq_items)
+                    .and_then(|c| c.get(k));
                 self.layer(&choices[k], cn, x, path)
             }
             Layer::Every { n, offset, body } => {
                 if offset >= n {
-                    self.error(Code::Structure, at.field_span("offset"), format!("`offset` {offset} is never reached with period {n}"), "must be less than `n`", &format!("use an offset from 0 to {}", n - 1));
+                    self.error(
+                        Code::Structure,
+                        at.field_span("offset"),
+                        format!("`offset` {offset} is never reached with period {n}"),
+                        "must be less than `n`",
+                        &format!("use an offset from 0 to {}", n - 1),
+                    );
                     return None;
                 }
                 let Some(&i) = self.repeat.last() else {
-                    self.error(Code::Structure, at.span, "`every` is only meaningful inside `repeat`".into(), "outside any repeat", "put the `every` in the `body` of a `repeat`, or use its layers directly");
+                    self.error(
+                        Code::Structure,
+                        at.span,
+                        "`every` is only meaningful inside `repeat`".into(),
+                        "outside any repeat",
+                        "put the `every` in the `body` of a `repeat`, or use its layers directly",
+                    );
                     return None;
                 };
                 if i % n == *offset {
@@ -475,9 +625,13 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
     if let Some(v) = r.model.spec.vocab {
         if u64::from(v) != vocab {
             let span = r.model.tree.get("vocab").map(|n| n.span);
-            return Err(vec![Diagnostic::error(Code::Conflict, span, format!("the model says `vocab: {v}` but the task has {vocab} tokens"))
-                .label("disagrees with the task")
-                .help("remove `vocab` from the model: the recipe's task supplies it")]);
+            return Err(vec![Diagnostic::error(
+                Code::Conflict,
+                span,
+                format!("the model says `vocab: {v}` but the task has {vocab} tokens"),
+            )
+            .label("disagrees with the task")
+            .help("remove `vocab` from the model: the recipe's task supplies it")]);
         }
     }
     lower(
@@ -497,13 +651,19 @@ pub const PLACEHOLDER_VOCAB: u64 = 16;
 /// Lower a loaded document: a recipe with its task's vocabulary, sequence length and
 /// causality requirement; a model file with `vocab` (or the given one, or a placeholder) and
 /// no causality requirement.
-pub fn lower_document(doc: &crate::spec::Document, vocab: Option<u64>, seq: Option<u64>) -> Result<Graph, Vec<Diagnostic>> {
+pub fn lower_document(
+    doc: &crate::spec::Document,
+    vocab: Option<u64>,
+    seq: Option<u64>,
+) -> Result<Graph, Vec<Diagnostic>> {
     match doc {
         crate::spec::Document::Recipe(r) => lower_recipe(r),
         crate::spec::Document::Model(m) => lower(
             m,
             &LowerOptions {
-                vocab: vocab.or(m.spec.vocab.map(u64::from)).unwrap_or(PLACEHOLDER_VOCAB),
+                vocab: vocab
+                    .or(m.spec.vocab.map(u64::from))
+                    .unwrap_or(PLACEHOLDER_VOCAB),
                 max_seq: seq,
                 require_causal: false,
             },

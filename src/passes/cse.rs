@@ -7,7 +7,9 @@ use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 
 pub fn run(g: &mut Graph) -> Vec<String> {
-    let Some(order) = g.topo() else { return Vec::new() };
+    let Some(order) = g.topo() else {
+        return Vec::new();
+    };
     let mut seen: HashMap<(Op, Vec<NodeIndex>), NodeIndex> = HashMap::new();
     let mut merged: HashMap<(&'static str, String), usize> = HashMap::new();
     let mut changes = Vec::new();
@@ -19,7 +21,9 @@ pub fn run(g: &mut Graph) -> Vec<String> {
         match seen.get(&key) {
             Some(&first) => {
                 g.replace_uses(n, first);
-                *merged.entry((g.g[n].op.name(), g.g[first].layer.clone())).or_default() += 1;
+                *merged
+                    .entry((g.g[n].op.name(), g.g[first].layer.clone()))
+                    .or_default() += 1;
                 g.g.remove_node(n);
             }
             None => {

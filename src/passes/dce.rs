@@ -5,7 +5,9 @@ use crate::ir::{Graph, Op};
 use std::collections::{BTreeMap, HashSet};
 
 pub fn run(g: &mut Graph) -> Vec<String> {
-    let Some(out) = g.output() else { return Vec::new() };
+    let Some(out) = g.output() else {
+        return Vec::new();
+    };
     let mut live = HashSet::new();
     let mut stack = vec![out];
     while let Some(n) = stack.pop() {
@@ -13,7 +15,10 @@ pub fn run(g: &mut Graph) -> Vec<String> {
             stack.extend(g.inputs(n));
         }
     }
-    let dead: Vec<_> = g.g.node_indices().filter(|n| !live.contains(n) && g.g[*n].op != Op::Input).collect();
+    let dead: Vec<_> =
+        g.g.node_indices()
+            .filter(|n| !live.contains(n) && g.g[*n].op != Op::Input)
+            .collect();
     if dead.is_empty() {
         return Vec::new();
     }
@@ -25,5 +30,9 @@ pub fn run(g: &mut Graph) -> Vec<String> {
         g.g.remove_node(*n);
     }
     let what: Vec<String> = kinds.iter().map(|(k, c)| format!("{c} {k}")).collect();
-    vec![format!("removed {} dead node(s): {}", dead.len(), what.join(", "))]
+    vec![format!(
+        "removed {} dead node(s): {}",
+        dead.len(),
+        what.join(", ")
+    )]
 }

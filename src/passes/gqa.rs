@@ -10,11 +10,15 @@ use crate::ir::{Graph, Op};
 
 pub fn run(g: &mut Graph) -> Vec<String> {
     let mut changes = Vec::new();
-    let attns: Vec<_> = g.g.node_indices().filter(|&n| matches!(g.g[n].op, Op::Attention { .. })).collect();
+    let attns: Vec<_> =
+        g.g.node_indices()
+            .filter(|&n| matches!(g.g[n].op, Op::Attention { .. }))
+            .collect();
     for n in attns {
         let ins = g.inputs(n);
         let (k, v) = (ins[1], ins[2]);
-        let (Op::RepeatKv { groups: gk }, Op::RepeatKv { groups: gv }) = (&g.g[k].op, &g.g[v].op) else {
+        let (Op::RepeatKv { groups: gk }, Op::RepeatKv { groups: gv }) = (&g.g[k].op, &g.g[v].op)
+        else {
             continue;
         };
         if gk != gv {
@@ -32,11 +36,19 @@ pub fn run(g: &mut Graph) -> Vec<String> {
                 g.g.remove_node(r);
             }
         }
-        changes.push(format!("{}: attention reads {} K/V heads shared by groups of {groups} (K/V repeat removed)", g.g[n].layer, kv_heads(g, k_src)));
+        changes.push(format!(
+            "{}: attention reads {} K/V heads shared by groups of {groups} (K/V repeat removed)",
+            g.g[n].layer,
+            kv_heads(g, k_src)
+        ));
     }
     changes
 }
 
 fn kv_heads(g: &Graph, k: petgraph::stable_graph::NodeIndex) -> String {
-    g.g[k].ty.shape.get(1).map_or_else(|| "?".into(), |d| d.to_string())
+    g.g[k]
+        .ty
+        .shape
+        .get(1)
+        .map_or_else(|| "?".into(), |d| d.to_string())
 }

@@ -65,7 +65,10 @@ pub fn by_name(names: &[String]) -> Result<Vec<&'static Pass>, String> {
                 let guess = crate::diag::did_you_mean(n, known.iter().copied())
                     .map(|g| format!(" (did you mean `{g}`?)"))
                     .unwrap_or_default();
-                format!("unknown pass `{n}`{guess}; the passes are {}", crate::diag::one_of(&known))
+                format!(
+                    "unknown pass `{n}`{guess}; the passes are {}",
+                    crate::diag::one_of(&known)
+                )
             })
         })
         .collect()

@@ -14,16 +14,36 @@ pub const DENSE_MAX: u64 = 64;
 
 pub fn run(g: &mut Graph) -> Vec<String> {
     let mut changes = Vec::new();
-    let crops: Vec<_> = g.g.node_indices().filter(|&n| g.g[n].op == Op::CropSeq).collect();
+    let crops: Vec<_> =
+        g.g.node_indices()
+            .filter(|&n| g.g[n].op == Op::CropSeq)
+            .collect();
     for c in crops {
-        let Some((x, param, n, causal)) = matches(g, c) else { continue };
-        let algo = if n <= DENSE_MAX { SpectralAlgo::Dense } else { SpectralAlgo::Fft };
+        if g.users(c).is_empty() {
+            continue;
+        }
+        let Some((x, param, n, causal)) = matches(g, c) else {
+            continue;
+        };
+        let algo = if n <= DENSE_MAX {
+            SpectralAlgo::Dense
+        } else {
+            SpectralAlgo::Fft
+        };
         let node = &g.g[c];
         let (layer, span) = (node.layer.clone(), node.span);
         let fused = g
-            .add(Op::SpectralFilter { n, causal, algo }, &[x, param], &layer, span)
+            .add(
+                Op::SpectralFilter { n, causal, algo },
+                &[x, param],
+                &layer,
+                span,
+            )
             .expect("a matched pattern has the filter's shapes");
         g.replace_uses(c, fused);
+        // The crop is now dead; remove it so the pattern cannot match again (dce removes the
+        // rest of the old chain).
+        g.g.remove_node(c);
         changes.push(format!(
             "{layer}: rfft → gate → irfft fused into spectral_filter (n={n}, {}, {})",
             if causal { "causal" } else { "circular" },
@@ -44,7 +64,9 @@ fn single_use(g: &Graph, n: NodeIndex) -> bool {
 fn matches(g: &Graph, crop: NodeIndex) -> Option<(NodeIndex, NodeIndex, u64, bool)> {
     let ins = g.inputs(crop);
     let (y, x) = (ins[0], ins[1]);
-    let Op::Irfft { n } = g.g[y].op else { return None };
+    let Op::Irfft { n } = g.g[y].op else {
+        return None;
+    };
     let cm = g.inputs(y)[0];
     if g.g[cm].op != Op::ComplexMul || !single_use(g, y) || !single_use(g, cm) {
         return None;

@@ -1,0 +1,285 @@
+//! The graph IR: golden files before and after each pass, the verifier after every pass,
+//! numerical equivalence of optimized and unoptimized graphs (float64 reference interpreter),
+//! causality by perturbation, and property tests over head counts and shapes.
+
+use kiln::diag::{render_text, SourceMap};
+use kiln::ir::reference::{self, Rng, Tensor};
+use kiln::ir::{verify::verify, Graph, Op};
+use kiln::lower::{lower_document, noncausal_layers};
+use kiln::passes::{self, ALL};
+use proptest::prelude::*;
+use std::path::Path;
+
+/// `(golden name, file, vocab, seq)`: the models whose IR is kept as golden files.
+const GOLDEN: &[(&str, &str)] = &[
+    ("default", "recipes/default.yaml"),
+    ("inline-parallel", "recipes/anbn-inline.yaml"),
+    ("gfnet-causal", "models/gfnet-causal.yaml"),
+    ("lstm", "models/lstm.yaml"),
+    ("postln", "models/transformer-postln.yaml"),
+];
+
+fn lower_file(path: &str, overrides: &[String]) -> Graph {
+    let mut sources = SourceMap::new();
+    let doc = kiln::spec::load(Path::new(path), overrides, &mut sources)
+        .unwrap_or_else(|e| panic!("{}", render_text(&e.diags, &sources, false)));
+    let g = lower_document(&doc, Some(7), Some(24))
+        .unwrap_or_else(|d| panic!("{}", render_text(&d, &sources, false)));
+    verify(&g).unwrap();
+    g
+}
+
+fn optimized(g: &Graph, names: &[&str]) -> (Graph, Vec<passes::Change>) {
+    let mut g = g.clone();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let selected = passes::by_name(&names).unwrap();
+    let changes = passes::optimize(&mut g, &selected, true).expect("passes keep the graph valid");
+    (g, changes)
+}
+
+fn tokens(rng: &mut Rng, batch: usize, seq: usize, vocab: u64) -> Vec<Vec<i64>> {
+    (0..batch)
+        .map(|_| (0..seq).map(|_| (rng.next_u64() % vocab) as i64).collect())
+        .collect()
+}
+
+fn vocab_of(g: &Graph) -> u64 {
+    let emb =
+        g.g.node_indices()
+            .find(|&n| g.g[n].op == Op::Embedding)
+            .expect("an embedding");
+    match &g.g[g.inputs(emb)[1]].op {
+        Op::Param { shape, .. } => shape[0],
+        _ => unreachable!("embedding tables are parameters"),
+    }
+}
+
+fn run(g: &Graph, params: &std::collections::HashMap<String, Tensor>, toks: &[Vec<i64>]) -> Tensor {
+    reference::run(g, params, toks).unwrap()
+}
+
+#[test]
+fn ir_matches_golden_files_before_and_after_each_pass() {
+    let bless = std::env::var_os("KILN_BLESS").is_some();
+    let mut failures = Vec::new();
+    for (name, file) in GOLDEN {
+        let g = lower_file(file, &[]);
+        let mut stages = vec![("lowered".to_string(), kiln::ir::print::to_text(&g))];
+        for p in ALL {
+            let (o, changes) = optimized(&g, &[p.name]);
+            let mut text = kiln::ir::print::to_text(&o);
+            for c in changes {
+                text.push_str(&format!("# {}: {}\n", c.pass, c.what));
+            }
+            stages.push((p.name.to_string(), text));
+        }
+        let all: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+        let (o, _) = optimized(&g, &all);
+        stages.push(("all".into(), kiln::ir::print::to_text(&o)));
+        for (stage, text) in stages {
+            let path = format!("tests/golden/ir/{name}.{stage}.txt");
+            if bless {
+                std::fs::write(&path, &text).unwrap();
+            } else if std::fs::read_to_string(&path).unwrap_or_default() != text {
+                failures.push(path);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "IR golden files differ (KILN_BLESS=1 to accept, then review the diff): {failures:?}"
+    );
+}
+
+#[test]
+fn passes_change_what_they_claim() {
+    let g = lower_file("recipes/default.yaml", &[]);
+    let count = |g: &Graph, f: fn(&Op) -> bool| g.g.node_weights().filter(|n| f(&n.op)).count();
+    assert_eq!(count(&g, |o| matches!(o, Op::RepeatKv { .. })), 4);
+    let (o, _) = optimized(&g, &["gqa", "dce"]);
+    assert_eq!(
+        count(&o, |o| matches!(o, Op::RepeatKv { .. })),
+        0,
+        "the K/V repeat is gone"
+    );
+    assert!(o
+        .g
+        .node_weights()
+        .all(|n| !matches!(n.op, Op::Attention { kv_groups: 1, .. })));
+    // K/V memory drops by G: the repeated tensors (G x the K/V size) are no longer materialized.
+    assert!(o.activation_bytes(65) < g.activation_bytes(65));
+
+    let g = lower_file("models/gfnet-causal.yaml", &[]);
+    let (o, _) = optimized(&g, &["spectral", "dce"]);
+    assert_eq!(
+        count(&o, |o| matches!(
+            o,
+            Op::Rfft { .. } | Op::Irfft { .. } | Op::ComplexMul
+        )),
+        0
+    );
+    assert_eq!(
+        count(&o, |o| matches!(o, Op::SpectralFilter { causal: true, .. })),
+        4
+    );
+
+    let g = lower_file("recipes/anbn-inline.yaml", &[]);
+    assert_eq!(count(&g, |o| matches!(o, Op::RopeTable { .. })), 2);
+    let (o, _) = optimized(&g, &["cse"]);
+    assert_eq!(
+        count(&o, |o| matches!(o, Op::RopeTable { .. })),
+        1,
+        "one RoPE table serves every layer"
+    );
+}
+
+#[test]
+fn optimized_and_unoptimized_graphs_compute_the_same_function() {
+    let all: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+    let files = [
+        "recipes/default.yaml",
+        "recipes/anbn-inline.yaml",
+        "recipes/dyck-lstm.yaml",
+        "models/gfnet-causal.yaml",
+        "models/transformer-postln.yaml",
+    ];
+    let short = ["--set", "model.vars.depth=2"];
+    for file in files {
+        let overrides: Vec<String> = if file.contains("postln") || file.contains("lstm") {
+            vec![short[1].replace("model.", "")]
+        } else {
+            vec![]
+        };
+        let overrides = if file.starts_with("recipes") {
+            overrides.iter().map(|o| format!("model.{o}")).collect()
+        } else {
+            overrides
+        };
+        let g = lower_file(file, &overrides);
+        let params = reference::init_params(&g, 3);
+        let mut rng = Rng::new(11);
+        let toks = tokens(&mut rng, 2, 9, vocab_of(&g));
+        let base = run(&g, &params, &toks);
+        for p in ALL {
+            let (o, _) = optimized(&g, &[p.name]);
+            let d = run(&o, &params, &toks).max_abs_diff(&base);
+            assert!(
+                d < 1e-9,
+                "{file}: pass {} changes the output by {d}",
+                p.name
+            );
+        }
+        let (o, _) = optimized(&g, &all);
+        let d = run(&o, &params, &toks).max_abs_diff(&base);
+        assert!(d < 1e-9, "{file}: all passes change the output by {d}");
+    }
+}
+
+/// Changing token t+1 must not change outputs 0..=t of a causal model, before and after
+/// optimization; a model the analysis calls non-causal does change them.
+#[test]
+fn causality_holds_under_perturbation() {
+    let all: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+    for file in [
+        "recipes/default.yaml",
+        "recipes/anbn-inline.yaml",
+        "models/gfnet-causal.yaml",
+        "models/lstm.yaml",
+    ] {
+        let g = lower_file(file, &[]);
+        assert!(noncausal_layers(&g).is_empty(), "{file} should be causal");
+        let (o, _) = optimized(&g, &all);
+        for graph in [&g, &o] {
+            let params = reference::init_params(graph, 5);
+            let mut rng = Rng::new(1);
+            let seq = 8;
+            let toks = tokens(&mut rng, 1, seq, 5);
+            let base = run(graph, &params, &toks);
+            for t in 0..seq - 1 {
+                let mut changed = toks.clone();
+                changed[0][t + 1] = (changed[0][t + 1] + 1) % 5;
+                let out = run(graph, &params, &changed);
+                let v = *base.shape.last().unwrap();
+                let prefix = (t + 1) * v;
+                let d = base.data[..prefix]
+                    .iter()
+                    .zip(&out.data[..prefix])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    d < 1e-12,
+                    "{file}: changing token {} changed an earlier output by {d}",
+                    t + 1
+                );
+            }
+        }
+    }
+    // The non-causal spectral gate does leak, as the analysis says.
+    let g = lower_file(
+        "models/gfnet-causal.yaml",
+        &["layers.2.body.0.body.1.causal=false".into()],
+    );
+    assert!(!noncausal_layers(&g).is_empty());
+    let params = reference::init_params(&g, 5);
+    let toks = vec![vec![1, 2, 3, 4, 0, 1, 2, 3]];
+    let base = run(&g, &params, &toks);
+    let mut changed = toks.clone();
+    changed[0][7] = 4;
+    let out = run(&g, &params, &changed);
+    assert!(base.data[..5]
+        .iter()
+        .zip(&out.data[..5])
+        .any(|(a, b)| (a - b).abs() > 1e-9));
+}
+
+fn inline_gqa(width: u32, heads: u32, kv: u32, rope: bool, qk_norm: bool) -> String {
+    format!(
+        "kind: model\nvocab: 6\nlayers:\n  - {{type: embedding, dim: {width}}}\n  - {{type: attention, heads: {heads}, kv_heads: {kv}, head_dim: 2, qk_norm: {qk_norm}{}}}\n  - {{type: head}}\n",
+        if rope { ", rope: {}" } else { "" }
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gqa_elimination_over_head_counts(kv in 1u32..5, groups in 1u32..5, width in 2u32..12, rope: bool, qk_norm: bool, seq in 1usize..7) {
+        let heads = kv * groups;
+        let text = inline_gqa(width, heads, kv, rope, qk_norm);
+        let mut sources = SourceMap::new();
+        let doc = kiln::spec::load::load_bytes(Path::new("p.yaml"), text.into_bytes(), &[], &mut sources).unwrap();
+        let g = lower_document(&doc, None, None).unwrap();
+        verify(&g).unwrap();
+        let (o, changes) = optimized(&g, &["gqa", "dce"]);
+        prop_assert_eq!(o.g.node_weights().filter(|n| matches!(n.op, Op::RepeatKv { .. })).count(), 0);
+        prop_assert_eq!(changes.is_empty(), groups == 1);
+        // The K and V the attention reads have kv heads, not `heads`.
+        let attn = o.g.node_indices().find(|&n| matches!(o.g[n].op, Op::Attention { .. })).unwrap();
+        let k = o.inputs(attn)[1];
+        prop_assert_eq!(o.g[k].ty.shape[1], kiln::ir::Dim::Fixed(u64::from(kv)));
+        // Memory: exactly the two repeated tensors (B·heads·S·2 floats each) are gone.
+        let saved = g.activation_bytes(seq as u64) - o.activation_bytes(seq as u64);
+        let repeated = if groups > 1 { 2 * u64::from(heads) * seq as u64 * 2 * 4 } else { 0 };
+        prop_assert_eq!(saved, repeated);
+        let params = reference::init_params(&g, 9);
+        let toks: Vec<Vec<i64>> = vec![(0..seq as i64).map(|i| i % 6).collect(); 2];
+        let d = run(&o, &params, &toks).max_abs_diff(&run(&g, &params, &toks));
+        prop_assert!(d < 1e-9);
+    }
+
+    #[test]
+    fn spectral_fusion_over_shapes(max_len in 2u32..20, width in 1u32..5, causal: bool, seq_frac in 0.0f64..1.0) {
+        let text = format!("kind: model\nvocab: 5\nlayers:\n  - {{type: embedding, dim: {width}}}\n  - {{type: spectral_gate, max_len: {max_len}, causal: {causal}}}\n  - {{type: head}}\n");
+        let mut sources = SourceMap::new();
+        let doc = kiln::spec::load::load_bytes(Path::new("p.yaml"), text.into_bytes(), &[], &mut sources).unwrap();
+        let g = lower_document(&doc, None, None).unwrap();
+        let (o, changes) = optimized(&g, &["spectral", "dce"]);
+        prop_assert_eq!(changes.len(), 2);
+        prop_assert_eq!(o.g.node_weights().filter(|n| matches!(n.op, Op::SpectralFilter { .. })).count(), 1);
+        let seq = 1 + ((max_len - 1) as f64 * seq_frac) as usize;
+        let params = reference::init_params(&g, 4);
+        let toks: Vec<Vec<i64>> = vec![(0..seq as i64).map(|i| (i * 3) % 5).collect()];
+        let d = run(&o, &params, &toks).max_abs_diff(&run(&g, &params, &toks));
+        prop_assert!(d < 1e-9, "difference {}", d);
+    }
+}
