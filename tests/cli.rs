@@ -157,18 +157,42 @@ fn graph_command_formats_and_options() {
     let dot = kiln(&["graph", "recipes/default.yaml", "--format", "dot"]);
     assert!(stdout(&dot).starts_with("digraph \"transformer-modern\" {"));
 
-    let json = kiln(&["graph", "models/gfnet-causal.yaml", "--format", "json", "--vocab", "7", "--seq", "64", "--passes", "spectral,dce"]);
+    let json = kiln(&[
+        "graph",
+        "models/gfnet-causal.yaml",
+        "--format",
+        "json",
+        "--vocab",
+        "7",
+        "--seq",
+        "64",
+        "--passes",
+        "spectral,dce",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("valid JSON");
     assert_eq!(v["seq"], 64);
     assert_eq!(v["causal"], true);
-    assert!(v["graph"]["nodes"].as_array().unwrap().iter().any(|n| n["op"] == "spectral_filter"));
-    assert!(v["changes"].as_array().unwrap().iter().any(|c| c["pass"] == "dce"));
+    assert!(v["graph"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["op"] == "spectral_filter"));
+    assert!(v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["pass"] == "dce"));
 
     let bad_pass = kiln(&["graph", "recipes/default.yaml", "--passes", "gqa,cse2"]);
     assert_eq!(bad_pass.status.code(), Some(2));
     assert!(stderr(&bad_pass).contains("unknown pass `cse2` (did you mean `cse`?)"));
 
-    let shape = kiln(&["graph", "recipes/default.yaml", "--set", "model.vars.kv_heads=3"]);
+    let shape = kiln(&[
+        "graph",
+        "recipes/default.yaml",
+        "--set",
+        "model.vars.kv_heads=3",
+    ]);
     assert_eq!(shape.status.code(), Some(1));
     assert!(stderr(&shape).contains("error[K300]"));
 }
