@@ -83,8 +83,19 @@ pub fn load(
     overrides: &[String],
     sources: &mut SourceMap,
 ) -> Result<Document, LoadError> {
+    let src = read_source(path, sources);
+    load_source(path, src, overrides, sources)
+}
+
+/// The common tail of [`load`] and [`load_bytes`].
+fn load_source(
+    path: &Path,
+    src: Result<SourceId, Diagnostic>,
+    overrides: &[String],
+    sources: &mut SourceMap,
+) -> Result<Document, LoadError> {
     let mut diags = Vec::new();
-    let result = match read_source(path, sources) {
+    let result = match src {
         Ok(src) => load_inner(path, src, overrides, sources, &mut diags),
         Err(d) => {
             diags.push(d);
@@ -176,19 +187,8 @@ pub fn load_bytes(
     overrides: &[String],
     sources: &mut SourceMap,
 ) -> Result<Document, LoadError> {
-    let mut diags = Vec::new();
-    let result = match add_source(path, bytes, sources) {
-        Ok(src) => load_inner(path, src, overrides, sources, &mut diags),
-        Err(d) => {
-            diags.push(d);
-            None
-        }
-    };
-    crate::diag::sort(&mut diags);
-    match result {
-        Some(doc) if !diags.iter().any(Diagnostic::is_error) => Ok(doc),
-        _ => Err(LoadError { diags }),
-    }
+    let src = add_source(path, bytes, sources);
+    load_source(path, src, overrides, sources)
 }
 
 fn load_inner(

@@ -206,16 +206,7 @@ pub fn parse(sources: &SourceMap, src: SourceId) -> (Option<Node>, Vec<Diagnosti
         );
         return (None, diags);
     }
-    let mut b = Builder {
-        sources,
-        src,
-        anchors: HashMap::new(),
-        stack: Vec::new(),
-        root: None,
-        nodes: 0,
-        docs: 0,
-        diags: Vec::new(),
-    };
+    let mut b = Builder::new(sources, src);
     let result = b.run(Parser::new_from_str(text));
     diags.append(&mut b.diags);
     match result {
@@ -241,16 +232,7 @@ pub fn parse_value(sources: &SourceMap, src: SourceId, start: usize) -> Result<N
             Span::new(src, start, start),
         ));
     }
-    let mut b = Builder {
-        sources,
-        src,
-        anchors: HashMap::new(),
-        stack: Vec::new(),
-        root: None,
-        nodes: 0,
-        docs: 0,
-        diags: Vec::new(),
-    };
+    let mut b = Builder::new(sources, src);
     b.run(Parser::new_from_str(text)).map_err(|d| *d)?;
     if let Some(d) = b.diags.pop() {
         return Err(d);
@@ -303,7 +285,20 @@ struct Builder<'a> {
 
 type Fatal = Box<Diagnostic>;
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(sources: &'a SourceMap, src: SourceId) -> Self {
+        Builder {
+            sources,
+            src,
+            anchors: HashMap::new(),
+            stack: Vec::new(),
+            root: None,
+            nodes: 0,
+            docs: 0,
+            diags: Vec::new(),
+        }
+    }
+
     fn offset(&self, m: &saphyr_parser::Marker) -> usize {
         self.sources.get(self.src).offset(m.line(), m.col())
     }
