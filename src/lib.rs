@@ -13,4 +13,5 @@ pub mod ir;
 pub mod lower;
 pub mod passes;
 pub mod spec;
+pub mod tasks;
 pub mod util;
