@@ -12,6 +12,8 @@ pub mod diag;
 pub mod ir;
 pub mod lower;
 pub mod passes;
+pub mod runtime;
 pub mod spec;
 pub mod tasks;
+pub mod train;
 pub mod util;

@@ -1,5 +1,7 @@
 //! The `kiln` command line.
 
+mod run;
+
 use crate::diag::{self, render_json, render_text, Code, Diagnostic, SourceMap};
 use crate::spec::{self, schema, Document};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -91,6 +93,54 @@ enum Command {
         #[arg(long)]
         seq: Option<u64>,
     },
+    /// Train a recipe's model on its task, then print the task's metrics.
+    ///
+    /// Writes a run directory: the resolved recipe (after overrides), the optimized graph,
+    /// metrics.jsonl, checkpoint.safetensors (weights, optimizer state, step, data position),
+    /// best.safetensors and summary.json. `--resume RUN_DIR` continues an interrupted run.
+    #[command(
+        after_help = "Examples:\n  kiln train recipes/default.yaml\n  kiln train recipes/default.yaml --set train.steps=100 --out runs/short\n  kiln train --resume runs/short"
+    )]
+    Train {
+        /// The recipe (not needed with --resume).
+        #[arg(value_name = "RECIPE", required_unless_present = "resume")]
+        recipe: Option<PathBuf>,
+        /// Override a value first (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Run directory (default: runs/<recipe name>-<unix time>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Continue the run in this directory from its last checkpoint.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["recipe", "out", "set"])]
+        resume: Option<PathBuf>,
+        /// Device: `cpu` (Burn's flex backend).
+        #[arg(long, default_value = "cpu")]
+        device: DeviceArg,
+    },
+    /// Recompute a run's task metrics from its best or last checkpoint.
+    #[command(after_help = "Example:\n  kiln eval runs/default-1763856000 --checkpoint best")]
+    Eval {
+        /// The run directory.
+        run: PathBuf,
+        /// Which weights: `last` (checkpoint.safetensors) or `best` (best validation loss).
+        #[arg(long, default_value = "last")]
+        checkpoint: Which,
+    },
+    /// Complete a prompt greedily with a trained model.
+    #[command(
+        after_help = "Examples:\n  kiln generate runs/default-1763856000 --prompt \"a a a b\"\n  kiln generate runs/dyck --prompt \"( [ ] \""
+    )]
+    Generate {
+        /// The run directory.
+        run: PathBuf,
+        /// The prompt: the language's symbols separated by spaces (a b c, or ( ) [ ]).
+        #[arg(long)]
+        prompt: String,
+        /// Which weights.
+        #[arg(long, default_value = "last")]
+        checkpoint: Which,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  kiln completions bash > ~/.local/share/bash-completion/completions/kiln"
@@ -99,6 +149,22 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// Compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// CPU (Burn flex).
+    Cpu,
+}
+
+/// Which weights of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    /// The last checkpoint.
+    Last,
+    /// The weights with the best validation loss.
+    Best,
 }
 
 /// Graph output format.
@@ -144,6 +210,19 @@ pub fn main() -> i32 {
             vocab,
             seq,
         } => graph_cmd(&file, &set, no_opt, passes, format, vocab, seq),
+        Command::Train {
+            recipe,
+            set,
+            out,
+            resume,
+            device: _,
+        } => crate::cli::run::train_cmd(recipe.as_deref(), &set, out, resume),
+        Command::Eval { run, checkpoint } => crate::cli::run::eval_cmd(&run, checkpoint, None),
+        Command::Generate {
+            run,
+            prompt,
+            checkpoint,
+        } => crate::cli::run::eval_cmd(&run, checkpoint, Some(&prompt)),
         Command::Schema { out, check } => schema_cmd(out.as_deref(), check.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
@@ -152,7 +231,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn color() -> bool {
+pub(crate) fn color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 

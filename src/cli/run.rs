@@ -1,0 +1,261 @@
+//! `kiln train`, `kiln eval`, `kiln generate`.
+
+use super::{color, Which};
+use crate::diag::{render_text, SourceMap};
+use crate::ir::Graph;
+use crate::runtime::{DeviceKind, Runtime};
+use crate::spec::{self, Document, LoadedRecipe};
+use crate::train::{self, GrammarData, RunOptions, Summary, TaskMetrics};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+const RESOLVED: &str = "recipe.resolved.yaml";
+
+/// Load a recipe, lower and optimize its model; print diagnostics on failure.
+fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Graph), i32> {
+    let mut sources = SourceMap::new();
+    let doc = match spec::load(path, set, &mut sources) {
+        Ok(Document::Recipe(r)) => *r,
+        Ok(Document::Model(_)) => {
+            eprintln!(
+                "error: `{}` is a model; `kiln train` takes a recipe (kind: recipe)",
+                path.display()
+            );
+            return Err(2);
+        }
+        Err(e) => {
+            eprint!("{}", render_text(&e.diags, &sources, color()));
+            return Err(if e.unreadable() { 2 } else { 1 });
+        }
+    };
+    let mut graph = match crate::lower::lower_recipe(&doc) {
+        Ok(g) => g,
+        Err(d) => {
+            eprint!("{}", render_text(&d, &sources, color()));
+            return Err(1);
+        }
+    };
+    let all: Vec<_> = crate::passes::ALL.iter().collect();
+    if let Err(e) = crate::passes::optimize(&mut graph, &all, cfg!(debug_assertions)) {
+        eprintln!("internal error: {e}");
+        return Err(3);
+    }
+    Ok((doc, graph))
+}
+
+pub fn train_cmd(
+    recipe: Option<&Path>,
+    set: &[String],
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+) -> i32 {
+    let (dir, recipe_path) = match (&resume, recipe) {
+        (Some(dir), _) => {
+            if !dir.join("checkpoint.safetensors").exists() {
+                eprintln!(
+                    "error: `{}` has no checkpoint to resume from (checkpoint.safetensors)",
+                    dir.display()
+                );
+                return 2;
+            }
+            (dir.clone(), dir.join(RESOLVED))
+        }
+        (None, Some(r)) => (PathBuf::new(), r.to_path_buf()),
+        (None, None) => unreachable!("clap requires a recipe without --resume"),
+    };
+    let set = if resume.is_some() { &[][..] } else { set };
+    let (doc, graph) = match compile(&recipe_path, set) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let dir = if resume.is_some() {
+        dir
+    } else {
+        let dir = out.unwrap_or_else(|| {
+            let name = doc.spec.name.clone().unwrap_or_else(|| "run".into());
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            PathBuf::from("runs").join(format!("{name}-{secs}"))
+        });
+        if dir.join("checkpoint.safetensors").exists() {
+            eprintln!("error: `{}` already holds a run; continue it with `kiln train --resume {}` or choose another --out", dir.display(), dir.display());
+            return 2;
+        }
+        if let Err(e) = write_resolved(&dir, &doc, &graph) {
+            eprintln!(
+                "error: cannot write the run directory `{}`: {e}",
+                dir.display()
+            );
+            return 2;
+        }
+        dir
+    };
+    let name = doc.spec.name.clone().unwrap_or_else(|| "recipe".into());
+    eprintln!(
+        "kiln: training `{name}` ({}, {} parameters) in {}",
+        graph.name,
+        graph.param_count(),
+        dir.display()
+    );
+    let opts = RunOptions {
+        dir: dir.clone(),
+        progress: true,
+    };
+    match train::train(&doc.spec, graph.clone(), &opts) {
+        Ok(summary) => {
+            let text = serde_json::to_string_pretty(&summary).expect("summary serializes");
+            if let Err(e) = crate::util::write_atomic(&dir.join("summary.json"), text.as_bytes()) {
+                eprintln!("error: cannot write summary.json: {e}");
+                return 2;
+            }
+            print_summary(&name, &graph, &summary, &dir);
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn write_resolved(dir: &Path, doc: &LoadedRecipe, graph: &Graph) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut spec = doc.spec.clone();
+    spec.model = crate::spec::recipe::ModelRef::Inline(Box::new(doc.model.spec.clone()));
+    // JSON is YAML: the resolved recipe loads with the ordinary loader on --resume.
+    let mut text = String::from(
+        "# The recipe of this run after overrides, its model inlined (JSON is valid YAML).\n",
+    );
+    text.push_str(&serde_json::to_string_pretty(&spec).expect("recipe serializes"));
+    text.push('\n');
+    crate::util::write_atomic(&dir.join(RESOLVED), text.as_bytes())?;
+    crate::util::write_atomic(
+        &dir.join("graph.txt"),
+        crate::ir::print::to_text(graph).as_bytes(),
+    )
+}
+
+fn print_summary(name: &str, graph: &Graph, s: &Summary, dir: &Path) {
+    println!(
+        "{name}: {} ({} parameters), {} steps in {:.1} s; {}",
+        graph.name,
+        graph.param_count(),
+        s.steps,
+        s.seconds,
+        s.stopped
+    );
+    println!(
+        "final train loss {:.4}, validation loss {:.4} (best {:.4})",
+        s.final_loss, s.val_loss, s.best_val_loss
+    );
+    if let Some(m) = &s.metrics {
+        print_metrics(m);
+    }
+    println!("run directory: {}", dir.display());
+}
+
+fn print_metrics(m: &TaskMetrics) {
+    println!(
+        "{:<12} {:>9} {:>8} {:>8} {:>10} {:>12}",
+        "prompts", "finished", "R1", "R2", "R2-compl.", "grammatical"
+    );
+    for (label, x) in [("ID", &m.id), ("OOD", &m.ood)] {
+        println!(
+            "{:<12} {:>9.3} {:>8.3} {:>8.3} {:>10.3} {:>12.3}",
+            format!("{label} ({})", x.n),
+            x.finished,
+            x.rule1,
+            x.rule2,
+            x.rule2_completion,
+            x.grammatical
+        );
+    }
+    println!(
+        "{:<12} {:>9} {:>8.3} {:>8} {:>10.3} {:>12}",
+        "chance (OOD)", "", m.chance_ood_r1, "", m.chance_ood_r2_completion, ""
+    );
+    println!("(R1, R2 and grammatical are fractions of the finished sequences; R2 on OOD prompts is violated by the prompt itself)");
+}
+
+pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>) -> i32 {
+    let (doc, graph) = match compile(&run.join(RESOLVED), &[]) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let weights = match which {
+        Which::Best => {
+            crate::runtime::load_weights(&run.join("best.safetensors")).map_err(|e| e.to_string())
+        }
+        Which::Last => train::load_checkpoint(&run.join("checkpoint.safetensors"))
+            .map(|(w, _, _)| w)
+            .map_err(|e| e.to_string()),
+    };
+    let weights = match weights {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let rt = match Runtime::with_values(graph.clone(), DeviceKind::Cpu.device(false), &weights) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let Some(data) = GrammarData::new(&doc.spec.task, doc.spec.train.seed) else {
+        eprintln!("error: kiln evaluates grammar tasks so far");
+        return 2;
+    };
+    match prompt {
+        None => {
+            let (id, ood) = train::grammar_metrics(&rt, &data);
+            let (c1, c2) = crate::tasks::grammar::chance(data.language);
+            print_metrics(&TaskMetrics {
+                id: id.into(),
+                ood: ood.into(),
+                chance_ood_r1: c1,
+                chance_ood_r2_completion: c2,
+            });
+            0
+        }
+        Some(p) => {
+            let symbols = symbols(data.language);
+            let mut ids = vec![i64::from(crate::tasks::grammar::SOS)];
+            for tok in p.split_whitespace() {
+                match symbols.iter().position(|s| *s == tok) {
+                    Some(i) => ids.push(i as i64),
+                    None => {
+                        eprintln!(
+                            "error: `{tok}` is not a symbol of this language; use {}",
+                            crate::diag::one_of(&symbols[3..])
+                        );
+                        return 2;
+                    }
+                }
+            }
+            let max = doc.spec.decode.max_new_tokens.map_or(data.max_length, |m| {
+                (ids.len() + m as usize).min(data.max_length + 1)
+            });
+            let out = train::greedy(&rt, &[ids], max);
+            let text: Vec<&str> = out[0]
+                .iter()
+                .map(|&t| symbols.get(t as usize).copied().unwrap_or("?"))
+                .collect();
+            let _ = std::io::stdout().is_terminal();
+            println!("{}", text.join(" "));
+            0
+        }
+    }
+}
+
+fn symbols(lang: crate::spec::recipe::Language) -> Vec<&'static str> {
+    use crate::spec::recipe::Language;
+    match lang {
+        Language::Dyck | Language::CsDyck => vec!["<sos>", "<eos>", "<pad>", "(", ")", "[", "]"],
+        Language::ANbNcN => vec!["<sos>", "<eos>", "<pad>", "a", "b", "c"],
+        _ => vec!["<sos>", "<eos>", "<pad>", "a", "b"],
+    }
+}

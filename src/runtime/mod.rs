@@ -1,0 +1,289 @@
+//! The runtime: an IR graph instantiated on a Burn device (CPU `flex` by default).
+//!
+//! Parameters are a `Vec` of rank-tagged tensors ([`V`]) named as in the IR; the forward pass
+//! walks the graph's ops in topological order ([`ops::eval`]). Weights save and load as
+//! safetensors under their IR names, so a checkpoint states which model it belongs to.
+
+pub mod ops;
+pub mod value;
+
+pub use value::V;
+
+use crate::ir::{reference, Graph, Op};
+use burn::prelude::*;
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Which device to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Burn's pure-Rust CPU backend (`flex`).
+    Cpu,
+}
+
+impl DeviceKind {
+    /// The Burn device; with `autodiff` gradients are recorded.
+    pub fn device(self, autodiff: bool) -> Device {
+        let d = match self {
+            DeviceKind::Cpu => Device::flex(),
+        };
+        if autodiff {
+            d.autodiff()
+        } else {
+            d
+        }
+    }
+}
+
+/// A model ready to run: the graph, its parameter values, and the device.
+pub struct Runtime {
+    graph: Graph,
+    order: Vec<NodeIndex>,
+    /// Parameter names, sorted.
+    pub names: Vec<String>,
+    /// Parameter shapes, by index.
+    pub shapes: Vec<Vec<usize>>,
+    /// Parameter values, by index.
+    pub params: Vec<V>,
+    slot: HashMap<NodeIndex, usize>,
+    /// The device.
+    pub device: Device,
+}
+
+/// Error of loading weights.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// The file could not be read or written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Not a safetensors file.
+    #[error("not a safetensors file: {0}")]
+    Format(String),
+    /// The checkpoint belongs to another model.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl Runtime {
+    /// Instantiate `graph` with parameters initialised as the IR says, from `seed` (the same
+    /// values the float64 reference interpreter uses for that seed).
+    pub fn init(graph: Graph, device: Device, seed: u64) -> Self {
+        let values = reference::init_params(&graph, seed);
+        let values = values
+            .into_iter()
+            .map(|(k, t)| {
+                (
+                    k,
+                    (
+                        t.data.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+                        t.shape,
+                    ),
+                )
+            })
+            .collect();
+        Self::with_values(graph, device, &values).expect("fresh values match the graph")
+    }
+
+    /// Instantiate `graph` with the given parameter values (`name → (data, shape)`).
+    pub fn with_values(
+        graph: Graph,
+        device: Device,
+        values: &HashMap<String, (Vec<f32>, Vec<usize>)>,
+    ) -> Result<Self, WeightsError> {
+        let order = graph.topo().expect("verified graphs are acyclic");
+        let mut params_nodes: Vec<(String, Vec<usize>, NodeIndex)> = graph
+            .g
+            .node_indices()
+            .filter_map(|n| match &graph.g[n].op {
+                Op::Param { name, shape, .. } => {
+                    Some((name.clone(), shape.iter().map(|&d| d as usize).collect(), n))
+                }
+                _ => None,
+            })
+            .collect();
+        params_nodes.sort();
+        let mut rt = Runtime {
+            graph,
+            order,
+            names: Vec::new(),
+            shapes: Vec::new(),
+            params: Vec::new(),
+            slot: HashMap::new(),
+            device: device.clone(),
+        };
+        let mut missing = Vec::new();
+        for (name, shape, node) in params_nodes {
+            match values.get(&name) {
+                Some((data, s)) if *s == shape => {
+                    let v = V::from_f32(data.clone(), &shape, &device);
+                    let v = if device.is_autodiff() { v.require_grad() } else { v };
+                    rt.slot.insert(node, rt.params.len());
+                    rt.names.push(name);
+                    rt.shapes.push(shape);
+                    rt.params.push(v);
+                }
+                Some((_, s)) => {
+                    return Err(WeightsError::Mismatch(format!(
+                        "parameter `{name}` has shape {s:?} in the checkpoint but {shape:?} in the model: the checkpoint belongs to another model"
+                    )))
+                }
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            let shown: Vec<_> = missing.iter().take(3).cloned().collect();
+            return Err(WeightsError::Mismatch(format!(
+                "the checkpoint lacks {} parameter(s) of the model (e.g. {}): it belongs to another model",
+                missing.len(),
+                shown.join(", ")
+            )));
+        }
+        Ok(rt)
+    }
+
+    /// The graph being run.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Number of learned values.
+    pub fn num_params(&self) -> usize {
+        self.shapes
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>, train: bool) -> Tensor<3> {
+        let [batch, seq] = tokens.dims();
+        let ctx = ops::Ctx {
+            device: &self.device,
+            train,
+            batch,
+            seq,
+        };
+        let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
+        let mut remaining: HashMap<NodeIndex, usize> = self
+            .order
+            .iter()
+            .map(|&n| (n, self.graph.users(n).len()))
+            .collect();
+        let mut input = Some(tokens);
+        for &n in &self.order {
+            let op = &self.graph.g[n].op;
+            let ins_idx = self.graph.inputs(n);
+            let v = match op {
+                Op::Input => V::I2(input.take().expect("one input")),
+                Op::Param { .. } => self.params[self.slot[&n]].clone(),
+                Op::Output => return values.remove(&ins_idx[0]).expect("output value").f3(),
+                op => {
+                    let ins: Vec<&V> = ins_idx.iter().map(|i| &values[i]).collect();
+                    ops::eval(op, &ins, &ctx)
+                }
+            };
+            values.insert(n, v);
+            // Free values no later op reads.
+            for i in ins_idx {
+                if let Some(r) = remaining.get_mut(&i) {
+                    *r -= 1;
+                    if *r == 0 {
+                        values.remove(&i);
+                    }
+                }
+            }
+        }
+        unreachable!("verified graphs have an output")
+    }
+
+    /// Parameter values as `name → (data, shape)`.
+    pub fn values(&self) -> HashMap<String, (Vec<f32>, Vec<usize>)> {
+        self.names
+            .iter()
+            .zip(&self.params)
+            .zip(&self.shapes)
+            .map(|((n, v), s)| (n.clone(), (v.to_vec(), s.clone())))
+            .collect()
+    }
+
+    /// Save the weights as safetensors (written atomically).
+    pub fn save(&self, path: &Path) -> Result<(), WeightsError> {
+        let bytes = to_safetensors(&self.values())?;
+        crate::util::write_atomic(path, &bytes)?;
+        Ok(())
+    }
+}
+
+/// Encode named f32 tensors as safetensors bytes (names sorted).
+pub fn to_safetensors(
+    values: &HashMap<String, (Vec<f32>, Vec<usize>)>,
+) -> Result<Vec<u8>, WeightsError> {
+    to_safetensors_with(values, None)
+}
+
+/// Like [`to_safetensors`], with string metadata in the header.
+pub fn to_safetensors_with(
+    values: &HashMap<String, (Vec<f32>, Vec<usize>)>,
+    meta: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>, WeightsError> {
+    let mut names: Vec<&String> = values.keys().collect();
+    names.sort();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = names
+        .iter()
+        .map(|n| {
+            let (data, shape) = &values[*n];
+            (
+                (*n).clone(),
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                shape.clone(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, b, s)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map_err(|e| WeightsError::Format(e.to_string()))?;
+            Ok((n.clone(), view))
+        })
+        .collect::<Result<_, WeightsError>>()?;
+    safetensors::serialize(views, meta).map_err(|e| WeightsError::Format(e.to_string()))
+}
+
+/// Decode safetensors bytes into named f32 tensors.
+pub fn from_safetensors(
+    bytes: &[u8],
+) -> Result<HashMap<String, (Vec<f32>, Vec<usize>)>, WeightsError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| WeightsError::Format(e.to_string()))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(WeightsError::Format(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                view.dtype()
+            )));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.insert(name, (data, view.shape().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Read weights saved by [`Runtime::save`].
+pub fn load_weights(path: &Path) -> Result<HashMap<String, (Vec<f32>, Vec<usize>)>, WeightsError> {
+    from_safetensors(&std::fs::read(path)?)
+}
+
+/// Token ids as a Burn tensor.
+pub fn tokens_tensor(tokens: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
+    let b = tokens.len();
+    let s = tokens.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = tokens.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [b, s]), device)
+}

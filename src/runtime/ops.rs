@@ -1,0 +1,394 @@
+//! Burn implementations of the IR ops.
+
+use super::value::V;
+use crate::ir::{AttnScale, Op, SpectralAlgo};
+use crate::spec::Activation;
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::Distribution;
+
+/// Everything an op may need besides its inputs.
+pub struct Ctx<'a> {
+    /// The device values live on.
+    pub device: &'a Device,
+    /// Training mode (dropout active).
+    pub train: bool,
+    /// Batch size and sequence length of this call.
+    pub batch: usize,
+    /// Sequence length of this call.
+    pub seq: usize,
+}
+
+fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor<D> {
+    if !ctx.train || p <= 0.0 {
+        return x;
+    }
+    let keep = x.random_like(Distribution::Bernoulli(1.0 - p));
+    x * keep / (1.0 - p)
+}
+
+fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
+    match a {
+        Activation::Relu => activation::relu(x),
+        Activation::Gelu => activation::gelu(x),
+        Activation::Silu => activation::silu(x),
+        Activation::Tanh => x.tanh(),
+    }
+}
+
+fn consts<const D: usize>(data: Vec<f32>, shape: [usize; D], ctx: &Ctx) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data, shape), ctx.device)
+}
+
+/// The sinusoidal table `[s, d]` (sin at even, cos at odd features).
+pub fn sinusoidal(s: usize, d: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; s * d];
+    for pos in 0..s {
+        for j in 0..d {
+            let i2 = (j - j % 2) as f64;
+            let angle = pos as f64 / 10000f64.powf(i2 / d as f64);
+            t[pos * d + j] = if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32;
+        }
+    }
+    t
+}
+
+/// RoPE cos and sin tables `[s, half]`.
+pub fn rope_tables(s: usize, head_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let (mut c, mut sn) = (vec![0.0f32; s * half], vec![0.0f32; s * half]);
+    for pos in 0..s {
+        for i in 0..half {
+            let theta = pos as f64 * base.powf(-2.0 * i as f64 / head_dim as f64);
+            c[pos * half + i] = theta.cos() as f32;
+            sn[pos * half + i] = theta.sin() as f32;
+        }
+    }
+    (c, sn)
+}
+
+/// Real DFT matrices for length n: `cos[f, t]`, `sin[f, t]` with f < n/2+1 (forward), and the
+/// inverse `icos[t, f]`, `isin[t, f]` including the 1/n factor and the weight 2 of the bins that
+/// stand for their conjugates.
+fn dft(n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let f = n / 2 + 1;
+    let (mut c, mut s) = (vec![0.0f32; f * n], vec![0.0f32; f * n]);
+    let (mut ic, mut is) = (vec![0.0f32; n * f], vec![0.0f32; n * f]);
+    for k in 0..f {
+        let w = if k == 0 || (n % 2 == 0 && k == n / 2) {
+            1.0
+        } else {
+            2.0
+        };
+        for t in 0..n {
+            let a = 2.0 * std::f64::consts::PI * ((k * t) % n) as f64 / n as f64;
+            c[k * n + t] = a.cos() as f32;
+            s[k * n + t] = -(a.sin()) as f32;
+            ic[t * f + k] = (w * a.cos() / n as f64) as f32;
+            is[t * f + k] = (-w * a.sin() / n as f64) as f32;
+        }
+    }
+    (c, s, ic, is)
+}
+
+/// rfft along axis 1 of `[b, n, d]` (dense DFT): `[b, f, d, 2]`.
+fn rfft3(x: Tensor<3>, n: usize, ctx: &Ctx) -> Tensor<4> {
+    let f = n / 2 + 1;
+    let (c, s, _, _) = dft(n);
+    let c: Tensor<3> = consts(c, [1, f, n], ctx);
+    let s: Tensor<3> = consts(s, [1, f, n], ctx);
+    let re = c.matmul(x.clone());
+    let im = s.matmul(x);
+    Tensor::stack(vec![re, im], 3)
+}
+
+/// irfft of `[b, f, d, 2]` to `[b, n, d]` (dense).
+fn irfft4(x: Tensor<4>, n: usize, ctx: &Ctx) -> Tensor<3> {
+    let [b, f, d, _] = x.dims();
+    let (_, _, ic, is) = dft(n);
+    let ic: Tensor<3> = consts(ic, [1, n, f], ctx);
+    let is: Tensor<3> = consts(is, [1, n, f], ctx);
+    let re = x.clone().narrow(3, 0, 1).reshape([b, f, d]);
+    let im = x.narrow(3, 1, 1).reshape([b, f, d]);
+    ic.matmul(re) + is.matmul(im)
+}
+
+fn pad_axis<const D: usize>(x: Tensor<D>, axis: usize, len: usize, ctx: &Ctx) -> Tensor<D> {
+    let dims = x.dims();
+    if dims[axis] == len {
+        return x;
+    }
+    let mut zshape = dims;
+    zshape[axis] = len - dims[axis];
+    let zeros = Tensor::<D>::zeros(zshape, ctx.device);
+    Tensor::cat(vec![x, zeros], axis)
+}
+
+/// Convolution matrix `[d, s, s]` from a time-domain kernel `[taps, d]`: entry (c, t, u) is
+/// kernel[(t − u) mod n, c] (circular) or kernel[t − u, c] for t ≥ u, else 0 (causal).
+fn conv_matrix(kernel: Tensor<2>, s: usize, n: usize, causal: bool, ctx: &Ctx) -> Tensor<3> {
+    let [taps, d] = kernel.dims();
+    let mut idx = vec![0i64; s * s];
+    let mut keep = vec![0.0f32; s * s];
+    for t in 0..s {
+        for u in 0..s {
+            let lag = if causal {
+                if t < u {
+                    continue;
+                }
+                t - u
+            } else {
+                (t + n - u) % n
+            };
+            if lag < taps {
+                idx[t * s + u] = lag as i64;
+                keep[t * s + u] = 1.0;
+            }
+        }
+    }
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [s * s]), ctx.device);
+    let keep: Tensor<3> = consts(keep, [s, s, 1], ctx);
+    let m = kernel.select(0, idx).reshape([s, s, d]) * keep;
+    m.permute([2, 0, 1])
+}
+
+/// Apply `[d, s, s]` matrices to `[b, s, d]` per channel.
+fn apply_per_channel(m: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
+    let xt = x.permute([2, 1, 0]); // [d, s, b]
+    m.matmul(xt).permute([2, 1, 0])
+}
+
+/// Evaluate one op.
+pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
+    match op {
+        Op::Embedding => {
+            let ids = ins[0].ids();
+            let table = ins[1].f2();
+            let [b, s] = ids.dims();
+            let d = table.dims()[1];
+            V::F3(table.select(0, ids.reshape([b * s])).reshape([b, s, d]))
+        }
+        Op::Linear { bias } => {
+            let x = ins[0].f3();
+            let w = ins[1].f2().unsqueeze::<3>();
+            let y = x.matmul(w);
+            V::F3(if *bias {
+                y + ins[2].f1().unsqueeze::<3>()
+            } else {
+                y
+            })
+        }
+        Op::Add => match (ins[0], ins[1]) {
+            (V::F3(a), V::F3(b)) => V::F3(a.clone() + b.clone()),
+            (V::F4(a), V::F4(b)) => V::F4(a.clone() + b.clone()),
+            (a, b) => V::F2(a.f2() + b.f2()),
+        },
+        Op::Mul => V::F3(ins[0].f3() * ins[1].f3()),
+        Op::Scale(c) => V::F3(ins[0].f3().mul_scalar(c.0)),
+        Op::Act(a) => V::F3(act(*a, ins[0].f3())),
+        Op::Dropout(p) => V::F3(dropout(ins[0].f3(), p.0, ctx)),
+        Op::LayerNorm(eps) => {
+            let x = ins[0].f3();
+            let mean = x.clone().mean_dim(2);
+            let xc = x - mean;
+            let var = xc.clone().powi_scalar(2).mean_dim(2);
+            let y = xc / (var + eps.0).sqrt();
+            V::F3(y * ins[1].f1().unsqueeze::<3>() + ins[2].f1().unsqueeze::<3>())
+        }
+        Op::RmsNorm(eps) => {
+            let x = ins[0].f3();
+            let ms = x.clone().powi_scalar(2).mean_dim(2);
+            V::F3(x / (ms + eps.0).sqrt() * ins[1].f1().unsqueeze::<3>())
+        }
+        Op::L2Norm => {
+            let x = ins[0].f4();
+            let norm = x.clone().powi_scalar(2).sum_dim(3).sqrt().clamp_min(1e-12);
+            V::F4(x / norm)
+        }
+        Op::SinusoidalTable { dim } => V::F2(consts(
+            sinusoidal(ctx.seq, *dim as usize),
+            [ctx.seq, *dim as usize],
+            ctx,
+        )),
+        Op::AddPositions => {
+            let x = ins[0].f3();
+            let t = ins[1].f2().narrow(0, 0, ctx.seq);
+            V::F3(x + t.unsqueeze::<3>())
+        }
+        Op::SplitHeads { heads } => {
+            let x = ins[0].f3();
+            let [b, s, w] = x.dims();
+            let h = *heads as usize;
+            V::F4(x.reshape([b, s, h, w / h]).swap_dims(1, 2))
+        }
+        Op::MergeHeads => {
+            let x = ins[0].f4();
+            let [b, h, s, d] = x.dims();
+            V::F3(x.swap_dims(1, 2).reshape([b, s, h * d]))
+        }
+        Op::RopeTable { head_dim, base } => {
+            let half = *head_dim as usize / 2;
+            let (c, s) = rope_tables(ctx.seq, *head_dim as usize, base.0);
+            let c: Tensor<2> = consts(c, [ctx.seq, half], ctx);
+            let s: Tensor<2> = consts(s, [ctx.seq, half], ctx);
+            V::F3(Tensor::stack(vec![c, s], 2))
+        }
+        Op::ApplyRope => {
+            let x = ins[0].f4();
+            let t = ins[1].f3();
+            let [_, _, s, d] = x.dims();
+            let half = d / 2;
+            let c = t.clone().narrow(2, 0, 1).reshape([1, 1, s, half]);
+            let sn = t.narrow(2, 1, 1).reshape([1, 1, s, half]);
+            let x1 = x.clone().narrow(3, 0, half);
+            let x2 = x.narrow(3, half, half);
+            V::F4(Tensor::cat(
+                vec![
+                    x1.clone() * c.clone() - x2.clone() * sn.clone(),
+                    x1 * sn + x2 * c,
+                ],
+                3,
+            ))
+        }
+        Op::RepeatKv { groups } => {
+            let x = ins[0].f4();
+            let [b, h, s, d] = x.dims();
+            let g = *groups as usize;
+            V::F4(
+                x.unsqueeze_dim::<5>(2)
+                    .repeat_dim(2, g)
+                    .reshape([b, h * g, s, d]),
+            )
+        }
+        Op::Attention {
+            causal,
+            kv_groups,
+            scale,
+            dropout: p,
+        } => {
+            let q = ins[0].f4();
+            let k = ins[1].f4();
+            let v = ins[2].f4();
+            let [b, hq, s, d] = q.dims();
+            let hk = k.dims()[1];
+            let g = *kv_groups as usize;
+            // Grouped formulation: the G query heads of a KV head become G·s rows.
+            let q = q.reshape([b, hk, g * s, d]);
+            let mut scores = q.matmul(k.swap_dims(2, 3));
+            scores = match scale {
+                AttnScale::InvSqrtDim => scores.mul_scalar(1.0 / (d as f64).sqrt()),
+                AttnScale::Learned => scores * ins[3].f1().reshape([1, 1, 1, 1]),
+            };
+            if *causal {
+                let mask = Tensor::<2, Bool>::tril_mask([s, s], 0, ctx.device);
+                let mask = mask
+                    .unsqueeze_dim::<3>(0)
+                    .repeat_dim(0, g)
+                    .reshape([1, 1, g * s, s]);
+                scores = scores.mask_fill(mask.expand([b, hk, g * s, s]), f32::NEG_INFINITY);
+            }
+            let probs = dropout(activation::softmax(scores, 3), p.0, ctx);
+            V::F4(probs.matmul(v).reshape([b, hq, s, d]))
+        }
+        Op::Lstm {
+            layers,
+            hidden,
+            dropout: p,
+        } => {
+            let h = *hidden as usize;
+            let mut x = ins[0].f3();
+            for l in 0..*layers as usize {
+                if l > 0 {
+                    x = dropout(x, p.0, ctx);
+                }
+                let (w_ih, w_hh) = (ins[1 + 4 * l].f2(), ins[2 + 4 * l].f2());
+                let bias = ins[3 + 4 * l].f1() + ins[4 + 4 * l].f1();
+                let [b, s, _] = x.dims();
+                let xw = x.matmul(w_ih.unsqueeze::<3>()) + bias.unsqueeze::<3>();
+                let mut hs = Tensor::<2>::zeros([b, h], ctx.device);
+                let mut cs = Tensor::<2>::zeros([b, h], ctx.device);
+                let mut outs = Vec::with_capacity(s);
+                for t in 0..s {
+                    let gates =
+                        xw.clone().narrow(1, t, 1).reshape([b, 4 * h]) + hs.matmul(w_hh.clone());
+                    let i = activation::sigmoid(gates.clone().narrow(1, 0, h));
+                    let f = activation::sigmoid(gates.clone().narrow(1, h, h));
+                    let gg = gates.clone().narrow(1, 2 * h, h).tanh();
+                    let o = activation::sigmoid(gates.narrow(1, 3 * h, h));
+                    cs = f * cs + i * gg;
+                    hs = o * cs.clone().tanh();
+                    outs.push(hs.clone());
+                }
+                x = Tensor::stack(outs, 1);
+            }
+            V::F3(x)
+        }
+        Op::PadSeq { len } => match ins[0] {
+            V::F2(x) => V::F2(pad_axis(x.clone(), 0, *len as usize, ctx)),
+            other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
+        },
+        Op::CropSeq => V::F3(ins[0].f3().narrow(1, 0, ctx.seq)),
+        Op::Rfft { n } => {
+            let n = *n as usize;
+            match ins[0] {
+                V::F2(x) => {
+                    let [len, d] = x.dims();
+                    let y = rfft3(x.clone().reshape([1, len, d]), n, ctx);
+                    let [_, f, d, _] = y.dims();
+                    V::F3(y.reshape([f, d, 2]))
+                }
+                other => V::F4(rfft3(other.f3(), n, ctx)),
+            }
+        }
+        Op::Irfft { n } => V::F3(irfft4(ins[0].f4(), *n as usize, ctx)),
+        Op::ComplexMul => {
+            let x = ins[0].f4();
+            let g = ins[1].f3().unsqueeze::<4>();
+            let (xr, xi) = (x.clone().narrow(3, 0, 1), x.narrow(3, 1, 1));
+            let (gr, gi) = (g.clone().narrow(3, 0, 1), g.narrow(3, 1, 1));
+            V::F4(Tensor::cat(
+                vec![
+                    xr.clone() * gr.clone() - xi.clone() * gi.clone(),
+                    xr * gi + xi * gr,
+                ],
+                3,
+            ))
+        }
+        Op::SpectralFilter { n, causal, algo } => {
+            let x = ins[0].f3();
+            let n = *n as usize;
+            let s = ctx.seq;
+            let fft_ok = n.is_power_of_two();
+            if *algo == SpectralAlgo::Fft && fft_ok {
+                let xp = pad_axis(x, 1, n, ctx);
+                let (xr, xi) = burn::signal::rfft(xp, 1, Some(n));
+                let (gr, gi) = if *causal {
+                    let kp = pad_axis(ins[1].f2(), 0, n, ctx);
+                    let (kr, ki) = burn::signal::rfft(kp, 0, Some(n));
+                    (kr.unsqueeze::<3>(), ki.unsqueeze::<3>())
+                } else {
+                    let g = ins[1].f3();
+                    let [f, d, _] = g.dims();
+                    (
+                        g.clone().narrow(2, 0, 1).reshape([1, f, d]),
+                        g.narrow(2, 1, 1).reshape([1, f, d]),
+                    )
+                };
+                let yr = xr.clone() * gr.clone() - xi.clone() * gi.clone();
+                let yi = xr * gi + xi * gr;
+                V::F3(burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s))
+            } else {
+                let kernel = if *causal {
+                    ins[1].f2()
+                } else {
+                    let g = ins[1].f3();
+                    let [f, d, _] = g.dims();
+                    irfft4(g.reshape([1, f, d, 2]), n, ctx).reshape([n, d])
+                };
+                let m = conv_matrix(kernel, s, n, *causal, ctx);
+                V::F3(apply_per_channel(m, x))
+            }
+        }
+        Op::Input | Op::Param { .. } | Op::Output => unreachable!("handled by the runtime"),
+    }
+}

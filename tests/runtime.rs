@@ -1,0 +1,187 @@
+//! The Burn runtime against the float64 reference interpreter, optimized against unoptimized
+//! graphs on the runtime, gradient flow, and weights round trips.
+
+use kiln::diag::{render_text, SourceMap};
+use kiln::ir::reference::{self, Rng};
+use kiln::ir::Graph;
+use kiln::lower::lower_document;
+use kiln::passes::{self, ALL};
+use kiln::runtime::{tokens_tensor, DeviceKind, Runtime};
+use std::path::Path;
+
+/// Bundled models at a small size (depth 2) so the naive reference stays quick.
+const MODELS: &[(&str, &[&str])] = &[
+    ("recipes/default.yaml", &[]),
+    ("recipes/anbn-inline.yaml", &[]),
+    (
+        "models/transformer-postln.yaml",
+        &["vars.depth=2", "vars.d_ff=32"],
+    ),
+    ("models/lstm.yaml", &["vars.depth=2"]),
+    (
+        "models/gfnet-causal.yaml",
+        &["vars.depth=2", "vars.max_len=16"],
+    ),
+    (
+        "models/gfnet-causal.yaml",
+        &["vars.depth=2", "vars.max_len=100"],
+    ),
+];
+
+fn lower(file: &str, sets: &[&str]) -> Graph {
+    let mut sources = SourceMap::new();
+    let sets: Vec<String> = sets
+        .iter()
+        .map(|s| {
+            if file.starts_with("recipes") {
+                format!("model.{s}")
+            } else {
+                s.to_string()
+            }
+        })
+        .collect();
+    let doc = kiln::spec::load(Path::new(file), &sets, &mut sources)
+        .unwrap_or_else(|e| panic!("{}", render_text(&e.diags, &sources, false)));
+    lower_document(&doc, Some(7), Some(12))
+        .unwrap_or_else(|d| panic!("{}", render_text(&d, &sources, false)))
+}
+
+fn optimize(g: &Graph) -> Graph {
+    let mut o = g.clone();
+    let all: Vec<_> = ALL.iter().collect();
+    passes::optimize(&mut o, &all, true).unwrap();
+    o
+}
+
+fn tokens(seed: u64, batch: usize, seq: usize, vocab: i64) -> Vec<Vec<i64>> {
+    let mut rng = Rng::new(seed);
+    (0..batch)
+        .map(|_| {
+            (0..seq)
+                .map(|_| (rng.next_u64() % vocab as u64) as i64)
+                .collect()
+        })
+        .collect()
+}
+
+fn run_rt(g: &Graph, seed: u64, toks: &[Vec<i64>]) -> Vec<f32> {
+    let rt = Runtime::init(g.clone(), DeviceKind::Cpu.device(false), seed);
+    let out = rt.forward(tokens_tensor(toks, &rt.device), false);
+    out.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn runtime_matches_the_float64_reference() {
+    for (file, sets) in MODELS {
+        let g = lower(file, sets);
+        for graph in [g.clone(), optimize(&g)] {
+            let toks = tokens(1, 2, 12, 5);
+            let got = run_rt(&graph, 7, &toks);
+            let params = reference::init_params(&graph, 7);
+            let want = reference::run(&graph, &params, &toks).unwrap();
+            let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&want.data)
+                .map(|(a, b)| (f64::from(*a) - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                err / scale < 1e-4,
+                "{file} {sets:?}: relative error {} against the reference",
+                err / scale
+            );
+        }
+    }
+}
+
+#[test]
+fn optimized_and_unoptimized_graphs_agree_in_f32() {
+    for (file, sets) in MODELS {
+        let g = lower(file, sets);
+        let toks = tokens(2, 3, 12, 5);
+        let a = run_rt(&g, 9, &toks);
+        let b = run_rt(&optimize(&g), 9, &toks);
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            d < 1e-5,
+            "{file} {sets:?}: optimized and unoptimized differ by {d}"
+        );
+    }
+}
+
+#[test]
+fn gradients_reach_every_parameter() {
+    for (file, sets) in MODELS {
+        let g = optimize(&lower(file, sets));
+        let rt = Runtime::init(g, DeviceKind::Cpu.device(true), 3);
+        let toks = tokens(4, 2, 12, 5);
+        let logits = rt.forward(tokens_tensor(&toks, &rt.device), true);
+        let weights = burn::tensor::Tensor::<3>::random(
+            logits.dims(),
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &rt.device,
+        );
+        let grads = (logits * weights).sum().backward();
+        for (name, p) in rt.names.iter().zip(&rt.params) {
+            let gv = p
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("{file}: no gradient for {name}"))
+                .to_vec();
+            assert!(
+                gv.iter().any(|v| *v != 0.0),
+                "{file}: gradient of {name} is zero"
+            );
+            assert!(
+                gv.iter().all(|v| v.is_finite()),
+                "{file}: gradient of {name} is not finite"
+            );
+        }
+    }
+}
+
+#[test]
+fn weights_round_trip_and_reject_another_model() {
+    let g = optimize(&lower("recipes/default.yaml", &[]));
+    let rt = Runtime::init(g.clone(), DeviceKind::Cpu.device(false), 5);
+    let dir = std::env::temp_dir().join(format!("kiln-rt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    rt.save(&path).unwrap();
+    rt.save(&path).unwrap(); // overwrites
+    let loaded = Runtime::with_values(
+        g,
+        DeviceKind::Cpu.device(false),
+        &kiln::runtime::load_weights(&path).unwrap(),
+    )
+    .unwrap();
+    let toks = tokens(6, 1, 8, 5);
+    let a = rt
+        .forward(tokens_tensor(&toks, &rt.device), false)
+        .into_data();
+    let b = loaded
+        .forward(tokens_tensor(&toks, &loaded.device), false)
+        .into_data();
+    assert_eq!(a, b);
+    let other = optimize(&lower("models/lstm.yaml", &[]));
+    let err = Runtime::with_values(
+        other,
+        DeviceKind::Cpu.device(false),
+        &kiln::runtime::load_weights(&path).unwrap(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("belongs to another model"),
+        "{err}"
+    );
+    std::fs::write(&path, b"not safetensors").unwrap();
+    assert!(kiln::runtime::load_weights(&path).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
