@@ -15,6 +15,9 @@ use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Named f32 tensors: `name → (row-major data, shape)`.
+pub type Weights = HashMap<String, (Vec<f32>, Vec<usize>)>;
+
 /// Which device to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -89,7 +92,7 @@ impl Runtime {
     pub fn with_values(
         graph: Graph,
         device: Device,
-        values: &HashMap<String, (Vec<f32>, Vec<usize>)>,
+        values: &Weights,
     ) -> Result<Self, WeightsError> {
         let order = graph.topo().expect("verified graphs are acyclic");
         let mut params_nodes: Vec<(String, Vec<usize>, NodeIndex)> = graph
@@ -198,7 +201,7 @@ impl Runtime {
     }
 
     /// Parameter values as `name → (data, shape)`.
-    pub fn values(&self) -> HashMap<String, (Vec<f32>, Vec<usize>)> {
+    pub fn values(&self) -> Weights {
         self.names
             .iter()
             .zip(&self.params)
@@ -216,15 +219,13 @@ impl Runtime {
 }
 
 /// Encode named f32 tensors as safetensors bytes (names sorted).
-pub fn to_safetensors(
-    values: &HashMap<String, (Vec<f32>, Vec<usize>)>,
-) -> Result<Vec<u8>, WeightsError> {
+pub fn to_safetensors(values: &Weights) -> Result<Vec<u8>, WeightsError> {
     to_safetensors_with(values, None)
 }
 
 /// Like [`to_safetensors`], with string metadata in the header.
 pub fn to_safetensors_with(
-    values: &HashMap<String, (Vec<f32>, Vec<usize>)>,
+    values: &Weights,
     meta: Option<HashMap<String, String>>,
 ) -> Result<Vec<u8>, WeightsError> {
     let mut names: Vec<&String> = values.keys().collect();
@@ -252,9 +253,7 @@ pub fn to_safetensors_with(
 }
 
 /// Decode safetensors bytes into named f32 tensors.
-pub fn from_safetensors(
-    bytes: &[u8],
-) -> Result<HashMap<String, (Vec<f32>, Vec<usize>)>, WeightsError> {
+pub fn from_safetensors(bytes: &[u8]) -> Result<Weights, WeightsError> {
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| WeightsError::Format(e.to_string()))?;
     let mut out = HashMap::new();
@@ -276,7 +275,7 @@ pub fn from_safetensors(
 }
 
 /// Read weights saved by [`Runtime::save`].
-pub fn load_weights(path: &Path) -> Result<HashMap<String, (Vec<f32>, Vec<usize>)>, WeightsError> {
+pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
     from_safetensors(&std::fs::read(path)?)
 }
 

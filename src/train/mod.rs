@@ -7,7 +7,7 @@
 pub mod schedule;
 
 use crate::ir::Graph;
-use crate::runtime::{from_safetensors, tokens_tensor, Runtime, V};
+use crate::runtime::{from_safetensors, tokens_tensor, Runtime, Weights, V};
 use crate::spec::recipe::{Optimizer, RecipeSpec, Task};
 use crate::tasks::grammar::{self, Metrics};
 use crate::util::Rng;
@@ -185,7 +185,7 @@ pub struct State {
     pub epoch: u64,
     /// Position (in sequences) within the epoch's order.
     pub pos: usize,
-    /// Best validation loss so far.
+    /// Best validation loss so far (`f64::MAX` before the first evaluation: JSON has no infinity).
     pub best_val: f64,
     /// Evaluations since the best one.
     pub since_best: u32,
@@ -348,11 +348,7 @@ fn save_checkpoint(
     Ok(())
 }
 
-type Loaded = (
-    HashMap<String, (Vec<f32>, Vec<usize>)>,
-    HashMap<String, (Vec<f32>, Vec<usize>)>,
-    State,
-);
+type Loaded = (Weights, Weights, State);
 
 /// Read a checkpoint: (weights, moments, state).
 pub fn load_checkpoint(path: &Path) -> Result<Loaded, TrainError> {
@@ -440,7 +436,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                 step: 0,
                 epoch: 0,
                 pos: 0,
-                best_val: f64::INFINITY,
+                best_val: f64::MAX,
                 since_best: 0,
             },
         )
