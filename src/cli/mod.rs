@@ -141,6 +141,9 @@ enum Command {
         #[arg(long, default_value = "last")]
         checkpoint: Which,
     },
+    /// Inspect or make data files (uint16 streams).
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  kiln completions bash > ~/.local/share/bash-completion/completions/kiln"
@@ -148,6 +151,48 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `kiln data ...`.
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Show whether a uint16 stream is predictable at all: value histogram, entropy,
+    /// conditional entropy given the previous value, autocorrelation and periodogram peaks.
+    ///
+    /// The histogram and entropies stream over the whole (memory-mapped) file; the
+    /// autocorrelation and the periodogram use its first 2^20 values.
+    #[command(
+        after_help = "Examples:\n  kiln data analyze data/biased-die.u16\n  kiln data analyze big.u16 --lags 32 --format json"
+    )]
+    Analyze {
+        /// A binary file of little-endian uint16 values.
+        file: PathBuf,
+        /// Autocorrelation lags to show.
+        #[arg(long, default_value_t = 10)]
+        lags: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Write a test stream: a biased die and a short-period PRNG (both learnable), or a fair
+    /// die (not learnable).
+    #[command(
+        after_help = "Example:\n  kiln data generate prng --values 100000 --out data/prng.u16"
+    )]
+    Generate {
+        /// What to generate.
+        #[arg(value_enum)]
+        kind: crate::tasks::uint16::Generator,
+        /// Number of values.
+        #[arg(long, default_value_t = 100_000)]
+        values: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output file (written atomically).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -223,6 +268,15 @@ pub fn main() -> i32 {
             prompt,
             checkpoint,
         } => crate::cli::run::eval_cmd(&run, checkpoint, Some(&prompt)),
+        Command::Data(DataCommand::Analyze { file, lags, format }) => {
+            crate::cli::run::analyze_cmd(&file, lags, format == Format::Json)
+        }
+        Command::Data(DataCommand::Generate {
+            kind,
+            values,
+            seed,
+            out,
+        }) => crate::cli::run::generate_data_cmd(kind, values, seed, &out),
         Command::Schema { out, check } => schema_cmd(out.as_deref(), check.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());

@@ -4,9 +4,10 @@ use super::{color, Which};
 use crate::diag::{render_text, SourceMap};
 use crate::ir::Graph;
 use crate::runtime::{DeviceKind, Runtime};
+use crate::spec::recipe::Task;
 use crate::spec::{self, Document, LoadedRecipe};
-use crate::train::{self, GrammarData, RunOptions, Summary, TaskMetrics};
-use std::io::IsTerminal;
+use crate::tasks::uint16::StreamMetrics;
+use crate::train::{self, Data, GrammarReport, RunOptions, Summary, TaskReport};
 use std::path::{Path, PathBuf};
 
 const RESOLVED: &str = "recipe.resolved.yaml";
@@ -14,7 +15,7 @@ const RESOLVED: &str = "recipe.resolved.yaml";
 /// Load a recipe, lower and optimize its model; print diagnostics on failure.
 fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Graph), i32> {
     let mut sources = SourceMap::new();
-    let doc = match spec::load(path, set, &mut sources) {
+    let mut doc = match spec::load(path, set, &mut sources) {
         Ok(Document::Recipe(r)) => *r,
         Ok(Document::Model(_)) => {
             eprintln!(
@@ -35,6 +36,15 @@ fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Graph), i32> {
             return Err(1);
         }
     };
+    // Data paths are relative to the recipe; make them absolute so that the run directory's
+    // resolved recipe (and `--resume` from anywhere) finds the same file.
+    if let Task::Uint16 { path: data, .. } = &mut doc.spec.task {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let cwd = std::env::current_dir().unwrap_or_default();
+        *data = crate::util::normalize_path(&cwd.join(dir).join(&*data))
+            .to_string_lossy()
+            .into_owned();
+    }
     let all: Vec<_> = crate::passes::ALL.iter().collect();
     if let Err(e) = crate::passes::optimize(&mut graph, &all, cfg!(debug_assertions)) {
         eprintln!("internal error: {e}");
@@ -155,7 +165,14 @@ fn print_summary(name: &str, graph: &Graph, s: &Summary, dir: &Path) {
     println!("run directory: {}", dir.display());
 }
 
-fn print_metrics(m: &TaskMetrics) {
+fn print_metrics(m: &TaskReport) {
+    match m {
+        TaskReport::Grammar(g) => print_grammar(g),
+        TaskReport::Uint16(u) => print_stream(u),
+    }
+}
+
+fn print_grammar(m: &GrammarReport) {
     println!(
         "{:<12} {:>9} {:>8} {:>8} {:>10} {:>12}",
         "prompts", "finished", "R1", "R2", "R2-compl.", "grammatical"
@@ -176,6 +193,33 @@ fn print_metrics(m: &TaskMetrics) {
         "chance (OOD)", "", m.chance_ood_r1, "", m.chance_ood_r2_completion, ""
     );
     println!("(R1, R2 and grammatical are fractions of the finished sequences; R2 on OOD prompts is violated by the prompt itself)");
+}
+
+fn print_stream(m: &StreamMetrics) {
+    println!(
+        "test: {} predictions in {} windows, loss {:.4} nats",
+        m.predictions, m.windows, m.loss
+    );
+    println!(
+        "{:<8} {:>8} {:>19} {:>8} {:>8}  verdict",
+        "", "model", "95% CI", "chance", "unigram"
+    );
+    for a in &m.top {
+        println!(
+            "{:<8} {:>8.4} {:>19} {:>8.4} {:>8.4}  {}",
+            format!("top-{}", a.k),
+            a.model,
+            format!("[{:.4}, {:.4}]", a.ci95.0, a.ci95.1),
+            a.chance,
+            a.unigram,
+            if a.beats_baselines {
+                "above chance and unigram"
+            } else {
+                "NOT above both baselines"
+            }
+        );
+    }
+    println!("(unigram: always the k values most frequent in the training part; the interval treats predictions as independent, which positions of one window are not)");
 }
 
 pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>) -> i32 {
@@ -205,24 +249,20 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>) -> i32 {
             return 1;
         }
     };
-    let Some(data) = GrammarData::new(&doc.spec.task, doc.spec.train.seed) else {
-        eprintln!("error: kiln evaluates grammar tasks so far");
-        return 2;
-    };
-    match prompt {
-        None => {
-            let (id, ood) = train::grammar_metrics(&rt, &data);
-            let (c1, c2) = crate::tasks::grammar::chance(data.language);
-            print_metrics(&TaskMetrics {
-                id: id.into(),
-                ood: ood.into(),
-                chance_ood_r1: c1,
-                chance_ood_r2_completion: c2,
-            });
-            0
+    let data = match Data::new(&doc.spec.task, doc.spec.train.seed) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
         }
-        Some(p) => {
-            let symbols = symbols(data.language);
+    };
+    let Some(p) = prompt else {
+        print_metrics(&data.report(&rt));
+        return 0;
+    };
+    match &data {
+        Data::Grammar(g) => {
+            let symbols = symbols(g.language);
             let mut ids = vec![i64::from(crate::tasks::grammar::SOS)];
             for tok in p.split_whitespace() {
                 match symbols.iter().position(|s| *s == tok) {
@@ -236,19 +276,47 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>) -> i32 {
                     }
                 }
             }
-            let max = doc.spec.decode.max_new_tokens.map_or(data.max_length, |m| {
-                (ids.len() + m as usize).min(data.max_length + 1)
+            let max = doc.spec.decode.max_new_tokens.map_or(g.max_length, |m| {
+                (ids.len() + m as usize).min(g.max_length + 1)
             });
             let out = train::greedy(&rt, &[ids], max);
             let text: Vec<&str> = out[0]
                 .iter()
                 .map(|&t| symbols.get(t as usize).copied().unwrap_or("?"))
                 .collect();
-            let _ = std::io::stdout().is_terminal();
             println!("{}", text.join(" "));
-            0
+        }
+        Data::Stream(s) => {
+            let mut ids = Vec::new();
+            for tok in p.split_whitespace() {
+                match tok.parse::<u32>() {
+                    Ok(v) if (v as usize) < s.vocab => ids.push(i64::from(v)),
+                    _ => {
+                        eprintln!(
+                            "error: `{tok}` is not a value of this stream; use integers below {}",
+                            s.vocab
+                        );
+                        return 2;
+                    }
+                }
+            }
+            if ids.is_empty() {
+                eprintln!("error: the prompt is empty; give values separated by spaces, e.g. --prompt \"3 1 4\"");
+                return 2;
+            }
+            let new = doc.spec.decode.max_new_tokens.map_or(16, |m| m as usize);
+            let mut out = ids.clone();
+            // Greedy, one value at a time, reading at most the last `context` values.
+            for _ in 0..new {
+                let from = out.len().saturating_sub(s.context);
+                let next = train::next_tokens(&rt, &[out[from..].to_vec()])[0];
+                out.push(next);
+            }
+            let text: Vec<String> = out.iter().map(ToString::to_string).collect();
+            println!("{}", text.join(" "));
         }
     }
+    0
 }
 
 fn symbols(lang: crate::spec::recipe::Language) -> Vec<&'static str> {
@@ -257,5 +325,96 @@ fn symbols(lang: crate::spec::recipe::Language) -> Vec<&'static str> {
         Language::Dyck | Language::CsDyck => vec!["<sos>", "<eos>", "<pad>", "(", ")", "[", "]"],
         Language::ANbNcN => vec!["<sos>", "<eos>", "<pad>", "a", "b", "c"],
         _ => vec!["<sos>", "<eos>", "<pad>", "a", "b"],
+    }
+}
+
+pub fn analyze_cmd(file: &Path, lags: usize, json: bool) -> i32 {
+    use crate::tasks::uint16;
+    let stream = match uint16::Stream::open(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if stream.is_empty() {
+        eprintln!("error: `{}` holds no values", file.display());
+        return 2;
+    }
+    let a = uint16::analyze(&stream, lags);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&a).expect("analysis serializes")
+        );
+        return 0;
+    }
+    println!(
+        "{}: {} values, {} distinct, min {}, max {}",
+        file.display(),
+        a.values,
+        a.distinct,
+        a.min,
+        a.max
+    );
+    println!("most frequent (value: share):");
+    for (v, p) in &a.top {
+        println!(
+            "  {v:>6}: {p:.4}  {}",
+            "#".repeat((p * 50.0).round() as usize)
+        );
+    }
+    println!(
+        "entropy {:.4} bits (uniform over the values present: {:.4}); the unigram baseline's top-1 is {:.4}",
+        a.entropy_bits,
+        a.max_entropy_bits,
+        a.top.first().map_or(0.0, |t| t.1)
+    );
+    match a.conditional_entropy_bits {
+        Some(h) => println!("conditional entropy H(x[t] | x[t-1]) {h:.4} bits"),
+        None => println!("conditional entropy: not computed (more than 4096 distinct values)"),
+    }
+    println!(
+        "autocorrelation over the first {} values (|r| > {:.4} is significant):",
+        a.prefix, a.autocorrelation_threshold
+    );
+    for (lag, r) in a.autocorrelation.iter().enumerate() {
+        let mark = if r.abs() > a.autocorrelation_threshold {
+            " *"
+        } else {
+            ""
+        };
+        println!("  lag {:>3}: {r:+.4}{mark}", lag + 1);
+    }
+    println!("periodogram peaks (period: share of power):");
+    for (period, share) in &a.peaks {
+        println!("  {period:>10.2}: {share:.4}");
+    }
+    println!("verdict: {}", a.verdict);
+    0
+}
+
+pub fn generate_data_cmd(
+    kind: crate::tasks::uint16::Generator,
+    values: usize,
+    seed: u64,
+    out: &Path,
+) -> i32 {
+    let bytes = crate::tasks::uint16::to_bytes(&crate::tasks::uint16::generate(kind, values, seed));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("error: cannot create `{}`: {e}", dir.display());
+            return 2;
+        }
+    }
+    match crate::util::write_atomic(out, &bytes) {
+        Ok(()) => {
+            eprintln!("wrote {values} values to {}", out.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: cannot write `{}`: {e}", out.display());
+            2
+        }
     }
 }

@@ -122,6 +122,11 @@ pub enum Task {
         #[serde(default = "default_fraction")]
         #[schemars(range(min = 0.0, max = 0.5))]
         test_fraction: f64,
+        /// Most non-overlapping windows (spread evenly over the part) used for the validation
+        /// loss and for the test metrics; every position of a window is scored.
+        #[serde(default = "default_eval_windows")]
+        #[schemars(range(min = 1, max = 1000000))]
+        eval_windows: u32,
     },
 }
 
@@ -136,6 +141,9 @@ fn default_u16_vocab() -> u32 {
 }
 fn default_fraction() -> f64 {
     0.1
+}
+fn default_eval_windows() -> u32 {
+    256
 }
 
 /// Training settings.

@@ -1,4 +1,5 @@
-//! Tasks: data and metrics. So far the rule-extrapolation grammars (definitions and metrics,
-//! without a model); training on them arrives with the runtime.
+//! Tasks: data and metrics. The rule-extrapolation grammars and next-value prediction on
+//! uint16 streams.
 
 pub mod grammar;
+pub mod uint16;

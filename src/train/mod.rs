@@ -4,12 +4,15 @@
 //! step), and a checkpoint holds weights, optimizer moments, the step and the data position,
 //! so a run resumed from its last checkpoint ends exactly where an uninterrupted run ends.
 
+pub mod data;
 pub mod schedule;
+
+pub use data::{Data, GrammarData, GrammarReport, MetricsJson, StreamData, TaskReport};
 
 use crate::ir::Graph;
 use crate::runtime::{from_safetensors, tokens_tensor, Runtime, Weights, V};
-use crate::spec::recipe::{Optimizer, RecipeSpec, Task};
-use crate::tasks::grammar::{self, Metrics};
+use crate::spec::recipe::{Optimizer, RecipeSpec};
+use crate::tasks::grammar;
 use crate::util::Rng;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -17,70 +20,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// The data of a grammar task, encoded as token ids.
-pub struct GrammarData {
-    /// The language.
-    pub language: crate::spec::recipe::Language,
-    /// `max_length` of the task.
-    pub max_length: usize,
-    /// Training sequences (`SOS w EOS PAD…`, length max_length + 2).
-    pub train: Vec<Vec<i64>>,
-    /// Validation sequences.
-    pub val: Vec<Vec<i64>>,
-    /// In-distribution prompts (starting with SOS).
-    pub id_prompts: Vec<Vec<i64>>,
-    /// Out-of-distribution prompts.
-    pub ood_prompts: Vec<Vec<i64>>,
-}
-
-impl GrammarData {
-    /// Generate the data of a grammar task from `seed`.
-    pub fn new(task: &Task, seed: u64) -> Option<Self> {
-        let Task::Grammar {
-            language,
-            max_length,
-            num_train,
-            num_val,
-            ..
-        } = task
-        else {
-            return None;
-        };
-        let ml = *max_length as usize;
-        let default_train = match language {
-            crate::spec::recipe::Language::BaN | crate::spec::recipe::Language::BbaN => 15000,
-            _ => 512,
-        };
-        let mut rng = Rng::new(seed ^ 0x5EED_DA7A);
-        let enc = |ws: Vec<Vec<u8>>| -> Vec<Vec<i64>> {
-            ws.iter()
-                .map(|w| grammar::encode(w, ml).into_iter().map(i64::from).collect())
-                .collect()
-        };
-        let train = enc(grammar::words(
-            *language,
-            ml,
-            num_train.map_or(default_train, |n| n as usize),
-            &mut rng,
-        ));
-        let val = enc(grammar::words(*language, ml, *num_val as usize, &mut rng));
-        let (id, ood) = grammar::prompts(*language, &mut rng);
-        let ids = |v: Vec<Vec<u8>>| {
-            v.into_iter()
-                .map(|p| p.into_iter().map(i64::from).collect())
-                .collect()
-        };
-        Some(GrammarData {
-            language: *language,
-            max_length: ml,
-            train,
-            val,
-            id_prompts: ids(id),
-            ood_prompts: ids(ood),
-        })
-    }
-}
 
 /// Mean cross-entropy over all positions, with label smoothing ε (PyTorch semantics: the
 /// target is (1 − ε)·one-hot + ε/K).
@@ -96,7 +35,7 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, smoothing: f64)
     loss.mean()
 }
 
-fn split_xy(batch: &[Vec<i64>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+pub(crate) fn split_xy(batch: &[Vec<i64>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
     let x: Vec<Vec<i64>> = batch.iter().map(|s| s[..s.len() - 1].to_vec()).collect();
     let y: Vec<Vec<i64>> = batch.iter().map(|s| s[1..].to_vec()).collect();
     (tokens_tensor(&x, device), tokens_tensor(&y, device))
@@ -133,6 +72,19 @@ impl AutodiffIf for Tensor<2, Int> {
     }
 }
 
+/// The most probable next token after each of `seqs` (all of one length).
+pub fn next_tokens(rt: &Runtime, seqs: &[Vec<i64>]) -> Vec<i64> {
+    let toks = tokens_tensor(seqs, &rt.device);
+    let logits = rt.forward(toks, false);
+    let [b, s, v] = logits.dims();
+    let last = logits.narrow(1, s - 1, 1).reshape([b, v]);
+    last.argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("ids")
+}
+
 /// Greedy completion of prompts of equal length up to `total_len` tokens (prompt included);
 /// stops early once every sequence holds an EOS (the metrics ignore what follows it).
 pub fn greedy(rt: &Runtime, prompts: &[Vec<i64>], total_len: usize) -> Vec<Vec<i64>> {
@@ -142,38 +94,12 @@ pub fn greedy(rt: &Runtime, prompts: &[Vec<i64>], total_len: usize) -> Vec<Vec<i
         if seqs.iter().all(|s| s.contains(&eos)) {
             break;
         }
-        let toks = tokens_tensor(&seqs, &rt.device);
-        let logits = rt.forward(toks, false);
-        let [b, s, v] = logits.dims();
-        let last = logits.narrow(1, s - 1, 1).reshape([b, v]);
-        let next: Vec<i64> = last
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .expect("ids");
+        let next = next_tokens(rt, &seqs);
         for (seq, t) in seqs.iter_mut().zip(next) {
             seq.push(t);
         }
     }
     seqs
-}
-
-/// ID and OOD metrics of greedy completions, as the reference computes them.
-pub fn grammar_metrics(rt: &Runtime, data: &GrammarData) -> (Metrics, Metrics) {
-    let total = data.max_length;
-    let run = |prompts: &[Vec<i64>]| {
-        let mut out = Vec::new();
-        for chunk in prompts.chunks(256) {
-            out.extend(greedy(rt, chunk, total));
-        }
-        let seqs: Vec<Vec<u8>> = out
-            .iter()
-            .map(|s| s.iter().map(|&t| t as u8).collect())
-            .collect();
-        grammar::metrics(data.language, &seqs)
-    };
-    (run(&data.id_prompts), run(&data.ood_prompts))
 }
 
 /// Resumable training state besides the weights.
@@ -210,53 +136,10 @@ pub struct Summary {
     pub best_val_loss: f64,
     /// Why training stopped.
     pub stopped: String,
-    /// Task metrics of the final model (ID, OOD), when the task has them.
-    pub metrics: Option<TaskMetrics>,
+    /// Task metrics of the final model.
+    pub metrics: Option<TaskReport>,
     /// Training time in seconds (this process only).
     pub seconds: f64,
-}
-
-/// Grammar metrics with chance levels.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskMetrics {
-    /// In-distribution prompts.
-    pub id: MetricsJson,
-    /// Out-of-distribution prompts.
-    pub ood: MetricsJson,
-    /// The authors' chance levels (OOD R1, OOD R2-completion).
-    pub chance_ood_r1: f64,
-    /// Chance level of OOD R2 completion.
-    pub chance_ood_r2_completion: f64,
-}
-
-/// Serializable [`Metrics`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MetricsJson {
-    /// Prompts.
-    pub n: usize,
-    /// Fraction finished.
-    pub finished: f64,
-    /// R1 among finished.
-    pub rule1: f64,
-    /// R2 among finished.
-    pub rule2: f64,
-    /// R2 of the completion among finished.
-    pub rule2_completion: f64,
-    /// Grammatical among finished.
-    pub grammatical: f64,
-}
-
-impl From<Metrics> for MetricsJson {
-    fn from(m: Metrics) -> Self {
-        MetricsJson {
-            n: m.n,
-            finished: m.finished,
-            rule1: m.rule1,
-            rule2: m.rule2,
-            rule2_completion: m.rule2_completion,
-            grammatical: m.grammatical,
-        }
-    }
 }
 
 /// Errors that stop training.
@@ -281,6 +164,9 @@ pub enum TrainError {
     /// A task kiln cannot train on yet.
     #[error("{0}")]
     Unsupported(String),
+    /// The task's data cannot be used.
+    #[error("{0}")]
+    Data(#[from] crate::tasks::uint16::DataError),
 }
 
 /// Options of a run.
@@ -291,7 +177,7 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
+pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
     let mut r = Rng::new(
         seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
     );
@@ -384,22 +270,52 @@ pub fn load_checkpoint(path: &Path) -> Result<Loaded, TrainError> {
     Ok((w, m, state))
 }
 
-/// Train `graph` on the recipe's task, writing into `opts.dir`; resumes from
-/// `opts.dir/checkpoint.safetensors` when it exists.
-pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Summary, TrainError> {
-    let t = &recipe.train;
-    let data = GrammarData::new(&recipe.task, t.seed).ok_or_else(|| {
-        TrainError::Unsupported(
-            "kiln trains on grammar tasks so far; uint16 streams arrive next".into(),
-        )
-    })?;
-    let device = crate::runtime::DeviceKind::Cpu.device(true);
-    std::fs::create_dir_all(&opts.dir)?;
-    let ckpt = opts.dir.join("checkpoint.safetensors");
-    let (mut rt, mut mom, mut state) = if ckpt.exists() {
-        let (w, m, state) = load_checkpoint(&ckpt)?;
-        let rt = Runtime::with_values(graph.clone(), device.clone(), &w)
-            .map_err(|e| TrainError::Checkpoint(format!("`{}`: {e}", ckpt.display())))?;
+/// The statistics of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Training loss (mean over the micro-batches).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// A model being trained: runtime, AdamW moments and the resumable state.
+pub struct Trainer {
+    /// The model.
+    pub rt: Runtime,
+    mom: Moments,
+    decay: Vec<bool>,
+    cfg: crate::spec::recipe::Train,
+    /// Steps, data position and early-stopping state.
+    pub state: State,
+}
+
+impl Trainer {
+    /// A fresh model initialised from the recipe's seed, on `device` (with autodiff).
+    pub fn new(cfg: &crate::spec::recipe::Train, graph: Graph, device: Device) -> Self {
+        let rt = Runtime::init(graph, device.clone(), cfg.seed);
+        let inner = device.without_autodiff();
+        let zeros = |s: &Vec<usize>| Tensor::<1>::zeros([s.iter().product::<usize>()], &inner);
+        let mom = Moments {
+            m: rt.shapes.iter().map(zeros).collect(),
+            v: rt.shapes.iter().map(zeros).collect(),
+        };
+        Self::assemble(cfg, rt, mom, State::fresh())
+    }
+
+    /// Continue from a checkpoint written by [`Trainer::save`].
+    pub fn resume(
+        cfg: &crate::spec::recipe::Train,
+        graph: Graph,
+        device: Device,
+        path: &Path,
+    ) -> Result<Self, TrainError> {
+        let (w, m, state) = load_checkpoint(path)?;
+        let rt = Runtime::with_values(graph, device.clone(), &w)
+            .map_err(|e| TrainError::Checkpoint(format!("`{}`: {e}", path.display())))?;
+        let inner = device.without_autodiff();
         let get = |k: String, shape: &[usize]| -> Result<Tensor<1>, TrainError> {
             let (d, s) = m
                 .get(&k)
@@ -409,7 +325,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             }
             Ok(Tensor::from_data(
                 TensorData::new(d.clone(), [d.len()]),
-                &device.clone().without_autodiff(),
+                &inner,
             ))
         };
         let mut mom = Moments {
@@ -420,73 +336,46 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             mom.m.push(get(format!("m/{name}"), shape)?);
             mom.v.push(get(format!("v/{name}"), shape)?);
         }
-        (rt, mom, state)
-    } else {
-        let rt = Runtime::init(graph.clone(), device.clone(), t.seed);
-        let inner = device.clone().without_autodiff();
-        let zeros = |s: &Vec<usize>| Tensor::<1>::zeros([s.iter().product::<usize>()], &inner);
-        let mom = Moments {
-            m: rt.shapes.iter().map(zeros).collect(),
-            v: rt.shapes.iter().map(zeros).collect(),
-        };
-        (
+        Ok(Self::assemble(cfg, rt, mom, state))
+    }
+
+    fn assemble(cfg: &crate::spec::recipe::Train, rt: Runtime, mom: Moments, state: State) -> Self {
+        let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
+        let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
+        Trainer {
             rt,
             mom,
-            State {
-                step: 0,
-                epoch: 0,
-                pos: 0,
-                best_val: f64::MAX,
-                since_best: 0,
-            },
-        )
-    };
-    // Metrics of steps after the checkpoint would be written again: drop them.
-    let metrics_path = opts.dir.join("metrics.jsonl");
-    truncate_metrics(&metrics_path, state.step)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)?;
+            decay,
+            cfg: cfg.clone(),
+            state,
+        }
+    }
 
-    let bs = (t.batch_size as usize).min(data.train.len()).max(1);
-    let per_epoch = (data.train.len() / bs).max(1) as u64;
-    let total = t.steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * per_epoch);
-    let Optimizer::Adamw {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        decay_all,
-    } = t.optimizer.clone();
-    let decay = decays(&graph, &rt.names, &rt.shapes, decay_all);
-    let inner = device.clone().without_autodiff();
-    let started = std::time::Instant::now();
-    let mut last_loss = f64::NAN;
-    let mut val_loss = f64::NAN;
-    let mut stopped = "finished all steps".to_string();
-    let mut order = epoch_order(data.train.len(), t.seed, state.epoch);
-    while state.step < total {
-        let lr_now = schedule::lr_at(&t.schedule, lr, state.step, total);
+    /// One optimizer step over `micro` batches (gradient accumulation: the loss of each is
+    /// divided by their number), of a run of `total` steps. Sequences hold L + 1 ids. A
+    /// non-finite loss leaves the model and the state untouched and is returned as `Err`.
+    pub fn step(&mut self, micro: &[Vec<Vec<i64>>], total: u64) -> Result<StepStats, f64> {
+        let t = &self.cfg;
+        let Optimizer::Adamw {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } = t.optimizer;
+        let rt = &mut self.rt;
+        let device = rt.device.clone();
+        let inner = device.clone().without_autodiff();
+        let lr_now = schedule::lr_at(&t.schedule, lr, self.state.step, total);
         // Gradients summed over the accumulation micro-batches.
         let mut acc: Vec<Option<Tensor<1>>> = vec![None; rt.params.len()];
         let mut loss_sum = 0.0;
-        for micro in 0..t.grad_accum as u64 {
-            if state.pos + bs > order.len() {
-                state.epoch += 1;
-                state.pos = 0;
-                order = epoch_order(data.train.len(), t.seed, state.epoch);
-            }
-            let batch: Vec<Vec<i64>> = order[state.pos..state.pos + bs]
-                .iter()
-                .map(|&i| data.train[i].clone())
-                .collect();
-            state.pos += bs;
-            device.seed(mix(t.seed, state.step, micro));
-            let (x, y) = split_xy(&batch, &device);
+        for (k, batch) in micro.iter().enumerate() {
+            device.seed(mix(t.seed, self.state.step, k as u64));
+            let (x, y) = split_xy(batch, &device);
             let loss = cross_entropy(rt.forward(x, true), y, t.label_smoothing)
-                .div_scalar(f64::from(t.grad_accum));
+                .div_scalar(micro.len() as f64);
             let value: f32 = loss.clone().into_scalar();
             loss_sum += f64::from(value);
             let grads = loss.backward();
@@ -501,15 +390,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             }
         }
         if !loss_sum.is_finite() {
-            return Err(TrainError::NonFinite {
-                value: loss_sum,
-                step: state.step + 1,
-                kept: if ckpt.exists() {
-                    load_checkpoint(&ckpt)?.2.step
-                } else {
-                    0
-                },
-            });
+            return Err(loss_sum);
         }
         let grads: Vec<Tensor<1>> = acc
             .into_iter()
@@ -526,19 +407,16 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         let clip = t
             .clip_grad_norm
             .map_or(1.0, |c| (c / (norm + 1e-6)).min(1.0));
-        let step1 = state.step + 1;
+        let step1 = self.state.step + 1;
         let (bc1, bc2) = (
             1.0 - beta1.powi(step1 as i32),
             1.0 - beta2.powi(step1 as i32),
         );
-        for i in 0..rt.params.len() {
-            let g = if clip < 1.0 {
-                grads[i].clone().mul_scalar(clip)
-            } else {
-                grads[i].clone()
-            };
+        let mom = &mut self.mom;
+        for (i, g) in grads.into_iter().enumerate() {
+            let g = if clip < 1.0 { g.mul_scalar(clip) } else { g };
             let mut p = rt.params[i].clone().detach().flat();
-            if decay[i] && weight_decay > 0.0 {
+            if self.decay[i] && weight_decay > 0.0 {
                 p = p.mul_scalar(1.0 - lr_now * weight_decay);
             }
             mom.m[i] = mom.m[i].clone().mul_scalar(beta1) + g.clone().mul_scalar(1.0 - beta1);
@@ -549,73 +427,193 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             p = p - update.mul_scalar(lr_now);
             rt.params[i] = V::from_flat(p.autodiff(), &rt.shapes[i]).require_grad();
         }
-        state.step = step1;
-        last_loss = loss_sum;
+        self.state.step = step1;
+        Ok(StepStats {
+            loss: loss_sum,
+            grad_norm: norm,
+            lr: lr_now,
+        })
+    }
+
+    /// Write the checkpoint (weights, moments, state) atomically.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        save_checkpoint(path, &self.rt, &self.mom, &self.state)
+    }
+}
+
+impl State {
+    fn fresh() -> Self {
+        State {
+            step: 0,
+            epoch: 0,
+            pos: 0,
+            best_val: f64::MAX,
+            since_best: 0,
+        }
+    }
+}
+
+/// Progress of a run on stderr: an indicatif bar (loss, throughput, ETA) on a terminal,
+/// plain lines at each evaluation otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    lines: bool,
+    started: std::time::Instant,
+    first_step: u64,
+    total: u64,
+}
+
+impl Progress {
+    fn new(enabled: bool, step: u64, total: u64) -> Self {
+        use std::io::IsTerminal;
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {msg}  {per_sec}  ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(step);
+            bar.reset_eta();
+            bar
+        });
+        Progress {
+            lines: enabled && bar.is_none(),
+            bar,
+            started: std::time::Instant::now(),
+            first_step: step,
+            total,
+        }
+    }
+
+    fn step(&self, step: u64, loss: f64, val: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+            bar.set_message(format!("loss {loss:.4}  val {val:.4}"));
+        }
+    }
+
+    fn eval(&self, step: u64, loss: f64, val: f64, lr: f64) {
+        if self.lines {
+            let rate =
+                (step - self.first_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "step {step:>6}/{}  loss {loss:.4}  val {val:.4}  lr {lr:.2e}  {rate:.1} steps/s",
+                self.total
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Train `graph` on the recipe's task, writing into `opts.dir`; resumes from
+/// `opts.dir/checkpoint.safetensors` when it exists.
+pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Summary, TrainError> {
+    let t = &recipe.train;
+    let mut data = Data::new(&recipe.task, t.seed)?;
+    let device = crate::runtime::DeviceKind::Cpu.device(true);
+    std::fs::create_dir_all(&opts.dir)?;
+    let ckpt = opts.dir.join("checkpoint.safetensors");
+    let mut tr = if ckpt.exists() {
+        Trainer::resume(t, graph, device, &ckpt)?
+    } else {
+        Trainer::new(t, graph, device)
+    };
+    // Metrics of steps after the checkpoint would be written again: drop them.
+    let metrics_path = opts.dir.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, tr.state.step)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)?;
+
+    let bs = data.batch_size(t.batch_size as usize);
+    let total = t
+        .steps
+        .unwrap_or_else(|| t.epochs.unwrap_or(1) * data.per_epoch(bs));
+    let started = std::time::Instant::now();
+    let progress = Progress::new(opts.progress, tr.state.step, total);
+    let mut last_loss = f64::NAN;
+    let mut val_loss = f64::NAN;
+    let mut stopped = "finished all steps".to_string();
+    while tr.state.step < total {
+        let micro: Vec<Vec<Vec<i64>>> = (0..u64::from(t.grad_accum))
+            .map(|k| data.train_batch(&mut tr.state, t.seed, k, bs))
+            .collect();
+        let stats = match tr.step(&micro, total) {
+            Ok(s) => s,
+            Err(value) => {
+                progress.finish();
+                return Err(TrainError::NonFinite {
+                    value,
+                    step: tr.state.step + 1,
+                    kept: if ckpt.exists() {
+                        load_checkpoint(&ckpt)?.2.step
+                    } else {
+                        0
+                    },
+                });
+            }
+        };
+        let step = tr.state.step;
+        last_loss = stats.loss;
         writeln!(
             metrics,
             "{}",
-            serde_json::json!({"step": state.step, "loss": loss_sum, "lr": lr_now, "grad_norm": norm})
+            serde_json::json!({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm})
         )?;
-        let last = state.step == total;
-        if state.step % t.eval_every == 0 || last {
-            val_loss = eval_loss(&rt, &data.val, bs.max(64));
-            if val_loss < state.best_val - t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta) {
-                state.best_val = val_loss;
-                state.since_best = 0;
-                rt.save(&opts.dir.join("best.safetensors"))
+        let last = step == total;
+        if step % t.eval_every == 0 || last {
+            val_loss = eval_loss(&tr.rt, &data.val(), bs.max(64));
+            let st = &mut tr.state;
+            if val_loss < st.best_val - t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta) {
+                st.best_val = val_loss;
+                st.since_best = 0;
+                tr.rt
+                    .save(&opts.dir.join("best.safetensors"))
                     .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
             } else {
-                state.since_best += 1;
+                st.since_best += 1;
             }
             writeln!(
                 metrics,
                 "{}",
-                serde_json::json!({"step": state.step, "val_loss": val_loss})
+                serde_json::json!({"step": step, "val_loss": val_loss})
             )?;
-            if opts.progress {
-                eprintln!("step {:>6}/{total}  loss {loss_sum:.4}  val {val_loss:.4}  lr {lr_now:.2e}  {:.1} steps/s", state.step, state.step as f64 / started.elapsed().as_secs_f64().max(1e-9));
-            }
+            progress.eval(step, stats.loss, val_loss, stats.lr);
             if let Some(es) = &t.early_stopping {
-                if state.since_best >= es.patience {
+                if tr.state.since_best >= es.patience {
                     stopped = format!(
                         "early stopping: no improvement in {} evaluations",
                         es.patience
                     );
-                    save_checkpoint(&ckpt, &rt, &mom, &state)?;
+                    tr.save(&ckpt)?;
                     break;
                 }
             }
         }
-        if state.step % t.checkpoint_every == 0 || last {
-            save_checkpoint(&ckpt, &rt, &mom, &state)?;
+        progress.step(step, stats.loss, val_loss);
+        if step % t.checkpoint_every == 0 || last {
+            tr.save(&ckpt)?;
         }
     }
-    let (id, ood) = grammar_metrics(&rt, &data);
-    let (c1, c2) = grammar::chance(data.language);
+    progress.finish();
+    let metrics = data.report(&tr.rt);
     Ok(Summary {
-        steps: state.step,
+        steps: tr.state.step,
         final_loss: last_loss,
         val_loss,
-        best_val_loss: state.best_val,
+        best_val_loss: tr.state.best_val,
         stopped,
-        metrics: Some(TaskMetrics {
-            id: id.into(),
-            ood: ood.into(),
-            chance_ood_r1: c1,
-            chance_ood_r2_completion: c2,
-        }),
+        metrics: Some(metrics),
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = Rng::new(mix(seed, 0xE90C, epoch));
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    order
 }
 
 fn truncate_metrics(path: &Path, step: u64) -> std::io::Result<()> {

@@ -1,0 +1,361 @@
+//! The data of a task as token-id sequences for training, validation and the final metrics.
+//!
+//! A sequence holds `L + 1` ids: the model reads the first `L` and predicts the last `L`.
+
+use super::TrainError;
+use crate::runtime::Runtime;
+use crate::spec::recipe::{Language, Task};
+use crate::tasks::grammar::{self, Metrics};
+use crate::tasks::uint16::{self, Splits, Stream, StreamMetrics};
+use crate::util::Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The data of a grammar task, encoded as token ids.
+pub struct GrammarData {
+    /// The language.
+    pub language: Language,
+    /// `max_length` of the task.
+    pub max_length: usize,
+    /// Training sequences (`SOS w EOS PAD…`, length max_length + 2).
+    pub train: Vec<Vec<i64>>,
+    /// Validation sequences.
+    pub val: Vec<Vec<i64>>,
+    /// In-distribution prompts (starting with SOS).
+    pub id_prompts: Vec<Vec<i64>>,
+    /// Out-of-distribution prompts.
+    pub ood_prompts: Vec<Vec<i64>>,
+    /// The shuffled order of the training set in `order_epoch`.
+    order: Vec<usize>,
+    order_epoch: Option<u64>,
+}
+
+impl GrammarData {
+    /// Generate the data of a grammar task from `seed`; `None` for another kind of task.
+    pub fn new(task: &Task, seed: u64) -> Option<Self> {
+        let Task::Grammar {
+            language,
+            max_length,
+            num_train,
+            num_val,
+            ..
+        } = task
+        else {
+            return None;
+        };
+        let ml = *max_length as usize;
+        let default_train = match language {
+            Language::BaN | Language::BbaN => 15000,
+            _ => 512,
+        };
+        let mut rng = Rng::new(seed ^ 0x5EED_DA7A);
+        let enc = |ws: Vec<Vec<u8>>| -> Vec<Vec<i64>> {
+            ws.iter()
+                .map(|w| grammar::encode(w, ml).into_iter().map(i64::from).collect())
+                .collect()
+        };
+        let train = enc(grammar::words(
+            *language,
+            ml,
+            num_train.map_or(default_train, |n| n as usize),
+            &mut rng,
+        ));
+        let val = enc(grammar::words(*language, ml, *num_val as usize, &mut rng));
+        let (id, ood) = grammar::prompts(*language, &mut rng);
+        let ids = |v: Vec<Vec<u8>>| {
+            v.into_iter()
+                .map(|p| p.into_iter().map(i64::from).collect())
+                .collect()
+        };
+        Some(GrammarData {
+            language: *language,
+            max_length: ml,
+            train,
+            val,
+            id_prompts: ids(id),
+            ood_prompts: ids(ood),
+            order: Vec::new(),
+            order_epoch: None,
+        })
+    }
+
+    /// ID and OOD metrics of greedy completions, as the reference computes them.
+    pub fn metrics(&self, rt: &Runtime) -> (Metrics, Metrics) {
+        let run = |prompts: &[Vec<i64>]| {
+            let mut out = Vec::new();
+            for chunk in prompts.chunks(256) {
+                out.extend(super::greedy(rt, chunk, self.max_length));
+            }
+            let seqs: Vec<Vec<u8>> = out
+                .iter()
+                .map(|s| s.iter().map(|&t| t as u8).collect())
+                .collect();
+            grammar::metrics(self.language, &seqs)
+        };
+        (run(&self.id_prompts), run(&self.ood_prompts))
+    }
+
+    /// The report of a model: metrics with the chance levels.
+    pub fn report(&self, rt: &Runtime) -> GrammarReport {
+        let (id, ood) = self.metrics(rt);
+        let (c1, c2) = grammar::chance(self.language);
+        GrammarReport {
+            id: id.into(),
+            ood: ood.into(),
+            chance_ood_r1: c1,
+            chance_ood_r2_completion: c2,
+        }
+    }
+}
+
+/// The data of a uint16 stream task: the mapped file and its splits.
+pub struct StreamData {
+    /// The mapped file.
+    pub stream: Stream,
+    /// Train, validation and test parts.
+    pub splits: Splits,
+    /// Values the model reads.
+    pub context: usize,
+    /// Number of classes.
+    pub vocab: usize,
+    /// Histogram of the training part (for the unigram baseline).
+    pub train_hist: Vec<u64>,
+    /// Most windows for validation and test.
+    pub eval_windows: usize,
+}
+
+impl StreamData {
+    /// Map the file (its path as given: the command line resolves it against the recipe's
+    /// folder), cut it, and check every value fits the vocabulary (one streaming pass).
+    pub fn open(task: &Task) -> Result<Option<Self>, TrainError> {
+        let Task::Uint16 {
+            path,
+            vocab,
+            context,
+            val_fraction,
+            test_fraction,
+            eval_windows,
+        } = task
+        else {
+            return Ok(None);
+        };
+        let stream = Stream::open(Path::new(path))?;
+        let context = *context as usize;
+        let splits = Splits::new(stream.len(), *val_fraction, *test_fraction, context + 1)?;
+        let scan = uint16::scan(&stream, &splits.train);
+        if u32::from(scan.max) >= *vocab {
+            return Err(uint16::DataError::VocabTooSmall {
+                path: stream.path().to_path_buf(),
+                value: scan.max,
+                index: scan.argmax,
+                vocab: *vocab,
+                needed: u32::from(scan.max) + 1,
+            }
+            .into());
+        }
+        Ok(Some(StreamData {
+            stream,
+            splits,
+            context,
+            vocab: *vocab as usize,
+            train_hist: scan.train_hist,
+            eval_windows: *eval_windows as usize,
+        }))
+    }
+
+    fn windows(&self, part: &std::ops::Range<usize>) -> (Vec<Vec<i64>>, usize) {
+        let w = self.context + 1;
+        let starts = uint16::eval_windows(part, w, self.eval_windows);
+        let n = starts.len();
+        (
+            starts
+                .into_iter()
+                .map(|s| self.stream.ids(s..s + w))
+                .collect(),
+            n,
+        )
+    }
+
+    /// Test metrics: top-1 and top-5 accuracy over every position of the test windows, with
+    /// chance, the unigram baseline and 95 % intervals.
+    pub fn report(&self, rt: &Runtime) -> StreamMetrics {
+        let ks: Vec<usize> = [1, 5].into_iter().filter(|&k| k < self.vocab).collect();
+        let mut top = uint16::TopK::new(&ks, &self.train_hist);
+        let (seqs, n) = self.windows(&self.splits.test);
+        // Keep each chunk's logits under ~64 MiB.
+        let per_seq = self.context * self.vocab;
+        let chunk = (16_000_000 / per_seq.max(1)).clamp(1, 256);
+        for batch in seqs.chunks(chunk) {
+            let (x, _) = super::split_xy(batch, &rt.device);
+            let logits = rt.forward(x, false);
+            let flat: Vec<f32> = logits
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 logits");
+            for (b, seq) in batch.iter().enumerate() {
+                for t in 0..self.context {
+                    let at = (b * self.context + t) * self.vocab;
+                    top.add(&flat[at..at + self.vocab], seq[t + 1] as usize);
+                }
+            }
+        }
+        top.finish(self.vocab, n)
+    }
+}
+
+/// A task's data.
+pub enum Data {
+    /// A rule-extrapolation grammar.
+    Grammar(GrammarData),
+    /// A uint16 stream.
+    Stream(StreamData),
+}
+
+impl Data {
+    /// The data of the recipe's task.
+    pub fn new(task: &Task, seed: u64) -> Result<Self, TrainError> {
+        if let Some(g) = GrammarData::new(task, seed) {
+            return Ok(Data::Grammar(g));
+        }
+        Ok(Data::Stream(StreamData::open(task)?.ok_or_else(|| {
+            TrainError::Unsupported("unknown task".into())
+        })?))
+    }
+
+    /// Batches per epoch at batch size `bs`: a pass over the training words, or over the
+    /// training part of a stream in windows of `context` values.
+    pub fn per_epoch(&self, bs: usize) -> u64 {
+        let n = match self {
+            Data::Grammar(g) => g.train.len() / bs,
+            Data::Stream(s) => s.splits.train.len() / (bs * s.context),
+        };
+        n.max(1) as u64
+    }
+
+    /// The effective batch size for a requested `bs` (a grammar's training set may be smaller).
+    pub fn batch_size(&self, bs: usize) -> usize {
+        match self {
+            Data::Grammar(g) => bs.min(g.train.len()).max(1),
+            Data::Stream(_) => bs.max(1),
+        }
+    }
+
+    /// The next training batch. Grammars walk a per-epoch shuffle (the position is part of the
+    /// state); streams draw random windows of the training part from (seed, step, micro).
+    pub fn train_batch(
+        &mut self,
+        state: &mut super::State,
+        seed: u64,
+        micro: u64,
+        bs: usize,
+    ) -> Vec<Vec<i64>> {
+        match self {
+            Data::Grammar(g) => {
+                if state.pos + bs > g.train.len() {
+                    state.epoch += 1;
+                    state.pos = 0;
+                }
+                if g.order_epoch != Some(state.epoch) {
+                    g.order = epoch_order(g.train.len(), seed, state.epoch);
+                    g.order_epoch = Some(state.epoch);
+                }
+                let batch = g.order[state.pos..state.pos + bs]
+                    .iter()
+                    .map(|&i| g.train[i].clone())
+                    .collect();
+                state.pos += bs;
+                batch
+            }
+            Data::Stream(s) => {
+                let w = s.context + 1;
+                let mut rng = Rng::new(super::mix(seed ^ 0xDA7A, state.step, micro));
+                (0..bs)
+                    .map(|_| {
+                        let start = uint16::random_window(&s.splits.train, w, &mut rng);
+                        s.stream.ids(start..start + w)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The validation sequences.
+    pub fn val(&self) -> std::borrow::Cow<'_, [Vec<i64>]> {
+        match self {
+            Data::Grammar(g) => std::borrow::Cow::Borrowed(&g.val),
+            Data::Stream(s) => std::borrow::Cow::Owned(s.windows(&s.splits.val).0),
+        }
+    }
+
+    /// The task's metrics for a model.
+    pub fn report(&self, rt: &Runtime) -> TaskReport {
+        match self {
+            Data::Grammar(g) => TaskReport::Grammar(g.report(rt)),
+            Data::Stream(s) => TaskReport::Uint16(s.report(rt)),
+        }
+    }
+}
+
+fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(super::mix(seed, 0xE90C, epoch));
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// A task's metrics, tagged by task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum TaskReport {
+    /// Rule extrapolation on a grammar.
+    Grammar(GrammarReport),
+    /// Next-value prediction on a uint16 stream.
+    Uint16(StreamMetrics),
+}
+
+/// Grammar metrics with chance levels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrammarReport {
+    /// In-distribution prompts.
+    pub id: MetricsJson,
+    /// Out-of-distribution prompts.
+    pub ood: MetricsJson,
+    /// The authors' chance level of OOD R1.
+    pub chance_ood_r1: f64,
+    /// Chance level of OOD R2 completion.
+    pub chance_ood_r2_completion: f64,
+}
+
+/// Serializable [`Metrics`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricsJson {
+    /// Prompts.
+    pub n: usize,
+    /// Fraction finished.
+    pub finished: f64,
+    /// R1 among finished.
+    pub rule1: f64,
+    /// R2 among finished.
+    pub rule2: f64,
+    /// R2 of the completion among finished.
+    pub rule2_completion: f64,
+    /// Grammatical among finished.
+    pub grammatical: f64,
+}
+
+impl From<Metrics> for MetricsJson {
+    fn from(m: Metrics) -> Self {
+        MetricsJson {
+            n: m.n,
+            finished: m.finished,
+            rule1: m.rule1,
+            rule2: m.rule2,
+            rule2_completion: m.rule2_completion,
+            grammatical: m.grammatical,
+        }
+    }
+}
