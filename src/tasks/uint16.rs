@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+#[cfg(target_endian = "big")]
+compile_error!(
+    "kiln reads uint16 files (little-endian) in place; big-endian hosts are not supported"
+);
+
 /// Errors of reading a uint16 stream.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -97,27 +102,20 @@ impl Stream {
         &self.path
     }
 
+    /// The values, read in place: the map is page-aligned and the file little-endian like
+    /// the host (big-endian hosts are refused at compile time).
+    pub fn values(&self) -> &[u16] {
+        bytemuck::cast_slice(&self.map[..])
+    }
+
     /// Value `i`.
     pub fn get(&self, i: usize) -> u16 {
-        u16::from_le_bytes([self.map[2 * i], self.map[2 * i + 1]])
+        self.values()[i]
     }
 
     /// Values `range` as token ids.
     pub fn ids(&self, range: Range<usize>) -> Vec<i64> {
-        self.map[2 * range.start..2 * range.end]
-            .chunks_exact(2)
-            .map(|c| i64::from(u16::from_le_bytes([c[0], c[1]])))
-            .collect()
-    }
-
-    /// Call `f(index, value)` for every value of `range`, in order.
-    pub fn for_each(&self, range: Range<usize>, mut f: impl FnMut(usize, u16)) {
-        for (k, c) in self.map[2 * range.start..2 * range.end]
-            .chunks_exact(2)
-            .enumerate()
-        {
-            f(range.start + k, u16::from_le_bytes([c[0], c[1]]));
-        }
+        self.values()[range].iter().map(|&v| i64::from(v)).collect()
     }
 }
 
@@ -195,22 +193,24 @@ pub struct Scan {
 
 /// Scan the stream once (streaming, no copy).
 pub fn scan(stream: &Stream, train: &Range<usize>) -> Scan {
-    let mut hist = vec![0u64; 65536];
-    let (mut max, mut argmax) = (0u16, 0usize);
-    stream.for_each(0..stream.len(), |i, v| {
-        if v > max {
-            max = v;
-            argmax = i;
-        }
-        if i < train.end {
-            hist[v as usize] += 1;
-        }
-    });
+    let values = stream.values();
+    let hist = histogram(&values[train.clone()]);
+    let max = values.iter().copied().max().unwrap_or(0);
+    let argmax = values.iter().position(|&v| v == max).unwrap_or(0);
     Scan {
         max,
         argmax,
         train_hist: hist,
     }
+}
+
+/// Counts of each of the 65 536 values.
+pub fn histogram(values: &[u16]) -> Vec<u64> {
+    let mut hist = vec![0u64; 65536];
+    for &v in values {
+        hist[usize::from(v)] += 1;
+    }
+    hist
 }
 
 /// The `k` most frequent values of a histogram (ties: the smaller value first).
@@ -422,8 +422,7 @@ pub struct Analysis {
 /// periodogram (rustfft) of a prefix of at most 2^20 values.
 pub fn analyze(stream: &Stream, lags: usize) -> Analysis {
     let n = stream.len();
-    let mut hist = vec![0u64; 65536];
-    stream.for_each(0..n, |_, v| hist[v as usize] += 1);
+    let hist = histogram(stream.values());
     let present: Vec<usize> = (0..65536).filter(|&v| hist[v] > 0).collect();
     let distinct = present.len();
     let p = |c: u64| c as f64 / n.max(1) as f64;
@@ -440,19 +439,17 @@ pub fn analyze(stream: &Stream, lags: usize) -> Analysis {
         .collect();
     // H(x_t | x_{t-1}) = H(x_{t-1}, x_t) − H(x_{t-1}), from bigram counts.
     let conditional_entropy_bits = (distinct <= 4096 && n >= 2).then(|| {
-        let index: std::collections::HashMap<usize, usize> =
-            present.iter().enumerate().map(|(i, &v)| (v, i)).collect();
+        let mut index = vec![0usize; 65536];
+        for (i, &v) in present.iter().enumerate() {
+            index[v] = i;
+        }
         let mut pairs = vec![0u64; distinct * distinct];
         let mut firsts = vec![0u64; distinct];
-        let mut prev: Option<usize> = None;
-        stream.for_each(0..n, |_, v| {
-            let cur = index[&(v as usize)];
-            if let Some(a) = prev {
-                pairs[a * distinct + cur] += 1;
-                firsts[a] += 1;
-            }
-            prev = Some(cur);
-        });
+        for w in stream.values().windows(2) {
+            let (a, b) = (index[usize::from(w[0])], index[usize::from(w[1])]);
+            pairs[a * distinct + b] += 1;
+            firsts[a] += 1;
+        }
         let m = (n - 1) as f64;
         let h = |counts: &[u64]| -> f64 {
             counts
