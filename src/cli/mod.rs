@@ -127,19 +127,26 @@ enum Command {
         #[arg(long, default_value = "last")]
         checkpoint: Which,
     },
-    /// Complete a prompt greedily with a trained model.
+    /// Complete a prompt with a trained model, as the recipe's `decode` section says
+    /// (greedy, sampling, beam search, diverse beam search, beam sampling; Hugging Face
+    /// GenerationConfig semantics).
     #[command(
-        after_help = "Examples:\n  kiln generate runs/default-1763856000 --prompt \"a a a b\"\n  kiln generate runs/dyck --prompt \"( [ ] \""
+        after_help = "Examples:\n  kiln generate runs/default-1763856000 --prompt \"a a a b\"\n  kiln generate runs/dyck --prompt \"( [ ] \"\n  kiln generate runs/dyck --prompt \"(\" --set decode.strategy=beam --set decode.num_beams=4 --set decode.num_return_sequences=2\n  kiln generate runs/prng --prompt \"1 8\" --set decode.strategy=sample --set decode.top_p=0.9 --set decode.seed=7"
     )]
     Generate {
         /// The run directory.
         run: PathBuf,
-        /// The prompt: the language's symbols separated by spaces (a b c, or ( ) [ ]).
+        /// The prompt: the language's symbols separated by spaces (a b c, or ( ) [ ]), or a
+        /// stream's values (3 1 4).
         #[arg(long)]
         prompt: String,
         /// Which weights.
         #[arg(long, default_value = "last")]
         checkpoint: Which,
+        /// Override a decoding setting of the run's recipe, e.g. `decode.strategy=beam`
+        /// (repeatable; checked like the recipe itself).
+        #[arg(long = "set", value_name = "decode.KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Inspect or make data files (uint16 streams).
     #[command(subcommand)]
@@ -262,12 +269,13 @@ pub fn main() -> i32 {
             resume,
             device: _,
         } => crate::cli::run::train_cmd(recipe.as_deref(), &set, out, resume),
-        Command::Eval { run, checkpoint } => crate::cli::run::eval_cmd(&run, checkpoint, None),
+        Command::Eval { run, checkpoint } => crate::cli::run::eval_cmd(&run, checkpoint, None, &[]),
         Command::Generate {
             run,
             prompt,
             checkpoint,
-        } => crate::cli::run::eval_cmd(&run, checkpoint, Some(&prompt)),
+            set,
+        } => crate::cli::run::eval_cmd(&run, checkpoint, Some(&prompt), &set),
         Command::Data(DataCommand::Analyze { file, lags, format }) => {
             crate::cli::run::analyze_cmd(&file, lags, format == Format::Json)
         }

@@ -222,8 +222,12 @@ fn print_stream(m: &StreamMetrics) {
     println!("(unigram: always the k values most frequent in the training part; the interval treats predictions as independent, which positions of one window are not)");
 }
 
-pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>) -> i32 {
-    let (doc, graph) = match compile(&run.join(RESOLVED), &[]) {
+pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) -> i32 {
+    if let Some(bad) = set.iter().find(|s| !s.starts_with("decode.")) {
+        eprintln!("error: `--set {bad}`: `kiln generate` changes only `decode.*` settings; retrain to change anything else");
+        return 2;
+    }
+    let (doc, graph) = match compile(&run.join(RESOLVED), set) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -260,7 +264,12 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>) -> i32 {
         print_metrics(&data.report(&rt));
         return 0;
     };
-    match &data {
+    let d = &doc.spec.decode;
+    let (ids, settings, show): (
+        Vec<i64>,
+        crate::decode::Settings,
+        Box<dyn Fn(i64) -> String>,
+    ) = match &data {
         Data::Grammar(g) => {
             let symbols = symbols(g.language);
             let mut ids = vec![i64::from(crate::tasks::grammar::SOS)];
@@ -276,15 +285,8 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>) -> i32 {
                     }
                 }
             }
-            let max = doc.spec.decode.max_new_tokens.map_or(g.max_length, |m| {
-                (ids.len() + m as usize).min(g.max_length + 1)
-            });
-            let out = train::greedy(&rt, &[ids], max);
-            let text: Vec<&str> = out[0]
-                .iter()
-                .map(|&t| symbols.get(t as usize).copied().unwrap_or("?"))
-                .collect();
-            println!("{}", text.join(" "));
+            let show = move |t: i64| symbols.get(t as usize).copied().unwrap_or("?").to_string();
+            (ids, g.settings(d), Box::new(show))
         }
         Data::Stream(s) => {
             let mut ids = Vec::new();
@@ -304,15 +306,27 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>) -> i32 {
                 eprintln!("error: the prompt is empty; give values separated by spaces, e.g. --prompt \"3 1 4\"");
                 return 2;
             }
-            let new = doc.spec.decode.max_new_tokens.map_or(16, |m| m as usize);
-            let mut out = ids.clone();
-            // Greedy, one value at a time, reading at most the last `context` values.
-            for _ in 0..new {
-                let from = out.len().saturating_sub(s.context);
-                let next = train::next_tokens(&rt, &[out[from..].to_vec()])[0];
-                out.push(next);
-            }
-            let text: Vec<String> = out.iter().map(ToString::to_string).collect();
+            let eos = d.eos_token_id.map(i64::from);
+            let settings = crate::decode::Settings {
+                d: d.clone(),
+                eos,
+                pad: d.pad_token_id.map(i64::from).or(eos).unwrap_or(0),
+                default_max_length: (ids.len() + 16).min(s.context.max(ids.len())),
+            };
+            (ids, settings, Box::new(|t: i64| t.to_string()))
+        }
+    };
+    let mut lm = crate::decode::ModelLm::new(&rt, d.use_cache);
+    let out = crate::decode::generate(&mut lm, &[ids], &settings);
+    let beams = !matches!(
+        d.strategy,
+        crate::spec::recipe::Strategy::Greedy | crate::spec::recipe::Strategy::Sample
+    );
+    for g in &out[0] {
+        let text: Vec<String> = g.tokens.iter().map(|&t| show(t)).collect();
+        if beams {
+            println!("{}\t(score {:.4})", text.join(" "), g.score);
+        } else {
             println!("{}", text.join(" "));
         }
     }

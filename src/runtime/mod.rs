@@ -15,6 +15,65 @@ use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// What incremental decoding keeps between calls: per attention op its keys and values
+/// `[batch, H_kv, T, d]`, per LSTM op its state, and the number of positions seen.
+#[derive(Default)]
+pub struct KvCache {
+    /// Positions processed so far.
+    pub len: usize,
+    kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
+    lstm: HashMap<NodeIndex, ops::LstmState>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keep batch rows `rows` (in that order, repeats allowed): beam search continues the
+    /// surviving hypotheses.
+    pub fn reorder(&mut self, rows: &[usize]) {
+        let Some(dev) = self
+            .kv
+            .values()
+            .map(|(k, _)| k.device())
+            .chain(
+                self.lstm
+                    .values()
+                    .flat_map(|s| s.iter().map(|(h, _)| h.device())),
+            )
+            .next()
+        else {
+            return;
+        };
+        let idx = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            &dev,
+        );
+        for (k, v) in self.kv.values_mut() {
+            *k = k.clone().select(0, idx.clone());
+            *v = v.clone().select(0, idx.clone());
+        }
+        for st in self.lstm.values_mut() {
+            for (h, c) in st.iter_mut() {
+                *h = h.clone().select(0, idx.clone());
+                *c = c.clone().select(0, idx.clone());
+            }
+        }
+    }
+
+    /// Shapes of the cached keys of every attention op (for tests and reports).
+    pub fn key_shapes(&self) -> Vec<[usize; 4]> {
+        let mut v: Vec<[usize; 4]> = self.kv.values().map(|(k, _)| k.dims()).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
 /// Named f32 tensors: `name → (row-major data, shape)`.
 pub type Weights = HashMap<String, (Vec<f32>, Vec<usize>)>;
 
@@ -160,12 +219,60 @@ impl Runtime {
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<2, Int>, train: bool) -> Tensor<3> {
+        self.run(tokens, train, None)
+    }
+
+    /// Incremental forward pass: `tokens` `[batch, n]` continue the sequences whose earlier
+    /// positions `cache` holds; returns the logits of the n new positions and extends the
+    /// cache. Attention reads the cached K/V (H_kv heads after the GQA pass) instead of
+    /// recomputing them, LSTMs continue from their cached state, and position tables start at
+    /// the cached length, so each new token costs O(T) instead of O(T²). Check
+    /// [`Runtime::cache_support`] first.
+    pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        let n = tokens.dims()[1];
+        let out = self.run(tokens, false, Some(cache));
+        cache.len += n;
+        out
+    }
+
+    /// `Ok` when every op of the graph has an incremental form; otherwise the op that has
+    /// none (a full-sequence FFT, a non-causal attention, ...).
+    pub fn cache_support(&self) -> Result<(), String> {
+        for &n in &self.order {
+            let ok = match &self.graph.g[n].op {
+                Op::Attention { causal, .. } => *causal,
+                Op::PadSeq { .. }
+                | Op::CropSeq
+                | Op::Rfft { .. }
+                | Op::Irfft { .. }
+                | Op::ComplexMul
+                | Op::SpectralFilter { .. } => false,
+                _ => true,
+            };
+            if !ok {
+                return Err(format!(
+                    "`{}` ({}) has no incremental form",
+                    self.graph.g[n].layer,
+                    self.graph.g[n].op.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        tokens: Tensor<2, Int>,
+        train: bool,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
         let ctx = ops::Ctx {
             device: &self.device,
             train,
             batch,
             seq,
+            offset: cache.as_ref().map_or(0, |c| c.len),
         };
         let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
         let mut remaining: HashMap<NodeIndex, usize> = self
@@ -183,7 +290,24 @@ impl Runtime {
                 Op::Output => return values.remove(&ins_idx[0]).expect("output value").f3(),
                 op => {
                     let ins: Vec<&V> = ins_idx.iter().map(|i| &values[i]).collect();
-                    ops::eval(op, &ins, &ctx)
+                    match (cache.as_deref_mut(), op) {
+                        (Some(c), Op::Attention { .. }) => {
+                            let (mut k, mut v) = (ins[1].f4(), ins[2].f4());
+                            if let Some((pk, pv)) = c.kv.remove(&n) {
+                                k = Tensor::cat(vec![pk, k], 2);
+                                v = Tensor::cat(vec![pv, v], 2);
+                            }
+                            let out = ops::attention(op, &ins, k.clone(), v.clone(), &ctx);
+                            c.kv.insert(n, (k, v));
+                            V::F4(out)
+                        }
+                        (Some(c), Op::Lstm { .. }) => {
+                            let (out, state) = ops::lstm(op, &ins, &ctx, c.lstm.remove(&n));
+                            c.lstm.insert(n, state);
+                            V::F3(out)
+                        }
+                        _ => ops::eval(op, &ins, &ctx),
+                    }
                 }
             };
             values.insert(n, v);

@@ -17,6 +17,9 @@ pub struct Ctx<'a> {
     pub batch: usize,
     /// Sequence length of this call.
     pub seq: usize,
+    /// Positions already processed before this call (incremental decoding with a
+    /// [`super::KvCache`]); 0 for an ordinary forward pass.
+    pub offset: usize,
 }
 
 fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor<D> {
@@ -205,14 +208,15 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let norm = x.clone().powi_scalar(2).sum_dim(3).sqrt().clamp_min(1e-12);
             V::F4(x / norm)
         }
-        Op::SinusoidalTable { dim } => V::F2(consts(
-            sinusoidal(ctx.seq, *dim as usize),
-            [ctx.seq, *dim as usize],
-            ctx,
-        )),
+        // In incremental mode the table covers positions 0..offset + seq; its only reader,
+        // AddPositions, takes the rows of this call (as it does from a learned table).
+        Op::SinusoidalTable { dim } => {
+            let (end, d) = (ctx.offset + ctx.seq, *dim as usize);
+            V::F2(consts(sinusoidal(end, d), [end, d], ctx))
+        }
         Op::AddPositions => {
             let x = ins[0].f3();
-            let t = ins[1].f2().narrow(0, 0, ctx.seq);
+            let t = ins[1].f2().narrow(0, ctx.offset, ctx.seq);
             V::F3(x + t.unsqueeze::<3>())
         }
         Op::SplitHeads { heads } => {
@@ -228,10 +232,11 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         }
         Op::RopeTable { head_dim, base } => {
             let half = *head_dim as usize / 2;
-            let (c, s) = rope_tables(ctx.seq, *head_dim as usize, base.0);
-            let c: Tensor<2> = consts(c, [ctx.seq, half], ctx);
-            let s: Tensor<2> = consts(s, [ctx.seq, half], ctx);
-            V::F3(Tensor::stack(vec![c, s], 2))
+            let end = ctx.offset + ctx.seq;
+            let (c, s) = rope_tables(end, *head_dim as usize, base.0);
+            let c: Tensor<2> = consts(c, [end, half], ctx);
+            let s: Tensor<2> = consts(s, [end, half], ctx);
+            V::F3(Tensor::stack(vec![c, s], 2).narrow(0, ctx.offset, ctx.seq))
         }
         Op::ApplyRope => {
             let x = ins[0].f4();
@@ -260,69 +265,8 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
                     .reshape([b, h * g, s, d]),
             )
         }
-        Op::Attention {
-            causal,
-            kv_groups,
-            scale,
-            dropout: p,
-        } => {
-            let q = ins[0].f4();
-            let k = ins[1].f4();
-            let v = ins[2].f4();
-            let [b, hq, s, d] = q.dims();
-            let hk = k.dims()[1];
-            let g = *kv_groups as usize;
-            // Grouped formulation: the G query heads of a KV head become G·s rows.
-            let q = q.reshape([b, hk, g * s, d]);
-            let mut scores = q.matmul(k.swap_dims(2, 3));
-            scores = match scale {
-                AttnScale::InvSqrtDim => scores.mul_scalar(1.0 / (d as f64).sqrt()),
-                AttnScale::Learned => scores * ins[3].f1().reshape([1, 1, 1, 1]),
-            };
-            if *causal {
-                let mask = Tensor::<2, Bool>::tril_mask([s, s], 0, ctx.device);
-                let mask = mask
-                    .unsqueeze_dim::<3>(0)
-                    .repeat_dim(0, g)
-                    .reshape([1, 1, g * s, s]);
-                scores = scores.mask_fill(mask.expand([b, hk, g * s, s]), f32::NEG_INFINITY);
-            }
-            let probs = dropout(activation::softmax(scores, 3), p.0, ctx);
-            V::F4(probs.matmul(v).reshape([b, hq, s, d]))
-        }
-        Op::Lstm {
-            layers,
-            hidden,
-            dropout: p,
-        } => {
-            let h = *hidden as usize;
-            let mut x = ins[0].f3();
-            for l in 0..*layers as usize {
-                if l > 0 {
-                    x = dropout(x, p.0, ctx);
-                }
-                let (w_ih, w_hh) = (ins[1 + 4 * l].f2(), ins[2 + 4 * l].f2());
-                let bias = ins[3 + 4 * l].f1() + ins[4 + 4 * l].f1();
-                let [b, s, _] = x.dims();
-                let xw = x.matmul(w_ih.unsqueeze::<3>()) + bias.unsqueeze::<3>();
-                let mut hs = Tensor::<2>::zeros([b, h], ctx.device);
-                let mut cs = Tensor::<2>::zeros([b, h], ctx.device);
-                let mut outs = Vec::with_capacity(s);
-                for t in 0..s {
-                    let gates =
-                        xw.clone().narrow(1, t, 1).reshape([b, 4 * h]) + hs.matmul(w_hh.clone());
-                    let i = activation::sigmoid(gates.clone().narrow(1, 0, h));
-                    let f = activation::sigmoid(gates.clone().narrow(1, h, h));
-                    let gg = gates.clone().narrow(1, 2 * h, h).tanh();
-                    let o = activation::sigmoid(gates.narrow(1, 3 * h, h));
-                    cs = f * cs + i * gg;
-                    hs = o * cs.clone().tanh();
-                    outs.push(hs.clone());
-                }
-                x = Tensor::stack(outs, 1);
-            }
-            V::F3(x)
-        }
+        Op::Attention { .. } => V::F4(attention(op, ins, ins[1].f4(), ins[2].f4(), ctx)),
+        Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
         Op::PadSeq { len } => match ins[0] {
             V::F2(x) => V::F2(pad_axis(x.clone(), 0, *len as usize, ctx)),
             other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
@@ -391,4 +335,88 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         }
         Op::Input | Op::Param { .. } | Op::Output => unreachable!("handled by the runtime"),
     }
+}
+
+/// Attention of the queries `ins[0]` over keys `k` and values `v` (`[b, H_kv, T, d]`, where T
+/// may exceed the queries' length by `ctx.offset` cached positions). Grouped formulation: the
+/// G query heads of a KV head become G·s rows of one matmul, so K/V are never repeated.
+pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> Tensor<4> {
+    let Op::Attention {
+        causal,
+        kv_groups,
+        scale,
+        dropout: p,
+    } = op
+    else {
+        unreachable!("attention op")
+    };
+    let q = ins[0].f4();
+    let [b, hq, s, d] = q.dims();
+    let [_, hk, t, _] = k.dims();
+    let g = *kv_groups as usize;
+    let q = q.reshape([b, hk, g * s, d]);
+    let mut scores = q.matmul(k.swap_dims(2, 3));
+    scores = match scale {
+        AttnScale::InvSqrtDim => scores.mul_scalar(1.0 / (d as f64).sqrt()),
+        AttnScale::Learned => scores * ins[3].f1().reshape([1, 1, 1, 1]),
+    };
+    if *causal {
+        // Query i (absolute position offset + i) sees keys j ≤ offset + i.
+        let mask = Tensor::<2, Bool>::tril_mask([s, t], ctx.offset as i64, ctx.device);
+        let mask = mask
+            .unsqueeze_dim::<3>(0)
+            .repeat_dim(0, g)
+            .reshape([1, 1, g * s, t]);
+        scores = scores.mask_fill(mask.expand([b, hk, g * s, t]), f32::NEG_INFINITY);
+    }
+    let probs = dropout(activation::softmax(scores, 3), p.0, ctx);
+    probs.matmul(v).reshape([b, hq, s, d])
+}
+
+/// LSTM state of every layer: (h, c), each `[b, hidden]`.
+pub type LstmState = Vec<(Tensor<2>, Tensor<2>)>;
+
+/// The stacked LSTM from `init` (zeros when `None`); returns the outputs and the final state.
+pub fn lstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<LstmState>) -> (Tensor<3>, LstmState) {
+    let Op::Lstm {
+        layers,
+        hidden,
+        dropout: p,
+    } = op
+    else {
+        unreachable!("lstm op")
+    };
+    let h = *hidden as usize;
+    let mut x = ins[0].f3();
+    let mut finals = Vec::with_capacity(*layers as usize);
+    for l in 0..*layers as usize {
+        if l > 0 {
+            x = dropout(x, p.0, ctx);
+        }
+        let (w_ih, w_hh) = (ins[1 + 4 * l].f2(), ins[2 + 4 * l].f2());
+        let bias = ins[3 + 4 * l].f1() + ins[4 + 4 * l].f1();
+        let [b, s, _] = x.dims();
+        let xw = x.matmul(w_ih.unsqueeze::<3>()) + bias.unsqueeze::<3>();
+        let (mut hs, mut cs) = match &init {
+            Some(st) => st[l].clone(),
+            None => (
+                Tensor::<2>::zeros([b, h], ctx.device),
+                Tensor::<2>::zeros([b, h], ctx.device),
+            ),
+        };
+        let mut outs = Vec::with_capacity(s);
+        for t in 0..s {
+            let gates = xw.clone().narrow(1, t, 1).reshape([b, 4 * h]) + hs.matmul(w_hh.clone());
+            let i = activation::sigmoid(gates.clone().narrow(1, 0, h));
+            let f = activation::sigmoid(gates.clone().narrow(1, h, h));
+            let gg = gates.clone().narrow(1, 2 * h, h).tanh();
+            let o = activation::sigmoid(gates.narrow(1, 3 * h, h));
+            cs = f * cs + i * gg;
+            hs = o * cs.clone().tanh();
+            outs.push(hs.clone());
+        }
+        finals.push((hs, cs));
+        x = Tensor::stack(outs, 1);
+    }
+    (x, finals)
 }

@@ -678,6 +678,7 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
             );
         }
     }
+    check_decode(spec, tree, diags);
     if let Task::Uint16 {
         val_fraction,
         test_fraction,
@@ -695,5 +696,151 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
                 .help("keep val_fraction + test_fraction below 1, e.g. 0.1 each"),
             );
         }
+    }
+}
+
+/// Contradictions inside `decode` (the schema checks each value on its own).
+fn check_decode(spec: &super::recipe::RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
+    use super::recipe::Strategy;
+    let d = &spec.decode;
+    let mut err = |key: &str, msg: String, label: &str, help: &str| {
+        diags.push(
+            Diagnostic::error(
+                Code::Conflict,
+                Some(key_span_at(tree, &["decode", key])),
+                msg,
+            )
+            .label(label)
+            .help(help),
+        );
+    };
+    let beams = matches!(
+        d.strategy,
+        Strategy::Beam | Strategy::GroupBeam | Strategy::BeamSample
+    );
+    if beams && d.num_beams < 2 {
+        err(
+            "strategy",
+            "beam strategies need `num_beams` of at least 2".into(),
+            "needs several beams",
+            "set e.g. `num_beams: 4`, or use `strategy: greedy`",
+        );
+    }
+    if !beams && d.num_beams > 1 {
+        err(
+            "num_beams",
+            format!(
+                "`num_beams: {}` has no effect with this strategy",
+                d.num_beams
+            ),
+            "only beam strategies use beams",
+            "use `strategy: beam` (or group_beam, beam_sample), or remove `num_beams`",
+        );
+    }
+    if d.strategy == Strategy::GroupBeam && d.num_beam_groups < 2 {
+        err(
+            "strategy",
+            "`group_beam` decoding needs `num_beam_groups` of at least 2".into(),
+            "needs several groups",
+            "set e.g. `num_beam_groups: 2` with `num_beams: 4`",
+        );
+    }
+    if d.num_beam_groups > 1 && d.num_beams % d.num_beam_groups != 0 {
+        err(
+            "num_beam_groups",
+            format!(
+                "`num_beams` ({}) is not divisible by `num_beam_groups` ({})",
+                d.num_beams, d.num_beam_groups
+            ),
+            "must divide num_beams",
+            "every group gets num_beams / num_beam_groups beams: choose a divisor",
+        );
+    }
+    if d.num_beam_groups > 1 && d.strategy != Strategy::GroupBeam {
+        err(
+            "num_beam_groups",
+            "`num_beam_groups` is only used by `strategy: group_beam`".into(),
+            "no effect here",
+            "use `strategy: group_beam`, or remove `num_beam_groups`",
+        );
+    }
+    if beams && d.num_return_sequences > d.num_beams {
+        err(
+            "num_return_sequences",
+            format!(
+                "`num_return_sequences` ({}) exceeds `num_beams` ({})",
+                d.num_return_sequences, d.num_beams
+            ),
+            "more than the beams",
+            "beam search returns at most one sequence per beam",
+        );
+    }
+    if d.strategy == Strategy::Greedy && d.num_return_sequences > 1 {
+        err(
+            "num_return_sequences",
+            "greedy decoding returns one sequence per prompt".into(),
+            "all copies would be identical",
+            "use `strategy: sample` or a beam strategy for several sequences",
+        );
+    }
+    if let Some(max) = d.max_length {
+        if d.min_length > max {
+            err(
+                "min_length",
+                format!(
+                    "`min_length` ({}) exceeds `max_length` ({max})",
+                    d.min_length
+                ),
+                "longer than max_length",
+                "make min_length at most max_length",
+            );
+        }
+    }
+    if let Some(max) = d.max_new_tokens {
+        if d.min_new_tokens > max {
+            err(
+                "min_new_tokens",
+                format!(
+                    "`min_new_tokens` ({}) exceeds `max_new_tokens` ({max})",
+                    d.min_new_tokens
+                ),
+                "longer than max_new_tokens",
+                "make min_new_tokens at most max_new_tokens",
+            );
+        }
+    }
+    let vocab = spec.task.vocab();
+    for (key, id) in [
+        ("eos_token_id", d.eos_token_id),
+        ("pad_token_id", d.pad_token_id),
+    ] {
+        if let Some(id) = id.filter(|&i| u64::from(i) >= vocab) {
+            err(
+                key,
+                format!("token id {id} is outside the task's vocabulary of {vocab}"),
+                "no such token",
+                "token ids run from 0 to vocab − 1",
+            );
+        }
+    }
+    if d.bad_words_ids
+        .iter()
+        .flatten()
+        .any(|&i| u64::from(i) >= vocab)
+    {
+        err(
+            "bad_words_ids",
+            format!("`bad_words_ids` names a token outside the task's vocabulary of {vocab}"),
+            "no such token",
+            "token ids run from 0 to vocab − 1",
+        );
+    }
+    if let Some(bad) = d.bad_words_ids.iter().position(Vec::is_empty) {
+        err(
+            "bad_words_ids",
+            format!("`bad_words_ids` entry {bad} is empty"),
+            "an empty sequence",
+            "each entry is a non-empty list of token ids",
+        );
     }
 }

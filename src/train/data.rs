@@ -79,12 +79,27 @@ impl GrammarData {
         })
     }
 
-    /// ID and OOD metrics of greedy completions, as the reference computes them.
+    /// Decoding settings of this task: the recipe's `decode` with the grammar's EOS and PAD,
+    /// and sequences of at most `max_length` tokens (SOS and prompt included).
+    pub fn settings(&self, d: &crate::spec::recipe::Decode) -> crate::decode::Settings {
+        crate::decode::Settings {
+            d: d.clone(),
+            eos: Some(d.eos_token_id.map_or(i64::from(grammar::EOS), i64::from)),
+            pad: d.pad_token_id.map_or(i64::from(grammar::PAD), i64::from),
+            default_max_length: self.max_length,
+        }
+    }
+
+    /// ID and OOD metrics of greedy completions (batched, with a KV cache where the model
+    /// allows one), as the reference computes them.
     pub fn metrics(&self, rt: &Runtime) -> (Metrics, Metrics) {
+        let settings = self.settings(&crate::spec::recipe::Decode::default());
         let run = |prompts: &[Vec<i64>]| {
             let mut out = Vec::new();
             for chunk in prompts.chunks(256) {
-                out.extend(super::greedy(rt, chunk, self.max_length));
+                let mut lm = crate::decode::ModelLm::new(rt, true);
+                let gen = crate::decode::generate(&mut lm, chunk, &settings);
+                out.extend(gen.into_iter().map(|mut g| g.remove(0).tokens));
             }
             let seqs: Vec<Vec<u8>> = out
                 .iter()

@@ -470,7 +470,7 @@ impl Progress {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps  {msg}  {per_sec}  ETA {eta}",
+                    "{bar:20} {pos}/{len} {msg} {per_sec} ETA {eta}",
                 )
                 .expect("valid template"),
             );
@@ -490,7 +490,12 @@ impl Progress {
     fn step(&self, step: u64, loss: f64, val: f64) {
         if let Some(bar) = &self.bar {
             bar.set_position(step);
-            bar.set_message(format!("loss {loss:.4}  val {val:.4}"));
+            let val = if val.is_finite() {
+                format!("{val:.4}")
+            } else {
+                "-".into()
+            };
+            bar.set_message(format!("loss {loss:.4} val {val}"));
         }
     }
 
