@@ -14,7 +14,7 @@
 //! `decay_all`, as Burn's AdamW decays everything) at a constant learning rate and without
 //! gradient clipping (Burn's clipping is per tensor, kiln's global; the recipe turns it off).
 //!
-//! `KILN_BENCH_STEPS=N` sets the number of timed steps per side of the large model (default 30);
+//! `KILN_BENCH_STEPS=N` sets the number of timed steps per side of the large model (default 24);
 //! `KILN_BENCH_PROFILE=N` also times forward, backward and optimizer step of each side over N
 //! more steps and prints their medians.
 
@@ -53,7 +53,7 @@ fn cases() -> Vec<Case> {
     let steps: usize = std::env::var("KILN_BENCH_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(24);
     let with = |extra: &[&str]| -> Vec<String> {
         COMMON.iter().chain(extra).map(|s| s.to_string()).collect()
     };
@@ -62,7 +62,7 @@ fn cases() -> Vec<Case> {
             name: "default (d32, 2 layers, seq 65)",
             sets: with(&[]),
             warmup: 10,
-            steps: 200,
+            steps: 120,
         },
         Case {
             name: "d128, 4 layers, 4/2 heads, ff 344, seq 128",
