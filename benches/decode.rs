@@ -7,22 +7,15 @@
 //! same run.
 
 use kiln::decode::{generate, ModelLm, Settings};
-use kiln::diag::SourceMap;
 use kiln::runtime::{DeviceKind, Runtime};
 use kiln::spec::recipe::Decode;
-use kiln::spec::Document;
 use std::path::Path;
 use std::time::Instant;
 
 fn model(file: &str, sets: &[&str]) -> Runtime {
     let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
-    let Ok(Document::Recipe(r)) = kiln::spec::load(Path::new(file), &sets, &mut SourceMap::new())
-    else {
-        panic!("{file} loads");
-    };
-    let mut g = kiln::lower::lower_recipe(&r).unwrap();
-    let all: Vec<_> = kiln::passes::ALL.iter().collect();
-    kiln::passes::optimize(&mut g, &all, false).unwrap();
+    let (_, g) =
+        kiln::lower::compile_recipe(Path::new(file), &sets).unwrap_or_else(|e| panic!("{e}"));
     Runtime::init(g, DeviceKind::Cpu.device(false), 1)
 }
 
@@ -39,10 +32,7 @@ fn main() {
                 &["model.vars.d_model=64", "model.vars.d_ff=172"],
             ),
         ),
-        (
-            "lstm (5 × 64)",
-            model("recipes/anbn-lstm.yaml", &[]),
-        ),
+        ("lstm (5 × 64)", model("recipes/anbn-lstm.yaml", &[])),
     ];
     let batch = 4;
     println!(

@@ -24,11 +24,10 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
-use kiln::diag::{render_text, SourceMap};
 use kiln::runtime::{tokens_tensor, DeviceKind, Weights, V};
 use kiln::spec::model::VarValue;
 use kiln::spec::recipe::{Optimizer, Schedule};
-use kiln::spec::{Document, LoadedRecipe};
+use kiln::spec::LoadedRecipe;
 use kiln::train::Trainer;
 use std::path::Path;
 use std::time::Instant;
@@ -81,17 +80,8 @@ fn cases() -> Vec<Case> {
 }
 
 fn load(sets: &[String]) -> (LoadedRecipe, kiln::ir::Graph) {
-    let mut sources = SourceMap::new();
-    let doc = match kiln::spec::load(Path::new("recipes/default.yaml"), sets, &mut sources) {
-        Ok(Document::Recipe(r)) => *r,
-        Ok(Document::Model(_)) => panic!("recipes/default.yaml is a recipe"),
-        Err(e) => panic!("{}", render_text(&e.diags, &sources, false)),
-    };
-    let mut graph = kiln::lower::lower_recipe(&doc)
-        .unwrap_or_else(|d| panic!("{}", render_text(&d, &sources, false)));
-    let all: Vec<_> = kiln::passes::ALL.iter().collect();
-    kiln::passes::optimize(&mut graph, &all, false).expect("optimize");
-    (doc, graph)
+    kiln::lower::compile_recipe(Path::new("recipes/default.yaml"), sets)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,10 +4,8 @@
 
 use kiln::decode::process::Processors;
 use kiln::decode::{generate, Generated, ModelLm, NextLogits, Settings};
-use kiln::diag::SourceMap;
 use kiln::runtime::{DeviceKind, Runtime};
 use kiln::spec::recipe::{Decode, EarlyStop, Strategy};
-use kiln::spec::Document;
 use std::path::Path;
 
 /// A model given by a function of the sequence so far.
@@ -415,13 +413,8 @@ fn beam_sampling_samples_and_is_seeded() {
 
 fn model(file: &str, sets: &[&str]) -> Runtime {
     let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
-    let Ok(Document::Recipe(r)) = kiln::spec::load(Path::new(file), &sets, &mut SourceMap::new())
-    else {
-        panic!("{file} loads");
-    };
-    let mut g = kiln::lower::lower_recipe(&r).unwrap();
-    let all: Vec<_> = kiln::passes::ALL.iter().collect();
-    kiln::passes::optimize(&mut g, &all, true).unwrap();
+    let (_, g) =
+        kiln::lower::compile_recipe(Path::new(file), &sets).unwrap_or_else(|e| panic!("{e}"));
     Runtime::init(g, DeviceKind::Cpu.device(false), 11)
 }
 

@@ -2,26 +2,16 @@
 //! accumulation against one large batch, and AdamW's first step against its formula.
 
 use burn::prelude::*;
-use kiln::diag::SourceMap;
 use kiln::ir::reference::Rng;
 use kiln::runtime::DeviceKind;
 use kiln::spec::recipe::RecipeSpec;
-use kiln::spec::Document;
 use kiln::train::{cross_entropy, Trainer};
 use std::path::Path;
 
 fn recipe(sets: &[&str]) -> (RecipeSpec, kiln::ir::Graph) {
     let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
-    let Ok(Document::Recipe(r)) = kiln::spec::load(
-        Path::new("recipes/default.yaml"),
-        &sets,
-        &mut SourceMap::new(),
-    ) else {
-        panic!("default recipe loads");
-    };
-    let mut g = kiln::lower::lower_recipe(&r).unwrap();
-    let all: Vec<_> = kiln::passes::ALL.iter().collect();
-    kiln::passes::optimize(&mut g, &all, true).unwrap();
+    let (r, g) = kiln::lower::compile_recipe(Path::new("recipes/default.yaml"), &sets)
+        .unwrap_or_else(|e| panic!("{e}"));
     (r.spec, g)
 }
 

@@ -265,11 +265,7 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
         return 0;
     };
     let d = &doc.spec.decode;
-    let (ids, settings, show): (
-        Vec<i64>,
-        crate::decode::Settings,
-        Box<dyn Fn(i64) -> String>,
-    ) = match &data {
+    let (ids, settings, show): Prompt = match &data {
         Data::Grammar(g) => {
             let symbols = symbols(g.language);
             let mut ids = vec![i64::from(crate::tasks::grammar::SOS)];
@@ -323,7 +319,12 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
         crate::spec::recipe::Strategy::Greedy | crate::spec::recipe::Strategy::Sample
     );
     for g in &out[0] {
-        let text: Vec<String> = g.tokens.iter().map(|&t| show(t)).collect();
+        // A finished sequence ends at its EOS (batched sequences are padded after it).
+        let end = settings
+            .eos
+            .and_then(|e| g.tokens.iter().skip(1).position(|&t| t == e).map(|i| i + 2))
+            .unwrap_or(g.tokens.len());
+        let text: Vec<String> = g.tokens[..end].iter().map(|&t| show(t)).collect();
         if beams {
             println!("{}\t(score {:.4})", text.join(" "), g.score);
         } else {
@@ -332,6 +333,13 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
     }
     0
 }
+
+/// A prompt's ids, its decoding settings, and how to print a token.
+type Prompt = (
+    Vec<i64>,
+    crate::decode::Settings,
+    Box<dyn Fn(i64) -> String>,
+);
 
 fn symbols(lang: crate::spec::recipe::Language) -> Vec<&'static str> {
     use crate::spec::recipe::Language;

@@ -393,7 +393,7 @@ pub fn prompts(lang: Language, rng: &mut Rng) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 }
 
 /// Metrics of completed sequences (prompt + generated tokens).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// Number of sequences.
     pub n: usize,

@@ -115,8 +115,8 @@ impl GrammarData {
         let (id, ood) = self.metrics(rt);
         let (c1, c2) = grammar::chance(self.language);
         GrammarReport {
-            id: id.into(),
-            ood: ood.into(),
+            id,
+            ood,
             chance_ood_r1: c1,
             chance_ood_r2_completion: c2,
         }
@@ -336,41 +336,11 @@ pub enum TaskReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrammarReport {
     /// In-distribution prompts.
-    pub id: MetricsJson,
+    pub id: Metrics,
     /// Out-of-distribution prompts.
-    pub ood: MetricsJson,
+    pub ood: Metrics,
     /// The authors' chance level of OOD R1.
     pub chance_ood_r1: f64,
     /// Chance level of OOD R2 completion.
     pub chance_ood_r2_completion: f64,
-}
-
-/// Serializable [`Metrics`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MetricsJson {
-    /// Prompts.
-    pub n: usize,
-    /// Fraction finished.
-    pub finished: f64,
-    /// R1 among finished.
-    pub rule1: f64,
-    /// R2 among finished.
-    pub rule2: f64,
-    /// R2 of the completion among finished.
-    pub rule2_completion: f64,
-    /// Grammatical among finished.
-    pub grammatical: f64,
-}
-
-impl From<Metrics> for MetricsJson {
-    fn from(m: Metrics) -> Self {
-        MetricsJson {
-            n: m.n,
-            finished: m.finished,
-            rule1: m.rule1,
-            rule2: m.rule2,
-            rule2_completion: m.rule2_completion,
-            grammatical: m.grammatical,
-        }
-    }
 }

@@ -7,7 +7,7 @@
 pub mod data;
 pub mod schedule;
 
-pub use data::{Data, GrammarData, GrammarReport, MetricsJson, StreamData, TaskReport};
+pub use data::{Data, GrammarData, GrammarReport, StreamData, TaskReport};
 
 use crate::ir::Graph;
 use crate::runtime::{from_safetensors, tokens_tensor, Runtime, Weights, V};
