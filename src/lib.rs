@@ -15,6 +15,7 @@ pub mod lower;
 pub mod passes;
 pub mod runtime;
 pub mod spec;
+pub mod sweep;
 pub mod tasks;
 pub mod train;
 pub mod util;

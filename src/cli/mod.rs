@@ -1,6 +1,7 @@
 //! The `kiln` command line.
 
 mod run;
+mod sweep;
 
 use crate::diag::{self, render_json, render_text, Code, Diagnostic, SourceMap};
 use crate::spec::{self, schema, Document};
@@ -151,6 +152,30 @@ enum Command {
     /// Inspect or make data files (uint16 streams).
     #[command(subcommand)]
     Data(DataCommand),
+    /// Run a recipe's sweep: every trial validated first, then run as `kiln train`
+    /// processes (`--jobs` at a time) into one directory with an append-only results store.
+    /// Running it again skips finished trials and resumes unfinished ones from their
+    /// checkpoints.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  kiln sweep plan recipes/sweep-anbn.yaml\n  kiln sweep recipes/sweep-anbn.yaml --jobs 2 --out sweeps/anbn\n  kiln sweep report sweeps/anbn --format csv"
+    )]
+    Sweep {
+        #[command(subcommand)]
+        cmd: Option<SweepCommand>,
+        /// The recipe with a `sweep` section.
+        #[arg(value_name = "RECIPE")]
+        recipe: Option<PathBuf>,
+        /// Override a value of every trial (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Sweep directory (default: sweeps/<recipe name>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Trials run at once (each a process; 1 per core is a good start).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  kiln completions bash > ~/.local/share/bash-completion/completions/kiln"
@@ -201,6 +226,42 @@ enum DataCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `kiln sweep ...`.
+#[derive(Debug, Subcommand)]
+enum SweepCommand {
+    /// List the trials with their stable indices, after validating every one.
+    Plan {
+        /// The recipe.
+        recipe: PathBuf,
+        /// Override a value of every trial (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+    },
+    /// Summarise a sweep directory: mean ± std over seeds per point, reference levels beside
+    /// the metrics, and the best point.
+    Report {
+        /// The sweep directory.
+        dir: PathBuf,
+        /// Table format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+        format: ReportFormat,
+        /// The metric that picks the best point (default: best_val_loss).
+        #[arg(long)]
+        metric: Option<String>,
+    },
+}
+
+/// Report table format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// A Markdown table.
+    Markdown,
+    /// Comma-separated values.
+    Csv,
+    /// JSON rows.
+    Json,
 }
 
 /// Compute device.
@@ -285,6 +346,34 @@ pub fn main() -> i32 {
             seed,
             out,
         }) => crate::cli::run::generate_data_cmd(kind, values, seed, &out),
+        Command::Sweep {
+            cmd: Some(SweepCommand::Plan { recipe, set }),
+            ..
+        } => crate::cli::sweep::plan_cmd(&recipe, &set).map_or_else(|c| c, |_| 0),
+        Command::Sweep {
+            cmd:
+                Some(SweepCommand::Report {
+                    dir,
+                    format,
+                    metric,
+                }),
+            ..
+        } => crate::cli::sweep::report_cmd(&dir, format, metric.as_deref()),
+        Command::Sweep {
+            cmd: None,
+            recipe,
+            set,
+            out,
+            jobs,
+        } => match recipe {
+            Some(r) => crate::cli::sweep::run_cmd(&r, &set, out, jobs),
+            None => {
+                eprintln!(
+                    "error: give a recipe (`kiln sweep RECIPE`) or a subcommand (plan, report)"
+                );
+                2
+            }
+        },
         Command::Schema { out, check } => schema_cmd(out.as_deref(), check.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());

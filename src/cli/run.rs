@@ -102,6 +102,9 @@ pub fn train_cmd(
         dir
     };
     let name = doc.spec.name.clone().unwrap_or_else(|| "recipe".into());
+    if doc.spec.sweep.is_some() {
+        eprintln!("kiln: this recipe has a `sweep` section; `kiln train` trains the recipe as written, `kiln sweep` runs the trials");
+    }
     eprintln!(
         "kiln: training `{name}` ({}, {} parameters) in {}",
         graph.name,

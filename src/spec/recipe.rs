@@ -39,6 +39,52 @@ pub struct RecipeSpec {
     /// next token. kiln rejects such models unless this is `true`.
     #[serde(default)]
     pub allow_noncausal: bool,
+    /// Trials that vary this recipe, run by `kiln sweep` (`kiln train` trains the recipe as
+    /// written).
+    #[serde(default)]
+    pub sweep: Option<Sweep>,
+}
+
+/// A sweep: every combination of the `grid` values, times the `zip` rows, times the `seeds`.
+/// Keys are dotted paths as in `--set` (`train.optimizer.lr`, `model.vars.depth`, `model`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// Cartesian product: each key takes each of its values with every value of the others.
+    #[serde(default)]
+    pub grid: std::collections::BTreeMap<String, Vec<SweepValue>>,
+    /// Values that vary together: the i-th trial row takes the i-th value of every key (all
+    /// lists of one length).
+    #[serde(default)]
+    pub zip: std::collections::BTreeMap<String, Vec<SweepValue>>,
+    /// Seeds (`train.seed`) replicating every point; leave it out for the recipe's seed.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+}
+
+/// One value of a swept key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SweepValue {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A number.
+    Float(f64),
+    /// A string (e.g. a model file path, an enum value).
+    Str(String),
+}
+
+impl std::fmt::Display for SweepValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SweepValue::Bool(b) => write!(f, "{b}"),
+            SweepValue::Int(i) => write!(f, "{i}"),
+            SweepValue::Float(x) => write!(f, "{x:?}"),
+            SweepValue::Str(s) => write!(f, "{s}"),
+        }
+    }
 }
 
 /// A model file path or an inline model.

@@ -1,0 +1,416 @@
+//! Sweeps: trials expanded from a recipe's `sweep` section, run as `kiln train` processes,
+//! recorded in an append-only store, resumed after an interruption, and reported with mean ±
+//! std over seeds.
+//!
+//! The trial index is the contract: the same recipe always expands to the same trials in the
+//! same order (grid keys sorted, the last varying fastest; then zip rows; then seeds).
+
+use crate::spec::recipe::Sweep;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One trial: the overrides that make it from the recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// Stable index.
+    pub index: usize,
+    /// `key=value` overrides (as `--set`), seed last.
+    pub sets: Vec<String>,
+    /// The point: the overrides without the seed (trials of one point differ by seed only).
+    pub point: String,
+    /// The seed, when the sweep lists seeds.
+    pub seed: Option<u64>,
+}
+
+/// Expand a sweep into its trials.
+pub fn plan(s: &Sweep) -> Result<Vec<Trial>, String> {
+    let zip_len = s.zip.values().map(Vec::len).next().unwrap_or(1);
+    if let Some((k, v)) = s.zip.iter().find(|(_, v)| v.len() != zip_len) {
+        return Err(format!(
+            "`sweep.zip` lists must have one length: `{k}` has {} values, the first list {zip_len}",
+            v.len()
+        ));
+    }
+    if let Some((k, _)) = s.grid.iter().chain(&s.zip).find(|(_, v)| v.is_empty()) {
+        return Err(format!("`sweep` key `{k}` has no values"));
+    }
+    // Grid points: mixed-radix counting, last key fastest.
+    let keys: Vec<(&String, &Vec<_>)> = s.grid.iter().collect();
+    let n_grid: usize = keys.iter().map(|(_, v)| v.len()).product();
+    let mut points: Vec<Vec<String>> = Vec::new();
+    for g in 0..n_grid {
+        let mut rest = g;
+        let mut sets = vec![String::new(); keys.len()];
+        for (i, (k, v)) in keys.iter().enumerate().rev() {
+            sets[i] = format!("{k}={}", v[rest % v.len()]);
+            rest /= v.len();
+        }
+        for z in 0..zip_len {
+            let mut p = sets.clone();
+            p.extend(s.zip.iter().map(|(k, v)| format!("{k}={}", v[z])));
+            points.push(p);
+        }
+    }
+    let seeds: Vec<Option<u64>> = if s.seeds.is_empty() {
+        vec![None]
+    } else {
+        s.seeds.iter().copied().map(Some).collect()
+    };
+    let mut trials = Vec::new();
+    for p in points {
+        for &seed in &seeds {
+            let mut sets = p.clone();
+            if let Some(x) = seed {
+                sets.push(format!("train.seed={x}"));
+            }
+            trials.push(Trial {
+                index: trials.len(),
+                sets,
+                point: p.join(" "),
+                seed,
+            });
+        }
+    }
+    Ok(trials)
+}
+
+/// One line of `results.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// The trial.
+    pub trial: Trial,
+    /// `ok` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The run's summary.json.
+    pub summary: Option<serde_json::Value>,
+    /// Wall time of this attempt, seconds.
+    pub seconds: f64,
+}
+
+/// The records of a sweep directory (the last one of each trial wins).
+pub fn records(dir: &Path) -> Vec<Record> {
+    let Ok(text) = std::fs::read_to_string(dir.join("results.jsonl")) else {
+        return Vec::new();
+    };
+    let mut by_trial: std::collections::BTreeMap<usize, Record> = Default::default();
+    for line in text.lines() {
+        // A line cut by a crash mid-write is skipped; its trial runs again.
+        if let Ok(r) = serde_json::from_str::<Record>(line) {
+            by_trial.insert(r.trial.index, r);
+        }
+    }
+    by_trial.into_values().collect()
+}
+
+fn append(dir: &Path, r: &Record) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(r).expect("record serializes");
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("results.jsonl"))?;
+    // One write of the whole line on an O_APPEND file, then flushed to disk.
+    f.write_all(line.as_bytes())?;
+    f.sync_all()
+}
+
+/// The run directory of trial `i`.
+pub fn trial_dir(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("trial-{i:04}"))
+}
+
+/// Run the trials not yet recorded as `ok`, at most `jobs` at a time, as `kiln train`
+/// processes of `exe`; a trial with a checkpoint resumes from it. Returns (ok, failed).
+pub fn run(
+    exe: &Path,
+    recipe: &Path,
+    base_sets: &[String],
+    trials: &[Trial],
+    dir: &Path,
+    jobs: usize,
+) -> std::io::Result<(usize, usize)> {
+    std::fs::create_dir_all(dir)?;
+    let done: std::collections::HashSet<usize> = records(dir)
+        .into_iter()
+        .filter(|r| r.status == "ok")
+        .map(|r| r.trial.index)
+        .collect();
+    let todo: Vec<&Trial> = trials.iter().filter(|t| !done.contains(&t.index)).collect();
+    eprintln!(
+        "kiln sweep: {} trials, {} already done, running {} with {} job(s) in {}",
+        trials.len(),
+        done.len(),
+        todo.len(),
+        jobs,
+        dir.display()
+    );
+    let (mut ok, mut failed) = (0, 0);
+    let mut queue = todo.into_iter();
+    let mut running: Vec<(&Trial, std::process::Child, std::time::Instant)> = Vec::new();
+    let mut finished = done.len();
+    loop {
+        while running.len() < jobs.max(1) {
+            let Some(t) = queue.next() else { break };
+            let tdir = trial_dir(dir, t.index);
+            let mut cmd = std::process::Command::new(exe);
+            if tdir.join("checkpoint.safetensors").exists() {
+                cmd.args(["train", "--resume"]).arg(&tdir);
+            } else {
+                let _ = std::fs::remove_dir_all(&tdir);
+                cmd.arg("train").arg(recipe).arg("--out").arg(&tdir);
+                for s in base_sets.iter().chain(&t.sets) {
+                    cmd.arg("--set").arg(s);
+                }
+            }
+            let log = std::fs::File::create(dir.join(format!("trial-{:04}.log", t.index)))?;
+            cmd.stdout(log.try_clone()?).stderr(log);
+            running.push((t, cmd.spawn()?, std::time::Instant::now()));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(status) = running[i].1.try_wait()? {
+                let (t, _, started) = running.remove(i);
+                let tdir = trial_dir(dir, t.index);
+                let summary = std::fs::read_to_string(tdir.join("summary.json"))
+                    .ok()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+                let good = status.success() && summary.is_some();
+                let error = (!good).then(|| {
+                    let log =
+                        std::fs::read_to_string(dir.join(format!("trial-{:04}.log", t.index)))
+                            .unwrap_or_default();
+                    log.lines()
+                        .filter(|l| l.contains("error"))
+                        .last()
+                        .unwrap_or("the trial exited without a summary")
+                        .to_string()
+                });
+                append(
+                    dir,
+                    &Record {
+                        trial: t.clone(),
+                        status: if good { "ok" } else { "failed" }.into(),
+                        error: error.clone(),
+                        summary,
+                        seconds: started.elapsed().as_secs_f64(),
+                    },
+                )?;
+                finished += 1;
+                if good {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                eprintln!(
+                    "[{finished}/{}] trial {} ({}) {} in {:.1} s{}",
+                    trials.len(),
+                    t.index,
+                    t.sets.join(" "),
+                    if good { "done" } else { "FAILED" },
+                    started.elapsed().as_secs_f64(),
+                    error.map(|e| format!(": {e}")).unwrap_or_default()
+                );
+            } else {
+                i += 1;
+            }
+        }
+    }
+    Ok((ok, failed))
+}
+
+/// A metric of a summary: its name, the JSON pointer, and whether lower is better.
+pub struct Metric {
+    /// Column name.
+    pub name: &'static str,
+    /// JSON pointer into summary.json.
+    pub pointer: &'static str,
+    /// Lower is better.
+    pub lower: bool,
+    /// JSON pointer of its chance level or baseline, if any.
+    pub reference: Option<&'static str>,
+}
+
+/// The metrics reported for a task (`grammar` or `uint16`).
+pub fn metrics_of(task: &str) -> Vec<Metric> {
+    let mut m = vec![Metric {
+        name: "best_val_loss",
+        pointer: "/best_val_loss",
+        lower: true,
+        reference: None,
+    }];
+    match task {
+        "grammar" => m.extend([
+            Metric {
+                name: "id_grammatical",
+                pointer: "/metrics/id/grammatical",
+                lower: false,
+                reference: None,
+            },
+            Metric {
+                name: "ood_r1",
+                pointer: "/metrics/ood/rule1",
+                lower: false,
+                reference: Some("/metrics/chance_ood_r1"),
+            },
+            Metric {
+                name: "ood_r2_completion",
+                pointer: "/metrics/ood/rule2_completion",
+                lower: false,
+                reference: Some("/metrics/chance_ood_r2_completion"),
+            },
+        ]),
+        "uint16" => m.push(Metric {
+            name: "top1",
+            pointer: "/metrics/top/0/model",
+            lower: false,
+            reference: Some("/metrics/top/0/unigram"),
+        }),
+        _ => {}
+    }
+    m
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n.max(1.0);
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// One row of the report: a point with its metrics over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The point's overrides.
+    pub point: String,
+    /// Finished trials (seeds) of the point.
+    pub n: usize,
+    /// Failed trials of the point.
+    pub failed: usize,
+    /// Per metric: (mean, std, reference mean when the metric has one).
+    pub values: Vec<(String, f64, f64, Option<f64>)>,
+}
+
+/// Group the records by point (in trial order) and average each metric over seeds.
+pub fn report(recs: &[Record]) -> (Vec<Row>, Vec<Metric>) {
+    let task = recs
+        .iter()
+        .find_map(|r| r.summary.as_ref()?.pointer("/metrics/task")?.as_str())
+        .unwrap_or("")
+        .to_string();
+    let metrics = metrics_of(&task);
+    let mut order: Vec<String> = Vec::new();
+    for r in recs {
+        if !order.contains(&r.trial.point) {
+            order.push(r.trial.point.clone());
+        }
+    }
+    let rows = order
+        .into_iter()
+        .map(|p| {
+            let of: Vec<&Record> = recs.iter().filter(|r| r.trial.point == p).collect();
+            let good: Vec<&serde_json::Value> =
+                of.iter().filter_map(|r| r.summary.as_ref()).collect();
+            let values = metrics
+                .iter()
+                .map(|m| {
+                    let xs: Vec<f64> = good
+                        .iter()
+                        .filter_map(|s| s.pointer(m.pointer)?.as_f64())
+                        .collect();
+                    let refs: Vec<f64> = m
+                        .reference
+                        .map(|rp| {
+                            good.iter()
+                                .filter_map(|s| s.pointer(rp)?.as_f64())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let (mean, std) = mean_std(&xs);
+                    let reference = (!refs.is_empty()).then(|| mean_std(&refs).0);
+                    (m.name.to_string(), mean, std, reference)
+                })
+                .collect();
+            Row {
+                point: if p.is_empty() { "(recipe)".into() } else { p },
+                n: good.len(),
+                failed: of.len() - good.len(),
+                values,
+            }
+        })
+        .collect();
+    (rows, metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::recipe::SweepValue as V;
+
+    #[test]
+    fn grid_zip_and_seeds_expand_in_a_stable_order() {
+        let s = Sweep {
+            grid: [
+                ("b".to_string(), vec![V::Int(1), V::Int(2)]),
+                (
+                    "a".to_string(),
+                    vec![V::Str("x".into()), V::Str("y".into())],
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            zip: [
+                ("z1".to_string(), vec![V::Float(0.5), V::Float(1.5)]),
+                ("z2".to_string(), vec![V::Bool(true), V::Bool(false)]),
+            ]
+            .into_iter()
+            .collect(),
+            seeds: vec![7, 8],
+        };
+        let t = plan(&s).unwrap();
+        assert_eq!(t.len(), 2 * 2 * 2 * 2);
+        assert_eq!(
+            t[0].sets,
+            ["a=x", "b=1", "z1=0.5", "z2=true", "train.seed=7"]
+        );
+        assert_eq!(
+            t[1].sets,
+            ["a=x", "b=1", "z1=0.5", "z2=true", "train.seed=8"]
+        );
+        assert_eq!(t[2].sets[2..4], ["z1=1.5", "z2=false"]);
+        assert_eq!(t[4].sets[..2], ["a=x", "b=2"]);
+        assert_eq!(t[8].sets[..2], ["a=y", "b=1"]);
+        assert!(t.iter().enumerate().all(|(i, x)| x.index == i));
+        assert_eq!(t[0].point, t[1].point);
+        assert_eq!(plan(&s).unwrap(), t, "deterministic");
+        let bad = Sweep {
+            zip: [
+                ("p".to_string(), vec![V::Int(1)]),
+                ("q".to_string(), vec![V::Int(1), V::Int(2)]),
+            ]
+            .into_iter()
+            .collect(),
+            ..s
+        };
+        assert!(plan(&bad).unwrap_err().contains("one length"));
+    }
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(m, 2.5);
+        assert!((s - 1.290_994_448_735_805_6).abs() < 1e-12);
+        assert_eq!(mean_std(&[3.0]), (3.0, 0.0));
+    }
+}

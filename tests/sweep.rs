@@ -1,0 +1,145 @@
+//! Sweeps through the CLI: a stable plan, fail-fast validation of every trial, parallel
+//! running into an append-only store, resuming without redoing finished trials, reports.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-sweep-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+const SMALL: &[&str] = &[
+    "--set",
+    "train.steps=12",
+    "--set",
+    "train.eval_every=6",
+    "--set",
+    "train.schedule={type: constant}",
+    "--set",
+    "task.max_length=12",
+    "--set",
+    "model.vars.depth=1",
+];
+
+#[test]
+fn plan_is_stable_and_lists_every_trial() {
+    let out = kiln()
+        .args(["sweep", "plan", "recipes/sweep-anbn.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("sweep-anbn: 4 trial(s)"), "{text}");
+    assert!(text.contains("    0  model=../models/transformer-modern.yaml train.seed=0"));
+    assert!(text.contains("    3  model=../models/lstm.yaml train.seed=1"));
+}
+
+#[test]
+fn one_bad_point_fails_before_anything_runs() {
+    let d = tmp("bad");
+    let out = kiln()
+        .args(["sweep", "recipes/sweep-anbn.yaml", "--out"])
+        .arg(&d)
+        .args(["--set", "sweep.grid={train.optimizer.lr: [0.001, 50]}"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("K103"), "{err}");
+    assert!(err.contains("trial 2 (train.optimizer.lr=50"), "{err}");
+    assert!(!d.exists(), "nothing may run");
+}
+
+#[test]
+fn a_sweep_runs_in_parallel_resumes_and_reports() {
+    let d = tmp("run");
+    let run = || {
+        kiln()
+            .args(["sweep", "recipes/sweep-anbn.yaml", "--jobs", "2", "--out"])
+            .arg(&d)
+            .args(SMALL)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let store = std::fs::read_to_string(d.join("results.jsonl")).unwrap();
+    assert_eq!(store.lines().count(), 4);
+    assert!(store.lines().all(|l| l.contains("\"status\":\"ok\"")));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| model=../models/lstm.yaml | 2 |"),
+        "{table}"
+    );
+    assert!(table.contains(" ± "), "{table}");
+    assert!(err.contains("best by best_val_loss"), "{err}");
+
+    // Lose one trial's record (as if killed before it finished): only that trial runs again.
+    let kept: Vec<&str> = store
+        .lines()
+        .filter(|l| !l.contains("\"index\":2"))
+        .collect();
+    std::fs::write(d.join("results.jsonl"), kept.join("\n") + "\n").unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("4 trials, 3 already done, running 1"), "{err}");
+    let out = run();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running 0"));
+
+    for (format, want) in [
+        ("csv", "point,n,failed,best_val_loss_mean"),
+        ("json", "\"point\""),
+    ] {
+        let out = kiln()
+            .args(["sweep", "report"])
+            .arg(&d)
+            .args(["--format", format, "--metric", "ood_r1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(want));
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn a_failing_trial_is_recorded_and_the_others_finish() {
+    let d = tmp("fail");
+    // lr 10 with decay 10 on everything diverges: those trials fail, the others succeed.
+    let out = kiln()
+        .args(["sweep", "recipes/sweep-anbn.yaml", "--jobs", "2", "--out"])
+        .arg(&d)
+        .args(SMALL)
+        .args([
+            "--set",
+            "sweep={zip: {train.optimizer.lr: [0.003, 10], train.optimizer.weight_decay: [0.01, 10]}}",
+            "--set",
+            "train.optimizer.decay_all=true",
+            "--set",
+            "train.steps=60",
+            "--set",
+            "train.clip_grad_norm=1000",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let store = std::fs::read_to_string(d.join("results.jsonl")).unwrap();
+    assert_eq!(store.lines().count(), 2, "{store}");
+    assert!(store.contains("\"status\":\"ok\""), "{store}");
+    assert!(store.contains("\"status\":\"failed\""), "{store}");
+    assert!(store.contains("training loss became"), "{store}");
+    let _ = std::fs::remove_dir_all(d);
+}
