@@ -187,8 +187,8 @@ pub fn run(
                         std::fs::read_to_string(dir.join(format!("trial-{:04}.log", t.index)))
                             .unwrap_or_default();
                     log.lines()
-                        .filter(|l| l.contains("error"))
-                        .last()
+                        .rev()
+                        .find(|l| l.contains("error"))
                         .unwrap_or("the trial exited without a summary")
                         .to_string()
                 });
