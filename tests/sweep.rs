@@ -143,3 +143,91 @@ fn a_failing_trial_is_recorded_and_the_others_finish() {
     assert!(store.contains("training loss became"), "{store}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn cluster_jobs_match_their_golden_files() {
+    for (flag, file, extra) in [
+        ("--slurm", "sweep-anbn.slurm", &[][..]),
+        (
+            "--k8s",
+            "sweep-anbn.k8s.yaml",
+            &["--set", "train.steps=300"][..],
+        ),
+    ] {
+        let out = kiln()
+            .args([
+                "sweep",
+                "emit",
+                "recipes/sweep-anbn.yaml",
+                flag,
+                "--out",
+                "/shared/sweeps/anbn",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = std::path::Path::new("tests/golden/emit").join(file);
+        if std::env::var_os("KILN_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &out.stdout).unwrap();
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(&path).unwrap(),
+            "{file} changed; KILN_BLESS=1 cargo test --test sweep rewrites it"
+        );
+    }
+}
+
+#[test]
+fn one_trial_runs_from_the_scheduler_index() {
+    let d = tmp("one");
+    let out = kiln()
+        .args(["run", "recipes/sweep-anbn.yaml", "--out"])
+        .arg(&d)
+        .args(SMALL)
+        .env("SLURM_ARRAY_TASK_ID", "2")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = std::fs::read_to_string(d.join("results.jsonl")).unwrap();
+    assert_eq!(store.lines().count(), 1);
+    assert!(
+        store.contains("\"index\":2") && store.contains("lstm.yaml"),
+        "{store}"
+    );
+    let out = kiln()
+        .args(["run", "recipes/sweep-anbn.yaml", "--out"])
+        .arg(&d)
+        .args(SMALL)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env("JOB_COMPLETION_INDEX", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(d.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    let out = kiln()
+        .args(["run", "recipes/sweep-anbn.yaml", "--trial", "9", "--out"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("this sweep has 4 trials"));
+    let _ = std::fs::remove_dir_all(d);
+}

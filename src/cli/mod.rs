@@ -152,6 +152,27 @@ enum Command {
     /// Inspect or make data files (uint16 streams).
     #[command(subcommand)]
     Data(DataCommand),
+    /// Run one trial of a recipe's sweep into a shared sweep directory: the cluster contract.
+    ///
+    /// The trial index comes from `--trial`, else `SLURM_ARRAY_TASK_ID` (Slurm job arrays),
+    /// else `JOB_COMPLETION_INDEX` (Kubernetes Indexed Jobs). A trial already recorded as
+    /// finished is skipped; one with a checkpoint resumes.
+    #[command(
+        after_help = "Examples:\n  kiln run recipes/sweep-anbn.yaml --trial 3 --out sweeps/anbn\n  SLURM_ARRAY_TASK_ID=3 kiln run recipes/sweep-anbn.yaml --out /shared/sweeps/anbn"
+    )]
+    Run {
+        /// The recipe with a `sweep` section.
+        recipe: PathBuf,
+        /// The trial index (see `kiln sweep plan`).
+        #[arg(long)]
+        trial: Option<usize>,
+        /// Override a value of every trial (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// The sweep directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Run a recipe's sweep: every trial validated first, then run as `kiln train`
     /// processes (`--jobs` at a time) into one directory with an append-only results store.
     /// Running it again skips finished trials and resumes unfinished ones from their
@@ -238,6 +259,40 @@ enum SweepCommand {
         /// Override a value of every trial (repeatable).
         #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
         set: Vec<String>,
+    },
+    /// Print a cluster job that runs every trial as `kiln run RECIPE --out DIR`: a Slurm job
+    /// array (`--slurm`) or a Kubernetes Indexed Job (`--k8s`), each task taking its trial
+    /// index from the scheduler.
+    #[command(
+        after_help = "Examples:\n  kiln sweep emit recipes/sweep-anbn.yaml --slurm --out /shared/sweeps/anbn > sweep.sbatch\n  kiln sweep emit recipes/sweep-anbn.yaml --k8s --out /results/anbn --image registry/kiln:0.1 > job.yaml"
+    )]
+    Emit {
+        /// The recipe.
+        recipe: PathBuf,
+        /// Override a value of every trial (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// A Slurm job-array script.
+        #[arg(long, conflicts_with = "k8s", required_unless_present = "k8s")]
+        slurm: bool,
+        /// A Kubernetes Indexed Job manifest.
+        #[arg(long)]
+        k8s: bool,
+        /// The shared results directory every task writes into (read by `kiln sweep report`).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Container image with kiln (Kubernetes).
+        #[arg(long, default_value = "kiln:latest")]
+        image: String,
+        /// PersistentVolumeClaim mounted at the results directory (Kubernetes).
+        #[arg(long, default_value = "kiln-results")]
+        pvc: String,
+        /// Tasks running at once (Kubernetes parallelism, Slurm array throttle).
+        #[arg(long, default_value_t = 4)]
+        parallelism: usize,
+        /// CPU cores per task.
+        #[arg(long, default_value_t = 2)]
+        cpus: usize,
     },
     /// Summarise a sweep directory: mean ± std over seeds per point, reference levels beside
     /// the metrics, and the best point.
@@ -350,6 +405,38 @@ pub fn main() -> i32 {
             cmd: Some(SweepCommand::Plan { recipe, set }),
             ..
         } => crate::cli::sweep::plan_cmd(&recipe, &set).map_or_else(|c| c, |_| 0),
+        Command::Run {
+            recipe,
+            trial,
+            set,
+            out,
+        } => crate::cli::sweep::run_one_cmd(&recipe, trial, &set, &out),
+        Command::Sweep {
+            cmd:
+                Some(SweepCommand::Emit {
+                    recipe,
+                    set,
+                    slurm,
+                    k8s: _,
+                    out,
+                    image,
+                    pvc,
+                    parallelism,
+                    cpus,
+                }),
+            ..
+        } => crate::cli::sweep::emit_cmd(
+            &recipe,
+            &set,
+            slurm,
+            &crate::cli::sweep::EmitOptions {
+                out,
+                image,
+                pvc,
+                parallelism,
+                cpus,
+            },
+        ),
         Command::Sweep {
             cmd:
                 Some(SweepCommand::Report {

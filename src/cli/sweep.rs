@@ -182,3 +182,154 @@ pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>) -> i32
     }
     0
 }
+
+pub fn run_one_cmd(recipe: &Path, trial: Option<usize>, set: &[String], out: &Path) -> i32 {
+    let from_env = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    let Some(index) = trial
+        .or_else(|| from_env("SLURM_ARRAY_TASK_ID"))
+        .or_else(|| from_env("JOB_COMPLETION_INDEX"))
+    else {
+        eprintln!("error: no trial index: give --trial I, or run under a Slurm array (SLURM_ARRAY_TASK_ID) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX)");
+        return 2;
+    };
+    let (_, trials) = match checked_trials(recipe, set) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let Some(t) = trials.get(index) else {
+        eprintln!(
+            "error: trial {index} does not exist: this sweep has {} trials (0..{})",
+            trials.len(),
+            trials.len().saturating_sub(1)
+        );
+        return 2;
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find the kiln executable: {e}");
+            return 2;
+        }
+    };
+    match sweep::run(&exe, recipe, set, std::slice::from_ref(t), out, 1) {
+        Ok((_, failed)) => i32::from(failed > 0),
+        Err(e) => {
+            eprintln!("error: sweep directory `{}`: {e}", out.display());
+            2
+        }
+    }
+}
+
+/// Settings of `kiln sweep emit`.
+pub struct EmitOptions {
+    /// Shared results directory.
+    pub out: PathBuf,
+    /// Container image.
+    pub image: String,
+    /// PersistentVolumeClaim.
+    pub pvc: String,
+    /// Tasks at once.
+    pub parallelism: usize,
+    /// Cores per task.
+    pub cpus: usize,
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+pub fn emit_cmd(recipe: &Path, set: &[String], slurm: bool, o: &EmitOptions) -> i32 {
+    let (name, trials) = match checked_trials(recipe, set) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let n = trials.len();
+    let job = format!(
+        "kiln-{}",
+        name.to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    );
+    let mut args = vec![
+        "kiln".to_string(),
+        "run".into(),
+        recipe.display().to_string(),
+        "--out".into(),
+        o.out.display().to_string(),
+    ];
+    for s in set {
+        args.push("--set".into());
+        args.push(s.clone());
+    }
+    if slurm {
+        let cmd: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        print!(
+            "#!/bin/bash\n\
+             # {n} trials of `{recipe}`; each array task runs the trial SLURM_ARRAY_TASK_ID.\n\
+             # Results: {out}/results.jsonl; summarise with `kiln sweep report {out}`.\n\
+             # Create {out} before `sbatch` (Slurm opens the log files before the script runs).\n\
+             #SBATCH --job-name={job}\n\
+             #SBATCH --array=0-{last}%{par}\n\
+             #SBATCH --cpus-per-task={cpus}\n\
+             #SBATCH --output={out}/slurm-%A_%a.log\n\
+             set -euo pipefail\n\
+             mkdir -p {out}\n\
+             {cmd}\n",
+            recipe = recipe.display(),
+            out = o.out.display(),
+            last = n - 1,
+            par = o.parallelism,
+            cpus = o.cpus,
+            cmd = cmd.join(" "),
+        );
+    } else {
+        let cmd: Vec<String> = args
+            .iter()
+            .map(|a| serde_json::to_string(a).expect("string"))
+            .collect();
+        print!(
+            "# {n} trials of `{recipe}`; pod i runs trial JOB_COMPLETION_INDEX = i.\n\
+             # Results: {out}/results.jsonl on the claim `{pvc}`; summarise with `kiln sweep report {out}`.\n\
+             apiVersion: batch/v1\n\
+             kind: Job\n\
+             metadata:\n\
+             \x20 name: {job}\n\
+             spec:\n\
+             \x20 completionMode: Indexed\n\
+             \x20 completions: {n}\n\
+             \x20 parallelism: {par}\n\
+             \x20 backoffLimitPerIndex: 2\n\
+             \x20 template:\n\
+             \x20   spec:\n\
+             \x20     restartPolicy: Never\n\
+             \x20     containers:\n\
+             \x20       - name: trial\n\
+             \x20         image: {image}\n\
+             \x20         command: [{cmd}]\n\
+             \x20         resources:\n\
+             \x20           requests: {{cpu: \"{cpus}\"}}\n\
+             \x20         volumeMounts:\n\
+             \x20           - {{name: results, mountPath: {out}}}\n\
+             \x20     volumes:\n\
+             \x20       - name: results\n\
+             \x20         persistentVolumeClaim: {{claimName: {pvc}}}\n",
+            recipe = recipe.display(),
+            out = o.out.display(),
+            pvc = o.pvc,
+            image = o.image,
+            par = o.parallelism,
+            cpus = o.cpus,
+            cmd = cmd.join(", "),
+        );
+    }
+    0
+}
