@@ -57,9 +57,59 @@ pub struct Sweep {
     /// lists of one length).
     #[serde(default)]
     pub zip: std::collections::BTreeMap<String, Vec<SweepValue>>,
+    /// Random search: `count` draws of the listed keys, each combined with every grid × zip
+    /// point.
+    #[serde(default)]
+    pub random: Option<RandomSearch>,
     /// Seeds (`train.seed`) replicating every point; leave it out for the recipe's seed.
     #[serde(default)]
     pub seeds: Vec<u64>,
+}
+
+/// Random search over distributions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RandomSearch {
+    /// Number of draws.
+    #[schemars(range(min = 1, max = 100000))]
+    pub count: u32,
+    /// Seed of the draws (draw k is the same whatever the other settings).
+    #[serde(default)]
+    pub seed: u64,
+    /// The distribution of each key.
+    pub params: std::collections::BTreeMap<String, Distribution>,
+}
+
+/// A distribution of random search. `type` selects which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Distribution {
+    /// Uniform on [low, high).
+    Uniform {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound.
+        high: f64,
+    },
+    /// Log-uniform on [low, high) (both > 0), e.g. learning rates.
+    LogUniform {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound.
+        high: f64,
+    },
+    /// A uniform integer in [low, high].
+    Int {
+        /// Lower bound.
+        low: i64,
+        /// Upper bound (included).
+        high: i64,
+    },
+    /// One of the values, uniformly.
+    Choice {
+        /// The values.
+        values: Vec<SweepValue>,
+    },
 }
 
 /// One value of a swept key.

@@ -52,6 +52,19 @@ pub fn plan(s: &Sweep) -> Result<Vec<Trial>, String> {
             points.push(p);
         }
     }
+    if let Some(r) = &s.random {
+        let draws = random_draws(r)?;
+        points = points
+            .into_iter()
+            .flat_map(|p| {
+                draws.iter().map(move |d| {
+                    let mut q = p.clone();
+                    q.extend(d.iter().cloned());
+                    q
+                })
+            })
+            .collect();
+    }
     let seeds: Vec<Option<u64>> = if s.seeds.is_empty() {
         vec![None]
     } else {
@@ -73,6 +86,53 @@ pub fn plan(s: &Sweep) -> Result<Vec<Trial>, String> {
         }
     }
     Ok(trials)
+}
+
+/// The `count` draws of a random search, each a list of `key=value` overrides.
+fn random_draws(r: &crate::spec::recipe::RandomSearch) -> Result<Vec<Vec<String>>, String> {
+    use crate::spec::recipe::Distribution as D;
+    for (k, d) in &r.params {
+        let bad = match d {
+            D::Uniform { low, high } => (low >= high).then(|| "needs low < high".to_string()),
+            D::LogUniform { low, high } => {
+                (*low <= 0.0 || low >= high).then(|| "needs 0 < low < high".to_string())
+            }
+            D::Int { low, high } => (low > high).then(|| "needs low ≤ high".to_string()),
+            D::Choice { values } => values.is_empty().then(|| "has no values".to_string()),
+        };
+        if let Some(why) = bad {
+            return Err(format!("`sweep.random.params.{k}` {why}"));
+        }
+    }
+    Ok((0..u64::from(r.count))
+        .map(|k| {
+            let mut rng = crate::util::Rng::new(r.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            r.params
+                .iter()
+                .map(|(key, d)| {
+                    let v = match d {
+                        D::Uniform { low, high } => {
+                            format!("{:?}", low + (high - low) * rng.uniform())
+                        }
+                        D::LogUniform { low, high } => {
+                            format!(
+                                "{:?}",
+                                (low.ln() + (high.ln() - low.ln()) * rng.uniform()).exp()
+                            )
+                        }
+                        D::Int { low, high } => {
+                            let span = (high - low) as u64 + 1;
+                            (low + (rng.next_u64() % span) as i64).to_string()
+                        }
+                        D::Choice { values } => {
+                            values[(rng.next_u64() % values.len() as u64) as usize].to_string()
+                        }
+                    };
+                    format!("{key}={v}")
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// One line of `results.jsonl`.
@@ -376,6 +436,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            random: None,
             seeds: vec![7, 8],
         };
         let t = plan(&s).unwrap();
@@ -404,6 +465,70 @@ mod tests {
             ..s
         };
         assert!(plan(&bad).unwrap_err().contains("one length"));
+    }
+
+    #[test]
+    fn random_draws_stay_in_range_and_are_reproducible() {
+        use crate::spec::recipe::{Distribution as D, RandomSearch};
+        let s = Sweep {
+            grid: [("g".to_string(), vec![V::Int(1), V::Int(2)])]
+                .into_iter()
+                .collect(),
+            zip: Default::default(),
+            random: Some(RandomSearch {
+                count: 50,
+                seed: 3,
+                params: [
+                    (
+                        "lr".to_string(),
+                        D::LogUniform {
+                            low: 1e-4,
+                            high: 1e-2,
+                        },
+                    ),
+                    ("d".to_string(), D::Int { low: 2, high: 4 }),
+                    (
+                        "m".to_string(),
+                        D::Choice {
+                            values: vec![V::Str("a".into()), V::Str("b".into())],
+                        },
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+            seeds: vec![],
+        };
+        let t = plan(&s).unwrap();
+        assert_eq!(t.len(), 2 * 50);
+        assert_eq!(plan(&s).unwrap(), t);
+        // Draw k is the same under every grid point.
+        assert_eq!(t[0].sets[1..], t[50].sets[1..]);
+        let val = |x: &Trial, k: &str| {
+            x.sets
+                .iter()
+                .find_map(|s| s.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .to_string()
+        };
+        let mut ds = std::collections::BTreeSet::new();
+        for x in &t {
+            let lr: f64 = val(x, "lr").parse().unwrap();
+            assert!((1e-4..1e-2).contains(&lr));
+            let d: i64 = val(x, "d").parse().unwrap();
+            ds.insert(d);
+            assert!(["a", "b"].contains(&val(x, "m").as_str()));
+        }
+        assert_eq!(ds.into_iter().collect::<Vec<_>>(), vec![2, 3, 4]);
+        let mut bad = s.clone();
+        bad.random.as_mut().unwrap().params.insert(
+            "x".into(),
+            D::LogUniform {
+                low: 0.0,
+                high: 1.0,
+            },
+        );
+        assert!(plan(&bad).unwrap_err().contains("0 < low < high"));
     }
 
     #[test]
