@@ -101,6 +101,8 @@ pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>) -> i32
             for m in &metrics {
                 head.push(format!("{}_mean", m.name));
                 head.push(format!("{}_std", m.name));
+                head.push(format!("{}_ci95_low", m.name));
+                head.push(format!("{}_ci95_high", m.name));
                 if m.reference.is_some() {
                     head.push(format!("{}_reference", m.name));
                 }
@@ -112,10 +114,15 @@ pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>) -> i32
                     r.n.to_string(),
                     r.failed.to_string(),
                 ];
-                for (_, mean, std, reference) in &r.values {
-                    cells.push(format!("{mean}"));
-                    cells.push(format!("{std}"));
-                    if let Some(x) = reference {
+                for v in &r.values {
+                    cells.push(format!("{}", v.mean));
+                    cells.push(format!("{}", v.std));
+                    let (lo, hi) = v.ci95.map_or((String::new(), String::new()), |c| {
+                        (c.0.to_string(), c.1.to_string())
+                    });
+                    cells.push(lo);
+                    cells.push(hi);
+                    if let Some(x) = v.reference {
                         cells.push(format!("{x}"));
                     }
                 }
@@ -142,9 +149,9 @@ pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>) -> i32
                         r.n.to_string()
                     },
                 ];
-                for (_, mean, std, reference) in &r.values {
-                    let mut c = format!("{mean:.4} ± {std:.4}");
-                    if let Some(x) = reference {
+                for v in &r.values {
+                    let mut c = format!("{:.4} ± {:.4}", v.mean, v.std);
+                    if let Some(x) = v.reference {
                         c.push_str(&format!(" ({x:.4})"));
                     }
                     cells.push(c);
@@ -157,7 +164,7 @@ pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>) -> i32
     let m = &metrics[mi];
     let mut scored: Vec<&sweep::Row> = rows.iter().filter(|r| r.n > 0).collect();
     scored.sort_by(|a, b| {
-        let (x, y) = (a.values[mi].1, b.values[mi].1);
+        let (x, y) = (a.values[mi].mean, b.values[mi].mean);
         if m.lower {
             x.total_cmp(&y)
         } else {
@@ -165,17 +172,28 @@ pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>) -> i32
         }
     });
     if let Some(best) = scored.first() {
-        let (_, mean, std, _) = &best.values[mi];
+        let b = &best.values[mi];
+        let ci = b
+            .ci95
+            .map(|c| format!(", 95% CI [{:.4}, {:.4}]", c.0, c.1))
+            .unwrap_or_default();
         eprintln!(
-            "best by {pick}: {} ({mean:.4} ± {std:.4}, n = {})",
-            best.point, best.n
+            "best by {pick}: {} ({:.4} ± {:.4}{ci}, n = {})",
+            best.point, b.mean, b.std, best.n
         );
-        if let Some(next) = scored.get(1) {
-            let (_, m2, s2, _) = &next.values[mi];
-            if (mean - m2).abs() <= std + s2 {
+        for other in &scored[1..] {
+            let o = &other.values[mi];
+            if b.overlaps(o) {
                 eprintln!(
-                    "  not clearly better than {} ({m2:.4} ± {s2:.4}): the ±1 std ranges overlap",
-                    next.point
+                    "  not significantly different from {} ({:.4} ± {:.4}): {} overlap",
+                    other.point,
+                    o.mean,
+                    o.std,
+                    if b.ci95.is_some() && o.ci95.is_some() {
+                        "the 95% intervals"
+                    } else {
+                        "the ±1 std ranges (fewer than 2 seeds)"
+                    }
                 );
             }
         }

@@ -349,6 +349,43 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// A metric of one point over its seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    /// Metric name.
+    pub name: String,
+    /// Mean over seeds.
+    pub mean: f64,
+    /// Sample standard deviation.
+    pub std: f64,
+    /// 95 % confidence interval of the mean (Student t with n − 1 degrees of freedom);
+    /// `None` with fewer than two seeds.
+    pub ci95: Option<(f64, f64)>,
+    /// The metric's reference level (chance or baseline), when it has one.
+    pub reference: Option<f64>,
+}
+
+/// The 0.975 quantile of Student's t with `df` degrees of freedom.
+pub fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    T.get(df.wrapping_sub(1)).copied().unwrap_or(1.96)
+}
+
+impl Stat {
+    /// Whether two points' intervals overlap (no significant difference at about 5 %; a
+    /// conservative test). Without intervals, the ±1 std ranges are compared.
+    pub fn overlaps(&self, other: &Stat) -> bool {
+        match (self.ci95, other.ci95) {
+            (Some(a), Some(b)) => a.0 <= b.1 && b.0 <= a.1,
+            _ => (self.mean - other.mean).abs() <= self.std + other.std,
+        }
+    }
+}
+
 /// One row of the report: a point with its metrics over seeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -358,8 +395,8 @@ pub struct Row {
     pub n: usize,
     /// Failed trials of the point.
     pub failed: usize,
-    /// Per metric: (mean, std, reference mean when the metric has one).
-    pub values: Vec<(String, f64, f64, Option<f64>)>,
+    /// Per metric.
+    pub values: Vec<Stat>,
 }
 
 /// Group the records by point (in trial order) and average each metric over seeds.
@@ -399,7 +436,17 @@ pub fn report(recs: &[Record]) -> (Vec<Row>, Vec<Metric>) {
                         .unwrap_or_default();
                     let (mean, std) = mean_std(&xs);
                     let reference = (!refs.is_empty()).then(|| mean_std(&refs).0);
-                    (m.name.to_string(), mean, std, reference)
+                    let ci95 = (xs.len() >= 2).then(|| {
+                        let h = t975(xs.len() - 1) * std / (xs.len() as f64).sqrt();
+                        (mean - h, mean + h)
+                    });
+                    Stat {
+                        name: m.name.to_string(),
+                        mean,
+                        std,
+                        ci95,
+                        reference,
+                    }
                 })
                 .collect();
             Row {
@@ -537,5 +584,16 @@ mod tests {
         assert_eq!(m, 2.5);
         assert!((s - 1.290_994_448_735_805_6).abs() < 1e-12);
         assert_eq!(mean_std(&[3.0]), (3.0, 0.0));
+        assert_eq!(t975(1), 12.706);
+        assert_eq!(t975(200), 1.96);
+        let st = |mean, h| Stat {
+            name: String::new(),
+            mean,
+            std: 0.0,
+            ci95: Some((mean - h, mean + h)),
+            reference: None,
+        };
+        assert!(st(1.0, 0.5).overlaps(&st(1.8, 0.4)));
+        assert!(!st(1.0, 0.3).overlaps(&st(1.8, 0.4)));
     }
 }
