@@ -108,11 +108,6 @@ impl Stream {
         bytemuck::cast_slice(&self.map[..])
     }
 
-    /// Value `i`.
-    pub fn get(&self, i: usize) -> u16 {
-        self.values()[i]
-    }
-
     /// Values `range` as token ids.
     pub fn ids(&self, range: Range<usize>) -> Vec<i64> {
         self.values()[range].iter().map(|&v| i64::from(v)).collect()
@@ -195,8 +190,14 @@ pub struct Scan {
 pub fn scan(stream: &Stream, train: &Range<usize>) -> Scan {
     let values = stream.values();
     let hist = histogram(&values[train.clone()]);
-    let max = values.iter().copied().max().unwrap_or(0);
-    let argmax = values.iter().position(|&v| v == max).unwrap_or(0);
+    // One pass for the largest value and its first index.
+    let (mut max, mut argmax) = (0u16, 0usize);
+    for (i, &v) in values.iter().enumerate() {
+        if v > max {
+            max = v;
+            argmax = i;
+        }
+    }
     Scan {
         max,
         argmax,

@@ -230,12 +230,12 @@ pub enum Data {
 impl Data {
     /// The data of the recipe's task.
     pub fn new(task: &Task, seed: u64) -> Result<Self, TrainError> {
-        if let Some(g) = GrammarData::new(task, seed) {
-            return Ok(Data::Grammar(g));
-        }
-        Ok(Data::Stream(StreamData::open(task)?.ok_or_else(|| {
-            TrainError::Unsupported("unknown task".into())
-        })?))
+        Ok(match task {
+            Task::Grammar { .. } => {
+                Data::Grammar(GrammarData::new(task, seed).expect("a grammar task"))
+            }
+            Task::Uint16 { .. } => Data::Stream(StreamData::open(task)?.expect("a uint16 task")),
+        })
     }
 
     /// Batches per epoch at batch size `bs`: a pass over the training words, or over the

@@ -12,7 +12,6 @@ pub use data::{Data, GrammarData, GrammarReport, StreamData, TaskReport};
 use crate::ir::Graph;
 use crate::runtime::{from_safetensors, tokens_tensor, Runtime, Weights, V};
 use crate::spec::recipe::{Optimizer, RecipeSpec};
-use crate::tasks::grammar;
 use crate::util::Rng;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -70,36 +69,6 @@ impl AutodiffIf for Tensor<2, Int> {
             self
         }
     }
-}
-
-/// The most probable next token after each of `seqs` (all of one length).
-pub fn next_tokens(rt: &Runtime, seqs: &[Vec<i64>]) -> Vec<i64> {
-    let toks = tokens_tensor(seqs, &rt.device);
-    let logits = rt.forward(toks, false);
-    let [b, s, v] = logits.dims();
-    let last = logits.narrow(1, s - 1, 1).reshape([b, v]);
-    last.argmax(1)
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .expect("ids")
-}
-
-/// Greedy completion of prompts of equal length up to `total_len` tokens (prompt included);
-/// stops early once every sequence holds an EOS (the metrics ignore what follows it).
-pub fn greedy(rt: &Runtime, prompts: &[Vec<i64>], total_len: usize) -> Vec<Vec<i64>> {
-    let mut seqs: Vec<Vec<i64>> = prompts.to_vec();
-    let eos = i64::from(grammar::EOS);
-    while seqs.first().is_some_and(|s| s.len() < total_len) {
-        if seqs.iter().all(|s| s.contains(&eos)) {
-            break;
-        }
-        let next = next_tokens(rt, &seqs);
-        for (seq, t) in seqs.iter_mut().zip(next) {
-            seq.push(t);
-        }
-    }
-    seqs
 }
 
 /// Resumable training state besides the weights.
@@ -161,9 +130,6 @@ pub enum TrainError {
         /// The step of the kept checkpoint.
         kept: u64,
     },
-    /// A task kiln cannot train on yet.
-    #[error("{0}")]
-    Unsupported(String),
     /// The task's data cannot be used.
     #[error("{0}")]
     Data(#[from] crate::tasks::uint16::DataError),
