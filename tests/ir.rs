@@ -185,6 +185,8 @@ fn causality_holds_under_perturbation() {
         "recipes/anbn-inline.yaml",
         "models/gfnet-causal.yaml",
         "models/lstm.yaml",
+        "models/transformer-hard.yaml",
+        "models/transformer-adaptive.yaml",
     ] {
         let g = lower_file(file, &[]);
         assert!(noncausal_layers(&g).is_empty(), "{file} should be causal");

@@ -18,6 +18,8 @@ const MODELS: &[(&str, &[&str])] = &[
         &["vars.depth=2", "vars.d_ff=32"],
     ),
     ("models/lstm.yaml", &["vars.depth=2"]),
+    ("models/transformer-hard.yaml", &["vars.depth=2"]),
+    ("models/transformer-adaptive.yaml", &[]),
     (
         "models/gfnet-causal.yaml",
         &["vars.depth=2", "vars.max_len=16"],

@@ -1,5 +1,6 @@
 //! The `kiln` command line.
 
+mod bench;
 mod run;
 mod sweep;
 
@@ -115,9 +116,43 @@ enum Command {
         /// Continue the run in this directory from its last checkpoint.
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["recipe", "out", "set"])]
         resume: Option<PathBuf>,
-        /// Device: `cpu` (Burn's flex backend).
+        /// Device: `cpu` (Burn's flex backend), or `gpu` in a build with the `gpu` feature.
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
+        /// Precision: `f32`, or mixed `bf16`/`f16` (matrix products in half precision,
+        /// parameters, norms, softmax and loss in f32).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
+    },
+    /// Measure a recipe's training steps/s and tokens/s, and cached generation tokens/s, on a
+    /// device; prints JSON. Runs no evaluation and writes nothing.
+    #[command(
+        after_help = "Examples:\n  kiln bench recipes/uint16-prng.yaml --set task.context=128\n  kiln bench recipes/default.yaml --device gpu --precision bf16 --steps 50"
+    )]
+    Bench {
+        /// The recipe.
+        recipe: PathBuf,
+        /// Override a value first (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Device: `cpu`, or `gpu` in a build with the `gpu` feature.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceArg,
+        /// Precision: `f32`, or mixed `bf16`/`f16`.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
+        /// Untimed training steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Tokens generated per sequence (greedy, KV cache); 0 skips generation.
+        #[arg(long, default_value_t = 256)]
+        gen_tokens: usize,
+        /// Sequences generated at once.
+        #[arg(long, default_value_t = 4)]
+        gen_batch: usize,
     },
     /// Recompute a run's task metrics from its best or last checkpoint.
     #[command(after_help = "Example:\n  kiln eval runs/default-1763856000 --checkpoint best")]
@@ -324,6 +359,42 @@ pub enum ReportFormat {
 pub enum DeviceArg {
     /// CPU (Burn flex).
     Cpu,
+    /// The first discrete GPU (Burn's Vulkan runtime; build with `--features gpu`).
+    #[cfg(feature = "gpu")]
+    Gpu,
+}
+
+impl DeviceArg {
+    /// The runtime's device kind.
+    pub fn kind(self) -> crate::runtime::DeviceKind {
+        match self {
+            DeviceArg::Cpu => crate::runtime::DeviceKind::Cpu,
+            #[cfg(feature = "gpu")]
+            DeviceArg::Gpu => crate::runtime::DeviceKind::Gpu,
+        }
+    }
+}
+
+/// Numeric precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// Everything in f32.
+    F32,
+    /// Mixed: matrix products in bfloat16.
+    Bf16,
+    /// Mixed: matrix products in float16.
+    F16,
+}
+
+impl Precision {
+    /// The dtype of matrix products, `None` for f32.
+    pub fn matmul_dtype(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(burn::tensor::FloatDType::BF16),
+            Precision::F16 => Some(burn::tensor::FloatDType::F16),
+        }
+    }
 }
 
 /// Which weights of a run.
@@ -383,8 +454,35 @@ pub fn main() -> i32 {
             set,
             out,
             resume,
-            device: _,
-        } => crate::cli::run::train_cmd(recipe.as_deref(), &set, out, resume),
+            device,
+            precision,
+        } => crate::cli::run::train_cmd(
+            recipe.as_deref(),
+            &set,
+            out,
+            resume,
+            device.kind(),
+            precision.matmul_dtype(),
+        ),
+        Command::Bench {
+            recipe,
+            set,
+            device,
+            precision,
+            warmup,
+            steps,
+            gen_tokens,
+            gen_batch,
+        } => bench::bench_cmd(&bench::BenchArgs {
+            recipe: &recipe,
+            set: &set,
+            device: device.kind(),
+            matmul_dtype: precision.matmul_dtype(),
+            warmup,
+            steps,
+            gen_tokens,
+            gen_batch,
+        }),
         Command::Eval { run, checkpoint } => crate::cli::run::eval_cmd(&run, checkpoint, None, &[]),
         Command::Generate {
             run,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const RESOLVED: &str = "recipe.resolved.yaml";
 
 /// Load a recipe, lower and optimize its model; print diagnostics on failure.
-fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Graph), i32> {
+pub(super) fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Graph), i32> {
     let mut sources = SourceMap::new();
     let mut doc = match spec::load(path, set, &mut sources) {
         Ok(Document::Recipe(r)) => *r,
@@ -58,6 +58,8 @@ pub fn train_cmd(
     set: &[String],
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
+    device: DeviceKind,
+    matmul_dtype: Option<burn::tensor::FloatDType>,
 ) -> i32 {
     let (dir, recipe_path) = match (&resume, recipe) {
         (Some(dir), _) => {
@@ -114,6 +116,8 @@ pub fn train_cmd(
     let opts = RunOptions {
         dir: dir.clone(),
         progress: true,
+        device,
+        matmul_dtype,
     };
     match train::train(&doc.spec, graph.clone(), &opts) {
         Ok(summary) => {
@@ -163,6 +167,10 @@ fn print_summary(name: &str, graph: &Graph, s: &Summary, dir: &Path) {
         s.final_loss, s.val_loss, s.best_val_loss
     );
     if let Some(m) = &s.metrics {
+        print_metrics(m);
+    }
+    if let Some(m) = &s.soft_attention_metrics {
+        println!("the same model with its hard attention evaluated soft (softmax weights):");
         print_metrics(m);
     }
     println!("run directory: {}", dir.display());
@@ -265,6 +273,12 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
     };
     let Some(p) = prompt else {
         print_metrics(&data.report(&rt));
+        if rt.has_hard_attention() {
+            println!("the same model with its hard attention evaluated soft (softmax weights):");
+            let mut rt = rt;
+            rt.soft_attention = true;
+            print_metrics(&data.report(&rt));
+        }
         return 0;
     };
     let d = &doc.spec.decode;

@@ -160,6 +160,10 @@ pub enum Op {
         scale: AttnScale,
         /// Dropout on the attention weights.
         dropout: Real,
+        /// Hard (argmax) attention, trained straight-through.
+        hard: bool,
+        /// Entropy-adaptive temperature at inference.
+        adaptive: bool,
     },
     /// `(x [b, s, i], then per layer w_ih [i, 4h], w_hh [h, 4h], b_ih [4h], b_hh [4h]) → [b, s, h]`.
     Lstm {
@@ -258,11 +262,19 @@ impl Op {
                 kv_groups,
                 scale,
                 dropout,
+                hard,
+                adaptive,
             } => format!(
-                "causal={causal} kv_groups={kv_groups} scale={} dropout={dropout}",
+                "causal={causal} kv_groups={kv_groups} scale={} dropout={dropout}{}{}",
                 match scale {
                     AttnScale::InvSqrtDim => "1/sqrt(d)",
                     AttnScale::Learned => "learned",
+                },
+                if *hard { " hard" } else { "" },
+                if *adaptive {
+                    " adaptive_temperature"
+                } else {
+                    ""
                 }
             ),
             Op::Lstm {

@@ -337,6 +337,8 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             causal,
             kv_groups,
             scale,
+            hard,
+            adaptive,
             ..
         } => {
             let (q, k, v) = (ins[0], ins[1], ins[2]);
@@ -363,12 +365,10 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                                     * factor
                             })
                             .collect();
-                        let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                        let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
-                        let z: f64 = e.iter().sum();
+                        let w = attention_weights(&logits, *hard, *adaptive);
                         for c in 0..d {
                             out.data[qb + i * d + c] =
-                                (0..keys).map(|j| e[j] / z * v.data[kb + j * d + c]).sum();
+                                (0..keys).map(|j| w[j] * v.data[kb + j * d + c]).sum();
                         }
                     }
                 }
@@ -554,4 +554,39 @@ fn irfft(x: &Tensor, n: usize) -> Tensor {
         }
     }
     out
+}
+
+/// Attention weights of one row of logits (inference): softmax; one-hot on the maximum for hard
+/// attention (ties share); softmax(β·logits) with the entropy-adaptive β of Veličković et al.
+/// (2024) when `adaptive`.
+fn attention_weights(logits: &[f64], hard: bool, adaptive: bool) -> Vec<f64> {
+    let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if hard {
+        let hits = logits.iter().filter(|&&l| l == m).count() as f64;
+        return logits
+            .iter()
+            .map(|&l| if l == m { 1.0 / hits } else { 0.0 })
+            .collect();
+    }
+    let softmax = |beta: f64| -> Vec<f64> {
+        let e: Vec<f64> = logits.iter().map(|l| (beta * (l - m)).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|x| x / z).collect()
+    };
+    let p = softmax(1.0);
+    if !adaptive {
+        return p;
+    }
+    let h: f64 = -p
+        .iter()
+        .filter(|&&x| x > 0.0)
+        .map(|x| x * x.ln())
+        .sum::<f64>();
+    if h <= 0.5 {
+        return p;
+    }
+    let poly = [-0.037, 0.481, -2.3, 4.917, -1.791]
+        .iter()
+        .fold(0.0, |acc, c| acc * h + c);
+    softmax(poly.max(1.0))
 }

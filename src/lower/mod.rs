@@ -336,9 +336,21 @@ impl Lowerer {
                 qk_norm,
                 bias,
                 dropout,
+                hard,
+                adaptive_temperature,
             } => {
                 let w = self.width(x);
                 let h = u64::from(*heads);
+                if *hard && *adaptive_temperature {
+                    self.error(
+                        Code::Conflict,
+                        at.field_span("adaptive_temperature"),
+                        "`adaptive_temperature` has no effect on hard attention: a temperature cannot change an argmax".into(),
+                        "conflicts with `hard: true`",
+                        "remove one of `hard` and `adaptive_temperature`",
+                    );
+                    return None;
+                }
                 let kv = kv_heads.map_or(h, u64::from);
                 if h % kv != 0 {
                     self.error(
@@ -414,6 +426,8 @@ impl Lowerer {
                         kv_groups: 1,
                         scale,
                         dropout: Real(*dropout),
+                        hard: *hard,
+                        adaptive: *adaptive_temperature,
                     },
                     &ins,
                 )?;

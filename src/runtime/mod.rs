@@ -82,6 +82,9 @@ pub type Weights = HashMap<String, (Vec<f32>, Vec<usize>)>;
 pub enum DeviceKind {
     /// Burn's pure-Rust CPU backend (`flex`).
     Cpu,
+    /// The first discrete GPU through Burn's Vulkan runtime (cargo feature `gpu`).
+    #[cfg(feature = "gpu")]
+    Gpu,
 }
 
 impl DeviceKind {
@@ -89,6 +92,8 @@ impl DeviceKind {
     pub fn device(self, autodiff: bool) -> Device {
         let d = match self {
             DeviceKind::Cpu => Device::flex(),
+            #[cfg(feature = "gpu")]
+            DeviceKind::Gpu => Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(0)),
         };
         if autodiff {
             d.autodiff()
@@ -111,6 +116,12 @@ pub struct Runtime {
     slot: HashMap<NodeIndex, usize>,
     /// The device.
     pub device: Device,
+    /// Mixed precision: matrix products run in this dtype (inputs cast down, result cast back
+    /// to f32); parameters, norms, softmax and the loss stay f32. `None`: everything f32.
+    pub matmul_dtype: Option<burn::tensor::FloatDType>,
+    /// Run attention layers declared `hard` with ordinary softmax weights (to report how a
+    /// hard-attention model does with soft attention).
+    pub soft_attention: bool,
 }
 
 /// Error of loading weights.
@@ -173,6 +184,8 @@ impl Runtime {
             params: Vec::new(),
             slot: HashMap::new(),
             device: device.clone(),
+            matmul_dtype: None,
+            soft_attention: false,
         };
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
@@ -235,6 +248,14 @@ impl Runtime {
         out
     }
 
+    /// Whether some attention layer is declared `hard`.
+    pub fn has_hard_attention(&self) -> bool {
+        self.graph
+            .g
+            .node_weights()
+            .any(|n| matches!(n.op, Op::Attention { hard: true, .. }))
+    }
+
     /// `Ok` when every op of the graph has an incremental form; otherwise the op that has
     /// none (a full-sequence FFT, a non-causal attention, ...).
     pub fn cache_support(&self) -> Result<(), String> {
@@ -273,6 +294,8 @@ impl Runtime {
             batch,
             seq,
             offset: cache.as_ref().map_or(0, |c| c.len),
+            matmul_dtype: self.matmul_dtype,
+            soft_attention: self.soft_attention,
         };
         let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
         let mut remaining: HashMap<NodeIndex, usize> = self

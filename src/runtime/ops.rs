@@ -20,6 +20,21 @@ pub struct Ctx<'a> {
     /// Positions already processed before this call (incremental decoding with a
     /// [`super::KvCache`]); 0 for an ordinary forward pass.
     pub offset: usize,
+    /// Mixed precision: the dtype matrix products run in (see [`super::Runtime::matmul_dtype`]).
+    pub matmul_dtype: Option<burn::tensor::FloatDType>,
+    /// Evaluate hard attention softly (see [`super::Runtime::soft_attention`]).
+    pub soft_attention: bool,
+}
+
+/// `a · b`, in `ctx.matmul_dtype` when mixed precision is on (the result is f32 either way).
+pub fn mm<const D: usize>(a: Tensor<D>, b: Tensor<D>, ctx: &Ctx) -> Tensor<D> {
+    match ctx.matmul_dtype {
+        None => a.matmul(b),
+        Some(dt) => a
+            .cast(dt)
+            .matmul(b.cast(dt))
+            .cast(burn::tensor::FloatDType::F32),
+    }
 }
 
 fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor<D> {
@@ -174,7 +189,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Linear { bias } => {
             let x = ins[0].f3();
             let w = ins[1].f2().unsqueeze::<3>();
-            let y = x.matmul(w);
+            let y = mm(x, w, ctx);
             V::F3(if *bias {
                 y + ins[2].f1().unsqueeze::<3>()
             } else {
@@ -346,6 +361,8 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
         kv_groups,
         scale,
         dropout: p,
+        hard,
+        adaptive,
     } = op
     else {
         unreachable!("attention op")
@@ -355,7 +372,7 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     let [_, hk, t, _] = k.dims();
     let g = *kv_groups as usize;
     let q = q.reshape([b, hk, g * s, d]);
-    let mut scores = q.matmul(k.swap_dims(2, 3));
+    let mut scores = mm(q, k.swap_dims(2, 3), ctx);
     scores = match scale {
         AttnScale::InvSqrtDim => scores.mul_scalar(1.0 / (d as f64).sqrt()),
         AttnScale::Learned => scores * ins[3].f1().reshape([1, 1, 1, 1]),
@@ -369,9 +386,54 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
             .reshape([1, 1, g * s, t]);
         scores = scores.mask_fill(mask.expand([b, hk, g * s, t]), f32::NEG_INFINITY);
     }
-    let probs = dropout(activation::softmax(scores, 3), p.0, ctx);
-    probs.matmul(v).reshape([b, hq, s, d])
+    let probs = if *hard && !ctx.soft_attention {
+        hard_weights(scores, ctx.train)
+    } else if *adaptive && !ctx.train {
+        adaptive_softmax(scores)
+    } else {
+        activation::softmax(scores, 3)
+    };
+    let probs = dropout(probs, p.0, ctx);
+    mm(probs, v, ctx).reshape([b, hq, s, d])
 }
+
+/// Hard attention weights: one-hot on each row's largest score. In training, straight-through:
+/// the value of the hard weights with the gradient of the softmax ones.
+pub fn hard_weights(scores: Tensor<4>, train: bool) -> Tensor<4> {
+    let hard = argmax_weights(scores.clone());
+    if train {
+        let soft = activation::softmax(scores, 3);
+        soft.clone() + (hard - soft).detach()
+    } else {
+        hard
+    }
+}
+
+/// One-hot weights on the largest score of each row (along the last axis); tied maxima share
+/// the weight equally.
+fn argmax_weights(scores: Tensor<4>) -> Tensor<4> {
+    let dims = scores.dims();
+    let max = scores.clone().max_dim(3).expand(dims);
+    let hit = scores.equal(max).float();
+    hit.clone() / hit.sum_dim(3)
+}
+
+/// The entropy-adaptive temperature of Veličković et al. (2024): rows whose softmax entropy H
+/// exceeds 0.5 are recomputed as softmax(β·scores) with β = max(poly(H), 1).
+fn adaptive_softmax(scores: Tensor<4>) -> Tensor<4> {
+    let p = activation::softmax(scores.clone(), 3);
+    let h = (p.clone() * p.clamp_min(1e-30).log()).sum_dim(3).neg();
+    let poly = ADAPTIVE_POLY
+        .iter()
+        .fold(h.zeros_like(), |acc, &c| acc * h.clone() + c);
+    let beta = poly
+        .clamp_min(1.0)
+        .mask_where(h.clone().lower_equal_elem(0.5), h.ones_like());
+    activation::softmax(scores * beta, 3)
+}
+
+/// Coefficients of β(H), highest power first (Veličković et al. 2024, `poly_fit`).
+pub const ADAPTIVE_POLY: [f64; 5] = [-0.037, 0.481, -2.3, 4.917, -1.791];
 
 /// LSTM state of every layer: (h, c), each `[b, hidden]`.
 pub type LstmState = Vec<(Tensor<2>, Tensor<2>)>;
@@ -396,7 +458,7 @@ pub fn lstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<LstmState>) -> (Tensor<
         let (w_ih, w_hh) = (ins[1 + 4 * l].f2(), ins[2 + 4 * l].f2());
         let bias = ins[3 + 4 * l].f1() + ins[4 + 4 * l].f1();
         let [b, s, _] = x.dims();
-        let xw = x.matmul(w_ih.unsqueeze::<3>()) + bias.unsqueeze::<3>();
+        let xw = mm(x, w_ih.unsqueeze::<3>(), ctx) + bias.unsqueeze::<3>();
         let (mut hs, mut cs) = match &init {
             Some(st) => st[l].clone(),
             None => (
@@ -406,7 +468,7 @@ pub fn lstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<LstmState>) -> (Tensor<
         };
         let mut outs = Vec::with_capacity(s);
         for t in 0..s {
-            let gates = xw.clone().narrow(1, t, 1).reshape([b, 4 * h]) + hs.matmul(w_hh.clone());
+            let gates = xw.clone().narrow(1, t, 1).reshape([b, 4 * h]) + mm(hs, w_hh.clone(), ctx);
             let i = activation::sigmoid(gates.clone().narrow(1, 0, h));
             let f = activation::sigmoid(gates.clone().narrow(1, h, h));
             let gg = gates.clone().narrow(1, 2 * h, h).tanh();
@@ -419,4 +481,76 @@ pub fn lstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<LstmState>) -> (Tensor<
         x = Tensor::stack(outs, 1);
     }
     (x, finals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vec4(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn hard_weights_are_one_hot_with_the_softmax_gradient() {
+        let device = Device::flex().autodiff();
+        let data = vec![0.3f32, 1.2, -0.5, 1.2, 2.0, 0.1, 0.0, -1.0];
+        let make = || {
+            Tensor::<4>::from_data(TensorData::new(data.clone(), [1, 1, 2, 4]), &device)
+                .require_grad()
+        };
+        let w = Tensor::<4>::from_data(
+            TensorData::new(
+                vec![1.0f32, -2.0, 0.5, 3.0, 0.7, 1.5, -1.0, 2.0],
+                [1, 1, 2, 4],
+            ),
+            &device,
+        );
+        // Row 0 ties at 1.2 (the weight is shared), row 1 peaks at 2.0.
+        let s = make();
+        let h = hard_weights(s.clone(), true);
+        assert_eq!(
+            vec4(h.clone()),
+            vec![0.0, 0.5, 0.0, 0.5, 1.0, 0.0, 0.0, 0.0]
+        );
+        let g_hard = s.grad(&(h * w.clone()).sum().backward()).unwrap();
+        let s = make();
+        let p = activation::softmax(s.clone(), 3);
+        let g_soft = s.grad(&(p * w).sum().backward()).unwrap();
+        let (a, b) = (
+            g_hard.into_data().to_vec::<f32>().unwrap(),
+            g_soft.into_data().to_vec::<f32>().unwrap(),
+        );
+        assert!(a.iter().any(|x| x.abs() > 1e-3), "the gradient is not zero");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+        // At inference the weights are hard and carry no softmax term.
+        assert_eq!(vec4(hard_weights(make(), false))[4..], [1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn adaptive_softmax_sharpens_only_high_entropy_rows() {
+        let device = Device::flex();
+        // Row 0: one logit of 1 among 8 (entropy ≈ 1.99 > 0.5); row 1: a confident row.
+        let mut data = vec![1.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        data.extend([12.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let t = Tensor::<4>::from_data(TensorData::new(data, [1, 1, 2, 8]), &device);
+        let got = vec4(adaptive_softmax(t));
+        let soft = |beta: f64, top: f64| {
+            let z = (beta * top).exp() + 7.0;
+            ((beta * top).exp() / z, 1.0 / z)
+        };
+        let (p1, p0) = soft(1.0, 1.0);
+        let h = -(p1 * p1.ln() + 7.0 * p0 * p0.ln());
+        let beta = -0.037 * h.powi(4) + 0.481 * h.powi(3) - 2.3 * h.powi(2) + 4.917 * h - 1.791;
+        assert!(beta > 1.0, "β = {beta}");
+        let (q1, q0) = soft(beta, 1.0);
+        assert!((f64::from(got[0]) - q1).abs() < 1e-6 && (f64::from(got[1]) - q0).abs() < 1e-6);
+        let (r1, _) = soft(1.0, 12.0);
+        assert!(
+            (f64::from(got[8]) - r1).abs() < 1e-6,
+            "low-entropy rows keep β = 1"
+        );
+    }
 }

@@ -154,6 +154,19 @@ pub enum Layer {
         #[serde(default)]
         #[schemars(range(min = 0.0, max = 0.99))]
         dropout: f64,
+        /// Hard attention: each query reads the value of its highest-scoring key (q·k argmax;
+        /// ties share equally) instead of a softmax average. Trained straight-through: the
+        /// forward pass is hard, the backward pass uses the softmax gradient, so queries and
+        /// keys still learn (x-transformers `attn_hard`). Evaluation reports the model with
+        /// hard attention and again with soft attention, since the two differ.
+        #[serde(default)]
+        hard: bool,
+        /// Entropy-adaptive temperature at inference (Veličković et al. 2024, "Softmax is not
+        /// enough"): a row whose attention entropy H exceeds 0.5 is sharpened to
+        /// softmax(β·logits) with β = max(−0.037H⁴ + 0.481H³ − 2.3H² + 4.917H − 1.791, 1).
+        /// Training is unchanged. Not with `hard` (β cannot change an argmax).
+        #[serde(default)]
+        adaptive_temperature: bool,
     },
     /// Layer normalisation over the feature axis, with learned gain and bias.
     Layernorm {

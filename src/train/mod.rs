@@ -107,6 +107,9 @@ pub struct Summary {
     pub stopped: String,
     /// Task metrics of the final model.
     pub metrics: Option<TaskReport>,
+    /// For a model with hard attention: the same metrics with its attention evaluated soft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_attention_metrics: Option<TaskReport>,
     /// Training time in seconds (this process only).
     pub seconds: f64,
 }
@@ -141,6 +144,10 @@ pub struct RunOptions {
     pub dir: PathBuf,
     /// Print progress lines.
     pub progress: bool,
+    /// Where to train.
+    pub device: crate::runtime::DeviceKind,
+    /// Mixed precision: the dtype of matrix products (`None`: f32 throughout).
+    pub matmul_dtype: Option<burn::tensor::FloatDType>,
 }
 
 pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -488,7 +495,7 @@ impl Progress {
 pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Summary, TrainError> {
     let t = &recipe.train;
     let mut data = Data::new(&recipe.task, t.seed)?;
-    let device = crate::runtime::DeviceKind::Cpu.device(true);
+    let device = opts.device.device(true);
     std::fs::create_dir_all(&opts.dir)?;
     let ckpt = opts.dir.join("checkpoint.safetensors");
     let mut tr = if ckpt.exists() {
@@ -496,6 +503,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     } else {
         Trainer::new(t, graph, device)
     };
+    tr.rt.matmul_dtype = opts.matmul_dtype;
     // Metrics of steps after the checkpoint would be written again: drop them.
     let metrics_path = opts.dir.join("metrics.jsonl");
     truncate_metrics(&metrics_path, tr.state.step)?;
@@ -576,6 +584,12 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     }
     progress.finish();
     let metrics = data.report(&tr.rt);
+    let soft_attention_metrics = tr.rt.has_hard_attention().then(|| {
+        tr.rt.soft_attention = true;
+        let m = data.report(&tr.rt);
+        tr.rt.soft_attention = false;
+        m
+    });
     Ok(Summary {
         steps: tr.state.step,
         final_loss: last_loss,
@@ -583,6 +597,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         best_val_loss: tr.state.best_val,
         stopped,
         metrics: Some(metrics),
+        soft_attention_metrics,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

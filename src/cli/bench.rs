@@ -1,0 +1,146 @@
+//! `kiln bench`: training and generation throughput of a recipe's model on a device.
+//!
+//! The binary-only counterpart of `cargo bench` (which needs the source tree and a toolchain):
+//! it is what runs on a GPU machine, and what `benches/torch_reference.py` is compared with.
+
+use crate::decode::{generate, ModelLm, Settings};
+use crate::runtime::{DeviceKind, Runtime};
+use crate::spec::recipe::Decode;
+use crate::train::{Data, Trainer};
+use burn::tensor::FloatDType;
+use std::path::Path;
+use std::time::Instant;
+
+/// What `kiln bench` measures.
+pub struct BenchArgs<'a> {
+    /// The recipe.
+    pub recipe: &'a Path,
+    /// Overrides.
+    pub set: &'a [String],
+    /// Where.
+    pub device: DeviceKind,
+    /// Mixed precision.
+    pub matmul_dtype: Option<FloatDType>,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed training steps.
+    pub steps: usize,
+    /// Generated tokens per sequence (0: no generation benchmark).
+    pub gen_tokens: usize,
+    /// Sequences generated at once.
+    pub gen_batch: usize,
+}
+
+/// Run the benchmark; prints one JSON object on stdout. Returns the exit code.
+pub fn bench_cmd(a: &BenchArgs) -> i32 {
+    let (doc, graph) = match super::run::compile(a.recipe, a.set) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let t = &doc.spec.train;
+    let mut data = match Data::new(&doc.spec.task, t.seed) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let params = graph.param_count();
+    let mut tr = Trainer::new(t, graph.clone(), a.device.device(true));
+    tr.rt.matmul_dtype = a.matmul_dtype;
+    let bs = data.batch_size(t.batch_size as usize);
+    let total = (a.warmup + a.steps) as u64;
+    let mut tokens = 0usize;
+    let mut times = Vec::with_capacity(a.steps);
+    let mut loss = f64::NAN;
+    for i in 0..a.warmup + a.steps {
+        let micro: Vec<Vec<Vec<i64>>> = (0..u64::from(t.grad_accum))
+            .map(|k| data.train_batch(&mut tr.state, t.seed, k, bs))
+            .collect();
+        let start = Instant::now();
+        // The loss is read back to the host inside `step`, which waits for the device.
+        match tr.step(&micro, total) {
+            Ok(s) => loss = s.loss,
+            Err(l) => {
+                eprintln!("error: the loss became {l} at benchmark step {i}");
+                return 1;
+            }
+        }
+        if i >= a.warmup {
+            times.push(start.elapsed().as_secs_f64());
+            tokens += micro
+                .iter()
+                .flatten()
+                .map(|s| s.len().saturating_sub(1))
+                .sum::<usize>();
+        }
+    }
+    let train_s: f64 = times.iter().sum();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median_ms = sorted.get(sorted.len() / 2).map_or(f64::NAN, |m| m * 1e3);
+    let mut out = serde_json::json!({
+        "recipe": a.recipe.display().to_string(),
+        "device": format!("{:?}", a.device),
+        "precision": a.matmul_dtype.map_or("f32".to_string(), |d| format!("{d:?}").to_lowercase()),
+        "params": params,
+        "batch": bs * t.grad_accum as usize,
+        "train_steps": a.steps,
+        "train_steps_per_s": a.steps as f64 / train_s,
+        "train_tokens_per_s": tokens as f64 / train_s,
+        "train_step_ms_median": median_ms,
+        "last_loss": loss,
+    });
+    if a.gen_tokens > 0 {
+        let weights = tr.rt.values();
+        let rt = match Runtime::with_values(graph, a.device.device(false), &weights) {
+            Ok(mut rt) => {
+                rt.matmul_dtype = a.matmul_dtype;
+                rt
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
+        let len = a.gen_tokens + 1;
+        let s = Settings {
+            d: Decode {
+                max_length: Some(len as u32),
+                ..Decode::default()
+            },
+            eos: None,
+            pad: 0,
+            default_max_length: len,
+        };
+        let prompts = vec![vec![0i64]; a.gen_batch.max(1)];
+        // One short warm-up generation compiles the kernels of every shape used.
+        let warm = Settings {
+            default_max_length: 4,
+            d: Decode {
+                max_length: Some(4),
+                ..Decode::default()
+            },
+            ..s.clone()
+        };
+        generate(&mut ModelLm::new(&rt, true), &prompts, &warm);
+        let start = Instant::now();
+        let mut lm = ModelLm::new(&rt, true);
+        let got = generate(&mut lm, &prompts, &s);
+        let secs = start.elapsed().as_secs_f64();
+        let n: usize = got
+            .iter()
+            .flatten()
+            .map(|g| g.tokens.len().saturating_sub(1))
+            .sum();
+        out["gen_batch"] = prompts.len().into();
+        out["gen_tokens"] = n.into();
+        out["gen_cached"] = rt.cache_support().is_ok().into();
+        out["gen_tokens_per_s"] = (n as f64 / secs).into();
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).expect("json serializes")
+    );
+    0
+}
