@@ -187,6 +187,7 @@ fn causality_holds_under_perturbation() {
         "models/lstm.yaml",
         "models/transformer-hard.yaml",
         "models/transformer-adaptive.yaml",
+        "models/linear.yaml",
     ] {
         let g = lower_file(file, &[]);
         assert!(noncausal_layers(&g).is_empty(), "{file} should be causal");

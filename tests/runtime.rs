@@ -20,6 +20,7 @@ const MODELS: &[(&str, &[&str])] = &[
     ("models/lstm.yaml", &["vars.depth=2"]),
     ("models/transformer-hard.yaml", &["vars.depth=2"]),
     ("models/transformer-adaptive.yaml", &[]),
+    ("models/linear.yaml", &["vars.max_len=12"]),
     (
         "models/gfnet-causal.yaml",
         &["vars.depth=2", "vars.max_len=16"],

@@ -329,6 +329,16 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
             (ids, settings, Box::new(|t: i64| t.to_string()))
         }
     };
+    if let Some(m) = rt.max_positions() {
+        let want = settings.max_length(ids.len());
+        if want > m + 1 {
+            eprintln!(
+                "error: the model reads at most {m} positions, so it can generate sequences of at most {} tokens (prompt included), but {want} were asked for; lower `decode.max_length` / `decode.max_new_tokens` or shorten the prompt",
+                m + 1
+            );
+            return 2;
+        }
+    }
     let mut lm = crate::decode::ModelLm::new(&rt, d.use_cache);
     let out = crate::decode::generate(&mut lm, &[ids], &settings);
     let beams = !matches!(

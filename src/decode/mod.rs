@@ -113,7 +113,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn max_length(&self, prompt_len: usize) -> usize {
+    /// The length (prompt included) at which generation stops.
+    pub fn max_length(&self, prompt_len: usize) -> usize {
         match (self.d.max_new_tokens, self.d.max_length) {
             (Some(n), _) => prompt_len + n as usize,
             (None, Some(m)) => m as usize,

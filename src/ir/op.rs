@@ -174,6 +174,14 @@ pub enum Op {
         /// Dropout between layers.
         dropout: Real,
     },
+    /// `(x [b, s, i], w [L, i, L, o], bias [L, o]?) → [b, s, o]`:
+    /// y[t] = Σ_{s'≤t} x[s'] · w[s', :, t, :] + bias[t] (position-wise linear model).
+    PositionLinear {
+        /// Longest sequence L.
+        max_len: u64,
+        /// Whether the third input (bias) is present.
+        bias: bool,
+    },
     /// `[.., s, d] → [.., len, d]`, zero-padding the second-to-last axis (s ≤ len).
     PadSeq {
         /// Padded length.
@@ -234,6 +242,7 @@ impl Op {
             Op::RepeatKv { .. } => "repeat_kv",
             Op::Attention { .. } => "attention",
             Op::Lstm { .. } => "lstm",
+            Op::PositionLinear { .. } => "position_linear",
             Op::PadSeq { .. } => "pad_seq",
             Op::CropSeq => "crop_seq",
             Op::Rfft { .. } => "rfft",
@@ -283,6 +292,7 @@ impl Op {
                 dropout,
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
+            Op::PositionLinear { max_len, bias } => format!("max_len={max_len} bias={bias}"),
             Op::Rfft { n } | Op::Irfft { n } => format!("n={n}"),
             Op::SpectralFilter { n, causal, algo } => format!(
                 "n={n} causal={causal} algo={}",
@@ -308,7 +318,9 @@ impl Op {
     /// How the op mixes sequence positions.
     pub fn mixing(&self) -> Mixing {
         match self {
-            Op::Attention { causal: true, .. } | Op::Lstm { .. } => Mixing::Causal,
+            Op::Attention { causal: true, .. } | Op::Lstm { .. } | Op::PositionLinear { .. } => {
+                Mixing::Causal
+            }
             Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
                 Mixing::Full
             }
@@ -335,7 +347,7 @@ impl Op {
             | Op::CropSeq
             | Op::ComplexMul
             | Op::SpectralFilter { .. } => 2,
-            Op::Linear { bias } => 2 + usize::from(*bias),
+            Op::Linear { bias } | Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::LayerNorm(_) => 3,
             Op::RmsNorm(_) => 2,
             Op::Attention { scale, .. } => 3 + usize::from(*scale == AttnScale::Learned),
@@ -498,6 +510,40 @@ impl Op {
                 let x = float(0)?;
                 match x.shape.as_slice() {
                     [b, s, _] => f32(vec![*b, *s, Dim::Fixed(*hidden)]),
+                    _ => Err(format!("expects [batch, seq, width], got {x}")),
+                }
+            }
+            Op::PositionLinear { max_len, bias } => {
+                let x = float(0)?;
+                let (l, i, o) = match ins[1].shape.as_slice() {
+                    [Dim::Fixed(l), i, Dim::Fixed(l2), Dim::Fixed(o)] if l == l2 => (*l, *i, *o),
+                    _ => {
+                        return Err(format!(
+                            "position-linear weight {} is not [L, in, L, out]",
+                            ins[1]
+                        ))
+                    }
+                };
+                if l != *max_len || last(x) != Some(i) {
+                    return Err(format!(
+                        "position-linear weight {} does not fit input {x}",
+                        ins[1]
+                    ));
+                }
+                if *bias && ins[2].shape != vec![Dim::Fixed(l), Dim::Fixed(o)] {
+                    return Err("bias shape does not match [max_len, out]".into());
+                }
+                match x.shape.as_slice() {
+                    [b, s, _] => {
+                        if let Dim::Fixed(n) = s {
+                            if n > max_len {
+                                return Err(format!(
+                                    "a sequence of {n} positions exceeds max_len {max_len}"
+                                ));
+                            }
+                        }
+                        f32(vec![*b, *s, Dim::Fixed(o)])
+                    }
                     _ => Err(format!("expects [batch, seq, width], got {x}")),
                 }
             }

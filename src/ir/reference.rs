@@ -375,6 +375,27 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
+        Op::PositionLinear { max_len, bias } => {
+            let (x, w) = (ins[0], ins[1]);
+            let (b, s, i) = (x.shape[0], x.shape[1], x.shape[2]);
+            let (l, o) = (*max_len as usize, w.shape[3]);
+            let mut out = Tensor::zeros(&[b, s, o]);
+            for bi in 0..b {
+                for t in 0..s {
+                    for oi in 0..o {
+                        let mut acc = if *bias { ins[2].data[t * o + oi] } else { 0.0 };
+                        for sp in 0..=t {
+                            for ii in 0..i {
+                                acc += x.data[(bi * s + sp) * i + ii]
+                                    * w.data[((sp * i + ii) * l + t) * o + oi];
+                            }
+                        }
+                        out.data[(bi * s + t) * o + oi] = acc;
+                    }
+                }
+            }
+            out
+        }
         Op::Lstm { layers, hidden, .. } => {
             let h = *hidden as usize;
             let mut x = ins[0].clone();

@@ -541,6 +541,26 @@ impl Lowerer {
             }
             Layer::Linear { out, bias } => self.linear(&at, "proj", x, u64::from(*out), *bias),
             Layer::Head { bias } => self.linear(&at, "proj", x, self.opts.vocab, *bias),
+            Layer::PositionLinear { max_len, out, bias } => {
+                let l = u64::from(*max_len);
+                self.check_len(&at, l, kind)?;
+                let i = self.width(x);
+                let o = out.map_or(self.opts.vocab, u64::from);
+                let init = linear_init(i * l);
+                let w = self.param(&at, "weight", &[l, i, l, o], init);
+                let mut ins = vec![x, w];
+                if *bias {
+                    ins.push(self.param(&at, "bias", &[l, o], init));
+                }
+                self.op(
+                    &at,
+                    Op::PositionLinear {
+                        max_len: l,
+                        bias: *bias,
+                    },
+                    &ins,
+                )
+            }
             Layer::Residual { body } => {
                 let nodes = node.and_then(|n| n.get("body")).and_then(seq_items);
                 let y = self.seq(body, nodes, x, path)?;

@@ -248,6 +248,36 @@ impl Runtime {
         out
     }
 
+    /// The longest input the model can read, where a layer limits it (`position_linear`,
+    /// learned positions, padded spectral filters); `None` when no layer does.
+    pub fn max_positions(&self) -> Option<usize> {
+        let g = &self.graph.g;
+        g.node_indices()
+            .filter_map(|n| match &g[n].op {
+                Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
+                Op::PadSeq { len } => {
+                    // Padding a kernel parameter does not limit the input.
+                    let src = g
+                        .neighbors_directed(n, petgraph::Direction::Incoming)
+                        .next()?;
+                    (!matches!(g[src].op, Op::Param { .. })).then_some(*len as usize)
+                }
+                Op::SpectralFilter { n, causal, .. } => Some(if *causal {
+                    *n as usize / 2
+                } else {
+                    *n as usize
+                }),
+                Op::AddPositions => g
+                    .neighbors_directed(n, petgraph::Direction::Incoming)
+                    .find_map(|p| match &g[p].op {
+                        Op::Param { shape, .. } => Some(shape[0] as usize),
+                        _ => None,
+                    }),
+                _ => None,
+            })
+            .min()
+    }
+
     /// Whether some attention layer is declared `hard`.
     pub fn has_hard_attention(&self) -> bool {
         self.graph
@@ -263,6 +293,7 @@ impl Runtime {
             let ok = match &self.graph.g[n].op {
                 Op::Attention { causal, .. } => *causal,
                 Op::PadSeq { .. }
+                | Op::PositionLinear { .. }
                 | Op::CropSeq
                 | Op::Rfft { .. }
                 | Op::Irfft { .. }

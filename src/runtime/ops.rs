@@ -282,6 +282,26 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         }
         Op::Attention { .. } => V::F4(attention(op, ins, ins[1].f4(), ins[2].f4(), ctx)),
         Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
+        Op::PositionLinear { max_len, bias } => {
+            let x = ins[0].f3();
+            let w = ins[1].f4();
+            let [b, s, i] = x.dims();
+            let [l, _, _, o] = w.dims();
+            debug_assert_eq!(l, *max_len as usize);
+            // Only the first s positions matter: y = x[b, s·i] · (w ⊙ mask)[s·i, s·o].
+            let w = w.narrow(0, 0, s).narrow(2, 0, s);
+            let mask: Vec<f32> = (0..s * s)
+                .map(|k| f32::from(u8::from(k / s <= k % s)))
+                .collect();
+            let mask = consts(mask, [s, s], ctx).reshape([s, 1, s, 1]);
+            let wm = (w * mask).reshape([s * i, s * o]);
+            let y = mm(x.reshape([b, s * i]), wm, ctx).reshape([b, s, o]);
+            V::F3(if *bias {
+                y + ins[2].f2().narrow(0, 0, s).unsqueeze::<3>()
+            } else {
+                y
+            })
+        }
         Op::PadSeq { len } => match ins[0] {
             V::F2(x) => V::F2(pad_axis(x.clone(), 0, *len as usize, ctx)),
             other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),

@@ -250,6 +250,23 @@ pub enum Layer {
         #[serde(default = "default_true")]
         bias: bool,
     },
+    /// The position-wise linear model of the rule-extrapolation paper (Mészáros et al. 2024):
+    /// every output position t is a linear function of the inputs at positions s ≤ t, with its
+    /// own weights for every pair (s, t): y[t] = Σ_{s≤t} x[s] · W[s, t] + b[t]. Causal; reads
+    /// at most `max_len` positions; decodes without a KV cache.
+    PositionLinear {
+        /// Longest sequence (the weights are sized max_len × width × max_len × out).
+        #[schemars(range(min = 1, max = 4096))]
+        max_len: u32,
+        /// Output width; leave it out for one logit per vocabulary entry (the layer is then
+        /// the model's output head, as in the paper).
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 1048576))]
+        out: Option<u32>,
+        /// Add a bias per output position.
+        #[serde(default = "default_true")]
+        bias: bool,
+    },
     /// Output projection to one logit per vocabulary entry.
     Head {
         /// Add a bias.
@@ -315,6 +332,7 @@ impl Layer {
             Layer::SinusoidalPositions {} => "sinusoidal_positions",
             Layer::LearnedPositions { .. } => "learned_positions",
             Layer::Attention { .. } => "attention",
+            Layer::PositionLinear { .. } => "position_linear",
             Layer::Layernorm { .. } => "layernorm",
             Layer::Rmsnorm { .. } => "rmsnorm",
             Layer::Mlp { .. } => "mlp",

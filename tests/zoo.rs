@@ -1,0 +1,133 @@
+//! Components of the zoo end to end through the CLI: each bundled recipe that uses a new layer
+//! trains (the loss falls) and reports what the layer promises; `kiln bench` measures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-zoo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\n{}\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn train(recipe: &str, dir: &Path, sets: &[&str]) -> String {
+    let mut c = kiln();
+    c.args(["train", recipe, "--out", dir.to_str().unwrap()]);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    ok(&c.output().unwrap())
+}
+
+/// First and last training loss of a run.
+fn losses(dir: &Path) -> (f64, f64) {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let l: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect();
+    (l[0], *l.last().unwrap())
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn hard_attention_trains_and_reports_hard_and_soft_evaluation() {
+    let d = tmp("hard");
+    let out = train(
+        "recipes/anbn-hard-attention.yaml",
+        &d,
+        &["task.max_length=24", "model.vars.depth=2", "train.steps=60"],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    assert!(out.contains("evaluated soft"), "{out}");
+    let s = summary(&d);
+    assert_eq!(s["metrics"]["task"], "grammar");
+    assert_eq!(s["soft_attention_metrics"]["task"], "grammar", "{s}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn the_linear_baseline_trains_and_refuses_to_generate_past_its_length() {
+    let d = tmp("linear");
+    train(
+        "recipes/anbn-linear.yaml",
+        &d,
+        &[
+            "task.max_length=24",
+            "model.vars.max_len=25",
+            "train.steps=60",
+        ],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    let gen = |n: &str| {
+        kiln()
+            .arg("generate")
+            .arg(&d)
+            .args([
+                "--prompt",
+                "a a",
+                "--set",
+                &format!("decode.max_length={n}"),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = gen("27");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("at most 25 positions"), "{err}");
+    let text = ok(&gen("26"));
+    assert!(text.starts_with("<sos> a a"), "{text}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
+    let mut rows = Vec::new();
+    for precision in ["f32", "bf16"] {
+        let out = ok(&kiln()
+            .args([
+                "bench",
+                "recipes/uint16-prng.yaml",
+                "--set",
+                "model.vars.depth=1",
+            ])
+            .args(["--steps", "4", "--warmup", "1", "--gen-tokens", "8"])
+            .args(["--precision", precision])
+            .output()
+            .unwrap());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["precision"], precision);
+        assert!(v["train_steps_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert_eq!(v["gen_tokens"], 4 * 8, "{v}");
+        assert_eq!(v["gen_cached"], true);
+        rows.push(v["last_loss"].as_f64().unwrap());
+    }
+    // Mixed precision changes the numbers a little, not the model.
+    let (a, b) = (rows[0], rows[1]);
+    assert!(
+        a != b && (a - b).abs() < 0.02 * a,
+        "f32 loss {a}, bf16 loss {b}"
+    );
+}
