@@ -428,6 +428,12 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
             "recipes/anbn-transformer-paper.yaml",
             vec!["model.vars.depth=2"],
         ),
+        // Mamba with a convolution wider than the prompt, so its state carries padding too.
+        ("recipes/anbn-mamba.yaml", vec!["model.vars.depth=2"]),
+        (
+            "recipes/anbn-hard-attention.yaml",
+            vec!["model.vars.depth=2"],
+        ),
     ];
     for (file, sets) in cases {
         let rt = model(file, &sets);

@@ -188,6 +188,7 @@ fn causality_holds_under_perturbation() {
         "models/transformer-hard.yaml",
         "models/transformer-adaptive.yaml",
         "models/linear.yaml",
+        "models/mamba.yaml",
     ] {
         let g = lower_file(file, &[]);
         assert!(noncausal_layers(&g).is_empty(), "{file} should be causal");

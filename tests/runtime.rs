@@ -21,6 +21,12 @@ const MODELS: &[(&str, &[&str])] = &[
     ("models/transformer-hard.yaml", &["vars.depth=2"]),
     ("models/transformer-adaptive.yaml", &[]),
     ("models/linear.yaml", &["vars.max_len=12"]),
+    ("models/mamba.yaml", &["vars.depth=2"]),
+    // Small state and convolution; 12 positions make one full scan chunk of 8 and a partial one.
+    (
+        "models/mamba.yaml",
+        &["vars.depth=1", "vars.d_conv=3", "vars.d_state=5"],
+    ),
     (
         "models/gfnet-causal.yaml",
         &["vars.depth=2", "vars.max_len=16"],

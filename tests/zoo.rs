@@ -131,3 +131,24 @@ fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
         "f32 loss {a}, bf16 loss {b}"
     );
 }
+
+#[test]
+fn mamba_trains_and_decodes_with_its_recurrent_state() {
+    let d = tmp("mamba");
+    let out = train(
+        "recipes/anbn-mamba.yaml",
+        &d,
+        &["task.max_length=16", "model.vars.depth=1", "train.steps=60"],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    assert!(out.contains("OOD ("), "{out}");
+    let text = ok(&kiln()
+        .arg("generate")
+        .arg(&d)
+        .args(["--prompt", "a a"])
+        .output()
+        .unwrap());
+    assert!(text.starts_with("<sos> a a"), "{text}");
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -39,6 +39,8 @@ pub enum Init {
     Normal(Real),
     /// Uniform on (−bound, bound).
     Uniform(Real),
+    /// ln(1 + j) at index j of the last axis (Mamba's `A_log`, so that A = −(1, 2, …, n)).
+    LogRange,
 }
 
 impl fmt::Display for Init {
@@ -49,6 +51,7 @@ impl fmt::Display for Init {
             Init::Const(c) => write!(f, "const {c}"),
             Init::Normal(s) => write!(f, "normal {:.4}", s.0),
             Init::Uniform(b) => write!(f, "uniform ±{:.4}", b.0),
+            Init::LogRange => write!(f, "ln(1..n)"),
         }
     }
 }
@@ -182,6 +185,18 @@ pub enum Op {
         /// Whether the third input (bias) is present.
         bias: bool,
     },
+    /// Mamba block (selective SSM): `(x [b, s, d], in_proj [d, 2e], conv_w [e, k], conv_b [e],
+    /// x_proj [e, r + 2n], dt_w [r, e], dt_b [e], a_log [e, n], d_skip [e], out_proj [e, d])
+    /// → [b, s, d]`, with e = expand · d inner channels, n states, r the rank of Δ and k the
+    /// width of the causal depthwise convolution.
+    Mamba {
+        /// State size n.
+        d_state: u64,
+        /// Convolution width k.
+        d_conv: u64,
+        /// Rank r of Δ's projection.
+        dt_rank: u64,
+    },
     /// `[.., s, d] → [.., len, d]`, zero-padding the second-to-last axis (s ≤ len).
     PadSeq {
         /// Padded length.
@@ -242,6 +257,7 @@ impl Op {
             Op::RepeatKv { .. } => "repeat_kv",
             Op::Attention { .. } => "attention",
             Op::Lstm { .. } => "lstm",
+            Op::Mamba { .. } => "mamba",
             Op::PositionLinear { .. } => "position_linear",
             Op::PadSeq { .. } => "pad_seq",
             Op::CropSeq => "crop_seq",
@@ -292,6 +308,11 @@ impl Op {
                 dropout,
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
+            Op::Mamba {
+                d_state,
+                d_conv,
+                dt_rank,
+            } => format!("d_state={d_state} d_conv={d_conv} dt_rank={dt_rank}"),
             Op::PositionLinear { max_len, bias } => format!("max_len={max_len} bias={bias}"),
             Op::Rfft { n } | Op::Irfft { n } => format!("n={n}"),
             Op::SpectralFilter { n, causal, algo } => format!(
@@ -318,9 +339,10 @@ impl Op {
     /// How the op mixes sequence positions.
     pub fn mixing(&self) -> Mixing {
         match self {
-            Op::Attention { causal: true, .. } | Op::Lstm { .. } | Op::PositionLinear { .. } => {
-                Mixing::Causal
-            }
+            Op::Attention { causal: true, .. }
+            | Op::Lstm { .. }
+            | Op::Mamba { .. }
+            | Op::PositionLinear { .. } => Mixing::Causal,
             Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
                 Mixing::Full
             }
@@ -352,6 +374,7 @@ impl Op {
             Op::RmsNorm(_) => 2,
             Op::Attention { scale, .. } => 3 + usize::from(*scale == AttnScale::Learned),
             Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
+            Op::Mamba { .. } => 10,
             _ => 1,
         }
     }
@@ -512,6 +535,43 @@ impl Op {
                     [b, s, _] => f32(vec![*b, *s, Dim::Fixed(*hidden)]),
                     _ => Err(format!("expects [batch, seq, width], got {x}")),
                 }
+            }
+            Op::Mamba {
+                d_state,
+                d_conv,
+                dt_rank,
+            } => {
+                let x = float(0)?;
+                let d = match x.shape.as_slice() {
+                    [_, _, Dim::Fixed(d)] => *d,
+                    _ => return Err(format!("expects [batch, seq, width], got {x}")),
+                };
+                let e = match ins[1].shape.as_slice() {
+                    [Dim::Fixed(i), Dim::Fixed(o)] if *i == d && o % 2 == 0 => o / 2,
+                    _ => return Err(format!("mamba in_proj {} does not fit input {x}", ins[1])),
+                };
+                let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
+                let want = [
+                    fx(&[e, *d_conv]),
+                    fx(&[e]),
+                    fx(&[e, dt_rank + 2 * d_state]),
+                    fx(&[*dt_rank, e]),
+                    fx(&[e]),
+                    fx(&[e, *d_state]),
+                    fx(&[e]),
+                    fx(&[e, d]),
+                ];
+                for (k, w) in want.iter().enumerate() {
+                    if &ins[2 + k].shape != w {
+                        return Err(format!(
+                            "mamba parameter {} has shape {}, expected {:?}",
+                            k + 2,
+                            ins[2 + k],
+                            w
+                        ));
+                    }
+                }
+                f32(x.shape.clone())
             }
             Op::PositionLinear { max_len, bias } => {
                 let x = float(0)?;

@@ -59,8 +59,10 @@ pub fn init_params(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
             let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
             let mut t = Tensor::zeros(&shape);
             let mut rng = Rng::new(name_seed(name, seed));
-            for v in &mut t.data {
+            let last = shape.last().copied().unwrap_or(1).max(1);
+            for (k, v) in t.data.iter_mut().enumerate() {
                 *v = match init {
+                    Init::LogRange => (1.0 + (k % last) as f64).ln(),
                     Init::Zeros => 0.0,
                     Init::Ones => 1.0,
                     Init::Const(c) => c.0,
@@ -375,6 +377,11 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
+        Op::Mamba {
+            d_state,
+            d_conv,
+            dt_rank,
+        } => mamba(ins, *d_state as usize, *d_conv as usize, *dt_rank as usize),
         Op::PositionLinear { max_len, bias } => {
             let (x, w) = (ins[0], ins[1]);
             let (b, s, i) = (x.shape[0], x.shape[1], x.shape[2]);
@@ -610,4 +617,85 @@ fn attention_weights(logits: &[f64], hard: bool, adaptive: bool) -> Vec<f64> {
         .iter()
         .fold(0.0, |acc, c| acc * h + c);
     softmax(poly.max(1.0))
+}
+
+fn softplus(x: f64) -> f64 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// The Mamba block, step by step (Gu & Dao 2023; mamba.py): in_proj → (x, z); x ← SiLU(causal
+/// depthwise conv(x)); (δ, B, C) = x_proj(x); Δ = softplus(dt_proj(δ)); A = −exp(A_log);
+/// h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t x_t; y_t = C_t · h_t + D ⊙ x_t; out_proj(y ⊙ SiLU(z)).
+fn mamba(ins: &[&Tensor], n: usize, k: usize, r: usize) -> Tensor {
+    let x = ins[0];
+    let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
+    let (w_in, conv_w, conv_b, w_x, dt_w, dt_b, a_log, d_skip, w_out) = (
+        ins[1], ins[2], ins[3], ins[4], ins[5], ins[6], ins[7], ins[8], ins[9],
+    );
+    let e = w_in.shape[1] / 2;
+    let p = r + 2 * n;
+    let mut out = Tensor::zeros(&[b, s, d]);
+    for bi in 0..b {
+        // in_proj
+        let mut xs = vec![vec![0.0; e]; s];
+        let mut zs = vec![vec![0.0; e]; s];
+        for t in 0..s {
+            for o in 0..2 * e {
+                let v: f64 = (0..d)
+                    .map(|i| x.data[(bi * s + t) * d + i] * w_in.data[i * 2 * e + o])
+                    .sum();
+                if o < e {
+                    xs[t][o] = v;
+                } else {
+                    zs[t][o - e] = v;
+                }
+            }
+        }
+        let mut h = vec![vec![0.0; n]; e];
+        for t in 0..s {
+            // causal depthwise convolution: tap j reads position t + j − (k − 1)
+            let u: Vec<f64> = (0..e)
+                .map(|c| {
+                    let mut acc = conv_b.data[c];
+                    for j in 0..k {
+                        if let Some(tt) = (t + j).checked_sub(k - 1) {
+                            acc += conv_w.data[c * k + j] * xs[tt][c];
+                        }
+                    }
+                    silu(acc)
+                })
+                .collect();
+            let proj: Vec<f64> = (0..p)
+                .map(|o| (0..e).map(|c| u[c] * w_x.data[c * p + o]).sum())
+                .collect();
+            let (delta_in, bb, cc) = (&proj[..r], &proj[r..r + n], &proj[r + n..]);
+            for c in 0..e {
+                let dt = softplus(
+                    dt_b.data[c]
+                        + (0..r)
+                            .map(|j| delta_in[j] * dt_w.data[j * e + c])
+                            .sum::<f64>(),
+                );
+                let mut y = d_skip.data[c] * u[c];
+                for st in 0..n {
+                    let a = -a_log.data[c * n + st].exp();
+                    h[c][st] = (dt * a).exp() * h[c][st] + dt * bb[st] * u[c];
+                    y += cc[st] * h[c][st];
+                }
+                let g = y * silu(zs[t][c]);
+                for o in 0..d {
+                    out.data[(bi * s + t) * d + o] += g * w_out.data[c * d + o];
+                }
+            }
+        }
+    }
+    out
 }

@@ -541,6 +541,40 @@ impl Lowerer {
             }
             Layer::Linear { out, bias } => self.linear(&at, "proj", x, u64::from(*out), *bias),
             Layer::Head { bias } => self.linear(&at, "proj", x, self.opts.vocab, *bias),
+            Layer::Mamba {
+                d_state,
+                d_conv,
+                expand,
+                dt_rank,
+            } => {
+                let d = self.width(x);
+                let e = d * u64::from(*expand);
+                let (n, k) = (u64::from(*d_state), u64::from(*d_conv));
+                let r = dt_rank.map_or(d.div_ceil(16), u64::from);
+                // Δ starts near 0.01: the bias is softplus⁻¹(0.01).
+                let dt_bias = (0.01f64.exp() - 1.0).ln();
+                let ins = vec![
+                    x,
+                    self.param(&at, "in_proj.weight", &[d, 2 * e], linear_init(d)),
+                    self.param(&at, "conv.weight", &[e, k], linear_init(k)),
+                    self.param(&at, "conv.bias", &[e], linear_init(k)),
+                    self.param(&at, "x_proj.weight", &[e, r + 2 * n], linear_init(e)),
+                    self.param(&at, "dt_proj.weight", &[r, e], linear_init(r)),
+                    self.param(&at, "dt_proj.bias", &[e], Init::Const(Real(dt_bias))),
+                    self.param(&at, "A_log", &[e, n], Init::LogRange),
+                    self.param(&at, "D", &[e], Init::Ones),
+                    self.param(&at, "out_proj.weight", &[e, d], linear_init(e)),
+                ];
+                self.op(
+                    &at,
+                    Op::Mamba {
+                        d_state: n,
+                        d_conv: k,
+                        dt_rank: r,
+                    },
+                    &ins,
+                )
+            }
             Layer::PositionLinear { max_len, out, bias } => {
                 let l = u64::from(*max_len);
                 self.check_len(&at, l, kind)?;

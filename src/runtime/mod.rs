@@ -23,6 +23,7 @@ pub struct KvCache {
     pub len: usize,
     kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
     lstm: HashMap<NodeIndex, ops::LstmState>,
+    mamba: HashMap<NodeIndex, ops::MambaState>,
 }
 
 impl KvCache {
@@ -43,6 +44,7 @@ impl KvCache {
                     .values()
                     .flat_map(|s| s.iter().map(|(h, _)| h.device())),
             )
+            .chain(self.mamba.values().map(|(c, _)| c.device()))
             .next()
         else {
             return;
@@ -57,6 +59,10 @@ impl KvCache {
         for (k, v) in self.kv.values_mut() {
             *k = k.clone().select(0, idx.clone());
             *v = v.clone().select(0, idx.clone());
+        }
+        for (c, h) in self.mamba.values_mut() {
+            *c = c.clone().select(0, idx.clone());
+            *h = h.clone().select(0, idx.clone());
         }
         for st in self.lstm.values_mut() {
             for (h, c) in st.iter_mut() {
@@ -354,6 +360,11 @@ impl Runtime {
                             let out = ops::attention(op, &ins, k.clone(), v.clone(), &ctx);
                             c.kv.insert(n, (k, v));
                             V::F4(out)
+                        }
+                        (Some(c), Op::Mamba { .. }) => {
+                            let (out, state) = ops::mamba(op, &ins, &ctx, c.mamba.remove(&n));
+                            c.mamba.insert(n, state);
+                            V::F3(out)
                         }
                         (Some(c), Op::Lstm { .. }) => {
                             let (out, state) = ops::lstm(op, &ins, &ctx, c.lstm.remove(&n));

@@ -282,6 +282,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         }
         Op::Attention { .. } => V::F4(attention(op, ins, ins[1].f4(), ins[2].f4(), ctx)),
         Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
+        Op::Mamba { .. } => V::F3(mamba(op, ins, ctx, None).0),
         Op::PositionLinear { max_len, bias } => {
             let x = ins[0].f3();
             let w = ins[1].f4();
@@ -454,6 +455,73 @@ fn adaptive_softmax(scores: Tensor<4>) -> Tensor<4> {
 
 /// Coefficients of β(H), highest power first (Veličković et al. 2024, `poly_fit`).
 pub const ADAPTIVE_POLY: [f64; 5] = [-0.037, 0.481, -2.3, 4.917, -1.791];
+
+/// Mamba state: the last k − 1 inputs of the convolution `[b, k − 1, e]` and the SSM state
+/// `[b, e, n]`.
+pub type MambaState = (Tensor<3>, Tensor<3>);
+
+/// The Mamba block from `init` (zeros when `None`); returns the outputs and the final state.
+/// The scan runs step by step; everything else is computed for all positions at once.
+pub fn mamba(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<MambaState>) -> (Tensor<3>, MambaState) {
+    let Op::Mamba {
+        d_state,
+        d_conv,
+        dt_rank,
+    } = op
+    else {
+        unreachable!("mamba op")
+    };
+    let (n, k, r) = (*d_state as usize, *d_conv as usize, *dt_rank as usize);
+    let x = ins[0].f3();
+    let [b, s, _] = x.dims();
+    let w_in = ins[1].f2();
+    let e = w_in.dims()[1] / 2;
+    let xz = mm(x, w_in.unsqueeze::<3>(), ctx);
+    let (xi, z) = (xz.clone().narrow(2, 0, e), xz.narrow(2, e, e));
+    let (prev, mut h) = init.unwrap_or_else(|| {
+        (
+            Tensor::<3>::zeros([b, k - 1, e], ctx.device),
+            Tensor::<3>::zeros([b, e, n], ctx.device),
+        )
+    });
+    // Causal depthwise convolution over [previous k − 1 inputs, this call's inputs].
+    let xp = Tensor::cat(vec![prev, xi], 1);
+    let conv_w = ins[2].f2();
+    let mut u = ins[3].f1().reshape([1, 1, e]).expand([b, s, e]);
+    for j in 0..k {
+        u = u + xp.clone().narrow(1, j, s) * conv_w.clone().narrow(1, j, 1).reshape([1, 1, e]);
+    }
+    let conv_state = xp.narrow(1, s, k - 1);
+    let u = activation::silu(u);
+    let proj = mm(u.clone(), ins[4].f2().unsqueeze::<3>(), ctx);
+    let (delta, bm, cm) = (
+        proj.clone().narrow(2, 0, r),
+        proj.clone().narrow(2, r, n),
+        proj.narrow(2, r + n, n),
+    );
+    let dt = activation::softplus(
+        mm(delta, ins[5].f2().unsqueeze::<3>(), ctx) + ins[6].f1().reshape([1, 1, e]),
+        1.0,
+    );
+    // The scan, step by step on [b, e, n] states. Each step slices only the small per-position
+    // tensors Δ_t, Δ_t x_t, B_t and C_t: slicing the [b, s, e, n] products instead costs a
+    // full-size gradient buffer per step in the backward pass (quadratic in s).
+    let a = ins[7].f2().exp().neg().unsqueeze::<3>();
+    let dtx = dt.clone() * u.clone();
+    let mut ys = Vec::with_capacity(s);
+    for t in 0..s {
+        let step = |x: &Tensor<3>, w: usize| x.clone().narrow(1, t, 1).reshape([b, w, 1]);
+        let da = (step(&dt, e) * a.clone()).exp();
+        let bt = step(&bm, n).reshape([b, 1, n]);
+        h = da * h + step(&dtx, e) * bt;
+        let ct = step(&cm, n).reshape([b, 1, n]);
+        ys.push((h.clone() * ct).sum_dim(2));
+    }
+    // y_t = C_t · h_t + D x_t.
+    let y = Tensor::cat(ys, 2).permute([0, 2, 1]) + u * ins[8].f1().reshape([1, 1, e]);
+    let out = mm(y * activation::silu(z), ins[9].f2().unsqueeze::<3>(), ctx);
+    (out, (conv_state, h))
+}
 
 /// LSTM state of every layer: (h, c), each `[b, hidden]`.
 pub type LstmState = Vec<(Tensor<2>, Tensor<2>)>;

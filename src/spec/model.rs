@@ -94,6 +94,18 @@ fn default_ln_eps() -> f64 {
 fn default_rms_eps() -> f64 {
     1e-6
 }
+fn default_d_state() -> u32 {
+    16
+}
+
+fn default_d_conv() -> u32 {
+    4
+}
+
+fn default_expand() -> u32 {
+    2
+}
+
 fn default_one() -> u32 {
     1
 }
@@ -223,6 +235,30 @@ pub enum Layer {
         #[schemars(range(min = 0.0, max = 0.99))]
         dropout: f64,
     },
+    /// Mamba block: a selective state-space model (Gu & Dao 2023, structured as mamba.py).
+    /// in_proj to 2·expand·width channels (x, z); x ← SiLU(causal depthwise convolution of
+    /// `d_conv` taps); Δ = softplus(dt_proj(x_proj(x))), B and C from x_proj(x); the scan
+    /// h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t x_t, y_t = C_t · h_t + D ⊙ x_t with A = −exp(A_log);
+    /// out_proj(y ⊙ SiLU(z)) back to the input width. Causal; decodes with a recurrent state.
+    /// The usual block is `{type: residual, body: [{type: rmsnorm}, {type: mamba}]}`.
+    Mamba {
+        /// State size n per channel.
+        #[serde(default = "default_d_state")]
+        #[schemars(range(min = 1, max = 1024))]
+        d_state: u32,
+        /// Taps of the causal depthwise convolution.
+        #[serde(default = "default_d_conv")]
+        #[schemars(range(min = 2, max = 64))]
+        d_conv: u32,
+        /// Inner channels per input feature.
+        #[serde(default = "default_expand")]
+        #[schemars(range(min = 1, max = 16))]
+        expand: u32,
+        /// Rank of Δ's projection; leave it out for ⌈width / 16⌉.
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 65536))]
+        dt_rank: Option<u32>,
+    },
     /// Global spectral filter (GFNet, 1-D): rfft over the sequence, multiply by a learned
     /// complex filter per frequency and feature, irfft back. Its causal form learns a kernel of
     /// `max_len` taps and convolves with zero padding to 2·max_len, so no position sees a later
@@ -333,6 +369,7 @@ impl Layer {
             Layer::LearnedPositions { .. } => "learned_positions",
             Layer::Attention { .. } => "attention",
             Layer::PositionLinear { .. } => "position_linear",
+            Layer::Mamba { .. } => "mamba",
             Layer::Layernorm { .. } => "layernorm",
             Layer::Rmsnorm { .. } => "rmsnorm",
             Layer::Mlp { .. } => "mlp",

@@ -157,14 +157,19 @@ pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
     r.next_u64()
 }
 
-/// Which parameters get weight decay: matrices that are not embeddings or position tables.
+/// Which parameters get weight decay: matrices that are not embeddings, position tables or
+/// Mamba's A_log (which, like the reference, is never decayed).
 fn decays(graph: &Graph, names: &[String], shapes: &[Vec<usize>], all: bool) -> Vec<bool> {
     use crate::ir::Op;
     let no_decay: std::collections::HashSet<String> = graph
         .g
         .node_indices()
-        .filter(|&n| matches!(graph.g[n].op, Op::Embedding | Op::AddPositions))
-        .filter_map(|n| match &graph.g[graph.inputs(n)[1]].op {
+        .filter_map(|n| match graph.g[n].op {
+            Op::Embedding | Op::AddPositions => Some(graph.inputs(n)[1]),
+            Op::Mamba { .. } => Some(graph.inputs(n)[7]),
+            _ => None,
+        })
+        .filter_map(|p| match &graph.g[p].op {
             Op::Param { name, .. } => Some(name.clone()),
             _ => None,
         })
