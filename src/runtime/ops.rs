@@ -576,7 +576,7 @@ mod tests {
     use super::*;
 
     fn vec4(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
 
     #[test]
@@ -606,8 +606,8 @@ mod tests {
         let p = activation::softmax(s.clone(), 3);
         let g_soft = s.grad(&(p * w).sum().backward()).unwrap();
         let (a, b) = (
-            g_hard.into_data().to_vec::<f32>().unwrap(),
-            g_soft.into_data().to_vec::<f32>().unwrap(),
+            g_hard.into_data().try_to_vec::<f32>().unwrap(),
+            g_soft.into_data().try_to_vec::<f32>().unwrap(),
         );
         assert!(a.iter().any(|x| x.abs() > 1e-3), "the gradient is not zero");
         for (x, y) in a.iter().zip(&b) {

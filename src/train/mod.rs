@@ -526,11 +526,36 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     let mut last_loss = f64::NAN;
     let mut val_loss = f64::NAN;
     let mut stopped = "finished all steps".to_string();
+    // The batches of the next step are drawn on a second thread while this step runs; `ds` is
+    // the data position as drawn so far, `after` the position the checkpoint records.
+    let draw = |data: &mut Data, ds: &mut State| -> Vec<Vec<Vec<i64>>> {
+        (0..u64::from(t.grad_accum))
+            .map(|k| data.train_batch(ds, t.seed, k, bs))
+            .collect()
+    };
+    let mut ds = tr.state.clone();
+    let mut micro = draw(&mut data, &mut ds);
+    let mut after = (ds.epoch, ds.pos);
     while tr.state.step < total {
-        let micro: Vec<Vec<Vec<i64>>> = (0..u64::from(t.grad_accum))
-            .map(|k| data.train_batch(&mut tr.state, t.seed, k, bs))
-            .collect();
-        let stats = match tr.step(&micro, total) {
+        let (result, next) = std::thread::scope(|sc| {
+            let prefetch = (tr.state.step + 1 < total).then(|| {
+                let (data, ds) = (&mut data, &mut ds);
+                sc.spawn(move || {
+                    ds.step += 1;
+                    let m = draw(data, ds);
+                    (m, (ds.epoch, ds.pos))
+                })
+            });
+            let result = tr.step(&micro, total);
+            let next = prefetch.map(|h| h.join().expect("the batch thread does not panic"));
+            (result, next)
+        });
+        (tr.state.epoch, tr.state.pos) = after;
+        if let Some((m, a)) = next {
+            micro = m;
+            after = a;
+        }
+        let stats = match result {
             Ok(s) => s,
             Err(value) => {
                 progress.finish();
