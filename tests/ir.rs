@@ -287,3 +287,29 @@ proptest! {
         prop_assert!(d < 1e-9, "difference {}", d);
     }
 }
+
+/// The FLOP count of `kiln bench` against a hand count for the default model: per layer the
+/// projections q, k, v, out (32·32 + 2·32·16 + 32·32) and SwiGLU (3·32·86), the head 32·V,
+/// and attention 2·2·S·S·d per query head (scores and values).
+#[test]
+fn matmul_flops_match_a_hand_count() {
+    let g = lower_file("recipes/default.yaml", &[]);
+    let v =
+        g.g.node_weights()
+            .find_map(|n| match &n.op {
+                Op::Param { name, shape, .. } if name == "layers.3.proj.weight" => Some(shape[1]),
+                _ => None,
+            })
+            .unwrap();
+    let (b, s) = (3u64, 10u64);
+    let per_layer = 32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 86;
+    let linear = 2 * b * s * (2 * per_layer + 32 * v);
+    let attention = 2 * (4 * b * 4 * s * s * 8);
+    assert_eq!(g.matmul_flops(b, s), linear + attention);
+    let (o, _) = optimized(&g, &ALL.iter().map(|p| p.name).collect::<Vec<_>>());
+    assert_eq!(
+        o.matmul_flops(b, s),
+        linear + attention,
+        "passes keep the work"
+    );
+}

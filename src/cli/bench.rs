@@ -51,6 +51,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let bs = data.batch_size(t.batch_size as usize);
     let total = (a.warmup + a.steps) as u64;
     let mut tokens = 0usize;
+    let mut flops = 0u64;
     let mut times = Vec::with_capacity(a.steps);
     let mut loss = f64::NAN;
     for i in 0..a.warmup + a.steps {
@@ -73,6 +74,10 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
                 .flatten()
                 .map(|s| s.len().saturating_sub(1))
                 .sum::<usize>();
+            for m in &micro {
+                let len = m.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
+                flops += 3 * graph.matmul_flops(m.len() as u64, len as u64);
+            }
         }
     }
     let train_s: f64 = times.iter().sum();
@@ -90,6 +95,8 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         "train_tokens_per_s": tokens as f64 / train_s,
         "train_step_ms_median": median_ms,
         "last_loss": loss,
+        "train_matmul_gflops": flops as f64 / train_s / 1e9,
+        "device_matmul_peak_gflops": matmul_peak(&a.device.device(false), a.matmul_dtype),
     });
     if a.gen_tokens > 0 {
         let weights = tr.rt.values();
@@ -143,4 +150,32 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         serde_json::to_string_pretty(&out).expect("json serializes")
     );
     0
+}
+
+/// The device's matrix-product speed in GFLOP/s: the best of a few square products (n = 1024
+/// on the CPU, 4096 on a GPU) in the given precision, each waited for by reading a value back.
+fn matmul_peak(device: &burn::prelude::Device, dtype: Option<FloatDType>) -> f64 {
+    use burn::prelude::*;
+    let n = if *device == Device::flex() {
+        1024
+    } else {
+        4096
+    };
+    let make = |scale: f64| {
+        let t = Tensor::<2>::ones([n, n], device).mul_scalar(scale);
+        match dtype {
+            Some(dt) => t.cast(dt),
+            None => t,
+        }
+    };
+    let (x, y) = (make(0.5), make(0.25));
+    let mut best = 0.0f64;
+    for _ in 0..4 {
+        let start = Instant::now();
+        let z = x.clone().matmul(y.clone());
+        let _ = z.slice([0..1, 0..1]).into_data();
+        let secs = start.elapsed().as_secs_f64();
+        best = best.max(2.0 * (n as f64).powi(3) / secs / 1e9);
+    }
+    best
 }

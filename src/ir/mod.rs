@@ -233,6 +233,49 @@ impl Graph {
             .sum()
     }
 
+    /// Multiply-add work of one forward pass over `batch` sequences of `seq` tokens, in FLOPs
+    /// (2 per multiply-add): the matrix products of linear maps, attention (the full score
+    /// matrix, as computed), LSTM gates, Mamba projections and position-linear maps. Norms,
+    /// activations, FFTs and the scan's elementwise work are not counted. A training step
+    /// costs about three times this (forward, and two products per product backward).
+    pub fn matmul_flops(&self, batch: u64, seq: u64) -> u64 {
+        let shape = |n: NodeIndex| -> Vec<u64> {
+            match &self.g[n].op {
+                Op::Param { shape, .. } => shape.clone(),
+                _ => Vec::new(),
+            }
+        };
+        self.g
+            .node_indices()
+            .map(|n| {
+                let out = self.g[n].ty.numel(batch, seq);
+                let ins = self.inputs(n);
+                match &self.g[n].op {
+                    Op::Linear { .. } => 2 * out * shape(ins[1])[0],
+                    Op::Attention { .. } => 4 * out * seq,
+                    Op::Lstm { layers, .. } => (0..*layers as usize)
+                        .map(|l| {
+                            let (wi, wh) = (shape(ins[1 + 4 * l]), shape(ins[2 + 4 * l]));
+                            2 * batch * seq * (wi[0] * wi[1] + wh[0] * wh[1])
+                        })
+                        .sum(),
+                    Op::Mamba { .. } => [1, 4, 5, 9]
+                        .iter()
+                        .map(|&k| {
+                            let w = shape(ins[k]);
+                            2 * batch * seq * w[0] * w[1]
+                        })
+                        .sum(),
+                    Op::PositionLinear { .. } => {
+                        let w = shape(ins[1]);
+                        2 * out * w[1] * seq
+                    }
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+
     /// Estimated activation memory of one example of length `seq`, in bytes: the sum of the
     /// sizes of all intermediate values (what a training step keeps for the backward pass).
     pub fn activation_bytes(&self, seq: u64) -> u64 {
