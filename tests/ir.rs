@@ -313,3 +313,30 @@ fn matmul_flops_match_a_hand_count() {
         "passes keep the work"
     );
 }
+
+/// YaRN frequencies against values computed by hand from Hugging Face's
+/// `_compute_yarn_parameters` (head width 16, base 10000, factor 4, 64 original positions:
+/// correction range [0, 3], so pair 0 keeps its frequency, pairs 1 and 2 blend, the rest are
+/// divided by 4; cos and sin scale by 0.1·ln 4 + 1).
+#[test]
+fn yarn_frequencies_follow_the_reference_formula() {
+    use kiln::ir::{rope_frequencies, Real};
+    let (f, scale) = rope_frequencies(16, 10000.0, Some((Real(4.0), 64, Real(32.0), Real(1.0))));
+    let want = [
+        1.0,
+        0.23717082451262847,
+        0.05,
+        0.007905694150420948,
+        0.0025,
+        0.0007905694150420947,
+        0.00025,
+        7.905694150420948e-05,
+    ];
+    for (a, b) in f.iter().zip(want) {
+        assert!((a - b).abs() < 1e-12 * b.max(1e-3), "{f:?}");
+    }
+    assert!((scale - 1.138629436111989).abs() < 1e-12);
+    let (plain, one) = rope_frequencies(16, 10000.0, None);
+    assert_eq!(one, 1.0);
+    assert!((plain[1] - 10000f64.powf(-2.0 / 16.0)).abs() < 1e-15);
+}

@@ -152,3 +152,21 @@ fn mamba_trains_and_decodes_with_its_recurrent_state() {
     assert!(text.starts_with("<sos> a a"), "{text}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn the_adaptive_temperature_and_yarn_model_trains() {
+    let d = tmp("adaptive");
+    let out = train(
+        "recipes/default.yaml",
+        &d,
+        &[
+            "model=../models/transformer-adaptive.yaml",
+            "task.max_length=16",
+            "train.steps=60",
+        ],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    assert!(out.contains("OOD ("), "{out}");
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -6,7 +6,7 @@ pub mod print;
 pub mod reference;
 pub mod verify;
 
-pub use op::{AttnScale, Init, Mixing, Op, Real, SpectralAlgo};
+pub use op::{rope_frequencies, AttnScale, Init, Mixing, Op, Real, SpectralAlgo};
 
 use crate::diag::Span;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};

@@ -141,6 +141,8 @@ pub enum Op {
         head_dim: u64,
         /// Frequency base.
         base: Real,
+        /// YaRN scaling: (factor, original length, β_fast, β_slow).
+        yarn: Option<(Real, u64, Real, Real)>,
     },
     /// `(x [b, h, s, d], table) → x` rotated (half-split pairs i, i + d/2).
     ApplyRope,
@@ -280,7 +282,16 @@ impl Op {
             Op::LayerNorm(e) | Op::RmsNorm(e) => format!("eps={e}"),
             Op::SinusoidalTable { dim } => format!("dim={dim}"),
             Op::SplitHeads { heads } => format!("heads={heads}"),
-            Op::RopeTable { head_dim, base } => format!("head_dim={head_dim} base={base}"),
+            Op::RopeTable {
+                head_dim,
+                base,
+                yarn,
+            } => match yarn {
+                None => format!("head_dim={head_dim} base={base}"),
+                Some((f, l, bf, bs)) => format!(
+                    "head_dim={head_dim} base={base} yarn(factor={f} original={l} beta_fast={bf} beta_slow={bs})"
+                ),
+            },
             Op::RepeatKv { groups } => format!("groups={groups}"),
             Op::Attention {
                 causal,
@@ -686,4 +697,37 @@ impl Op {
 
 fn fmt_dim(d: Option<Dim>) -> String {
     d.map_or_else(|| "?".into(), |d| d.to_string())
+}
+
+/// Rotary frequencies θ_i (i < head_dim/2) and the factor cos and sin are scaled by: plain RoPE
+/// θ_i = base^(−2i/d), or YaRN as Hugging Face computes it (`_compute_yarn_parameters`).
+pub fn rope_frequencies(
+    head_dim: u64,
+    base: f64,
+    yarn: Option<(Real, u64, Real, Real)>,
+) -> (Vec<f64>, f64) {
+    let d = head_dim as f64;
+    let half = (head_dim / 2) as usize;
+    let plain: Vec<f64> = (0..half).map(|i| base.powf(-2.0 * i as f64 / d)).collect();
+    let Some((factor, original, beta_fast, beta_slow)) = yarn else {
+        return (plain, 1.0);
+    };
+    let (s, l) = (factor.0, original as f64);
+    let correction = |rotations: f64| {
+        d * (l / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    };
+    let low = correction(beta_fast.0).floor().max(0.0);
+    let high = correction(beta_slow.0).ceil().min(d - 1.0);
+    let high = if low == high { high + 0.001 } else { high };
+    let freqs = plain
+        .iter()
+        .enumerate()
+        .map(|(i, &theta)| {
+            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            let keep = 1.0 - ramp;
+            theta / s * (1.0 - keep) + theta * keep
+        })
+        .collect();
+    let attention = if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
+    (freqs, attention)
 }

@@ -288,15 +288,20 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::RopeTable { head_dim, base } => {
+        Op::RopeTable {
+            head_dim,
+            base,
+            yarn,
+        } => {
             let s = ins[0].shape[1];
             let half = *head_dim as usize / 2;
+            let (freqs, scale) = super::rope_frequencies(*head_dim, base.0, *yarn);
             let mut t = Tensor::zeros(&[s, half, 2]);
             for pos in 0..s {
                 for i in 0..half {
-                    let theta = pos as f64 * base.0.powf(-2.0 * i as f64 / *head_dim as f64);
-                    t.data[(pos * half + i) * 2] = theta.cos();
-                    t.data[(pos * half + i) * 2 + 1] = theta.sin();
+                    let theta = pos as f64 * freqs[i];
+                    t.data[(pos * half + i) * 2] = theta.cos() * scale;
+                    t.data[(pos * half + i) * 2 + 1] = theta.sin() * scale;
                 }
             }
             t

@@ -402,6 +402,14 @@ impl Lowerer {
                         Op::RopeTable {
                             head_dim: hd,
                             base: Real(r.base),
+                            yarn: r.yarn.map(|y| {
+                                (
+                                    Real(y.factor),
+                                    u64::from(y.original_max_len),
+                                    Real(y.beta_fast),
+                                    Real(y.beta_slow),
+                                )
+                            }),
                         },
                         &[self.input],
                     )?;

@@ -72,14 +72,20 @@ pub fn sinusoidal(s: usize, d: usize) -> Vec<f32> {
 }
 
 /// RoPE cos and sin tables `[s, half]`.
-pub fn rope_tables(s: usize, head_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
+pub fn rope_tables(
+    s: usize,
+    head_dim: u64,
+    base: f64,
+    yarn: Option<(crate::ir::Real, u64, crate::ir::Real, crate::ir::Real)>,
+) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim as usize / 2;
+    let (freqs, scale) = crate::ir::rope_frequencies(head_dim, base, yarn);
     let (mut c, mut sn) = (vec![0.0f32; s * half], vec![0.0f32; s * half]);
     for pos in 0..s {
         for i in 0..half {
-            let theta = pos as f64 * base.powf(-2.0 * i as f64 / head_dim as f64);
-            c[pos * half + i] = theta.cos() as f32;
-            sn[pos * half + i] = theta.sin() as f32;
+            let theta = pos as f64 * freqs[i];
+            c[pos * half + i] = (theta.cos() * scale) as f32;
+            sn[pos * half + i] = (theta.sin() * scale) as f32;
         }
     }
     (c, sn)
@@ -245,10 +251,14 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let [b, h, s, d] = x.dims();
             V::F3(x.swap_dims(1, 2).reshape([b, s, h * d]))
         }
-        Op::RopeTable { head_dim, base } => {
+        Op::RopeTable {
+            head_dim,
+            base,
+            yarn,
+        } => {
             let half = *head_dim as usize / 2;
             let end = ctx.offset + ctx.seq;
-            let (c, s) = rope_tables(end, *head_dim as usize, base.0);
+            let (c, s) = rope_tables(end, *head_dim, base.0, *yarn);
             let c: Tensor<2> = consts(c, [end, half], ctx);
             let s: Tensor<2> = consts(s, [end, half], ctx);
             V::F3(Tensor::stack(vec![c, s], 2).narrow(0, ctx.offset, ctx.seq))

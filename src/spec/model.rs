@@ -80,6 +80,41 @@ pub struct Rope {
     #[serde(default = "default_rope_base")]
     #[schemars(range(min = 1.0, max = 1e12))]
     pub base: f64,
+    /// YaRN context extension (Peng et al. 2023, as Hugging Face's `rope_type: yarn`): the
+    /// frequencies of a model trained on `original_max_len` positions are interpolated by
+    /// `factor` where their wavelength is long, kept where it is short, blended between, and
+    /// cos/sin are scaled by 0.1·ln(factor) + 1. Leave it out for plain RoPE.
+    #[serde(default)]
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN scaling of rotary frequencies.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Yarn {
+    /// Context extension factor s (new length / original length).
+    #[schemars(range(min = 1.0, max = 1024.0))]
+    pub factor: f64,
+    /// Positions the frequencies were trained for.
+    #[schemars(range(min = 1, max = 16777216))]
+    pub original_max_len: u32,
+    /// Dimensions that rotate more than this many times over the original length keep their
+    /// frequency.
+    #[serde(default = "default_beta_fast")]
+    #[schemars(range(min = 0.0, max = 1e6))]
+    pub beta_fast: f64,
+    /// Dimensions that rotate fewer times than this are fully interpolated.
+    #[serde(default = "default_beta_slow")]
+    #[schemars(range(min = 0.0, max = 1e6))]
+    pub beta_slow: f64,
+}
+
+fn default_beta_fast() -> f64 {
+    32.0
+}
+
+fn default_beta_slow() -> f64 {
+    1.0
 }
 
 fn default_rope_base() -> f64 {
