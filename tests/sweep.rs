@@ -28,6 +28,39 @@ const SMALL: &[&str] = &[
 ];
 
 #[test]
+fn conditional_parameters_reach_only_their_trials() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tmp("when");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("when.yaml");
+    let text = std::fs::read_to_string("recipes/sweep-anbn.yaml")
+        .unwrap()
+        .replace("../models/", &format!("{root}/models/"))
+        .replace(
+            "  seeds: [0, 1]",
+            "  zip:\n    model.vars.heads: [2, 4]\n    model.vars.kv_heads: [2, 4]\n  when:\n    model.vars.heads: {model: [MODEL]}\n    model.vars.kv_heads: {model: [MODEL]}\n  seeds: [0]",
+        )
+        .replace("MODEL", &format!("{root}/models/transformer-modern.yaml"));
+    std::fs::write(&recipe, text).unwrap();
+    let out = kiln()
+        .args(["sweep", "plan"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two Transformer points; the LSTM, which has no heads, once (not once per zip row).
+    assert!(stdout.starts_with("sweep-anbn: 3 trial(s)"), "{stdout}");
+    assert_eq!(stdout.matches("model.vars.heads=").count(), 2, "{stdout}");
+    assert!(stdout.contains("lstm.yaml train.seed=0"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn plan_is_stable_and_lists_every_trial() {
     let out = kiln()
         .args(["sweep", "plan", "recipes/sweep-anbn.yaml"])

@@ -47,7 +47,7 @@ pub struct RecipeSpec {
 
 /// A sweep: every combination of the `grid` values, times the `zip` rows, times the `seeds`.
 /// Keys are dotted paths as in `--set` (`train.optimizer.lr`, `model.vars.depth`, `model`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sweep {
     /// Cartesian product: each key takes each of its values with every value of the others.
@@ -64,6 +64,12 @@ pub struct Sweep {
     /// Seeds (`train.seed`) replicating every point; leave it out for the recipe's seed.
     #[serde(default)]
     pub seeds: Vec<u64>,
+    /// Conditional parameters: `key: {other: [values]}` sets the swept `key` only in trials
+    /// where every listed other swept key has one of the listed values (e.g. attention heads
+    /// only for the Transformer). Points that then coincide run once.
+    #[serde(default)]
+    pub when:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<SweepValue>>>,
 }
 
 /// Random search over distributions.

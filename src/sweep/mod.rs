@@ -65,6 +65,9 @@ pub fn plan(s: &Sweep) -> Result<Vec<Trial>, String> {
             })
             .collect();
     }
+    if !s.when.is_empty() {
+        points = conditional(s, points)?;
+    }
     let seeds: Vec<Option<u64>> = if s.seeds.is_empty() {
         vec![None]
     } else {
@@ -89,6 +92,57 @@ pub fn plan(s: &Sweep) -> Result<Vec<Trial>, String> {
 }
 
 /// The `count` draws of a random search, each a list of `key=value` overrides.
+/// Drop the settings whose `when` conditions fail, then the points that became duplicates
+/// (the first of equal points keeps its place).
+fn conditional(s: &Sweep, points: Vec<Vec<String>>) -> Result<Vec<Vec<String>>, String> {
+    let swept: std::collections::BTreeSet<&str> = s
+        .grid
+        .keys()
+        .chain(s.zip.keys())
+        .chain(s.random.iter().flat_map(|r| r.params.keys()))
+        .map(String::as_str)
+        .collect();
+    for (k, conds) in &s.when {
+        for name in std::iter::once(k).chain(conds.keys()) {
+            if !swept.contains(name.as_str()) {
+                return Err(format!(
+                    "`sweep.when` names `{name}`, which is not swept (by grid, zip or random)"
+                ));
+            }
+        }
+        if conds.is_empty() {
+            return Err(format!("`sweep.when.{k}` lists no condition"));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for p in points {
+        let value = |key: &str| {
+            p.iter().find_map(|kv| {
+                kv.split_once('=')
+                    .filter(|(k, _)| *k == key)
+                    .map(|(_, v)| v)
+            })
+        };
+        let kept: Vec<String> = p
+            .iter()
+            .filter(|kv| {
+                let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+                s.when.get(key).is_none_or(|conds| {
+                    conds.iter().all(|(c, vals)| {
+                        value(c).is_some_and(|v| vals.iter().any(|x| x.to_string() == v))
+                    })
+                })
+            })
+            .cloned()
+            .collect();
+        if seen.insert(kept.clone()) {
+            out.push(kept);
+        }
+    }
+    Ok(out)
+}
+
 fn random_draws(r: &crate::spec::recipe::RandomSearch) -> Result<Vec<Vec<String>>, String> {
     use crate::spec::recipe::Distribution as D;
     for (k, d) in &r.params {
@@ -485,6 +539,7 @@ mod tests {
             .collect(),
             random: None,
             seeds: vec![7, 8],
+            when: Default::default(),
         };
         let t = plan(&s).unwrap();
         assert_eq!(t.len(), 2 * 2 * 2 * 2);
@@ -512,6 +567,56 @@ mod tests {
             ..s
         };
         assert!(plan(&bad).unwrap_err().contains("one length"));
+    }
+
+    #[test]
+    fn conditional_parameters_apply_only_where_their_condition_holds() {
+        let s = Sweep {
+            grid: [
+                (
+                    "model".to_string(),
+                    vec![V::Str("t.yaml".into()), V::Str("lstm.yaml".into())],
+                ),
+                ("model.vars.heads".to_string(), vec![V::Int(2), V::Int(4)]),
+            ]
+            .into_iter()
+            .collect(),
+            when: [(
+                "model.vars.heads".to_string(),
+                [("model".to_string(), vec![V::Str("t.yaml".into())])]
+                    .into_iter()
+                    .collect(),
+            )]
+            .into_iter()
+            .collect(),
+            seeds: vec![0, 1],
+            ..Sweep::default()
+        };
+        let t = plan(&s).unwrap();
+        let sets: Vec<Vec<String>> = t.iter().step_by(2).map(|x| x.sets.clone()).collect();
+        assert_eq!(
+            sets,
+            [
+                vec!["model=t.yaml", "model.vars.heads=2", "train.seed=0"],
+                vec!["model=t.yaml", "model.vars.heads=4", "train.seed=0"],
+                vec!["model=lstm.yaml", "train.seed=0"],
+            ]
+        );
+        assert_eq!(
+            t.len(),
+            6,
+            "the LSTM point runs once per seed, not once per heads value"
+        );
+        let mut bad = s.clone();
+        bad.when.insert(
+            "train.lr".into(),
+            [("model".to_string(), vec![V::Int(1)])]
+                .into_iter()
+                .collect(),
+        );
+        assert!(plan(&bad)
+            .unwrap_err()
+            .contains("`train.lr`, which is not swept"));
     }
 
     #[test]
@@ -545,6 +650,7 @@ mod tests {
                 .collect(),
             }),
             seeds: vec![],
+            when: Default::default(),
         };
         let t = plan(&s).unwrap();
         assert_eq!(t.len(), 2 * 50);
