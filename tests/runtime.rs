@@ -194,3 +194,67 @@ fn weights_round_trip_and_reject_another_model() {
     assert!(kiln::runtime::load_weights(&path).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An ensemble graph's output is ln(mean_i softmax(member_i)): on the runtime, against the
+/// float64 reference evaluating each member alone with the same weights.
+#[test]
+fn an_ensemble_averages_its_members_probabilities() {
+    let a = optimize(&lower("models/transformer-modern.yaml", &[]));
+    let b = optimize(&lower("models/lstm.yaml", &["vars.depth=1"]));
+    let e = Graph::ensemble(&[a.clone(), b.clone()]).unwrap();
+    let toks = tokens(6, 2, 9, 5);
+    let params = reference::init_params(&e, 3);
+    let member = |g: &Graph, i: usize| {
+        let p = params
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(&format!("member{i}."))
+                    .map(|n| (n.to_string(), v.clone()))
+            })
+            .collect();
+        reference::run(g, &p, &toks).unwrap()
+    };
+    let (la, lb) = (member(&a, 0), member(&b, 1));
+    let v = *la.shape.last().unwrap();
+    let softmax = |r: &[f64]| {
+        let m = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = r.iter().map(|x| (x - m).exp()).sum();
+        r.iter().map(|x| (x - m).exp() / z).collect::<Vec<f64>>()
+    };
+    let want: Vec<f64> = la
+        .data
+        .chunks(v)
+        .zip(lb.data.chunks(v))
+        .flat_map(|(x, y)| {
+            softmax(x)
+                .into_iter()
+                .zip(softmax(y))
+                .map(|(p, q)| ((p + q) / 2.0).ln())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let got = reference::run(&e, &params, &toks).unwrap();
+    assert!(got
+        .data
+        .iter()
+        .zip(&want)
+        .all(|(x, y)| (x - y).abs() < 1e-12));
+    let weights = params
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                (t.data.iter().map(|&x| x as f32).collect(), t.shape.clone()),
+            )
+        })
+        .collect();
+    let rt = Runtime::with_values(e, DeviceKind::Cpu.device(false), &weights).unwrap();
+    let out = rt.forward(tokens_tensor(&toks, &rt.device), false);
+    let out: Vec<f32> = out.into_data().try_to_vec::<f32>().unwrap();
+    let err = out
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| (f64::from(*x) - y).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-4, "runtime vs reference: {err}");
+}

@@ -170,3 +170,43 @@ fn the_adaptive_temperature_and_yarn_model_trains() {
     assert!(out.contains("OOD ("), "{out}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn an_ensemble_trains_its_members_and_reports_beside_their_mean() {
+    let d = tmp("ensemble");
+    let sets = [
+        "ensemble={seeds: [4, 5]}",
+        "task.max_length=16",
+        "model.vars.depth=1",
+        "train.steps=60",
+    ];
+    let out = train("recipes/default.yaml", &d, &sets);
+    assert!(out.contains("ensemble of 2 (seeds [4, 5])"), "{out}");
+    assert!(out.contains("members (mean ± std)"), "{out}");
+    let s = summary(&d);
+    let members = s["ensemble"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    assert_ne!(
+        members[0]["final_loss"], members[1]["final_loss"],
+        "different seeds"
+    );
+    assert_eq!(s["metrics"]["task"], "grammar");
+    assert!(d.join("member-5").join("checkpoint.safetensors").exists());
+    // Resuming a finished ensemble retrains nothing and reports the same.
+    let again = ok(&kiln().args(["train", "--resume"]).arg(&d).output().unwrap());
+    assert!(!again.contains("step "), "{again}");
+    let s2 = summary(&d);
+    assert_eq!(s2["val_loss"], s["val_loss"]);
+    // eval and generate use the whole ensemble.
+    let table = ok(&kiln().arg("eval").arg(&d).output().unwrap());
+    let line = out.lines().find(|l| l.starts_with("OOD (")).unwrap();
+    assert!(table.contains(line), "{table}\n---\n{line}");
+    let text = ok(&kiln()
+        .arg("generate")
+        .arg(&d)
+        .args(["--prompt", "a a"])
+        .output()
+        .unwrap());
+    assert!(text.starts_with("<sos> a a"), "{text}");
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -63,7 +63,7 @@ pub fn train_cmd(
 ) -> i32 {
     let (dir, recipe_path) = match (&resume, recipe) {
         (Some(dir), _) => {
-            if !dir.join("checkpoint.safetensors").exists() {
+            if !holds_run(dir) {
                 eprintln!(
                     "error: `{}` has no checkpoint to resume from (checkpoint.safetensors)",
                     dir.display()
@@ -90,7 +90,7 @@ pub fn train_cmd(
                 .map_or(0, |d| d.as_secs());
             PathBuf::from("runs").join(format!("{name}-{secs}"))
         });
-        if dir.join("checkpoint.safetensors").exists() {
+        if holds_run(&dir) {
             eprintln!("error: `{}` already holds a run; continue it with `kiln train --resume {}` or choose another --out", dir.display(), dir.display());
             return 2;
         }
@@ -119,7 +119,11 @@ pub fn train_cmd(
         device,
         matmul_dtype,
     };
-    match train::train(&doc.spec, graph.clone(), &opts) {
+    let result = match &doc.spec.ensemble {
+        None => train::train(&doc.spec, graph.clone(), &opts),
+        Some(e) => train::train_ensemble(&doc.spec, &graph, &e.seeds, &opts),
+    };
+    match result {
         Ok(summary) => {
             let text = serde_json::to_string_pretty(&summary).expect("summary serializes");
             if let Err(e) = crate::util::write_atomic(&dir.join("summary.json"), text.as_bytes()) {
@@ -134,6 +138,16 @@ pub fn train_cmd(
             1
         }
     }
+}
+
+/// Whether `dir` holds a run to resume: a checkpoint, or an ensemble's member directories.
+fn holds_run(dir: &Path) -> bool {
+    dir.join("checkpoint.safetensors").exists()
+        || std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("member-"))
+        })
 }
 
 fn write_resolved(dir: &Path, doc: &LoadedRecipe, graph: &Graph) -> std::io::Result<()> {
@@ -169,11 +183,48 @@ fn print_summary(name: &str, graph: &Graph, s: &Summary, dir: &Path) {
     if let Some(m) = &s.metrics {
         print_metrics(m);
     }
+    if let Some(e) = &s.ensemble {
+        print_ensemble(e, s);
+    }
     if let Some(m) = &s.soft_attention_metrics {
         println!("the same model with its hard attention evaluated soft (softmax weights):");
         print_metrics(m);
     }
     println!("run directory: {}", dir.display());
+}
+
+/// The ensemble's metrics beside its members' mean ± std.
+fn print_ensemble(e: &train::EnsembleSummary, s: &Summary) {
+    let json = |x: &Summary| serde_json::to_value(x).expect("summary serializes");
+    let task = s.metrics.as_ref().map_or("", |m| match m {
+        TaskReport::Grammar(_) => "grammar",
+        TaskReport::Uint16(_) => "uint16",
+    });
+    let whole = json(s);
+    let members: Vec<serde_json::Value> = e.members.iter().map(json).collect();
+    println!(
+        "ensemble of {} (seeds {:?}): average of the members' probabilities",
+        e.seeds.len(),
+        e.seeds
+    );
+    println!(
+        "{:<20} {:>22} {:>10}",
+        "metric", "members (mean ± std)", "ensemble"
+    );
+    for m in crate::sweep::metrics_of(task) {
+        let vals: Vec<f64> = members
+            .iter()
+            .filter_map(|v| v.pointer(m.pointer).and_then(serde_json::Value::as_f64))
+            .collect();
+        let (mean, std) = crate::sweep::mean_std(&vals);
+        let ens = whole.pointer(m.pointer).and_then(serde_json::Value::as_f64);
+        println!(
+            "{:<20} {:>22} {:>10}",
+            m.name,
+            format!("{mean:.4} ± {std:.4}"),
+            ens.map_or("-".into(), |x| format!("{x:.4}"))
+        );
+    }
 }
 
 fn print_metrics(m: &TaskReport) {
@@ -242,13 +293,34 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
         Ok(x) => x,
         Err(code) => return code,
     };
-    let weights = match which {
+    let load = |dir: &Path| match which {
         Which::Best => {
-            crate::runtime::load_weights(&run.join("best.safetensors")).map_err(|e| e.to_string())
+            crate::runtime::load_weights(&dir.join("best.safetensors")).map_err(|e| e.to_string())
         }
-        Which::Last => train::load_checkpoint(&run.join("checkpoint.safetensors"))
+        Which::Last => train::load_checkpoint(&dir.join("checkpoint.safetensors"))
             .map(|(w, _, _)| w)
             .map_err(|e| e.to_string()),
+    };
+    // An ensemble run: one graph of all members, each with its own weights.
+    let (graph, weights) = match &doc.spec.ensemble {
+        None => (graph, load(run)),
+        Some(e) => {
+            let mut all = crate::runtime::Weights::new();
+            let mut err = None;
+            for (i, seed) in e.seeds.iter().enumerate() {
+                match load(&run.join(format!("member-{seed}"))) {
+                    Ok(w) => all.extend(w.into_iter().map(|(k, v)| (format!("member{i}.{k}"), v))),
+                    Err(x) => err = Some(x),
+                }
+            }
+            match Graph::ensemble(&vec![graph; e.seeds.len()]) {
+                Ok(g) => (g, err.map_or(Ok(all), Err)),
+                Err(x) => {
+                    eprintln!("error: {x}");
+                    return 2;
+                }
+            }
+        }
     };
     let weights = match weights {
         Ok(w) => w,

@@ -222,6 +222,52 @@ impl Graph {
         (order.len() == self.g.node_count()).then_some(order)
     }
 
+    /// An ensemble of `members` (models of the same task): one graph in which they share the
+    /// input, their parameters are renamed `member<i>.<name>`, and the output is the log of
+    /// the average of their probabilities, ln(mean_i softmax(logits_i)), so argmax, sampling
+    /// and cross-entropy all see the ensemble's distribution. Every pass and the KV cache work
+    /// on it as on any graph.
+    pub fn ensemble(members: &[Graph]) -> Result<Graph, String> {
+        let mut g = Graph::new(format!("ensemble of {} models", members.len()));
+        let input = g.add(Op::Input, &[], "input", None)?;
+        let mut outs = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            let mut map = std::collections::HashMap::new();
+            for n in m.topo().ok_or("a member graph has a cycle")? {
+                let node = &m.g[n];
+                let ins: Vec<NodeIndex> = m.inputs(n).iter().map(|x| map[x]).collect();
+                match &node.op {
+                    Op::Input => {
+                        map.insert(n, input);
+                    }
+                    Op::Output => outs.push(ins[0]),
+                    op => {
+                        let op = match op {
+                            Op::Param { name, shape, init } => Op::Param {
+                                name: format!("member{i}.{name}"),
+                                shape: shape.clone(),
+                                init: *init,
+                            },
+                            o => o.clone(),
+                        };
+                        let new = g.add(op, &ins, &format!("member{i}.{}", node.layer), None)?;
+                        g.g[new].mixing = node.mixing;
+                        map.insert(n, new);
+                    }
+                }
+            }
+        }
+        let members_n = outs.len() as u64;
+        let mean = g.add(
+            Op::MeanProbs { members: members_n },
+            &outs,
+            "ensemble",
+            None,
+        )?;
+        g.add(Op::Output, &[mean], "output", None)?;
+        Ok(g)
+    }
+
     /// Total number of learned values.
     pub fn param_count(&self) -> u64 {
         self.g

@@ -230,6 +230,12 @@ pub enum Op {
         /// Algorithm.
         algo: SpectralAlgo,
     },
+    /// Ensemble output `(logits_1, …, logits_n [b, s, v]) → [b, s, v]`:
+    /// ln(mean_i softmax(logits_i)), the log of the members' average probabilities.
+    MeanProbs {
+        /// Number of members.
+        members: u64,
+    },
     /// The model's result.
     Output,
 }
@@ -267,6 +273,7 @@ impl Op {
             Op::Irfft { .. } => "irfft",
             Op::ComplexMul => "complex_mul",
             Op::SpectralFilter { .. } => "spectral_filter",
+            Op::MeanProbs { .. } => "mean_probs",
             Op::Output => "output",
         }
     }
@@ -319,6 +326,7 @@ impl Op {
                 dropout,
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
+            Op::MeanProbs { members } => format!("members={members}"),
             Op::Mamba {
                 d_state,
                 d_conv,
@@ -386,6 +394,7 @@ impl Op {
             Op::Attention { scale, .. } => 3 + usize::from(*scale == AttnScale::Learned),
             Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
             Op::Mamba { .. } => 10,
+            Op::MeanProbs { members } => *members as usize,
             _ => 1,
         }
     }
@@ -687,6 +696,13 @@ impl Op {
                         "spectral filter parameter {} does not fit input {x}",
                         ins[1]
                     ));
+                }
+                f32(x.shape.clone())
+            }
+            Op::MeanProbs { .. } => {
+                let x = float(0)?;
+                if ins.iter().any(|t| t != x) {
+                    return Err("ensemble members must all return the same logits shape".into());
                 }
                 f32(x.shape.clone())
             }

@@ -387,6 +387,26 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             d_conv,
             dt_rank,
         } => mamba(ins, *d_state as usize, *d_conv as usize, *dt_rank as usize),
+        Op::MeanProbs { members } => {
+            let v = *ins[0].shape.last().expect("logits have a vocabulary axis");
+            let mut out = Tensor::zeros(&ins[0].shape);
+            for row in 0..out.data.len() / v {
+                for k in 0..v {
+                    let p: f64 = ins
+                        .iter()
+                        .map(|t| {
+                            let r = &t.data[row * v..(row + 1) * v];
+                            let m = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                            let z: f64 = r.iter().map(|x| (x - m).exp()).sum();
+                            (r[k] - m).exp() / z
+                        })
+                        .sum::<f64>()
+                        / *members as f64;
+                    out.data[row * v + k] = p.ln();
+                }
+            }
+            out
+        }
         Op::PositionLinear { max_len, bias } => {
             let (x, w) = (ins[0], ins[1]);
             let (b, s, i) = (x.shape[0], x.shape[1], x.shape[2]);

@@ -293,6 +293,18 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Attention { .. } => V::F4(attention(op, ins, ins[1].f4(), ins[2].f4(), ctx)),
         Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
         Op::Mamba { .. } => V::F3(mamba(op, ins, ctx, None).0),
+        Op::MeanProbs { members } => {
+            // ln(mean_i p_i) = logsumexp_i(log_softmax_i) − ln n, stable in f32.
+            let lsm: Vec<Tensor<3>> = ins
+                .iter()
+                .map(|x| activation::log_softmax(x.f3(), 2))
+                .collect();
+            let st = Tensor::stack::<4>(lsm, 0);
+            let m = st.clone().max_dim(0);
+            let lse = (st - m.clone()).exp().sum_dim(0).log() + m;
+            let [_, b, s, v] = lse.dims();
+            V::F3(lse.reshape([b, s, v]).sub_scalar((*members as f64).ln()))
+        }
         Op::PositionLinear { max_len, bias } => {
             let x = ins[0].f3();
             let w = ins[1].f4();

@@ -679,6 +679,20 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
         }
     }
     check_decode(spec, tree, diags);
+    if let Some(e) = &spec.ensemble {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = e.seeds.iter().find(|s| !seen.insert(**s)) {
+            diags.push(
+                Diagnostic::error(
+                    Code::Conflict,
+                    Some(key_span_at(tree, &["ensemble", "seeds"])),
+                    format!("seed {dup} appears twice in `ensemble.seeds`: the two members would be the same model"),
+                )
+                .label("repeated seed")
+                .help("give every member its own seed"),
+            );
+        }
+    }
     if let Task::Uint16 {
         val_fraction,
         test_fraction,

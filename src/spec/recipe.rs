@@ -43,6 +43,19 @@ pub struct RecipeSpec {
     /// written).
     #[serde(default)]
     pub sweep: Option<Sweep>,
+    /// Train one model per seed and evaluate the average of their probabilities, reported
+    /// beside the members' mean.
+    #[serde(default)]
+    pub ensemble: Option<Ensemble>,
+}
+
+/// An ensemble of identically configured models that differ in their seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ensemble {
+    /// One member per seed (`train.seed`); at least two, all different.
+    #[schemars(length(min = 2, max = 64))]
+    pub seeds: Vec<u64>,
 }
 
 /// A sweep: every combination of the `grid` values, times the `zip` rows, times the `seeds`.

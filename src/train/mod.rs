@@ -107,6 +107,11 @@ pub struct Summary {
     pub stopped: String,
     /// Task metrics of the final model.
     pub metrics: Option<TaskReport>,
+    /// For an ensemble: its seeds and the summaries of its members (the fields above then
+    /// describe the ensemble: its validation loss and metrics, the members' summed steps
+    /// and time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleSummary>,
     /// For a model with hard attention: the same metrics with its attention evaluated soft.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_attention_metrics: Option<TaskReport>,
@@ -139,6 +144,7 @@ pub enum TrainError {
 }
 
 /// Options of a run.
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The run directory.
     pub dir: PathBuf,
@@ -628,7 +634,98 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         stopped,
         metrics: Some(metrics),
         soft_attention_metrics,
+        ensemble: None,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The members of an ensemble run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnsembleSummary {
+    /// The members' seeds.
+    pub seeds: Vec<u64>,
+    /// Their summaries, in seed order.
+    pub members: Vec<Summary>,
+}
+
+/// Train one member per seed in `opts.dir/member-<seed>` (a member with a summary is done
+/// and kept; an interrupted one resumes from its checkpoint), then evaluate the ensemble: one
+/// graph whose output is the log of the members' average probabilities, with their last
+/// weights.
+pub fn train_ensemble(
+    recipe: &RecipeSpec,
+    graph: &Graph,
+    seeds: &[u64],
+    opts: &RunOptions,
+) -> Result<Summary, TrainError> {
+    let mut members = Vec::with_capacity(seeds.len());
+    for (k, &seed) in seeds.iter().enumerate() {
+        let dir = opts.dir.join(format!("member-{seed}"));
+        let done = std::fs::read_to_string(dir.join("summary.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Summary>(&t).ok());
+        let summary = match done {
+            Some(s) => s,
+            None => {
+                if opts.progress {
+                    eprintln!(
+                        "kiln: ensemble member {}/{} (seed {seed}) in {}",
+                        k + 1,
+                        seeds.len(),
+                        dir.display()
+                    );
+                }
+                let mut r = recipe.clone();
+                r.train.seed = seed;
+                r.ensemble = None;
+                let s = train(
+                    &r,
+                    graph.clone(),
+                    &RunOptions {
+                        dir: dir.clone(),
+                        ..opts.clone()
+                    },
+                )?;
+                let text = serde_json::to_string_pretty(&s).expect("summary serializes");
+                crate::util::write_atomic(&dir.join("summary.json"), text.as_bytes())?;
+                s
+            }
+        };
+        members.push(summary);
+    }
+    let started = std::time::Instant::now();
+    let eg = Graph::ensemble(&vec![graph.clone(); seeds.len()]).map_err(TrainError::Checkpoint)?;
+    let mut weights = Weights::new();
+    for (i, seed) in seeds.iter().enumerate() {
+        let ckpt = opts
+            .dir
+            .join(format!("member-{seed}"))
+            .join("checkpoint.safetensors");
+        for (name, v) in load_checkpoint(&ckpt)?.0 {
+            weights.insert(format!("member{i}.{name}"), v);
+        }
+    }
+    let mut rt = Runtime::with_values(eg, opts.device.device(false), &weights)
+        .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    rt.matmul_dtype = opts.matmul_dtype;
+    let data = Data::new(&recipe.task, recipe.train.seed)?;
+    let bs = data.batch_size(recipe.train.batch_size as usize);
+    let val_loss = eval_loss(&rt, &data.val(), bs.max(64));
+    let metrics = data.report(&rt);
+    let n = members.len() as f64;
+    Ok(Summary {
+        steps: members.iter().map(|m| m.steps).sum(),
+        final_loss: members.iter().map(|m| m.final_loss).sum::<f64>() / n,
+        val_loss,
+        best_val_loss: val_loss,
+        stopped: format!("ensemble of {} members", members.len()),
+        metrics: Some(metrics),
+        soft_attention_metrics: None,
+        seconds: members.iter().map(|m| m.seconds).sum::<f64>() + started.elapsed().as_secs_f64(),
+        ensemble: Some(EnsembleSummary {
+            seeds: seeds.to_vec(),
+            members,
+        }),
     })
 }
 
