@@ -210,3 +210,38 @@ fn an_ensemble_trains_its_members_and_reports_beside_their_mean() {
     assert!(text.starts_with("<sos> a a"), "{text}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_sequence_length_curriculum_trains_on_growing_prefixes() {
+    let d = tmp("curriculum");
+    train(
+        "recipes/default.yaml",
+        &d,
+        &[
+            "train.curriculum={start: 4, steps: 40, growth: linear}",
+            "task.max_length=16",
+            "model.vars.depth=1",
+            "train.steps=60",
+        ],
+    );
+    let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+    let lens: Vec<u64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["seq_len"].as_u64())
+        .collect();
+    assert_eq!(lens.len(), 60);
+    assert_eq!((lens[0], lens[20], lens[39], lens[59]), (4, 10, 16, 17));
+    let (first, last) = losses(&d);
+    assert!(last < first, "loss {first} → {last}");
+    // The CLI shows the same schedule.
+    let csv = ok(&kiln()
+        .args(["curriculum", "plot", "recipes/default.yaml", "--csv"])
+        .args(["--set", "train.curriculum={start: 4, steps: 40}"])
+        .args(["--set", "task.max_length=16", "--set", "train.steps=60"])
+        .output()
+        .unwrap());
+    assert!(csv.starts_with("step,length\n0,4\n"), "{csv}");
+    assert!(csv.trim_end().ends_with("40,17"), "{csv}");
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -187,6 +187,9 @@ enum Command {
     /// Inspect or make data files (uint16 streams).
     #[command(subcommand)]
     Data(DataCommand),
+    /// Show a recipe's sequence-length curriculum (`train.curriculum`).
+    #[command(subcommand)]
+    Curriculum(CurriculumCommand),
     /// Run one trial of a recipe's sweep into a shared sweep directory: the cluster contract.
     ///
     /// The trial index comes from `--trial`, else `SLURM_ARRAY_TASK_ID` (Slurm job arrays),
@@ -239,6 +242,26 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `kiln curriculum ...`.
+#[derive(Debug, Subcommand)]
+enum CurriculumCommand {
+    /// Plot the training-sequence length against the step, in the terminal (or as CSV rows
+    /// `step,length` at every step where the length changes).
+    #[command(
+        after_help = "Examples:\n  kiln curriculum plot recipes/anbn-curriculum.yaml\n  kiln curriculum plot recipes/default.yaml --set \"train.curriculum={start: 8, steps: 300, growth: cosine}\" --csv"
+    )]
+    Plot {
+        /// The recipe.
+        recipe: PathBuf,
+        /// Override a value first (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Print CSV instead of a plot.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -490,6 +513,9 @@ pub fn main() -> i32 {
             checkpoint,
             set,
         } => crate::cli::run::eval_cmd(&run, checkpoint, Some(&prompt), &set),
+        Command::Curriculum(CurriculumCommand::Plot { recipe, set, csv }) => {
+            crate::cli::run::curriculum_cmd(&recipe, &set, csv)
+        }
         Command::Data(DataCommand::Analyze { file, lags, format }) => {
             crate::cli::run::analyze_cmd(&file, lags, format == Format::Json)
         }

@@ -539,3 +539,56 @@ pub fn generate_data_cmd(
         }
     }
 }
+
+/// `kiln curriculum plot`.
+pub fn curriculum_cmd(recipe: &Path, set: &[String], csv: bool) -> i32 {
+    let (doc, _) = match compile(recipe, set) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let t = &doc.spec.train;
+    let Some(c) = &t.curriculum else {
+        eprintln!(
+            "error: `{}` has no `train.curriculum`; add e.g. `curriculum: {{start: 8, steps: 200}}` under `train`",
+            recipe.display()
+        );
+        return 2;
+    };
+    let full = doc.spec.task.max_seq();
+    let total = t.steps.unwrap_or(c.steps).max(1);
+    let lengths: Vec<u64> = (0..total).map(|s| c.length(s, full)).collect();
+    if csv {
+        println!("step,length");
+        for (s, l) in lengths.iter().enumerate() {
+            if s == 0 || lengths[s - 1] != *l {
+                println!("{s},{l}");
+            }
+        }
+        return 0;
+    }
+    let (w, h) = (64usize, 12usize);
+    let lo = lengths[0].min(full) as f64;
+    let span = (full as f64 - lo).max(1.0);
+    let mut grid = vec![vec![' '; w]; h];
+    for (x, col) in (0..w).map(|x| (x, x * (total as usize - 1) / (w - 1))) {
+        let y = ((lengths[col] as f64 - lo) / span * (h - 1) as f64).round() as usize;
+        grid[h - 1 - y][x] = '*';
+    }
+    println!(
+        "training length (input tokens) by step: {:?} growth from {} to {} over {} steps",
+        c.growth, lengths[0], full, c.steps
+    );
+    for (r, row) in grid.iter().enumerate() {
+        let label = if r == 0 {
+            format!("{full:>6}")
+        } else if r == h - 1 {
+            format!("{:>6}", lengths[0])
+        } else {
+            " ".repeat(6)
+        };
+        println!("{label} |{}", row.iter().collect::<String>());
+    }
+    println!("       +{}", "-".repeat(w));
+    println!("        0{:>width$}", total - 1, width = w - 1);
+    0
+}

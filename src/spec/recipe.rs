@@ -311,6 +311,61 @@ pub struct Train {
     #[serde(default = "default_checkpoint_every")]
     #[schemars(range(min = 1, max = 1000000000))]
     pub checkpoint_every: u64,
+    /// Sequence-length curriculum: train on short prefixes first. Leave it out to train on
+    /// whole sequences from the first step.
+    #[serde(default)]
+    pub curriculum: Option<Curriculum>,
+}
+
+/// A sequence-length curriculum: at step t every training sequence is cut to its first
+/// L(t) + 1 tokens (L(t) inputs, each with its next-token target), L growing from `start` to
+/// the task's full length over `steps` optimizer steps and staying there. Validation and
+/// evaluation always use whole sequences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Curriculum {
+    /// Input tokens per training sequence at the first step.
+    #[schemars(range(min = 1, max = 1048576))]
+    pub start: u32,
+    /// Steps until the full length is reached.
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub steps: u64,
+    /// How the length grows with u = t / steps: `linear` (start + (full − start)·u),
+    /// `exponential` (start·(full/start)^u, doubling at equal intervals) or `cosine`
+    /// (start + (full − start)·(1 − cos πu)/2). Lengths are rounded down.
+    #[serde(default)]
+    pub growth: Growth,
+}
+
+/// Growth of a curriculum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Growth {
+    /// Linear in the step.
+    #[default]
+    Linear,
+    /// Geometric in the step.
+    Exponential,
+    /// Half a cosine: slow, fast, slow.
+    Cosine,
+}
+
+impl Curriculum {
+    /// The input length at step `t` (0-based) for a task whose full length is `full`.
+    pub fn length(&self, t: u64, full: u64) -> u64 {
+        let start = u64::from(self.start).min(full);
+        if t >= self.steps {
+            return full;
+        }
+        let u = t as f64 / self.steps as f64;
+        let (a, b) = (start as f64, full as f64);
+        let l = match self.growth {
+            Growth::Linear => a + (b - a) * u,
+            Growth::Exponential => a * (b / a).powf(u),
+            Growth::Cosine => a + (b - a) * (1.0 - (std::f64::consts::PI * u).cos()) / 2.0,
+        };
+        (l.floor() as u64).clamp(start, full)
+    }
 }
 
 fn default_batch() -> u32 {
@@ -684,6 +739,40 @@ impl Task {
         match self {
             Task::Grammar { max_length, .. } => u64::from(*max_length) + 1,
             Task::Uint16 { context, .. } => u64::from(*context),
+        }
+    }
+}
+
+#[cfg(test)]
+mod curriculum_tests {
+    use super::{Curriculum, Growth};
+
+    #[test]
+    fn lengths_grow_from_start_to_full_as_declared() {
+        let c = |growth| Curriculum {
+            start: 8,
+            steps: 100,
+            growth,
+        };
+        let lin = c(Growth::Linear);
+        assert_eq!(lin.length(0, 64), 8);
+        assert_eq!(lin.length(50, 64), 36);
+        assert_eq!(lin.length(99, 64), 63);
+        assert_eq!(lin.length(100, 64), 64);
+        assert_eq!(lin.length(5000, 64), 64);
+        let exp = c(Growth::Exponential);
+        assert_eq!(exp.length(50, 32), 16, "halfway is the geometric mean");
+        let cos = c(Growth::Cosine);
+        assert_eq!(cos.length(50, 64), 36);
+        assert!(cos.length(10, 64) < lin.length(10, 64), "slow start");
+        assert_eq!(
+            lin.length(0, 4),
+            4,
+            "a start beyond the task is the full length"
+        );
+        for g in [Growth::Linear, Growth::Exponential, Growth::Cosine] {
+            let v: Vec<u64> = (0..120).map(|t| c(g).length(t, 64)).collect();
+            assert!(v.windows(2).all(|w| w[0] <= w[1]), "{g:?} never shrinks");
         }
     }
 }

@@ -534,9 +534,23 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     let mut stopped = "finished all steps".to_string();
     // The batches of the next step are drawn on a second thread while this step runs; `ds` is
     // the data position as drawn so far, `after` the position the checkpoint records.
+    let full = recipe.task.max_seq();
     let draw = |data: &mut Data, ds: &mut State| -> Vec<Vec<Vec<i64>>> {
+        // The curriculum's length at this step: inputs and targets of its first L positions.
+        let keep = t
+            .curriculum
+            .as_ref()
+            .map(|c| c.length(ds.step, full) as usize + 1);
         (0..u64::from(t.grad_accum))
-            .map(|k| data.train_batch(ds, t.seed, k, bs))
+            .map(|k| {
+                let mut b = data.train_batch(ds, t.seed, k, bs);
+                if let Some(keep) = keep {
+                    for s in &mut b {
+                        s.truncate(keep);
+                    }
+                }
+                b
+            })
             .collect()
     };
     let mut ds = tr.state.clone();
@@ -578,11 +592,11 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         };
         let step = tr.state.step;
         last_loss = stats.loss;
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::json!({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm})
-        )?;
+        let mut line = serde_json::json!({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm});
+        if let Some(c) = &t.curriculum {
+            line["seq_len"] = c.length(step - 1, full).into();
+        }
+        writeln!(metrics, "{line}")?;
         let last = step == total;
         if step % t.eval_every == 0 || last {
             val_loss = eval_loss(&tr.rt, &data.val(), bs.max(64));
