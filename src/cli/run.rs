@@ -586,7 +586,7 @@ pub fn curriculum_cmd(recipe: &Path, set: &[String], csv: bool) -> i32 {
         } else {
             " ".repeat(6)
         };
-        println!("{label} |{}", row.iter().collect::<String>());
+        println!("{label} |{}", row.iter().collect::<String>().trim_end());
     }
     println!("       +{}", "-".repeat(w));
     println!("        0{:>width$}", total - 1, width = w - 1);
