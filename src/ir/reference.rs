@@ -298,8 +298,8 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             let (freqs, scale) = super::rope_frequencies(*head_dim, base.0, *yarn);
             let mut t = Tensor::zeros(&[s, half, 2]);
             for pos in 0..s {
-                for i in 0..half {
-                    let theta = pos as f64 * freqs[i];
+                for (i, f) in freqs.iter().enumerate() {
+                    let theta = pos as f64 * f;
                     t.data[(pos * half + i) * 2] = theta.cos() * scale;
                     t.data[(pos * half + i) * 2 + 1] = theta.sin() * scale;
                 }
@@ -685,7 +685,7 @@ fn mamba(ins: &[&Tensor], n: usize, k: usize, r: usize) -> Tensor {
             }
         }
         let mut h = vec![vec![0.0; n]; e];
-        for t in 0..s {
+        for (t, z) in zs.iter().enumerate() {
             // causal depthwise convolution: tap j reads position t + j − (k − 1)
             let u: Vec<f64> = (0..e)
                 .map(|c| {
@@ -715,7 +715,7 @@ fn mamba(ins: &[&Tensor], n: usize, k: usize, r: usize) -> Tensor {
                     h[c][st] = (dt * a).exp() * h[c][st] + dt * bb[st] * u[c];
                     y += cc[st] * h[c][st];
                 }
-                let g = y * silu(zs[t][c]);
+                let g = y * silu(z[c]);
                 for o in 0..d {
                     out.data[(bi * s + t) * d + o] += g * w_out.data[c * d + o];
                 }
