@@ -29,7 +29,7 @@ run() { # name, command...
     local name=$1; shift
     echo "== $name: $*"
     local t0=$SECONDS
-    "$@" > /tmp/kiln-gpu-$name.json 2> /tmp/kiln-gpu-$name.err
+    timeout "${STEP_TIMEOUT:-150}" "$@" > /tmp/kiln-gpu-$name.json 2> /tmp/kiln-gpu-$name.err
     echo "   rc=$? in $((SECONDS - t0)) s"; tail -3 /tmp/kiln-gpu-$name.err
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["name"]=sys.argv[2]; print(json.dumps(d))' \
         /tmp/kiln-gpu-$name.json "$name" | tee -a "$OUT/results.jsonl" || cat /tmp/kiln-gpu-$name.json
@@ -39,11 +39,11 @@ run kiln_small_f32  "$KILN" bench $RECIPE "${SMALL[@]}" --device gpu --steps 30 
 run torch_small_f32 python3 benches/torch_reference.py --device cuda "${TORCH_SMALL[@]}" --steps 30
 run kiln_small_bf16 "$KILN" bench $RECIPE "${SMALL[@]}" --device gpu --precision bf16 --steps 30 --gen-tokens 256
 run torch_small_bf16 python3 benches/torch_reference.py --device cuda --precision bf16 "${TORCH_SMALL[@]}" --steps 30
+echo "== default recipe trained on the GPU"
+t0=$SECONDS
+timeout "${STEP_TIMEOUT:-150}" "$KILN" train recipes/default.yaml --device gpu --out /tmp/kiln-gpu-run-default > /tmp/kiln-gpu-train.log 2>&1
+echo "   rc=$? in $((SECONDS - t0)) s"; tail -12 /tmp/kiln-gpu-train.log
 run kiln_large_f32  "$KILN" bench $RECIPE "${LARGE[@]}" --device gpu --steps 20 --gen-tokens 128
 run torch_large_f32 python3 benches/torch_reference.py --device cuda "${TORCH_LARGE[@]}" --steps 20 --gen-tokens 128
 run kiln_large_bf16 "$KILN" bench $RECIPE "${LARGE[@]}" --device gpu --precision bf16 --steps 20 --gen-tokens 128
 run torch_large_bf16 python3 benches/torch_reference.py --device cuda --precision bf16 "${TORCH_LARGE[@]}" --steps 20 --gen-tokens 128
-echo "== default recipe trained on the GPU"
-t0=$SECONDS
-"$KILN" train recipes/default.yaml --device gpu --out /tmp/kiln-gpu-run-default > /tmp/kiln-gpu-train.log 2>&1
-echo "   rc=$? in $((SECONDS - t0)) s"; tail -12 /tmp/kiln-gpu-train.log
