@@ -13,6 +13,7 @@ pub mod diag;
 pub mod ir;
 pub mod lower;
 pub mod passes;
+pub mod plot;
 pub mod runtime;
 pub mod spec;
 pub mod sweep;

@@ -117,6 +117,11 @@ fn a_sweep_runs_in_parallel_resumes_and_reports() {
     );
     assert!(table.contains(" ± "), "{table}");
     assert!(err.contains("best by best_val_loss"), "{err}");
+    // The run ends with the report's charts.
+    for f in ["loss.png", "val_loss.png"] {
+        let png = std::fs::read(d.join("plots").join(f)).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{f}");
+    }
 
     // Lose one trial's record (as if killed before it finished): only that trial runs again.
     let kept: Vec<&str> = store

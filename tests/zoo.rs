@@ -242,5 +242,13 @@ fn a_sequence_length_curriculum_trains_on_growing_prefixes() {
         .unwrap());
     assert!(csv.starts_with("step,length\n0,4\n"), "{csv}");
     assert!(csv.trim_end().ends_with("40,17"), "{csv}");
+    let png = d.join("curriculum.png");
+    ok(&kiln()
+        .args(["curriculum", "plot", "recipes/default.yaml", "--png"])
+        .arg(&png)
+        .args(["--set", "train.curriculum={start: 4, steps: 40}"])
+        .output()
+        .unwrap());
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
     let _ = std::fs::remove_dir_all(d);
 }

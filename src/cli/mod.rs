@@ -262,6 +262,9 @@ enum CurriculumCommand {
         /// Print CSV instead of a plot.
         #[arg(long)]
         csv: bool,
+        /// Also draw the schedule into this PNG file.
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
     },
 }
 
@@ -363,6 +366,10 @@ enum SweepCommand {
         /// The metric that picks the best point (default: best_val_loss).
         #[arg(long)]
         metric: Option<String>,
+        /// Also draw PNG charts into DIR/plots: loss curves per trial and each metric
+        /// against every numeric swept key.
+        #[arg(long)]
+        plots: bool,
     },
 }
 
@@ -513,9 +520,12 @@ pub fn main() -> i32 {
             checkpoint,
             set,
         } => crate::cli::run::eval_cmd(&run, checkpoint, Some(&prompt), &set),
-        Command::Curriculum(CurriculumCommand::Plot { recipe, set, csv }) => {
-            crate::cli::run::curriculum_cmd(&recipe, &set, csv)
-        }
+        Command::Curriculum(CurriculumCommand::Plot {
+            recipe,
+            set,
+            csv,
+            png,
+        }) => crate::cli::run::curriculum_cmd(&recipe, &set, csv, png.as_deref()),
         Command::Data(DataCommand::Analyze { file, lags, format }) => {
             crate::cli::run::analyze_cmd(&file, lags, format == Format::Json)
         }
@@ -567,9 +577,10 @@ pub fn main() -> i32 {
                     dir,
                     format,
                     metric,
+                    plots,
                 }),
             ..
-        } => crate::cli::sweep::report_cmd(&dir, format, metric.as_deref()),
+        } => crate::cli::sweep::report_cmd(&dir, format, metric.as_deref(), plots),
         Command::Sweep {
             cmd: None,
             recipe,

@@ -541,7 +541,7 @@ pub fn generate_data_cmd(
 }
 
 /// `kiln curriculum plot`.
-pub fn curriculum_cmd(recipe: &Path, set: &[String], csv: bool) -> i32 {
+pub fn curriculum_cmd(recipe: &Path, set: &[String], csv: bool, png: Option<&Path>) -> i32 {
     let (doc, _) = match compile(recipe, set) {
         Ok(x) => x,
         Err(code) => return code,
@@ -557,6 +557,29 @@ pub fn curriculum_cmd(recipe: &Path, set: &[String], csv: bool) -> i32 {
     let full = doc.spec.task.max_seq();
     let total = t.steps.unwrap_or(c.steps).max(1);
     let lengths: Vec<u64> = (0..total).map(|s| c.length(s, full)).collect();
+    if let Some(path) = png {
+        let series = [crate::plot::Series {
+            name: "length".into(),
+            points: lengths
+                .iter()
+                .enumerate()
+                .map(|(s, &l)| (s as f64, l as f64))
+                .collect(),
+        }];
+        let title = format!("sequence-length curriculum ({:?})", c.growth).to_lowercase();
+        let chart = crate::plot::Chart {
+            title: &title,
+            x: "step",
+            y: "input tokens per sequence",
+            series: &series,
+            dots: false,
+        };
+        if let Err(e) = crate::plot::line_chart(path, &chart) {
+            eprintln!("error: {e}");
+            return 1;
+        }
+        eprintln!("wrote {}", path.display());
+    }
     if csv {
         println!("step,length");
         for (s, l) in lengths.iter().enumerate() {

@@ -62,7 +62,7 @@ pub fn run_cmd(recipe: &Path, set: &[String], out: Option<PathBuf>, jobs: usize)
     };
     match sweep::run(&exe, recipe, set, &trials, &dir, jobs) {
         Ok((_, failed)) => {
-            report_cmd(&dir, ReportFormat::Markdown, None);
+            report_cmd(&dir, ReportFormat::Markdown, None, true);
             i32::from(failed > 0)
         }
         Err(e) => {
@@ -72,7 +72,7 @@ pub fn run_cmd(recipe: &Path, set: &[String], out: Option<PathBuf>, jobs: usize)
     }
 }
 
-pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>) -> i32 {
+pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>, plots: bool) -> i32 {
     let recs = sweep::records(dir);
     if recs.is_empty() {
         eprintln!(
@@ -80,6 +80,19 @@ pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>) -> i32
             dir.display()
         );
         return 2;
+    }
+    if plots {
+        match sweep::plots(dir, &recs, &dir.join("plots")) {
+            Ok(files) => {
+                for f in files {
+                    eprintln!("wrote {}", f.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        }
     }
     let (rows, metrics) = sweep::report(&recs);
     let pick = metric.unwrap_or("best_val_loss");
