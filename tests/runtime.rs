@@ -258,3 +258,26 @@ fn an_ensemble_averages_its_members_probabilities() {
         .fold(0.0, f64::max);
     assert!(err < 1e-4, "runtime vs reference: {err}");
 }
+
+/// With zero query and key weights every score is 0, so query i attends uniformly to its i + 1
+/// visible keys: each layer's mean row entropy is mean_i ln(i + 1).
+#[test]
+fn attention_entropies_of_uniform_attention_match_a_hand_computation() {
+    let g = optimize(&lower("models/transformer-modern.yaml", &[]));
+    let rt = Runtime::init(g.clone(), DeviceKind::Cpu.device(false), 2);
+    let mut w = rt.values();
+    for (name, (data, _)) in w.iter_mut() {
+        if name.ends_with(".q.weight") || name.ends_with(".k.weight") {
+            data.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+    let rt = Runtime::with_values(g, DeviceKind::Cpu.device(false), &w).unwrap();
+    let toks = tokens(3, 2, 12, 5);
+    let (_, ents) = rt.forward_with_entropies(tokens_tensor(&toks, &rt.device), false);
+    let want = (1..=12).map(|n| f64::from(n).ln()).sum::<f64>() / 12.0;
+    assert_eq!(ents.len(), 2, "one per attention layer");
+    for h in ents {
+        let h: f32 = h.into_scalar();
+        assert!((f64::from(h) - want).abs() < 1e-5, "{h} vs {want}");
+    }
+}

@@ -252,3 +252,34 @@ fn a_sequence_length_curriculum_trains_on_growing_prefixes() {
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn the_attention_entropy_regularizer_sharpens_or_spreads_attention() {
+    let last_entropy = |w: &str| {
+        let d = tmp(&format!("entropy{w}"));
+        train(
+            "recipes/default.yaml",
+            &d,
+            &[
+                &format!("train.regularizers.attention_entropy={w}"),
+                "task.max_length=16",
+                "model.vars.depth=1",
+                "train.steps=60",
+            ],
+        );
+        let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+        let h: Vec<f64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["attention_entropy"].as_f64())
+            .collect();
+        let _ = std::fs::remove_dir_all(d);
+        assert_eq!(h.len(), 60);
+        h[59]
+    };
+    let (sharp, spread) = (last_entropy("1.0"), last_entropy("-1.0"));
+    assert!(
+        sharp < spread - 0.1,
+        "entropy with +1: {sharp}, with −1: {spread}"
+    );
+}

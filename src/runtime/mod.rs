@@ -238,7 +238,19 @@ impl Runtime {
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<2, Int>, train: bool) -> Tensor<3> {
-        self.run(tokens, train, None)
+        self.run(tokens, train, None, None)
+    }
+
+    /// Forward pass that also returns, per attention layer in graph order, the mean entropy
+    /// (nats) of its attention rows, as a differentiable scalar `[1]`.
+    pub fn forward_with_entropies(
+        &self,
+        tokens: Tensor<2, Int>,
+        train: bool,
+    ) -> (Tensor<3>, Vec<Tensor<1>>) {
+        let cell = std::cell::RefCell::new(Vec::new());
+        let out = self.run(tokens, train, None, Some(&cell));
+        (out, cell.into_inner())
     }
 
     /// Incremental forward pass: `tokens` `[batch, n]` continue the sequences whose earlier
@@ -249,7 +261,7 @@ impl Runtime {
     /// [`Runtime::cache_support`] first.
     pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
         let n = tokens.dims()[1];
-        let out = self.run(tokens, false, Some(cache));
+        let out = self.run(tokens, false, Some(cache), None);
         cache.len += n;
         out
     }
@@ -323,6 +335,7 @@ impl Runtime {
         tokens: Tensor<2, Int>,
         train: bool,
         mut cache: Option<&mut KvCache>,
+        entropies: Option<&std::cell::RefCell<Vec<Tensor<1>>>>,
     ) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
         let ctx = ops::Ctx {
@@ -333,6 +346,7 @@ impl Runtime {
             offset: cache.as_ref().map_or(0, |c| c.len),
             matmul_dtype: self.matmul_dtype,
             soft_attention: self.soft_attention,
+            entropies,
         };
         let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
         let mut remaining: HashMap<NodeIndex, usize> = self

@@ -24,6 +24,8 @@ pub struct Ctx<'a> {
     pub matmul_dtype: Option<burn::tensor::FloatDType>,
     /// Evaluate hard attention softly (see [`super::Runtime::soft_attention`]).
     pub soft_attention: bool,
+    /// Where attention layers put the mean entropy of their rows, when asked for.
+    pub entropies: Option<&'a std::cell::RefCell<Vec<Tensor<1>>>>,
 }
 
 /// `a · b`, in `ctx.matmul_dtype` when mixed precision is on (the result is f32 either way).
@@ -436,6 +438,13 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     } else {
         activation::softmax(scores, 3)
     };
+    if let Some(out) = ctx.entropies {
+        let h = (probs.clone() * probs.clone().clamp_min(1e-30).log())
+            .sum_dim(3)
+            .neg()
+            .mean();
+        out.borrow_mut().push(h.reshape([1]));
+    }
     let probs = dropout(probs, p.0, ctx);
     mm(probs, v, ctx).reshape([b, hq, s, d])
 }

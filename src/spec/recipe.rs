@@ -315,6 +315,22 @@ pub struct Train {
     /// whole sequences from the first step.
     #[serde(default)]
     pub curriculum: Option<Curriculum>,
+    /// Extra loss terms added to the cross-entropy, each with its weight.
+    #[serde(default)]
+    pub regularizers: Regularizers,
+}
+
+/// Weighted loss terms added to the training objective (validation loss and metrics stay the
+/// plain cross-entropy).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Regularizers {
+    /// Weight w of the attention-entropy term: w · (mean over attention layers of the mean
+    /// entropy −Σ_j p_ij ln p_ij of each query's attention row, in nats). Positive weights
+    /// sharpen attention, negative ones spread it; 0 (the default) leaves it out.
+    #[serde(default)]
+    #[schemars(range(min = -100.0, max = 100.0))]
+    pub attention_entropy: f64,
 }
 
 /// A sequence-length curriculum: at step t every training sequence is cut to its first

@@ -263,6 +263,8 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Learning rate used.
     pub lr: f64,
+    /// Mean attention entropy (nats) when the attention-entropy regularizer is on.
+    pub attention_entropy: Option<f64>,
 }
 
 /// A model being trained: runtime, AdamW moments and the resumable state.
@@ -355,11 +357,28 @@ impl Trainer {
         // Gradients summed over the accumulation micro-batches.
         let mut acc: Vec<Option<Tensor<1>>> = vec![None; rt.params.len()];
         let mut loss_sum = 0.0;
+        let mut entropy_sum = 0.0;
+        let mut has_entropy = false;
         for (k, batch) in micro.iter().enumerate() {
             device.seed(mix(t.seed, self.state.step, k as u64));
             let (x, y) = split_xy(batch, &device);
-            let loss = cross_entropy(rt.forward(x, true), y, t.label_smoothing)
-                .div_scalar(micro.len() as f64);
+            let w = t.regularizers.attention_entropy;
+            let loss = if w != 0.0 {
+                let (logits, ents) = rt.forward_with_entropies(x, true);
+                let ce = cross_entropy(logits, y, t.label_smoothing);
+                if ents.is_empty() {
+                    ce
+                } else {
+                    let h = Tensor::cat(ents, 0).mean();
+                    let hv: f32 = h.clone().into_scalar();
+                    entropy_sum += f64::from(hv) / micro.len() as f64;
+                    has_entropy = true;
+                    ce + h.mul_scalar(w)
+                }
+            } else {
+                cross_entropy(rt.forward(x, true), y, t.label_smoothing)
+            }
+            .div_scalar(micro.len() as f64);
             let value: f32 = loss.clone().into_scalar();
             loss_sum += f64::from(value);
             let grads = loss.backward();
@@ -416,6 +435,7 @@ impl Trainer {
             loss: loss_sum,
             grad_norm: norm,
             lr: lr_now,
+            attention_entropy: has_entropy.then_some(entropy_sum),
         })
     }
 
@@ -595,6 +615,9 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         let mut line = serde_json::json!({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm});
         if let Some(c) = &t.curriculum {
             line["seq_len"] = c.length(step - 1, full).into();
+        }
+        if let Some(h) = stats.attention_entropy {
+            line["attention_entropy"] = h.into();
         }
         writeln!(metrics, "{line}")?;
         let last = step == total;
