@@ -123,7 +123,6 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         let prompts = vec![vec![0i64]; a.gen_batch.max(1)];
         // One short warm-up generation compiles the kernels of every shape used.
         let warm = Settings {
-            default_max_length: 4,
             d: Decode {
                 max_length: Some(4),
                 ..Decode::default()

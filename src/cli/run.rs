@@ -187,8 +187,7 @@ fn print_summary(name: &str, graph: &Graph, s: &Summary, dir: &Path) {
         print_ensemble(e, s);
     }
     if let Some(m) = &s.soft_attention_metrics {
-        println!("the same model with its hard attention evaluated soft (softmax weights):");
-        print_metrics(m);
+        print_soft_attention(m);
     }
     println!("run directory: {}", dir.display());
 }
@@ -225,6 +224,11 @@ fn print_ensemble(e: &train::EnsembleSummary, s: &Summary) {
             ens.map_or("-".into(), |x| format!("{x:.4}"))
         );
     }
+}
+
+fn print_soft_attention(m: &TaskReport) {
+    println!("the same model with its hard attention evaluated soft (softmax weights):");
+    print_metrics(m);
 }
 
 fn print_metrics(m: &TaskReport) {
@@ -302,28 +306,12 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
             .map_err(|e| e.to_string()),
     };
     // An ensemble run: one graph of all members, each with its own weights.
-    let (graph, weights) = match &doc.spec.ensemble {
-        None => (graph, load(run)),
-        Some(e) => {
-            let mut all = crate::runtime::Weights::new();
-            let mut err = None;
-            for (i, seed) in e.seeds.iter().enumerate() {
-                match load(&run.join(format!("member-{seed}"))) {
-                    Ok(w) => all.extend(w.into_iter().map(|(k, v)| (format!("member{i}.{k}"), v))),
-                    Err(x) => err = Some(x),
-                }
-            }
-            match Graph::ensemble(&vec![graph; e.seeds.len()]) {
-                Ok(g) => (g, err.map_or(Ok(all), Err)),
-                Err(x) => {
-                    eprintln!("error: {x}");
-                    return 2;
-                }
-            }
-        }
+    let model = match &doc.spec.ensemble {
+        None => load(run).map(|w| (graph, w)),
+        Some(e) => train::ensemble_model(&graph, run, &e.seeds, load),
     };
-    let weights = match weights {
-        Ok(w) => w,
+    let (graph, weights) = match model {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
@@ -345,11 +333,9 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
     };
     let Some(p) = prompt else {
         print_metrics(&data.report(&rt));
-        if rt.has_hard_attention() {
-            println!("the same model with its hard attention evaluated soft (softmax weights):");
-            let mut rt = rt;
-            rt.soft_attention = true;
-            print_metrics(&data.report(&rt));
+        let mut rt = rt;
+        if let Some(m) = train::soft_attention_report(&data, &mut rt) {
+            print_soft_attention(&m);
         }
         return 0;
     };

@@ -92,6 +92,15 @@ pub fn plan(s: &Sweep) -> Result<Vec<Trial>, String> {
 }
 
 /// The `count` draws of a random search, each a list of `key=value` overrides.
+/// The value that the `key=value` overrides `sets` give `key`.
+fn set_value<'a>(sets: &'a [String], key: &str) -> Option<&'a str> {
+    sets.iter().find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
 /// Drop the settings whose `when` conditions fail, then the points that became duplicates
 /// (the first of equal points keeps its place).
 fn conditional(s: &Sweep, points: Vec<Vec<String>>) -> Result<Vec<Vec<String>>, String> {
@@ -117,13 +126,7 @@ fn conditional(s: &Sweep, points: Vec<Vec<String>>) -> Result<Vec<Vec<String>>, 
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for p in points {
-        let value = |key: &str| {
-            p.iter().find_map(|kv| {
-                kv.split_once('=')
-                    .filter(|(k, _)| *k == key)
-                    .map(|(_, v)| v)
-            })
-        };
+        let value = |key: &str| set_value(&p, key);
         let kept: Vec<String> = p
             .iter()
             .filter(|kv| {
@@ -463,13 +466,7 @@ pub fn plots(dir: &Path, recs: &[Record], out: &Path) -> Result<Vec<PathBuf>, St
         .filter(|k| k != "train.seed")
         .collect();
     for key in keys {
-        let value = |r: &Record, k: &str| {
-            r.trial.sets.iter().find_map(|kv| {
-                kv.split_once('=')
-                    .filter(|(a, _)| *a == k)
-                    .map(|(_, v)| v.to_string())
-            })
-        };
+        let value = |r: &Record, k: &str| set_value(&r.trial.sets, k).map(str::to_string);
         if !ok
             .iter()
             .all(|r| value(r, &key).is_some_and(|v| v.parse::<f64>().is_ok()))

@@ -357,12 +357,12 @@ impl Trainer {
         // Gradients summed over the accumulation micro-batches.
         let mut acc: Vec<Option<Tensor<1>>> = vec![None; rt.params.len()];
         let mut loss_sum = 0.0;
-        let mut entropy_sum = 0.0;
-        let mut has_entropy = false;
+        // Mean attention entropy over the micro-batches, when the regularizer is on.
+        let mut entropy: Option<f64> = None;
+        let w = t.regularizers.attention_entropy;
         for (k, batch) in micro.iter().enumerate() {
             device.seed(mix(t.seed, self.state.step, k as u64));
             let (x, y) = split_xy(batch, &device);
-            let w = t.regularizers.attention_entropy;
             let loss = if w != 0.0 {
                 let (logits, ents) = rt.forward_with_entropies(x, true);
                 let ce = cross_entropy(logits, y, t.label_smoothing);
@@ -371,8 +371,7 @@ impl Trainer {
                 } else {
                     let h = Tensor::cat(ents, 0).mean();
                     let hv: f32 = h.clone().into_scalar();
-                    entropy_sum += f64::from(hv) / micro.len() as f64;
-                    has_entropy = true;
+                    *entropy.get_or_insert(0.0) += f64::from(hv) / micro.len() as f64;
                     ce + h.mul_scalar(w)
                 }
             } else {
@@ -435,7 +434,7 @@ impl Trainer {
             loss: loss_sum,
             grad_norm: norm,
             lr: lr_now,
-            attention_entropy: has_entropy.then_some(entropy_sum),
+            attention_entropy: entropy,
         })
     }
 
@@ -657,12 +656,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     }
     progress.finish();
     let metrics = data.report(&tr.rt);
-    let soft_attention_metrics = tr.rt.has_hard_attention().then(|| {
-        tr.rt.soft_attention = true;
-        let m = data.report(&tr.rt);
-        tr.rt.soft_attention = false;
-        m
-    });
+    let soft_attention_metrics = soft_attention_report(&data, &mut tr.rt);
     Ok(Summary {
         steps: tr.state.step,
         final_loss: last_loss,
@@ -683,6 +677,34 @@ pub struct EnsembleSummary {
     pub seeds: Vec<u64>,
     /// Their summaries, in seed order.
     pub members: Vec<Summary>,
+}
+
+/// An ensemble run's model: one graph of `seeds.len()` copies of `graph` (see
+/// [`Graph::ensemble`]) and the weights of the members in `dir/member-<seed>/`, read by `load`
+/// (last checkpoint or best weights) and renamed `member<i>.*`.
+pub fn ensemble_model(
+    graph: &Graph,
+    dir: &Path,
+    seeds: &[u64],
+    load: impl Fn(&Path) -> Result<Weights, String>,
+) -> Result<(Graph, Weights), String> {
+    let mut weights = Weights::new();
+    for (i, seed) in seeds.iter().enumerate() {
+        let w = load(&dir.join(format!("member-{seed}")))?;
+        weights.extend(w.into_iter().map(|(k, v)| (format!("member{i}.{k}"), v)));
+    }
+    Ok((Graph::ensemble(&vec![graph.clone(); seeds.len()])?, weights))
+}
+
+/// For a model with hard attention: the task report with its attention evaluated soft
+/// (softmax weights); `None` for other models.
+pub fn soft_attention_report(data: &Data, rt: &mut Runtime) -> Option<TaskReport> {
+    rt.has_hard_attention().then(|| {
+        rt.soft_attention = true;
+        let m = data.report(rt);
+        rt.soft_attention = false;
+        m
+    })
 }
 
 /// Train one member per seed in `opts.dir/member-<seed>` (a member with a summary is done
@@ -731,17 +753,12 @@ pub fn train_ensemble(
         members.push(summary);
     }
     let started = std::time::Instant::now();
-    let eg = Graph::ensemble(&vec![graph.clone(); seeds.len()]).map_err(TrainError::Checkpoint)?;
-    let mut weights = Weights::new();
-    for (i, seed) in seeds.iter().enumerate() {
-        let ckpt = opts
-            .dir
-            .join(format!("member-{seed}"))
-            .join("checkpoint.safetensors");
-        for (name, v) in load_checkpoint(&ckpt)?.0 {
-            weights.insert(format!("member{i}.{name}"), v);
-        }
-    }
+    let (eg, weights) = ensemble_model(graph, &opts.dir, seeds, |d| {
+        load_checkpoint(&d.join("checkpoint.safetensors"))
+            .map(|(w, _, _)| w)
+            .map_err(|e| e.to_string())
+    })
+    .map_err(TrainError::Checkpoint)?;
     let mut rt = Runtime::with_values(eg, opts.device.device(false), &weights)
         .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     rt.matmul_dtype = opts.matmul_dtype;
