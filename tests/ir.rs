@@ -4,7 +4,7 @@
 
 use kiln::diag::{render_text, SourceMap};
 use kiln::ir::reference::{self, Rng, Tensor};
-use kiln::ir::{verify::verify, Graph, Op};
+use kiln::ir::{verify::verify, FreqCutoff, Graph, Op};
 use kiln::lower::{lower_document, noncausal_layers};
 use kiln::passes::{self, ALL};
 use proptest::prelude::*;
@@ -272,7 +272,7 @@ proptest! {
     }
 
     #[test]
-    fn spectral_fusion_over_shapes(max_len in 2u32..20, width in 1u32..5, causal: bool, seq_frac in 0.0f64..1.0) {
+    fn spectral_fusion_over_shapes(max_len in 2u32..20, width in 1u32..5, causal: bool, seq_frac in 0.0f64..1.0, cutoff in 0.05f64..1.0, slope in proptest::option::of(1.0f64..40.0)) {
         let text = format!("kind: model\nvocab: 5\nlayers:\n  - {{type: embedding, dim: {width}}}\n  - {{type: spectral_gate, max_len: {max_len}, causal: {causal}}}\n  - {{type: head}}\n");
         let mut sources = SourceMap::new();
         let doc = kiln::spec::load::load_bytes(Path::new("p.yaml"), text.into_bytes(), &[], &mut sources).unwrap();
@@ -285,6 +285,112 @@ proptest! {
         let toks: Vec<Vec<i64>> = vec![(0..seq as i64).map(|i| (i * 3) % 5).collect()];
         let d = run(&o, &params, &toks).max_abs_diff(&run(&g, &params, &toks));
         prop_assert!(d < 1e-9, "difference {}", d);
+        // The same under a frequency-curriculum mask.
+        let mask = Some(FreqCutoff { cutoff, slope });
+        let masked = |g: &Graph| reference::run_masked(g, &params, &toks, mask).unwrap();
+        let d = masked(&o).max_abs_diff(&masked(&g));
+        prop_assert!(d < 1e-9, "difference under the mask {}", d);
+    }
+}
+
+/// The mask's pieces: the DCT-II basis is orthonormal, so an all-ones mask leaves a kernel
+/// unchanged and Cᵀ·diag(m)·C keeps basis vector k with weight m_k; the weights follow the
+/// hard and soft formulas.
+#[test]
+fn frequency_masks_scale_each_basis_vector_by_its_weight() {
+    let l = 8;
+    let c = kiln::ir::dct_basis(l);
+    for a in 0..l {
+        for b in 0..l {
+            let dot: f64 = (0..l).map(|t| c[a * l + t] * c[b * l + t]).sum();
+            assert!(
+                (dot - f64::from(u8::from(a == b))).abs() < 1e-12,
+                "rows {a}, {b}"
+            );
+        }
+    }
+    let mask = FreqCutoff {
+        cutoff: 0.5,
+        slope: Some(6.0),
+    };
+    let w = mask.weights(l);
+    for k in 0..l {
+        let b = &c[k * l..(k + 1) * l];
+        let coef: Vec<f64> = (0..l)
+            .map(|j| w[j] * (0..l).map(|t| c[j * l + t] * b[t]).sum::<f64>())
+            .collect();
+        for t in 0..l {
+            let got: f64 = (0..l).map(|j| c[j * l + t] * coef[j]).sum();
+            assert!((got - w[k] * b[t]).abs() < 1e-12, "k={k}");
+        }
+    }
+    // Hard: bins 0, 1, 2 of 8 (f = 0, 1/7, 2/7) pass a cutoff of 0.3; soft: sigmoid.
+    assert_eq!(
+        FreqCutoff {
+            cutoff: 0.3,
+            slope: None
+        }
+        .weights(8),
+        [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    );
+    let soft = FreqCutoff {
+        cutoff: 0.5,
+        slope: Some(4.0),
+    }
+    .weights(3);
+    assert!(
+        (soft[1] - 0.5).abs() < 1e-12 && (soft[0] - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-12
+    );
+    assert_eq!(
+        FreqCutoff {
+            cutoff: 1.0,
+            slope: None
+        }
+        .weights(5),
+        [1.0; 5]
+    );
+}
+
+/// A causal gate stays causal under every frequency mask, and the mask does change it.
+#[test]
+fn masked_causal_gates_stay_causal() {
+    let all: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+    let g = lower_file("models/gfnet-causal.yaml", &["vars.max_len=24".into()]);
+    let (o, _) = optimized(&g, &all);
+    let params = reference::init_params(&g, 5);
+    let toks = vec![vec![1, 2, 3, 4, 0, 1, 2, 3]];
+    for mask in [
+        FreqCutoff {
+            cutoff: 0.2,
+            slope: None,
+        },
+        FreqCutoff {
+            cutoff: 0.4,
+            slope: Some(10.0),
+        },
+    ] {
+        for graph in [&g, &o] {
+            let base = reference::run_masked(graph, &params, &toks, Some(mask)).unwrap();
+            assert!(
+                base.max_abs_diff(&run(graph, &params, &toks)) > 1e-6,
+                "the mask acts"
+            );
+            let v = *base.shape.last().unwrap();
+            for t in 1..8 {
+                let mut changed = toks.clone();
+                changed[0][t] = (changed[0][t] + 1) % 5;
+                let out = reference::run_masked(graph, &params, &changed, Some(mask)).unwrap();
+                let d = base.data[..t * v]
+                    .iter()
+                    .zip(&out.data[..t * v])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    d < 1e-12,
+                    "{mask:?}: token {t} changed an earlier output by {d}"
+                );
+            }
+        }
     }
 }
 

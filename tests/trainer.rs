@@ -119,3 +119,47 @@ fn adamw_first_step_follows_its_formula() {
     assert!(checked > 1000);
     assert!(full * 10 > checked * 9, "{full} of {checked} moved by lr");
 }
+
+/// The frequency curriculum's clock advances one per step, `rate` while the validation loss
+/// has stalled for `patience` evaluations, and each step reports the cutoff it trained with.
+#[test]
+fn the_frequency_curriculum_clock_slows_down_while_validation_stalls() {
+    let (r, g) = kiln::lower::compile_recipe(
+        Path::new("recipes/anbn-gfnet-frequency.yaml"),
+        &[
+            "model.vars.depth=1".into(),
+            "model.vars.max_len=16".into(),
+            "task.max_length=14".into(),
+            "train.frequency_curriculum={start: 0.2, warmup: 1, steps: 4, adaptive: {patience: 2, rate: 0.25}}".into(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut tr = Trainer::new(&r.spec.train, g, DeviceKind::Cpu.device(true));
+    let data = batch(1, 4, 9);
+    let mut cutoffs = Vec::new();
+    for since_best in [0, 0, 2, 2, 0, 0, 0, 0] {
+        tr.state.since_best = since_best;
+        let s = tr.step(std::slice::from_ref(&data), 100).unwrap();
+        cutoffs.push(s.freq_cutoff);
+        assert_eq!(
+            tr.rt.freq_mask, None,
+            "evaluation after the step sees unmasked gates"
+        );
+    }
+    // Clock before each step: 0, 1, 2, 2.25, 2.5, 3.5, 4.5, 5.5 (lifted from 5 on).
+    let want = [0.2, 0.2, 0.4, 0.45, 0.5, 0.7, 0.9];
+    for (i, w) in want.iter().enumerate() {
+        let got = cutoffs[i].unwrap();
+        assert!((got - w).abs() < 1e-9, "step {i}: cutoff {got}, want {w}");
+    }
+    assert_eq!(cutoffs[7], None);
+    assert!((tr.state.freq_clock - 6.5).abs() < 1e-12);
+    // The clock is part of the checkpoint.
+    let dir = std::env::temp_dir().join(format!("kiln-freq-clock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.safetensors");
+    tr.save(&path).unwrap();
+    let (_, _, state) = kiln::train::load_checkpoint(&path).unwrap();
+    assert_eq!(state.freq_clock, 6.5);
+    let _ = std::fs::remove_dir_all(dir);
+}

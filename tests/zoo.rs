@@ -254,6 +254,47 @@ fn a_sequence_length_curriculum_trains_on_growing_prefixes() {
 }
 
 #[test]
+fn a_frequency_curriculum_widens_the_gates_band_then_lifts_the_mask() {
+    let d = tmp("freq-curriculum");
+    let sets = [
+        "train.frequency_curriculum={start: 0.1, warmup: 10, steps: 30, growth: linear, slope: 20}",
+        "task.max_length=16",
+        "model.vars.depth=1",
+        "model.vars.max_len=32",
+        "train.steps=60",
+    ];
+    train("recipes/anbn-gfnet-frequency.yaml", &d, &sets);
+    let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+    let cut: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["freq_cutoff"].as_f64())
+        .collect();
+    assert_eq!(cut.len(), 60);
+    assert_eq!((cut[0], cut[9]), (0.1, 0.1), "held during warm-up");
+    assert!((cut[25] - 0.55).abs() < 1e-9, "{}", cut[25]);
+    assert!(cut.windows(2).all(|w| w[0] <= w[1]), "{cut:?}");
+    assert_eq!(cut[40], 1.0, "lifted after warm-up + steps");
+    let (first, last) = losses(&d);
+    assert!(last < first, "loss {first} → {last}");
+    // The CLI shows the same schedule.
+    let mut cmd = kiln();
+    cmd.args([
+        "curriculum",
+        "plot",
+        "recipes/anbn-gfnet-frequency.yaml",
+        "--csv",
+    ]);
+    for s in &sets {
+        cmd.args(["--set", s]);
+    }
+    let csv = ok(&cmd.output().unwrap());
+    assert!(csv.starts_with("step,cutoff\n0,0.1\n11,0.1"), "{csv}");
+    assert!(csv.trim_end().ends_with("40,1"), "{csv}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
 fn the_attention_entropy_regularizer_sharpens_or_spreads_attention() {
     let last_entropy = |w: &str| {
         let d = tmp(&format!("entropy{w}"));

@@ -187,7 +187,7 @@ enum Command {
     /// Inspect or make data files (uint16 streams).
     #[command(subcommand)]
     Data(DataCommand),
-    /// Show a recipe's sequence-length curriculum (`train.curriculum`).
+    /// Show a recipe's curricula (`train.curriculum`, `train.frequency_curriculum`).
     #[command(subcommand)]
     Curriculum(CurriculumCommand),
     /// Run one trial of a recipe's sweep into a shared sweep directory: the cluster contract.
@@ -248,10 +248,10 @@ enum Command {
 /// `kiln curriculum ...`.
 #[derive(Debug, Subcommand)]
 enum CurriculumCommand {
-    /// Plot the training-sequence length against the step, in the terminal (or as CSV rows
-    /// `step,length` at every step where the length changes).
+    /// Plot the training-sequence length and the frequency cutoff against the step, in the
+    /// terminal (or as CSV rows `step,length,cutoff` at every step where one changes).
     #[command(
-        after_help = "Examples:\n  kiln curriculum plot recipes/anbn-curriculum.yaml\n  kiln curriculum plot recipes/default.yaml --set \"train.curriculum={start: 8, steps: 300, growth: cosine}\" --csv"
+        after_help = "Examples:\n  kiln curriculum plot recipes/anbn-gfnet-frequency.yaml\n  kiln curriculum plot recipes/default.yaml --set \"train.curriculum={start: 8, steps: 300, growth: cosine}\" --csv"
     )]
     Plot {
         /// The recipe.
@@ -262,7 +262,8 @@ enum CurriculumCommand {
         /// Print CSV instead of a plot.
         #[arg(long)]
         csv: bool,
-        /// Also draw the schedule into this PNG file.
+        /// Also draw the schedule into this PNG file (FILE-length.png and FILE-cutoff.png when
+        /// the recipe has both curricula).
         #[arg(long, value_name = "FILE")]
         png: Option<PathBuf>,
     },

@@ -526,78 +526,154 @@ pub fn generate_data_cmd(
     }
 }
 
-/// `kiln curriculum plot`.
+/// One curriculum's schedule, step by step.
+struct Schedule {
+    /// Column name in CSV, file suffix of the PNG.
+    name: &'static str,
+    title: String,
+    y: &'static str,
+    values: Vec<f64>,
+    note: Option<&'static str>,
+}
+
+/// `kiln curriculum plot`: the sequence-length and the frequency curriculum of a recipe.
 pub fn curriculum_cmd(recipe: &Path, set: &[String], csv: bool, png: Option<&Path>) -> i32 {
     let (doc, _) = match compile(recipe, set) {
         Ok(x) => x,
         Err(code) => return code,
     };
     let t = &doc.spec.train;
-    let Some(c) = &t.curriculum else {
+    let (len, freq) = (&t.curriculum, &t.frequency_curriculum);
+    if len.is_none() && freq.is_none() {
         eprintln!(
-            "error: `{}` has no `train.curriculum`; add e.g. `curriculum: {{start: 8, steps: 200}}` under `train`",
+            "error: `{}` has no curriculum; add e.g. `curriculum: {{start: 8, steps: 200}}` or `frequency_curriculum: {{start: 0.1, steps: 200}}` under `train`",
             recipe.display()
         );
         return 2;
-    };
+    }
+    let own = len
+        .as_ref()
+        .map_or(0, |c| c.steps + 1)
+        .max(freq.as_ref().map_or(0, |f| f.warmup + f.steps + 1));
+    let total = t.steps.unwrap_or(own).max(1);
     let full = doc.spec.task.max_seq();
-    let total = t.steps.unwrap_or(c.steps).max(1);
-    let lengths: Vec<u64> = (0..total).map(|s| c.length(s, full)).collect();
-    if let Some(path) = png {
-        let series = [crate::plot::Series {
-            name: "length".into(),
-            points: lengths
-                .iter()
-                .enumerate()
-                .map(|(s, &l)| (s as f64, l as f64))
-                .collect(),
-        }];
-        let title = format!("sequence-length curriculum ({:?})", c.growth).to_lowercase();
-        let chart = crate::plot::Chart {
-            title: &title,
-            x: "step",
+    let mut schedules = Vec::new();
+    if let Some(c) = len {
+        schedules.push(Schedule {
+            name: "length",
+            title: format!(
+                "sequence-length curriculum: {:?} growth over {} steps",
+                c.growth, c.steps
+            )
+            .to_lowercase(),
             y: "input tokens per sequence",
-            series: &series,
-            dots: false,
-        };
-        if let Err(e) = crate::plot::line_chart(path, &chart) {
-            eprintln!("error: {e}");
-            return 1;
+            values: (0..total).map(|s| c.length(s, full) as f64).collect(),
+            note: None,
+        });
+    }
+    if let Some(f) = freq {
+        schedules.push(Schedule {
+            name: "cutoff",
+            title: format!(
+                "frequency curriculum: {:?} growth over {} steps after {} warm-up, {} mask",
+                f.growth,
+                f.steps,
+                f.warmup,
+                if f.slope.is_some() { "soft" } else { "hard" }
+            )
+            .to_lowercase(),
+            y: "cutoff (fraction of the band; 1 = unmasked)",
+            values: (0..total)
+                .map(|s| f.cutoff(s as f64).unwrap_or(1.0))
+                .collect(),
+            note: f.adaptive.as_ref().map(|_| {
+                "adaptive: slowed down while the validation loss stalls, so a run's cutoffs \
+                 can lag this schedule; they are logged as `freq_cutoff` in metrics.jsonl"
+            }),
+        });
+    }
+    if let Some(path) = png {
+        for sc in &schedules {
+            let file = if schedules.len() == 1 {
+                path.to_path_buf()
+            } else {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                path.with_file_name(format!("{stem}-{}.png", sc.name))
+            };
+            let series = [crate::plot::Series {
+                name: sc.name.into(),
+                points: sc
+                    .values
+                    .iter()
+                    .enumerate()
+                    .map(|(s, &v)| (s as f64, v))
+                    .collect(),
+            }];
+            let chart = crate::plot::Chart {
+                title: &sc.title,
+                x: "step",
+                y: sc.y,
+                series: &series,
+                dots: false,
+            };
+            if let Err(e) = crate::plot::line_chart(&file, &chart) {
+                eprintln!("error: {e}");
+                return 1;
+            }
+            eprintln!("wrote {}", file.display());
         }
-        eprintln!("wrote {}", path.display());
     }
     if csv {
-        println!("step,length");
-        for (s, l) in lengths.iter().enumerate() {
-            if s == 0 || lengths[s - 1] != *l {
-                println!("{s},{l}");
+        let names: Vec<&str> = schedules.iter().map(|s| s.name).collect();
+        println!("step,{}", names.join(","));
+        for s in 0..total as usize {
+            if s == 0 || schedules.iter().any(|sc| sc.values[s - 1] != sc.values[s]) {
+                let row: Vec<String> = schedules
+                    .iter()
+                    .map(|sc| format!("{}", sc.values[s]))
+                    .collect();
+                println!("{s},{}", row.join(","));
             }
         }
         return 0;
     }
+    for sc in &schedules {
+        print_ascii_chart(sc, total);
+    }
+    0
+}
+
+/// A schedule drawn with `*` in a 64 × 12 character grid.
+fn print_ascii_chart(sc: &Schedule, total: u64) {
     let (w, h) = (64usize, 12usize);
-    let lo = lengths[0].min(full) as f64;
-    let span = (full as f64 - lo).max(1.0);
+    let lo = sc.values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = sc.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = (hi - lo).max(1e-9);
     let mut grid = vec![vec![' '; w]; h];
     for (x, col) in (0..w).map(|x| (x, x * (total as usize - 1) / (w - 1))) {
-        let y = ((lengths[col] as f64 - lo) / span * (h - 1) as f64).round() as usize;
+        let y = ((sc.values[col] - lo) / span * (h - 1) as f64).round() as usize;
         grid[h - 1 - y][x] = '*';
     }
-    println!(
-        "training length (input tokens) by step: {:?} growth from {} to {} over {} steps",
-        c.growth, lengths[0], full, c.steps
-    );
-    for (r, row) in grid.iter().enumerate() {
-        let label = if r == 0 {
-            format!("{full:>6}")
-        } else if r == h - 1 {
-            format!("{:>6}", lengths[0])
+    println!("{} ({} by step)", sc.title, sc.y);
+    let label = |v: f64| {
+        if v.fract() == 0.0 {
+            format!("{v:>6}")
         } else {
-            " ".repeat(6)
+            format!("{v:>6.3}")
+        }
+    };
+    for (r, row) in grid.iter().enumerate() {
+        let l = match r {
+            0 => label(hi),
+            r if r == h - 1 => label(lo),
+            _ => " ".repeat(6),
         };
-        println!("{label} |{}", row.iter().collect::<String>().trim_end());
+        println!("{l} |{}", row.iter().collect::<String>().trim_end());
     }
     println!("       +{}", "-".repeat(w));
     println!("        0{:>width$}", total - 1, width = w - 1);
-    0
+    if let Some(n) = sc.note {
+        println!("note: {n}");
+    }
+    println!();
 }

@@ -6,7 +6,9 @@ pub mod print;
 pub mod reference;
 pub mod verify;
 
-pub use op::{rope_frequencies, AttnScale, Init, Mixing, Op, Real, SpectralAlgo};
+pub use op::{
+    dct_basis, rope_frequencies, AttnScale, FreqCutoff, Init, Mixing, Op, Real, SpectralAlgo,
+};
 
 use crate::diag::Span;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};

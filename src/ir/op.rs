@@ -230,6 +230,14 @@ pub enum Op {
         /// Algorithm.
         algo: SpectralAlgo,
     },
+    /// Frequency-curriculum mask of a spectral gate's parameter (identity outside a frequency
+    /// curriculum; see [`FreqCutoff`]). `dct: false`: a complex gate `[f, d, 2]`, each rfft
+    /// bin scaled by its weight. `dct: true`: a causal kernel `[l, d]`, low-passed in the
+    /// orthonormal DCT-II basis over its l taps.
+    FreqMask {
+        /// The parameter is a time-domain kernel (DCT basis).
+        dct: bool,
+    },
     /// Ensemble output `(logits_1, …, logits_n [b, s, v]) → [b, s, v]`:
     /// ln(mean_i softmax(logits_i)), the log of the members' average probabilities.
     MeanProbs {
@@ -273,6 +281,7 @@ impl Op {
             Op::Irfft { .. } => "irfft",
             Op::ComplexMul => "complex_mul",
             Op::SpectralFilter { .. } => "spectral_filter",
+            Op::FreqMask { .. } => "freq_mask",
             Op::MeanProbs { .. } => "mean_probs",
             Op::Output => "output",
         }
@@ -326,6 +335,7 @@ impl Op {
                 dropout,
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
+            Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
             Op::MeanProbs { members } => format!("members={members}"),
             Op::Mamba {
                 d_state,
@@ -699,6 +709,18 @@ impl Op {
                 }
                 f32(x.shape.clone())
             }
+            Op::FreqMask { dct } => {
+                let p = float(0)?;
+                let ok = if *dct {
+                    p.shape.len() == 2
+                } else {
+                    p.shape.len() == 3 && p.shape[2] == Dim::Fixed(2)
+                };
+                if !ok {
+                    return Err(format!("a frequency mask does not fit parameter {p}"));
+                }
+                f32(p.shape.clone())
+            }
             Op::MeanProbs { .. } => {
                 let x = float(0)?;
                 if ins.iter().any(|t| t != x) {
@@ -709,6 +731,49 @@ impl Op {
             Op::Output => Ok(ins[0].clone()),
         }
     }
+}
+
+/// The frequency-curriculum mask at one step: bin k of F (normalized frequency
+/// f_k = k/(F − 1)) gets weight 1 if f_k ≤ cutoff else 0, or sigmoid(slope · (cutoff − f_k))
+/// with a slope.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FreqCutoff {
+    /// Cutoff, a fraction of the band.
+    pub cutoff: f64,
+    /// Slope of the soft mask; `None` for a hard one.
+    pub slope: Option<f64>,
+}
+
+impl FreqCutoff {
+    /// The weights of `bins` frequency bins, lowest first.
+    pub fn weights(&self, bins: usize) -> Vec<f64> {
+        (0..bins)
+            .map(|k| {
+                let f = if bins > 1 {
+                    k as f64 / (bins - 1) as f64
+                } else {
+                    0.0
+                };
+                match self.slope {
+                    None => f64::from(u8::from(f <= self.cutoff + 1e-12)),
+                    Some(a) => 1.0 / (1.0 + (-a * (self.cutoff - f)).exp()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The orthonormal DCT-II basis of `l` taps, row-major `[k, t]`: basis vector k at tap t is
+/// √(s/l)·cos(π(t + ½)k/l), s = 1 for k = 0 and 2 otherwise.
+pub fn dct_basis(l: usize) -> Vec<f64> {
+    (0..l * l)
+        .map(|i| {
+            let (k, t) = (i / l, i % l);
+            let s = if k == 0 { 1.0 } else { 2.0 };
+            (s / l as f64).sqrt()
+                * (std::f64::consts::PI * (t as f64 + 0.5) * k as f64 / l as f64).cos()
+        })
+        .collect()
 }
 
 fn fmt_dim(d: Option<Dim>) -> String {

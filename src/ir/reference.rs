@@ -5,7 +5,7 @@
 //! (later) the Burn runtime can be checked against it on tiny inputs. Dropout is the identity
 //! (evaluation mode).
 
-use super::{AttnScale, Graph, Init, Op};
+use super::{AttnScale, FreqCutoff, Graph, Init, Op};
 use crate::spec::Activation;
 use std::collections::HashMap;
 use std::f64::consts::PI;
@@ -82,6 +82,16 @@ pub fn run(
     params: &HashMap<String, Tensor>,
     tokens: &[Vec<i64>],
 ) -> Result<Tensor, String> {
+    run_masked(graph, params, tokens, None)
+}
+
+/// [`run`] with the spectral gates under a frequency-curriculum mask.
+pub fn run_masked(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    tokens: &[Vec<i64>],
+    mask: Option<FreqCutoff>,
+) -> Result<Tensor, String> {
     let order = graph.topo().ok_or("the graph has a cycle")?;
     let b = tokens.len();
     let s = tokens.first().map_or(0, Vec::len);
@@ -103,11 +113,55 @@ pub fn run(
                 out = Some(ins[0].clone());
                 continue;
             }
+            Op::FreqMask { dct } => match mask {
+                None => ins[0].clone(),
+                Some(m) => freq_mask(ins[0], &m, *dct),
+            },
             op => eval(op, &ins)?,
         };
         values.insert(n, v);
     }
     out.ok_or_else(|| "the graph has no output".into())
+}
+
+/// The mask by its definition: a gate's bins scaled one by one; a kernel's taps taken to the
+/// orthonormal DCT-II basis, its coefficients scaled, and transformed back.
+fn freq_mask(p: &Tensor, m: &FreqCutoff, dct: bool) -> Tensor {
+    let mut out = p.clone();
+    let bins = p.shape[0];
+    let w = m.weights(bins);
+    let inner = p.data.len() / bins.max(1);
+    if !dct {
+        for (k, wk) in w.iter().enumerate() {
+            for v in &mut out.data[k * inner..(k + 1) * inner] {
+                *v *= wk;
+            }
+        }
+        return out;
+    }
+    let l = bins as f64;
+    let basis = |k: usize, t: usize| {
+        let s = if k == 0 {
+            (1.0 / l).sqrt()
+        } else {
+            (2.0 / l).sqrt()
+        };
+        s * (PI * (t as f64 + 0.5) * k as f64 / l).cos()
+    };
+    for c in 0..inner {
+        let coef: Vec<f64> = (0..bins)
+            .map(|k| {
+                (0..bins)
+                    .map(|t| basis(k, t) * p.data[t * inner + c])
+                    .sum::<f64>()
+                    * w[k]
+            })
+            .collect();
+        for t in 0..bins {
+            out.data[t * inner + c] = (0..bins).map(|k| basis(k, t) * coef[k]).sum();
+        }
+    }
+    out
 }
 
 fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
@@ -570,7 +624,9 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Input | Op::Param { .. } | Op::Output => unreachable!("handled by run"),
+        Op::Input | Op::Param { .. } | Op::FreqMask { .. } | Op::Output => {
+            unreachable!("handled by run")
+        }
     })
 }
 

@@ -509,6 +509,7 @@ impl Lowerer {
                 let y = if *causal {
                     let n = 2 * l;
                     let kernel = self.param(&at, "kernel", &[l, w], Init::Normal(Real(0.02)));
+                    let kernel = self.op(&at, Op::FreqMask { dct: true }, &[kernel])?;
                     let kp = self.op(&at, Op::PadSeq { len: n }, &[kernel])?;
                     let kf = self.op(&at, Op::Rfft { n }, &[kp])?;
                     let p = self.op(&at, Op::PadSeq { len: n }, &[x])?;
@@ -519,6 +520,7 @@ impl Lowerer {
                 } else {
                     let gate =
                         self.param(&at, "gate", &[l / 2 + 1, w, 2], Init::Normal(Real(0.02)));
+                    let gate = self.op(&at, Op::FreqMask { dct: false }, &[gate])?;
                     let p = self.op(&at, Op::PadSeq { len: l }, &[x])?;
                     let xf = self.op(&at, Op::Rfft { n: l }, &[p])?;
                     let yf = self.op(&at, Op::ComplexMul, &[xf, gate])?;
@@ -710,14 +712,30 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
             .help("remove `vocab` from the model: the recipe's task supplies it")]);
         }
     }
-    lower(
+    let g = lower(
         &r.model,
         &LowerOptions {
             vocab,
             max_seq: Some(r.spec.task.max_seq()),
             require_causal: !r.spec.allow_noncausal,
         },
-    )
+    )?;
+    let gates =
+        g.g.node_weights()
+            .any(|n| matches!(n.op, Op::FreqMask { .. }));
+    if r.spec.train.frequency_curriculum.is_some() && !gates {
+        let span = crate::spec::load::key_span_at(&r.tree, &["train", "frequency_curriculum"]);
+        return Err(vec![Diagnostic::error(
+            Code::Conflict,
+            Some(span),
+            "a frequency curriculum needs a `spectral_gate` layer, and the model has none",
+        )
+        .label("nothing to low-pass")
+        .help(
+            "add a `spectral_gate` layer to the model, or remove `train.frequency_curriculum`",
+        )]);
+    }
+    Ok(g)
 }
 
 /// Vocabulary used to check a model file on its own when it declares none: any size works

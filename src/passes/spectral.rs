@@ -80,15 +80,22 @@ fn matches(g: &Graph, crop: NodeIndex) -> Option<(NodeIndex, NodeIndex, u64, boo
     if g.g[pad].op != (Op::PadSeq { len: n }) || g.inputs(pad)[0] != x {
         return None;
     }
+    // The gate or kernel: a parameter, possibly behind its frequency-curriculum mask.
+    let param = |p: NodeIndex| match &g.g[p].op {
+        Op::FreqMask { .. } => g.inputs(p)[0],
+        _ => p,
+    };
+    if matches!(g.g[param(gate)].op, Op::Param { .. }) {
+        return Some((x, gate, n, false));
+    }
     match &g.g[gate].op {
-        Op::Param { .. } => Some((x, gate, n, false)),
         Op::Rfft { n: m } if *m == n => {
             let kpad = g.inputs(gate)[0];
             if g.g[kpad].op != (Op::PadSeq { len: n }) {
                 return None;
             }
             let kernel = g.inputs(kpad)[0];
-            let is_kernel = matches!(&g.g[kernel].op, Op::Param { shape, .. } if shape.first() == Some(&(n / 2)));
+            let is_kernel = matches!(&g.g[param(kernel)].op, Op::Param { shape, .. } if shape.first() == Some(&(n / 2)));
             is_kernel.then_some((x, kernel, n, true))
         }
         _ => None,

@@ -128,6 +128,9 @@ pub struct Runtime {
     /// Run attention layers declared `hard` with ordinary softmax weights (to report how a
     /// hard-attention model does with soft attention).
     pub soft_attention: bool,
+    /// The frequency-curriculum mask applied to spectral gates (`None`: unmasked). Training
+    /// sets it for the steps of a frequency curriculum.
+    pub freq_mask: Option<crate::ir::FreqCutoff>,
 }
 
 /// Error of loading weights.
@@ -192,6 +195,7 @@ impl Runtime {
             device: device.clone(),
             matmul_dtype: None,
             soft_attention: false,
+            freq_mask: None,
         };
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
@@ -278,7 +282,8 @@ impl Runtime {
                     let src = g
                         .neighbors_directed(n, petgraph::Direction::Incoming)
                         .next()?;
-                    (!matches!(g[src].op, Op::Param { .. })).then_some(*len as usize)
+                    (!matches!(g[src].op, Op::Param { .. } | Op::FreqMask { .. }))
+                        .then_some(*len as usize)
                 }
                 Op::SpectralFilter { n, causal, .. } => Some(if *causal {
                     *n as usize / 2
@@ -346,6 +351,7 @@ impl Runtime {
             offset: cache.as_ref().map_or(0, |c| c.len),
             matmul_dtype: self.matmul_dtype,
             soft_attention: self.soft_attention,
+            freq_mask: self.freq_mask,
             entropies,
         };
         let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());

@@ -24,6 +24,8 @@ pub struct Ctx<'a> {
     pub matmul_dtype: Option<burn::tensor::FloatDType>,
     /// Evaluate hard attention softly (see [`super::Runtime::soft_attention`]).
     pub soft_attention: bool,
+    /// The frequency-curriculum mask of this step (see [`super::Runtime::freq_mask`]).
+    pub freq_mask: Option<crate::ir::FreqCutoff>,
     /// Where attention layers put the mean entropy of their rows, when asked for.
     pub entropies: Option<&'a std::cell::RefCell<Vec<Tensor<1>>>>,
 }
@@ -345,6 +347,24 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             }
         }
         Op::Irfft { n } => V::F3(irfft4(ins[0].f4(), *n as usize, ctx)),
+        Op::FreqMask { dct } => match ctx.freq_mask {
+            None => ins[0].clone(),
+            Some(m) if *dct => {
+                // h' = Cᵀ·(m ⊙ C·h).
+                let h = ins[0].f2();
+                let l = h.dims()[0];
+                let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+                let c = consts(f32s(crate::ir::dct_basis(l)), [l, l], ctx);
+                let w = consts(f32s(m.weights(l)), [l, 1], ctx);
+                V::F2(c.clone().transpose().matmul(c.matmul(h) * w))
+            }
+            Some(m) => {
+                let g = ins[0].f3();
+                let f = g.dims()[0];
+                let w = m.weights(f).into_iter().map(|v| v as f32).collect();
+                V::F3(g * consts(w, [f, 1, 1], ctx))
+            }
+        },
         Op::ComplexMul => {
             let x = ins[0].f4();
             let g = ins[1].f3().unsqueeze::<4>();

@@ -679,6 +679,22 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
         }
     }
     check_decode(spec, tree, diags);
+    if let Some(f) = &spec.train.frequency_curriculum {
+        if f.end < f.start {
+            diags.push(
+                Diagnostic::error(
+                    Code::Conflict,
+                    Some(key_span_at(tree, &["train", "frequency_curriculum", "end"])),
+                    format!(
+                        "the frequency curriculum ends at cutoff {} below its start {}",
+                        f.end, f.start
+                    ),
+                )
+                .label("below `start`")
+                .help("the cutoff grows: make `end` at least `start` (1 is the whole band)"),
+            );
+        }
+    }
     if let Some(e) = &spec.ensemble {
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = e.seeds.iter().find(|s| !seen.insert(**s)) {

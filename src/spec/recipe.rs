@@ -315,6 +315,10 @@ pub struct Train {
     /// whole sequences from the first step.
     #[serde(default)]
     pub curriculum: Option<Curriculum>,
+    /// Frequency curriculum: the model's spectral gates pass only low frequencies at first.
+    /// Leave it out to train every gate on its whole band from the first step.
+    #[serde(default)]
+    pub frequency_curriculum: Option<FrequencyCurriculum>,
     /// Extra loss terms added to the cross-entropy, each with its weight.
     #[serde(default)]
     pub regularizers: Regularizers,
@@ -381,6 +385,97 @@ impl Curriculum {
             Growth::Cosine => a + (b - a) * (1.0 - (std::f64::consts::PI * u).cos()) / 2.0,
         };
         (l.floor() as u64).clamp(start, full)
+    }
+}
+
+/// A frequency curriculum over the model's `spectral_gate` layers. At training step t each
+/// gate's parameter is low-passed to a cutoff c(t), a fraction of its band: frequency bin k of
+/// F has normalized frequency f_k = k/(F − 1) and is multiplied by m_k = 1 if f_k ≤ c else 0
+/// (hard mask), or by m_k = sigmoid(slope · (c − f_k)) (soft mask, when `slope` is given). A
+/// circular gate's complex gains are masked per rfft bin; a causal gate's kernel h (its taps
+/// 0..l) is masked in the DCT-II basis, h' = Cᵀ·diag(m)·C·h with C orthonormal, so the kernel
+/// stays causal and an all-ones mask leaves it unchanged.
+///
+/// The cutoff follows a clock τ that starts at 0 and advances by 1 per optimizer step: c = start
+/// while τ < warmup, then grows from `start` to `end` over `steps` more steps (`growth`). Once
+/// τ ≥ warmup + steps the mask is lifted: later steps, validation and evaluation always use the
+/// unmasked gates. With `adaptive`, while the validation loss has not improved for `patience`
+/// evaluations the clock advances by only `rate` per step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyCurriculum {
+    /// Cutoff at the first step, as a fraction of each gate's band (0 < start ≤ end).
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
+    pub start: f64,
+    /// Cutoff reached at the end of the growth, just before the mask is lifted.
+    #[serde(default = "default_cutoff_end")]
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
+    pub end: f64,
+    /// Steps held at `start` before the cutoff grows.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000000000))]
+    pub warmup: u64,
+    /// Steps over which the cutoff grows from `start` to `end`.
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub steps: u64,
+    /// How the cutoff grows with u = (τ − warmup)/steps: `linear`, `exponential`
+    /// (start·(end/start)^u) or `cosine` (start + (end − start)·(1 − cos πu)/2).
+    #[serde(default)]
+    pub growth: Growth,
+    /// Slope of the soft mask sigmoid(slope · (c − f)); leave it out for a hard mask.
+    #[serde(default)]
+    #[schemars(range(max = 1e6), extend("exclusiveMinimum" = 0.0))]
+    pub slope: Option<f64>,
+    /// Slow the curriculum down while the validation loss stalls; leave it out for a fixed
+    /// schedule.
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveSlowDown>,
+}
+
+/// The adaptive part of a frequency curriculum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveSlowDown {
+    /// Evaluations (every `train.eval_every` steps) without an improvement of the validation
+    /// loss after which the curriculum slows down (an improvement is a decrease by more than
+    /// `early_stopping.min_delta`, 0 without early stopping).
+    #[schemars(range(min = 1, max = 100000))]
+    pub patience: u32,
+    /// What the clock advances per step while slowed down (1 would be no slow-down).
+    #[serde(default = "default_slow_rate")]
+    #[schemars(extend("exclusiveMinimum" = 0.0, "exclusiveMaximum" = 1.0))]
+    pub rate: f64,
+}
+
+fn default_cutoff_end() -> f64 {
+    1.0
+}
+fn default_slow_rate() -> f64 {
+    0.5
+}
+
+impl FrequencyCurriculum {
+    /// The cutoff at clock `tau`, or `None` once the mask is lifted (τ ≥ warmup + steps).
+    pub fn cutoff(&self, tau: f64) -> Option<f64> {
+        let (w, n) = (self.warmup as f64, self.steps as f64);
+        if tau >= w + n {
+            return None;
+        }
+        let u = ((tau - w) / n).clamp(0.0, 1.0);
+        let (a, b) = (self.start, self.end.max(self.start));
+        Some(match self.growth {
+            Growth::Linear => a + (b - a) * u,
+            Growth::Exponential => a * (b / a).powf(u),
+            Growth::Cosine => a + (b - a) * (1.0 - (std::f64::consts::PI * u).cos()) / 2.0,
+        })
+    }
+
+    /// How far the clock moves in one step, given the evaluations since the best one.
+    pub fn advance(&self, evals_since_best: u32) -> f64 {
+        match &self.adaptive {
+            Some(a) if evals_since_best >= a.patience => a.rate,
+            _ => 1.0,
+        }
     }
 }
 
@@ -761,7 +856,47 @@ impl Task {
 
 #[cfg(test)]
 mod curriculum_tests {
-    use super::{Curriculum, Growth};
+    use super::{AdaptiveSlowDown, Curriculum, FrequencyCurriculum, Growth};
+
+    #[test]
+    fn frequency_cutoff_holds_grows_and_lifts() {
+        let c = |growth| FrequencyCurriculum {
+            start: 0.25,
+            end: 1.0,
+            warmup: 10,
+            steps: 100,
+            growth,
+            slope: None,
+            adaptive: None,
+        };
+        let lin = c(Growth::Linear);
+        assert_eq!(lin.cutoff(0.0), Some(0.25));
+        assert_eq!(lin.cutoff(9.0), Some(0.25), "held during warm-up");
+        assert_eq!(lin.cutoff(60.0), Some(0.625));
+        assert!((lin.cutoff(109.0).unwrap() - 0.9925).abs() < 1e-12);
+        assert_eq!(lin.cutoff(110.0), None, "lifted after warmup + steps");
+        let exp = c(Growth::Exponential);
+        assert!(
+            (exp.cutoff(60.0).unwrap() - 0.5).abs() < 1e-12,
+            "geometric mean"
+        );
+        let cos = c(Growth::Cosine);
+        assert!((cos.cutoff(60.0).unwrap() - 0.625).abs() < 1e-12);
+        assert!(
+            cos.cutoff(20.0).unwrap() < lin.cutoff(20.0).unwrap(),
+            "slow start"
+        );
+        assert_eq!(lin.advance(100), 1.0, "no slow-down without `adaptive`");
+        let ad = FrequencyCurriculum {
+            adaptive: Some(AdaptiveSlowDown {
+                patience: 3,
+                rate: 0.25,
+            }),
+            ..lin
+        };
+        assert_eq!(ad.advance(2), 1.0);
+        assert_eq!(ad.advance(3), 0.25);
+    }
 
     #[test]
     fn lengths_grow_from_start_to_full_as_declared() {

@@ -84,6 +84,10 @@ pub struct State {
     pub best_val: f64,
     /// Evaluations since the best one.
     pub since_best: u32,
+    /// Clock of the frequency curriculum (steps, slowed down while the validation loss
+    /// stalls; see [`crate::spec::recipe::FrequencyCurriculum`]).
+    #[serde(default)]
+    pub freq_clock: f64,
 }
 
 /// AdamW moments of every parameter, flat.
@@ -265,6 +269,8 @@ pub struct StepStats {
     pub lr: f64,
     /// Mean attention entropy (nats) when the attention-entropy regularizer is on.
     pub attention_entropy: Option<f64>,
+    /// The frequency curriculum's cutoff used, while it masks the spectral gates.
+    pub freq_cutoff: Option<f64>,
 }
 
 /// A model being trained: runtime, AdamW moments and the resumable state.
@@ -360,6 +366,12 @@ impl Trainer {
         // Mean attention entropy over the micro-batches, when the regularizer is on.
         let mut entropy: Option<f64> = None;
         let w = t.regularizers.attention_entropy;
+        let fc = t.frequency_curriculum.as_ref();
+        let cutoff = fc.and_then(|c| c.cutoff(self.state.freq_clock));
+        rt.freq_mask = cutoff.map(|cutoff| crate::ir::FreqCutoff {
+            cutoff,
+            slope: fc.and_then(|c| c.slope),
+        });
         for (k, batch) in micro.iter().enumerate() {
             device.seed(mix(t.seed, self.state.step, k as u64));
             let (x, y) = split_xy(batch, &device);
@@ -391,6 +403,7 @@ impl Trainer {
                 }
             }
         }
+        rt.freq_mask = None;
         if !loss_sum.is_finite() {
             return Err(loss_sum);
         }
@@ -430,11 +443,15 @@ impl Trainer {
             rt.params[i] = V::from_flat(p.autodiff(), &rt.shapes[i]).require_grad();
         }
         self.state.step = step1;
+        if let Some(c) = fc {
+            self.state.freq_clock += c.advance(self.state.since_best);
+        }
         Ok(StepStats {
             loss: loss_sum,
             grad_norm: norm,
             lr: lr_now,
             attention_entropy: entropy,
+            freq_cutoff: cutoff,
         })
     }
 
@@ -452,6 +469,7 @@ impl State {
             pos: 0,
             best_val: f64::MAX,
             since_best: 0,
+            freq_clock: 0.0,
         }
     }
 }
@@ -617,6 +635,10 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         }
         if let Some(h) = stats.attention_entropy {
             line["attention_entropy"] = h.into();
+        }
+        if t.frequency_curriculum.is_some() {
+            // 1 once the mask is lifted.
+            line["freq_cutoff"] = stats.freq_cutoff.unwrap_or(1.0).into();
         }
         writeln!(metrics, "{line}")?;
         let last = step == total;
