@@ -189,6 +189,7 @@ fn causality_holds_under_perturbation() {
         "models/transformer-adaptive.yaml",
         "models/linear.yaml",
         "models/mamba.yaml",
+        "models/xlstm.yaml",
     ] {
         let g = lower_file(file, &[]);
         assert!(noncausal_layers(&g).is_empty(), "{file} should be causal");

@@ -22,6 +22,8 @@ const MODELS: &[(&str, &[&str])] = &[
     ("models/transformer-adaptive.yaml", &[]),
     ("models/linear.yaml", &["vars.max_len=12"]),
     ("models/mamba.yaml", &["vars.depth=2"]),
+    ("models/xlstm.yaml", &["vars.depth=2"]),
+    ("models/xlstm.yaml", &["vars.depth=2", "vars.heads=1"]),
     // Small state and convolution; 12 positions make one full scan chunk of 8 and a partial one.
     (
         "models/mamba.yaml",

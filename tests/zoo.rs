@@ -159,6 +159,21 @@ fn mamba_trains_and_decodes_with_its_recurrent_state() {
 }
 
 #[test]
+fn xlstm_trains_and_decodes_with_its_recurrent_state() {
+    let d = tmp("xlstm");
+    let out = train(
+        "recipes/anbn-xlstm.yaml",
+        &d,
+        &["task.max_length=16", "model.vars.depth=2", "train.steps=60"],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    assert!(out.contains("OOD ("), "{out}");
+    completes_a_prompt(&d);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
 fn the_adaptive_temperature_and_yarn_model_trains() {
     let d = tmp("adaptive");
     let out = train(

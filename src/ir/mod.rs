@@ -283,7 +283,8 @@ impl Graph {
 
     /// Multiply-add work of one forward pass over `batch` sequences of `seq` tokens, in FLOPs
     /// (2 per multiply-add): the matrix products of linear maps, attention (the full score
-    /// matrix, as computed), LSTM gates, Mamba projections and position-linear maps. Norms,
+    /// matrix, as computed), LSTM gates, Mamba and xLSTM projections (and mLSTM's s × s
+    /// products) and position-linear maps. Norms,
     /// activations, FFTs and the scan's elementwise work are not counted. A training step
     /// costs about three times this (forward, and two products per product backward).
     pub fn matmul_flops(&self, batch: u64, seq: u64) -> u64 {
@@ -314,6 +315,21 @@ impl Graph {
                             2 * batch * seq * w[0] * w[1]
                         })
                         .sum(),
+                    // Projections, then the parallel form's two s × s products.
+                    Op::Mlstm { .. } => {
+                        [1, 3, 5, 7]
+                            .iter()
+                            .map(|&k| {
+                                let w = shape(ins[k]);
+                                2 * batch * seq * w[0] * w[1]
+                            })
+                            .sum::<u64>()
+                            + 4 * out * seq
+                    }
+                    Op::Slstm { .. } => {
+                        let (w, r) = (shape(ins[1]), shape(ins[2]));
+                        2 * batch * seq * (w[0] * w[1] + r[0] * r[1] * r[2])
+                    }
                     Op::PositionLinear { .. } => {
                         let w = shape(ins[1]);
                         2 * out * w[1] * seq

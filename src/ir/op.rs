@@ -199,6 +199,19 @@ pub enum Op {
         /// Rank r of Δ's projection.
         dt_rank: u64,
     },
+    /// xLSTM mLSTM layer `(x [b, s, d], qkvo.weight [d, 4d], qkvo.bias [4d], igate.weight
+    /// [d, H], igate.bias [H], fgate.weight [d, H], fgate.bias [H], out.weight [d, d]) →
+    /// [b, s, d]` (see the `mlstm` layer).
+    Mlstm {
+        /// Heads H.
+        heads: u64,
+    },
+    /// xLSTM sLSTM layer `(x [b, s, d], weight [d, 4d], recurrent [H, d/H, 4d/H], bias [4d])
+    /// → [b, s, d]`, gates in the order z, i, f, o (see the `slstm` layer).
+    Slstm {
+        /// Heads H.
+        heads: u64,
+    },
     /// `[.., s, d] → [.., len, d]`, zero-padding the second-to-last axis (s ≤ len).
     PadSeq {
         /// Padded length.
@@ -274,6 +287,8 @@ impl Op {
             Op::Attention { .. } => "attention",
             Op::Lstm { .. } => "lstm",
             Op::Mamba { .. } => "mamba",
+            Op::Mlstm { .. } => "mlstm",
+            Op::Slstm { .. } => "slstm",
             Op::PositionLinear { .. } => "position_linear",
             Op::PadSeq { .. } => "pad_seq",
             Op::CropSeq => "crop_seq",
@@ -335,6 +350,7 @@ impl Op {
                 dropout,
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
+            Op::Mlstm { heads } | Op::Slstm { heads } => format!("heads={heads}"),
             Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
             Op::MeanProbs { members } => format!("members={members}"),
             Op::Mamba {
@@ -371,6 +387,8 @@ impl Op {
             Op::Attention { causal: true, .. }
             | Op::Lstm { .. }
             | Op::Mamba { .. }
+            | Op::Mlstm { .. }
+            | Op::Slstm { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
             Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
                 Mixing::Full
@@ -404,6 +422,8 @@ impl Op {
             Op::Attention { scale, .. } => 3 + usize::from(*scale == AttnScale::Learned),
             Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
             Op::Mamba { .. } => 10,
+            Op::Mlstm { .. } => 8,
+            Op::Slstm { .. } => 4,
             Op::MeanProbs { members } => *members as usize,
             _ => 1,
         }
@@ -565,6 +585,47 @@ impl Op {
                     [b, s, _] => f32(vec![*b, *s, Dim::Fixed(*hidden)]),
                     _ => Err(format!("expects [batch, seq, width], got {x}")),
                 }
+            }
+            Op::Mlstm { heads } | Op::Slstm { heads } => {
+                let x = float(0)?;
+                let d = match x.shape.as_slice() {
+                    [_, _, Dim::Fixed(d)] if d % heads == 0 => *d,
+                    _ => {
+                        return Err(format!(
+                            "expects [batch, seq, width] with the width divisible by {heads} heads, got {x}"
+                        ))
+                    }
+                };
+                let (h, dh) = (*heads, d / heads);
+                let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
+                let want: Vec<Vec<Dim>> = if matches!(self, Op::Mlstm { .. }) {
+                    [
+                        &[d, 4 * d][..],
+                        &[4 * d],
+                        &[d, h],
+                        &[h],
+                        &[d, h],
+                        &[h],
+                        &[d, d],
+                    ]
+                    .iter()
+                    .map(|v| fx(v))
+                    .collect()
+                } else {
+                    vec![fx(&[d, 4 * d]), fx(&[h, dh, 4 * dh]), fx(&[4 * d])]
+                };
+                for (k, w) in want.iter().enumerate() {
+                    if &ins[1 + k].shape != w {
+                        return Err(format!(
+                            "{} parameter {} has shape {}, expected {:?}",
+                            self.name(),
+                            k + 1,
+                            ins[1 + k],
+                            w
+                        ));
+                    }
+                }
+                f32(x.shape.clone())
             }
             Op::Mamba {
                 d_state,

@@ -585,6 +585,43 @@ impl Lowerer {
                     &ins,
                 )
             }
+            Layer::Mlstm { heads } | Layer::Slstm { heads } => {
+                let d = self.width(x);
+                let h = u64::from(*heads);
+                if d % h != 0 {
+                    self.error(
+                        Code::Shape,
+                        at.field_span("heads"),
+                        format!("width {d} is not divisible by {h} heads"),
+                        "does not divide the width",
+                        "choose a number of heads that divides the width",
+                    );
+                    return None;
+                }
+                if let Layer::Mlstm { .. } = layer {
+                    let ins = vec![
+                        x,
+                        self.param(&at, "qkvo.weight", &[d, 4 * d], linear_init(d)),
+                        self.param(&at, "qkvo.bias", &[4 * d], linear_init(d)),
+                        self.param(&at, "igate.weight", &[d, h], linear_init(d)),
+                        self.param(&at, "igate.bias", &[h], Init::Zeros),
+                        self.param(&at, "fgate.weight", &[d, h], linear_init(d)),
+                        // Forget gates start near σ(3) ≈ 0.95: a long memory.
+                        self.param(&at, "fgate.bias", &[h], Init::Const(Real(3.0))),
+                        self.param(&at, "out.weight", &[d, d], linear_init(d)),
+                    ];
+                    self.op(&at, Op::Mlstm { heads: h }, &ins)
+                } else {
+                    let dh = d / h;
+                    let ins = vec![
+                        x,
+                        self.param(&at, "weight", &[d, 4 * d], linear_init(d)),
+                        self.param(&at, "recurrent", &[h, dh, 4 * dh], linear_init(dh)),
+                        self.param(&at, "bias", &[4 * d], Init::Zeros),
+                    ];
+                    self.op(&at, Op::Slstm { heads: h }, &ins)
+                }
+            }
             Layer::PositionLinear { max_len, out, bias } => {
                 let l = u64::from(*max_len);
                 self.check_len(&at, l, kind)?;

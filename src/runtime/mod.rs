@@ -24,6 +24,7 @@ pub struct KvCache {
     kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
     lstm: HashMap<NodeIndex, ops::LstmState>,
     mamba: HashMap<NodeIndex, ops::MambaState>,
+    xlstm: HashMap<NodeIndex, ops::XlstmState>,
 }
 
 impl KvCache {
@@ -45,6 +46,11 @@ impl KvCache {
                     .flat_map(|s| s.iter().map(|(h, _)| h.device())),
             )
             .chain(self.mamba.values().map(|(c, _)| c.device()))
+            .chain(
+                self.xlstm
+                    .values()
+                    .flat_map(|st| st.iter().map(Tensor::device)),
+            )
             .next()
         else {
             return;
@@ -63,6 +69,9 @@ impl KvCache {
         for (c, h) in self.mamba.values_mut() {
             *c = c.clone().select(0, idx.clone());
             *h = h.clone().select(0, idx.clone());
+        }
+        for t in self.xlstm.values_mut().flatten() {
+            *t = t.clone().select(0, idx.clone());
         }
         for st in self.lstm.values_mut() {
             for (h, c) in st.iter_mut() {
@@ -384,6 +393,16 @@ impl Runtime {
                         (Some(c), Op::Mamba { .. }) => {
                             let (out, state) = ops::mamba(op, &ins, &ctx, c.mamba.remove(&n));
                             c.mamba.insert(n, state);
+                            V::F3(out)
+                        }
+                        (Some(c), Op::Mlstm { .. } | Op::Slstm { .. }) => {
+                            let init = c.xlstm.remove(&n);
+                            let (out, state) = if let Op::Mlstm { .. } = op {
+                                ops::mlstm(op, &ins, &ctx, init)
+                            } else {
+                                ops::slstm(op, &ins, &ctx, init)
+                            };
+                            c.xlstm.insert(n, state);
                             V::F3(out)
                         }
                         (Some(c), Op::Lstm { .. }) => {

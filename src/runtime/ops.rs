@@ -297,6 +297,8 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Attention { .. } => V::F4(attention(op, ins, ins[1].f4(), ins[2].f4(), ctx)),
         Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
         Op::Mamba { .. } => V::F3(mamba(op, ins, ctx, None).0),
+        Op::Mlstm { .. } => V::F3(mlstm(op, ins, ctx, None).0),
+        Op::Slstm { .. } => V::F3(slstm(op, ins, ctx, None).0),
         Op::MeanProbs { members } => {
             // ln(mean_i p_i) = logsumexp_i(log_softmax_i) − ln n, stable in f32.
             let lsm: Vec<Tensor<3>> = ins
@@ -572,6 +574,132 @@ pub fn mamba(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<MambaState>) -> (Tenso
     let y = Tensor::cat(ys, 2).permute([0, 2, 1]) + u * ins[8].f1().reshape([1, 1, e]);
     let out = mm(y * activation::silu(z), ins[9].f2().unsqueeze::<3>(), ctx);
     (out, (conv_state, h))
+}
+
+/// Recurrent state of an xLSTM layer. mLSTM: the stabilized memory C̄ `[b, H, d, d]`,
+/// normalizer n̄ `[b, H, 1, d]` and stabilizer m `[b, H, 1, 1]`. sLSTM: c, n, m and h, each
+/// `[b, H, 1, d]` (d = width / H).
+pub type XlstmState = Vec<Tensor<4>>;
+
+/// The mLSTM layer over this call's positions, continuing from `init` (a zero memory when
+/// `None`); returns the outputs and the final state. Stabilized parallel form over the
+/// chunk: with F_t = Σ_{u≤t} ln σ(f̃_u), position t weighs the carried memory by
+/// e^{F_t + m₀} and position s ≤ t by e^{F_t − F_s + ĩ_s}, all divided by e^{m_t} where m_t is
+/// the largest of these exponents, so nothing overflows; m_t cancels in the result, so it is
+/// held constant for the gradient.
+pub fn mlstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<XlstmState>) -> (Tensor<3>, XlstmState) {
+    let Op::Mlstm { heads } = op else {
+        unreachable!("mlstm op")
+    };
+    let x = ins[0].f3();
+    let [b, s, d] = x.dims();
+    let h = *heads as usize;
+    let dh = d / h;
+    let proj = |w: &V, bias: &V, o: usize| {
+        mm(x.clone(), w.f2().unsqueeze::<3>(), ctx) + bias.f1().reshape([1, 1, o])
+    };
+    let qkvo = proj(ins[1], ins[2], 4 * d);
+    let heads_of = |i: usize| {
+        qkvo.clone()
+            .narrow(2, i * d, d)
+            .reshape([b, s, h, dh])
+            .swap_dims(1, 2)
+    };
+    let (q, k, v) = (
+        heads_of(0),
+        heads_of(1).div_scalar((dh as f64).sqrt()),
+        heads_of(2),
+    );
+    let og = qkvo.narrow(2, 3 * d, d);
+    // Gates [b, H, s, 1] and [b, H, 1, s].
+    let ig = proj(ins[3], ins[4], h)
+        .swap_dims(1, 2)
+        .unsqueeze_dim::<4>(3);
+    let logf = activation::log_sigmoid(proj(ins[5], ins[6], h).swap_dims(1, 2));
+    let f_cum = logf.cumsum(2).unsqueeze_dim::<4>(3);
+    let (c0, n0, m0) = match init {
+        Some(st) => (st[0].clone(), st[1].clone(), st[2].clone()),
+        None => (
+            Tensor::zeros([b, h, dh, dh], ctx.device),
+            Tensor::zeros([b, h, 1, dh], ctx.device),
+            Tensor::zeros([b, h, 1, 1], ctx.device),
+        ),
+    };
+    let a = f_cum.clone() + m0;
+    let future = Tensor::<2, Bool>::tril_mask([s, s], 0, ctx.device);
+    let logd = (f_cum.clone() - (f_cum - ig).swap_dims(2, 3)).mask_fill(
+        future.unsqueeze::<4>().expand([b, h, s, s]),
+        f32::NEG_INFINITY,
+    );
+    let m = a.clone().max_pair(logd.clone().max_dim(3)).detach();
+    let dmat = (logd.clone() - m.clone()).exp();
+    let scores = mm(q.clone(), k.clone().swap_dims(2, 3), ctx) * dmat;
+    let wa = (a.clone() - m.clone()).exp();
+    let num = mm(scores.clone(), v.clone(), ctx)
+        + wa.clone() * mm(q.clone(), c0.clone().swap_dims(2, 3), ctx);
+    let den = scores.sum_dim(3) + wa * (q * n0.clone()).sum_dim(3);
+    let hid = num / den.abs().max_pair(m.clone().neg().exp());
+    let hcat = hid.swap_dims(1, 2).reshape([b, s, d]);
+    let out = mm(
+        activation::sigmoid(og) * hcat,
+        ins[7].f2().unsqueeze::<3>(),
+        ctx,
+    );
+    // The memory after the last position.
+    let last = |t: Tensor<4>| t.narrow(2, s - 1, 1);
+    let (a_l, m_l) = (last(a), last(m));
+    let w = (last(logd) - m_l.clone()).exp(); // [b, H, 1, s]
+    let carry = (a_l - m_l.clone()).exp();
+    let c_new = carry.clone() * c0
+        + mm(
+            (v * w.clone().swap_dims(2, 3)).swap_dims(2, 3),
+            k.clone(),
+            ctx,
+        );
+    let n_new = carry * n0 + mm(w, k, ctx);
+    (out, vec![c_new, n_new, m_l])
+}
+
+/// The sLSTM layer step by step from `init` (zeros when `None`), with the paper's stabilizer
+/// m_t = max(ln f_t + m_{t−1}, ĩ_t); returns the outputs and the final state.
+pub fn slstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<XlstmState>) -> (Tensor<3>, XlstmState) {
+    let Op::Slstm { heads } = op else {
+        unreachable!("slstm op")
+    };
+    let x = ins[0].f3();
+    let [b, s, d] = x.dims();
+    let h = *heads as usize;
+    let dh = d / h;
+    // Input pre-activations for all positions: [b, s, 4d] → per step [b, H, 1, 4·dh] with
+    // gate g of head hd at g·dh + j (the recurrent matrix's column order).
+    let pre_x = (mm(x, ins[1].f2().unsqueeze::<3>(), ctx) + ins[3].f1().reshape([1, 1, 4 * d]))
+        .reshape([b, s, 4, h, dh])
+        .permute([0, 3, 1, 2, 4])
+        .reshape([b, h, s, 4 * dh]);
+    let r = ins[2].f3().unsqueeze::<4>(); // [1, H, dh, 4dh]
+    let mut st = init.unwrap_or_else(|| vec![Tensor::zeros([b, h, 1, dh], ctx.device); 4]);
+    let mut ys = Vec::with_capacity(s);
+    for t in 0..s {
+        let (c, n, m, hp) = (st[0].clone(), st[1].clone(), st[2].clone(), st[3].clone());
+        let pre = pre_x.clone().narrow(2, t, 1) + mm(hp, r.clone(), ctx);
+        let gate = |g: usize| pre.clone().narrow(3, g * dh, dh);
+        let (z, i_pre, logf, o) = (
+            gate(0).tanh(),
+            gate(1),
+            activation::log_sigmoid(gate(2)),
+            activation::sigmoid(gate(3)),
+        );
+        let m_new = (logf.clone() + m.clone()).max_pair(i_pre.clone());
+        let i = (i_pre - m_new.clone()).exp();
+        let f = (logf + m - m_new.clone()).exp();
+        let c = f.clone() * c + i.clone() * z;
+        let n = f * n + i;
+        let hn = o * c.clone() / n.clone();
+        ys.push(hn.clone());
+        st = vec![c, n, m_new, hn];
+    }
+    let y = Tensor::cat(ys, 2).swap_dims(1, 2).reshape([b, s, d]);
+    (y, st)
 }
 
 /// LSTM state of every layer: (h, c), each `[b, hidden]`.

@@ -294,6 +294,30 @@ pub enum Layer {
         #[schemars(range(min = 1, max = 65536))]
         dt_rank: Option<u32>,
     },
+    /// xLSTM's mLSTM (Beck et al. 2024): a matrix memory per head. From the input: q, k, v and
+    /// an output gate o (each `width`, split into `heads` heads of width/heads), and per head
+    /// an exponential input gate ĩ and a sigmoid forget gate f̃. With k scaled by 1/√d:
+    /// C_t = f_t C_{t−1} + e^{ĩ_t} v_t k_tᵀ, n_t = f_t n_{t−1} + e^{ĩ_t} k_t,
+    /// h_t = σ(o_t) ⊙ C_t q_t / max(|n_tᵀ q_t|, 1), then a linear map back to `width`. Computed
+    /// in its stabilized parallel form for whole sequences and chunk by chunk from a recurrent
+    /// state when decoding. Causal.
+    Mlstm {
+        /// Number of heads (must divide the width).
+        #[serde(default = "default_one")]
+        #[schemars(range(min = 1, max = 1024))]
+        heads: u32,
+    },
+    /// xLSTM's sLSTM (Beck et al. 2024): a scalar memory with exponential input gating and a
+    /// recurrence that is block-diagonal over `heads`. Pre-activations z̃, ĩ, f̃, õ = W x_t +
+    /// R h_{t−1} + b; c_t = f_t c_{t−1} + e^{ĩ_t} tanh(z̃_t), n_t = f_t n_{t−1} + e^{ĩ_t},
+    /// h_t = σ(õ_t) ⊙ c_t / n_t with f_t = σ(f̃_t), computed with the paper's stabilizer.
+    /// Output width = input width. Causal; decodes with a recurrent state.
+    Slstm {
+        /// Number of heads (must divide the width).
+        #[serde(default = "default_one")]
+        #[schemars(range(min = 1, max = 1024))]
+        heads: u32,
+    },
     /// Global spectral filter (GFNet, 1-D): rfft over the sequence, multiply by a learned
     /// complex filter per frequency and feature, irfft back. Its causal form learns a kernel of
     /// `max_len` taps and convolves with zero padding to 2·max_len, so no position sees a later
@@ -405,6 +429,8 @@ impl Layer {
             Layer::Attention { .. } => "attention",
             Layer::PositionLinear { .. } => "position_linear",
             Layer::Mamba { .. } => "mamba",
+            Layer::Mlstm { .. } => "mlstm",
+            Layer::Slstm { .. } => "slstm",
             Layer::Layernorm { .. } => "layernorm",
             Layer::Rmsnorm { .. } => "rmsnorm",
             Layer::Mlp { .. } => "mlp",
