@@ -4,12 +4,15 @@
 #   cargo build --release --features gpu --bin kiln      # on the build machine
 #   KILN=target/release/kiln OUT=results bash benches/gpu_check.sh
 #
+# For the CUDA build (`--features cuda`), set KILN_DEVICE=cuda.
+#
 # Needs a Vulkan loader (libvulkan1) and the NVIDIA driver's Vulkan ICD on the GPU machine;
 # PyTorch with CUDA for the reference rows (skipped when torch is missing). Appends every
 # measurement to $OUT/results.jsonl (one JSON object per line, with its name) and prints a log.
 set -u
 KILN=${KILN:-target/release/kiln}
 OUT=${OUT:-gpu-results}
+DEV=${KILN_DEVICE:-gpu}
 mkdir -p "$OUT"
 
 # The model of benches/train.rs's large case and of benches/torch_reference.py's defaults:
@@ -35,15 +38,15 @@ run() { # name, command...
         /tmp/kiln-gpu-$name.json "$name" | tee -a "$OUT/results.jsonl" || cat /tmp/kiln-gpu-$name.json
 }
 
-run kiln_small_f32  "$KILN" bench $RECIPE "${SMALL[@]}" --device gpu --steps 30 --gen-tokens 256
+run kiln_small_f32  "$KILN" bench $RECIPE "${SMALL[@]}" --device $DEV --steps 30 --gen-tokens 256
 run torch_small_f32 python3 benches/torch_reference.py --device cuda "${TORCH_SMALL[@]}" --steps 30
-run kiln_small_bf16 "$KILN" bench $RECIPE "${SMALL[@]}" --device gpu --precision bf16 --steps 30 --gen-tokens 256
+run kiln_small_bf16 "$KILN" bench $RECIPE "${SMALL[@]}" --device $DEV --precision bf16 --steps 30 --gen-tokens 256
 run torch_small_bf16 python3 benches/torch_reference.py --device cuda --precision bf16 "${TORCH_SMALL[@]}" --steps 30
 echo "== default recipe trained on the GPU"
 t0=$SECONDS
-timeout "${STEP_TIMEOUT:-150}" "$KILN" train recipes/default.yaml --device gpu --out /tmp/kiln-gpu-run-default > /tmp/kiln-gpu-train.log 2>&1
+timeout "${STEP_TIMEOUT:-150}" "$KILN" train recipes/default.yaml --device $DEV --out /tmp/kiln-gpu-run-default > /tmp/kiln-gpu-train.log 2>&1
 echo "   rc=$? in $((SECONDS - t0)) s"; tail -12 /tmp/kiln-gpu-train.log
-run kiln_large_f32  "$KILN" bench $RECIPE "${LARGE[@]}" --device gpu --steps 20 --gen-tokens 128
+run kiln_large_f32  "$KILN" bench $RECIPE "${LARGE[@]}" --device $DEV --steps 20 --gen-tokens 128
 run torch_large_f32 python3 benches/torch_reference.py --device cuda "${TORCH_LARGE[@]}" --steps 20 --gen-tokens 128
-run kiln_large_bf16 "$KILN" bench $RECIPE "${LARGE[@]}" --device gpu --precision bf16 --steps 20 --gen-tokens 128
+run kiln_large_bf16 "$KILN" bench $RECIPE "${LARGE[@]}" --device $DEV --precision bf16 --steps 20 --gen-tokens 128
 run torch_large_bf16 python3 benches/torch_reference.py --device cuda --precision bf16 "${TORCH_LARGE[@]}" --steps 20 --gen-tokens 128

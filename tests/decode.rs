@@ -431,6 +431,7 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
         // Mamba with a convolution wider than the prompt, so its state carries padding too.
         ("recipes/anbn-mamba.yaml", vec!["model.vars.depth=2"]),
         ("recipes/anbn-xlstm.yaml", vec!["model.vars.depth=2"]),
+        ("recipes/anbn-ets.yaml", vec!["model.vars.depth=2"]),
         (
             "recipes/anbn-hard-attention.yaml",
             vec!["model.vars.depth=2"],

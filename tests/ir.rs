@@ -190,6 +190,7 @@ fn causality_holds_under_perturbation() {
         "models/linear.yaml",
         "models/mamba.yaml",
         "models/xlstm.yaml",
+        "models/ets.yaml",
     ] {
         let g = lower_file(file, &[]);
         assert!(noncausal_layers(&g).is_empty(), "{file} should be causal");

@@ -23,6 +23,7 @@ const MODELS: &[(&str, &[&str])] = &[
     ("models/linear.yaml", &["vars.max_len=12"]),
     ("models/mamba.yaml", &["vars.depth=2"]),
     ("models/xlstm.yaml", &["vars.depth=2"]),
+    ("models/ets.yaml", &["vars.depth=2"]),
     ("models/xlstm.yaml", &["vars.depth=2", "vars.heads=1"]),
     // Small state and convolution; 12 positions make one full scan chunk of 8 and a partial one.
     (
@@ -341,5 +342,28 @@ fn frequency_masked_gates_match_the_reference_and_learn() {
                 }
             }
         }
+    }
+}
+
+/// ETS attention agrees with its recurrence both as a dense convolution (short sequences)
+/// and by FFT (100 positions, padded to 256).
+#[test]
+fn ets_attention_matches_its_recurrence_by_fft_too() {
+    let g = optimize(&lower("models/ets.yaml", &["vars.depth=1"]));
+    for seq in [12, 100] {
+        let toks = tokens(3, 2, seq, 5);
+        let got = run_rt(&g, 4, &toks);
+        let want = reference::run(&g, &reference::init_params(&g, 4), &toks).unwrap();
+        let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            err / scale < 1e-4,
+            "seq {seq}: relative error {}",
+            err / scale
+        );
     }
 }

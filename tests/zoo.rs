@@ -174,6 +174,21 @@ fn xlstm_trains_and_decodes_with_its_recurrent_state() {
 }
 
 #[test]
+fn ets_attention_trains_and_decodes_with_its_smoothed_state() {
+    let d = tmp("ets");
+    let out = train(
+        "recipes/anbn-ets.yaml",
+        &d,
+        &["task.max_length=16", "model.vars.depth=2", "train.steps=60"],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    assert!(out.contains("OOD ("), "{out}");
+    completes_a_prompt(&d);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
 fn the_adaptive_temperature_and_yarn_model_trains() {
     let d = tmp("adaptive");
     let out = train(

@@ -199,6 +199,12 @@ pub enum Op {
         /// Rank r of Δ's projection.
         dt_rank: u64,
     },
+    /// Exponential smoothing attention `(x [b, s, d], v.weight [d, d], v.bias [d], alpha [H]
+    /// (logits), v0 [d], out.weight [d, d]) → [b, s, d]` (see the `ets_attention` layer).
+    Ets {
+        /// Heads H.
+        heads: u64,
+    },
     /// xLSTM mLSTM layer `(x [b, s, d], qkvo.weight [d, 4d], qkvo.bias [4d], igate.weight
     /// [d, H], igate.bias [H], fgate.weight [d, H], fgate.bias [H], out.weight [d, d]) →
     /// [b, s, d]` (see the `mlstm` layer).
@@ -288,6 +294,7 @@ impl Op {
             Op::Lstm { .. } => "lstm",
             Op::Mamba { .. } => "mamba",
             Op::Mlstm { .. } => "mlstm",
+            Op::Ets { .. } => "ets",
             Op::Slstm { .. } => "slstm",
             Op::PositionLinear { .. } => "position_linear",
             Op::PadSeq { .. } => "pad_seq",
@@ -350,7 +357,9 @@ impl Op {
                 dropout,
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
-            Op::Mlstm { heads } | Op::Slstm { heads } => format!("heads={heads}"),
+            Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
+                format!("heads={heads}")
+            }
             Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
             Op::MeanProbs { members } => format!("members={members}"),
             Op::Mamba {
@@ -389,6 +398,7 @@ impl Op {
             | Op::Mamba { .. }
             | Op::Mlstm { .. }
             | Op::Slstm { .. }
+            | Op::Ets { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
             Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
                 Mixing::Full
@@ -423,6 +433,7 @@ impl Op {
             Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
             Op::Mamba { .. } => 10,
             Op::Mlstm { .. } => 8,
+            Op::Ets { .. } => 6,
             Op::Slstm { .. } => 4,
             Op::MeanProbs { members } => *members as usize,
             _ => 1,
@@ -586,7 +597,7 @@ impl Op {
                     _ => Err(format!("expects [batch, seq, width], got {x}")),
                 }
             }
-            Op::Mlstm { heads } | Op::Slstm { heads } => {
+            Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
                 let x = float(0)?;
                 let d = match x.shape.as_slice() {
                     [_, _, Dim::Fixed(d)] if d % heads == 0 => *d,
@@ -598,7 +609,12 @@ impl Op {
                 };
                 let (h, dh) = (*heads, d / heads);
                 let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
-                let want: Vec<Vec<Dim>> = if matches!(self, Op::Mlstm { .. }) {
+                let want: Vec<Vec<Dim>> = if let Op::Ets { .. } = self {
+                    [&[d, d][..], &[d], &[h], &[d], &[d, d]]
+                        .iter()
+                        .map(|v| fx(v))
+                        .collect()
+                } else if matches!(self, Op::Mlstm { .. }) {
                     [
                         &[d, 4 * d][..],
                         &[4 * d],

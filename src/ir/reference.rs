@@ -483,6 +483,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             out
         }
         Op::Mlstm { heads } => mlstm(ins, *heads as usize),
+        Op::Ets { heads } => ets(ins, *heads as usize),
         Op::Slstm { heads } => slstm(ins, *heads as usize),
         Op::Lstm { layers, hidden, .. } => {
             let h = *hidden as usize;
@@ -878,6 +879,32 @@ fn slstm(ins: &[&Tensor], heads: usize) -> Tensor {
                 h[u] = o * c[u] / n[u];
             }
             out.data[(bi * s + t) * d..(bi * s + t + 1) * d].copy_from_slice(&h);
+        }
+    }
+    out
+}
+
+/// Exponential smoothing attention by its recurrence: ES_t = (1 − α) ES_{t−1} + α v_t from
+/// ES_0 = v₀, α = σ(a) per head, v = x W_v + b; then the output map.
+fn ets(ins: &[&Tensor], heads: usize) -> Tensor {
+    let x = ins[0];
+    let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
+    let dh = d / heads;
+    let mut out = Tensor::zeros(&[b, s, d]);
+    for bi in 0..b {
+        let mut es = ins[4].data.clone();
+        for t in 0..s {
+            let v = affine(
+                &x.data[(bi * s + t) * d..(bi * s + t + 1) * d],
+                ins[1],
+                Some(ins[2]),
+            );
+            for c in 0..d {
+                let alpha = sigmoid(ins[3].data[c / dh]);
+                es[c] = (1.0 - alpha) * es[c] + alpha * v[c];
+            }
+            let y = affine(&es, ins[5], None);
+            out.data[(bi * s + t) * d..(bi * s + t + 1) * d].copy_from_slice(&y);
         }
     }
     out

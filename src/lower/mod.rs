@@ -585,7 +585,7 @@ impl Lowerer {
                     &ins,
                 )
             }
-            Layer::Mlstm { heads } | Layer::Slstm { heads } => {
+            Layer::Mlstm { heads } | Layer::Slstm { heads } | Layer::EtsAttention { heads } => {
                 let d = self.width(x);
                 let h = u64::from(*heads);
                 if d % h != 0 {
@@ -598,7 +598,18 @@ impl Lowerer {
                     );
                     return None;
                 }
-                if let Layer::Mlstm { .. } = layer {
+                if let Layer::EtsAttention { .. } = layer {
+                    let ins = vec![
+                        x,
+                        self.param(&at, "v.weight", &[d, d], linear_init(d)),
+                        self.param(&at, "v.bias", &[d], linear_init(d)),
+                        // α = σ(0) = 0.5 at first.
+                        self.param(&at, "alpha", &[h], Init::Zeros),
+                        self.param(&at, "v0", &[d], Init::Normal(Real(0.02))),
+                        self.param(&at, "out.weight", &[d, d], linear_init(d)),
+                    ];
+                    self.op(&at, Op::Ets { heads: h }, &ins)
+                } else if let Layer::Mlstm { .. } = layer {
                     let ins = vec![
                         x,
                         self.param(&at, "qkvo.weight", &[d, 4 * d], linear_init(d)),

@@ -24,6 +24,7 @@ pub struct KvCache {
     kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
     lstm: HashMap<NodeIndex, ops::LstmState>,
     mamba: HashMap<NodeIndex, ops::MambaState>,
+    /// xLSTM states, and ETS attention's last value (`[b, 1, 1, d]`).
     xlstm: HashMap<NodeIndex, ops::XlstmState>,
 }
 
@@ -393,6 +394,16 @@ impl Runtime {
                         (Some(c), Op::Mamba { .. }) => {
                             let (out, state) = ops::mamba(op, &ins, &ctx, c.mamba.remove(&n));
                             c.mamba.insert(n, state);
+                            V::F3(out)
+                        }
+                        (Some(c), Op::Ets { .. }) => {
+                            let init = c.xlstm.remove(&n).map(|st| {
+                                let [b, _, _, d] = st[0].dims();
+                                st[0].clone().reshape([b, d])
+                            });
+                            let (out, last) = ops::ets(op, &ins, &ctx, init);
+                            let [b, d] = last.dims();
+                            c.xlstm.insert(n, vec![last.reshape([b, 1, 1, d])]);
                             V::F3(out)
                         }
                         (Some(c), Op::Mlstm { .. } | Op::Slstm { .. }) => {

@@ -298,6 +298,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
         Op::Mamba { .. } => V::F3(mamba(op, ins, ctx, None).0),
         Op::Mlstm { .. } => V::F3(mlstm(op, ins, ctx, None).0),
+        Op::Ets { .. } => V::F3(ets(op, ins, ctx, None).0),
         Op::Slstm { .. } => V::F3(slstm(op, ins, ctx, None).0),
         Op::MeanProbs { members } => {
             // ln(mean_i p_i) = logsumexp_i(log_softmax_i) − ln n, stable in f32.
@@ -574,6 +575,53 @@ pub fn mamba(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<MambaState>) -> (Tenso
     let y = Tensor::cat(ys, 2).permute([0, 2, 1]) + u * ins[8].f1().reshape([1, 1, e]);
     let out = mm(y * activation::silu(z), ins[9].f2().unsqueeze::<3>(), ctx);
     (out, (conv_state, h))
+}
+
+/// Causal depthwise convolution y_t = Σ_{j≤t} kernel[j] ⊙ x_{t−j} of `x [b, s, d]` with a
+/// kernel of s taps `[s, d]`: by FFT (zero-padded to a power of two ≥ 2s) for long sequences,
+/// as a dense per-channel matrix for short ones.
+pub fn causal_conv(x: Tensor<3>, kernel: Tensor<2>, ctx: &Ctx) -> Tensor<3> {
+    let s = x.dims()[1];
+    if s as u64 <= crate::passes::DENSE_MAX {
+        return apply_per_channel(conv_matrix(kernel, s, s, true, ctx), x);
+    }
+    let n = (2 * s).next_power_of_two();
+    let (xr, xi) = burn::signal::rfft(pad_axis(x, 1, n, ctx), 1, Some(n));
+    let (kr, ki) = burn::signal::rfft(pad_axis(kernel, 0, n, ctx), 0, Some(n));
+    let (kr, ki) = (kr.unsqueeze::<3>(), ki.unsqueeze::<3>());
+    let yr = xr.clone() * kr.clone() - xi.clone() * ki.clone();
+    let yi = xr * ki + xi * kr;
+    burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s)
+}
+
+/// Exponential smoothing attention over this call's positions from the previous ES value
+/// `init` `[b, d]` (v₀ when `None`); returns the outputs and the last ES value. With
+/// α = σ(a): ES_t = (1 − α)^{t+1} ES_{−1} + Σ_{j≤t} α (1 − α)^j v_{t−j}, a causal convolution.
+pub fn ets(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<Tensor<2>>) -> (Tensor<3>, Tensor<2>) {
+    let Op::Ets { heads } = op else {
+        unreachable!("ets op")
+    };
+    let x = ins[0].f3();
+    let [b, s, d] = x.dims();
+    let h = *heads as usize;
+    let v = mm(x, ins[1].f2().unsqueeze::<3>(), ctx) + ins[2].f1().reshape([1, 1, d]);
+    // Per channel: ln α and ln(1 − α), [1, d].
+    let a = ins[3]
+        .f1()
+        .reshape([h, 1])
+        .expand([h, d / h])
+        .reshape([1, d]);
+    let (ln_a, ln_1a) = (
+        activation::log_sigmoid(a.clone()),
+        activation::log_sigmoid(a.neg()),
+    );
+    let j: Tensor<2> = consts((0..s).map(|j| j as f32).collect(), [s, 1], ctx);
+    let kernel = (j.clone() * ln_1a.clone() + ln_a).exp();
+    let prev = init.unwrap_or_else(|| ins[4].f1().reshape([1, d]).expand([b, d]));
+    let decay = ((j + 1.0) * ln_1a).exp(); // (1 − α)^{t+1}, [s, d]
+    let es = causal_conv(v, kernel, ctx) + decay.unsqueeze::<3>() * prev.unsqueeze_dim::<3>(1);
+    let last = es.clone().narrow(1, s - 1, 1).reshape([b, d]);
+    (mm(es, ins[5].f2().unsqueeze::<3>(), ctx), last)
 }
 
 /// Recurrent state of an xLSTM layer. mLSTM: the stabilized memory C̄ `[b, H, d, d]`,

@@ -294,6 +294,17 @@ pub enum Layer {
         #[schemars(range(min = 1, max = 65536))]
         dt_rank: Option<u32>,
     },
+    /// ETSformer's exponential smoothing attention (Woo et al. 2022): v = x W_v + b split
+    /// into `heads` heads, each smoothed with its own learned α = σ(a) from a learned initial
+    /// state v₀: ES_t = (1 − α)^t v₀ + Σ_{j<t} α (1 − α)^j v_{t−j} (positions 1..T), i.e.
+    /// ES_t = (1 − α) ES_{t−1} + α v_t, then a linear map back to the width. Computed as a causal
+    /// convolution (by FFT for long sequences); decodes with the last ES value as its state.
+    EtsAttention {
+        /// Number of heads, each with its own α (must divide the width).
+        #[serde(default = "default_one")]
+        #[schemars(range(min = 1, max = 1024))]
+        heads: u32,
+    },
     /// xLSTM's mLSTM (Beck et al. 2024): a matrix memory per head. From the input: q, k, v and
     /// an output gate o (each `width`, split into `heads` heads of width/heads), and per head
     /// an exponential input gate ĩ and a sigmoid forget gate f̃. With k scaled by 1/√d:
@@ -430,6 +441,7 @@ impl Layer {
             Layer::PositionLinear { .. } => "position_linear",
             Layer::Mamba { .. } => "mamba",
             Layer::Mlstm { .. } => "mlstm",
+            Layer::EtsAttention { .. } => "ets_attention",
             Layer::Slstm { .. } => "slstm",
             Layer::Layernorm { .. } => "layernorm",
             Layer::Rmsnorm { .. } => "rmsnorm",
