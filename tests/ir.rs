@@ -191,6 +191,7 @@ fn causality_holds_under_perturbation() {
         "models/mamba.yaml",
         "models/xlstm.yaml",
         "models/ets.yaml",
+        "models/transformer-memory.yaml",
     ] {
         let g = lower_file(file, &[]);
         assert!(noncausal_layers(&g).is_empty(), "{file} should be causal");
@@ -350,6 +351,43 @@ fn frequency_masks_scale_each_basis_vector_by_its_weight() {
         }
         .weights(5),
         [1.0; 5]
+    );
+}
+
+/// Memory tokens are a prefix every position sees: changing them changes every output; the
+/// position layers inside count them, so a learned table must cover them too.
+#[test]
+fn memory_tokens_are_seen_by_every_position() {
+    let g = lower_file("models/transformer-memory.yaml", &[]);
+    let mut params = reference::init_params(&g, 3);
+    let toks = vec![vec![1, 2, 3, 4, 0, 1]];
+    let base = run(&g, &params, &toks);
+    assert_eq!(base.shape, vec![1, 6, 7], "memory outputs are dropped");
+    for v in &mut params.get_mut("layers.1.memory").unwrap().data {
+        *v += 0.5;
+    }
+    let out = run(&g, &params, &toks);
+    let v = 7;
+    for t in 0..6 {
+        let d = (0..v)
+            .map(|j| (base.data[t * v + j] - out.data[t * v + j]).abs())
+            .fold(0.0, f64::max);
+        assert!(d > 1e-6, "position {t} does not see the memory");
+    }
+    let text = "kind: model\nvocab: 5\nlayers:\n  - {type: embedding, dim: 8}\n  - type: memory_tokens\n    count: 3\n    body:\n      - {type: learned_positions, max_len: 24}\n  - {type: head}\n";
+    let mut sources = SourceMap::new();
+    let doc = kiln::spec::load::load_bytes(
+        Path::new("m.yaml"),
+        text.as_bytes().to_vec(),
+        &[],
+        &mut sources,
+    )
+    .unwrap();
+    let err = lower_document(&doc, None, Some(24)).unwrap_err();
+    let msg = render_text(&err, &sources, false);
+    assert!(
+        msg.contains("sequences of 27 (with 3 memory tokens)"),
+        "{msg}"
     );
 }
 

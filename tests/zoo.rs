@@ -189,6 +189,21 @@ fn ets_attention_trains_and_decodes_with_its_smoothed_state() {
 }
 
 #[test]
+fn memory_tokens_train_and_decode_uncached() {
+    let d = tmp("memory");
+    let out = train(
+        "recipes/anbn-memory.yaml",
+        &d,
+        &["task.max_length=16", "train.steps=60"],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    assert!(out.contains("OOD ("), "{out}");
+    completes_a_prompt(&d);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
 fn the_adaptive_temperature_and_yarn_model_trains() {
     let d = tmp("adaptive");
     let out = train(

@@ -24,6 +24,8 @@ pub enum Dim {
     Batch,
     /// The sequence length.
     Seq,
+    /// The sequence length plus this many memory tokens (inside `memory_tokens`).
+    SeqPlus(u64),
     /// A number known at compile time.
     Fixed(u64),
 }
@@ -33,6 +35,7 @@ impl fmt::Display for Dim {
         match self {
             Dim::Batch => write!(f, "batch"),
             Dim::Seq => write!(f, "seq"),
+            Dim::SeqPlus(m) => write!(f, "seq+{m}"),
             Dim::Fixed(n) => write!(f, "{n}"),
         }
     }
@@ -64,6 +67,7 @@ impl TensorType {
             .map(|d| match d {
                 Dim::Batch => batch,
                 Dim::Seq => seq,
+                Dim::SeqPlus(m) => seq + m,
                 Dim::Fixed(n) => *n,
             })
             .product()

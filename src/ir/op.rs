@@ -218,6 +218,14 @@ pub enum Op {
         /// Heads H.
         heads: u64,
     },
+    /// Memory tokens `(x [b, s, d], memory [m, d]) → [b, m + s, d]`: the m learned vectors
+    /// prepended to every sequence.
+    PrependMemory,
+    /// `[b, m + s, d] → [b, s, d]`: the outputs of the memory tokens dropped.
+    DropMemory {
+        /// Number of memory tokens m.
+        count: u64,
+    },
     /// `[.., s, d] → [.., len, d]`, zero-padding the second-to-last axis (s ≤ len).
     PadSeq {
         /// Padded length.
@@ -304,6 +312,8 @@ impl Op {
             Op::ComplexMul => "complex_mul",
             Op::SpectralFilter { .. } => "spectral_filter",
             Op::FreqMask { .. } => "freq_mask",
+            Op::PrependMemory => "prepend_memory",
+            Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
             Op::Output => "output",
         }
@@ -357,6 +367,7 @@ impl Op {
                 dropout,
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
+            Op::DropMemory { count } => format!("count={count}"),
             Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
                 format!("heads={heads}")
             }
@@ -399,6 +410,8 @@ impl Op {
             | Op::Mlstm { .. }
             | Op::Slstm { .. }
             | Op::Ets { .. }
+            | Op::PrependMemory
+            | Op::DropMemory { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
             Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
                 Mixing::Full
@@ -425,6 +438,7 @@ impl Op {
             | Op::ApplyRope
             | Op::CropSeq
             | Op::ComplexMul
+            | Op::PrependMemory
             | Op::SpectralFilter { .. } => 2,
             Op::Linear { bias } | Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::LayerNorm(_) => 3,
@@ -518,7 +532,8 @@ impl Op {
                 }
                 f32(x.shape.clone())
             }
-            Op::SinusoidalTable { dim } => f32(vec![Dim::Seq, Dim::Fixed(*dim)]),
+            // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
+            Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
             Op::AddPositions => {
                 let x = float(0)?;
                 if x.shape.len() != 3 || ins[1].shape.len() != 2 || ins[1].shape[1] != x.shape[2] {
@@ -555,7 +570,11 @@ impl Op {
                         "rotary embeddings need an even head width, got {head_dim}"
                     ));
                 }
-                f32(vec![Dim::Seq, Dim::Fixed(head_dim / 2), Dim::Fixed(2)])
+                f32(vec![
+                    ins[0].shape[1],
+                    Dim::Fixed(head_dim / 2),
+                    Dim::Fixed(2),
+                ])
             }
             Op::ApplyRope => {
                 let x = float(0)?;
@@ -785,6 +804,33 @@ impl Op {
                     ));
                 }
                 f32(x.shape.clone())
+            }
+            Op::PrependMemory => {
+                let x = float(0)?;
+                match (x.shape.as_slice(), ins[1].shape.as_slice()) {
+                    ([b, s, d], [Dim::Fixed(m), w]) if w == d => {
+                        let s = match s {
+                            Dim::Seq => Dim::SeqPlus(*m),
+                            Dim::SeqPlus(k) => Dim::SeqPlus(k + m),
+                            Dim::Fixed(n) => Dim::Fixed(n + m),
+                            Dim::Batch => {
+                                return Err(format!("expects [batch, seq, width], got {x}"))
+                            }
+                        };
+                        f32(vec![*b, s, *d])
+                    }
+                    _ => Err(format!("memory {} does not fit input {x}", ins[1])),
+                }
+            }
+            Op::DropMemory { count } => {
+                let x = float(0)?;
+                let s = match x.shape.as_slice() {
+                    [_, Dim::SeqPlus(k), _] if k == count => Dim::Seq,
+                    [_, Dim::SeqPlus(k), _] if k > count => Dim::SeqPlus(k - count),
+                    [_, Dim::Fixed(n), _] if n >= count => Dim::Fixed(n - count),
+                    _ => return Err(format!("cannot drop {count} memory tokens from {x}")),
+                };
+                f32(vec![x.shape[0], s, x.shape[2]])
             }
             Op::FreqMask { dct } => {
                 let p = float(0)?;

@@ -483,6 +483,30 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             out
         }
         Op::Mlstm { heads } => mlstm(ins, *heads as usize),
+        Op::PrependMemory => {
+            let (x, mem) = (ins[0], ins[1]);
+            let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
+            let m = mem.shape[0];
+            let mut out = Tensor::zeros(&[b, m + s, d]);
+            for bi in 0..b {
+                let o = bi * (m + s) * d;
+                out.data[o..o + m * d].copy_from_slice(&mem.data);
+                out.data[o + m * d..o + (m + s) * d]
+                    .copy_from_slice(&x.data[bi * s * d..(bi + 1) * s * d]);
+            }
+            out
+        }
+        Op::DropMemory { count } => {
+            let x = ins[0];
+            let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
+            let m = *count as usize;
+            let mut out = Tensor::zeros(&[b, s - m, d]);
+            for bi in 0..b {
+                out.data[bi * (s - m) * d..(bi + 1) * (s - m) * d]
+                    .copy_from_slice(&x.data[(bi * s + m) * d..(bi + 1) * s * d]);
+            }
+            out
+        }
         Op::Ets { heads } => ets(ins, *heads as usize),
         Op::Slstm { heads } => slstm(ins, *heads as usize),
         Op::Lstm { layers, hidden, .. } => {

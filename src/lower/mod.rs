@@ -30,10 +30,13 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         opts: *opts,
         diags: Vec::new(),
         repeat: Vec::new(),
+        positions: NodeIndex::new(0),
+        memory: 0,
     };
     l.input =
         l.g.add(Op::Input, &[], "", None)
             .expect("input has no inputs");
+    l.positions = l.input;
     let nodes = model.tree.get("layers").and_then(seq_items);
     let out = l.seq(&model.spec.layers, nodes, l.input, "layers");
     if let Some(out) = out {
@@ -128,6 +131,11 @@ struct Lowerer {
     diags: Vec<Diagnostic>,
     /// Copy indices of the enclosing `repeat`s, innermost last.
     repeat: Vec<u32>,
+    /// What position tables read their positions from: the token ids, or the sequence with
+    /// its memory tokens inside `memory_tokens`.
+    positions: NodeIndex,
+    /// Memory tokens in scope (they lengthen the sequences that position layers see).
+    memory: u64,
 }
 
 /// The layer being lowered: its parameter prefix and YAML location.
@@ -254,12 +262,12 @@ impl Lowerer {
     }
 
     fn check_len(&mut self, at: &At, max_len: u64, what: &str) -> Option<()> {
-        if let Some(s) = self.opts.max_seq {
+        if let Some(s) = self.opts.max_seq.map(|s| s + self.memory) {
             if s > max_len {
                 self.error(
                     Code::Shape,
                     at.field_span("max_len"),
-                    format!("`{what}` handles at most {max_len} positions, but the task feeds sequences of {s}"),
+                    format!("`{what}` handles at most {max_len} positions, but the task feeds sequences of {s}{}", if self.memory > 0 { format!(" (with {} memory tokens)", self.memory) } else { String::new() }),
                     "too short",
                     &format!("set `max_len: {s}` or more"),
                 );
@@ -290,6 +298,7 @@ impl Lowerer {
                 | Layer::Every { .. }
                 | Layer::Residual { .. }
                 | Layer::Parallel { .. }
+                | Layer::MemoryTokens { .. }
         ) {
             self.vectors(&at, x, kind)?;
         }
@@ -314,7 +323,7 @@ impl Lowerer {
             }
             Layer::SinusoidalPositions {} => {
                 let dim = self.width(x);
-                let table = self.op(&at, Op::SinusoidalTable { dim }, &[self.input])?;
+                let table = self.op(&at, Op::SinusoidalTable { dim }, &[self.positions])?;
                 self.op(&at, Op::AddPositions, &[x, table])
             }
             Layer::LearnedPositions { max_len } => {
@@ -411,7 +420,7 @@ impl Lowerer {
                                 )
                             }),
                         },
-                        &[self.input],
+                        &[self.positions],
                     )?;
                     q = self.op(&at, Op::ApplyRope, &[q, table])?;
                     k = self.op(&at, Op::ApplyRope, &[k, table])?;
@@ -652,6 +661,31 @@ impl Lowerer {
                     },
                     &ins,
                 )
+            }
+            Layer::MemoryTokens { count, body } => {
+                self.vectors(&at, x, kind)?;
+                let m = u64::from(*count);
+                let memory =
+                    self.param(&at, "memory", &[m, self.width(x)], Init::Normal(Real(0.02)));
+                let xm = self.op(&at, Op::PrependMemory, &[x, memory])?;
+                let nodes = node.and_then(|n| n.get("body")).and_then(seq_items);
+                let saved = (self.positions, self.memory);
+                (self.positions, self.memory) = (xm, self.memory + m);
+                let y = self.seq(body, nodes, xm, path);
+                (self.positions, self.memory) = saved;
+                let y = y?;
+                if self.g.g[y].ty != self.g.g[xm].ty {
+                    let (a, b) = (self.g.g[xm].ty.to_string(), self.g.g[y].ty.to_string());
+                    self.error(
+                        Code::Shape,
+                        at.span,
+                        format!("the memory body turns {a} into {b}; it must keep the shape"),
+                        "memory_tokens here",
+                        "make the body end with the width it starts with",
+                    );
+                    return None;
+                }
+                self.op(&at, Op::DropMemory { count: m }, &[y])
             }
             Layer::Residual { body } => {
                 let nodes = node.and_then(|n| n.get("body")).and_then(seq_items);

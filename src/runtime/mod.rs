@@ -284,31 +284,51 @@ impl Runtime {
     /// learned positions, padded spectral filters); `None` when no layer does.
     pub fn max_positions(&self) -> Option<usize> {
         let g = &self.graph.g;
+        // Memory tokens in scope at a node take positions from the input.
+        let memory = |n: NodeIndex| match g[n].ty.shape.get(1) {
+            Some(crate::ir::Dim::SeqPlus(m)) => *m as usize,
+            _ => 0,
+        };
         g.node_indices()
-            .filter_map(|n| match &g[n].op {
-                Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
-                Op::PadSeq { len } => {
-                    // Padding a kernel parameter does not limit the input.
-                    let src = g
+            .filter_map(|n| {
+                let limit = self.position_limit(n)?;
+                let src = match &g[n].op {
+                    Op::PadSeq { .. } => g
                         .neighbors_directed(n, petgraph::Direction::Incoming)
-                        .next()?;
-                    (!matches!(g[src].op, Op::Param { .. } | Op::FreqMask { .. }))
-                        .then_some(*len as usize)
-                }
-                Op::SpectralFilter { n, causal, .. } => Some(if *causal {
-                    *n as usize / 2
-                } else {
-                    *n as usize
-                }),
-                Op::AddPositions => g
-                    .neighbors_directed(n, petgraph::Direction::Incoming)
-                    .find_map(|p| match &g[p].op {
-                        Op::Param { shape, .. } => Some(shape[0] as usize),
-                        _ => None,
-                    }),
-                _ => None,
+                        .next()?,
+                    _ => n,
+                };
+                Some(limit.saturating_sub(memory(src)))
             })
             .min()
+    }
+
+    /// The positions node `n` can hold, where it limits them.
+    fn position_limit(&self, n: NodeIndex) -> Option<usize> {
+        let g = &self.graph.g;
+        match &g[n].op {
+            Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
+            Op::PadSeq { len } => {
+                // Padding a kernel parameter does not limit the input.
+                let src = g
+                    .neighbors_directed(n, petgraph::Direction::Incoming)
+                    .next()?;
+                (!matches!(g[src].op, Op::Param { .. } | Op::FreqMask { .. }))
+                    .then_some(*len as usize)
+            }
+            Op::SpectralFilter { n, causal, .. } => Some(if *causal {
+                *n as usize / 2
+            } else {
+                *n as usize
+            }),
+            Op::AddPositions => g
+                .neighbors_directed(n, petgraph::Direction::Incoming)
+                .find_map(|p| match &g[p].op {
+                    Op::Param { shape, .. } => Some(shape[0] as usize),
+                    _ => None,
+                }),
+            _ => None,
+        }
     }
 
     /// Whether some attention layer is declared `hard`.
@@ -326,6 +346,7 @@ impl Runtime {
             let ok = match &self.graph.g[n].op {
                 Op::Attention { causal, .. } => *causal,
                 Op::PadSeq { .. }
+                | Op::PrependMemory
                 | Op::PositionLinear { .. }
                 | Op::CropSeq
                 | Op::Rfft { .. }

@@ -186,6 +186,15 @@ fn apply_per_channel(m: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
     m.matmul(xt).permute([2, 1, 0])
 }
 
+/// The sequence length of a value: axis 1 of token ids `[b, s]` or vectors `[b, s, d]`.
+fn seq_of(v: &V) -> usize {
+    match v {
+        V::I2(t) => t.dims()[1],
+        V::F3(t) => t.dims()[1],
+        other => other.f4().dims()[2],
+    }
+}
+
 /// Evaluate one op.
 pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
     match op {
@@ -236,12 +245,13 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         // In incremental mode the table covers positions 0..offset + seq; its only reader,
         // AddPositions, takes the rows of this call (as it does from a learned table).
         Op::SinusoidalTable { dim } => {
-            let (end, d) = (ctx.offset + ctx.seq, *dim as usize);
+            let (end, d) = (ctx.offset + seq_of(ins[0]), *dim as usize);
             V::F2(consts(sinusoidal(end, d), [end, d], ctx))
         }
         Op::AddPositions => {
             let x = ins[0].f3();
-            let t = ins[1].f2().narrow(0, ctx.offset, ctx.seq);
+            let s = x.dims()[1];
+            let t = ins[1].f2().narrow(0, ctx.offset, s);
             V::F3(x + t.unsqueeze::<3>())
         }
         Op::SplitHeads { heads } => {
@@ -261,11 +271,12 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             yarn,
         } => {
             let half = *head_dim as usize / 2;
-            let end = ctx.offset + ctx.seq;
+            let seq = seq_of(ins[0]);
+            let end = ctx.offset + seq;
             let (c, s) = rope_tables(end, *head_dim, base.0, *yarn);
             let c: Tensor<2> = consts(c, [end, half], ctx);
             let s: Tensor<2> = consts(s, [end, half], ctx);
-            V::F3(Tensor::stack(vec![c, s], 2).narrow(0, ctx.offset, ctx.seq))
+            V::F3(Tensor::stack(vec![c, s], 2).narrow(0, ctx.offset, seq))
         }
         Op::ApplyRope => {
             let x = ins[0].f4();
@@ -336,7 +347,21 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             V::F2(x) => V::F2(pad_axis(x.clone(), 0, *len as usize, ctx)),
             other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
         },
-        Op::CropSeq => V::F3(ins[0].f3().narrow(1, 0, ctx.seq)),
+        Op::CropSeq => V::F3(ins[0].f3().narrow(1, 0, seq_of(ins[1]))),
+        Op::PrependMemory => {
+            let (x, mem) = (ins[0].f3(), ins[1].f2());
+            let [b, _, d] = x.dims();
+            let m = mem.dims()[0];
+            V::F3(Tensor::cat(
+                vec![mem.unsqueeze::<3>().expand([b, m, d]), x],
+                1,
+            ))
+        }
+        Op::DropMemory { count } => {
+            let x = ins[0].f3();
+            let (m, s) = (*count as usize, x.dims()[1]);
+            V::F3(x.narrow(1, m, s - m))
+        }
         Op::Rfft { n } => {
             let n = *n as usize;
             match ins[0] {
@@ -384,7 +409,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::SpectralFilter { n, causal, algo } => {
             let x = ins[0].f3();
             let n = *n as usize;
-            let s = ctx.seq;
+            let s = x.dims()[1];
             let fft_ok = n.is_power_of_two();
             if *algo == SpectralAlgo::Fft && fft_ok {
                 let xp = pad_axis(x, 1, n, ctx);

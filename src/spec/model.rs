@@ -379,6 +379,19 @@ pub enum Layer {
         #[serde(default = "default_true")]
         bias: bool,
     },
+    /// Memory tokens (Burtsev et al. 2020; "registers"): `count` learned vectors are
+    /// prepended to every sequence, `body` runs on the longer sequence (the memory is a prefix,
+    /// so under causal attention every position sees it), and the memory positions' outputs
+    /// are dropped at the end of `body`. Inside `body`, positions count from the first memory
+    /// token. Models with memory tokens decode without a KV cache.
+    MemoryTokens {
+        /// Number of memory tokens m.
+        #[schemars(range(min = 1, max = 4096))]
+        count: u32,
+        /// The layers that see the memory; they must return the input width.
+        #[schemars(length(min = 1))]
+        body: Vec<Layer>,
+    },
     /// x + body(x): a residual connection around a list of layers. Pre-norm blocks put the
     /// norm first in `body`; post-norm blocks put a norm layer after the residual.
     Residual {
@@ -453,6 +466,7 @@ impl Layer {
             Layer::Linear { .. } => "linear",
             Layer::Head { .. } => "head",
             Layer::Residual { .. } => "residual",
+            Layer::MemoryTokens { .. } => "memory_tokens",
             Layer::Parallel { .. } => "parallel",
             Layer::Repeat { .. } => "repeat",
             Layer::Cycle { .. } => "cycle",
