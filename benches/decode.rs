@@ -49,6 +49,7 @@ fn main() {
                 eos: None,
                 pad: 2,
                 default_max_length: t,
+                source_len: 0,
             };
             let prompts = vec![vec![0i64]; batch];
             let run = |cached: bool| {

@@ -25,6 +25,7 @@ fn settings(d: Decode, max_len: usize) -> Settings {
         eos: Some(EOS),
         pad: 9,
         default_max_length: max_len,
+        source_len: 0,
     }
 }
 
@@ -458,6 +459,7 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
                 eos: Some(1),
                 pad: 2,
                 default_max_length: 24,
+                source_len: 0,
             };
             let mut cached = ModelLm::new(&rt, true);
             assert!(cached.cached(), "{file} supports a cache");
@@ -488,6 +490,7 @@ fn the_cache_holds_only_the_kv_heads_of_grouped_query_attention() {
         eos: None,
         pad: 2,
         default_max_length: 0,
+        source_len: 0,
     };
     generate(&mut lm, &[vec![0, 3, 3], vec![0, 3, 4]], &s);
     let shapes = lm.cache().unwrap().key_shapes();
@@ -574,4 +577,95 @@ fn bad_decoding_settings_are_validation_errors() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// An encoder-decoder decodes from rows that start with the source: cached (the source
+/// encoded once, its cross-attention keys and values kept) and uncached decoding agree for
+/// every strategy, and lengths and processors count only decoder tokens.
+#[test]
+fn encoder_decoder_decoding_encodes_the_source_once() {
+    let rt = model(
+        "recipes/reverse-encoder-decoder.yaml",
+        &["task.max_length=6", "model.vars.depth=1"],
+    );
+    assert_eq!(rt.source_len(), Some(6));
+    // Sources (PAD-padded to 6) followed by BOS.
+    let prompts = vec![
+        vec![3, 4, 5, 0, 0, 0, 1],
+        vec![7, 7, 3, 4, 5, 6, 1],
+        vec![10, 0, 0, 0, 0, 0, 1],
+    ];
+    for d in [
+        Decode::default(),
+        Decode {
+            strategy: Strategy::Beam,
+            num_beams: 3,
+            num_return_sequences: 2,
+            ..Decode::default()
+        },
+        Decode {
+            strategy: Strategy::Sample,
+            seed: 5,
+            ..Decode::default()
+        },
+    ] {
+        let s = Settings {
+            d: Decode {
+                max_new_tokens: Some(5),
+                ..d
+            },
+            eos: Some(2),
+            pad: 0,
+            default_max_length: 14,
+            source_len: 6,
+        };
+        let mut cached = ModelLm::new(&rt, true);
+        assert!(cached.cached());
+        let a = generate(&mut cached, &prompts, &s);
+        assert!(
+            cached.cache().unwrap().source_values() > 0,
+            "the encoder's output is kept"
+        );
+        let b = generate(&mut ModelLm::new(&rt, false), &prompts, &s);
+        assert_eq!(tokens_all(&a), tokens_all(&b), "{:?}", s.d.strategy);
+        for g in a.iter().flatten() {
+            assert!(
+                prompts.iter().any(|p| g.tokens.starts_with(p)),
+                "{:?}",
+                g.tokens
+            );
+            assert!(
+                g.tokens.len() <= 7 + 5,
+                "max_new_tokens counts generated tokens"
+            );
+        }
+    }
+    // `max_length` counts decoder tokens only (BOS included), as Hugging Face does.
+    let s = Settings {
+        d: Decode {
+            max_length: Some(3),
+            ..Decode::default()
+        },
+        eos: None,
+        pad: 0,
+        default_max_length: 14,
+        source_len: 6,
+    };
+    let out = generate(&mut ModelLm::new(&rt, true), &prompts[..1], &s);
+    assert_eq!(out[0][0].tokens.len(), 6 + 3);
+}
+
+/// Processors skip an encoder-decoder's source: a repetition penalty does not touch tokens
+/// that occur only in the source.
+#[test]
+fn processors_ignore_the_source() {
+    let d = Decode {
+        repetition_penalty: 2.0,
+        ..Decode::default()
+    };
+    let p = Processors::new(&d, Some(EOS), 4, 1).skipping(3);
+    let mut s = vec![1.0, 4.0, -3.0, 2.0];
+    // Source [1, 2, 3], then the decoder's [3].
+    p.process(&[1, 2, 3, 3], &mut s, None);
+    assert_eq!(s, vec![1.0, 4.0, -3.0, 1.0]);
 }

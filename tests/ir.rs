@@ -486,3 +486,57 @@ fn yarn_frequencies_follow_the_reference_formula() {
     assert_eq!(one, 1.0);
     assert!((plain[1] - 10000f64.powf(-2.0 / 16.0)).abs() < 1e-15);
 }
+
+/// An encoder-decoder: its bidirectional encoder is allowed, the decoder stays causal in its
+/// own positions, and every decoder position sees the whole source.
+#[test]
+fn encoder_decoder_decoders_are_causal_and_see_the_whole_source() {
+    let g = lower_file("models/encoder-decoder.yaml", &["vars.depth=1".into()]);
+    assert!(
+        noncausal_layers(&g).is_empty(),
+        "the encoder may see its whole source"
+    );
+    let params = reference::init_params(&g, 4);
+    let src = 16;
+    let mut row: Vec<i64> = (0..src as i64).map(|i| i % 7).collect();
+    row.extend([1, 3, 4, 5, 6]);
+    let base = run(&g, &params, std::slice::from_ref(&row));
+    let v = 7;
+    for t in 1..5 {
+        let mut changed = row.clone();
+        changed[src + t] = (changed[src + t] + 1) % 7;
+        let out = run(&g, &params, &[changed]);
+        let d = base.data[..t * v]
+            .iter()
+            .zip(&out.data[..t * v])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d < 1e-12,
+            "decoder token {t} changed an earlier output by {d}"
+        );
+    }
+    let mut changed = row.clone();
+    changed[src - 1] = (changed[src - 1] + 1) % 7;
+    let out = run(&g, &params, &[changed]);
+    assert!(
+        (0..v).any(|j| (base.data[j] - out.data[j]).abs() > 1e-9),
+        "position 0 sees the last source id"
+    );
+    // cross_attention without an encoder is an error.
+    let text = "kind: model\nvocab: 5\nlayers:\n  - {type: embedding, dim: 8}\n  - {type: cross_attention, heads: 2}\n  - {type: head}\n";
+    let mut sources = SourceMap::new();
+    let doc = kiln::spec::load::load_bytes(
+        Path::new("x.yaml"),
+        text.as_bytes().to_vec(),
+        &[],
+        &mut sources,
+    )
+    .unwrap();
+    let msg = render_text(
+        &lower_document(&doc, None, None).unwrap_err(),
+        &sources,
+        false,
+    );
+    assert!(msg.contains("has no `encoder`"), "{msg}");
+}

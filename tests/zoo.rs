@@ -204,6 +204,47 @@ fn memory_tokens_train_and_decode_uncached() {
 }
 
 #[test]
+fn an_encoder_decoder_learns_to_reverse_words_and_generates() {
+    let d = tmp("s2s");
+    let out = train(
+        "recipes/reverse-encoder-decoder.yaml",
+        &d,
+        &["task.max_length=5", "task.num_test=64", "train.steps=250"],
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+    let exact = s["metrics"]["exact_match"].as_f64().unwrap();
+    let acc = s["metrics"]["token_accuracy"].as_f64().unwrap();
+    assert!(
+        exact > 0.3 && acc > 0.7,
+        "exact {exact}, token accuracy {acc}\n{out}"
+    );
+    assert!(out.contains("exact match (greedy decoding)"), "{out}");
+    let gen = ok(&kiln()
+        .arg("generate")
+        .arg(&d)
+        .args(["--prompt", "1 2 3"])
+        .output()
+        .unwrap());
+    assert!(
+        gen.starts_with("<bos> ") && gen.trim_end().ends_with("<eos>"),
+        "{gen}"
+    );
+    let bad = kiln()
+        .arg("generate")
+        .arg(&d)
+        .args(["--prompt", "1 2 3 4 5 6 7"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a source longer than the task's is an error"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
 fn the_adaptive_temperature_and_yarn_model_trains() {
     let d = tmp("adaptive");
     let out = train(

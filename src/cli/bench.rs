@@ -119,6 +119,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
             eos: None,
             pad: 0,
             default_max_length: len,
+            source_len: 0,
         };
         let prompts = vec![vec![0i64]; a.gen_batch.max(1)];
         // One short warm-up generation compiles the kernels of every shape used.

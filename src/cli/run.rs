@@ -198,6 +198,7 @@ fn print_ensemble(e: &train::EnsembleSummary, s: &Summary) {
     let task = s.metrics.as_ref().map_or("", |m| match m {
         TaskReport::Grammar(_) => "grammar",
         TaskReport::Uint16(_) => "uint16",
+        TaskReport::Seq2seq(_) => "seq2seq",
     });
     let whole = json(s);
     let members: Vec<serde_json::Value> = e.members.iter().map(json).collect();
@@ -235,6 +236,12 @@ fn print_metrics(m: &TaskReport) {
     match m {
         TaskReport::Grammar(g) => print_grammar(g),
         TaskReport::Uint16(u) => print_stream(u),
+        TaskReport::Seq2seq(r) => {
+            println!(
+                "test: {} pairs; exact match (greedy decoding) {:.4}; token accuracy (teacher-forced) {:.4} (chance {:.4})",
+                r.n, r.exact_match, r.token_accuracy, r.chance_token_accuracy
+            );
+        }
     }
 }
 
@@ -383,12 +390,45 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
                 eos,
                 pad: d.pad_token_id.map(i64::from).or(eos).unwrap_or(0),
                 default_max_length: (ids.len() + 16).min(s.context.max(ids.len())),
+                source_len: 0,
             };
             (ids, settings, Box::new(|t: i64| t.to_string()))
         }
+        Data::Seq2seq(s) => {
+            use crate::tasks::seq2seq::{source, BOS, EOS, FIRST, PAD};
+            let n = s.settings(d).source_len;
+            let k = s.vocab() - FIRST;
+            let mut w = Vec::new();
+            for tok in p.split_whitespace() {
+                match tok.parse::<i64>() {
+                    Ok(v) if (0..k).contains(&v) => w.push(FIRST + v),
+                    _ => {
+                        eprintln!(
+                            "error: `{tok}` is not a symbol of this task; use integers 0 to {}",
+                            k - 1
+                        );
+                        return 2;
+                    }
+                }
+            }
+            if w.is_empty() || w.len() > n {
+                eprintln!("error: give a source of 1 to {n} symbols separated by spaces, e.g. --prompt \"3 1 4\"");
+                return 2;
+            }
+            let mut ids = source(&w, n);
+            ids.push(BOS);
+            let show = |t: i64| match t {
+                PAD => "<pad>".to_string(),
+                BOS => "<bos>".to_string(),
+                EOS => "<eos>".to_string(),
+                t => (t - FIRST).to_string(),
+            };
+            (ids, s.settings(d), Box::new(show))
+        }
     };
     if let Some(m) = rt.max_positions() {
-        let want = settings.max_length(ids.len());
+        // Positions the decoder reads (an encoder-decoder's source is not among them).
+        let want = settings.max_length(ids.len()) - settings.source_len;
         if want > m + 1 {
             eprintln!(
                 "error: the model reads at most {m} positions, so it can generate sequences of at most {} tokens (prompt included), but {want} were asked for; lower `decode.max_length` / `decode.max_new_tokens` or shorten the prompt",
@@ -404,12 +444,20 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
         crate::spec::recipe::Strategy::Greedy | crate::spec::recipe::Strategy::Sample
     );
     for g in &out[0] {
-        // A finished sequence ends at its EOS (batched sequences are padded after it).
+        // A finished sequence ends at its EOS (batched sequences are padded after it); an
+        // encoder-decoder's output starts after its source.
+        let start = settings.source_len;
         let end = settings
             .eos
-            .and_then(|e| g.tokens.iter().skip(1).position(|&t| t == e).map(|i| i + 2))
+            .and_then(|e| {
+                g.tokens
+                    .iter()
+                    .skip(start + 1)
+                    .position(|&t| t == e)
+                    .map(|i| i + start + 2)
+            })
             .unwrap_or(g.tokens.len());
-        let text: Vec<String> = g.tokens[..end].iter().map(|&t| show(t)).collect();
+        let text: Vec<String> = g.tokens[start..end].iter().map(|&t| show(t)).collect();
         if beams {
             println!("{}\t(score {:.4})", text.join(" "), g.score);
         } else {

@@ -72,7 +72,8 @@ impl NextLogits for ModelLm<'_> {
             None => last_logits(self.rt.forward(tokens_tensor(seqs, device), false)),
             Some(cache) => {
                 let len = seqs.first().map_or(0, Vec::len);
-                if cache.len == 0 || len != cache.len + 1 {
+                let src = self.rt.source_len().unwrap_or(0);
+                if cache.len == 0 || len != src + cache.len + 1 {
                     *cache = KvCache::new();
                     return last_logits(self.rt.forward_cached(tokens_tensor(seqs, device), cache));
                 }
@@ -110,6 +111,9 @@ pub struct Settings {
     pub pad: i64,
     /// Length limit used when the recipe gives none (prompt included).
     pub default_max_length: usize,
+    /// An encoder-decoder's source length: rows start with the source, which lengths and
+    /// processors do not count (as Hugging Face counts only decoder tokens). 0 otherwise.
+    pub source_len: usize,
 }
 
 impl Settings {
@@ -117,7 +121,7 @@ impl Settings {
     pub fn max_length(&self, prompt_len: usize) -> usize {
         match (self.d.max_new_tokens, self.d.max_length) {
             (Some(n), _) => prompt_len + n as usize,
-            (None, Some(m)) => m as usize,
+            (None, Some(m)) => self.source_len + m as usize,
             (None, None) => self.default_max_length,
         }
     }
@@ -160,7 +164,7 @@ fn sample_or_greedy(
     let prompt_len = prompts[0].len();
     let max_len = s.max_length(prompt_len);
     let sample = s.d.strategy == Strategy::Sample;
-    let procs = Processors::new(&s.d, s.eos, prompt_len, 1);
+    let procs = Processors::new(&s.d, s.eos, prompt_len, 1).skipping(s.source_len);
     let mut rng = Rng::new(s.d.seed);
     let mut seqs: Vec<Vec<i64>> = prompts
         .iter()
@@ -310,7 +314,8 @@ fn beam(
     let max_len = s.max_length(prompt_len);
     let sample = s.d.strategy == Strategy::BeamSample;
     let n_eos = usize::from(s.eos.is_some());
-    let procs = Processors::new(&s.d, s.eos, prompt_len, if sample { n_eos + 1 } else { 1 });
+    let procs = Processors::new(&s.d, s.eos, prompt_len, if sample { n_eos + 1 } else { 1 })
+        .skipping(s.source_len);
     let mut rng = Rng::new(s.d.seed);
     let mut seqs: Vec<Vec<i64>> = prompts
         .iter()

@@ -31,6 +31,7 @@ pub struct Processors {
     eos: Option<i64>,
     prompt_len: usize,
     min_keep: usize,
+    skip: usize,
 }
 
 impl Processors {
@@ -42,13 +43,23 @@ impl Processors {
             eos,
             prompt_len,
             min_keep,
+            skip: 0,
         }
+    }
+
+    /// Ignore the first `n` ids of every sequence (an encoder-decoder's source): the
+    /// processors and `min_length` see only the decoder's tokens.
+    pub fn skipping(mut self, n: usize) -> Self {
+        self.skip = n;
+        self.prompt_len = self.prompt_len.saturating_sub(n);
+        self
     }
 
     /// Apply the processors to the `scores` of the token after `seq`. `diversity` holds the
     /// tokens earlier beam groups chose at this step and the penalty.
     pub fn process(&self, seq: &[i64], scores: &mut [f32], diversity: Option<(&[i64], f64)>) {
         let d = &self.d;
+        let seq = &seq[self.skip.min(seq.len())..];
         if let Some((chosen, penalty)) = diversity {
             if penalty > 0.0 {
                 for &t in chosen {

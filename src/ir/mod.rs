@@ -196,6 +196,15 @@ impl Graph {
         self.g.node_indices().find(|&n| self.g[n].op == Op::Output)
     }
 
+    /// An encoder-decoder model's source length: each row of token ids starts with this many
+    /// source ids, and the decoder reads the rest.
+    pub fn source_len(&self) -> Option<usize> {
+        self.g.node_weights().find_map(|n| match n.op {
+            Op::Source { len } => Some(len as usize),
+            _ => None,
+        })
+    }
+
     /// The input node.
     pub fn input(&self) -> Option<NodeIndex> {
         self.g.node_indices().find(|&n| self.g[n].op == Op::Input)

@@ -218,6 +218,15 @@ pub enum Op {
         /// Heads H.
         heads: u64,
     },
+    /// An encoder-decoder model's source: the first `len` token ids of each row, `[b, len]`
+    /// (the decoder's [`Op::Input`] is the rest of the row).
+    Source {
+        /// Source length.
+        len: u64,
+    },
+    /// Cross-attention `(q [b, H, s, d], k [b, H, S, d], v [b, H, S, d]) → [b, H, s, d]`:
+    /// softmax(q kᵀ/√d) v over all S source positions.
+    CrossAttention,
     /// Memory tokens `(x [b, s, d], memory [m, d]) → [b, m + s, d]`: the m learned vectors
     /// prepended to every sequence.
     PrependMemory,
@@ -313,6 +322,8 @@ impl Op {
             Op::SpectralFilter { .. } => "spectral_filter",
             Op::FreqMask { .. } => "freq_mask",
             Op::PrependMemory => "prepend_memory",
+            Op::Source { .. } => "source",
+            Op::CrossAttention => "cross_attention",
             Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
             Op::Output => "output",
@@ -368,6 +379,7 @@ impl Op {
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
             Op::PadSeq { len } => format!("len={len}"),
             Op::DropMemory { count } => format!("count={count}"),
+            Op::Source { len } => format!("len={len}"),
             Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
                 format!("heads={heads}")
             }
@@ -396,7 +408,7 @@ impl Op {
     pub fn is_pure(&self) -> bool {
         !matches!(
             self,
-            Op::Dropout(_) | Op::Param { .. } | Op::Input | Op::Output
+            Op::Dropout(_) | Op::Param { .. } | Op::Input | Op::Source { .. } | Op::Output
         ) && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
             && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
     }
@@ -430,7 +442,8 @@ impl Op {
     /// Number of inputs the op takes, given whether optional inputs are present.
     pub fn arity(&self) -> usize {
         match self {
-            Op::Input | Op::Param { .. } => 0,
+            Op::Input | Op::Param { .. } | Op::Source { .. } => 0,
+            Op::CrossAttention => 3,
             Op::Embedding
             | Op::Add
             | Op::Mul
@@ -804,6 +817,24 @@ impl Op {
                     ));
                 }
                 f32(x.shape.clone())
+            }
+            Op::Source { len } => Ok(TensorType {
+                dtype: DType::I64,
+                shape: vec![Dim::Batch, Dim::Fixed(*len)],
+            }),
+            Op::CrossAttention => {
+                let q = float(0)?;
+                match (q.shape.as_slice(), ins[1].shape.as_slice()) {
+                    ([b, h, _, d], [b2, h2, _, d2])
+                        if b == b2 && h == h2 && d == d2 && ins[1] == ins[2] =>
+                    {
+                        f32(q.shape.clone())
+                    }
+                    _ => Err(format!(
+                        "keys {} and values {} do not fit queries {q}",
+                        ins[1], ins[2]
+                    )),
+                }
             }
             Op::PrependMemory => {
                 let x = float(0)?;

@@ -94,7 +94,12 @@ pub fn run_masked(
 ) -> Result<Tensor, String> {
     let order = graph.topo().ok_or("the graph has a cycle")?;
     let b = tokens.len();
-    let s = tokens.first().map_or(0, Vec::len);
+    let src = graph.source_len().unwrap_or(0);
+    let s = tokens
+        .first()
+        .map_or(0, Vec::len)
+        .checked_sub(src)
+        .ok_or("rows are shorter than the source")?;
     let mut values: HashMap<_, Tensor> = HashMap::new();
     let mut out = None;
     for n in order {
@@ -103,7 +108,19 @@ pub fn run_masked(
         let v = match &node.op {
             Op::Input => Tensor {
                 shape: vec![b, s],
-                data: tokens.iter().flatten().map(|&t| t as f64).collect(),
+                data: tokens
+                    .iter()
+                    .flat_map(|r| &r[src..])
+                    .map(|&t| t as f64)
+                    .collect(),
+            },
+            Op::Source { .. } => Tensor {
+                shape: vec![b, src],
+                data: tokens
+                    .iter()
+                    .flat_map(|r| &r[..src])
+                    .map(|&t| t as f64)
+                    .collect(),
             },
             Op::Param { name, .. } => params
                 .get(name)
@@ -483,6 +500,32 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             out
         }
         Op::Mlstm { heads } => mlstm(ins, *heads as usize),
+        Op::CrossAttention => {
+            let (q, k, v) = (ins[0], ins[1], ins[2]);
+            let (b, h, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+            let t = k.shape[2];
+            let mut out = Tensor::zeros(&q.shape);
+            for bh in 0..b * h {
+                for i in 0..s {
+                    let qi = &q.data[(bh * s + i) * d..(bh * s + i + 1) * d];
+                    let scores: Vec<f64> = (0..t)
+                        .map(|j| {
+                            let kj = &k.data[(bh * t + j) * d..(bh * t + j + 1) * d];
+                            qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..d {
+                        out.data[(bh * s + i) * d + c] = (0..t)
+                            .map(|j| e[j] / z * v.data[(bh * t + j) * d + c])
+                            .sum();
+                    }
+                }
+            }
+            out
+        }
         Op::PrependMemory => {
             let (x, mem) = (ins[0], ins[1]);
             let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
@@ -651,7 +694,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Input | Op::Param { .. } | Op::FreqMask { .. } | Op::Output => {
+        Op::Input | Op::Source { .. } | Op::Param { .. } | Op::FreqMask { .. } | Op::Output => {
             unreachable!("handled by run")
         }
     })

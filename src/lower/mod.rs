@@ -19,7 +19,13 @@ pub struct LowerOptions {
     pub max_seq: Option<u64>,
     /// Reject a model in which a position sees later positions (next-token prediction).
     pub require_causal: bool,
+    /// Source length of an encoder-decoder model (from the task); `None` for a model file on
+    /// its own, which then gets [`PLACEHOLDER_SOURCE`].
+    pub source_len: Option<u64>,
 }
+
+/// Source length used to check an encoder-decoder model file on its own.
+pub const PLACEHOLDER_SOURCE: u64 = 16;
 
 /// Lower a model. Returns the graph or every diagnostic found.
 pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diagnostic>> {
@@ -32,10 +38,36 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         repeat: Vec::new(),
         positions: NodeIndex::new(0),
         memory: 0,
+        encoder: None,
+        encoding: false,
     };
     l.input =
         l.g.add(Op::Input, &[], "", None)
             .expect("input has no inputs");
+    if let Some(enc) = &model.spec.encoder {
+        let len = opts.source_len.unwrap_or(PLACEHOLDER_SOURCE);
+        let src =
+            l.g.add(Op::Source { len }, &[], "", None)
+                .expect("source has no inputs");
+        l.positions = src;
+        let nodes = model.tree.get("encoder").and_then(seq_items);
+        l.encoding = true;
+        l.encoder = l.seq(enc, nodes, src, "encoder");
+        l.encoding = false;
+        if let Some(e) = l.encoder {
+            if l.is_tokens(e) {
+                let span = nodes.and_then(|n| n.last()).map(layer_span);
+                l.error(
+                    Code::Shape,
+                    span,
+                    "the encoder returns token ids".into(),
+                    "last encoder layer",
+                    "start the encoder with `{type: embedding, dim: ...}`",
+                );
+                l.encoder = None;
+            }
+        }
+    }
     l.positions = l.input;
     let nodes = model.tree.get("layers").and_then(seq_items);
     let out = l.seq(&model.spec.layers, nodes, l.input, "layers");
@@ -94,6 +126,15 @@ pub fn noncausal_layers(g: &Graph) -> Vec<NodeIndex> {
             reaches.insert(n);
         }
     }
+    // Only positions of the input sequence matter: an encoder-decoder's encoder reads the
+    // source, which the decoder sees whole by design.
+    let mut from_input = std::collections::HashSet::new();
+    for &n in &order {
+        if g.g[n].op == Op::Input || g.inputs(n).iter().any(|i| from_input.contains(i)) {
+            from_input.insert(n);
+        }
+    }
+    reaches.retain(|n| from_input.contains(n));
     let mut seen_layers = std::collections::HashSet::new();
     let mut v = Vec::new();
     for n in order {
@@ -136,6 +177,10 @@ struct Lowerer {
     positions: NodeIndex,
     /// Memory tokens in scope (they lengthen the sequences that position layers see).
     memory: u64,
+    /// The encoder's output, which `cross_attention` reads.
+    encoder: Option<NodeIndex>,
+    /// Lowering the encoder (its sequences are the source's).
+    encoding: bool,
 }
 
 /// The layer being lowered: its parameter prefix and YAML location.
@@ -262,7 +307,12 @@ impl Lowerer {
     }
 
     fn check_len(&mut self, at: &At, max_len: u64, what: &str) -> Option<()> {
-        if let Some(s) = self.opts.max_seq.map(|s| s + self.memory) {
+        let seq = if self.encoding {
+            Some(self.opts.source_len.unwrap_or(PLACEHOLDER_SOURCE))
+        } else {
+            self.opts.max_seq
+        };
+        if let Some(s) = seq.map(|s| s + self.memory) {
             if s > max_len {
                 self.error(
                     Code::Shape,
@@ -662,6 +712,31 @@ impl Lowerer {
                     &ins,
                 )
             }
+            Layer::CrossAttention { heads } => {
+                let Some(mem) = self.encoder else {
+                    self.error(Code::Structure, at.span, "`cross_attention` reads an encoder's output, and the model has no `encoder`".into(), "no encoder to attend to", "add `encoder: [...]` to the model, or use `attention`");
+                    return None;
+                };
+                let (d, h) = (self.width(x), u64::from(*heads));
+                if d % h != 0 {
+                    self.error(
+                        Code::Shape,
+                        at.field_span("heads"),
+                        format!("width {d} is not divisible by {h} heads"),
+                        "does not divide the width",
+                        "choose a number of heads that divides the width",
+                    );
+                    return None;
+                }
+                let q = self.linear(&at, "q", x, d, true)?;
+                let k = self.linear(&at, "k", mem, d, true)?;
+                let v = self.linear(&at, "v", mem, d, true)?;
+                let split = |l: &mut Self, t| l.op(&at, Op::SplitHeads { heads: h }, &[t]);
+                let (q, k, v) = (split(self, q)?, split(self, k)?, split(self, v)?);
+                let o = self.op(&at, Op::CrossAttention, &[q, k, v])?;
+                let o = self.op(&at, Op::MergeHeads, &[o])?;
+                self.linear(&at, "out", o, d, true)
+            }
             Layer::MemoryTokens { count, body } => {
                 self.vectors(&at, x, kind)?;
                 let m = u64::from(*count);
@@ -800,6 +875,7 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
             vocab,
             max_seq: Some(r.spec.task.max_seq()),
             require_causal: !r.spec.allow_noncausal,
+            source_len: r.spec.task.source_len(),
         },
     )?;
     let gates =
@@ -842,6 +918,7 @@ pub fn lower_document(
                     .unwrap_or(PLACEHOLDER_VOCAB),
                 max_seq: seq,
                 require_causal: false,
+                source_len: None,
             },
         ),
     }

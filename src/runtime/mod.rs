@@ -26,6 +26,9 @@ pub struct KvCache {
     mamba: HashMap<NodeIndex, ops::MambaState>,
     /// xLSTM states, and ETS attention's last value (`[b, 1, 1, d]`).
     xlstm: HashMap<NodeIndex, ops::XlstmState>,
+    /// An encoder-decoder's values that depend only on the source (the encoder's output and
+    /// the cross-attention keys and values), computed on the first call.
+    source: HashMap<NodeIndex, V>,
 }
 
 impl KvCache {
@@ -71,6 +74,9 @@ impl KvCache {
             *c = c.clone().select(0, idx.clone());
             *h = h.clone().select(0, idx.clone());
         }
+        for v in self.source.values_mut() {
+            *v = v.select_rows(&idx);
+        }
         for t in self.xlstm.values_mut().flatten() {
             *t = t.clone().select(0, idx.clone());
         }
@@ -80,6 +86,12 @@ impl KvCache {
                 *c = c.clone().select(0, idx.clone());
             }
         }
+    }
+
+    /// Number of values held because they depend only on an encoder-decoder's source (the
+    /// encoder's output, cross-attention keys and values); 0 for decoder-only models.
+    pub fn source_values(&self) -> usize {
+        self.source.len()
     }
 
     /// Shapes of the cached keys of every attention op (for tests and reports).
@@ -141,6 +153,32 @@ pub struct Runtime {
     /// The frequency-curriculum mask applied to spectral gates (`None`: unmasked). Training
     /// sets it for the steps of a frequency curriculum.
     pub freq_mask: Option<crate::ir::FreqCutoff>,
+    /// Nodes with a batch axis that depend on an encoder-decoder's source but not on the
+    /// decoder's input: computed once per generation when decoding with a cache.
+    source_only: std::collections::HashSet<NodeIndex>,
+}
+
+fn source_only(g: &Graph) -> std::collections::HashSet<NodeIndex> {
+    let order = g.topo().expect("verified graphs are acyclic");
+    let (mut from_src, mut from_input) = (Vec::new(), std::collections::HashSet::new());
+    for &n in &order {
+        let ins = g.inputs(n);
+        match g.g[n].op {
+            Op::Input => {
+                from_input.insert(n);
+            }
+            Op::Source { .. } => from_src.push(n),
+            _ if ins.iter().any(|i| from_input.contains(i)) => {
+                from_input.insert(n);
+            }
+            _ if ins.iter().any(|i| from_src.contains(i)) => from_src.push(n),
+            _ => {}
+        }
+    }
+    from_src
+        .into_iter()
+        .filter(|&n| g.g[n].ty.shape.first() == Some(&crate::ir::Dim::Batch))
+        .collect()
 }
 
 /// Error of loading weights.
@@ -206,7 +244,9 @@ impl Runtime {
             matmul_dtype: None,
             soft_attention: false,
             freq_mask: None,
+            source_only: std::collections::HashSet::new(),
         };
+        rt.source_only = source_only(&rt.graph);
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
             match values.get(&name) {
@@ -274,7 +314,12 @@ impl Runtime {
     /// the cached length, so each new token costs O(T) instead of O(T²). Check
     /// [`Runtime::cache_support`] first.
     pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
-        let n = tokens.dims()[1];
+        let src = if cache.len == 0 {
+            self.source_len().unwrap_or(0)
+        } else {
+            0
+        };
+        let n = tokens.dims()[1] - src;
         let out = self.run(tokens, false, Some(cache), None);
         cache.len += n;
         out
@@ -343,6 +388,10 @@ impl Runtime {
     /// none (a full-sequence FFT, a non-causal attention, ...).
     pub fn cache_support(&self) -> Result<(), String> {
         for &n in &self.order {
+            // What depends only on the source is computed once, whole.
+            if self.source_only.contains(&n) {
+                continue;
+            }
             let ok = match &self.graph.g[n].op {
                 Op::Attention { causal, .. } => *causal,
                 Op::PadSeq { .. }
@@ -366,6 +415,11 @@ impl Runtime {
         Ok(())
     }
 
+    /// An encoder-decoder model's source length (see [`Graph::source_len`]).
+    pub fn source_len(&self) -> Option<usize> {
+        self.graph.source_len()
+    }
+
     fn run(
         &self,
         tokens: Tensor<2, Int>,
@@ -373,6 +427,19 @@ impl Runtime {
         mut cache: Option<&mut KvCache>,
         entropies: Option<&std::cell::RefCell<Vec<Tensor<1>>>>,
     ) -> Tensor<3> {
+        // An encoder-decoder's rows start with the source, except in the calls after the
+        // first of a cached generation (the cache holds what the source determines).
+        let first = cache.as_ref().is_none_or(|c| c.len == 0);
+        let (mut source, tokens) = match self.source_len() {
+            Some(s) if first => {
+                let w = tokens.dims()[1];
+                (
+                    Some(tokens.clone().narrow(1, 0, s)),
+                    tokens.narrow(1, s, w - s),
+                )
+            }
+            _ => (None, tokens),
+        };
         let [batch, seq] = tokens.dims();
         let ctx = ops::Ctx {
             device: &self.device,
@@ -397,6 +464,12 @@ impl Runtime {
             let ins_idx = self.graph.inputs(n);
             let v = match op {
                 Op::Input => V::I2(input.take().expect("one input")),
+                _ if self.source_only.contains(&n)
+                    && cache.as_ref().is_some_and(|c| c.source.contains_key(&n)) =>
+                {
+                    cache.as_ref().expect("checked").source[&n].clone()
+                }
+                Op::Source { .. } => V::I2(source.take().expect("the rows hold the source")),
                 Op::Param { .. } => self.params[self.slot[&n]].clone(),
                 Op::Output => return values.remove(&ins_idx[0]).expect("output value").f3(),
                 op => {
@@ -446,6 +519,11 @@ impl Runtime {
                     }
                 }
             };
+            if let Some(c) = cache.as_deref_mut() {
+                if self.source_only.contains(&n) && !c.source.contains_key(&n) {
+                    c.source.insert(n, v.clone());
+                }
+            }
             values.insert(n, v);
             // Free values no later op reads.
             for i in ins_idx {

@@ -348,6 +348,12 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
         },
         Op::CropSeq => V::F3(ins[0].f3().narrow(1, 0, seq_of(ins[1]))),
+        Op::CrossAttention => {
+            let (q, k, v) = (ins[0].f4(), ins[1].f4(), ins[2].f4());
+            let d = q.dims()[3] as f64;
+            let scores = mm(q, k.swap_dims(2, 3), ctx).div_scalar(d.sqrt());
+            V::F4(mm(activation::softmax(scores, 3), v, ctx))
+        }
         Op::PrependMemory => {
             let (x, mem) = (ins[0].f3(), ins[1].f2());
             let [b, _, d] = x.dims();
@@ -441,7 +447,9 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
                 V::F3(apply_per_channel(m, x))
             }
         }
-        Op::Input | Op::Param { .. } | Op::Output => unreachable!("handled by the runtime"),
+        Op::Input | Op::Source { .. } | Op::Param { .. } | Op::Output => {
+            unreachable!("handled by the runtime")
+        }
     }
 }
 

@@ -37,6 +37,17 @@ macro_rules! getter {
 }
 
 impl V {
+    /// Rows `idx` of the batch axis (axis 0).
+    pub fn select_rows(&self, idx: &Tensor<1, Int>) -> V {
+        match self {
+            V::F1(t) => V::F1(t.clone().select(0, idx.clone())),
+            V::F2(t) => V::F2(t.clone().select(0, idx.clone())),
+            V::F3(t) => V::F3(t.clone().select(0, idx.clone())),
+            V::F4(t) => V::F4(t.clone().select(0, idx.clone())),
+            V::I2(t) => V::I2(t.clone().select(0, idx.clone())),
+        }
+    }
+
     getter!(f1, F1, 1);
     getter!(f2, F2, 2);
     getter!(f3, F3, 3);

@@ -39,9 +39,15 @@ pub struct ModelSpec {
     #[schemars(extend("propertyNames" = {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}))]
     pub vars: BTreeMap<String, VarValue>,
     /// The layers, applied in order to the token ids. The first layer is usually `embedding`
-    /// and the last `head`.
+    /// and the last `head`. In an encoder-decoder model these are the decoder's layers.
     #[schemars(length(min = 1))]
     pub layers: Vec<Layer>,
+    /// An encoder-decoder model's encoder: layers applied to the source token ids (usually
+    /// `embedding` first), whose output the decoder's `cross_attention` layers read. The
+    /// encoder need not be causal. Leave it out for a decoder-only model.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub encoder: Option<Vec<Layer>>,
 }
 
 /// The value of a variable: a number or a boolean.
@@ -294,6 +300,14 @@ pub enum Layer {
         #[schemars(range(min = 1, max = 65536))]
         dt_rank: Option<u32>,
     },
+    /// Cross-attention of an encoder-decoder model's decoder: queries from this layer's input,
+    /// keys and values from the encoder's output, softmax(q kᵀ/√d) v per head over every
+    /// source position, then an output projection. Needs an `encoder` in the model.
+    CrossAttention {
+        /// Number of heads (must divide the width).
+        #[schemars(range(min = 1, max = 1024))]
+        heads: u32,
+    },
     /// ETSformer's exponential smoothing attention (Woo et al. 2022): v = x W_v + b split
     /// into `heads` heads, each smoothed with its own learned α = σ(a) from a learned initial
     /// state v₀: ES_t = (1 − α)^t v₀ + Σ_{j<t} α (1 − α)^j v_{t−j} (positions 1..T), i.e.
@@ -454,6 +468,7 @@ impl Layer {
             Layer::PositionLinear { .. } => "position_linear",
             Layer::Mamba { .. } => "mamba",
             Layer::Mlstm { .. } => "mlstm",
+            Layer::CrossAttention { .. } => "cross_attention",
             Layer::EtsAttention { .. } => "ets_attention",
             Layer::Slstm { .. } => "slstm",
             Layer::Layernorm { .. } => "layernorm",

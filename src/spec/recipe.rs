@@ -243,6 +243,60 @@ pub enum Task {
         #[schemars(range(min = 1, max = 1000000))]
         eval_windows: u32,
     },
+    /// Sequence-to-sequence transduction of random words over `symbols` symbols, for
+    /// encoder-decoder models: the source is the word (padded to `max_length`), the target
+    /// `BOS f(word) EOS` (padded). Ids: 0 PAD, 1 BOS, 2 EOS, then the symbols. Evaluated by
+    /// greedy decoding of the test sources (exact match) and by teacher-forced token accuracy.
+    Seq2seq {
+        /// The transduction f.
+        problem: Problem,
+        /// Alphabet size.
+        #[serde(default = "default_symbols")]
+        #[schemars(range(min = 2, max = 1000))]
+        symbols: u32,
+        /// Shortest word.
+        #[serde(default = "default_one")]
+        #[schemars(range(min = 1, max = 4096))]
+        min_length: u32,
+        /// Longest word (the source length).
+        #[serde(default = "default_s2s_length")]
+        #[schemars(range(min = 1, max = 4096))]
+        max_length: u32,
+        /// Number of training pairs.
+        #[serde(default = "default_s2s_train")]
+        #[schemars(range(min = 1, max = 10000000))]
+        num_train: u32,
+        /// Number of validation pairs.
+        #[serde(default = "default_num_eval")]
+        #[schemars(range(min = 1, max = 1000000))]
+        num_val: u32,
+        /// Number of test pairs.
+        #[serde(default = "default_num_eval")]
+        #[schemars(range(min = 1, max = 1000000))]
+        num_test: u32,
+    },
+}
+
+/// What a sequence-to-sequence task asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// The word unchanged.
+    Copy,
+    /// The word backwards.
+    Reverse,
+    /// The word's symbols in ascending order.
+    Sort,
+}
+
+fn default_symbols() -> u32 {
+    8
+}
+fn default_s2s_length() -> u32 {
+    12
+}
+fn default_s2s_train() -> u32 {
+    5000
 }
 
 fn default_max_length() -> u32 {
@@ -841,6 +895,16 @@ impl Task {
         match self {
             Task::Grammar { language, .. } => language.vocab(),
             Task::Uint16 { vocab, .. } => u64::from(*vocab),
+            Task::Seq2seq { symbols, .. } => u64::from(*symbols) + 3,
+        }
+    }
+
+    /// Source length of a sequence-to-sequence task (the encoder's input); `None` for
+    /// language-model tasks.
+    pub fn source_len(&self) -> Option<u64> {
+        match self {
+            Task::Seq2seq { max_length, .. } => Some(u64::from(*max_length)),
+            _ => None,
         }
     }
 
@@ -850,6 +914,7 @@ impl Task {
         match self {
             Task::Grammar { max_length, .. } => u64::from(*max_length) + 1,
             Task::Uint16 { context, .. } => u64::from(*context),
+            Task::Seq2seq { max_length, .. } => u64::from(*max_length) + 1,
         }
     }
 }

@@ -383,6 +383,20 @@ pub fn metrics_of(task: &str) -> Vec<Metric> {
                 reference: Some("/metrics/chance_ood_r2_completion"),
             },
         ]),
+        "seq2seq" => m.extend([
+            Metric {
+                name: "exact_match",
+                pointer: "/metrics/exact_match",
+                lower: false,
+                reference: None,
+            },
+            Metric {
+                name: "token_accuracy",
+                pointer: "/metrics/token_accuracy",
+                lower: false,
+                reference: Some("/metrics/chance_token_accuracy"),
+            },
+        ]),
         "uint16" => m.push(Metric {
             name: "top1",
             pointer: "/metrics/top/0/model",

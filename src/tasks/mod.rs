@@ -2,4 +2,5 @@
 //! uint16 streams.
 
 pub mod grammar;
+pub mod seq2seq;
 pub mod uint16;

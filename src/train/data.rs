@@ -87,6 +87,7 @@ impl GrammarData {
             eos: Some(d.eos_token_id.map_or(i64::from(grammar::EOS), i64::from)),
             pad: d.pad_token_id.map_or(i64::from(grammar::PAD), i64::from),
             default_max_length: self.max_length,
+            source_len: 0,
         }
     }
 
@@ -219,12 +220,143 @@ impl StreamData {
     }
 }
 
+/// The data of a sequence-to-sequence task: rows of source then target (see
+/// [`crate::tasks::seq2seq`]).
+pub struct Seq2seqData {
+    problem: crate::spec::recipe::Problem,
+    symbols: u32,
+    max_length: usize,
+    /// Training rows.
+    pub train: Vec<Vec<i64>>,
+    /// Validation rows.
+    pub val: Vec<Vec<i64>>,
+    /// Test words.
+    pub test: Vec<Vec<i64>>,
+    order: Vec<usize>,
+    order_epoch: Option<u64>,
+}
+
+impl Seq2seqData {
+    /// Generate the data of a seq2seq task from `seed`; `None` for another kind of task.
+    pub fn new(task: &Task, seed: u64) -> Option<Self> {
+        use crate::tasks::seq2seq::{row, words};
+        let Task::Seq2seq {
+            problem,
+            symbols,
+            min_length,
+            max_length,
+            num_train,
+            num_val,
+            num_test,
+        } = task
+        else {
+            return None;
+        };
+        let (lo, hi) = (*min_length as usize, *max_length as usize);
+        let mut rng = Rng::new(seed ^ 0x5E92_5E95);
+        let mut make = |n: u32| words(n as usize, *symbols, lo, hi, &mut rng);
+        let rows = |ws: Vec<Vec<i64>>| ws.iter().map(|w| row(*problem, w, hi)).collect();
+        let train = rows(make(*num_train));
+        let val = rows(make(*num_val));
+        let test = make(*num_test);
+        Some(Seq2seqData {
+            problem: *problem,
+            symbols: *symbols,
+            max_length: hi,
+            train,
+            val,
+            test,
+            order: Vec::new(),
+            order_epoch: None,
+        })
+    }
+
+    /// Vocabulary size (symbols and the three special ids).
+    pub fn vocab(&self) -> i64 {
+        i64::from(self.symbols) + crate::tasks::seq2seq::FIRST
+    }
+
+    /// Decoding settings: the recipe's `decode` with this task's EOS and PAD, the source
+    /// excluded from lengths, and targets of at most max_length + 2 tokens.
+    pub fn settings(&self, d: &crate::spec::recipe::Decode) -> crate::decode::Settings {
+        use crate::tasks::seq2seq::{EOS, PAD};
+        crate::decode::Settings {
+            d: d.clone(),
+            eos: Some(d.eos_token_id.map_or(EOS, i64::from)),
+            pad: d.pad_token_id.map_or(PAD, i64::from),
+            default_max_length: 2 * self.max_length + 2,
+            source_len: self.max_length,
+        }
+    }
+
+    /// Exact match of greedy decoding (cached where the model allows) and teacher-forced
+    /// token accuracy on the test words.
+    pub fn report(&self, rt: &Runtime) -> crate::tasks::seq2seq::Seq2seqReport {
+        use crate::tasks::seq2seq::{is_exact, row, source, BOS, PAD};
+        let settings = self.settings(&crate::spec::recipe::Decode::default());
+        let mut exact = 0;
+        let (mut right, mut counted) = (0usize, 0usize);
+        for chunk in self.test.chunks(256) {
+            let prompts: Vec<Vec<i64>> = chunk
+                .iter()
+                .map(|w| {
+                    let mut p = source(w, self.max_length);
+                    p.push(BOS);
+                    p
+                })
+                .collect();
+            let mut lm = crate::decode::ModelLm::new(rt, true);
+            let gen = crate::decode::generate(&mut lm, &prompts, &settings);
+            for (w, g) in chunk.iter().zip(gen) {
+                exact += usize::from(is_exact(self.problem, w, &g[0].tokens, self.max_length));
+            }
+            let rows: Vec<Vec<i64>> = chunk
+                .iter()
+                .map(|w| row(self.problem, w, self.max_length))
+                .collect();
+            let (x, _) = super::split_xy(&rows, &rt.device);
+            let logits = rt.forward(x, false);
+            let [_, s, v] = logits.dims();
+            let flat: Vec<f32> = logits
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 logits");
+            for (b, r) in rows.iter().enumerate() {
+                // Position t of the logits predicts target id t + 1.
+                let target = &r[self.max_length..];
+                for t in 0..s {
+                    let want = target[t + 1];
+                    if want == PAD {
+                        break;
+                    }
+                    let row = &flat[(b * s + t) * v..(b * s + t + 1) * v];
+                    let arg = (0..v)
+                        .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+                        .unwrap_or(0);
+                    right += usize::from(arg as i64 == want);
+                    counted += 1;
+                }
+            }
+        }
+        let n = self.test.len();
+        crate::tasks::seq2seq::Seq2seqReport {
+            n,
+            exact_match: exact as f64 / n.max(1) as f64,
+            token_accuracy: right as f64 / counted.max(1) as f64,
+            chance_token_accuracy: 1.0 / f64::from(self.symbols),
+        }
+    }
+}
+
 /// A task's data.
 pub enum Data {
     /// A rule-extrapolation grammar.
     Grammar(GrammarData),
     /// A uint16 stream.
     Stream(StreamData),
+    /// Sequence-to-sequence pairs.
+    Seq2seq(Seq2seqData),
 }
 
 impl Data {
@@ -235,6 +367,9 @@ impl Data {
                 Data::Grammar(GrammarData::new(task, seed).expect("a grammar task"))
             }
             Task::Uint16 { .. } => Data::Stream(StreamData::open(task)?.expect("a uint16 task")),
+            Task::Seq2seq { .. } => {
+                Data::Seq2seq(Seq2seqData::new(task, seed).expect("a seq2seq task"))
+            }
         })
     }
 
@@ -243,6 +378,7 @@ impl Data {
     pub fn per_epoch(&self, bs: usize) -> u64 {
         let n = match self {
             Data::Grammar(g) => g.train.len() / bs,
+            Data::Seq2seq(g) => g.train.len() / bs,
             Data::Stream(s) => s.splits.train.len() / (bs * s.context),
         };
         n.max(1) as u64
@@ -252,6 +388,7 @@ impl Data {
     pub fn batch_size(&self, bs: usize) -> usize {
         match self {
             Data::Grammar(g) => bs.min(g.train.len()).max(1),
+            Data::Seq2seq(g) => bs.min(g.train.len()).max(1),
             Data::Stream(_) => bs.max(1),
         }
     }
@@ -266,22 +403,20 @@ impl Data {
         bs: usize,
     ) -> Vec<Vec<i64>> {
         match self {
-            Data::Grammar(g) => {
-                if state.pos + bs > g.train.len() {
-                    state.epoch += 1;
-                    state.pos = 0;
-                }
-                if g.order_epoch != Some(state.epoch) {
-                    g.order = epoch_order(g.train.len(), seed, state.epoch);
-                    g.order_epoch = Some(state.epoch);
-                }
-                let batch = g.order[state.pos..state.pos + bs]
-                    .iter()
-                    .map(|&i| g.train[i].clone())
-                    .collect();
-                state.pos += bs;
-                batch
-            }
+            Data::Grammar(g) => shuffled_batch(
+                &g.train,
+                (&mut g.order, &mut g.order_epoch),
+                state,
+                seed,
+                bs,
+            ),
+            Data::Seq2seq(g) => shuffled_batch(
+                &g.train,
+                (&mut g.order, &mut g.order_epoch),
+                state,
+                seed,
+                bs,
+            ),
             Data::Stream(s) => {
                 let w = s.context + 1;
                 let mut rng = Rng::new(super::mix(seed ^ 0xDA7A, state.step, micro));
@@ -299,6 +434,7 @@ impl Data {
     pub fn val(&self) -> std::borrow::Cow<'_, [Vec<i64>]> {
         match self {
             Data::Grammar(g) => std::borrow::Cow::Borrowed(&g.val),
+            Data::Seq2seq(g) => std::borrow::Cow::Borrowed(&g.val),
             Data::Stream(s) => std::borrow::Cow::Owned(s.windows(&s.splits.val).0),
         }
     }
@@ -308,8 +444,34 @@ impl Data {
         match self {
             Data::Grammar(g) => TaskReport::Grammar(g.report(rt)),
             Data::Stream(s) => TaskReport::Uint16(s.report(rt)),
+            Data::Seq2seq(s) => TaskReport::Seq2seq(s.report(rt)),
         }
     }
+}
+
+/// The next batch of a per-epoch shuffle of `train` (the position is part of the state;
+/// `order` caches the shuffle of one epoch).
+fn shuffled_batch(
+    train: &[Vec<i64>],
+    (order, order_epoch): (&mut Vec<usize>, &mut Option<u64>),
+    state: &mut super::State,
+    seed: u64,
+    bs: usize,
+) -> Vec<Vec<i64>> {
+    if state.pos + bs > train.len() {
+        state.epoch += 1;
+        state.pos = 0;
+    }
+    if *order_epoch != Some(state.epoch) {
+        *order = epoch_order(train.len(), seed, state.epoch);
+        *order_epoch = Some(state.epoch);
+    }
+    let batch = order[state.pos..state.pos + bs]
+        .iter()
+        .map(|&i| train[i].clone())
+        .collect();
+    state.pos += bs;
+    batch
 }
 
 fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
@@ -330,6 +492,8 @@ pub enum TaskReport {
     Grammar(GrammarReport),
     /// Next-value prediction on a uint16 stream.
     Uint16(StreamMetrics),
+    /// Sequence-to-sequence transduction.
+    Seq2seq(crate::tasks::seq2seq::Seq2seqReport),
 }
 
 /// Grammar metrics with chance levels.

@@ -23,6 +23,13 @@ use std::path::{Path, PathBuf};
 /// Mean cross-entropy over all positions, with label smoothing ε (PyTorch semantics: the
 /// target is (1 − ε)·one-hot + ε/K).
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, smoothing: f64) -> Tensor<1> {
+    // An encoder-decoder's logits cover only the target part of each row: its last positions.
+    let (s, t) = (logits.dims()[1], targets.dims()[1]);
+    let targets = if t > s {
+        targets.narrow(1, t - s, s)
+    } else {
+        targets
+    };
     let logp = log_softmax(logits, 2);
     let nll = logp.clone().gather(2, targets.unsqueeze_dim::<3>(2)).neg();
     let loss = if smoothing > 0.0 {
