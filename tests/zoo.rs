@@ -245,6 +245,79 @@ fn an_encoder_decoder_learns_to_reverse_words_and_generates() {
 }
 
 #[test]
+fn patchtst_forecasts_the_airline_series_beside_its_baselines() {
+    let d = tmp("airline");
+    let out = train("recipes/airline-patchtst.yaml", &d, &["train.steps=120"]);
+    let s = summary(&d);
+    let m = &s["metrics"];
+    assert_eq!(m["task"], "forecast");
+    assert_eq!(m["windows"], 18);
+    let mse = |k: &str| m[k]["mse"].as_f64().unwrap();
+    // The baselines are fixed functions of the data: last value 1.8757, seasonal naive 0.4487.
+    assert!((mse("last_value") - 1.8757).abs() < 1e-3, "{m}");
+    assert!((mse("seasonal_naive") - 0.4487).abs() < 1e-3, "{m}");
+    assert!(mse("model") < mse("last_value"), "{m}");
+    assert!(out.contains("seasonal naive"), "{out}");
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+    // eval prints the same table; generate has nothing to do.
+    let table = ok(&kiln().arg("eval").arg(&d).output().unwrap());
+    assert!(table.contains("last value"), "{table}");
+    let gen = kiln()
+        .arg("generate")
+        .arg(&d)
+        .args(["--prompt", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(gen.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn bad_forecasting_data_is_a_clear_error() {
+    let d = tmp("bad-csv");
+    std::fs::create_dir_all(&d).unwrap();
+    let csv = d.join("bad.csv");
+    let mut text = String::from("month,passengers\n");
+    for i in 0..100 {
+        text.push_str(&format!(
+            "{i},{}\n",
+            if i == 57 {
+                "n/a".to_string()
+            } else {
+                i.to_string()
+            }
+        ));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let run = |sets: &[String]| {
+        let mut c = kiln();
+        c.args(["train", "recipes/airline-patchtst.yaml", "--out"])
+            .arg(d.join("run"));
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        c.output().unwrap()
+    };
+    let path = format!("task.path={}", csv.display());
+    let o = run(std::slice::from_ref(&path));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("line 59, column `passengers`: `n/a` is not a number"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let o = run(&[path, "task.columns=[riders]".into()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("has no column `riders`"), "{err}");
+    let o = run(&["task.lookback=120".into()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the training part has"), "{err}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
 fn the_adaptive_temperature_and_yarn_model_trains() {
     let d = tmp("adaptive");
     let out = train(

@@ -56,8 +56,15 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let mut loss = f64::NAN;
     for i in 0..a.warmup + a.steps {
         let micro: Vec<Vec<Vec<i64>>> = (0..u64::from(t.grad_accum))
-            .map(|k| data.train_batch(&mut tr.state, t.seed, k, bs))
+            .filter_map(|k| match data.train_batch(&mut tr.state, t.seed, k, bs) {
+                crate::train::Batch::Tokens(rows) => Some(rows),
+                crate::train::Batch::Series { .. } => None,
+            })
             .collect();
+        if micro.is_empty() {
+            eprintln!("error: `kiln bench` measures token tasks; this recipe forecasts a series");
+            return 2;
+        }
         let start = Instant::now();
         // The loss is read back to the host inside `step`, which waits for the device.
         match tr.step(&micro, total) {

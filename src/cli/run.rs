@@ -38,7 +38,12 @@ pub(super) fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Grap
     };
     // Data paths are relative to the recipe; make them absolute so that the run directory's
     // resolved recipe (and `--resume` from anywhere) finds the same file.
-    if let Task::Uint16 { path: data, .. } = &mut doc.spec.task {
+    let data = match &mut doc.spec.task {
+        Task::Uint16 { path, .. } => Some(path),
+        Task::Forecast(f) => Some(&mut f.path),
+        _ => None,
+    };
+    if let Some(data) = data {
         let dir = path.parent().unwrap_or(Path::new(""));
         let cwd = std::env::current_dir().unwrap_or_default();
         *data = crate::util::normalize_path(&cwd.join(dir).join(&*data))
@@ -199,6 +204,7 @@ fn print_ensemble(e: &train::EnsembleSummary, s: &Summary) {
         TaskReport::Grammar(_) => "grammar",
         TaskReport::Uint16(_) => "uint16",
         TaskReport::Seq2seq(_) => "seq2seq",
+        TaskReport::Forecast(_) => "forecast",
     });
     let whole = json(s);
     let members: Vec<serde_json::Value> = e.members.iter().map(json).collect();
@@ -236,6 +242,29 @@ fn print_metrics(m: &TaskReport) {
     match m {
         TaskReport::Grammar(g) => print_grammar(g),
         TaskReport::Uint16(u) => print_stream(u),
+        TaskReport::Forecast(r) => {
+            println!(
+                "test: {} windows (standardized units: the training part's mean and deviation per channel)",
+                r.windows
+            );
+            println!("{:<16} {:>8} {:>8}", "forecast", "MSE", "MAE");
+            for (name, e) in [
+                ("model", r.model),
+                ("last value", r.last_value),
+                ("seasonal naive", r.seasonal_naive),
+            ] {
+                println!("{name:<16} {:>8.4} {:>8.4}", e.mse, e.mae);
+            }
+            let best = r.last_value.mse.min(r.seasonal_naive.mse);
+            println!(
+                "{}",
+                if r.model.mse < best {
+                    "the model beats both baselines (MSE)"
+                } else {
+                    "the model does NOT beat the better baseline (MSE)"
+                }
+            );
+        }
         TaskReport::Seq2seq(r) => {
             println!(
                 "test: {} pairs; exact match (greedy decoding) {:.4}; token accuracy (teacher-forced) {:.4} (chance {:.4})",
@@ -393,6 +422,10 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
                 source_len: 0,
             };
             (ids, settings, Box::new(|t: i64| t.to_string()))
+        }
+        Data::Forecast(_) => {
+            eprintln!("error: a forecasting model has nothing to generate from a prompt; `kiln eval RUN` prints its test errors");
+            return 2;
         }
         Data::Seq2seq(s) => {
             use crate::tasks::seq2seq::{source, BOS, EOS, FIRST, PAD};

@@ -26,6 +26,9 @@ pub enum Dim {
     Seq,
     /// The sequence length plus this many memory tokens (inside `memory_tokens`).
     SeqPlus(u64),
+    /// The batch size times this many channels (a forecasting model's channels folded into
+    /// the batch: channel independence).
+    BatchTimes(u64),
     /// A number known at compile time.
     Fixed(u64),
 }
@@ -36,6 +39,7 @@ impl fmt::Display for Dim {
             Dim::Batch => write!(f, "batch"),
             Dim::Seq => write!(f, "seq"),
             Dim::SeqPlus(m) => write!(f, "seq+{m}"),
+            Dim::BatchTimes(c) => write!(f, "batch*{c}"),
             Dim::Fixed(n) => write!(f, "{n}"),
         }
     }
@@ -68,6 +72,7 @@ impl TensorType {
                 Dim::Batch => batch,
                 Dim::Seq => seq,
                 Dim::SeqPlus(m) => seq + m,
+                Dim::BatchTimes(c) => batch * c,
                 Dim::Fixed(n) => *n,
             })
             .product()

@@ -218,6 +218,34 @@ pub enum Op {
         /// Heads H.
         heads: u64,
     },
+    /// A forecasting model's input: `lookback` steps of `channels` values, `[b, L, C]`.
+    Series {
+        /// Steps L.
+        lookback: u64,
+        /// Channels C.
+        channels: u64,
+    },
+    /// RevIN normalization `(x [b, L, C], gamma [C], beta [C]) → [b, L, C]`: each series
+    /// (per example and channel) minus its mean over L, divided by its standard deviation
+    /// (√(var + 1e-5)), then · gamma + beta.
+    RevinNorm,
+    /// RevIN's inverse `(y [b, H, C], x [b, L, C], gamma [C], beta [C]) → [b, H, C]`:
+    /// (y − beta) / gamma · std + mean, with x's statistics.
+    RevinDenorm,
+    /// Channel-independent patching `[b, L, C] → [b·C, N, len]`: each channel's series,
+    /// padded with `stride` copies of its last value, cut into N = ⌊(L − len)/stride⌋ + 2
+    /// patches of `len` steps, `stride` apart.
+    Patch {
+        /// Patch length P.
+        len: u64,
+        /// Stride S.
+        stride: u64,
+    },
+    /// Flatten head `(x [b·C, N, D], weight [N·D, H], bias [H]) → [b, H, C]`.
+    ForecastHead {
+        /// Channels C.
+        channels: u64,
+    },
     /// An encoder-decoder model's source: the first `len` token ids of each row, `[b, len]`
     /// (the decoder's [`Op::Input`] is the rest of the row).
     Source {
@@ -323,6 +351,11 @@ impl Op {
             Op::FreqMask { .. } => "freq_mask",
             Op::PrependMemory => "prepend_memory",
             Op::Source { .. } => "source",
+            Op::Series { .. } => "series",
+            Op::RevinNorm => "revin_norm",
+            Op::RevinDenorm => "revin_denorm",
+            Op::Patch { .. } => "patch",
+            Op::ForecastHead { .. } => "forecast_head",
             Op::CrossAttention => "cross_attention",
             Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
@@ -380,6 +413,9 @@ impl Op {
             Op::PadSeq { len } => format!("len={len}"),
             Op::DropMemory { count } => format!("count={count}"),
             Op::Source { len } => format!("len={len}"),
+            Op::Series { lookback, channels } => format!("lookback={lookback} channels={channels}"),
+            Op::Patch { len, stride } => format!("len={len} stride={stride}"),
+            Op::ForecastHead { channels } => format!("channels={channels}"),
             Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
                 format!("heads={heads}")
             }
@@ -408,7 +444,12 @@ impl Op {
     pub fn is_pure(&self) -> bool {
         !matches!(
             self,
-            Op::Dropout(_) | Op::Param { .. } | Op::Input | Op::Source { .. } | Op::Output
+            Op::Dropout(_)
+                | Op::Param { .. }
+                | Op::Input
+                | Op::Source { .. }
+                | Op::Series { .. }
+                | Op::Output
         ) && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
             && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
     }
@@ -425,9 +466,13 @@ impl Op {
             | Op::PrependMemory
             | Op::DropMemory { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
-            Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
-                Mixing::Full
-            }
+            Op::Attention { causal: false, .. }
+            | Op::Rfft { .. }
+            | Op::Irfft { .. }
+            | Op::RevinNorm
+            | Op::RevinDenorm
+            | Op::Patch { .. }
+            | Op::ForecastHead { .. } => Mixing::Full,
             Op::SpectralFilter { causal, .. } => {
                 if *causal {
                     Mixing::Causal
@@ -442,7 +487,9 @@ impl Op {
     /// Number of inputs the op takes, given whether optional inputs are present.
     pub fn arity(&self) -> usize {
         match self {
-            Op::Input | Op::Param { .. } | Op::Source { .. } => 0,
+            Op::Input | Op::Param { .. } | Op::Source { .. } | Op::Series { .. } => 0,
+            Op::RevinNorm | Op::ForecastHead { .. } => 3,
+            Op::RevinDenorm => 4,
             Op::CrossAttention => 3,
             Op::Embedding
             | Op::Add
@@ -818,6 +865,49 @@ impl Op {
                 }
                 f32(x.shape.clone())
             }
+            Op::Series { lookback, channels } => f32(vec![
+                Dim::Batch,
+                Dim::Fixed(*lookback),
+                Dim::Fixed(*channels),
+            ]),
+            Op::RevinNorm | Op::RevinDenorm => {
+                let y = float(0)?;
+                let c = y.shape.get(2).copied();
+                let k = ins.len() - 2;
+                if y.shape.len() != 3
+                    || ins[k].shape != [c.unwrap_or(Dim::Batch)]
+                    || ins[k + 1].shape != ins[k].shape
+                    || (k == 2 && ins[1].shape.get(2) != c.as_ref())
+                {
+                    return Err(format!("RevIN expects [batch, steps, channels] series with per-channel parameters, got {y}"));
+                }
+                f32(y.shape.clone())
+            }
+            Op::Patch { len, stride } => match float(0)?.shape.as_slice() {
+                [Dim::Batch, Dim::Fixed(l), Dim::Fixed(c)] if l >= len => f32(vec![
+                    Dim::BatchTimes(*c),
+                    Dim::Fixed((l - len) / stride + 2),
+                    Dim::Fixed(*len),
+                ]),
+                _ => Err(format!(
+                    "patches of {len} steps need a series [batch, steps ≥ {len}, channels], got {}",
+                    ins[0]
+                )),
+            },
+            Op::ForecastHead { channels } => {
+                match (float(0)?.shape.as_slice(), ins[1].shape.as_slice()) {
+                    (
+                        [Dim::BatchTimes(c), Dim::Fixed(n), Dim::Fixed(d)],
+                        [Dim::Fixed(i), Dim::Fixed(h)],
+                    ) if c == channels && n * d == *i && ins[2].shape == [Dim::Fixed(*h)] => {
+                        f32(vec![Dim::Batch, Dim::Fixed(*h), Dim::Fixed(*c)])
+                    }
+                    _ => Err(format!(
+                    "the forecast head expects patches [batch*{channels}, patches, width], got {}",
+                    ins[0]
+                )),
+                }
+            }
             Op::Source { len } => Ok(TensorType {
                 dtype: DType::I64,
                 shape: vec![Dim::Batch, Dim::Fixed(*len)],
@@ -844,7 +934,7 @@ impl Op {
                             Dim::Seq => Dim::SeqPlus(*m),
                             Dim::SeqPlus(k) => Dim::SeqPlus(k + m),
                             Dim::Fixed(n) => Dim::Fixed(n + m),
-                            Dim::Batch => {
+                            Dim::Batch | Dim::BatchTimes(_) => {
                                 return Err(format!("expects [batch, seq, width], got {x}"))
                             }
                         };

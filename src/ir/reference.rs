@@ -85,6 +85,41 @@ pub fn run(
     run_masked(graph, params, tokens, None)
 }
 
+/// Run a forecasting graph on series `x` `[batch, lookback, channels]`; returns the
+/// forecasts `[batch, horizon, channels]`.
+pub fn run_series(
+    graph: &Graph,
+    params: &HashMap<String, Tensor>,
+    x: &Tensor,
+) -> Result<Tensor, String> {
+    let order = graph.topo().ok_or("the graph has a cycle")?;
+    let mut values: HashMap<_, Tensor> = HashMap::new();
+    for n in order {
+        let ins: Vec<&Tensor> = graph.inputs(n).iter().map(|i| &values[i]).collect();
+        let v = match &graph.g[n].op {
+            Op::Series { .. } => x.clone(),
+            Op::Param { name, .. } => params
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no value for parameter `{name}`"))?,
+            Op::Output => return Ok(ins[0].clone()),
+            Op::FreqMask { .. } => ins[0].clone(),
+            op => eval(op, &ins)?,
+        };
+        values.insert(n, v);
+    }
+    Err("the graph has no output".into())
+}
+
+/// Mean and √(var + 1e-5) of channel `c` of example `b` over the steps of `x` `[B, L, C]`.
+fn revin_stats(x: &Tensor, b: usize, c: usize) -> (f64, f64) {
+    let (l, cs) = (x.shape[1], x.shape[2]);
+    let vals: Vec<f64> = (0..l).map(|t| x.data[(b * l + t) * cs + c]).collect();
+    let m = vals.iter().sum::<f64>() / l as f64;
+    let v = vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / l as f64;
+    (m, (v + 1e-5).sqrt())
+}
+
 /// [`run`] with the spectral gates under a frequency-curriculum mask.
 pub fn run_masked(
     graph: &Graph,
@@ -500,6 +535,67 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             out
         }
         Op::Mlstm { heads } => mlstm(ins, *heads as usize),
+        Op::RevinNorm | Op::RevinDenorm => {
+            let denorm = ins.len() == 4;
+            let (y, x) = (ins[0], ins[if denorm { 1 } else { 0 }]);
+            let (g, be) = (ins[ins.len() - 2], ins[ins.len() - 1]);
+            let (b, s, c) = (y.shape[0], y.shape[1], y.shape[2]);
+            let mut out = y.clone();
+            for bi in 0..b {
+                for ci in 0..c {
+                    let (m, sd) = revin_stats(x, bi, ci);
+                    for t in 0..s {
+                        let v = &mut out.data[(bi * s + t) * c + ci];
+                        *v = if denorm {
+                            (*v - be.data[ci]) / g.data[ci] * sd + m
+                        } else {
+                            (*v - m) / sd * g.data[ci] + be.data[ci]
+                        };
+                    }
+                }
+            }
+            out
+        }
+        Op::Patch { len, stride } => {
+            let x = ins[0];
+            let (b, l, c) = (x.shape[0], x.shape[1], x.shape[2]);
+            let (p, s) = (*len as usize, *stride as usize);
+            let n = (l - p) / s + 2;
+            let mut out = Tensor::zeros(&[b * c, n, p]);
+            for bi in 0..b {
+                for ci in 0..c {
+                    for ni in 0..n {
+                        for pi in 0..p {
+                            // Past the end: the last value, repeated.
+                            let t = (ni * s + pi).min(l - 1);
+                            out.data[((bi * c + ci) * n + ni) * p + pi] =
+                                x.data[(bi * l + t) * c + ci];
+                        }
+                    }
+                }
+            }
+            out
+        }
+        Op::ForecastHead { channels } => {
+            let (x, w, bias) = (ins[0], ins[1], ins[2]);
+            let (bc, n, d) = (x.shape[0], x.shape[1], x.shape[2]);
+            let h = w.shape[1];
+            let c = *channels as usize;
+            let mut out = Tensor::zeros(&[bc / c, h, c]);
+            for r in 0..bc {
+                let flat = &x.data[r * n * d..(r + 1) * n * d];
+                for hi in 0..h {
+                    let v = bias.data[hi]
+                        + flat
+                            .iter()
+                            .enumerate()
+                            .map(|(i, a)| a * w.data[i * h + hi])
+                            .sum::<f64>();
+                    out.data[((r / c) * h + hi) * c + r % c] = v;
+                }
+            }
+            out
+        }
         Op::CrossAttention => {
             let (q, k, v) = (ins[0], ins[1], ins[2]);
             let (b, h, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
@@ -694,7 +790,12 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Input | Op::Source { .. } | Op::Param { .. } | Op::FreqMask { .. } | Op::Output => {
+        Op::Input
+        | Op::Source { .. }
+        | Op::Series { .. }
+        | Op::Param { .. }
+        | Op::FreqMask { .. }
+        | Op::Output => {
             unreachable!("handled by run")
         }
     })

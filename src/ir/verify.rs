@@ -20,11 +20,13 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<String>> {
             .filter(|n| std::mem::discriminant(&n.op) == std::mem::discriminant(want))
             .count()
     };
-    if count(&Op::Input) != 1 {
-        problems.push(format!(
-            "expected one input node, found {}",
-            count(&Op::Input)
-        ));
+    let inputs = count(&Op::Input)
+        + count(&Op::Series {
+            lookback: 0,
+            channels: 0,
+        });
+    if inputs != 1 {
+        problems.push(format!("expected one input node, found {inputs}"));
     }
     if count(&Op::Output) != 1 {
         problems.push(format!(

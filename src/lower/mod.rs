@@ -22,6 +22,34 @@ pub struct LowerOptions {
     /// Source length of an encoder-decoder model (from the task); `None` for a model file on
     /// its own, which then gets [`PLACEHOLDER_SOURCE`].
     pub source_len: Option<u64>,
+    /// A forecasting model's shapes (from the task): it reads series instead of token ids.
+    pub forecast: Option<ForecastShape>,
+}
+
+/// What a forecasting model reads and returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForecastShape {
+    /// Steps read.
+    pub lookback: u64,
+    /// Steps forecast.
+    pub horizon: u64,
+    /// Channels.
+    pub channels: u64,
+}
+
+/// Shapes used to check a forecasting model file on its own.
+pub const PLACEHOLDER_FORECAST: ForecastShape = ForecastShape {
+    lookback: 96,
+    horizon: 24,
+    channels: 1,
+};
+
+/// Whether a model reads series (its first layer is `revin` or `patch`).
+pub fn is_forecaster(model: &crate::spec::ModelSpec) -> bool {
+    matches!(
+        model.layers.first(),
+        Some(Layer::Revin { .. } | Layer::Patch { .. })
+    )
 }
 
 /// Source length used to check an encoder-decoder model file on its own.
@@ -41,9 +69,14 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         encoder: None,
         encoding: false,
     };
-    l.input =
-        l.g.add(Op::Input, &[], "", None)
-            .expect("input has no inputs");
+    let root = match opts.forecast {
+        Some(f) => Op::Series {
+            lookback: f.lookback,
+            channels: f.channels,
+        },
+        None => Op::Input,
+    };
+    l.input = l.g.add(root, &[], "", None).expect("input has no inputs");
     if let Some(enc) = &model.spec.encoder {
         let len = opts.source_len.unwrap_or(PLACEHOLDER_SOURCE);
         let src =
@@ -71,7 +104,21 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
     l.positions = l.input;
     let nodes = model.tree.get("layers").and_then(seq_items);
     let out = l.seq(&model.spec.layers, nodes, l.input, "layers");
-    if let Some(out) = out {
+    if let (Some(out), Some(f)) = (out, opts.forecast) {
+        let last_span = nodes.and_then(|n| n.last()).map(layer_span);
+        let ty = &l.g.g[out].ty;
+        let want = [Dim::Batch, Dim::Fixed(f.horizon), Dim::Fixed(f.channels)];
+        if ty.shape != want {
+            l.diags.push(
+                Diagnostic::error(Code::Shape, last_span, format!("the model returns {ty}, but the task needs forecasts [batch, {}, {}]", f.horizon, f.channels))
+                    .label("last layer")
+                    .help("end a forecasting model with `{type: forecast_head}` (inside `revin`, if you use it)"),
+            );
+        } else {
+            l.g.add(Op::Output, &[out], "", None)
+                .expect("output takes any input");
+        }
+    } else if let Some(out) = out {
         let last_span = nodes.and_then(|n| n.last()).map(layer_span);
         let ty = &l.g.g[out].ty;
         let want = Dim::Fixed(opts.vocab);
@@ -349,6 +396,8 @@ impl Lowerer {
                 | Layer::Residual { .. }
                 | Layer::Parallel { .. }
                 | Layer::MemoryTokens { .. }
+                | Layer::Revin { .. }
+                | Layer::Patch { .. }
         ) {
             self.vectors(&at, x, kind)?;
         }
@@ -378,6 +427,12 @@ impl Lowerer {
             }
             Layer::LearnedPositions { max_len } => {
                 self.check_len(&at, u64::from(*max_len), kind)?;
+                if let Some(Dim::Fixed(n)) = self.g.g[x].ty.shape.get(1) {
+                    if *n > u64::from(*max_len) {
+                        self.error(Code::Shape, at.field_span("max_len"), format!("`{kind}` handles at most {max_len} positions, but its input has {n}"), "too short", &format!("set `max_len: {n}` or more"));
+                        return None;
+                    }
+                }
                 let table = self.param(
                     &at,
                     "weight",
@@ -712,6 +767,75 @@ impl Lowerer {
                     &ins,
                 )
             }
+            Layer::Revin { body } => {
+                let Some(f) = self
+                    .opts
+                    .forecast
+                    .filter(|_| matches!(self.g.g[x].op, Op::Series { .. }))
+                else {
+                    self.error(Code::Structure, at.span, "`revin` wraps a whole forecasting model: it must come first and read the series".into(), "not at the input", "make `revin` the model's first layer, on a `forecast` task");
+                    return None;
+                };
+                let c = f.channels;
+                let gamma = self.param(&at, "gamma", &[c], Init::Ones);
+                let beta = self.param(&at, "beta", &[c], Init::Zeros);
+                let xn = self.op(&at, Op::RevinNorm, &[x, gamma, beta])?;
+                let nodes = node.and_then(|n| n.get("body")).and_then(seq_items);
+                let y = self.seq(body, nodes, xn, path)?;
+                self.op(&at, Op::RevinDenorm, &[y, x, gamma, beta])
+            }
+            Layer::Patch { len, stride } => {
+                if self.opts.forecast.is_none() {
+                    self.error(
+                        Code::Structure,
+                        at.span,
+                        "`patch` cuts series into patches, and this task feeds token ids".into(),
+                        "needs a series",
+                        "use `patch` in a model for a `forecast` task",
+                    );
+                    return None;
+                }
+                let p = self.op(
+                    &at,
+                    Op::Patch {
+                        len: u64::from(*len),
+                        stride: u64::from(*stride),
+                    },
+                    &[x],
+                )?;
+                // Positions after patching count patches.
+                self.positions = p;
+                Some(p)
+            }
+            Layer::ForecastHead {} => {
+                let Some(f) = self.opts.forecast else {
+                    self.error(
+                        Code::Structure,
+                        at.span,
+                        "`forecast_head` needs a `forecast` task".into(),
+                        "no horizon to forecast",
+                        "use `head` for token tasks",
+                    );
+                    return None;
+                };
+                let n = match self.g.g[x].ty.shape.as_slice() {
+                    [Dim::BatchTimes(_), Dim::Fixed(n), Dim::Fixed(d)] => n * d,
+                    _ => {
+                        let t = self.g.g[x].ty.to_string();
+                        self.error(Code::Shape, at.span, format!("`forecast_head` reads patches [batch*channels, patches, width], got {t}"), "not patches", "put `patch` (and a `linear` to the width) before it");
+                        return None;
+                    }
+                };
+                let w = self.param(&at, "weight", &[n, f.horizon], linear_init(n));
+                let b = self.param(&at, "bias", &[f.horizon], linear_init(n));
+                self.op(
+                    &at,
+                    Op::ForecastHead {
+                        channels: f.channels,
+                    },
+                    &[x, w, b],
+                )
+            }
             Layer::CrossAttention { heads } => {
                 let Some(mem) = self.encoder else {
                     self.error(Code::Structure, at.span, "`cross_attention` reads an encoder's output, and the model has no `encoder`".into(), "no encoder to attend to", "add `encoder: [...]` to the model, or use `attention`");
@@ -873,9 +997,20 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
         &r.model,
         &LowerOptions {
             vocab,
-            max_seq: Some(r.spec.task.max_seq()),
-            require_causal: !r.spec.allow_noncausal,
+            // A forecaster's positions count patches; the layers check their own lengths.
+            max_seq: (!matches!(r.spec.task, crate::spec::recipe::Task::Forecast(_)))
+                .then(|| r.spec.task.max_seq()),
+            require_causal: !r.spec.allow_noncausal
+                && !matches!(r.spec.task, crate::spec::recipe::Task::Forecast(_)),
             source_len: r.spec.task.source_len(),
+            forecast: match &r.spec.task {
+                crate::spec::recipe::Task::Forecast(f) => Some(ForecastShape {
+                    lookback: u64::from(f.lookback),
+                    horizon: u64::from(f.horizon),
+                    channels: f.columns.len() as u64,
+                }),
+                _ => None,
+            },
         },
     )?;
     let gates =
@@ -919,6 +1054,7 @@ pub fn lower_document(
                 max_seq: seq,
                 require_causal: false,
                 source_len: None,
+                forecast: is_forecaster(&m.spec).then_some(PLACEHOLDER_FORECAST),
             },
         ),
     }

@@ -292,7 +292,13 @@ impl Runtime {
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<2, Int>, train: bool) -> Tensor<3> {
-        self.run(tokens, train, None, None)
+        self.run(V::I2(tokens), train, None, None)
+    }
+
+    /// A forecasting model's forward pass: series `[batch, lookback, channels]` to forecasts
+    /// `[batch, horizon, channels]`.
+    pub fn forward_series(&self, x: Tensor<3>, train: bool) -> Tensor<3> {
+        self.run(V::F3(x), train, None, None)
     }
 
     /// Forward pass that also returns, per attention layer in graph order, the mean entropy
@@ -303,7 +309,7 @@ impl Runtime {
         train: bool,
     ) -> (Tensor<3>, Vec<Tensor<1>>) {
         let cell = std::cell::RefCell::new(Vec::new());
-        let out = self.run(tokens, train, None, Some(&cell));
+        let out = self.run(V::I2(tokens), train, None, Some(&cell));
         (out, cell.into_inner())
     }
 
@@ -320,7 +326,7 @@ impl Runtime {
             0
         };
         let n = tokens.dims()[1] - src;
-        let out = self.run(tokens, false, Some(cache), None);
+        let out = self.run(V::I2(tokens), false, Some(cache), None);
         cache.len += n;
         out
     }
@@ -422,11 +428,16 @@ impl Runtime {
 
     fn run(
         &self,
-        tokens: Tensor<2, Int>,
+        input: V,
         train: bool,
         mut cache: Option<&mut KvCache>,
         entropies: Option<&std::cell::RefCell<Vec<Tensor<1>>>>,
     ) -> Tensor<3> {
+        // A forecasting model reads a series; the rest reads token ids.
+        let tokens = match input {
+            V::I2(t) => t,
+            series => return self.run_series(series, train),
+        };
         // An encoder-decoder's rows start with the source, except in the calls after the
         // first of a cached generation (the cache holds what the source determines).
         let first = cache.as_ref().is_none_or(|c| c.len == 0);
@@ -534,6 +545,38 @@ impl Runtime {
                     }
                 }
             }
+        }
+        unreachable!("verified graphs have an output")
+    }
+
+    /// The forward pass of a forecasting model (no cache, no source).
+    fn run_series(&self, series: V, train: bool) -> Tensor<3> {
+        let dims = series.dims();
+        let ctx = ops::Ctx {
+            device: &self.device,
+            train,
+            batch: dims[0],
+            seq: dims[1],
+            offset: 0,
+            matmul_dtype: self.matmul_dtype,
+            soft_attention: self.soft_attention,
+            freq_mask: self.freq_mask,
+            entropies: None,
+        };
+        let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
+        let mut input = Some(series);
+        for &n in &self.order {
+            let ins_idx = self.graph.inputs(n);
+            let v = match &self.graph.g[n].op {
+                Op::Series { .. } => input.take().expect("one series input"),
+                Op::Param { .. } => self.params[self.slot[&n]].clone(),
+                Op::Output => return values.remove(&ins_idx[0]).expect("output value").f3(),
+                op => {
+                    let ins: Vec<&V> = ins_idx.iter().map(|i| &values[i]).collect();
+                    ops::eval(op, &ins, &ctx)
+                }
+            };
+            values.insert(n, v);
         }
         unreachable!("verified graphs have an output")
     }

@@ -186,6 +186,13 @@ fn apply_per_channel(m: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
     m.matmul(xt).permute([2, 1, 0])
 }
 
+/// RevIN statistics of series `[b, L, C]`: mean and √(var + 1e-5) over L, `[b, 1, C]`.
+fn revin_stats(x: &Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    let mean = x.clone().mean_dim(1);
+    let var = (x.clone() - mean.clone()).powi_scalar(2).mean_dim(1);
+    (mean, (var + 1e-5).sqrt())
+}
+
 /// The sequence length of a value: axis 1 of token ids `[b, s]` or vectors `[b, s, d]`.
 fn seq_of(v: &V) -> usize {
     match v {
@@ -348,6 +355,37 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
         },
         Op::CropSeq => V::F3(ins[0].f3().narrow(1, 0, seq_of(ins[1]))),
+        Op::RevinNorm => {
+            let (x, g, b) = (ins[0].f3(), ins[1].f1(), ins[2].f1());
+            let c = g.dims()[0];
+            let (mean, std) = revin_stats(&x);
+            V::F3((x - mean) / std * g.reshape([1, 1, c]) + b.reshape([1, 1, c]))
+        }
+        Op::RevinDenorm => {
+            let (y, x, g, b) = (ins[0].f3(), ins[1].f3(), ins[2].f1(), ins[3].f1());
+            let c = g.dims()[0];
+            let (mean, std) = revin_stats(&x);
+            V::F3((y - b.reshape([1, 1, c])) / g.reshape([1, 1, c]) * std + mean)
+        }
+        Op::Patch { len, stride } => {
+            let x = ins[0].f3();
+            let [b, l, c] = x.dims();
+            let (p, s) = (*len as usize, *stride as usize);
+            let n = (l - p) / s + 2;
+            let last = x.clone().narrow(1, l - 1, 1).expand([b, s, c]);
+            let xp = Tensor::cat(vec![x, last], 1).swap_dims(1, 2); // [b, c, l + s]
+            let patches: Vec<Tensor<3>> = (0..n).map(|i| xp.clone().narrow(2, i * s, p)).collect();
+            V::F3(Tensor::stack::<4>(patches, 2).reshape([b * c, n, p]))
+        }
+        Op::ForecastHead { channels } => {
+            let x = ins[0].f3();
+            let [bc, n, d] = x.dims();
+            let (w, bias) = (ins[1].f2(), ins[2].f1());
+            let h = w.dims()[1];
+            let c = *channels as usize;
+            let z = mm(x.reshape([bc, n * d]), w, ctx) + bias.reshape([1, h]);
+            V::F3(z.reshape([bc / c, c, h]).swap_dims(1, 2))
+        }
         Op::CrossAttention => {
             let (q, k, v) = (ins[0].f4(), ins[1].f4(), ins[2].f4());
             let d = q.dims()[3] as f64;
@@ -447,7 +485,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
                 V::F3(apply_per_channel(m, x))
             }
         }
-        Op::Input | Op::Source { .. } | Op::Param { .. } | Op::Output => {
+        Op::Input | Op::Source { .. } | Op::Series { .. } | Op::Param { .. } | Op::Output => {
             unreachable!("handled by the runtime")
         }
     }

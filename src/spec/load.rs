@@ -679,6 +679,51 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
         }
     }
     check_decode(spec, tree, diags);
+    if let Task::Forecast(f) = &spec.task {
+        let mut conflict = |path: &[&str], msg: String, label: &str, help: &str| {
+            diags.push(
+                Diagnostic::error(Code::Conflict, Some(key_span_at(tree, path)), msg)
+                    .label(label)
+                    .help(help),
+            );
+        };
+        if f.season > f.lookback {
+            conflict(
+                &["task", "season"],
+                format!(
+                    "the seasonal-naive baseline needs a season ({}) within the lookback ({})",
+                    f.season, f.lookback
+                ),
+                "longer than the lookback",
+                "make `lookback` at least `season`",
+            );
+        }
+        if spec.ensemble.is_some() {
+            conflict(
+                &["ensemble"],
+                "ensembles average token probabilities; forecasting ensembles are not supported yet".into(),
+                "not for forecasts",
+                "remove `ensemble`, or run the seeds as a sweep (`sweep: {seeds: [...]}`)",
+            );
+        }
+        if spec.train.curriculum.is_some() {
+            conflict(
+                &["train", "curriculum"],
+                "a sequence-length curriculum cuts token sequences; a forecasting task reads fixed windows".into(),
+                "not for forecasts",
+                "remove `train.curriculum`",
+            );
+        }
+        if spec.train.regularizers.attention_entropy != 0.0 {
+            conflict(
+                &["train", "regularizers", "attention_entropy"],
+                "the attention-entropy regularizer is not available for forecasting models yet"
+                    .into(),
+                "not for forecasts",
+                "remove it, or set it to 0",
+            );
+        }
+    }
     if let Some(f) = &spec.train.frequency_curriculum {
         if f.end < f.start {
             diags.push(

@@ -393,6 +393,31 @@ pub enum Layer {
         #[serde(default = "default_true")]
         bias: bool,
     },
+    /// RevIN (Kim et al. 2022) around a forecasting model: each input series (per example
+    /// and channel) is standardized by its own mean and standard deviation over the lookback
+    /// (then scaled by a learned gamma and shifted by a learned beta per channel), `body`
+    /// forecasts, and the forecast is mapped back with the same statistics.
+    Revin {
+        /// The forecasting layers: from `[batch, lookback, channels]` to
+        /// `[batch, horizon, channels]`.
+        #[schemars(length(min = 1))]
+        body: Vec<Layer>,
+    },
+    /// PatchTST patching (Nie et al. 2023), channel independent: each channel's series is
+    /// padded with `stride` copies of its last value and cut into ⌊(L − len)/stride⌋ + 2
+    /// patches of `len` steps; channels become separate examples (`[batch·C, patches, len]`).
+    /// Follow it with a `linear` to the model width.
+    Patch {
+        /// Patch length.
+        #[schemars(range(min = 1, max = 100000))]
+        len: u32,
+        /// Steps between patch starts.
+        #[schemars(range(min = 1, max = 100000))]
+        stride: u32,
+    },
+    /// PatchTST's flatten head: each channel's patches `[patches, width]` flattened and
+    /// mapped linearly to the task's horizon, channels restored: `[batch, horizon, channels]`.
+    ForecastHead {},
     /// Memory tokens (Burtsev et al. 2020; "registers"): `count` learned vectors are
     /// prepended to every sequence, `body` runs on the longer sequence (the memory is a prefix,
     /// so under causal attention every position sees it), and the memory positions' outputs
@@ -482,6 +507,9 @@ impl Layer {
             Layer::Head { .. } => "head",
             Layer::Residual { .. } => "residual",
             Layer::MemoryTokens { .. } => "memory_tokens",
+            Layer::Revin { .. } => "revin",
+            Layer::Patch { .. } => "patch",
+            Layer::ForecastHead {} => "forecast_head",
             Layer::Parallel { .. } => "parallel",
             Layer::Repeat { .. } => "repeat",
             Layer::Cycle { .. } => "cycle",

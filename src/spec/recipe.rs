@@ -243,6 +243,13 @@ pub enum Task {
         #[schemars(range(min = 1, max = 1000000))]
         eval_windows: u32,
     },
+    /// Multivariate time-series forecasting from a CSV file: from `lookback` steps of every
+    /// channel, forecast the next `horizon` steps. Values are standardized per channel with
+    /// the training part's mean and standard deviation; the loss is the MSE. Windows are cut
+    /// chronologically: training windows lie in the training part, validation and test
+    /// windows forecast targets inside their parts. Reported: MSE and MAE on the test part,
+    /// beside the last-value and seasonal-naive baselines.
+    Forecast(ForecastTask),
     /// Sequence-to-sequence transduction of random words over `symbols` symbols, for
     /// encoder-decoder models: the source is the word (padded to `max_length`), the target
     /// `BOS f(word) EOS` (padded). Ids: 0 PAD, 1 BOS, 2 EOS, then the symbols. Evaluated by
@@ -275,6 +282,39 @@ pub enum Task {
         #[schemars(range(min = 1, max = 1000000))]
         num_test: u32,
     },
+}
+
+/// Settings of a forecasting task (see [`Task::Forecast`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastTask {
+    /// The CSV file, relative to the recipe: a header row, one row per time step in order.
+    pub path: String,
+    /// The columns to forecast (the channels), by their header names.
+    #[schemars(length(min = 1))]
+    pub columns: Vec<String>,
+    /// Time steps the model reads.
+    #[schemars(range(min = 1, max = 100000))]
+    pub lookback: u32,
+    /// Time steps it forecasts.
+    #[schemars(range(min = 1, max = 100000))]
+    pub horizon: u32,
+    /// Period of the seasonal-naive baseline (12 for monthly data with a yearly cycle); at
+    /// most `lookback`.
+    #[schemars(range(min = 1, max = 100000))]
+    pub season: u32,
+    /// Fraction of the time steps, before the test part, whose values are validation targets.
+    #[serde(default = "default_fraction")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub val_fraction: f64,
+    /// Fraction of the time steps, at the end, whose values are test targets.
+    #[serde(default = "default_test_fraction")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub test_fraction: f64,
+}
+
+fn default_test_fraction() -> f64 {
+    0.2
 }
 
 /// What a sequence-to-sequence task asks for.
@@ -896,6 +936,7 @@ impl Task {
             Task::Grammar { language, .. } => language.vocab(),
             Task::Uint16 { vocab, .. } => u64::from(*vocab),
             Task::Seq2seq { symbols, .. } => u64::from(*symbols) + 3,
+            Task::Forecast(_) => 0,
         }
     }
 
@@ -915,6 +956,7 @@ impl Task {
             Task::Grammar { max_length, .. } => u64::from(*max_length) + 1,
             Task::Uint16 { context, .. } => u64::from(*context),
             Task::Seq2seq { max_length, .. } => u64::from(*max_length) + 1,
+            Task::Forecast(f) => u64::from(f.lookback),
         }
     }
 }

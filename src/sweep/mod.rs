@@ -383,6 +383,20 @@ pub fn metrics_of(task: &str) -> Vec<Metric> {
                 reference: Some("/metrics/chance_ood_r2_completion"),
             },
         ]),
+        "forecast" => m.extend([
+            Metric {
+                name: "test_mse",
+                pointer: "/metrics/model/mse",
+                lower: true,
+                reference: Some("/metrics/seasonal_naive/mse"),
+            },
+            Metric {
+                name: "test_mae",
+                pointer: "/metrics/model/mae",
+                lower: true,
+                reference: Some("/metrics/seasonal_naive/mae"),
+            },
+        ]),
         "seq2seq" => m.extend([
             Metric {
                 name: "exact_match",

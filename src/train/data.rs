@@ -349,6 +349,160 @@ impl Seq2seqData {
     }
 }
 
+/// One training batch: token sequences, or a forecasting task's windows.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    /// Token sequences of L + 1 ids.
+    Tokens(Vec<Vec<i64>>),
+    /// Windows: inputs `[rows, lookback, channels]` and targets `[rows, horizon,
+    /// channels]`, flat, with their shapes.
+    Series {
+        /// Inputs.
+        x: Vec<f32>,
+        /// Targets.
+        y: Vec<f32>,
+        /// Shape of `x`.
+        x_dims: [usize; 3],
+        /// Shape of `y`.
+        y_dims: [usize; 3],
+    },
+}
+
+/// The data of a forecasting task: the standardized series and its windows.
+pub struct ForecastData {
+    /// Values by step, then channel, standardized with the training part's statistics.
+    values: Vec<Vec<f64>>,
+    lookback: usize,
+    horizon: usize,
+    season: usize,
+    /// First target steps of the training, validation and test windows.
+    starts: [Vec<usize>; 3],
+    order: Vec<usize>,
+    order_epoch: Option<u64>,
+}
+
+impl ForecastData {
+    /// Read and cut the series (its path as given: the command line resolves it against the
+    /// recipe's folder); `None` for another kind of task.
+    pub fn open(task: &Task) -> Result<Option<Self>, TrainError> {
+        use crate::tasks::forecast::{read_csv, stats, Parts};
+        let Task::Forecast(f) = task else {
+            return Ok(None);
+        };
+        let series = read_csv(Path::new(&f.path), &f.columns)?;
+        let (l, h) = (f.lookback as usize, f.horizon as usize);
+        let parts = Parts::new(series.values.len(), l, h, f.val_fraction, f.test_fraction)?;
+        let st = stats(&series.values, parts.train);
+        let values = series
+            .values
+            .iter()
+            .map(|r| r.iter().zip(&st).map(|(v, (m, s))| (v - m) / s).collect())
+            .collect();
+        Ok(Some(ForecastData {
+            values,
+            lookback: l,
+            horizon: h,
+            season: f.season as usize,
+            starts: parts.starts(l, h),
+            order: Vec::new(),
+            order_epoch: None,
+        }))
+    }
+
+    /// The window whose first target is step `t0`: lookback `[L][C]` and targets `[H][C]`.
+    fn window(&self, t0: usize) -> (&[Vec<f64>], &[Vec<f64>]) {
+        (
+            &self.values[t0 - self.lookback..t0],
+            &self.values[t0..t0 + self.horizon],
+        )
+    }
+
+    fn batch(&self, starts: &[usize]) -> Batch {
+        let flat = |rows: &[Vec<f64>]| rows.iter().flatten().map(|&v| v as f32).collect::<Vec<_>>();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for &t0 in starts {
+            let (a, b) = self.window(t0);
+            x.extend(flat(a));
+            y.extend(flat(b));
+        }
+        let (n, c) = (starts.len(), self.values[0].len());
+        Batch::Series {
+            x,
+            y,
+            x_dims: [n, self.lookback, c],
+            y_dims: [n, self.horizon, c],
+        }
+    }
+
+    /// The model's forecasts for the windows starting at `starts`, `[rows][H][C]` flat.
+    fn forecast(&self, rt: &Runtime, starts: &[usize]) -> Vec<f32> {
+        let Batch::Series { x, x_dims, .. } = self.batch(starts) else {
+            unreachable!("series batch")
+        };
+        let device = rt.device.clone().without_autodiff();
+        let t =
+            burn::tensor::Tensor::<3>::from_data(burn::tensor::TensorData::new(x, x_dims), &device);
+        let t = if rt.device.is_autodiff() {
+            t.autodiff()
+        } else {
+            t
+        };
+        rt.forward_series(t, false)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 forecasts")
+    }
+
+    /// Mean squared error of the model over the windows at `starts`.
+    fn mse(&self, rt: &Runtime, starts: &[usize], bs: usize) -> f64 {
+        let mut e = crate::tasks::forecast::ErrorSum::default();
+        for chunk in starts.chunks(bs.max(1)) {
+            let pred = self.forecast(rt, chunk);
+            let Batch::Series { y, .. } = self.batch(chunk) else {
+                unreachable!("series batch")
+            };
+            for (p, t) in pred.iter().zip(&y) {
+                e.add(f64::from(*p), f64::from(*t));
+            }
+        }
+        e.finish().mse
+    }
+
+    /// Test errors of the model and of the baselines.
+    pub fn report(&self, rt: &Runtime) -> crate::tasks::forecast::ForecastReport {
+        use crate::tasks::forecast::{last_value, seasonal_naive, ErrorSum, ForecastReport};
+        let test = &self.starts[2];
+        let (mut model, mut last, mut seasonal) = (
+            ErrorSum::default(),
+            ErrorSum::default(),
+            ErrorSum::default(),
+        );
+        for chunk in test.chunks(256) {
+            let pred = self.forecast(rt, chunk);
+            let per = self.horizon * self.values[0].len();
+            for (i, &t0) in chunk.iter().enumerate() {
+                let (x, y) = self.window(t0);
+                let lv = last_value(x, self.horizon);
+                let sn = seasonal_naive(x, self.horizon, self.season);
+                for (h, row) in y.iter().enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        model.add(f64::from(pred[i * per + h * row.len() + c]), v);
+                        last.add(lv[h][c], v);
+                        seasonal.add(sn[h][c], v);
+                    }
+                }
+            }
+        }
+        ForecastReport {
+            windows: test.len(),
+            model: model.finish(),
+            last_value: last.finish(),
+            seasonal_naive: seasonal.finish(),
+        }
+    }
+}
+
 /// A task's data.
 pub enum Data {
     /// A rule-extrapolation grammar.
@@ -357,6 +511,8 @@ pub enum Data {
     Stream(StreamData),
     /// Sequence-to-sequence pairs.
     Seq2seq(Seq2seqData),
+    /// A forecasting series.
+    Forecast(ForecastData),
 }
 
 impl Data {
@@ -370,6 +526,9 @@ impl Data {
             Task::Seq2seq { .. } => {
                 Data::Seq2seq(Seq2seqData::new(task, seed).expect("a seq2seq task"))
             }
+            Task::Forecast(_) => {
+                Data::Forecast(ForecastData::open(task)?.expect("a forecast task"))
+            }
         })
     }
 
@@ -379,6 +538,7 @@ impl Data {
         let n = match self {
             Data::Grammar(g) => g.train.len() / bs,
             Data::Seq2seq(g) => g.train.len() / bs,
+            Data::Forecast(f) => f.starts[0].len() / bs,
             Data::Stream(s) => s.splits.train.len() / (bs * s.context),
         };
         n.max(1) as u64
@@ -389,20 +549,22 @@ impl Data {
         match self {
             Data::Grammar(g) => bs.min(g.train.len()).max(1),
             Data::Seq2seq(g) => bs.min(g.train.len()).max(1),
+            Data::Forecast(f) => bs.min(f.starts[0].len()).max(1),
             Data::Stream(_) => bs.max(1),
         }
     }
 
-    /// The next training batch. Grammars walk a per-epoch shuffle (the position is part of the
-    /// state); streams draw random windows of the training part from (seed, step, micro).
+    /// The next training batch. Grammars, seq2seq pairs and forecasting windows walk a
+    /// per-epoch shuffle (the position is part of the state); streams draw random windows of
+    /// the training part from (seed, step, micro).
     pub fn train_batch(
         &mut self,
         state: &mut super::State,
         seed: u64,
         micro: u64,
         bs: usize,
-    ) -> Vec<Vec<i64>> {
-        match self {
+    ) -> Batch {
+        Batch::Tokens(match self {
             Data::Grammar(g) => shuffled_batch(
                 &g.train,
                 (&mut g.order, &mut g.order_epoch),
@@ -417,6 +579,13 @@ impl Data {
                 seed,
                 bs,
             ),
+            Data::Forecast(f) => {
+                let starts: Vec<Vec<i64>> = f.starts[0].iter().map(|&t| vec![t as i64]).collect();
+                let picked =
+                    shuffled_batch(&starts, (&mut f.order, &mut f.order_epoch), state, seed, bs);
+                let t0: Vec<usize> = picked.iter().map(|r| r[0] as usize).collect();
+                return f.batch(&t0);
+            }
             Data::Stream(s) => {
                 let w = s.context + 1;
                 let mut rng = Rng::new(super::mix(seed ^ 0xDA7A, state.step, micro));
@@ -427,14 +596,24 @@ impl Data {
                     })
                     .collect()
             }
+        })
+    }
+
+    /// The validation loss of a model: cross-entropy over the validation sequences, or a
+    /// forecasting task's MSE over its validation windows.
+    pub fn val_loss(&self, rt: &Runtime, bs: usize) -> f64 {
+        match self {
+            Data::Forecast(f) => f.mse(rt, &f.starts[1], bs),
+            _ => super::eval_loss(rt, &self.val(), bs),
         }
     }
 
-    /// The validation sequences.
-    pub fn val(&self) -> std::borrow::Cow<'_, [Vec<i64>]> {
+    /// The validation sequences (none for a forecasting task).
+    fn val(&self) -> std::borrow::Cow<'_, [Vec<i64>]> {
         match self {
             Data::Grammar(g) => std::borrow::Cow::Borrowed(&g.val),
             Data::Seq2seq(g) => std::borrow::Cow::Borrowed(&g.val),
+            Data::Forecast(_) => std::borrow::Cow::Owned(Vec::new()),
             Data::Stream(s) => std::borrow::Cow::Owned(s.windows(&s.splits.val).0),
         }
     }
@@ -445,6 +624,7 @@ impl Data {
             Data::Grammar(g) => TaskReport::Grammar(g.report(rt)),
             Data::Stream(s) => TaskReport::Uint16(s.report(rt)),
             Data::Seq2seq(s) => TaskReport::Seq2seq(s.report(rt)),
+            Data::Forecast(f) => TaskReport::Forecast(f.report(rt)),
         }
     }
 }
@@ -494,6 +674,8 @@ pub enum TaskReport {
     Uint16(StreamMetrics),
     /// Sequence-to-sequence transduction.
     Seq2seq(crate::tasks::seq2seq::Seq2seqReport),
+    /// Forecasting.
+    Forecast(crate::tasks::forecast::ForecastReport),
 }
 
 /// Grammar metrics with chance levels.

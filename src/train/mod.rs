@@ -7,7 +7,7 @@
 pub mod data;
 pub mod schedule;
 
-pub use data::{Data, GrammarData, GrammarReport, StreamData, TaskReport};
+pub use data::{Batch, Data, GrammarData, GrammarReport, StreamData, TaskReport};
 
 use crate::ir::Graph;
 use crate::runtime::{from_safetensors, tokens_tensor, Runtime, Weights, V};
@@ -39,6 +39,19 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, smoothing: f64)
         nll
     };
     loss.mean()
+}
+
+/// Add each parameter's gradient in `grads` to its running sum in `acc`.
+fn accumulate(acc: &mut [Option<Tensor<1>>], rt: &Runtime, grads: &burn::tensor::Gradients) {
+    for (i, p) in rt.params.iter().enumerate() {
+        if let Some(g) = p.grad(grads) {
+            let g = g.flat();
+            acc[i] = Some(match acc[i].take() {
+                Some(a) => a + g,
+                None => g,
+            });
+        }
+    }
 }
 
 pub(crate) fn split_xy(batch: &[Vec<i64>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
@@ -152,6 +165,9 @@ pub enum TrainError {
     /// The task's data cannot be used.
     #[error("{0}")]
     Data(#[from] crate::tasks::uint16::DataError),
+    /// A forecasting task's data cannot be used.
+    #[error("{0}")]
+    Forecast(#[from] crate::tasks::forecast::ForecastError),
 }
 
 /// Options of a run.
@@ -354,6 +370,12 @@ impl Trainer {
     /// divided by their number), of a run of `total` steps. Sequences hold L + 1 ids. A
     /// non-finite loss leaves the model and the state untouched and is returned as `Err`.
     pub fn step(&mut self, micro: &[Vec<Vec<i64>>], total: u64) -> Result<StepStats, f64> {
+        let batches: Vec<Batch> = micro.iter().cloned().map(Batch::Tokens).collect();
+        self.step_batches(&batches, total)
+    }
+
+    /// [`Trainer::step`] over batches of any task (forecasting windows train on the MSE).
+    pub fn step_batches(&mut self, micro: &[Batch], total: u64) -> Result<StepStats, f64> {
         let t = &self.cfg;
         let Optimizer::Adamw {
             lr,
@@ -381,6 +403,27 @@ impl Trainer {
         });
         for (k, batch) in micro.iter().enumerate() {
             device.seed(mix(t.seed, self.state.step, k as u64));
+            let batch = match batch {
+                Batch::Tokens(b) => b,
+                Batch::Series {
+                    x,
+                    y,
+                    x_dims,
+                    y_dims,
+                } => {
+                    let x = Tensor::<3>::from_data(TensorData::new(x.clone(), *x_dims), &inner);
+                    let y = Tensor::<3>::from_data(TensorData::new(y.clone(), *y_dims), &inner);
+                    let pred = rt.forward_series(x.autodiff(), true);
+                    let loss = (pred - y.autodiff())
+                        .powi_scalar(2)
+                        .mean()
+                        .div_scalar(micro.len() as f64);
+                    let value: f32 = loss.clone().into_scalar();
+                    loss_sum += f64::from(value);
+                    accumulate(&mut acc, rt, &loss.backward());
+                    continue;
+                }
+            };
             let (x, y) = split_xy(batch, &device);
             let loss = if w != 0.0 {
                 let (logits, ents) = rt.forward_with_entropies(x, true);
@@ -399,16 +442,7 @@ impl Trainer {
             .div_scalar(micro.len() as f64);
             let value: f32 = loss.clone().into_scalar();
             loss_sum += f64::from(value);
-            let grads = loss.backward();
-            for (i, p) in rt.params.iter().enumerate() {
-                if let Some(g) = p.grad(&grads) {
-                    let g = g.flat();
-                    acc[i] = Some(match acc[i].take() {
-                        Some(a) => a + g,
-                        None => g,
-                    });
-                }
-            }
+            accumulate(&mut acc, rt, &loss.backward());
         }
         rt.freq_mask = None;
         if !loss_sum.is_finite() {
@@ -579,7 +613,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     // The batches of the next step are drawn on a second thread while this step runs; `ds` is
     // the data position as drawn so far, `after` the position the checkpoint records.
     let full = recipe.task.max_seq();
-    let draw = |data: &mut Data, ds: &mut State| -> Vec<Vec<Vec<i64>>> {
+    let draw = |data: &mut Data, ds: &mut State| -> Vec<Batch> {
         // The curriculum's length at this step: inputs and targets of its first L positions.
         let keep = t
             .curriculum
@@ -588,8 +622,8 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         (0..u64::from(t.grad_accum))
             .map(|k| {
                 let mut b = data.train_batch(ds, t.seed, k, bs);
-                if let Some(keep) = keep {
-                    for s in &mut b {
+                if let (Some(keep), Batch::Tokens(rows)) = (keep, &mut b) {
+                    for s in rows {
                         s.truncate(keep);
                     }
                 }
@@ -610,7 +644,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                     (m, (ds.epoch, ds.pos))
                 })
             });
-            let result = tr.step(&micro, total);
+            let result = tr.step_batches(&micro, total);
             let next = prefetch.map(|h| h.join().expect("the batch thread does not panic"));
             (result, next)
         });
@@ -650,7 +684,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         writeln!(metrics, "{line}")?;
         let last = step == total;
         if step % t.eval_every == 0 || last {
-            val_loss = eval_loss(&tr.rt, &data.val(), bs.max(64));
+            val_loss = data.val_loss(&tr.rt, bs.max(64));
             let st = &mut tr.state;
             if val_loss < st.best_val - t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta) {
                 st.best_val = val_loss;
@@ -793,7 +827,7 @@ pub fn train_ensemble(
     rt.matmul_dtype = opts.matmul_dtype;
     let data = Data::new(&recipe.task, recipe.train.seed)?;
     let bs = data.batch_size(recipe.train.batch_size as usize);
-    let val_loss = eval_loss(&rt, &data.val(), bs.max(64));
+    let val_loss = data.val_loss(&rt, bs.max(64));
     let metrics = data.report(&rt);
     let n = members.len() as f64;
     Ok(Summary {
