@@ -116,7 +116,8 @@ enum Command {
         /// Continue the run in this directory from its last checkpoint.
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["recipe", "out", "set"])]
         resume: Option<PathBuf>,
-        /// Device: `cpu` (Burn's flex backend), or `gpu` in a build with the `gpu` feature.
+        /// Device: `cpu` (Burn's flex backend), `gpu` in a build with the `gpu` feature, or
+        /// `cuda` in a build with the `cuda` feature.
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
         /// Precision: `f32`, or mixed `bf16`/`f16` (matrix products in half precision,
@@ -135,7 +136,7 @@ enum Command {
         /// Override a value first (repeatable).
         #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
         set: Vec<String>,
-        /// Device: `cpu`, or `gpu` in a build with the `gpu` feature.
+        /// Device: `cpu`, `gpu` in a build with the `gpu` feature, or `cuda` in one with `cuda`.
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
         /// Precision: `f32`, or mixed `bf16`/`f16`.
@@ -393,6 +394,9 @@ pub enum DeviceArg {
     /// The first discrete GPU (Burn's Vulkan runtime; build with `--features gpu`).
     #[cfg(feature = "gpu")]
     Gpu,
+    /// The first CUDA GPU (Burn's CUDA runtime; build with `--features cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda,
 }
 
 impl DeviceArg {
@@ -402,6 +406,8 @@ impl DeviceArg {
             DeviceArg::Cpu => crate::runtime::DeviceKind::Cpu,
             #[cfg(feature = "gpu")]
             DeviceArg::Gpu => crate::runtime::DeviceKind::Gpu,
+            #[cfg(feature = "cuda")]
+            DeviceArg::Cuda => crate::runtime::DeviceKind::Cuda,
         }
     }
 }

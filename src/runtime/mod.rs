@@ -113,6 +113,9 @@ pub enum DeviceKind {
     /// The first discrete GPU through Burn's Vulkan runtime (cargo feature `gpu`).
     #[cfg(feature = "gpu")]
     Gpu,
+    /// The first CUDA GPU through Burn's CUDA runtime (cargo feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda,
 }
 
 impl DeviceKind {
@@ -122,6 +125,8 @@ impl DeviceKind {
             DeviceKind::Cpu => Device::flex(),
             #[cfg(feature = "gpu")]
             DeviceKind::Gpu => Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(0)),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => Device::cuda(0),
         };
         if autodiff {
             d.autodiff()
