@@ -632,9 +632,20 @@ pub fn curriculum_cmd(recipe: &Path, set: &[String], csv: bool, png: Option<&Pat
         );
         return 2;
     }
+    // An epoch-based curriculum needs the task's steps per epoch.
+    let per_epoch = match len.as_ref().and_then(|c| c.epochs) {
+        None => 1,
+        Some(_) => match crate::train::Data::new(&doc.spec.task, t.seed) {
+            Ok(d) => d.per_epoch(d.batch_size(t.batch_size as usize)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        },
+    };
     let own = len
         .as_ref()
-        .map_or(0, |c| c.steps + 1)
+        .map_or(0, |c| c.span(per_epoch) + 1)
         .max(freq.as_ref().map_or(0, |f| f.warmup + f.steps + 1));
     let total = t.steps.unwrap_or(own).max(1);
     let full = doc.spec.task.max_seq();
@@ -644,11 +655,14 @@ pub fn curriculum_cmd(recipe: &Path, set: &[String], csv: bool, png: Option<&Pat
             name: "length",
             title: format!(
                 "sequence-length curriculum: {:?} growth over {} steps",
-                c.growth, c.steps
+                c.growth,
+                c.span(per_epoch)
             )
             .to_lowercase(),
             y: "input tokens per sequence",
-            values: (0..total).map(|s| c.length(s, full) as f64).collect(),
+            values: (0..total)
+                .map(|s| c.length(s, full, per_epoch) as f64)
+                .collect(),
             note: None,
         });
     }

@@ -724,6 +724,19 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
             );
         }
     }
+    if let Some(c) = &spec.train.curriculum {
+        if c.steps.is_some() == c.epochs.is_some() {
+            diags.push(
+                Diagnostic::error(
+                    Code::Conflict,
+                    Some(key_span_at(tree, &["train", "curriculum"])),
+                    "a sequence-length curriculum needs `steps` or `epochs` (exactly one)",
+                )
+                .label("how long it grows")
+                .help("give e.g. `steps: 200` or `epochs: 2`"),
+            );
+        }
+    }
     if let Some(f) = &spec.train.frequency_curriculum {
         if f.end < f.start {
             diags.push(

@@ -433,17 +433,23 @@ pub struct Regularizers {
 
 /// A sequence-length curriculum: at step t every training sequence is cut to its first
 /// L(t) + 1 tokens (L(t) inputs, each with its next-token target), L growing from `start` to
-/// the task's full length over `steps` optimizer steps and staying there. Validation and
-/// evaluation always use whole sequences.
+/// the task's full length over `steps` optimizer steps (or `epochs` passes over the training
+/// set) and staying there. Validation and evaluation always use whole sequences.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Curriculum {
     /// Input tokens per training sequence at the first step.
     #[schemars(range(min = 1, max = 1048576))]
     pub start: u32,
-    /// Steps until the full length is reached.
+    /// Steps until the full length is reached. Give `steps` or `epochs`, not both.
+    #[serde(default)]
     #[schemars(range(min = 1, max = 1000000000))]
-    pub steps: u64,
+    pub steps: Option<u64>,
+    /// Epochs (passes over the training set, in steps of the run's batch size) until the full
+    /// length is reached. Give `steps` or `epochs`, not both.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub epochs: Option<u64>,
     /// How the length grows with u = t / steps: `linear` (start + (full − start)·u),
     /// `exponential` (start·(full/start)^u, doubling at equal intervals) or `cosine`
     /// (start + (full − start)·(1 − cos πu)/2). Lengths are rounded down.
@@ -465,13 +471,22 @@ pub enum Growth {
 }
 
 impl Curriculum {
-    /// The input length at step `t` (0-based) for a task whose full length is `full`.
-    pub fn length(&self, t: u64, full: u64) -> u64 {
+    /// Steps until the full length, for `per_epoch` steps per epoch.
+    pub fn span(&self, per_epoch: u64) -> u64 {
+        self.steps
+            .unwrap_or_else(|| self.epochs.unwrap_or(1) * per_epoch)
+            .max(1)
+    }
+
+    /// The input length at step `t` (0-based) for a task whose full length is `full`, with
+    /// `per_epoch` steps per epoch.
+    pub fn length(&self, t: u64, full: u64, per_epoch: u64) -> u64 {
         let start = u64::from(self.start).min(full);
-        if t >= self.steps {
+        let span = self.span(per_epoch);
+        if t >= span {
             return full;
         }
-        let u = t as f64 / self.steps as f64;
+        let u = t as f64 / span as f64;
         let (a, b) = (start as f64, full as f64);
         let l = match self.growth {
             Growth::Linear => a + (b - a) * u,
@@ -1009,28 +1024,36 @@ mod curriculum_tests {
     fn lengths_grow_from_start_to_full_as_declared() {
         let c = |growth| Curriculum {
             start: 8,
-            steps: 100,
+            steps: Some(100),
+            epochs: None,
             growth,
         };
         let lin = c(Growth::Linear);
-        assert_eq!(lin.length(0, 64), 8);
-        assert_eq!(lin.length(50, 64), 36);
-        assert_eq!(lin.length(99, 64), 63);
-        assert_eq!(lin.length(100, 64), 64);
-        assert_eq!(lin.length(5000, 64), 64);
+        assert_eq!(lin.length(0, 64, 1), 8);
+        assert_eq!(lin.length(50, 64, 1), 36);
+        assert_eq!(lin.length(99, 64, 1), 63);
+        assert_eq!(lin.length(100, 64, 1), 64);
+        assert_eq!(lin.length(5000, 64, 1), 64);
         let exp = c(Growth::Exponential);
-        assert_eq!(exp.length(50, 32), 16, "halfway is the geometric mean");
+        assert_eq!(exp.length(50, 32, 1), 16, "halfway is the geometric mean");
         let cos = c(Growth::Cosine);
-        assert_eq!(cos.length(50, 64), 36);
-        assert!(cos.length(10, 64) < lin.length(10, 64), "slow start");
+        assert_eq!(cos.length(50, 64, 1), 36);
+        assert!(cos.length(10, 64, 1) < lin.length(10, 64, 1), "slow start");
         assert_eq!(
-            lin.length(0, 4),
+            lin.length(0, 4, 1),
             4,
             "a start beyond the task is the full length"
         );
         for g in [Growth::Linear, Growth::Exponential, Growth::Cosine] {
-            let v: Vec<u64> = (0..120).map(|t| c(g).length(t, 64)).collect();
+            let v: Vec<u64> = (0..120).map(|t| c(g).length(t, 64, 1)).collect();
             assert!(v.windows(2).all(|w| w[0] <= w[1]), "{g:?} never shrinks");
         }
+        let by_epochs = Curriculum {
+            steps: None,
+            epochs: Some(2),
+            ..c(Growth::Linear)
+        };
+        assert_eq!(by_epochs.span(50), 100, "2 epochs of 50 steps");
+        assert_eq!(by_epochs.length(50, 64, 50), 36);
     }
 }

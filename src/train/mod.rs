@@ -613,12 +613,13 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     // The batches of the next step are drawn on a second thread while this step runs; `ds` is
     // the data position as drawn so far, `after` the position the checkpoint records.
     let full = recipe.task.max_seq();
+    let per_epoch = data.per_epoch(bs);
     let draw = |data: &mut Data, ds: &mut State| -> Vec<Batch> {
         // The curriculum's length at this step: inputs and targets of its first L positions.
         let keep = t
             .curriculum
             .as_ref()
-            .map(|c| c.length(ds.step, full) as usize + 1);
+            .map(|c| c.length(ds.step, full, per_epoch) as usize + 1);
         (0..u64::from(t.grad_accum))
             .map(|k| {
                 let mut b = data.train_batch(ds, t.seed, k, bs);
@@ -672,7 +673,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         last_loss = stats.loss;
         let mut line = serde_json::json!({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm});
         if let Some(c) = &t.curriculum {
-            line["seq_len"] = c.length(step - 1, full).into();
+            line["seq_len"] = c.length(step - 1, full, per_epoch).into();
         }
         if let Some(h) = stats.attention_entropy {
             line["attention_entropy"] = h.into();
