@@ -375,16 +375,7 @@ fn memory_tokens_are_seen_by_every_position() {
         assert!(d > 1e-6, "position {t} does not see the memory");
     }
     let text = "kind: model\nvocab: 5\nlayers:\n  - {type: embedding, dim: 8}\n  - type: memory_tokens\n    count: 3\n    body:\n      - {type: learned_positions, max_len: 24}\n  - {type: head}\n";
-    let mut sources = SourceMap::new();
-    let doc = kiln::spec::load::load_bytes(
-        Path::new("m.yaml"),
-        text.as_bytes().to_vec(),
-        &[],
-        &mut sources,
-    )
-    .unwrap();
-    let err = lower_document(&doc, None, Some(24)).unwrap_err();
-    let msg = render_text(&err, &sources, false);
+    let msg = lowering_error(text, Some(24));
     assert!(
         msg.contains("sequences of 27 (with 3 memory tokens)"),
         "{msg}"
@@ -525,18 +516,23 @@ fn encoder_decoder_decoders_are_causal_and_see_the_whole_source() {
     );
     // cross_attention without an encoder is an error.
     let text = "kind: model\nvocab: 5\nlayers:\n  - {type: embedding, dim: 8}\n  - {type: cross_attention, heads: 2}\n  - {type: head}\n";
+    let msg = lowering_error(text, None);
+    assert!(msg.contains("has no `encoder`"), "{msg}");
+}
+
+/// The rendered diagnostics of lowering the model `text`, which must fail.
+fn lowering_error(text: &str, seq: Option<u64>) -> String {
     let mut sources = SourceMap::new();
     let doc = kiln::spec::load::load_bytes(
-        Path::new("x.yaml"),
+        Path::new("m.yaml"),
         text.as_bytes().to_vec(),
         &[],
         &mut sources,
     )
     .unwrap();
-    let msg = render_text(
-        &lower_document(&doc, None, None).unwrap_err(),
+    render_text(
+        &lower_document(&doc, None, seq).unwrap_err(),
         &sources,
         false,
-    );
-    assert!(msg.contains("has no `encoder`"), "{msg}");
+    )
 }

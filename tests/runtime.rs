@@ -95,17 +95,7 @@ fn runtime_matches_the_float64_reference() {
             let got = run_rt(&graph, 7, &toks);
             let params = reference::init_params(&graph, 7);
             let want = reference::run(&graph, &params, &toks).unwrap();
-            let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            let err = got
-                .iter()
-                .zip(&want.data)
-                .map(|(a, b)| (f64::from(*a) - b).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                err / scale < 1e-4,
-                "{file} {sets:?}: relative error {} against the reference",
-                err / scale
-            );
+            assert_close(&got, &want, &format!("{file} {sets:?}"));
         }
     }
 }
@@ -320,17 +310,7 @@ fn frequency_masked_gates_match_the_reference_and_learn() {
                 let want = reference::run_masked(&graph, &params, &toks, Some(mask)).unwrap();
                 let plain = reference::run(&graph, &params, &toks).unwrap();
                 assert!(want.max_abs_diff(&plain) > 1e-6, "the mask acts");
-                let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                let err = got
-                    .iter()
-                    .zip(&want.data)
-                    .map(|(a, b)| (f64::from(*a) - b).abs())
-                    .fold(0.0, f64::max);
-                assert!(
-                    err / scale < 1e-4,
-                    "{sets:?} {mask:?}: relative error {}",
-                    err / scale
-                );
+                assert_close(&got, &want, &format!("{sets:?} {mask:?}"));
                 let grads = out.sum().backward();
                 for (name, p) in rt.names.iter().zip(&rt.params) {
                     if name.contains("kernel") || name.contains("gate") {
@@ -355,17 +335,7 @@ fn ets_attention_matches_its_recurrence_by_fft_too() {
         let toks = tokens(3, 2, seq, 5);
         let got = run_rt(&g, 4, &toks);
         let want = reference::run(&g, &reference::init_params(&g, 4), &toks).unwrap();
-        let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want.data)
-            .map(|(a, b)| (f64::from(*a) - b).abs())
-            .fold(0.0, f64::max);
-        assert!(
-            err / scale < 1e-4,
-            "seq {seq}: relative error {}",
-            err / scale
-        );
+        assert_close(&got, &want, &format!("seq {seq}"));
     }
 }
 
@@ -388,13 +358,7 @@ fn encoder_decoder_matches_the_reference_and_learns() {
             vec![2, 6, 7],
             "logits for the decoder's positions only"
         );
-        let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want.data)
-            .map(|(a, b)| (f64::from(*a) - b).abs())
-            .fold(0.0, f64::max);
-        assert!(err / scale < 1e-4, "relative error {}", err / scale);
+        assert_close(&got, &want, "encoder-decoder");
     }
     let rt = Runtime::init(optimize(&g), DeviceKind::Cpu.device(true), 3);
     let logits = rt.forward(tokens_tensor(&rows, &rt.device), true);
@@ -461,13 +425,7 @@ fn patchtst_matches_the_reference_and_learns() {
             .try_to_vec::<f32>()
             .unwrap();
         let want = reference::run_series(&graph, &reference::init_params(&graph, 5), &x).unwrap();
-        let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want.data)
-            .map(|(a, b)| (f64::from(*a) - b).abs())
-            .fold(0.0, f64::max);
-        assert!(err / scale < 1e-4, "relative error {}", err / scale);
+        assert_close(&got, &want, "patchtst");
     }
     let rt = Runtime::init(optimize(&g), DeviceKind::Cpu.device(true), 5);
     let out = rt.forward_series(xt(&rt.device), true);
@@ -479,4 +437,21 @@ fn patchtst_matches_the_reference_and_learns() {
             .to_vec();
         assert!(gv.iter().any(|v| *v != 0.0), "gradient of {name} is zero");
     }
+}
+
+/// Relative error under 1e-4 (largest absolute difference over the largest magnitude, at
+/// least 1) between the runtime's `got` and the float64 reference's `want`.
+fn assert_close(got: &[f32], want: &reference::Tensor, what: &str) {
+    let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max);
+    assert_eq!(got.len(), want.data.len(), "{what}: sizes differ");
+    assert!(
+        err / scale < 1e-4,
+        "{what}: relative error {} against the reference",
+        err / scale
+    );
 }

@@ -353,6 +353,22 @@ impl Lowerer {
         Some(())
     }
 
+    /// The width of `x` and the number of heads, when the heads divide the width.
+    fn heads_divide(&mut self, at: &At, x: NodeIndex, heads: u32) -> Option<(u64, u64)> {
+        let (d, h) = (self.width(x), u64::from(heads));
+        if d % h != 0 {
+            self.error(
+                Code::Shape,
+                at.field_span("heads"),
+                format!("width {d} is not divisible by {h} heads"),
+                "does not divide the width",
+                "choose a number of heads that divides the width",
+            );
+            return None;
+        }
+        Some((d, h))
+    }
+
     fn check_len(&mut self, at: &At, max_len: u64, what: &str) -> Option<()> {
         let seq = if self.encoding {
             Some(self.opts.source_len.unwrap_or(PLACEHOLDER_SOURCE))
@@ -700,18 +716,7 @@ impl Lowerer {
                 )
             }
             Layer::Mlstm { heads } | Layer::Slstm { heads } | Layer::EtsAttention { heads } => {
-                let d = self.width(x);
-                let h = u64::from(*heads);
-                if d % h != 0 {
-                    self.error(
-                        Code::Shape,
-                        at.field_span("heads"),
-                        format!("width {d} is not divisible by {h} heads"),
-                        "does not divide the width",
-                        "choose a number of heads that divides the width",
-                    );
-                    return None;
-                }
+                let (d, h) = self.heads_divide(&at, x, *heads)?;
                 if let Layer::EtsAttention { .. } = layer {
                     let ins = vec![
                         x,
@@ -841,17 +846,7 @@ impl Lowerer {
                     self.error(Code::Structure, at.span, "`cross_attention` reads an encoder's output, and the model has no `encoder`".into(), "no encoder to attend to", "add `encoder: [...]` to the model, or use `attention`");
                     return None;
                 };
-                let (d, h) = (self.width(x), u64::from(*heads));
-                if d % h != 0 {
-                    self.error(
-                        Code::Shape,
-                        at.field_span("heads"),
-                        format!("width {d} is not divisible by {h} heads"),
-                        "does not divide the width",
-                        "choose a number of heads that divides the width",
-                    );
-                    return None;
-                }
+                let (d, h) = self.heads_divide(&at, x, *heads)?;
                 let q = self.linear(&at, "q", x, d, true)?;
                 let k = self.linear(&at, "k", mem, d, true)?;
                 let v = self.linear(&at, "v", mem, d, true)?;
