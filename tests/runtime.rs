@@ -135,12 +135,9 @@ fn gradients_reach_every_parameter() {
         for (name, p) in rt.names.iter().zip(&rt.params) {
             let gv = p
                 .grad(&grads)
-                .unwrap_or_else(|| panic!("{file}: no gradient for {name}"))
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
                 .to_vec();
-            assert!(
-                gv.iter().any(|v| *v != 0.0),
-                "{file}: gradient of {name} is zero"
-            );
+            assert!(gv.iter().any(|v| *v != 0.0), "gradient of {name} is zero");
             assert!(
                 gv.iter().all(|v| v.is_finite()),
                 "{file}: gradient of {name} is not finite"
@@ -377,9 +374,15 @@ fn encoder_decoder_matches_the_reference_and_learns() {
 /// gradient.
 #[test]
 fn patchtst_matches_the_reference_and_learns() {
+    for file in ["models/patchtst.yaml", "models/patchtst-fourier.yaml"] {
+        patchtst_case(file);
+    }
+}
+
+fn patchtst_case(file: &str) {
     use kiln::lower::{lower, ForecastShape, LowerOptions};
     let mut sources = SourceMap::new();
-    let doc = kiln::spec::load(Path::new("models/patchtst.yaml"), &[], &mut sources).unwrap();
+    let doc = kiln::spec::load(Path::new(file), &[], &mut sources).unwrap();
     let kiln::spec::Document::Model(m) = doc else {
         panic!("a model")
     };
@@ -425,7 +428,7 @@ fn patchtst_matches_the_reference_and_learns() {
             .try_to_vec::<f32>()
             .unwrap();
         let want = reference::run_series(&graph, &reference::init_params(&graph, 5), &x).unwrap();
-        assert_close(&got, &want, "patchtst");
+        assert_close(&got, &want, file);
     }
     let rt = Runtime::init(optimize(&g), DeviceKind::Cpu.device(true), 5);
     let out = rt.forward_series(xt(&rt.device), true);
@@ -433,9 +436,12 @@ fn patchtst_matches_the_reference_and_learns() {
     for (name, p) in rt.names.iter().zip(&rt.params) {
         let gv = p
             .grad(&grads)
-            .unwrap_or_else(|| panic!("no gradient for {name}"))
+            .unwrap_or_else(|| panic!("{file}: no gradient for {name}"))
             .to_vec();
-        assert!(gv.iter().any(|v| *v != 0.0), "gradient of {name} is zero");
+        assert!(
+            gv.iter().any(|v| *v != 0.0),
+            "{file}: gradient of {name} is zero"
+        );
     }
 }
 

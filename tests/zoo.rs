@@ -235,6 +235,15 @@ fn patchtst_forecasts_the_airline_series_beside_its_baselines() {
         .output()
         .unwrap();
     assert_eq!(gen.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&d);
+    // With Fourier features before the head.
+    train(
+        "recipes/airline-patchtst.yaml",
+        &d,
+        &["train.steps=120", "model=../models/patchtst-fourier.yaml"],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "fourier: loss {first} → {last}");
     let _ = std::fs::remove_dir_all(d);
 }
 

@@ -241,6 +241,8 @@ pub enum Op {
         /// Stride S.
         stride: u64,
     },
+    /// Complex values to features `[.., f, d, 2] → [.., f, 2d]`: real parts, then imaginary.
+    ComplexFeatures,
     /// Flatten head `(x [b·C, N, D], weight [N·D, H], bias [H]) → [b, H, C]`.
     ForecastHead {
         /// Channels C.
@@ -356,6 +358,7 @@ impl Op {
             Op::RevinDenorm => "revin_denorm",
             Op::Patch { .. } => "patch",
             Op::ForecastHead { .. } => "forecast_head",
+            Op::ComplexFeatures => "complex_features",
             Op::CrossAttention => "cross_attention",
             Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
@@ -891,6 +894,13 @@ impl Op {
                 ]),
                 _ => Err(format!(
                     "patches of {len} steps need a series [batch, steps ≥ {len}, channels], got {}",
+                    ins[0]
+                )),
+            },
+            Op::ComplexFeatures => match float(0)?.shape.as_slice() {
+                [b, f, Dim::Fixed(d), Dim::Fixed(2)] => f32(vec![*b, *f, Dim::Fixed(2 * d)]),
+                _ => Err(format!(
+                    "expects complex values [.., f, width, 2], got {}",
                     ins[0]
                 )),
             },

@@ -576,6 +576,18 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
+        Op::ComplexFeatures => {
+            let x = ins[0];
+            let (b, f, d) = (x.shape[0], x.shape[1], x.shape[2]);
+            let mut out = Tensor::zeros(&[b, f, 2 * d]);
+            for r in 0..b * f {
+                for c in 0..d {
+                    out.data[r * 2 * d + c] = x.data[(r * d + c) * 2];
+                    out.data[r * 2 * d + d + c] = x.data[(r * d + c) * 2 + 1];
+                }
+            }
+            out
+        }
         Op::ForecastHead { channels } => {
             let (x, w, bias) = (ins[0], ins[1], ins[2]);
             let (bc, n, d) = (x.shape[0], x.shape[1], x.shape[2]);

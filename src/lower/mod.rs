@@ -812,6 +812,15 @@ impl Lowerer {
                 self.positions = p;
                 Some(p)
             }
+            Layer::FourierFeatures {} => {
+                let Some(Dim::Fixed(n)) = self.g.g[x].ty.shape.get(1).copied() else {
+                    let t = self.g.g[x].ty.to_string();
+                    self.error(Code::Shape, at.span, format!("`fourier_features` needs a sequence of fixed length, got {t}"), "length not fixed", "use it where the length is known, e.g. after `patch` in a forecasting model");
+                    return None;
+                };
+                let f = self.op(&at, Op::Rfft { n }, &[x])?;
+                self.op(&at, Op::ComplexFeatures, &[f])
+            }
             Layer::ForecastHead {} => {
                 let Some(f) = self.opts.forecast else {
                     self.error(

@@ -377,6 +377,11 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let patches: Vec<Tensor<3>> = (0..n).map(|i| xp.clone().narrow(2, i * s, p)).collect();
             V::F3(Tensor::stack::<4>(patches, 2).reshape([b * c, n, p]))
         }
+        Op::ComplexFeatures => {
+            let x = ins[0].f4();
+            let [b, f, d, _] = x.dims();
+            V::F3(x.permute([0, 1, 3, 2]).reshape([b, f, 2 * d]))
+        }
         Op::ForecastHead { channels } => {
             let x = ins[0].f3();
             let [bc, n, d] = x.dims();

@@ -415,6 +415,11 @@ pub enum Layer {
         #[schemars(range(min = 1, max = 100000))]
         stride: u32,
     },
+    /// Fourier features: the real FFT over the sequence axis of `[batch, n, width]` (n fixed,
+    /// e.g. patches after `patch`), real and imaginary parts side by side on the feature axis:
+    /// `[batch, n/2 + 1, 2·width]` (Re in the first half, Im in the second). Every output mixes
+    /// every position, so it is not causal.
+    FourierFeatures {},
     /// PatchTST's flatten head: each channel's patches `[patches, width]` flattened and
     /// mapped linearly to the task's horizon, channels restored: `[batch, horizon, channels]`.
     ForecastHead {},
@@ -510,6 +515,7 @@ impl Layer {
             Layer::Revin { .. } => "revin",
             Layer::Patch { .. } => "patch",
             Layer::ForecastHead {} => "forecast_head",
+            Layer::FourierFeatures {} => "fourier_features",
             Layer::Parallel { .. } => "parallel",
             Layer::Repeat { .. } => "repeat",
             Layer::Cycle { .. } => "cycle",
