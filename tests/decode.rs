@@ -440,20 +440,7 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
     ];
     for (file, sets) in cases {
         let rt = model(file, &sets);
-        for d in [
-            Decode::default(),
-            Decode {
-                strategy: Strategy::Beam,
-                num_beams: 3,
-                num_return_sequences: 2,
-                ..Decode::default()
-            },
-            Decode {
-                strategy: Strategy::Sample,
-                seed: 5,
-                ..Decode::default()
-            },
-        ] {
+        for d in strategies() {
             let s = Settings {
                 d,
                 eos: Some(1),
@@ -595,20 +582,7 @@ fn encoder_decoder_decoding_encodes_the_source_once() {
         vec![7, 7, 3, 4, 5, 6, 1],
         vec![10, 0, 0, 0, 0, 0, 1],
     ];
-    for d in [
-        Decode::default(),
-        Decode {
-            strategy: Strategy::Beam,
-            num_beams: 3,
-            num_return_sequences: 2,
-            ..Decode::default()
-        },
-        Decode {
-            strategy: Strategy::Sample,
-            seed: 5,
-            ..Decode::default()
-        },
-    ] {
+    for d in strategies() {
         let s = Settings {
             d: Decode {
                 max_new_tokens: Some(5),
@@ -668,4 +642,23 @@ fn processors_ignore_the_source() {
     // Source [1, 2, 3], then the decoder's [3].
     p.process(&[1, 2, 3, 3], &mut s, None);
     assert_eq!(s, vec![1.0, 4.0, -3.0, 1.0]);
+}
+
+/// Greedy, beam search (3 beams, 2 returned) and seeded sampling: what the cached-vs-uncached
+/// tests compare.
+fn strategies() -> [Decode; 3] {
+    [
+        Decode::default(),
+        Decode {
+            strategy: Strategy::Beam,
+            num_beams: 3,
+            num_return_sequences: 2,
+            ..Decode::default()
+        },
+        Decode {
+            strategy: Strategy::Sample,
+            seed: 5,
+            ..Decode::default()
+        },
+    ]
 }

@@ -208,11 +208,7 @@ fn causality_holds_under_perturbation() {
                 let out = run(graph, &params, &changed);
                 let v = *base.shape.last().unwrap();
                 let prefix = (t + 1) * v;
-                let d = base.data[..prefix]
-                    .iter()
-                    .zip(&out.data[..prefix])
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f64::max);
+                let d = prefix_diff(&base, &out, prefix);
                 assert!(
                     d < 1e-12,
                     "{file}: changing token {} changed an earlier output by {d}",
@@ -411,11 +407,7 @@ fn masked_causal_gates_stay_causal() {
                 let mut changed = toks.clone();
                 changed[0][t] = (changed[0][t] + 1) % 5;
                 let out = reference::run_masked(graph, &params, &changed, Some(mask)).unwrap();
-                let d = base.data[..t * v]
-                    .iter()
-                    .zip(&out.data[..t * v])
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f64::max);
+                let d = prefix_diff(&base, &out, t * v);
                 assert!(
                     d < 1e-12,
                     "{mask:?}: token {t} changed an earlier output by {d}"
@@ -497,11 +489,7 @@ fn encoder_decoder_decoders_are_causal_and_see_the_whole_source() {
         let mut changed = row.clone();
         changed[src + t] = (changed[src + t] + 1) % 7;
         let out = run(&g, &params, &[changed]);
-        let d = base.data[..t * v]
-            .iter()
-            .zip(&out.data[..t * v])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let d = prefix_diff(&base, &out, t * v);
         assert!(
             d < 1e-12,
             "decoder token {t} changed an earlier output by {d}"
@@ -535,4 +523,13 @@ fn lowering_error(text: &str, seq: Option<u64>) -> String {
         &sources,
         false,
     )
+}
+
+/// The largest absolute difference between the first `n` values of `a` and `b`.
+fn prefix_diff(a: &Tensor, b: &Tensor, n: usize) -> f64 {
+    a.data[..n]
+        .iter()
+        .zip(&b.data[..n])
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }

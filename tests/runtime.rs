@@ -132,17 +132,7 @@ fn gradients_reach_every_parameter() {
             &rt.device,
         );
         let grads = (logits * weights).sum().backward();
-        for (name, p) in rt.names.iter().zip(&rt.params) {
-            let gv = p
-                .grad(&grads)
-                .unwrap_or_else(|| panic!("no gradient for {name}"))
-                .to_vec();
-            assert!(gv.iter().any(|v| *v != 0.0), "gradient of {name} is zero");
-            assert!(
-                gv.iter().all(|v| v.is_finite()),
-                "{file}: gradient of {name} is not finite"
-            );
-        }
+        assert_every_gradient(&rt, &grads, file);
     }
 }
 
@@ -360,13 +350,7 @@ fn encoder_decoder_matches_the_reference_and_learns() {
     let rt = Runtime::init(optimize(&g), DeviceKind::Cpu.device(true), 3);
     let logits = rt.forward(tokens_tensor(&rows, &rt.device), true);
     let grads = logits.sum().backward();
-    for (name, p) in rt.names.iter().zip(&rt.params) {
-        let gv = p
-            .grad(&grads)
-            .unwrap_or_else(|| panic!("no gradient for {name}"))
-            .to_vec();
-        assert!(gv.iter().any(|v| *v != 0.0), "gradient of {name} is zero");
-    }
+    assert_every_gradient(&rt, &grads, "encoder-decoder");
 }
 
 /// PatchTST (RevIN, channel-independent patches, flatten head) on series of 2 channels: the
@@ -433,16 +417,7 @@ fn patchtst_case(file: &str) {
     let rt = Runtime::init(optimize(&g), DeviceKind::Cpu.device(true), 5);
     let out = rt.forward_series(xt(&rt.device), true);
     let grads = (out.clone() * out).sum().backward();
-    for (name, p) in rt.names.iter().zip(&rt.params) {
-        let gv = p
-            .grad(&grads)
-            .unwrap_or_else(|| panic!("{file}: no gradient for {name}"))
-            .to_vec();
-        assert!(
-            gv.iter().any(|v| *v != 0.0),
-            "{file}: gradient of {name} is zero"
-        );
-    }
+    assert_every_gradient(&rt, &grads, file);
 }
 
 /// Relative error under 1e-4 (largest absolute difference over the largest magnitude, at
@@ -460,4 +435,22 @@ fn assert_close(got: &[f32], want: &reference::Tensor, what: &str) {
         "{what}: relative error {} against the reference",
         err / scale
     );
+}
+
+/// Every parameter of `rt` has a gradient in `grads` that is finite and not all zero.
+fn assert_every_gradient(rt: &Runtime, grads: &burn::tensor::Gradients, what: &str) {
+    for (name, p) in rt.names.iter().zip(&rt.params) {
+        let gv = p
+            .grad(grads)
+            .unwrap_or_else(|| panic!("{what}: no gradient for {name}"))
+            .to_vec();
+        assert!(
+            gv.iter().any(|v| *v != 0.0),
+            "{what}: gradient of {name} is zero"
+        );
+        assert!(
+            gv.iter().all(|v| v.is_finite()),
+            "{what}: gradient of {name} is not finite"
+        );
+    }
 }

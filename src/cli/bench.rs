@@ -6,7 +6,7 @@
 use crate::decode::{generate, ModelLm, Settings};
 use crate::runtime::{DeviceKind, Runtime};
 use crate::spec::recipe::Decode;
-use crate::train::{Data, Trainer};
+use crate::train::{Batch, Data, Trainer};
 use burn::tensor::FloatDType;
 use std::path::Path;
 use std::time::Instant;
@@ -54,20 +54,17 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let mut flops = 0u64;
     let mut times = Vec::with_capacity(a.steps);
     let mut loss = f64::NAN;
+    if let Data::Forecast(_) = data {
+        eprintln!("error: `kiln bench` measures token tasks; this recipe forecasts a series");
+        return 2;
+    }
     for i in 0..a.warmup + a.steps {
-        let micro: Vec<Vec<Vec<i64>>> = (0..u64::from(t.grad_accum))
-            .filter_map(|k| match data.train_batch(&mut tr.state, t.seed, k, bs) {
-                crate::train::Batch::Tokens(rows) => Some(rows),
-                crate::train::Batch::Series { .. } => None,
-            })
+        let micro: Vec<Batch> = (0..u64::from(t.grad_accum))
+            .map(|k| data.train_batch(&mut tr.state, t.seed, k, bs))
             .collect();
-        if micro.is_empty() {
-            eprintln!("error: `kiln bench` measures token tasks; this recipe forecasts a series");
-            return 2;
-        }
         let start = Instant::now();
         // The loss is read back to the host inside `step`, which waits for the device.
-        match tr.step(&micro, total) {
+        match tr.step_batches(&micro, total) {
             Ok(s) => loss = s.loss,
             Err(l) => {
                 eprintln!("error: the loss became {l} at benchmark step {i}");
@@ -76,12 +73,11 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         }
         if i >= a.warmup {
             times.push(start.elapsed().as_secs_f64());
-            tokens += micro
-                .iter()
-                .flatten()
-                .map(|s| s.len().saturating_sub(1))
-                .sum::<usize>();
-            for m in &micro {
+            for m in micro.iter().filter_map(|b| match b {
+                Batch::Tokens(rows) => Some(rows),
+                Batch::Series { .. } => None,
+            }) {
+                tokens += m.iter().map(|s| s.len().saturating_sub(1)).sum::<usize>();
                 let len = m.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
                 flops += 3 * graph.matmul_flops(m.len() as u64, len as u64);
             }

@@ -161,6 +161,8 @@ pub struct Runtime {
     /// Nodes with a batch axis that depend on an encoder-decoder's source but not on the
     /// decoder's input: computed once per generation when decoding with a cache.
     source_only: std::collections::HashSet<NodeIndex>,
+    /// [`Graph::source_len`], read once.
+    source_len: Option<usize>,
 }
 
 fn source_only(g: &Graph) -> std::collections::HashSet<NodeIndex> {
@@ -238,6 +240,7 @@ impl Runtime {
             })
             .collect();
         params_nodes.sort();
+        let (source_only, source_len) = (source_only(&graph), graph.source_len());
         let mut rt = Runtime {
             graph,
             order,
@@ -249,9 +252,9 @@ impl Runtime {
             matmul_dtype: None,
             soft_attention: false,
             freq_mask: None,
-            source_only: std::collections::HashSet::new(),
+            source_only,
+            source_len,
         };
-        rt.source_only = source_only(&rt.graph);
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
             match values.get(&name) {
@@ -428,7 +431,7 @@ impl Runtime {
 
     /// An encoder-decoder model's source length (see [`Graph::source_len`]).
     pub fn source_len(&self) -> Option<usize> {
-        self.graph.source_len()
+        self.source_len
     }
 
     fn run(
@@ -438,25 +441,22 @@ impl Runtime {
         mut cache: Option<&mut KvCache>,
         entropies: Option<&std::cell::RefCell<Vec<Tensor<1>>>>,
     ) -> Tensor<3> {
-        // A forecasting model reads a series; the rest reads token ids.
-        let tokens = match input {
-            V::I2(t) => t,
-            series => return self.run_series(series, train),
-        };
         // An encoder-decoder's rows start with the source, except in the calls after the
-        // first of a cached generation (the cache holds what the source determines).
+        // first of a cached generation (the cache holds what the source determines). A
+        // forecasting model reads a series `[batch, lookback, channels]` instead of ids.
         let first = cache.as_ref().is_none_or(|c| c.len == 0);
-        let (mut source, tokens) = match self.source_len() {
-            Some(s) if first => {
+        let (mut source, input) = match (self.source_len, input) {
+            (Some(s), V::I2(tokens)) if first => {
                 let w = tokens.dims()[1];
                 (
                     Some(tokens.clone().narrow(1, 0, s)),
-                    tokens.narrow(1, s, w - s),
+                    V::I2(tokens.narrow(1, s, w - s)),
                 )
             }
-            _ => (None, tokens),
+            (_, input) => (None, input),
         };
-        let [batch, seq] = tokens.dims();
+        let dims = input.dims();
+        let (batch, seq) = (dims[0], dims[1]);
         let ctx = ops::Ctx {
             device: &self.device,
             train,
@@ -474,12 +474,12 @@ impl Runtime {
             .iter()
             .map(|&n| (n, self.graph.users(n).len()))
             .collect();
-        let mut input = Some(tokens);
+        let mut input = Some(input);
         for &n in &self.order {
             let op = &self.graph.g[n].op;
             let ins_idx = self.graph.inputs(n);
             let v = match op {
-                Op::Input => V::I2(input.take().expect("one input")),
+                Op::Input | Op::Series { .. } => input.take().expect("one input"),
                 _ if self.source_only.contains(&n)
                     && cache.as_ref().is_some_and(|c| c.source.contains_key(&n)) =>
                 {
@@ -550,38 +550,6 @@ impl Runtime {
                     }
                 }
             }
-        }
-        unreachable!("verified graphs have an output")
-    }
-
-    /// The forward pass of a forecasting model (no cache, no source).
-    fn run_series(&self, series: V, train: bool) -> Tensor<3> {
-        let dims = series.dims();
-        let ctx = ops::Ctx {
-            device: &self.device,
-            train,
-            batch: dims[0],
-            seq: dims[1],
-            offset: 0,
-            matmul_dtype: self.matmul_dtype,
-            soft_attention: self.soft_attention,
-            freq_mask: self.freq_mask,
-            entropies: None,
-        };
-        let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
-        let mut input = Some(series);
-        for &n in &self.order {
-            let ins_idx = self.graph.inputs(n);
-            let v = match &self.graph.g[n].op {
-                Op::Series { .. } => input.take().expect("one series input"),
-                Op::Param { .. } => self.params[self.slot[&n]].clone(),
-                Op::Output => return values.remove(&ins_idx[0]).expect("output value").f3(),
-                op => {
-                    let ins: Vec<&V> = ins_idx.iter().map(|i| &values[i]).collect();
-                    ops::eval(op, &ins, &ctx)
-                }
-            };
-            values.insert(n, v);
         }
         unreachable!("verified graphs have an output")
     }

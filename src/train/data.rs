@@ -439,30 +439,17 @@ impl ForecastData {
         let Batch::Series { x, x_dims, .. } = self.batch(starts) else {
             unreachable!("series batch")
         };
-        let device = rt.device.clone().without_autodiff();
-        let t =
-            burn::tensor::Tensor::<3>::from_data(burn::tensor::TensorData::new(x, x_dims), &device);
-        let t = if rt.device.is_autodiff() {
-            t.autodiff()
-        } else {
-            t
-        };
-        rt.forward_series(t, false)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 forecasts")
+        predict(rt, x, x_dims)
     }
 
     /// Mean squared error of the model over the windows at `starts`.
     fn mse(&self, rt: &Runtime, starts: &[usize], bs: usize) -> f64 {
         let mut e = crate::tasks::forecast::ErrorSum::default();
         for chunk in starts.chunks(bs.max(1)) {
-            let pred = self.forecast(rt, chunk);
-            let Batch::Series { y, .. } = self.batch(chunk) else {
+            let Batch::Series { x, y, x_dims, .. } = self.batch(chunk) else {
                 unreachable!("series batch")
             };
-            for (p, t) in pred.iter().zip(&y) {
+            for (p, t) in predict(rt, x, x_dims).iter().zip(&y) {
                 e.add(f64::from(*p), f64::from(*t));
             }
         }
@@ -501,6 +488,22 @@ impl ForecastData {
             seasonal_naive: seasonal.finish(),
         }
     }
+}
+
+/// A forecasting model's forecasts for inputs `x` of shape `x_dims`, flat.
+fn predict(rt: &Runtime, x: Vec<f32>, x_dims: [usize; 3]) -> Vec<f32> {
+    let device = rt.device.clone().without_autodiff();
+    let t = burn::tensor::Tensor::<3>::from_data(burn::tensor::TensorData::new(x, x_dims), &device);
+    let t = if rt.device.is_autodiff() {
+        t.autodiff()
+    } else {
+        t
+    };
+    rt.forward_series(t, false)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 forecasts")
 }
 
 /// A task's data.
@@ -580,10 +583,13 @@ impl Data {
                 bs,
             ),
             Data::Forecast(f) => {
-                let starts: Vec<Vec<i64>> = f.starts[0].iter().map(|&t| vec![t as i64]).collect();
-                let picked =
-                    shuffled_batch(&starts, (&mut f.order, &mut f.order_epoch), state, seed, bs);
-                let t0: Vec<usize> = picked.iter().map(|r| r[0] as usize).collect();
+                let t0 = shuffled_batch(
+                    &f.starts[0],
+                    (&mut f.order, &mut f.order_epoch),
+                    state,
+                    seed,
+                    bs,
+                );
                 return f.batch(&t0);
             }
             Data::Stream(s) => {
@@ -631,13 +637,13 @@ impl Data {
 
 /// The next batch of a per-epoch shuffle of `train` (the position is part of the state;
 /// `order` caches the shuffle of one epoch).
-fn shuffled_batch(
-    train: &[Vec<i64>],
+fn shuffled_batch<T: Clone>(
+    train: &[T],
     (order, order_epoch): (&mut Vec<usize>, &mut Option<u64>),
     state: &mut super::State,
     seed: u64,
     bs: usize,
-) -> Vec<Vec<i64>> {
+) -> Vec<T> {
     if state.pos + bs > train.len() {
         state.epoch += 1;
         state.pos = 0;
