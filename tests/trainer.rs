@@ -5,7 +5,7 @@ use burn::prelude::*;
 use kiln::ir::reference::Rng;
 use kiln::runtime::DeviceKind;
 use kiln::spec::recipe::RecipeSpec;
-use kiln::train::{cross_entropy, Trainer};
+use kiln::train::{cross_entropy, distribution_loss, Trainer};
 use std::path::Path;
 
 fn recipe(sets: &[&str]) -> (RecipeSpec, kiln::ir::Graph) {
@@ -55,6 +55,53 @@ fn label_smoothing_matches_a_hand_computation() {
             "ε = {eps}: {got} vs {want}"
         );
     }
+}
+
+#[test]
+fn the_distribution_loss_matches_a_hand_computation() {
+    let device = DeviceKind::Cpu.device(false);
+    let mut rng = Rng::new(11);
+    let (n, v) = (6usize, 7usize);
+    let logits: Vec<f64> = (0..n * v).map(|_| rng.normal()).collect();
+    let targets: Vec<i64> = vec![0, 6, 3, 3, 5, 1];
+    let t = Tensor::<3>::from_data(
+        TensorData::new(
+            logits.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            [2, 3, v],
+        ),
+        &device,
+    );
+    let y = Tensor::<2, Int>::from_data(TensorData::new(targets.clone(), [2, 3]), &device);
+    let scales = [2u32, 3, 7];
+    let got: f32 = distribution_loss(t, y, &scales).into_scalar();
+    // Mean predicted probability per class, then per bin (class c in bin ⌊c·s/V⌋).
+    let mut pbar = vec![0f64; v];
+    for row in logits.chunks(v) {
+        let z: f64 = row.iter().map(|x| x.exp()).sum();
+        for (c, x) in row.iter().enumerate() {
+            pbar[c] += x.exp() / z / n as f64;
+        }
+    }
+    let mut want = 0.0;
+    for &s in &scales {
+        let s = s as usize;
+        let (mut p, mut t) = (vec![0f64; s], vec![0f64; s]);
+        for c in 0..v {
+            p[c * s / v] += pbar[c];
+        }
+        for &y in &targets {
+            t[y as usize * s / v] += 1.0 / n as f64;
+        }
+        want += (0..s)
+            .filter(|&b| t[b] > 0.0)
+            .map(|b| t[b] * (t[b] / p[b]).ln())
+            .sum::<f64>()
+            / scales.len() as f64;
+    }
+    assert!(
+        (f64::from(got) - want).abs() < 1e-5,
+        "{got} vs {want}"
+    );
 }
 
 #[test]

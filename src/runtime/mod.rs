@@ -15,6 +15,17 @@ use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Statistics of one forward pass that auxiliary loss terms read, each a differentiable
+/// scalar `[1]` per layer in graph order.
+#[derive(Default)]
+pub struct Aux {
+    /// Per attention layer: the mean entropy (nats) of its attention rows.
+    pub attention_entropy: Vec<Tensor<1>>,
+    /// Per `harmonic_select` layer: the mean probability mass its scorer puts outside the
+    /// harmonics it keeps.
+    pub harmonic_sparsity: Vec<Tensor<1>>,
+}
+
 /// What incremental decoding keeps between calls: per attention op its keys and values
 /// `[batch, H_kv, T, d]`, per LSTM op its state, and the number of positions seen.
 #[derive(Default)]
@@ -316,8 +327,20 @@ impl Runtime {
         tokens: Tensor<2, Int>,
         train: bool,
     ) -> (Tensor<3>, Vec<Tensor<1>>) {
-        let cell = std::cell::RefCell::new(Vec::new());
-        let out = self.run(V::I2(tokens), train, None, Some(&cell));
+        let (out, aux) = self.forward_aux(V::I2(tokens), train);
+        (out, aux.attention_entropy)
+    }
+
+    /// Forward pass of token ids (`V::I2`) or a series (`V::F3`).
+    pub fn forward_value(&self, input: V, train: bool) -> Tensor<3> {
+        self.run(input, train, None, None)
+    }
+
+    /// Forward pass of token ids (`V::I2`) or a series (`V::F3`) that also returns the
+    /// statistics the auxiliary loss terms need (see [`Aux`]).
+    pub fn forward_aux(&self, input: V, train: bool) -> (Tensor<3>, Aux) {
+        let cell = std::cell::RefCell::new(Aux::default());
+        let out = self.run(input, train, None, Some(&cell));
         (out, cell.into_inner())
     }
 
@@ -439,7 +462,7 @@ impl Runtime {
         input: V,
         train: bool,
         mut cache: Option<&mut KvCache>,
-        entropies: Option<&std::cell::RefCell<Vec<Tensor<1>>>>,
+        aux: Option<&std::cell::RefCell<Aux>>,
     ) -> Tensor<3> {
         // An encoder-decoder's rows start with the source, except in the calls after the
         // first of a cached generation (the cache holds what the source determines). A
@@ -466,7 +489,7 @@ impl Runtime {
             matmul_dtype: self.matmul_dtype,
             soft_attention: self.soft_attention,
             freq_mask: self.freq_mask,
-            entropies,
+            aux,
         };
         let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
         let mut remaining: HashMap<NodeIndex, usize> = self

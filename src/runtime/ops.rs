@@ -26,8 +26,8 @@ pub struct Ctx<'a> {
     pub soft_attention: bool,
     /// The frequency-curriculum mask of this step (see [`super::Runtime::freq_mask`]).
     pub freq_mask: Option<crate::ir::FreqCutoff>,
-    /// Where attention layers put the mean entropy of their rows, when asked for.
-    pub entropies: Option<&'a std::cell::RefCell<Vec<Tensor<1>>>>,
+    /// Where layers put the statistics of the auxiliary loss terms, when asked for.
+    pub aux: Option<&'a std::cell::RefCell<super::Aux>>,
 }
 
 /// `a · b`, in `ctx.matmul_dtype` when mixed precision is on (the result is f32 either way).
@@ -537,12 +537,12 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     } else {
         activation::softmax(scores, 3)
     };
-    if let Some(out) = ctx.entropies {
+    if let Some(out) = ctx.aux {
         let h = (probs.clone() * probs.clone().clamp_min(1e-30).log())
             .sum_dim(3)
             .neg()
             .mean();
-        out.borrow_mut().push(h.reshape([1]));
+        out.borrow_mut().attention_entropy.push(h.reshape([1]));
     }
     let probs = dropout(probs, p.0, ctx);
     mm(probs, v, ctx).reshape([b, hq, s, d])

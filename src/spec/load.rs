@@ -714,14 +714,28 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
                 "remove `train.curriculum`",
             );
         }
-        if spec.train.regularizers.attention_entropy != 0.0 {
+        if spec.train.regularizers.distribution.is_some() {
             conflict(
-                &["train", "regularizers", "attention_entropy"],
-                "the attention-entropy regularizer is not available for forecasting models yet"
-                    .into(),
+                &["train", "regularizers", "distribution"],
+                "the multi-scale distribution loss compares class histograms; a forecast has no classes".into(),
                 "not for forecasts",
-                "remove it, or set it to 0",
+                "remove `distribution`",
             );
+        }
+    } else if let Some(d) = &spec.train.regularizers.distribution {
+        let vocab = spec.task.vocab();
+        for &s in &d.scales {
+            if s < 2 || u64::from(s) > vocab {
+                diags.push(
+                    Diagnostic::error(
+                        Code::Conflict,
+                        Some(span_at(tree, &["train", "regularizers", "distribution", "scales"])),
+                        format!("a scale of {s} bins does not fit the task's {vocab} classes"),
+                    )
+                    .label("number of bins")
+                    .help(format!("each scale is a number of bins from 2 to {vocab}")),
+                );
+            }
         }
     }
     if let Some(c) = &spec.train.curriculum {

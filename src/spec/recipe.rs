@@ -429,6 +429,34 @@ pub struct Regularizers {
     #[serde(default)]
     #[schemars(range(min = -100.0, max = 100.0))]
     pub attention_entropy: f64,
+    /// Weight w of the harmonic-sparsity term: w · (mean over `harmonic_select` layers of the
+    /// mean probability mass, softmax(scores/τ), that each position's scorer puts on harmonics
+    /// outside its top k). It is 0 when every scorer is sure of its k harmonics, so positive
+    /// weights make the soft selection agree with the hard one. 0 (the default) leaves it out;
+    /// a model without `harmonic_select` layers cannot use it.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub harmonic_sparsity: f64,
+    /// The multi-scale distribution term for token tasks; leave it out for none.
+    #[serde(default)]
+    pub distribution: Option<DistributionLoss>,
+}
+
+/// Multi-scale distribution loss: at each scale s the classes 0..V are cut into s contiguous
+/// bins (class c in bin ⌊c·s/V⌋), and the batch's histogram of targets t_s is compared with
+/// the model's mean predicted probability per bin p_s by KL(t_s ‖ p_s) = Σ_b t_b ln(t_b/p_b).
+/// The term is `weight` times the mean over the scales. It pulls the model's marginal
+/// distribution towards the data's at coarse and fine resolutions (a differentiable version
+/// of the seed notes' binned-histogram regularizer, whose `bincount` has no gradient).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DistributionLoss {
+    /// Weight of the term.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub weight: f64,
+    /// Numbers of bins, each from 2 to the vocabulary size.
+    #[schemars(length(min = 1, max = 16))]
+    pub scales: Vec<u32>,
 }
 
 /// A sequence-length curriculum: at step t every training sequence is cut to its first

@@ -10,11 +10,11 @@ pub mod schedule;
 pub use data::{Batch, Data, GrammarData, GrammarReport, StreamData, TaskReport};
 
 use crate::ir::Graph;
-use crate::runtime::{from_safetensors, tokens_tensor, Runtime, Weights, V};
+use crate::runtime::{from_safetensors, tokens_tensor, Aux, Runtime, Weights, V};
 use crate::spec::recipe::{Optimizer, RecipeSpec};
 use crate::util::Rng;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -39,6 +39,57 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, smoothing: f64)
         nll
     };
     loss.mean()
+}
+
+/// The multi-scale distribution loss (see [`crate::spec::recipe::DistributionLoss`]): the
+/// mean over `scales` of KL(target histogram ‖ mean predicted probability) with the classes
+/// cut into that many contiguous bins (class c of V in bin ⌊c·s/V⌋).
+pub fn distribution_loss(logits: Tensor<3>, targets: Tensor<2, Int>, scales: &[u32]) -> Tensor<1> {
+    let [_, s, v] = logits.dims();
+    let t = targets.dims()[1];
+    let targets = if t > s {
+        targets.narrow(1, t - s, s)
+    } else {
+        targets
+    };
+    let device = logits.device();
+    let p = softmax(logits, 2).reshape([-1, v as i32]).mean_dim(0).reshape([v]);
+    let cum = p.cumsum(0);
+    let ys: Vec<i64> = targets.into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
+    let n = ys.len().max(1) as f64;
+    let mut total: Option<Tensor<1>> = None;
+    for &bins in scales {
+        let bins = (bins as usize).clamp(1, v);
+        // Bin b holds classes ⌈b·V/s⌉ ..= ⌈(b+1)·V/s⌉ − 1.
+        let ends: Vec<i64> = (0..bins)
+            .map(|b| ((b + 1) * v).div_ceil(bins) as i64 - 1)
+            .collect();
+        let at_end = cum.clone().select(0, Tensor::<1, Int>::from_ints(ends.as_slice(), &device));
+        let before = Tensor::cat(
+            vec![Tensor::zeros([1], &device), at_end.clone().narrow(0, 0, bins - 1)],
+            0,
+        );
+        let q = (at_end - before).clamp_min(1e-12);
+        let mut hist = vec![0f64; bins];
+        for &y in &ys {
+            hist[(y.max(0) as usize * bins / v).min(bins - 1)] += 1.0 / n;
+        }
+        // Σ t ln t is a constant; − Σ t ln q carries the gradient.
+        let entropy: f64 = hist.iter().filter(|&&h| h > 0.0).map(|h| h * h.ln()).sum();
+        let w = Tensor::<1>::from_data(
+            TensorData::new(hist.iter().map(|&h| h as f32).collect::<Vec<_>>(), [bins]),
+            &device,
+        );
+        let kl = (w * q.log()).sum().neg().add_scalar(entropy);
+        total = Some(match total {
+            Some(a) => a + kl,
+            None => kl,
+        });
+    }
+    total.map_or_else(
+        || Tensor::zeros([1], &device),
+        |t| t.div_scalar(scales.len() as f64),
+    )
 }
 
 /// Add each parameter's gradient in `grads` to its running sum in `acc`.
@@ -292,6 +343,10 @@ pub struct StepStats {
     pub lr: f64,
     /// Mean attention entropy (nats) when the attention-entropy regularizer is on.
     pub attention_entropy: Option<f64>,
+    /// Mean harmonic-sparsity term when its regularizer is on.
+    pub harmonic_sparsity: Option<f64>,
+    /// Mean multi-scale distribution term (unweighted) when it is on.
+    pub distribution: Option<f64>,
     /// The frequency curriculum's cutoff used, while it masks the spectral gates.
     pub freq_cutoff: Option<f64>,
 }
@@ -392,19 +447,42 @@ impl Trainer {
         // Gradients summed over the accumulation micro-batches.
         let mut acc: Vec<Option<Tensor<1>>> = vec![None; rt.params.len()];
         let mut loss_sum = 0.0;
-        // Mean attention entropy over the micro-batches, when the regularizer is on.
+        // Mean attention entropy and harmonic sparsity over the micro-batches, when their
+        // terms are on.
         let mut entropy: Option<f64> = None;
-        let w = t.regularizers.attention_entropy;
+        let mut sparsity: Option<f64> = None;
+        let mut distribution: Option<f64> = None;
+        let reg = &t.regularizers;
+        let aux_on = reg.attention_entropy != 0.0 || reg.harmonic_sparsity != 0.0;
         let fc = t.frequency_curriculum.as_ref();
         let cutoff = fc.and_then(|c| c.cutoff(self.state.freq_clock));
         rt.freq_mask = cutoff.map(|cutoff| crate::ir::FreqCutoff {
             cutoff,
             slope: fc.and_then(|c| c.slope),
         });
+        let n_micro = micro.len() as f64;
         for (k, batch) in micro.iter().enumerate() {
             device.seed(mix(t.seed, self.state.step, k as u64));
-            let batch = match batch {
-                Batch::Tokens(b) => b,
+            let forward = |input: V| {
+                if aux_on {
+                    rt.forward_aux(input, true)
+                } else {
+                    (rt.forward_value(input, true), Aux::default())
+                }
+            };
+            let (mut loss, aux) = match batch {
+                Batch::Tokens(b) => {
+                    let (x, y) = split_xy(b, &device);
+                    let (logits, aux) = forward(V::I2(x));
+                    let mut loss = cross_entropy(logits.clone(), y.clone(), t.label_smoothing);
+                    if let Some(d) = &reg.distribution {
+                        let term = distribution_loss(logits, y, &d.scales);
+                        let tv: f32 = term.clone().into_scalar();
+                        *distribution.get_or_insert(0.0) += f64::from(tv) / n_micro;
+                        loss = loss + term.mul_scalar(d.weight);
+                    }
+                    (loss, aux)
+                }
                 Batch::Series {
                     x,
                     y,
@@ -413,33 +491,22 @@ impl Trainer {
                 } => {
                     let x = Tensor::<3>::from_data(TensorData::new(x.clone(), *x_dims), &inner);
                     let y = Tensor::<3>::from_data(TensorData::new(y.clone(), *y_dims), &inner);
-                    let pred = rt.forward_series(x.autodiff(), true);
-                    let loss = (pred - y.autodiff())
-                        .powi_scalar(2)
-                        .mean()
-                        .div_scalar(micro.len() as f64);
-                    let value: f32 = loss.clone().into_scalar();
-                    loss_sum += f64::from(value);
-                    accumulate(&mut acc, rt, &loss.backward());
-                    continue;
+                    let (pred, aux) = forward(V::F3(x.autodiff()));
+                    ((pred - y.autodiff()).powi_scalar(2).mean(), aux)
                 }
             };
-            let (x, y) = split_xy(batch, &device);
-            let loss = if w != 0.0 {
-                let (logits, ents) = rt.forward_with_entropies(x, true);
-                let ce = cross_entropy(logits, y, t.label_smoothing);
-                if ents.is_empty() {
-                    ce
-                } else {
-                    let h = Tensor::cat(ents, 0).mean();
+            for (w, terms, mean) in [
+                (reg.attention_entropy, aux.attention_entropy, &mut entropy),
+                (reg.harmonic_sparsity, aux.harmonic_sparsity, &mut sparsity),
+            ] {
+                if w != 0.0 && !terms.is_empty() {
+                    let h = Tensor::cat(terms, 0).mean();
                     let hv: f32 = h.clone().into_scalar();
-                    *entropy.get_or_insert(0.0) += f64::from(hv) / micro.len() as f64;
-                    ce + h.mul_scalar(w)
+                    *mean.get_or_insert(0.0) += f64::from(hv) / n_micro;
+                    loss = loss + h.mul_scalar(w);
                 }
-            } else {
-                cross_entropy(rt.forward(x, true), y, t.label_smoothing)
             }
-            .div_scalar(micro.len() as f64);
+            let loss = loss.div_scalar(n_micro);
             let value: f32 = loss.clone().into_scalar();
             loss_sum += f64::from(value);
             accumulate(&mut acc, rt, &loss.backward());
@@ -492,6 +559,8 @@ impl Trainer {
             grad_norm: norm,
             lr: lr_now,
             attention_entropy: entropy,
+            harmonic_sparsity: sparsity,
+            distribution,
             freq_cutoff: cutoff,
         })
     }
@@ -677,6 +746,12 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         }
         if let Some(h) = stats.attention_entropy {
             line["attention_entropy"] = h.into();
+        }
+        if let Some(h) = stats.harmonic_sparsity {
+            line["harmonic_sparsity"] = h.into();
+        }
+        if let Some(h) = stats.distribution {
+            line["distribution"] = h.into();
         }
         if t.frequency_curriculum.is_some() {
             // 1 once the mask is lifted.
