@@ -6,7 +6,7 @@ pub mod print;
 pub mod reference;
 pub mod verify;
 
-pub use op::{
+pub use op::{frames, window_basis, 
     dct_basis, rope_frequencies, AttnScale, FreqCutoff, Init, Mixing, Op, Real, SpectralAlgo,
 };
 

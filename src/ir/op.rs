@@ -243,6 +243,60 @@ pub enum Op {
     },
     /// Complex values to features `[.., f, d, 2] → [.., f, 2d]`: real parts, then imaginary.
     ComplexFeatures,
+    /// Windowed spectral gate `(x [b, s, d], mix [3], gate [w/2+1, d, 2]) → [b, s, d]` (see
+    /// the `windowed_spectral_gate` layer): frames of `window` steps `hop` apart, windowed by
+    /// softmax(mix)·(Hann, Hamming, rectangular), rfft, gated, irfft, windowed again,
+    /// overlap-added and divided by Σ window².
+    WindowedGate {
+        /// Frame length w.
+        window: u64,
+        /// Hop between frame starts.
+        hop: u64,
+    },
+    /// Wave encoding's ranges `[.., 3H] → [.., 3H]`: per harmonic h, feature 3h is a frequency
+    /// softplus(·), 3h+1 an amplitude softplus(·), 3h+2 a phase π·tanh(·).
+    Wave {
+        /// Harmonics H.
+        harmonics: u64,
+    },
+    /// Harmonic selection `(x [b, s, H·g], scores [b, s, H]) → [b, s, H·g]`: each position
+    /// keeps the g features of its k best-scoring harmonics and zeroes the rest. In training
+    /// the scores get Gumbel noise and the hard top-k mask passes the gradient of the relaxed
+    /// top-k (straight-through).
+    HarmonicSelect {
+        /// Harmonics kept per position.
+        k: u64,
+        /// Temperature τ of the relaxed top-k.
+        temperature: Real,
+    },
+    /// Phase-coherent attention `(q [b, h, s, e], k, v, phase [b, h, s, P], amp?, blend [2])
+    /// → [b, h, s, e]`: softmax over keys of blend₀·q·k/√e + blend₁·C, with C the phase
+    /// coherence of the two positions (see the `phase_attention` layer); `amp` only in the
+    /// complex mode.
+    PhaseAttention {
+        /// Mask later positions.
+        causal: bool,
+        /// Complex (amplitude-weighted) coherence instead of the cosine one.
+        complex: bool,
+    },
+    /// `[.., d] → [.., len]`: features start..start+len.
+    SliceFeatures {
+        /// First feature.
+        start: u64,
+        /// Number of features.
+        len: u64,
+    },
+    /// `(x_1 [.., d_1], …, x_n [.., d_n]) → [.., Σ d_i]`: features side by side.
+    ConcatFeatures {
+        /// Number of inputs n.
+        parts: u64,
+    },
+    /// Cross-band attention `(q_1..q_n, k_1..k_n, v_1..v_n, each [b, s, c]) → [b, s, n·c]`:
+    /// at every position, band i attends over the n bands: Σ_j softmax_j(q_i·k_j/√c) v_j.
+    BandAttention {
+        /// Bands n.
+        bands: u64,
+    },
     /// Flatten head `(x [b·C, N, D], weight [N·D, H], bias [H]) → [b, H, C]`.
     ForecastHead {
         /// Channels C.
@@ -359,6 +413,13 @@ impl Op {
             Op::Patch { .. } => "patch",
             Op::ForecastHead { .. } => "forecast_head",
             Op::ComplexFeatures => "complex_features",
+            Op::WindowedGate { .. } => "windowed_gate",
+            Op::Wave { .. } => "wave",
+            Op::HarmonicSelect { .. } => "harmonic_select",
+            Op::PhaseAttention { .. } => "phase_attention",
+            Op::SliceFeatures { .. } => "slice_features",
+            Op::ConcatFeatures { .. } => "concat_features",
+            Op::BandAttention { .. } => "band_attention",
             Op::CrossAttention => "cross_attention",
             Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
@@ -424,6 +485,16 @@ impl Op {
             }
             Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
             Op::MeanProbs { members } => format!("members={members}"),
+            Op::WindowedGate { window, hop } => format!("window={window} hop={hop}"),
+            Op::Wave { harmonics } => format!("harmonics={harmonics}"),
+            Op::HarmonicSelect { k, temperature } => format!("k={k} temperature={}", temperature.0),
+            Op::PhaseAttention { causal, complex } => format!(
+                "causal={causal} mode={}",
+                if *complex { "complex" } else { "cosine" }
+            ),
+            Op::SliceFeatures { start, len } => format!("start={start} len={len}"),
+            Op::ConcatFeatures { parts } => format!("parts={parts}"),
+            Op::BandAttention { bands } => format!("bands={bands}"),
             Op::Mamba {
                 d_state,
                 d_conv,
@@ -453,6 +524,7 @@ impl Op {
                 | Op::Source { .. }
                 | Op::Series { .. }
                 | Op::Output
+                | Op::HarmonicSelect { .. }
         ) && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
             && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
     }
@@ -469,6 +541,8 @@ impl Op {
             | Op::PrependMemory
             | Op::DropMemory { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
+            Op::PhaseAttention { causal: true, .. } => Mixing::Causal,
+            Op::PhaseAttention { causal: false, .. } | Op::WindowedGate { .. } => Mixing::Full,
             Op::Attention { causal: false, .. }
             | Op::Rfft { .. }
             | Op::Irfft { .. }
@@ -513,6 +587,11 @@ impl Op {
             Op::Ets { .. } => 6,
             Op::Slstm { .. } => 4,
             Op::MeanProbs { members } => *members as usize,
+            Op::WindowedGate { .. } => 3,
+            Op::HarmonicSelect { .. } => 2,
+            Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
+            Op::ConcatFeatures { parts } => *parts as usize,
+            Op::BandAttention { bands } => 3 * *bands as usize,
             _ => 1,
         }
     }
@@ -897,6 +976,96 @@ impl Op {
                     ins[0]
                 )),
             },
+            Op::WindowedGate { window, .. } => {
+                let x = float(0)?;
+                let [_, _, Dim::Fixed(d)] = x.shape.as_slice() else {
+                    return Err(format!("expects [batch, seq, width], got {x}"));
+                };
+                let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
+                if ins[1].shape != fx(&[3]) || ins[2].shape != fx(&[window / 2 + 1, *d, 2]) {
+                    return Err(format!(
+                        "windowed gate parameters {} and {} do not fit {x}",
+                        ins[1], ins[2]
+                    ));
+                }
+                f32(x.shape.clone())
+            }
+            Op::Wave { harmonics } => {
+                let x = float(0)?;
+                match x.shape.last() {
+                    Some(Dim::Fixed(d)) if *d == 3 * harmonics => f32(x.shape.clone()),
+                    _ => Err(format!("expects 3·{harmonics} features, got {x}")),
+                }
+            }
+            Op::HarmonicSelect { k, .. } => {
+                let (x, sc) = (float(0)?, float(1)?);
+                match (x.shape.as_slice(), sc.shape.as_slice()) {
+                    ([b, s, Dim::Fixed(d)], [b2, s2, Dim::Fixed(h)])
+                        if b == b2 && s == s2 && d % h == 0 && k <= h =>
+                    {
+                        f32(x.shape.clone())
+                    }
+                    _ => Err(format!(
+                        "expects [batch, seq, H·g] and scores [batch, seq, H] with k ≤ H, got {x} and {sc}"
+                    )),
+                }
+            }
+            Op::PhaseAttention { complex, .. } => {
+                let q = float(0)?;
+                let [b, h, s, _] = q.shape.as_slice() else {
+                    return Err(format!("expects [batch, heads, seq, width], got {q}"));
+                };
+                let ph = float(3)?;
+                let ok_kv = ins[1].shape == q.shape && ins[2].shape == q.shape;
+                let ok_ph = matches!(ph.shape.as_slice(), [b2, h2, s2, Dim::Fixed(_)] if b2 == b && h2 == h && s2 == s);
+                let ok_amp = !*complex || ins[4].shape == ph.shape;
+                let blend = ins[ins.len() - 1].shape == vec![Dim::Fixed(2)];
+                if !(ok_kv && ok_ph && ok_amp && blend) {
+                    return Err(format!(
+                        "phase attention inputs do not fit: q {q}, k {}, v {}, phase {ph}",
+                        ins[1], ins[2]
+                    ));
+                }
+                f32(q.shape.clone())
+            }
+            Op::SliceFeatures { start, len } => {
+                let x = float(0)?;
+                match x.shape.split_last() {
+                    Some((Dim::Fixed(d), lead)) if start + len <= *d && *len > 0 => {
+                        let mut shape = lead.to_vec();
+                        shape.push(Dim::Fixed(*len));
+                        f32(shape)
+                    }
+                    _ => Err(format!("cannot take features {start}..{} of {x}", start + len)),
+                }
+            }
+            Op::ConcatFeatures { .. } | Op::BandAttention { .. } => {
+                let mut total = 0;
+                let mut lead: Option<Vec<Dim>> = None;
+                for i in 0..ins.len() {
+                    let x = float(i)?;
+                    let Some((Dim::Fixed(d), l)) = x.shape.split_last() else {
+                        return Err(format!("expects a fixed feature width, got {x}"));
+                    };
+                    if lead.as_ref().is_some_and(|p| p.as_slice() != l) {
+                        return Err(format!("inputs of different shapes: {} and {x}", ins[0]));
+                    }
+                    if matches!(self, Op::BandAttention { .. }) && ins[0].shape != x.shape {
+                        return Err(format!("band queries, keys and values differ: {} and {x}", ins[0]));
+                    }
+                    lead = Some(l.to_vec());
+                    total += d;
+                }
+                let mut shape = lead.unwrap_or_default();
+                if let Op::BandAttention { bands } = self {
+                    total /= 3;
+                    if shape.len() != 2 || *bands == 0 {
+                        return Err(format!("expects [batch, seq, width] per band, got {}", ins[0]));
+                    }
+                }
+                shape.push(Dim::Fixed(total));
+                f32(shape)
+            }
             Op::ComplexFeatures => match float(0)?.shape.as_slice() {
                 [b, f, Dim::Fixed(d), Dim::Fixed(2)] => f32(vec![*b, *f, Dim::Fixed(2 * d)]),
                 _ => Err(format!(
@@ -1065,4 +1234,26 @@ pub fn rope_frequencies(
         .collect();
     let attention = if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
     (freqs, attention)
+}
+
+/// The three windows a `windowed_spectral_gate` mixes, periodic, of length w: Hann
+/// 0.5 − 0.5·cos(2πn/w), Hamming 0.54 − 0.46·cos(2πn/w) and rectangular 1 (`[3][w]`, row-major).
+pub fn window_basis(w: usize) -> Vec<f64> {
+    let mut out = vec![0.0; 3 * w];
+    for n in 0..w {
+        let c = (2.0 * std::f64::consts::PI * n as f64 / w as f64).cos();
+        out[n] = 0.5 - 0.5 * c;
+        out[w + n] = 0.54 - 0.46 * c;
+        out[2 * w + n] = 1.0;
+    }
+    out
+}
+
+/// Framing of a sequence of `len` steps into frames of `window` steps, `hop` apart:
+/// `(pad, count)`: the first frame starts `pad` = window − hop steps before the sequence, and
+/// `count` frames cover it (the padded sequence has (count − 1)·hop + window steps).
+pub fn frames(window: usize, hop: usize, len: usize) -> (usize, usize) {
+    let pad = window - hop;
+    let count = (pad + len).saturating_sub(window).div_ceil(hop) + 1;
+    (pad, count)
 }

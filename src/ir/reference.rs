@@ -239,6 +239,7 @@ fn act(a: Activation, x: f64) -> f64 {
         Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
         Activation::Silu => x / (1.0 + (-x).exp()),
         Activation::Tanh => x.tanh(),
+        Activation::Softplus => softplus(x),
     }
 }
 
@@ -570,6 +571,90 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                             let t = (ni * s + pi).min(l - 1);
                             out.data[((bi * c + ci) * n + ni) * p + pi] =
                                 x.data[(bi * l + t) * c + ci];
+                        }
+                    }
+                }
+            }
+            out
+        }
+        Op::WindowedGate { window, hop } => windowed_gate(ins, *window as usize, *hop as usize)?,
+        Op::Wave { .. } => {
+            let mut out = ins[0].clone();
+            for (i, v) in out.data.iter_mut().enumerate() {
+                *v = match i % 3 {
+                    0 | 1 => softplus(*v),
+                    _ => PI * v.tanh(),
+                };
+            }
+            out
+        }
+        Op::HarmonicSelect { k, .. } => {
+            // Inference: the k best scores of each position, ties to the lower harmonic.
+            let (x, sc) = (ins[0], ins[1]);
+            let (d, h) = (x.shape[2], sc.shape[2]);
+            let g = d / h;
+            let mut out = x.clone();
+            for (r, row) in sc.data.chunks(h).enumerate() {
+                let mut idx: Vec<usize> = (0..h).collect();
+                idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                for &hh in &idx[*k as usize..] {
+                    for j in 0..g {
+                        out.data[r * d + hh * g + j] = 0.0;
+                    }
+                }
+            }
+            out
+        }
+        Op::PhaseAttention { causal, complex } => phase_attention(ins, *causal, *complex),
+        Op::SliceFeatures { start, len } => {
+            let x = ins[0];
+            let d = *x.shape.last().unwrap_or(&1);
+            let (start, len) = (*start as usize, *len as usize);
+            let mut shape = x.shape.clone();
+            *shape.last_mut().unwrap_or(&mut 0) = len;
+            Tensor {
+                shape,
+                data: x
+                    .data
+                    .chunks(d)
+                    .flat_map(|r| r[start..start + len].iter().copied())
+                    .collect(),
+            }
+        }
+        Op::ConcatFeatures { .. } => {
+            let rows = ins[0].data.len() / ins[0].shape.last().copied().unwrap_or(1).max(1);
+            let widths: Vec<usize> = ins.iter().map(|t| *t.shape.last().unwrap_or(&0)).collect();
+            let mut shape = ins[0].shape.clone();
+            *shape.last_mut().unwrap_or(&mut 0) = widths.iter().sum();
+            let mut data = Vec::with_capacity(rows * widths.iter().sum::<usize>());
+            for r in 0..rows {
+                for (t, w) in ins.iter().zip(&widths) {
+                    data.extend_from_slice(&t.data[r * w..(r + 1) * w]);
+                }
+            }
+            Tensor { shape, data }
+        }
+        Op::BandAttention { bands } => {
+            let n = *bands as usize;
+            let (b, s, c) = (ins[0].shape[0], ins[0].shape[1], ins[0].shape[2]);
+            let mut out = Tensor::zeros(&[b, s, n * c]);
+            for r in 0..b * s {
+                let at = |t: &Tensor| t.data[r * c..(r + 1) * c].to_vec();
+                for i in 0..n {
+                    let q = at(ins[i]);
+                    let scores: Vec<f64> = (0..n)
+                        .map(|j| {
+                            let k = at(ins[n + j]);
+                            q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() / (c as f64).sqrt()
+                        })
+                        .collect();
+                    let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for j in 0..n {
+                        let v = at(ins[2 * n + j]);
+                        for f in 0..c {
+                            out.data[(r * n + i) * c + f] += e[j] / z * v[f];
                         }
                     }
                 }
@@ -1085,6 +1170,109 @@ fn ets(ins: &[&Tensor], heads: usize) -> Tensor {
             }
             let y = affine(&es, ins[5], None);
             out.data[(bi * s + t) * d..(bi * s + t + 1) * d].copy_from_slice(&y);
+        }
+    }
+    out
+}
+
+/// The windowed spectral gate by its definition: frame, window, rfft, gate, irfft, window,
+/// overlap-add, divide by the summed squared window.
+fn windowed_gate(ins: &[&Tensor], window: usize, hop: usize) -> Result<Tensor, String> {
+    let (x, mix, gate) = (ins[0], ins[1], ins[2]);
+    let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
+    let basis = super::window_basis(window);
+    let mx = mix.data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = mix.data.iter().map(|v| (v - mx).exp()).collect();
+    let z: f64 = e.iter().sum();
+    let g: Vec<f64> = (0..window)
+        .map(|n| (0..3).map(|i| e[i] / z * basis[i * window + n]).sum())
+        .collect();
+    let (pad, count) = super::frames(window, hop, s);
+    // Position t of the sequence is step n of frame c when c·hop + n = pad + t.
+    let at = |c: usize, n: usize| (c * hop + n).checked_sub(pad).filter(|&t| t < s);
+    let mut fr = Tensor::zeros(&[b * count, window, d]);
+    for bi in 0..b {
+        for c in 0..count {
+            for n in 0..window {
+                if let Some(t) = at(c, n) {
+                    for ch in 0..d {
+                        fr.data[((bi * count + c) * window + n) * d + ch] =
+                            x.data[(bi * s + t) * d + ch] * g[n];
+                    }
+                }
+            }
+        }
+    }
+    let spec = eval(&Op::Rfft { n: window as u64 }, &[&fr])?;
+    let spec = eval(&Op::ComplexMul, &[&spec, gate])?;
+    let y = irfft(&spec, window);
+    let mut den = vec![0.0; s];
+    for c in 0..count {
+        for (n, gn) in g.iter().enumerate() {
+            if let Some(t) = at(c, n) {
+                den[t] += gn * gn;
+            }
+        }
+    }
+    let mut out = Tensor::zeros(&[b, s, d]);
+    for bi in 0..b {
+        for c in 0..count {
+            for n in 0..window {
+                if let Some(t) = at(c, n) {
+                    for ch in 0..d {
+                        out.data[(bi * s + t) * d + ch] +=
+                            y.data[((bi * count + c) * window + n) * d + ch] * g[n] / den[t];
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Phase-coherent attention by its definition (see the `phase_attention` layer).
+fn phase_attention(ins: &[&Tensor], causal: bool, complex: bool) -> Tensor {
+    let (q, k, v, ph) = (ins[0], ins[1], ins[2], ins[3]);
+    let amp = complex.then(|| ins[4]);
+    let blend = &ins[ins.len() - 1].data;
+    let (bh, s, e) = (q.shape[0] * q.shape[1], q.shape[2], q.shape[3]);
+    let p = ph.shape[3];
+    let mut out = Tensor::zeros(&q.shape);
+    for r in 0..bh {
+        for i in 0..s {
+            let row = |t: &Tensor, j: usize, w: usize| t.data[(r * s + j) * w..(r * s + j + 1) * w].to_vec();
+            let (qi, phi) = (row(q, i, e), row(ph, i, p));
+            let keys = if causal { i + 1 } else { s };
+            let logits: Vec<f64> = (0..keys)
+                .map(|j| {
+                    let dot: f64 = qi.iter().zip(row(k, j, e)).map(|(a, b)| a * b).sum();
+                    let phj = row(ph, j, p);
+                    let coherence = match amp {
+                        None => (0..p).map(|m| (phi[m] - phj[m]).cos()).sum::<f64>() / p as f64,
+                        Some(a) => {
+                            let (ai, aj) = (row(a, i, p), row(a, j, p));
+                            let (mut re, mut im, mut norm) = (0.0, 0.0, 0.0);
+                            for m in 0..p {
+                                let w = ai[m] * aj[m];
+                                re += w * (phi[m] - phj[m]).cos();
+                                im += w * (phi[m] - phj[m]).sin();
+                                norm += w;
+                            }
+                            (re * re + im * im + 1e-12).sqrt() / (norm + 1e-6)
+                        }
+                    };
+                    blend[0] * dot / (e as f64).sqrt() + blend[1] * coherence
+                })
+                .collect();
+            let mx = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for (j, wj) in w.iter().enumerate() {
+                let vj = row(v, j, e);
+                for f in 0..e {
+                    out.data[(r * s + i) * e + f] += wj / z * vj[f];
+                }
+            }
         }
     }
     out

@@ -369,6 +369,22 @@ impl Lowerer {
         Some((d, h))
     }
 
+    /// `(H, g)`: the width read as H harmonic groups of g features each.
+    fn harmonic_groups(&mut self, at: &At, x: NodeIndex, harmonics: u32) -> Option<(u64, u64)> {
+        let (d, h) = (self.width(x), u64::from(harmonics));
+        if d % h != 0 {
+            self.error(
+                Code::Shape,
+                at.field_span("harmonics"),
+                format!("width {d} is not divisible into {h} harmonics"),
+                "does not divide the width",
+                "choose `harmonics` dividing the width (e.g. the `harmonics` of a `wave_encoding` before it)",
+            );
+            return None;
+        }
+        Some((h, d / h))
+    }
+
     fn check_len(&mut self, at: &At, max_len: u64, what: &str) -> Option<()> {
         let seq = if self.encoding {
             Some(self.opts.source_len.unwrap_or(PLACEHOLDER_SOURCE))
@@ -671,6 +687,159 @@ impl Lowerer {
                     }
                 }
                 Some(y)
+            }
+            Layer::WindowedSpectralGate { window, hop } => {
+                let (n, h) = (u64::from(*window), u64::from(*hop));
+                if h > n {
+                    self.error(
+                        Code::Shape,
+                        at.field_span("hop"),
+                        format!("a hop of {h} skips steps between frames of {n}"),
+                        "longer than `window`",
+                        "make `hop` at most `window` (e.g. window/2 for 50% overlap)",
+                    );
+                    return None;
+                }
+                let w = self.width(x);
+                let mix = self.param(&at, "window_mix", &[3], Init::Zeros);
+                let gate = self.param(&at, "gate", &[n / 2 + 1, w, 2], Init::Normal(Real(0.02)));
+                self.op(&at, Op::WindowedGate { window: n, hop: h }, &[x, mix, gate])
+            }
+            Layer::WaveEncoding { harmonics } => {
+                let h = u64::from(*harmonics);
+                let y = self.linear(&at, "proj", x, 3 * h, true)?;
+                self.op(&at, Op::Wave { harmonics: h }, &[y])
+            }
+            Layer::HarmonicSelect {
+                harmonics,
+                k,
+                temperature,
+            } => {
+                let (h, k) = (self.harmonic_groups(&at, x, *harmonics)?.0, u64::from(*k));
+                if k > h {
+                    self.error(
+                        Code::Shape,
+                        at.field_span("k"),
+                        format!("cannot keep {k} of {h} harmonics"),
+                        "more than `harmonics`",
+                        "make `k` at most `harmonics`",
+                    );
+                    return None;
+                }
+                let scores = self.linear(&at, "score", x, h, true)?;
+                let op = Op::HarmonicSelect {
+                    k,
+                    temperature: Real(*temperature),
+                };
+                self.op(&at, op, &[x, scores])
+            }
+            Layer::PhaseAttention {
+                heads,
+                phases,
+                mode,
+                causal,
+            } => {
+                let (w, h) = self.heads_divide(&at, x, *heads)?;
+                let p = u64::from(*phases);
+                let complex = *mode == crate::spec::model::PhaseMode::Complex;
+                let mut ins = Vec::new();
+                for name in ["q", "k", "v"] {
+                    let y = self.linear(&at, name, x, w, true)?;
+                    ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[y])?);
+                }
+                let ph = self.linear(&at, "phase", x, h * p, true)?;
+                let ph = self.op(&at, Op::Act(Activation::Tanh), &[ph])?;
+                let ph = self.op(&at, Op::Scale(Real(std::f64::consts::PI)), &[ph])?;
+                ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[ph])?);
+                if complex {
+                    let a = self.linear(&at, "amp", x, h * p, true)?;
+                    let a = self.op(&at, Op::Act(Activation::Softplus), &[a])?;
+                    ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[a])?);
+                }
+                ins.push(self.param(&at, "blend", &[2], Init::Ones));
+                let op = Op::PhaseAttention {
+                    causal: *causal,
+                    complex,
+                };
+                let o = self.op(&at, op, &ins)?;
+                let o = self.op(&at, Op::MergeHeads, &[o])?;
+                self.linear(&at, "out", o, w, true)
+            }
+            Layer::BandPyramid {
+                harmonics,
+                boundaries,
+                bands,
+                cross_band,
+            } => {
+                let (h, g) = self.harmonic_groups(&at, x, *harmonics)?;
+                let mut edges = vec![0u64];
+                edges.extend(boundaries.iter().map(|b| (b * h as f64).round() as u64));
+                edges.push(h);
+                let bad = boundaries.iter().any(|b| !(*b > 0.0 && *b < 1.0))
+                    || edges.windows(2).any(|e| e[0] >= e[1]);
+                if bad {
+                    self.error(
+                        Code::Shape,
+                        at.field_span("boundaries"),
+                        format!("the boundaries {boundaries:?} do not cut {h} harmonics into non-empty bands (edges {edges:?})"),
+                        "empty or unordered band",
+                        "give increasing fractions in (0, 1) at least 1/harmonics apart",
+                    );
+                    return None;
+                }
+                if bands.len() != edges.len() - 1 {
+                    self.error(
+                        Code::Shape,
+                        at.field_span("bands"),
+                        format!("{} boundaries make {} bands, but `bands` lists {}", boundaries.len(), edges.len() - 1, bands.len()),
+                        "one layer list per band",
+                        "give one list of layers per band, low band first",
+                    );
+                    return None;
+                }
+                let nodes = node.and_then(|n| n.get("bands")).and_then(seq_items);
+                let mut outs = Vec::new();
+                for (i, body) in bands.iter().enumerate() {
+                    let (lo, hi) = (edges[i] * g, edges[i + 1] * g);
+                    let xi = self.op(&at, Op::SliceFeatures { start: lo, len: hi - lo }, &[x])?;
+                    let bn = nodes.and_then(|n| n.get(i)).and_then(seq_items);
+                    let yi = self.seq(body, bn, xi, &format!("{path}.{i}"))?;
+                    if self.g.g[yi].ty != self.g.g[xi].ty {
+                        let (a, b) = (self.g.g[xi].ty.to_string(), self.g.g[yi].ty.to_string());
+                        self.error(
+                            Code::Shape,
+                            at.span,
+                            format!("band {i}'s layers turn {a} into {b}; each band must keep its shape"),
+                            "band_pyramid here",
+                            "make each band's layers end with the width they start with",
+                        );
+                        return None;
+                    }
+                    outs.push(yi);
+                }
+                let n = outs.len();
+                if let Some(c) = cross_band {
+                    let c = u64::from(*c);
+                    let mut qkv = Vec::new();
+                    for part in ["q", "k", "v"] {
+                        for (i, &y) in outs.iter().enumerate() {
+                            qkv.push(self.linear(&at, &format!("cross.{i}.{part}"), y, c, true)?);
+                        }
+                    }
+                    let a = self.op(&at, Op::BandAttention { bands: n as u64 }, &qkv)?;
+                    for (i, y) in outs.iter_mut().enumerate() {
+                        let slice = Op::SliceFeatures {
+                            start: i as u64 * c,
+                            len: c,
+                        };
+                        let ai = self.op(&at, slice, &[a])?;
+                        let width = self.width(*y);
+                        let back = self.linear(&at, &format!("cross.{i}.out"), ai, width, true)?;
+                        *y = self.op(&at, Op::Add, &[*y, back])?;
+                    }
+                }
+                let cat = self.op(&at, Op::ConcatFeatures { parts: n as u64 }, &outs)?;
+                self.linear(&at, "fuse", cat, self.width(x), true)
             }
             Layer::Dropout { p } => {
                 if *p > 0.0 {
@@ -1031,6 +1200,22 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
         .help(
             "add a `spectral_gate` layer to the model, or remove `train.frequency_curriculum`",
         )]);
+    }
+    let selects =
+        g.g.node_weights()
+            .any(|n| matches!(n.op, Op::HarmonicSelect { .. }));
+    if r.spec.train.regularizers.harmonic_sparsity != 0.0 && !selects {
+        let span = crate::spec::load::key_span_at(
+            &r.tree,
+            &["train", "regularizers", "harmonic_sparsity"],
+        );
+        return Err(vec![Diagnostic::error(
+            Code::Conflict,
+            Some(span),
+            "the harmonic-sparsity term needs a `harmonic_select` layer, and the model has none",
+        )
+        .label("nothing to make sparse")
+        .help("add a `harmonic_select` layer to the model, or remove `harmonic_sparsity`")]);
     }
     Ok(g)
 }

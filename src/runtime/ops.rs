@@ -55,6 +55,7 @@ fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
         Activation::Gelu => activation::gelu(x),
         Activation::Silu => activation::silu(x),
         Activation::Tanh => x.tanh(),
+        Activation::Softplus => activation::softplus(x, 1.0),
     }
 }
 
@@ -442,18 +443,47 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
                 V::F3(g * consts(w, [f, 1, 1], ctx))
             }
         },
-        Op::ComplexMul => {
-            let x = ins[0].f4();
-            let g = ins[1].f3().unsqueeze::<4>();
-            let (xr, xi) = (x.clone().narrow(3, 0, 1), x.narrow(3, 1, 1));
-            let (gr, gi) = (g.clone().narrow(3, 0, 1), g.narrow(3, 1, 1));
-            V::F4(Tensor::cat(
-                vec![
-                    xr.clone() * gr.clone() - xi.clone() * gi.clone(),
-                    xr * gi + xi * gr,
-                ],
+        Op::ComplexMul => V::F4(complex_mul(ins[0].f4(), ins[1].f3())),
+        Op::WindowedGate { window, hop } => V::F3(windowed_gate(
+            ins[0].f3(),
+            ins[1].f1(),
+            ins[2].f3(),
+            (*window as usize, *hop as usize),
+            ctx,
+        )),
+        Op::Wave { harmonics } => {
+            let x = ins[0].f3();
+            let [b, s, _] = x.dims();
+            let h = *harmonics as usize;
+            let x = x.reshape([b, s, h, 3]);
+            let fa = activation::softplus(x.clone().narrow(3, 0, 2), 1.0);
+            let ph = x.narrow(3, 2, 1).tanh().mul_scalar(std::f64::consts::PI);
+            V::F3(Tensor::cat(vec![fa, ph], 3).reshape([b, s, 3 * h]))
+        }
+        Op::HarmonicSelect { k, temperature } => V::F3(harmonic_select(
+            ins[0].f3(),
+            ins[1].f3(),
+            *k as usize,
+            temperature.0,
+            ctx,
+        )),
+        Op::PhaseAttention { causal, complex } => V::F4(phase_attention(ins, *causal, *complex, ctx)),
+        Op::SliceFeatures { start, len } => {
+            V::F3(ins[0].f3().narrow(2, *start as usize, *len as usize))
+        }
+        Op::ConcatFeatures { .. } => V::F3(Tensor::cat(ins.iter().map(|v| v.f3()).collect(), 2)),
+        Op::BandAttention { bands } => {
+            let n = *bands as usize;
+            let stack = |part: usize| {
+                Tensor::stack::<4>(ins[part * n..(part + 1) * n].iter().map(|v| v.f3()).collect(), 2)
+            };
+            let (q, k, v) = (stack(0), stack(1), stack(2));
+            let [b, s, _, c] = q.dims();
+            let w = activation::softmax(
+                q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (c as f64).sqrt()),
                 3,
-            ))
+            );
+            V::F3(w.matmul(v).reshape([b, s, n * c]))
         }
         Op::SpectralFilter { n, causal, algo } => {
             let x = ins[0].f3();
@@ -546,6 +576,152 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     }
     let probs = dropout(probs, p.0, ctx);
     mm(probs, v, ctx).reshape([b, hq, s, d])
+}
+
+/// Complex product `[b, f, d, 2] · [f, d, 2]`.
+fn complex_mul(x: Tensor<4>, g: Tensor<3>) -> Tensor<4> {
+    let g = g.unsqueeze::<4>();
+    let (xr, xi) = (x.clone().narrow(3, 0, 1), x.narrow(3, 1, 1));
+    let (gr, gi) = (g.clone().narrow(3, 0, 1), g.narrow(3, 1, 1));
+    Tensor::cat(
+        vec![
+            xr.clone() * gr.clone() - xi.clone() * gi.clone(),
+            xr * gi + xi * gr,
+        ],
+        3,
+    )
+}
+
+/// The windowed spectral gate (see [`Op::WindowedGate`]): frames gathered with one `select`,
+/// transformed together, and overlap-added with one `select_assign`.
+fn windowed_gate(
+    x: Tensor<3>,
+    mix: Tensor<1>,
+    gate: Tensor<3>,
+    (window, hop): (usize, usize),
+    ctx: &Ctx,
+) -> Tensor<3> {
+    let [b, s, d] = x.dims();
+    let basis = crate::ir::window_basis(window)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let g = activation::softmax(mix, 0)
+        .reshape([1, 3])
+        .matmul(consts(basis, [3, window], ctx))
+        .reshape([window]);
+    let (pad, count) = crate::ir::frames(window, hop, s);
+    let lp = (count - 1) * hop + window;
+    let mut parts = Vec::new();
+    if pad > 0 {
+        parts.push(Tensor::zeros([b, pad, d], ctx.device));
+    }
+    parts.push(x);
+    if lp > pad + s {
+        parts.push(Tensor::zeros([b, lp - pad - s, d], ctx.device));
+    }
+    let xp = Tensor::cat(parts, 1);
+    let idx: Vec<i64> = (0..count)
+        .flat_map(|c| (0..window).map(move |n| (c * hop + n) as i64))
+        .collect();
+    let idx = Tensor::<1, Int>::from_ints(idx.as_slice(), ctx.device);
+    let gw = g.clone().reshape([1, window, 1]);
+    let frames = xp.select(1, idx.clone()).reshape([b * count, window, d]) * gw.clone();
+    let spec = complex_mul(rfft3(frames, window, ctx), gate);
+    let y = (irfft4(spec, window, ctx) * gw).reshape([b, count * window, d]);
+    let num = Tensor::<3>::zeros([b, lp, d], ctx.device).select_assign(
+        1,
+        idx.clone(),
+        y,
+        burn::tensor::IndexingUpdateOp::Add,
+    );
+    let g2 = g.powi_scalar(2).reshape([1, window]).repeat_dim(0, count).reshape([count * window]);
+    let den = Tensor::<1>::zeros([lp], ctx.device).select_assign(
+        0,
+        idx,
+        g2,
+        burn::tensor::IndexingUpdateOp::Add,
+    );
+    (num / den.reshape([1, lp, 1])).narrow(1, pad, s)
+}
+
+/// Top-k mask `[b, s, h]` (1 on each row's k largest entries).
+fn topk_mask(scores: Tensor<3>, k: usize) -> Tensor<3> {
+    let [b, s, h] = scores.dims();
+    let thr = scores.clone().topk(k, 2).narrow(2, k - 1, 1);
+    scores.greater_equal(thr.expand([b, s, h])).float()
+}
+
+/// Harmonic selection (see [`Op::HarmonicSelect`]). Training: Gumbel-perturbed scores, the
+/// hard top-k mask forward and the relaxed top-k of Xie & Ermon (2019) backward, k softmaxes
+/// at temperature τ each removing the mass already taken (α ← α + ln(1 − a)).
+fn harmonic_select(x: Tensor<3>, scores: Tensor<3>, k: usize, tau: f64, ctx: &Ctx) -> Tensor<3> {
+    let [b, s, d] = x.dims();
+    let h = scores.dims()[2];
+    let clean = topk_mask(scores.clone().detach(), k);
+    if let Some(out) = ctx.aux {
+        let p = activation::softmax(scores.clone().div_scalar(tau), 2);
+        let outside = (p * clean.clone()).sum_dim(2).neg().add_scalar(1.0).mean();
+        out.borrow_mut().harmonic_sparsity.push(outside.reshape([1]));
+    }
+    let mask = if ctx.train {
+        let u = scores.random_like(Distribution::Uniform(1e-10, 1.0));
+        let noisy = scores + u.log().neg().log().neg();
+        let hard = topk_mask(noisy.clone().detach(), k);
+        let mut alpha = noisy;
+        let mut soft: Option<Tensor<3>> = None;
+        for _ in 0..k {
+            let a = activation::softmax(alpha.clone().div_scalar(tau), 2);
+            alpha = alpha + a.clone().neg().add_scalar(1.0).clamp_min(1e-12).log();
+            soft = Some(match soft {
+                Some(t) => t + a,
+                None => a,
+            });
+        }
+        let soft = soft.unwrap_or_else(|| hard.clone());
+        soft.clone() + (hard - soft).detach()
+    } else {
+        clean
+    };
+    let g = d / h;
+    x * mask.reshape([b, s, h, 1]).expand([b, s, h, g]).reshape([b, s, d])
+}
+
+/// Phase-coherent attention (see [`Op::PhaseAttention`]).
+fn phase_attention(ins: &[&V], causal: bool, complex: bool, ctx: &Ctx) -> Tensor<4> {
+    let (q, k, v, ph) = (ins[0].f4(), ins[1].f4(), ins[2].f4(), ins[3].f4());
+    let blend = ins[ins.len() - 1].f1();
+    let [b, h, s, e] = q.dims();
+    let p = ph.dims()[3];
+    let t = k.dims()[2];
+    let dots = mm(q, k.swap_dims(2, 3), ctx).mul_scalar(1.0 / (e as f64).sqrt());
+    let (c, sn) = (ph.clone().cos(), ph.sin());
+    let tr = |x: Tensor<4>| x.swap_dims(2, 3);
+    let coherence = if complex {
+        let a = ins[4].f4();
+        let (ca, sa) = (a.clone() * c, a.clone() * sn);
+        let re = mm(ca.clone(), tr(ca.clone()), ctx) + mm(sa.clone(), tr(sa.clone()), ctx);
+        let im = mm(sa.clone(), tr(ca.clone()), ctx) - mm(ca, tr(sa), ctx);
+        let norm = mm(a.clone(), tr(a), ctx);
+        (re.powi_scalar(2) + im.powi_scalar(2)).add_scalar(1e-12).sqrt() / norm.add_scalar(1e-6)
+    } else {
+        (mm(c.clone(), tr(c), ctx) + mm(sn.clone(), tr(sn), ctx)).div_scalar(p as f64)
+    };
+    let mut logits = dots * blend.clone().narrow(0, 0, 1).reshape([1, 1, 1, 1])
+        + coherence * blend.narrow(0, 1, 1).reshape([1, 1, 1, 1]);
+    if causal {
+        let mask = Tensor::<2, Bool>::tril_mask([s, t], 0, ctx.device);
+        logits = logits.mask_fill(mask.unsqueeze::<4>().expand([b, h, s, t]), f32::NEG_INFINITY);
+    }
+    let probs = activation::softmax(logits, 3);
+    if let Some(out) = ctx.aux {
+        let ent = (probs.clone() * probs.clone().clamp_min(1e-30).log())
+            .sum_dim(3)
+            .neg()
+            .mean();
+        out.borrow_mut().attention_entropy.push(ent.reshape([1]));
+    }
+    mm(probs, v, ctx)
 }
 
 /// Hard attention weights: one-hot on each row's largest score. In training, straight-through:

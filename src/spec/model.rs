@@ -74,6 +74,21 @@ pub enum Activation {
     Silu,
     /// Hyperbolic tangent.
     Tanh,
+    /// ln(1 + eˣ).
+    Softplus,
+}
+
+/// How `phase_attention` compares the phases of two positions.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseMode {
+    /// Mean cosine of the phase differences.
+    #[default]
+    Cosine,
+    /// Magnitude of the amplitude-weighted sum of e^{i·Δφ}, normalized to [0, 1].
+    Complex,
 }
 
 /// Rotary position embedding (RoPE) of queries and keys.
@@ -145,6 +160,10 @@ fn default_d_conv() -> u32 {
 
 fn default_expand() -> u32 {
     2
+}
+
+fn default_one_f64() -> f64 {
+    1.0
 }
 
 fn default_one() -> u32 {
@@ -355,6 +374,96 @@ pub enum Layer {
         #[serde(default = "default_true")]
         causal: bool,
     },
+    /// Windowed spectral gate, kiln's definition of the seed notes' "hierarchical windowed
+    /// FFT": the sequence is cut into overlapping frames of `window` steps, `hop` apart (the
+    /// first starts window − hop zero steps before the sequence, the last is zero-padded).
+    /// Each frame is multiplied by a learned window g = softmax(m)·(Hann, Hamming,
+    /// rectangular) (periodic forms, m learned, starting equal), transformed by rfft, gated by
+    /// a learned complex filter per frequency bin and feature (shared by all frames),
+    /// transformed back, multiplied by g again and overlap-added; each position is then divided
+    /// by Σ_frames g², so with an identity gate the output equals the input exactly. Works on
+    /// sequences of any length. Not causal: a frame mixes all of its steps.
+    WindowedSpectralGate {
+        /// Frame length w (the gate has w/2 + 1 frequency bins).
+        #[schemars(range(min = 2, max = 65536))]
+        window: u32,
+        /// Steps between frame starts (at most `window`; window − hop steps overlap).
+        #[schemars(range(min = 1, max = 65536))]
+        hop: u32,
+    },
+    /// Wave encoding: each position's vector is mapped linearly to H harmonics, each with a
+    /// frequency softplus(·), an amplitude softplus(·) and a phase π·tanh(·), laid out
+    /// harmonic by harmonic: `[f₁, a₁, φ₁, f₂, a₂, φ₂, …]`, width 3·H. The seed notes'
+    /// "wave representation"; `harmonic_select` and `band_pyramid` group features by harmonic.
+    WaveEncoding {
+        /// Harmonics H (output width 3·H).
+        #[schemars(range(min = 1, max = 65536))]
+        harmonics: u32,
+    },
+    /// Adaptive harmonic selection: the width is read as `harmonics` groups of width/harmonics
+    /// features (e.g. after `wave_encoding`), a linear scorer gives each harmonic a score per
+    /// position, and each position keeps its `k` best-scoring harmonics, zeroing the others.
+    /// In training the scores get Gumbel noise (Gumbel top-k sampling without replacement)
+    /// and the hard mask passes the gradient of the relaxed top-k at `temperature`
+    /// (straight-through), so the scorer learns. At evaluation the selection is the plain
+    /// top-k. Pointwise in time. See `train.regularizers.harmonic_sparsity`.
+    HarmonicSelect {
+        /// Number of harmonic groups H (must divide the width).
+        #[schemars(range(min = 1, max = 65536))]
+        harmonics: u32,
+        /// Harmonics kept per position (at most H).
+        #[schemars(range(min = 1, max = 65536))]
+        k: u32,
+        /// Temperature τ of the relaxed top-k in training.
+        #[serde(default = "default_one_f64")]
+        #[schemars(range(min = 0.01, max = 100.0))]
+        temperature: f64,
+    },
+    /// Phase-coherent attention, kiln's definition of the seed notes' PCCA: ordinary
+    /// multi-head attention whose logits add a phase-coherence score. Per head, each position
+    /// gets `phases` learned phases φ = π·tanh(x W_φ) (and in the complex mode amplitudes
+    /// a = softplus(x W_a)); logit(i, j) = α·q_i·k_j/√e + β·C(i, j) with a learned blend α, β
+    /// (both starting at 1). Cosine mode: C = mean_p cos(φ_ip − φ_jp) ∈ [−1, 1]. Complex mode:
+    /// C = |Σ_p a_ip a_jp e^{i(φ_ip − φ_jp)}| / Σ_p a_ip a_jp ∈ [0, 1]. Then softmax, values
+    /// and an output projection. Decodes without a KV cache.
+    PhaseAttention {
+        /// Number of heads (must divide the width).
+        #[schemars(range(min = 1, max = 1024))]
+        heads: u32,
+        /// Phases per head.
+        #[schemars(range(min = 1, max = 4096))]
+        phases: u32,
+        /// How phases are compared.
+        #[serde(default)]
+        mode: PhaseMode,
+        /// Mask later positions.
+        #[serde(default = "default_true")]
+        causal: bool,
+    },
+    /// Multi-resolution band pyramid, kiln's definition of the seed notes' MRWP: the width is
+    /// read as `harmonics` groups ordered from low to high frequency (e.g. after
+    /// `wave_encoding`), cut at the `boundaries` (fractions of H) into bands; band i runs its
+    /// own layers `bands[i]` on its features (so each band can have its own depth). With
+    /// `cross_band` of width c, every band then attends, at each position, over all bands
+    /// (per band: q, k, v linear to c; softmax over bands; a linear back, added to the band).
+    /// The bands are put side by side again and a linear map fuses them. Causal when every
+    /// band's layers are.
+    BandPyramid {
+        /// Harmonic groups H (must divide the width).
+        #[schemars(range(min = 1, max = 65536))]
+        harmonics: u32,
+        /// Increasing band edges in (0, 1), as fractions of H: n − 1 edges make n bands.
+        #[schemars(length(min = 1, max = 15))]
+        boundaries: Vec<f64>,
+        /// The layers of each band, low band first (one list per band); each must keep the
+        /// band's width.
+        #[schemars(length(min = 2, max = 16))]
+        bands: Vec<Vec<Layer>>,
+        /// Width of the cross-band attention; leave it out for none.
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 65536))]
+        cross_band: Option<u32>,
+    },
     /// Dropout during training.
     Dropout {
         /// Probability of zeroing each value.
@@ -515,6 +624,11 @@ impl Layer {
             Layer::Revin { .. } => "revin",
             Layer::Patch { .. } => "patch",
             Layer::ForecastHead {} => "forecast_head",
+            Layer::WindowedSpectralGate { .. } => "windowed_spectral_gate",
+            Layer::WaveEncoding { .. } => "wave_encoding",
+            Layer::HarmonicSelect { .. } => "harmonic_select",
+            Layer::PhaseAttention { .. } => "phase_attention",
+            Layer::BandPyramid { .. } => "band_pyramid",
             Layer::FourierFeatures {} => "fourier_features",
             Layer::Parallel { .. } => "parallel",
             Layer::Repeat { .. } => "repeat",
