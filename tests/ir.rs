@@ -192,6 +192,7 @@ fn causality_holds_under_perturbation() {
         "models/xlstm.yaml",
         "models/ets.yaml",
         "models/transformer-memory.yaml",
+        "models/wave.yaml",
     ] {
         let g = lower_file(file, &[]);
         assert!(noncausal_layers(&g).is_empty(), "{file} should be causal");
@@ -506,6 +507,101 @@ fn encoder_decoder_decoders_are_causal_and_see_the_whole_source() {
     let text = "kind: model\nvocab: 5\nlayers:\n  - {type: embedding, dim: 8}\n  - {type: cross_attention, heads: 2}\n  - {type: head}\n";
     let msg = lowering_error(text, None);
     assert!(msg.contains("has no `encoder`"), "{msg}");
+}
+
+/// The wave layers' shape rules: harmonic groups dividing the width, k ≤ H, one layer list
+/// per band, bands that keep their width, hops within the window; and the analysis: a
+/// windowed gate mixes a whole frame, a non-causal band makes the pyramid non-causal.
+#[test]
+fn wave_layers_check_their_shapes_and_causality() {
+    let model = |layer: &str| {
+        format!("kind: model\nvocab: 5\nlayers:\n  - {{type: embedding, dim: 12}}\n  - {layer}\n  - {{type: head}}\n")
+    };
+    for (layer, want) in [
+        ("{type: harmonic_select, harmonics: 5, k: 2}", "not divisible into 5 harmonics"),
+        ("{type: harmonic_select, harmonics: 4, k: 5}", "cannot keep 5 of 4 harmonics"),
+        ("{type: windowed_spectral_gate, window: 4, hop: 6}", "skips steps"),
+        ("{type: phase_attention, heads: 5, phases: 2}", "not divisible by 5 heads"),
+        (
+            "{type: band_pyramid, harmonics: 4, boundaries: [0.5], bands: [[], [], []]}",
+            "1 boundaries make 2 bands, but `bands` lists 3",
+        ),
+        (
+            "{type: band_pyramid, harmonics: 4, boundaries: [0.6, 0.5], bands: [[], [], []]}",
+            "non-empty bands",
+        ),
+        (
+            "{type: band_pyramid, harmonics: 4, boundaries: [0.5], bands: [[{type: linear, out: 3}], [{type: rmsnorm}]]}",
+            "band 0's layers turn",
+        ),
+    ] {
+        let msg = lowering_error(&model(layer), None);
+        assert!(msg.contains(want), "{layer}: {msg}");
+    }
+    let layers = |layer: &str| {
+        let mut sources = SourceMap::new();
+        let doc = kiln::spec::load::load_bytes(
+            Path::new("m.yaml"),
+            model(layer).into_bytes(),
+            &[],
+            &mut sources,
+        )
+        .unwrap();
+        noncausal_layers(&lower_document(&doc, None, None).unwrap())
+    };
+    assert!(!layers("{type: windowed_spectral_gate, window: 4, hop: 2}").is_empty());
+    assert!(!layers("{type: phase_attention, heads: 2, phases: 2, causal: false}").is_empty());
+    assert!(layers("{type: phase_attention, heads: 2, phases: 2}").is_empty());
+    let pyramid = |band: &str| {
+        format!("{{type: band_pyramid, harmonics: 4, boundaries: [0.5], cross_band: 4, bands: [[{band}], [{{type: rmsnorm}}]]}}")
+    };
+    assert!(layers(&pyramid("{type: attention, heads: 2}")).is_empty());
+    assert!(!layers(&pyramid("{type: attention, heads: 2, causal: false}")).is_empty());
+}
+
+/// In float64 the windowed gate with the identity gate returns its input to rounding error,
+/// for several windows, hops and window mixes (the reference computes frames, DFTs and the
+/// overlap-add by their definitions).
+#[test]
+fn the_reference_windowed_gate_reconstructs_exactly() {
+    for (window, hop) in [(8, 4), (8, 3), (6, 6), (5, 1), (16, 4)] {
+        let text = format!("kind: model\nvocab: 3\nlayers:\n  - {{type: embedding, dim: 3}}\n  - {{type: windowed_spectral_gate, window: {window}, hop: {hop}}}\n");
+        let mut sources = SourceMap::new();
+        let doc =
+            kiln::spec::load::load_bytes(Path::new("m.yaml"), text.into_bytes(), &[], &mut sources)
+                .unwrap();
+        let g = lower_document(&doc, None, None).unwrap();
+        let mut params = reference::init_params(&g, 3);
+        let f = window / 2 + 1;
+        for (name, t) in params.iter_mut() {
+            if name.ends_with("gate") {
+                assert_eq!(t.shape, vec![f, 3, 2]);
+                for (i, v) in t.data.iter_mut().enumerate() {
+                    *v = if i % 2 == 0 { 1.0 } else { 0.0 };
+                }
+            } else if name.ends_with("window_mix") {
+                t.data = vec![2.0, -1.0, -3.0];
+            }
+        }
+        let toks = vec![
+            vec![0, 2, 1, 1, 0, 2, 2, 1, 0, 1, 2],
+            vec![1, 1, 1, 0, 0, 0, 2, 2, 2, 1, 0],
+        ];
+        let out = run(&g, &params, &toks);
+        let table = &params["layers.0.weight"];
+        for (r, row) in toks.iter().enumerate() {
+            for (t, &id) in row.iter().enumerate() {
+                for c in 0..3 {
+                    let got = out.data[(r * row.len() + t) * 3 + c];
+                    let want = table.data[id as usize * 3 + c];
+                    assert!(
+                        (got - want).abs() < 1e-9,
+                        "window {window} hop {hop}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The rendered diagnostics of lowering the model `text`, which must fail.

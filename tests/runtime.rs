@@ -31,6 +31,11 @@ const MODELS: &[(&str, &[&str])] = &[
         "models/mamba.yaml",
         &["vars.depth=1", "vars.d_conv=3", "vars.d_state=5"],
     ),
+    ("models/wave.yaml", &[]),
+    (
+        "models/wave.yaml",
+        &["vars.depth=1", "layers.4.body.0.body.1.mode=complex"],
+    ),
     (
         "models/gfnet-causal.yaml",
         &["vars.depth=2", "vars.max_len=16"],
@@ -358,7 +363,11 @@ fn encoder_decoder_matches_the_reference_and_learns() {
 /// gradient.
 #[test]
 fn patchtst_matches_the_reference_and_learns() {
-    for file in ["models/patchtst.yaml", "models/patchtst-fourier.yaml"] {
+    for file in [
+        "models/patchtst.yaml",
+        "models/patchtst-fourier.yaml",
+        "models/windowed-fft.yaml",
+    ] {
         patchtst_case(file);
     }
 }
@@ -418,6 +427,172 @@ fn patchtst_case(file: &str) {
     let out = rt.forward_series(xt(&rt.device), true);
     let grads = (out.clone() * out).sum().backward();
     assert_every_gradient(&rt, &grads, file);
+}
+
+fn ctx<'a>(
+    device: &'a burn::tensor::Device,
+    train: bool,
+    aux: Option<&'a std::cell::RefCell<kiln::runtime::Aux>>,
+) -> kiln::runtime::ops::Ctx<'a> {
+    kiln::runtime::ops::Ctx {
+        device,
+        train,
+        batch: 0,
+        seq: 0,
+        offset: 0,
+        matmul_dtype: None,
+        soft_attention: false,
+        freq_mask: None,
+        aux,
+    }
+}
+
+fn random3(dims: [usize; 3], seed: u64, device: &burn::tensor::Device) -> burn::tensor::Tensor<3> {
+    let mut rng = Rng::new(seed);
+    let n = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(v, dims), device)
+}
+
+/// With the identity gate (1 + 0i at every bin) the windowed gate returns its input, for any
+/// window mix, with and without overlap, and on lengths that frames do not divide.
+#[test]
+fn the_windowed_gate_reconstructs_exactly_with_an_identity_gate() {
+    use burn::tensor::{Tensor, TensorData};
+    use kiln::ir::Op;
+    use kiln::runtime::{ops, V};
+    let device = DeviceKind::Cpu.device(false);
+    for (window, hop, len) in [(8, 4, 13), (8, 3, 20), (6, 6, 7), (5, 1, 9), (16, 4, 3)] {
+        let x = random3([2, len, 3], window as u64 + len as u64, &device);
+        let f = window / 2 + 1;
+        let mut gate = vec![0f32; f * 3 * 2];
+        for i in 0..f * 3 {
+            gate[2 * i] = 1.0;
+        }
+        let gate = Tensor::<3>::from_data(TensorData::new(gate, [f, 3, 2]), &device);
+        for mix in [[0.0f32, 0.0, 0.0], [3.0, -1.0, -4.0], [-5.0, 2.0, -6.0]] {
+            let mix = Tensor::<1>::from_data(TensorData::new(mix.to_vec(), [3]), &device);
+            let op = Op::WindowedGate {
+                window: window as u64,
+                hop: hop as u64,
+            };
+            let y = ops::eval(
+                &op,
+                &[&V::F3(x.clone()), &V::F1(mix), &V::F3(gate.clone())],
+                &ctx(&device, false, None),
+            )
+            .f3();
+            let d: f32 = (y - x.clone()).abs().max().into_scalar();
+            // f32 rounding, divided by Σ g² where a Hann-heavy window is near 0.
+            assert!(d < 1e-4, "window {window} hop {hop} len {len}: off by {d}");
+        }
+    }
+}
+
+/// Harmonic selection keeps exactly k groups per position; in training the choice is a
+/// Gumbel top-k sample (for k = 1: harmonic h with probability softmax(scores)_h), the
+/// scorer gets a gradient through the relaxed top-k, and the sparsity statistic is the mass
+/// of softmax(scores/τ) outside the kept harmonics.
+#[test]
+fn harmonic_selection_samples_gumbel_top_k_and_passes_gradients() {
+    use burn::tensor::{Tensor, TensorData};
+    use kiln::ir::{Op, Real};
+    use kiln::runtime::{ops, V};
+    let device = DeviceKind::Cpu.device(true);
+    let (b, s, h, g) = (4, 500, 3, 2);
+    let x = Tensor::<3>::ones([b, s, h * g], &device);
+    let logits = [0.0f32, 1.0, 2.0];
+    let scores = Tensor::<3>::from_data(TensorData::new(logits.repeat(b * s), [b, s, h]), &device)
+        .require_grad();
+    // Inference: the plain top-k, k groups each.
+    for k in [1, 2, 3] {
+        let op = Op::HarmonicSelect {
+            k,
+            temperature: Real(1.0),
+        };
+        let ins = [&V::F3(x.clone()), &V::F3(scores.clone())];
+        let y = ops::eval(&op, &ins, &ctx(&device, false, None)).f3();
+        let kept: Vec<f32> = y
+            .sum_dim(1)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let want: Vec<f32> = (0..b)
+            .flat_map(|_| {
+                (0..h * g).map(|f| {
+                    if f / g >= h - k as usize {
+                        s as f32
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        assert_eq!(kept, want, "k = {k}");
+    }
+    // Training, k = 1: selection frequencies follow softmax(scores).
+    device.seed(7);
+    let aux = std::cell::RefCell::new(kiln::runtime::Aux::default());
+    let op = Op::HarmonicSelect {
+        k: 1,
+        temperature: Real(0.5),
+    };
+    let y = ops::eval(
+        &op,
+        &[&V::F3(x.clone()), &V::F3(scores.clone())],
+        &ctx(&device, true, Some(&aux)),
+    )
+    .f3();
+    let per_pos: Vec<f32> = y
+        .clone()
+        .sum_dim(2)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert!(
+        per_pos.iter().all(|&v| (v - g as f32).abs() < 1e-5),
+        "one group kept each"
+    );
+    let freq: Vec<f32> = y
+        .clone()
+        .reshape([b * s, h, g])
+        .narrow(2, 0, 1)
+        .mean_dim(0)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let z: f32 = logits.iter().map(|v| v.exp()).sum();
+    for (j, f) in freq.iter().enumerate() {
+        let p = logits[j].exp() / z;
+        // 2000 draws: σ ≤ 0.011.
+        assert!(
+            (f - p).abs() < 0.04,
+            "harmonic {j}: chosen {f}, softmax {p}"
+        );
+    }
+    let grads = (y * Tensor::<3>::random(
+        [b, s, h * g],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    ))
+    .sum()
+    .backward();
+    let gs: Vec<f32> = scores
+        .grad(&grads)
+        .unwrap()
+        .to_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert!(gs.iter().any(|v| *v != 0.0) && gs.iter().all(|v| v.is_finite()));
+    // The sparsity statistic: 1 − softmax(s/τ) of the top harmonic.
+    let stat: f32 = aux.borrow().harmonic_sparsity[0].clone().into_scalar();
+    let e: Vec<f32> = logits.iter().map(|v| (v / 0.5).exp()).collect();
+    let want = 1.0 - e[2] / e.iter().sum::<f32>();
+    assert!((stat - want).abs() < 1e-5, "{stat} vs {want}");
 }
 
 /// Relative error under 1e-4 (largest absolute difference over the largest magnitude, at

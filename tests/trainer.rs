@@ -98,10 +98,7 @@ fn the_distribution_loss_matches_a_hand_computation() {
             .sum::<f64>()
             / scales.len() as f64;
     }
-    assert!(
-        (f64::from(got) - want).abs() < 1e-5,
-        "{got} vs {want}"
-    );
+    assert!((f64::from(got) - want).abs() < 1e-5, "{got} vs {want}");
 }
 
 #[test]

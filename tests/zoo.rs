@@ -143,9 +143,9 @@ fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
     );
 }
 
-/// Each recurrent or prefix model trains on aⁿbⁿ (the loss halves in 60 steps), reports the
-/// task's metrics and completes a prompt: Mamba, xLSTM and ETS attention decode with their
-/// recurrent states, memory tokens without a cache.
+/// Each recurrent, prefix or wave model trains on aⁿbⁿ (the loss halves in 60 steps), reports
+/// the task's metrics and completes a prompt: Mamba, xLSTM and ETS attention decode with their
+/// recurrent states, memory tokens and phase-coherent attention without a cache.
 #[test]
 fn recurrent_and_memory_models_train_and_decode() {
     for (recipe, depth) in [
@@ -153,6 +153,7 @@ fn recurrent_and_memory_models_train_and_decode() {
         ("anbn-xlstm", "model.vars.depth=2"),
         ("anbn-ets", "model.vars.depth=2"),
         ("anbn-memory", "model.vars.depth=2"),
+        ("anbn-wave", "model.vars.depth=1"),
     ] {
         let d = tmp(recipe);
         let out = train(
@@ -244,6 +245,15 @@ fn patchtst_forecasts_the_airline_series_beside_its_baselines() {
     );
     let (first, last) = losses(&d);
     assert!(last < 0.5 * first, "fourier: loss {first} → {last}");
+    let _ = std::fs::remove_dir_all(&d);
+    // With windowed spectral gates instead of attention.
+    train(
+        "recipes/airline-patchtst.yaml",
+        &d,
+        &["train.steps=120", "model=../models/windowed-fft.yaml"],
+    );
+    let (first, last) = losses(&d);
+    assert!(last < 0.5 * first, "windowed: loss {first} → {last}");
     let _ = std::fs::remove_dir_all(d);
 }
 
@@ -427,6 +437,37 @@ fn a_frequency_curriculum_widens_the_gates_band_then_lifts_the_mask() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A forecasting ensemble averages its members' point forecasts: by convexity its test MSE is
+/// at most the members' mean MSE (and differs from each member's), and `kiln eval` agrees.
+#[test]
+fn a_forecasting_ensemble_averages_point_forecasts() {
+    let d = tmp("airline-ensemble");
+    let out = train(
+        "recipes/airline-patchtst.yaml",
+        &d,
+        &["train.steps=60", "ensemble={seeds: [1, 2, 3]}"],
+    );
+    assert!(out.contains("ensemble of 3"), "{out}");
+    let s = summary(&d);
+    let mse = |m: &serde_json::Value| m["model"]["mse"].as_f64().unwrap();
+    let ens = mse(&s["metrics"]);
+    let members: Vec<f64> = s["ensemble"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| mse(&m["metrics"]))
+        .collect();
+    let mean = members.iter().sum::<f64>() / members.len() as f64;
+    assert!(ens <= mean + 1e-9, "ensemble {ens}, members {members:?}");
+    assert!(
+        members.iter().all(|m| (m - ens).abs() > 1e-6),
+        "{ens} {members:?}"
+    );
+    let table = ok(&kiln().arg("eval").arg(&d).output().unwrap());
+    assert!(table.contains(&format!("{ens:.4}")), "{ens}\n{table}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn the_attention_entropy_regularizer_works_on_forecasters() {
     let d = tmp("airline-entropy");
@@ -445,6 +486,41 @@ fn the_attention_entropy_regularizer_works_on_forecasters() {
     assert_eq!(h.len(), 40);
     // Sharpening: the mean entropy falls.
     assert!(h[39] < h[0] - 0.05, "entropy {} → {}", h[0], h[39]);
+}
+
+/// The harmonic-sparsity term concentrates each scorer's softmax on the harmonics it keeps
+/// (the logged term falls), and a model without `harmonic_select` cannot ask for it.
+#[test]
+fn the_harmonic_sparsity_term_sharpens_the_selection() {
+    let d = tmp("sparsity");
+    train(
+        "recipes/anbn-wave.yaml",
+        &d,
+        &[
+            "task.max_length=16",
+            "model.vars.depth=1",
+            "train.steps=60",
+            "train.regularizers.harmonic_sparsity=1.0",
+        ],
+    );
+    let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+    let h: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["harmonic_sparsity"].as_f64())
+        .collect();
+    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(h.len(), 60);
+    assert!(h[59] < 0.5 * h[0], "harmonic sparsity {} → {}", h[0], h[59]);
+    let out = kiln()
+        .args(["train", "recipes/default.yaml", "--out"])
+        .arg(&d)
+        .args(["--set", "train.regularizers.harmonic_sparsity=0.5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a `harmonic_select` layer"), "{err}");
 }
 
 #[test]

@@ -208,8 +208,13 @@ fn print_ensemble(e: &train::EnsembleSummary, s: &Summary) {
     });
     let whole = json(s);
     let members: Vec<serde_json::Value> = e.members.iter().map(json).collect();
+    let what = if task == "forecast" {
+        "point forecasts"
+    } else {
+        "probabilities"
+    };
     println!(
-        "ensemble of {} (seeds {:?}): average of the members' probabilities",
+        "ensemble of {} (seeds {:?}): average of the members' {what}",
         e.seeds.len(),
         e.seeds
     );

@@ -6,8 +6,9 @@ pub mod print;
 pub mod reference;
 pub mod verify;
 
-pub use op::{frames, window_basis, 
-    dct_basis, rope_frequencies, AttnScale, FreqCutoff, Init, Mixing, Op, Real, SpectralAlgo,
+pub use op::{
+    dct_basis, frames, rope_frequencies, window_basis, AttnScale, FreqCutoff, Init, Mixing, Op,
+    Real, SpectralAlgo,
 };
 
 use crate::diag::Span;
@@ -245,11 +246,20 @@ impl Graph {
     /// An ensemble of `members` (models of the same task): one graph in which they share the
     /// input, their parameters are renamed `member<i>.<name>`, and the output is the log of
     /// the average of their probabilities, ln(mean_i softmax(logits_i)), so argmax, sampling
-    /// and cross-entropy all see the ensemble's distribution. Every pass and the KV cache work
-    /// on it as on any graph.
+    /// and cross-entropy all see the ensemble's distribution; for forecasters (which read a
+    /// series) it is the mean of the members' point forecasts. Every pass and the KV cache
+    /// work on it as on any graph.
     pub fn ensemble(members: &[Graph]) -> Result<Graph, String> {
         let mut g = Graph::new(format!("ensemble of {} models", members.len()));
-        let input = g.add(Op::Input, &[], "input", None)?;
+        // Token models share an `Input`, forecasters their `Series`.
+        let series = members
+            .first()
+            .and_then(|m| {
+                m.g.node_weights()
+                    .find(|n| matches!(n.op, Op::Series { .. }))
+            })
+            .map(|n| n.op.clone());
+        let input = g.add(series.clone().unwrap_or(Op::Input), &[], "input", None)?;
         let mut outs = Vec::with_capacity(members.len());
         for (i, m) in members.iter().enumerate() {
             let mut map = std::collections::HashMap::new();
@@ -257,7 +267,7 @@ impl Graph {
                 let node = &m.g[n];
                 let ins: Vec<NodeIndex> = m.inputs(n).iter().map(|x| map[x]).collect();
                 match &node.op {
-                    Op::Input => {
+                    Op::Input | Op::Series { .. } => {
                         map.insert(n, input);
                     }
                     Op::Output => outs.push(ins[0]),
@@ -278,12 +288,12 @@ impl Graph {
             }
         }
         let members_n = outs.len() as u64;
-        let mean = g.add(
-            Op::MeanProbs { members: members_n },
-            &outs,
-            "ensemble",
-            None,
-        )?;
+        let op = if series.is_some() {
+            Op::MeanForecasts { members: members_n }
+        } else {
+            Op::MeanProbs { members: members_n }
+        };
+        let mean = g.add(op, &outs, "ensemble", None)?;
         g.add(Op::Output, &[mean], "output", None)?;
         Ok(g)
     }

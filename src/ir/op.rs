@@ -364,6 +364,12 @@ pub enum Op {
         /// Number of members.
         members: u64,
     },
+    /// Forecasting ensemble output `(y_1, …, y_n [b, H, C]) → [b, H, C]`: the mean of the
+    /// members' point forecasts.
+    MeanForecasts {
+        /// Number of members.
+        members: u64,
+    },
     /// The model's result.
     Output,
 }
@@ -423,6 +429,7 @@ impl Op {
             Op::CrossAttention => "cross_attention",
             Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
+            Op::MeanForecasts { .. } => "mean_forecasts",
             Op::Output => "output",
         }
     }
@@ -484,7 +491,9 @@ impl Op {
                 format!("heads={heads}")
             }
             Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
-            Op::MeanProbs { members } => format!("members={members}"),
+            Op::MeanProbs { members } | Op::MeanForecasts { members } => {
+                format!("members={members}")
+            }
             Op::WindowedGate { window, hop } => format!("window={window} hop={hop}"),
             Op::Wave { harmonics } => format!("harmonics={harmonics}"),
             Op::HarmonicSelect { k, temperature } => format!("k={k} temperature={}", temperature.0),
@@ -586,7 +595,7 @@ impl Op {
             Op::Mlstm { .. } => 8,
             Op::Ets { .. } => 6,
             Op::Slstm { .. } => 4,
-            Op::MeanProbs { members } => *members as usize,
+            Op::MeanProbs { members } | Op::MeanForecasts { members } => *members as usize,
             Op::WindowedGate { .. } => 3,
             Op::HarmonicSelect { .. } => 2,
             Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
@@ -1036,7 +1045,10 @@ impl Op {
                         shape.push(Dim::Fixed(*len));
                         f32(shape)
                     }
-                    _ => Err(format!("cannot take features {start}..{} of {x}", start + len)),
+                    _ => Err(format!(
+                        "cannot take features {start}..{} of {x}",
+                        start + len
+                    )),
                 }
             }
             Op::ConcatFeatures { .. } | Op::BandAttention { .. } => {
@@ -1051,7 +1063,10 @@ impl Op {
                         return Err(format!("inputs of different shapes: {} and {x}", ins[0]));
                     }
                     if matches!(self, Op::BandAttention { .. }) && ins[0].shape != x.shape {
-                        return Err(format!("band queries, keys and values differ: {} and {x}", ins[0]));
+                        return Err(format!(
+                            "band queries, keys and values differ: {} and {x}",
+                            ins[0]
+                        ));
                     }
                     lead = Some(l.to_vec());
                     total += d;
@@ -1060,7 +1075,10 @@ impl Op {
                 if let Op::BandAttention { bands } = self {
                     total /= 3;
                     if shape.len() != 2 || *bands == 0 {
-                        return Err(format!("expects [batch, seq, width] per band, got {}", ins[0]));
+                        return Err(format!(
+                            "expects [batch, seq, width] per band, got {}",
+                            ins[0]
+                        ));
                     }
                 }
                 shape.push(Dim::Fixed(total));
@@ -1144,7 +1162,7 @@ impl Op {
                 }
                 f32(p.shape.clone())
             }
-            Op::MeanProbs { .. } => {
+            Op::MeanProbs { .. } | Op::MeanForecasts { .. } => {
                 let x = float(0)?;
                 if ins.iter().any(|t| t != x) {
                     return Err("ensemble members must all return the same logits shape".into());

@@ -494,6 +494,15 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             d_conv,
             dt_rank,
         } => mamba(ins, *d_state as usize, *d_conv as usize, *dt_rank as usize),
+        Op::MeanForecasts { members } => {
+            let mut out = Tensor::zeros(&ins[0].shape);
+            for t in ins {
+                for (o, v) in out.data.iter_mut().zip(&t.data) {
+                    *o += v / *members as f64;
+                }
+            }
+            out
+        }
         Op::MeanProbs { members } => {
             let v = *ins[0].shape.last().expect("logits have a vocabulary axis");
             let mut out = Tensor::zeros(&ins[0].shape);
@@ -1240,7 +1249,9 @@ fn phase_attention(ins: &[&Tensor], causal: bool, complex: bool) -> Tensor {
     let mut out = Tensor::zeros(&q.shape);
     for r in 0..bh {
         for i in 0..s {
-            let row = |t: &Tensor, j: usize, w: usize| t.data[(r * s + j) * w..(r * s + j + 1) * w].to_vec();
+            let row = |t: &Tensor, j: usize, w: usize| {
+                t.data[(r * s + j) * w..(r * s + j + 1) * w].to_vec()
+            };
             let (qi, phi) = (row(q, i, e), row(ph, i, p));
             let keys = if causal { i + 1 } else { s };
             let logits: Vec<f64> = (0..keys)

@@ -791,7 +791,12 @@ impl Lowerer {
                     self.error(
                         Code::Shape,
                         at.field_span("bands"),
-                        format!("{} boundaries make {} bands, but `bands` lists {}", boundaries.len(), edges.len() - 1, bands.len()),
+                        format!(
+                            "{} boundaries make {} bands, but `bands` lists {}",
+                            boundaries.len(),
+                            edges.len() - 1,
+                            bands.len()
+                        ),
                         "one layer list per band",
                         "give one list of layers per band, low band first",
                     );
@@ -801,7 +806,14 @@ impl Lowerer {
                 let mut outs = Vec::new();
                 for (i, body) in bands.iter().enumerate() {
                     let (lo, hi) = (edges[i] * g, edges[i + 1] * g);
-                    let xi = self.op(&at, Op::SliceFeatures { start: lo, len: hi - lo }, &[x])?;
+                    let xi = self.op(
+                        &at,
+                        Op::SliceFeatures {
+                            start: lo,
+                            len: hi - lo,
+                        },
+                        &[x],
+                    )?;
                     let bn = nodes.and_then(|n| n.get(i)).and_then(seq_items);
                     let yi = self.seq(body, bn, xi, &format!("{path}.{i}"))?;
                     if self.g.g[yi].ty != self.g.g[xi].ty {
@@ -1215,7 +1227,9 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
             "the harmonic-sparsity term needs a `harmonic_select` layer, and the model has none",
         )
         .label("nothing to make sparse")
-        .help("add a `harmonic_select` layer to the model, or remove `harmonic_sparsity`")]);
+        .help(
+            "add a `harmonic_select` layer to the model, or remove `harmonic_sparsity`",
+        )]);
     }
     Ok(g)
 }

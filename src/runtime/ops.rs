@@ -319,6 +319,12 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Mlstm { .. } => V::F3(mlstm(op, ins, ctx, None).0),
         Op::Ets { .. } => V::F3(ets(op, ins, ctx, None).0),
         Op::Slstm { .. } => V::F3(slstm(op, ins, ctx, None).0),
+        Op::MeanForecasts { members } => V::F3(
+            Tensor::stack::<4>(ins.iter().map(|x| x.f3()).collect(), 0)
+                .sum_dim(0)
+                .squeeze_dim::<3>(0)
+                .div_scalar(*members as f64),
+        ),
         Op::MeanProbs { members } => {
             // ln(mean_i p_i) = logsumexp_i(log_softmax_i) − ln n, stable in f32.
             let lsm: Vec<Tensor<3>> = ins
@@ -467,7 +473,9 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             temperature.0,
             ctx,
         )),
-        Op::PhaseAttention { causal, complex } => V::F4(phase_attention(ins, *causal, *complex, ctx)),
+        Op::PhaseAttention { causal, complex } => {
+            V::F4(phase_attention(ins, *causal, *complex, ctx))
+        }
         Op::SliceFeatures { start, len } => {
             V::F3(ins[0].f3().narrow(2, *start as usize, *len as usize))
         }
@@ -475,12 +483,19 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::BandAttention { bands } => {
             let n = *bands as usize;
             let stack = |part: usize| {
-                Tensor::stack::<4>(ins[part * n..(part + 1) * n].iter().map(|v| v.f3()).collect(), 2)
+                Tensor::stack::<4>(
+                    ins[part * n..(part + 1) * n]
+                        .iter()
+                        .map(|v| v.f3())
+                        .collect(),
+                    2,
+                )
             };
             let (q, k, v) = (stack(0), stack(1), stack(2));
             let [b, s, _, c] = q.dims();
             let w = activation::softmax(
-                q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (c as f64).sqrt()),
+                q.matmul(k.swap_dims(2, 3))
+                    .mul_scalar(1.0 / (c as f64).sqrt()),
                 3,
             );
             V::F3(w.matmul(v).reshape([b, s, n * c]))
@@ -635,7 +650,11 @@ fn windowed_gate(
         y,
         burn::tensor::IndexingUpdateOp::Add,
     );
-    let g2 = g.powi_scalar(2).reshape([1, window]).repeat_dim(0, count).reshape([count * window]);
+    let g2 = g
+        .powi_scalar(2)
+        .reshape([1, window])
+        .repeat_dim(0, count)
+        .reshape([count * window]);
     let den = Tensor::<1>::zeros([lp], ctx.device).select_assign(
         0,
         idx,
@@ -662,7 +681,9 @@ fn harmonic_select(x: Tensor<3>, scores: Tensor<3>, k: usize, tau: f64, ctx: &Ct
     if let Some(out) = ctx.aux {
         let p = activation::softmax(scores.clone().div_scalar(tau), 2);
         let outside = (p * clean.clone()).sum_dim(2).neg().add_scalar(1.0).mean();
-        out.borrow_mut().harmonic_sparsity.push(outside.reshape([1]));
+        out.borrow_mut()
+            .harmonic_sparsity
+            .push(outside.reshape([1]));
     }
     let mask = if ctx.train {
         let u = scores.random_like(Distribution::Uniform(1e-10, 1.0));
@@ -684,7 +705,10 @@ fn harmonic_select(x: Tensor<3>, scores: Tensor<3>, k: usize, tau: f64, ctx: &Ct
         clean
     };
     let g = d / h;
-    x * mask.reshape([b, s, h, 1]).expand([b, s, h, g]).reshape([b, s, d])
+    x * mask
+        .reshape([b, s, h, 1])
+        .expand([b, s, h, g])
+        .reshape([b, s, d])
 }
 
 /// Phase-coherent attention (see [`Op::PhaseAttention`]).
@@ -703,7 +727,10 @@ fn phase_attention(ins: &[&V], causal: bool, complex: bool, ctx: &Ctx) -> Tensor
         let re = mm(ca.clone(), tr(ca.clone()), ctx) + mm(sa.clone(), tr(sa.clone()), ctx);
         let im = mm(sa.clone(), tr(ca.clone()), ctx) - mm(ca, tr(sa), ctx);
         let norm = mm(a.clone(), tr(a), ctx);
-        (re.powi_scalar(2) + im.powi_scalar(2)).add_scalar(1e-12).sqrt() / norm.add_scalar(1e-6)
+        (re.powi_scalar(2) + im.powi_scalar(2))
+            .add_scalar(1e-12)
+            .sqrt()
+            / norm.add_scalar(1e-6)
     } else {
         (mm(c.clone(), tr(c), ctx) + mm(sn.clone(), tr(sn), ctx)).div_scalar(p as f64)
     };
@@ -711,7 +738,10 @@ fn phase_attention(ins: &[&V], causal: bool, complex: bool, ctx: &Ctx) -> Tensor
         + coherence * blend.narrow(0, 1, 1).reshape([1, 1, 1, 1]);
     if causal {
         let mask = Tensor::<2, Bool>::tril_mask([s, t], 0, ctx.device);
-        logits = logits.mask_fill(mask.unsqueeze::<4>().expand([b, h, s, t]), f32::NEG_INFINITY);
+        logits = logits.mask_fill(
+            mask.unsqueeze::<4>().expand([b, h, s, t]),
+            f32::NEG_INFINITY,
+        );
     }
     let probs = activation::softmax(logits, 3);
     if let Some(out) = ctx.aux {

@@ -698,14 +698,6 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
                 "make `lookback` at least `season`",
             );
         }
-        if spec.ensemble.is_some() {
-            conflict(
-                &["ensemble"],
-                "ensembles average token probabilities; forecasting ensembles are not supported yet".into(),
-                "not for forecasts",
-                "remove `ensemble`, or run the seeds as a sweep (`sweep: {seeds: [...]}`)",
-            );
-        }
         if spec.train.curriculum.is_some() {
             conflict(
                 &["train", "curriculum"],
@@ -729,7 +721,10 @@ fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
                 diags.push(
                     Diagnostic::error(
                         Code::Conflict,
-                        Some(span_at(tree, &["train", "regularizers", "distribution", "scales"])),
+                        Some(span_at(
+                            tree,
+                            &["train", "regularizers", "distribution", "scales"],
+                        )),
                         format!("a scale of {s} bins does not fit the task's {vocab} classes"),
                     )
                     .label("number of bins")

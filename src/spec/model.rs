@@ -79,9 +79,7 @@ pub enum Activation {
 }
 
 /// How `phase_attention` compares the phases of two positions.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PhaseMode {
     /// Mean cosine of the phase differences.

@@ -53,9 +53,16 @@ pub fn distribution_loss(logits: Tensor<3>, targets: Tensor<2, Int>, scales: &[u
         targets
     };
     let device = logits.device();
-    let p = softmax(logits, 2).reshape([-1, v as i32]).mean_dim(0).reshape([v]);
+    let p = softmax(logits, 2)
+        .reshape([-1, v as i32])
+        .mean_dim(0)
+        .reshape([v]);
     let cum = p.cumsum(0);
-    let ys: Vec<i64> = targets.into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
+    let ys: Vec<i64> = targets
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap_or_default();
     let n = ys.len().max(1) as f64;
     let mut total: Option<Tensor<1>> = None;
     for &bins in scales {
@@ -64,9 +71,14 @@ pub fn distribution_loss(logits: Tensor<3>, targets: Tensor<2, Int>, scales: &[u
         let ends: Vec<i64> = (0..bins)
             .map(|b| ((b + 1) * v).div_ceil(bins) as i64 - 1)
             .collect();
-        let at_end = cum.clone().select(0, Tensor::<1, Int>::from_ints(ends.as_slice(), &device));
+        let at_end = cum
+            .clone()
+            .select(0, Tensor::<1, Int>::from_ints(ends.as_slice(), &device));
         let before = Tensor::cat(
-            vec![Tensor::zeros([1], &device), at_end.clone().narrow(0, 0, bins - 1)],
+            vec![
+                Tensor::zeros([1], &device),
+                at_end.clone().narrow(0, 0, bins - 1),
+            ],
             0,
         );
         let q = (at_end - before).clamp_min(1e-12);
