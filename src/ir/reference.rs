@@ -662,8 +662,8 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                     let z: f64 = e.iter().sum();
                     for j in 0..n {
                         let v = at(ins[2 * n + j]);
-                        for f in 0..c {
-                            out.data[(r * n + i) * c + f] += e[j] / z * v[f];
+                        for (f, vf) in v.iter().enumerate() {
+                            out.data[(r * n + i) * c + f] += e[j] / z * vf;
                         }
                     }
                 }
@@ -1202,11 +1202,11 @@ fn windowed_gate(ins: &[&Tensor], window: usize, hop: usize) -> Result<Tensor, S
     let mut fr = Tensor::zeros(&[b * count, window, d]);
     for bi in 0..b {
         for c in 0..count {
-            for n in 0..window {
+            for (n, gn) in g.iter().enumerate() {
                 if let Some(t) = at(c, n) {
                     for ch in 0..d {
                         fr.data[((bi * count + c) * window + n) * d + ch] =
-                            x.data[(bi * s + t) * d + ch] * g[n];
+                            x.data[(bi * s + t) * d + ch] * gn;
                     }
                 }
             }
@@ -1226,11 +1226,11 @@ fn windowed_gate(ins: &[&Tensor], window: usize, hop: usize) -> Result<Tensor, S
     let mut out = Tensor::zeros(&[b, s, d]);
     for bi in 0..b {
         for c in 0..count {
-            for n in 0..window {
+            for (n, gn) in g.iter().enumerate() {
                 if let Some(t) = at(c, n) {
                     for ch in 0..d {
                         out.data[(bi * s + t) * d + ch] +=
-                            y.data[((bi * count + c) * window + n) * d + ch] * g[n] / den[t];
+                            y.data[((bi * count + c) * window + n) * d + ch] * gn / den[t];
                     }
                 }
             }
@@ -1280,8 +1280,8 @@ fn phase_attention(ins: &[&Tensor], causal: bool, complex: bool) -> Tensor {
             let z: f64 = w.iter().sum();
             for (j, wj) in w.iter().enumerate() {
                 let vj = row(v, j, e);
-                for f in 0..e {
-                    out.data[(r * s + i) * e + f] += wj / z * vj[f];
+                for (f, vf) in vj.iter().enumerate() {
+                    out.data[(r * s + i) * e + f] += wj / z * vf;
                 }
             }
         }
