@@ -154,6 +154,7 @@ fn recurrent_and_memory_models_train_and_decode() {
         ("anbn-ets", "model.vars.depth=2"),
         ("anbn-memory", "model.vars.depth=2"),
         ("anbn-wave", "model.vars.depth=1"),
+        ("anbn-wave", "model.layers.4.body.0.body.1.mode=complex"),
     ] {
         let d = tmp(recipe);
         let out = train(
