@@ -143,6 +143,26 @@ fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
     );
 }
 
+/// A forecasting recipe benchmarks in windows per second, with no tokens and no generation.
+#[test]
+fn bench_measures_a_forecaster_in_windows() {
+    let out = ok(&kiln()
+        .args(["bench", "recipes/airline-patchtst.yaml"])
+        .args(["--steps", "4", "--warmup", "1", "--gen-tokens", "8"])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps = v["train_steps_per_s"].as_f64().unwrap();
+    let windows = v["train_windows_per_s"].as_f64().unwrap();
+    // 16 windows per step.
+    assert!((windows / steps - 16.0).abs() < 1e-6, "{v}");
+    assert!(
+        v["train_tokens_per_s"].is_null() && v.get("gen_tokens").is_none(),
+        "{v}"
+    );
+    assert!(v["last_loss"].as_f64().unwrap().is_finite(), "{v}");
+}
+
 /// Each recurrent, prefix or wave model trains on aⁿbⁿ (the loss halves in 60 steps), reports
 /// the task's metrics and completes a prompt: Mamba, xLSTM and ETS attention decode with their
 /// recurrent states, memory tokens and phase-coherent attention without a cache.

@@ -54,10 +54,10 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let mut flops = 0u64;
     let mut times = Vec::with_capacity(a.steps);
     let mut loss = f64::NAN;
-    if let Data::Forecast(_) = data {
-        eprintln!("error: `kiln bench` measures token tasks; this recipe forecasts a series");
-        return 2;
-    }
+    // A forecaster's batches are windows of a series: it reports windows/s, and has neither
+    // tokens nor generation.
+    let forecaster = matches!(data, Data::Forecast(_));
+    let mut windows = 0usize;
     for i in 0..a.warmup + a.steps {
         let micro: Vec<Batch> = (0..u64::from(t.grad_accum))
             .map(|k| data.train_batch(&mut tr.state, t.seed, k, bs))
@@ -73,13 +73,15 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         }
         if i >= a.warmup {
             times.push(start.elapsed().as_secs_f64());
-            for m in micro.iter().filter_map(|b| match b {
-                Batch::Tokens(rows) => Some(rows),
-                Batch::Series { .. } => None,
-            }) {
-                tokens += m.iter().map(|s| s.len().saturating_sub(1)).sum::<usize>();
-                let len = m.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
-                flops += 3 * graph.matmul_flops(m.len() as u64, len as u64);
+            for b in &micro {
+                match b {
+                    Batch::Tokens(m) => {
+                        tokens += m.iter().map(|s| s.len().saturating_sub(1)).sum::<usize>();
+                        let len = m.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
+                        flops += 3 * graph.matmul_flops(m.len() as u64, len as u64);
+                    }
+                    Batch::Series { x_dims, .. } => windows += x_dims[0],
+                }
             }
         }
     }
@@ -101,7 +103,12 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         "train_matmul_gflops": flops as f64 / train_s / 1e9,
         "device_matmul_peak_gflops": matmul_peak(&a.device.device(false), a.matmul_dtype),
     });
-    if a.gen_tokens > 0 {
+    if forecaster {
+        out["train_windows_per_s"] = (windows as f64 / train_s).into();
+        out["train_tokens_per_s"] = serde_json::Value::Null;
+        out["train_matmul_gflops"] = serde_json::Value::Null;
+    }
+    if a.gen_tokens > 0 && !forecaster {
         let weights = tr.rt.values();
         let rt = match Runtime::with_values(graph, a.device.device(false), &weights) {
             Ok(mut rt) => {
