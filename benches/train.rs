@@ -538,6 +538,8 @@ fn run_case(case: &Case) -> Row {
 }
 
 fn main() {
+    // The same allocator settings as the `kiln` binary, for both sides of the comparison.
+    kiln::util::tune_allocator();
     let mut rows = Vec::new();
     for case in cases() {
         rows.push(run_case(&case));

@@ -6,5 +6,6 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    kiln::util::tune_allocator();
     std::process::exit(kiln::cli::main());
 }

@@ -75,3 +75,23 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 }
+
+/// Keep freed memory in the process instead of handing it back to the kernel after every
+/// large tensor (glibc only; a no-op elsewhere).
+///
+/// A training step allocates and frees many tensors of hundreds of kilobytes to megabytes.
+/// With glibc's defaults many of them are `mmap`ed and `munmap`ed each time, or trimmed from
+/// the heap top, so every step pays page faults to zero fresh pages again: on the 2-core
+/// benchmark machine a third of a d128 training step (1.26 s → 0.86 s with these settings).
+/// Blocks up to 32 MiB (glibc's maximum) come from the heap, which keeps 64 MiB spare and is
+/// trimmed only above 1 GiB free.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before other threads
+    // allocate (at startup).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}

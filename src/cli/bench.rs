@@ -29,6 +29,8 @@ pub struct BenchArgs<'a> {
     pub gen_tokens: usize,
     /// Sequences generated at once.
     pub gen_batch: usize,
+    /// Time every op of the timed steps' forward passes.
+    pub profile: bool,
 }
 
 /// Run the benchmark; prints one JSON object on stdout. Returns the exit code.
@@ -62,6 +64,9 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         let micro: Vec<Batch> = (0..u64::from(t.grad_accum))
             .map(|k| data.train_batch(&mut tr.state, t.seed, k, bs))
             .collect();
+        if a.profile && i == a.warmup {
+            tr.rt.op_times = Some(Default::default());
+        }
         let start = Instant::now();
         // The loss is read back to the host inside `step`, which waits for the device.
         match tr.step_batches(&micro, total) {
@@ -103,6 +108,22 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         "train_matmul_gflops": flops as f64 / train_s / 1e9,
         "device_matmul_peak_gflops": matmul_peak(&a.device.device(false), a.matmul_dtype),
     });
+    if let Some(times) = tr.rt.op_times.take() {
+        // Per timed step: each op kind's forward time, slowest first; the rest of the step
+        // is the backward pass and the optimizer.
+        let mut ops: Vec<(&str, (f64, usize))> = times.into_inner().into_iter().collect();
+        ops.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let per = |s: f64| s * 1e3 / a.steps.max(1) as f64;
+        let forward: f64 = ops.iter().map(|(_, (s, _))| per(*s)).sum();
+        out["profile"] = serde_json::json!({
+            "forward_ms": forward,
+            "backward_and_update_ms": train_s * 1e3 / a.steps.max(1) as f64 - forward,
+            "forward_ops": ops
+                .iter()
+                .map(|(op, (s, n))| serde_json::json!({"op": op, "ms": per(*s), "calls": n / a.steps.max(1)}))
+                .collect::<Vec<_>>(),
+        });
+    }
     if forecaster {
         out["train_windows_per_s"] = (windows as f64 / train_s).into();
         out["train_tokens_per_s"] = serde_json::Value::Null;

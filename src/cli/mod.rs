@@ -154,6 +154,10 @@ enum Command {
         /// Sequences generated at once.
         #[arg(long, default_value_t = 4)]
         gen_batch: usize,
+        /// Also time every op of the timed steps' forward passes (wall time per step, by op
+        /// kind): where the time goes. Meaningful on the CPU, whose ops run eagerly.
+        #[arg(long)]
+        profile: bool,
     },
     /// Recompute a run's task metrics from its best or last checkpoint.
     #[command(after_help = "Example:\n  kiln eval runs/default-1763856000 --checkpoint best")]
@@ -510,6 +514,7 @@ pub fn main() -> i32 {
             steps,
             gen_tokens,
             gen_batch,
+            profile,
         } => bench::bench_cmd(&bench::BenchArgs {
             recipe: &recipe,
             set: &set,
@@ -519,6 +524,7 @@ pub fn main() -> i32 {
             steps,
             gen_tokens,
             gen_batch,
+            profile,
         }),
         Command::Eval { run, checkpoint } => crate::cli::run::eval_cmd(&run, checkpoint, None, &[]),
         Command::Generate {

@@ -174,6 +174,10 @@ pub struct Runtime {
     source_only: std::collections::HashSet<NodeIndex>,
     /// [`Graph::source_len`], read once.
     source_len: Option<usize>,
+    /// When set, forward passes add each op's wall time here (op name → seconds, calls):
+    /// `kiln bench --profile`. The CPU backend runs ops eagerly, so the times are the ops'
+    /// own; on a GPU they would only be launch times.
+    pub op_times: Option<std::cell::RefCell<HashMap<&'static str, (f64, usize)>>>,
 }
 
 fn source_only(g: &Graph) -> std::collections::HashSet<NodeIndex> {
@@ -265,6 +269,7 @@ impl Runtime {
             freq_mask: None,
             source_only,
             source_len,
+            op_times: None,
         };
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
@@ -554,7 +559,18 @@ impl Runtime {
                             c.lstm.insert(n, state);
                             V::F3(out)
                         }
-                        _ => ops::eval(op, &ins, &ctx),
+                        _ => match &self.op_times {
+                            None => ops::eval(op, &ins, &ctx),
+                            Some(times) => {
+                                let t0 = std::time::Instant::now();
+                                let v = ops::eval(op, &ins, &ctx);
+                                let mut t = times.borrow_mut();
+                                let e = t.entry(op.name()).or_insert((0.0, 0));
+                                e.0 += t0.elapsed().as_secs_f64();
+                                e.1 += 1;
+                                v
+                            }
+                        },
                     }
                 }
             };

@@ -214,9 +214,13 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             V::F3(table.select(0, ids.reshape([b * s])).reshape([b, s, d]))
         }
         Op::Linear { bias } => {
+            // One [b·s, i] × [i, o] product: gemm parallelizes a large matrix itself, and the
+            // weight gradient is one product instead of b products and a sum.
             let x = ins[0].f3();
-            let w = ins[1].f2().unsqueeze::<3>();
-            let y = mm(x, w, ctx);
+            let [b, s, i] = x.dims();
+            let w = ins[1].f2();
+            let o = w.dims()[1];
+            let y = mm(x.reshape([b * s, i]), w, ctx).reshape([b, s, o]);
             V::F3(if *bias {
                 y + ins[2].f1().unsqueeze::<3>()
             } else {
