@@ -143,12 +143,13 @@ fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
     );
 }
 
-/// A forecasting recipe benchmarks in windows per second, with no tokens and no generation.
+/// A forecasting recipe benchmarks in windows per second, with no tokens and no generation;
+/// `--profile` adds the forward time by op.
 #[test]
 fn bench_measures_a_forecaster_in_windows() {
     let out = ok(&kiln()
         .args(["bench", "recipes/airline-patchtst.yaml"])
-        .args(["--steps", "4", "--warmup", "1", "--gen-tokens", "8"])
+        .args(["--steps", "4", "--warmup", "1", "--gen-tokens", "8", "--profile"])
         .output()
         .unwrap());
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -161,6 +162,16 @@ fn bench_measures_a_forecaster_in_windows() {
         "{v}"
     );
     assert!(v["last_loss"].as_f64().unwrap().is_finite(), "{v}");
+    // --profile: the forward time by op adds up, and the model's ops are there.
+    let p = &v["profile"];
+    let ops = p["forward_ops"].as_array().unwrap();
+    let sum: f64 = ops.iter().map(|o| o["ms"].as_f64().unwrap()).sum();
+    assert!((sum - p["forward_ms"].as_f64().unwrap()).abs() < 1e-6, "{p}");
+    for op in ["linear", "attention", "patch", "revin_norm"] {
+        assert!(ops.iter().any(|o| o["op"] == op), "{op} missing: {p}");
+    }
+    let step = 1e3 / steps;
+    assert!(p["forward_ms"].as_f64().unwrap() < step, "{p}");
 }
 
 /// Each recurrent, prefix or wave model trains on aⁿbⁿ (the loss halves in 60 steps), reports

@@ -564,12 +564,14 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     let [b, hq, s, d] = q.dims();
     let [_, hk, t, _] = k.dims();
     let g = *kv_groups as usize;
+    // The scale goes on q ([.., s, d]) rather than on the scores ([.., s, t]): one pass over
+    // the smaller tensor, forward and backward.
+    let q = match scale {
+        AttnScale::InvSqrtDim => q.mul_scalar(1.0 / (d as f64).sqrt()),
+        AttnScale::Learned => q * ins[3].f1().reshape([1, 1, 1, 1]),
+    };
     let q = q.reshape([b, hk, g * s, d]);
     let mut scores = mm(q, k.swap_dims(2, 3), ctx);
-    scores = match scale {
-        AttnScale::InvSqrtDim => scores.mul_scalar(1.0 / (d as f64).sqrt()),
-        AttnScale::Learned => scores * ins[3].f1().reshape([1, 1, 1, 1]),
-    };
     if *causal {
         // Query i (absolute position offset + i) sees keys j ≤ offset + i.
         let mask = Tensor::<2, Bool>::tril_mask([s, t], ctx.offset as i64, ctx.device);
