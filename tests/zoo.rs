@@ -34,14 +34,18 @@ fn train(recipe: &str, dir: &Path, sets: &[&str]) -> String {
     ok(&c.output().unwrap())
 }
 
+/// The values of `key` in a run's `metrics.jsonl`, one per line that has it.
+fn logged(dir: &Path, key: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v[key].as_f64())
+        .collect()
+}
+
 /// First and last training loss of a run.
 fn losses(dir: &Path) -> (f64, f64) {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let l: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["loss"].as_f64())
-        .collect();
+    let l = logged(dir, "loss");
     (l[0], *l.last().unwrap())
 }
 
@@ -149,7 +153,15 @@ fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
 fn bench_measures_a_forecaster_in_windows() {
     let out = ok(&kiln()
         .args(["bench", "recipes/airline-patchtst.yaml"])
-        .args(["--steps", "4", "--warmup", "1", "--gen-tokens", "8", "--profile"])
+        .args([
+            "--steps",
+            "4",
+            "--warmup",
+            "1",
+            "--gen-tokens",
+            "8",
+            "--profile",
+        ])
         .output()
         .unwrap());
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -166,7 +178,10 @@ fn bench_measures_a_forecaster_in_windows() {
     let p = &v["profile"];
     let ops = p["forward_ops"].as_array().unwrap();
     let sum: f64 = ops.iter().map(|o| o["ms"].as_f64().unwrap()).sum();
-    assert!((sum - p["forward_ms"].as_f64().unwrap()).abs() < 1e-6, "{p}");
+    assert!(
+        (sum - p["forward_ms"].as_f64().unwrap()).abs() < 1e-6,
+        "{p}"
+    );
     for op in ["linear", "attention", "patch", "revin_norm"] {
         assert!(ops.iter().any(|o| o["op"] == op), "{op} missing: {p}");
     }
@@ -398,12 +413,7 @@ fn a_sequence_length_curriculum_trains_on_growing_prefixes() {
             "train.steps=60",
         ],
     );
-    let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-    let lens: Vec<u64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["seq_len"].as_u64())
-        .collect();
+    let lens: Vec<u64> = logged(&d, "seq_len").iter().map(|&v| v as u64).collect();
     assert_eq!(lens.len(), 60);
     assert_eq!((lens[0], lens[20], lens[39], lens[59]), (4, 10, 16, 17));
     let (first, last) = losses(&d);
@@ -439,12 +449,7 @@ fn a_frequency_curriculum_widens_the_gates_band_then_lifts_the_mask() {
         "train.steps=60",
     ];
     train("recipes/anbn-gfnet-frequency.yaml", &d, &sets);
-    let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-    let cut: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["freq_cutoff"].as_f64())
-        .collect();
+    let cut = logged(&d, "freq_cutoff");
     assert_eq!(cut.len(), 60);
     assert_eq!((cut[0], cut[9]), (0.1, 0.1), "held during warm-up");
     assert!((cut[25] - 0.55).abs() < 1e-9, "{}", cut[25]);
@@ -508,12 +513,7 @@ fn the_attention_entropy_regularizer_works_on_forecasters() {
         &d,
         &["train.steps=40", "train.regularizers.attention_entropy=2.0"],
     );
-    let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-    let h: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["attention_entropy"].as_f64())
-        .collect();
+    let h = logged(&d, "attention_entropy");
     let _ = std::fs::remove_dir_all(d);
     assert_eq!(h.len(), 40);
     // Sharpening: the mean entropy falls.
@@ -535,12 +535,7 @@ fn the_harmonic_sparsity_term_sharpens_the_selection() {
             "train.regularizers.harmonic_sparsity=1.0",
         ],
     );
-    let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-    let h: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["harmonic_sparsity"].as_f64())
-        .collect();
+    let h = logged(&d, "harmonic_sparsity");
     let _ = std::fs::remove_dir_all(&d);
     assert_eq!(h.len(), 60);
     assert!(h[59] < 0.5 * h[0], "harmonic sparsity {} → {}", h[0], h[59]);
@@ -567,12 +562,7 @@ fn the_distribution_loss_pulls_the_predicted_marginal_to_the_data() {
             "model.vars.depth=1",
         ],
     );
-    let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-    let h: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["distribution"].as_f64())
-        .collect();
+    let h = logged(&d, "distribution");
     let _ = std::fs::remove_dir_all(d);
     assert_eq!(h.len(), 60);
     let (first, last) = (h[..5].iter().sum::<f64>(), h[55..].iter().sum::<f64>());
@@ -594,12 +584,7 @@ fn the_attention_entropy_regularizer_sharpens_or_spreads_attention() {
                 "train.steps=60",
             ],
         );
-        let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-        let h: Vec<f64> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["attention_entropy"].as_f64())
-            .collect();
+        let h = logged(&d, "attention_entropy");
         let _ = std::fs::remove_dir_all(d);
         assert_eq!(h.len(), 60);
         h[59]

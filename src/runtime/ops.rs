@@ -588,13 +588,7 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     } else {
         activation::softmax(scores, 3)
     };
-    if let Some(out) = ctx.aux {
-        let h = (probs.clone() * probs.clone().clamp_min(1e-30).log())
-            .sum_dim(3)
-            .neg()
-            .mean();
-        out.borrow_mut().attention_entropy.push(h.reshape([1]));
-    }
+    record_entropy(&probs, ctx);
     let probs = dropout(probs, p.0, ctx);
     mm(probs, v, ctx).reshape([b, hq, s, d])
 }
@@ -750,14 +744,19 @@ fn phase_attention(ins: &[&V], causal: bool, complex: bool, ctx: &Ctx) -> Tensor
         );
     }
     let probs = activation::softmax(logits, 3);
+    record_entropy(&probs, ctx);
+    mm(probs, v, ctx)
+}
+
+/// When asked for ([`Ctx::aux`]): the mean entropy −Σ_j p_ij ln p_ij of the attention rows.
+fn record_entropy(probs: &Tensor<4>, ctx: &Ctx) {
     if let Some(out) = ctx.aux {
-        let ent = (probs.clone() * probs.clone().clamp_min(1e-30).log())
+        let h = (probs.clone() * probs.clone().clamp_min(1e-30).log())
             .sum_dim(3)
             .neg()
             .mean();
-        out.borrow_mut().attention_entropy.push(ent.reshape([1]));
+        out.borrow_mut().attention_entropy.push(h.reshape([1]));
     }
-    mm(probs, v, ctx)
 }
 
 /// Hard attention weights: one-hot on each row's largest score. In training, straight-through:
