@@ -493,6 +493,16 @@ fn the_cache_holds_only_the_kv_heads_of_grouped_query_attention() {
     );
     assert!(rt.cache_support().is_err());
     assert!(!ModelLm::new(&rt, true).cached());
+    // Phase-coherent attention has no incremental form either: asking for a cache decodes
+    // uncached, with the same tokens.
+    let rt = model("recipes/anbn-wave.yaml", &["model.vars.depth=1"]);
+    assert!(rt.cache_support().is_err());
+    let mut lm = ModelLm::new(&rt, true);
+    assert!(!lm.cached());
+    let prompts = [vec![0, 3, 3, 4], vec![0, 3, 4, 4]];
+    let a = generate(&mut lm, &prompts, &s);
+    let b = generate(&mut ModelLm::new(&rt, false), &prompts, &s);
+    assert_eq!(tokens_all(&a), tokens_all(&b));
 }
 
 #[test]

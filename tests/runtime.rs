@@ -531,6 +531,29 @@ fn harmonic_selection_samples_gumbel_top_k_and_passes_gradients() {
             .collect();
         assert_eq!(kept, want, "k = {k}");
     }
+    // Tied scores still keep exactly k groups.
+    let tied = Tensor::<3>::zeros([b, s, h], &device);
+    let op = Op::HarmonicSelect {
+        k: 2,
+        temperature: Real(1.0),
+    };
+    let y = ops::eval(
+        &op,
+        &[&V::F3(x.clone()), &V::F3(tied)],
+        &ctx(&device, false, None),
+    )
+    .f3();
+    let kept: Vec<f32> = y
+        .sum_dim(2)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert!(
+        kept.iter().all(|&v| v == (2 * g) as f32),
+        "ties: {:?}",
+        &kept[..4]
+    );
     // Training, k = 1: selection frequencies follow softmax(scores).
     device.seed(7);
     let aux = std::cell::RefCell::new(kiln::runtime::Aux::default());

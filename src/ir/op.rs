@@ -985,11 +985,14 @@ impl Op {
                     ins[0]
                 )),
             },
-            Op::WindowedGate { window, .. } => {
+            Op::WindowedGate { window, hop } => {
                 let x = float(0)?;
                 let [_, _, Dim::Fixed(d)] = x.shape.as_slice() else {
                     return Err(format!("expects [batch, seq, width], got {x}"));
                 };
+                if *hop == 0 || hop > window {
+                    return Err(format!("a hop of {hop} does not fit frames of {window}"));
+                }
                 let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
                 if ins[1].shape != fx(&[3]) || ins[2].shape != fx(&[window / 2 + 1, *d, 2]) {
                     return Err(format!(
@@ -1001,16 +1004,16 @@ impl Op {
             }
             Op::Wave { harmonics } => {
                 let x = float(0)?;
-                match x.shape.last() {
-                    Some(Dim::Fixed(d)) if *d == 3 * harmonics => f32(x.shape.clone()),
-                    _ => Err(format!("expects 3·{harmonics} features, got {x}")),
+                match x.shape.as_slice() {
+                    [_, _, Dim::Fixed(d)] if *d == 3 * harmonics => f32(x.shape.clone()),
+                    _ => Err(format!("expects [batch, seq, 3·{harmonics}], got {x}")),
                 }
             }
             Op::HarmonicSelect { k, .. } => {
                 let (x, sc) = (float(0)?, float(1)?);
                 match (x.shape.as_slice(), sc.shape.as_slice()) {
                     ([b, s, Dim::Fixed(d)], [b2, s2, Dim::Fixed(h)])
-                        if b == b2 && s == s2 && d % h == 0 && k <= h =>
+                        if b == b2 && s == s2 && *h > 0 && d % h == 0 && *k >= 1 && k <= h =>
                     {
                         f32(x.shape.clone())
                     }
@@ -1040,7 +1043,9 @@ impl Op {
             Op::SliceFeatures { start, len } => {
                 let x = float(0)?;
                 match x.shape.split_last() {
-                    Some((Dim::Fixed(d), lead)) if start + len <= *d && *len > 0 => {
+                    Some((Dim::Fixed(d), lead))
+                        if lead.len() == 2 && start + len <= *d && *len > 0 =>
+                    {
                         let mut shape = lead.to_vec();
                         shape.push(Dim::Fixed(*len));
                         f32(shape)
@@ -1052,6 +1057,9 @@ impl Op {
                 }
             }
             Op::ConcatFeatures { .. } | Op::BandAttention { .. } => {
+                if ins.is_empty() || ins[0].shape.len() != 3 {
+                    return Err("expects one or more [batch, seq, width] inputs".into());
+                }
                 let mut total = 0;
                 let mut lead: Option<Vec<Dim>> = None;
                 for i in 0..ins.len() {

@@ -1230,7 +1230,8 @@ fn windowed_gate(ins: &[&Tensor], window: usize, hop: usize) -> Result<Tensor, S
                 if let Some(t) = at(c, n) {
                     for ch in 0..d {
                         out.data[(bi * s + t) * d + ch] +=
-                            y.data[((bi * count + c) * window + n) * d + ch] * gn / den[t];
+                            y.data[((bi * count + c) * window + n) * d + ch] * gn
+                                / den[t].max(1e-12);
                     }
                 }
             }

@@ -443,7 +443,9 @@ impl Runtime {
                 | Op::Rfft { .. }
                 | Op::Irfft { .. }
                 | Op::ComplexMul
-                | Op::SpectralFilter { .. } => false,
+                | Op::SpectralFilter { .. }
+                | Op::PhaseAttention { .. }
+                | Op::WindowedGate { .. } => false,
                 _ => true,
             };
             if !ok {

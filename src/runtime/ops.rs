@@ -661,14 +661,21 @@ fn windowed_gate(
         g2,
         burn::tensor::IndexingUpdateOp::Add,
     );
-    (num / den.reshape([1, lp, 1])).narrow(1, pad, s)
+    // Σ g² > 0 wherever the rectangular window has weight; the floor only guards a mix
+    // saturated to pure Hann without overlap.
+    (num / den.clamp_min(1e-12).reshape([1, lp, 1])).narrow(1, pad, s)
 }
 
-/// Top-k mask `[b, s, h]` (1 on each row's k largest entries).
+/// Top-k mask `[b, s, h]`: 1 on exactly k entries of each row, its k largest.
 fn topk_mask(scores: Tensor<3>, k: usize) -> Tensor<3> {
-    let [b, s, h] = scores.dims();
-    let thr = scores.clone().topk(k, 2).narrow(2, k - 1, 1);
-    scores.greater_equal(thr.expand([b, s, h])).float()
+    let [b, s, _] = scores.dims();
+    let (_, idx) = scores.clone().topk_with_indices(k, 2);
+    scores.zeros_like().scatter(
+        2,
+        idx,
+        Tensor::ones([b, s, k], &scores.device()),
+        burn::tensor::IndexingUpdateOp::Add,
+    )
 }
 
 /// Harmonic selection (see [`Op::HarmonicSelect`]). Training: Gumbel-perturbed scores, the

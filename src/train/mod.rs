@@ -57,7 +57,9 @@ pub fn distribution_loss(logits: Tensor<3>, targets: Tensor<2, Int>, scales: &[u
         .reshape([-1, v as i32])
         .mean_dim(0)
         .reshape([v]);
-    let cum = p.cumsum(0);
+    // Bin masses as differences of a cumulative sum, in f64: in f32 a bin of mass ~1e-7 (a
+    // large vocabulary at a fine scale) would drown in the sum's rounding.
+    let cum = p.cast(burn::tensor::FloatDType::F64).cumsum(0);
     let ys: Vec<i64> = targets
         .into_data()
         .convert::<i64>()
@@ -76,12 +78,14 @@ pub fn distribution_loss(logits: Tensor<3>, targets: Tensor<2, Int>, scales: &[u
             .select(0, Tensor::<1, Int>::from_ints(ends.as_slice(), &device));
         let before = Tensor::cat(
             vec![
-                Tensor::zeros([1], &device),
+                Tensor::<1>::zeros([1], &device).cast(burn::tensor::FloatDType::F64),
                 at_end.clone().narrow(0, 0, bins - 1),
             ],
             0,
         );
-        let q = (at_end - before).clamp_min(1e-12);
+        let q = (at_end - before)
+            .clamp_min(1e-12)
+            .cast(burn::tensor::FloatDType::F32);
         let mut hist = vec![0f64; bins];
         for &y in &ys {
             hist[(y.max(0) as usize * bins / v).min(bins - 1)] += 1.0 / n;
