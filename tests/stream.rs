@@ -2,29 +2,15 @@
 //! reported above its baselines, an unlearnable one is not, `kiln data analyze` tells them
 //! apart, and bad data or a diverging run are clear errors.
 
+mod common;
+use common::{kiln, ok, tmp_path};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
+use std::process::Output;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-stream-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = tmp_path("stream", name);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn generate(kind: &str, values: usize, path: &Path) {

@@ -1,17 +1,12 @@
 //! Sweeps through the CLI: a stable plan, fail-fast validation of every trial, parallel
 //! running into an append-only store, resuming without redoing finished trials, reports.
 
+mod common;
+use common::kiln;
 use std::path::PathBuf;
-use std::process::Command;
-
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-sweep-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::tmp_path("sweep", name)
 }
 
 const SMALL: &[&str] = &[

@@ -1,8 +1,9 @@
 //! Training end to end through the CLI: determinism, and a run killed with SIGKILL and resumed
 //! ends with exactly the metrics of an uninterrupted run.
 
+mod common;
+use common::kiln;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const SETS: &[&str] = &[
     "--set",
@@ -17,14 +18,8 @@ const SETS: &[&str] = &[
     "train.eval_every=20",
 ];
 
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::tmp_path("train", name)
 }
 
 fn summary(dir: &Path) -> serde_json::Value {

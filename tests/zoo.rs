@@ -1,28 +1,12 @@
 //! Components of the zoo end to end through the CLI: each bundled recipe that uses a new layer
 //! trains (the loss falls) and reports what the layer promises; `kiln bench` measures.
 
+mod common;
+use common::{kiln, ok};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-zoo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\n{}\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::tmp_path("zoo", name)
 }
 
 fn train(recipe: &str, dir: &Path, sets: &[&str]) -> String {
