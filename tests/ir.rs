@@ -29,6 +29,14 @@ fn lower_file(path: &str, overrides: &[String]) -> Graph {
     g
 }
 
+fn load_model(path: &str, overrides: &[String]) -> kiln::spec::LoadedModel {
+    let mut sources = SourceMap::new();
+    match kiln::spec::load(Path::new(path), overrides, &mut sources) {
+        Ok(kiln::spec::Document::Model(m)) => m,
+        _ => panic!("{path} is not a model"),
+    }
+}
+
 fn optimized(g: &Graph, names: &[&str]) -> (Graph, Vec<passes::Change>) {
     let mut g = g.clone();
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
@@ -503,6 +511,33 @@ fn encoder_decoder_decoders_are_causal_and_see_the_whole_source() {
         (0..v).any(|j| (base.data[j] - out.data[j]).abs() > 1e-9),
         "position 0 sees the last source id"
     );
+    // With the task's key-padding mask, the source's PAD positions are invisible: changing
+    // the PAD embedding changes no output; without the mask it does.
+    let m = load_model("models/encoder-decoder.yaml", &["vars.depth=1".into()]);
+    for (pad, invisible) in [(Some(0), true), (None, false)] {
+        let opts = kiln::lower::LowerOptions {
+            vocab: 7,
+            max_seq: None,
+            require_causal: true,
+            source_len: Some(16),
+            forecast: None,
+            source_pad: pad,
+        };
+        let g = kiln::lower::lower(&m, &opts).unwrap();
+        let mut params = reference::init_params(&g, 4);
+        let base = run(&g, &params, std::slice::from_ref(&row));
+        let table = params.get_mut("encoder.0.weight").unwrap();
+        for v in &mut table.data[..table.shape[1]] {
+            *v += 0.5;
+        }
+        let out = run(&g, &params, std::slice::from_ref(&row));
+        let d = prefix_diff(&base, &out, base.data.len());
+        assert_eq!(
+            d < 1e-9,
+            invisible,
+            "pad {pad:?}: PAD embedding changed outputs by {d}"
+        );
+    }
     // cross_attention without an encoder is an error.
     let text = "kind: model\nvocab: 5\nlayers:\n  - {type: embedding, dim: 8}\n  - {type: cross_attention, heads: 2}\n  - {type: head}\n";
     let msg = lowering_error(text, None);

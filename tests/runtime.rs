@@ -336,12 +336,47 @@ fn ets_attention_matches_its_recurrence_by_fft_too() {
 /// and the decoder gets a gradient.
 #[test]
 fn encoder_decoder_matches_the_reference_and_learns() {
-    let g = lower("models/encoder-decoder.yaml", &["vars.depth=1"]);
+    for pad in [None, Some(0)] {
+        encoder_decoder_case(pad);
+    }
+}
+
+/// Without and with the source's key-padding mask (the random sources hold PAD = 0 ids).
+fn encoder_decoder_case(source_pad: Option<i64>) {
+    let mut sources = SourceMap::new();
+    let sets = vec!["vars.depth=1".to_string()];
+    let doc = kiln::spec::load(
+        Path::new("models/encoder-decoder.yaml"),
+        &sets,
+        &mut sources,
+    )
+    .unwrap();
+    let kiln::spec::Document::Model(m) = doc else {
+        panic!("a model")
+    };
+    let opts = kiln::lower::LowerOptions {
+        vocab: 7,
+        max_seq: Some(12),
+        require_causal: false,
+        source_len: None,
+        forecast: None,
+        source_pad,
+    };
+    let g = kiln::lower::lower(&m, &opts).unwrap();
+    let masks =
+        g.g.node_weights()
+            .filter(|n| matches!(n.op, kiln::ir::Op::PadBias { .. }))
+            .count();
+    assert_eq!(masks, usize::from(source_pad.is_some()));
     assert_eq!(
         g.source_len(),
         Some(kiln::lower::PLACEHOLDER_SOURCE as usize)
     );
     let rows: Vec<Vec<i64>> = tokens(5, 2, 16 + 6, 5);
+    assert!(
+        rows.iter().all(|r| r[..16].contains(&0)),
+        "sources with padding"
+    );
     for graph in [g.clone(), optimize(&g)] {
         let got = run_rt(&graph, 2, &rows);
         let want = reference::run(&graph, &reference::init_params(&graph, 2), &rows).unwrap();
@@ -392,6 +427,7 @@ fn patchtst_case(file: &str) {
             require_causal: false,
             source_len: None,
             forecast: Some(shape),
+            source_pad: None,
         },
     )
     .unwrap_or_else(|d| panic!("{}", render_text(&d, &sources, false)));

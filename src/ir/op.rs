@@ -169,6 +169,9 @@ pub enum Op {
         hard: bool,
         /// Entropy-adaptive temperature at inference.
         adaptive: bool,
+        /// A last input `[b, t]` is added to every query's logits over the t keys (a
+        /// key-padding mask from [`Op::PadBias`]).
+        key_mask: bool,
     },
     /// `(x [b, s, i], then per layer w_ih [i, 4h], w_hh [h, 4h], b_ih [4h], b_hh [4h]) → [b, s, h]`.
     Lstm {
@@ -308,9 +311,18 @@ pub enum Op {
         /// Source length.
         len: u64,
     },
-    /// Cross-attention `(q [b, H, s, d], k [b, H, S, d], v [b, H, S, d]) → [b, H, s, d]`:
-    /// softmax(q kᵀ/√d) v over all S source positions.
-    CrossAttention,
+    /// Cross-attention `(q [b, H, s, d], k [b, H, S, d], v [b, H, S, d], bias? [b, S]) →
+    /// [b, H, s, d]`: softmax(q kᵀ/√d + bias) v over all S source positions.
+    CrossAttention {
+        /// The fourth input (a key-padding mask from [`Op::PadBias`]) is present.
+        key_mask: bool,
+    },
+    /// Key-padding mask of an encoder-decoder's source `ids [b, S] → [b, S]`: −1e9 where the
+    /// id is the padding id, else 0; added to attention logits, it removes padded keys.
+    PadBias {
+        /// The padding id.
+        pad: i64,
+    },
     /// Memory tokens `(x [b, s, d], memory [m, d]) → [b, m + s, d]`: the m learned vectors
     /// prepended to every sequence.
     PrependMemory,
@@ -426,7 +438,8 @@ impl Op {
             Op::SliceFeatures { .. } => "slice_features",
             Op::ConcatFeatures { .. } => "concat_features",
             Op::BandAttention { .. } => "band_attention",
-            Op::CrossAttention => "cross_attention",
+            Op::CrossAttention { .. } => "cross_attention",
+            Op::PadBias { .. } => "pad_bias",
             Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
             Op::MeanForecasts { .. } => "mean_forecasts",
@@ -463,8 +476,9 @@ impl Op {
                 dropout,
                 hard,
                 adaptive,
+                key_mask,
             } => format!(
-                "causal={causal} kv_groups={kv_groups} scale={} dropout={dropout}{}{}",
+                "causal={causal} kv_groups={kv_groups} scale={} dropout={dropout}{}{}{}",
                 match scale {
                     AttnScale::InvSqrtDim => "1/sqrt(d)",
                     AttnScale::Learned => "learned",
@@ -474,8 +488,11 @@ impl Op {
                     " adaptive_temperature"
                 } else {
                     ""
-                }
+                },
+                if *key_mask { " key_mask" } else { "" }
             ),
+            Op::CrossAttention { key_mask: true } => "key_mask".into(),
+            Op::PadBias { pad } => format!("pad={pad}"),
             Op::Lstm {
                 layers,
                 hidden,
@@ -576,7 +593,7 @@ impl Op {
             Op::Input | Op::Param { .. } | Op::Source { .. } | Op::Series { .. } => 0,
             Op::RevinNorm | Op::ForecastHead { .. } => 3,
             Op::RevinDenorm => 4,
-            Op::CrossAttention => 3,
+            Op::CrossAttention { key_mask } => 3 + usize::from(*key_mask),
             Op::Embedding
             | Op::Add
             | Op::Mul
@@ -589,7 +606,9 @@ impl Op {
             Op::Linear { bias } | Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::LayerNorm(_) => 3,
             Op::RmsNorm(_) => 2,
-            Op::Attention { scale, .. } => 3 + usize::from(*scale == AttnScale::Learned),
+            Op::Attention {
+                scale, key_mask, ..
+            } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
             Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
             Op::Mamba { .. } => 10,
             Op::Mlstm { .. } => 8,
@@ -743,8 +762,15 @@ impl Op {
                     ins[0]
                 )),
             },
-            Op::Attention { kv_groups, .. } => {
+            Op::Attention {
+                kv_groups,
+                key_mask,
+                ..
+            } => {
                 let (q, k, v) = (float(0)?, float(1)?, float(2)?);
+                if *key_mask {
+                    key_bias_fits(float(ins.len() - 1)?, k)?;
+                }
                 match (q.shape.as_slice(), k.shape.as_slice()) {
                     ([b, Dim::Fixed(hq), s, d], [_, Dim::Fixed(hk), _, dk]) => {
                         if hq != &(hk * kv_groups) {
@@ -1117,8 +1143,15 @@ impl Op {
                 dtype: DType::I64,
                 shape: vec![Dim::Batch, Dim::Fixed(*len)],
             }),
-            Op::CrossAttention => {
+            Op::PadBias { .. } => match ins[0].shape.as_slice() {
+                [b, s] if ins[0].dtype == DType::I64 => f32(vec![*b, *s]),
+                _ => Err(format!("expects source ids [batch, len], got {}", ins[0])),
+            },
+            Op::CrossAttention { key_mask } => {
                 let q = float(0)?;
+                if *key_mask {
+                    key_bias_fits(float(3)?, &ins[1])?;
+                }
                 match (q.shape.as_slice(), ins[1].shape.as_slice()) {
                     ([b, h, _, d], [b2, h2, _, d2])
                         if b == b2 && h == h2 && d == d2 && ins[1] == ins[2] =>
@@ -1282,4 +1315,12 @@ pub fn frames(window: usize, hop: usize, len: usize) -> (usize, usize) {
     let pad = window - hop;
     let count = (pad + len).saturating_sub(window).div_ceil(hop) + 1;
     (pad, count)
+}
+
+/// A key-padding bias `[b, t]` fits keys `[b, h, t, d]`.
+fn key_bias_fits(bias: &TensorType, k: &TensorType) -> Result<(), String> {
+    match (bias.shape.as_slice(), k.shape.as_slice()) {
+        ([b, t], [b2, _, t2, _]) if b == b2 && t == t2 => Ok(()),
+        _ => Err(format!("key mask {bias} does not fit keys {k}")),
+    }
 }

@@ -453,9 +453,11 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             scale,
             hard,
             adaptive,
+            key_mask,
             ..
         } => {
             let (q, k, v) = (ins[0], ins[1], ins[2]);
+            let bias = key_mask.then(|| ins[ins.len() - 1]);
             let (b, hq, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
             let hk = k.shape[1];
             let g = *kv_groups as usize;
@@ -477,6 +479,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                                     .map(|c| q.data[qb + i * d + c] * k.data[kb + j * d + c])
                                     .sum::<f64>()
                                     * factor
+                                    + bias.map_or(0.0, |t| t.data[bi * s + j])
                             })
                             .collect();
                         let w = attention_weights(&logits, *hard, *adaptive);
@@ -702,8 +705,10 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::CrossAttention => {
+        Op::PadBias { pad } => map(ins[0], |id| if id == *pad as f64 { -1e9 } else { 0.0 }),
+        Op::CrossAttention { key_mask } => {
             let (q, k, v) = (ins[0], ins[1], ins[2]);
+            let bias = key_mask.then(|| ins[3]);
             let (b, h, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
             let t = k.shape[2];
             let mut out = Tensor::zeros(&q.shape);
@@ -714,6 +719,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                         .map(|j| {
                             let kj = &k.data[(bh * t + j) * d..(bh * t + j + 1) * d];
                             qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
+                                + bias.map_or(0.0, |m| m.data[bh / h * t + j])
                         })
                         .collect();
                     let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);

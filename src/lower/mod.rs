@@ -24,6 +24,9 @@ pub struct LowerOptions {
     pub source_len: Option<u64>,
     /// A forecasting model's shapes (from the task): it reads series instead of token ids.
     pub forecast: Option<ForecastShape>,
+    /// The padding id of an encoder-decoder's source (from the task): the encoder's
+    /// attention and the decoder's cross-attention then ignore padded source positions.
+    pub source_pad: Option<i64>,
 }
 
 /// What a forecasting model reads and returns.
@@ -68,6 +71,7 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         memory: 0,
         encoder: None,
         encoding: false,
+        key_bias: None,
     };
     let root = match opts.forecast {
         Some(f) => Op::Series {
@@ -83,6 +87,10 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
             l.g.add(Op::Source { len }, &[], "", None)
                 .expect("source has no inputs");
         l.positions = src;
+        l.key_bias = opts.source_pad.map(|pad| {
+            l.g.add(Op::PadBias { pad }, &[src], "encoder", None)
+                .expect("source ids fit")
+        });
         let nodes = model.tree.get("encoder").and_then(seq_items);
         l.encoding = true;
         l.encoder = l.seq(enc, nodes, src, "encoder");
@@ -228,6 +236,8 @@ struct Lowerer {
     encoder: Option<NodeIndex>,
     /// Lowering the encoder (its sequences are the source's).
     encoding: bool,
+    /// The source's key-padding bias `[b, S]`, when the task pads sources.
+    key_bias: Option<NodeIndex>,
 }
 
 /// The layer being lowered: its parameter prefix and YAML location.
@@ -573,6 +583,9 @@ impl Lowerer {
                 } else {
                     AttnScale::InvSqrtDim
                 };
+                // Encoder attention over the source's own positions skips its padding.
+                let key_bias = self.key_bias.filter(|_| self.encoding && self.memory == 0);
+                ins.extend(key_bias);
                 let a = self.op(
                     &at,
                     Op::Attention {
@@ -582,6 +595,7 @@ impl Lowerer {
                         dropout: Real(*dropout),
                         hard: *hard,
                         adaptive: *adaptive_temperature,
+                        key_mask: key_bias.is_some(),
                     },
                     &ins,
                 )?;
@@ -1042,7 +1056,12 @@ impl Lowerer {
                 let v = self.linear(&at, "v", mem, d, true)?;
                 let split = |l: &mut Self, t| l.op(&at, Op::SplitHeads { heads: h }, &[t]);
                 let (q, k, v) = (split(self, q)?, split(self, k)?, split(self, v)?);
-                let o = self.op(&at, Op::CrossAttention, &[q, k, v])?;
+                let mut ins = vec![q, k, v];
+                ins.extend(self.key_bias);
+                let op = Op::CrossAttention {
+                    key_mask: self.key_bias.is_some(),
+                };
+                let o = self.op(&at, op, &ins)?;
                 let o = self.op(&at, Op::MergeHeads, &[o])?;
                 self.linear(&at, "out", o, d, true)
             }
@@ -1196,6 +1215,7 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
                 }),
                 _ => None,
             },
+            source_pad: r.spec.task.source_pad(),
         },
     )?;
     let gates =
@@ -1258,6 +1278,7 @@ pub fn lower_document(
                 require_causal: false,
                 source_len: None,
                 forecast: is_forecaster(&m.spec).then_some(PLACEHOLDER_FORECAST),
+                source_pad: None,
             },
         ),
     }

@@ -402,11 +402,18 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let z = mm(x.reshape([bc, n * d]), w, ctx) + bias.reshape([1, h]);
             V::F3(z.reshape([bc / c, c, h]).swap_dims(1, 2))
         }
-        Op::CrossAttention => {
+        Op::CrossAttention { key_mask } => {
             let (q, k, v) = (ins[0].f4(), ins[1].f4(), ins[2].f4());
             let d = q.dims()[3] as f64;
-            let scores = mm(q, k.swap_dims(2, 3), ctx).div_scalar(d.sqrt());
+            let mut scores = mm(q.div_scalar(d.sqrt()), k.swap_dims(2, 3), ctx);
+            if *key_mask {
+                scores = add_key_bias(scores, ins[3]);
+            }
             V::F4(mm(activation::softmax(scores, 3), v, ctx))
+        }
+        Op::PadBias { pad } => {
+            let ids = ins[0].ids();
+            V::F2(ids.equal_elem(*pad).float().mul_scalar(-1e9))
         }
         Op::PrependMemory => {
             let (x, mem) = (ins[0].f3(), ins[1].f2());
@@ -556,6 +563,7 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
         dropout: p,
         hard,
         adaptive,
+        key_mask,
     } = op
     else {
         unreachable!("attention op")
@@ -580,6 +588,9 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
             .repeat_dim(0, g)
             .reshape([1, 1, g * s, t]);
         scores = scores.mask_fill(mask.expand([b, hk, g * s, t]), f32::NEG_INFINITY);
+    }
+    if *key_mask {
+        scores = add_key_bias(scores, ins[ins.len() - 1]);
     }
     let probs = if *hard && !ctx.soft_attention {
         hard_weights(scores, ctx.train)
@@ -753,6 +764,12 @@ fn phase_attention(ins: &[&V], causal: bool, complex: bool, ctx: &Ctx) -> Tensor
     let probs = activation::softmax(logits, 3);
     record_entropy(&probs, ctx);
     mm(probs, v, ctx)
+}
+
+/// Attention logits `[b, h, s, t]` plus a key-padding bias `[b, t]` (see [`Op::PadBias`]).
+fn add_key_bias(scores: Tensor<4>, bias: &V) -> Tensor<4> {
+    let [b, t] = bias.f2().dims();
+    scores + bias.f2().reshape([b, 1, 1, t])
 }
 
 /// When asked for ([`Ctx::aux`]): the mean entropy −Σ_j p_ij ln p_ij of the attention rows.

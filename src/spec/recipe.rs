@@ -281,6 +281,11 @@ pub enum Task {
         #[serde(default = "default_num_eval")]
         #[schemars(range(min = 1, max = 1000000))]
         num_test: u32,
+        /// Key-padding mask: the encoder's attention and the decoder's cross-attention ignore
+        /// the source's PAD positions (as Hugging Face's `attention_mask` does). `false` lets
+        /// them attend to PADs, which tell where a word ends.
+        #[serde(default = "default_true")]
+        mask_padding: bool,
     },
 }
 
@@ -980,6 +985,17 @@ impl Task {
             Task::Uint16 { vocab, .. } => u64::from(*vocab),
             Task::Seq2seq { symbols, .. } => u64::from(*symbols) + 3,
             Task::Forecast(_) => 0,
+        }
+    }
+
+    /// The padding id that an encoder-decoder's attention should ignore: PAD for a
+    /// sequence-to-sequence task with `mask_padding`, else `None`.
+    pub fn source_pad(&self) -> Option<i64> {
+        match self {
+            Task::Seq2seq {
+                mask_padding: true, ..
+            } => Some(crate::tasks::seq2seq::PAD),
+            _ => None,
         }
     }
 

@@ -248,6 +248,7 @@ impl Seq2seqData {
             num_train,
             num_val,
             num_test,
+            ..
         } = task
         else {
             return None;
