@@ -540,20 +540,18 @@ fn harmonic_selection_samples_gumbel_top_k_and_passes_gradients() {
     let logits = [0.0f32, 1.0, 2.0];
     let scores = Tensor::<3>::from_data(TensorData::new(logits.repeat(b * s), [b, s, h]), &device)
         .require_grad();
-    // Inference: the plain top-k, k groups each.
-    for k in [1, 2, 3] {
+    let select = |scores: &Tensor<3>, k: u64, tau: f64, ctx: &kiln::runtime::ops::Ctx| {
         let op = Op::HarmonicSelect {
             k,
-            temperature: Real(1.0),
+            temperature: Real(tau),
         };
-        let ins = [&V::F3(x.clone()), &V::F3(scores.clone())];
-        let y = ops::eval(&op, &ins, &ctx(&device, false, None)).f3();
-        let kept: Vec<f32> = y
-            .sum_dim(1)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap();
+        ops::eval(&op, &[&V::F3(x.clone()), &V::F3(scores.clone())], ctx).f3()
+    };
+    let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    // Inference: the plain top-k, k groups each.
+    for k in [1, 2, 3] {
+        let y = select(&scores, k, 1.0, &ctx(&device, false, None));
+        let kept = host(y.sum_dim(1));
         let want: Vec<f32> = (0..b)
             .flat_map(|_| {
                 (0..h * g).map(|f| {
@@ -569,22 +567,7 @@ fn harmonic_selection_samples_gumbel_top_k_and_passes_gradients() {
     }
     // Tied scores still keep exactly k groups.
     let tied = Tensor::<3>::zeros([b, s, h], &device);
-    let op = Op::HarmonicSelect {
-        k: 2,
-        temperature: Real(1.0),
-    };
-    let y = ops::eval(
-        &op,
-        &[&V::F3(x.clone()), &V::F3(tied)],
-        &ctx(&device, false, None),
-    )
-    .f3();
-    let kept: Vec<f32> = y
-        .sum_dim(2)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let kept = host(select(&tied, 2, 1.0, &ctx(&device, false, None)).sum_dim(2));
     assert!(
         kept.iter().all(|&v| v == (2 * g) as f32),
         "ties: {:?}",
@@ -593,36 +576,13 @@ fn harmonic_selection_samples_gumbel_top_k_and_passes_gradients() {
     // Training, k = 1: selection frequencies follow softmax(scores).
     device.seed(7);
     let aux = std::cell::RefCell::new(kiln::runtime::Aux::default());
-    let op = Op::HarmonicSelect {
-        k: 1,
-        temperature: Real(0.5),
-    };
-    let y = ops::eval(
-        &op,
-        &[&V::F3(x.clone()), &V::F3(scores.clone())],
-        &ctx(&device, true, Some(&aux)),
-    )
-    .f3();
-    let per_pos: Vec<f32> = y
-        .clone()
-        .sum_dim(2)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let y = select(&scores, 1, 0.5, &ctx(&device, true, Some(&aux)));
+    let per_pos = host(y.clone().sum_dim(2));
     assert!(
         per_pos.iter().all(|&v| (v - g as f32).abs() < 1e-5),
         "one group kept each"
     );
-    let freq: Vec<f32> = y
-        .clone()
-        .reshape([b * s, h, g])
-        .narrow(2, 0, 1)
-        .mean_dim(0)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let freq = host(y.clone().reshape([b * s, h, g]).narrow(2, 0, 1).mean_dim(0));
     let z: f32 = logits.iter().map(|v| v.exp()).sum();
     for (j, f) in freq.iter().enumerate() {
         let p = logits[j].exp() / z;
@@ -639,13 +599,7 @@ fn harmonic_selection_samples_gumbel_top_k_and_passes_gradients() {
     ))
     .sum()
     .backward();
-    let gs: Vec<f32> = scores
-        .grad(&grads)
-        .unwrap()
-        .to_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let gs = host(scores.grad(&grads).unwrap());
     assert!(gs.iter().any(|v| *v != 0.0) && gs.iter().all(|v| v.is_finite()));
     // The sparsity statistic: 1 − softmax(s/τ) of the top harmonic.
     let stat: f32 = aux.borrow().harmonic_sparsity[0].clone().into_scalar();

@@ -268,24 +268,18 @@ fn patchtst_forecasts_the_airline_series_beside_its_baselines() {
         .unwrap();
     assert_eq!(gen.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&d);
-    // With Fourier features before the head.
-    train(
-        "recipes/airline-patchtst.yaml",
-        &d,
-        &["train.steps=120", "model=../models/patchtst-fourier.yaml"],
-    );
-    let (first, last) = losses(&d);
-    assert!(last < 0.5 * first, "fourier: loss {first} → {last}");
-    let _ = std::fs::remove_dir_all(&d);
-    // With windowed spectral gates instead of attention.
-    train(
-        "recipes/airline-patchtst.yaml",
-        &d,
-        &["train.steps=120", "model=../models/windowed-fft.yaml"],
-    );
-    let (first, last) = losses(&d);
-    assert!(last < 0.5 * first, "windowed: loss {first} → {last}");
-    let _ = std::fs::remove_dir_all(d);
+    // With Fourier features before the head, and with windowed spectral gates instead of
+    // attention.
+    for model in ["patchtst-fourier", "windowed-fft"] {
+        train(
+            "recipes/airline-patchtst.yaml",
+            &d,
+            &["train.steps=120", &format!("model=../models/{model}.yaml")],
+        );
+        let (first, last) = losses(&d);
+        assert!(last < 0.5 * first, "{model}: loss {first} → {last}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
 
 #[test]

@@ -1218,40 +1218,49 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
             source_pad: r.spec.task.source_pad(),
         },
     )?;
-    let gates =
-        g.g.node_weights()
-            .any(|n| matches!(n.op, Op::FreqMask { .. }));
-    if r.spec.train.frequency_curriculum.is_some() && !gates {
-        let span = crate::spec::load::key_span_at(&r.tree, &["train", "frequency_curriculum"]);
-        return Err(vec![Diagnostic::error(
-            Code::Conflict,
-            Some(span),
-            "a frequency curriculum needs a `spectral_gate` layer, and the model has none",
-        )
-        .label("nothing to low-pass")
-        .help(
-            "add a `spectral_gate` layer to the model, or remove `train.frequency_curriculum`",
-        )]);
-    }
-    let selects =
-        g.g.node_weights()
-            .any(|n| matches!(n.op, Op::HarmonicSelect { .. }));
-    if r.spec.train.regularizers.harmonic_sparsity != 0.0 && !selects {
-        let span = crate::spec::load::key_span_at(
-            &r.tree,
-            &["train", "regularizers", "harmonic_sparsity"],
-        );
-        return Err(vec![Diagnostic::error(
-            Code::Conflict,
-            Some(span),
-            "the harmonic-sparsity term needs a `harmonic_select` layer, and the model has none",
-        )
-        .label("nothing to make sparse")
-        .help(
-            "add a `harmonic_select` layer to the model, or remove `harmonic_sparsity`",
-        )]);
+    // Training options that act on one kind of layer need the model to have one.
+    let needs = [
+        LayerNeed {
+            asked: r.spec.train.frequency_curriculum.is_some(),
+            is_layer: |op| matches!(op, Op::FreqMask { .. }),
+            path: &["train", "frequency_curriculum"],
+            msg: "a frequency curriculum needs a `spectral_gate` layer, and the model has none",
+            label: "nothing to low-pass",
+            help:
+                "add a `spectral_gate` layer to the model, or remove `train.frequency_curriculum`",
+        },
+        LayerNeed {
+            asked: r.spec.train.regularizers.harmonic_sparsity != 0.0,
+            is_layer: |op| matches!(op, Op::HarmonicSelect { .. }),
+            path: &["train", "regularizers", "harmonic_sparsity"],
+            msg:
+                "the harmonic-sparsity term needs a `harmonic_select` layer, and the model has none",
+            label: "nothing to make sparse",
+            help: "add a `harmonic_select` layer to the model, or remove `harmonic_sparsity`",
+        },
+    ];
+    for n in needs {
+        if n.asked && !g.g.node_weights().any(|node| (n.is_layer)(&node.op)) {
+            let span = crate::spec::load::key_span_at(&r.tree, n.path);
+            return Err(vec![Diagnostic::error(Code::Conflict, Some(span), n.msg)
+                .label(n.label)
+                .help(n.help)]);
+        }
     }
     Ok(g)
+}
+
+/// A recipe option that acts on one kind of layer (see [`lower_recipe`]).
+struct LayerNeed {
+    /// The recipe uses the option.
+    asked: bool,
+    /// The op that the layer lowers to.
+    is_layer: fn(&Op) -> bool,
+    /// Where the option is written.
+    path: &'static [&'static str],
+    msg: &'static str,
+    label: &'static str,
+    help: &'static str,
 }
 
 /// Vocabulary used to check a model file on its own when it declares none: any size works

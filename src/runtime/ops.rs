@@ -695,10 +695,12 @@ fn topk_mask(scores: Tensor<3>, k: usize) -> Tensor<3> {
 fn harmonic_select(x: Tensor<3>, scores: Tensor<3>, k: usize, tau: f64, ctx: &Ctx) -> Tensor<3> {
     let [b, s, d] = x.dims();
     let h = scores.dims()[2];
-    let clean = topk_mask(scores.clone().detach(), k);
+    // The noise-free top-k is built only where it is read: for the sparsity statistic
+    // (training) and as the mask at evaluation.
     if let Some(out) = ctx.aux {
+        let clean = topk_mask(scores.clone().detach(), k);
         let p = activation::softmax(scores.clone().div_scalar(tau), 2);
-        let outside = (p * clean.clone()).sum_dim(2).neg().add_scalar(1.0).mean();
+        let outside = (p * clean).sum_dim(2).neg().add_scalar(1.0).mean();
         out.borrow_mut()
             .harmonic_sparsity
             .push(outside.reshape([1]));
@@ -720,7 +722,7 @@ fn harmonic_select(x: Tensor<3>, scores: Tensor<3>, k: usize, tau: f64, ctx: &Ct
         let soft = soft.unwrap_or_else(|| hard.clone());
         soft.clone() + (hard - soft).detach()
     } else {
-        clean
+        topk_mask(scores.detach(), k)
     };
     let g = d / h;
     x * mask

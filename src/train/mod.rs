@@ -23,13 +23,7 @@ use std::path::{Path, PathBuf};
 /// Mean cross-entropy over all positions, with label smoothing ε (PyTorch semantics: the
 /// target is (1 − ε)·one-hot + ε/K).
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, smoothing: f64) -> Tensor<1> {
-    // An encoder-decoder's logits cover only the target part of each row: its last positions.
-    let (s, t) = (logits.dims()[1], targets.dims()[1]);
-    let targets = if t > s {
-        targets.narrow(1, t - s, s)
-    } else {
-        targets
-    };
+    let targets = targets_of(&logits, targets);
     let logp = log_softmax(logits, 2);
     let nll = logp.clone().gather(2, targets.unsqueeze_dim::<3>(2)).neg();
     let loss = if smoothing > 0.0 {
@@ -41,17 +35,23 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, smoothing: f64)
     loss.mean()
 }
 
+/// The targets the logits predict. An encoder-decoder's logits cover only the target part of
+/// each row: its last positions.
+fn targets_of(logits: &Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2, Int> {
+    let (s, t) = (logits.dims()[1], targets.dims()[1]);
+    if t > s {
+        targets.narrow(1, t - s, s)
+    } else {
+        targets
+    }
+}
+
 /// The multi-scale distribution loss (see [`crate::spec::recipe::DistributionLoss`]): the
 /// mean over `scales` of KL(target histogram ‖ mean predicted probability) with the classes
 /// cut into that many contiguous bins (class c of V in bin ⌊c·s/V⌋).
 pub fn distribution_loss(logits: Tensor<3>, targets: Tensor<2, Int>, scales: &[u32]) -> Tensor<1> {
-    let [_, s, v] = logits.dims();
-    let t = targets.dims()[1];
-    let targets = if t > s {
-        targets.narrow(1, t - s, s)
-    } else {
-        targets
-    };
+    let v = logits.dims()[2];
+    let targets = targets_of(&logits, targets);
     let device = logits.device();
     let p = softmax(logits, 2)
         .reshape([-1, v as i32])
