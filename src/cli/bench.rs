@@ -31,10 +31,13 @@ pub struct BenchArgs<'a> {
     pub gen_batch: usize,
     /// Time every op of the timed steps' forward passes.
     pub profile: bool,
+    /// Without kiln's fused CPU kernels.
+    pub unfused: bool,
 }
 
 /// Run the benchmark; prints one JSON object on stdout. Returns the exit code.
 pub fn bench_cmd(a: &BenchArgs) -> i32 {
+    crate::runtime::fused::set_enabled(!a.unfused);
     let (doc, graph) = match super::run::compile(a.recipe, a.set) {
         Ok(x) => x,
         Err(code) => return code,
@@ -97,6 +100,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let mut out = serde_json::json!({
         "recipe": a.recipe.display().to_string(),
         "device": format!("{:?}", a.device),
+        "fused_kernels": !a.unfused,
         "precision": a.matmul_dtype.map_or("f32".to_string(), |d| format!("{d:?}").to_lowercase()),
         "params": params,
         "batch": bs * t.grad_accum as usize,

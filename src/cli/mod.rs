@@ -158,6 +158,10 @@ enum Command {
         /// kind): where the time goes. Meaningful on the CPU, whose ops run eagerly.
         #[arg(long)]
         profile: bool,
+        /// Run without kiln's fused CPU kernels (plain Burn ops): the reference the fused
+        /// kernels are measured against.
+        #[arg(long)]
+        unfused: bool,
     },
     /// Recompute a run's task metrics from its best or last checkpoint.
     #[command(after_help = "Example:\n  kiln eval runs/default-1763856000 --checkpoint best")]
@@ -515,6 +519,7 @@ pub fn main() -> i32 {
             gen_tokens,
             gen_batch,
             profile,
+            unfused,
         } => bench::bench_cmd(&bench::BenchArgs {
             recipe: &recipe,
             set: &set,
@@ -525,6 +530,7 @@ pub fn main() -> i32 {
             gen_tokens,
             gen_batch,
             profile,
+            unfused,
         }),
         Command::Eval { run, checkpoint } => crate::cli::run::eval_cmd(&run, checkpoint, None, &[]),
         Command::Generate {

@@ -4,6 +4,7 @@
 //! walks the graph's ops in topological order ([`ops::eval`]). Weights save and load as
 //! safetensors under their IR names, so a checkpoint states which model it belongs to.
 
+pub mod fused;
 pub mod ops;
 pub mod value;
 

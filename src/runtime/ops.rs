@@ -1,5 +1,6 @@
 //! Burn implementations of the IR ops.
 
+use super::fused;
 use super::value::V;
 use crate::ir::{AttnScale, Op, SpectralAlgo};
 use crate::spec::Activation;
@@ -53,7 +54,7 @@ fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
     match a {
         Activation::Relu => activation::relu(x),
         Activation::Gelu => activation::gelu(x),
-        Activation::Silu => activation::silu(x),
+        Activation::Silu => super::fused::silu(x),
         Activation::Tanh => x.tanh(),
         Activation::Softplus => activation::softplus(x, 1.0),
     }
@@ -244,11 +245,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let y = xc / (var + eps.0).sqrt();
             V::F3(y * ins[1].f1().unsqueeze::<3>() + ins[2].f1().unsqueeze::<3>())
         }
-        Op::RmsNorm(eps) => {
-            let x = ins[0].f3();
-            let ms = x.clone().powi_scalar(2).mean_dim(2);
-            V::F3(x / (ms + eps.0).sqrt() * ins[1].f1().unsqueeze::<3>())
-        }
+        Op::RmsNorm(eps) => V::F3(super::fused::rmsnorm(ins[0].f3(), ins[1].f1(), eps.0)),
         Op::L2Norm => {
             let x = ins[0].f4();
             let norm = x.clone().powi_scalar(2).sum_dim(3).sqrt().clamp_min(1e-12);
@@ -290,23 +287,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let s: Tensor<2> = consts(s, [end, half], ctx);
             V::F3(Tensor::stack(vec![c, s], 2).narrow(0, ctx.offset, seq))
         }
-        Op::ApplyRope => {
-            let x = ins[0].f4();
-            let t = ins[1].f3();
-            let [_, _, s, d] = x.dims();
-            let half = d / 2;
-            let c = t.clone().narrow(2, 0, 1).reshape([1, 1, s, half]);
-            let sn = t.narrow(2, 1, 1).reshape([1, 1, s, half]);
-            let x1 = x.clone().narrow(3, 0, half);
-            let x2 = x.narrow(3, half, half);
-            V::F4(Tensor::cat(
-                vec![
-                    x1.clone() * c.clone() - x2.clone() * sn.clone(),
-                    x1 * sn + x2 * c,
-                ],
-                3,
-            ))
-        }
+        Op::ApplyRope => V::F4(super::fused::rope(ins[0].f4(), ins[1].f3())),
         Op::RepeatKv { groups } => {
             let x = ins[0].f4();
             let [b, h, s, d] = x.dims();
@@ -570,7 +551,7 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     };
     let q = ins[0].f4();
     let [b, hq, s, d] = q.dims();
-    let [_, hk, t, _] = k.dims();
+    let hk = k.dims()[1];
     let g = *kv_groups as usize;
     // The scale goes on q ([.., s, d]) rather than on the scores ([.., s, t]): one pass over
     // the smaller tensor, forward and backward.
@@ -580,24 +561,21 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     };
     let q = q.reshape([b, hk, g * s, d]);
     let mut scores = mm(q, k.swap_dims(2, 3), ctx);
-    if *causal {
-        // Query i (absolute position offset + i) sees keys j ≤ offset + i.
-        let mask = Tensor::<2, Bool>::tril_mask([s, t], ctx.offset as i64, ctx.device);
-        let mask = mask
-            .unsqueeze_dim::<3>(0)
-            .repeat_dim(0, g)
-            .reshape([1, 1, g * s, t]);
-        scores = scores.mask_fill(mask.expand([b, hk, g * s, t]), f32::NEG_INFINITY);
-    }
     if *key_mask {
         scores = add_key_bias(scores, ins[ins.len() - 1]);
     }
+    // Query i (absolute position offset + i) sees keys j ≤ offset + i.
+    let vis = fused::Visible {
+        queries: s,
+        causal: *causal,
+        offset: ctx.offset,
+    };
     let probs = if *hard && !ctx.soft_attention {
-        hard_weights(scores, ctx.train)
+        hard_weights(fused::softmax_plain_mask(scores, vis), ctx.train)
     } else if *adaptive && !ctx.train {
-        adaptive_softmax(scores)
+        adaptive_softmax(fused::softmax_plain_mask(scores, vis))
     } else {
-        activation::softmax(scores, 3)
+        fused::softmax_rows(scores, vis)
     };
     record_entropy(&probs, ctx);
     let probs = dropout(probs, p.0, ctx);

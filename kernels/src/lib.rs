@@ -1,0 +1,540 @@
+//! kiln's fused CPU kernels: plain functions over f32 slices, each one pass over its data,
+//! split across the rayon pool, with arithmetic the compiler vectorizes (AVX2 + FMA where the
+//! CPU has them, checked at run time).
+//!
+//! They live in their own crate so that they are optimized in every profile (kiln's `dev`
+//! profile compiles kiln itself without optimization). kiln's `runtime::fused` connects them to
+//! Burn's tensors and autodiff; `tests/fused.rs` in kiln checks each against the plain Burn ops
+//! it replaces.
+
+use rayon::prelude::*;
+
+/// Elements per rayon task: large enough that scheduling is noise.
+pub const GRAIN: usize = 1 << 14;
+
+/// Rows per rayon task for row-wise kernels over rows of `len` elements.
+fn rows_per_task(len: usize) -> usize {
+    (GRAIN / len.max(1)).max(1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vectorizable arithmetic.
+
+/// Compiles `$body` twice, once with AVX2 and FMA enabled, and runs that copy where the CPU has
+/// them (checked at run time, cached by std); the plain copy runs elsewhere. Both are the same
+/// source, so the results differ only in rounding of fused multiply-adds.
+macro_rules! vectorized {
+    ($($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block)*) => {$(
+        $(#[$m])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? $body
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $body
+        }
+    )*};
+}
+
+/// `e^x` for f32 in straight-line arithmetic the compiler can vectorize: x = k·ln 2 + r with
+/// |r| ≤ ln 2 / 2, e^r by its degree-7 Taylor polynomial (truncation error < 6e-9 relative),
+/// 2^k from the exponent bits. Inputs are clamped to [−87.3, 88.3], so the result is a normal
+/// float (never 0 or ∞); NaN stays NaN. Relative error is within a few f32 ulps of `f32::exp`.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 · 2²³: adding it rounds to an integer held in the low mantissa bits.
+    const SHIFT: f32 = 12_582_912.0;
+    let nan = x.is_nan();
+    let x = x.clamp(-87.3, 88.3);
+    let t = x * LOG2E + SHIFT;
+    let k = t - SHIFT;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    // Low bits of t hold k + 0x400000; adding the bias and shifting by 23 leaves (k + 127) << 23.
+    let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
+    if nan {
+        f32::NAN
+    } else {
+        p * scale
+    }
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// Sum and maximum of a slice with 8 independent lanes (so they vectorize).
+#[inline(always)]
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+#[inline(always)]
+fn max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    rest.iter()
+        .chain(acc.iter())
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+// ---------------------------------------------------------------------------------------------
+// SiLU.
+
+vectorized! {
+    fn silu_chunk(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x * sigmoid(x);
+        }
+    }
+    fn silu_backward_chunk(x: &[f32], g: &[f32], dx: &mut [f32]) {
+        for ((d, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+            let s = sigmoid(x);
+            *d = g * s * (1.0 + x * (1.0 - s));
+        }
+    }
+}
+
+/// `y = x · sigmoid(x)`.
+pub fn silu(x: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(GRAIN)
+        .zip(x.par_chunks(GRAIN))
+        .for_each(|(y, x)| silu_chunk(x, y));
+}
+
+/// The gradient of [`silu`]: `dx = g · s · (1 + x (1 − s))` with s = sigmoid(x).
+pub fn silu_backward(x: &[f32], g: &[f32], dx: &mut [f32]) {
+    dx.par_chunks_mut(GRAIN)
+        .zip(x.par_chunks(GRAIN).zip(g.par_chunks(GRAIN)))
+        .for_each(|(d, (x, g))| silu_backward_chunk(x, g, d));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row softmax with a causal limit.
+
+/// Which keys a row of attention scores may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Visible {
+    /// Rows per query group: row r is query r mod `queries` (grouped attention stacks the G
+    /// query heads of a KV head as G·s rows).
+    pub queries: usize,
+    /// Causal: query i sees keys j ≤ `offset` + i; otherwise every key.
+    pub causal: bool,
+    /// Positions before this call (incremental decoding).
+    pub offset: usize,
+}
+
+impl Visible {
+    /// Keys visible to row `r` of a matrix with `t` columns.
+    fn limit(&self, r: usize, t: usize) -> usize {
+        if self.causal {
+            (self.offset + r % self.queries.max(1) + 1).min(t)
+        } else {
+            t
+        }
+    }
+}
+
+vectorized! {
+    fn softmax_row(x: &[f32], y: &mut [f32]) {
+        let m = max(x);
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = exp(x - m);
+        }
+        let inv = 1.0 / sum(y);
+        for y in y.iter_mut() {
+            *y *= inv;
+        }
+    }
+    fn softmax_row_backward(y: &[f32], g: &[f32], dx: &mut [f32]) {
+        let s = dot(y, g);
+        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+            *d = y * (g - s);
+        }
+    }
+}
+
+/// Softmax of each row of `t` elements of `x` (matrices of `rows` rows laid end to end) over
+/// the keys `vis` lets it see; `y` must be zero where they are hidden (it is left untouched).
+pub fn softmax_rows(x: &[f32], t: usize, rows: usize, vis: Visible, y: &mut [f32]) {
+    let per = rows_per_task(t);
+    y.par_chunks_mut(per * t)
+        .zip(x.par_chunks(per * t))
+        .enumerate()
+        .for_each(|(task, (y, x))| {
+            for (i, (y, x)) in y.chunks_mut(t).zip(x.chunks(t)).enumerate() {
+                let n = vis.limit((task * per + i) % rows, t);
+                softmax_row(&x[..n], &mut y[..n]);
+            }
+        });
+}
+
+/// The gradient of [`softmax_rows`] from its output `y`: `dx = y (g − Σ g·y)` on the visible
+/// keys; `dx` must be zero elsewhere.
+pub fn softmax_rows_backward(
+    y: &[f32],
+    g: &[f32],
+    t: usize,
+    rows: usize,
+    vis: Visible,
+    dx: &mut [f32],
+) {
+    let per = rows_per_task(t);
+    dx.par_chunks_mut(per * t)
+        .zip(y.par_chunks(per * t).zip(g.par_chunks(per * t)))
+        .enumerate()
+        .for_each(|(task, (d, (y, g)))| {
+            let rows_here = d.chunks_mut(t).zip(y.chunks(t).zip(g.chunks(t)));
+            for (i, (d, (y, g))) in rows_here.enumerate() {
+                let n = vis.limit((task * per + i) % rows, t);
+                softmax_row_backward(&y[..n], &g[..n], &mut d[..n]);
+            }
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm.
+
+vectorized! {
+    fn rms_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> f32 {
+        let r = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = x * r * w;
+        }
+        r
+    }
+    fn rms_row_backward(x: &[f32], w: &[f32], g: &[f32], r: f32, dx: &mut [f32], dw: &mut [f32]) {
+        // u = g·w; dx = r·u − x·r³·(u·x)/d; dw += g·x·r.
+        let (n, n8) = (x.len(), x.len() / 8 * 8);
+        let mut acc = [0.0f32; 8];
+        for i in (0..n8).step_by(8) {
+            for l in 0..8 {
+                acc[l] += g[i + l] * w[i + l] * x[i + l];
+            }
+        }
+        let ux = acc.iter().sum::<f32>() + (n8..n).map(|i| g[i] * w[i] * x[i]).sum::<f32>();
+        let c = r * r * r * ux / n as f32;
+        for (((d, &x), &w), &g) in dx.iter_mut().zip(x).zip(w).zip(g) {
+            *d = r * g * w - x * c;
+        }
+        for ((dw, &x), &g) in dw.iter_mut().zip(x).zip(g) {
+            *dw += g * x * r;
+        }
+    }
+}
+
+/// RMSNorm of each row of `d = w.len()` elements: `y = x · r · w` with r = 1/sqrt(mean(x²) + eps),
+/// which goes to `inv` (one per row).
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv: &mut [f32]) {
+    let d = w.len();
+    let per = rows_per_task(d);
+    y.par_chunks_mut(per * d)
+        .zip(x.par_chunks(per * d))
+        .zip(inv.par_chunks_mut(per))
+        .for_each(|((y, x), inv)| {
+            for ((y, x), r) in y.chunks_mut(d).zip(x.chunks(d)).zip(inv.iter_mut()) {
+                *r = rms_row(x, w, eps, y);
+            }
+        });
+}
+
+/// The gradients of [`rmsnorm`]: `dx` (written) and the weight's gradient (returned).
+pub fn rmsnorm_backward(x: &[f32], w: &[f32], g: &[f32], inv: &[f32], dx: &mut [f32]) -> Vec<f32> {
+    let d = w.len();
+    let per = rows_per_task(d);
+    // Each task accumulates its own partial weight gradient; they are summed after.
+    dx.par_chunks_mut(per * d)
+        .zip(x.par_chunks(per * d).zip(g.par_chunks(per * d)))
+        .zip(inv.par_chunks(per))
+        .fold(
+            || vec![0.0f32; d],
+            |mut dw, ((dx, (x, g)), inv)| {
+                let rows = dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d)));
+                for ((dx, (x, g)), &r) in rows.zip(inv) {
+                    rms_row_backward(x, w, g, r, dx, &mut dw);
+                }
+                dw
+            },
+        )
+        .reduce(
+            || vec![0.0f32; d],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotate-half RoPE.
+
+vectorized! {
+    /// One row: `sign` = 1 rotates forward (the op), −1 back (its gradient).
+    fn rope_row(x: &[f32], c: &[f32], s: &[f32], sign: f32, y: &mut [f32]) {
+        let half = c.len();
+        let (x1, x2) = x.split_at(half);
+        let (y1, y2) = y.split_at_mut(half);
+        for i in 0..half {
+            let sn = sign * s[i];
+            y1[i] = x1[i] * c[i] - x2[i] * sn;
+            y2[i] = x1[i] * sn + x2[i] * c[i];
+        }
+    }
+}
+
+/// Rotate-half RoPE of rows of `d` features, `s` positions per matrix: the first half becomes
+/// `x1·cos − x2·sin`, the second `x1·sin + x2·cos`, where `table` holds per position d/2
+/// cosines then d/2 sines. `sign` = −1 rotates back, which is the gradient.
+pub fn rope(x: &[f32], s: usize, d: usize, table: &[f32], sign: f32, y: &mut [f32]) {
+    let half = d / 2;
+    let per = rows_per_task(d);
+    y.par_chunks_mut(per * d)
+        .zip(x.par_chunks(per * d))
+        .enumerate()
+        .for_each(|(task, (y, x))| {
+            for (i, (y, x)) in y.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                let pos = (task * per + i) % s;
+                let row = &table[pos * d..(pos + 1) * d];
+                rope_row(x, &row[..half], &row[half..], sign, y);
+            }
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention.
+
+/// The sizes of one attention call: `pairs` independent (batch, KV head) pairs, each with
+/// `rows` query rows, `keys` keys and `dim` features per query, key and value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Independent (batch, KV head) pairs.
+    pub pairs: usize,
+    /// Query rows per pair (grouped attention: G query heads × s positions).
+    pub rows: usize,
+    /// Keys per pair.
+    pub keys: usize,
+    /// Features per query, key and value.
+    pub dim: usize,
+}
+
+/// One row-major matrix operand: pointer, row stride, column stride.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl Mat {
+    /// A row-major `[_, cols]` matrix.
+    fn rows(v: &[f32], cols: usize) -> Mat {
+        Mat {
+            ptr: v.as_ptr(),
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major `[_, cols]` matrix.
+    fn transposed(v: &[f32], cols: usize) -> Mat {
+        Mat {
+            ptr: v.as_ptr(),
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
+}
+
+/// `dst [m, n] (row-major) = a [m, k] · b [k, n]`, on this thread.
+fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+    assert!(dst.len() >= m * n);
+    // SAFETY: every operand was built from a slice that holds the [m, k] / [k, n] matrix its
+    // strides describe (checked by the callers' chunk sizes), and dst holds m·n elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+vectorized! {
+    /// Softmax of `row[..n]` in place; `row[n..]` becomes 0.
+    fn softmax_in_place(row: &mut [f32], n: usize) {
+        let (vis, hidden) = row.split_at_mut(n);
+        let m = max(vis);
+        for x in vis.iter_mut() {
+            *x = exp(*x - m);
+        }
+        let inv = 1.0 / sum(vis);
+        for x in vis.iter_mut() {
+            *x *= inv;
+        }
+        hidden.fill(0.0);
+    }
+    /// `g ← y (g − Σ g·y)` in place (the softmax gradient from its output y).
+    fn softmax_grad_in_place(y: &[f32], g: &mut [f32]) {
+        let s = dot(y, g);
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = y * (*g - s);
+        }
+    }
+}
+
+/// Attention `o = softmax(q kᵀ) v` per pair, each row over the keys `vis` lets it see (hidden
+/// keys get probability 0). `q` `[pairs, rows, dim]` (already scaled), `k` and `v`
+/// `[pairs, keys, dim]`; writes the probabilities `p` `[pairs, rows, keys]` (what the backward
+/// pass needs) and `o` `[pairs, rows, dim]`. Pairs run in parallel.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    sh: AttnShape,
+    vis: Visible,
+    p: &mut [f32],
+    o: &mut [f32],
+) {
+    let AttnShape {
+        rows, keys, dim, ..
+    } = sh;
+    p.par_chunks_mut(rows * keys)
+        .zip(o.par_chunks_mut(rows * dim))
+        .zip(q.par_chunks(rows * dim))
+        .zip(k.par_chunks(keys * dim).zip(v.par_chunks(keys * dim)))
+        .for_each(|(((p, o), q), (k, v))| {
+            matmul(
+                p,
+                rows,
+                keys,
+                dim,
+                Mat::rows(q, dim),
+                Mat::transposed(k, dim),
+            );
+            for (r, row) in p.chunks_mut(keys).enumerate() {
+                softmax_in_place(row, vis.limit(r, keys));
+            }
+            matmul(o, rows, dim, keys, Mat::rows(p, keys), Mat::rows(v, dim));
+        });
+}
+
+/// The gradients of [`attention`] from its inputs, its probabilities `p` and the output's
+/// gradient `go`: writes `dq`, `dk`, `dv` (shaped like q, k, v).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &[f32],
+    go: &[f32],
+    sh: AttnShape,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let AttnShape {
+        rows, keys, dim, ..
+    } = sh;
+    let (qs, ks, ps) = (rows * dim, keys * dim, rows * keys);
+    dq.par_chunks_mut(qs)
+        .zip(dk.par_chunks_mut(ks).zip(dv.par_chunks_mut(ks)))
+        .zip(q.par_chunks(qs).zip(go.par_chunks(qs)))
+        .zip(k.par_chunks(ks).zip(v.par_chunks(ks)).zip(p.par_chunks(ps)))
+        .for_each(|(((dq, (dk, dv)), (q, go)), ((k, v), p))| {
+            // dv = pᵀ · go
+            matmul(
+                dv,
+                keys,
+                dim,
+                rows,
+                Mat::transposed(p, keys),
+                Mat::rows(go, dim),
+            );
+            // ds = softmax gradient of (go · vᵀ)
+            let mut ds = vec![0.0f32; ps];
+            matmul(
+                &mut ds,
+                rows,
+                keys,
+                dim,
+                Mat::rows(go, dim),
+                Mat::transposed(v, dim),
+            );
+            for (g, y) in ds.chunks_mut(keys).zip(p.chunks(keys)) {
+                softmax_grad_in_place(y, g);
+            }
+            // dq = ds · k; dk = dsᵀ · q
+            matmul(dq, rows, dim, keys, Mat::rows(&ds, keys), Mat::rows(k, dim));
+            matmul(
+                dk,
+                keys,
+                dim,
+                rows,
+                Mat::transposed(&ds, keys),
+                Mat::rows(q, dim),
+            );
+        });
+}

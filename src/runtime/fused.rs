@@ -1,0 +1,413 @@
+//! kiln's fused CPU kernels, each with its own backward pass.
+//!
+//! Burn's flex backend runs an op such as softmax as five separate passes (max, subtract, exp,
+//! sum, divide), each on one thread, each allocating its output, with a scalar `expf` per
+//! element; autodiff then records each pass and runs its backward separately. The kernels here
+//! do the same arithmetic in one pass over the data, split across the rayon pool, with an `exp`
+//! the compiler vectorizes (AVX2 + FMA where the CPU has them), and register one node with
+//! Burn's autodiff whose backward pass is one fused kernel too. The kernels themselves are the
+//! `kiln-kernels` crate (`kernels/`), optimized in every build profile; this module connects them
+//! to Burn's tensors.
+//!
+//! | kernel | replaces |
+//! |---|---|
+//! | [`silu`] | `x · sigmoid(x)` (2 ops forward, 3 backward) |
+//! | [`softmax_rows`] | the causal `mask_fill` and `softmax` of attention (6 ops forward) |
+//! | [`rmsnorm`] | `x / sqrt(mean(x²) + ε) · w` (6 ops forward) |
+//! | [`rope`] | rotate-half RoPE: 4 slices, 6 products and sums, a concatenation |
+//!
+//! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
+//! checkpointing; anything else (a GPU backend, another dtype) takes the plain Burn path, which
+//! is also what [`set_enabled`]`(false)` selects. `tests/fused.rs` checks every kernel against
+//! the plain path, values and gradients; `kiln bench --unfused` measures the difference.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::Autodiff;
+use burn::backend::{
+    BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind, Flex,
+    GradientCheckpointingStrategy,
+};
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::DType;
+use burn_flex::FlexTensor;
+use kiln_kernels as k;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use kiln_kernels::{exp, Visible};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turn the fused kernels on or off for the whole process (on by default). Off, every op takes
+/// the plain Burn path; the equivalence tests and `kiln bench --unfused` use this.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused kernels are on.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reaching the flex tensor inside a dispatch tensor.
+
+/// A tensor as the kernels see it.
+enum Lane<const D: usize> {
+    /// A plain flex tensor (no autodiff).
+    Plain(FlexTensor),
+    /// A flex tensor under autodiff without checkpointing, with its autodiff context.
+    Tracked(FloatTensor<Autodiff<Flex>>, DispatchAutodiffContext),
+    /// Anything else: the caller takes the plain path.
+    Other(Tensor<D>),
+}
+
+fn lane<const D: usize>(t: Tensor<D>) -> Lane<D> {
+    if !enabled() || t.dtype() != DType::F32 {
+        return Lane::Other(t);
+    }
+    let d = t.into_dispatch();
+    let ctx = d.autodiff;
+    match d.kind {
+        DispatchTensorKind::Flex(BackendTensor::Float(f))
+            if ctx == DispatchAutodiffContext::Disabled =>
+        {
+            Lane::Plain(f)
+        }
+        DispatchTensorKind::Autodiff(inner)
+            if ctx == DispatchAutodiffContext::Enabled(GradientCheckpointingStrategy::Disabled) =>
+        {
+            match *inner {
+                DispatchTensorKind::Flex(BackendTensor::Autodiff(a)) => Lane::Tracked(a, ctx),
+                other => Lane::Other(Tensor::from_dispatch(DispatchTensor {
+                    kind: DispatchTensorKind::Autodiff(Box::new(other)),
+                    autodiff: ctx,
+                })),
+            }
+        }
+        kind => Lane::Other(Tensor::from_dispatch(DispatchTensor {
+            kind,
+            autodiff: ctx,
+        })),
+    }
+}
+
+fn back<const D: usize>(l: Lane<D>) -> Tensor<D> {
+    match l {
+        Lane::Plain(f) => Tensor::from_dispatch(DispatchTensor {
+            kind: DispatchTensorKind::Flex(BackendTensor::Float(f)),
+            autodiff: DispatchAutodiffContext::Disabled,
+        }),
+        Lane::Tracked(a, ctx) => Tensor::from_dispatch(DispatchTensor {
+            kind: DispatchTensorKind::Autodiff(Box::new(DispatchTensorKind::Flex(
+                BackendTensor::Autodiff(a),
+            ))),
+            autodiff: ctx,
+        }),
+        Lane::Other(t) => t,
+    }
+}
+
+/// The tensor with a contiguous layout starting at offset 0 (copied only when it is not).
+fn dense(t: FlexTensor) -> FlexTensor {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The elements of a dense tensor.
+fn values(t: &FlexTensor) -> &[f32] {
+    &t.storage::<f32>()[..t.layout().num_elements()]
+}
+
+fn shape_of(t: &FlexTensor) -> Vec<usize> {
+    t.layout().shape().to_vec()
+}
+
+fn tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+// ---------------------------------------------------------------------------------------------
+// SiLU.
+
+#[derive(Debug)]
+struct SiluBackward;
+
+impl Backward<Flex, 1> for SiluBackward {
+    /// The input.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = dense(grads.consume::<Flex>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let x = ops.state;
+            let mut dx = vec![0.0f32; values(&x).len()];
+            k::silu_backward(values(&x), values(&g), &mut dx);
+            grads.register::<Flex>(node.id, tensor(dx, shape_of(&x)));
+        }
+    }
+}
+
+fn silu_forward(x: &FlexTensor) -> FlexTensor {
+    let mut y = vec![0.0f32; values(x).len()];
+    k::silu(values(x), &mut y);
+    tensor(y, shape_of(x))
+}
+
+/// SiLU, `x · sigmoid(x)`, elementwise.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    match lane(x) {
+        Lane::Plain(x) => back::<D>(Lane::Plain(silu_forward(&dense(x)))),
+        Lane::Tracked(x, ctx) => {
+            let prep = SiluBackward
+                .prepare::<NoCheckpointing>([x.node()])
+                .compute_bound()
+                .stateful();
+            let xs = dense(x.primitive().clone());
+            let y = silu_forward(&xs);
+            let out = match prep {
+                OpsKind::Tracked(prep) => prep.finish(xs, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            back::<D>(Lane::Tracked(out, ctx))
+        }
+        Lane::Other(x) => activation::silu(x),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row softmax with a causal limit.
+
+/// Columns and rows per matrix of a `[.., rows, t]` tensor.
+fn rows_cols(t: &FlexTensor) -> (usize, usize) {
+    let s = shape_of(t);
+    (s[s.len() - 1], s[s.len() - 2])
+}
+
+fn softmax_forward(x: &FlexTensor, vis: Visible) -> FlexTensor {
+    let (t, rows) = rows_cols(x);
+    let mut y = vec![0.0f32; values(x).len()];
+    k::softmax_rows(values(x), t, rows, vis, &mut y);
+    tensor(y, shape_of(x))
+}
+
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<Flex, 1> for SoftmaxBackward {
+    /// The output probabilities and the visibility.
+    type State = (FlexTensor, Visible);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = dense(grads.consume::<Flex>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let (y, vis) = ops.state;
+            let (t, rows) = rows_cols(&y);
+            let mut dx = vec![0.0f32; values(&y).len()];
+            k::softmax_rows_backward(values(&y), values(&g), t, rows, vis, &mut dx);
+            grads.register::<Flex>(node.id, tensor(dx, shape_of(&y)));
+        }
+    }
+}
+
+/// Softmax over the last axis of scores `[b, h, R, t]`, each row over the keys `vis` lets it
+/// see; the others get probability 0 (exactly what `mask_fill(−∞)` and `softmax` give).
+pub fn softmax_rows(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
+    match lane(scores) {
+        Lane::Plain(x) => back::<4>(Lane::Plain(softmax_forward(&dense(x), vis))),
+        Lane::Tracked(x, ctx) => {
+            let prep = SoftmaxBackward
+                .prepare::<NoCheckpointing>([x.node()])
+                .compute_bound()
+                .stateful();
+            let y = softmax_forward(&dense(x.primitive().clone()), vis);
+            let out = match prep {
+                OpsKind::Tracked(prep) => prep.finish((y.clone(), vis), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            back::<4>(Lane::Tracked(out, ctx))
+        }
+        Lane::Other(x) => softmax_plain(x, vis),
+    }
+}
+
+/// The plain Burn path of [`softmax_rows`].
+pub fn softmax_plain(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
+    activation::softmax(softmax_plain_mask(scores, vis), 3)
+}
+
+/// The scores with −∞ where `vis` hides a key (for the attention variants that read the masked
+/// scores themselves: hard and adaptive attention).
+pub fn softmax_plain_mask(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
+    if !vis.causal {
+        return scores;
+    }
+    let [b, h, r, t] = scores.dims();
+    let s = vis.queries;
+    let mask = Tensor::<2, Bool>::tril_mask([s, t], vis.offset as i64, &scores.device());
+    let mask = mask
+        .unsqueeze_dim::<3>(0)
+        .repeat_dim(0, r / s)
+        .reshape([1, 1, r, t]);
+    scores.mask_fill(mask.expand([b, h, r, t]), f32::NEG_INFINITY)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm.
+
+/// Normalized rows and each row's 1/rms.
+fn rms_forward(x: &FlexTensor, w: &[f32], eps: f32) -> (FlexTensor, Vec<f32>) {
+    let xs = values(x);
+    let mut y = vec![0.0f32; xs.len()];
+    let mut inv = vec![0.0f32; xs.len() / w.len().max(1)];
+    k::rmsnorm(xs, w, eps, &mut y, &mut inv);
+    (tensor(y, shape_of(x)), inv)
+}
+
+#[derive(Debug)]
+struct RmsBackward;
+
+impl Backward<Flex, 2> for RmsBackward {
+    /// Input, weight, each row's 1/rms.
+    type State = (FlexTensor, FlexTensor, Arc<Vec<f32>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = dense(grads.consume::<Flex>(&ops.node));
+        let [px, pw] = ops.parents;
+        let (x, w, inv) = ops.state;
+        let mut dx = vec![0.0f32; values(&x).len()];
+        let dw = k::rmsnorm_backward(values(&x), values(&w), values(&g), &inv, &mut dx);
+        if let Some(node) = px {
+            grads.register::<Flex>(node.id, tensor(dx, shape_of(&x)));
+        }
+        if let Some(node) = pw {
+            grads.register::<Flex>(node.id, tensor(dw, shape_of(&w)));
+        }
+    }
+}
+
+/// RMSNorm over the last axis of `[b, s, d]`: `x / sqrt(mean(x²) + eps) · w`.
+pub fn rmsnorm(x: Tensor<3>, w: Tensor<1>, eps: f64) -> Tensor<3> {
+    match (lane(x), lane(w)) {
+        (Lane::Plain(x), Lane::Plain(w)) => {
+            let w = dense(w);
+            let (y, _) = rms_forward(&dense(x), values(&w), eps as f32);
+            back::<3>(Lane::Plain(y))
+        }
+        (Lane::Tracked(x, ctx), Lane::Tracked(w, _)) => {
+            let prep = RmsBackward
+                .prepare::<NoCheckpointing>([x.node(), w.node()])
+                .compute_bound()
+                .stateful();
+            let (xs, ws) = (dense(x.primitive().clone()), dense(w.primitive().clone()));
+            let (y, inv) = rms_forward(&xs, values(&ws), eps as f32);
+            let out = match prep {
+                OpsKind::Tracked(prep) => prep.finish((xs, ws, Arc::new(inv)), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            back::<3>(Lane::Tracked(out, ctx))
+        }
+        (x, w) => rmsnorm_plain(back(x), back(w), eps),
+    }
+}
+
+/// The plain Burn path of [`rmsnorm`].
+pub fn rmsnorm_plain(x: Tensor<3>, w: Tensor<1>, eps: f64) -> Tensor<3> {
+    let ms = x.clone().powi_scalar(2).mean_dim(2);
+    x / (ms + eps).sqrt() * w.unsqueeze::<3>()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotate-half RoPE.
+
+/// Rotates `[b, h, s, d]` by `table`: per position, d/2 cosines then d/2 sines.
+fn rope_apply(x: &FlexTensor, table: &[f32], sign: f32) -> FlexTensor {
+    let shape = shape_of(x);
+    let mut y = vec![0.0f32; values(x).len()];
+    k::rope(values(x), shape[2], shape[3], table, sign, &mut y);
+    tensor(y, shape)
+}
+
+/// The table `[s, d/2, 2]` (cos, sin interleaved, as `Op::RopeTable` builds it) as per-position
+/// rows of d/2 cosines then d/2 sines.
+fn rope_rows(table: &FlexTensor) -> Vec<f32> {
+    let v = values(table);
+    let mut out = Vec::with_capacity(v.len());
+    for pos in v.chunks(shape_of(table)[1] * 2) {
+        out.extend(pos.iter().step_by(2));
+        out.extend(pos.iter().skip(1).step_by(2));
+    }
+    out
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<Flex, 1> for RopeBackward {
+    /// The table, as [`rope_rows`] lays it out.
+    type State = Arc<Vec<f32>>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = dense(grads.consume::<Flex>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            grads.register::<Flex>(node.id, rope_apply(&g, &ops.state, -1.0));
+        }
+    }
+}
+
+/// Rotate-half RoPE of `x` `[b, h, s, d]` with the table `[s, d/2, 2]` (cos, sin): the first
+/// half becomes `x1·cos − x2·sin`, the second `x1·sin + x2·cos`. The table is a constant (no
+/// gradient flows into it; a table that requires one takes the plain path).
+pub fn rope(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
+    if table.is_require_grad() {
+        return rope_plain(x, table);
+    }
+    match (lane(x), lane(table)) {
+        (Lane::Plain(x), Lane::Plain(t)) => {
+            let rows = rope_rows(&dense(t));
+            back::<4>(Lane::Plain(rope_apply(&dense(x), &rows, 1.0)))
+        }
+        (Lane::Tracked(x, ctx), Lane::Tracked(t, _)) => {
+            let rows = rope_rows(&dense(t.into_primitive()));
+            let prep = RopeBackward
+                .prepare::<NoCheckpointing>([x.node()])
+                .compute_bound()
+                .stateful();
+            let y = rope_apply(&dense(x.primitive().clone()), &rows, 1.0);
+            let out = match prep {
+                OpsKind::Tracked(prep) => prep.finish(Arc::new(rows), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            back::<4>(Lane::Tracked(out, ctx))
+        }
+        (x, t) => rope_plain(back(x), back(t)),
+    }
+}
+
+/// The plain Burn path of [`rope`].
+pub fn rope_plain(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
+    let [_, _, s, d] = x.dims();
+    let half = d / 2;
+    let c = table.clone().narrow(2, 0, 1).reshape([1, 1, s, half]);
+    let sn = table.narrow(2, 1, 1).reshape([1, 1, s, half]);
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(
+        vec![
+            x1.clone() * c.clone() - x2.clone() * sn.clone(),
+            x1 * sn + x2 * c,
+        ],
+        3,
+    )
+}

@@ -1,0 +1,268 @@
+//! kiln's fused CPU kernels against the plain Burn path they replace: the same values and the
+//! same gradients, on plain and autodiff tensors, for shapes that exercise every edge (rows
+//! shorter than a vector, causal offsets, grouped rows, non-contiguous inputs).
+
+use burn::prelude::*;
+use kiln::runtime::fused::{self, Visible};
+
+/// Deterministic values in about [-scale, scale].
+fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn t<const D: usize>(shape: [usize; D], seed: u64, scale: f32, device: &Device) -> Tensor<D> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(data(n, seed, scale), shape), device)
+}
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let a = a.into_data().try_to_vec::<f32>().unwrap();
+    let b = b.into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            assert_eq!(x.is_finite(), y.is_finite(), "{x} vs {y}");
+            (x - y).abs()
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Runs `f` on inputs built by `make` with the fused kernels on and off; returns the largest
+/// differences of the outputs and of the gradients of every input (a random linear functional
+/// of the output is the loss, so every output element carries a different weight).
+fn compare<const D: usize, const E: usize>(
+    make: impl Fn(&Device) -> Vec<Tensor<D>>,
+    f: impl Fn(Vec<Tensor<D>>) -> Tensor<E>,
+) -> (f32, Vec<f32>) {
+    let run = |on: bool, autodiff: bool| {
+        fused::set_enabled(on);
+        let device = if autodiff {
+            Device::flex().autodiff()
+        } else {
+            Device::flex()
+        };
+        let ins: Vec<Tensor<D>> = make(&device)
+            .into_iter()
+            .map(|x| if autodiff { x.require_grad() } else { x })
+            .collect();
+        let out = f(ins.clone());
+        let grads = if autodiff {
+            let w = t(out.dims(), 99, 1.0, &device);
+            let g = (out.clone() * w).sum().backward();
+            ins.iter()
+                .map(|x| x.grad(&g).expect("every input gets a gradient"))
+                .collect()
+        } else {
+            vec![]
+        };
+        fused::set_enabled(true);
+        (out.without_autodiff(), grads)
+    };
+    // Plain tensors: values only.
+    let (a, _) = run(true, false);
+    let (b, _) = run(false, false);
+    let plain = max_diff(a, b);
+    // Autodiff: values and gradients.
+    let (a, ga) = run(true, true);
+    let (b, gb) = run(false, true);
+    let value = max_diff(a, b).max(plain);
+    let grads = ga
+        .into_iter()
+        .zip(gb)
+        .map(|(x, y)| max_diff(x, y))
+        .collect();
+    (value, grads)
+}
+
+// The kernels switch a process-wide flag; the tests must not interleave.
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn silu_matches_the_plain_path() {
+    let _g = LOCK.lock().unwrap();
+    for (shape, scale) in [([2, 3, 5], 3.0), ([4, 33, 344], 8.0), ([1, 1, 1], 100.0)] {
+        let (v, g) = compare(
+            |d| vec![t(shape, 1, scale, d)],
+            |x: Vec<Tensor<3>>| fused::silu(x[0].clone()),
+        );
+        assert!(v < 2e-6 * scale, "{shape:?}: values differ by {v}");
+        assert!(
+            g[0] < 2e-6 * scale,
+            "{shape:?}: gradients differ by {}",
+            g[0]
+        );
+    }
+    // A non-contiguous input (a transposed view).
+    let (v, g) = compare(
+        |d| vec![t([3, 7, 9], 2, 4.0, d)],
+        |x: Vec<Tensor<3>>| fused::silu(x[0].clone().swap_dims(1, 2)),
+    );
+    assert!(v < 1e-5 && g[0] < 1e-5, "{v} {g:?}");
+}
+
+#[test]
+fn softmax_matches_mask_fill_and_softmax() {
+    let _g = LOCK.lock().unwrap();
+    // [b, h, G·s, t]: grouped rows, causal with and without a decoding offset, full rows,
+    // rows shorter and longer than a vector.
+    let cases = [
+        (
+            [2, 2, 6, 3],
+            Visible {
+                queries: 3,
+                causal: true,
+                offset: 0,
+            },
+        ),
+        (
+            [1, 3, 5, 9],
+            Visible {
+                queries: 5,
+                causal: true,
+                offset: 4,
+            },
+        ),
+        (
+            [2, 1, 2, 40],
+            Visible {
+                queries: 1,
+                causal: true,
+                offset: 39,
+            },
+        ),
+        (
+            [2, 4, 17, 17],
+            Visible {
+                queries: 17,
+                causal: true,
+                offset: 0,
+            },
+        ),
+        (
+            [3, 2, 4, 21],
+            Visible {
+                queries: 4,
+                causal: false,
+                offset: 0,
+            },
+        ),
+        (
+            [8, 2, 254, 127],
+            Visible {
+                queries: 127,
+                causal: true,
+                offset: 0,
+            },
+        ),
+    ];
+    for (shape, vis) in cases {
+        let (v, g) = compare(
+            |d| vec![t(shape, 3, 6.0, d)],
+            |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone(), vis),
+        );
+        assert!(v < 1e-6, "{shape:?} {vis:?}: values differ by {v}");
+        assert!(
+            g[0] < 1e-6,
+            "{shape:?} {vis:?}: gradients differ by {}",
+            g[0]
+        );
+    }
+    // Rows with huge and tiny scores, and a non-contiguous input.
+    let vis = Visible {
+        queries: 6,
+        causal: true,
+        offset: 0,
+    };
+    let (v, g) = compare(
+        |d| vec![t([2, 3, 6, 6], 4, 80.0, d)],
+        |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone().swap_dims(2, 3), vis),
+    );
+    assert!(v < 1e-6 && g[0] < 1e-5, "{v} {g:?}");
+}
+
+#[test]
+fn rmsnorm_matches_the_plain_path() {
+    let _g = LOCK.lock().unwrap();
+    for (b, s, d) in [(2, 3, 5), (4, 31, 128), (1, 1, 1)] {
+        let (v, g) = compare(
+            |dev| vec![t([b, s, d], 5, 3.0, dev)],
+            |x: Vec<Tensor<3>>| {
+                let w = t([d], 6, 1.5, &x[0].device());
+                fused::rmsnorm(x[0].clone(), w, 1e-6)
+            },
+        );
+        assert!(v < 1e-5, "({b},{s},{d}): values differ by {v}");
+        assert!(g[0] < 1e-5, "({b},{s},{d}): x gradients differ by {}", g[0]);
+    }
+}
+
+#[test]
+fn rmsnorm_weight_gradient_matches() {
+    let _g = LOCK.lock().unwrap();
+    let grads = |on: bool| {
+        fused::set_enabled(on);
+        let dev = Device::flex().autodiff();
+        let x = t([3, 20, 48], 7, 2.0, &dev).require_grad();
+        let w = t([48], 8, 1.0, &dev).require_grad();
+        let y = fused::rmsnorm(x.clone(), w.clone(), 1e-5);
+        let g = (y * t([3, 20, 48], 9, 1.0, &dev)).sum().backward();
+        fused::set_enabled(true);
+        (x.grad(&g).unwrap(), w.grad(&g).unwrap())
+    };
+    let (xa, wa) = grads(true);
+    let (xb, wb) = grads(false);
+    let (dx, dw) = (max_diff(xa, xb), max_diff(wa, wb));
+    assert!(dx < 1e-5, "x gradients differ by {dx}");
+    assert!(dw < 1e-4, "w gradients differ by {dw}");
+}
+
+#[test]
+fn rope_matches_the_plain_path() {
+    let _g = LOCK.lock().unwrap();
+    for (b, h, s, d) in [(2, 2, 5, 4), (3, 4, 33, 32), (1, 1, 1, 2)] {
+        let (v, g) = compare(
+            |dev| vec![t([b, h, s, d], 10, 2.0, dev)],
+            |x: Vec<Tensor<4>>| {
+                let dev = x[0].device();
+                // A real table: cos and sin of angles, [s, d/2, 2].
+                let ang = t::<2>([s, d / 2], 11, 3.0, &dev);
+                let table = Tensor::stack::<3>(vec![ang.clone().cos(), ang.sin()], 2);
+                fused::rope(x[0].clone(), table)
+            },
+        );
+        assert!(v < 1e-6, "({b},{h},{s},{d}): values differ by {v}");
+        assert!(
+            g[0] < 1e-6,
+            "({b},{h},{s},{d}): gradients differ by {}",
+            g[0]
+        );
+    }
+}
+
+#[test]
+fn fast_exp_is_accurate() {
+    let mut worst = 0.0f64;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let e = fused::exp(x) as f64;
+        let r = (x as f64).exp();
+        worst = worst.max(((e - r) / r).abs());
+        x += 0.0137;
+    }
+    assert!(worst < 4e-7, "relative error {worst}");
+    assert!(fused::exp(f32::NAN).is_nan());
+    assert!(fused::exp(-1e9) > 0.0 && fused::exp(-1e9) < 1e-37);
+    assert!(fused::exp(1e9).is_finite());
+    assert_eq!(fused::exp(0.0), 1.0);
+}
