@@ -266,3 +266,50 @@ fn fast_exp_is_accurate() {
     assert!(fused::exp(1e9).is_finite());
     assert_eq!(fused::exp(0.0), 1.0);
 }
+
+#[test]
+fn attention_matches_matmul_softmax_matmul() {
+    let _g = LOCK.lock().unwrap();
+    // (b, h, R, t, d, visibility): grouped rows (R = G·s), a decoding offset (t > s),
+    // non-causal cross attention (t ≠ R), sizes off the vector width.
+    let cases = [
+        (2, 2, 6, 3, 4, Visible { queries: 3, causal: true, offset: 0 }),
+        (1, 3, 5, 9, 8, Visible { queries: 5, causal: true, offset: 4 }),
+        (2, 1, 2, 40, 16, Visible { queries: 1, causal: true, offset: 39 }),
+        (3, 2, 7, 11, 5, Visible { queries: 7, causal: false, offset: 0 }),
+        (4, 2, 254, 127, 32, Visible { queries: 127, causal: true, offset: 0 }),
+    ];
+    for (b, h, r, tk, d, vis) in cases {
+        let (v, g) = compare(
+            |dev| {
+                vec![
+                    t([b, h, r, d], 12, 1.5, dev),
+                    t([b, h, tk, d], 13, 1.5, dev),
+                    t([b, h, tk, d], 14, 1.0, dev),
+                ]
+            },
+            |x: Vec<Tensor<4>>| fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), vis),
+        );
+        let case = format!("({b},{h},{r},{tk},{d}) {vis:?}");
+        assert!(v < 2e-6, "{case}: values differ by {v}");
+        for (name, g) in ["q", "k", "v"].iter().zip(&g) {
+            assert!(*g < 5e-6, "{case}: {name} gradients differ by {g}");
+        }
+    }
+    // Non-contiguous inputs (as attention gets k after a transpose).
+    let vis = Visible { queries: 4, causal: true, offset: 0 };
+    let (v, g) = compare(
+        |dev| {
+            vec![
+                t([2, 4, 3, 4], 15, 1.0, dev),
+                t([2, 4, 3, 4], 16, 1.0, dev),
+                t([2, 4, 3, 4], 17, 1.0, dev),
+            ]
+        },
+        |x: Vec<Tensor<4>>| {
+            let tr = |x: &Tensor<4>| x.clone().swap_dims(2, 3);
+            fused::attention(tr(&x[0]), tr(&x[1]), tr(&x[2]), vis)
+        },
+    );
+    assert!(v < 2e-6 && g.iter().all(|g| *g < 5e-6), "{v} {g:?}");
+}

@@ -411,3 +411,98 @@ pub fn rope_plain(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
         3,
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Attention.
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+/// What the backward pass of attention keeps: q, k, v, the probabilities, the sizes.
+type AttnState = (FlexTensor, FlexTensor, FlexTensor, Arc<Vec<f32>>, k::AttnShape);
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = AttnState;
+
+    fn backward(self, ops: Ops<AttnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let go = dense(grads.consume::<Flex>(&ops.node));
+        let [pq, pk, pv] = ops.parents;
+        let (q, kt, v, p, sh) = ops.state;
+        let (mut dq, mut dk) = (vec![0.0f32; values(&q).len()], vec![0.0f32; values(&kt).len()]);
+        let mut dv = vec![0.0f32; values(&v).len()];
+        k::attention_backward(
+            values(&q),
+            values(&kt),
+            values(&v),
+            &p,
+            values(&go),
+            sh,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        );
+        for (parent, grad, like) in [(pq, dq, &q), (pk, dk, &kt), (pv, dv, &v)] {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, tensor(grad, shape_of(like)));
+            }
+        }
+    }
+}
+
+/// The sizes of an attention call on q `[b, h, R, d]` and k `[b, h, t, d]`.
+fn attn_shape(q: &FlexTensor, kt: &FlexTensor) -> k::AttnShape {
+    let (qs, ks) = (shape_of(q), shape_of(kt));
+    k::AttnShape {
+        pairs: qs[0] * qs[1],
+        rows: qs[2],
+        keys: ks[2],
+        dim: qs[3],
+    }
+}
+
+fn attention_forward(q: &FlexTensor, kt: &FlexTensor, v: &FlexTensor, vis: Visible) -> (FlexTensor, Vec<f32>) {
+    let sh = attn_shape(q, kt);
+    let mut p = vec![0.0f32; sh.pairs * sh.rows * sh.keys];
+    let mut o = vec![0.0f32; values(q).len()];
+    k::attention(values(q), values(kt), values(v), sh, vis, &mut p, &mut o);
+    (tensor(o, shape_of(q)), p)
+}
+
+/// Attention `softmax(q kᵀ) v` over q `[b, h, R, d]` (already scaled), k and v `[b, h, t, d]`,
+/// each query row over the keys `vis` lets it see: one fused op forward (two matrix products
+/// and the softmax per (batch, head), in parallel) and one backward (four products and the
+/// softmax gradient). Equal to `softmax_plain(q·kᵀ) · v`.
+pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, vis: Visible) -> Tensor<4> {
+    match (lane(q), lane(kt), lane(v)) {
+        (Lane::Plain(q), Lane::Plain(kt), Lane::Plain(v)) => {
+            let (o, _) = attention_forward(&dense(q), &dense(kt), &dense(v), vis);
+            back::<4>(Lane::Plain(o))
+        }
+        (Lane::Tracked(q, ctx), Lane::Tracked(kt, _), Lane::Tracked(v, _)) => {
+            let prep = AttentionBackward
+                .prepare::<NoCheckpointing>([q.node(), kt.node(), v.node()])
+                .compute_bound()
+                .stateful();
+            let (qs, ks, vs) = (
+                dense(q.primitive().clone()),
+                dense(kt.primitive().clone()),
+                dense(v.primitive().clone()),
+            );
+            let (o, p) = attention_forward(&qs, &ks, &vs, vis);
+            let out = match prep {
+                OpsKind::Tracked(prep) => {
+                    let sh = attn_shape(&qs, &ks);
+                    prep.finish((qs, ks, vs, Arc::new(p), sh), o)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(o),
+            };
+            back::<4>(Lane::Tracked(out, ctx))
+        }
+        (q, kt, v) => attention_plain(back(q), back(kt), back(v), vis),
+    }
+}
+
+/// The plain Burn path of [`attention`].
+pub fn attention_plain(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, vis: Visible) -> Tensor<4> {
+    softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis).matmul(v)
+}

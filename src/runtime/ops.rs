@@ -560,16 +560,28 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
         AttnScale::Learned => q * ins[3].f1().reshape([1, 1, 1, 1]),
     };
     let q = q.reshape([b, hk, g * s, d]);
-    let mut scores = mm(q, k.swap_dims(2, 3), ctx);
-    if *key_mask {
-        scores = add_key_bias(scores, ins[ins.len() - 1]);
-    }
     // Query i (absolute position offset + i) sees keys j ≤ offset + i.
     let vis = fused::Visible {
         queries: s,
         causal: *causal,
         offset: ctx.offset,
     };
+    // Plain attention is one fused op; the variants that change or read the probabilities
+    // (hard and adaptive attention, key padding, dropout, the entropy term, mixed precision)
+    // are built from tensor ops.
+    let plain = !*hard
+        && !(*adaptive && !ctx.train)
+        && !*key_mask
+        && !(ctx.train && p.0 > 0.0)
+        && ctx.aux.is_none()
+        && ctx.matmul_dtype.is_none();
+    if plain {
+        return fused::attention(q, k, v, vis).reshape([b, hq, s, d]);
+    }
+    let mut scores = mm(q, k.swap_dims(2, 3), ctx);
+    if *key_mask {
+        scores = add_key_bias(scores, ins[ins.len() - 1]);
+    }
     let probs = if *hard && !ctx.soft_attention {
         hard_weights(fused::softmax_plain_mask(scores, vis), ctx.train)
     } else if *adaptive && !ctx.train {
