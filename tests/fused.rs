@@ -273,11 +273,66 @@ fn attention_matches_matmul_softmax_matmul() {
     // (b, h, R, t, d, visibility): grouped rows (R = G·s), a decoding offset (t > s),
     // non-causal cross attention (t ≠ R), sizes off the vector width.
     let cases = [
-        (2, 2, 6, 3, 4, Visible { queries: 3, causal: true, offset: 0 }),
-        (1, 3, 5, 9, 8, Visible { queries: 5, causal: true, offset: 4 }),
-        (2, 1, 2, 40, 16, Visible { queries: 1, causal: true, offset: 39 }),
-        (3, 2, 7, 11, 5, Visible { queries: 7, causal: false, offset: 0 }),
-        (4, 2, 254, 127, 32, Visible { queries: 127, causal: true, offset: 0 }),
+        (
+            2,
+            2,
+            6,
+            3,
+            4,
+            Visible {
+                queries: 3,
+                causal: true,
+                offset: 0,
+            },
+        ),
+        (
+            1,
+            3,
+            5,
+            9,
+            8,
+            Visible {
+                queries: 5,
+                causal: true,
+                offset: 4,
+            },
+        ),
+        (
+            2,
+            1,
+            2,
+            40,
+            16,
+            Visible {
+                queries: 1,
+                causal: true,
+                offset: 39,
+            },
+        ),
+        (
+            3,
+            2,
+            7,
+            11,
+            5,
+            Visible {
+                queries: 7,
+                causal: false,
+                offset: 0,
+            },
+        ),
+        (
+            4,
+            2,
+            254,
+            127,
+            32,
+            Visible {
+                queries: 127,
+                causal: true,
+                offset: 0,
+            },
+        ),
     ];
     for (b, h, r, tk, d, vis) in cases {
         let (v, g) = compare(
@@ -297,7 +352,11 @@ fn attention_matches_matmul_softmax_matmul() {
         }
     }
     // Non-contiguous inputs (as attention gets k after a transpose).
-    let vis = Visible { queries: 4, causal: true, offset: 0 };
+    let vis = Visible {
+        queries: 4,
+        causal: true,
+        offset: 0,
+    };
     let (v, g) = compare(
         |dev| {
             vec![
@@ -312,4 +371,62 @@ fn attention_matches_matmul_softmax_matmul() {
         },
     );
     assert!(v < 2e-6 && g.iter().all(|g| *g < 5e-6), "{v} {g:?}");
+}
+
+#[test]
+fn linear_matches_matmul_and_bias() {
+    let _g = LOCK.lock().unwrap();
+    // (b, s, i, o, bias, transposed input)
+    for (b, s, i, o, bias, tr) in [
+        (2, 3, 5, 7, true, false),
+        (4, 33, 128, 344, false, false),
+        (1, 1, 1, 1, true, false),
+        (3, 6, 4, 9, true, true),
+    ] {
+        let run = |on: bool, autodiff: bool| {
+            fused::set_enabled(on);
+            let dev = if autodiff {
+                Device::flex().autodiff()
+            } else {
+                Device::flex()
+            };
+            let grad = |x: Tensor<3>| if autodiff { x.require_grad() } else { x };
+            let x = if tr {
+                grad(t([b, i, s], 20, 2.0, &dev))
+            } else {
+                grad(t([b, s, i], 20, 2.0, &dev))
+            };
+            let w = t([i, o], 21, 1.0, &dev);
+            let w = if autodiff { w.require_grad() } else { w };
+            let bv = t([o], 22, 1.0, &dev);
+            let bv = if autodiff { bv.require_grad() } else { bv };
+            let xin = if tr {
+                x.clone().swap_dims(1, 2)
+            } else {
+                x.clone()
+            };
+            let y = fused::linear(xin, w.clone(), bias.then(|| bv.clone()));
+            fused::set_enabled(true);
+            let mut out = vec![y.clone().without_autodiff().reshape([-1])];
+            if autodiff {
+                let g = (y.clone() * t(y.dims(), 23, 1.0, &dev)).sum().backward();
+                out.push(x.grad(&g).unwrap().reshape([-1]));
+                out.push(w.grad(&g).unwrap().reshape([-1]));
+                if bias {
+                    out.push(bv.grad(&g).unwrap());
+                }
+            }
+            out
+        };
+        for autodiff in [false, true] {
+            let (a, z) = (run(true, autodiff), run(false, autodiff));
+            for (n, (a, z)) in a.into_iter().zip(z).enumerate() {
+                let d = max_diff(a, z);
+                assert!(
+                    d < 1e-5,
+                    "({b},{s},{i},{o}) bias {bias} tr {tr}: output {n} differs by {d}"
+                );
+            }
+        }
+    }
 }

@@ -365,61 +365,158 @@ pub struct AttnShape {
     pub dim: usize,
 }
 
-/// One row-major matrix operand: pointer, row stride, column stride.
+/// A matrix operand: a slice and the strides of its rows and columns.
 #[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
 }
 
-impl Mat {
+impl<'a> Mat<'a> {
     /// A row-major `[_, cols]` matrix.
-    fn rows(v: &[f32], cols: usize) -> Mat {
+    fn rows(data: &'a [f32], cols: usize) -> Self {
         Mat {
-            ptr: v.as_ptr(),
-            rs: cols as isize,
+            data,
+            rs: cols,
             cs: 1,
         }
     }
     /// The transpose of a row-major `[_, cols]` matrix.
-    fn transposed(v: &[f32], cols: usize) -> Mat {
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
         Mat {
-            ptr: v.as_ptr(),
+            data,
             rs: 1,
-            cs: cols as isize,
+            cs: cols,
+        }
+    }
+    /// Panics unless the slice holds every element of an `[r, c]` matrix with these strides.
+    fn check(&self, r: usize, c: usize) {
+        if r > 0 && c > 0 {
+            assert!(
+                (r - 1) * self.rs + (c - 1) * self.cs < self.data.len(),
+                "operand too short"
+            );
         }
     }
 }
 
-/// `dst [m, n] (row-major) = a [m, k] · b [k, n]`, on this thread.
-fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+/// `dst [m, n] (row-major) = a [m, k] · b [k, n]`, plus `dst`'s own values when `accumulate`.
+/// `dst` may be uninitialized when not accumulating (gemm writes every element then).
+fn gemm_raw(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    (m, n, k): (usize, usize, usize),
+    a: Mat,
+    b: Mat,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
     assert!(dst.len() >= m * n);
-    // SAFETY: every operand was built from a slice that holds the [m, k] / [k, n] matrix its
-    // strides describe (checked by the callers' chunk sizes), and dst holds m·n elements.
+    a.check(m, k);
+    b.check(k, n);
+    // SAFETY: dst holds m·n elements and a and b every element of their [m, k] and [k, n]
+    // matrices (checked above); without `accumulate` gemm reads nothing from dst.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
-            false,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            0.0,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
             1.0,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
+}
+
+/// `dst [m, n] = a [m, k] · b [k, n]` on this thread.
+fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, a: Mat, b: Mat) {
+    // SAFETY of the cast: f32 and MaybeUninit<f32> have the same layout; gemm only writes.
+    let dst = unsafe { &mut *(dst as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
+    gemm_raw(dst, (m, n, k), a, b, false, gemm::Parallelism::None);
+}
+
+/// A new row-major `[m, n]` matrix `a · b` (plus `bias` on every row), computed by all
+/// threads. The buffer is not zeroed first: gemm writes every element.
+fn product(m: usize, n: usize, k: usize, a: Mat, b: Mat, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let spare = &mut out.spare_capacity_mut()[..m * n];
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n);
+        for row in spare.chunks_mut(n) {
+            for (o, &b) in row.iter_mut().zip(bias) {
+                o.write(b);
+            }
+        }
+    }
+    gemm_raw(
+        spare,
+        (m, n, k),
+        a,
+        b,
+        bias.is_some(),
+        gemm::Parallelism::Rayon(0),
+    );
+    // SAFETY: gemm wrote all m·n elements (each is the bias plus a product when accumulating).
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// A linear map of `n` rows: `x [n, i] · w [i, o] (+ bias [o])` → `[n, o]`.
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
+    i: usize,
+    o: usize,
+) -> Vec<f32> {
+    product(n, o, i, Mat::rows(x, i), Mat::rows(w, o), bias)
+}
+
+/// The gradients of [`linear`] from the output's gradient `g [n, o]`: `dx = g · wᵀ`,
+/// `dw = xᵀ · g`, `db = Σ_rows g`, each only when asked for.
+pub fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    (n, i, o): (usize, usize, usize),
+    want: [bool; 3],
+) -> [Option<Vec<f32>>; 3] {
+    let dx = want[0].then(|| product(n, i, o, Mat::rows(g, o), Mat::transposed(w, o), None));
+    let dw = want[1].then(|| product(i, o, n, Mat::transposed(x, i), Mat::rows(g, o), None));
+    let db = want[2].then(|| {
+        g.par_chunks(rows_per_task(o) * o)
+            .fold(
+                || vec![0.0f32; o],
+                |mut acc, rows| {
+                    for row in rows.chunks(o) {
+                        acc.iter_mut().zip(row).for_each(|(a, r)| *a += r);
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0.0f32; o],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            )
+    });
+    [dx, dw, db]
 }
 
 vectorized! {

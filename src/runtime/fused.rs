@@ -419,7 +419,13 @@ pub fn rope_plain(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
 struct AttentionBackward;
 
 /// What the backward pass of attention keeps: q, k, v, the probabilities, the sizes.
-type AttnState = (FlexTensor, FlexTensor, FlexTensor, Arc<Vec<f32>>, k::AttnShape);
+type AttnState = (
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    Arc<Vec<f32>>,
+    k::AttnShape,
+);
 
 impl Backward<Flex, 3> for AttentionBackward {
     type State = AttnState;
@@ -428,7 +434,10 @@ impl Backward<Flex, 3> for AttentionBackward {
         let go = dense(grads.consume::<Flex>(&ops.node));
         let [pq, pk, pv] = ops.parents;
         let (q, kt, v, p, sh) = ops.state;
-        let (mut dq, mut dk) = (vec![0.0f32; values(&q).len()], vec![0.0f32; values(&kt).len()]);
+        let (mut dq, mut dk) = (
+            vec![0.0f32; values(&q).len()],
+            vec![0.0f32; values(&kt).len()],
+        );
         let mut dv = vec![0.0f32; values(&v).len()];
         k::attention_backward(
             values(&q),
@@ -460,7 +469,12 @@ fn attn_shape(q: &FlexTensor, kt: &FlexTensor) -> k::AttnShape {
     }
 }
 
-fn attention_forward(q: &FlexTensor, kt: &FlexTensor, v: &FlexTensor, vis: Visible) -> (FlexTensor, Vec<f32>) {
+fn attention_forward(
+    q: &FlexTensor,
+    kt: &FlexTensor,
+    v: &FlexTensor,
+    vis: Visible,
+) -> (FlexTensor, Vec<f32>) {
     let sh = attn_shape(q, kt);
     let mut p = vec![0.0f32; sh.pairs * sh.rows * sh.keys];
     let mut o = vec![0.0f32; values(q).len()];
@@ -505,4 +519,99 @@ pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, vis: Visible) -> Ten
 /// The plain Burn path of [`attention`].
 pub fn attention_plain(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, vis: Visible) -> Tensor<4> {
     softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis).matmul(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear maps.
+
+/// The backward pass of a linear map with N inputs: x, w, and the bias when N = 3.
+#[derive(Debug)]
+struct LinearBackward<const N: usize>;
+
+impl<const N: usize> Backward<Flex, N> for LinearBackward<N> {
+    /// x `[n, i]`, w `[i, o]`, the shape of x.
+    type State = (FlexTensor, FlexTensor, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = dense(grads.consume::<Flex>(&ops.node));
+        let (x, w, x_shape) = ops.state;
+        let (ws, n) = (shape_of(&w), values(&x).len() / shape_of(&w)[0].max(1));
+        let want = [0, 1, 2].map(|i| ops.parents.get(i).is_some_and(Option::is_some));
+        let [dx, dw, db] =
+            k::linear_backward(values(&x), values(&w), values(&g), (n, ws[0], ws[1]), want);
+        let grads_of = [
+            dx.map(|d| tensor(d, x_shape)),
+            dw.map(|d| tensor(d, ws.clone())),
+            db.map(|d| tensor(d, vec![ws[1]])),
+        ];
+        for (parent, grad) in ops.parents.into_iter().zip(grads_of) {
+            if let (Some(node), Some(grad)) = (parent, grad) {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// `x [b, s, i] · w [i, o] (+ bias [o])` as one `[b·s, i] × [i, o]` product into a buffer that
+/// is not zeroed first, the bias folded into the product, and a backward pass of two products
+/// that read the transposes in place (no transposed copies).
+fn linear_forward(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+    let (xs, ws) = (shape_of(x), shape_of(w));
+    let (i, o) = (ws[0], ws[1]);
+    let n = values(x).len() / i.max(1);
+    let y = k::linear(values(x), values(w), bias.map(values), n, i, o);
+    let mut shape = xs;
+    *shape.last_mut().expect("x has an axis") = o;
+    tensor(y, shape)
+}
+
+fn linear_tracked<const N: usize>(
+    ins: [FloatTensor<Autodiff<Flex>>; N],
+) -> FloatTensor<Autodiff<Flex>> {
+    let prep = LinearBackward::<N>
+        .prepare::<NoCheckpointing>(ins.each_ref().map(|t| t.node()))
+        .compute_bound()
+        .stateful();
+    let dense_ins = ins.map(|t| dense(t.primitive().clone()));
+    let y = linear_forward(&dense_ins[0], &dense_ins[1], dense_ins.get(2));
+    match prep {
+        OpsKind::Tracked(prep) => {
+            let x_shape = shape_of(&dense_ins[0]);
+            let (x, w) = (dense_ins[0].clone(), dense_ins[1].clone());
+            prep.finish((x, w, x_shape), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// A linear map `x [b, s, i] · w [i, o] (+ bias [o])`.
+pub fn linear(x: Tensor<3>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<3> {
+    let bias = bias.map(lane);
+    match (lane(x), lane(w), bias) {
+        (Lane::Plain(x), Lane::Plain(w), None) => {
+            back::<3>(Lane::Plain(linear_forward(&dense(x), &dense(w), None)))
+        }
+        (Lane::Plain(x), Lane::Plain(w), Some(Lane::Plain(b))) => {
+            let b = dense(b);
+            back::<3>(Lane::Plain(linear_forward(&dense(x), &dense(w), Some(&b))))
+        }
+        (Lane::Tracked(x, ctx), Lane::Tracked(w, _), None) => {
+            back::<3>(Lane::Tracked(linear_tracked([x, w]), ctx))
+        }
+        (Lane::Tracked(x, ctx), Lane::Tracked(w, _), Some(Lane::Tracked(b, _))) => {
+            back::<3>(Lane::Tracked(linear_tracked([x, w, b]), ctx))
+        }
+        (x, w, b) => linear_plain(back(x), back(w), b.map(back)),
+    }
+}
+
+/// The plain Burn path of [`linear`].
+pub fn linear_plain(x: Tensor<3>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<3> {
+    let [b, s, i] = x.dims();
+    let o = w.dims()[1];
+    let y = x.reshape([b * s, i]).matmul(w).reshape([b, s, o]);
+    match bias {
+        Some(bias) => y + bias.unsqueeze::<3>(),
+        None => y,
+    }
 }

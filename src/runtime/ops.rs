@@ -217,15 +217,17 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Linear { bias } => {
             // One [b·s, i] × [i, o] product: gemm parallelizes a large matrix itself, and the
             // weight gradient is one product instead of b products and a sum.
-            let x = ins[0].f3();
+            let (x, w) = (ins[0].f3(), ins[1].f2());
+            let bias = bias.then(|| ins[2].f1());
+            if ctx.matmul_dtype.is_none() {
+                return V::F3(fused::linear(x, w, bias));
+            }
             let [b, s, i] = x.dims();
-            let w = ins[1].f2();
             let o = w.dims()[1];
             let y = mm(x.reshape([b * s, i]), w, ctx).reshape([b, s, o]);
-            V::F3(if *bias {
-                y + ins[2].f1().unsqueeze::<3>()
-            } else {
-                y
+            V::F3(match bias {
+                Some(bias) => y + bias.unsqueeze::<3>(),
+                None => y,
             })
         }
         Op::Add => match (ins[0], ins[1]) {
