@@ -571,13 +571,13 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     // Plain attention is one fused op; the variants that change or read the probabilities
     // (hard and adaptive attention, key padding, dropout, the entropy term, mixed precision)
     // are built from tensor ops.
-    let plain = !*hard
-        && !(*adaptive && !ctx.train)
-        && !*key_mask
-        && !(ctx.train && p.0 > 0.0)
-        && ctx.aux.is_none()
-        && ctx.matmul_dtype.is_none();
-    if plain {
+    let variant = *hard
+        || (*adaptive && !ctx.train)
+        || *key_mask
+        || (ctx.train && p.0 > 0.0)
+        || ctx.aux.is_some()
+        || ctx.matmul_dtype.is_some();
+    if !variant {
         return fused::attention(q, k, v, vis).reshape([b, hq, s, d]);
     }
     let mut scores = mm(q, k.swap_dims(2, 3), ctx);
