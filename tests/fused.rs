@@ -85,6 +85,14 @@ fn compare<const D: usize, const E: usize>(
     (value, grads)
 }
 
+fn vis(queries: usize, causal: bool, offset: usize) -> Visible {
+    Visible {
+        queries,
+        causal,
+        offset,
+    }
+}
+
 // The kernels switch a process-wide flag; the tests must not interleave.
 static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -117,54 +125,12 @@ fn softmax_matches_mask_fill_and_softmax() {
     // [b, h, G·s, t]: grouped rows, causal with and without a decoding offset, full rows,
     // rows shorter and longer than a vector.
     let cases = [
-        (
-            [2, 2, 6, 3],
-            Visible {
-                queries: 3,
-                causal: true,
-                offset: 0,
-            },
-        ),
-        (
-            [1, 3, 5, 9],
-            Visible {
-                queries: 5,
-                causal: true,
-                offset: 4,
-            },
-        ),
-        (
-            [2, 1, 2, 40],
-            Visible {
-                queries: 1,
-                causal: true,
-                offset: 39,
-            },
-        ),
-        (
-            [2, 4, 17, 17],
-            Visible {
-                queries: 17,
-                causal: true,
-                offset: 0,
-            },
-        ),
-        (
-            [3, 2, 4, 21],
-            Visible {
-                queries: 4,
-                causal: false,
-                offset: 0,
-            },
-        ),
-        (
-            [8, 2, 254, 127],
-            Visible {
-                queries: 127,
-                causal: true,
-                offset: 0,
-            },
-        ),
+        ([2, 2, 6, 3], vis(3, true, 0)),
+        ([1, 3, 5, 9], vis(5, true, 4)),
+        ([2, 1, 2, 40], vis(1, true, 39)),
+        ([2, 4, 17, 17], vis(17, true, 0)),
+        ([3, 2, 4, 21], vis(4, false, 0)),
+        ([8, 2, 254, 127], vis(127, true, 0)),
     ];
     for (shape, vis) in cases {
         let (v, g) = compare(
@@ -179,14 +145,9 @@ fn softmax_matches_mask_fill_and_softmax() {
         );
     }
     // Rows with huge and tiny scores, and a non-contiguous input.
-    let vis = Visible {
-        queries: 6,
-        causal: true,
-        offset: 0,
-    };
     let (v, g) = compare(
         |d| vec![t([2, 3, 6, 6], 4, 80.0, d)],
-        |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone().swap_dims(2, 3), vis),
+        |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone().swap_dims(2, 3), vis(6, true, 0)),
     );
     assert!(v < 1e-6 && g[0] < 1e-5, "{v} {g:?}");
 }
@@ -273,68 +234,15 @@ fn attention_matches_matmul_softmax_matmul() {
     // (b, h, R, t, d, visibility): grouped rows (R = G·s), a decoding offset (t > s),
     // non-causal cross attention (t ≠ R), sizes off the vector width.
     let cases = [
-        (
-            2,
-            2,
-            6,
-            3,
-            4,
-            Visible {
-                queries: 3,
-                causal: true,
-                offset: 0,
-            },
-        ),
-        (
-            1,
-            3,
-            5,
-            9,
-            8,
-            Visible {
-                queries: 5,
-                causal: true,
-                offset: 4,
-            },
-        ),
-        (
-            2,
-            1,
-            2,
-            40,
-            16,
-            Visible {
-                queries: 1,
-                causal: true,
-                offset: 39,
-            },
-        ),
-        (
-            3,
-            2,
-            7,
-            11,
-            5,
-            Visible {
-                queries: 7,
-                causal: false,
-                offset: 0,
-            },
-        ),
-        (
-            4,
-            2,
-            254,
-            127,
-            32,
-            Visible {
-                queries: 127,
-                causal: true,
-                offset: 0,
-            },
-        ),
+        ([2, 2, 6, 3, 4], vis(3, true, 0)),
+        ([1, 3, 5, 9, 8], vis(5, true, 4)),
+        ([2, 1, 2, 40, 16], vis(1, true, 39)),
+        ([3, 2, 7, 11, 5], vis(7, false, 0)),
+        ([4, 2, 254, 127, 32], vis(127, true, 0)),
+        ([1, 2, 70, 45, 8], vis(35, true, 10)),
+        ([2, 1, 100, 100, 4], vis(100, false, 0)),
     ];
-    for (b, h, r, tk, d, vis) in cases {
+    for ([b, h, r, tk, d], vis) in cases {
         let (v, g) = compare(
             |dev| {
                 vec![
@@ -352,11 +260,6 @@ fn attention_matches_matmul_softmax_matmul() {
         }
     }
     // Non-contiguous inputs (as attention gets k after a transpose).
-    let vis = Visible {
-        queries: 4,
-        causal: true,
-        offset: 0,
-    };
     let (v, g) = compare(
         |dev| {
             vec![
@@ -367,7 +270,7 @@ fn attention_matches_matmul_softmax_matmul() {
         },
         |x: Vec<Tensor<4>>| {
             let tr = |x: &Tensor<4>| x.clone().swap_dims(2, 3);
-            fused::attention(tr(&x[0]), tr(&x[1]), tr(&x[2]), vis)
+            fused::attention(tr(&x[0]), tr(&x[1]), tr(&x[2]), vis(4, true, 0))
         },
     );
     assert!(v < 2e-6 && g.iter().all(|g| *g < 5e-6), "{v} {g:?}");

@@ -425,6 +425,7 @@ type AttnState = (
     FlexTensor,
     Arc<Vec<f32>>,
     k::AttnShape,
+    Visible,
 );
 
 impl Backward<Flex, 3> for AttentionBackward {
@@ -433,7 +434,7 @@ impl Backward<Flex, 3> for AttentionBackward {
     fn backward(self, ops: Ops<AttnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let go = dense(grads.consume::<Flex>(&ops.node));
         let [pq, pk, pv] = ops.parents;
-        let (q, kt, v, p, sh) = ops.state;
+        let (q, kt, v, p, sh, vis) = ops.state;
         let (mut dq, mut dk) = (
             vec![0.0f32; values(&q).len()],
             vec![0.0f32; values(&kt).len()],
@@ -446,6 +447,7 @@ impl Backward<Flex, 3> for AttentionBackward {
             &p,
             values(&go),
             sh,
+            vis,
             &mut dq,
             &mut dk,
             &mut dv,
@@ -506,7 +508,7 @@ pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, vis: Visible) -> Ten
             let out = match prep {
                 OpsKind::Tracked(prep) => {
                     let sh = attn_shape(&qs, &ks);
-                    prep.finish((qs, ks, vs, Arc::new(p), sh), o)
+                    prep.finish((qs, ks, vs, Arc::new(p), sh, vis), o)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(o),
             };

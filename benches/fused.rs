@@ -1,0 +1,164 @@
+//! Each of kiln's fused CPU kernels against the plain Burn ops it replaces, at the shapes of
+//! the d 128, 4-layer benchmark model (batch 32, 127 positions): one training-style call, the
+//! forward pass plus the backward pass of a weighted sum of the output, median of repetitions.
+//!
+//! `cargo bench --bench fused`. Prints one row per kernel with both times and their ratio,
+//! measured in the same run (the two paths alternate).
+
+use burn::prelude::*;
+use kiln::runtime::fused::{self, Visible};
+use std::time::Instant;
+
+fn rand<const D: usize>(shape: [usize; D], dev: &Device) -> Tensor<D> {
+    Tensor::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), dev).require_grad()
+}
+
+/// Median seconds of `f` over `reps` calls with the fused kernels on and off, alternating.
+fn time(reps: usize, f: &dyn Fn()) -> (f64, f64) {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for i in 0..2 * reps + 2 {
+        let fused_now = i % 2 == 0;
+        fused::set_enabled(fused_now);
+        let t = Instant::now();
+        f();
+        let s = t.elapsed().as_secs_f64();
+        // The first call of each path is a warm-up.
+        if i >= 2 {
+            if fused_now { &mut on } else { &mut off }.push(s);
+        }
+    }
+    fused::set_enabled(true);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (med(&mut on), med(&mut off))
+}
+
+/// Forward and backward of `f` on `ins`, with a fixed random weighting of the output.
+fn train_call<const D: usize, const E: usize>(
+    ins: &[Tensor<D>],
+    f: &dyn Fn(Vec<Tensor<D>>) -> Tensor<E>,
+) {
+    let y = f(ins.to_vec());
+    let w = y.ones_like().detach();
+    let g = (y * w).sum().backward();
+    for x in ins {
+        let _ = x.grad(&g);
+    }
+}
+
+fn main() {
+    kiln::util::tune_allocator();
+    let dev = Device::flex().autodiff();
+    let (b, s, d, h, hk, hd, ff) = (32, 127, 128, 4, 2, 32, 344);
+    let causal = Visible {
+        queries: s,
+        causal: true,
+        offset: 0,
+    };
+    let reps = std::env::var("KILN_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let mut rows: Vec<(&str, String, (f64, f64))> = Vec::new();
+
+    let x = [rand([b, s, ff], &dev)];
+    rows.push((
+        "silu",
+        format!("[{b}, {s}, {ff}]"),
+        time(reps, &|| {
+            train_call(&x, &|v: Vec<Tensor<3>>| fused::silu(v[0].clone()))
+        }),
+    ));
+
+    let x = [rand([b, hk, (h / hk) * s, s], &dev)];
+    rows.push((
+        "causal softmax",
+        format!("[{b}, {hk}, {}, {s}]", (h / hk) * s),
+        time(reps, &|| {
+            train_call(&x, &|v: Vec<Tensor<4>>| {
+                fused::softmax_rows(v[0].clone(), causal)
+            })
+        }),
+    ));
+
+    let x = [rand([b, s, d], &dev)];
+    let w = rand([d], &dev);
+    rows.push((
+        "rmsnorm",
+        format!("[{b}, {s}, {d}]"),
+        time(reps, &|| {
+            train_call(&x, &|v: Vec<Tensor<3>>| {
+                fused::rmsnorm(v[0].clone(), w.clone(), 1e-6)
+            })
+        }),
+    ));
+
+    let x = [rand([b, h, s, hd], &dev)];
+    let table = Tensor::<3>::random(
+        [s, hd / 2, 2],
+        burn::tensor::Distribution::Uniform(-1.0, 1.0),
+        &dev,
+    );
+    rows.push((
+        "rope",
+        format!("[{b}, {h}, {s}, {hd}]"),
+        time(reps, &|| {
+            train_call(&x, &|v: Vec<Tensor<4>>| {
+                fused::rope(v[0].clone(), table.clone())
+            })
+        }),
+    ));
+
+    let qkv = [
+        rand([b, hk, (h / hk) * s, hd], &dev),
+        rand([b, hk, s, hd], &dev),
+        rand([b, hk, s, hd], &dev),
+    ];
+    rows.push((
+        "causal attention",
+        format!(
+            "q [{b}, {hk}, {}, {hd}], k, v [{b}, {hk}, {s}, {hd}]",
+            (h / hk) * s
+        ),
+        time(reps, &|| {
+            train_call(&qkv, &|v: Vec<Tensor<4>>| {
+                fused::attention(v[0].clone(), v[1].clone(), v[2].clone(), causal)
+            })
+        }),
+    ));
+
+    let x = [rand([b, s, d], &dev)];
+    let w = rand([d, ff], &dev);
+    rows.push((
+        "linear",
+        format!("[{b}, {s}, {d}] × [{d}, {ff}]"),
+        time(reps, &|| {
+            train_call(&x, &|v: Vec<Tensor<3>>| {
+                fused::linear(v[0].clone(), w.clone(), None)
+            })
+        }),
+    ));
+
+    println!(
+        "forward + backward, median of {reps} calls each (f32, autodiff, {} threads)",
+        rayon_threads()
+    );
+    println!(
+        "{:<18} {:<48} {:>10} {:>10} {:>8}",
+        "kernel", "shape", "plain ms", "fused ms", "speedup"
+    );
+    for (name, shape, (on, off)) in rows {
+        println!(
+            "{name:<18} {shape:<48} {:>10.2} {:>10.2} {:>7.2}×",
+            off * 1e3,
+            on * 1e3,
+            off / on
+        );
+    }
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
