@@ -399,7 +399,7 @@ impl<'a> Mat<'a> {
         }
     }
     /// The same matrix from row `r` on.
-    fn from_row(self, r: usize) -> Self {
+    fn skip_rows(self, r: usize) -> Self {
         Mat {
             data: &self.data[r * self.rs..],
             ..self
@@ -628,7 +628,7 @@ pub fn attention(
             );
             for &(r0, n, lim) in &blocks {
                 let pb = &mut p[r0 * keys..(r0 + n) * keys];
-                matmul(pb, keys, (n, lim, dim), q.from_row(r0), k, false);
+                matmul(pb, keys, (n, lim, dim), q.skip_rows(r0), k, false);
                 for (i, row) in pb.chunks_mut(keys).enumerate() {
                     softmax_in_place(row, vis.limit(r0 + i, keys));
                 }
