@@ -333,3 +333,42 @@ fn linear_matches_matmul_and_bias() {
         }
     }
 }
+
+#[test]
+fn adamw_matches_the_tensor_ops() {
+    let _g = LOCK.lock().unwrap();
+    let dev = Device::flex();
+    let n = 40_000 + 3;
+    for (decay, clip, step) in [(1.0, 1.0, 1), (0.995, 0.3, 7), (0.9, 1.0, 1000)] {
+        let h = fused::AdamW {
+            lr: 0.003,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            bc1: 1.0 - 0.9f32.powi(step),
+            bc2: 1.0 - 0.999f32.powi(step),
+            decay,
+            clip,
+        };
+        let ins = || {
+            let v = t([n], 33, 0.01, &dev);
+            [
+                t([n], 30, 1.0, &dev),
+                t([n], 31, 2.0, &dev),
+                t([n], 32, 0.1, &dev),
+                v.clone() * v,
+            ]
+        };
+        let [p, g, m, v] = ins();
+        let fused_out = fused::adamw(p, g, m, v, &h);
+        let [p, g, m, v] = ins();
+        let plain = fused::adamw_plain(p, g, m, v, &h);
+        for (name, (a, b)) in ["p", "m", "v"].iter().zip(fused_out.into_iter().zip(plain)) {
+            let d = max_diff(a, b);
+            assert!(
+                d < 1e-6,
+                "decay {decay} clip {clip} step {step}: {name} differs by {d}"
+            );
+        }
+    }
+}

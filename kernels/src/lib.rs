@@ -699,3 +699,47 @@ pub fn attention_backward(
             }
         });
 }
+
+// ---------------------------------------------------------------------------------------------
+// AdamW.
+
+/// The constants of one AdamW update (Loshchilov & Hutter, 2019), as kiln's trainer applies it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    /// Learning rate of this step.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Added to the root of the second moment.
+    pub eps: f32,
+    /// Bias corrections 1 − β₁ᵗ and 1 − β₂ᵗ.
+    pub bc1: f32,
+    /// See `bc1`.
+    pub bc2: f32,
+    /// The parameter is first multiplied by this (1 − lr·weight decay, or 1).
+    pub decay: f32,
+    /// The gradient is first multiplied by this (global-norm clipping, or 1).
+    pub clip: f32,
+}
+
+vectorized! {
+    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g * h.clip;
+            *m = *m * h.beta1 + g * (1.0 - h.beta1);
+            *v = *v * h.beta2 + g * g * (1.0 - h.beta2);
+            let update = (*m / h.bc1) / ((*v / h.bc2).sqrt() + h.eps);
+            *p = *p * h.decay - update * h.lr;
+        }
+    }
+}
+
+/// One AdamW step in place: the moments `m`, `v` and the parameter `p` from its gradient `g`.
+pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW) {
+    p.par_chunks_mut(GRAIN)
+        .zip(g.par_chunks(GRAIN))
+        .zip(m.par_chunks_mut(GRAIN).zip(v.par_chunks_mut(GRAIN)))
+        .for_each(|((p, g), (m, v))| adamw_chunk(p, g, m, v, h));
+}

@@ -617,3 +617,54 @@ pub fn linear_plain(x: Tensor<3>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tens
         None => y,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// AdamW.
+
+pub use kiln_kernels::AdamW;
+
+fn into_values(t: FlexTensor) -> Vec<f32> {
+    dense(t)
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("a dense f32 tensor")
+}
+
+/// One AdamW step of a flat parameter `p` with gradient `g` and moments `m`, `v` (all plain
+/// tensors of one length): returns the new parameter and moments. One pass over the four
+/// vectors instead of twelve tensor ops.
+pub fn adamw(p: Tensor<1>, g: Tensor<1>, m: Tensor<1>, v: Tensor<1>, h: &AdamW) -> [Tensor<1>; 3] {
+    match (lane(p), lane(g), lane(m), lane(v)) {
+        (Lane::Plain(p), Lane::Plain(g), Lane::Plain(m), Lane::Plain(v)) => {
+            let n = values(&dense(g.clone())).len();
+            let (mut p, mut m, mut v) = (into_values(p), into_values(m), into_values(v));
+            k::adamw(&mut p, values(&dense(g)), &mut m, &mut v, *h);
+            [p, m, v].map(|x| back::<1>(Lane::Plain(tensor(x, vec![n]))))
+        }
+        (p, g, m, v) => adamw_plain(back(p), back(g), back(m), back(v), h),
+    }
+}
+
+/// The plain Burn path of [`adamw`].
+pub fn adamw_plain(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    m: Tensor<1>,
+    v: Tensor<1>,
+    h: &AdamW,
+) -> [Tensor<1>; 3] {
+    let g = if h.clip < 1.0 {
+        g.mul_scalar(h.clip)
+    } else {
+        g
+    };
+    let p = if h.decay < 1.0 {
+        p.mul_scalar(h.decay)
+    } else {
+        p
+    };
+    let m = m.mul_scalar(h.beta1) + g.clone().mul_scalar(1.0 - h.beta1);
+    let v = v.mul_scalar(h.beta2) + g.powi_scalar(2).mul_scalar(1.0 - h.beta2);
+    let update = m.clone().div_scalar(h.bc1) / (v.clone().div_scalar(h.bc2).sqrt() + h.eps);
+    [p - update.mul_scalar(h.lr), m, v]
+}

@@ -10,6 +10,7 @@ pub mod schedule;
 pub use data::{Batch, Data, GrammarData, GrammarReport, StreamData, TaskReport};
 
 use crate::ir::Graph;
+use crate::runtime::fused::{self, AdamW};
 use crate::runtime::{from_safetensors, tokens_tensor, Aux, Runtime, Weights, V};
 use crate::spec::recipe::{Optimizer, RecipeSpec};
 use crate::util::Rng;
@@ -551,19 +552,31 @@ impl Trainer {
             1.0 - beta1.powi(step1 as i32),
             1.0 - beta2.powi(step1 as i32),
         );
-        let mom = &mut self.mom;
-        for (i, g) in grads.into_iter().enumerate() {
-            let g = if clip < 1.0 { g.mul_scalar(clip) } else { g };
-            let mut p = rt.params[i].clone().detach().flat();
-            if self.decay[i] && weight_decay > 0.0 {
-                p = p.mul_scalar(1.0 - lr_now * weight_decay);
-            }
-            mom.m[i] = mom.m[i].clone().mul_scalar(beta1) + g.clone().mul_scalar(1.0 - beta1);
-            mom.v[i] =
-                mom.v[i].clone().mul_scalar(beta2) + g.powi_scalar(2).mul_scalar(1.0 - beta2);
-            let update =
-                mom.m[i].clone().div_scalar(bc1) / (mom.v[i].clone().div_scalar(bc2).sqrt() + eps);
-            p = p - update.mul_scalar(lr_now);
+        let h = AdamW {
+            lr: lr_now as f32,
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            eps: eps as f32,
+            bc1: bc1 as f32,
+            bc2: bc2 as f32,
+            decay: 1.0,
+            clip: clip as f32,
+        };
+        // The moments move out of `self.mom` so that the update can reuse their buffers.
+        let (ms, vs) = (
+            std::mem::take(&mut self.mom.m),
+            std::mem::take(&mut self.mom.v),
+        );
+        for (i, ((g, m), v)) in grads.into_iter().zip(ms).zip(vs).enumerate() {
+            let p = rt.params[i].clone().detach().flat().without_autodiff();
+            let decay = if self.decay[i] && weight_decay > 0.0 {
+                (1.0 - lr_now * weight_decay) as f32
+            } else {
+                1.0
+            };
+            let [p, m, v] = fused::adamw(p, g, m, v, &AdamW { decay, ..h });
+            self.mom.m.push(m);
+            self.mom.v.push(v);
             rt.params[i] = V::from_flat(p.autodiff(), &rt.shapes[i]).require_grad();
         }
         self.state.step = step1;
