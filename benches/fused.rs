@@ -141,6 +141,54 @@ fn main() {
         }),
     ));
 
+    // AdamW over the model's parameters (one step, as the trainer runs it: per tensor).
+    let plain = Device::flex();
+    let sizes = [d * d, d * hk * hd, d * ff, ff * d, d];
+    let params: Vec<usize> = (0..)
+        .map(|i| sizes[i % sizes.len()])
+        .scan(0, |total, n| {
+            *total += n;
+            (*total <= 727_429).then_some(n)
+        })
+        .collect();
+    let state: std::cell::RefCell<Vec<[Tensor<1>; 4]>> = params
+        .iter()
+        .map(|&n| {
+            let r = |s: f64| {
+                Tensor::<1>::random([n], burn::tensor::Distribution::Uniform(-s, s), &plain)
+            };
+            [r(1.0), r(1.0), r(0.1), r(0.01).abs()]
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let h = fused::AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        bc1: 0.1,
+        bc2: 0.001,
+        decay: 0.9999,
+        clip: 1.0,
+    };
+    rows.push((
+        "adamw",
+        format!(
+            "{} tensors, {} values",
+            params.len(),
+            params.iter().sum::<usize>()
+        ),
+        time(reps, &|| {
+            // Parameter and moments move in and out, as in the trainer; the gradient is shared.
+            let mut state = state.borrow_mut();
+            for [p, g, m, v] in state.iter_mut() {
+                let take = |t: &mut Tensor<1>| std::mem::replace(t, Tensor::empty([0], &plain));
+                let [p2, m2, v2] = fused::adamw(take(p), g.clone(), take(m), take(v), &h);
+                (*p, *m, *v) = (p2, m2, v2);
+            }
+        }),
+    ));
+
     println!(
         "forward + backward, median of {reps} calls each (f32, autodiff, {} threads)",
         rayon_threads()

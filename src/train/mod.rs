@@ -562,13 +562,15 @@ impl Trainer {
             decay: 1.0,
             clip: clip as f32,
         };
-        // The moments move out of `self.mom` so that the update can reuse their buffers.
-        let (ms, vs) = (
+        // Parameters and moments move out of the runtime and `self.mom` so that the update can
+        // reuse their buffers.
+        let (ps, ms, vs) = (
+            std::mem::take(&mut rt.params),
             std::mem::take(&mut self.mom.m),
             std::mem::take(&mut self.mom.v),
         );
-        for (i, ((g, m), v)) in grads.into_iter().zip(ms).zip(vs).enumerate() {
-            let p = rt.params[i].clone().detach().flat().without_autodiff();
+        for (i, (((g, p), m), v)) in grads.into_iter().zip(ps).zip(ms).zip(vs).enumerate() {
+            let p = p.detach().flat();
             let decay = if self.decay[i] && weight_decay > 0.0 {
                 (1.0 - lr_now * weight_decay) as f32
             } else {
@@ -577,7 +579,8 @@ impl Trainer {
             let [p, m, v] = fused::adamw(p, g, m, v, &AdamW { decay, ..h });
             self.mom.m.push(m);
             self.mom.v.push(v);
-            rt.params[i] = V::from_flat(p.autodiff(), &rt.shapes[i]).require_grad();
+            rt.params
+                .push(V::from_flat(p.autodiff(), &rt.shapes[i]).require_grad());
         }
         self.state.step = step1;
         if let Some(c) = fc {
