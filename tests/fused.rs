@@ -98,7 +98,7 @@ static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn silu_matches_the_plain_path() {
-    let _g = LOCK.lock().unwrap();
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for (shape, scale) in [([2, 3, 5], 3.0), ([4, 33, 344], 8.0), ([1, 1, 1], 100.0)] {
         let (v, g) = compare(
             |d| vec![t(shape, 1, scale, d)],
@@ -121,7 +121,7 @@ fn silu_matches_the_plain_path() {
 
 #[test]
 fn softmax_matches_mask_fill_and_softmax() {
-    let _g = LOCK.lock().unwrap();
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // [b, h, G·s, t]: grouped rows, causal with and without a decoding offset, full rows,
     // rows shorter and longer than a vector.
     let cases = [
@@ -154,7 +154,7 @@ fn softmax_matches_mask_fill_and_softmax() {
 
 #[test]
 fn rmsnorm_matches_the_plain_path() {
-    let _g = LOCK.lock().unwrap();
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for (b, s, d) in [(2, 3, 5), (4, 31, 128), (1, 1, 1)] {
         let (v, g) = compare(
             |dev| vec![t([b, s, d], 5, 3.0, dev)],
@@ -170,7 +170,7 @@ fn rmsnorm_matches_the_plain_path() {
 
 #[test]
 fn rmsnorm_weight_gradient_matches() {
-    let _g = LOCK.lock().unwrap();
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let grads = |on: bool| {
         fused::set_enabled(on);
         let dev = Device::flex().autodiff();
@@ -190,10 +190,18 @@ fn rmsnorm_weight_gradient_matches() {
 
 #[test]
 fn rope_matches_the_plain_path() {
-    let _g = LOCK.lock().unwrap();
-    for (b, h, s, d) in [(2, 2, 5, 4), (3, 4, 33, 32), (1, 1, 1, 2)] {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = [(2, 2, 5, 4), (3, 4, 33, 32), (1, 1, 1, 2)];
+    for ((b, h, s, d), heads_last) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let (v, g) = compare(
-            |dev| vec![t([b, h, s, d], 10, 2.0, dev)],
+            |dev| {
+                // Dense, or a transposed view of [b, s, h, d] as the head split makes it.
+                vec![if heads_last {
+                    t([b, s, h, d], 10, 2.0, dev).swap_dims(1, 2)
+                } else {
+                    t([b, h, s, d], 10, 2.0, dev)
+                }]
+            },
             |x: Vec<Tensor<4>>| {
                 let dev = x[0].device();
                 // A real table: cos and sin of angles, [s, d/2, 2].
@@ -202,12 +210,9 @@ fn rope_matches_the_plain_path() {
                 fused::rope(x[0].clone(), table)
             },
         );
-        assert!(v < 1e-6, "({b},{h},{s},{d}): values differ by {v}");
-        assert!(
-            g[0] < 1e-6,
-            "({b},{h},{s},{d}): gradients differ by {}",
-            g[0]
-        );
+        let case = format!("({b},{h},{s},{d}) heads last {heads_last}");
+        assert!(v < 1e-6, "{case}: values differ by {v}");
+        assert!(g[0] < 1e-6, "{case}: gradients differ by {}", g[0]);
     }
 }
 
@@ -230,55 +235,56 @@ fn fast_exp_is_accurate() {
 
 #[test]
 fn attention_matches_matmul_softmax_matmul() {
-    let _g = LOCK.lock().unwrap();
-    // (b, h, R, t, d, visibility): grouped rows (R = G·s), a decoding offset (t > s),
-    // non-causal cross attention (t ≠ R), sizes off the vector width.
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // ([b, query heads, KV heads, s, t, d], causal, offset): grouped heads, a decoding offset
+    // (t > s), non-causal cross attention (t ≠ s), several causal blocks, sizes off the vector
+    // width.
     let cases = [
-        ([2, 2, 6, 3, 4], vis(3, true, 0)),
-        ([1, 3, 5, 9, 8], vis(5, true, 4)),
-        ([2, 1, 2, 40, 16], vis(1, true, 39)),
-        ([3, 2, 7, 11, 5], vis(7, false, 0)),
-        ([4, 2, 254, 127, 32], vis(127, true, 0)),
-        ([1, 2, 70, 45, 8], vis(35, true, 10)),
-        ([2, 1, 100, 100, 4], vis(100, false, 0)),
+        ([2, 4, 2, 3, 3, 4], true, 0),
+        ([1, 3, 3, 5, 9, 8], true, 4),
+        ([2, 2, 1, 1, 40, 16], true, 39),
+        ([3, 2, 2, 7, 11, 5], false, 0),
+        ([4, 4, 2, 127, 127, 32], true, 0),
+        ([1, 4, 2, 35, 45, 8], true, 10),
+        ([2, 1, 1, 100, 100, 4], false, 0),
     ];
-    for ([b, h, r, tk, d], vis) in cases {
-        let (v, g) = compare(
-            |dev| {
-                vec![
-                    t([b, h, r, d], 12, 1.5, dev),
-                    t([b, h, tk, d], 13, 1.5, dev),
-                    t([b, h, tk, d], 14, 1.0, dev),
-                ]
-            },
-            |x: Vec<Tensor<4>>| fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), vis),
-        );
-        let case = format!("({b},{h},{r},{tk},{d}) {vis:?}");
-        assert!(v < 2e-6, "{case}: values differ by {v}");
-        for (name, g) in ["q", "k", "v"].iter().zip(&g) {
-            assert!(*g < 5e-6, "{case}: {name} gradients differ by {g}");
+    for ([b, h, hk, s, tk, d], causal, offset) in cases {
+        let vis = vis(s, causal, offset);
+        for heads_last in [false, true] {
+            // q, k, v either dense [b, h, s, d] or, as the head split makes them, transposed
+            // views of [b, s, h, d].
+            let make = |shape: [usize; 4], seed: u64, dev: &Device| {
+                let [b, h, s, d] = shape;
+                if heads_last {
+                    t([b, s, h, d], seed, 1.5, dev).swap_dims(1, 2)
+                } else {
+                    t(shape, seed, 1.5, dev)
+                }
+            };
+            let (v, g) = compare(
+                |dev| {
+                    vec![
+                        make([b, h, s, d], 12, dev),
+                        make([b, hk, tk, d], 13, dev),
+                        make([b, hk, tk, d], 14, dev),
+                    ]
+                },
+                |x: Vec<Tensor<4>>| {
+                    fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis)
+                },
+            );
+            let case = format!("({b},{h},{hk},{s},{tk},{d}) {vis:?} heads last {heads_last}");
+            assert!(v < 4e-6, "{case}: values differ by {v}");
+            for (name, g) in ["q", "k", "v"].iter().zip(&g) {
+                assert!(*g < 5e-6, "{case}: {name} gradients differ by {g}");
+            }
         }
     }
-    // Non-contiguous inputs (as attention gets k after a transpose).
-    let (v, g) = compare(
-        |dev| {
-            vec![
-                t([2, 4, 3, 4], 15, 1.0, dev),
-                t([2, 4, 3, 4], 16, 1.0, dev),
-                t([2, 4, 3, 4], 17, 1.0, dev),
-            ]
-        },
-        |x: Vec<Tensor<4>>| {
-            let tr = |x: &Tensor<4>| x.clone().swap_dims(2, 3);
-            fused::attention(tr(&x[0]), tr(&x[1]), tr(&x[2]), vis(4, true, 0))
-        },
-    );
-    assert!(v < 2e-6 && g.iter().all(|g| *g < 5e-6), "{v} {g:?}");
 }
 
 #[test]
 fn linear_matches_matmul_and_bias() {
-    let _g = LOCK.lock().unwrap();
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // (b, s, i, o, bias, transposed input)
     for (b, s, i, o, bias, tr) in [
         (2, 3, 5, 7, true, false),
@@ -336,7 +342,7 @@ fn linear_matches_matmul_and_bias() {
 
 #[test]
 fn adamw_matches_the_tensor_ops() {
-    let _g = LOCK.lock().unwrap();
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dev = Device::flex();
     let n = 40_000 + 3;
     for (decay, clip, step) in [(1.0, 1.0, 1), (0.995, 0.3, 7), (0.9, 1.0, 1000)] {

@@ -330,39 +330,76 @@ vectorized! {
     }
 }
 
-/// Rotate-half RoPE of rows of `d` features, `s` positions per matrix: the first half becomes
-/// `x1·cos − x2·sin`, the second `x1·sin + x2·cos`, where `table` holds per position d/2
-/// cosines then d/2 sines. `sign` = −1 rotates back, which is the gradient.
-pub fn rope(x: &[f32], s: usize, d: usize, table: &[f32], sign: f32, y: &mut [f32]) {
+/// Rotate-half RoPE of `x` `[b, h, s, d]` (read through its strides) into `y` laid out as
+/// `[b, s, h, d]`: the first half of each row becomes `x1·cos − x2·sin`, the second
+/// `x1·sin + x2·cos`, where `table` holds per position d/2 cosines then d/2 sines. `sign` = −1
+/// rotates back, which is the gradient. Batch rows run in parallel.
+pub fn rope(x: View4, [_, h, s, d]: [usize; 4], table: &[f32], sign: f32, y: &mut [f32]) {
     let half = d / 2;
-    let per = rows_per_task(d);
-    y.par_chunks_mut(per * d)
-        .zip(x.par_chunks(per * d))
-        .enumerate()
-        .for_each(|(task, (y, x))| {
-            for (i, (y, x)) in y.chunks_mut(d).zip(x.chunks(d)).enumerate() {
-                let pos = (task * per + i) % s;
+    y.par_chunks_mut(s * h * d).enumerate().for_each(|(bi, y)| {
+        for hi in 0..h {
+            let m = x.mat(bi, hi);
+            m.check(s, d);
+            for pos in 0..s {
+                let xr = &m.data[pos * m.rs..pos * m.rs + d];
                 let row = &table[pos * d..(pos + 1) * d];
-                rope_row(x, &row[..half], &row[half..], sign, y);
+                let yr = &mut y[(pos * h + hi) * d..(pos * h + hi + 1) * d];
+                rope_row(xr, &row[..half], &row[half..], sign, yr);
             }
-        });
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Attention.
 
-/// The sizes of one attention call: `pairs` independent (batch, KV head) pairs, each with
-/// `rows` query rows, `keys` keys and `dim` features per query, key and value.
+/// The sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
-    /// Independent (batch, KV head) pairs.
-    pub pairs: usize,
-    /// Query rows per pair (grouped attention: G query heads × s positions).
-    pub rows: usize,
-    /// Keys per pair.
+    /// Batch.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (dividing `heads`: query head h reads KV head h / (heads / kv_heads)).
+    pub kv_heads: usize,
+    /// Query positions.
+    pub queries: usize,
+    /// Key positions.
     pub keys: usize,
     /// Features per query, key and value.
     pub dim: usize,
+}
+
+/// A strided view `[n0, n1, rows, cols]` of a slice with unit column stride: element
+/// (a, b, r, c) is `data[off + a·strides[0] + b·strides[1] + r·strides[2] + c]`.
+#[derive(Clone, Copy, Debug)]
+pub struct View4<'a> {
+    /// The storage.
+    pub data: &'a [f32],
+    /// Where element (0, 0, 0, 0) is.
+    pub off: usize,
+    /// Strides of the first three axes.
+    pub strides: [usize; 3],
+}
+
+impl<'a> View4<'a> {
+    /// A dense `[_, n1, rows, cols]` tensor.
+    pub fn dense(data: &'a [f32], n1: usize, rows: usize, cols: usize) -> Self {
+        View4 {
+            data,
+            off: 0,
+            strides: [n1 * rows * cols, rows * cols, cols],
+        }
+    }
+    /// The matrix (a, b, .., ..).
+    fn mat(&self, a: usize, b: usize) -> Mat<'a> {
+        let start = self.off + a * self.strides[0] + b * self.strides[1];
+        Mat {
+            data: &self.data[start.min(self.data.len())..],
+            rs: self.strides[2],
+            cs: 1,
+        }
+    }
 }
 
 /// A matrix operand: a slice and the strides of its rows and columns.
@@ -416,7 +453,8 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst [m, n] (row-major) = a [m, k] · b [k, n]`, plus `dst`'s own values when `accumulate`.
+/// `dst [m, n] (row-major) = scale · a [m, k] · b [k, n]`, plus `dst`'s own values when
+/// `accumulate`.
 /// `dst` may be uninitialized when not accumulating (gemm writes every element then).
 fn gemm_raw(
     dst: &mut [std::mem::MaybeUninit<f32>],
@@ -425,6 +463,7 @@ fn gemm_raw(
     a: Mat,
     b: Mat,
     accumulate: bool,
+    scale: f32,
     par: gemm::Parallelism,
 ) {
     assert!(n <= dst_rs && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()));
@@ -449,7 +488,7 @@ fn gemm_raw(
             b.cs as isize,
             b.rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -458,15 +497,15 @@ fn gemm_raw(
     }
 }
 
-/// `dst [m, n] (row stride dst_rs) = a [m, k] · b [k, n]`, or `+=` when `accumulate`, on this
-/// thread.
+/// `dst [m, n] (row stride dst_rs) = scale · a [m, k] · b [k, n]`, or `+=` when `accumulate`,
+/// on this thread.
 fn matmul(
     dst: &mut [f32],
     dst_rs: usize,
     (m, n, k): (usize, usize, usize),
-    a: Mat,
-    b: Mat,
+    (a, b): (Mat, Mat),
     accumulate: bool,
+    scale: f32,
 ) {
     // SAFETY of the cast: f32 and MaybeUninit<f32> have the same layout, and gemm writes only
     // initialized values.
@@ -478,6 +517,7 @@ fn matmul(
         a,
         b,
         accumulate,
+        scale,
         gemm::Parallelism::None,
     );
 }
@@ -502,6 +542,7 @@ fn product(m: usize, n: usize, k: usize, a: Mat, b: Mat, bias: Option<&[f32]>) -
         a,
         b,
         bias.is_some(),
+        1.0,
         gemm::Parallelism::Rayon(0),
     );
     // SAFETY: gemm wrote all m·n elements (each is the bias plus a product when accumulating).
@@ -599,103 +640,132 @@ fn attn_blocks(rows: usize, keys: usize, vis: Visible) -> Vec<(usize, usize, usi
     out
 }
 
-/// Attention `o = softmax(q kᵀ) v` per pair, each row over the keys `vis` lets it see (hidden
-/// keys get probability 0). `q` `[pairs, rows, dim]` (already scaled), `k` and `v`
-/// `[pairs, keys, dim]`; writes the probabilities `p` `[pairs, rows, keys]` (what the backward
-/// pass needs) and `o` `[pairs, rows, dim]`. Pairs run in parallel.
+/// Attention `o = softmax(scale · q kᵀ) v` per (batch, query head), each row over the keys
+/// `vis` lets it see (hidden keys get probability 0; `vis.queries` is the number of query
+/// positions). Query head h reads KV head h / (heads / kv_heads). `q` `[batch, heads, queries,
+/// dim]`, `k` and `v` `[batch, kv_heads, keys, dim]` are read through their strides. Writes the
+/// probabilities `p` `[batch, heads, queries, keys]` (what the backward pass needs) and `o` laid
+/// out as `[batch, queries, heads, dim]` (the layout the heads are merged in). Batch rows run in
+/// parallel.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: View4,
+    k: View4,
+    v: View4,
     sh: AttnShape,
+    scale: f32,
     vis: Visible,
     p: &mut [f32],
     o: &mut [f32],
 ) {
     let AttnShape {
-        rows, keys, dim, ..
+        heads,
+        kv_heads,
+        queries: s,
+        keys: t,
+        dim: d,
+        ..
     } = sh;
-    let blocks = attn_blocks(rows, keys, vis);
-    p.par_chunks_mut(rows * keys)
-        .zip(o.par_chunks_mut(rows * dim))
-        .zip(q.par_chunks(rows * dim))
-        .zip(k.par_chunks(keys * dim).zip(v.par_chunks(keys * dim)))
-        .for_each(|(((p, o), q), (k, v))| {
-            let (q, k, v) = (
-                Mat::rows(q, dim),
-                Mat::transposed(k, dim),
-                Mat::rows(v, dim),
-            );
-            for &(r0, n, lim) in &blocks {
-                let pb = &mut p[r0 * keys..(r0 + n) * keys];
-                matmul(pb, keys, (n, lim, dim), q.skip_rows(r0), k, false);
-                for (i, row) in pb.chunks_mut(keys).enumerate() {
-                    softmax_in_place(row, vis.limit(r0 + i, keys));
+    let group = heads / kv_heads.max(1);
+    let blocks = attn_blocks(s, t, vis);
+    p.par_chunks_mut(heads * s * t)
+        .zip(o.par_chunks_mut(s * heads * d))
+        .enumerate()
+        .for_each(|(bi, (p, o))| {
+            for h in 0..heads {
+                let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
+                let ph = &mut p[h * s * t..(h + 1) * s * t];
+                for &(r0, n, lim) in &blocks {
+                    let pb = &mut ph[r0 * t..(r0 + n) * t];
+                    matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                    for (i, row) in pb.chunks_mut(t).enumerate() {
+                        softmax_in_place(row, vis.limit(r0 + i, t));
+                    }
+                    let ob = &mut o[r0 * heads * d + h * d..];
+                    matmul(
+                        ob,
+                        heads * d,
+                        (n, d, lim),
+                        (Mat::rows(pb, t), vm),
+                        false,
+                        1.0,
+                    );
                 }
-                let ob = &mut o[r0 * dim..(r0 + n) * dim];
-                matmul(ob, dim, (n, dim, lim), Mat::rows(pb, keys), v, false);
             }
         });
 }
 
 /// The gradients of [`attention`] from its inputs, its probabilities `p` and the output's
-/// gradient `go`: writes `dq`, `dk`, `dv` (shaped like q, k, v).
+/// gradient `go` (a view like q): writes `dq` laid out as `[batch, queries, heads, dim]` and
+/// `dk`, `dv` as `[batch, keys, kv_heads, dim]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v, go): (View4, View4, View4, View4),
     p: &[f32],
-    go: &[f32],
     sh: AttnShape,
+    scale: f32,
     vis: Visible,
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
     let AttnShape {
-        rows, keys, dim, ..
+        heads,
+        kv_heads,
+        queries: s,
+        keys: t,
+        dim: d,
+        ..
     } = sh;
-    let (qs, ks, ps) = (rows * dim, keys * dim, rows * keys);
-    let blocks = attn_blocks(rows, keys, vis);
-    dq.par_chunks_mut(qs)
-        .zip(dk.par_chunks_mut(ks).zip(dv.par_chunks_mut(ks)))
-        .zip(q.par_chunks(qs).zip(go.par_chunks(qs)))
-        .zip(k.par_chunks(ks).zip(v.par_chunks(ks)).zip(p.par_chunks(ps)))
-        .for_each(|(((dq, (dk, dv)), (q, go)), ((k, v), p))| {
+    let group = heads / kv_heads.max(1);
+    let blocks = attn_blocks(s, t, vis);
+    let kv_rs = kv_heads * d;
+    dq.par_chunks_mut(s * heads * d)
+        .zip(
+            dk.par_chunks_mut(t * kv_rs)
+                .zip(dv.par_chunks_mut(t * kv_rs)),
+        )
+        .zip(p.par_chunks(heads * s * t))
+        .enumerate()
+        .for_each(|(bi, ((dq, (dk, dv)), p))| {
             dk.fill(0.0);
             dv.fill(0.0);
-            let mut ds = vec![0.0f32; ATTN_BLOCK.max(rows) * keys];
-            for &(r0, n, lim) in &blocks {
-                let pb = Mat::rows(&p[r0 * keys..], keys);
-                let gob = Mat::rows(&go[r0 * dim..], dim);
-                // dv += pᵀ · go
-                matmul(dv, dim, (lim, dim, n), pb.t(), gob, true);
-                // ds = softmax gradient of (go · vᵀ), rows of `lim`
-                matmul(
-                    &mut ds,
-                    lim,
-                    (n, lim, dim),
-                    gob,
-                    Mat::transposed(v, dim),
-                    false,
-                );
-                for (i, g) in ds.chunks_mut(lim).take(n).enumerate() {
-                    let y = &p[(r0 + i) * keys..(r0 + i) * keys + lim];
-                    softmax_grad_in_place(y, g);
+            let mut ds = vec![0.0f32; ATTN_BLOCK.max(s) * t];
+            for h in 0..heads {
+                let kh = h / group;
+                let (qm, km, vm, gm) = (q.mat(bi, h), k.mat(bi, kh), v.mat(bi, kh), go.mat(bi, h));
+                let ph = &p[h * s * t..(h + 1) * s * t];
+                for &(r0, n, lim) in &blocks {
+                    let pb = Mat::rows(&ph[r0 * t..], t);
+                    let gob = gm.skip_rows(r0);
+                    // dv += pᵀ · go
+                    matmul(
+                        &mut dv[kh * d..],
+                        kv_rs,
+                        (lim, d, n),
+                        (pb.t(), gob),
+                        true,
+                        1.0,
+                    );
+                    // ds = softmax gradient of (go · vᵀ), rows of `lim`
+                    matmul(&mut ds, lim, (n, lim, d), (gob, vm.t()), false, 1.0);
+                    for (i, g) in ds.chunks_mut(lim).take(n).enumerate() {
+                        softmax_grad_in_place(&ph[(r0 + i) * t..(r0 + i) * t + lim], g);
+                    }
+                    let dsb = Mat::rows(&ds, lim);
+                    // dq = scale · ds · k; dk += scale · dsᵀ · q
+                    let dqb = &mut dq[r0 * heads * d + h * d..];
+                    matmul(dqb, heads * d, (n, d, lim), (dsb, km), false, scale);
+                    let qb = qm.skip_rows(r0);
+                    matmul(
+                        &mut dk[kh * d..],
+                        kv_rs,
+                        (lim, d, n),
+                        (dsb.t(), qb),
+                        true,
+                        scale,
+                    );
                 }
-                let dsb = Mat::rows(&ds, lim);
-                // dq = ds · k; dk += dsᵀ · q
-                let dqb = &mut dq[r0 * dim..(r0 + n) * dim];
-                matmul(dqb, dim, (n, dim, lim), dsb, Mat::rows(k, dim), false);
-                matmul(
-                    dk,
-                    dim,
-                    (lim, dim, n),
-                    dsb.t(),
-                    Mat::rows(&q[r0 * dim..], dim),
-                    true,
-                );
             }
         });
 }

@@ -330,12 +330,15 @@ pub fn rmsnorm_plain(x: Tensor<3>, w: Tensor<1>, eps: f64) -> Tensor<3> {
 // ---------------------------------------------------------------------------------------------
 // Rotate-half RoPE.
 
-/// Rotates `[b, h, s, d]` by `table`: per position, d/2 cosines then d/2 sines.
+/// Rotates `[b, h, s, d]` (read through its strides) by `table`: per position, d/2 cosines
+/// then d/2 sines. The result is laid out as `[b, s, h, d]` (what attention reads and the
+/// gradient of the head split wants).
 fn rope_apply(x: &FlexTensor, table: &[f32], sign: f32) -> FlexTensor {
-    let shape = shape_of(x);
-    let mut y = vec![0.0f32; values(x).len()];
-    k::rope(values(x), shape[2], shape[3], table, sign, &mut y);
-    tensor(y, shape)
+    let x = viewable(x.clone());
+    let shape: [usize; 4] = shape_of(&x).try_into().expect("RoPE of a 4-D tensor");
+    let mut y = vec![0.0f32; values_len(&shape)];
+    k::rope(view(&x), shape, table, sign, &mut y);
+    heads_view(y, shape)
 }
 
 /// The table `[s, d/2, 2]` (cos, sin interleaved, as `Op::RopeTable` builds it) as per-position
@@ -358,7 +361,7 @@ impl Backward<Flex, 1> for RopeBackward {
     type State = Arc<Vec<f32>>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = dense(grads.consume::<Flex>(&ops.node));
+        let g = grads.consume::<Flex>(&ops.node);
         let [parent] = ops.parents;
         if let Some(node) = parent {
             grads.register::<Flex>(node.id, rope_apply(&g, &ops.state, -1.0));
@@ -376,7 +379,7 @@ pub fn rope(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
     match (lane(x), lane(table)) {
         (Lane::Plain(x), Lane::Plain(t)) => {
             let rows = rope_rows(&dense(t));
-            back::<4>(Lane::Plain(rope_apply(&dense(x), &rows, 1.0)))
+            back::<4>(Lane::Plain(rope_apply(&x, &rows, 1.0)))
         }
         (Lane::Tracked(x, ctx), Lane::Tracked(t, _)) => {
             let rows = rope_rows(&dense(t.into_primitive()));
@@ -384,7 +387,7 @@ pub fn rope(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
                 .prepare::<NoCheckpointing>([x.node()])
                 .compute_bound()
                 .stateful();
-            let y = rope_apply(&dense(x.primitive().clone()), &rows, 1.0);
+            let y = rope_apply(x.primitive(), &rows, 1.0);
             let out = match prep {
                 OpsKind::Tracked(prep) => prep.finish(Arc::new(rows), y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
@@ -415,59 +418,86 @@ pub fn rope_plain(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
 // ---------------------------------------------------------------------------------------------
 // Attention.
 
+/// A 4-D tensor's start and first three strides, when it can be read as a [`k::View4`]: no
+/// negative stride, and a unit stride on the last axis (or a last axis of one).
+fn view_parts(t: &FlexTensor) -> Option<(usize, [usize; 3])> {
+    let l = t.layout();
+    let (st, shape) = (l.strides(), l.shape());
+    let ok = st.len() == 4 && st.iter().all(|&x| x >= 0) && (st[3] == 1 || shape[3] == 1);
+    ok.then(|| {
+        (
+            l.start_offset(),
+            [st[0] as usize, st[1] as usize, st[2] as usize],
+        )
+    })
+}
+
+/// The tensor itself when [`view`] can read it, else a dense copy.
+fn viewable(t: FlexTensor) -> FlexTensor {
+    if view_parts(&t).is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn view(t: &FlexTensor) -> k::View4<'_> {
+    let (off, strides) = view_parts(t).expect("a viewable tensor (see `viewable`)");
+    k::View4 {
+        data: t.storage::<f32>(),
+        off,
+        strides,
+    }
+}
+
+/// `[b, s, h, d]` values presented as `[b, h, s, d]` (a view: no copy).
+fn heads_view(v: Vec<f32>, [b, h, s, d]: [usize; 4]) -> FlexTensor {
+    tensor(v, vec![b, s, h, d]).permute(&[0, 2, 1, 3])
+}
+
 #[derive(Debug)]
 struct AttentionBackward;
 
-/// What the backward pass of attention keeps: q, k, v, the probabilities, the sizes.
-type AttnState = (
-    FlexTensor,
-    FlexTensor,
-    FlexTensor,
-    Arc<Vec<f32>>,
-    k::AttnShape,
-    Visible,
-);
+/// What the backward pass of attention keeps.
+#[derive(Clone, Debug)]
+struct AttnState {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    p: Arc<Vec<f32>>,
+    sh: k::AttnShape,
+    scale: f32,
+    vis: Visible,
+}
 
 impl Backward<Flex, 3> for AttentionBackward {
     type State = AttnState;
 
     fn backward(self, ops: Ops<AttnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let go = dense(grads.consume::<Flex>(&ops.node));
+        let go = viewable(grads.consume::<Flex>(&ops.node));
         let [pq, pk, pv] = ops.parents;
-        let (q, kt, v, p, sh, vis) = ops.state;
-        let (mut dq, mut dk) = (
-            vec![0.0f32; values(&q).len()],
-            vec![0.0f32; values(&kt).len()],
-        );
-        let mut dv = vec![0.0f32; values(&v).len()];
+        let st = ops.state;
+        let sh = st.sh;
+        let mut dq = vec![0.0f32; sh.batch * sh.heads * sh.queries * sh.dim];
+        let mut dk = vec![0.0f32; sh.batch * sh.kv_heads * sh.keys * sh.dim];
+        let mut dv = dk.clone();
         k::attention_backward(
-            values(&q),
-            values(&kt),
-            values(&v),
-            &p,
-            values(&go),
+            (view(&st.q), view(&st.k), view(&st.v), view(&go)),
+            &st.p,
             sh,
-            vis,
+            st.scale,
+            st.vis,
             &mut dq,
             &mut dk,
             &mut dv,
         );
-        for (parent, grad, like) in [(pq, dq, &q), (pk, dk, &kt), (pv, dv, &v)] {
+        let q_shape = [sh.batch, sh.heads, sh.queries, sh.dim];
+        let kv_shape = [sh.batch, sh.kv_heads, sh.keys, sh.dim];
+        for (parent, grad, shape) in [(pq, dq, q_shape), (pk, dk, kv_shape), (pv, dv, kv_shape)] {
             if let Some(node) = parent {
-                grads.register::<Flex>(node.id, tensor(grad, shape_of(like)));
+                grads.register::<Flex>(node.id, heads_view(grad, shape));
             }
         }
-    }
-}
-
-/// The sizes of an attention call on q `[b, h, R, d]` and k `[b, h, t, d]`.
-fn attn_shape(q: &FlexTensor, kt: &FlexTensor) -> k::AttnShape {
-    let (qs, ks) = (shape_of(q), shape_of(kt));
-    k::AttnShape {
-        pairs: qs[0] * qs[1],
-        rows: qs[2],
-        keys: ks[2],
-        dim: qs[3],
     }
 }
 
@@ -475,23 +505,40 @@ fn attention_forward(
     q: &FlexTensor,
     kt: &FlexTensor,
     v: &FlexTensor,
+    scale: f32,
     vis: Visible,
-) -> (FlexTensor, Vec<f32>) {
-    let sh = attn_shape(q, kt);
-    let mut p = vec![0.0f32; sh.pairs * sh.rows * sh.keys];
-    let mut o = vec![0.0f32; values(q).len()];
-    k::attention(values(q), values(kt), values(v), sh, vis, &mut p, &mut o);
-    (tensor(o, shape_of(q)), p)
+) -> (FlexTensor, Vec<f32>, k::AttnShape) {
+    let (qs, ks) = (shape_of(q), shape_of(kt));
+    let sh = k::AttnShape {
+        batch: qs[0],
+        heads: qs[1],
+        kv_heads: ks[1],
+        queries: qs[2],
+        keys: ks[2],
+        dim: qs[3],
+    };
+    let mut p = vec![0.0f32; sh.batch * sh.heads * sh.queries * sh.keys];
+    let mut o = vec![0.0f32; values_len(&qs)];
+    k::attention(view(q), view(kt), view(v), sh, scale, vis, &mut p, &mut o);
+    (heads_view(o, [qs[0], qs[1], qs[2], qs[3]]), p, sh)
 }
 
-/// Attention `softmax(q kᵀ) v` over q `[b, h, R, d]` (already scaled), k and v `[b, h, t, d]`,
-/// each query row over the keys `vis` lets it see: one fused op forward (two matrix products
-/// and the softmax per (batch, head), in parallel) and one backward (four products and the
-/// softmax gradient). Equal to `softmax_plain(q·kᵀ) · v`.
-pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, vis: Visible) -> Tensor<4> {
+fn values_len(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Attention `softmax(scale · q kᵀ) v` of q `[b, h, s, d]` over k and v `[b, h_kv, t, d]`
+/// (query head i reads KV head i / (h / h_kv)), each query over the keys `vis` lets it see
+/// (`vis.queries` = s). One fused op forward (per batch row, in parallel: per head two matrix
+/// products and the softmax, in causal row blocks) and one backward. q, k, v and the output's
+/// gradient are read through their strides (the head split's transposed views cost no copy);
+/// the output and q's gradient come laid out as `[b, s, h, d]`, so merging and splitting the
+/// heads costs no copy either. Equal to [`attention_plain`].
+pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
     match (lane(q), lane(kt), lane(v)) {
         (Lane::Plain(q), Lane::Plain(kt), Lane::Plain(v)) => {
-            let (o, _) = attention_forward(&dense(q), &dense(kt), &dense(v), vis);
+            let (q, kt, v) = (viewable(q), viewable(kt), viewable(v));
+            let (o, _, _) = attention_forward(&q, &kt, &v, scale, vis);
             back::<4>(Lane::Plain(o))
         }
         (Lane::Tracked(q, ctx), Lane::Tracked(kt, _), Lane::Tracked(v, _)) => {
@@ -500,27 +547,47 @@ pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, vis: Visible) -> Ten
                 .compute_bound()
                 .stateful();
             let (qs, ks, vs) = (
-                dense(q.primitive().clone()),
-                dense(kt.primitive().clone()),
-                dense(v.primitive().clone()),
+                viewable(q.primitive().clone()),
+                viewable(kt.primitive().clone()),
+                viewable(v.primitive().clone()),
             );
-            let (o, p) = attention_forward(&qs, &ks, &vs, vis);
+            let (o, p, sh) = attention_forward(&qs, &ks, &vs, scale, vis);
             let out = match prep {
                 OpsKind::Tracked(prep) => {
-                    let sh = attn_shape(&qs, &ks);
-                    prep.finish((qs, ks, vs, Arc::new(p), sh, vis), o)
+                    let state = AttnState {
+                        q: qs,
+                        k: ks,
+                        v: vs,
+                        p: Arc::new(p),
+                        sh,
+                        scale,
+                        vis,
+                    };
+                    prep.finish(state, o)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(o),
             };
             back::<4>(Lane::Tracked(out, ctx))
         }
-        (q, kt, v) => attention_plain(back(q), back(kt), back(v), vis),
+        (q, kt, v) => attention_plain(back(q), back(kt), back(v), scale, vis),
     }
 }
 
-/// The plain Burn path of [`attention`].
-pub fn attention_plain(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, vis: Visible) -> Tensor<4> {
-    softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis).matmul(v)
+/// The plain Burn path of [`attention`]: the G query heads of a KV head stacked as G·s rows of
+/// one product, the mask, the softmax, the product with v.
+pub fn attention_plain(
+    q: Tensor<4>,
+    kt: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+) -> Tensor<4> {
+    let [b, h, s, d] = q.dims();
+    let hk = kt.dims()[1];
+    let q = q.mul_scalar(scale).reshape([b, hk, (h / hk) * s, d]);
+    softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis)
+        .matmul(v)
+        .reshape([b, h, s, d])
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -555,22 +555,16 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     let [b, hq, s, d] = q.dims();
     let hk = k.dims()[1];
     let g = *kv_groups as usize;
-    // The scale goes on q ([.., s, d]) rather than on the scores ([.., s, t]): one pass over
-    // the smaller tensor, forward and backward.
-    let q = match scale {
-        AttnScale::InvSqrtDim => q.mul_scalar(1.0 / (d as f64).sqrt()),
-        AttnScale::Learned => q * ins[3].f1().reshape([1, 1, 1, 1]),
-    };
-    let q = q.reshape([b, hk, g * s, d]);
     // Query i (absolute position offset + i) sees keys j ≤ offset + i.
     let vis = fused::Visible {
         queries: s,
         causal: *causal,
         offset: ctx.offset,
     };
-    // Plain attention is one fused op; the variants that change or read the probabilities
-    // (hard and adaptive attention, key padding, dropout, the entropy term, mixed precision)
-    // are built from tensor ops.
+    let inv_sqrt = 1.0 / (d as f64).sqrt();
+    // Plain attention is one fused op (the 1/√d scale folded into its product); the variants
+    // that change or read the probabilities (hard and adaptive attention, key padding,
+    // dropout, the entropy term, mixed precision) are built from tensor ops.
     let variant = *hard
         || (*adaptive && !ctx.train)
         || *key_mask
@@ -578,8 +572,20 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
         || ctx.aux.is_some()
         || ctx.matmul_dtype.is_some();
     if !variant {
-        return fused::attention(q, k, v, vis).reshape([b, hq, s, d]);
+        return match scale {
+            AttnScale::InvSqrtDim => fused::attention(q, k, v, inv_sqrt as f32, vis),
+            AttnScale::Learned => {
+                fused::attention(q * ins[3].f1().reshape([1, 1, 1, 1]), k, v, 1.0, vis)
+            }
+        };
     }
+    // The scale goes on q ([.., s, d]) rather than on the scores ([.., s, t]): one pass over
+    // the smaller tensor, forward and backward.
+    let q = match scale {
+        AttnScale::InvSqrtDim => q.mul_scalar(inv_sqrt),
+        AttnScale::Learned => q * ins[3].f1().reshape([1, 1, 1, 1]),
+    };
+    let q = q.reshape([b, hk, g * s, d]);
     let mut scores = mm(q, k.swap_dims(2, 3), ctx);
     if *key_mask {
         scores = add_key_bias(scores, ins[ins.len() - 1]);
