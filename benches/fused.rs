@@ -111,20 +111,18 @@ fn main() {
         }),
     ));
 
-    let qkv = [
-        rand([b, hk, (h / hk) * s, hd], &dev),
-        rand([b, hk, s, hd], &dev),
-        rand([b, hk, s, hd], &dev),
-    ];
+    // As the head split makes them: [b, s, heads, hd] values seen as [b, heads, s, hd].
+    let heads = |n: usize| rand([b, s, n, hd], &dev).swap_dims(1, 2);
+    let qkv = [heads(h), heads(hk), heads(hk)];
+    let scale = 1.0 / (hd as f32).sqrt();
     rows.push((
         "causal attention",
-        format!(
-            "q [{b}, {hk}, {}, {hd}], k, v [{b}, {hk}, {s}, {hd}]",
-            (h / hk) * s
-        ),
+        format!("q [{b}, {h}, {s}, {hd}], k, v [{b}, {hk}, {s}, {hd}]"),
         time(reps, &|| {
             train_call(&qkv, &|v: Vec<Tensor<4>>| {
-                fused::attention(v[0].clone(), v[1].clone(), v[2].clone(), causal)
+                let o = fused::attention(v[0].clone(), v[1].clone(), v[2].clone(), scale, causal);
+                // Merging the heads, as the model does next.
+                o.swap_dims(1, 2).reshape([b, s, h * hd])
             })
         }),
     ));
