@@ -112,15 +112,19 @@ fn main() {
     ));
 
     // As the head split makes them: [b, s, heads, hd] values seen as [b, heads, s, hd].
-    let heads = |n: usize| rand([b, s, n, hd], &dev).swap_dims(1, 2);
-    let qkv = [heads(h), heads(hk), heads(hk)];
+    let qkv = [
+        rand([b, s, h, hd], &dev),
+        rand([b, s, hk, hd], &dev),
+        rand([b, s, hk, hd], &dev),
+    ];
     let scale = 1.0 / (hd as f32).sqrt();
     rows.push((
         "causal attention",
         format!("q [{b}, {h}, {s}, {hd}], k, v [{b}, {hk}, {s}, {hd}]"),
         time(reps, &|| {
             train_call(&qkv, &|v: Vec<Tensor<4>>| {
-                let o = fused::attention(v[0].clone(), v[1].clone(), v[2].clone(), scale, causal);
+                let [q, k, v] = [0, 1, 2].map(|i| v[i].clone().swap_dims(1, 2));
+                let o = fused::attention(q, k, v, scale, causal);
                 // Merging the heads, as the model does next.
                 o.swap_dims(1, 2).reshape([b, s, h * hd])
             })
