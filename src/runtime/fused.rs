@@ -690,23 +690,29 @@ pub fn linear_plain(x: Tensor<3>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tens
 
 pub use kiln_kernels::AdamW;
 
-fn into_values(t: FlexTensor) -> Vec<f32> {
-    dense(t)
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("a dense f32 tensor")
-}
-
 /// One AdamW step of a flat parameter `p` with gradient `g` and moments `m`, `v` (all plain
 /// tensors of one length): returns the new parameter and moments. One pass over the four
-/// vectors instead of twelve tensor ops.
-pub fn adamw(p: Tensor<1>, g: Tensor<1>, m: Tensor<1>, v: Tensor<1>, h: &AdamW) -> [Tensor<1>; 3] {
+/// vectors instead of twelve tensor ops; parameter and moments are updated in place when
+/// nothing else holds them (copied first otherwise).
+pub fn adamw(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    m: Tensor<1>,
+    v: Tensor<1>,
+    h: &AdamW,
+) -> [Tensor<1>; 3] {
     match (lane(p), lane(g), lane(m), lane(v)) {
         (Lane::Plain(p), Lane::Plain(g), Lane::Plain(m), Lane::Plain(v)) => {
-            let n = values(&dense(g.clone())).len();
-            let (mut p, mut m, mut v) = (into_values(p), into_values(m), into_values(v));
-            k::adamw(&mut p, values(&dense(g)), &mut m, &mut v, *h);
-            [p, m, v].map(|x| back::<1>(Lane::Plain(tensor(x, vec![n]))))
+            let (mut p, g, mut m, mut v) = (dense(p), dense(g), dense(m), dense(v));
+            let n = values(&g).len();
+            k::adamw(
+                &mut p.storage_mut::<f32>()[..n],
+                values(&g),
+                &mut m.storage_mut::<f32>()[..n],
+                &mut v.storage_mut::<f32>()[..n],
+                *h,
+            );
+            [p, m, v].map(|x| back::<1>(Lane::Plain(x)))
         }
         (p, g, m, v) => adamw_plain(back(p), back(g), back(m), back(v), h),
     }
