@@ -370,6 +370,14 @@ pub struct AttnShape {
     pub dim: usize,
 }
 
+impl AttnShape {
+    /// Query heads per KV head, and the row blocks of one head (see [`attn_blocks`]).
+    fn plan(&self, vis: Visible) -> (usize, Vec<(usize, usize, usize)>) {
+        let group = self.heads / self.kv_heads.max(1);
+        (group, attn_blocks(self.queries, self.keys, vis))
+    }
+}
+
 /// A strided view `[n0, n1, rows, cols]` of a slice with unit column stride: element
 /// (a, b, r, c) is `data[off + a·strides[0] + b·strides[1] + r·strides[2] + c]`.
 #[derive(Clone, Copy, Debug)]
@@ -655,16 +663,8 @@ pub fn attention(
     p: &mut [f32],
     o: &mut [f32],
 ) {
-    let AttnShape {
-        heads,
-        kv_heads,
-        queries: s,
-        keys: t,
-        dim: d,
-        ..
-    } = sh;
-    let group = heads / kv_heads.max(1);
-    let blocks = attn_blocks(s, t, vis);
+    let (heads, s, t, d) = (sh.heads, sh.queries, sh.keys, sh.dim);
+    let (group, blocks) = sh.plan(vis);
     p.par_chunks_mut(heads * s * t)
         .zip(o.par_chunks_mut(s * heads * d))
         .enumerate()
@@ -706,17 +706,9 @@ pub fn attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    let AttnShape {
-        heads,
-        kv_heads,
-        queries: s,
-        keys: t,
-        dim: d,
-        ..
-    } = sh;
-    let group = heads / kv_heads.max(1);
-    let blocks = attn_blocks(s, t, vis);
-    let kv_rs = kv_heads * d;
+    let (heads, s, t, d) = (sh.heads, sh.queries, sh.keys, sh.dim);
+    let (group, blocks) = sh.plan(vis);
+    let kv_rs = sh.kv_heads * d;
     dq.par_chunks_mut(s * heads * d)
         .zip(
             dk.par_chunks_mut(t * kv_rs)

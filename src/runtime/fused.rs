@@ -15,10 +15,14 @@
 //! | [`softmax_rows`] | the causal `mask_fill` and `softmax` of attention (6 ops forward) |
 //! | [`rmsnorm`] | `x / sqrt(mean(x²) + ε) · w` (6 ops forward) |
 //! | [`rope`] | rotate-half RoPE: 4 slices, 6 products and sums, a concatenation |
+//! | [`attention`] | the scale, `q·kᵀ`, the mask, the softmax, `p·v`, and the head split and merge copies |
+//! | [`linear`] | a reshape, `matmul` and a bias add (with transposed copies in the backward pass) |
+//! | [`adamw`] | the trainer's 12 tensor ops per parameter |
 //!
 //! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
 //! checkpointing; anything else (a GPU backend, another dtype) takes the plain Burn path, which
-//! is also what [`set_enabled`]`(false)` selects. `tests/fused.rs` checks every kernel against
+//! is also what [`set_enabled`]`(false)` selects. Burn's `extension` feature is what gives access
+//! to the backend tensor inside a [`Tensor`]. `tests/fused.rs` checks every kernel against
 //! the plain path, values and gradients; `kiln bench --unfused` measures the difference.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -694,13 +698,7 @@ pub use kiln_kernels::AdamW;
 /// tensors of one length): returns the new parameter and moments. One pass over the four
 /// vectors instead of twelve tensor ops; parameter and moments are updated in place when
 /// nothing else holds them (copied first otherwise).
-pub fn adamw(
-    p: Tensor<1>,
-    g: Tensor<1>,
-    m: Tensor<1>,
-    v: Tensor<1>,
-    h: &AdamW,
-) -> [Tensor<1>; 3] {
+pub fn adamw(p: Tensor<1>, g: Tensor<1>, m: Tensor<1>, v: Tensor<1>, h: &AdamW) -> [Tensor<1>; 3] {
     match (lane(p), lane(g), lane(m), lane(v)) {
         (Lane::Plain(p), Lane::Plain(g), Lane::Plain(m), Lane::Plain(v)) => {
             let (mut p, g, mut m, mut v) = (dense(p), dense(g), dense(m), dense(v));
