@@ -378,3 +378,65 @@ fn adamw_matches_the_tensor_ops() {
         }
     }
 }
+
+#[test]
+fn selective_scan_matches_the_step_by_step_ops() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // (b, s, e, n, nonzero initial state)
+    for (b, s, e, n, warm) in [
+        (2, 5, 3, 4, false),
+        (3, 17, 8, 16, true),
+        (1, 1, 1, 1, true),
+    ] {
+        let run = |on: bool, autodiff: bool| {
+            fused::set_enabled(on);
+            let dev = if autodiff {
+                Device::flex().autodiff()
+            } else {
+                Device::flex()
+            };
+            let grad = |x: Tensor<3>| if autodiff { x.require_grad() } else { x };
+            // Step sizes > 0 and a < 0, as Mamba makes them (softplus, −exp).
+            let dt = grad(t([b, s, e], 40, 1.0, &dev).exp().mul_scalar(0.3));
+            let a = grad(t([1, e, n], 41, 1.0, &dev).exp().neg());
+            let ins = [
+                dt,
+                a,
+                grad(t([b, s, e], 42, 1.0, &dev)),
+                grad(t([b, s, n], 43, 1.0, &dev)),
+                grad(t([b, s, n], 44, 1.0, &dev)),
+            ];
+            let h0 = if warm {
+                t([b, e, n], 45, 1.0, &dev)
+            } else {
+                Tensor::zeros([b, e, n], &dev)
+            };
+            let (y, h) = fused::selective_scan(ins.clone(), h0);
+            fused::set_enabled(true);
+            let mut out = vec![
+                y.clone().without_autodiff().reshape([-1]),
+                h.without_autodiff().reshape([-1]),
+            ];
+            if autodiff {
+                let g = (y.clone() * t(y.dims(), 46, 1.0, &dev)).sum().backward();
+                out.extend(ins.iter().map(|x| x.grad(&g).unwrap().reshape([-1])));
+            }
+            out
+        };
+        let names = ["y", "final state", "dt", "a", "dtx", "b", "c"];
+        for autodiff in [false, true] {
+            for (i, (x, z)) in run(true, autodiff)
+                .into_iter()
+                .zip(run(false, autodiff))
+                .enumerate()
+            {
+                let d = max_diff(x, z);
+                assert!(
+                    d < 5e-6,
+                    "({b},{s},{e},{n}) warm {warm}: {} differs by {d}",
+                    names[i]
+                );
+            }
+        }
+    }
+}

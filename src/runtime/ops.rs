@@ -843,7 +843,7 @@ pub fn mamba(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<MambaState>) -> (Tenso
     let e = w_in.dims()[1] / 2;
     let xz = mm(x, w_in.unsqueeze::<3>(), ctx);
     let (xi, z) = (xz.clone().narrow(2, 0, e), xz.narrow(2, e, e));
-    let (prev, mut h) = init.unwrap_or_else(|| {
+    let (prev, h) = init.unwrap_or_else(|| {
         (
             Tensor::<3>::zeros([b, k - 1, e], ctx.device),
             Tensor::<3>::zeros([b, e, n], ctx.device),
@@ -868,22 +868,12 @@ pub fn mamba(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<MambaState>) -> (Tenso
         mm(delta, ins[5].f2().unsqueeze::<3>(), ctx) + ins[6].f1().reshape([1, 1, e]),
         1.0,
     );
-    // The scan, step by step on [b, e, n] states. Each step slices only the small per-position
-    // tensors Δ_t, Δ_t x_t, B_t and C_t: slicing the [b, s, e, n] products instead costs a
-    // full-size gradient buffer per step in the backward pass (quadratic in s).
+    // The scan (see fused::selective_scan_plain for the op-by-op form).
     let a = ins[7].f2().exp().neg().unsqueeze::<3>();
     let dtx = dt.clone() * u.clone();
-    let mut ys = Vec::with_capacity(s);
-    for t in 0..s {
-        let step = |x: &Tensor<3>, w: usize| x.clone().narrow(1, t, 1).reshape([b, w, 1]);
-        let da = (step(&dt, e) * a.clone()).exp();
-        let bt = step(&bm, n).reshape([b, 1, n]);
-        h = da * h + step(&dtx, e) * bt;
-        let ct = step(&cm, n).reshape([b, 1, n]);
-        ys.push((h.clone() * ct).sum_dim(2));
-    }
+    let (ys, h) = fused::selective_scan([dt, a, dtx, bm, cm], h);
     // y_t = C_t · h_t + D x_t.
-    let y = Tensor::cat(ys, 2).permute([0, 2, 1]) + u * ins[8].f1().reshape([1, 1, e]);
+    let y = ys + u * ins[8].f1().reshape([1, 1, e]);
     let out = mm(y * activation::silu(z), ins[9].f2().unsqueeze::<3>(), ctx);
     (out, (conv_state, h))
 }
