@@ -143,6 +143,30 @@ fn main() {
         }),
     ));
 
+    // Mamba's selective scan at anbn-mamba's sizes (d 32: 64 channels, state 16, 64 positions).
+    let (ms, me, mn) = (64, 64, 16);
+    let scan_ins = [
+        rand([b, ms, me], &dev),
+        rand([1, me, mn], &dev),
+        rand([b, ms, me], &dev),
+        rand([b, ms, mn], &dev),
+        rand([b, ms, mn], &dev),
+    ];
+    let h0 = Tensor::<3>::zeros([b, me, mn], &dev);
+    rows.push((
+        "selective scan",
+        format!("[{b}, {ms}, {me}] × state {mn}"),
+        time(reps, &|| {
+            train_call(&scan_ins, &|v: Vec<Tensor<3>>| {
+                // Step sizes > 0 and a < 0, as Mamba makes them.
+                let dt = v[0].clone().exp().mul_scalar(0.1);
+                let a = v[1].clone().exp().neg();
+                let ins = [dt, a, v[2].clone(), v[3].clone(), v[4].clone()];
+                fused::selective_scan(ins, h0.clone()).0
+            })
+        }),
+    ));
+
     // AdamW over the model's parameters (one step, as the trainer runs it: per tensor).
     let plain = Device::flex();
     let sizes = [d * d, d * hk * hd, d * ff, ff * d, d];
