@@ -17,6 +17,7 @@
 //! | [`rope`] | rotate-half RoPE: 4 slices, 6 products and sums, a concatenation |
 //! | [`attention`] | the scale, `q·kᵀ`, the mask, the softmax, `p·v`, and the head split and merge copies |
 //! | [`linear`] | a reshape, `matmul` and a bias add (with transposed copies in the backward pass) |
+//! | [`selective_scan`] | Mamba's scan: 7 small tensor ops per position, positions in sequence |
 //! | [`adamw`] | the trainer's 12 tensor ops per parameter |
 //!
 //! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
