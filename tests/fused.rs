@@ -440,3 +440,12 @@ fn selective_scan_matches_the_step_by_step_ops() {
         }
     }
 }
+
+#[test]
+fn empty_tensors_take_the_plain_path() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = Device::flex().autodiff();
+    let x = Tensor::<3>::zeros([2, 0, 5], &dev).require_grad();
+    let y = fused::silu(x.clone()) + fused::rmsnorm(x, Tensor::ones([5], &dev), 1e-6);
+    assert_eq!(y.dims(), [2, 0, 5]);
+}

@@ -73,7 +73,8 @@ enum Lane<const D: usize> {
 }
 
 fn lane<const D: usize>(t: Tensor<D>) -> Lane<D> {
-    if !enabled() || t.dtype() != DType::F32 {
+    // Empty tensors take the plain path (the kernels split work into non-empty chunks).
+    if !enabled() || t.dtype() != DType::F32 || t.shape().num_elements() == 0 {
         return Lane::Other(t);
     }
     let d = t.into_dispatch();
