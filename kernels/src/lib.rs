@@ -43,8 +43,9 @@ macro_rules! vectorized {
 
 /// `e^x` for f32 in straight-line arithmetic the compiler can vectorize: x = k·ln 2 + r with
 /// |r| ≤ ln 2 / 2, e^r by its degree-7 Taylor polynomial (truncation error < 6e-9 relative),
-/// 2^k from the exponent bits. Inputs are clamped to [−87.3, 88.3], so the result is a normal
-/// float (never 0 or ∞); NaN stays NaN. Relative error is within a few f32 ulps of `f32::exp`.
+/// 2^k from the exponent bits. Below −87.3 the result is 0 (`f32::exp` gives a subnormal or
+/// 0 there: a masked score contributes nothing), above 88.3 it stays at e^88.3 (finite); NaN
+/// stays NaN. Relative error is within a few f32 ulps of `f32::exp`.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -52,7 +53,7 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     // 1.5 · 2²³: adding it rounds to an integer held in the low mantissa bits.
     const SHIFT: f32 = 12_582_912.0;
-    let nan = x.is_nan();
+    let (nan, tiny) = (x.is_nan(), x < -87.3);
     let x = x.clamp(-87.3, 88.3);
     let t = x * LOG2E + SHIFT;
     let k = t - SHIFT;
@@ -69,6 +70,8 @@ pub fn exp(x: f32) -> f32 {
     let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
     if nan {
         f32::NAN
+    } else if tiny {
+        0.0
     } else {
         p * scale
     }
