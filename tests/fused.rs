@@ -38,6 +38,34 @@ fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         .fold(0.0, f32::max)
 }
 
+fn device(autodiff: bool) -> Device {
+    if autodiff {
+        Device::flex().autodiff()
+    } else {
+        Device::flex()
+    }
+}
+
+/// Runs `run(fused, autodiff)` with the fused kernels on and off, on plain and on autodiff
+/// tensors, and asserts the flat tensors it returns (outputs, then gradients) agree within
+/// `tol`; `names` labels them in the message.
+fn assert_paths_agree(
+    run: impl Fn(bool, bool) -> Vec<Tensor<1>>,
+    tol: f32,
+    case: &str,
+    names: &[&str],
+) {
+    for autodiff in [false, true] {
+        let (a, z) = (run(true, autodiff), run(false, autodiff));
+        assert_eq!(a.len(), z.len());
+        for (i, (a, z)) in a.into_iter().zip(z).enumerate() {
+            let d = max_diff(a, z);
+            let name = names.get(i).copied().unwrap_or("output");
+            assert!(d < tol, "{case}: {name} differs by {d}");
+        }
+    }
+}
+
 /// Runs `f` on inputs built by `make` with the fused kernels on and off; returns the largest
 /// differences of the outputs and of the gradients of every input (a random linear functional
 /// of the output is the loss, so every output element carries a different weight).
@@ -47,11 +75,7 @@ fn compare<const D: usize, const E: usize>(
 ) -> (f32, Vec<f32>) {
     let run = |on: bool, autodiff: bool| {
         fused::set_enabled(on);
-        let device = if autodiff {
-            Device::flex().autodiff()
-        } else {
-            Device::flex()
-        };
+        let device = device(autodiff);
         let ins: Vec<Tensor<D>> = make(&device)
             .into_iter()
             .map(|x| if autodiff { x.require_grad() } else { x })
@@ -295,11 +319,7 @@ fn linear_matches_matmul_and_bias() {
     ] {
         let run = |on: bool, autodiff: bool| {
             fused::set_enabled(on);
-            let dev = if autodiff {
-                Device::flex().autodiff()
-            } else {
-                Device::flex()
-            };
+            let dev = device(autodiff);
             let grad = |x: Tensor<3>| if autodiff { x.require_grad() } else { x };
             let x = if tr {
                 grad(t([b, i, s], 20, 2.0, &dev))
@@ -328,16 +348,8 @@ fn linear_matches_matmul_and_bias() {
             }
             out
         };
-        for autodiff in [false, true] {
-            let (a, z) = (run(true, autodiff), run(false, autodiff));
-            for (n, (a, z)) in a.into_iter().zip(z).enumerate() {
-                let d = max_diff(a, z);
-                assert!(
-                    d < 1e-5,
-                    "({b},{s},{i},{o}) bias {bias} tr {tr}: output {n} differs by {d}"
-                );
-            }
-        }
+        let case = format!("({b},{s},{i},{o}) bias {bias} transposed {tr}");
+        assert_paths_agree(run, 1e-5, &case, &["y", "dx", "dw", "db"]);
     }
 }
 
@@ -391,11 +403,7 @@ fn selective_scan_matches_the_step_by_step_ops() {
     ] {
         let run = |on: bool, autodiff: bool| {
             fused::set_enabled(on);
-            let dev = if autodiff {
-                Device::flex().autodiff()
-            } else {
-                Device::flex()
-            };
+            let dev = device(autodiff);
             let grad = |x: Tensor<3>| if autodiff { x.require_grad() } else { x };
             // Step sizes > 0 and a < 0, as Mamba makes them (softplus, −exp).
             let dt = grad(t([b, s, e], 40, 1.0, &dev).exp().mul_scalar(0.3));
@@ -425,20 +433,8 @@ fn selective_scan_matches_the_step_by_step_ops() {
             out
         };
         let names = ["y", "final state", "dt", "a", "dtx", "b", "c"];
-        for autodiff in [false, true] {
-            for (i, (x, z)) in run(true, autodiff)
-                .into_iter()
-                .zip(run(false, autodiff))
-                .enumerate()
-            {
-                let d = max_diff(x, z);
-                assert!(
-                    d < 5e-6,
-                    "({b},{s},{e},{n}) warm {warm}: {} differs by {d}",
-                    names[i]
-                );
-            }
-        }
+        let case = format!("({b},{s},{e},{n}) warm {warm}");
+        assert_paths_agree(run, 5e-6, &case, &names);
     }
 }
 
