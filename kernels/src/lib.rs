@@ -10,11 +10,17 @@
 use rayon::prelude::*;
 
 /// Elements per rayon task: large enough that scheduling is noise.
-pub const GRAIN: usize = 1 << 14;
+const GRAIN: usize = 1 << 14;
 
 /// Rows per rayon task for row-wise kernels over rows of `len` elements.
 fn rows_per_task(len: usize) -> usize {
     (GRAIN / len.max(1)).max(1)
+}
+
+/// `a + b` elementwise, in `a` (summing the per-task partial gradients of a weight).
+fn add(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+    a
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,36 +192,17 @@ impl Visible {
     }
 }
 
-vectorized! {
-    fn softmax_row(x: &[f32], y: &mut [f32]) {
-        let m = max(x);
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = exp(x - m);
-        }
-        let inv = 1.0 / sum(y);
-        for y in y.iter_mut() {
-            *y *= inv;
-        }
-    }
-    fn softmax_row_backward(y: &[f32], g: &[f32], dx: &mut [f32]) {
-        let s = dot(y, g);
-        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-            *d = y * (g - s);
-        }
-    }
-}
-
 /// Softmax of each row of `t` elements of `x` (matrices of `rows` rows laid end to end) over
-/// the keys `vis` lets it see; `y` must be zero where they are hidden (it is left untouched).
+/// the keys `vis` lets it see; hidden keys get 0.
 pub fn softmax_rows(x: &[f32], t: usize, rows: usize, vis: Visible, y: &mut [f32]) {
     let per = rows_per_task(t);
     y.par_chunks_mut(per * t)
         .zip(x.par_chunks(per * t))
         .enumerate()
         .for_each(|(task, (y, x))| {
-            for (i, (y, x)) in y.chunks_mut(t).zip(x.chunks(t)).enumerate() {
-                let n = vis.limit((task * per + i) % rows, t);
-                softmax_row(&x[..n], &mut y[..n]);
+            y.copy_from_slice(x);
+            for (i, y) in y.chunks_mut(t).enumerate() {
+                softmax_in_place(y, vis.limit((task * per + i) % rows, t));
             }
         });
 }
@@ -235,10 +222,14 @@ pub fn softmax_rows_backward(
         .zip(y.par_chunks(per * t).zip(g.par_chunks(per * t)))
         .enumerate()
         .for_each(|(task, (d, (y, g)))| {
-            let rows_here = d.chunks_mut(t).zip(y.chunks(t).zip(g.chunks(t)));
-            for (i, (d, (y, g))) in rows_here.enumerate() {
+            for (i, (d, (y, g))) in d
+                .chunks_mut(t)
+                .zip(y.chunks(t).zip(g.chunks(t)))
+                .enumerate()
+            {
                 let n = vis.limit((task * per + i) % rows, t);
-                softmax_row_backward(&y[..n], &g[..n], &mut d[..n]);
+                d[..n].copy_from_slice(&g[..n]);
+                softmax_grad_in_place(&y[..n], &mut d[..n]);
             }
         });
 }
@@ -307,13 +298,7 @@ pub fn rmsnorm_backward(x: &[f32], w: &[f32], g: &[f32], inv: &[f32], dx: &mut [
                 dw
             },
         )
-        .reduce(
-            || vec![0.0f32; d],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+        .reduce(|| vec![0.0f32; d], add)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,14 +379,6 @@ pub struct View4<'a> {
 }
 
 impl<'a> View4<'a> {
-    /// A dense `[_, n1, rows, cols]` tensor.
-    pub fn dense(data: &'a [f32], n1: usize, rows: usize, cols: usize) -> Self {
-        View4 {
-            data,
-            off: 0,
-            strides: [n1 * rows * cols, rows * cols, cols],
-        }
-    }
     /// The matrix (a, b, .., ..).
     fn mat(&self, a: usize, b: usize) -> Mat<'a> {
         let start = self.off + a * self.strides[0] + b * self.strides[1];
@@ -592,13 +569,7 @@ pub fn linear_backward(
                     acc
                 },
             )
-            .reduce(
-                || vec![0.0f32; o],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            )
+            .reduce(|| vec![0.0f32; o], add)
     });
     [dx, dw, db]
 }
@@ -845,10 +816,9 @@ pub fn selective_scan(
         state: n,
         ..
     } = sh;
-    let mut empty: Vec<f32> = Vec::new();
     let (hs, keep) = match hs {
         Some(hs) => (hs, true),
-        None => (&mut empty[..], false),
+        None => (&mut [][..], false),
     };
     let hs_chunk = if keep { s * e * n } else { 0 };
     let go = |bi: usize, h: &mut [f32], y: &mut [f32], hs: &mut [f32]| {
@@ -962,13 +932,7 @@ pub fn selective_scan_backward(
                 ga
             },
         )
-        .reduce(
-            || vec![0.0f32; e * n],
-            |mut x, y| {
-                x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
-                x
-            },
-        );
+        .reduce(|| vec![0.0f32; e * n], add);
     [gdt, ga, gdtx, gb, gc]
 }
 

@@ -29,7 +29,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::Autodiff;
 use burn::backend::{
@@ -141,6 +141,27 @@ fn tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
+/// Registers `op` with Burn's autodiff over the inputs `nodes` and returns its output.
+/// `forward(keep)` computes the output and, when `keep` (some input wants a gradient), the
+/// state `op`'s backward pass reads.
+fn record<Op: Backward<Flex, N>, const N: usize>(
+    op: Op,
+    nodes: [NodeGuard; N],
+    forward: impl FnOnce(bool) -> (FlexTensor, Option<Op::State>),
+) -> FloatTensor<Autodiff<Flex>> {
+    match op
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (y, state) = forward(true);
+            prep.finish(state.expect("a state when gradients are wanted"), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(false).0),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // SiLU.
 
@@ -174,16 +195,10 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     match lane(x) {
         Lane::Plain(x) => back::<D>(Lane::Plain(silu_forward(&dense(x)))),
         Lane::Tracked(x, ctx) => {
-            let prep = SiluBackward
-                .prepare::<NoCheckpointing>([x.node()])
-                .compute_bound()
-                .stateful();
-            let xs = dense(x.primitive().clone());
-            let y = silu_forward(&xs);
-            let out = match prep {
-                OpsKind::Tracked(prep) => prep.finish(xs, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            };
+            let out = record(SiluBackward, [x.node()], |keep| {
+                let xs = dense(x.primitive().clone());
+                (silu_forward(&xs), keep.then_some(xs))
+            });
             back::<D>(Lane::Tracked(out, ctx))
         }
         Lane::Other(x) => activation::silu(x),
@@ -232,15 +247,11 @@ pub fn softmax_rows(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
     match lane(scores) {
         Lane::Plain(x) => back::<4>(Lane::Plain(softmax_forward(&dense(x), vis))),
         Lane::Tracked(x, ctx) => {
-            let prep = SoftmaxBackward
-                .prepare::<NoCheckpointing>([x.node()])
-                .compute_bound()
-                .stateful();
-            let y = softmax_forward(&dense(x.primitive().clone()), vis);
-            let out = match prep {
-                OpsKind::Tracked(prep) => prep.finish((y.clone(), vis), y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            };
+            let out = record(SoftmaxBackward, [x.node()], |keep| {
+                let y = softmax_forward(&dense(x.primitive().clone()), vis);
+                let state = keep.then(|| (y.clone(), vis));
+                (y, state)
+            });
             back::<4>(Lane::Tracked(out, ctx))
         }
         Lane::Other(x) => softmax_plain(x, vis),
@@ -311,16 +322,11 @@ pub fn rmsnorm(x: Tensor<3>, w: Tensor<1>, eps: f64) -> Tensor<3> {
             back::<3>(Lane::Plain(y))
         }
         (Lane::Tracked(x, ctx), Lane::Tracked(w, _)) => {
-            let prep = RmsBackward
-                .prepare::<NoCheckpointing>([x.node(), w.node()])
-                .compute_bound()
-                .stateful();
-            let (xs, ws) = (dense(x.primitive().clone()), dense(w.primitive().clone()));
-            let (y, inv) = rms_forward(&xs, values(&ws), eps as f32);
-            let out = match prep {
-                OpsKind::Tracked(prep) => prep.finish((xs, ws, Arc::new(inv)), y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            };
+            let out = record(RmsBackward, [x.node(), w.node()], |keep| {
+                let (xs, ws) = (dense(x.primitive().clone()), dense(w.primitive().clone()));
+                let (y, inv) = rms_forward(&xs, values(&ws), eps as f32);
+                (y, keep.then(|| (xs, ws, Arc::new(inv))))
+            });
             back::<3>(Lane::Tracked(out, ctx))
         }
         (x, w) => rmsnorm_plain(back(x), back(w), eps),
@@ -389,15 +395,10 @@ pub fn rope(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
         }
         (Lane::Tracked(x, ctx), Lane::Tracked(t, _)) => {
             let rows = rope_rows(&dense(t.into_primitive()));
-            let prep = RopeBackward
-                .prepare::<NoCheckpointing>([x.node()])
-                .compute_bound()
-                .stateful();
-            let y = rope_apply(x.primitive(), &rows, 1.0);
-            let out = match prep {
-                OpsKind::Tracked(prep) => prep.finish(Arc::new(rows), y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            };
+            let out = record(RopeBackward, [x.node()], |keep| {
+                let y = rope_apply(x.primitive(), &rows, 1.0);
+                (y, keep.then(|| Arc::new(rows)))
+            });
             back::<4>(Lane::Tracked(out, ctx))
         }
         (x, t) => rope_plain(back(x), back(t)),
@@ -548,31 +549,25 @@ pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Vis
             back::<4>(Lane::Plain(o))
         }
         (Lane::Tracked(q, ctx), Lane::Tracked(kt, _), Lane::Tracked(v, _)) => {
-            let prep = AttentionBackward
-                .prepare::<NoCheckpointing>([q.node(), kt.node(), v.node()])
-                .compute_bound()
-                .stateful();
-            let (qs, ks, vs) = (
-                viewable(q.primitive().clone()),
-                viewable(kt.primitive().clone()),
-                viewable(v.primitive().clone()),
-            );
-            let (o, p, sh) = attention_forward(&qs, &ks, &vs, scale, vis);
-            let out = match prep {
-                OpsKind::Tracked(prep) => {
-                    let state = AttnState {
-                        q: qs,
-                        k: ks,
-                        v: vs,
-                        p: Arc::new(p),
-                        sh,
-                        scale,
-                        vis,
-                    };
-                    prep.finish(state, o)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(o),
-            };
+            let nodes = [q.node(), kt.node(), v.node()];
+            let out = record(AttentionBackward, nodes, |keep| {
+                let (q, k, v) = (
+                    viewable(q.primitive().clone()),
+                    viewable(kt.primitive().clone()),
+                    viewable(v.primitive().clone()),
+                );
+                let (o, p, sh) = attention_forward(&q, &k, &v, scale, vis);
+                let state = keep.then(|| AttnState {
+                    q,
+                    k,
+                    v,
+                    p: Arc::new(p),
+                    sh,
+                    scale,
+                    vis,
+                });
+                (o, state)
+            });
             back::<4>(Lane::Tracked(out, ctx))
         }
         (q, kt, v) => attention_plain(back(q), back(kt), back(v), scale, vis),
@@ -643,20 +638,16 @@ fn linear_forward(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> 
 fn linear_tracked<const N: usize>(
     ins: [FloatTensor<Autodiff<Flex>>; N],
 ) -> FloatTensor<Autodiff<Flex>> {
-    let prep = LinearBackward::<N>
-        .prepare::<NoCheckpointing>(ins.each_ref().map(|t| t.node()))
-        .compute_bound()
-        .stateful();
-    let dense_ins = ins.map(|t| dense(t.primitive().clone()));
-    let y = linear_forward(&dense_ins[0], &dense_ins[1], dense_ins.get(2));
-    match prep {
-        OpsKind::Tracked(prep) => {
-            let x_shape = shape_of(&dense_ins[0]);
-            let (x, w) = (dense_ins[0].clone(), dense_ins[1].clone());
-            prep.finish((x, w, x_shape), y)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    }
+    record(
+        LinearBackward::<N>,
+        ins.each_ref().map(|t| t.node()),
+        |keep| {
+            let ins = ins.each_ref().map(|t| dense(t.primitive().clone()));
+            let (x, w) = (&ins[0], &ins[1]);
+            let y = linear_forward(x, w, ins.get(2));
+            (y, keep.then(|| (x.clone(), w.clone(), shape_of(x))))
+        },
+    )
 }
 
 /// A linear map `x [b, s, i] · w [i, o] (+ bias [o])`.
@@ -841,26 +832,20 @@ pub fn selective_scan(
             }
             _ => unreachable!("checked above"),
         });
-        let prep = ScanBackward
-            .prepare::<NoCheckpointing>(tracked.each_ref().map(|t| t.node()))
-            .compute_bound()
-            .stateful();
-        let ins = tracked.each_ref().map(|t| dense(t.primitive().clone()));
-        let keep = matches!(prep, OpsKind::Tracked(_));
-        let (y, h, hs, sh) = scan_forward(&ins, values(&h0_vals), keep);
-        let out = match prep {
-            OpsKind::Tracked(prep) => {
-                let h0 = Arc::new(values(&h0_vals).to_vec());
-                let state = ScanState {
-                    ins,
-                    h0,
-                    hs: Arc::new(hs),
-                    sh,
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
+        let mut h_final = None;
+        let out = record(ScanBackward, tracked.each_ref().map(|t| t.node()), |keep| {
+            let ins = tracked.each_ref().map(|t| dense(t.primitive().clone()));
+            let (y, h, hs, sh) = scan_forward(&ins, values(&h0_vals), keep);
+            h_final = Some(h);
+            let state = keep.then(|| ScanState {
+                ins,
+                h0: Arc::new(values(&h0_vals).to_vec()),
+                hs: Arc::new(hs),
+                sh,
+            });
+            (y, state)
+        });
+        let h = h_final.expect("the scan ran");
         let h = back::<3>(Lane::Plain(h)).autodiff();
         return (back::<3>(Lane::Tracked(out, ctx)), h);
     }

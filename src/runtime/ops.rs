@@ -571,19 +571,19 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
         || (ctx.train && p.0 > 0.0)
         || ctx.aux.is_some()
         || ctx.matmul_dtype.is_some();
+    // A learned scale multiplies q. 1/√d goes into the fused product, or else on q ([.., s, d])
+    // rather than on the scores ([.., s, t]): one pass over the smaller tensor, forward and
+    // backward.
+    let (q, factor) = match scale {
+        AttnScale::InvSqrtDim => (q, Some(inv_sqrt)),
+        AttnScale::Learned => (q * ins[3].f1().reshape([1, 1, 1, 1]), None),
+    };
     if !variant {
-        return match scale {
-            AttnScale::InvSqrtDim => fused::attention(q, k, v, inv_sqrt as f32, vis),
-            AttnScale::Learned => {
-                fused::attention(q * ins[3].f1().reshape([1, 1, 1, 1]), k, v, 1.0, vis)
-            }
-        };
+        return fused::attention(q, k, v, factor.unwrap_or(1.0) as f32, vis);
     }
-    // The scale goes on q ([.., s, d]) rather than on the scores ([.., s, t]): one pass over
-    // the smaller tensor, forward and backward.
-    let q = match scale {
-        AttnScale::InvSqrtDim => q.mul_scalar(inv_sqrt),
-        AttnScale::Learned => q * ins[3].f1().reshape([1, 1, 1, 1]),
+    let q = match factor {
+        Some(f) => q.mul_scalar(f),
+        None => q,
     };
     let q = q.reshape([b, hk, g * s, d]);
     let mut scores = mm(q, k.swap_dims(2, 3), ctx);
