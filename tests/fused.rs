@@ -446,3 +446,49 @@ fn empty_tensors_take_the_plain_path() {
     let y = fused::silu(x.clone()) + fused::rmsnorm(x, Tensor::ones([5], &dev), 1e-6);
     assert_eq!(y.dims(), [2, 0, 5]);
 }
+
+#[test]
+fn lstm_matches_the_step_by_step_ops() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // (batch, positions, hidden, nonzero initial state): a batch that does not split evenly
+    // over the threads, a width shorter than a vector, one position.
+    for (b, s, w, warm) in [
+        (3, 7, 5, false),
+        (4, 12, 16, true),
+        (1, 1, 1, true),
+        (5, 9, 11, false),
+    ] {
+        let run = |on: bool, autodiff: bool| {
+            fused::set_enabled(on);
+            let dev = device(autodiff);
+            let grad = |x: Tensor<3>| if autodiff { x.require_grad() } else { x };
+            let xw = grad(t([b, s, 4 * w], 50, 2.0, &dev));
+            let w_hh = t([w, 4 * w], 51, 0.8, &dev);
+            let w_hh = if autodiff { w_hh.require_grad() } else { w_hh };
+            let (h0, c0) = if warm {
+                (t([b, w], 52, 1.0, &dev), t([b, w], 53, 1.5, &dev))
+            } else {
+                (Tensor::zeros([b, w], &dev), Tensor::zeros([b, w], &dev))
+            };
+            let (y, h, c) = fused::lstm(xw.clone(), w_hh.clone(), h0, c0);
+            fused::set_enabled(true);
+            let mut out = vec![
+                y.clone().without_autodiff().reshape([-1]),
+                h.clone().without_autodiff().reshape([-1]),
+                c.without_autodiff().reshape([-1]),
+            ];
+            if autodiff {
+                // The loss reads every output and the final h.
+                let loss = (y.clone() * t(y.dims(), 54, 1.0, &dev)).sum()
+                    + (h * t([b, w], 55, 1.0, &dev)).sum();
+                let g = loss.backward();
+                out.push(xw.grad(&g).unwrap().reshape([-1]));
+                out.push(w_hh.grad(&g).unwrap().reshape([-1]));
+            }
+            out
+        };
+        let names = ["y", "final h", "final c", "xw", "w_hh"];
+        let case = format!("({b},{s},{w}) warm {warm}");
+        assert_paths_agree(run, 5e-6, &case, &names);
+    }
+}

@@ -7,14 +7,45 @@ fn run(m: usize, n: usize, k: usize, par: gemm::Parallelism, reps: usize) -> f64
     for _ in 0..reps {
         let t = Instant::now();
         unsafe {
-            gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, par);
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (m * n * k) as f64 / best / 1e9
 }
 fn main() {
-    let shapes = [(1024, 1024, 1024), (4064, 384, 128), (4064, 128, 384), (128, 384, 4064), (4064, 512, 128), (4064, 128, 512), (128, 512, 4064), (127, 127, 32), (127, 32, 127), (32, 127, 127)];
+    let shapes = [
+        (1024, 1024, 1024),
+        (4064, 384, 128),
+        (4064, 128, 384),
+        (128, 384, 4064),
+        (4064, 512, 128),
+        (4064, 128, 512),
+        (128, 512, 4064),
+        (127, 127, 32),
+        (127, 32, 127),
+        (32, 127, 127),
+    ];
     for (m, n, k) in shapes {
         let reps = if m * n * k > 10_000_000 { 20 } else { 2000 };
         let s = run(m, n, k, gemm::Parallelism::None, reps);

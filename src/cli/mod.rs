@@ -399,7 +399,7 @@ pub enum ReportFormat {
 pub enum DeviceArg {
     /// CPU (Burn flex).
     Cpu,
-    /// The first discrete GPU (Burn's Vulkan runtime; build with `--features gpu`).
+    /// The best Vulkan device, a discrete GPU first (Burn's Vulkan runtime; `--features gpu`).
     #[cfg(feature = "gpu")]
     Gpu,
     /// The first CUDA GPU (Burn's CUDA runtime; build with `--features cuda`).

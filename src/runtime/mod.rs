@@ -122,7 +122,8 @@ pub type Weights = HashMap<String, (Vec<f32>, Vec<usize>)>;
 pub enum DeviceKind {
     /// Burn's pure-Rust CPU backend (`flex`).
     Cpu,
-    /// The first discrete GPU through Burn's Vulkan runtime (cargo feature `gpu`).
+    /// The best Vulkan device through Burn's Vulkan runtime (cargo feature `gpu`): a discrete GPU
+    /// first; `CUBECL_WGPU_DEFAULT_DEVICE` (e.g. `DiscreteGpu(1)`, `Cpu`) picks another.
     #[cfg(feature = "gpu")]
     Gpu,
     /// The first CUDA GPU through Burn's CUDA runtime (cargo feature `cuda`).
@@ -136,7 +137,7 @@ impl DeviceKind {
         let d = match self {
             DeviceKind::Cpu => Device::flex(),
             #[cfg(feature = "gpu")]
-            DeviceKind::Gpu => Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(0)),
+            DeviceKind::Gpu => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => Device::cuda(0),
         };

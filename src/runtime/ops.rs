@@ -1073,28 +1073,26 @@ pub fn lstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<LstmState>) -> (Tensor<
         }
         let (w_ih, w_hh) = (ins[1 + 4 * l].f2(), ins[2 + 4 * l].f2());
         let bias = ins[3 + 4 * l].f1() + ins[4 + 4 * l].f1();
-        let [b, s, _] = x.dims();
-        let xw = mm(x, w_ih.unsqueeze::<3>(), ctx) + bias.unsqueeze::<3>();
-        let (mut hs, mut cs) = match &init {
+        let b = x.dims()[0];
+        let xw = if ctx.matmul_dtype.is_none() {
+            fused::linear(x, w_ih, Some(bias))
+        } else {
+            mm(x, w_ih.unsqueeze::<3>(), ctx) + bias.unsqueeze::<3>()
+        };
+        let (hs, cs) = match &init {
             Some(st) => st[l].clone(),
             None => (
                 Tensor::<2>::zeros([b, h], ctx.device),
                 Tensor::<2>::zeros([b, h], ctx.device),
             ),
         };
-        let mut outs = Vec::with_capacity(s);
-        for t in 0..s {
-            let gates = xw.clone().narrow(1, t, 1).reshape([b, 4 * h]) + mm(hs, w_hh.clone(), ctx);
-            let i = activation::sigmoid(gates.clone().narrow(1, 0, h));
-            let f = activation::sigmoid(gates.clone().narrow(1, h, h));
-            let gg = gates.clone().narrow(1, 2 * h, h).tanh();
-            let o = activation::sigmoid(gates.narrow(1, 3 * h, h));
-            cs = f * cs + i * gg;
-            hs = o * cs.clone().tanh();
-            outs.push(hs.clone());
-        }
+        let (y, hs, cs) = if ctx.matmul_dtype.is_none() {
+            fused::lstm(xw, w_hh, hs, cs)
+        } else {
+            fused::lstm_plain(xw, w_hh, hs, cs, |a, b| mm(a, b, ctx))
+        };
         finals.push((hs, cs));
-        x = Tensor::stack(outs, 1);
+        x = y;
     }
     (x, finals)
 }
