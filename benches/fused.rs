@@ -167,6 +167,21 @@ fn main() {
         }),
     ));
 
+    // One LSTM layer's recurrence at anbn-lstm's sizes (hidden 64, 64 positions).
+    let (ls, lw) = (64, 64);
+    let lstm_ins = [rand([b, ls, 4 * lw], &dev), rand([1, lw, 4 * lw], &dev)];
+    rows.push((
+        "lstm recurrence",
+        format!("[{b}, {ls}, 4 × {lw}]"),
+        time(reps, &|| {
+            train_call(&lstm_ins, &|v: Vec<Tensor<3>>| {
+                let w_hh = v[1].clone().mul_scalar(0.1).reshape([lw, 4 * lw]);
+                let z = || Tensor::<2>::zeros([b, lw], &dev);
+                fused::lstm(v[0].clone(), w_hh, z(), z()).0
+            })
+        }),
+    ));
+
     // AdamW over the model's parameters (one step, as the trainer runs it: per tensor).
     let plain = Device::flex();
     let sizes = [d * d, d * hk * hd, d * ff, ff * d, d];

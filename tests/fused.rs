@@ -259,6 +259,28 @@ fn fast_exp_is_accurate() {
 }
 
 #[test]
+fn fast_tanh_and_log_sigmoid_are_accurate() {
+    let (mut worst_tanh, mut worst_ls) = (0.0f64, 0.0f64);
+    let mut x = -60.0f32;
+    while x < 60.0 {
+        let xd = x as f64;
+        worst_tanh = worst_tanh.max((fused::tanh(x) as f64 - xd.tanh()).abs());
+        // ln σ(x) = −ln(1 + e^{−x}); relative to its size where that is above 1.
+        let ls = -(-xd).exp().ln_1p();
+        let err = (fused::log_sigmoid(x) as f64 - ls).abs() / ls.abs().max(1.0);
+        worst_ls = worst_ls.max(err);
+        x += 0.00731;
+    }
+    assert!(worst_tanh < 2e-7, "tanh absolute error {worst_tanh}");
+    assert!(worst_ls < 2e-7, "log_sigmoid error {worst_ls}");
+    assert_eq!(fused::tanh(0.0), 0.0);
+    assert_eq!(fused::tanh(1e9), 1.0);
+    assert_eq!(fused::tanh(-1e9), -1.0);
+    assert_eq!(fused::log_sigmoid(1e9), 0.0);
+    assert_eq!(fused::log_sigmoid(-1e9), -1e9);
+}
+
+#[test]
 fn attention_matches_matmul_softmax_matmul() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // ([b, query heads, KV heads, s, t, d], causal, offset): grouped heads, a decoding offset
@@ -489,6 +511,61 @@ fn lstm_matches_the_step_by_step_ops() {
         };
         let names = ["y", "final h", "final c", "xw", "w_hh"];
         let case = format!("({b},{s},{w}) warm {warm}");
+        assert_paths_agree(run, 5e-6, &case, &names);
+    }
+}
+
+#[test]
+fn slstm_matches_the_step_by_step_ops() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // (batch, positions, heads, width per head, nonzero initial state)
+    for (b, s, nh, dh, warm) in [
+        (3, 6, 2, 3, false),
+        (4, 10, 4, 8, true),
+        (1, 1, 1, 1, true),
+        (5, 7, 1, 12, false),
+    ] {
+        let d = nh * dh;
+        let run = |on: bool, autodiff: bool| {
+            fused::set_enabled(on);
+            let dev = device(autodiff);
+            let xw = t([b, s, 4 * d], 60, 2.0, &dev);
+            let r = t([nh, dh, 4 * dh], 61, 0.7, &dev);
+            let (xw, r) = if autodiff {
+                (xw.require_grad(), r.require_grad())
+            } else {
+                (xw, r)
+            };
+            let state: [Tensor<4>; 4] = if warm {
+                // c, n > 0 (n is a sum of positive terms), m, h.
+                let shape = [b, nh, 1, dh];
+                [
+                    t(shape, 62, 1.0, &dev),
+                    t(shape, 63, 1.0, &dev).abs().add_scalar(0.5),
+                    t(shape, 64, 1.0, &dev),
+                    t(shape, 65, 0.5, &dev),
+                ]
+            } else {
+                std::array::from_fn(|_| Tensor::zeros([b, nh, 1, dh], &dev))
+            };
+            let (y, st) = fused::slstm(xw.clone(), r.clone(), state);
+            fused::set_enabled(true);
+            let mut out = vec![y.clone().without_autodiff().reshape([-1])];
+            out.extend(
+                st.iter()
+                    .map(|x| x.clone().without_autodiff().reshape([-1])),
+            );
+            if autodiff {
+                let loss = (y.clone() * t(y.dims(), 66, 1.0, &dev)).sum()
+                    + (st[3].clone() * t([b, nh, 1, dh], 67, 1.0, &dev)).sum();
+                let g = loss.backward();
+                out.push(xw.grad(&g).unwrap().reshape([-1]));
+                out.push(r.grad(&g).unwrap().reshape([-1]));
+            }
+            out
+        };
+        let names = ["y", "final c", "final n", "final m", "final h", "xw", "r"];
+        let case = format!("({b},{s},{nh},{dh}) warm {warm}");
         assert_paths_agree(run, 5e-6, &case, &names);
     }
 }

@@ -1016,39 +1016,26 @@ pub fn slstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<XlstmState>) -> (Tenso
         unreachable!("slstm op")
     };
     let x = ins[0].f3();
-    let [b, s, d] = x.dims();
+    let [b, _, d] = x.dims();
     let h = *heads as usize;
     let dh = d / h;
-    // Input pre-activations for all positions: [b, s, 4d] → per step [b, H, 1, 4·dh] with
-    // gate g of head hd at g·dh + j (the recurrent matrix's column order).
-    let pre_x = (mm(x, ins[1].f2().unsqueeze::<3>(), ctx) + ins[3].f1().reshape([1, 1, 4 * d]))
-        .reshape([b, s, 4, h, dh])
-        .permute([0, 3, 1, 2, 4])
-        .reshape([b, h, s, 4 * dh]);
-    let r = ins[2].f3().unsqueeze::<4>(); // [1, H, dh, 4dh]
-    let mut st = init.unwrap_or_else(|| vec![Tensor::zeros([b, h, 1, dh], ctx.device); 4]);
-    let mut ys = Vec::with_capacity(s);
-    for t in 0..s {
-        let (c, n, m, hp) = (st[0].clone(), st[1].clone(), st[2].clone(), st[3].clone());
-        let pre = pre_x.clone().narrow(2, t, 1) + mm(hp, r.clone(), ctx);
-        let gate = |g: usize| pre.clone().narrow(3, g * dh, dh);
-        let (z, i_pre, logf, o) = (
-            gate(0).tanh(),
-            gate(1),
-            activation::log_sigmoid(gate(2)),
-            activation::sigmoid(gate(3)),
-        );
-        let m_new = (logf.clone() + m.clone()).max_pair(i_pre.clone());
-        let i = (i_pre - m_new.clone()).exp();
-        let f = (logf + m - m_new.clone()).exp();
-        let c = f.clone() * c + i.clone() * z;
-        let n = f * n + i;
-        let hn = o * c.clone() / n.clone();
-        ys.push(hn.clone());
-        st = vec![c, n, m_new, hn];
-    }
-    let y = Tensor::cat(ys, 2).swap_dims(1, 2).reshape([b, s, d]);
-    (y, st)
+    // Input pre-activations for all positions, [b, s, 4d] (gate-major, then head).
+    let xw = if ctx.matmul_dtype.is_none() {
+        fused::linear(x, ins[1].f2(), Some(ins[3].f1()))
+    } else {
+        mm(x, ins[1].f2().unsqueeze::<3>(), ctx) + ins[3].f1().reshape([1, 1, 4 * d])
+    };
+    let r = ins[2].f3(); // [H, dh, 4dh]
+    let st: [Tensor<4>; 4] = match init {
+        Some(st) => st.try_into().expect("four sLSTM state tensors"),
+        None => std::array::from_fn(|_| Tensor::zeros([b, h, 1, dh], ctx.device)),
+    };
+    let (y, st) = if ctx.matmul_dtype.is_none() {
+        fused::slstm(xw, r, st)
+    } else {
+        fused::slstm_plain(xw, r, st, |a, b| mm(a, b, ctx))
+    };
+    (y, st.to_vec())
 }
 
 /// LSTM state of every layer: (h, c), each `[b, hidden]`.
