@@ -182,6 +182,24 @@ fn main() {
         }),
     ));
 
+    // One sLSTM layer's recurrence at anbn-xlstm's sizes (d 32, 4 heads of 8, 64 positions).
+    let (xs, xh, xd) = (64, 4, 8);
+    let slstm_ins = [
+        rand([b, xs, 4 * xh * xd], &dev),
+        rand([xh, xd, 4 * xd], &dev),
+    ];
+    rows.push((
+        "slstm recurrence",
+        format!("[{b}, {xs}, 4 × {xh} × {xd}]"),
+        time(reps, &|| {
+            train_call(&slstm_ins, &|v: Vec<Tensor<3>>| {
+                let r = v[1].clone().mul_scalar(0.3);
+                let st = std::array::from_fn(|_| Tensor::<4>::zeros([b, xh, 1, xd], &dev));
+                fused::slstm(v[0].clone(), r, st).0
+            })
+        }),
+    ));
+
     // AdamW over the model's parameters (one step, as the trainer runs it: per tensor).
     let plain = Device::flex();
     let sizes = [d * d, d * hk * hd, d * ff, ff * d, d];

@@ -18,6 +18,8 @@
 //! | [`attention`] | the scale, `q·kᵀ`, the mask, the softmax, `p·v`, and the head split and merge copies |
 //! | [`linear`] | a reshape, `matmul` and a bias add (with transposed copies in the backward pass) |
 //! | [`selective_scan`] | Mamba's scan: 7 small tensor ops per position, positions in sequence |
+//! | [`lstm`] | the LSTM recurrence: a product and 11 tensor ops per position, positions in sequence |
+//! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
 //! | [`adamw`] | the trainer's 12 tensor ops per parameter |
 //!
 //! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
