@@ -119,6 +119,13 @@ fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["precision"], precision);
         assert!(v["train_steps_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        // One warm-up step timed on its own; the fastest timed step is at most the median.
+        assert_eq!(v["warmup_step_ms"].as_array().unwrap().len(), 1, "{v}");
+        let (fast, med) = (
+            v["train_step_ms_fastest"].as_f64(),
+            v["train_step_ms_median"].as_f64(),
+        );
+        assert!(fast.unwrap() > 0.0 && fast <= med, "{v}");
         assert_eq!(v["gen_tokens"], 4 * 8, "{v}");
         assert_eq!(v["gen_cached"], true);
         rows.push(v["last_loss"].as_f64().unwrap());

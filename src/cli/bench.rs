@@ -58,6 +58,8 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let mut tokens = 0usize;
     let mut flops = 0u64;
     let mut times = Vec::with_capacity(a.steps);
+    // Warm-up steps' times: on a GPU the first steps compile the kernels.
+    let mut warm_ms = Vec::with_capacity(a.warmup);
     let mut loss = f64::NAN;
     // A forecaster's batches are windows of a series: it reports windows/s, and has neither
     // tokens nor generation.
@@ -79,7 +81,9 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
                 return 1;
             }
         }
-        if i >= a.warmup {
+        if i < a.warmup {
+            warm_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        } else {
             times.push(start.elapsed().as_secs_f64());
             for b in &micro {
                 match b {
@@ -108,6 +112,8 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         "train_steps_per_s": a.steps as f64 / train_s,
         "train_tokens_per_s": tokens as f64 / train_s,
         "train_step_ms_median": median_ms,
+        "train_step_ms_fastest": sorted.first().map_or(f64::NAN, |m| m * 1e3),
+        "warmup_step_ms": warm_ms,
         "last_loss": loss,
         "train_matmul_gflops": flops as f64 / train_s / 1e9,
         "device_matmul_peak_gflops": matmul_peak(&a.device.device(false), a.matmul_dtype),
