@@ -50,7 +50,7 @@ fn device(autodiff: bool) -> Device {
 /// tensors, and asserts the flat tensors it returns (outputs, then gradients) agree within
 /// `tol`; `names` labels them in the message.
 fn assert_paths_agree(
-    run: impl Fn(bool, bool) -> Vec<Tensor<1>>,
+    run: &dyn Fn(bool, bool) -> Vec<Tensor<1>>,
     tol: f32,
     case: &str,
     names: &[&str],
@@ -64,6 +64,15 @@ fn assert_paths_agree(
             assert!(d < tol, "{case}: {name} differs by {d}");
         }
     }
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (the kernels split their work over the pool).
+fn in_pool(threads: usize, f: impl FnOnce() + Send) {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
 }
 
 /// Runs `f` on inputs built by `make` with the fused kernels on and off; returns the largest
@@ -189,6 +198,34 @@ fn rmsnorm_matches_the_plain_path() {
         );
         assert!(v < 1e-5, "({b},{s},{d}): values differ by {v}");
         assert!(g[0] < 1e-5, "({b},{s},{d}): x gradients differ by {}", g[0]);
+    }
+}
+
+#[test]
+fn layernorm_matches_the_plain_path() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // Rows shorter than a vector, one element (variance 0), a row of 128 with an offset.
+    for (b, s, d) in [(2, 3, 5), (4, 31, 128), (1, 1, 1), (3, 2, 9)] {
+        let run = |on: bool, autodiff: bool| {
+            fused::set_enabled(on);
+            let dev = device(autodiff);
+            let grad = |x: Tensor<1>| if autodiff { x.require_grad() } else { x };
+            let x = t([b, s, d], 70, 3.0, &dev).add_scalar(2.0);
+            let x = if autodiff { x.require_grad() } else { x };
+            let (w, bias) = (grad(t([d], 71, 1.5, &dev)), grad(t([d], 72, 1.0, &dev)));
+            let y = fused::layernorm(x.clone(), w.clone(), bias.clone(), 1e-5);
+            fused::set_enabled(true);
+            let mut out = vec![y.clone().without_autodiff().reshape([-1])];
+            if autodiff {
+                let g = (y * t([b, s, d], 73, 1.0, &dev)).sum().backward();
+                out.push(x.grad(&g).unwrap().reshape([-1]));
+                out.push(w.grad(&g).unwrap());
+                out.push(bias.grad(&g).unwrap());
+            }
+            out
+        };
+        let case = format!("({b},{s},{d})");
+        assert_paths_agree(&run, 5e-5, &case, &["y", "dx", "dw", "db"]);
     }
 }
 
@@ -371,7 +408,7 @@ fn linear_matches_matmul_and_bias() {
             out
         };
         let case = format!("({b},{s},{i},{o}) bias {bias} transposed {tr}");
-        assert_paths_agree(run, 1e-5, &case, &["y", "dx", "dw", "db"]);
+        assert_paths_agree(&run, 1e-5, &case, &["y", "dx", "dw", "db"]);
     }
 }
 
@@ -456,7 +493,7 @@ fn selective_scan_matches_the_step_by_step_ops() {
         };
         let names = ["y", "final state", "dt", "a", "dtx", "b", "c"];
         let case = format!("({b},{s},{e},{n}) warm {warm}");
-        assert_paths_agree(run, 5e-6, &case, &names);
+        assert_paths_agree(&run, 5e-6, &case, &names);
     }
 }
 
@@ -510,8 +547,12 @@ fn lstm_matches_the_step_by_step_ops() {
             out
         };
         let names = ["y", "final h", "final c", "xw", "w_hh"];
-        let case = format!("({b},{s},{w}) warm {warm}");
-        assert_paths_agree(run, 5e-6, &case, &names);
+        // The kernel splits the batch over the pool's threads: 1, 2 and 3 threads give one
+        // block, blocks of several rows with a shorter last one, and one row per block.
+        for threads in [1, 2, 3] {
+            let case = format!("({b},{s},{w}) warm {warm}, {threads} threads");
+            in_pool(threads, || assert_paths_agree(&run, 5e-6, &case, &names));
+        }
     }
 }
 
@@ -565,7 +606,59 @@ fn slstm_matches_the_step_by_step_ops() {
             out
         };
         let names = ["y", "final c", "final n", "final m", "final h", "xw", "r"];
-        let case = format!("({b},{s},{nh},{dh}) warm {warm}");
-        assert_paths_agree(run, 5e-6, &case, &names);
+        for threads in [1, 2, 3] {
+            let case = format!("({b},{s},{nh},{dh}) warm {warm}, {threads} threads");
+            in_pool(threads, || assert_paths_agree(&run, 5e-6, &case, &names));
+        }
     }
+}
+
+/// An initial state computed from a parameter carries a gradient: the recurrences then take the
+/// plain path, and the parameter's gradient is the same with the kernels on and off.
+#[test]
+fn recurrences_with_a_differentiable_state_take_the_plain_path() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let (b, s, w) = (2, 5, 4);
+    let run = |on: bool| {
+        fused::set_enabled(on);
+        let dev = device(true);
+        let p = t([b, w], 80, 1.0, &dev).require_grad();
+        let xw = t([b, s, 4 * w], 81, 1.0, &dev).require_grad();
+        let w_hh = t([w, 4 * w], 82, 0.5, &dev).require_grad();
+        // LSTM from (2p, p), sLSTM (one head) from c = p, n = 1 + p², m = 0, h = p, the scan
+        // from p.
+        let (y1, _, _) = fused::lstm(xw.clone(), w_hh.clone(), p.clone() * 2.0, p.clone());
+        let st = |x: Tensor<2>| x.reshape([b, 1, 1, w]);
+        let state = [
+            st(p.clone()),
+            st(p.clone().powi_scalar(2) + 1.0),
+            st(p.clone().zeros_like()),
+            st(p.clone()),
+        ];
+        let r = t([1, w, 4 * w], 83, 0.5, &dev);
+        let (y2, _) = fused::slstm(xw.clone(), r, state);
+        let e = t([b, s, w], 84, 1.0, &dev).exp().mul_scalar(0.3);
+        let a = t([1, w, 1], 85, 1.0, &dev).exp().neg();
+        let ins = [
+            e.clone(),
+            a,
+            e.clone(),
+            t([b, s, 1], 86, 1.0, &dev),
+            t([b, s, 1], 87, 1.0, &dev),
+        ];
+        let (y3, _) = fused::selective_scan(ins, p.clone().reshape([b, w, 1]));
+        let loss = (y1 * t([b, s, w], 88, 1.0, &dev)).sum()
+            + (y2 * t([b, s, w], 89, 1.0, &dev)).sum()
+            + (y3 * t([b, s, w], 90, 1.0, &dev)).sum();
+        let g = loss.backward();
+        fused::set_enabled(true);
+        p.grad(&g).unwrap()
+    };
+    let (on, off) = (run(true), run(false));
+    assert!(
+        on.clone().abs().max().into_scalar::<f32>() > 1e-3,
+        "the state gets a gradient"
+    );
+    let d = max_diff(on, off);
+    assert!(d < 1e-5, "the initial state's gradient differs by {d}");
 }

@@ -235,70 +235,134 @@ pub fn softmax_rows_backward(
 }
 
 // ---------------------------------------------------------------------------------------------
-// RMSNorm.
+// RMSNorm and LayerNorm.
+
+/// A row normalization over the last axis: RMSNorm `x · r · w` with r = 1/sqrt(mean(x²) + eps),
+/// or, when `center`, LayerNorm `(x − mean) · r · w + b` with r = 1/sqrt(var + eps).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Norm {
+    /// Subtract each row's mean first (LayerNorm).
+    pub center: bool,
+    /// Added to the variance (or mean square).
+    pub eps: f32,
+}
 
 vectorized! {
-    fn rms_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> f32 {
-        let r = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
-        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-            *y = x * r * w;
-        }
-        r
-    }
-    fn rms_row_backward(x: &[f32], w: &[f32], g: &[f32], r: f32, dx: &mut [f32], dw: &mut [f32]) {
-        // u = g·w; dx = r·u − x·r³·(u·x)/d; dw += g·x·r.
-        let (n, n8) = (x.len(), x.len() / 8 * 8);
+    /// One row: writes y and returns (mean, r); the mean is 0 without centering.
+    fn norm_row(x: &[f32], w: &[f32], b: &[f32], n: Norm, y: &mut [f32]) -> (f32, f32) {
+        let d = x.len() as f32;
+        let mu = if n.center { sum(x) / d } else { 0.0 };
         let mut acc = [0.0f32; 8];
+        let (n8, len) = (x.len() / 8 * 8, x.len());
         for i in (0..n8).step_by(8) {
             for l in 0..8 {
-                acc[l] += g[i + l] * w[i + l] * x[i + l];
+                let c = x[i + l] - mu;
+                acc[l] += c * c;
             }
         }
-        let ux = acc.iter().sum::<f32>() + (n8..n).map(|i| g[i] * w[i] * x[i]).sum::<f32>();
-        let c = r * r * r * ux / n as f32;
-        for (((d, &x), &w), &g) in dx.iter_mut().zip(x).zip(w).zip(g) {
-            *d = r * g * w - x * c;
+        let sq = acc.iter().sum::<f32>() + (n8..len).map(|i| (x[i] - mu) * (x[i] - mu)).sum::<f32>();
+        let r = 1.0 / (sq / d + n.eps).sqrt();
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = (x - mu) * r * w;
+        }
+        for (y, &b) in y.iter_mut().zip(b) {
+            *y += b;
+        }
+        (mu, r)
+    }
+
+    /// One row's gradients from the output's `g`: with x̂ = (x − mean)·r and u = g·w,
+    /// `dx = r (u − mean(u) − x̂ mean(u x̂))` (RMSNorm: without the mean(u) term); `dw += g x̂`,
+    /// `db += g` (when `db` is not empty).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_row_backward(
+        x: &[f32],
+        w: &[f32],
+        g: &[f32],
+        stat: (f32, f32),
+        center: bool,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) {
+        let d = x.len() as f32;
+        let (mu, r) = stat;
+        let (mut su, mut sux) = ([0.0f32; 8], [0.0f32; 8]);
+        let (n8, len) = (x.len() / 8 * 8, x.len());
+        for i in (0..n8).step_by(8) {
+            for l in 0..8 {
+                let u = g[i + l] * w[i + l];
+                su[l] += u;
+                sux[l] += u * (x[i + l] - mu) * r;
+            }
+        }
+        let rest = n8..len;
+        let su = su.iter().sum::<f32>() + rest.clone().map(|i| g[i] * w[i]).sum::<f32>();
+        let sux = sux.iter().sum::<f32>()
+            + rest.map(|i| g[i] * w[i] * (x[i] - mu) * r).sum::<f32>();
+        let (mean_u, mean_ux) = (if center { su / d } else { 0.0 }, sux / d);
+        for (((dx, &x), &w), &g) in dx.iter_mut().zip(x).zip(w).zip(g) {
+            *dx = r * (g * w - mean_u - (x - mu) * r * mean_ux);
         }
         for ((dw, &x), &g) in dw.iter_mut().zip(x).zip(g) {
-            *dw += g * x * r;
+            *dw += g * (x - mu) * r;
+        }
+        for (db, &g) in db.iter_mut().zip(g) {
+            *db += g;
         }
     }
 }
 
-/// RMSNorm of each row of `d = w.len()` elements: `y = x · r · w` with r = 1/sqrt(mean(x²) + eps),
-/// which goes to `inv` (one per row).
-pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv: &mut [f32]) {
+/// Normalizes each row of `d = w.len()` elements (see [`Norm`]), plus `b` when given; each
+/// row's (mean, r) goes to `stats` (two per row), what [`norm_backward`] reads.
+pub fn norm(x: &[f32], w: &[f32], b: Option<&[f32]>, n: Norm, y: &mut [f32], stats: &mut [f32]) {
     let d = w.len();
+    let b = b.unwrap_or(&[]);
+    assert!(b.is_empty() || b.len() == d);
     let per = rows_per_task(d);
     y.par_chunks_mut(per * d)
         .zip(x.par_chunks(per * d))
-        .zip(inv.par_chunks_mut(per))
-        .for_each(|((y, x), inv)| {
-            for ((y, x), r) in y.chunks_mut(d).zip(x.chunks(d)).zip(inv.iter_mut()) {
-                *r = rms_row(x, w, eps, y);
+        .zip(stats.par_chunks_mut(2 * per))
+        .for_each(|((y, x), st)| {
+            for ((y, x), st) in y.chunks_mut(d).zip(x.chunks(d)).zip(st.chunks_mut(2)) {
+                (st[0], st[1]) = norm_row(x, w, b, n, y);
             }
         });
 }
 
-/// The gradients of [`rmsnorm`]: `dx` (written) and the weight's gradient (returned).
-pub fn rmsnorm_backward(x: &[f32], w: &[f32], g: &[f32], inv: &[f32], dx: &mut [f32]) -> Vec<f32> {
+/// The gradients of [`norm`]: `dx` (written), and the weight's and (with `bias`) the bias's
+/// gradients (returned).
+pub fn norm_backward(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    stats: &[f32],
+    (center, bias): (bool, bool),
+    dx: &mut [f32],
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let d = w.len();
     let per = rows_per_task(d);
-    // Each task accumulates its own partial weight gradient; they are summed after.
-    dx.par_chunks_mut(per * d)
+    let nb = if bias { d } else { 0 };
+    // Each task accumulates its own partial weight and bias gradients ([dw | db]); they are
+    // summed after.
+    let acc = dx
+        .par_chunks_mut(per * d)
         .zip(x.par_chunks(per * d).zip(g.par_chunks(per * d)))
-        .zip(inv.par_chunks(per))
+        .zip(stats.par_chunks(2 * per))
         .fold(
-            || vec![0.0f32; d],
-            |mut dw, ((dx, (x, g)), inv)| {
+            || vec![0.0f32; d + nb],
+            |mut acc, ((dx, (x, g)), st)| {
+                let (dw, db) = acc.split_at_mut(d);
                 let rows = dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d)));
-                for ((dx, (x, g)), &r) in rows.zip(inv) {
-                    rms_row_backward(x, w, g, r, dx, &mut dw);
+                for ((dx, (x, g)), st) in rows.zip(st.chunks(2)) {
+                    norm_row_backward(x, w, g, (st[0], st[1]), center, dx, dw, db);
                 }
-                dw
+                acc
             },
         )
-        .reduce(|| vec![0.0f32; d], add)
+        .reduce(|| vec![0.0f32; d + nb], add);
+    let (dw, db) = acc.split_at(d);
+    (dw.to_vec(), bias.then(|| db.to_vec()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1170,7 +1234,8 @@ pub fn lstm_backward(
         hidden: w,
     } = sh;
     assert!(acts.len() == batch * s * 4 * w && cells.len() == batch * s * w);
-    assert!(y.len() == cells.len() && gy.len() == cells.len() && h0.len() == batch * w);
+    assert!(y.len() == cells.len() && gy.len() == cells.len() && w_hh.len() == 4 * w * w);
+    assert!(h0.len() == batch * w && c0.len() == batch * w);
     let rb = sh.rows_per_task();
     let mut dxw = vec![0.0f32; batch * s * 4 * w];
     dxw.par_chunks_mut(rb * s * 4 * w)
@@ -1344,7 +1409,8 @@ vectorized! {
             let dhj = dh[j];
             let d_o = dhj * c / n;
             let dcj = dc[j] + dhj * o / n;
-            let dnj = dn[j] - dhj * o * c / (n * n);
+            // (dh·o/n)·(c/n), not dh·o·c/n²: n² underflows for tiny n where c/n stays ≤ 1.
+            let dnj = dn[j] - (dhj * o / n) * (c / n);
             let df = dcj * c_prev[j] + dnj * n_prev[j];
             let di = dcj * z + dnj;
             dpre[j] = dcj * i * (1.0 - z * z);
@@ -1459,7 +1525,8 @@ pub fn slstm_backward(
     } = sh;
     let d = sh.width();
     assert!(kept.len() == batch * s * nh * SLSTM_KEPT * w && y.len() == batch * s * d);
-    assert!(gy.len() == y.len() && c0.len() == batch * d && h0.len() == batch * d);
+    assert!(gy.len() == y.len() && h0.len() == batch * d);
+    assert!(c0.len() == batch * d && n0.len() == batch * d && r.len() == nh * w * 4 * w);
     let rb = sh.rows_per_task();
     let mut dxw = vec![0.0f32; batch * s * 4 * d];
     let dr = dxw

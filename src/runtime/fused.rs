@@ -14,6 +14,7 @@
 //! | [`silu`] | `x · sigmoid(x)` (2 ops forward, 3 backward) |
 //! | [`softmax_rows`] | the causal `mask_fill` and `softmax` of attention (6 ops forward) |
 //! | [`rmsnorm`] | `x / sqrt(mean(x²) + ε) · w` (6 ops forward) |
+//! | [`layernorm`] | `(x − mean) / sqrt(var + ε) · w + b` (9 ops forward) |
 //! | [`rope`] | rotate-half RoPE: 4 slices, 6 products and sums, a concatenation |
 //! | [`attention`] | the scale, `q·kᵀ`, the mask, the softmax, `p·v`, and the head split and merge copies |
 //! | [`linear`] | a reshape, `matmul` and a bias add (with transposed copies in the backward pass) |
@@ -282,63 +283,124 @@ pub fn softmax_plain_mask(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RMSNorm.
+// RMSNorm and LayerNorm.
 
-/// Normalized rows and each row's 1/rms.
-fn rms_forward(x: &FlexTensor, w: &[f32], eps: f32) -> (FlexTensor, Vec<f32>) {
+/// Normalized rows and each row's (mean, 1/std).
+fn norm_forward(
+    x: &FlexTensor,
+    w: &[f32],
+    b: Option<&[f32]>,
+    n: k::Norm,
+) -> (FlexTensor, Vec<f32>) {
     let xs = values(x);
     let mut y = vec![0.0f32; xs.len()];
-    let mut inv = vec![0.0f32; xs.len() / w.len().max(1)];
-    k::rmsnorm(xs, w, eps, &mut y, &mut inv);
-    (tensor(y, shape_of(x)), inv)
+    let mut stats = vec![0.0f32; 2 * (xs.len() / w.len().max(1))];
+    k::norm(xs, w, b, n, &mut y, &mut stats);
+    (tensor(y, shape_of(x)), stats)
 }
 
 #[derive(Debug)]
-struct RmsBackward;
+struct NormBackward<const N: usize>(k::Norm);
 
-impl Backward<Flex, 2> for RmsBackward {
-    /// Input, weight, each row's 1/rms.
+impl<const N: usize> Backward<Flex, N> for NormBackward<N> {
+    /// Input, weight, each row's (mean, 1/std).
     type State = (FlexTensor, FlexTensor, Arc<Vec<f32>>);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = dense(grads.consume::<Flex>(&ops.node));
-        let [px, pw] = ops.parents;
-        let (x, w, inv) = ops.state;
+        let (x, w, stats) = ops.state;
         let mut dx = vec![0.0f32; values(&x).len()];
-        let dw = k::rmsnorm_backward(values(&x), values(&w), values(&g), &inv, &mut dx);
-        if let Some(node) = px {
-            grads.register::<Flex>(node.id, tensor(dx, shape_of(&x)));
-        }
-        if let Some(node) = pw {
-            grads.register::<Flex>(node.id, tensor(dw, shape_of(&w)));
+        let flags = (self.0.center, N == 3);
+        let (dw, db) = k::norm_backward(values(&x), values(&w), values(&g), &stats, flags, &mut dx);
+        let mut parents = ops.parents.into_iter();
+        let mut put = |grad: Vec<f32>, shape: Vec<usize>| {
+            if let Some(node) = parents.next().flatten() {
+                grads.register::<Flex>(node.id, tensor(grad, shape));
+            }
+        };
+        put(dx, shape_of(&x));
+        put(dw, shape_of(&w));
+        if let Some(db) = db {
+            put(db, shape_of(&w));
         }
     }
+}
+
+fn norm_tracked<const N: usize>(
+    ins: [FloatTensor<Autodiff<Flex>>; N],
+    n: k::Norm,
+) -> FloatTensor<Autodiff<Flex>> {
+    record(
+        NormBackward::<N>(n),
+        ins.each_ref().map(|t| t.node()),
+        |keep| {
+            let ins = ins.each_ref().map(|t| dense(t.primitive().clone()));
+            let (y, stats) = norm_forward(&ins[0], values(&ins[1]), ins.get(2).map(values), n);
+            (
+                y,
+                keep.then(|| (ins[0].clone(), ins[1].clone(), Arc::new(stats))),
+            )
+        },
+    )
+}
+
+/// RMSNorm (`bias` `None`, not `center`) or LayerNorm over the last axis of `[b, s, d]`.
+fn norm(x: Tensor<3>, w: Tensor<1>, bias: Option<Tensor<1>>, n: k::Norm) -> Option<Tensor<3>> {
+    let out = match (lane(x), lane(w), bias.map(lane)) {
+        (Lane::Plain(x), Lane::Plain(w), b) => {
+            let b = match b {
+                None => None,
+                Some(Lane::Plain(b)) => Some(dense(b)),
+                Some(_) => return None,
+            };
+            let w = dense(w);
+            let (y, _) = norm_forward(&dense(x), values(&w), b.as_ref().map(values), n);
+            back::<3>(Lane::Plain(y))
+        }
+        (Lane::Tracked(x, ctx), Lane::Tracked(w, _), None) => {
+            back::<3>(Lane::Tracked(norm_tracked([x, w], n), ctx))
+        }
+        (Lane::Tracked(x, ctx), Lane::Tracked(w, _), Some(Lane::Tracked(b, _))) => {
+            back::<3>(Lane::Tracked(norm_tracked([x, w, b], n), ctx))
+        }
+        _ => return None,
+    };
+    Some(out)
 }
 
 /// RMSNorm over the last axis of `[b, s, d]`: `x / sqrt(mean(x²) + eps) · w`.
 pub fn rmsnorm(x: Tensor<3>, w: Tensor<1>, eps: f64) -> Tensor<3> {
-    match (lane(x), lane(w)) {
-        (Lane::Plain(x), Lane::Plain(w)) => {
-            let w = dense(w);
-            let (y, _) = rms_forward(&dense(x), values(&w), eps as f32);
-            back::<3>(Lane::Plain(y))
-        }
-        (Lane::Tracked(x, ctx), Lane::Tracked(w, _)) => {
-            let out = record(RmsBackward, [x.node(), w.node()], |keep| {
-                let (xs, ws) = (dense(x.primitive().clone()), dense(w.primitive().clone()));
-                let (y, inv) = rms_forward(&xs, values(&ws), eps as f32);
-                (y, keep.then(|| (xs, ws, Arc::new(inv))))
-            });
-            back::<3>(Lane::Tracked(out, ctx))
-        }
-        (x, w) => rmsnorm_plain(back(x), back(w), eps),
-    }
+    let n = k::Norm {
+        center: false,
+        eps: eps as f32,
+    };
+    let fallback = (x.clone(), w.clone());
+    norm(x, w, None, n).unwrap_or_else(|| rmsnorm_plain(fallback.0, fallback.1, eps))
 }
 
 /// The plain Burn path of [`rmsnorm`].
 pub fn rmsnorm_plain(x: Tensor<3>, w: Tensor<1>, eps: f64) -> Tensor<3> {
     let ms = x.clone().powi_scalar(2).mean_dim(2);
     x / (ms + eps).sqrt() * w.unsqueeze::<3>()
+}
+
+/// LayerNorm over the last axis of `[b, s, d]`: `(x − mean) / sqrt(var + eps) · w + b`.
+pub fn layernorm(x: Tensor<3>, w: Tensor<1>, b: Tensor<1>, eps: f64) -> Tensor<3> {
+    let n = k::Norm {
+        center: true,
+        eps: eps as f32,
+    };
+    let fallback = (x.clone(), w.clone(), b.clone());
+    norm(x, w, Some(b), n)
+        .unwrap_or_else(|| layernorm_plain(fallback.0, fallback.1, fallback.2, eps))
+}
+
+/// The plain Burn path of [`layernorm`].
+pub fn layernorm_plain(x: Tensor<3>, w: Tensor<1>, b: Tensor<1>, eps: f64) -> Tensor<3> {
+    let mean = x.clone().mean_dim(2);
+    let xc = x - mean;
+    let var = xc.clone().powi_scalar(2).mean_dim(2);
+    xc / (var + eps).sqrt() * w.unsqueeze::<3>() + b.unsqueeze::<3>()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,7 +449,7 @@ impl Backward<Flex, 1> for RopeBackward {
 /// half becomes `x1·cos − x2·sin`, the second `x1·sin + x2·cos`. The table is a constant (no
 /// gradient flows into it; a table that requires one takes the plain path).
 pub fn rope(x: Tensor<4>, table: Tensor<3>) -> Tensor<4> {
-    if table.is_require_grad() {
+    if needs_grad(&table) {
         return rope_plain(x, table);
     }
     match (lane(x), lane(table)) {
@@ -808,13 +870,8 @@ pub fn selective_scan(
     [dt, a, dtx, bm, cm]: [Tensor<3>; 5],
     h0: Tensor<3>,
 ) -> (Tensor<3>, Tensor<3>) {
-    if h0.is_require_grad() {
+    let Some(h0_vals) = constant_values(&h0) else {
         return selective_scan_plain([dt, a, dtx, bm, cm], h0);
-    }
-    let h0_vals = match lane(h0.clone()) {
-        Lane::Plain(h) => dense(h),
-        Lane::Tracked(h, _) => dense(h.into_primitive()),
-        Lane::Other(_) => return selective_scan_plain([dt, a, dtx, bm, cm], h0),
     };
     let lanes = [dt, a, dtx, bm, cm].map(lane);
     if lanes.iter().all(|l| matches!(l, Lane::Plain(_))) {
@@ -965,9 +1022,14 @@ fn lstm_forward(
     (run, sh)
 }
 
+/// Whether a gradient can flow into `t`: a leaf that requires one, or a tensor computed from one.
+fn needs_grad<const D: usize>(t: &Tensor<D>) -> bool {
+    t.is_require_grad() || t.is_tracked()
+}
+
 /// The values of a constant (non-differentiable) f32 flex tensor, or `None` for anything else.
 fn constant_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    if t.is_require_grad() {
+    if needs_grad(t) {
         return None;
     }
     match lane(t.clone()) {

@@ -239,14 +239,12 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Scale(c) => V::F3(ins[0].f3().mul_scalar(c.0)),
         Op::Act(a) => V::F3(act(*a, ins[0].f3())),
         Op::Dropout(p) => V::F3(dropout(ins[0].f3(), p.0, ctx)),
-        Op::LayerNorm(eps) => {
-            let x = ins[0].f3();
-            let mean = x.clone().mean_dim(2);
-            let xc = x - mean;
-            let var = xc.clone().powi_scalar(2).mean_dim(2);
-            let y = xc / (var + eps.0).sqrt();
-            V::F3(y * ins[1].f1().unsqueeze::<3>() + ins[2].f1().unsqueeze::<3>())
-        }
+        Op::LayerNorm(eps) => V::F3(fused::layernorm(
+            ins[0].f3(),
+            ins[1].f1(),
+            ins[2].f1(),
+            eps.0,
+        )),
         Op::RmsNorm(eps) => V::F3(super::fused::rmsnorm(ins[0].f3(), ins[1].f1(), eps.0)),
         Op::L2Norm => {
             let x = ins[0].f4();
