@@ -94,6 +94,16 @@ fn main() {
             })
         }),
     ));
+    let bias = rand([d], &dev);
+    rows.push((
+        "layernorm",
+        format!("[{b}, {s}, {d}]"),
+        time(reps, &|| {
+            train_call(&x, &|v: Vec<Tensor<3>>| {
+                fused::layernorm(v[0].clone(), w.clone(), bias.clone(), 1e-5)
+            })
+        }),
+    ));
 
     let x = [rand([b, h, s, hd], &dev)];
     let table = Tensor::<3>::random(
