@@ -958,53 +958,22 @@ pub fn mlstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<XlstmState>) -> (Tenso
         heads_of(2),
     );
     let og = qkvo.narrow(2, 3 * d, d);
-    // Gates [b, H, s, 1] and [b, H, 1, s].
-    let ig = proj(ins[3], ins[4], h)
-        .swap_dims(1, 2)
-        .unsqueeze_dim::<4>(3);
+    // Gates [b, H, s].
+    let ig = proj(ins[3], ins[4], h).swap_dims(1, 2);
     let logf = activation::log_sigmoid(proj(ins[5], ins[6], h).swap_dims(1, 2));
-    let f_cum = logf.cumsum(2).unsqueeze_dim::<4>(3);
-    let (c0, n0, m0) = match init {
-        Some(st) => (st[0].clone(), st[1].clone(), st[2].clone()),
-        None => (
-            Tensor::zeros([b, h, dh, dh], ctx.device),
-            Tensor::zeros([b, h, 1, dh], ctx.device),
-            Tensor::zeros([b, h, 1, 1], ctx.device),
-        ),
+    let (hcat, st) = match init {
+        None if ctx.matmul_dtype.is_none() => fused::mlstm([q, k, v], [ig, logf]),
+        init => {
+            let init = init.map(|st| [st[0].clone(), st[1].clone(), st[2].clone()]);
+            fused::mlstm_plain([q, k, v], [ig, logf], init, |a, b| mm(a, b, ctx))
+        }
     };
-    let a = f_cum.clone() + m0;
-    let future = Tensor::<2, Bool>::tril_mask([s, s], 0, ctx.device);
-    let logd = (f_cum.clone() - (f_cum - ig).swap_dims(2, 3)).mask_fill(
-        future.unsqueeze::<4>().expand([b, h, s, s]),
-        f32::NEG_INFINITY,
-    );
-    let m = a.clone().max_pair(logd.clone().max_dim(3)).detach();
-    let dmat = (logd.clone() - m.clone()).exp();
-    let scores = mm(q.clone(), k.clone().swap_dims(2, 3), ctx) * dmat;
-    let wa = (a.clone() - m.clone()).exp();
-    let num = mm(scores.clone(), v.clone(), ctx)
-        + wa.clone() * mm(q.clone(), c0.clone().swap_dims(2, 3), ctx);
-    let den = scores.sum_dim(3) + wa * (q * n0.clone()).sum_dim(3);
-    let hid = num / den.abs().max_pair(m.clone().neg().exp());
-    let hcat = hid.swap_dims(1, 2).reshape([b, s, d]);
     let out = mm(
         activation::sigmoid(og) * hcat,
         ins[7].f2().unsqueeze::<3>(),
         ctx,
     );
-    // The memory after the last position.
-    let last = |t: Tensor<4>| t.narrow(2, s - 1, 1);
-    let (a_l, m_l) = (last(a), last(m));
-    let w = (last(logd) - m_l.clone()).exp(); // [b, H, 1, s]
-    let carry = (a_l - m_l.clone()).exp();
-    let c_new = carry.clone() * c0
-        + mm(
-            (v * w.clone().swap_dims(2, 3)).swap_dims(2, 3),
-            k.clone(),
-            ctx,
-        );
-    let n_new = carry * n0 + mm(w, k, ctx);
-    (out, vec![c_new, n_new, m_l])
+    (out, st.to_vec())
 }
 
 /// The sLSTM layer step by step from `init` (zeros when `None`), with the paper's stabilizer
