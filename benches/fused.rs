@@ -210,6 +210,27 @@ fn main() {
         }),
     ));
 
+    // One mLSTM layer's cells at anbn-xlstm's sizes (4 heads of 8, 64 positions).
+    let m_ins = [
+        rand([b, xh, xs, xd], &dev),
+        rand([b, xh, xs, xd], &dev),
+        rand([b, xh, xs, xd], &dev),
+        rand([b, xh, xs, 1], &dev),
+        rand([b, xh, xs, 1], &dev),
+    ];
+    rows.push((
+        "mlstm cells",
+        format!("[{b}, {xh}, {xs}, {xd}]"),
+        time(reps, &|| {
+            train_call(&m_ins, &|v: Vec<Tensor<4>>| {
+                let gate = |x: &Tensor<4>| x.clone().reshape([b, xh, xs]);
+                let logf = burn::tensor::activation::log_sigmoid(gate(&v[4]));
+                let qkv = [v[0].clone(), v[1].clone().mul_scalar(0.35), v[2].clone()];
+                fused::mlstm(qkv, [gate(&v[3]), logf]).0
+            })
+        }),
+    ));
+
     // AdamW over the model's parameters (one step, as the trainer runs it: per tensor).
     let plain = Device::flex();
     let sizes = [d * d, d * hk * hd, d * ff, ff * d, d];

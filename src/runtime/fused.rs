@@ -21,6 +21,7 @@
 //! | [`selective_scan`] | Mamba's scan: 7 small tensor ops per position, positions in sequence |
 //! | [`lstm`] | the LSTM recurrence: a product and 11 tensor ops per position, positions in sequence |
 //! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
+//! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices |
 //! | [`adamw`] | the trainer's 12 tensor ops per parameter |
 //!
 //! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
