@@ -1660,6 +1660,23 @@ fn mlstm_rows(
     }
 }
 
+/// [`mlstm_rows`] of (batch row, head) `bh` of `[batch · heads, s, dh]` inputs: returns its
+/// forward quantities, `num` and its q, k, v as matrices.
+fn mlstm_head<'a>(
+    (q, k, v): (&'a [f32], &'a [f32], &'a [f32]),
+    (ig, logf): (&[f32], &[f32]),
+    bh: usize,
+    (s, w): (usize, usize),
+) -> (MlstmRows, Vec<f32>, [Mat<'a>; 3]) {
+    let o = bh * s * w..(bh + 1) * s * w;
+    let mats = [&q[o.clone()], &k[o.clone()], &v[o]].map(|x| Mat::rows(x, w));
+    let g = bh * s..(bh + 1) * s;
+    let mut num = vec![0.0f32; s * w];
+    let qkv = (mats[0], mats[1], mats[2]);
+    let r = mlstm_rows(qkv, &ig[g.clone()], &logf[g], (s, w), &mut num);
+    (r, num, mats)
+}
+
 /// xLSTM's mLSTM cells (Beck et al. 2024) in the stabilized parallel form, from a zero memory,
 /// per (batch row, head) in parallel. `q`, `k`, `v` are `[batch, heads, len, dh]` (k already
 /// scaled by 1/√dh), `ig`, `logf` `[batch, heads, len]` (input gate pre-activations and
@@ -1692,15 +1709,7 @@ pub fn mlstm(
     let out: Vec<Cells> = (0..batch * nh)
         .into_par_iter()
         .map(|bh| {
-            let o = bh * s * w;
-            let mats = (
-                Mat::rows(&q[o..o + s * w], w),
-                Mat::rows(&k[o..o + s * w], w),
-                Mat::rows(&v[o..o + s * w], w),
-            );
-            let g = bh * s..(bh + 1) * s;
-            let mut num = vec![0.0f32; s * w];
-            let r = mlstm_rows(mats, &ig[g.clone()], &logf[g], (s, w), &mut num);
+            let (r, mut num, [_, km, vm]) = mlstm_head((q, k, v), (ig, logf), bh, (s, w));
             for t in 0..s {
                 let den = r.den[t].abs().max(exp(-r.m[t]));
                 num[t * w..(t + 1) * w].iter_mut().for_each(|x| *x /= den);
@@ -1708,7 +1717,7 @@ pub fn mlstm(
             // The memory after the last position: weights D[s−1, u]; C = Σ_u w_u v_u k_uᵀ,
             // n = Σ_u w_u k_u.
             let wl = &r.d[(s - 1) * s..];
-            let (kk, vv) = (&k[o..o + s * w], &v[o..o + s * w]);
+            let (kk, vv) = (km.data, vm.data);
             let mut c = vec![0.0f32; w * w];
             let mut n = vec![0.0f32; w];
             for u in 0..s {
@@ -1759,15 +1768,7 @@ pub fn mlstm_backward(
         .into_par_iter()
         .map(|bh| {
             let (bi, hd) = (bh / nh, bh % nh);
-            let o = bh * s * w;
-            let (qm, km, vm) = (
-                Mat::rows(&q[o..o + s * w], w),
-                Mat::rows(&k[o..o + s * w], w),
-                Mat::rows(&v[o..o + s * w], w),
-            );
-            let g = bh * s..(bh + 1) * s;
-            let mut num = vec![0.0f32; s * w];
-            let r = mlstm_rows((qm, km, vm), &ig[g.clone()], &logf[g], (s, w), &mut num);
+            let (r, num, [qm, km, vm]) = mlstm_head((q, k, v), (ig, logf), bh, (s, w));
             // h = num / den', den' = max(|den|, e^{−m}).
             let mut dnum = vec![0.0f32; s * w];
             let mut dden = vec![0.0f32; s];
