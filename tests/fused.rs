@@ -66,13 +66,23 @@ fn assert_paths_agree(
     }
 }
 
-/// Runs `f` on a rayon pool of `threads` threads (the kernels split their work over the pool).
-fn in_pool(threads: usize, f: impl FnOnce() + Send) {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
+/// [`assert_paths_agree`] on rayon pools of 1, 2 and 3 threads. The recurrence kernels split the
+/// batch over the pool's threads: one block, blocks of several rows with a shorter last one,
+/// and one row per block.
+fn assert_paths_agree_on_pools(
+    run: &(dyn Fn(bool, bool) -> Vec<Tensor<1>> + Sync),
+    tol: f32,
+    case: &str,
+    names: &[&str],
+) {
+    for threads in [1, 2, 3] {
+        let case = format!("{case}, {threads} threads");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| assert_paths_agree(run, tol, &case, names));
+    }
 }
 
 /// Runs `f` on inputs built by `make` with the fused kernels on and off; returns the largest
@@ -547,12 +557,8 @@ fn lstm_matches_the_step_by_step_ops() {
             out
         };
         let names = ["y", "final h", "final c", "xw", "w_hh"];
-        // The kernel splits the batch over the pool's threads: 1, 2 and 3 threads give one
-        // block, blocks of several rows with a shorter last one, and one row per block.
-        for threads in [1, 2, 3] {
-            let case = format!("({b},{s},{w}) warm {warm}, {threads} threads");
-            in_pool(threads, || assert_paths_agree(&run, 5e-6, &case, &names));
-        }
+        let case = format!("({b},{s},{w}) warm {warm}");
+        assert_paths_agree_on_pools(&run, 5e-6, &case, &names);
     }
 }
 
@@ -606,10 +612,8 @@ fn slstm_matches_the_step_by_step_ops() {
             out
         };
         let names = ["y", "final c", "final n", "final m", "final h", "xw", "r"];
-        for threads in [1, 2, 3] {
-            let case = format!("({b},{s},{nh},{dh}) warm {warm}, {threads} threads");
-            in_pool(threads, || assert_paths_agree(&run, 5e-6, &case, &names));
-        }
+        let case = format!("({b},{s},{nh},{dh}) warm {warm}");
+        assert_paths_agree_on_pools(&run, 5e-6, &case, &names);
     }
 }
 

@@ -808,7 +808,7 @@ struct ScanBackward;
 #[derive(Clone, Debug)]
 struct ScanState {
     ins: [FlexTensor; 5],
-    h0: Arc<Vec<f32>>,
+    h0: FlexTensor,
     hs: Arc<Vec<f32>>,
     sh: k::ScanShape,
 }
@@ -820,7 +820,7 @@ impl Backward<Flex, 5> for ScanBackward {
         let gy = dense(grads.consume::<Flex>(&ops.node));
         let st = ops.state;
         let ins = st.ins.each_ref().map(values);
-        let g = k::selective_scan_backward(ins, st.sh, &st.h0, &st.hs, values(&gy));
+        let g = k::selective_scan_backward(ins, st.sh, values(&st.h0), &st.hs, values(&gy));
         for ((parent, grad), like) in ops.parents.into_iter().zip(g).zip(&st.ins) {
             if let Some(node) = parent {
                 grads.register::<Flex>(node.id, tensor(grad, shape_of(like)));
@@ -899,7 +899,7 @@ pub fn selective_scan(
             h_final = Some(h);
             let state = keep.then(|| ScanState {
                 ins,
-                h0: Arc::new(values(&h0_vals).to_vec()),
+                h0: h0_vals.clone(),
                 hs: Arc::new(hs),
                 sh,
             });
@@ -946,8 +946,8 @@ struct LstmBackward;
 #[derive(Clone, Debug)]
 struct LstmKept {
     w_hh: FlexTensor,
-    h0: Arc<Vec<f32>>,
-    c0: Arc<Vec<f32>>,
+    h0: FlexTensor,
+    c0: FlexTensor,
     acts: Arc<Vec<f32>>,
     cells: Arc<Vec<f32>>,
     y: FlexTensor,
@@ -961,8 +961,13 @@ impl Backward<Flex, 2> for LstmBackward {
         let gy = dense(grads.consume::<Flex>(&ops.node));
         let st = ops.state;
         let kept = (&st.acts[..], &st.cells[..], values(&st.y));
-        let [dxw, dw] =
-            k::lstm_backward(values(&st.w_hh), st.sh, (&st.h0, &st.c0), kept, values(&gy));
+        let [dxw, dw] = k::lstm_backward(
+            values(&st.w_hh),
+            st.sh,
+            (values(&st.h0), values(&st.c0)),
+            kept,
+            values(&gy),
+        );
         let [pxw, pw] = ops.parents;
         let (b, s, w) = (st.sh.batch, st.sh.len, st.sh.hidden);
         if let Some(node) = pxw {
@@ -1083,8 +1088,8 @@ pub fn lstm(
                 c_final = Some(run.c);
                 let kept = keep.then(|| LstmKept {
                     w_hh,
-                    h0: Arc::new(values(&h0v).to_vec()),
-                    c0: Arc::new(values(&c0v).to_vec()),
+                    h0: h0v.clone(),
+                    c0: c0v.clone(),
                     acts: Arc::new(run.acts),
                     cells: Arc::new(run.cells),
                     y: run.y.clone(),

@@ -204,6 +204,22 @@ fn seq_of(v: &V) -> usize {
     }
 }
 
+/// A linear map `x [b, s, i] · w [i, o] (+ bias [o])`: kiln's fused op in f32; in mixed
+/// precision one `[b·s, i] × [i, o]` product (gemm parallelizes a large matrix itself, and the
+/// weight gradient is one product instead of b products and a sum).
+fn linear(x: Tensor<3>, w: Tensor<2>, bias: Option<Tensor<1>>, ctx: &Ctx) -> Tensor<3> {
+    if ctx.matmul_dtype.is_none() {
+        return fused::linear(x, w, bias);
+    }
+    let [b, s, i] = x.dims();
+    let o = w.dims()[1];
+    let y = mm(x.reshape([b * s, i]), w, ctx).reshape([b, s, o]);
+    match bias {
+        Some(bias) => y + bias.unsqueeze::<3>(),
+        None => y,
+    }
+}
+
 /// Evaluate one op.
 pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
     match op {
@@ -214,22 +230,12 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let d = table.dims()[1];
             V::F3(table.select(0, ids.reshape([b * s])).reshape([b, s, d]))
         }
-        Op::Linear { bias } => {
-            // One [b·s, i] × [i, o] product: gemm parallelizes a large matrix itself, and the
-            // weight gradient is one product instead of b products and a sum.
-            let (x, w) = (ins[0].f3(), ins[1].f2());
-            let bias = bias.then(|| ins[2].f1());
-            if ctx.matmul_dtype.is_none() {
-                return V::F3(fused::linear(x, w, bias));
-            }
-            let [b, s, i] = x.dims();
-            let o = w.dims()[1];
-            let y = mm(x.reshape([b * s, i]), w, ctx).reshape([b, s, o]);
-            V::F3(match bias {
-                Some(bias) => y + bias.unsqueeze::<3>(),
-                None => y,
-            })
-        }
+        Op::Linear { bias } => V::F3(linear(
+            ins[0].f3(),
+            ins[1].f2(),
+            bias.then(|| ins[2].f1()),
+            ctx,
+        )),
         Op::Add => match (ins[0], ins[1]) {
             (V::F3(a), V::F3(b)) => V::F3(a.clone() + b.clone()),
             (V::F4(a), V::F4(b)) => V::F4(a.clone() + b.clone()),
@@ -987,11 +993,7 @@ pub fn slstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<XlstmState>) -> (Tenso
     let h = *heads as usize;
     let dh = d / h;
     // Input pre-activations for all positions, [b, s, 4d] (gate-major, then head).
-    let xw = if ctx.matmul_dtype.is_none() {
-        fused::linear(x, ins[1].f2(), Some(ins[3].f1()))
-    } else {
-        mm(x, ins[1].f2().unsqueeze::<3>(), ctx) + ins[3].f1().reshape([1, 1, 4 * d])
-    };
+    let xw = linear(x, ins[1].f2(), Some(ins[3].f1()), ctx);
     let r = ins[2].f3(); // [H, dh, 4dh]
     let st: [Tensor<4>; 4] = match init {
         Some(st) => st.try_into().expect("four sLSTM state tensors"),
@@ -1028,11 +1030,7 @@ pub fn lstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<LstmState>) -> (Tensor<
         let (w_ih, w_hh) = (ins[1 + 4 * l].f2(), ins[2 + 4 * l].f2());
         let bias = ins[3 + 4 * l].f1() + ins[4 + 4 * l].f1();
         let b = x.dims()[0];
-        let xw = if ctx.matmul_dtype.is_none() {
-            fused::linear(x, w_ih, Some(bias))
-        } else {
-            mm(x, w_ih.unsqueeze::<3>(), ctx) + bias.unsqueeze::<3>()
-        };
+        let xw = linear(x, w_ih, Some(bias), ctx);
         let (hs, cs) = match &init {
             Some(st) => st[l].clone(),
             None => (
