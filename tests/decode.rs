@@ -437,6 +437,15 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
             "recipes/anbn-hard-attention.yaml",
             vec!["model.vars.depth=2"],
         ),
+        // Phase-coherent attention caches its keys' phases (and amplitudes) too.
+        ("recipes/anbn-wave.yaml", vec!["model.vars.depth=1"]),
+        (
+            "recipes/anbn-wave.yaml",
+            vec![
+                "model.vars.depth=1",
+                "model.layers.4.body.0.body.1.mode=complex",
+            ],
+        ),
     ];
     for (file, sets) in cases {
         let rt = model(file, &sets);
@@ -493,16 +502,25 @@ fn the_cache_holds_only_the_kv_heads_of_grouped_query_attention() {
     );
     assert!(rt.cache_support().is_err());
     assert!(!ModelLm::new(&rt, true).cached());
-    // Phase-coherent attention has no incremental form either: asking for a cache decodes
-    // uncached, with the same tokens.
-    let rt = model("recipes/anbn-wave.yaml", &["model.vars.depth=1"]);
-    assert!(rt.cache_support().is_err());
+    // Phase-coherent attention caches keys `[batch, heads, T, e]` like attention: the wave
+    // model's two phase-attention layers (4 heads of 6) and its band stacks' three attention
+    // layers (2 heads of 3 for the low bands' 6 features).
+    let rt = model("recipes/anbn-wave.yaml", &[]);
     let mut lm = ModelLm::new(&rt, true);
-    assert!(!lm.cached());
-    let prompts = [vec![0, 3, 3, 4], vec![0, 3, 4, 4]];
-    let a = generate(&mut lm, &prompts, &s);
-    let b = generate(&mut ModelLm::new(&rt, false), &prompts, &s);
-    assert_eq!(tokens_all(&a), tokens_all(&b));
+    assert!(lm.cached());
+    generate(&mut lm, &[vec![0, 3, 3], vec![0, 3, 4]], &s);
+    let mut shapes = lm.cache().unwrap().key_shapes();
+    shapes.sort_unstable();
+    assert_eq!(
+        shapes,
+        vec![
+            [2, 2, 7, 3],
+            [2, 2, 7, 3],
+            [2, 2, 7, 3],
+            [2, 4, 7, 6],
+            [2, 4, 7, 6]
+        ]
+    );
 }
 
 #[test]

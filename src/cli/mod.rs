@@ -483,6 +483,17 @@ pub fn main() -> i32 {
             };
         }
     };
+    let device = match &cli.command {
+        Command::Train { device, .. } | Command::Bench { device, .. } => Some(device.kind()),
+        _ => None,
+    };
+    if let Some(Err(e)) = device.map(|d| d.probe()) {
+        eprintln!("error: the device cannot be used: {e}");
+        eprintln!(
+            "  help: `--device cpu` runs on the CPU; README \"GPU\" lists what a GPU run needs"
+        );
+        return 1;
+    }
     match cli.command {
         Command::Validate { files, set, format } => validate(&files, &set, format),
         Command::Graph {

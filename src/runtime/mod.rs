@@ -38,6 +38,8 @@ pub struct KvCache {
     mamba: HashMap<NodeIndex, ops::MambaState>,
     /// xLSTM states, and ETS attention's last value (`[b, 1, 1, d]`).
     xlstm: HashMap<NodeIndex, ops::XlstmState>,
+    /// Per phase-coherent attention op: keys, values and the keys' phases (and amplitudes).
+    phase: HashMap<NodeIndex, ops::PhaseKeys>,
     /// An encoder-decoder's values that depend only on the source (the encoder's output and
     /// the cross-attention keys and values), computed on the first call.
     source: HashMap<NodeIndex, V>,
@@ -62,6 +64,7 @@ impl KvCache {
                     .flat_map(|s| s.iter().map(|(h, _)| h.device())),
             )
             .chain(self.mamba.values().map(|(c, _)| c.device()))
+            .chain(self.phase.values().map(|pk| pk.k.device()))
             .chain(
                 self.xlstm
                     .values()
@@ -92,6 +95,15 @@ impl KvCache {
         for t in self.xlstm.values_mut().flatten() {
             *t = t.clone().select(0, idx.clone());
         }
+        for pk in self.phase.values_mut() {
+            let rows = |t: &Tensor<4>| t.clone().select(0, idx.clone());
+            *pk = ops::PhaseKeys {
+                k: rows(&pk.k),
+                v: rows(&pk.v),
+                phase: rows(&pk.phase),
+                amp: pk.amp.as_ref().map(rows),
+            };
+        }
         for st in self.lstm.values_mut() {
             for (h, c) in st.iter_mut() {
                 *h = h.clone().select(0, idx.clone());
@@ -108,7 +120,9 @@ impl KvCache {
 
     /// Shapes of the cached keys of every attention op (for tests and reports).
     pub fn key_shapes(&self) -> Vec<[usize; 4]> {
-        let mut v: Vec<[usize; 4]> = self.kv.values().map(|(k, _)| k.dims()).collect();
+        let mut v: Vec<[usize; 4]> = (self.kv.values().map(|(k, _)| k.dims()))
+            .chain(self.phase.values().map(|pk| pk.k.dims()))
+            .collect();
         v.sort_unstable();
         v
     }
@@ -145,6 +159,46 @@ impl DeviceKind {
             d.autodiff()
         } else {
             d
+        }
+    }
+
+    /// Whether the device can be used: runs one tiny computation on it. Burn's GPU runtimes
+    /// panic when no adapter (or driver library) is found, from a thread of their own; this
+    /// catches that and returns the runtime's message instead, so the command line reports a
+    /// clear error rather than a backtrace. The CPU is always usable.
+    pub fn probe(self) -> Result<(), String> {
+        use std::sync::{Arc, Mutex};
+        if self == DeviceKind::Cpu {
+            return Ok(());
+        }
+        let first: Arc<Mutex<Option<String>>> = Arc::default();
+        let seen = Arc::clone(&first);
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let mut m = seen.lock().unwrap_or_else(|e| e.into_inner());
+            if m.is_none() {
+                let payload = info.payload();
+                let text = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown error".into());
+                *m = Some(text);
+            }
+        }));
+        let result = std::panic::catch_unwind(|| {
+            let t = Tensor::<1>::ones([4], &self.device(false));
+            t.sum().into_scalar::<f32>()
+        });
+        std::panic::set_hook(previous);
+        let message = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match result {
+            Ok(4.0) => Ok(()),
+            Ok(s) => Err(format!("{self:?}: a test sum gave {s} instead of 4")),
+            Err(_) => Err(format!(
+                "{self:?}: {}",
+                message.unwrap_or_else(|| "the device could not be initialized".into())
+            )),
         }
     }
 }
@@ -437,7 +491,7 @@ impl Runtime {
                 continue;
             }
             let ok = match &self.graph.g[n].op {
-                Op::Attention { causal, .. } => *causal,
+                Op::Attention { causal, .. } | Op::PhaseAttention { causal, .. } => *causal,
                 Op::PadSeq { .. }
                 | Op::PrependMemory
                 | Op::PositionLinear { .. }
@@ -446,7 +500,6 @@ impl Runtime {
                 | Op::Irfft { .. }
                 | Op::ComplexMul
                 | Op::SpectralFilter { .. }
-                | Op::PhaseAttention { .. }
                 | Op::WindowedGate { .. } => false,
                 _ => true,
             };
@@ -531,6 +584,16 @@ impl Runtime {
                             }
                             let out = ops::attention(op, &ins, k.clone(), v.clone(), &ctx);
                             c.kv.insert(n, (k, v));
+                            V::F4(out)
+                        }
+                        (Some(c), &Op::PhaseAttention { causal, complex }) => {
+                            let mut keys = ops::PhaseKeys::of(&ins, complex);
+                            if let Some(earlier) = c.phase.remove(&n) {
+                                keys = keys.after(earlier);
+                            }
+                            let out =
+                                ops::phase_attention(&ins, keys.clone(), causal, complex, &ctx);
+                            c.phase.insert(n, keys);
                             V::F4(out)
                         }
                         (Some(c), Op::Mamba { .. }) => {

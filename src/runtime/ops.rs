@@ -471,9 +471,13 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             temperature.0,
             ctx,
         )),
-        Op::PhaseAttention { causal, complex } => {
-            V::F4(phase_attention(ins, *causal, *complex, ctx))
-        }
+        Op::PhaseAttention { causal, complex } => V::F4(phase_attention(
+            ins,
+            PhaseKeys::of(ins, *complex),
+            *causal,
+            *complex,
+            ctx,
+        )),
         Op::SliceFeatures { start, len } => {
             V::F3(ins[0].f3().narrow(2, *start as usize, *len as usize))
         }
@@ -733,41 +737,85 @@ fn harmonic_select(x: Tensor<3>, scores: Tensor<3>, k: usize, tau: f64, ctx: &Ct
         .reshape([b, s, d])
 }
 
-/// Phase-coherent attention (see [`Op::PhaseAttention`]).
-fn phase_attention(ins: &[&V], causal: bool, complex: bool, ctx: &Ctx) -> Tensor<4> {
-    let (q, k, v, ph) = (ins[0].f4(), ins[1].f4(), ins[2].f4(), ins[3].f4());
+/// The key side of phase-coherent attention, `[b, h, t, ·]` each: keys, values, the keys'
+/// phases and (complex mode) amplitudes. With a cache, t covers earlier positions too.
+#[derive(Clone)]
+pub struct PhaseKeys {
+    /// Keys `[b, h, t, e]`.
+    pub k: Tensor<4>,
+    /// Values `[b, h, t, e]`.
+    pub v: Tensor<4>,
+    /// The keys' phases `[b, h, t, P]`.
+    pub phase: Tensor<4>,
+    /// The keys' amplitudes `[b, h, t, P]` (complex mode only).
+    pub amp: Option<Tensor<4>>,
+}
+
+impl PhaseKeys {
+    /// The key side of this call's own positions (the op's inputs).
+    pub fn of(ins: &[&V], complex: bool) -> Self {
+        Self {
+            k: ins[1].f4(),
+            v: ins[2].f4(),
+            phase: ins[3].f4(),
+            amp: complex.then(|| ins[4].f4()),
+        }
+    }
+
+    /// `earlier`'s positions followed by this call's (along the sequence axis).
+    pub fn after(self, earlier: PhaseKeys) -> Self {
+        let cat = |a: Tensor<4>, b: Tensor<4>| Tensor::cat(vec![a, b], 2);
+        Self {
+            k: cat(earlier.k, self.k),
+            v: cat(earlier.v, self.v),
+            phase: cat(earlier.phase, self.phase),
+            amp: earlier.amp.zip(self.amp).map(|(a, b)| cat(a, b)),
+        }
+    }
+}
+
+/// Phase-coherent attention (see [`Op::PhaseAttention`]) of the queries in `ins` over `keys`,
+/// which may start `ctx.offset` cached positions earlier.
+pub fn phase_attention(
+    ins: &[&V],
+    keys: PhaseKeys,
+    causal: bool,
+    complex: bool,
+    ctx: &Ctx,
+) -> Tensor<4> {
+    let (q, ph) = (ins[0].f4(), ins[3].f4());
     let blend = ins[ins.len() - 1].f1();
-    let [b, h, s, e] = q.dims();
+    let [_, _, s, e] = q.dims();
     let p = ph.dims()[3];
-    let t = k.dims()[2];
-    let dots = mm(q, k.swap_dims(2, 3), ctx).mul_scalar(1.0 / (e as f64).sqrt());
-    let (c, sn) = (ph.clone().cos(), ph.sin());
+    let dots = mm(q, keys.k.swap_dims(2, 3), ctx).mul_scalar(1.0 / (e as f64).sqrt());
+    let (cq, sq) = (ph.clone().cos(), ph.sin());
+    let (ck, sk) = (keys.phase.clone().cos(), keys.phase.sin());
     let tr = |x: Tensor<4>| x.swap_dims(2, 3);
     let coherence = if complex {
-        let a = ins[4].f4();
-        let (ca, sa) = (a.clone() * c, a.clone() * sn);
-        let re = mm(ca.clone(), tr(ca.clone()), ctx) + mm(sa.clone(), tr(sa.clone()), ctx);
-        let im = mm(sa.clone(), tr(ca.clone()), ctx) - mm(ca, tr(sa), ctx);
-        let norm = mm(a.clone(), tr(a), ctx);
+        let (aq, ak) = (ins[4].f4(), keys.amp.expect("complex mode has amplitudes"));
+        let (caq, saq) = (aq.clone() * cq, aq.clone() * sq);
+        let (cak, sak) = (ak.clone() * ck, ak.clone() * sk);
+        let re = mm(caq.clone(), tr(cak.clone()), ctx) + mm(saq.clone(), tr(sak.clone()), ctx);
+        let im = mm(saq, tr(cak), ctx) - mm(caq, tr(sak), ctx);
+        let norm = mm(aq, tr(ak), ctx);
         (re.powi_scalar(2) + im.powi_scalar(2))
             .add_scalar(1e-12)
             .sqrt()
             / norm.add_scalar(1e-6)
     } else {
-        (mm(c.clone(), tr(c), ctx) + mm(sn.clone(), tr(sn), ctx)).div_scalar(p as f64)
+        (mm(cq, tr(ck), ctx) + mm(sq, tr(sk), ctx)).div_scalar(p as f64)
     };
-    let mut logits = dots * blend.clone().narrow(0, 0, 1).reshape([1, 1, 1, 1])
+    let logits = dots * blend.clone().narrow(0, 0, 1).reshape([1, 1, 1, 1])
         + coherence * blend.narrow(0, 1, 1).reshape([1, 1, 1, 1]);
-    if causal {
-        let mask = Tensor::<2, Bool>::tril_mask([s, t], 0, ctx.device);
-        logits = logits.mask_fill(
-            mask.unsqueeze::<4>().expand([b, h, s, t]),
-            f32::NEG_INFINITY,
-        );
-    }
-    let probs = activation::softmax(logits, 3);
+    // Query i (absolute position offset + i) sees keys j ≤ offset + i.
+    let vis = fused::Visible {
+        queries: s,
+        causal,
+        offset: ctx.offset,
+    };
+    let probs = activation::softmax(fused::softmax_plain_mask(logits, vis), 3);
     record_entropy(&probs, ctx);
-    mm(probs, v, ctx)
+    mm(probs, keys.v, ctx)
 }
 
 /// Attention logits `[b, h, s, t]` plus a key-padding bias `[b, t]` (see [`Op::PadBias`]).
