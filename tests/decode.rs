@@ -437,6 +437,8 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
             "recipes/anbn-hard-attention.yaml",
             vec!["model.vars.depth=2"],
         ),
+        // Memory tokens are cached as a prefix of every attention's keys.
+        ("recipes/anbn-memory.yaml", vec!["model.vars.depth=2"]),
         // Phase-coherent attention caches its keys' phases (and amplitudes) too.
         ("recipes/anbn-wave.yaml", vec!["model.vars.depth=1"]),
         (
@@ -502,6 +504,12 @@ fn the_cache_holds_only_the_kv_heads_of_grouped_query_attention() {
     );
     assert!(rt.cache_support().is_err());
     assert!(!ModelLm::new(&rt, true).cached());
+    // Memory tokens: the 4 memory positions come first in every cached key.
+    let rt = model("recipes/anbn-memory.yaml", &[]);
+    let mut lm = ModelLm::new(&rt, true);
+    assert!(lm.cached());
+    generate(&mut lm, &[vec![0, 3, 3], vec![0, 3, 4]], &s);
+    assert_eq!(lm.cache().unwrap().key_shapes(), vec![[2, 2, 11, 8]; 2]);
     // Phase-coherent attention caches keys `[batch, heads, T, e]` like attention: the wave
     // model's two phase-attention layers (4 heads of 6) and its band stacks' three attention
     // layers (2 heads of 3 for the low bands' 6 features).

@@ -228,12 +228,42 @@ pub struct Runtime {
     /// Nodes with a batch axis that depend on an encoder-decoder's source but not on the
     /// decoder's input: computed once per generation when decoding with a cache.
     source_only: std::collections::HashSet<NodeIndex>,
+    /// [`memory_prefix`], computed once.
+    memory_prefix: HashMap<NodeIndex, usize>,
     /// [`Graph::source_len`], read once.
     source_len: Option<usize>,
     /// When set, forward passes add each op's wall time here (op name → seconds, calls):
     /// `kiln bench --profile`. The CPU backend runs ops eagerly, so the times are the ops'
     /// own; on a GPU they would only be launch times.
     pub op_times: Option<std::cell::RefCell<HashMap<&'static str, (f64, usize)>>>,
+}
+
+/// Per node inside a `memory_tokens` body: how many memory tokens precede the input's positions
+/// on its sequence axis (nested bodies add up). Incremental decoding feeds only new tokens, so
+/// these nodes see positions `offset + prefix` onward.
+fn memory_prefix(g: &Graph) -> HashMap<NodeIndex, usize> {
+    let mut prefix: HashMap<NodeIndex, usize> = HashMap::new();
+    for n in g.topo().expect("verified graphs are acyclic") {
+        let ins = g.inputs(n);
+        let inner = ins
+            .iter()
+            .map(|i| prefix.get(i).copied().unwrap_or(0))
+            .max();
+        let p = match &g.g[n].op {
+            Op::PrependMemory => {
+                let Op::Param { shape, .. } = &g.g[ins[1]].op else {
+                    unreachable!("memory tokens are a parameter")
+                };
+                prefix.get(&ins[0]).copied().unwrap_or(0) + shape[0] as usize
+            }
+            Op::DropMemory { count } => prefix.get(&ins[0]).copied().unwrap_or(0) - *count as usize,
+            _ => inner.unwrap_or(0),
+        };
+        if p > 0 {
+            prefix.insert(n, p);
+        }
+    }
+    prefix
 }
 
 fn source_only(g: &Graph) -> std::collections::HashSet<NodeIndex> {
@@ -312,6 +342,7 @@ impl Runtime {
             .collect();
         params_nodes.sort();
         let (source_only, source_len) = (source_only(&graph), graph.source_len());
+        let memory_prefix = memory_prefix(&graph);
         let mut rt = Runtime {
             graph,
             order,
@@ -324,6 +355,7 @@ impl Runtime {
             soft_attention: false,
             freq_mask: None,
             source_only,
+            memory_prefix,
             source_len,
             op_times: None,
         };
@@ -493,7 +525,6 @@ impl Runtime {
             let ok = match &self.graph.g[n].op {
                 Op::Attention { causal, .. } | Op::PhaseAttention { causal, .. } => *causal,
                 Op::PadSeq { .. }
-                | Op::PrependMemory
                 | Op::PositionLinear { .. }
                 | Op::CropSeq
                 | Op::Rfft { .. }
@@ -573,8 +604,25 @@ impl Runtime {
                 Op::Source { .. } => V::I2(source.take().expect("the rows hold the source")),
                 Op::Param { .. } => self.params[self.slot[&n]].clone(),
                 Op::Output => return values.remove(&ins_idx[0]).expect("output value").f3(),
+                // After the first call of a cached generation, the memory tokens are already
+                // in every cache: the new tokens pass through unchanged.
+                Op::PrependMemory | Op::DropMemory { .. } if ctx.offset > 0 => {
+                    values[&ins_idx[0]].clone()
+                }
                 op => {
                     let ins: Vec<&V> = ins_idx.iter().map(|i| &values[i]).collect();
+                    // Inside memory bodies, cached positions include the memory tokens.
+                    let shifted;
+                    let ctx = match self.memory_prefix.get(&n) {
+                        Some(&m) if ctx.offset > 0 => {
+                            shifted = ops::Ctx {
+                                offset: ctx.offset + m,
+                                ..ctx
+                            };
+                            &shifted
+                        }
+                        _ => &ctx,
+                    };
                     match (cache.as_deref_mut(), op) {
                         (Some(c), Op::Attention { .. }) => {
                             let (mut k, mut v) = (ins[1].f4(), ins[2].f4());
@@ -582,7 +630,7 @@ impl Runtime {
                                 k = Tensor::cat(vec![pk, k], 2);
                                 v = Tensor::cat(vec![pv, v], 2);
                             }
-                            let out = ops::attention(op, &ins, k.clone(), v.clone(), &ctx);
+                            let out = ops::attention(op, &ins, k.clone(), v.clone(), ctx);
                             c.kv.insert(n, (k, v));
                             V::F4(out)
                         }
@@ -592,12 +640,12 @@ impl Runtime {
                                 keys = keys.after(earlier);
                             }
                             let out =
-                                ops::phase_attention(&ins, keys.clone(), causal, complex, &ctx);
+                                ops::phase_attention(&ins, keys.clone(), causal, complex, ctx);
                             c.phase.insert(n, keys);
                             V::F4(out)
                         }
                         (Some(c), Op::Mamba { .. }) => {
-                            let (out, state) = ops::mamba(op, &ins, &ctx, c.mamba.remove(&n));
+                            let (out, state) = ops::mamba(op, &ins, ctx, c.mamba.remove(&n));
                             c.mamba.insert(n, state);
                             V::F3(out)
                         }
@@ -606,7 +654,7 @@ impl Runtime {
                                 let [b, _, _, d] = st[0].dims();
                                 st[0].clone().reshape([b, d])
                             });
-                            let (out, last) = ops::ets(op, &ins, &ctx, init);
+                            let (out, last) = ops::ets(op, &ins, ctx, init);
                             let [b, d] = last.dims();
                             c.xlstm.insert(n, vec![last.reshape([b, 1, 1, d])]);
                             V::F3(out)
@@ -614,23 +662,23 @@ impl Runtime {
                         (Some(c), Op::Mlstm { .. } | Op::Slstm { .. }) => {
                             let init = c.xlstm.remove(&n);
                             let (out, state) = if let Op::Mlstm { .. } = op {
-                                ops::mlstm(op, &ins, &ctx, init)
+                                ops::mlstm(op, &ins, ctx, init)
                             } else {
-                                ops::slstm(op, &ins, &ctx, init)
+                                ops::slstm(op, &ins, ctx, init)
                             };
                             c.xlstm.insert(n, state);
                             V::F3(out)
                         }
                         (Some(c), Op::Lstm { .. }) => {
-                            let (out, state) = ops::lstm(op, &ins, &ctx, c.lstm.remove(&n));
+                            let (out, state) = ops::lstm(op, &ins, ctx, c.lstm.remove(&n));
                             c.lstm.insert(n, state);
                             V::F3(out)
                         }
                         _ => match &self.op_times {
-                            None => ops::eval(op, &ins, &ctx),
+                            None => ops::eval(op, &ins, ctx),
                             Some(times) => {
                                 let t0 = std::time::Instant::now();
-                                let v = ops::eval(op, &ins, &ctx);
+                                let v = ops::eval(op, &ins, ctx);
                                 let mut t = times.borrow_mut();
                                 let e = t.entry(op.name()).or_insert((0.0, 0));
                                 e.0 += t0.elapsed().as_secs_f64();
