@@ -437,6 +437,12 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
             "recipes/anbn-hard-attention.yaml",
             vec!["model.vars.depth=2"],
         ),
+        // The causal spectral filter keeps its latest inputs and convolves one window per
+        // new position.
+        (
+            "recipes/default.yaml",
+            vec!["model=../models/gfnet-causal.yaml", "model.vars.depth=2"],
+        ),
         // Memory tokens are cached as a prefix of every attention's keys.
         ("recipes/anbn-memory.yaml", vec!["model.vars.depth=2"]),
         // Phase-coherent attention caches its keys' phases (and amplitudes) too.
@@ -497,13 +503,28 @@ fn the_cache_holds_only_the_kv_heads_of_grouped_query_attention() {
         // batch 2, H_kv 2, 7 positions (3 prompt + 5 new − the last, not yet fed), d 8.
         assert_eq!(sh, [2, 2, 7, 8]);
     }
-    // A model with a full-sequence FFT has no incremental form: decoding falls back.
-    let rt = model(
+    // The causal GFNet's FFTs have no incremental form before the spectral pass fuses them
+    // into a causal filter: an unoptimized graph decodes without the cache, same tokens.
+    let sets = vec!["model=../models/gfnet-causal.yaml".to_string()];
+    let mut sources = kiln::diag::SourceMap::new();
+    let Ok(kiln::spec::Document::Recipe(doc)) =
+        kiln::spec::load(Path::new("recipes/default.yaml"), &sets, &mut sources)
+    else {
+        panic!("the recipe loads")
+    };
+    let plain = kiln::lower::lower_recipe(&doc).expect("lowers");
+    let rt = Runtime::init(plain, DeviceKind::Cpu.device(false), 11);
+    assert!(rt.cache_support().is_err());
+    assert!(!ModelLm::new(&rt, true).cached());
+    let fused = model(
         "recipes/default.yaml",
         &["model=../models/gfnet-causal.yaml"],
     );
-    assert!(rt.cache_support().is_err());
-    assert!(!ModelLm::new(&rt, true).cached());
+    assert!(ModelLm::new(&fused, true).cached());
+    let prompts = [vec![0, 3, 3, 4], vec![0, 3, 4, 4]];
+    let a = generate(&mut ModelLm::new(&rt, true), &prompts, &s);
+    let b = generate(&mut ModelLm::new(&fused, true), &prompts, &s);
+    assert_eq!(tokens_all(&a), tokens_all(&b));
     // Memory tokens: the 4 memory positions come first in every cached key.
     let rt = model("recipes/anbn-memory.yaml", &[]);
     let mut lm = ModelLm::new(&rt, true);
@@ -697,4 +718,54 @@ fn strategies() -> [Decode; 3] {
             ..Decode::default()
         },
     ]
+}
+
+#[test]
+fn the_causal_filter_step_matches_the_convolution_by_definition() {
+    use burn::prelude::{Tensor, TensorData};
+    let dev = DeviceKind::Cpu.device(false);
+    let (b, t, d, l) = (2, 19, 3, 6);
+    let val = |i: usize| ((i * 7919 % 101) as f64 / 50.0 - 1.0) as f32;
+    let x: Vec<f32> = (0..b * t * d).map(val).collect();
+    let k: Vec<f32> = (0..l * d).map(|i| val(i + 13)).collect();
+    // y[b, t, c] = Σ_{j < l, j ≤ t} k[j, c] x[b, t − j, c], in f64.
+    let want = |bi: usize, ti: usize, c: usize| -> f64 {
+        (0..l.min(ti + 1))
+            .map(|j| f64::from(k[j * d + c]) * f64::from(x[(bi * t + ti - j) * d + c]))
+            .sum()
+    };
+    let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [b, t, d]), &dev);
+    let kernel = Tensor::<2>::from_data(TensorData::new(k.clone(), [l, d]), &dev);
+    // The prompt (2 positions) is the history; then chunks of 1, 3, 1, 8 and 4 positions.
+    let mut history = xt.clone().narrow(1, 0, 2);
+    let mut at = 2;
+    for chunk in [1, 3, 1, 8, 4] {
+        let (y, h) = kiln::runtime::ops::causal_filter_step(
+            xt.clone().narrow(1, at, chunk),
+            kernel.clone(),
+            history,
+        );
+        assert_eq!(
+            h.dims()[1],
+            (at + chunk).min(l - 1),
+            "history keeps l − 1 inputs"
+        );
+        let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
+        for bi in 0..b {
+            for i in 0..chunk {
+                for c in 0..d {
+                    let got = f64::from(y[(bi * chunk + i) * d + c]);
+                    let w = want(bi, at + i, c);
+                    assert!(
+                        (got - w).abs() < 1e-5,
+                        "t {} channel {c}: {got} vs {w}",
+                        at + i
+                    );
+                }
+            }
+        }
+        history = h;
+        at += chunk;
+    }
+    assert_eq!(at, t);
 }

@@ -102,6 +102,20 @@ fn the_linear_baseline_trains_and_refuses_to_generate_past_its_length() {
 }
 
 #[test]
+fn bench_rejects_generating_past_the_models_positions() {
+    // The causal GFNet's learned positions hold 128: 200 new tokens cannot be generated.
+    let out = kiln()
+        .args(["bench", "recipes/anbn-gfnet-frequency.yaml", "--steps", "1"])
+        .args(["--warmup", "0", "--gen-tokens", "200"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 128 positions"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
     let mut rows = Vec::new();
     for precision in ["f32", "bf16"] {

@@ -53,6 +53,19 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let params = graph.param_count();
     let mut tr = Trainer::new(t, graph.clone(), a.device.device(true));
     tr.rt.matmul_dtype = a.matmul_dtype;
+    // Generation starts from a one-token prompt: it reads gen_tokens positions.
+    let forecaster = matches!(data, Data::Forecast(_));
+    if let Some(m) = tr
+        .rt
+        .max_positions()
+        .filter(|&m| a.gen_tokens > m && !forecaster)
+    {
+        eprintln!(
+            "error: the model reads at most {m} positions, so it can generate at most {m} tokens after the one-token prompt, but --gen-tokens asked for {}; lower --gen-tokens",
+            a.gen_tokens
+        );
+        return 2;
+    }
     let bs = data.batch_size(t.batch_size as usize);
     let total = (a.warmup + a.steps) as u64;
     let mut tokens = 0usize;
@@ -63,7 +76,6 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let mut loss = f64::NAN;
     // A forecaster's batches are windows of a series: it reports windows/s, and has neither
     // tokens nor generation.
-    let forecaster = matches!(data, Data::Forecast(_));
     let mut windows = 0usize;
     for i in 0..a.warmup + a.steps {
         let micro: Vec<Batch> = (0..u64::from(t.grad_accum))

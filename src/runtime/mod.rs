@@ -38,6 +38,9 @@ pub struct KvCache {
     mamba: HashMap<NodeIndex, ops::MambaState>,
     /// xLSTM states, and ETS attention's last value (`[b, 1, 1, d]`).
     xlstm: HashMap<NodeIndex, ops::XlstmState>,
+    /// Per causal spectral filter: the inputs of its latest positions (as many as its kernel
+    /// has taps, less one) `[b, h, d]`.
+    conv: HashMap<NodeIndex, Tensor<3>>,
     /// Per phase-coherent attention op: keys, values and the keys' phases (and amplitudes).
     phase: HashMap<NodeIndex, ops::PhaseKeys>,
     /// An encoder-decoder's values that depend only on the source (the encoder's output and
@@ -65,6 +68,7 @@ impl KvCache {
             )
             .chain(self.mamba.values().map(|(c, _)| c.device()))
             .chain(self.phase.values().map(|pk| pk.k.device()))
+            .chain(self.conv.values().map(Tensor::device))
             .chain(
                 self.xlstm
                     .values()
@@ -94,6 +98,9 @@ impl KvCache {
         }
         for t in self.xlstm.values_mut().flatten() {
             *t = t.clone().select(0, idx.clone());
+        }
+        for x in self.conv.values_mut() {
+            *x = x.clone().select(0, idx.clone());
         }
         for pk in self.phase.values_mut() {
             let rows = |t: &Tensor<4>| t.clone().select(0, idx.clone());
@@ -523,14 +530,15 @@ impl Runtime {
                 continue;
             }
             let ok = match &self.graph.g[n].op {
-                Op::Attention { causal, .. } | Op::PhaseAttention { causal, .. } => *causal,
+                Op::Attention { causal, .. }
+                | Op::PhaseAttention { causal, .. }
+                | Op::SpectralFilter { causal, .. } => *causal,
                 Op::PadSeq { .. }
                 | Op::PositionLinear { .. }
                 | Op::CropSeq
                 | Op::Rfft { .. }
                 | Op::Irfft { .. }
                 | Op::ComplexMul
-                | Op::SpectralFilter { .. }
                 | Op::WindowedGate { .. } => false,
                 _ => true,
             };
@@ -643,6 +651,21 @@ impl Runtime {
                                 ops::phase_attention(&ins, keys.clone(), causal, complex, ctx);
                             c.phase.insert(n, keys);
                             V::F4(out)
+                        }
+                        (Some(c), Op::SpectralFilter { causal: true, .. }) => {
+                            let (x, kernel) = (ins[0].f3(), ins[1].f2());
+                            let (out, history) = match c.conv.remove(&n) {
+                                Some(history) => ops::causal_filter_step(x, kernel, history),
+                                // The first call (the prompt) runs the op whole.
+                                None => {
+                                    let s = x.dims()[1];
+                                    let keep = s.min(ops::filter_history(kernel.dims()[0]));
+                                    let history = x.narrow(1, s - keep, keep);
+                                    (ops::eval(op, &ins, ctx).f3(), history)
+                                }
+                            };
+                            c.conv.insert(n, history);
+                            V::F3(out)
                         }
                         (Some(c), Op::Mamba { .. }) => {
                             let (out, state) = ops::mamba(op, &ins, ctx, c.mamba.remove(&n));

@@ -947,6 +947,43 @@ pub fn causal_conv(x: Tensor<3>, kernel: Tensor<2>, ctx: &Ctx) -> Tensor<3> {
     burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s)
 }
 
+/// How many past inputs the causal spectral filter's cache keeps for a kernel of `l` taps:
+/// l − 1, at least 1 (a tensor with an empty axis is avoided).
+pub fn filter_history(l: usize) -> usize {
+    l.max(2) - 1
+}
+
+/// The causal spectral filter (a causal linear convolution with the kernel `[l, d]`) at this
+/// call's positions `x [b, s, d]`, continuing after `history` `[b, h, d]`, the inputs of the
+/// latest earlier positions (h ≥ [`filter_history`], or every earlier position when fewer): output t is
+/// Σ_{j<l} kernel[j] ⊙ x_{t−j}, one windowed product per position instead of an FFT over the
+/// whole sequence. Returns the outputs and the new history.
+pub fn causal_filter_step(
+    x: Tensor<3>,
+    kernel: Tensor<2>,
+    history: Tensor<3>,
+) -> (Tensor<3>, Tensor<3>) {
+    let [b, s, d] = x.dims();
+    let l = kernel.dims()[0];
+    let h = history.dims()[1];
+    let all = Tensor::cat(vec![history, x], 1);
+    // kernel[j] multiplies x_{t−j}: reversed, it lines up with a window ending at t.
+    let rev = kernel.flip([0]).unsqueeze::<3>();
+    let ys = (0..s)
+        .map(|i| {
+            let t = h + i;
+            let len = (t + 1).min(l);
+            let window = all.clone().narrow(1, t + 1 - len, len);
+            (window * rev.clone().narrow(1, l - len, len))
+                .sum_dim(1)
+                .reshape([b, 1, d])
+        })
+        .collect();
+    let keep = (h + s).min(filter_history(l));
+    let history = all.narrow(1, h + s - keep, keep);
+    (Tensor::cat(ys, 1), history)
+}
+
 /// Exponential smoothing attention over this call's positions from the previous ES value
 /// `init` `[b, d]` (v₀ when `None`); returns the outputs and the last ES value. With
 /// α = σ(a): ES_t = (1 − α)^{t+1} ES_{−1} + Σ_{j≤t} α (1 − α)^j v_{t−j}, a causal convolution.
