@@ -443,6 +443,8 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
             "recipes/default.yaml",
             vec!["model=../models/gfnet-causal.yaml", "model.vars.depth=2"],
         ),
+        // The position-wise linear map keeps every earlier input.
+        ("recipes/anbn-linear.yaml", vec![]),
         // Memory tokens are cached as a prefix of every attention's keys.
         ("recipes/anbn-memory.yaml", vec!["model.vars.depth=2"]),
         // Phase-coherent attention caches its keys' phases (and amplitudes) too.

@@ -39,7 +39,7 @@ pub struct KvCache {
     /// xLSTM states, and ETS attention's last value (`[b, 1, 1, d]`).
     xlstm: HashMap<NodeIndex, ops::XlstmState>,
     /// Per causal spectral filter: the inputs of its latest positions (as many as its kernel
-    /// has taps, less one) `[b, h, d]`.
+    /// has taps, less one) `[b, h, d]`; per position-wise linear map: every earlier input.
     conv: HashMap<NodeIndex, Tensor<3>>,
     /// Per phase-coherent attention op: keys, values and the keys' phases (and amplitudes).
     phase: HashMap<NodeIndex, ops::PhaseKeys>,
@@ -534,7 +534,6 @@ impl Runtime {
                 | Op::PhaseAttention { causal, .. }
                 | Op::SpectralFilter { causal, .. } => *causal,
                 Op::PadSeq { .. }
-                | Op::PositionLinear { .. }
                 | Op::CropSeq
                 | Op::Rfft { .. }
                 | Op::Irfft { .. }
@@ -665,6 +664,16 @@ impl Runtime {
                                 }
                             };
                             c.conv.insert(n, history);
+                            V::F3(out)
+                        }
+                        (Some(c), &Op::PositionLinear { bias, .. }) => {
+                            let mut x = ins[0].f3();
+                            if let Some(earlier) = c.conv.remove(&n) {
+                                x = Tensor::cat(vec![earlier, x], 1);
+                            }
+                            let (w, b) = (ins[1].f4(), bias.then(|| ins[2].f2()));
+                            let out = ops::position_linear(x.clone(), w, b, ctx.offset, ctx);
+                            c.conv.insert(n, x);
                             V::F3(out)
                         }
                         (Some(c), Op::Mamba { .. }) => {

@@ -329,24 +329,14 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             V::F3(lse.reshape([b, s, v]).sub_scalar((*members as f64).ln()))
         }
         Op::PositionLinear { max_len, bias } => {
-            let x = ins[0].f3();
-            let w = ins[1].f4();
-            let [b, s, i] = x.dims();
-            let [l, _, _, o] = w.dims();
-            debug_assert_eq!(l, *max_len as usize);
-            // Only the first s positions matter: y = x[b, s·i] · (w ⊙ mask)[s·i, s·o].
-            let w = w.narrow(0, 0, s).narrow(2, 0, s);
-            let mask: Vec<f32> = (0..s * s)
-                .map(|k| f32::from(u8::from(k / s <= k % s)))
-                .collect();
-            let mask = consts(mask, [s, s], ctx).reshape([s, 1, s, 1]);
-            let wm = (w * mask).reshape([s * i, s * o]);
-            let y = mm(x.reshape([b, s * i]), wm, ctx).reshape([b, s, o]);
-            V::F3(if *bias {
-                y + ins[2].f2().narrow(0, 0, s).unsqueeze::<3>()
-            } else {
-                y
-            })
+            debug_assert_eq!(ins[1].f4().dims()[0], *max_len as usize);
+            V::F3(position_linear(
+                ins[0].f3(),
+                ins[1].f4(),
+                bias.then(|| ins[2].f2()),
+                0,
+                ctx,
+            ))
         }
         Op::PadSeq { len } => match ins[0] {
             V::F2(x) => V::F2(pad_axis(x.clone(), 0, *len as usize, ctx)),
@@ -945,6 +935,34 @@ pub fn causal_conv(x: Tensor<3>, kernel: Tensor<2>, ctx: &Ctx) -> Tensor<3> {
     let yr = xr.clone() * kr.clone() - xi.clone() * ki.clone();
     let yi = xr * ki + xi * kr;
     burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s)
+}
+
+/// The position-wise linear map's outputs at positions offset..t from the inputs of every
+/// position so far, `x [b, t, i]`: y_u = Σ_{r≤u} x_r · w[r, :, u, :] + bias[u]. With a cache,
+/// `x` holds the earlier positions' inputs too and only the new positions are computed.
+pub fn position_linear(
+    x: Tensor<3>,
+    w: Tensor<4>,
+    bias: Option<Tensor<2>>,
+    offset: usize,
+    ctx: &Ctx,
+) -> Tensor<3> {
+    let [b, t, i] = x.dims();
+    let o = w.dims()[3];
+    let s = t - offset;
+    // Only the first t input positions and the s output positions matter:
+    // y = x[b, t·i] · (w ⊙ mask)[t·i, s·o], the mask keeping r ≤ offset + c.
+    let w = w.narrow(0, 0, t).narrow(2, offset, s);
+    let mask: Vec<f32> = (0..t * s)
+        .map(|k| f32::from(u8::from(k / s <= offset + k % s)))
+        .collect();
+    let mask = consts(mask, [t, s], ctx).reshape([t, 1, s, 1]);
+    let wm = (w * mask).reshape([t * i, s * o]);
+    let y = mm(x.reshape([b, t * i]), wm, ctx).reshape([b, s, o]);
+    match bias {
+        Some(bias) => y + bias.narrow(0, offset, s).unsqueeze::<3>(),
+        None => y,
+    }
 }
 
 /// How many past inputs the causal spectral filter's cache keeps for a kernel of `l` taps:
