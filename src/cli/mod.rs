@@ -405,6 +405,9 @@ pub enum DeviceArg {
     /// The first CUDA GPU (Burn's CUDA runtime; build with `--features cuda`).
     #[cfg(feature = "cuda")]
     Cuda,
+    /// The best wgpu device on any graphics API, WGSL kernels (`--features wgpu`).
+    #[cfg(feature = "wgpu")]
+    Wgpu,
 }
 
 impl DeviceArg {
@@ -416,6 +419,8 @@ impl DeviceArg {
             DeviceArg::Gpu => crate::runtime::DeviceKind::Gpu,
             #[cfg(feature = "cuda")]
             DeviceArg::Cuda => crate::runtime::DeviceKind::Cuda,
+            #[cfg(feature = "wgpu")]
+            DeviceArg::Wgpu => crate::runtime::DeviceKind::Wgpu,
         }
     }
 }

@@ -150,6 +150,9 @@ pub enum DeviceKind {
     /// The first CUDA GPU through Burn's CUDA runtime (cargo feature `cuda`).
     #[cfg(feature = "cuda")]
     Cuda,
+    /// The best wgpu device on any graphics API, with the WGSL compiler (cargo feature `wgpu`).
+    #[cfg(feature = "wgpu")]
+    Wgpu,
 }
 
 impl DeviceKind {
@@ -161,6 +164,8 @@ impl DeviceKind {
             DeviceKind::Gpu => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => Device::cuda(0),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
         };
         if autodiff {
             d.autodiff()
