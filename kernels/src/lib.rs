@@ -1327,6 +1327,17 @@ impl SlstmShape {
     fn width(&self) -> usize {
         self.heads * self.head_dim
     }
+    /// The mLSTM kernels' inputs: q, k, v `[batch, heads, len, dh]`, ĩ, ln f
+    /// `[batch, heads, len]`.
+    fn check_mlstm_inputs(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (ig, logf): (&[f32], &[f32]),
+    ) {
+        let gates = self.batch * self.heads * self.len;
+        assert!(q.len() == gates * self.head_dim && k.len() == q.len() && v.len() == q.len());
+        assert!(ig.len() == gates && logf.len() == gates);
+    }
 }
 
 /// `ln(1 + u)` for u in [0, 1], in straight-line arithmetic the compiler can vectorize:
@@ -1699,8 +1710,8 @@ pub fn mlstm(
         head_dim: w,
     } = sh;
     let d = sh.width();
-    assert!(q.len() == batch * nh * s * w && k.len() == q.len() && v.len() == q.len());
-    assert!(ig.len() == batch * nh * s && logf.len() == ig.len() && y.len() == q.len());
+    sh.check_mlstm_inputs((q, k, v), (ig, logf));
+    assert_eq!(y.len(), q.len());
     let (c_fin, n_fin, m_fin) = fin;
     assert!(c_fin.len() == batch * nh * w * w && n_fin.len() == batch * nh * w);
     assert!(m_fin.len() == batch * nh);
@@ -1762,8 +1773,8 @@ pub fn mlstm_backward(
         head_dim: w,
     } = sh;
     let d = sh.width();
-    assert!(q.len() == batch * nh * s * w && k.len() == q.len() && v.len() == q.len());
-    assert!(ig.len() == batch * nh * s && logf.len() == ig.len() && gy.len() == q.len());
+    sh.check_mlstm_inputs((q, k, v), (ig, logf));
+    assert_eq!(gy.len(), q.len());
     let parts: Vec<[Vec<f32>; 5]> = (0..batch * nh)
         .into_par_iter()
         .map(|bh| {

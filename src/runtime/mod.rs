@@ -127,7 +127,10 @@ impl KvCache {
 
     /// Shapes of the cached keys of every attention op (for tests and reports).
     pub fn key_shapes(&self) -> Vec<[usize; 4]> {
-        let mut v: Vec<[usize; 4]> = (self.kv.values().map(|(k, _)| k.dims()))
+        let mut v: Vec<[usize; 4]> = self
+            .kv
+            .values()
+            .map(|(k, _)| k.dims())
             .chain(self.phase.values().map(|pk| pk.k.dims()))
             .collect();
         v.sort_unstable();
@@ -257,19 +260,19 @@ fn memory_prefix(g: &Graph) -> HashMap<NodeIndex, usize> {
     let mut prefix: HashMap<NodeIndex, usize> = HashMap::new();
     for n in g.topo().expect("verified graphs are acyclic") {
         let ins = g.inputs(n);
-        let inner = ins
-            .iter()
-            .map(|i| prefix.get(i).copied().unwrap_or(0))
-            .max();
+        // Parameters have no prefix, so this is the sequence input's.
+        let inner = (ins.iter().map(|i| prefix.get(i).copied().unwrap_or(0)))
+            .max()
+            .unwrap_or(0);
         let p = match &g.g[n].op {
             Op::PrependMemory => {
                 let Op::Param { shape, .. } = &g.g[ins[1]].op else {
                     unreachable!("memory tokens are a parameter")
                 };
-                prefix.get(&ins[0]).copied().unwrap_or(0) + shape[0] as usize
+                inner + shape[0] as usize
             }
-            Op::DropMemory { count } => prefix.get(&ins[0]).copied().unwrap_or(0) - *count as usize,
-            _ => inner.unwrap_or(0),
+            Op::DropMemory { count } => inner - *count as usize,
+            _ => inner,
         };
         if p > 0 {
             prefix.insert(n, p);
@@ -661,12 +664,10 @@ impl Runtime {
                             let (out, history) = match c.conv.remove(&n) {
                                 Some(history) => ops::causal_filter_step(x, kernel, history),
                                 // The first call (the prompt) runs the op whole.
-                                None => {
-                                    let s = x.dims()[1];
-                                    let keep = s.min(ops::filter_history(kernel.dims()[0]));
-                                    let history = x.narrow(1, s - keep, keep);
-                                    (ops::eval(op, &ins, ctx).f3(), history)
-                                }
+                                None => (
+                                    ops::eval(op, &ins, ctx).f3(),
+                                    ops::filter_history(x, kernel.dims()[0]),
+                                ),
                             };
                             c.conv.insert(n, history);
                             V::F3(out)

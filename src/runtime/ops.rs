@@ -965,15 +965,17 @@ pub fn position_linear(
     }
 }
 
-/// How many past inputs the causal spectral filter's cache keeps for a kernel of `l` taps:
-/// l − 1, at least 1 (a tensor with an empty axis is avoided).
-pub fn filter_history(l: usize) -> usize {
-    l.max(2) - 1
+/// What the causal spectral filter's cache keeps of the inputs `x [b, t, d]` for a kernel of
+/// `l` taps: the last l − 1 positions (at least 1, so no axis is empty; all t when fewer).
+pub fn filter_history(x: Tensor<3>, l: usize) -> Tensor<3> {
+    let t = x.dims()[1];
+    let keep = t.min(l.max(2) - 1);
+    x.narrow(1, t - keep, keep)
 }
 
 /// The causal spectral filter (a causal linear convolution with the kernel `[l, d]`) at this
 /// call's positions `x [b, s, d]`, continuing after `history` `[b, h, d]`, the inputs of the
-/// latest earlier positions (h ≥ [`filter_history`], or every earlier position when fewer): output t is
+/// latest earlier positions (as [`filter_history`] keeps them): output t is
 /// Σ_{j<l} kernel[j] ⊙ x_{t−j}, one windowed product per position instead of an FFT over the
 /// whole sequence. Returns the outputs and the new history.
 pub fn causal_filter_step(
@@ -997,9 +999,7 @@ pub fn causal_filter_step(
                 .reshape([b, 1, d])
         })
         .collect();
-    let keep = (h + s).min(filter_history(l));
-    let history = all.narrow(1, h + s - keep, keep);
-    (Tensor::cat(ys, 1), history)
+    (Tensor::cat(ys, 1), filter_history(all, l))
 }
 
 /// Exponential smoothing attention over this call's positions from the previous ES value
