@@ -12,6 +12,7 @@ pub mod decode;
 pub mod diag;
 pub mod ir;
 pub mod lower;
+pub mod os;
 pub mod passes;
 pub mod plot;
 pub mod runtime;

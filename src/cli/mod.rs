@@ -1,8 +1,10 @@
 //! The `kiln` command line.
 
 mod bench;
+pub mod exit;
 mod run;
 mod sweep;
+mod sweep_table;
 
 use crate::diag::{self, render_json, render_text, Code, Diagnostic, SourceMap};
 use crate::spec::{self, schema, Document};
@@ -380,6 +382,14 @@ enum SweepCommand {
         /// against every numeric swept key.
         #[arg(long)]
         plots: bool,
+        /// Show the results of configurations that are not in the current plan (the store
+        /// keeps every result; a changed recipe's trials are new trials).
+        #[arg(long, conflicts_with = "prune")]
+        stale: bool,
+        /// Remove the results (and run directories) of configurations that are not in the
+        /// current plan.
+        #[arg(long)]
+        prune: bool,
     },
 }
 
@@ -613,9 +623,19 @@ pub fn main() -> i32 {
                     format,
                     metric,
                     plots,
+                    stale,
+                    prune,
                 }),
             ..
-        } => crate::cli::sweep::report_cmd(&dir, format, metric.as_deref(), plots),
+        } => {
+            use crate::cli::sweep::ReportScope;
+            let scope = match (stale, prune) {
+                (_, true) => ReportScope::Prune,
+                (true, _) => ReportScope::Stale,
+                _ => ReportScope::Current,
+            };
+            crate::cli::sweep::report_cmd(&dir, format, metric.as_deref(), plots, scope)
+        }
         Command::Sweep {
             cmd: None,
             recipe,

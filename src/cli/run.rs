@@ -1,10 +1,9 @@
 //! `kiln train`, `kiln eval`, `kiln generate`.
 
-use super::{color, Which};
+use super::{color, exit, Which};
 use crate::diag::{render_text, SourceMap};
 use crate::ir::Graph;
 use crate::runtime::{DeviceKind, Runtime};
-use crate::spec::recipe::Task;
 use crate::spec::{self, Document, LoadedRecipe};
 use crate::tasks::uint16::StreamMetrics;
 use crate::train::{self, Data, GrammarReport, RunOptions, Summary, TaskReport};
@@ -38,18 +37,7 @@ pub(super) fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Grap
     };
     // Data paths are relative to the recipe; make them absolute so that the run directory's
     // resolved recipe (and `--resume` from anywhere) finds the same file.
-    let data = match &mut doc.spec.task {
-        Task::Uint16 { path, .. } => Some(path),
-        Task::Forecast(f) => Some(&mut f.path),
-        _ => None,
-    };
-    if let Some(data) = data {
-        let dir = path.parent().unwrap_or(Path::new(""));
-        let cwd = std::env::current_dir().unwrap_or_default();
-        *data = crate::util::normalize_path(&cwd.join(dir).join(&*data))
-            .to_string_lossy()
-            .into_owned();
-    }
+    doc.absolutize_data(path);
     let all: Vec<_> = crate::passes::ALL.iter().collect();
     if let Err(e) = crate::passes::optimize(&mut graph, &all, cfg!(debug_assertions)) {
         eprintln!("internal error: {e}");
@@ -66,6 +54,11 @@ pub fn train_cmd(
     device: DeviceKind,
     matmul_dtype: Option<burn::tensor::FloatDType>,
 ) -> i32 {
+    if let Err(e) = crate::os::interrupt::install() {
+        eprintln!("error: cannot install the Ctrl-C handler: {e}");
+        return exit::INTERNAL;
+    }
+    let what = std::env::args().collect::<Vec<_>>().join(" ");
     let (dir, recipe_path) = match (&resume, recipe) {
         (Some(dir), _) => {
             if !holds_run(dir) {
@@ -73,7 +66,7 @@ pub fn train_cmd(
                     "error: `{}` has no checkpoint to resume from (checkpoint.safetensors)",
                     dir.display()
                 );
-                return 2;
+                return exit::UNUSABLE;
             }
             (dir.clone(), dir.join(RESOLVED))
         }
@@ -85,8 +78,23 @@ pub fn train_cmd(
         Ok(x) => x,
         Err(code) => return code,
     };
-    let dir = if resume.is_some() {
-        dir
+    let name = doc.spec.name.clone().unwrap_or_else(|| "recipe".into());
+    // One writer per run directory, held until this process ends.
+    let (dir, _lock) = if resume.is_some() {
+        let lock = match lock_dir(&dir, &what) {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        // A finished run: its stored result, unchanged.
+        if let Some(summary) = read_summary(&dir) {
+            eprintln!(
+                "kiln: `{}` has finished; its stored result (nothing was run or changed):",
+                dir.display()
+            );
+            print_summary(&name, &graph, &summary, &dir);
+            return exit::OK;
+        }
+        (dir, lock)
     } else {
         let dir = out.unwrap_or_else(|| {
             let name = doc.spec.name.clone().unwrap_or_else(|| "run".into());
@@ -95,20 +103,23 @@ pub fn train_cmd(
                 .map_or(0, |d| d.as_secs());
             PathBuf::from("runs").join(format!("{name}-{secs}"))
         });
+        let lock = match lock_dir(&dir, &what) {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
         if holds_run(&dir) {
             eprintln!("error: `{}` already holds a run; continue it with `kiln train --resume {}` or choose another --out", dir.display(), dir.display());
-            return 2;
+            return exit::UNUSABLE;
         }
         if let Err(e) = write_resolved(&dir, &doc, &graph) {
             eprintln!(
                 "error: cannot write the run directory `{}`: {e}",
                 dir.display()
             );
-            return 2;
+            return exit::UNUSABLE;
         }
-        dir
+        (dir, lock)
     };
-    let name = doc.spec.name.clone().unwrap_or_else(|| "recipe".into());
     if doc.spec.sweep.is_some() {
         eprintln!("kiln: this recipe has a `sweep` section; `kiln train` trains the recipe as written, `kiln sweep` runs the trials");
     }
@@ -131,18 +142,38 @@ pub fn train_cmd(
     match result {
         Ok(summary) => {
             let text = serde_json::to_string_pretty(&summary).expect("summary serializes");
-            if let Err(e) = crate::util::write_atomic(&dir.join("summary.json"), text.as_bytes()) {
-                eprintln!("error: cannot write summary.json: {e}");
-                return 2;
+            let path = dir.join("summary.json");
+            if let Err(e) = crate::util::write_atomic(&path, text.as_bytes()) {
+                eprintln!("error: cannot write `{}`: {e}", path.display());
+                return exit::UNUSABLE;
             }
             print_summary(&name, &graph, &summary, &dir);
-            0
+            exit::OK
         }
         Err(e) => {
             eprintln!("error: {e}");
-            1
+            e.exit_code()
         }
     }
+}
+
+/// Take the run directory's lock (creating the directory); a busy directory is an error
+/// naming its holder.
+fn lock_dir(dir: &Path, what: &str) -> Result<crate::os::lock::DirLock, i32> {
+    use crate::os::lock::{DirLock, LockError, Mode};
+    DirLock::acquire(dir, Mode::Exclusive, what).map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            LockError::Busy { .. } => exit::BUSY,
+            LockError::Io { .. } => exit::UNUSABLE,
+        }
+    })
+}
+
+/// A finished run's summary.json, when it holds one that reads.
+fn read_summary(dir: &Path) -> Option<Summary> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// Whether `dir` holds a run to resume: a checkpoint, or an ensemble's member directories.
@@ -157,8 +188,7 @@ fn holds_run(dir: &Path) -> bool {
 
 fn write_resolved(dir: &Path, doc: &LoadedRecipe, graph: &Graph) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut spec = doc.spec.clone();
-    spec.model = crate::spec::recipe::ModelRef::Inline(Box::new(doc.model.spec.clone()));
+    let spec = doc.resolved();
     // JSON is YAML: the resolved recipe loads with the ordinary loader on --resume.
     let mut text = String::from(
         "# The recipe of this run after overrides, its model inlined (JSON is valid YAML).\n",
@@ -280,19 +310,21 @@ fn print_metrics(m: &TaskReport) {
 }
 
 fn print_grammar(m: &GrammarReport) {
+    // A rate over zero sequences is undefined: "-", never 0.
+    let f = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
     println!(
         "{:<12} {:>9} {:>8} {:>8} {:>10} {:>12}",
         "prompts", "finished", "R1", "R2", "R2-compl.", "grammatical"
     );
     for (label, x) in [("ID", &m.id), ("OOD", &m.ood)] {
         println!(
-            "{:<12} {:>9.3} {:>8.3} {:>8.3} {:>10.3} {:>12.3}",
+            "{:<12} {:>9} {:>8} {:>8} {:>10} {:>12}",
             format!("{label} ({})", x.n),
-            x.finished,
-            x.rule1,
-            x.rule2,
-            x.rule2_completion,
-            x.grammatical
+            f(x.finished),
+            f(x.rule1),
+            f(x.rule2),
+            f(x.rule2_completion),
+            f(x.grammatical)
         );
     }
     println!(
@@ -300,6 +332,42 @@ fn print_grammar(m: &GrammarReport) {
         "chance (OOD)", "", m.chance_ood_r1, "", m.chance_ood_r2_completion, ""
     );
     println!("(R1, R2 and grammatical are fractions of the finished sequences; R2 on OOD prompts is violated by the prompt itself)");
+    explain_unfinished(m);
+}
+
+/// Below `print_grammar`'s table: why a rate is "-" (no completion finished, so it is 0/0) or
+/// rests on very few completions, with the counts, the budget, and what would finish more.
+fn explain_unfinished(m: &GrammarReport) {
+    const FEW: usize = 10;
+    let sets = [("ID", &m.id), ("OOD", &m.ood)];
+    let undefined = sets.iter().any(|(_, x)| x.has_undefined());
+    let few: Vec<&str> = sets
+        .iter()
+        .filter(|(_, x)| x.finished_n > 0 && x.finished_n < FEW.min(x.n))
+        .map(|(l, _)| *l)
+        .collect();
+    if !undefined && few.is_empty() {
+        return;
+    }
+    if undefined {
+        println!("\"-\" is undefined: a fraction of zero finished completions (0/0), not 0.");
+    } else {
+        println!(
+            "note: the {} rates rest on fewer than {FEW} finished completions.",
+            few.join(" and ")
+        );
+    }
+    let budget = if m.decode_max_length > 0 {
+        format!("{} tokens", m.decode_max_length)
+    } else {
+        "the length limit".to_string()
+    };
+    println!(
+        "{} of {} ID and {} of {} OOD prompts finished: a completion is finished if it emits EOS within {budget} (SOS and prompt included; task.max_length).",
+        m.id.finished_n, m.id.n, m.ood.finished_n, m.ood.n
+    );
+    println!("These metrics decode greedily, as the reference does, so a completion ends only where EOS is the most probable next token; a model that spreads the end over many lengths (as baN and bbaN words, uniform in length up to task.max_length, teach it: EOS becomes the most probable token only near the longest lengths) or an undertrained one seldom gets there in time.");
+    println!("The recipe's `decode` section does not apply to these metrics; to see how the model completes a prompt with a longer budget or with sampling, run `kiln generate RUN_DIR --prompt \"...\" --set decode.max_new_tokens=N` or `--set decode.strategy=sample`.");
 }
 
 fn print_stream(m: &StreamMetrics) {
@@ -340,7 +408,9 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
     };
     let load = |dir: &Path| match which {
         Which::Best => {
-            crate::runtime::load_weights(&dir.join("best.safetensors")).map_err(|e| e.to_string())
+            let path = dir.join("best.safetensors");
+            crate::runtime::load_weights(&path)
+                .map_err(|e| e.to_string() + train::checkpoint::checkpoint_help(&path))
         }
         Which::Last => train::load_checkpoint(&dir.join("checkpoint.safetensors"))
             .map(|(w, _, _)| w)
@@ -387,7 +457,14 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
             let mut ids = vec![i64::from(crate::tasks::grammar::SOS)];
             for tok in p.split_whitespace() {
                 match symbols.iter().position(|s| *s == tok) {
-                    Some(i) => ids.push(i as i64),
+                    Some(i) if i >= 3 => ids.push(i as i64),
+                    Some(_) => {
+                        eprintln!(
+                            "error: `{tok}` is a special token; a prompt holds only the language's symbols ({}); kiln starts it with <sos> itself, and <eos> and <pad> are the model's to produce",
+                            crate::diag::one_of(&symbols[3..])
+                        );
+                        return exit::UNUSABLE;
+                    }
                     None => {
                         eprintln!(
                             "error: `{tok}` is not a symbol of this language; use {}",
@@ -464,6 +541,10 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
             (ids, s.settings(d), Box::new(show))
         }
     };
+    if let Err(e) = check_generation(&ids, &settings, rt.max_positions()) {
+        eprintln!("error: {e}");
+        return exit::UNUSABLE;
+    }
     if let Some(m) = rt.max_positions() {
         // Positions the decoder reads (an encoder-decoder's source is not among them).
         let want = settings.max_length(ids.len()) - settings.source_len;
@@ -503,6 +584,40 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
         }
     }
     0
+}
+
+/// Refuse a generation that could only echo the prompt or could never end: a prompt that
+/// already fills `max_length`, one longer than the model's positions, or a minimum length
+/// that the length limit leaves no room for.
+fn check_generation(
+    ids: &[i64],
+    s: &crate::decode::Settings,
+    positions: Option<usize>,
+) -> Result<(), String> {
+    // In decoder tokens: an encoder-decoder's source is not counted (as Hugging Face does).
+    let prompt = ids.len() - s.source_len;
+    let max = s.max_length(ids.len()) - s.source_len;
+    if let Some(m) = positions {
+        if prompt > m {
+            return Err(format!(
+                "the prompt has {prompt} tokens, but the model reads at most {m} positions; shorten the prompt"
+            ));
+        }
+    }
+    if prompt >= max {
+        return Err(format!(
+            "the prompt has {prompt} tokens and generation stops at {max} (prompt included), so nothing would be generated; raise `decode.max_length` or set `decode.max_new_tokens`"
+        ));
+    }
+    let d = &s.d;
+    let min = (d.min_length as usize).max(prompt + d.min_new_tokens as usize);
+    if s.eos.is_some() && min >= max {
+        return Err(format!(
+            "EOS may only be generated from length {min} on (`decode.min_length` {}, `decode.min_new_tokens` {}), but generation stops at length {max}, so no sequence could end; lower them or raise `decode.max_length` / `decode.max_new_tokens`",
+            d.min_length, d.min_new_tokens
+        ));
+    }
+    Ok(())
 }
 
 /// A prompt's ids, its decoding settings, and how to print a token.

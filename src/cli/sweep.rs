@@ -1,7 +1,8 @@
 //! `kiln sweep`, `kiln sweep plan`, `kiln sweep report`.
 
-use super::ReportFormat;
-use crate::sweep::{self, Trial};
+use super::{exit, ReportFormat};
+use crate::os::lock::{DirLock, LockError, Mode};
+use crate::sweep::{self, Plan, Scope, Trial};
 use std::path::{Path, PathBuf};
 
 /// Expand and validate every trial; print the plan. Err carries the exit status.
@@ -9,7 +10,7 @@ pub fn plan_cmd(recipe: &Path, set: &[String]) -> Result<(String, Vec<Trial>), i
     let (name, trials) = checked_trials(recipe, set)?;
     println!("{name}: {} trial(s)", trials.len());
     for t in &trials {
-        println!("{:>5}  {}", t.index, t.sets.join(" "));
+        println!("{:>5}  {}  [{}]", t.index, t.sets.join(" "), t.key);
     }
     Ok((name, trials))
 }
@@ -17,7 +18,7 @@ pub fn plan_cmd(recipe: &Path, set: &[String]) -> Result<(String, Vec<Trial>), i
 fn checked_trials(recipe: &Path, set: &[String]) -> Result<(String, Vec<Trial>), i32> {
     let (doc, _) = crate::lower::compile_recipe(recipe, set).map_err(|e| {
         eprint!("{e}");
-        1
+        exit::FAILED
     })?;
     let name = doc.spec.name.clone().unwrap_or_else(|| "sweep".into());
     let Some(s) = &doc.spec.sweep else {
@@ -25,26 +26,137 @@ fn checked_trials(recipe: &Path, set: &[String]) -> Result<(String, Vec<Trial>),
             "error: `{}` has no `sweep` section; add e.g. `sweep: {{grid: {{train.optimizer.lr: [1e-3, 3e-3]}}, seeds: [0, 1]}}`",
             recipe.display()
         );
-        return Err(1);
+        return Err(exit::FAILED);
     };
-    let trials = sweep::plan(s).map_err(|e| {
+    let mut trials = sweep::plan(s).map_err(|e| {
         eprintln!("error: {e}");
-        1
+        exit::FAILED
     })?;
-    // Every trial is checked before any starts: one bad point fails fast.
-    for t in &trials {
+    // Every trial is checked before any starts: one bad point fails fast. Its resolved recipe
+    // gives its content key.
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for t in &mut trials {
         let sets: Vec<String> = set.iter().chain(&t.sets).cloned().collect();
-        if let Err(e) = crate::lower::compile_recipe(recipe, &sets) {
-            eprint!("{e}");
+        let mut doc = match crate::lower::compile_recipe(recipe, &sets) {
+            Ok((doc, _)) => doc,
+            Err(e) => {
+                eprint!("{e}");
+                eprintln!(
+                    "error: trial {} ({}) is not a valid recipe; nothing was run",
+                    t.index,
+                    t.sets.join(" ")
+                );
+                return Err(exit::FAILED);
+            }
+        };
+        doc.absolutize_data(recipe);
+        let keys = sweep::key::keys(&doc).map_err(|e| {
+            eprintln!("error: trial {}: {e}", t.index);
+            exit::UNUSABLE
+        })?;
+        if let Some(first) = seen.insert(keys.key.clone(), t.index) {
             eprintln!(
-                "error: trial {} ({}) is not a valid recipe; nothing was run",
+                "error: trials {first} and {} ({}) are the same recipe (a value listed twice, or a seed listed twice?); nothing was run",
                 t.index,
                 t.sets.join(" ")
             );
-            return Err(1);
+            return Err(exit::FAILED);
         }
+        (t.key, t.config) = (keys.key, keys.config);
     }
     Ok((name, trials))
+}
+
+/// Take the sweep directory's lock; a busy directory is an error naming its holder.
+fn lock(dir: &Path, mode: Mode) -> Result<DirLock, i32> {
+    let what = std::env::args().collect::<Vec<_>>().join(" ");
+    DirLock::acquire(dir, mode, &what).map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            LockError::Busy { .. } => exit::BUSY,
+            LockError::Io { .. } => exit::UNUSABLE,
+        }
+    })
+}
+
+/// The kiln executable, to run trials with.
+fn kiln_exe() -> Result<PathBuf, i32> {
+    std::env::current_exe().map_err(|e| {
+        eprintln!("error: cannot find the kiln executable: {e}");
+        exit::INTERNAL
+    })
+}
+
+/// Run `trials` (the plan's, or one of them) into `dir`, holding its lock in `mode`, after
+/// recording the plan. Returns the exit status.
+fn run_trials(
+    recipe: &Path,
+    set: &[String],
+    plan: Vec<Trial>,
+    only: Option<usize>,
+    dir: &Path,
+    jobs: usize,
+    mode: Mode,
+) -> i32 {
+    if let Err(e) = crate::os::interrupt::install() {
+        eprintln!("error: cannot install the Ctrl-C handler: {e}");
+        return exit::INTERNAL;
+    }
+    let exe = match kiln_exe() {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    let _lock = match lock(dir, mode) {
+        Ok(l) => l,
+        Err(c) => return c,
+    };
+    let plan = Plan {
+        recipe: recipe.display().to_string(),
+        sets: set.to_vec(),
+        trials: plan,
+    };
+    if let Err(e) = plan.save(dir) {
+        eprintln!(
+            "error: cannot write `{}`: {e}",
+            dir.join(sweep::store::PLAN).display()
+        );
+        return exit::UNUSABLE;
+    }
+    let trials = match only {
+        Some(i) => std::slice::from_ref(&plan.trials[i]),
+        None => &plan.trials[..],
+    };
+    match sweep::run(&exe, recipe, set, trials, dir, jobs) {
+        Ok(o) => {
+            if only.is_none() {
+                report_cmd(
+                    dir,
+                    ReportFormat::Markdown,
+                    None,
+                    true,
+                    ReportScope::Current,
+                );
+            }
+            if let Some(sig) = o.signal {
+                eprintln!(
+                    "kiln sweep: stopped by {}: {} trial(s) interrupted with their checkpoints kept; run the same command again to resume",
+                    crate::os::interrupt::name(sig),
+                    o.interrupted
+                );
+                crate::os::interrupt::exit_code(sig)
+            } else if o.failed > 0 {
+                exit::FAILED
+            } else if o.busy > 0 {
+                exit::BUSY
+            } else {
+                exit::OK
+            }
+        }
+        Err(e) => {
+            eprintln!("error: sweep directory `{}`: {e}", dir.display());
+            exit::UNUSABLE
+        }
+    }
 }
 
 pub fn run_cmd(recipe: &Path, set: &[String], out: Option<PathBuf>, jobs: usize) -> i32 {
@@ -53,36 +165,99 @@ pub fn run_cmd(recipe: &Path, set: &[String], out: Option<PathBuf>, jobs: usize)
         Err(c) => return c,
     };
     let dir = out.unwrap_or_else(|| PathBuf::from("sweeps").join(&name));
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: cannot find the kiln executable: {e}");
-            return 2;
-        }
-    };
-    match sweep::run(&exe, recipe, set, &trials, &dir, jobs) {
-        Ok((_, failed)) => {
-            report_cmd(&dir, ReportFormat::Markdown, None, true);
-            i32::from(failed > 0)
-        }
-        Err(e) => {
-            eprintln!("error: sweep directory `{}`: {e}", dir.display());
-            2
-        }
-    }
+    run_trials(recipe, set, trials, None, &dir, jobs, Mode::Exclusive)
 }
 
-pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>, plots: bool) -> i32 {
-    let recs = sweep::records(dir);
-    if recs.is_empty() {
+/// What `kiln sweep report` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportScope {
+    /// The current plan's configurations.
+    Current,
+    /// The records of older configurations.
+    Stale,
+    /// Remove the records of older configurations.
+    Prune,
+}
+
+pub fn report_cmd(
+    dir: &Path,
+    format: ReportFormat,
+    metric: Option<&str>,
+    plots: bool,
+    scope: ReportScope,
+) -> i32 {
+    let store = match sweep::Store::load(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::UNUSABLE;
+        }
+    };
+    if store.records.is_empty() {
         eprintln!(
             "error: `{}` holds no sweep results (results.jsonl)",
             dir.display()
         );
-        return 2;
+        return exit::UNUSABLE;
     }
-    if plots {
-        match sweep::plots(dir, &recs, &dir.join("plots")) {
+    for p in &store.problems {
+        eprintln!("warning: {p}");
+    }
+    let plan = Plan::load(dir);
+    if scope == ReportScope::Prune {
+        let Some(plan) = &plan else {
+            eprintln!("error: `{}` has no plan.json: without a current plan there is nothing to tell old results by; run the sweep once with the current recipe", dir.display());
+            return exit::UNUSABLE;
+        };
+        let _lock = match lock(dir, Mode::Exclusive) {
+            Ok(l) => l,
+            Err(c) => return c,
+        };
+        return match sweep::store::prune(dir, &store, &plan.keys()) {
+            Ok(n) => {
+                eprintln!(
+                    "removed {n} result(s) of other configurations (and their run directories) from `{}`",
+                    dir.display()
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: cannot prune `{}`: {e}", dir.display());
+                exit::UNUSABLE
+            }
+        };
+    }
+    let which = if scope == ReportScope::Stale {
+        Scope::Stale
+    } else {
+        Scope::Current
+    };
+    let rep = sweep::report(&store, plan.as_ref(), which);
+    if rep.rows.is_empty() {
+        eprintln!("{}: no results of other configurations", dir.display());
+        return exit::OK;
+    }
+    if plan.is_none() && rep.unkeyed > 0 {
+        eprintln!("warning: {} record(s) predate content-keyed trials (kiln 0.1): rows are grouped by their overrides only and may mix configurations (e.g. runs with different `--set` values); re-run the sweep to key them", rep.unkeyed);
+    }
+    if which == Scope::Current && rep.stale > 0 {
+        eprintln!(
+            "note: the store also holds {} result(s) of other configurations, not shown: `kiln sweep report {} --stale` shows them, `--prune` removes them",
+            rep.stale,
+            dir.display()
+        );
+    }
+    if plots && which == Scope::Current {
+        let keys = plan.as_ref().map(Plan::keys);
+        let recs: Vec<&sweep::Record> = store
+            .records
+            .iter()
+            .filter(|r| {
+                keys.as_ref()
+                    .is_none_or(|k| k.contains(r.trial.key.as_str()))
+            })
+            .collect();
+        match sweep::plots(dir, &recs, &rep.metrics, &dir.join("plots")) {
             Ok(files) => {
                 for f in files {
                     eprintln!("wrote {}", f.display());
@@ -90,128 +265,11 @@ pub fn report_cmd(dir: &Path, format: ReportFormat, metric: Option<&str>, plots:
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                return 1;
+                return exit::FAILED;
             }
         }
     }
-    let (rows, metrics) = sweep::report(&recs);
-    let pick = metric.unwrap_or("best_val_loss");
-    let Some(mi) = metrics.iter().position(|m| m.name == pick) else {
-        let names: Vec<&str> = metrics.iter().map(|m| m.name).collect();
-        eprintln!(
-            "error: no metric `{pick}`; choose one of {}",
-            names.join(", ")
-        );
-        return 2;
-    };
-    match format {
-        ReportFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialize")
-        ),
-        ReportFormat::Csv => {
-            let mut head = vec!["point".to_string(), "n".into(), "failed".into()];
-            for m in &metrics {
-                head.push(format!("{}_mean", m.name));
-                head.push(format!("{}_std", m.name));
-                head.push(format!("{}_ci95_low", m.name));
-                head.push(format!("{}_ci95_high", m.name));
-                if m.reference.is_some() {
-                    head.push(format!("{}_reference", m.name));
-                }
-            }
-            println!("{}", head.join(","));
-            for r in &rows {
-                let mut cells = vec![
-                    format!("\"{}\"", r.point),
-                    r.n.to_string(),
-                    r.failed.to_string(),
-                ];
-                for v in &r.values {
-                    cells.push(format!("{}", v.mean));
-                    cells.push(format!("{}", v.std));
-                    let (lo, hi) = v.ci95.map_or((String::new(), String::new()), |c| {
-                        (c.0.to_string(), c.1.to_string())
-                    });
-                    cells.push(lo);
-                    cells.push(hi);
-                    if let Some(x) = v.reference {
-                        cells.push(format!("{x}"));
-                    }
-                }
-                println!("{}", cells.join(","));
-            }
-        }
-        ReportFormat::Markdown => {
-            let mut head = vec!["point".to_string(), "n".into()];
-            head.extend(metrics.iter().map(|m| {
-                if m.reference.is_some() {
-                    format!("{} (reference)", m.name)
-                } else {
-                    m.name.to_string()
-                }
-            }));
-            println!("| {} |", head.join(" | "));
-            println!("|{}", "---|".repeat(head.len()));
-            for r in &rows {
-                let mut cells = vec![
-                    r.point.clone(),
-                    if r.failed > 0 {
-                        format!("{} ({} failed)", r.n, r.failed)
-                    } else {
-                        r.n.to_string()
-                    },
-                ];
-                for v in &r.values {
-                    let mut c = format!("{:.4} ± {:.4}", v.mean, v.std);
-                    if let Some(x) = v.reference {
-                        c.push_str(&format!(" ({x:.4})"));
-                    }
-                    cells.push(c);
-                }
-                println!("| {} |", cells.join(" | "));
-            }
-        }
-    }
-    // The best point, and whether it is distinguishable from the runner-up.
-    let m = &metrics[mi];
-    let mut scored: Vec<&sweep::Row> = rows.iter().filter(|r| r.n > 0).collect();
-    scored.sort_by(|a, b| {
-        let (x, y) = (a.values[mi].mean, b.values[mi].mean);
-        if m.lower {
-            x.total_cmp(&y)
-        } else {
-            y.total_cmp(&x)
-        }
-    });
-    if let Some(best) = scored.first() {
-        let b = &best.values[mi];
-        let ci = b
-            .ci95
-            .map(|c| format!(", 95% CI [{:.4}, {:.4}]", c.0, c.1))
-            .unwrap_or_default();
-        eprintln!(
-            "best by {pick}: {} ({:.4} ± {:.4}{ci}, n = {})",
-            best.point, b.mean, b.std, best.n
-        );
-        for other in &scored[1..] {
-            let o = &other.values[mi];
-            if b.overlaps(o) {
-                eprintln!(
-                    "  not significantly different from {} ({:.4} ± {:.4}): {} overlap",
-                    other.point,
-                    o.mean,
-                    o.std,
-                    if b.ci95.is_some() && o.ci95.is_some() {
-                        "the 95% intervals"
-                    } else {
-                        "the ±1 std ranges (fewer than 2 seeds)"
-                    }
-                );
-            }
-        }
-    }
-    0
+    super::sweep_table::print(&rep, format, metric)
 }
 
 pub fn run_one_cmd(recipe: &Path, trial: Option<usize>, set: &[String], out: &Path) -> i32 {
@@ -225,34 +283,23 @@ pub fn run_one_cmd(recipe: &Path, trial: Option<usize>, set: &[String], out: &Pa
         .or_else(|| from_env("JOB_COMPLETION_INDEX"))
     else {
         eprintln!("error: no trial index: give --trial I, or run under a Slurm array (SLURM_ARRAY_TASK_ID) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX)");
-        return 2;
+        return exit::UNUSABLE;
     };
     let (_, trials) = match checked_trials(recipe, set) {
         Ok(x) => x,
         Err(c) => return c,
     };
-    let Some(t) = trials.get(index) else {
+    if index >= trials.len() {
         eprintln!(
             "error: trial {index} does not exist: this sweep has {} trials (0..{})",
             trials.len(),
             trials.len().saturating_sub(1)
         );
-        return 2;
-    };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: cannot find the kiln executable: {e}");
-            return 2;
-        }
-    };
-    match sweep::run(&exe, recipe, set, std::slice::from_ref(t), out, 1) {
-        Ok((_, failed)) => i32::from(failed > 0),
-        Err(e) => {
-            eprintln!("error: sweep directory `{}`: {e}", out.display());
-            2
-        }
+        return exit::UNUSABLE;
     }
+    // The tasks of one cluster job share the sweep directory; each trial's directory has its
+    // own (exclusive) lock.
+    run_trials(recipe, set, trials, Some(index), out, 1, Mode::Shared)
 }
 
 /// Settings of `kiln sweep emit`.

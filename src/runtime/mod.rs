@@ -7,8 +7,10 @@
 pub mod fused;
 pub mod ops;
 pub mod value;
+pub mod weights_file;
 
 pub use value::V;
+pub use weights_file::{from_safetensors, load_weights, to_safetensors, to_safetensors_with};
 
 use crate::ir::{reference, Graph, Op};
 use burn::prelude::*;
@@ -316,6 +318,10 @@ pub enum WeightsError {
     /// The checkpoint belongs to another model.
     #[error("{0}")]
     Mismatch(String),
+    /// The file's content is damaged: a tensor or the state does not match the checksum
+    /// written with it, or a weight is not finite.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl Runtime {
@@ -759,70 +765,14 @@ impl Runtime {
     /// Save the weights as safetensors (written atomically).
     pub fn save(&self, path: &Path) -> Result<(), WeightsError> {
         let bytes = to_safetensors(&self.values())?;
-        crate::util::write_atomic(path, &bytes)?;
+        crate::util::write_atomic(path, &bytes).map_err(|e| {
+            WeightsError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot write `{}`: {e}", path.display()),
+            ))
+        })?;
         Ok(())
     }
-}
-
-/// Encode named f32 tensors as safetensors bytes (names sorted).
-pub fn to_safetensors(values: &Weights) -> Result<Vec<u8>, WeightsError> {
-    to_safetensors_with(values, None)
-}
-
-/// Like [`to_safetensors`], with string metadata in the header.
-pub fn to_safetensors_with(
-    values: &Weights,
-    meta: Option<HashMap<String, String>>,
-) -> Result<Vec<u8>, WeightsError> {
-    let mut names: Vec<&String> = values.keys().collect();
-    names.sort();
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = names
-        .iter()
-        .map(|n| {
-            let (data, shape) = &values[*n];
-            (
-                (*n).clone(),
-                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                shape.clone(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(n, b, s)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map_err(|e| WeightsError::Format(e.to_string()))?;
-            Ok((n.clone(), view))
-        })
-        .collect::<Result<_, WeightsError>>()?;
-    safetensors::serialize(views, meta).map_err(|e| WeightsError::Format(e.to_string()))
-}
-
-/// Decode safetensors bytes into named f32 tensors.
-pub fn from_safetensors(bytes: &[u8]) -> Result<Weights, WeightsError> {
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| WeightsError::Format(e.to_string()))?;
-    let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(WeightsError::Format(format!(
-                "tensor `{name}` is {:?}, expected F32",
-                view.dtype()
-            )));
-        }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.insert(name, (data, view.shape().to_vec()));
-    }
-    Ok(out)
-}
-
-/// Read weights saved by [`Runtime::save`].
-pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
-    from_safetensors(&std::fs::read(path)?)
 }
 
 /// Token ids as a Burn tensor.

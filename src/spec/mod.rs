@@ -4,6 +4,7 @@
 pub mod load;
 pub mod model;
 pub mod recipe;
+mod resolved;
 pub mod schema;
 pub mod validate;
 pub mod yaml;

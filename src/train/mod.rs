@@ -4,20 +4,21 @@
 //! step), and a checkpoint holds weights, optimizer moments, the step and the data position,
 //! so a run resumed from its last checkpoint ends exactly where an uninterrupted run ends.
 
+pub mod checkpoint;
 pub mod data;
 pub mod schedule;
 
+pub use checkpoint::{load_checkpoint, Moments, State};
 pub use data::{Batch, Data, GrammarData, GrammarReport, StreamData, TaskReport};
 
 use crate::ir::Graph;
 use crate::runtime::fused::{self, AdamW};
-use crate::runtime::{from_safetensors, tokens_tensor, Aux, Runtime, Weights, V};
+use crate::runtime::{tokens_tensor, Aux, Runtime, Weights, V};
 use crate::spec::recipe::{Optimizer, RecipeSpec};
 use crate::util::Rng;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -159,31 +160,6 @@ impl AutodiffIf for Tensor<2, Int> {
     }
 }
 
-/// Resumable training state besides the weights.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct State {
-    /// Optimizer steps done.
-    pub step: u64,
-    /// Current epoch.
-    pub epoch: u64,
-    /// Position (in sequences) within the epoch's order.
-    pub pos: usize,
-    /// Best validation loss so far (`f64::MAX` before the first evaluation: JSON has no infinity).
-    pub best_val: f64,
-    /// Evaluations since the best one.
-    pub since_best: u32,
-    /// Clock of the frequency curriculum (steps, slowed down while the validation loss
-    /// stalls; see [`crate::spec::recipe::FrequencyCurriculum`]).
-    #[serde(default)]
-    pub freq_clock: f64,
-}
-
-/// AdamW moments of every parameter, flat.
-pub struct Moments {
-    m: Vec<Tensor<1>>,
-    v: Vec<Tensor<1>>,
-}
-
 /// What a training run produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
@@ -236,6 +212,33 @@ pub enum TrainError {
     /// A forecasting task's data cannot be used.
     #[error("{0}")]
     Forecast(#[from] crate::tasks::forecast::ForecastError),
+    /// Stopped by SIGINT or SIGTERM after writing a checkpoint.
+    #[error("stopped by {} at step {step} of {total}; the checkpoint is written: continue with `kiln train --resume {}`", crate::os::interrupt::name(*.signal), .dir.display())]
+    Interrupted {
+        /// The signal's number.
+        signal: i32,
+        /// Steps done (all saved).
+        step: u64,
+        /// Steps of the run.
+        total: u64,
+        /// The run directory.
+        dir: PathBuf,
+    },
+}
+
+impl TrainError {
+    /// The exit status this error stops `kiln train` with (see [`crate::cli::exit`]).
+    pub fn exit_code(&self) -> i32 {
+        use crate::cli::exit;
+        match self {
+            TrainError::NonFinite { .. } => exit::FAILED,
+            TrainError::Interrupted { signal, .. } => crate::os::interrupt::exit_code(*signal),
+            TrainError::Io(_)
+            | TrainError::Checkpoint(_)
+            | TrainError::Data(_)
+            | TrainError::Forecast(_) => exit::UNUSABLE,
+        }
+    }
 }
 
 /// Options of a run.
@@ -280,73 +283,6 @@ fn decays(graph: &Graph, names: &[String], shapes: &[Vec<usize>], all: bool) -> 
         .zip(shapes)
         .map(|(n, s)| all || (s.len() >= 2 && !no_decay.contains(n)))
         .collect()
-}
-
-/// One checkpoint file: weights `w/<name>`, moments `m/<name>` and `v/<name>`, and the state
-/// as JSON metadata; written atomically.
-fn save_checkpoint(
-    path: &Path,
-    rt: &Runtime,
-    mom: &Moments,
-    state: &State,
-) -> Result<(), TrainError> {
-    let mut values = HashMap::new();
-    for (i, name) in rt.names.iter().enumerate() {
-        let shape = rt.shapes[i].clone();
-        values.insert(format!("w/{name}"), (rt.params[i].to_vec(), shape.clone()));
-        let flat = |t: &Tensor<1>| {
-            t.to_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .expect("f32")
-        };
-        values.insert(format!("m/{name}"), (flat(&mom.m[i]), shape.clone()));
-        values.insert(format!("v/{name}"), (flat(&mom.v[i]), shape));
-    }
-    let meta = HashMap::from([(
-        "kiln_state".to_string(),
-        serde_json::to_string(state).expect("state serializes"),
-    )]);
-    let bytes = crate::runtime::to_safetensors_with(&values, Some(meta))
-        .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    crate::util::write_atomic(path, &bytes)?;
-    Ok(())
-}
-
-type Loaded = (Weights, Weights, State);
-
-/// Read a checkpoint: (weights, moments, state).
-pub fn load_checkpoint(path: &Path) -> Result<Loaded, TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        TrainError::Checkpoint(format!("cannot read checkpoint `{}`: {e}", path.display()))
-    })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        TrainError::Checkpoint(format!(
-            "`{}` is not a kiln checkpoint: {e}",
-            path.display()
-        ))
-    })?;
-    let state: State = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("kiln_state"))
-        .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| {
-            TrainError::Checkpoint(format!(
-                "`{}` is not a kiln checkpoint (no training state)",
-                path.display()
-            ))
-        })?;
-    let all = from_safetensors(&bytes).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    let (mut w, mut m) = (HashMap::new(), HashMap::new());
-    for (k, v) in all {
-        if let Some(n) = k.strip_prefix("w/") {
-            w.insert(n.to_string(), v);
-        } else {
-            m.insert(k, v);
-        }
-    }
-    Ok((w, m, state))
 }
 
 /// The statistics of one optimizer step.
@@ -599,20 +535,7 @@ impl Trainer {
 
     /// Write the checkpoint (weights, moments, state) atomically.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        save_checkpoint(path, &self.rt, &self.mom, &self.state)
-    }
-}
-
-impl State {
-    fn fresh() -> Self {
-        State {
-            step: 0,
-            epoch: 0,
-            pos: 0,
-            best_val: f64::MAX,
-            since_best: 0,
-            freq_clock: 0.0,
-        }
+        checkpoint::save_checkpoint(path, &self.rt, &self.mom, &self.state)
     }
 }
 
@@ -686,7 +609,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     let t = &recipe.train;
     let mut data = Data::new(&recipe.task, t.seed)?;
     let device = opts.device.device(true);
-    std::fs::create_dir_all(&opts.dir)?;
+    std::fs::create_dir_all(&opts.dir).map_err(io_at(&opts.dir))?;
     let ckpt = opts.dir.join("checkpoint.safetensors");
     let mut tr = if ckpt.exists() {
         Trainer::resume(t, graph, device, &ckpt)?
@@ -696,11 +619,12 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     tr.rt.matmul_dtype = opts.matmul_dtype;
     // Metrics of steps after the checkpoint would be written again: drop them.
     let metrics_path = opts.dir.join("metrics.jsonl");
-    truncate_metrics(&metrics_path, tr.state.step)?;
+    truncate_metrics(&metrics_path, tr.state.step).map_err(io_at(&metrics_path))?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&metrics_path)?;
+        .open(&metrics_path)
+        .map_err(io_at(&metrics_path))?;
 
     let bs = data.batch_size(t.batch_size as usize);
     let total = t
@@ -708,9 +632,16 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         .unwrap_or_else(|| t.epochs.unwrap_or(1) * data.per_epoch(bs));
     let started = std::time::Instant::now();
     let progress = Progress::new(opts.progress, tr.state.step, total);
-    let mut last_loss = f64::NAN;
-    let mut val_loss = f64::NAN;
-    let mut stopped = "finished all steps".to_string();
+    // A resumed run reports the losses its checkpoint recorded until it computes new ones; a
+    // run that had already stopped (early stopping) trains no further.
+    let mut last_loss = tr.state.last_loss.unwrap_or(f64::NAN);
+    let mut val_loss = tr.state.last_val_loss.unwrap_or(f64::NAN);
+    let mut stopped = tr
+        .state
+        .stopped
+        .clone()
+        .unwrap_or_else(|| "finished all steps".to_string());
+    let resumed_done = tr.state.stopped.is_some() || tr.state.step >= total;
     // The batches of the next step are drawn on a second thread while this step runs; `ds` is
     // the data position as drawn so far, `after` the position the checkpoint records.
     let full = recipe.task.max_seq();
@@ -736,7 +667,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     let mut ds = tr.state.clone();
     let mut micro = draw(&mut data, &mut ds);
     let mut after = (ds.epoch, ds.pos);
-    while tr.state.step < total {
+    while !resumed_done && tr.state.step < total {
         let (result, next) = std::thread::scope(|sc| {
             let prefetch = (tr.state.step + 1 < total).then(|| {
                 let (data, ds) = (&mut data, &mut ds);
@@ -772,6 +703,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         };
         let step = tr.state.step;
         last_loss = stats.loss;
+        tr.state.last_loss = Some(stats.loss);
         let mut line = serde_json::json!({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm});
         if let Some(c) = &t.curriculum {
             line["seq_len"] = c.length(step - 1, full, per_epoch).into();
@@ -789,11 +721,12 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             // 1 once the mask is lifted.
             line["freq_cutoff"] = stats.freq_cutoff.unwrap_or(1.0).into();
         }
-        writeln!(metrics, "{line}")?;
+        writeln!(metrics, "{line}").map_err(io_at(&metrics_path))?;
         let last = step == total;
         if step % t.eval_every == 0 || last {
             val_loss = data.val_loss(&tr.rt, bs.max(64));
             let st = &mut tr.state;
+            st.last_val_loss = val_loss.is_finite().then_some(val_loss);
             if val_loss < st.best_val - t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta) {
                 st.best_val = val_loss;
                 st.since_best = 0;
@@ -807,7 +740,8 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                 metrics,
                 "{}",
                 serde_json::json!({"step": step, "val_loss": val_loss})
-            )?;
+            )
+            .map_err(io_at(&metrics_path))?;
             progress.eval(step, stats.loss, val_loss, stats.lr);
             if let Some(es) = &t.early_stopping {
                 if tr.state.since_best >= es.patience {
@@ -815,17 +749,37 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                         "early stopping: no improvement in {} evaluations",
                         es.patience
                     );
+                    tr.state.stopped = Some(stopped.clone());
                     tr.save(&ckpt)?;
                     break;
                 }
             }
         }
         progress.step(step, stats.loss, val_loss);
-        if step % t.checkpoint_every == 0 || last {
+        let signal = crate::os::interrupt::received();
+        if step % t.checkpoint_every == 0 || last || signal.is_some() {
             tr.save(&ckpt)?;
+        }
+        if let Some(signal) = signal {
+            progress.finish();
+            return Err(TrainError::Interrupted {
+                signal,
+                step,
+                total,
+                dir: opts.dir.clone(),
+            });
         }
     }
     progress.finish();
+    if let Some(signal) = crate::os::interrupt::received() {
+        // Every step is saved; a resumed run only evaluates.
+        return Err(TrainError::Interrupted {
+            signal,
+            step: tr.state.step,
+            total,
+            dir: opts.dir.clone(),
+        });
+    }
     let metrics = data.report(&tr.rt);
     let soft_attention_metrics = soft_attention_report(&data, &mut tr.rt);
     Ok(Summary {
@@ -917,7 +871,8 @@ pub fn train_ensemble(
                     },
                 )?;
                 let text = serde_json::to_string_pretty(&s).expect("summary serializes");
-                crate::util::write_atomic(&dir.join("summary.json"), text.as_bytes())?;
+                let path = dir.join("summary.json");
+                crate::util::write_atomic(&path, text.as_bytes()).map_err(io_at(&path))?;
                 s
             }
         };
@@ -952,6 +907,17 @@ pub fn train_ensemble(
             members,
         }),
     })
+}
+
+/// An I/O error with the path it happened on in its message (a full disk or a read-only
+/// folder says which file it could not write).
+pub fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |e| {
+        TrainError::Io(std::io::Error::new(
+            e.kind(),
+            format!("`{}`: {e}", path.display()),
+        ))
+    }
 }
 
 fn truncate_metrics(path: &Path, step: u64) -> std::io::Result<()> {

@@ -1,0 +1,237 @@
+//! Weights on disk: safetensors files of named f32 tensors, each tensor and each metadata
+//! entry with its SHA-256 in the header (`kiln_checksums`), verified on every load, so that a
+//! damaged file is refused instead of trained or evaluated on.
+
+use super::{Weights, WeightsError};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The metadata entry that holds the checksums.
+const CHECKSUMS: &str = "kiln_checksums";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The checksums kiln writes: per tensor (of its little-endian bytes) and per metadata entry.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Checksums {
+    tensors: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Encode named f32 tensors as safetensors bytes (names sorted).
+pub fn to_safetensors(values: &Weights) -> Result<Vec<u8>, WeightsError> {
+    to_safetensors_with(values, None)
+}
+
+/// Like [`to_safetensors`], with string metadata in the header.
+pub fn to_safetensors_with(
+    values: &Weights,
+    meta: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>, WeightsError> {
+    let mut names: Vec<&String> = values.keys().collect();
+    names.sort();
+    let mut sums = Checksums::default();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = names
+        .iter()
+        .map(|n| {
+            let (data, shape) = &values[*n];
+            let b: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            sums.tensors.insert((*n).clone(), sha256_hex(&b));
+            ((*n).clone(), b, shape.clone())
+        })
+        .collect();
+    let mut meta = meta.unwrap_or_default();
+    for (k, v) in &meta {
+        sums.metadata.insert(k.clone(), sha256_hex(v.as_bytes()));
+    }
+    meta.insert(
+        CHECKSUMS.into(),
+        serde_json::to_string(&sums).expect("checksums serialize"),
+    );
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, b, s)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map_err(|e| WeightsError::Format(e.to_string()))?;
+            Ok((n.clone(), view))
+        })
+        .collect::<Result<_, WeightsError>>()?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| WeightsError::Format(e.to_string()))
+}
+
+/// Decode safetensors bytes into named f32 tensors, verifying the checksums kiln wrote (files
+/// of other writers carry none and are read as they are) and that every value is finite.
+pub fn from_safetensors(bytes: &[u8]) -> Result<Weights, WeightsError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| WeightsError::Format(e.to_string()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| WeightsError::Format(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let sums: Option<Checksums> = match meta.get(CHECKSUMS) {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str(text)
+                .map_err(|_| WeightsError::Corrupt("its checksum table is damaged".to_string()))?,
+        ),
+    };
+    if let Some(sums) = &sums {
+        for (k, v) in &meta {
+            if k != CHECKSUMS && sums.metadata.get(k) != Some(&sha256_hex(v.as_bytes())) {
+                return Err(WeightsError::Corrupt(format!(
+                    "its metadata `{k}` does not match the checksum written with it"
+                )));
+            }
+        }
+        if sums.tensors.len() != st.len() {
+            return Err(WeightsError::Corrupt(format!(
+                "it holds {} tensors, but {} were written",
+                st.len(),
+                sums.tensors.len()
+            )));
+        }
+    }
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(WeightsError::Format(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                view.dtype()
+            )));
+        }
+        if let Some(sums) = &sums {
+            if sums.tensors.get(&name) != Some(&sha256_hex(view.data())) {
+                return Err(WeightsError::Corrupt(format!(
+                    "tensor `{name}` does not match the checksum written with it"
+                )));
+            }
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(WeightsError::Corrupt(format!(
+                "tensor `{name}` holds a non-finite value ({} at index {i})",
+                data[i]
+            )));
+        }
+        out.insert(name, (data, view.shape().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Read weights saved by [`super::Runtime::save`]; a damaged file is an error naming it.
+pub fn load_weights(path: &Path) -> Result<Weights, WeightsError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        WeightsError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot read `{}`: {e}", path.display()),
+        ))
+    })?;
+    from_safetensors(&bytes).map_err(|e| in_file(e, path))
+}
+
+/// `e` with the file it is about named in its message.
+pub fn in_file(e: WeightsError, path: &Path) -> WeightsError {
+    match e {
+        WeightsError::Corrupt(m) => {
+            WeightsError::Corrupt(format!("`{}` is damaged: {m}", path.display()))
+        }
+        WeightsError::Format(m) => WeightsError::Format(format!("`{}`: {m}", path.display())),
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Weights {
+        HashMap::from([
+            ("a".to_string(), (vec![1.0, -2.0, 3.5], vec![3])),
+            ("b".to_string(), (vec![0.25; 4], vec![2, 2])),
+        ])
+    }
+
+    /// The byte offset of tensor `name`'s data in a safetensors file.
+    fn data_offset(bytes: &[u8], name: &str) -> usize {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        let view = st.tensor(name).unwrap();
+        let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+        assert!(start >= 8 + n);
+        start
+    }
+
+    #[test]
+    fn files_round_trip_and_damage_is_refused() {
+        let meta = HashMap::from([("kiln_state".to_string(), "{\"step\":3}".to_string())]);
+        let bytes = to_safetensors_with(&sample(), Some(meta)).unwrap();
+        assert_eq!(from_safetensors(&bytes).unwrap(), sample());
+
+        // One tensor scaled by 3: a valid float, a wrong weight.
+        let mut scaled = bytes.clone();
+        let at = data_offset(&scaled, "a");
+        scaled[at..at + 4].copy_from_slice(&3.0f32.to_le_bytes());
+        let e = from_safetensors(&scaled).unwrap_err().to_string();
+        assert!(e.contains("tensor `a` does not match"), "{e}");
+
+        // NaN bytes.
+        let mut nan = bytes.clone();
+        let at = data_offset(&nan, "b");
+        nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(matches!(
+            from_safetensors(&nan),
+            Err(WeightsError::Corrupt(_))
+        ));
+
+        // The state edited in the header (same length, so the header still parses).
+        let needle = b"step\\\":3";
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the state is in the header");
+        let mut edited = bytes.clone();
+        edited[at + needle.len() - 1] = b'4';
+        let e = from_safetensors(&edited).unwrap_err().to_string();
+        assert!(e.contains("metadata `kiln_state`"), "{e}");
+    }
+
+    #[test]
+    fn files_without_checksums_load_but_non_finite_values_do_not() {
+        let plain = |w: &Weights| {
+            let views: Vec<(String, Vec<u8>, Vec<usize>)> = w
+                .iter()
+                .map(|(n, (d, s))| {
+                    (
+                        n.clone(),
+                        d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                        s.clone(),
+                    )
+                })
+                .collect();
+            let views: Vec<(String, safetensors::tensor::TensorView)> = views
+                .iter()
+                .map(|(n, b, s)| {
+                    let v =
+                        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                            .unwrap();
+                    (n.clone(), v)
+                })
+                .collect();
+            safetensors::serialize(views, None).unwrap()
+        };
+        assert_eq!(from_safetensors(&plain(&sample())).unwrap(), sample());
+        let mut bad = sample();
+        bad.get_mut("a").unwrap().0[1] = f32::INFINITY;
+        let e = from_safetensors(&plain(&bad)).unwrap_err().to_string();
+        assert!(e.contains("non-finite value (inf at index 1)"), "{e}");
+    }
+}
