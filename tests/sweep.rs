@@ -132,7 +132,10 @@ fn a_sweep_runs_in_parallel_resumes_and_reports() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("running 0"));
 
     for (format, want) in [
-        ("csv", "point,n,failed,best_val_loss_mean"),
+        (
+            "csv",
+            "point,config,n,failed,best_val_loss_n,best_val_loss_undefined,best_val_loss_mean",
+        ),
         ("json", "\"point\""),
     ] {
         let out = kiln()

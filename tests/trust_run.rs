@@ -49,23 +49,23 @@ fn resuming_a_finished_run_changes_nothing() {
     let d = tmp("finished");
     let first = ok(&train(&d));
     let summary = std::fs::read(d.join("summary.json")).unwrap();
-    let resume = || {
-        kiln()
-            .args(["train", "--resume"])
-            .arg(&d)
-            .output()
-            .unwrap()
-    };
+    let resume = || kiln().args(["train", "--resume"]).arg(&d).output().unwrap();
     // Before: "final train loss NaN" and summary.json rewritten with null losses.
     let again = ok(&resume());
-    assert_eq!(line(&again, "final train loss"), line(&first, "final train loss"));
+    assert_eq!(
+        line(&again, "final train loss"),
+        line(&first, "final train loss")
+    );
     assert_eq!(line(&again, "OOD ("), line(&first, "OOD ("));
     assert_eq!(std::fs::read(d.join("summary.json")).unwrap(), summary);
     // Finished, but killed before its summary was written (a sweep re-resumes such a trial):
     // the losses come from the checkpoint.
     std::fs::remove_file(d.join("summary.json")).unwrap();
     let again = ok(&resume());
-    assert_eq!(line(&again, "final train loss"), line(&first, "final train loss"));
+    assert_eq!(
+        line(&again, "final train loss"),
+        line(&first, "final train loss")
+    );
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap();
     assert!(s["final_loss"].as_f64().is_some_and(f64::is_finite), "{s}");
@@ -98,11 +98,7 @@ fn damaged_checkpoints_are_refused_with_the_file_and_the_other_checkpoint() {
     for value in [3.0, f32::NAN] {
         std::fs::write(&ckpt, &pristine).unwrap();
         poke(&ckpt, "w/layers.1.0.0.1.q.weight", value);
-        let out = kiln()
-            .args(["train", "--resume"])
-            .arg(&d)
-            .output()
-            .unwrap();
+        let out = kiln().args(["train", "--resume"]).arg(&d).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{}", err(&out));
         let e = err(&out);
         assert!(e.contains("checkpoint.safetensors` is damaged"), "{e}");
@@ -120,7 +116,11 @@ fn damaged_checkpoints_are_refused_with_the_file_and_the_other_checkpoint() {
         .args(["--checkpoint", "best"])
         .output()
         .unwrap());
-    poke(&d.join("best.safetensors"), "layers.1.0.0.1.q.weight", f32::NAN);
+    poke(
+        &d.join("best.safetensors"),
+        "layers.1.0.0.1.q.weight",
+        f32::NAN,
+    );
     let out = kiln()
         .arg("eval")
         .arg(&d)
@@ -154,7 +154,11 @@ fn generation_refuses_what_it_cannot_do() {
             &["decode.max_length=4"][..],
             "so nothing would be generated",
         ),
-        ("a a b", &["decode.min_length=40"][..], "no sequence could end"),
+        (
+            "a a b",
+            &["decode.min_length=40"][..],
+            "no sequence could end",
+        ),
         (
             "a a b",
             &["decode.min_new_tokens=20", "decode.max_new_tokens=20"][..],
@@ -162,7 +166,12 @@ fn generation_refuses_what_it_cannot_do() {
         ),
     ] {
         let out = generate(prompt, sets);
-        assert_eq!(out.status.code(), Some(2), "{prompt} {sets:?}: {}", err(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{prompt} {sets:?}: {}",
+            err(&out)
+        );
         assert!(err(&out).contains(want), "{prompt} {sets:?}: {}", err(&out));
     }
     let _ = std::fs::remove_dir_all(d);
@@ -171,7 +180,10 @@ fn generation_refuses_what_it_cannot_do() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_and_sigterm_stop_with_a_checkpoint_and_a_busy_run_is_refused() {
-    for (sig, code, name) in [(libc::SIGINT, 130, "SIGINT"), (libc::SIGTERM, 143, "SIGTERM")] {
+    for (sig, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
         let d = tmp(name);
         let child = kiln()
             .args(["train", "recipes/default.yaml", "--out"])
@@ -234,20 +246,16 @@ fn a_run_directory_has_one_writer() {
     ok(&train(&d));
     std::fs::remove_file(d.join("summary.json")).unwrap();
     let held = DirLock::acquire(&d, Mode::Exclusive, "kiln train (the test)").unwrap();
-    let out = kiln()
-        .args(["train", "--resume"])
-        .arg(&d)
-        .output()
-        .unwrap();
+    let out = kiln().args(["train", "--resume"]).arg(&d).output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", err(&out));
-    assert!(err(&out).contains("in use by another kiln process"), "{}", err(&out));
+    assert!(
+        err(&out).contains("in use by another kiln process"),
+        "{}",
+        err(&out)
+    );
     assert!(err(&out).contains("kiln train (the test)"), "{}", err(&out));
     assert!(!d.join("summary.json").exists(), "nothing was written");
     drop(held);
-    ok(&kiln()
-        .args(["train", "--resume"])
-        .arg(&d)
-        .output()
-        .unwrap());
+    ok(&kiln().args(["train", "--resume"]).arg(&d).output().unwrap());
     let _ = std::fs::remove_dir_all(d);
 }

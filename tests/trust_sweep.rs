@@ -56,7 +56,10 @@ fn changed_trials_run_again_and_reports_never_mix_configurations() {
     let e = err(&second);
     assert!(e.contains("3 trials, 0 already done, running 3"), "{e}");
     assert!(e.contains("2 result(s) of other configurations"), "{e}");
-    assert!(table.contains("| model=../models/lstm.yaml | 3 |"), "{table}");
+    assert!(
+        table.contains("| model=../models/lstm.yaml | 3 |"),
+        "{table}"
+    );
     // Changing only the learning rate is a new configuration too (before: "running 0").
     let lr = sweep(
         &d,
@@ -94,8 +97,15 @@ fn changed_trials_run_again_and_reports_never_mix_configurations() {
     };
     let cur = report(&[]);
     let table = ok(&cur);
-    assert!(table.contains("| model=../models/lstm.yaml | 2 |"), "{table}");
-    assert!(err(&cur).contains("6 result(s) of other configurations"), "{}", err(&cur));
+    assert!(
+        table.contains("| model=../models/lstm.yaml | 2 |"),
+        "{table}"
+    );
+    assert!(
+        err(&cur).contains("6 result(s) of other configurations"),
+        "{}",
+        err(&cur)
+    );
     let stale = report(&["--stale"]);
     let table = ok(&stale);
     // The 12-step pair, the 6-step seed 0 (its configuration is current, the trial is not),
@@ -106,7 +116,11 @@ fn changed_trials_run_again_and_reports_never_mix_configurations() {
     }
     let pruned = report(&["--prune"]);
     ok(&pruned);
-    assert!(err(&pruned).contains("removed 6 result(s)"), "{}", err(&pruned));
+    assert!(
+        err(&pruned).contains("removed 6 result(s)"),
+        "{}",
+        err(&pruned)
+    );
     let left = std::fs::read_to_string(d.join("results.jsonl")).unwrap();
     assert_eq!(left.lines().count(), 2, "{left}");
     let dirs = std::fs::read_dir(&d)
@@ -217,8 +231,7 @@ fn trials_die_with_a_killed_sweep_and_resume_after_a_stopped_one() {
     use kiln::os::lock::{DirLock, Mode};
     let d = tmp("signals");
     let steps = |t: &Path| {
-        std::fs::read_to_string(t.join("metrics.jsonl"))
-            .map_or(0, |s| s.lines().count())
+        std::fs::read_to_string(t.join("metrics.jsonl")).map_or(0, |s| s.lines().count())
     };
     // SIGKILL the sweep: its trial gets SIGTERM, writes its checkpoint and exits.
     let mut sweep_proc = long_sweep(&d);

@@ -1,14 +1,25 @@
 //! Weights on disk: safetensors files of named f32 tensors, each tensor and each metadata
-//! entry with its SHA-256 in the header (`kiln_checksums`), verified on every load, so that a
-//! damaged file is refused instead of trained or evaluated on.
+//! entry with its SHA-256 in the header, verified on every load, so that a damaged file is
+//! refused instead of trained or evaluated on.
+//!
+//! kiln's metadata and the checksums are one header entry, `kiln`: JSON with sorted keys, so
+//! that the same weights always give the same bytes (safetensors writes its metadata map in
+//! hash order).
 
 use super::{Weights, WeightsError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// The metadata entry that holds the checksums.
-const CHECKSUMS: &str = "kiln_checksums";
+/// The header entry that holds kiln's metadata and the checksums.
+const KILN: &str = "kiln";
+
+/// The `kiln` header entry.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Header {
+    metadata: BTreeMap<String, String>,
+    checksums: Checksums,
+}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -46,14 +57,18 @@ pub fn to_safetensors_with(
             ((*n).clone(), b, shape.clone())
         })
         .collect();
-    let mut meta = meta.unwrap_or_default();
-    for (k, v) in &meta {
+    let metadata: BTreeMap<String, String> = meta.unwrap_or_default().into_iter().collect();
+    for (k, v) in &metadata {
         sums.metadata.insert(k.clone(), sha256_hex(v.as_bytes()));
     }
-    meta.insert(
-        CHECKSUMS.into(),
-        serde_json::to_string(&sums).expect("checksums serialize"),
-    );
+    let header = Header {
+        metadata,
+        checksums: sums,
+    };
+    let meta = HashMap::from([(
+        KILN.to_string(),
+        serde_json::to_string(&header).expect("header serializes"),
+    )]);
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(n, b, s)| {
@@ -65,29 +80,45 @@ pub fn to_safetensors_with(
     safetensors::serialize(views, Some(meta)).map_err(|e| WeightsError::Format(e.to_string()))
 }
 
+/// kiln's metadata of a safetensors file, verified against its checksums (a file kiln did not
+/// write: its header metadata as it is), and the checksums of its tensors.
+fn header(bytes: &[u8]) -> Result<(BTreeMap<String, String>, Option<Checksums>), WeightsError> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| WeightsError::Format(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let Some(text) = meta.get(KILN) else {
+        return Ok((meta.into_iter().collect(), None));
+    };
+    let h: Header = serde_json::from_str(text)
+        .map_err(|_| WeightsError::Corrupt("its checksum table is damaged".to_string()))?;
+    let keys: Vec<&String> = h.metadata.keys().collect();
+    if keys != h.checksums.metadata.keys().collect::<Vec<_>>() {
+        return Err(WeightsError::Corrupt(
+            "its metadata entries do not match the checksum table".to_string(),
+        ));
+    }
+    for (k, v) in &h.metadata {
+        if h.checksums.metadata.get(k) != Some(&sha256_hex(v.as_bytes())) {
+            return Err(WeightsError::Corrupt(format!(
+                "its metadata `{k}` does not match the checksum written with it"
+            )));
+        }
+    }
+    Ok((h.metadata, Some(h.checksums)))
+}
+
+/// The verified metadata of a safetensors file (see [`to_safetensors_with`]).
+pub fn metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>, WeightsError> {
+    header(bytes).map(|(m, _)| m)
+}
+
 /// Decode safetensors bytes into named f32 tensors, verifying the checksums kiln wrote (files
 /// of other writers carry none and are read as they are) and that every value is finite.
 pub fn from_safetensors(bytes: &[u8]) -> Result<Weights, WeightsError> {
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| WeightsError::Format(e.to_string()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| WeightsError::Format(e.to_string()))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let sums: Option<Checksums> = match meta.get(CHECKSUMS) {
-        None => None,
-        Some(text) => Some(
-            serde_json::from_str(text)
-                .map_err(|_| WeightsError::Corrupt("its checksum table is damaged".to_string()))?,
-        ),
-    };
+    let (_, sums) = header(bytes)?;
     if let Some(sums) = &sums {
-        for (k, v) in &meta {
-            if k != CHECKSUMS && sums.metadata.get(k) != Some(&sha256_hex(v.as_bytes())) {
-                return Err(WeightsError::Corrupt(format!(
-                    "its metadata `{k}` does not match the checksum written with it"
-                )));
-            }
-        }
         if sums.tensors.len() != st.len() {
             return Err(WeightsError::Corrupt(format!(
                 "it holds {} tensors, but {} were written",
@@ -173,8 +204,24 @@ mod tests {
     #[test]
     fn files_round_trip_and_damage_is_refused() {
         let meta = HashMap::from([("kiln_state".to_string(), "{\"step\":3}".to_string())]);
-        let bytes = to_safetensors_with(&sample(), Some(meta)).unwrap();
+        let bytes = to_safetensors_with(&sample(), Some(meta.clone())).unwrap();
         assert_eq!(from_safetensors(&bytes).unwrap(), sample());
+        assert_eq!(
+            metadata(&bytes).unwrap(),
+            meta.clone().into_iter().collect()
+        );
+        // The same content gives the same bytes (the metadata is not in hash order).
+        let mut more = meta.clone();
+        more.insert("other".into(), "x".into());
+        let once = to_safetensors_with(&sample(), Some(more.clone())).unwrap();
+        for _ in 0..8 {
+            let mut shuffled: HashMap<String, String> = HashMap::new();
+            shuffled.extend(more.clone());
+            assert_eq!(
+                to_safetensors_with(&sample(), Some(shuffled)).unwrap(),
+                once
+            );
+        }
 
         // One tensor scaled by 3: a valid float, a wrong weight.
         let mut scaled = bytes.clone();
@@ -193,13 +240,13 @@ mod tests {
         ));
 
         // The state edited in the header (same length, so the header still parses).
-        let needle = b"step\\\":3";
         let at = bytes
-            .windows(needle.len())
-            .position(|w| w == needle)
+            .windows(4)
+            .position(|w| w == b"step")
             .expect("the state is in the header");
+        let three = at + bytes[at..].iter().position(|&b| b == b'3').unwrap();
         let mut edited = bytes.clone();
-        edited[at + needle.len() - 1] = b'4';
+        edited[three] = b'4';
         let e = from_safetensors(&edited).unwrap_err().to_string();
         assert!(e.contains("metadata `kiln_state`"), "{e}");
     }

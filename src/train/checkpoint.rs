@@ -118,16 +118,14 @@ pub fn load_checkpoint(path: &Path) -> Result<Loaded, TrainError> {
             crate::runtime::weights_file::in_file(e, path).to_string() + checkpoint_help(path),
         )
     })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+    let meta = crate::runtime::weights_file::metadata(&bytes).map_err(|e| {
         TrainError::Checkpoint(format!(
             "`{}` is not a kiln checkpoint: {e}",
             path.display()
         ))
     })?;
     let state: State = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("kiln_state"))
+        .get("kiln_state")
         .and_then(|s| serde_json::from_str(s).ok())
         .ok_or_else(|| {
             TrainError::Checkpoint(format!(
