@@ -174,7 +174,68 @@ fn generation_refuses_what_it_cannot_do() {
         );
         assert!(err(&out).contains(want), "{prompt} {sets:?}: {}", err(&out));
     }
+    // A 30 000-token prompt (before: "memory allocation of ... bytes failed", exit 134).
+    let long = "a ".repeat(15_000) + &"b ".repeat(15_000);
+    let out = generate(&long, &[]);
+    let code = out.status.code();
+    assert!(
+        code == Some(4) || code == Some(2),
+        "{code:?}: {}",
+        err(&out)
+    );
+    assert!(err(&out).starts_with("error: "), "{}", err(&out));
     let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn sizes_that_cannot_fit_are_refused_before_anything_is_written() {
+    // Before: validation passed, then "memory allocation of ... bytes failed", exit 134, a
+    // backtrace and a half-made run directory.
+    for sets in [
+        &["train.batch_size=1048576", "task.max_length=4096"][..],
+        &["model.vars.d_model=65536"][..],
+    ] {
+        let d = tmp("huge");
+        let mut c = kiln();
+        c.args(["train", "recipes/default.yaml", "--out"]).arg(&d);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(4), "{sets:?}: {}", err(&out));
+        let e = err(&out);
+        assert!(e.contains("but this machine has"), "{e}");
+        assert!(e.contains("--ignore-memory-check"), "{e}");
+        assert!(!d.exists(), "nothing was written");
+        // validate says so too, as a warning.
+        let mut c = kiln();
+        c.args(["validate", "recipes/default.yaml"]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            err(&out).contains("warning: recipes/default.yaml: training needs about"),
+            "{}",
+            err(&out)
+        );
+    }
+    // A sweep refuses before any trial runs.
+    let d = tmp("huge-sweep");
+    let out = kiln()
+        .args(["sweep", "recipes/sweep-anbn.yaml", "--out"])
+        .arg(&d)
+        .args([
+            "--set",
+            "train.batch_size=1048576",
+            "--set",
+            "task.max_length=4096",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", err(&out));
+    assert!(!d.exists());
 }
 
 #[cfg(unix)]

@@ -126,6 +126,10 @@ enum Command {
         /// parameters, norms, softmax and loss in f32).
         #[arg(long, default_value = "f32")]
         precision: Precision,
+        /// Run even when the memory estimate exceeds the memory available (exit status 4
+        /// otherwise).
+        #[arg(long)]
+        ignore_memory_check: bool,
     },
     /// Measure a recipe's training steps/s and tokens/s, and cached generation tokens/s, on a
     /// device; prints JSON. Runs no evaluation and writes nothing.
@@ -194,6 +198,10 @@ enum Command {
         /// (repeatable; checked like the recipe itself).
         #[arg(long = "set", value_name = "decode.KEY=VALUE")]
         set: Vec<String>,
+        /// Run even when the memory estimate exceeds the memory available (exit status 4
+        /// otherwise).
+        #[arg(long)]
+        ignore_memory_check: bool,
     },
     /// Inspect or make data files (uint16 streams).
     #[command(subcommand)]
@@ -221,6 +229,10 @@ enum Command {
         /// The sweep directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Run even when the memory estimate exceeds the memory available (exit status 4
+        /// otherwise).
+        #[arg(long)]
+        ignore_memory_check: bool,
     },
     /// Run a recipe's sweep: every trial validated first, then run as `kiln train`
     /// processes (`--jobs` at a time) into one directory with an append-only results store.
@@ -245,6 +257,10 @@ enum Command {
         /// Trials run at once (each a process; 1 per core is a good start).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Run even when the memory estimate exceeds the memory available (exit status 4
+        /// otherwise).
+        #[arg(long)]
+        ignore_memory_check: bool,
     },
     /// Print a shell completion script.
     #[command(
@@ -527,14 +543,16 @@ pub fn main() -> i32 {
             resume,
             device,
             precision,
-        } => crate::cli::run::train_cmd(
-            recipe.as_deref(),
-            &set,
+            ignore_memory_check,
+        } => crate::cli::run::train_cmd(&crate::cli::run::TrainArgs {
+            recipe: recipe.as_deref(),
+            set: &set,
             out,
             resume,
-            device.kind(),
-            precision.matmul_dtype(),
-        ),
+            device: device.kind(),
+            matmul_dtype: precision.matmul_dtype(),
+            ignore_memory: ignore_memory_check,
+        }),
         Command::Bench {
             recipe,
             set,
@@ -558,13 +576,16 @@ pub fn main() -> i32 {
             profile,
             unfused,
         }),
-        Command::Eval { run, checkpoint } => crate::cli::run::eval_cmd(&run, checkpoint, None, &[]),
+        Command::Eval { run, checkpoint } => {
+            crate::cli::run::eval_cmd(&run, checkpoint, None, &[], false)
+        }
         Command::Generate {
             run,
             prompt,
             checkpoint,
             set,
-        } => crate::cli::run::eval_cmd(&run, checkpoint, Some(&prompt), &set),
+            ignore_memory_check,
+        } => crate::cli::run::eval_cmd(&run, checkpoint, Some(&prompt), &set, ignore_memory_check),
         Command::Curriculum(CurriculumCommand::Plot {
             recipe,
             set,
@@ -589,7 +610,8 @@ pub fn main() -> i32 {
             trial,
             set,
             out,
-        } => crate::cli::sweep::run_one_cmd(&recipe, trial, &set, &out),
+            ignore_memory_check,
+        } => crate::cli::sweep::run_one_cmd(&recipe, trial, &set, &out, ignore_memory_check),
         Command::Sweep {
             cmd:
                 Some(SweepCommand::Emit {
@@ -642,8 +664,9 @@ pub fn main() -> i32 {
             set,
             out,
             jobs,
+            ignore_memory_check,
         } => match recipe {
-            Some(r) => crate::cli::sweep::run_cmd(&r, &set, out, jobs),
+            Some(r) => crate::cli::sweep::run_cmd(&r, &set, out, jobs, ignore_memory_check),
             None => {
                 eprintln!(
                     "error: give a recipe (`kiln sweep RECIPE`) or a subcommand (plan, report)"
@@ -672,11 +695,24 @@ fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
             spec::load(file, set, &mut sources).and_then(|doc| match crate::lower::lower_document(
                 &doc, None, None,
             ) {
-                Ok(_) => Ok(doc),
+                Ok(graph) => Ok((doc, graph)),
                 Err(diags) => Err(spec::LoadError { diags }),
             });
+        // A recipe's training memory: in the summary, and a warning when it cannot fit here.
+        let mut memory = None;
         let (diags, file_status, summary) = match &result {
-            Ok(doc) => (Vec::new(), 0, describe(doc)),
+            Ok((doc, graph)) => {
+                let mut summary = describe(doc);
+                if let Document::Recipe(r) = doc {
+                    let est = crate::train::memory::training(graph, &r.spec);
+                    summary.push_str(&format!(
+                        ", training needs {}",
+                        crate::os::memory::human(est.total())
+                    ));
+                    memory = Some((est.total(), est.check("training").err()));
+                }
+                (Vec::new(), 0, summary)
+            }
             Err(e) => (
                 e.diags.clone(),
                 if e.unreadable() { 2 } else { 1 },
@@ -696,13 +732,23 @@ fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32 {
                     );
                 } else {
                     println!("{}: ok ({summary})", file.display());
+                    if let Some((_, Some(w))) = &memory {
+                        eprintln!("warning: {}: {w}", file.display());
+                    }
                 }
             }
-            Format::Json => json_files.push(serde_json::json!({
-                "file": file.display().to_string(),
-                "valid": file_status == 0,
-                "diagnostics": render_json(&diags, &sources),
-            })),
+            Format::Json => {
+                let mut entry = serde_json::json!({
+                    "file": file.display().to_string(),
+                    "valid": file_status == 0,
+                    "diagnostics": render_json(&diags, &sources),
+                });
+                if let Some((bytes, warning)) = &memory {
+                    entry["training_memory_bytes"] = (*bytes).into();
+                    entry["memory_warning"] = warning.clone().into();
+                }
+                json_files.push(entry);
+            }
         }
     }
     if format == Format::Json {

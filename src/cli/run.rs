@@ -46,20 +46,32 @@ pub(super) fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Grap
     Ok((doc, graph))
 }
 
-pub fn train_cmd(
-    recipe: Option<&Path>,
-    set: &[String],
-    out: Option<PathBuf>,
-    resume: Option<PathBuf>,
-    device: DeviceKind,
-    matmul_dtype: Option<burn::tensor::FloatDType>,
-) -> i32 {
+/// What `kiln train` was asked.
+pub struct TrainArgs<'a> {
+    /// The recipe (not with `resume`).
+    pub recipe: Option<&'a Path>,
+    /// Overrides.
+    pub set: &'a [String],
+    /// The run directory of a new run.
+    pub out: Option<PathBuf>,
+    /// The run directory to resume.
+    pub resume: Option<PathBuf>,
+    /// Where to train.
+    pub device: DeviceKind,
+    /// Mixed precision.
+    pub matmul_dtype: Option<burn::tensor::FloatDType>,
+    /// Skip the memory estimate's check.
+    pub ignore_memory: bool,
+}
+
+pub fn train_cmd(a: &TrainArgs) -> i32 {
+    let (recipe, set, out, resume) = (a.recipe, a.set, a.out.clone(), &a.resume);
     if let Err(e) = crate::os::interrupt::install() {
         eprintln!("error: cannot install the Ctrl-C handler: {e}");
         return exit::INTERNAL;
     }
     let what = std::env::args().collect::<Vec<_>>().join(" ");
-    let (dir, recipe_path) = match (&resume, recipe) {
+    let (dir, recipe_path) = match (resume, recipe) {
         (Some(dir), _) => {
             if !holds_run(dir) {
                 eprintln!(
@@ -79,6 +91,13 @@ pub fn train_cmd(
         Err(code) => return code,
     };
     let name = doc.spec.name.clone().unwrap_or_else(|| "recipe".into());
+    // Refuse what cannot fit before anything is written.
+    if !a.ignore_memory {
+        if let Err(e) = train::memory::training(&graph, &doc.spec).check("training") {
+            eprintln!("error: {e}");
+            return exit::TOO_LARGE;
+        }
+    }
     // One writer per run directory, held until this process ends.
     let (dir, _lock) = if resume.is_some() {
         let lock = match lock_dir(&dir, &what) {
@@ -132,8 +151,8 @@ pub fn train_cmd(
     let opts = RunOptions {
         dir: dir.clone(),
         progress: true,
-        device,
-        matmul_dtype,
+        device: a.device,
+        matmul_dtype: a.matmul_dtype,
     };
     let result = match &doc.spec.ensemble {
         None => train::train(&doc.spec, graph.clone(), &opts),
@@ -336,14 +355,15 @@ fn print_grammar(m: &GrammarReport) {
 }
 
 /// Below `print_grammar`'s table: why a rate is "-" (no completion finished, so it is 0/0) or
-/// rests on very few completions, with the counts, the budget, and what would finish more.
+/// rests on very few completions (under 10, and under half the prompts), with the counts,
+/// the budget, and what would finish more.
 fn explain_unfinished(m: &GrammarReport) {
     const FEW: usize = 10;
     let sets = [("ID", &m.id), ("OOD", &m.ood)];
     let undefined = sets.iter().any(|(_, x)| x.has_undefined());
     let few: Vec<&str> = sets
         .iter()
-        .filter(|(_, x)| x.finished_n > 0 && x.finished_n < FEW.min(x.n))
+        .filter(|(_, x)| x.finished_n > 0 && x.finished_n < FEW && 2 * x.finished_n < x.n)
         .map(|(l, _)| *l)
         .collect();
     if !undefined && few.is_empty() {
@@ -351,7 +371,8 @@ fn explain_unfinished(m: &GrammarReport) {
     }
     if undefined {
         println!("\"-\" is undefined: a fraction of zero finished completions (0/0), not 0.");
-    } else {
+    }
+    if !few.is_empty() {
         println!(
             "note: the {} rates rest on fewer than {FEW} finished completions.",
             few.join(" and ")
@@ -366,8 +387,8 @@ fn explain_unfinished(m: &GrammarReport) {
         "{} of {} ID and {} of {} OOD prompts finished: a completion is finished if it emits EOS within {budget} (SOS and prompt included; task.max_length).",
         m.id.finished_n, m.id.n, m.ood.finished_n, m.ood.n
     );
-    println!("These metrics decode greedily, as the reference does, so a completion ends only where EOS is the most probable next token; a model that spreads the end over many lengths (as baN and bbaN words, uniform in length up to task.max_length, teach it: EOS becomes the most probable token only near the longest lengths) or an undertrained one seldom gets there in time.");
-    println!("The recipe's `decode` section does not apply to these metrics; to see how the model completes a prompt with a longer budget or with sampling, run `kiln generate RUN_DIR --prompt \"...\" --set decode.max_new_tokens=N` or `--set decode.strategy=sample`.");
+    println!("These metrics decode greedily, as the reference does: a completion ends only where EOS is the most probable next token. Where word lengths are spread uniformly up to task.max_length (baN, bbaN), the end of a word is unlikely at any one length short of the longest, so even a well-trained model seldom finishes within the budget; an undertrained one may never emit EOS.");
+    println!("No recipe setting lengthens this budget alone (task.max_length is also the longest training word), and the recipe's `decode` section applies to `kiln generate`, not to these metrics: to see how the model completes a prompt with a longer budget or with sampling, run `kiln generate RUN_DIR --prompt \"...\" --set decode.max_new_tokens=N` or `--set decode.strategy=sample`.");
 }
 
 fn print_stream(m: &StreamMetrics) {
@@ -397,7 +418,13 @@ fn print_stream(m: &StreamMetrics) {
     println!("(unigram: always the k values most frequent in the training part; the interval treats predictions as independent, which positions of one window are not)");
 }
 
-pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) -> i32 {
+pub fn eval_cmd(
+    run: &Path,
+    which: Which,
+    prompt: Option<&str>,
+    set: &[String],
+    ignore_memory: bool,
+) -> i32 {
     if let Some(bad) = set.iter().find(|s| !s.starts_with("decode.")) {
         eprintln!("error: `--set {bad}`: `kiln generate` changes only `decode.*` settings; retrain to change anything else");
         return 2;
@@ -431,8 +458,9 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
     let rt = match Runtime::with_values(graph.clone(), DeviceKind::Cpu.device(false), &weights) {
         Ok(rt) => rt,
         Err(e) => {
+            // The weights do not belong to this model: the file cannot be used.
             eprintln!("error: {e}");
-            return 1;
+            return exit::UNUSABLE;
         }
     };
     let data = match Data::new(&doc.spec.task, doc.spec.train.seed) {
@@ -544,6 +572,15 @@ pub fn eval_cmd(run: &Path, which: Which, prompt: Option<&str>, set: &[String]) 
     if let Err(e) = check_generation(&ids, &settings, rt.max_positions()) {
         eprintln!("error: {e}");
         return exit::UNUSABLE;
+    }
+    if !ignore_memory {
+        let d = &settings.d;
+        let batch = u64::from(d.num_beams.max(1)) * u64::from(d.num_return_sequences.max(1));
+        let seq = settings.max_length(ids.len()) as u64;
+        if let Err(e) = train::memory::generation(rt.graph(), batch, seq).check("generation") {
+            eprintln!("error: {e}");
+            return exit::TOO_LARGE;
+        }
     }
     if let Some(m) = rt.max_positions() {
         // Positions the decoder reads (an encoder-decoder's source is not among them).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Expand and validate every trial; print the plan. Err carries the exit status.
 pub fn plan_cmd(recipe: &Path, set: &[String]) -> Result<(String, Vec<Trial>), i32> {
-    let (name, trials) = checked_trials(recipe, set)?;
+    let (name, trials) = checked_trials(recipe, set, false)?;
     println!("{name}: {} trial(s)", trials.len());
     for t in &trials {
         println!("{:>5}  {}  [{}]", t.index, t.sets.join(" "), t.key);
@@ -15,7 +15,13 @@ pub fn plan_cmd(recipe: &Path, set: &[String]) -> Result<(String, Vec<Trial>), i
     Ok((name, trials))
 }
 
-fn checked_trials(recipe: &Path, set: &[String]) -> Result<(String, Vec<Trial>), i32> {
+/// Expand the sweep and check every trial: valid, its data readable, distinct from the others,
+/// and (with `memory`) fitting in the memory available.
+fn checked_trials(
+    recipe: &Path,
+    set: &[String],
+    memory: bool,
+) -> Result<(String, Vec<Trial>), i32> {
     let (doc, _) = crate::lower::compile_recipe(recipe, set).map_err(|e| {
         eprint!("{e}");
         exit::FAILED
@@ -38,7 +44,17 @@ fn checked_trials(recipe: &Path, set: &[String]) -> Result<(String, Vec<Trial>),
     for t in &mut trials {
         let sets: Vec<String> = set.iter().chain(&t.sets).cloned().collect();
         let mut doc = match crate::lower::compile_recipe(recipe, &sets) {
-            Ok((doc, _)) => doc,
+            Ok((doc, graph)) => {
+                let est = crate::train::memory::training(&graph, &doc.spec);
+                if let Err(e) = est
+                    .check("training")
+                    .or_else(|e| if memory { Err(e) } else { Ok(()) })
+                {
+                    eprintln!("error: trial {} ({}): {e}", t.index, t.sets.join(" "));
+                    return Err(exit::TOO_LARGE);
+                }
+                doc
+            }
             Err(e) => {
                 eprint!("{e}");
                 eprintln!(
@@ -159,8 +175,14 @@ fn run_trials(
     }
 }
 
-pub fn run_cmd(recipe: &Path, set: &[String], out: Option<PathBuf>, jobs: usize) -> i32 {
-    let (name, trials) = match checked_trials(recipe, set) {
+pub fn run_cmd(
+    recipe: &Path,
+    set: &[String],
+    out: Option<PathBuf>,
+    jobs: usize,
+    ignore_memory: bool,
+) -> i32 {
+    let (name, trials) = match checked_trials(recipe, set, !ignore_memory) {
         Ok(x) => x,
         Err(c) => return c,
     };
@@ -272,7 +294,13 @@ pub fn report_cmd(
     super::sweep_table::print(&rep, format, metric)
 }
 
-pub fn run_one_cmd(recipe: &Path, trial: Option<usize>, set: &[String], out: &Path) -> i32 {
+pub fn run_one_cmd(
+    recipe: &Path,
+    trial: Option<usize>,
+    set: &[String],
+    out: &Path,
+    ignore_memory: bool,
+) -> i32 {
     let from_env = |k: &str| {
         std::env::var(k)
             .ok()
@@ -285,7 +313,7 @@ pub fn run_one_cmd(recipe: &Path, trial: Option<usize>, set: &[String], out: &Pa
         eprintln!("error: no trial index: give --trial I, or run under a Slurm array (SLURM_ARRAY_TASK_ID) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX)");
         return exit::UNUSABLE;
     };
-    let (_, trials) = match checked_trials(recipe, set) {
+    let (_, trials) = match checked_trials(recipe, set, !ignore_memory) {
         Ok(x) => x,
         Err(c) => return c,
     };
@@ -327,7 +355,8 @@ fn shell_quote(s: &str) -> String {
 }
 
 pub fn emit_cmd(recipe: &Path, set: &[String], slurm: bool, o: &EmitOptions) -> i32 {
-    let (name, trials) = match checked_trials(recipe, set) {
+    // The cluster's nodes are not this machine: their memory is not checked here.
+    let (name, trials) = match checked_trials(recipe, set, false) {
         Ok(x) => x,
         Err(c) => return c,
     };

@@ -377,4 +377,39 @@ impl Graph {
             .map(|n| n.ty.numel(1, seq) * 4)
             .sum()
     }
+
+    /// The largest temporary buffer of one op for one example of length `seq`, in bytes:
+    /// attention's score and weight matrices (`[heads, seq, keys]` each), which are not values
+    /// of the graph but dominate memory on long sequences.
+    pub fn workspace_bytes(&self, seq: u64) -> u64 {
+        self.g
+            .node_indices()
+            .filter(|&n| {
+                matches!(
+                    self.g[n].op,
+                    Op::Attention { .. } | Op::PhaseAttention { .. } | Op::CrossAttention { .. }
+                )
+            })
+            .filter_map(|n| {
+                let ins = self.inputs(n);
+                let (q, k) = (&self.g[*ins.first()?].ty, &self.g[*ins.get(1)?].ty);
+                // q [b, h, s, d] and k [b, h, t, d]: h·s·t scores and as many weights.
+                let per = |t: &TensorType| {
+                    t.numel(1, seq)
+                        / t.shape.last().map_or(1, |d| match d {
+                            Dim::Fixed(n) => (*n).max(1),
+                            _ => 1,
+                        })
+                };
+                let keys = k.shape.get(2).map_or(seq, |d| match d {
+                    Dim::Seq => seq,
+                    Dim::SeqPlus(m) => seq + m,
+                    Dim::Fixed(n) => *n,
+                    _ => seq,
+                });
+                Some(per(q) * keys * 4 * 2)
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }

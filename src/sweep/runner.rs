@@ -184,6 +184,8 @@ fn spawn(
             cmd.arg("--set").arg(s);
         }
     }
+    // The sweep checked every trial's memory before any started (or was told not to).
+    cmd.arg("--ignore-memory-check");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod memory;
 pub mod schedule;
 
 pub use checkpoint::{load_checkpoint, Moments, State};
