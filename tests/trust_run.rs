@@ -320,3 +320,32 @@ fn a_run_directory_has_one_writer() {
     ok(&kiln().args(["train", "--resume"]).arg(&d).output().unwrap());
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn messages_name_paths_that_work() {
+    // The suggestion for a mistyped model path works when written into the recipe (before:
+    // `models/transformer-modern.yaml` for a recipe in `recipes/`).
+    let out = kiln()
+        .args(["validate", "recipes/default.yaml", "--set"])
+        .arg("model=../models/transformer-modrn.yaml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = err(&out);
+    assert!(
+        e.contains("did you mean `../models/transformer-modern.yaml`?"),
+        "{e}"
+    );
+    // A run directory that cannot be made is named.
+    let out = kiln()
+        .args([
+            "train",
+            "recipes/default.yaml",
+            "--out",
+            "/proc/kiln-no/run",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", err(&out));
+    assert!(err(&out).contains("/proc/kiln-no/run"), "{}", err(&out));
+}

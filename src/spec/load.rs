@@ -170,13 +170,21 @@ fn similar_file(path: &Path) -> Option<String> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    Some(dir.join(similar_name(path)?).display().to_string())
+}
+
+/// The name of a file beside `path` (which does not exist) that is close to its name.
+fn similar_name(path: &Path) -> Option<String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path.file_name()?.to_str()?;
     let names: Vec<String> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
-    let guess = did_you_mean(name, names.iter().map(String::as_str))?;
-    Some(dir.join(guess).display().to_string())
+    did_you_mean(name, names.iter().map(String::as_str)).map(str::to_string)
 }
 
 /// Like [`load`], for a document already in memory (named `path`; a recipe's model path is
@@ -367,7 +375,9 @@ fn compose_model(
     let src = match read_source(&path, sources) {
         Ok(id) => id,
         Err(d) if d.code == Code::Io => {
-            let help = similar_file(&path)
+            // The suggestion as it would be written in the recipe: relative to its folder.
+            let help = similar_name(&path)
+                .map(|g| Path::new(&rel).with_file_name(g).display().to_string())
                 .map(|f| format!("did you mean `{f}`? Paths are relative to the recipe's folder"))
                 .unwrap_or_else(|| {
                     format!(
