@@ -934,7 +934,7 @@ fn irfft(x: &Tensor, n: usize) -> Tensor {
                     let a = 2.0 * PI * (k * t) as f64 / n as f64;
                     let term = re * a.cos() - im * a.sin();
                     // Bins other than DC and (for even n) Nyquist stand for their conjugates too.
-                    let weight = if k == 0 || (n % 2 == 0 && k == n / 2) {
+                    let weight = if k == 0 || (n.is_multiple_of(2) && k == n / 2) {
                         1.0
                     } else {
                         2.0

@@ -520,7 +520,7 @@ impl Lowerer {
                 }
                 let hd = match head_dim {
                     Some(d) => u64::from(*d),
-                    None if w % h == 0 => w / h,
+                    None if w.is_multiple_of(h) => w / h,
                     None => {
                         self.error(
                             Code::Shape,

@@ -105,7 +105,7 @@ fn dft(n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let (mut c, mut s) = (vec![0.0f32; f * n], vec![0.0f32; f * n]);
     let (mut ic, mut is) = (vec![0.0f32; n * f], vec![0.0f32; n * f]);
     for k in 0..f {
-        let w = if k == 0 || (n % 2 == 0 && k == n / 2) {
+        let w = if k == 0 || (n.is_multiple_of(2) && k == n / 2) {
             1.0
         } else {
             2.0

@@ -852,7 +852,7 @@ fn check_decode(spec: &super::recipe::RecipeSpec, tree: &Node, diags: &mut Vec<D
             "set e.g. `num_beam_groups: 2` with `num_beams: 4`",
         );
     }
-    if d.num_beam_groups > 1 && d.num_beams % d.num_beam_groups != 0 {
+    if d.num_beam_groups > 1 && !d.num_beams.is_multiple_of(d.num_beam_groups) {
         err(
             "num_beam_groups",
             format!(
