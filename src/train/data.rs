@@ -91,10 +91,22 @@ impl GrammarData {
         }
     }
 
+    /// The decoding settings of the metrics: greedy, whatever the recipe's `decode` says,
+    /// as the reference evaluates.
+    fn metrics_settings(&self) -> crate::decode::Settings {
+        self.settings(&crate::spec::recipe::Decode::default())
+    }
+
+    /// The length (SOS and prompt included) at which the metrics' completions stop.
+    pub fn metrics_max_length(&self) -> usize {
+        let prompt_len = self.id_prompts.first().map_or(0, Vec::len);
+        self.metrics_settings().max_length(prompt_len)
+    }
+
     /// ID and OOD metrics of greedy completions (batched, with a KV cache where the model
     /// allows one), as the reference computes them.
     pub fn metrics(&self, rt: &Runtime) -> (Metrics, Metrics) {
-        let settings = self.settings(&crate::spec::recipe::Decode::default());
+        let settings = self.metrics_settings();
         let run = |prompts: &[Vec<i64>]| {
             let mut out = Vec::new();
             for chunk in prompts.chunks(256) {
@@ -120,6 +132,7 @@ impl GrammarData {
             ood,
             chance_ood_r1: c1,
             chance_ood_r2_completion: c2,
+            decode_max_length: self.metrics_max_length(),
         }
     }
 }
@@ -696,4 +709,8 @@ pub struct GrammarReport {
     pub chance_ood_r1: f64,
     /// Chance level of OOD R2 completion.
     pub chance_ood_r2_completion: f64,
+    /// The length (SOS and prompt included) at which the greedy completions stop: those
+    /// without EOS by then are unfinished. 0 in summaries written before it was recorded.
+    #[serde(default)]
+    pub decode_max_length: usize,
 }
