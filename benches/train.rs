@@ -80,7 +80,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn load(sets: &[String]) -> (LoadedRecipe, kiln::ir::Graph) {
-    kiln::lower::compile_recipe(Path::new("recipes/default.yaml"), sets)
+    kiln::compile::recipe(Path::new("recipes/default.yaml"), sets, false)
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cli;
+pub mod compile;
 pub mod decode;
 pub mod diag;
 pub mod ir;

@@ -1,49 +1,25 @@
 //! `kiln train`, `kiln eval`, `kiln generate`.
 
 use super::{color, exit, Which};
-use crate::diag::{render_text, SourceMap};
 use crate::ir::Graph;
 use crate::runtime::{DeviceKind, Runtime};
-use crate::spec::{self, Document, LoadedRecipe};
+use crate::spec::LoadedRecipe;
 use crate::tasks::uint16::StreamMetrics;
 use crate::train::{self, Data, GrammarReport, RunOptions, Summary, TaskReport};
 use std::path::{Path, PathBuf};
 
 const RESOLVED: &str = "recipe.resolved.yaml";
 
-/// Load a recipe, lower and optimize its model; print diagnostics on failure.
+/// Compile a recipe (see [`crate::compile::recipe`]); print diagnostics on failure and
+/// return the exit status.
 pub(super) fn compile(path: &Path, set: &[String]) -> Result<(LoadedRecipe, Graph), i32> {
-    let mut sources = SourceMap::new();
-    let mut doc = match spec::load(path, set, &mut sources) {
-        Ok(Document::Recipe(r)) => *r,
-        Ok(Document::Model(_)) => {
-            eprintln!(
-                "error: `{}` is a model; `kiln train` takes a recipe (kind: recipe)",
-                path.display()
-            );
-            return Err(2);
+    crate::compile::recipe(path, set, color()).map_err(|e| {
+        eprint!("{e}");
+        if matches!(e, crate::compile::CompileError::Internal(_)) {
+            eprintln!();
         }
-        Err(e) => {
-            eprint!("{}", render_text(&e.diags, &sources, color()));
-            return Err(if e.unreadable() { 2 } else { 1 });
-        }
-    };
-    let mut graph = match crate::lower::lower_recipe(&doc) {
-        Ok(g) => g,
-        Err(d) => {
-            eprint!("{}", render_text(&d, &sources, color()));
-            return Err(1);
-        }
-    };
-    // Data paths are relative to the recipe; make them absolute so that the run directory's
-    // resolved recipe (and `--resume` from anywhere) finds the same file.
-    doc.absolutize_data(path);
-    let all: Vec<_> = crate::passes::ALL.iter().collect();
-    if let Err(e) = crate::passes::optimize(&mut graph, &all, cfg!(debug_assertions)) {
-        eprintln!("internal error: {e}");
-        return Err(3);
-    }
-    Ok((doc, graph))
+        e.exit_code()
+    })
 }
 
 /// What `kiln train` was asked.

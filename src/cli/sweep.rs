@@ -22,9 +22,9 @@ fn checked_trials(
     set: &[String],
     memory: bool,
 ) -> Result<(String, Vec<Trial>), i32> {
-    let (doc, _) = crate::lower::compile_recipe(recipe, set).map_err(|e| {
+    let (doc, _) = crate::compile::recipe(recipe, set, super::color()).map_err(|e| {
         eprint!("{e}");
-        exit::FAILED
+        e.exit_code()
     })?;
     let name = doc.spec.name.clone().unwrap_or_else(|| "sweep".into());
     let Some(s) = &doc.spec.sweep else {
@@ -43,7 +43,7 @@ fn checked_trials(
     let mut seen: std::collections::HashMap<String, usize> = Default::default();
     for t in &mut trials {
         let sets: Vec<String> = set.iter().chain(&t.sets).cloned().collect();
-        let mut doc = match crate::lower::compile_recipe(recipe, &sets) {
+        let doc = match crate::compile::recipe(recipe, &sets, super::color()) {
             Ok((doc, graph)) => {
                 let est = crate::train::memory::training(&graph, &doc.spec);
                 if let Err(e) = est
@@ -65,7 +65,6 @@ fn checked_trials(
                 return Err(exit::FAILED);
             }
         };
-        doc.absolutize_data(recipe);
         let keys = sweep::key::keys(&doc).map_err(|e| {
             eprintln!("error: trial {}: {e}", t.index);
             exit::UNUSABLE

@@ -1292,24 +1292,3 @@ pub fn lower_document(
         ),
     }
 }
-
-/// Load a recipe file with `--set`-style overrides, lower its model and run every
-/// optimization pass: the graph `kiln train` runs. Errors come back as rendered diagnostics.
-pub fn compile_recipe(
-    path: &std::path::Path,
-    sets: &[String],
-) -> Result<(crate::spec::LoadedRecipe, Graph), String> {
-    use crate::diag::{render_text, SourceMap};
-    let mut sources = SourceMap::new();
-    let doc = match crate::spec::load(path, sets, &mut sources) {
-        Ok(crate::spec::Document::Recipe(r)) => *r,
-        Ok(crate::spec::Document::Model(_)) => {
-            return Err(format!("`{}` is a model, not a recipe", path.display()))
-        }
-        Err(e) => return Err(render_text(&e.diags, &sources, false)),
-    };
-    let mut graph = lower_recipe(&doc).map_err(|d| render_text(&d, &sources, false))?;
-    let all: Vec<_> = crate::passes::ALL.iter().collect();
-    crate::passes::optimize(&mut graph, &all, cfg!(debug_assertions)).map_err(|e| e.to_string())?;
-    Ok((doc, graph))
-}

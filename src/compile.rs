@@ -1,0 +1,71 @@
+//! The one compile pipeline: load a recipe (with `--set` overrides), compose its model,
+//! resolve its data paths, lower the model to the graph IR and run every optimization pass.
+//! The CLI, sweeps and benchmarks all compile recipes through [`recipe`], so a trial, a run
+//! and a benchmark of the same recipe train the same graph on the same data.
+
+use crate::diag::{render_text, SourceMap};
+use crate::ir::Graph;
+use crate::spec::{Document, LoadedRecipe};
+use std::path::Path;
+
+/// Why a recipe did not compile; the message is rendered (with colour where asked).
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The file cannot be read as YAML (missing, not UTF-8, syntax error, too large).
+    #[error("{0}")]
+    Unreadable(String),
+    /// The document is not a valid recipe: its diagnostics.
+    #[error("{0}")]
+    Invalid(String),
+    /// An optimization pass broke the graph: a bug in kiln.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CompileError {
+    /// The exit status (see [`crate::cli::exit`]).
+    pub fn exit_code(&self) -> i32 {
+        use crate::cli::exit;
+        match self {
+            CompileError::Unreadable(_) => exit::UNUSABLE,
+            CompileError::Invalid(_) => exit::FAILED,
+            CompileError::Internal(_) => exit::INTERNAL,
+        }
+    }
+}
+
+/// Compile the recipe at `path`: its validated spec (model inlined, data paths absolute) and
+/// its optimized graph. `color` renders diagnostics for a terminal.
+pub fn recipe(
+    path: &Path,
+    sets: &[String],
+    color: bool,
+) -> Result<(LoadedRecipe, Graph), CompileError> {
+    let mut sources = SourceMap::new();
+    let mut doc = match crate::spec::load(path, sets, &mut sources) {
+        Ok(Document::Recipe(r)) => *r,
+        Ok(Document::Model(_)) => {
+            return Err(CompileError::Invalid(format!(
+                "error: `{}` is a model; this command takes a recipe (kind: recipe)\n",
+                path.display()
+            )))
+        }
+        Err(e) => {
+            let text = render_text(&e.diags, &sources, color);
+            return Err(if e.unreadable() {
+                CompileError::Unreadable(text)
+            } else {
+                CompileError::Invalid(text)
+            });
+        }
+    };
+    let mut graph = crate::lower::lower_recipe(&doc)
+        .map_err(|d| CompileError::Invalid(render_text(&d, &sources, color)))?;
+    // Data paths are relative to the recipe; absolute, the run directory's resolved recipe
+    // (and `--resume` from anywhere, and a trial's content key) name the same file.
+    doc.absolutize_data(path);
+    let all: Vec<_> = crate::passes::ALL.iter().collect();
+    crate::passes::optimize(&mut graph, &all, cfg!(debug_assertions))
+        .map_err(|e| CompileError::Internal(e.to_string()))?;
+    Ok((doc, graph))
+}
