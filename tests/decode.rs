@@ -415,7 +415,7 @@ fn beam_sampling_samples_and_is_seeded() {
 fn model(file: &str, sets: &[&str]) -> Runtime {
     let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
     let (_, g) =
-        kiln::lower::compile_recipe(Path::new(file), &sets).unwrap_or_else(|e| panic!("{e}"));
+        kiln::compile::recipe(Path::new(file), &sets, false).unwrap_or_else(|e| panic!("{e}"));
     Runtime::init(g, DeviceKind::Cpu.device(false), 11)
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 
 fn recipe(sets: &[&str]) -> (RecipeSpec, kiln::ir::Graph) {
     let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
-    let (r, g) = kiln::lower::compile_recipe(Path::new("recipes/default.yaml"), &sets)
+    let (r, g) = kiln::compile::recipe(Path::new("recipes/default.yaml"), &sets, false)
         .unwrap_or_else(|e| panic!("{e}"));
     (r.spec, g)
 }
@@ -168,7 +168,7 @@ fn adamw_first_step_follows_its_formula() {
 /// has stalled for `patience` evaluations, and each step reports the cutoff it trained with.
 #[test]
 fn the_frequency_curriculum_clock_slows_down_while_validation_stalls() {
-    let (r, g) = kiln::lower::compile_recipe(
+    let (r, g) = kiln::compile::recipe(
         Path::new("recipes/anbn-gfnet-frequency.yaml"),
         &[
             "model.vars.depth=1".into(),
@@ -176,6 +176,7 @@ fn the_frequency_curriculum_clock_slows_down_while_validation_stalls() {
             "task.max_length=14".into(),
             "train.frequency_curriculum={start: 0.2, warmup: 1, steps: 4, adaptive: {patience: 2, rate: 0.25}}".into(),
         ],
+        false,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut tr = Trainer::new(&r.spec.train, g, DeviceKind::Cpu.device(true));
