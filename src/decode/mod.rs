@@ -324,7 +324,13 @@ fn beam(
     // The first beam of each group starts at 0, the others at −1e9 (so step one expands
     // only one beam per group).
     let mut scores: Vec<f64> = (0..b * k)
-        .map(|r| if (r % k).is_multiple_of(gs) { 0.0 } else { -1e9 })
+        .map(|r| {
+            if (r % k).is_multiple_of(gs) {
+                0.0
+            } else {
+                -1e9
+            }
+        })
         .collect();
     let mut hyps: Vec<Hyps> = (0..b * groups).map(|_| Hyps::new(gs)).collect();
     let mut done = vec![false; b * groups];
