@@ -1,7 +1,6 @@
 //! Operations of the IR: their attributes, shape inference, and how they mix positions.
 
 use super::{DType, Dim, TensorType};
-use crate::spec::Activation;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -22,7 +21,7 @@ impl Hash for Real {
 }
 impl fmt::Display for Real {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", crate::spec::yaml::fmt_f64(self.0))
+        write!(f, "{}", crate::util::fmt_f64(self.0))
     }
 }
 
@@ -86,6 +85,21 @@ pub enum Mixing {
     Full,
 }
 
+/// An elementwise activation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Act {
+    /// max(0, x).
+    Relu,
+    /// Gaussian error linear unit (exact, erf form).
+    Gelu,
+    /// x · sigmoid(x) (swish).
+    Silu,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// ln(1 + eˣ).
+    Softplus,
+}
+
 /// One operation. Inputs are numbered ports; every op has one output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -114,7 +128,7 @@ pub enum Op {
     /// Multiply by a constant.
     Scale(Real),
     /// An activation function.
-    Act(Activation),
+    Act(Act),
     /// Dropout with probability p during training (identity at inference).
     Dropout(Real),
     /// `(x, gain, bias)`: layer normalisation over the last axis.

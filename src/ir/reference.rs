@@ -6,7 +6,7 @@
 //! (evaluation mode).
 
 use super::{AttnScale, FreqCutoff, Graph, Init, Op};
-use crate::spec::Activation;
+use crate::ir::op::Act as Activation;
 use std::collections::HashMap;
 use std::f64::consts::PI;
 

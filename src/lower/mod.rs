@@ -5,6 +5,7 @@
 //! position see later positions.
 
 use crate::diag::{Code, Diagnostic, Span};
+use crate::ir::op::Act;
 use crate::ir::{AttnScale, DType, Dim, Graph, Init, Mixing, Op, Real};
 use crate::spec::yaml::Node;
 use crate::spec::{Activation, Layer, LoadedModel};
@@ -621,7 +622,7 @@ impl Lowerer {
             } => {
                 let w = self.width(x);
                 let h = self.linear(&at, "up", x, u64::from(*hidden), *bias)?;
-                let mut h = self.op(&at, Op::Act(*activation), &[h])?;
+                let mut h = self.op(&at, Op::Act(act_of(*activation)), &[h])?;
                 if *dropout > 0.0 {
                     h = self.op(&at, Op::Dropout(Real(*dropout)), &[h])?;
                 }
@@ -631,7 +632,7 @@ impl Lowerer {
                 let w = self.width(x);
                 let a = self.linear(&at, "gate", x, u64::from(*hidden), *bias)?;
                 let b = self.linear(&at, "up", x, u64::from(*hidden), *bias)?;
-                let a = self.op(&at, Op::Act(Activation::Silu), &[a])?;
+                let a = self.op(&at, Op::Act(Act::Silu), &[a])?;
                 let h = self.op(&at, Op::Mul, &[a, b])?;
                 self.linear(&at, "down", h, w, *bias)
             }
@@ -762,12 +763,12 @@ impl Lowerer {
                     ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[y])?);
                 }
                 let ph = self.linear(&at, "phase", x, h * p, true)?;
-                let ph = self.op(&at, Op::Act(Activation::Tanh), &[ph])?;
+                let ph = self.op(&at, Op::Act(Act::Tanh), &[ph])?;
                 let ph = self.op(&at, Op::Scale(Real(std::f64::consts::PI)), &[ph])?;
                 ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[ph])?);
                 if complex {
                     let a = self.linear(&at, "amp", x, h * p, true)?;
-                    let a = self.op(&at, Op::Act(Activation::Softplus), &[a])?;
+                    let a = self.op(&at, Op::Act(Act::Softplus), &[a])?;
                     ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[a])?);
                 }
                 ins.push(self.param(&at, "blend", &[2], Init::Ones));
@@ -1290,5 +1291,16 @@ pub fn lower_document(
                 source_pad: None,
             },
         ),
+    }
+}
+
+/// The IR's activation for the spec's (the IR knows nothing of the spec).
+fn act_of(a: Activation) -> Act {
+    match a {
+        Activation::Relu => Act::Relu,
+        Activation::Gelu => Act::Gelu,
+        Activation::Silu => Act::Silu,
+        Activation::Tanh => Act::Tanh,
+        Activation::Softplus => Act::Softplus,
     }
 }

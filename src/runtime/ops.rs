@@ -2,8 +2,8 @@
 
 use super::fused;
 use super::value::V;
+use crate::ir::op::Act as Activation;
 use crate::ir::{AttnScale, Op, SpectralAlgo};
-use crate::spec::Activation;
 use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::Distribution;

@@ -983,7 +983,7 @@ impl Task {
         match self {
             Task::Grammar { language, .. } => language.vocab(),
             Task::Uint16 { vocab, .. } => u64::from(*vocab),
-            Task::Seq2seq { symbols, .. } => u64::from(*symbols) + 3,
+            Task::Seq2seq { symbols, .. } => u64::from(*symbols) + seq2seq_ids::FIRST as u64,
             Task::Forecast(_) => 0,
         }
     }
@@ -994,7 +994,7 @@ impl Task {
         match self {
             Task::Seq2seq {
                 mask_padding: true, ..
-            } => Some(crate::tasks::seq2seq::PAD),
+            } => Some(seq2seq_ids::PAD),
             _ => None,
         }
     }
@@ -1100,4 +1100,17 @@ mod curriculum_tests {
         assert_eq!(by_epochs.span(50), 100, "2 epochs of 50 steps");
         assert_eq!(by_epochs.length(50, 64, 50), 36);
     }
+}
+
+/// The vocabulary of a sequence-to-sequence task: three special ids, then the symbols (so its
+/// vocabulary is `symbols + 3`).
+pub mod seq2seq_ids {
+    /// Padding id.
+    pub const PAD: i64 = 0;
+    /// Start of the target.
+    pub const BOS: i64 = 1;
+    /// End of the target.
+    pub const EOS: i64 = 2;
+    /// Id of the first symbol.
+    pub const FIRST: i64 = 3;
 }

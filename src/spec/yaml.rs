@@ -170,18 +170,7 @@ pub fn is_integral(f: f64) -> bool {
     f.is_finite() && f.fract() == 0.0
 }
 
-/// Format a float the way a person would write it in YAML.
-pub fn fmt_f64(f: f64) -> String {
-    if f.is_nan() {
-        ".nan".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { ".inf" } else { "-.inf" }.into()
-    } else if f != 0.0 && (f.abs() >= 1e15 || f.abs() < 1e-4) {
-        format!("{f:e}")
-    } else {
-        format!("{f}")
-    }
-}
+pub use crate::util::fmt_f64;
 
 /// Parse the text of source `src` into one document.
 ///

@@ -6,14 +6,7 @@ use crate::spec::recipe::Problem;
 use crate::util::Rng;
 use serde::{Deserialize, Serialize};
 
-/// Padding id.
-pub const PAD: i64 = 0;
-/// Start of the target.
-pub const BOS: i64 = 1;
-/// End of the target.
-pub const EOS: i64 = 2;
-/// Id of the first symbol.
-pub const FIRST: i64 = 3;
+pub use crate::spec::recipe::seq2seq_ids::{BOS, EOS, FIRST, PAD};
 
 /// The target word of `w`.
 pub fn apply(problem: Problem, w: &[i64]) -> Vec<i64> {
