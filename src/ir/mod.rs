@@ -34,6 +34,19 @@ pub enum Dim {
     Fixed(u64),
 }
 
+impl Dim {
+    /// Its size for `batch` sequences of `seq` tokens.
+    pub fn value(&self, batch: u64, seq: u64) -> u64 {
+        match self {
+            Dim::Batch => batch,
+            Dim::Seq => seq,
+            Dim::SeqPlus(m) => seq + m,
+            Dim::BatchTimes(c) => batch * c,
+            Dim::Fixed(n) => *n,
+        }
+    }
+}
+
 impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -67,16 +80,12 @@ pub struct TensorType {
 impl TensorType {
     /// Number of elements for given batch and sequence sizes.
     pub fn numel(&self, batch: u64, seq: u64) -> u64 {
-        self.shape
-            .iter()
-            .map(|d| match d {
-                Dim::Batch => batch,
-                Dim::Seq => seq,
-                Dim::SeqPlus(m) => seq + m,
-                Dim::BatchTimes(c) => batch * c,
-                Dim::Fixed(n) => *n,
-            })
-            .product()
+        self.shape.iter().map(|d| d.value(batch, seq)).product()
+    }
+
+    /// The size of axis `i` for one example of length `seq` (1 past the last axis).
+    pub fn len(&self, i: usize, seq: u64) -> u64 {
+        self.shape.get(i).map_or(1, |d| d.value(1, seq))
     }
 }
 
@@ -311,9 +320,10 @@ impl Graph {
 
     /// Multiply-add work of one forward pass over `batch` sequences of `seq` tokens, in FLOPs
     /// (2 per multiply-add): the matrix products of linear maps, attention (the full score
-    /// matrix, as computed), LSTM gates, Mamba and xLSTM projections (and mLSTM's s × s
-    /// products) and position-linear maps. Norms,
-    /// activations, FFTs and the scan's elementwise work are not counted. A training step
+    /// matrix, as computed; phase-coherent, cross- and band attention alike), LSTM gates,
+    /// Mamba, xLSTM and ETS projections (and mLSTM's s × s products), position-linear maps,
+    /// forecasting heads and dense spectral filters. Norms, activations, FFTs and the scan's
+    /// elementwise work are not counted (every op says which it is: no op is left out). A training step
     /// costs about three times this (forward, and two products per product backward).
     pub fn matmul_flops(&self, batch: u64, seq: u64) -> u64 {
         let shape = |n: NodeIndex| -> Vec<u64> {
@@ -362,7 +372,70 @@ impl Graph {
                         let w = shape(ins[1]);
                         2 * out * w[1] * seq
                     }
-                    _ => 0,
+                    // Its value and output projections (the smoothing is an FFT convolution).
+                    Op::Ets { .. } => [1, 5]
+                        .iter()
+                        .map(|&k| {
+                            let w = shape(ins[k]);
+                            2 * batch * seq * w[0] * w[1]
+                        })
+                        .sum(),
+                    Op::PhaseAttention { .. } => 4 * out * seq,
+                    // Scores and values over the source's positions.
+                    Op::CrossAttention { .. } => 4 * out * self.g[ins[1]].ty.len(2, seq),
+                    // Every band's query against every band's key, and the values.
+                    Op::BandAttention { bands } => 4 * out * bands,
+                    Op::ForecastHead { .. } => 2 * out * shape(ins[1])[0],
+                    Op::SpectralFilter {
+                        n: len,
+                        algo: SpectralAlgo::Dense,
+                        ..
+                    } => 2 * out * len,
+                    Op::SpectralFilter {
+                        algo: SpectralAlgo::Fft,
+                        ..
+                    }
+                    | Op::Input
+                    | Op::Param { .. }
+                    | Op::Embedding
+                    | Op::Add
+                    | Op::Mul
+                    | Op::Scale(_)
+                    | Op::Act(_)
+                    | Op::Dropout(_)
+                    | Op::LayerNorm(_)
+                    | Op::RmsNorm(_)
+                    | Op::SinusoidalTable { .. }
+                    | Op::AddPositions
+                    | Op::SplitHeads { .. }
+                    | Op::MergeHeads
+                    | Op::RopeTable { .. }
+                    | Op::ApplyRope
+                    | Op::L2Norm
+                    | Op::RepeatKv { .. }
+                    | Op::PadSeq { .. }
+                    | Op::CropSeq
+                    | Op::Rfft { .. }
+                    | Op::Irfft { .. }
+                    | Op::ComplexMul
+                    | Op::FreqMask { .. }
+                    | Op::PrependMemory
+                    | Op::Source { .. }
+                    | Op::Series { .. }
+                    | Op::RevinNorm
+                    | Op::RevinDenorm
+                    | Op::Patch { .. }
+                    | Op::ComplexFeatures
+                    | Op::WindowedGate { .. }
+                    | Op::Wave { .. }
+                    | Op::HarmonicSelect { .. }
+                    | Op::SliceFeatures { .. }
+                    | Op::ConcatFeatures { .. }
+                    | Op::PadBias { .. }
+                    | Op::DropMemory { .. }
+                    | Op::MeanProbs { .. }
+                    | Op::MeanForecasts { .. }
+                    | Op::Output => 0,
                 }
             })
             .sum()
@@ -394,20 +467,7 @@ impl Graph {
                 let ins = self.inputs(n);
                 let (q, k) = (&self.g[*ins.first()?].ty, &self.g[*ins.get(1)?].ty);
                 // q [b, h, s, d] and k [b, h, t, d]: h·s·t scores and as many weights.
-                let per = |t: &TensorType| {
-                    t.numel(1, seq)
-                        / t.shape.last().map_or(1, |d| match d {
-                            Dim::Fixed(n) => (*n).max(1),
-                            _ => 1,
-                        })
-                };
-                let keys = k.shape.get(2).map_or(seq, |d| match d {
-                    Dim::Seq => seq,
-                    Dim::SeqPlus(m) => seq + m,
-                    Dim::Fixed(n) => *n,
-                    _ => seq,
-                });
-                Some(per(q) * keys * 4 * 2)
+                Some(q.len(1, seq) * q.len(2, seq) * k.len(2, seq) * 4 * 2)
             })
             .max()
             .unwrap_or(0)

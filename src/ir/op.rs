@@ -549,7 +549,22 @@ impl Op {
                     SpectralAlgo::Dense => "dense",
                 }
             ),
-            _ => String::new(),
+            Op::CrossAttention { key_mask: false }
+            | Op::Input
+            | Op::Embedding
+            | Op::Add
+            | Op::Mul
+            | Op::AddPositions
+            | Op::MergeHeads
+            | Op::ApplyRope
+            | Op::L2Norm
+            | Op::CropSeq
+            | Op::ComplexMul
+            | Op::PrependMemory
+            | Op::RevinNorm
+            | Op::RevinDenorm
+            | Op::ComplexFeatures
+            | Op::Output => String::new(),
         }
     }
 
@@ -597,7 +612,45 @@ impl Op {
                     Mixing::Full
                 }
             }
-            _ => Mixing::Pointwise,
+            // Output t reads input t only (or nothing of the sequence: tables, parameters;
+            // cross-attention reads the source, not later decoder positions; the ops after an
+            // FFT work on frequencies, mixed already by the FFT).
+            Op::Input
+            | Op::Param { .. }
+            | Op::Embedding
+            | Op::Linear { .. }
+            | Op::Add
+            | Op::Mul
+            | Op::Scale(_)
+            | Op::Act(_)
+            | Op::Dropout(_)
+            | Op::LayerNorm(_)
+            | Op::RmsNorm(_)
+            | Op::SinusoidalTable { .. }
+            | Op::AddPositions
+            | Op::SplitHeads { .. }
+            | Op::MergeHeads
+            | Op::RopeTable { .. }
+            | Op::ApplyRope
+            | Op::L2Norm
+            | Op::RepeatKv { .. }
+            | Op::PadSeq { .. }
+            | Op::CropSeq
+            | Op::ComplexMul
+            | Op::FreqMask { .. }
+            | Op::Source { .. }
+            | Op::Series { .. }
+            | Op::ComplexFeatures
+            | Op::Wave { .. }
+            | Op::HarmonicSelect { .. }
+            | Op::SliceFeatures { .. }
+            | Op::ConcatFeatures { .. }
+            | Op::BandAttention { .. }
+            | Op::CrossAttention { .. }
+            | Op::PadBias { .. }
+            | Op::MeanProbs { .. }
+            | Op::MeanForecasts { .. }
+            | Op::Output => Mixing::Pointwise,
         }
     }
 
@@ -634,7 +687,26 @@ impl Op {
             Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
             Op::ConcatFeatures { parts } => *parts as usize,
             Op::BandAttention { bands } => 3 * *bands as usize,
-            _ => 1,
+            Op::Scale(_)
+            | Op::Act(_)
+            | Op::Dropout(_)
+            | Op::SinusoidalTable { .. }
+            | Op::SplitHeads { .. }
+            | Op::MergeHeads
+            | Op::RopeTable { .. }
+            | Op::L2Norm
+            | Op::RepeatKv { .. }
+            | Op::PadSeq { .. }
+            | Op::Rfft { .. }
+            | Op::Irfft { .. }
+            | Op::FreqMask { .. }
+            | Op::Patch { .. }
+            | Op::ComplexFeatures
+            | Op::Wave { .. }
+            | Op::SliceFeatures { .. }
+            | Op::PadBias { .. }
+            | Op::DropMemory { .. }
+            | Op::Output => 1,
         }
     }
 

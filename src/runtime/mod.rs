@@ -523,7 +523,57 @@ impl Runtime {
                     Op::Param { shape, .. } => Some(shape[0] as usize),
                     _ => None,
                 }),
-            _ => None,
+            // No limit: a RoPE or sinusoidal table is computed for any length.
+            Op::Input
+            | Op::Param { .. }
+            | Op::Embedding
+            | Op::Linear { .. }
+            | Op::Add
+            | Op::Mul
+            | Op::Scale(_)
+            | Op::Act(_)
+            | Op::Dropout(_)
+            | Op::LayerNorm(_)
+            | Op::RmsNorm(_)
+            | Op::SinusoidalTable { .. }
+            | Op::SplitHeads { .. }
+            | Op::MergeHeads
+            | Op::RopeTable { .. }
+            | Op::ApplyRope
+            | Op::L2Norm
+            | Op::RepeatKv { .. }
+            | Op::Attention { .. }
+            | Op::Lstm { .. }
+            | Op::Mamba { .. }
+            | Op::Ets { .. }
+            | Op::Mlstm { .. }
+            | Op::Slstm { .. }
+            | Op::Series { .. }
+            | Op::RevinNorm
+            | Op::RevinDenorm
+            | Op::Patch { .. }
+            | Op::ComplexFeatures
+            | Op::WindowedGate { .. }
+            | Op::Wave { .. }
+            | Op::HarmonicSelect { .. }
+            | Op::PhaseAttention { .. }
+            | Op::SliceFeatures { .. }
+            | Op::ConcatFeatures { .. }
+            | Op::BandAttention { .. }
+            | Op::ForecastHead { .. }
+            | Op::Source { .. }
+            | Op::CrossAttention { .. }
+            | Op::PadBias { .. }
+            | Op::PrependMemory
+            | Op::DropMemory { .. }
+            | Op::CropSeq
+            | Op::Rfft { .. }
+            | Op::Irfft { .. }
+            | Op::ComplexMul
+            | Op::FreqMask { .. }
+            | Op::MeanProbs { .. }
+            | Op::MeanForecasts { .. }
+            | Op::Output => None,
         }
     }
 
@@ -547,13 +597,61 @@ impl Runtime {
                 Op::Attention { causal, .. }
                 | Op::PhaseAttention { causal, .. }
                 | Op::SpectralFilter { causal, .. } => *causal,
+                // Whole-sequence transforms, and the forecasting ops (a forecaster does not
+                // decode).
                 Op::PadSeq { .. }
                 | Op::CropSeq
                 | Op::Rfft { .. }
                 | Op::Irfft { .. }
                 | Op::ComplexMul
-                | Op::WindowedGate { .. } => false,
-                _ => true,
+                | Op::WindowedGate { .. }
+                | Op::Series { .. }
+                | Op::RevinNorm
+                | Op::RevinDenorm
+                | Op::Patch { .. }
+                | Op::ForecastHead { .. }
+                | Op::MeanForecasts { .. } => false,
+                // Recurrences and the position-wise map keep their own state; memory tokens
+                // stay at the front of every cache; the rest reads position t only.
+                Op::Lstm { .. }
+                | Op::Mamba { .. }
+                | Op::Mlstm { .. }
+                | Op::Slstm { .. }
+                | Op::Ets { .. }
+                | Op::PositionLinear { .. }
+                | Op::PrependMemory
+                | Op::DropMemory { .. }
+                | Op::CrossAttention { .. }
+                | Op::PadBias { .. }
+                | Op::Source { .. }
+                | Op::Input
+                | Op::Param { .. }
+                | Op::Embedding
+                | Op::Linear { .. }
+                | Op::Add
+                | Op::Mul
+                | Op::Scale(_)
+                | Op::Act(_)
+                | Op::Dropout(_)
+                | Op::LayerNorm(_)
+                | Op::RmsNorm(_)
+                | Op::SinusoidalTable { .. }
+                | Op::AddPositions
+                | Op::SplitHeads { .. }
+                | Op::MergeHeads
+                | Op::RopeTable { .. }
+                | Op::ApplyRope
+                | Op::L2Norm
+                | Op::RepeatKv { .. }
+                | Op::FreqMask { .. }
+                | Op::ComplexFeatures
+                | Op::Wave { .. }
+                | Op::HarmonicSelect { .. }
+                | Op::SliceFeatures { .. }
+                | Op::ConcatFeatures { .. }
+                | Op::BandAttention { .. }
+                | Op::MeanProbs { .. }
+                | Op::Output => true,
             };
             if !ok {
                 return Err(format!(
