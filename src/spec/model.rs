@@ -1,5 +1,6 @@
 //! `kind: model` documents: a list of layers composed with blocks.
 
+use super::defaults::{default_one, default_one_f64, default_true};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -139,9 +140,6 @@ fn default_beta_slow() -> f64 {
 fn default_rope_base() -> f64 {
     10000.0
 }
-fn default_true() -> bool {
-    true
-}
 fn default_ln_eps() -> f64 {
     1e-5
 }
@@ -158,14 +156,6 @@ fn default_d_conv() -> u32 {
 
 fn default_expand() -> u32 {
     2
-}
-
-fn default_one_f64() -> f64 {
-    1.0
-}
-
-fn default_one() -> u32 {
-    1
 }
 
 /// One layer or block of layers. `type` selects which; the other keys configure it.

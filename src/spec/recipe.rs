@@ -1,5 +1,6 @@
 //! `kind: recipe` documents: a model, a task, and how to train and decode it.
 
+use super::defaults::{default_one, default_one_f64, default_true};
 use super::model::ModelSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -624,9 +625,6 @@ impl FrequencyCurriculum {
 fn default_batch() -> u32 {
     32
 }
-fn default_one() -> u32 {
-    1
-}
 fn default_eval_every() -> u64 {
     100
 }
@@ -802,11 +800,11 @@ pub struct Decode {
     #[schemars(range(min = 0, max = 1048576))]
     pub min_new_tokens: u32,
     /// Beams of `beam`, `group_beam` and `beam_sample`.
-    #[serde(default = "default_one_u32")]
+    #[serde(default = "default_one")]
     #[schemars(range(min = 1, max = 256))]
     pub num_beams: u32,
     /// Groups of diverse beam search (`group_beam`); must divide `num_beams`.
-    #[serde(default = "default_one_u32")]
+    #[serde(default = "default_one")]
     #[schemars(range(min = 1, max = 256))]
     pub num_beam_groups: u32,
     /// Hamming diversity penalty of `group_beam`: subtracted from a token's score once per
@@ -825,7 +823,7 @@ pub struct Decode {
     #[serde(default)]
     pub early_stopping: EarlyStop,
     /// Sequences returned per prompt (at most `num_beams` for beam strategies).
-    #[serde(default = "default_one_u32")]
+    #[serde(default = "default_one")]
     #[schemars(range(min = 1, max = 256))]
     pub num_return_sequences: u32,
     /// Sampling temperature: logits are divided by it (sampling strategies only).
@@ -879,20 +877,11 @@ pub struct Decode {
     pub use_cache: bool,
 }
 
-fn default_one_u32() -> u32 {
-    1
-}
-fn default_one_f64() -> f64 {
-    1.0
-}
 fn default_length_penalty() -> f64 {
     1.0
 }
 fn default_top_k() -> u32 {
     50
-}
-fn default_true() -> bool {
-    true
 }
 
 impl Default for Decode {
