@@ -1,9 +1,11 @@
 //! kiln's fused CPU kernels against the plain Burn path they replace: the same values and the
 //! same gradients, on plain and autodiff tensors, for shapes that exercise every edge (rows
-//! shorter than a vector, causal offsets, grouped rows, non-contiguous inputs).
+//! shorter than a vector, causal offsets, grouped rows, non-contiguous inputs). Each comparison
+//! also checks, by the kernels' run counts, that the fused path really ran (an op silently takes
+//! the plain path when the kernels cannot take its inputs) and that the plain path ran none.
 
 use burn::prelude::*;
-use kiln::runtime::fused::{self, Visible};
+use kiln::runtime::fused::{self, Kernel, Visible};
 
 /// Deterministic values in about [-scale, scale].
 fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -38,6 +40,32 @@ fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Runs `f` and asserts, by the run counts of `kernels`, which path it took: with `fused`, each
+/// kernel's forward pass ran, and its backward pass too exactly when `backward`; without, none
+/// of them ran.
+fn counted<T>(kernels: &[Kernel], fused: bool, backward: bool, f: impl FnOnce() -> T) -> T {
+    let calls = || kernels.iter().map(|&k| fused::calls(k)).collect::<Vec<_>>();
+    let before = calls();
+    let out = f();
+    for ((kernel, a), b) in kernels.iter().zip(before).zip(calls()) {
+        if fused {
+            assert!(
+                b.forward > a.forward,
+                "{kernel:?}: the fused kernel did not run"
+            );
+            assert_eq!(
+                b.backward > a.backward,
+                backward,
+                "{kernel:?}: its fused backward pass ran {} times",
+                b.backward - a.backward
+            );
+        } else {
+            assert_eq!(a, b, "{kernel:?}: a fused kernel ran on the plain path");
+        }
+    }
+    out
+}
+
 fn device(autodiff: bool) -> Device {
     if autodiff {
         Device::flex().autodiff()
@@ -48,15 +76,18 @@ fn device(autodiff: bool) -> Device {
 
 /// Runs `run(fused, autodiff)` with the fused kernels on and off, on plain and on autodiff
 /// tensors, and asserts the flat tensors it returns (outputs, then gradients) agree within
-/// `tol`; `names` labels them in the message.
+/// `tol`; `names` labels them in the message. With the kernels on, `kernel` must have run
+/// (backward too on autodiff tensors); off, it must not have.
 fn assert_paths_agree(
+    kernel: Kernel,
     run: &dyn Fn(bool, bool) -> Vec<Tensor<1>>,
     tol: f32,
     case: &str,
     names: &[&str],
 ) {
     for autodiff in [false, true] {
-        let (a, z) = (run(true, autodiff), run(false, autodiff));
+        let a = counted(&[kernel], true, autodiff, || run(true, autodiff));
+        let z = counted(&[kernel], false, false, || run(false, autodiff));
         assert_eq!(a.len(), z.len());
         for (i, (a, z)) in a.into_iter().zip(z).enumerate() {
             let d = max_diff(a, z);
@@ -70,6 +101,7 @@ fn assert_paths_agree(
 /// batch over the pool's threads: one block, blocks of several rows with a shorter last one,
 /// and one row per block.
 fn assert_paths_agree_on_pools(
+    kernel: Kernel,
     run: &(dyn Fn(bool, bool) -> Vec<Tensor<1>> + Sync),
     tol: f32,
     case: &str,
@@ -81,36 +113,23 @@ fn assert_paths_agree_on_pools(
             .num_threads(threads)
             .build()
             .unwrap()
-            .install(|| assert_paths_agree(run, tol, &case, names));
+            .install(|| assert_paths_agree(kernel, run, tol, &case, names));
     }
 }
 
 /// Runs `f` on inputs built by `make` with the fused kernels on and off; returns the largest
 /// differences of the outputs and of the gradients of every input (a random linear functional
-/// of the output is the loss, so every output element carries a different weight).
+/// of the output is the loss, so every output element carries a different weight). Asserts
+/// that `kernel` ran with the kernels on (backward too on autodiff tensors), and not off.
 fn compare<const D: usize, const E: usize>(
+    kernel: Kernel,
     make: impl Fn(&Device) -> Vec<Tensor<D>>,
     f: impl Fn(Vec<Tensor<D>>) -> Tensor<E>,
 ) -> (f32, Vec<f32>) {
     let run = |on: bool, autodiff: bool| {
-        fused::set_enabled(on);
-        let device = device(autodiff);
-        let ins: Vec<Tensor<D>> = make(&device)
-            .into_iter()
-            .map(|x| if autodiff { x.require_grad() } else { x })
-            .collect();
-        let out = f(ins.clone());
-        let grads = if autodiff {
-            let w = t(out.dims(), 99, 1.0, &device);
-            let g = (out.clone() * w).sum().backward();
-            ins.iter()
-                .map(|x| x.grad(&g).expect("every input gets a gradient"))
-                .collect()
-        } else {
-            vec![]
-        };
-        fused::set_enabled(true);
-        (out.without_autodiff(), grads)
+        counted(&[kernel], on, autodiff, || {
+            run_once(&make, &f, on, autodiff)
+        })
     };
     // Plain tensors: values only.
     let (a, _) = run(true, false);
@@ -126,6 +145,34 @@ fn compare<const D: usize, const E: usize>(
         .map(|(x, y)| max_diff(x, y))
         .collect();
     (value, grads)
+}
+
+/// One run of [`compare`]: `f` on fresh inputs from `make` (requiring gradients on autodiff
+/// tensors), with the fused kernels `on` or off; returns the output and the inputs' gradients.
+fn run_once<const D: usize, const E: usize>(
+    make: &impl Fn(&Device) -> Vec<Tensor<D>>,
+    f: &impl Fn(Vec<Tensor<D>>) -> Tensor<E>,
+    on: bool,
+    autodiff: bool,
+) -> (Tensor<E>, Vec<Tensor<D>>) {
+    fused::set_enabled(on);
+    let device = device(autodiff);
+    let ins: Vec<Tensor<D>> = make(&device)
+        .into_iter()
+        .map(|x| if autodiff { x.require_grad() } else { x })
+        .collect();
+    let out = f(ins.clone());
+    let grads = if autodiff {
+        let w = t(out.dims(), 99, 1.0, &device);
+        let g = (out.clone() * w).sum().backward();
+        ins.iter()
+            .map(|x| x.grad(&g).expect("every input gets a gradient"))
+            .collect()
+    } else {
+        vec![]
+    };
+    fused::set_enabled(true);
+    (out.without_autodiff(), grads)
 }
 
 fn vis(queries: usize, causal: bool, offset: usize) -> Visible {
@@ -144,6 +191,7 @@ fn silu_matches_the_plain_path() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for (shape, scale) in [([2, 3, 5], 3.0), ([4, 33, 344], 8.0), ([1, 1, 1], 100.0)] {
         let (v, g) = compare(
+            Kernel::Silu,
             |d| vec![t(shape, 1, scale, d)],
             |x: Vec<Tensor<3>>| fused::silu(x[0].clone()),
         );
@@ -156,6 +204,7 @@ fn silu_matches_the_plain_path() {
     }
     // A non-contiguous input (a transposed view).
     let (v, g) = compare(
+        Kernel::Silu,
         |d| vec![t([3, 7, 9], 2, 4.0, d)],
         |x: Vec<Tensor<3>>| fused::silu(x[0].clone().swap_dims(1, 2)),
     );
@@ -177,6 +226,7 @@ fn softmax_matches_mask_fill_and_softmax() {
     ];
     for (shape, vis) in cases {
         let (v, g) = compare(
+            Kernel::Softmax,
             |d| vec![t(shape, 3, 6.0, d)],
             |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone(), vis),
         );
@@ -189,6 +239,7 @@ fn softmax_matches_mask_fill_and_softmax() {
     }
     // Rows with huge and tiny scores, and a non-contiguous input.
     let (v, g) = compare(
+        Kernel::Softmax,
         |d| vec![t([2, 3, 6, 6], 4, 80.0, d)],
         |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone().swap_dims(2, 3), vis(6, true, 0)),
     );
@@ -200,6 +251,7 @@ fn rmsnorm_matches_the_plain_path() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for (b, s, d) in [(2, 3, 5), (4, 31, 128), (1, 1, 1)] {
         let (v, g) = compare(
+            Kernel::RmsNorm,
             |dev| vec![t([b, s, d], 5, 3.0, dev)],
             |x: Vec<Tensor<3>>| {
                 let w = t([d], 6, 1.5, &x[0].device());
@@ -235,7 +287,13 @@ fn layernorm_matches_the_plain_path() {
             out
         };
         let case = format!("({b},{s},{d})");
-        assert_paths_agree(&run, 5e-5, &case, &["y", "dx", "dw", "db"]);
+        assert_paths_agree(
+            Kernel::LayerNorm,
+            &run,
+            5e-5,
+            &case,
+            &["y", "dx", "dw", "db"],
+        );
     }
 }
 
@@ -243,14 +301,16 @@ fn layernorm_matches_the_plain_path() {
 fn rmsnorm_weight_gradient_matches() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let grads = |on: bool| {
-        fused::set_enabled(on);
-        let dev = Device::flex().autodiff();
-        let x = t([3, 20, 48], 7, 2.0, &dev).require_grad();
-        let w = t([48], 8, 1.0, &dev).require_grad();
-        let y = fused::rmsnorm(x.clone(), w.clone(), 1e-5);
-        let g = (y * t([3, 20, 48], 9, 1.0, &dev)).sum().backward();
-        fused::set_enabled(true);
-        (x.grad(&g).unwrap(), w.grad(&g).unwrap())
+        counted(&[Kernel::RmsNorm], on, true, || {
+            fused::set_enabled(on);
+            let dev = Device::flex().autodiff();
+            let x = t([3, 20, 48], 7, 2.0, &dev).require_grad();
+            let w = t([48], 8, 1.0, &dev).require_grad();
+            let y = fused::rmsnorm(x.clone(), w.clone(), 1e-5);
+            let g = (y * t([3, 20, 48], 9, 1.0, &dev)).sum().backward();
+            fused::set_enabled(true);
+            (x.grad(&g).unwrap(), w.grad(&g).unwrap())
+        })
     };
     let (xa, wa) = grads(true);
     let (xb, wb) = grads(false);
@@ -265,6 +325,7 @@ fn rope_matches_the_plain_path() {
     let cases = [(2, 2, 5, 4), (3, 4, 33, 32), (1, 1, 1, 2)];
     for ((b, h, s, d), heads_last) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let (v, g) = compare(
+            Kernel::Rope,
             |dev| {
                 // Dense, or a transposed view of [b, s, h, d] as the head split makes it.
                 vec![if heads_last {
@@ -356,6 +417,7 @@ fn attention_matches_matmul_softmax_matmul() {
                 }
             };
             let (v, g) = compare(
+                Kernel::Attention,
                 |dev| {
                     vec![
                         make([b, h, s, d], 12, dev),
@@ -418,7 +480,7 @@ fn linear_matches_matmul_and_bias() {
             out
         };
         let case = format!("({b},{s},{i},{o}) bias {bias} transposed {tr}");
-        assert_paths_agree(&run, 1e-5, &case, &["y", "dx", "dw", "db"]);
+        assert_paths_agree(Kernel::Linear, &run, 1e-5, &case, &["y", "dx", "dw", "db"]);
     }
 }
 
@@ -448,9 +510,13 @@ fn adamw_matches_the_tensor_ops() {
             ]
         };
         let [p, g, m, v] = ins();
-        let fused_out = fused::adamw(p, g, m, v, &h);
+        let fused_out = counted(&[Kernel::AdamW], true, false, || {
+            fused::adamw(p, g, m, v, &h)
+        });
         let [p, g, m, v] = ins();
-        let plain = fused::adamw_plain(p, g, m, v, &h);
+        let plain = counted(&[Kernel::AdamW], false, false, || {
+            fused::adamw_plain(p, g, m, v, &h)
+        });
         for (name, (a, b)) in ["p", "m", "v"].iter().zip(fused_out.into_iter().zip(plain)) {
             let d = max_diff(a, b);
             assert!(
@@ -503,7 +569,7 @@ fn selective_scan_matches_the_step_by_step_ops() {
         };
         let names = ["y", "final state", "dt", "a", "dtx", "b", "c"];
         let case = format!("({b},{s},{e},{n}) warm {warm}");
-        assert_paths_agree(&run, 5e-6, &case, &names);
+        assert_paths_agree(Kernel::Scan, &run, 5e-6, &case, &names);
     }
 }
 
@@ -512,7 +578,9 @@ fn empty_tensors_take_the_plain_path() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dev = Device::flex().autodiff();
     let x = Tensor::<3>::zeros([2, 0, 5], &dev).require_grad();
-    let y = fused::silu(x.clone()) + fused::rmsnorm(x, Tensor::ones([5], &dev), 1e-6);
+    let y = counted(&[Kernel::Silu, Kernel::RmsNorm], false, false, || {
+        fused::silu(x.clone()) + fused::rmsnorm(x, Tensor::ones([5], &dev), 1e-6)
+    });
     assert_eq!(y.dims(), [2, 0, 5]);
 }
 
@@ -558,7 +626,7 @@ fn lstm_matches_the_step_by_step_ops() {
         };
         let names = ["y", "final h", "final c", "xw", "w_hh"];
         let case = format!("({b},{s},{w}) warm {warm}");
-        assert_paths_agree_on_pools(&run, 5e-6, &case, &names);
+        assert_paths_agree_on_pools(Kernel::Lstm, &run, 5e-6, &case, &names);
     }
 }
 
@@ -613,7 +681,7 @@ fn slstm_matches_the_step_by_step_ops() {
         };
         let names = ["y", "final c", "final n", "final m", "final h", "xw", "r"];
         let case = format!("({b},{s},{nh},{dh}) warm {warm}");
-        assert_paths_agree_on_pools(&run, 5e-6, &case, &names);
+        assert_paths_agree_on_pools(Kernel::Slstm, &run, 5e-6, &case, &names);
     }
 }
 
@@ -658,7 +726,10 @@ fn recurrences_with_a_differentiable_state_take_the_plain_path() {
         fused::set_enabled(true);
         p.grad(&g).unwrap()
     };
-    let (on, off) = (run(true), run(false));
+    // Neither with the kernels on nor off does a recurrence kernel run.
+    let recurrences = [Kernel::Lstm, Kernel::Slstm, Kernel::Scan];
+    let on = counted(&recurrences, false, false, || run(true));
+    let off = counted(&recurrences, false, false, || run(false));
     assert!(
         on.clone().abs().max().into_scalar::<f32>() > 1e-3,
         "the state gets a gradient"
@@ -715,6 +786,6 @@ fn mlstm_matches_the_parallel_form_in_burn_ops() {
         ];
         let case = format!("({b},{nh},{s},{dh})");
         // Gradients reach ~40 at s = 64 (sums over 64 positions): 1e-4 is ~3e-6 relative.
-        assert_paths_agree(&run, 1e-4, &case, &names);
+        assert_paths_agree(Kernel::Mlstm, &run, 1e-4, &case, &names);
     }
 }

@@ -1,0 +1,162 @@
+//! kiln's fused CPU kernels, each with its own backward pass.
+//!
+//! Burn's flex backend runs an op such as softmax as five separate passes (max, subtract, exp,
+//! sum, divide), each on one thread, each allocating its output, with a scalar `expf` per
+//! element; autodiff then records each pass and runs its backward separately. The kernels here
+//! do the same arithmetic in one pass over the data, split across the rayon pool, with an `exp`
+//! the compiler vectorizes (AVX2 + FMA where the CPU has them), and register one node with
+//! Burn's autodiff whose backward pass is one fused kernel too. The kernels themselves are the
+//! `kiln-kernels` crate (`kernels/`), optimized in every build profile; this module connects them
+//! to Burn's tensors.
+//!
+//! | kernel | replaces |
+//! |---|---|
+//! | [`silu`] | `x · sigmoid(x)` (2 ops forward, 3 backward) |
+//! | [`softmax_rows`] | the causal `mask_fill` and `softmax` of attention (6 ops forward) |
+//! | [`rmsnorm`] | `x / sqrt(mean(x²) + ε) · w` (6 ops forward) |
+//! | [`layernorm`] | `(x − mean) / sqrt(var + ε) · w + b` (9 ops forward) |
+//! | [`rope`] | rotate-half RoPE: 4 slices, 6 products and sums, a concatenation |
+//! | [`attention`] | the scale, `q·kᵀ`, the mask, the softmax, `p·v`, and the head split and merge copies |
+//! | [`linear`] | a reshape, `matmul` and a bias add (with transposed copies in the backward pass) |
+//! | [`selective_scan`] | Mamba's scan: 7 small tensor ops per position, positions in sequence |
+//! | [`lstm`] | the LSTM recurrence: a product and 11 tensor ops per position, positions in sequence |
+//! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
+//! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices |
+//! | [`adamw`] | the trainer's 12 tensor ops per parameter |
+//!
+//! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
+//! checkpointing; anything else (a GPU backend, another dtype) takes the plain Burn path, which
+//! is also what [`set_enabled`]`(false)` selects. Burn's `extension` feature is what gives access
+//! to the backend tensor inside a [`Tensor`](burn::prelude::Tensor). `tests/fused.rs` checks
+//! every kernel against the plain path, values and gradients, and by [`calls`] that the fused
+//! path really ran; `kiln bench --unfused` measures the difference.
+//!
+//! One module per kernel (the Burn side of each family in `kiln_kernels`), each with its
+//! custom backward op and the plain path it replaces; `lane` holds what they share (reaching
+//! the flex tensor inside a Burn tensor and registering an op with autodiff). [`calls`] counts
+//! the runs of every fused kernel, forward and backward, so that a test can tell the fused path
+//! ran: an op whose inputs the kernels cannot take falls back to the plain path silently.
+
+mod adamw;
+mod attention;
+mod lane;
+mod linear;
+mod lstm;
+mod mlstm;
+mod norm;
+mod rope;
+mod scan;
+mod silu;
+mod slstm;
+mod softmax;
+
+pub use adamw::{adamw, adamw_plain, AdamW};
+pub use attention::{attention, attention_plain};
+pub use kiln_kernels::{exp, log_sigmoid, tanh, Visible};
+pub use linear::{linear, linear_plain};
+pub use lstm::{lstm, lstm_plain};
+pub use mlstm::{mlstm, mlstm_plain};
+pub use norm::{layernorm, layernorm_plain, rmsnorm, rmsnorm_plain};
+pub use rope::{rope, rope_plain};
+pub use scan::{selective_scan, selective_scan_plain};
+pub use silu::silu;
+pub use slstm::{slstm, slstm_plain};
+pub use softmax::{softmax_plain, softmax_plain_mask, softmax_rows};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turn the fused kernels on or off for the whole process (on by default). Off, every op takes
+/// the plain Burn path; the equivalence tests and `kiln bench --unfused` use this.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused kernels are on.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+// ---------------------------------------------------------------------------------------------
+// Counting the runs of the fused kernels.
+
+/// The fused ops, for [`calls`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// [`silu`].
+    Silu,
+    /// [`softmax_rows`].
+    Softmax,
+    /// [`rmsnorm`].
+    RmsNorm,
+    /// [`layernorm`].
+    LayerNorm,
+    /// [`rope`].
+    Rope,
+    /// [`attention`].
+    Attention,
+    /// [`linear`].
+    Linear,
+    /// [`adamw`] (no backward pass).
+    AdamW,
+    /// [`selective_scan`].
+    Scan,
+    /// [`lstm`].
+    Lstm,
+    /// [`slstm`].
+    Slstm,
+    /// [`mlstm`].
+    Mlstm,
+}
+
+impl Kernel {
+    /// Every kernel.
+    pub const ALL: [Kernel; 12] = [
+        Kernel::Silu,
+        Kernel::Softmax,
+        Kernel::RmsNorm,
+        Kernel::LayerNorm,
+        Kernel::Rope,
+        Kernel::Attention,
+        Kernel::Linear,
+        Kernel::AdamW,
+        Kernel::Scan,
+        Kernel::Lstm,
+        Kernel::Slstm,
+        Kernel::Mlstm,
+    ];
+
+    /// Counts one run of this op's fused forward kernel.
+    fn ran(self) {
+        CALLS[self as usize][0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one run of this op's fused backward kernel.
+    fn ran_backward(self) {
+        CALLS[self as usize][1].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many times a fused kernel ran in this process, forward and backward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Calls {
+    /// Runs of the op itself.
+    pub forward: u64,
+    /// Runs of its backward pass.
+    pub backward: u64,
+}
+
+/// Runs of each kernel, forward then backward: one relaxed add per op (never per element), so
+/// they cost nothing measurable on the hot paths they sit on.
+static CALLS: [[AtomicU64; 2]; Kernel::ALL.len()] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0)] }; Kernel::ALL.len()];
+
+/// How many times `kernel`'s fused forward and backward kernels have run in this process (the
+/// plain path counts nothing). `tests/fused.rs` reads these to prove the fused path ran.
+pub fn calls(kernel: Kernel) -> Calls {
+    let [f, b] = &CALLS[kernel as usize];
+    Calls {
+        forward: f.load(Ordering::Relaxed),
+        backward: b.load(Ordering::Relaxed),
+    }
+}

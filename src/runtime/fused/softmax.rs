@@ -1,0 +1,86 @@
+//! The row softmax of attention's scores with a causal limit, with its fused backward pass.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn_flex::FlexTensor;
+use kiln_kernels as k;
+
+use super::lane::{back, dense, lane, record, shape_of, tensor, values, Lane};
+use super::{Kernel, Visible};
+
+/// Columns and rows per matrix of a `[.., rows, t]` tensor.
+fn rows_cols(t: &FlexTensor) -> (usize, usize) {
+    let s = shape_of(t);
+    (s[s.len() - 1], s[s.len() - 2])
+}
+
+fn softmax_forward(x: &FlexTensor, vis: Visible) -> FlexTensor {
+    let (t, rows) = rows_cols(x);
+    let mut y = vec![0.0f32; values(x).len()];
+    k::softmax_rows(values(x), t, rows, vis, &mut y);
+    Kernel::Softmax.ran();
+    tensor(y, shape_of(x))
+}
+
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<Flex, 1> for SoftmaxBackward {
+    /// The output probabilities and the visibility.
+    type State = (FlexTensor, Visible);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = dense(grads.consume::<Flex>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let (y, vis) = ops.state;
+            let (t, rows) = rows_cols(&y);
+            let mut dx = vec![0.0f32; values(&y).len()];
+            k::softmax_rows_backward(values(&y), values(&g), t, rows, vis, &mut dx);
+            Kernel::Softmax.ran_backward();
+            grads.register::<Flex>(node.id, tensor(dx, shape_of(&y)));
+        }
+    }
+}
+
+/// Softmax over the last axis of scores `[b, h, R, t]`, each row over the keys `vis` lets it
+/// see; the others get probability 0 (exactly what `mask_fill(−∞)` and `softmax` give).
+pub fn softmax_rows(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
+    match lane(scores) {
+        Lane::Plain(x) => back::<4>(Lane::Plain(softmax_forward(&dense(x), vis))),
+        Lane::Tracked(x, ctx) => {
+            let out = record(SoftmaxBackward, [x.node()], |keep| {
+                let y = softmax_forward(&dense(x.primitive().clone()), vis);
+                let state = keep.then(|| (y.clone(), vis));
+                (y, state)
+            });
+            back::<4>(Lane::Tracked(out, ctx))
+        }
+        Lane::Other(x) => softmax_plain(x, vis),
+    }
+}
+
+/// The plain Burn path of [`softmax_rows`].
+pub fn softmax_plain(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
+    activation::softmax(softmax_plain_mask(scores, vis), 3)
+}
+
+/// The scores with −∞ where `vis` hides a key (for the attention variants that read the masked
+/// scores themselves: hard and adaptive attention).
+pub fn softmax_plain_mask(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
+    if !vis.causal {
+        return scores;
+    }
+    let [b, h, r, t] = scores.dims();
+    let s = vis.queries;
+    let mask = Tensor::<2, Bool>::tril_mask([s, t], vis.offset as i64, &scores.device());
+    let mask = mask
+        .unsqueeze_dim::<3>(0)
+        .repeat_dim(0, r / s)
+        .reshape([1, 1, r, t]);
+    scores.mask_fill(mask.expand([b, h, r, t]), f32::NEG_INFINITY)
+}
