@@ -305,6 +305,15 @@ pub struct StepStats {
     pub freq_cutoff: Option<f64>,
 }
 
+/// The gradients of one step's micro-batches, between [`Trainer::gradients`] and
+/// [`Trainer::apply`].
+pub struct StepGradients {
+    /// Per parameter, flat, summed over the micro-batches.
+    pub grads: Vec<Tensor<1>>,
+    /// The step's statistics (the gradient norm is filled in by `apply`).
+    pub stats: StepStats,
+}
+
 /// A model being trained: runtime, AdamW moments and the resumable state.
 pub struct Trainer {
     /// The model.
@@ -385,15 +394,16 @@ impl Trainer {
 
     /// [`Trainer::step`] over batches of any task (forecasting windows train on the MSE).
     pub fn step_batches(&mut self, micro: &[Batch], total: u64) -> Result<StepStats, f64> {
+        let g = self.gradients(micro, total)?;
+        Ok(self.apply(g))
+    }
+
+    /// The first phase of a step: the forward and backward passes over the micro-batches, with
+    /// their loss and gradients (summed). A non-finite loss is returned as `Err`, with the
+    /// model untouched.
+    pub fn gradients(&mut self, micro: &[Batch], total: u64) -> Result<StepGradients, f64> {
         let t = &self.cfg;
-        let Optimizer::Adamw {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            ..
-        } = t.optimizer;
+        let Optimizer::Adamw { lr, .. } = t.optimizer;
         let rt = &mut self.rt;
         let device = rt.device.clone();
         let inner = device.clone().without_autodiff();
@@ -474,6 +484,35 @@ impl Trainer {
             .zip(&rt.shapes)
             .map(|(g, s)| g.unwrap_or_else(|| Tensor::zeros([s.iter().product::<usize>()], &inner)))
             .collect();
+        Ok(StepGradients {
+            grads,
+            stats: StepStats {
+                loss: loss_sum,
+                grad_norm: f64::NAN,
+                lr: lr_now,
+                attention_entropy: entropy,
+                harmonic_sparsity: sparsity,
+                distribution,
+                freq_cutoff: cutoff,
+            },
+        })
+    }
+
+    /// The second phase of a step: global-norm clipping and the AdamW update of every
+    /// parameter with the gradients of [`Trainer::gradients`]; the step counts as done.
+    pub fn apply(&mut self, g: StepGradients) -> StepStats {
+        let t = &self.cfg;
+        let Optimizer::Adamw {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } = t.optimizer;
+        let fc = t.frequency_curriculum.as_ref();
+        let rt = &mut self.rt;
+        let (grads, mut stats) = (g.grads, g.stats);
+        let lr_now = stats.lr;
         // Global-norm clipping over all parameters together (PyTorch clip_grad_norm_).
         let norm2: f32 = grads
             .iter()
@@ -523,15 +562,8 @@ impl Trainer {
         if let Some(c) = fc {
             self.state.freq_clock += c.advance(self.state.since_best);
         }
-        Ok(StepStats {
-            loss: loss_sum,
-            grad_norm: norm,
-            lr: lr_now,
-            attention_entropy: entropy,
-            harmonic_sparsity: sparsity,
-            distribution,
-            freq_cutoff: cutoff,
-        })
+        stats.grad_norm = norm;
+        stats
     }
 
     /// Write the checkpoint (weights, moments, state) atomically.
