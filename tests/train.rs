@@ -1,5 +1,5 @@
-//! Training end to end through the CLI: determinism, and a run killed with SIGKILL and resumed
-//! ends with exactly the metrics of an uninterrupted run.
+//! Training end to end through the CLI: determinism, and a run killed with SIGKILL mid-run and
+//! resumed from its checkpoint's step ends with exactly the metrics of an uninterrupted run.
 
 mod common;
 use common::kiln;
@@ -11,12 +11,47 @@ const SETS: &[&str] = &[
     "--set",
     "model.vars.depth=1",
     "--set",
-    "train.steps=60",
+    "train.steps=100", // = STEPS
     "--set",
     "train.checkpoint_every=5",
     "--set",
     "train.eval_every=20",
 ];
+
+/// `train.steps` in [`SETS`].
+const STEPS: u64 = 100;
+
+/// The training step a checkpoint holds (its `kiln_state` metadata).
+fn checkpoint_step(path: &Path) -> u64 {
+    kiln::train::load_checkpoint(path).unwrap().2.step
+}
+
+/// The step of a `metrics.jsonl` line.
+fn metrics_step(line: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["step"].as_u64().unwrap()
+}
+
+/// What [`mark_metrics_up_to`] puts at the start of a line (still a JSON object with its step).
+const MARK: &str = "{\"before_kill\":true,";
+
+/// Mark the lines of steps up to `k` of a `metrics.jsonl` (later ones, and a line cut short by
+/// the kill, stay as they are); returns how many were marked.
+fn mark_metrics_up_to(path: &Path, k: u64) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut marked = 0;
+    let mut out = String::new();
+    for l in text.split_inclusive('\n') {
+        if serde_json::from_str::<serde_json::Value>(l).is_ok() && metrics_step(l) <= k {
+            out.push_str(&l.replacen('{', MARK, 1));
+            marked += 1;
+        } else {
+            out.push_str(l);
+        }
+    }
+    std::fs::write(path, out).unwrap();
+    marked
+}
 
 fn tmp(name: &str) -> PathBuf {
     common::tmp_path("train", name)
@@ -85,11 +120,27 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         .unwrap();
     let start = std::time::Instant::now();
     while !c.join("checkpoint.safetensors").exists() && start.elapsed().as_secs() < 300 {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
-    assert!(!c.join("summary.json").exists() || summary(&c) == summary(&a));
+    // The kill landed mid-run: the checkpoint holds step k, 0 < k < N, and the run had not
+    // finished.
+    let k = checkpoint_step(&c.join("checkpoint.safetensors"));
+    assert!(
+        0 < k && k < STEPS,
+        "killed at checkpoint step {k} of {STEPS}"
+    );
+    assert!(!c.join("summary.json").exists());
+    // Mark the metrics of the steps the checkpoint covers (what the resume keeps): a resume that
+    // started over from step 0 would write them again, unmarked.
+    let kept = mark_metrics_up_to(&c.join("metrics.jsonl"), k);
+    let before_k = std::fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| metrics_step(l) <= k)
+        .count();
+    assert_eq!(kept, before_k, "metrics of steps 1..={k} were written");
     let out = kiln()
         .args(["train", "--resume", c.to_str().unwrap()])
         .output()
@@ -104,8 +155,18 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         std::fs::read(c.join("checkpoint.safetensors")).unwrap(),
         std::fs::read(a.join("checkpoint.safetensors")).unwrap()
     );
+    // It resumed at step k: the lines up to k are the marked ones from before the kill, the
+    // rest were written by the resumed run, and together they are the uninterrupted run's.
+    let resumed = std::fs::read_to_string(c.join("metrics.jsonl")).unwrap();
+    for line in resumed.lines() {
+        assert_eq!(
+            line.starts_with(MARK),
+            metrics_step(line) <= k,
+            "resumed at checkpoint step {k}: {line}"
+        );
+    }
     assert_eq!(
-        std::fs::read_to_string(c.join("metrics.jsonl")).unwrap(),
+        resumed.replace(MARK, "{"),
         std::fs::read_to_string(a.join("metrics.jsonl")).unwrap()
     );
 
