@@ -400,7 +400,8 @@ fn bad_forecasting_data_is_a_clear_error() {
     let path = format!("task.path={}", csv.display());
     let o = run(std::slice::from_ref(&path));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    // A data file that cannot be used exits 2 (README, "Exit status").
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("line 59, column `passengers`: `n/a` is not a number"),
         "{err}"

@@ -535,7 +535,10 @@ fn apply_override(root: &mut Node, o: Override, diags: &mut Vec<Diagnostic>) {
                         format!("cannot set `{key}` inside {parent}: it is {what}, not a mapping"),
                     )
                     .label("cannot go into a plain value")
-                    .note(o.whole, "in this override"),
+                    .note(o.whole, "in this override")
+                    .help(format!(
+                        "set {parent} itself (`--set PATH=VALUE` with its path), or leave out `.{key}`"
+                    )),
                 );
                 return;
             }

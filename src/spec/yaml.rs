@@ -222,29 +222,19 @@ pub fn parse_value(sources: &SourceMap, src: SourceId, start: usize) -> Result<N
         ));
     }
     let mut b = Builder::new(sources, src);
+    // The parser counts lines and columns from `start`: where that is in the whole source.
+    let before = &sources.get(src).text[..start];
+    let line = before.matches('\n').count();
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count();
+    b.origin = (line, col);
     b.run(Parser::new_from_str(text)).map_err(|d| *d)?;
     if let Some(d) = b.diags.pop() {
         return Err(d);
     }
-    let mut node = b
-        .root
-        .unwrap_or_else(|| Node::new(Value::Null, Span::new(src, 0, 0)));
-    shift(&mut node, start);
-    Ok(node)
-}
-
-fn shift(node: &mut Node, by: usize) {
-    node.span.start += by;
-    node.span.end += by;
-    match &mut node.value {
-        Value::Seq(items) => items.iter_mut().for_each(|n| shift(n, by)),
-        Value::Map(entries) => entries.iter_mut().for_each(|e| {
-            e.key_span.start += by;
-            e.key_span.end += by;
-            shift(&mut e.value, by);
-        }),
-        _ => {}
-    }
+    Ok(b.root
+        .unwrap_or_else(|| Node::new(Value::Null, Span::new(src, start, start))))
 }
 
 enum Frame {
@@ -270,6 +260,9 @@ struct Builder<'a> {
     nodes: usize,
     docs: usize,
     diags: Vec<Diagnostic>,
+    /// Where the parsed text starts in the source: lines before it, and columns before it on
+    /// its first line (a `--set` value starts inside its override).
+    origin: (usize, usize),
 }
 
 type Fatal = Box<Diagnostic>;
@@ -285,11 +278,18 @@ impl<'a> Builder<'a> {
             nodes: 0,
             docs: 0,
             diags: Vec::new(),
+            origin: (0, 0),
         }
     }
 
     fn offset(&self, m: &saphyr_parser::Marker) -> usize {
-        self.sources.get(self.src).offset(m.line(), m.col())
+        let (lines, cols) = self.origin;
+        let col = if m.line() <= 1 {
+            cols + m.col()
+        } else {
+            m.col()
+        };
+        self.sources.get(self.src).offset(lines + m.line(), col)
     }
 
     fn span(&self, s: &YSpan) -> Span {
