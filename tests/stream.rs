@@ -167,7 +167,8 @@ fn bad_data_is_a_clear_error() {
     for (sets, want) in cases {
         let out = train(recipe, &d, &sets);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{sets:?}: {err}");
+        // A data file that cannot be used exits 2 (README, "Exit status").
+        assert_eq!(out.status.code(), Some(2), "{sets:?}: {err}");
         assert!(err.contains(want), "{sets:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         let _ = std::fs::remove_dir_all(d.join("run"));
@@ -199,7 +200,12 @@ fn a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("the training loss became"), "{err}");
+    // The weights overflow first (a finite loss from infinite weights is not trusted): the
+    // checkpoint with them is never written.
+    assert!(
+        err.contains("the training loss became") || err.contains("became non-finite at step"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     let step: u64 = err
         .split("at step ")

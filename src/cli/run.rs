@@ -254,10 +254,16 @@ fn print_ensemble(e: &train::EnsembleSummary, s: &Summary) {
             .collect();
         let (mean, std) = crate::sweep::mean_std(&vals);
         let ens = whole.pointer(m.pointer).and_then(serde_json::Value::as_f64);
+        // Members that left the metric undefined are not averaged in as zeros.
+        let members_cell = match vals.len() {
+            0 => "-".to_string(),
+            k if k < members.len() => format!("{mean:.4} ± {std:.4} ({k} of {})", members.len()),
+            _ => format!("{mean:.4} ± {std:.4}"),
+        };
         println!(
             "{:<20} {:>22} {:>10}",
             m.name,
-            format!("{mean:.4} ± {std:.4}"),
+            members_cell,
             ens.map_or("-".into(), |x| format!("{x:.4}"))
         );
     }

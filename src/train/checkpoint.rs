@@ -63,7 +63,7 @@ pub struct Moments {
 }
 
 /// Write a checkpoint atomically. Weights that are not finite are refused (the previous
-/// checkpoint stays).
+/// checkpoint stays, and the error says which step it holds).
 pub(crate) fn save_checkpoint(
     path: &Path,
     rt: &Runtime,
@@ -75,11 +75,11 @@ pub(crate) fn save_checkpoint(
         let shape = rt.shapes[i].clone();
         let w = rt.params[i].to_vec();
         if w.iter().any(|x| !x.is_finite()) {
-            return Err(TrainError::Checkpoint(format!(
-                "the weight `{name}` became non-finite at step {}; the last good checkpoint `{}` was kept. Lower the learning rate or add `clip_grad_norm`",
-                state.step,
-                path.display()
-            )));
+            return Err(TrainError::NonFiniteWeight {
+                name: name.clone(),
+                step: state.step,
+                kept: load_checkpoint(path).map_or(0, |(_, _, s)| s.step),
+            });
         }
         values.insert(format!("w/{name}"), (w, shape.clone()));
         let flat = |t: &Tensor<1>| {

@@ -207,6 +207,16 @@ pub enum TrainError {
         /// The step of the kept checkpoint.
         kept: u64,
     },
+    /// A weight became NaN or infinite (the loss may still have been finite).
+    #[error("the weight `{name}` became non-finite at step {step}; stopped, and kept the last good checkpoint (step {kept}). Lower the learning rate, add `clip_grad_norm`, or check the data")]
+    NonFiniteWeight {
+        /// The parameter.
+        name: String,
+        /// The step.
+        step: u64,
+        /// The step of the kept checkpoint.
+        kept: u64,
+    },
     /// The task's data cannot be used.
     #[error("{0}")]
     Data(#[from] crate::tasks::uint16::DataError),
@@ -232,7 +242,7 @@ impl TrainError {
     pub fn exit_code(&self) -> i32 {
         use crate::cli::exit;
         match self {
-            TrainError::NonFinite { .. } => exit::FAILED,
+            TrainError::NonFinite { .. } | TrainError::NonFiniteWeight { .. } => exit::FAILED,
             TrainError::Interrupted { signal, .. } => crate::os::interrupt::exit_code(*signal),
             TrainError::Io(_)
             | TrainError::Checkpoint(_)
@@ -902,7 +912,22 @@ pub fn train_ensemble(
                         dir: dir.clone(),
                         ..opts.clone()
                     },
-                )?;
+                )
+                .map_err(|e| match e {
+                    // The ensemble resumes as a whole, from its own directory.
+                    TrainError::Interrupted {
+                        signal,
+                        step,
+                        total,
+                        ..
+                    } => TrainError::Interrupted {
+                        signal,
+                        step,
+                        total,
+                        dir: opts.dir.clone(),
+                    },
+                    e => e,
+                })?;
                 let text = serde_json::to_string_pretty(&s).expect("summary serializes");
                 let path = dir.join("summary.json");
                 crate::util::write_atomic(&path, text.as_bytes()).map_err(io_at(&path))?;
