@@ -5,12 +5,13 @@
 //! The strategies work on any [`NextLogits`] source: a trained model ([`ModelLm`], with or
 //! without a KV cache) or, in tests, tiny hand-built models whose logits are known.
 
+mod beam;
 pub mod process;
 
 use crate::runtime::{tokens_tensor, KvCache, Runtime};
-use crate::spec::recipe::{Decode, EarlyStop, Strategy};
+use crate::spec::recipe::{Decode, Strategy};
 use crate::util::Rng;
-use process::{log_softmax, softmax, Processors};
+use process::{softmax, Processors};
 
 /// A source of next-token logits.
 pub trait NextLogits {
@@ -145,8 +146,8 @@ pub fn generate(
         let group: Vec<Vec<i64>> = idx.iter().map(|&i| prompts[i].clone()).collect();
         let res = match s.d.strategy {
             Strategy::Greedy | Strategy::Sample => sample_or_greedy(lm, &group, s),
-            Strategy::Beam | Strategy::BeamSample => beam(lm, &group, s, 1),
-            Strategy::GroupBeam => beam(lm, &group, s, s.d.num_beam_groups as usize),
+            Strategy::Beam | Strategy::BeamSample => beam::beam(lm, &group, s, 1),
+            Strategy::GroupBeam => beam::beam(lm, &group, s, s.d.num_beam_groups as usize),
         };
         for (i, r) in idx.into_iter().zip(res) {
             out[i] = r;
@@ -206,7 +207,7 @@ fn sample_or_greedy(
         .collect()
 }
 
-fn identity(n: usize) -> Vec<usize> {
+pub(crate) fn identity(n: usize) -> Vec<usize> {
     (0..n).collect()
 }
 
@@ -221,7 +222,7 @@ pub fn argmax(v: &[f32]) -> usize {
     best
 }
 
-fn sample_one(probs: &[f32], rng: &mut Rng) -> usize {
+pub(crate) fn sample_one(probs: &[f32], rng: &mut Rng) -> usize {
     let total: f64 = probs.iter().map(|&p| f64::from(p)).sum();
     let mut u = rng.uniform() * total;
     let mut last = 0;
@@ -235,244 +236,4 @@ fn sample_one(probs: &[f32], rng: &mut Rng) -> usize {
         }
     }
     last
-}
-
-/// The finished hypotheses of one beam group (HF `BeamHypotheses`).
-struct Hyps {
-    beams: Vec<(f64, Vec<i64>)>,
-    worst: f64,
-    size: usize,
-}
-
-impl Hyps {
-    fn new(size: usize) -> Self {
-        Hyps {
-            beams: Vec::new(),
-            worst: 1e9,
-            size,
-        }
-    }
-
-    fn add(&mut self, tokens: Vec<i64>, sum_logprobs: f64, generated_len: usize, lp: f64) {
-        let score = sum_logprobs / (generated_len.max(1) as f64).powf(lp);
-        if self.beams.len() < self.size || score > self.worst {
-            self.beams.push((score, tokens));
-            if self.beams.len() > self.size {
-                let (wi, _) = self
-                    .beams
-                    .iter()
-                    .enumerate()
-                    .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
-                    .expect("non-empty");
-                self.beams.remove(wi);
-                self.worst = self.beams.iter().map(|b| b.0).fold(f64::INFINITY, f64::min);
-            } else {
-                self.worst = self.worst.min(score);
-            }
-        }
-    }
-
-    fn is_done(
-        &self,
-        best_sum: f64,
-        cur_len: usize,
-        prompt_len: usize,
-        s: &Settings,
-        max_len: usize,
-    ) -> bool {
-        if self.beams.len() < self.size {
-            return false;
-        }
-        let lp = s.d.length_penalty;
-        let highest = match s.d.early_stopping {
-            EarlyStop::Flag(true) => return true,
-            EarlyStop::Flag(false) => best_sum / ((cur_len - prompt_len) as f64).powf(lp),
-            EarlyStop::Never(_) => {
-                if lp > 0.0 {
-                    best_sum / ((max_len - prompt_len).max(1) as f64).powf(lp)
-                } else {
-                    best_sum / ((cur_len - prompt_len) as f64).powf(lp)
-                }
-            }
-        };
-        self.worst >= highest
-    }
-}
-
-/// Beam search (groups = 1), diverse group beam search (groups > 1) and beam sampling, as
-/// HF's `_beam_search` / `_group_beam_search` with `BeamSearchScorer`.
-fn beam(
-    lm: &mut dyn NextLogits,
-    prompts: &[Vec<i64>],
-    s: &Settings,
-    groups: usize,
-) -> Vec<Vec<Generated>> {
-    let k = s.d.num_beams as usize;
-    let gs = k / groups;
-    let b = prompts.len();
-    let prompt_len = prompts[0].len();
-    let max_len = s.max_length(prompt_len);
-    let sample = s.d.strategy == Strategy::BeamSample;
-    let n_eos = usize::from(s.eos.is_some());
-    let procs = Processors::new(&s.d, s.eos, prompt_len, if sample { n_eos + 1 } else { 1 })
-        .skipping(s.source_len);
-    let mut rng = Rng::new(s.d.seed);
-    let mut seqs: Vec<Vec<i64>> = prompts
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(p.clone(), k))
-        .collect();
-    // The first beam of each group starts at 0, the others at −1e9 (so step one expands
-    // only one beam per group).
-    let mut scores: Vec<f64> = (0..b * k)
-        .map(|r| {
-            if (r % k).is_multiple_of(gs) {
-                0.0
-            } else {
-                -1e9
-            }
-        })
-        .collect();
-    let mut hyps: Vec<Hyps> = (0..b * groups).map(|_| Hyps::new(gs)).collect();
-    let mut done = vec![false; b * groups];
-    let mut parents: Option<Vec<usize>> = None;
-    let keep = (1 + n_eos) * gs;
-    while seqs[0].len() < max_len {
-        let logits = lm.next_logits(&seqs, parents.as_deref());
-        let cur_len = seqs[0].len() + 1;
-        let mut next_seqs = seqs.clone();
-        let mut next_scores = scores.clone();
-        let mut next_parents: Vec<usize> = identity(b * k);
-        for bi in 0..b {
-            // Tokens chosen at this step by earlier groups (Hamming diversity).
-            let mut chosen: Vec<i64> = Vec::new();
-            for g in 0..groups {
-                let hi = bi * groups + g;
-                let rows: Vec<usize> = (0..gs).map(|j| bi * k + g * gs + j).collect();
-                if done[hi] {
-                    for &r in &rows {
-                        next_seqs[r] = seqs[r].clone();
-                        next_seqs[r].push(s.pad);
-                        next_scores[r] = 0.0;
-                        next_parents[r] = r;
-                        chosen.push(s.pad);
-                    }
-                    continue;
-                }
-                // log_softmax → processors → (+ warpers when sampling) → + beam score.
-                let mut cand: Vec<(f64, usize, usize)> = Vec::new(); // (score, beam j, token)
-                let mut flat: Vec<Vec<f32>> = Vec::with_capacity(gs);
-                for &r in &rows {
-                    let mut sc = log_softmax(&logits[r]);
-                    procs.process(&seqs[r], &mut sc, Some((&chosen, s.d.diversity_penalty)));
-                    if sample {
-                        procs.warp(&mut sc);
-                    }
-                    flat.push(sc);
-                }
-                if sample {
-                    // Sample `keep` candidates without replacement from softmax over all
-                    // (beam, token) pairs of the group, then order them by score.
-                    let beam_scores = &scores;
-                    let all: Vec<f32> = flat
-                        .iter()
-                        .zip(&rows)
-                        .flat_map(|(sc, &r)| sc.iter().map(move |&v| v + beam_scores[r] as f32))
-                        .collect();
-                    let mut probs = softmax(&all);
-                    for _ in 0..keep.min(probs.iter().filter(|&&p| p > 0.0).count()) {
-                        let i = sample_one(&probs, &mut rng);
-                        probs[i] = 0.0;
-                        let v = logits[rows[0]].len();
-                        cand.push((f64::from(all[i]), i / v, i % v));
-                    }
-                } else {
-                    for (j, sc) in flat.iter().enumerate() {
-                        for (t, &v) in sc.iter().enumerate() {
-                            if v > f32::NEG_INFINITY {
-                                cand.push((f64::from(v) + scores[rows[j]], j, t));
-                            }
-                        }
-                    }
-                }
-                // Best first; ties by flat index as torch.topk on CPU.
-                cand.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-                cand.truncate(keep);
-                let mut filled = 0;
-                for (rank, &(sc, j, t)) in cand.iter().enumerate() {
-                    let parent = rows[j];
-                    if Some(t as i64) == s.eos {
-                        if rank >= gs {
-                            continue;
-                        }
-                        hyps[hi].add(
-                            seqs[parent].clone(),
-                            sc,
-                            cur_len - prompt_len,
-                            s.d.length_penalty,
-                        );
-                    } else {
-                        let r = rows[filled];
-                        next_seqs[r] = seqs[parent].clone();
-                        next_seqs[r].push(t as i64);
-                        next_scores[r] = sc;
-                        next_parents[r] = parent;
-                        chosen.push(t as i64);
-                        filled += 1;
-                    }
-                    if filled == gs {
-                        break;
-                    }
-                }
-                // Rows a candidate list too short could not fill keep their beam, dead.
-                for &r in &rows[filled..] {
-                    next_seqs[r] = seqs[r].clone();
-                    next_seqs[r].push(s.pad);
-                    next_scores[r] = -1e9;
-                    next_parents[r] = r;
-                }
-                let best = cand.first().map_or(f64::NEG_INFINITY, |c| c.0);
-                done[hi] = done[hi] || hyps[hi].is_done(best, cur_len, prompt_len, s, max_len);
-            }
-        }
-        seqs = next_seqs;
-        scores = next_scores;
-        parents = Some(next_parents);
-        if done.iter().all(|&d| d) {
-            break;
-        }
-    }
-    // Finalize: running beams of unfinished groups become hypotheses too.
-    let mut out = Vec::with_capacity(b);
-    for bi in 0..b {
-        for g in 0..groups {
-            let hi = bi * groups + g;
-            if done[hi] {
-                continue;
-            }
-            for j in 0..gs {
-                let r = bi * k + g * gs + j;
-                let generated = seqs[r].len() - prompt_len;
-                hyps[hi].add(seqs[r].clone(), scores[r], generated, s.d.length_penalty);
-            }
-        }
-        let mut all: Vec<(f64, Vec<i64>)> = (0..groups)
-            .flat_map(|g| hyps[bi * groups + g].beams.clone())
-            .collect();
-        // Best first (a stable sort keeps insertion order on ties, like Python's sorted).
-        all.sort_by(|a, b| b.0.total_cmp(&a.0));
-        out.push(
-            all.into_iter()
-                .take(s.d.num_return_sequences as usize)
-                .map(|(score, mut tokens)| {
-                    if let Some(e) = s.eos {
-                        if tokens.len() < max_len {
-                            tokens.push(e);
-                        }
-                    }
-                    Generated { tokens, score }
-                })
-                .collect(),
-        );
-    }
-    out
 }
