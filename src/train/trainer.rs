@@ -1,0 +1,344 @@
+//! The [`Trainer`]: one optimizer step (forward, loss and backward; global-norm clipping and
+//! the fused AdamW update) and its checkpoint.
+
+use super::{
+    checkpoint, cross_entropy, distribution_loss, load_checkpoint, schedule, split_xy, Batch,
+    Moments, State, TrainError,
+};
+use crate::ir::Graph;
+use crate::runtime::fused::{self, AdamW};
+use crate::runtime::{Aux, Runtime, V};
+use crate::spec::recipe::Optimizer;
+use crate::util::Rng;
+use burn::prelude::*;
+use std::path::Path;
+
+/// Add each parameter's gradient in `grads` to its running sum in `acc`.
+fn accumulate(acc: &mut [Option<Tensor<1>>], rt: &Runtime, grads: &burn::tensor::Gradients) {
+    for (i, p) in rt.params.iter().enumerate() {
+        if let Some(g) = p.grad(grads) {
+            let g = g.flat();
+            acc[i] = Some(match acc[i].take() {
+                Some(a) => a + g,
+                None => g,
+            });
+        }
+    }
+}
+
+pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut r = Rng::new(
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+    );
+    r.next_u64()
+}
+
+/// Which parameters get weight decay: matrices that are not embeddings, position tables or
+/// Mamba's A_log (which, like the reference, is never decayed).
+fn decays(graph: &Graph, names: &[String], shapes: &[Vec<usize>], all: bool) -> Vec<bool> {
+    use crate::ir::Op;
+    let no_decay: std::collections::HashSet<String> = graph
+        .g
+        .node_indices()
+        .filter_map(|n| match graph.g[n].op {
+            Op::Embedding | Op::AddPositions => Some(graph.inputs(n)[1]),
+            Op::Mamba { .. } => Some(graph.inputs(n)[7]),
+            _ => None,
+        })
+        .filter_map(|p| match &graph.g[p].op {
+            Op::Param { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    names
+        .iter()
+        .zip(shapes)
+        .map(|(n, s)| all || (s.len() >= 2 && !no_decay.contains(n)))
+        .collect()
+}
+
+/// The statistics of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Training loss (mean over the micro-batches).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean attention entropy (nats) when the attention-entropy regularizer is on.
+    pub attention_entropy: Option<f64>,
+    /// Mean harmonic-sparsity term when its regularizer is on.
+    pub harmonic_sparsity: Option<f64>,
+    /// Mean multi-scale distribution term (unweighted) when it is on.
+    pub distribution: Option<f64>,
+    /// The frequency curriculum's cutoff used, while it masks the spectral gates.
+    pub freq_cutoff: Option<f64>,
+}
+
+/// The gradients of one step's micro-batches, between [`Trainer::gradients`] and
+/// [`Trainer::apply`].
+pub struct StepGradients {
+    /// Per parameter, flat, summed over the micro-batches.
+    pub grads: Vec<Tensor<1>>,
+    /// The step's statistics (the gradient norm is filled in by `apply`).
+    pub stats: StepStats,
+}
+
+/// A model being trained: runtime, AdamW moments and the resumable state.
+pub struct Trainer {
+    /// The model.
+    pub rt: Runtime,
+    mom: Moments,
+    decay: Vec<bool>,
+    cfg: crate::spec::recipe::Train,
+    /// Steps, data position and early-stopping state.
+    pub state: State,
+}
+
+impl Trainer {
+    /// A fresh model initialised from the recipe's seed, on `device` (with autodiff).
+    pub fn new(cfg: &crate::spec::recipe::Train, graph: Graph, device: Device) -> Self {
+        let rt = Runtime::init(graph, device.clone(), cfg.seed);
+        let inner = device.without_autodiff();
+        let zeros = |s: &Vec<usize>| Tensor::<1>::zeros([s.iter().product::<usize>()], &inner);
+        let mom = Moments {
+            m: rt.shapes.iter().map(zeros).collect(),
+            v: rt.shapes.iter().map(zeros).collect(),
+        };
+        Self::assemble(cfg, rt, mom, State::fresh())
+    }
+
+    /// Continue from a checkpoint written by [`Trainer::save`].
+    pub fn resume(
+        cfg: &crate::spec::recipe::Train,
+        graph: Graph,
+        device: Device,
+        path: &Path,
+    ) -> Result<Self, TrainError> {
+        let (w, m, state) = load_checkpoint(path)?;
+        let rt = Runtime::with_values(graph, device.clone(), &w)
+            .map_err(|e| TrainError::Checkpoint(format!("`{}`: {e}", path.display())))?;
+        let inner = device.without_autodiff();
+        let get = |k: String, shape: &[usize]| -> Result<Tensor<1>, TrainError> {
+            let (d, s) = m
+                .get(&k)
+                .ok_or_else(|| TrainError::Checkpoint(format!("checkpoint lacks `{k}`")))?;
+            if s != shape {
+                return Err(TrainError::Checkpoint(format!("`{k}` has the wrong shape")));
+            }
+            Ok(Tensor::from_data(
+                TensorData::new(d.clone(), [d.len()]),
+                &inner,
+            ))
+        };
+        let mut mom = Moments {
+            m: Vec::new(),
+            v: Vec::new(),
+        };
+        for (name, shape) in rt.names.iter().zip(&rt.shapes) {
+            mom.m.push(get(format!("m/{name}"), shape)?);
+            mom.v.push(get(format!("v/{name}"), shape)?);
+        }
+        Ok(Self::assemble(cfg, rt, mom, state))
+    }
+
+    fn assemble(cfg: &crate::spec::recipe::Train, rt: Runtime, mom: Moments, state: State) -> Self {
+        let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
+        let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
+        Trainer {
+            rt,
+            mom,
+            decay,
+            cfg: cfg.clone(),
+            state,
+        }
+    }
+
+    /// One optimizer step over `micro` batches (gradient accumulation: the loss of each is
+    /// divided by their number), of a run of `total` steps. Sequences hold L + 1 ids. A
+    /// non-finite loss leaves the model and the state untouched and is returned as `Err`.
+    pub fn step(&mut self, micro: &[Vec<Vec<i64>>], total: u64) -> Result<StepStats, f64> {
+        let batches: Vec<Batch> = micro.iter().cloned().map(Batch::Tokens).collect();
+        self.step_batches(&batches, total)
+    }
+
+    /// [`Trainer::step`] over batches of any task (forecasting windows train on the MSE).
+    pub fn step_batches(&mut self, micro: &[Batch], total: u64) -> Result<StepStats, f64> {
+        let g = self.gradients(micro, total)?;
+        Ok(self.apply(g))
+    }
+
+    /// The first phase of a step: the forward and backward passes over the micro-batches, with
+    /// their loss and gradients (summed). A non-finite loss is returned as `Err`, with the
+    /// model untouched.
+    pub fn gradients(&mut self, micro: &[Batch], total: u64) -> Result<StepGradients, f64> {
+        let t = &self.cfg;
+        let Optimizer::Adamw { lr, .. } = t.optimizer;
+        let rt = &mut self.rt;
+        let device = rt.device.clone();
+        let inner = device.clone().without_autodiff();
+        let lr_now = schedule::lr_at(&t.schedule, lr, self.state.step, total);
+        // Gradients summed over the accumulation micro-batches.
+        let mut acc: Vec<Option<Tensor<1>>> = vec![None; rt.params.len()];
+        let mut loss_sum = 0.0;
+        // Mean attention entropy and harmonic sparsity over the micro-batches, when their
+        // terms are on.
+        let mut entropy: Option<f64> = None;
+        let mut sparsity: Option<f64> = None;
+        let mut distribution: Option<f64> = None;
+        let reg = &t.regularizers;
+        let aux_on = reg.attention_entropy != 0.0 || reg.harmonic_sparsity != 0.0;
+        let fc = t.frequency_curriculum.as_ref();
+        let cutoff = fc.and_then(|c| c.cutoff(self.state.freq_clock));
+        rt.freq_mask = cutoff.map(|cutoff| crate::ir::FreqCutoff {
+            cutoff,
+            slope: fc.and_then(|c| c.slope),
+        });
+        let n_micro = micro.len() as f64;
+        for (k, batch) in micro.iter().enumerate() {
+            device.seed(mix(t.seed, self.state.step, k as u64));
+            let forward = |input: V| {
+                if aux_on {
+                    rt.forward_aux(input, true)
+                } else {
+                    (rt.forward_value(input, true), Aux::default())
+                }
+            };
+            let (mut loss, aux) = match batch {
+                Batch::Tokens(b) => {
+                    let (x, y) = split_xy(b, &device);
+                    let (logits, aux) = forward(V::I2(x));
+                    let mut loss = cross_entropy(logits.clone(), y.clone(), t.label_smoothing);
+                    if let Some(d) = &reg.distribution {
+                        let term = distribution_loss(logits, y, &d.scales);
+                        let tv: f32 = term.clone().into_scalar();
+                        *distribution.get_or_insert(0.0) += f64::from(tv) / n_micro;
+                        loss = loss + term.mul_scalar(d.weight);
+                    }
+                    (loss, aux)
+                }
+                Batch::Series {
+                    x,
+                    y,
+                    x_dims,
+                    y_dims,
+                } => {
+                    let x = Tensor::<3>::from_data(TensorData::new(x.clone(), *x_dims), &inner);
+                    let y = Tensor::<3>::from_data(TensorData::new(y.clone(), *y_dims), &inner);
+                    let (pred, aux) = forward(V::F3(x.autodiff()));
+                    ((pred - y.autodiff()).powi_scalar(2).mean(), aux)
+                }
+            };
+            for (w, terms, mean) in [
+                (reg.attention_entropy, aux.attention_entropy, &mut entropy),
+                (reg.harmonic_sparsity, aux.harmonic_sparsity, &mut sparsity),
+            ] {
+                if w != 0.0 && !terms.is_empty() {
+                    let h = Tensor::cat(terms, 0).mean();
+                    let hv: f32 = h.clone().into_scalar();
+                    *mean.get_or_insert(0.0) += f64::from(hv) / n_micro;
+                    loss = loss + h.mul_scalar(w);
+                }
+            }
+            let loss = loss.div_scalar(n_micro);
+            let value: f32 = loss.clone().into_scalar();
+            loss_sum += f64::from(value);
+            accumulate(&mut acc, rt, &loss.backward());
+        }
+        rt.freq_mask = None;
+        if !loss_sum.is_finite() {
+            return Err(loss_sum);
+        }
+        let grads: Vec<Tensor<1>> = acc
+            .into_iter()
+            .zip(&rt.shapes)
+            .map(|(g, s)| g.unwrap_or_else(|| Tensor::zeros([s.iter().product::<usize>()], &inner)))
+            .collect();
+        Ok(StepGradients {
+            grads,
+            stats: StepStats {
+                loss: loss_sum,
+                grad_norm: f64::NAN,
+                lr: lr_now,
+                attention_entropy: entropy,
+                harmonic_sparsity: sparsity,
+                distribution,
+                freq_cutoff: cutoff,
+            },
+        })
+    }
+
+    /// The second phase of a step: global-norm clipping and the AdamW update of every
+    /// parameter with the gradients of [`Trainer::gradients`]; the step counts as done.
+    pub fn apply(&mut self, g: StepGradients) -> StepStats {
+        let t = &self.cfg;
+        let Optimizer::Adamw {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } = t.optimizer;
+        let fc = t.frequency_curriculum.as_ref();
+        let rt = &mut self.rt;
+        let (grads, mut stats) = (g.grads, g.stats);
+        let lr_now = stats.lr;
+        // Global-norm clipping over all parameters together (PyTorch clip_grad_norm_).
+        let norm2: f32 = grads
+            .iter()
+            .map(|g| g.clone().powi_scalar(2).sum())
+            .reduce(|a, b| a + b)
+            .map_or(0.0, |t| t.into_scalar());
+        let norm = f64::from(norm2).sqrt();
+        let clip = t
+            .clip_grad_norm
+            .map_or(1.0, |c| (c / (norm + 1e-6)).min(1.0));
+        let step1 = self.state.step + 1;
+        let (bc1, bc2) = (
+            1.0 - beta1.powi(step1 as i32),
+            1.0 - beta2.powi(step1 as i32),
+        );
+        let h = AdamW {
+            lr: lr_now as f32,
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            eps: eps as f32,
+            bc1: bc1 as f32,
+            bc2: bc2 as f32,
+            decay: 1.0,
+            clip: clip as f32,
+        };
+        // Parameters and moments move out of the runtime and `self.mom` so that the update can
+        // reuse their buffers.
+        let (ps, ms, vs) = (
+            std::mem::take(&mut rt.params),
+            std::mem::take(&mut self.mom.m),
+            std::mem::take(&mut self.mom.v),
+        );
+        for (i, (((g, p), m), v)) in grads.into_iter().zip(ps).zip(ms).zip(vs).enumerate() {
+            let p = p.detach().flat();
+            let decay = if self.decay[i] && weight_decay > 0.0 {
+                (1.0 - lr_now * weight_decay) as f32
+            } else {
+                1.0
+            };
+            let [p, m, v] = fused::adamw(p, g, m, v, &AdamW { decay, ..h });
+            self.mom.m.push(m);
+            self.mom.v.push(v);
+            rt.params
+                .push(V::from_flat(p.autodiff(), &rt.shapes[i]).require_grad());
+        }
+        self.state.step = step1;
+        if let Some(c) = fc {
+            self.state.freq_clock += c.advance(self.state.since_best);
+        }
+        stats.grad_norm = norm;
+        stats
+    }
+
+    /// Write the checkpoint (weights, moments, state) atomically.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        checkpoint::save_checkpoint(path, &self.rt, &self.mom, &self.state)
+    }
+}
