@@ -847,3 +847,31 @@ fn the_causal_filter_step_matches_the_convolution_by_definition() {
     }
     assert_eq!(at, t);
 }
+
+#[test]
+fn bad_words_skip_the_eos_word_and_words_longer_than_the_sequence() {
+    // transformers 4.46 `NoBadWordsLogitsProcessor` drops a bad word equal to [eos], and
+    // `SequenceBiasLogitsProcessor` skips a word longer than the sequence so far.
+    let d = Decode {
+        bad_words_ids: vec![vec![0], vec![1, 2], vec![4, 3, 1]],
+        ..Decode::default()
+    };
+    let p = Processors::new(&d, Some(EOS), 1, 1);
+    let mut s = vec![0.0; 5];
+    p.process(&[1], &mut s, None);
+    assert_eq!(s, vec![0.0; 5], "[eos] ignored; [1, 2] longer than [1]");
+    let mut s = vec![0.0; 5];
+    p.process(&[3, 1], &mut s, None);
+    assert_eq!(s[2], f32::NEG_INFINITY);
+    assert_eq!(s[0], 0.0);
+    let mut s = vec![0.0; 5];
+    p.process(&[4, 3], &mut s, None);
+    assert_eq!(s[1], 0.0, "[4, 3, 1] is longer than [4, 3]");
+    let mut s = vec![0.0; 5];
+    p.process(&[2, 4, 3], &mut s, None);
+    assert_eq!(s[1], f32::NEG_INFINITY);
+    // Without an EOS, [0] is an ordinary bad word.
+    let mut s = vec![0.0; 5];
+    Processors::new(&d, None, 1, 1).process(&[2], &mut s, None);
+    assert_eq!(s[0], f32::NEG_INFINITY);
+}

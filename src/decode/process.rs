@@ -95,9 +95,14 @@ impl Processors {
                 }
             }
         }
+        // As `NoBadWordsLogitsProcessor`: a word equal to [eos] is dropped, and one longer
+        // than the sequence so far is skipped (`SequenceBiasLogitsProcessor`).
         for bad in &d.bad_words_ids {
+            if bad.len() == 1 && self.eos == Some(i64::from(bad[0])) {
+                continue;
+            }
             let (last, before) = bad.split_last().expect("validated non-empty");
-            let matches = before.len() <= seq.len()
+            let matches = (bad.len() == 1 || bad.len() <= seq.len())
                 && seq[seq.len() - before.len()..]
                     .iter()
                     .zip(before)
