@@ -875,3 +875,19 @@ fn bad_words_skip_the_eos_word_and_words_longer_than_the_sequence() {
     Processors::new(&d, None, 1, 1).process(&[2], &mut s, None);
     assert_eq!(s[0], f32::NEG_INFINITY);
 }
+
+#[test]
+fn top_p_compares_the_cumulative_mass_with_one_minus_top_p_rounded_once() {
+    // transformers 4.46 `TopPLogitsWarper`: remove `cumsum(sorted probs) <= 1 - top_p`, the
+    // bound computed in f64 and rounded to f32 once (0.4 for top_p 0.6; f32 arithmetic gave
+    // 0.39999998), the cumulative sum accumulated in f64 (torch's CPU cumsum). Five equal
+    // tokens: 0.2 + 0.2 = 0.4 ≤ 0.4, so two are removed and three kept.
+    let base = Decode {
+        top_k: 0,
+        top_p: 0.6,
+        ..Decode::default()
+    };
+    assert_eq!(kept(base.clone(), &[0.0; 5], 1), vec![2, 3, 4]);
+    assert_eq!(kept(base.clone(), &ln(&[0.4, 0.6]), 1), vec![1]);
+    assert_eq!(kept(base, &ln(&[0.4, 0.6]), 2), vec![0, 1]);
+}

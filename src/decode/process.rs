@@ -14,8 +14,9 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
         return vec![1.0 / x.len() as f32; x.len()];
     }
     let e: Vec<f32> = x.iter().map(|&v| (v - m).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
+    // Times the reciprocal of the sum, as torch's CPU softmax.
+    let r = 1.0 / e.iter().sum::<f32>();
+    e.into_iter().map(|v| v * r).collect()
 }
 
 /// Log-softmax of `x`.
@@ -146,15 +147,16 @@ impl Processors {
         }
         if d.top_p < 1.0 {
             // Ascending order; drop tokens whose cumulative mass is ≤ 1 − top_p, keeping the
-            // last `min_keep`.
+            // last `min_keep`. As torch: the bound is computed in f64 and compared in f32, and
+            // the cumulative sum is accumulated in f64 (CPU `cumsum` of f32) and rounded.
             let order = ascending(scores);
             let probs = softmax(&order.iter().map(|&i| scores[i]).collect::<Vec<_>>());
-            let mut cum = 0.0f32;
-            let limit = 1.0 - d.top_p as f32;
+            let mut cum = 0.0f64;
+            let limit = (1.0 - d.top_p) as f32;
             let mut remove = Vec::new();
-            for (rank, (&i, p)) in order.iter().zip(&probs).enumerate() {
-                cum += p;
-                if cum <= limit && rank < v - self.min_keep {
+            for (rank, (&i, &p)) in order.iter().zip(&probs).enumerate() {
+                cum += f64::from(p);
+                if cum as f32 <= limit && rank < v.saturating_sub(self.min_keep) {
                     remove.push(i);
                 }
             }
