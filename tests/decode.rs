@@ -891,3 +891,37 @@ fn top_p_compares_the_cumulative_mass_with_one_minus_top_p_rounded_once() {
     assert_eq!(kept(base.clone(), &ln(&[0.4, 0.6]), 1), vec![1]);
     assert_eq!(kept(base, &ln(&[0.4, 0.6]), 2), vec![0, 1]);
 }
+
+fn no_eos(d: Decode, max_len: usize) -> Settings {
+    Settings {
+        eos: None,
+        ..settings(d, max_len)
+    }
+}
+
+#[test]
+fn beam_sampling_without_eos_keeps_two_tokens_per_beam_and_draws_two_per_beam() {
+    // As transformers 4.46 (`_get_logits_processor`: min_tokens_to_keep = 2 with beams and no
+    // EOS; `_beam_search`: n_tokens_to_keep = max(2, 1 + n_eos) · num_beams). Step 1: four
+    // tied tokens survive top-k 1, and all four are drawn. Step 2: top-k 1 keeps two tokens
+    // per beam (four in all), all four are drawn, and the two best both continue token 0.
+    let m = |s: &[i64]| match (s.len(), s.last()) {
+        (1, _) => vec![0.0, 0.0, 0.0, 0.0, -30.0, -30.0],
+        (_, Some(0)) => vec![5.0, 4.9, -30.0, -30.0, -30.0, -30.0],
+        (_, Some(1)) => vec![-30.0, -30.0, 0.3, 0.0, -0.2, -30.0],
+        _ => vec![0.0; 6],
+    };
+    for seed in 0..6 {
+        let d = Decode {
+            strategy: Strategy::BeamSample,
+            num_beams: 2,
+            num_return_sequences: 2,
+            top_k: 1,
+            max_new_tokens: Some(2),
+            seed,
+            ..Decode::default()
+        };
+        let out = generate(&mut Table(m), &[vec![5]], &no_eos(d, 9));
+        assert_eq!(tokens(&out[0]), vec![vec![5, 0, 0], vec![5, 0, 1]], "seed {seed}");
+    }
+}

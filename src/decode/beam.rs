@@ -83,7 +83,7 @@ pub(super) fn beam(
     let max_len = s.max_length(prompt_len);
     let sample = s.d.strategy == Strategy::BeamSample;
     let n_eos = usize::from(s.eos.is_some());
-    let procs = Processors::new(&s.d, s.eos, prompt_len, if sample { n_eos + 1 } else { 1 })
+    let procs = Processors::new(&s.d, s.eos, prompt_len, super::min_tokens_to_keep(s))
         .skipping(s.source_len);
     let mut rng = Rng::new(s.d.seed);
     let mut seqs: Vec<Vec<i64>> = prompts
@@ -104,7 +104,9 @@ pub(super) fn beam(
     let mut hyps: Vec<Hyps> = (0..b * groups).map(|_| Hyps::new(gs)).collect();
     let mut done = vec![false; b * groups];
     let mut parents: Option<Vec<usize>> = None;
-    let keep = (1 + n_eos) * gs;
+    // Candidates per group: `n_tokens_to_keep = max(2, 1 + n_eos) * num_beams` (2·num_beams
+    // with or without an EOS).
+    let keep = 2.max(1 + n_eos) * gs;
     while seqs[0].len() < max_len {
         let logits = lm.next_logits(&seqs, parents.as_deref());
         let cur_len = seqs[0].len() + 1;

@@ -156,6 +156,17 @@ pub fn generate(
     out
 }
 
+/// The fewest tokens the sampling warpers keep: 2 for beam sampling (transformers 4.46
+/// `_get_logits_processor`: `len(eos_token_id) + 1` with an EOS, 2 without one; kiln has at
+/// most one EOS), else 1.
+pub fn min_tokens_to_keep(s: &Settings) -> usize {
+    if s.d.strategy == Strategy::BeamSample {
+        2
+    } else {
+        1
+    }
+}
+
 fn sample_or_greedy(
     lm: &mut dyn NextLogits,
     prompts: &[Vec<i64>],
