@@ -922,6 +922,10 @@ fn beam_sampling_without_eos_keeps_two_tokens_per_beam_and_draws_two_per_beam() 
             ..Decode::default()
         };
         let out = generate(&mut Table(m), &[vec![5]], &no_eos(d, 9));
-        assert_eq!(tokens(&out[0]), vec![vec![5, 0, 0], vec![5, 0, 1]], "seed {seed}");
+        assert_eq!(
+            tokens(&out[0]),
+            vec![vec![5, 0, 0], vec![5, 0, 1]],
+            "seed {seed}"
+        );
     }
 }
