@@ -929,3 +929,26 @@ fn beam_sampling_without_eos_keeps_two_tokens_per_beam_and_draws_two_per_beam() 
         );
     }
 }
+
+#[test]
+fn exactly_tied_hypotheses_return_the_last_added_first() {
+    // transformers 4.46 `BeamSearchScorer.finalize`: `sorted(..., key=score)` then `pop()`,
+    // so of two equal scores the later hypothesis comes first. Vocab {EOS, a, b, c}; a and
+    // b tie (ln ½); a → EOS and b → c → EOS are certain (log p exactly 0), so with
+    // length_penalty 0 both hypotheses score ln ½; a's is added at step 2, b's at step 3.
+    let m = |s: &[i64]| match (s.len(), s.last()) {
+        (1, _) => vec![-1e4, 0.0, 0.0, -1e4],
+        (_, Some(2)) => vec![-1e4, -1e4, -1e4, 0.0],
+        _ => vec![0.0, -1e4, -1e4, -1e4],
+    };
+    let d = Decode {
+        strategy: Strategy::Beam,
+        num_beams: 2,
+        num_return_sequences: 2,
+        length_penalty: 0.0,
+        ..Decode::default()
+    };
+    let out = generate(&mut Table(m), &[vec![5]], &settings(d, 6));
+    assert_eq!(tokens(&out[0]), vec![vec![5, 2, 3, 0], vec![5, 1, 0]]);
+    assert_eq!(out[0][0].score, out[0][1].score);
+}

@@ -6,7 +6,13 @@ use super::{identity, sample_one, Generated, NextLogits, Settings};
 use crate::spec::recipe::{EarlyStop, Strategy};
 use crate::util::Rng;
 
-/// The finished hypotheses of one beam group (HF `BeamHypotheses`).
+/// Scores compared as Python floats (−0 equals 0; NaN, which a score never is, as equal).
+fn score_cmp(a: f64, b: f64) -> std::cmp::Ordering {
+    a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+}
+
+/// The finished hypotheses of one beam group (HF `BeamHypotheses`): when one too many, the
+/// worst is removed, the earliest added of equal worst ones (`sorted` of (score, index)).
 struct Hyps {
     beams: Vec<(f64, Vec<i64>)>,
     worst: f64,
@@ -31,7 +37,7 @@ impl Hyps {
                     .beams
                     .iter()
                     .enumerate()
-                    .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
+                    .min_by(|a, b| score_cmp(a.1 .0, b.1 .0))
                     .expect("non-empty");
                 self.beams.remove(wi);
                 self.worst = self.beams.iter().map(|b| b.0).fold(f64::INFINITY, f64::min);
@@ -229,8 +235,11 @@ pub(super) fn beam(
         let mut all: Vec<(f64, Vec<i64>)> = (0..groups)
             .flat_map(|g| hyps[bi * groups + g].beams.clone())
             .collect();
-        // Best first (a stable sort keeps insertion order on ties, like Python's sorted).
-        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        // Best first. transformers sorts ascending (Python's stable `sorted`) and `pop()`s
+        // from the end, so of exactly equal scores the hypothesis added last comes first:
+        // reversed, then a stable descending sort.
+        all.reverse();
+        all.sort_by(|a, b| score_cmp(b.0, a.0));
         out.push(
             all.into_iter()
                 .take(s.d.num_return_sequences as usize)
