@@ -952,3 +952,37 @@ fn exactly_tied_hypotheses_return_the_last_added_first() {
     assert_eq!(tokens(&out[0]), vec![vec![5, 2, 3, 0], vec![5, 1, 0]]);
     assert_eq!(out[0][0].score, out[0][1].score);
 }
+
+#[test]
+fn beams_without_a_finite_candidate_continue_at_minus_infinity() {
+    // transformers 4.46 `_beam_search` takes the top 2·num_beams candidates whatever their
+    // score, so a beam can continue at −∞; it never comes back and no PAD enters a running
+    // sequence. Vocab {0, 1, 2, 3}, no EOS: after 1 every token is a bad word, after 2 and
+    // after 3 all but 3.
+    let bad: Vec<Vec<u32>> = [1u32, 2, 3]
+        .iter()
+        .flat_map(|&a| {
+            (0..4)
+                .filter(move |&b| a == 1 || b != 3)
+                .map(move |b| vec![a, b])
+        })
+        .collect();
+    let m = |s: &[i64]| match s.len() {
+        1 => vec![-10.0, 1.0, 1.5, -10.0],
+        _ => vec![0.0; 4],
+    };
+    let d = Decode {
+        strategy: Strategy::Beam,
+        num_beams: 2,
+        num_return_sequences: 2,
+        max_new_tokens: Some(3),
+        bad_words_ids: bad,
+        ..Decode::default()
+    };
+    let out = generate(&mut Table(m), &[vec![0]], &no_eos(d, 9));
+    assert_eq!(out[0][0].tokens, vec![0, 2, 3, 3]);
+    assert_eq!(out[0][1].score, f64::NEG_INFINITY, "{:?}", out[0]);
+    // The −∞ beam took the first candidate in flat order (beam 0 before beam 1, then by token)
+    // at steps 2 and 3.
+    assert_eq!(out[0][1].tokens, vec![0, 2, 3, 0]);
+}

@@ -97,8 +97,8 @@ pub(super) fn beam(
         .flat_map(|p| std::iter::repeat_n(p.clone(), k))
         .collect();
     // The first beam of each group starts at 0, the others at −1e9 (so step one expands
-    // only one beam per group).
-    let mut scores: Vec<f64> = (0..b * k)
+    // only one beam per group). Beam scores are f32, as torch's `beam_scores`.
+    let mut scores: Vec<f32> = (0..b * k)
         .map(|r| {
             if (r % k).is_multiple_of(gs) {
                 0.0
@@ -135,8 +135,12 @@ pub(super) fn beam(
                     }
                     continue;
                 }
-                // log_softmax → processors → (+ warpers when sampling) → + beam score.
-                let mut cand: Vec<(f64, usize, usize)> = Vec::new(); // (score, beam j, token)
+                // log_softmax → processors → (+ warpers when sampling) → + beam score. Every
+                // (beam, token) pair is a candidate, −∞ ones too: torch.topk takes the best
+                // 2·num_beams whatever their score, so a beam can go on at −∞ (it never wins
+                // again, and no PAD enters a running sequence).
+                let v = logits[rows[0]].len();
+                let mut cand: Vec<(f32, usize, usize)> = Vec::new(); // (score, beam j, token)
                 let mut flat: Vec<Vec<f32>> = Vec::with_capacity(gs);
                 for &r in &rows {
                     let mut sc = log_softmax(&logits[r]);
@@ -149,31 +153,54 @@ pub(super) fn beam(
                 if sample {
                     // Sample `keep` candidates without replacement from softmax over all
                     // (beam, token) pairs of the group, then order them by score.
+                    // With fewer than `keep` possible candidates (where torch.multinomial
+                    // raises), the rest follow in score order.
                     let beam_scores = &scores;
                     let all: Vec<f32> = flat
                         .iter()
                         .zip(&rows)
-                        .flat_map(|(sc, &r)| sc.iter().map(move |&v| v + beam_scores[r] as f32))
+                        .flat_map(|(sc, &r)| sc.iter().map(move |&x| x + beam_scores[r]))
                         .collect();
                     let mut probs = softmax(&all);
-                    for _ in 0..keep.min(probs.iter().filter(|&&p| p > 0.0).count()) {
+                    let possible = probs.iter().filter(|&&p| p > 0.0).count();
+                    for _ in 0..keep.min(possible) {
                         let i = sample_one(&probs, &mut rng);
                         probs[i] = 0.0;
-                        let v = logits[rows[0]].len();
-                        cand.push((f64::from(all[i]), i / v, i % v));
+                        cand.push((all[i], i / v, i % v));
+                    }
+                    if cand.len() < keep {
+                        let mut rest: Vec<usize> = (0..all.len())
+                            .filter(|&i| !cand.iter().any(|c| c.1 * v + c.2 == i))
+                            .collect();
+                        rest.sort_by(|&a, &b| all[b].total_cmp(&all[a]).then(a.cmp(&b)));
+                        let missing = keep - cand.len();
+                        cand.extend(
+                            rest.into_iter()
+                                .take(missing)
+                                .map(|i| (all[i], i / v, i % v)),
+                        );
                     }
                 } else {
                     for (j, sc) in flat.iter().enumerate() {
-                        for (t, &v) in sc.iter().enumerate() {
-                            if v > f32::NEG_INFINITY {
-                                cand.push((f64::from(v) + scores[rows[j]], j, t));
-                            }
-                        }
+                        cand.extend(
+                            sc.iter()
+                                .enumerate()
+                                .map(|(t, &x)| (x + scores[rows[j]], j, t)),
+                        );
                     }
                 }
-                // Best first; ties by flat index as torch.topk on CPU.
-                cand.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-                cand.truncate(keep);
+                // The best `keep`, best first; exact ties by flat index (torch.topk leaves
+                // their order to its selection algorithm).
+                let order = |a: &(f32, usize, usize), b: &(f32, usize, usize)| {
+                    b.0.partial_cmp(&a.0)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then((a.1, a.2).cmp(&(b.1, b.2)))
+                };
+                if cand.len() > keep {
+                    cand.select_nth_unstable_by(keep - 1, order);
+                    cand.truncate(keep);
+                }
+                cand.sort_by(order);
                 let mut filled = 0;
                 for (rank, &(sc, j, t)) in cand.iter().enumerate() {
                     let parent = rows[j];
@@ -183,7 +210,7 @@ pub(super) fn beam(
                         }
                         hyps[hi].add(
                             seqs[parent].clone(),
-                            sc,
+                            f64::from(sc),
                             cur_len - prompt_len,
                             s.d.length_penalty,
                         );
@@ -200,14 +227,15 @@ pub(super) fn beam(
                         break;
                     }
                 }
-                // Rows a candidate list too short could not fill keep their beam, dead.
+                // Only a one-token vocabulary that is the EOS leaves rows unfilled (transformers
+                // raises); they end at −∞.
                 for &r in &rows[filled..] {
                     next_seqs[r] = seqs[r].clone();
                     next_seqs[r].push(s.pad);
-                    next_scores[r] = -1e9;
+                    next_scores[r] = f32::NEG_INFINITY;
                     next_parents[r] = r;
                 }
-                let best = cand.first().map_or(f64::NEG_INFINITY, |c| c.0);
+                let best = cand.first().map_or(f64::NEG_INFINITY, |c| f64::from(c.0));
                 done[hi] = done[hi] || hyps[hi].is_done(best, cur_len, prompt_len, s, max_len);
             }
         }
@@ -229,7 +257,12 @@ pub(super) fn beam(
             for j in 0..gs {
                 let r = bi * k + g * gs + j;
                 let generated = seqs[r].len() - prompt_len;
-                hyps[hi].add(seqs[r].clone(), scores[r], generated, s.d.length_penalty);
+                hyps[hi].add(
+                    seqs[r].clone(),
+                    f64::from(scores[r]),
+                    generated,
+                    s.d.length_penalty,
+                );
             }
         }
         let mut all: Vec<(f64, Vec<i64>)> = (0..groups)
