@@ -111,6 +111,9 @@ fn a_sweep_runs_in_parallel_resumes_and_reports() {
         "{table}"
     );
     assert!(table.contains(" ± "), "{table}");
+    // The rule-extrapolation paper's per-run numbers are columns of their own.
+    assert!(table.contains("ood_r1_max (reference)"), "{table}");
+    assert!(table.contains("ood_r1_at_min_val (reference)"), "{table}");
     assert!(err.contains("best by best_val_loss"), "{err}");
     // The run ends with the report's charts.
     for f in ["loss.png", "val_loss.png"] {

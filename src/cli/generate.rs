@@ -60,6 +60,10 @@ pub fn eval_cmd(
     };
     let Some(p) = prompt else {
         print_metrics(&data.report(&rt));
+        // Over the training run's evaluations (recorded while it trained).
+        if let Some(h) = train::history::read(&run.join("metrics.jsonl")) {
+            super::run::print_history(&h);
+        }
         let mut rt = rt;
         if let Some(m) = train::soft_attention_report(&data, &mut rt) {
             print_soft_attention(&m);

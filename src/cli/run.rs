@@ -213,6 +213,9 @@ fn print_summary(name: &str, graph: &Graph, s: &Summary, dir: &Path) {
     if let Some(m) = &s.metrics {
         print_metrics(m);
     }
+    if let Some(h) = &s.evaluations {
+        print_history(h);
+    }
     if let Some(e) = &s.ensemble {
         print_ensemble(e, s);
     }
@@ -398,4 +401,38 @@ fn print_stream(m: &StreamMetrics) {
         );
     }
     println!("(unigram: always the k values most frequent in the training part; the interval treats predictions as independent, which positions of one window are not)");
+}
+
+/// A grammar task's metrics over the run's evaluations: at the lowest validation loss, and
+/// each metric's maximum over the evaluations (the rule-extrapolation paper's numbers).
+pub(super) fn print_history(h: &train::history::History) {
+    let cols = [
+        ("ID R1", "/id/rule1"),
+        ("ID gram.", "/id/grammatical"),
+        ("OOD fin.", "/ood/finished"),
+        ("OOD R1", "/ood/rule1"),
+        ("OOD R2-compl.", "/ood/rule2_completion"),
+    ];
+    let cell = |v: &serde_json::Value, p: &str| {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_f64)
+            .map_or("-".to_string(), |x| format!("{x:.3}"))
+    };
+    println!(
+        "over {} evaluations (the rule-extrapolation paper reports each rule metric's maximum):",
+        h.evaluations
+    );
+    let head: Vec<String> = cols.iter().map(|(n, _)| format!("{n:>15}")).collect();
+    println!("{:<34}{}", "", head.join(""));
+    let at = &h.at_min_val_loss;
+    for (label, v) in [
+        (format!("at min. val. loss (step {})", at.step), &at.metrics),
+        ("max over evaluations".to_string(), &h.max_over_evaluations),
+    ] {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|(_, p)| format!("{:>15}", cell(v, p)))
+            .collect();
+        println!("{label:<34}{}", cells.join(""));
+    }
 }

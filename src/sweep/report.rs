@@ -49,6 +49,26 @@ pub fn metrics_of(task: &str) -> Vec<Metric> {
                 lower: false,
                 reference: Some("/metrics/chance_ood_r2_completion"),
             },
+            // Over the run's evaluations: at the lowest validation loss, and the maximum (the
+            // rule-extrapolation paper's per-run numbers).
+            Metric {
+                name: "ood_r1_at_min_val",
+                pointer: "/evaluations/at_min_val_loss/metrics/ood/rule1",
+                lower: false,
+                reference: Some("/metrics/chance_ood_r1"),
+            },
+            Metric {
+                name: "ood_r1_max",
+                pointer: "/evaluations/max_over_evaluations/ood/rule1",
+                lower: false,
+                reference: Some("/metrics/chance_ood_r1"),
+            },
+            Metric {
+                name: "ood_r2_completion_max",
+                pointer: "/evaluations/max_over_evaluations/ood/rule2_completion",
+                lower: false,
+                reference: Some("/metrics/chance_ood_r2_completion"),
+            },
         ]),
         "forecast" => m.extend([
             Metric {

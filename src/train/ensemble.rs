@@ -129,6 +129,7 @@ pub fn train_ensemble(
         stopped: format!("ensemble of {} members", members.len()),
         metrics: Some(metrics),
         soft_attention_metrics: None,
+        evaluations: None,
         seconds: members.iter().map(|m| m.seconds).sum::<f64>() + started.elapsed().as_secs_f64(),
         ensemble: Some(EnsembleSummary {
             seeds: seeds.to_vec(),

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod data;
 mod ensemble;
+pub mod history;
 mod loss;
 pub mod memory;
 mod progress;
@@ -48,6 +49,10 @@ pub struct Summary {
     /// and time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleSummary>,
+    /// A grammar task's metrics over the evaluations: at the lowest validation loss, and each
+    /// metric's maximum (what the rule-extrapolation paper reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluations: Option<history::History>,
     /// For a model with hard attention: the same metrics with its attention evaluated soft.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_attention_metrics: Option<TaskReport>,
@@ -171,6 +176,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         .clone()
         .unwrap_or_else(|| "finished all steps".to_string());
     let resumed_done = tr.state.stopped.is_some() || tr.state.step >= total;
+    let mut final_report = None;
     // The batches of the next step are drawn on a second thread while this step runs; `ds` is
     // the data position as drawn so far, `after` the position the checkpoint records.
     let full = recipe.task.max_seq();
@@ -265,12 +271,15 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             } else {
                 st.since_best += 1;
             }
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::json!({"step": step, "val_loss": val_loss})
-            )
-            .map_err(io_at(&metrics_path))?;
+            let mut line = serde_json::json!({"step": step, "val_loss": val_loss});
+            // A grammar task's metrics at every evaluation (the paper's maxima need them).
+            if let Some(r) = data.evaluation_report(&tr.rt) {
+                line["task_metrics"] = serde_json::to_value(&r).expect("report serializes");
+                if last {
+                    final_report = Some(r);
+                }
+            }
+            writeln!(metrics, "{line}").map_err(io_at(&metrics_path))?;
             progress.eval(step, stats.loss, val_loss, stats.lr);
             if let Some(es) = &t.early_stopping {
                 if tr.state.since_best >= es.patience {
@@ -309,8 +318,12 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             dir: opts.dir.clone(),
         });
     }
-    let metrics = data.report(&tr.rt);
+    // The last evaluation's report is the final model's when it was at the last step.
+    let metrics = final_report
+        .filter(|_| tr.state.stopped.is_none())
+        .unwrap_or_else(|| data.report(&tr.rt));
     let soft_attention_metrics = soft_attention_report(&data, &mut tr.rt);
+    let evaluations = history::read(&metrics_path);
     Ok(Summary {
         steps: tr.state.step,
         final_loss: last_loss,
@@ -319,6 +332,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         stopped,
         metrics: Some(metrics),
         soft_attention_metrics,
+        evaluations,
         ensemble: None,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -158,6 +158,15 @@ impl Data {
     }
 
     /// The task's metrics for a model.
+    /// The report computed at every evaluation of a run: a grammar task's (see
+    /// [`crate::train::history`]); `None` for the other tasks, whose reports are final only.
+    pub fn evaluation_report(&self, rt: &Runtime) -> Option<TaskReport> {
+        match self {
+            Data::Grammar(g) => Some(TaskReport::Grammar(g.report(rt))),
+            Data::Stream(_) | Data::Seq2seq(_) | Data::Forecast(_) => None,
+        }
+    }
+
     pub fn report(&self, rt: &Runtime) -> TaskReport {
         match self {
             Data::Grammar(g) => TaskReport::Grammar(g.report(rt)),
