@@ -44,6 +44,24 @@ const MODELS: &[(&str, &[&str])] = &[
         "models/gfnet-causal.yaml",
         &["vars.depth=2", "vars.max_len=100"],
     ),
+    // n = 128: the fused filter takes the FFT branch, causal and circular.
+    (
+        "models/gfnet-causal.yaml",
+        &["vars.depth=2", "vars.max_len=64"],
+    ),
+    (
+        "models/gfnet-causal.yaml",
+        &[
+            "vars.depth=1",
+            "vars.max_len=128",
+            "layers.2.body.0.body.1.causal=false",
+        ],
+    ),
+    // Phase attention over all positions.
+    (
+        "models/wave.yaml",
+        &["vars.depth=1", "layers.4.body.0.body.1.causal=false"],
+    ),
 ];
 
 fn lower(file: &str, sets: &[&str]) -> Graph {
@@ -269,7 +287,8 @@ fn attention_entropies_of_uniform_attention_match_a_hand_computation() {
 }
 
 /// Spectral gates under a frequency-curriculum mask: the runtime agrees with the float64
-/// reference (causal kernel and circular gate, fused and not) and gradients still reach them.
+/// reference (causal kernel and circular gate, fused and not, dense and by FFT) and gradients
+/// still reach them.
 #[test]
 fn frequency_masked_gates_match_the_reference_and_learn() {
     let masks = [
@@ -287,6 +306,13 @@ fn frequency_masked_gates_match_the_reference_and_learn() {
         &[
             "vars.depth=2",
             "vars.max_len=16",
+            "layers.2.body.0.body.1.causal=false",
+        ][..],
+        // n = 128: the fused filters take the FFT branch.
+        &["vars.depth=1", "vars.max_len=64"][..],
+        &[
+            "vars.depth=1",
+            "vars.max_len=128",
             "layers.2.body.0.body.1.causal=false",
         ][..],
     ] {
@@ -483,45 +509,315 @@ fn ctx<'a>(
     }
 }
 
-fn random3(dims: [usize; 3], seed: u64, device: &burn::tensor::Device) -> burn::tensor::Tensor<3> {
+/// Random normal values times `scale`, as a runtime tensor and, exactly the same values, as a
+/// reference tensor.
+fn pair<const D: usize>(
+    dims: [usize; D],
+    seed: u64,
+    scale: f64,
+    device: &burn::tensor::Device,
+) -> (burn::tensor::Tensor<D>, reference::Tensor) {
     let mut rng = Rng::new(seed);
     let n = dims.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(v, dims), device)
+    let v: Vec<f32> = (0..n).map(|_| (scale * rng.normal()) as f32).collect();
+    let r = reference::Tensor {
+        shape: dims.to_vec(),
+        data: v.iter().map(|&x| f64::from(x)).collect(),
+    };
+    let t = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(v, dims), device);
+    (t, r)
+}
+
+/// A runtime tensor's values.
+fn host<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// Checks the gradient `grad` (of a shape `shape` input) of a loss that is linear in that
+/// input: its projection on each of three random directions v must equal `loss(v)`, the
+/// reference's loss at v, to a relative 1e-4 of Σ|grad_i·v_i|.
+fn check_projections(
+    grad: &[f32],
+    shape: &[usize],
+    seed: u64,
+    loss: impl Fn(&reference::Tensor) -> f64,
+    what: &str,
+) {
+    let mut rng = Rng::new(seed);
+    for _ in 0..3 {
+        let v = reference::Tensor {
+            shape: shape.to_vec(),
+            data: (0..grad.len()).map(|_| rng.normal()).collect(),
+        };
+        let got: f64 = grad
+            .iter()
+            .zip(&v.data)
+            .map(|(g, v)| f64::from(*g) * v)
+            .sum();
+        let scale: f64 = grad
+            .iter()
+            .zip(&v.data)
+            .map(|(g, v)| (f64::from(*g) * v).abs())
+            .sum();
+        let want = loss(&v);
+        assert!(
+            scale > 0.0 && (got - want).abs() < 1e-4 * scale,
+            "{what}: gradient·v = {got}, the reference's {want} (scale {scale})"
+        );
+    }
 }
 
 /// With the identity gate (1 + 0i at every bin) the windowed gate returns its input, for any
-/// window mix, with and without overlap, and on lengths that frames do not divide.
+/// window mix, with and without overlap, and on lengths that frames do not divide. That holds
+/// whatever the window is, so with a random gate the runtime is also compared with the float64
+/// reference (which has its own windows and framing) under the same mixes: a wrong window,
+/// mix or frame count changes the output.
 #[test]
-fn the_windowed_gate_reconstructs_exactly_with_an_identity_gate() {
+fn the_windowed_gate_reconstructs_with_an_identity_gate_and_matches_the_reference() {
     use burn::tensor::{Tensor, TensorData};
     use kiln::ir::Op;
     use kiln::runtime::{ops, V};
     let device = DeviceKind::Cpu.device(false);
-    for (window, hop, len) in [(8, 4, 13), (8, 3, 20), (6, 6, 7), (5, 1, 9), (16, 4, 3)] {
-        let x = random3([2, len, 3], window as u64 + len as u64, &device);
+    for (window, hop, len) in [
+        (8, 4, 13),
+        (8, 3, 20),
+        (6, 6, 7),
+        (5, 1, 9),
+        (16, 4, 3),
+        (7, 2, 16),
+        (4, 4, 8),
+    ] {
+        let (x, xr) = pair([2, len, 3], window as u64 + len as u64, 1.0, &device);
         let f = window / 2 + 1;
         let mut gate = vec![0f32; f * 3 * 2];
         for i in 0..f * 3 {
             gate[2 * i] = 1.0;
         }
         let gate = Tensor::<3>::from_data(TensorData::new(gate, [f, 3, 2]), &device);
-        for mix in [[0.0f32, 0.0, 0.0], [3.0, -1.0, -4.0], [-5.0, 2.0, -6.0]] {
-            let mix = Tensor::<1>::from_data(TensorData::new(mix.to_vec(), [3]), &device);
-            let op = Op::WindowedGate {
-                window: window as u64,
-                hop: hop as u64,
+        let (random_gate, random_gate_r) = pair([f, 3, 2], 40 + window as u64, 1.0, &device);
+        let op = Op::WindowedGate {
+            window: window as u64,
+            hop: hop as u64,
+        };
+        for mix in [
+            [0.0f32, 0.0, 0.0],
+            [3.0, -1.0, -4.0],
+            [-5.0, 2.0, -6.0],
+            [0.5, 1.5, -1.0],
+        ] {
+            let mix_r = reference::Tensor {
+                shape: vec![3],
+                data: mix.iter().map(|&v| f64::from(v)).collect(),
             };
+            let mix = Tensor::<1>::from_data(TensorData::new(mix.to_vec(), [3]), &device);
             let y = ops::eval(
                 &op,
-                &[&V::F3(x.clone()), &V::F1(mix), &V::F3(gate.clone())],
+                &[&V::F3(x.clone()), &V::F1(mix.clone()), &V::F3(gate.clone())],
                 &ctx(&device, false, None),
             )
             .f3();
             let d: f32 = (y - x.clone()).abs().max().into_scalar();
             // f32 rounding, divided by Σ g² where a Hann-heavy window is near 0.
             assert!(d < 1e-4, "window {window} hop {hop} len {len}: off by {d}");
+            let y = ops::eval(
+                &op,
+                &[&V::F3(x.clone()), &V::F1(mix), &V::F3(random_gate.clone())],
+                &ctx(&device, false, None),
+            )
+            .f3();
+            let want = reference::eval_op(&op, &[&xr, &mix_r, &random_gate_r]).unwrap();
+            assert!(
+                want.max_abs_diff(&xr) > 0.1,
+                "a random gate changes the input"
+            );
+            assert_close(
+                &host(y),
+                &want,
+                &format!("window {window} hop {hop} len {len} mix {mix_r:?}"),
+            );
         }
+    }
+}
+
+/// The windowed gate's gradients against the float64 reference: the op is linear in the input
+/// and in the gate, so the gradient's projection on a random direction is the reference's
+/// output for that direction, weighted as the loss weighs the output; the three window-mix
+/// logits by central differences of the reference.
+#[test]
+fn the_windowed_gate_gradients_match_the_reference() {
+    use kiln::ir::Op;
+    use kiln::runtime::{ops, V};
+    let device = DeviceKind::Cpu.device(true);
+    for (window, hop, len) in [(8, 3, 20), (6, 6, 7), (16, 4, 3)] {
+        let f = window / 2 + 1;
+        let op = Op::WindowedGate {
+            window: window as u64,
+            hop: hop as u64,
+        };
+        let (x, xr) = pair([2, len, 3], 1, 1.0, &device);
+        let (mix, mix_r) = pair([3], 2, 1.0, &device);
+        let (gate, gate_r) = pair([f, 3, 2], 3, 1.0, &device);
+        let (x, mix, gate) = (x.require_grad(), mix.require_grad(), gate.require_grad());
+        let y = ops::eval(
+            &op,
+            &[&V::F3(x.clone()), &V::F1(mix.clone()), &V::F3(gate.clone())],
+            &ctx(&device, false, None),
+        )
+        .f3();
+        let (w, wr) = pair([2, len, 3], 4, 1.0, &device);
+        let grads = (y * w).sum().backward();
+        let loss = |x: &reference::Tensor, m: &reference::Tensor, g: &reference::Tensor| {
+            let y = reference::eval_op(&op, &[x, m, g]).unwrap();
+            y.data.iter().zip(&wr.data).map(|(a, b)| a * b).sum::<f64>()
+        };
+        let what = format!("window {window} hop {hop} len {len}");
+        let gx = host(x.grad(&grads).unwrap());
+        check_projections(
+            &gx,
+            &xr.shape,
+            5,
+            |v| loss(v, &mix_r, &gate_r),
+            &format!("{what}: input"),
+        );
+        let gg = host(gate.grad(&grads).unwrap());
+        check_projections(
+            &gg,
+            &gate_r.shape,
+            6,
+            |v| loss(&xr, &mix_r, v),
+            &format!("{what}: gate"),
+        );
+        let gm = host(mix.grad(&grads).unwrap());
+        for (i, got) in gm.iter().enumerate() {
+            let h = 1e-5;
+            let (mut up, mut down) = (mix_r.clone(), mix_r.clone());
+            up.data[i] += h;
+            down.data[i] -= h;
+            let want = (loss(&xr, &up, &gate_r) - loss(&xr, &down, &gate_r)) / (2.0 * h);
+            assert!(
+                (f64::from(*got) - want).abs() < 1e-3 * want.abs().max(1.0),
+                "{what}: mix logit {i}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+/// The fused spectral filter against the float64 reference on every algorithm branch: dense
+/// (n ≤ 64, as spectral fusion picks it), FFT (n = 128, a power of two above 64) and the FFT's
+/// fallback to the dense product for n = 100 and 200 (not powers of two), each causal (a
+/// kernel of n/2 taps) and circular (a gate of n/2 + 1 bins), on sequences shorter than the
+/// transform; both algorithms are run at every size. Values, and gradients of the input and of
+/// the kernel or gate (projected on random directions: the filter is linear in each).
+#[test]
+fn the_spectral_filter_matches_the_reference_on_every_branch() {
+    use kiln::ir::{Op, SpectralAlgo};
+    use kiln::runtime::{ops, V};
+    let device = DeviceKind::Cpu.device(true);
+    for (n, causal, s) in [
+        (64, true, 29),
+        (128, true, 61),
+        (200, true, 37),
+        (64, false, 50),
+        (128, false, 100),
+        (100, false, 77),
+    ] {
+        let (b, d) = (2, 2);
+        let (x, xr) = pair([b, s, d], n as u64, 1.0, &device);
+        let (w, wr) = pair([b, s, d], 7, 1.0, &device);
+        // Kernels of scale 0.3 keep outputs of order 1.
+        let (p, pr) = if causal {
+            let (k, kr) = pair([n / 2, d], 8, 0.3, &device);
+            (V::F2(k.require_grad()), kr)
+        } else {
+            let (g, gr) = pair([n / 2 + 1, d, 2], 9, 0.3, &device);
+            (V::F3(g.require_grad()), gr)
+        };
+        let x = x.require_grad();
+        for algo in [SpectralAlgo::Dense, SpectralAlgo::Fft] {
+            let op = Op::SpectralFilter {
+                n: n as u64,
+                causal,
+                algo,
+            };
+            let what = format!("n {n}, s {s}, causal {causal}, {algo:?}");
+            let y = ops::eval(&op, &[&V::F3(x.clone()), &p], &ctx(&device, false, None)).f3();
+            let want = reference::eval_op(&op, &[&xr, &pr]).unwrap();
+            assert_close(&host(y.clone()), &want, &what);
+            let grads = (y * w.clone()).sum().backward();
+            let loss = |x: &reference::Tensor, p: &reference::Tensor| {
+                let y = reference::eval_op(&op, &[x, p]).unwrap();
+                y.data.iter().zip(&wr.data).map(|(a, b)| a * b).sum::<f64>()
+            };
+            let gx = host(x.grad(&grads).unwrap());
+            check_projections(
+                &gx,
+                &xr.shape,
+                10,
+                |v| loss(v, &pr),
+                &format!("{what}: input"),
+            );
+            let gp = p.grad(&grads).unwrap().to_vec();
+            check_projections(
+                &gp,
+                &pr.shape,
+                11,
+                |v| loss(&xr, v),
+                &format!("{what}: filter"),
+            );
+        }
+    }
+}
+
+/// Hard attention evaluated softly (`Runtime::soft_attention`, the second set of metrics of a
+/// hard-attention model): the runtime against the reference of the same graph with
+/// `hard: false`, which the hard evaluation does not match.
+#[test]
+fn hard_attention_evaluated_softly_matches_the_soft_reference() {
+    let g = optimize(&lower("models/transformer-hard.yaml", &["vars.depth=2"]));
+    let mut soft = g.clone();
+    let mut softened = 0;
+    for w in soft.g.node_weights_mut() {
+        if let kiln::ir::Op::Attention { hard, .. } = &mut w.op {
+            softened += usize::from(*hard);
+            *hard = false;
+        }
+    }
+    assert!(softened > 0, "the model has hard attention");
+    let toks = tokens(1, 2, 12, 5);
+    let mut rt = Runtime::init(g.clone(), DeviceKind::Cpu.device(false), 7);
+    rt.soft_attention = true;
+    let got = host(rt.forward(tokens_tensor(&toks, &rt.device), false));
+    let params = reference::init_params(&g, 7);
+    let want = reference::run(&soft, &params, &toks).unwrap();
+    assert_close(&got, &want, "hard attention evaluated softly");
+    let hard = reference::run(&g, &params, &toks).unwrap();
+    assert!(hard.max_abs_diff(&want) > 1e-3, "hard and soft differ");
+}
+
+/// The matrix products in f32 through the mixed-precision code paths (`matmul_dtype` set to
+/// f32 itself, so the numbers are f32's): the plain linear map, attention built from tensor
+/// ops, and the unfused LSTM, mLSTM and sLSTM recurrences, which an ordinary f32 run never
+/// takes, against the float64 reference.
+#[test]
+fn the_mixed_precision_paths_match_the_reference_in_f32() {
+    for (file, sets) in [
+        ("recipes/default.yaml", &[][..]),
+        ("models/lstm.yaml", &["vars.depth=2"][..]),
+        ("models/xlstm.yaml", &["vars.depth=2"][..]),
+        ("models/transformer-adaptive.yaml", &[][..]),
+        ("models/mamba.yaml", &["vars.depth=1"][..]),
+    ] {
+        let g = optimize(&lower(file, sets));
+        let toks = tokens(1, 2, 12, 5);
+        let mut rt = Runtime::init(g.clone(), DeviceKind::Cpu.device(false), 7);
+        rt.matmul_dtype = Some(burn::tensor::FloatDType::F32);
+        let got = rt.forward(tokens_tensor(&toks, &rt.device), false);
+        let want = reference::run(&g, &reference::init_params(&g, 7), &toks).unwrap();
+        assert_close(
+            &host(got),
+            &want,
+            &format!("{file} {sets:?}, mixed-precision paths"),
+        );
     }
 }
 

@@ -2,8 +2,12 @@
 //!
 //! Every op is written in the plainest form (loops, direct sums, the DFT by definition), with
 //! no shared code with the optimized paths, so optimized and unoptimized graphs, fused ops and
-//! (later) the Burn runtime can be checked against it on tiny inputs. Dropout is the identity
-//! (evaluation mode).
+//! the Burn runtime can be checked against it on tiny inputs. That includes the definitions
+//! the runtime takes from helpers in [`crate::ir::op`] (windows, framing, RoPE and YaRN
+//! frequencies, frequency-curriculum weights, the DCT): the reference has its own, in
+//! [`definitions`]. Dropout is the identity (evaluation mode).
+
+pub mod definitions;
 
 use super::{AttnScale, FreqCutoff, Graph, Init, Op};
 use crate::ir::op::Act as Activation;
@@ -176,12 +180,13 @@ pub fn run_masked(
     out.ok_or_else(|| "the graph has no output".into())
 }
 
-/// The mask by its definition: a gate's bins scaled one by one; a kernel's taps taken to the
-/// orthonormal DCT-II basis, its coefficients scaled, and transformed back.
-fn freq_mask(p: &Tensor, m: &FreqCutoff, dct: bool) -> Tensor {
+/// The frequency-curriculum mask of a spectral gate's parameter `p` by its definition: a gate's
+/// bins (`[f, d, 2]`, `dct: false`) scaled one by one; a kernel's taps (`[l, d]`, `dct: true`)
+/// taken to the orthonormal DCT-II basis, its coefficients scaled, and transformed back.
+pub fn freq_mask(p: &Tensor, m: &FreqCutoff, dct: bool) -> Tensor {
     let mut out = p.clone();
     let bins = p.shape[0];
-    let w = m.weights(bins);
+    let w = definitions::curriculum_weights(m, bins);
     let inner = p.data.len() / bins.max(1);
     if !dct {
         for (k, wk) in w.iter().enumerate() {
@@ -191,15 +196,7 @@ fn freq_mask(p: &Tensor, m: &FreqCutoff, dct: bool) -> Tensor {
         }
         return out;
     }
-    let l = bins as f64;
-    let basis = |k: usize, t: usize| {
-        let s = if k == 0 {
-            (1.0 / l).sqrt()
-        } else {
-            (2.0 / l).sqrt()
-        };
-        s * (PI * (t as f64 + 0.5) * k as f64 / l).cos()
-    };
+    let basis = |k: usize, t: usize| definitions::dct(bins, k, t);
     for c in 0..inner {
         let coef: Vec<f64> = (0..bins)
             .map(|k| {
@@ -264,6 +261,18 @@ fn rows(x: &Tensor, f: impl Fn(&[f64], &mut [f64])) -> Tensor {
 fn outer_n_d(shape: &[usize]) -> (usize, usize, usize) {
     let r = shape.len();
     (shape[..r - 2].iter().product(), shape[r - 2], shape[r - 1])
+}
+
+/// Evaluate one op on its inputs, as [`run`] does inside a graph: every op except the graph's
+/// inputs, parameters and output; a `freq_mask` is the identity here (see [`freq_mask`]).
+pub fn eval_op(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
+    match op {
+        Op::FreqMask { .. } => Ok(ins[0].clone()),
+        Op::Input | Op::Source { .. } | Op::Series { .. } | Op::Param { .. } | Op::Output => {
+            Err(format!("`{}` is not computed from inputs", op.name()))
+        }
+        op => eval(op, ins),
+    }
 }
 
 fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
@@ -402,7 +411,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         } => {
             let s = ins[0].shape[1];
             let half = *head_dim as usize / 2;
-            let (freqs, scale) = super::rope_frequencies(*head_dim, base.0, *yarn);
+            let (freqs, scale) = definitions::rope_frequencies(*head_dim, base.0, *yarn);
             let mut t = Tensor::zeros(&[s, half, 2]);
             for pos in 0..s {
                 for (i, f) in freqs.iter().enumerate() {
@@ -1195,14 +1204,8 @@ fn ets(ins: &[&Tensor], heads: usize) -> Tensor {
 fn windowed_gate(ins: &[&Tensor], window: usize, hop: usize) -> Result<Tensor, String> {
     let (x, mix, gate) = (ins[0], ins[1], ins[2]);
     let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-    let basis = super::window_basis(window);
-    let mx = mix.data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = mix.data.iter().map(|v| (v - mx).exp()).collect();
-    let z: f64 = e.iter().sum();
-    let g: Vec<f64> = (0..window)
-        .map(|n| (0..3).map(|i| e[i] / z * basis[i * window + n]).sum())
-        .collect();
-    let (pad, count) = super::frames(window, hop, s);
+    let g = definitions::learned_window(window, &mix.data);
+    let (pad, count) = definitions::frame_layout(window, hop, s);
     // Position t of the sequence is step n of frame c when c·hop + n = pad + t.
     let at = |c: usize, n: usize| (c * hop + n).checked_sub(pad).filter(|&t| t < s);
     let mut fr = Tensor::zeros(&[b * count, window, d]);
