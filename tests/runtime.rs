@@ -57,10 +57,23 @@ const MODELS: &[(&str, &[&str])] = &[
             "layers.2.body.0.body.1.causal=false",
         ],
     ),
-    // Phase attention over all positions.
+    // Phase attention over all positions, cosine and complex.
     (
         "models/wave.yaml",
         &["vars.depth=1", "layers.4.body.0.body.1.causal=false"],
+    ),
+    (
+        "models/wave.yaml",
+        &[
+            "vars.depth=1",
+            "layers.4.body.0.body.1.causal=false",
+            "layers.4.body.0.body.1.mode=complex",
+        ],
+    ),
+    // The position-wise linear map without its bias.
+    (
+        "models/linear.yaml",
+        &["vars.max_len=12", "layers.1.bias=false"],
     ),
 ];
 
@@ -792,6 +805,28 @@ fn hard_attention_evaluated_softly_matches_the_soft_reference() {
     assert_close(&got, &want, "hard attention evaluated softly");
     let hard = reference::run(&g, &params, &toks).unwrap();
     assert!(hard.max_abs_diff(&want) > 1e-3, "hard and soft differ");
+}
+
+/// A forecasting ensemble's output, the mean of its members' forecasts, against the reference.
+#[test]
+fn the_mean_of_forecasts_matches_the_reference() {
+    use kiln::ir::Op;
+    use kiln::runtime::{ops, V};
+    let device = DeviceKind::Cpu.device(false);
+    let op = Op::MeanForecasts { members: 3 };
+    let members: Vec<_> = (0..3)
+        .map(|i| pair([2, 5, 3], 20 + i, 1.0, &device))
+        .collect();
+    let ins: Vec<V> = members.iter().map(|(t, _)| V::F3(t.clone())).collect();
+    let got = ops::eval(
+        &op,
+        &ins.iter().collect::<Vec<_>>(),
+        &ctx(&device, false, None),
+    )
+    .f3();
+    let refs: Vec<&reference::Tensor> = members.iter().map(|(_, r)| r).collect();
+    let want = reference::eval_op(&op, &refs).unwrap();
+    assert_close(&host(got), &want, "mean of forecasts");
 }
 
 /// The matrix products in f32 through the mixed-precision code paths (`matmul_dtype` set to
