@@ -986,3 +986,17 @@ fn beams_without_a_finite_candidate_continue_at_minus_infinity() {
     // at steps 2 and 3.
     assert_eq!(out[0][1].tokens, vec![0, 2, 3, 0]);
 }
+
+#[test]
+fn warpers_order_minus_zero_and_zero_as_equal() {
+    // torch sorts −0.0 and 0.0 as equal (a stable order keeps their indices' order); kiln
+    // sorted −0.0 first, so top-p removed a different one of the tied tokens. Checked against
+    // transformers 4.46 `TopPLogitsWarper(0.7)`: it keeps tokens 0, 2, 5 and 7.
+    let scores = [0.5, 0.0, 1.0, 0.0, -0.5, 1.5, 0.0, -0.0];
+    let d = Decode {
+        top_k: 0,
+        top_p: 0.7,
+        ..Decode::default()
+    };
+    assert_eq!(kept(d, &scores, 1), vec![0, 2, 5, 7]);
+}

@@ -202,14 +202,21 @@ impl Processors {
     }
 }
 
+/// Compared as torch compares: −0.0 equals 0.0 (NaN, which no score is, as equal).
+fn ieee(a: f32, b: f32) -> std::cmp::Ordering {
+    a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+}
+
+/// Indices in ascending order of `x`; equal values in index order (torch's CPU sort is stable
+/// for short rows; for long ones the order of equal values is its own).
 fn ascending(x: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..x.len()).collect();
-    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| ieee(x[a], x[b]).then(a.cmp(&b)));
     idx
 }
 
 fn descending(x: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..x.len()).collect();
-    idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| ieee(x[b], x[a]).then(a.cmp(&b)));
     idx
 }
