@@ -183,11 +183,14 @@ impl Processors {
                 .sum();
             let shifted: Vec<f32> = logp.iter().map(|&l| (-l - ent).abs()).collect();
             let order = ascending(&shifted);
-            let mut cum = 0.0f32;
+            // As transformers: the softmax of the scores in that order, accumulated in f64
+            // (torch's CPU cumsum) and compared in f32.
+            let probs = softmax(&order.iter().map(|&i| scores[i]).collect::<Vec<_>>());
+            let mut cum = 0.0f64;
             let mut last = 0;
-            for &i in &order {
-                cum += logp[i].exp();
-                if cum < d.typical_p as f32 {
+            for &p in &probs {
+                cum += f64::from(p);
+                if (cum as f32) < d.typical_p as f32 {
                     last += 1;
                 }
             }
