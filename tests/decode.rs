@@ -1083,3 +1083,15 @@ fn typical_p_accumulates_the_softmax_of_the_sorted_scores_as_transformers() {
     ];
     assert_eq!(kept(d, &row, 1), want);
 }
+
+#[test]
+fn diversity_penalty_is_subtracted_once_times_the_count() {
+    // transformers 4.46 `HammingDiversityLogitsProcessor`: scores −= penalty · bincount (f32),
+    // one subtraction; kiln subtracted the penalty once per earlier choice, which rounds
+    // differently: −0.1 − 2 · 1.1 = −2.3 in f32, but −0.1 − 1.1 − 1.1 = −2.3000002.
+    let p = Processors::new(&Decode::default(), Some(EOS), 1, 1);
+    let mut s = vec![0.0, -0.1, 0.0];
+    p.process(&[2], &mut s, Some((&[1, 1], 1.1)));
+    assert_eq!(s[1], -0.1f32 - 2.0 * 1.1f32);
+    assert_eq!(s[1], -2.3f32);
+}

@@ -63,9 +63,16 @@ impl Processors {
         let seq = &seq[self.skip.min(seq.len())..];
         if let Some((chosen, penalty)) = diversity {
             if penalty > 0.0 {
+                // One subtraction of penalty · count per token, as transformers (bincount).
+                let mut count = vec![0u32; scores.len()];
                 for &t in chosen {
-                    if let Some(s) = scores.get_mut(t as usize) {
-                        *s -= penalty as f32;
+                    if let Some(c) = count.get_mut(t as usize) {
+                        *c += 1;
+                    }
+                }
+                for (s, &c) in scores.iter_mut().zip(&count) {
+                    if c > 0 {
+                        *s -= penalty as f32 * c as f32;
                     }
                 }
             }
