@@ -1095,3 +1095,13 @@ fn diversity_penalty_is_subtracted_once_times_the_count() {
     assert_eq!(s[1], -0.1f32 - 2.0 * 1.1f32);
     assert_eq!(s[1], -2.3f32);
 }
+
+#[test]
+fn log_softmax_subtracts_the_max_then_the_log_sum_as_torch() {
+    // torch's CPU log_softmax computes (x − max) − log Σ exp(x − max); kiln computed
+    // x − (max + log Σ), which rounds differently far from 0. Expected values from
+    // torch.log_softmax (2.15, CPU).
+    let x = [-42.37135f32, -43.660522, -39.797886];
+    let want = [-2.666_301_f32, -3.955_474_1, -0.092_837_565];
+    assert_eq!(kiln::decode::process::log_softmax(&x), want);
+}

@@ -22,8 +22,9 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
 /// Log-softmax of `x`.
 pub fn log_softmax(x: &[f32]) -> Vec<f32> {
     let m = x.iter().copied().fold(NEG, f32::max);
-    let lse = m + x.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
-    x.iter().map(|&v| v - lse).collect()
+    // (x − max) − log Σ exp(x − max), in torch's CPU order of operations.
+    let log_sum = x.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
+    x.iter().map(|&v| (v - m) - log_sum).collect()
 }
 
 /// The processors and warpers of one decoding configuration.
