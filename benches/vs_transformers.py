@@ -16,6 +16,7 @@ with the same hash. Each case runs both and compares:
     cargo build --example decode_script
     python3 benches/vs_transformers.py            # every case, a table, exit 1 on a mismatch
     python3 benches/vs_transformers.py -k beam -v # cases whose name contains "beam", verbose
+    python3 benches/vs_transformers.py --random 2000  # and every warper on 8000 random rows
 
 Needs `torch` and `transformers==4.46.*` (for instance in a virtual environment:
 `python3 -m venv /tmp/hfenv && /tmp/hfenv/bin/pip install torch numpy 'transformers==4.46.3'`,
@@ -347,6 +348,60 @@ def compare_scores(c, res, calls, binary):
     return True, detail
 
 
+def random_rows(binary, n, vocab, seed):
+    """Every warper setting on `n` random rows of each of four kinds (Gaussian, half-integer with
+    ties, Dirichlet log-probabilities, a few equal tokens), kiln's processed scores against the
+    transformers warper applied to the same row. Returns (setting, rows that differ per kind, rows
+    per kind)."""
+    import numpy as np
+    import torch
+    from transformers.generation import logits_process as lp
+
+    rng = np.random.default_rng(seed)
+    kinds = [
+        rng.standard_normal((n, vocab)) * 2,
+        np.round(rng.standard_normal((n, vocab)) * 2) / 2,
+        np.maximum(np.log(rng.dirichlet(np.ones(vocab) * 0.5, n)), -80),
+    ]
+    flat = np.zeros((n, vocab))
+    for i in range(n):
+        flat[i, : rng.integers(1, vocab + 1)] = rng.integers(0, 3) * 0.5
+    table = np.concatenate(kinds + [flat]).astype(np.float32).tolist()
+    settings = []
+    for mk in (1, 2):
+        for v in (0.3, 0.6, 0.8, 0.95):
+            settings.append(({"top_p": v}, [lp.TopPLogitsWarper(v, min_tokens_to_keep=mk)], mk))
+            settings.append(({"typical_p": v}, [lp.TypicalLogitsWarper(v, min_tokens_to_keep=mk)], mk))
+    for v in (0.05, 0.3, 0.9):
+        settings.append(({"min_p": v}, [lp.MinPLogitsWarper(v)], 1))
+    for v in (1, 3):
+        settings.append(({"top_k": v}, [lp.TopKLogitsWarper(v)], 1))
+    for v in (0.7, 1.3):
+        settings.append(({"temperature": v, "top_p": 0.8},
+                         [lp.TemperatureLogitsWarper(v), lp.TopPLogitsWarper(0.8)], 1))
+    out = []
+    rows = [{"seq": [i], "prompt_len": 1} for i in range(len(table))]
+    for d, procs, mk in settings:
+        strategy = {"strategy": "beam_sample", "num_beams": 2} if mk == 2 else {"strategy": "sample"}
+        spec = dict(decode=dict({"top_k": 0}, **d, **strategy), eos=None, pad=0,
+                    default_max_length=20, table=table, mode="process", rows=rows, key="last")
+        kiln = run_kiln(binary, spec)["scores"]
+        x = torch.tensor(table)
+        ids = torch.zeros(len(table), 1, dtype=torch.long)
+        for p in procs:
+            x = p(ids, x)
+        differ = [0, 0, 0, 0]
+        for i, (h, k) in enumerate(zip(x.tolist(), kiln)):
+            k = [-math.inf if v is None else v for v in k]
+            if [math.isinf(v) for v in h] != [math.isinf(v) for v in k] or any(
+                abs(a - b) > TOL * max(1.0, abs(a)) for a, b in zip(h, k) if not math.isinf(a)
+            ):
+                differ[i // n] += 1
+        name = ", ".join(f"{k} {v}" for k, v in d.items()) + f", min_tokens_to_keep {mk}"
+        out.append((name, differ, n))
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--kiln", default=str(ROOT / "target" / "debug" / "examples" / "decode_script"),
@@ -354,6 +409,11 @@ def main():
     p.add_argument("-k", default="", help="only cases whose name contains this")
     p.add_argument("-v", action="store_true", help="print each case's details")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--random", type=int, default=0, metavar="N",
+                   help="also compare every warper on 4·N random rows (ties included)")
+    p.add_argument("--vocab", type=int, default=8,
+                   help="vocabulary of the random rows (above 16, torch's CPU sort orders "
+                        "equal scores its own way)")
     a = p.parse_args()
     try:
         import torch
@@ -391,17 +451,28 @@ def main():
         if a.v or not ok:
             print(f"{'agree' if ok else 'DIFFER'}: {c['name']}: {detail}", file=sys.stderr)
     w = max(len(r["name"]) for r in results) if results else 4
-    print(f"| {'case':<{w}} | strategy | compared | agree |")
-    print(f"|{'-' * (w + 2)}|---|---|---|")
+    if results:
+        print(f"| {'case':<{w}} | strategy | compared | agree |")
+        print(f"|{'-' * (w + 2)}|---|---|---|")
     for r in results:
         print(f"| {r['name']:<{w}} | {r['strategy']} | {r['compared']} | "
               f"{'yes' if r['agree'] else 'NO'} |")
     n_ok = sum(r["agree"] for r in results)
-    print(f"\nvs_transformers (transformers {transformers.__version__}, torch {torch.__version__}): "
-          f"{n_ok} of {len(results)} cases agree")
+    random_bad = 0
+    if a.random:
+        print(f"\n| warper on random rows (vocab {a.vocab}), rows that differ of {a.random} | "
+              "Gaussian | half-integers (ties) | Dirichlet | a few equal tokens |\n|---|---|---|---|---|")
+        for name, differ, n in random_rows(a.kiln, a.random, a.vocab, 0):
+            print(f"| {name} | " + " | ".join(str(x) for x in differ) + " |")
+            random_bad += sum(differ) > 0
+    if results:
+        print(f"\nvs_transformers (transformers {transformers.__version__}, torch "
+              f"{torch.__version__}): {n_ok} of {len(results)} cases agree")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
-    return 0 if n_ok == len(results) else 1
+    if a.random:
+        print(f"random rows: {random_bad} warper settings differ on some row")
+    return 0 if n_ok == len(results) and random_bad == 0 else 1
 
 
 if __name__ == "__main__":
