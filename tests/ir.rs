@@ -745,6 +745,7 @@ fn encoder_decoder_decoders_are_causal_and_see_the_whole_source() {
             source_len: Some(16),
             forecast: None,
             source_pad: pad,
+            input_pad: None,
         };
         let g = kiln::lower::lower(&m, &opts).unwrap();
         let mut params = reference::init_params(&g, 4);

@@ -400,6 +400,7 @@ fn encoder_decoder_case(source_pad: Option<i64>) {
         source_len: None,
         forecast: None,
         source_pad,
+        input_pad: None,
     };
     let g = kiln::lower::lower(&m, &opts).unwrap();
     let masks =
@@ -467,6 +468,7 @@ fn patchtst_case(file: &str) {
             source_len: None,
             forecast: Some(shape),
             source_pad: None,
+            input_pad: None,
         },
     )
     .unwrap_or_else(|d| panic!("{}", render_text(&d, &sources, false)));

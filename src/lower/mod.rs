@@ -35,6 +35,9 @@ pub struct LowerOptions {
     /// The padding id of an encoder-decoder's source (from the task): the encoder's
     /// attention and the decoder's cross-attention then ignore padded source positions.
     pub source_pad: Option<i64>,
+    /// The padding id of a decoder-only model's input (from the task): its self-attention
+    /// then ignores PAD keys (see [`crate::spec::recipe::Task::input_pad`]).
+    pub input_pad: Option<i64>,
 }
 
 /// What a forecasting model reads and returns.
@@ -80,6 +83,7 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         encoder: None,
         encoding: false,
         key_bias: None,
+        input_bias: None,
     };
     let root = match opts.forecast {
         Some(f) => Op::Series {
@@ -89,6 +93,12 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         None => Op::Input,
     };
     l.input = l.g.add(root, &[], "", None).expect("input has no inputs");
+    if model.spec.encoder.is_none() {
+        l.input_bias = opts.input_pad.map(|pad| {
+            l.g.add(Op::PadBias { pad }, &[l.input], "", None)
+                .expect("input ids fit")
+        });
+    }
     if let Some(enc) = &model.spec.encoder {
         let len = opts.source_len.unwrap_or(PLACEHOLDER_SOURCE);
         let src =
@@ -246,6 +256,8 @@ struct Lowerer {
     encoding: bool,
     /// The source's key-padding bias `[b, S]`, when the task pads sources.
     key_bias: Option<NodeIndex>,
+    /// The input's key-padding bias `[b, s]`, when the task masks its padding.
+    input_bias: Option<NodeIndex>,
 }
 
 /// The layer being lowered: its parameter prefix and YAML location.
@@ -304,6 +316,7 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
                 _ => None,
             },
             source_pad: r.spec.task.source_pad(),
+            input_pad: r.spec.task.input_pad(),
         },
     )?;
     // Training options that act on one kind of layer need the model to have one.
@@ -376,6 +389,7 @@ pub fn lower_document(
                 source_len: None,
                 forecast: is_forecaster(&m.spec).then_some(PLACEHOLDER_FORECAST),
                 source_pad: None,
+                input_pad: None,
             },
         ),
     }

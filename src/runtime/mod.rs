@@ -594,9 +594,12 @@ impl Runtime {
                 continue;
             }
             let ok = match &self.graph.g[n].op {
-                Op::Attention { causal, .. }
-                | Op::PhaseAttention { causal, .. }
-                | Op::SpectralFilter { causal, .. } => *causal,
+                // A key mask over the decoder's own tokens (`mask_padding`) covers every
+                // position, so each step recomputes the prefix.
+                Op::Attention {
+                    causal, key_mask, ..
+                } => *causal && !*key_mask,
+                Op::PhaseAttention { causal, .. } | Op::SpectralFilter { causal, .. } => *causal,
                 // Whole-sequence transforms, and the forecasting ops (a forecaster does not
                 // decode).
                 Op::PadSeq { .. }

@@ -111,8 +111,25 @@ impl Lowerer {
         } else {
             AttnScale::InvSqrtDim
         };
-        // Encoder attention over the source's own positions skips its padding.
-        let key_bias = self.key_bias.filter(|_| self.encoding && self.memory == 0);
+        if !self.encoding && self.input_bias.is_some() && self.memory > 0 {
+            self.error(
+                Code::Structure,
+                at.span,
+                "`task.mask_padding` cannot mask the keys of attention inside `memory_tokens`"
+                    .into(),
+                "attention over memory tokens",
+                "leave out `mask_padding`, or the memory tokens",
+            );
+            return None;
+        }
+        // Encoder attention over the source's own positions skips its padding; so does a
+        // decoder-only model's attention over its input when the task masks padding.
+        let key_bias = if self.encoding {
+            self.key_bias
+        } else {
+            self.input_bias
+        }
+        .filter(|_| self.memory == 0);
         ins.extend(key_bias);
         let a = self.op(
             &at,

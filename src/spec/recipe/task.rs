@@ -55,6 +55,11 @@ pub enum Task {
         #[serde(default = "default_num_eval")]
         #[schemars(range(min = 1, max = 1000000))]
         num_test: u32,
+        /// Mask PAD keys in every self-attention (`src_key_padding_mask`), as the paper's
+        /// code trains its Transformer. Generation then recomputes the prefix at every token
+        /// (no KV cache), so that a generated PAD is masked too.
+        #[serde(default)]
+        mask_padding: bool,
     },
     /// Next-value prediction on a binary file of little-endian uint16 values.
     Uint16 {
@@ -221,6 +226,17 @@ impl Task {
         }
     }
 
+    /// The padding id that a decoder-only model's self-attention ignores: a grammar task's PAD
+    /// with `mask_padding`, else `None`.
+    pub fn input_pad(&self) -> Option<i64> {
+        match self {
+            Task::Grammar {
+                mask_padding: true, ..
+            } => Some(grammar_ids::PAD),
+            _ => None,
+        }
+    }
+
     /// The padding id that an encoder-decoder's attention should ignore: PAD for a
     /// sequence-to-sequence task with `mask_padding`, else `None`.
     pub fn source_pad(&self) -> Option<i64> {
@@ -264,4 +280,14 @@ pub mod seq2seq_ids {
     pub const EOS: i64 = 2;
     /// Id of the first symbol.
     pub const FIRST: i64 = 3;
+}
+
+/// The vocabulary of a grammar task: SOS, EOS, PAD, then the language's symbols.
+pub mod grammar_ids {
+    /// Start of a sequence.
+    pub const SOS: i64 = 0;
+    /// End of a word.
+    pub const EOS: i64 = 1;
+    /// Padding after EOS.
+    pub const PAD: i64 = 2;
 }

@@ -11,12 +11,14 @@ pub use metrics::{chance, frac, metrics, Metrics};
 
 use crate::spec::recipe::Language;
 
+use crate::spec::recipe::grammar_ids;
+
 /// Start of sequence.
-pub const SOS: u8 = 0;
+pub const SOS: u8 = grammar_ids::SOS as u8;
 /// End of sequence.
-pub const EOS: u8 = 1;
+pub const EOS: u8 = grammar_ids::EOS as u8;
 /// Padding.
-pub const PAD: u8 = 2;
+pub const PAD: u8 = grammar_ids::PAD as u8;
 /// `a` (a-grammars) or `(` (bracket grammars).
 pub const A: u8 = 3;
 /// `b` or `)`.
