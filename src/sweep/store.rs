@@ -92,18 +92,25 @@ impl Store {
         // The piece after the last newline: empty, or a torn record.
         let complete = lines.len() - 1;
         let mut index: std::collections::HashMap<String, usize> = Default::default();
+        let read = |mut r: Record| {
+            r.summary = r.summary.map(current_metrics);
+            r
+        };
         for (i, line) in lines.iter().enumerate().take(complete) {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             match serde_json::from_slice::<Record>(line) {
-                Ok(r) => match index.get(&r.identity()) {
-                    Some(&k) => store.records[k] = r,
-                    None => {
-                        index.insert(r.identity(), store.records.len());
-                        store.records.push(r);
+                Ok(r) => {
+                    let r = read(r);
+                    match index.get(&r.identity()) {
+                        Some(&k) => store.records[k] = r,
+                        None => {
+                            index.insert(r.identity(), store.records.len());
+                            store.records.push(r);
+                        }
                     }
-                },
+                }
                 Err(e) => store.problems.push(format!(
                     "line {} of `{}` is not a record ({e}); it is ignored",
                     i + 1,
@@ -133,6 +140,19 @@ impl Store {
     pub fn get(&self, key: &str) -> Option<&Record> {
         self.records.iter().find(|r| r.trial.key == key)
     }
+}
+
+/// A summary's task metrics as this kiln writes them: a summary of an older kiln read through
+/// the current types (its grammar rates over zero finished sequences, stored as 0, become
+/// undefined), so that a report never averages a 0 that was never measured.
+fn current_metrics(mut summary: serde_json::Value) -> serde_json::Value {
+    for key in ["metrics", "soft_attention_metrics"] {
+        let Some(m) = summary.get(key) else { continue };
+        if let Ok(r) = serde_json::from_value::<crate::train::TaskReport>(m.clone()) {
+            summary[key] = serde_json::to_value(r).expect("report serializes");
+        }
+    }
+    summary
 }
 
 /// Append a record to `dir/results.jsonl`: under an exclusive lock of the file (so that the
@@ -256,6 +276,29 @@ mod tests {
             seconds: 1.0,
             kiln: String::new(),
         }
+    }
+
+    #[test]
+    fn an_older_kilns_zero_over_no_finished_sequence_reads_as_undefined() {
+        let dir = std::env::temp_dir().join(format!("kiln-store-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let set = |finished: f64| {
+            format!(
+                r#"{{"n":251,"finished":{finished},"rule1":0.0,"rule2":0.0,"rule2_completion":0.0,"grammatical":0.0}}"#
+            )
+        };
+        let line = format!(
+            r#"{{"trial":{{"index":0,"sets":[],"point":"","seed":null}},"status":"ok","error":null,"summary":{{"best_val_loss":0.5,"metrics":{{"task":"grammar","id":{},"ood":{},"chance_ood_r1":0.154,"chance_ood_r2_completion":0.445}}}},"seconds":1.0}}"#,
+            set(0.5),
+            set(0.0)
+        );
+        std::fs::write(dir.join(RESULTS), line + "\n").unwrap();
+        let s = Store::load(&dir).unwrap();
+        let m = &s.records[0].summary.as_ref().unwrap()["metrics"];
+        assert_eq!(m["ood"]["rule1"], serde_json::Value::Null, "{m}");
+        assert_eq!(m["id"]["rule1"], serde_json::json!(0.0), "{m}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
