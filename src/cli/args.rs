@@ -112,7 +112,7 @@ pub(super) enum Command {
         /// Device: `cpu` (Burn's flex backend), `gpu` in a build with the `gpu` feature, or
         /// `cuda` in a build with the `cuda` feature.
         #[arg(long, default_value = "cpu")]
-        device: DeviceArg,
+        device: crate::runtime::DeviceKind,
         /// Precision: `f32`, or mixed `bf16`/`f16` (matrix products in half precision,
         /// parameters, norms, softmax and loss in f32).
         #[arg(long, default_value = "f32")]
@@ -135,7 +135,7 @@ pub(super) enum Command {
         set: Vec<String>,
         /// Device: `cpu`, `gpu` in a build with the `gpu` feature, or `cuda` in one with `cuda`.
         #[arg(long, default_value = "cpu")]
-        device: DeviceArg,
+        device: crate::runtime::DeviceKind,
         /// Precision: `f32`, or mixed `bf16`/`f16`.
         #[arg(long, default_value = "f32")]
         precision: Precision,
@@ -409,37 +409,6 @@ pub enum ReportFormat {
     Csv,
     /// JSON rows.
     Json,
-}
-
-/// Compute device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// CPU (Burn flex).
-    Cpu,
-    /// The best Vulkan device, a discrete GPU first (Burn's Vulkan runtime; `--features gpu`).
-    #[cfg(feature = "gpu")]
-    Gpu,
-    /// The first CUDA GPU (Burn's CUDA runtime; build with `--features cuda`).
-    #[cfg(feature = "cuda")]
-    Cuda,
-    /// The best wgpu device on any graphics API, WGSL kernels (`--features wgpu`).
-    #[cfg(feature = "wgpu")]
-    Wgpu,
-}
-
-impl DeviceArg {
-    /// The runtime's device kind.
-    pub fn kind(self) -> crate::runtime::DeviceKind {
-        match self {
-            DeviceArg::Cpu => crate::runtime::DeviceKind::Cpu,
-            #[cfg(feature = "gpu")]
-            DeviceArg::Gpu => crate::runtime::DeviceKind::Gpu,
-            #[cfg(feature = "cuda")]
-            DeviceArg::Cuda => crate::runtime::DeviceKind::Cuda,
-            #[cfg(feature = "wgpu")]
-            DeviceArg::Wgpu => crate::runtime::DeviceKind::Wgpu,
-        }
-    }
 }
 
 /// Numeric precision of training.

@@ -10,7 +10,7 @@ mod run;
 mod sweep;
 mod sweep_table;
 
-pub use args::{Cli, DeviceArg, Format, GraphFormat, Precision, ReportFormat, Which};
+pub use args::{Cli, Format, GraphFormat, Precision, ReportFormat, Which};
 use args::{Command, CurriculumCommand, DataCommand, SweepCommand};
 use clap::{CommandFactory, Parser};
 use std::io::IsTerminal;
@@ -28,7 +28,7 @@ pub fn main() -> i32 {
         }
     };
     let device = match &cli.command {
-        Command::Train { device, .. } | Command::Bench { device, .. } => Some(device.kind()),
+        Command::Train { device, .. } | Command::Bench { device, .. } => Some(*device),
         _ => None,
     };
     if let Some(Err(e)) = device.map(|d| d.probe()) {
@@ -62,7 +62,7 @@ pub fn main() -> i32 {
             set: &set,
             out,
             resume,
-            device: device.kind(),
+            device,
             matmul_dtype: precision.matmul_dtype(),
             ignore_memory: ignore_memory_check,
         }),
@@ -80,7 +80,7 @@ pub fn main() -> i32 {
         } => bench::bench_cmd(&bench::BenchArgs {
             recipe: &recipe,
             set: &set,
-            device: device.kind(),
+            device,
             matmul_dtype: precision.matmul_dtype(),
             warmup,
             steps,

@@ -143,8 +143,8 @@ impl KvCache {
 /// Named f32 tensors: `name → (row-major data, shape)`.
 pub type Weights = HashMap<String, (Vec<f32>, Vec<usize>)>;
 
-/// Which device to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which device to run on (also the values of the command line's `--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceKind {
     /// Burn's pure-Rust CPU backend (`flex`).
     Cpu,
