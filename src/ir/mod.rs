@@ -12,6 +12,7 @@ pub use op::{
 };
 
 use crate::diag::Span;
+use crate::ops::OpDef;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -372,6 +373,10 @@ impl Graph {
                         let w = shape(ins[1]);
                         2 * out * w[1] * seq
                     }
+                    Op::Norm(o) => {
+                        let tys: Vec<&TensorType> = ins.iter().map(|&i| &self.g[i].ty).collect();
+                        o.matmul_flops(&tys, batch, seq)
+                    }
                     // Its value and output projections (the smoothing is an FFT convolution).
                     Op::Ets { .. } => [1, 5]
                         .iter()
@@ -403,15 +408,12 @@ impl Graph {
                     | Op::Scale(_)
                     | Op::Act(_)
                     | Op::Dropout(_)
-                    | Op::LayerNorm(_)
-                    | Op::RmsNorm(_)
                     | Op::SinusoidalTable { .. }
                     | Op::AddPositions
                     | Op::SplitHeads { .. }
                     | Op::MergeHeads
                     | Op::RopeTable { .. }
                     | Op::ApplyRope
-                    | Op::L2Norm
                     | Op::RepeatKv { .. }
                     | Op::PadSeq { .. }
                     | Op::CropSeq

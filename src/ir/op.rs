@@ -1,6 +1,7 @@
 //! Operations of the IR: their attributes, shape inference, and how they mix positions.
 
 use super::{DType, Dim, TensorType};
+use crate::ops::OpDef;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -131,10 +132,8 @@ pub enum Op {
     Act(Act),
     /// Dropout with probability p during training (identity at inference).
     Dropout(Real),
-    /// `(x, gain, bias)`: layer normalisation over the last axis.
-    LayerNorm(Real),
-    /// `(x, gain)`: RMS normalisation over the last axis.
-    RmsNorm(Real),
+    /// LayerNorm, RMSNorm and L2 normalization over the last axis (see [`crate::ops::norm`]).
+    Norm(crate::ops::norm::Norm),
     /// `(tokens) → [seq, dim]`: sinusoidal position table.
     SinusoidalTable {
         /// Width.
@@ -160,8 +159,6 @@ pub enum Op {
     },
     /// `(x [b, h, s, d], table) → x` rotated (half-split pairs i, i + d/2).
     ApplyRope,
-    /// L2-normalise the last axis.
-    L2Norm,
     /// `[b, hkv, s, d] → [b, hkv·g, s, d]`: repeat each KV head g times (head h of the result is
     /// head ⌊h/g⌋ of the input).
     RepeatKv {
@@ -413,15 +410,13 @@ impl Op {
             Op::Scale(_) => "scale",
             Op::Act(_) => "act",
             Op::Dropout(_) => "dropout",
-            Op::LayerNorm(_) => "layernorm",
-            Op::RmsNorm(_) => "rmsnorm",
+            Op::Norm(o) => o.name(),
             Op::SinusoidalTable { .. } => "sinusoidal_table",
             Op::AddPositions => "add_positions",
             Op::SplitHeads { .. } => "split_heads",
             Op::MergeHeads => "merge_heads",
             Op::RopeTable { .. } => "rope_table",
             Op::ApplyRope => "apply_rope",
-            Op::L2Norm => "l2norm",
             Op::RepeatKv { .. } => "repeat_kv",
             Op::Attention { .. } => "attention",
             Op::Lstm { .. } => "lstm",
@@ -469,7 +464,7 @@ impl Op {
             Op::Scale(c) => format!("{c}"),
             Op::Act(a) => format!("{a:?}").to_lowercase(),
             Op::Dropout(p) => format!("p={p}"),
-            Op::LayerNorm(e) | Op::RmsNorm(e) => format!("eps={e}"),
+            Op::Norm(o) => o.attrs(),
             Op::SinusoidalTable { dim } => format!("dim={dim}"),
             Op::SplitHeads { heads } => format!("heads={heads}"),
             Op::RopeTable {
@@ -557,7 +552,6 @@ impl Op {
             | Op::AddPositions
             | Op::MergeHeads
             | Op::ApplyRope
-            | Op::L2Norm
             | Op::CropSeq
             | Op::ComplexMul
             | Op::PrependMemory
@@ -612,6 +606,7 @@ impl Op {
                     Mixing::Full
                 }
             }
+            Op::Norm(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -624,15 +619,12 @@ impl Op {
             | Op::Scale(_)
             | Op::Act(_)
             | Op::Dropout(_)
-            | Op::LayerNorm(_)
-            | Op::RmsNorm(_)
             | Op::SinusoidalTable { .. }
             | Op::AddPositions
             | Op::SplitHeads { .. }
             | Op::MergeHeads
             | Op::RopeTable { .. }
             | Op::ApplyRope
-            | Op::L2Norm
             | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
             | Op::CropSeq
@@ -671,8 +663,7 @@ impl Op {
             | Op::PrependMemory
             | Op::SpectralFilter { .. } => 2,
             Op::Linear { bias } | Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
-            Op::LayerNorm(_) => 3,
-            Op::RmsNorm(_) => 2,
+            Op::Norm(o) => o.ports().len(),
             Op::Attention {
                 scale, key_mask, ..
             } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
@@ -694,7 +685,6 @@ impl Op {
             | Op::SplitHeads { .. }
             | Op::MergeHeads
             | Op::RopeTable { .. }
-            | Op::L2Norm
             | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
             | Op::Rfft { .. }
@@ -726,12 +716,7 @@ impl Op {
                 shape,
             })
         };
-        let float = |i: usize| -> Result<&TensorType, String> {
-            if ins[i].dtype != DType::F32 {
-                return Err("expects a sequence of vectors, but gets token ids: put an `embedding` layer first".into());
-            }
-            Ok(&ins[i])
-        };
+        let float = |i: usize| crate::ops::float_input(&ins[i]);
         let last = |t: &TensorType| t.shape.last().copied();
         match self {
             Op::Input => Ok(TensorType {
@@ -778,16 +763,8 @@ impl Op {
                 }
                 f32(ins[0].shape.clone())
             }
-            Op::Scale(_) | Op::Act(_) | Op::Dropout(_) | Op::L2Norm => f32(float(0)?.shape.clone()),
-            Op::LayerNorm(_) | Op::RmsNorm(_) => {
-                let x = float(0)?;
-                for g in &ins[1..] {
-                    if g.shape.len() != 1 || Some(g.shape[0]) != last(x) {
-                        return Err("norm parameters do not match the input width".into());
-                    }
-                }
-                f32(x.shape.clone())
-            }
+            Op::Scale(_) | Op::Act(_) | Op::Dropout(_) => f32(float(0)?.shape.clone()),
+            Op::Norm(o) => o.infer(ins),
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
             Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
             Op::AddPositions => {

@@ -11,6 +11,7 @@ pub mod definitions;
 
 use super::{AttnScale, FreqCutoff, Graph, Init, Op};
 use crate::ir::op::Act as Activation;
+use crate::ops::OpDef;
 use std::collections::HashMap;
 use std::f64::consts::PI;
 
@@ -244,19 +245,6 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Apply `f` to every row (last axis) of `x`.
-fn rows(x: &Tensor, f: impl Fn(&[f64], &mut [f64])) -> Tensor {
-    let w = *x.shape.last().unwrap_or(&1);
-    let mut out = Tensor::zeros(&x.shape);
-    if w == 0 {
-        return out;
-    }
-    for (src, dst) in x.data.chunks(w).zip(out.data.chunks_mut(w)) {
-        f(src, dst);
-    }
-    out
-}
-
 /// Split a shape `[.., n, d]` at its second-to-last axis: (outer count, n, d).
 fn outer_n_d(shape: &[usize]) -> (usize, usize, usize) {
     let r = shape.len();
@@ -312,32 +300,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Scale(c) => map(ins[0], |v| v * c.0),
         Op::Act(a) => map(ins[0], |v| act(*a, v)),
         Op::Dropout(_) => ins[0].clone(),
-        Op::LayerNorm(eps) => {
-            let (g, b) = (ins[1], ins[2]);
-            rows(ins[0], |x, y| {
-                let n = x.len() as f64;
-                let mean = x.iter().sum::<f64>() / n;
-                let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-                for (j, v) in x.iter().enumerate() {
-                    y[j] = (v - mean) / (var + eps.0).sqrt() * g.data[j] + b.data[j];
-                }
-            })
-        }
-        Op::RmsNorm(eps) => {
-            let g = ins[1];
-            rows(ins[0], |x, y| {
-                let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
-                for (j, v) in x.iter().enumerate() {
-                    y[j] = v / (ms + eps.0).sqrt() * g.data[j];
-                }
-            })
-        }
-        Op::L2Norm => rows(ins[0], |x, y| {
-            let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-            for (j, v) in x.iter().enumerate() {
-                y[j] = v / norm;
-            }
-        }),
+        Op::Norm(o) => o.reference(ins),
         Op::SinusoidalTable { dim } => {
             let s = ins[0].shape[1];
             let d = *dim as usize;

@@ -13,6 +13,7 @@ pub use value::V;
 pub use weights_file::{from_safetensors, load_weights, to_safetensors, to_safetensors_with};
 
 use crate::ir::{reference, Graph, Op};
+use crate::ops::OpDef;
 use burn::prelude::*;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -533,14 +534,12 @@ impl Runtime {
             | Op::Scale(_)
             | Op::Act(_)
             | Op::Dropout(_)
-            | Op::LayerNorm(_)
-            | Op::RmsNorm(_)
+            | Op::Norm(_)
             | Op::SinusoidalTable { .. }
             | Op::SplitHeads { .. }
             | Op::MergeHeads
             | Op::RopeTable { .. }
             | Op::ApplyRope
-            | Op::L2Norm
             | Op::RepeatKv { .. }
             | Op::Attention { .. }
             | Op::Lstm { .. }
@@ -594,6 +593,7 @@ impl Runtime {
                 continue;
             }
             let ok = match &self.graph.g[n].op {
+                Op::Norm(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -636,15 +636,12 @@ impl Runtime {
                 | Op::Scale(_)
                 | Op::Act(_)
                 | Op::Dropout(_)
-                | Op::LayerNorm(_)
-                | Op::RmsNorm(_)
                 | Op::SinusoidalTable { .. }
                 | Op::AddPositions
                 | Op::SplitHeads { .. }
                 | Op::MergeHeads
                 | Op::RopeTable { .. }
                 | Op::ApplyRope
-                | Op::L2Norm
                 | Op::RepeatKv { .. }
                 | Op::FreqMask { .. }
                 | Op::ComplexFeatures

@@ -4,6 +4,7 @@ use super::fused;
 use super::value::V;
 use crate::ir::op::Act as Activation;
 use crate::ir::{AttnScale, Op, SpectralAlgo};
+use crate::ops::OpDef;
 use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::Distribution;
@@ -245,18 +246,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Scale(c) => V::F3(ins[0].f3().mul_scalar(c.0)),
         Op::Act(a) => V::F3(act(*a, ins[0].f3())),
         Op::Dropout(p) => V::F3(dropout(ins[0].f3(), p.0, ctx)),
-        Op::LayerNorm(eps) => V::F3(fused::layernorm(
-            ins[0].f3(),
-            ins[1].f1(),
-            ins[2].f1(),
-            eps.0,
-        )),
-        Op::RmsNorm(eps) => V::F3(super::fused::rmsnorm(ins[0].f3(), ins[1].f1(), eps.0)),
-        Op::L2Norm => {
-            let x = ins[0].f4();
-            let norm = x.clone().powi_scalar(2).sum_dim(3).sqrt().clamp_min(1e-12);
-            V::F4(x / norm)
-        }
+        Op::Norm(o) => o.forward(ins, ctx),
         // In incremental mode the table covers positions 0..offset + seq; its only reader,
         // AddPositions, takes the rows of this call (as it does from a learned table).
         Op::SinusoidalTable { dim } => {

@@ -3,6 +3,7 @@
 use crate::diag::Code;
 use crate::ir::{AttnScale, Init, Op, Real};
 use crate::lower::{At, Lowerer};
+use crate::ops::norm::Norm;
 use crate::spec::model::Rope;
 use petgraph::stable_graph::NodeIndex;
 
@@ -77,8 +78,8 @@ impl Lowerer {
         let mut k = self.op(&at, Op::SplitHeads { heads: kv }, &[k])?;
         let mut v = self.op(&at, Op::SplitHeads { heads: kv }, &[v])?;
         if *qk_norm {
-            q = self.op(&at, Op::L2Norm, &[q])?;
-            k = self.op(&at, Op::L2Norm, &[k])?;
+            q = self.op(&at, Op::Norm(Norm::L2), &[q])?;
+            k = self.op(&at, Op::Norm(Norm::L2), &[k])?;
         }
         if let Some(r) = rope {
             let table = self.op(

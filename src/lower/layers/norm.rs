@@ -2,6 +2,7 @@
 
 use crate::ir::{Init, Op, Real};
 use crate::lower::{At, Lowerer};
+use crate::ops::norm::Norm;
 use petgraph::stable_graph::NodeIndex;
 
 impl Lowerer {
@@ -14,7 +15,7 @@ impl Lowerer {
         let w = self.width(x);
         let g = self.param(&at, "weight", &[w], Init::Ones);
         let b = self.param(&at, "bias", &[w], Init::Zeros);
-        self.op(&at, Op::LayerNorm(Real(*eps)), &[x, g, b])
+        self.op(&at, Op::Norm(Norm::Layer { eps: Real(*eps) }), &[x, g, b])
     }
 
     pub(in crate::lower) fn rmsnorm(
@@ -25,6 +26,6 @@ impl Lowerer {
     ) -> Option<NodeIndex> {
         let w = self.width(x);
         let g = self.param(&at, "weight", &[w], Init::Ones);
-        self.op(&at, Op::RmsNorm(Real(*eps)), &[x, g])
+        self.op(&at, Op::Norm(Norm::Rms { eps: Real(*eps) }), &[x, g])
     }
 }
