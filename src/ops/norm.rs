@@ -128,3 +128,227 @@ impl OpDef for Norm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Dim;
+    use crate::runtime::DeviceKind;
+    use crate::util::Rng;
+    use burn::prelude::*;
+
+    const ALL: [Norm; 3] = [
+        Norm::Layer { eps: Real(1e-5) },
+        Norm::Rms { eps: Real(1e-6) },
+        Norm::L2,
+    ];
+
+    fn ty(shape: &[Dim]) -> TensorType {
+        TensorType {
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// The op's input shapes: x `[b, s, d]` (`[b, 2, s, d]` for L2), weight and bias `[d]`.
+    fn shapes(op: &Norm, b: usize, s: usize, d: usize) -> Vec<Vec<usize>> {
+        let x = match op {
+            Norm::L2 => vec![b, 2, s, d],
+            _ => vec![b, s, d],
+        };
+        std::iter::once(x)
+            .chain(std::iter::repeat_n(vec![d], op.ports().len() - 1))
+            .collect()
+    }
+
+    fn random(shape: &[usize], rng: &mut Rng) -> RefTensor {
+        let n = shape.iter().product();
+        RefTensor {
+            shape: shape.to_vec(),
+            data: (0..n).map(|_| rng.normal() * 1.5 + 0.3).collect(),
+        }
+    }
+
+    fn value(t: &RefTensor, device: &Device) -> V {
+        let data: Vec<f32> = t.data.iter().map(|&v| v as f32).collect();
+        match t.shape.len() {
+            1 => V::F1(Tensor::from_data(
+                TensorData::new(data, [t.shape[0]]),
+                device,
+            )),
+            3 => V::F3(Tensor::from_data(
+                TensorData::new(data, [t.shape[0], t.shape[1], t.shape[2]]),
+                device,
+            )),
+            _ => V::F4(Tensor::from_data(
+                TensorData::new(data, [t.shape[0], t.shape[1], t.shape[2], t.shape[3]]),
+                device,
+            )),
+        }
+    }
+
+    fn host(v: V) -> Vec<f32> {
+        let data = match v {
+            V::F1(t) => t.into_data(),
+            V::F3(t) => t.into_data(),
+            V::F4(t) => t.into_data(),
+            other => panic!("unexpected {other:?}"),
+        };
+        data.convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn ctx(device: &Device, batch: usize, seq: usize) -> Ctx<'_> {
+        Ctx {
+            device,
+            train: false,
+            batch,
+            seq,
+            offset: 0,
+            matmul_dtype: None,
+            soft_attention: false,
+            freq_mask: None,
+            aux: None,
+        }
+    }
+
+    fn run(op: &Norm, ins: &[RefTensor], device: &Device) -> Vec<f32> {
+        let vs: Vec<V> = ins.iter().map(|t| value(t, device)).collect();
+        let refs: Vec<&V> = vs.iter().collect();
+        let s = ins[0].shape[ins[0].shape.len() - 2];
+        host(op.forward(&refs, &ctx(device, ins[0].shape[0], s)))
+    }
+
+    #[test]
+    fn shapes_are_inferred_and_mismatches_explained() {
+        for op in ALL {
+            let x = ty(&[Dim::Batch, Dim::Seq, Dim::Fixed(8)]);
+            let w = ty(&[Dim::Fixed(8)]);
+            let ins: Vec<TensorType> = std::iter::once(x.clone())
+                .chain(std::iter::repeat_n(w, op.ports().len() - 1))
+                .collect();
+            assert_eq!(op.infer(&ins).unwrap(), x, "{op:?}");
+            let ids = TensorType {
+                dtype: DType::I64,
+                shape: vec![Dim::Batch, Dim::Seq],
+            };
+            let mut bad = ins.clone();
+            bad[0] = ids;
+            assert!(op.infer(&bad).unwrap_err().contains("embedding"), "{op:?}");
+            if ins.len() > 1 {
+                let mut bad = ins.clone();
+                bad[1] = ty(&[Dim::Fixed(7)]);
+                assert!(
+                    op.infer(&bad).unwrap_err().contains("do not match"),
+                    "{op:?}"
+                );
+            }
+            assert_eq!(op.mixing(), Mixing::Pointwise);
+            assert_eq!(op.matmul_flops(&[], 4, 16), 0);
+        }
+    }
+
+    #[test]
+    fn the_burn_forward_matches_the_float64_reference_on_random_shapes() {
+        let device = DeviceKind::Cpu.device(false);
+        let mut rng = Rng::new(7);
+        for op in ALL {
+            for (b, s, d) in [(1, 1, 1), (2, 5, 8), (3, 7, 33), (1, 3, 128)] {
+                let ins: Vec<RefTensor> = shapes(&op, b, s, d)
+                    .iter()
+                    .map(|sh| random(sh, &mut rng))
+                    .collect();
+                let want = op.reference(&ins.iter().collect::<Vec<_>>());
+                let got = run(&op, &ins, &device);
+                assert_eq!(got.len(), want.data.len());
+                for (g, w) in got.iter().zip(&want.data) {
+                    assert!(
+                        (f64::from(*g) - w).abs() < 1e-4 * (1.0 + w.abs()),
+                        "{op:?} [{b}, {s}, {d}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_reach_every_input() {
+        let device = DeviceKind::Cpu.device(true);
+        let mut rng = Rng::new(3);
+        for op in ALL {
+            let ins: Vec<RefTensor> = shapes(&op, 2, 4, 6)
+                .iter()
+                .map(|sh| random(sh, &mut rng))
+                .collect();
+            let vs: Vec<V> = ins
+                .iter()
+                .map(|t| value(t, &device).require_grad())
+                .collect();
+            let refs: Vec<&V> = vs.iter().collect();
+            let y = op.forward(&refs, &ctx(&device, 2, 4));
+            // A loss that is not invariant to the normalization (a weighted sum).
+            let loss = match y {
+                V::F3(t) => (t.clone() * t.clone().tanh()).sum(),
+                V::F4(t) => (t.clone() * t.clone().tanh()).sum(),
+                other => panic!("unexpected {other:?}"),
+            };
+            let grads = loss.backward();
+            for (name, v) in op.ports().iter().zip(&vs) {
+                let g = v
+                    .grad(&grads)
+                    .unwrap_or_else(|| panic!("{op:?}: no gradient for `{name}`"));
+                let g = host(g);
+                assert!(g.iter().all(|x| x.is_finite()), "{op:?} `{name}`");
+                assert!(g.iter().any(|x| *x != 0.0), "{op:?} `{name}` is all zero");
+            }
+        }
+    }
+
+    #[test]
+    fn a_later_position_changes_no_earlier_output_and_a_prefix_decodes_alike() {
+        let device = DeviceKind::Cpu.device(false);
+        let mut rng = Rng::new(11);
+        for op in ALL {
+            assert!(op.incremental());
+            let ins: Vec<RefTensor> = shapes(&op, 2, 6, 5)
+                .iter()
+                .map(|sh| random(sh, &mut rng))
+                .collect();
+            let whole = run(&op, &ins, &device);
+            // Perturb the last position of x: the outputs of the others do not move.
+            let mut moved = ins.clone();
+            let x = &mut moved[0];
+            let (s, d) = (x.shape[x.shape.len() - 2], x.shape[x.shape.len() - 1]);
+            for (i, v) in x.data.iter_mut().enumerate() {
+                if (i / d) % s == s - 1 {
+                    *v += 3.0;
+                }
+            }
+            let after = run(&op, &moved, &device);
+            for (i, (a, b)) in whole.iter().zip(&after).enumerate() {
+                if (i / d) % s != s - 1 {
+                    assert_eq!(a, b, "{op:?}: output {i} saw a later position");
+                }
+            }
+            // The first 4 positions alone give the same outputs (what a decoding step sees).
+            let mut prefix = ins.clone();
+            let x = &mut prefix[0];
+            let mut shape = x.shape.clone();
+            let r = shape.len();
+            shape[r - 2] = 4;
+            x.data = x
+                .data
+                .chunks(s * d)
+                .flat_map(|c| c[..4 * d].to_vec())
+                .collect();
+            x.shape = shape;
+            let part = run(&op, &prefix, &device);
+            let kept: Vec<f32> = whole
+                .chunks(s * d)
+                .flat_map(|c| c[..4 * d].to_vec())
+                .collect();
+            for (a, b) in part.iter().zip(&kept) {
+                assert!((a - b).abs() < 1e-6, "{op:?}: {a} vs {b}");
+            }
+        }
+    }
+}
