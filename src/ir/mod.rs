@@ -333,6 +333,9 @@ impl Graph {
                 _ => Vec::new(),
             }
         };
+        let types = |ins: &[NodeIndex]| -> Vec<&TensorType> {
+            ins.iter().map(|&i| &self.g[i].ty).collect()
+        };
         self.g
             .node_indices()
             .map(|n| {
@@ -373,10 +376,8 @@ impl Graph {
                         let w = shape(ins[1]);
                         2 * out * w[1] * seq
                     }
-                    Op::Norm(o) => {
-                        let tys: Vec<&TensorType> = ins.iter().map(|&i| &self.g[i].ty).collect();
-                        o.matmul_flops(&tys, batch, seq)
-                    }
+                    Op::Norm(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Elementwise(o) => o.matmul_flops(&types(&ins), batch, seq),
                     // Its value and output projections (the smoothing is an FFT convolution).
                     Op::Ets { .. } => [1, 5]
                         .iter()
@@ -403,11 +404,6 @@ impl Graph {
                     | Op::Input
                     | Op::Param { .. }
                     | Op::Embedding
-                    | Op::Add
-                    | Op::Mul
-                    | Op::Scale(_)
-                    | Op::Act(_)
-                    | Op::Dropout(_)
                     | Op::SinusoidalTable { .. }
                     | Op::AddPositions
                     | Op::SplitHeads { .. }

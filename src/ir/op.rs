@@ -122,18 +122,11 @@ pub enum Op {
         /// Whether the third input (bias) is present.
         bias: bool,
     },
-    /// Elementwise sum of two tensors of the same shape.
-    Add,
-    /// Elementwise product of two tensors of the same shape.
-    Mul,
-    /// Multiply by a constant.
-    Scale(Real),
-    /// An activation function.
-    Act(Act),
-    /// Dropout with probability p during training (identity at inference).
-    Dropout(Real),
     /// LayerNorm, RMSNorm and L2 normalization over the last axis (see [`crate::ops::norm`]).
     Norm(crate::ops::norm::Norm),
+    /// Sums, products, a constant factor, activations, dropout (see
+    /// [`crate::ops::elementwise`]).
+    Elementwise(crate::ops::elementwise::Elementwise),
     /// `(tokens) → [seq, dim]`: sinusoidal position table.
     SinusoidalTable {
         /// Width.
@@ -405,11 +398,7 @@ impl Op {
             Op::Param { .. } => "param",
             Op::Embedding => "embedding",
             Op::Linear { .. } => "linear",
-            Op::Add => "add",
-            Op::Mul => "mul",
-            Op::Scale(_) => "scale",
-            Op::Act(_) => "act",
-            Op::Dropout(_) => "dropout",
+            Op::Elementwise(o) => o.name(),
             Op::Norm(o) => o.name(),
             Op::SinusoidalTable { .. } => "sinusoidal_table",
             Op::AddPositions => "add_positions",
@@ -461,9 +450,7 @@ impl Op {
         match self {
             Op::Param { name, init, .. } => format!("{name} ({init})"),
             Op::Linear { bias } => format!("bias={bias}"),
-            Op::Scale(c) => format!("{c}"),
-            Op::Act(a) => format!("{a:?}").to_lowercase(),
-            Op::Dropout(p) => format!("p={p}"),
+            Op::Elementwise(o) => o.attrs(),
             Op::Norm(o) => o.attrs(),
             Op::SinusoidalTable { dim } => format!("dim={dim}"),
             Op::SplitHeads { heads } => format!("heads={heads}"),
@@ -547,8 +534,6 @@ impl Op {
             Op::CrossAttention { key_mask: false }
             | Op::Input
             | Op::Embedding
-            | Op::Add
-            | Op::Mul
             | Op::AddPositions
             | Op::MergeHeads
             | Op::ApplyRope
@@ -565,10 +550,12 @@ impl Op {
     /// `false` for ops whose result is random (two of them on the same input differ), so CSE
     /// must not merge them; parameters are distinct by name anyway.
     pub fn is_pure(&self) -> bool {
+        if let Op::Elementwise(o) = self {
+            return o.is_pure();
+        }
         !matches!(
             self,
-            Op::Dropout(_)
-                | Op::Param { .. }
+            Op::Param { .. }
                 | Op::Input
                 | Op::Source { .. }
                 | Op::Series { .. }
@@ -607,6 +594,7 @@ impl Op {
                 }
             }
             Op::Norm(o) => o.mixing(),
+            Op::Elementwise(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -614,11 +602,6 @@ impl Op {
             | Op::Param { .. }
             | Op::Embedding
             | Op::Linear { .. }
-            | Op::Add
-            | Op::Mul
-            | Op::Scale(_)
-            | Op::Act(_)
-            | Op::Dropout(_)
             | Op::SinusoidalTable { .. }
             | Op::AddPositions
             | Op::SplitHeads { .. }
@@ -654,8 +637,6 @@ impl Op {
             Op::RevinDenorm => 4,
             Op::CrossAttention { key_mask } => 3 + usize::from(*key_mask),
             Op::Embedding
-            | Op::Add
-            | Op::Mul
             | Op::AddPositions
             | Op::ApplyRope
             | Op::CropSeq
@@ -664,6 +645,7 @@ impl Op {
             | Op::SpectralFilter { .. } => 2,
             Op::Linear { bias } | Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::Norm(o) => o.ports().len(),
+            Op::Elementwise(o) => o.ports().len(),
             Op::Attention {
                 scale, key_mask, ..
             } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
@@ -678,10 +660,7 @@ impl Op {
             Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
             Op::ConcatFeatures { parts } => *parts as usize,
             Op::BandAttention { bands } => 3 * *bands as usize,
-            Op::Scale(_)
-            | Op::Act(_)
-            | Op::Dropout(_)
-            | Op::SinusoidalTable { .. }
+            Op::SinusoidalTable { .. }
             | Op::SplitHeads { .. }
             | Op::MergeHeads
             | Op::RopeTable { .. }
@@ -755,16 +734,8 @@ impl Op {
                 *s.last_mut().expect("rank ≥ 1") = wo;
                 f32(s)
             }
-            Op::Add | Op::Mul => {
-                float(0)?;
-                float(1)?;
-                if ins[0].shape != ins[1].shape {
-                    return Err(format!("cannot combine shapes {} and {}", ins[0], ins[1]));
-                }
-                f32(ins[0].shape.clone())
-            }
-            Op::Scale(_) | Op::Act(_) | Op::Dropout(_) => f32(float(0)?.shape.clone()),
             Op::Norm(o) => o.infer(ins),
+            Op::Elementwise(o) => o.infer(ins),
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
             Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
             Op::AddPositions => {

@@ -10,7 +10,6 @@
 pub mod definitions;
 
 use super::{AttnScale, FreqCutoff, Graph, Init, Op};
-use crate::ir::op::Act as Activation;
 use crate::ops::OpDef;
 use std::collections::HashMap;
 use std::f64::consts::PI;
@@ -221,26 +220,6 @@ fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
     }
 }
 
-fn zip(a: &Tensor, b: &Tensor, f: impl Fn(f64, f64) -> f64) -> Result<Tensor, String> {
-    if a.shape != b.shape {
-        return Err(format!("shapes {:?} and {:?} differ", a.shape, b.shape));
-    }
-    Ok(Tensor {
-        shape: a.shape.clone(),
-        data: a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(),
-    })
-}
-
-fn act(a: Activation, x: f64) -> f64 {
-    match a {
-        Activation::Relu => x.max(0.0),
-        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::Tanh => x.tanh(),
-        Activation::Softplus => softplus(x),
-    }
-}
-
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -295,11 +274,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Add => zip(ins[0], ins[1], |a, b| a + b)?,
-        Op::Mul => zip(ins[0], ins[1], |a, b| a * b)?,
-        Op::Scale(c) => map(ins[0], |v| v * c.0),
-        Op::Act(a) => map(ins[0], |v| act(*a, v)),
-        Op::Dropout(_) => ins[0].clone(),
+        Op::Elementwise(o) => o.reference(ins),
         Op::Norm(o) => o.reference(ins),
         Op::SinusoidalTable { dim } => {
             let s = ins[0].shape[1];

@@ -5,6 +5,7 @@
 use crate::diag::{Code, Diagnostic, Span};
 use crate::ir::{DType, Dim, Init, Op};
 use crate::lower::{layer_span, linear_init, seq_items, At, Lowerer, PLACEHOLDER_SOURCE};
+use crate::ops::elementwise::Elementwise;
 use crate::spec::yaml::Node;
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
@@ -309,7 +310,7 @@ impl Lowerer {
             self.error(Code::Shape, at.span, format!("the residual's body turns {a} into {b}; a residual needs the same shape"), "residual here", "make the body end with the width it starts with (e.g. a `linear` back to the input width)");
             return None;
         }
-        self.op(&at, Op::Add, &[x, y])
+        self.op(&at, Op::Elementwise(Elementwise::Add), &[x, y])
     }
 
     fn parallel(&mut self, at: At, x: NodeIndex, branches: &[Vec<Layer>]) -> Option<NodeIndex> {
@@ -328,7 +329,7 @@ impl Lowerer {
         }
         let mut acc = outs[0];
         for &o in &outs[1..] {
-            acc = self.op(&at, Op::Add, &[acc, o])?;
+            acc = self.op(&at, Op::Elementwise(Elementwise::Add), &[acc, o])?;
         }
         Some(acc)
     }

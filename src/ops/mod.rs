@@ -4,9 +4,10 @@
 //! incrementally, its float64 reference and its Burn forward; its tests sit at the end of its
 //! file. [`crate::ir::Op`] holds one variant per family and dispatches to it.
 //!
-//! Families move here one at a time (issue 20): so far the norms. The other ops still have
+//! Families move here one at a time (issue 20): so far the norms and the elementwise ops. The other ops still have
 //! their arms in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
 
+pub mod elementwise;
 pub mod norm;
 
 use crate::ir::reference::Tensor as RefTensor;
@@ -22,6 +23,9 @@ pub trait OpDef {
     fn attrs(&self) -> String;
     /// The names of its inputs, in order (its arity is their number).
     fn ports(&self) -> &'static [&'static str];
+    /// `false` when two of it on the same inputs differ (random ops), so CSE must not merge
+    /// them.
+    fn is_pure(&self) -> bool;
     /// How output position t depends on input positions.
     fn mixing(&self) -> Mixing;
     /// The output type from the input types, or why they do not fit.

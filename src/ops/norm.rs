@@ -47,6 +47,10 @@ impl OpDef for Norm {
         }
     }
 
+    fn is_pure(&self) -> bool {
+        true
+    }
+
     fn mixing(&self) -> Mixing {
         Mixing::Pointwise
     }

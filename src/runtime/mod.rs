@@ -529,12 +529,8 @@ impl Runtime {
             | Op::Param { .. }
             | Op::Embedding
             | Op::Linear { .. }
-            | Op::Add
-            | Op::Mul
-            | Op::Scale(_)
-            | Op::Act(_)
-            | Op::Dropout(_)
             | Op::Norm(_)
+            | Op::Elementwise(_)
             | Op::SinusoidalTable { .. }
             | Op::SplitHeads { .. }
             | Op::MergeHeads
@@ -594,6 +590,7 @@ impl Runtime {
             }
             let ok = match &self.graph.g[n].op {
                 Op::Norm(o) => o.incremental(),
+                Op::Elementwise(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -631,11 +628,6 @@ impl Runtime {
                 | Op::Param { .. }
                 | Op::Embedding
                 | Op::Linear { .. }
-                | Op::Add
-                | Op::Mul
-                | Op::Scale(_)
-                | Op::Act(_)
-                | Op::Dropout(_)
                 | Op::SinusoidalTable { .. }
                 | Op::AddPositions
                 | Op::SplitHeads { .. }

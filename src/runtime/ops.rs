@@ -43,7 +43,7 @@ pub fn mm<const D: usize>(a: Tensor<D>, b: Tensor<D>, ctx: &Ctx) -> Tensor<D> {
     }
 }
 
-fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor<D> {
+pub(crate) fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor<D> {
     if !ctx.train || p <= 0.0 {
         return x;
     }
@@ -51,7 +51,7 @@ fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor<D> {
     x * keep / (1.0 - p)
 }
 
-fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
+pub(crate) fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
     match a {
         Activation::Relu => activation::relu(x),
         Activation::Gelu => activation::gelu(x),
@@ -237,15 +237,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             bias.then(|| ins[2].f1()),
             ctx,
         )),
-        Op::Add => match (ins[0], ins[1]) {
-            (V::F3(a), V::F3(b)) => V::F3(a.clone() + b.clone()),
-            (V::F4(a), V::F4(b)) => V::F4(a.clone() + b.clone()),
-            (a, b) => V::F2(a.f2() + b.f2()),
-        },
-        Op::Mul => V::F3(ins[0].f3() * ins[1].f3()),
-        Op::Scale(c) => V::F3(ins[0].f3().mul_scalar(c.0)),
-        Op::Act(a) => V::F3(act(*a, ins[0].f3())),
-        Op::Dropout(p) => V::F3(dropout(ins[0].f3(), p.0, ctx)),
+        Op::Elementwise(o) => o.forward(ins, ctx),
         Op::Norm(o) => o.forward(ins, ctx),
         // In incremental mode the table covers positions 0..offset + seq; its only reader,
         // AddPositions, takes the rows of this call (as it does from a learned table).

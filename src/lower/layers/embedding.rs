@@ -3,6 +3,7 @@
 use crate::diag::Code;
 use crate::ir::{Init, Op, Real};
 use crate::lower::{At, Lowerer};
+use crate::ops::elementwise::Elementwise;
 use petgraph::stable_graph::NodeIndex;
 
 impl Lowerer {
@@ -32,7 +33,11 @@ impl Lowerer {
         );
         let e = self.op(&at, Op::Embedding, &[x, table])?;
         if *scale {
-            self.op(&at, Op::Scale(Real(f64::from(*dim).sqrt())), &[e])
+            self.op(
+                &at,
+                Op::Elementwise(Elementwise::Scale(Real(f64::from(*dim).sqrt()))),
+                &[e],
+            )
         } else {
             Some(e)
         }

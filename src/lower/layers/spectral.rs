@@ -4,6 +4,7 @@
 use crate::diag::Code;
 use crate::ir::{Dim, Init, Mixing, Op, Real};
 use crate::lower::{seq_items, At, Lowerer};
+use crate::ops::elementwise::Elementwise;
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
 
@@ -166,7 +167,7 @@ impl Lowerer {
                 let ai = self.op(&at, slice, &[a])?;
                 let width = self.width(*y);
                 let back = self.linear(&at, &format!("cross.{i}.out"), ai, width, true)?;
-                *y = self.op(&at, Op::Add, &[*y, back])?;
+                *y = self.op(&at, Op::Elementwise(Elementwise::Add), &[*y, back])?;
             }
         }
         let cat = self.op(&at, Op::ConcatFeatures { parts: n as u64 }, &outs)?;

@@ -4,6 +4,7 @@ use crate::diag::Code;
 use crate::ir::op::Act;
 use crate::ir::{Init, Op, Real};
 use crate::lower::{At, Lowerer};
+use crate::ops::elementwise::Elementwise;
 use crate::spec::model::PhaseMode;
 use petgraph::stable_graph::NodeIndex;
 
@@ -64,12 +65,16 @@ impl Lowerer {
             ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[y])?);
         }
         let ph = self.linear(&at, "phase", x, h * p, true)?;
-        let ph = self.op(&at, Op::Act(Act::Tanh), &[ph])?;
-        let ph = self.op(&at, Op::Scale(Real(std::f64::consts::PI)), &[ph])?;
+        let ph = self.op(&at, Op::Elementwise(Elementwise::Act(Act::Tanh)), &[ph])?;
+        let ph = self.op(
+            &at,
+            Op::Elementwise(Elementwise::Scale(Real(std::f64::consts::PI))),
+            &[ph],
+        )?;
         ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[ph])?);
         if complex {
             let a = self.linear(&at, "amp", x, h * p, true)?;
-            let a = self.op(&at, Op::Act(Act::Softplus), &[a])?;
+            let a = self.op(&at, Op::Elementwise(Elementwise::Act(Act::Softplus)), &[a])?;
             ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[a])?);
         }
         ins.push(self.param(&at, "blend", &[2], Init::Ones));
