@@ -133,3 +133,160 @@ fn activation(a: Act, x: f64) -> f64 {
         Act::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{ctx, host, random, value};
+    use super::*;
+    use crate::ir::Dim;
+    use crate::runtime::DeviceKind;
+    use crate::util::Rng;
+    use burn::prelude::Device;
+
+    const ALL: [Elementwise; 11] = [
+        Elementwise::Add,
+        Elementwise::Mul,
+        Elementwise::Scale(Real(-1.5)),
+        Elementwise::Act(Act::Relu),
+        Elementwise::Act(Act::Gelu),
+        Elementwise::Act(Act::Silu),
+        Elementwise::Act(Act::Tanh),
+        Elementwise::Act(Act::Softplus),
+        Elementwise::Dropout(Real(0.0)),
+        Elementwise::Dropout(Real(0.3)),
+        Elementwise::Scale(Real(0.5)),
+    ];
+
+    fn inputs(op: &Elementwise, shape: &[usize], rng: &mut Rng) -> Vec<RefTensor> {
+        op.ports().iter().map(|_| random(shape, rng)).collect()
+    }
+
+    fn run(op: &Elementwise, ins: &[RefTensor], train: bool, device: &Device) -> Vec<f32> {
+        let vs: Vec<V> = ins.iter().map(|t| value(t, device)).collect();
+        let refs: Vec<&V> = vs.iter().collect();
+        let mut c = ctx(device, ins[0].shape[0], ins[0].shape[1]);
+        c.train = train;
+        host(op.forward(&refs, &c))
+    }
+
+    #[test]
+    fn shapes_are_inferred_and_mismatches_explained() {
+        let x = TensorType {
+            dtype: DType::F32,
+            shape: vec![Dim::Batch, Dim::Seq, Dim::Fixed(8)],
+        };
+        for op in ALL {
+            let ins = vec![x.clone(); op.ports().len()];
+            assert_eq!(op.infer(&ins).unwrap(), x, "{op:?}");
+            let mut ids = ins.clone();
+            ids[0].dtype = DType::I64;
+            assert!(op.infer(&ids).unwrap_err().contains("embedding"), "{op:?}");
+            if ins.len() == 2 {
+                let mut bad = ins.clone();
+                bad[1].shape[2] = Dim::Fixed(7);
+                assert!(op.infer(&bad).unwrap_err().contains("cannot combine"));
+            }
+            assert_eq!(op.mixing(), Mixing::Pointwise);
+            assert_eq!(op.is_pure(), !matches!(op, Elementwise::Dropout(_)));
+        }
+    }
+
+    #[test]
+    fn the_burn_forward_matches_the_float64_reference_on_random_shapes() {
+        let device = DeviceKind::Cpu.device(false);
+        let mut rng = Rng::new(5);
+        for op in ALL {
+            for shape in [[1, 1, 1], [2, 5, 8], [3, 7, 33]] {
+                let ins = inputs(&op, &shape, &mut rng);
+                let want = op.reference(&ins.iter().collect::<Vec<_>>());
+                let got = run(&op, &ins, false, &device);
+                for (g, w) in got.iter().zip(&want.data) {
+                    assert!(
+                        (f64::from(*g) - w).abs() < 1e-5 * (1.0 + w.abs()),
+                        "{op:?} {shape:?}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+        // The definitions themselves, at a few points.
+        for (a, x, want) in [
+            (Act::Relu, -2.0, 0.0),
+            (Act::Gelu, 1.0, 0.841_344_746_068_542_9),
+            (Act::Silu, 1.0, 0.731_058_578_630_004_9),
+            (Act::Softplus, 0.0, std::f64::consts::LN_2),
+            (Act::Softplus, 100.0, 100.0),
+        ] {
+            assert!((activation(a, x) - want).abs() < 1e-12, "{a:?}({x})");
+        }
+    }
+
+    #[test]
+    fn dropout_zeroes_or_rescales_in_training_only() {
+        let device = DeviceKind::Cpu.device(false);
+        let mut rng = Rng::new(9);
+        let op = Elementwise::Dropout(Real(0.25));
+        let ins = inputs(&op, &[4, 16, 32], &mut rng);
+        let eval = run(&op, &ins, false, &device);
+        let train = run(&op, &ins, true, &device);
+        let mut zeros = 0;
+        for ((x, e), t) in ins[0].data.iter().zip(&eval).zip(&train) {
+            assert!((f64::from(*e) - x).abs() < 1e-6, "identity at inference");
+            if *t == 0.0 {
+                zeros += 1;
+            } else {
+                assert!(
+                    (f64::from(*t) - x / 0.75).abs() < 1e-5,
+                    "kept values scale by 1/(1 − p)"
+                );
+            }
+        }
+        let frac = f64::from(zeros) / train.len() as f64;
+        assert!((frac - 0.25).abs() < 0.05, "dropped {frac}");
+    }
+
+    #[test]
+    fn gradients_reach_every_input() {
+        let device = DeviceKind::Cpu.device(true);
+        let mut rng = Rng::new(2);
+        for op in ALL {
+            let ins = inputs(&op, &[2, 3, 4], &mut rng);
+            let vs: Vec<V> = ins
+                .iter()
+                .map(|t| value(t, &device).require_grad())
+                .collect();
+            let refs: Vec<&V> = vs.iter().collect();
+            let y = op.forward(&refs, &ctx(&device, 2, 3)).f3();
+            let grads = (y.clone() * y).sum().backward();
+            for (name, v) in op.ports().iter().zip(&vs) {
+                let g = host(v.grad(&grads).unwrap_or_else(|| panic!("{op:?} `{name}`")));
+                assert!(g.iter().all(|x| x.is_finite()), "{op:?} `{name}`");
+                assert!(g.iter().any(|x| *x != 0.0), "{op:?} `{name}` is all zero");
+            }
+        }
+    }
+
+    #[test]
+    fn a_later_position_changes_no_earlier_output() {
+        let device = DeviceKind::Cpu.device(false);
+        let mut rng = Rng::new(4);
+        for op in ALL {
+            assert!(op.incremental());
+            let ins = inputs(&op, &[2, 6, 5], &mut rng);
+            let before = run(&op, &ins, false, &device);
+            let mut moved = ins.clone();
+            for t in &mut moved {
+                for (i, v) in t.data.iter_mut().enumerate() {
+                    if (i / 5) % 6 == 5 {
+                        *v += 2.0;
+                    }
+                }
+            }
+            let after = run(&op, &moved, false, &device);
+            for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+                if (i / 5) % 6 != 5 {
+                    assert_eq!(a, b, "{op:?}: output {i} saw a later position");
+                }
+            }
+        }
+    }
+}

@@ -9,6 +9,8 @@
 
 pub mod elementwise;
 pub mod norm;
+#[cfg(test)]
+mod testing;
 
 use crate::ir::reference::Tensor as RefTensor;
 use crate::ir::{DType, Mixing, TensorType};

@@ -135,6 +135,7 @@ impl OpDef for Norm {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{ctx, host, random, value};
     use super::*;
     use crate::ir::Dim;
     use crate::runtime::DeviceKind;
@@ -163,56 +164,6 @@ mod tests {
         std::iter::once(x)
             .chain(std::iter::repeat_n(vec![d], op.ports().len() - 1))
             .collect()
-    }
-
-    fn random(shape: &[usize], rng: &mut Rng) -> RefTensor {
-        let n = shape.iter().product();
-        RefTensor {
-            shape: shape.to_vec(),
-            data: (0..n).map(|_| rng.normal() * 1.5 + 0.3).collect(),
-        }
-    }
-
-    fn value(t: &RefTensor, device: &Device) -> V {
-        let data: Vec<f32> = t.data.iter().map(|&v| v as f32).collect();
-        match t.shape.len() {
-            1 => V::F1(Tensor::from_data(
-                TensorData::new(data, [t.shape[0]]),
-                device,
-            )),
-            3 => V::F3(Tensor::from_data(
-                TensorData::new(data, [t.shape[0], t.shape[1], t.shape[2]]),
-                device,
-            )),
-            _ => V::F4(Tensor::from_data(
-                TensorData::new(data, [t.shape[0], t.shape[1], t.shape[2], t.shape[3]]),
-                device,
-            )),
-        }
-    }
-
-    fn host(v: V) -> Vec<f32> {
-        let data = match v {
-            V::F1(t) => t.into_data(),
-            V::F3(t) => t.into_data(),
-            V::F4(t) => t.into_data(),
-            other => panic!("unexpected {other:?}"),
-        };
-        data.convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
-
-    fn ctx(device: &Device, batch: usize, seq: usize) -> Ctx<'_> {
-        Ctx {
-            device,
-            train: false,
-            batch,
-            seq,
-            offset: 0,
-            matmul_dtype: None,
-            soft_attention: false,
-            freq_mask: None,
-            aux: None,
-        }
     }
 
     fn run(op: &Norm, ins: &[RefTensor], device: &Device) -> Vec<f32> {
