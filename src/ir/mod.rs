@@ -378,6 +378,7 @@ impl Graph {
                     }
                     Op::Norm(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Elementwise(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Heads(o) => o.matmul_flops(&types(&ins), batch, seq),
                     // Its value and output projections (the smoothing is an FFT convolution).
                     Op::Ets { .. } => [1, 5]
                         .iter()
@@ -406,8 +407,6 @@ impl Graph {
                     | Op::Embedding
                     | Op::SinusoidalTable { .. }
                     | Op::AddPositions
-                    | Op::SplitHeads { .. }
-                    | Op::MergeHeads
                     | Op::RopeTable { .. }
                     | Op::ApplyRope
                     | Op::RepeatKv { .. }

@@ -127,6 +127,8 @@ pub enum Op {
     /// Sums, products, a constant factor, activations, dropout (see
     /// [`crate::ops::elementwise`]).
     Elementwise(crate::ops::elementwise::Elementwise),
+    /// Splitting into attention heads and merging them (see [`crate::ops::heads`]).
+    Heads(crate::ops::heads::Heads),
     /// `(tokens) → [seq, dim]`: sinusoidal position table.
     SinusoidalTable {
         /// Width.
@@ -134,13 +136,6 @@ pub enum Op {
     },
     /// `(x [b, s, d], table [s or more, d]) → x + table[..s]`.
     AddPositions,
-    /// `[b, s, h·d] → [b, h, s, d]`.
-    SplitHeads {
-        /// Number of heads.
-        heads: u64,
-    },
-    /// `[b, h, s, d] → [b, s, h·d]`.
-    MergeHeads,
     /// `(tokens) → [seq, d/2, 2]`: cos and sin of RoPE angles.
     RopeTable {
         /// Head width (even).
@@ -402,8 +397,7 @@ impl Op {
             Op::Norm(o) => o.name(),
             Op::SinusoidalTable { .. } => "sinusoidal_table",
             Op::AddPositions => "add_positions",
-            Op::SplitHeads { .. } => "split_heads",
-            Op::MergeHeads => "merge_heads",
+            Op::Heads(o) => o.name(),
             Op::RopeTable { .. } => "rope_table",
             Op::ApplyRope => "apply_rope",
             Op::RepeatKv { .. } => "repeat_kv",
@@ -453,7 +447,7 @@ impl Op {
             Op::Elementwise(o) => o.attrs(),
             Op::Norm(o) => o.attrs(),
             Op::SinusoidalTable { dim } => format!("dim={dim}"),
-            Op::SplitHeads { heads } => format!("heads={heads}"),
+            Op::Heads(o) => o.attrs(),
             Op::RopeTable {
                 head_dim,
                 base,
@@ -535,7 +529,6 @@ impl Op {
             | Op::Input
             | Op::Embedding
             | Op::AddPositions
-            | Op::MergeHeads
             | Op::ApplyRope
             | Op::CropSeq
             | Op::ComplexMul
@@ -595,6 +588,7 @@ impl Op {
             }
             Op::Norm(o) => o.mixing(),
             Op::Elementwise(o) => o.mixing(),
+            Op::Heads(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -604,8 +598,6 @@ impl Op {
             | Op::Linear { .. }
             | Op::SinusoidalTable { .. }
             | Op::AddPositions
-            | Op::SplitHeads { .. }
-            | Op::MergeHeads
             | Op::RopeTable { .. }
             | Op::ApplyRope
             | Op::RepeatKv { .. }
@@ -646,6 +638,7 @@ impl Op {
             Op::Linear { bias } | Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::Norm(o) => o.ports().len(),
             Op::Elementwise(o) => o.ports().len(),
+            Op::Heads(o) => o.ports().len(),
             Op::Attention {
                 scale, key_mask, ..
             } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
@@ -661,8 +654,6 @@ impl Op {
             Op::ConcatFeatures { parts } => *parts as usize,
             Op::BandAttention { bands } => 3 * *bands as usize,
             Op::SinusoidalTable { .. }
-            | Op::SplitHeads { .. }
-            | Op::MergeHeads
             | Op::RopeTable { .. }
             | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
@@ -748,26 +739,7 @@ impl Op {
                 }
                 f32(x.shape.clone())
             }
-            Op::SplitHeads { heads } => {
-                let x = float(0)?;
-                match x.shape.as_slice() {
-                    [b, s, Dim::Fixed(w)] if w % heads == 0 => {
-                        f32(vec![*b, Dim::Fixed(*heads), *s, Dim::Fixed(w / heads)])
-                    }
-                    [_, _, w] => Err(format!(
-                        "width {} is not divisible by {heads} heads",
-                        fmt_dim(Some(*w))
-                    )),
-                    _ => Err(format!("expects [batch, seq, width], got {x}")),
-                }
-            }
-            Op::MergeHeads => match float(0)?.shape.as_slice() {
-                [b, Dim::Fixed(h), s, Dim::Fixed(d)] => f32(vec![*b, *s, Dim::Fixed(h * d)]),
-                _ => Err(format!(
-                    "expects [batch, heads, seq, head_dim], got {}",
-                    ins[0]
-                )),
-            },
+            Op::Heads(o) => o.infer(ins),
             Op::RopeTable { head_dim, .. } => {
                 if head_dim % 2 != 0 {
                     return Err(format!(

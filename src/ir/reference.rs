@@ -308,40 +308,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::SplitHeads { heads } => {
-            let x = ins[0];
-            let (b, s, w) = (x.shape[0], x.shape[1], x.shape[2]);
-            let h = *heads as usize;
-            let d = w / h;
-            let mut out = Tensor::zeros(&[b, h, s, d]);
-            for bi in 0..b {
-                for hi in 0..h {
-                    for si in 0..s {
-                        for j in 0..d {
-                            out.data[((bi * h + hi) * s + si) * d + j] =
-                                x.data[(bi * s + si) * w + hi * d + j];
-                        }
-                    }
-                }
-            }
-            out
-        }
-        Op::MergeHeads => {
-            let x = ins[0];
-            let (b, h, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-            let mut out = Tensor::zeros(&[b, s, h * d]);
-            for bi in 0..b {
-                for hi in 0..h {
-                    for si in 0..s {
-                        for j in 0..d {
-                            out.data[(bi * s + si) * h * d + hi * d + j] =
-                                x.data[((bi * h + hi) * s + si) * d + j];
-                        }
-                    }
-                }
-            }
-            out
-        }
+        Op::Heads(o) => o.reference(ins),
         Op::RopeTable {
             head_dim,
             base,

@@ -531,9 +531,8 @@ impl Runtime {
             | Op::Linear { .. }
             | Op::Norm(_)
             | Op::Elementwise(_)
+            | Op::Heads(_)
             | Op::SinusoidalTable { .. }
-            | Op::SplitHeads { .. }
-            | Op::MergeHeads
             | Op::RopeTable { .. }
             | Op::ApplyRope
             | Op::RepeatKv { .. }
@@ -591,6 +590,7 @@ impl Runtime {
             let ok = match &self.graph.g[n].op {
                 Op::Norm(o) => o.incremental(),
                 Op::Elementwise(o) => o.incremental(),
+                Op::Heads(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -630,8 +630,6 @@ impl Runtime {
                 | Op::Linear { .. }
                 | Op::SinusoidalTable { .. }
                 | Op::AddPositions
-                | Op::SplitHeads { .. }
-                | Op::MergeHeads
                 | Op::RopeTable { .. }
                 | Op::ApplyRope
                 | Op::RepeatKv { .. }

@@ -251,17 +251,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let t = ins[1].f2().narrow(0, ctx.offset, s);
             V::F3(x + t.unsqueeze::<3>())
         }
-        Op::SplitHeads { heads } => {
-            let x = ins[0].f3();
-            let [b, s, w] = x.dims();
-            let h = *heads as usize;
-            V::F4(x.reshape([b, s, h, w / h]).swap_dims(1, 2))
-        }
-        Op::MergeHeads => {
-            let x = ins[0].f4();
-            let [b, h, s, d] = x.dims();
-            V::F3(x.swap_dims(1, 2).reshape([b, s, h * d]))
-        }
+        Op::Heads(o) => o.forward(ins, ctx),
         Op::RopeTable {
             head_dim,
             base,

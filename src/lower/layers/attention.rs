@@ -3,6 +3,7 @@
 use crate::diag::Code;
 use crate::ir::{AttnScale, Init, Op, Real};
 use crate::lower::{At, Lowerer};
+use crate::ops::heads::Heads;
 use crate::ops::norm::Norm;
 use crate::spec::model::Rope;
 use petgraph::stable_graph::NodeIndex;
@@ -74,9 +75,9 @@ impl Lowerer {
         let q = self.linear(&at, "q", x, h * hd, *bias)?;
         let k = self.linear(&at, "k", x, kv * hd, *bias)?;
         let v = self.linear(&at, "v", x, kv * hd, *bias)?;
-        let mut q = self.op(&at, Op::SplitHeads { heads: h }, &[q])?;
-        let mut k = self.op(&at, Op::SplitHeads { heads: kv }, &[k])?;
-        let mut v = self.op(&at, Op::SplitHeads { heads: kv }, &[v])?;
+        let mut q = self.op(&at, Op::Heads(Heads::Split { heads: h }), &[q])?;
+        let mut k = self.op(&at, Op::Heads(Heads::Split { heads: kv }), &[k])?;
+        let mut v = self.op(&at, Op::Heads(Heads::Split { heads: kv }), &[v])?;
         if *qk_norm {
             q = self.op(&at, Op::Norm(Norm::L2), &[q])?;
             k = self.op(&at, Op::Norm(Norm::L2), &[k])?;
@@ -145,7 +146,7 @@ impl Lowerer {
             },
             &ins,
         )?;
-        let m = self.op(&at, Op::MergeHeads, &[a])?;
+        let m = self.op(&at, Op::Heads(Heads::Merge), &[a])?;
         self.linear(&at, "out", m, w, *bias)
     }
 
@@ -170,7 +171,7 @@ impl Lowerer {
         let q = self.linear(&at, "q", x, d, true)?;
         let k = self.linear(&at, "k", mem, d, true)?;
         let v = self.linear(&at, "v", mem, d, true)?;
-        let split = |l: &mut Self, t| l.op(&at, Op::SplitHeads { heads: h }, &[t]);
+        let split = |l: &mut Self, t| l.op(&at, Op::Heads(Heads::Split { heads: h }), &[t]);
         let (q, k, v) = (split(self, q)?, split(self, k)?, split(self, v)?);
         let mut ins = vec![q, k, v];
         ins.extend(self.key_bias);
@@ -178,7 +179,7 @@ impl Lowerer {
             key_mask: self.key_bias.is_some(),
         };
         let o = self.op(&at, op, &ins)?;
-        let o = self.op(&at, Op::MergeHeads, &[o])?;
+        let o = self.op(&at, Op::Heads(Heads::Merge), &[o])?;
         self.linear(&at, "out", o, d, true)
     }
 }

@@ -5,6 +5,7 @@ use crate::ir::op::Act;
 use crate::ir::{Init, Op, Real};
 use crate::lower::{At, Lowerer};
 use crate::ops::elementwise::Elementwise;
+use crate::ops::heads::Heads;
 use crate::spec::model::PhaseMode;
 use petgraph::stable_graph::NodeIndex;
 
@@ -62,7 +63,7 @@ impl Lowerer {
         let mut ins = Vec::new();
         for name in ["q", "k", "v"] {
             let y = self.linear(&at, name, x, w, true)?;
-            ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[y])?);
+            ins.push(self.op(&at, Op::Heads(Heads::Split { heads: h }), &[y])?);
         }
         let ph = self.linear(&at, "phase", x, h * p, true)?;
         let ph = self.op(&at, Op::Elementwise(Elementwise::Act(Act::Tanh)), &[ph])?;
@@ -71,11 +72,11 @@ impl Lowerer {
             Op::Elementwise(Elementwise::Scale(Real(std::f64::consts::PI))),
             &[ph],
         )?;
-        ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[ph])?);
+        ins.push(self.op(&at, Op::Heads(Heads::Split { heads: h }), &[ph])?);
         if complex {
             let a = self.linear(&at, "amp", x, h * p, true)?;
             let a = self.op(&at, Op::Elementwise(Elementwise::Act(Act::Softplus)), &[a])?;
-            ins.push(self.op(&at, Op::SplitHeads { heads: h }, &[a])?);
+            ins.push(self.op(&at, Op::Heads(Heads::Split { heads: h }), &[a])?);
         }
         ins.push(self.param(&at, "blend", &[2], Init::Ones));
         let op = Op::PhaseAttention {
@@ -83,7 +84,7 @@ impl Lowerer {
             complex,
         };
         let o = self.op(&at, op, &ins)?;
-        let o = self.op(&at, Op::MergeHeads, &[o])?;
+        let o = self.op(&at, Op::Heads(Heads::Merge), &[o])?;
         self.linear(&at, "out", o, w, true)
     }
 }
