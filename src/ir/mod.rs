@@ -342,7 +342,7 @@ impl Graph {
                 let out = self.g[n].ty.numel(batch, seq);
                 let ins = self.inputs(n);
                 match &self.g[n].op {
-                    Op::Linear { .. } => 2 * out * shape(ins[1])[0],
+                    Op::Linear(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Attention { .. } => 4 * out * seq,
                     Op::Lstm { layers, .. } => (0..*layers as usize)
                         .map(|l| {

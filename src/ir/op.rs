@@ -117,11 +117,8 @@ pub enum Op {
     },
     /// `(ids [b, s], table [v, d]) → [b, s, d]`.
     Embedding,
-    /// `(x [.., i], w [i, o], bias [o]?) → [.., o]`.
-    Linear {
-        /// Whether the third input (bias) is present.
-        bias: bool,
-    },
+    /// `x · weight (+ bias)` over the last axis (see [`crate::ops::linear`]).
+    Linear(crate::ops::linear::Linear),
     /// LayerNorm, RMSNorm and L2 normalization over the last axis (see [`crate::ops::norm`]).
     Norm(crate::ops::norm::Norm),
     /// Sums, products, a constant factor, activations, dropout (see
@@ -392,7 +389,7 @@ impl Op {
             Op::Input => "input",
             Op::Param { .. } => "param",
             Op::Embedding => "embedding",
-            Op::Linear { .. } => "linear",
+            Op::Linear(o) => o.name(),
             Op::Elementwise(o) => o.name(),
             Op::Norm(o) => o.name(),
             Op::SinusoidalTable { .. } => "sinusoidal_table",
@@ -443,7 +440,7 @@ impl Op {
     pub fn attrs(&self) -> String {
         match self {
             Op::Param { name, init, .. } => format!("{name} ({init})"),
-            Op::Linear { bias } => format!("bias={bias}"),
+            Op::Linear(o) => o.attrs(),
             Op::Elementwise(o) => o.attrs(),
             Op::Norm(o) => o.attrs(),
             Op::SinusoidalTable { dim } => format!("dim={dim}"),
@@ -588,6 +585,7 @@ impl Op {
             }
             Op::Norm(o) => o.mixing(),
             Op::Elementwise(o) => o.mixing(),
+            Op::Linear(o) => o.mixing(),
             Op::Heads(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
@@ -595,7 +593,6 @@ impl Op {
             Op::Input
             | Op::Param { .. }
             | Op::Embedding
-            | Op::Linear { .. }
             | Op::SinusoidalTable { .. }
             | Op::AddPositions
             | Op::RopeTable { .. }
@@ -635,7 +632,8 @@ impl Op {
             | Op::ComplexMul
             | Op::PrependMemory
             | Op::SpectralFilter { .. } => 2,
-            Op::Linear { bias } | Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
+            Op::Linear(o) => o.ports().len(),
+            Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::Norm(o) => o.ports().len(),
             Op::Elementwise(o) => o.ports().len(),
             Op::Heads(o) => o.ports().len(),
@@ -705,26 +703,7 @@ impl Op {
                     .ok_or("embedding table must be 2-D")?;
                 f32(vec![ins[0].shape[0], ins[0].shape[1], d])
             }
-            Op::Linear { bias } => {
-                let x = float(0)?;
-                let (wi, wo) = match ins[1].shape.as_slice() {
-                    [a, b] => (*a, *b),
-                    _ => return Err("linear weight must be 2-D".into()),
-                };
-                if last(x) != Some(wi) {
-                    return Err(format!(
-                        "input width {} does not match the weight's {}",
-                        fmt_dim(last(x)),
-                        wi
-                    ));
-                }
-                if *bias && ins[2].shape != vec![wo] {
-                    return Err("bias shape does not match the output width".into());
-                }
-                let mut s = x.shape.clone();
-                *s.last_mut().expect("rank ≥ 1") = wo;
-                f32(s)
-            }
+            Op::Linear(o) => o.infer(ins),
             Op::Norm(o) => o.infer(ins),
             Op::Elementwise(o) => o.infer(ins),
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
@@ -1262,10 +1241,6 @@ pub fn dct_basis(l: usize) -> Vec<f64> {
                 * (std::f64::consts::PI * (t as f64 + 0.5) * k as f64 / l as f64).cos()
         })
         .collect()
-}
-
-fn fmt_dim(d: Option<Dim>) -> String {
-    d.map_or_else(|| "?".into(), |d| d.to_string())
 }
 
 /// Rotary frequencies θ_i (i < head_dim/2) and the factor cos and sin are scaled by: plain RoPE

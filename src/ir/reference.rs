@@ -257,23 +257,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Linear { bias } => {
-            let (x, w) = (ins[0], ins[1]);
-            let (i_dim, o_dim) = (w.shape[0], w.shape[1]);
-            let mut shape = x.shape.clone();
-            *shape.last_mut().ok_or("scalar input")? = o_dim;
-            let mut out = Tensor::zeros(&shape);
-            for (r, row) in x.data.chunks(i_dim).enumerate() {
-                for o in 0..o_dim {
-                    let mut acc = if *bias { ins[2].data[o] } else { 0.0 };
-                    for (i, &xv) in row.iter().enumerate() {
-                        acc += xv * w.data[i * o_dim + o];
-                    }
-                    out.data[r * o_dim + o] = acc;
-                }
-            }
-            out
-        }
+        Op::Linear(o) => o.reference(ins),
         Op::Elementwise(o) => o.reference(ins),
         Op::Norm(o) => o.reference(ins),
         Op::SinusoidalTable { dim } => {

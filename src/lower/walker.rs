@@ -103,7 +103,7 @@ impl Lowerer {
         if bias {
             ins.push(self.param(at, &format!("{name}.bias"), &[out], linear_init(inp)));
         }
-        self.op(at, Op::Linear { bias }, &ins)
+        self.op(at, Op::Linear(crate::ops::linear::Linear { bias }), &ins)
     }
 
     pub(super) fn vectors(&mut self, at: &At, x: NodeIndex, what: &str) -> Option<()> {

@@ -15,12 +15,16 @@ pub fn random(shape: &[usize], rng: &mut Rng) -> RefTensor {
     }
 }
 
-/// `t` as a runtime value on `device` (rank 1, 3 or 4).
+/// `t` as a runtime value on `device` (rank 1 to 4).
 pub fn value(t: &RefTensor, device: &Device) -> V {
     let data: Vec<f32> = t.data.iter().map(|&v| v as f32).collect();
     match t.shape.len() {
         1 => V::F1(Tensor::from_data(
             TensorData::new(data, [t.shape[0]]),
+            device,
+        )),
+        2 => V::F2(Tensor::from_data(
+            TensorData::new(data, [t.shape[0], t.shape[1]]),
             device,
         )),
         3 => V::F3(Tensor::from_data(

@@ -528,7 +528,7 @@ impl Runtime {
             Op::Input
             | Op::Param { .. }
             | Op::Embedding
-            | Op::Linear { .. }
+            | Op::Linear(_)
             | Op::Norm(_)
             | Op::Elementwise(_)
             | Op::Heads(_)
@@ -591,6 +591,7 @@ impl Runtime {
                 Op::Norm(o) => o.incremental(),
                 Op::Elementwise(o) => o.incremental(),
                 Op::Heads(o) => o.incremental(),
+                Op::Linear(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -627,7 +628,6 @@ impl Runtime {
                 | Op::Input
                 | Op::Param { .. }
                 | Op::Embedding
-                | Op::Linear { .. }
                 | Op::SinusoidalTable { .. }
                 | Op::AddPositions
                 | Op::RopeTable { .. }

@@ -208,7 +208,7 @@ fn seq_of(v: &V) -> usize {
 /// A linear map `x [b, s, i] · w [i, o] (+ bias [o])`: kiln's fused op in f32; in mixed
 /// precision one `[b·s, i] × [i, o]` product (gemm parallelizes a large matrix itself, and the
 /// weight gradient is one product instead of b products and a sum).
-fn linear(x: Tensor<3>, w: Tensor<2>, bias: Option<Tensor<1>>, ctx: &Ctx) -> Tensor<3> {
+pub(crate) fn linear(x: Tensor<3>, w: Tensor<2>, bias: Option<Tensor<1>>, ctx: &Ctx) -> Tensor<3> {
     if ctx.matmul_dtype.is_none() {
         return fused::linear(x, w, bias);
     }
@@ -231,12 +231,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let d = table.dims()[1];
             V::F3(table.select(0, ids.reshape([b * s])).reshape([b, s, d]))
         }
-        Op::Linear { bias } => V::F3(linear(
-            ins[0].f3(),
-            ins[1].f2(),
-            bias.then(|| ins[2].f1()),
-            ctx,
-        )),
+        Op::Linear(o) => o.forward(ins, ctx),
         Op::Elementwise(o) => o.forward(ins, ctx),
         Op::Norm(o) => o.forward(ins, ctx),
         // In incremental mode the table covers positions 0..offset + seq; its only reader,
