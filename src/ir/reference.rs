@@ -257,9 +257,9 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Linear(o) => o.reference(ins),
-        Op::Elementwise(o) => o.reference(ins),
-        Op::Norm(o) => o.reference(ins),
+        Op::Linear(o) => o.reference(ins)?,
+        Op::Elementwise(o) => o.reference(ins)?,
+        Op::Norm(o) => o.reference(ins)?,
         Op::SinusoidalTable { dim } => {
             let s = ins[0].shape[1];
             let d = *dim as usize;
@@ -292,7 +292,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Heads(o) => o.reference(ins),
+        Op::Heads(o) => o.reference(ins)?,
         Op::RopeTable {
             head_dim,
             base,

@@ -79,7 +79,7 @@ impl OpDef for Elementwise {
         true
     }
 
-    fn reference(&self, ins: &[&RefTensor]) -> RefTensor {
+    fn reference(&self, ins: &[&RefTensor]) -> Result<RefTensor, String> {
         let p = self.ports();
         let unary = |f: &dyn Fn(f64) -> f64| {
             let x = port(p, ins, "x");
@@ -96,14 +96,14 @@ impl OpDef for Elementwise {
                 data: a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(),
             }
         };
-        match self {
+        Ok(match self {
             Elementwise::Add => binary(&|x, y| x + y),
             Elementwise::Mul => binary(&|x, y| x * y),
             Elementwise::Scale(c) => unary(&|v| v * c.0),
             Elementwise::Act(a) => unary(&|v| activation(*a, v)),
             // The reference is deterministic: dropout's identity at inference.
             Elementwise::Dropout(_) => (*port(p, ins, "x")).clone(),
-        }
+        })
     }
 
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
@@ -198,7 +198,7 @@ mod tests {
         for op in ALL {
             for shape in [[1, 1, 1], [2, 5, 8], [3, 7, 33]] {
                 let ins = inputs(&op, &shape, &mut rng);
-                let want = op.reference(&ins.iter().collect::<Vec<_>>());
+                let want = op.reference(&ins.iter().collect::<Vec<_>>()).unwrap();
                 let got = run(&op, &ins, false, &device);
                 for (g, w) in got.iter().zip(&want.data) {
                     assert!(

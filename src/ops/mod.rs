@@ -40,8 +40,9 @@ pub trait OpDef {
     /// Whether it decodes one position at a time from its inputs at that position (with the
     /// state it keeps, if any).
     fn incremental(&self) -> bool;
-    /// The float64 reference: what the op computes, written from its definition.
-    fn reference(&self, ins: &[&RefTensor]) -> RefTensor;
+    /// The float64 reference: what the op computes, written from its definition; inputs it
+    /// cannot take (a token id outside the vocabulary) are an error.
+    fn reference(&self, ins: &[&RefTensor]) -> Result<RefTensor, String>;
     /// The Burn forward (training and inference).
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V;
 }
