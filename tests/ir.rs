@@ -54,7 +54,7 @@ fn tokens(rng: &mut Rng, batch: usize, seq: usize, vocab: u64) -> Vec<Vec<i64>> 
 fn vocab_of(g: &Graph) -> u64 {
     let emb =
         g.g.node_indices()
-            .find(|&n| g.g[n].op == Op::Embedding)
+            .find(|&n| matches!(g.g[n].op, Op::Embedding(_)))
             .expect("an embedding");
     match &g.g[g.inputs(emb)[1]].op {
         Op::Param { shape, .. } => shape[0],

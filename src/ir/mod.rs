@@ -343,6 +343,7 @@ impl Graph {
                 let ins = self.inputs(n);
                 match &self.g[n].op {
                     Op::Linear(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Embedding(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Attention { .. } => 4 * out * seq,
                     Op::Lstm { layers, .. } => (0..*layers as usize)
                         .map(|l| {
@@ -404,7 +405,6 @@ impl Graph {
                     }
                     | Op::Input
                     | Op::Param { .. }
-                    | Op::Embedding
                     | Op::SinusoidalTable { .. }
                     | Op::AddPositions
                     | Op::RopeTable { .. }

@@ -115,8 +115,8 @@ pub enum Op {
         /// Its initialisation.
         init: Init,
     },
-    /// `(ids [b, s], table [v, d]) → [b, s, d]`.
-    Embedding,
+    /// Token embedding (see [`crate::ops::embedding`]).
+    Embedding(crate::ops::embedding::Embedding),
     /// `x · weight (+ bias)` over the last axis (see [`crate::ops::linear`]).
     Linear(crate::ops::linear::Linear),
     /// LayerNorm, RMSNorm and L2 normalization over the last axis (see [`crate::ops::norm`]).
@@ -388,7 +388,7 @@ impl Op {
         match self {
             Op::Input => "input",
             Op::Param { .. } => "param",
-            Op::Embedding => "embedding",
+            Op::Embedding(o) => o.name(),
             Op::Linear(o) => o.name(),
             Op::Elementwise(o) => o.name(),
             Op::Norm(o) => o.name(),
@@ -442,6 +442,7 @@ impl Op {
             Op::Param { name, init, .. } => format!("{name} ({init})"),
             Op::Linear(o) => o.attrs(),
             Op::Elementwise(o) => o.attrs(),
+            Op::Embedding(o) => o.attrs(),
             Op::Norm(o) => o.attrs(),
             Op::SinusoidalTable { dim } => format!("dim={dim}"),
             Op::Heads(o) => o.attrs(),
@@ -524,7 +525,6 @@ impl Op {
             ),
             Op::CrossAttention { key_mask: false }
             | Op::Input
-            | Op::Embedding
             | Op::AddPositions
             | Op::ApplyRope
             | Op::CropSeq
@@ -585,6 +585,7 @@ impl Op {
             }
             Op::Norm(o) => o.mixing(),
             Op::Elementwise(o) => o.mixing(),
+            Op::Embedding(o) => o.mixing(),
             Op::Linear(o) => o.mixing(),
             Op::Heads(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
@@ -592,7 +593,6 @@ impl Op {
             // FFT work on frequencies, mixed already by the FFT).
             Op::Input
             | Op::Param { .. }
-            | Op::Embedding
             | Op::SinusoidalTable { .. }
             | Op::AddPositions
             | Op::RopeTable { .. }
@@ -625,8 +625,7 @@ impl Op {
             Op::RevinNorm | Op::ForecastHead { .. } => 3,
             Op::RevinDenorm => 4,
             Op::CrossAttention { key_mask } => 3 + usize::from(*key_mask),
-            Op::Embedding
-            | Op::AddPositions
+            Op::AddPositions
             | Op::ApplyRope
             | Op::CropSeq
             | Op::ComplexMul
@@ -636,6 +635,7 @@ impl Op {
             Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::Norm(o) => o.ports().len(),
             Op::Elementwise(o) => o.ports().len(),
+            Op::Embedding(o) => o.ports().len(),
             Op::Heads(o) => o.ports().len(),
             Op::Attention {
                 scale, key_mask, ..
@@ -692,17 +692,7 @@ impl Op {
                 shape: vec![Dim::Batch, Dim::Seq],
             }),
             Op::Param { shape, .. } => f32(shape.iter().map(|&d| Dim::Fixed(d)).collect()),
-            Op::Embedding => {
-                if ins[0].dtype != DType::I64 {
-                    return Err("an `embedding` reads token ids, but its input is already a sequence of vectors".into());
-                }
-                let d = ins[1]
-                    .shape
-                    .get(1)
-                    .copied()
-                    .ok_or("embedding table must be 2-D")?;
-                f32(vec![ins[0].shape[0], ins[0].shape[1], d])
-            }
+            Op::Embedding(o) => o.infer(ins),
             Op::Linear(o) => o.infer(ins),
             Op::Norm(o) => o.infer(ins),
             Op::Elementwise(o) => o.infer(ins),

@@ -244,19 +244,7 @@ pub fn eval_op(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
 
 fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
     Ok(match op {
-        Op::Embedding => {
-            let (ids, table) = (ins[0], ins[1]);
-            let (v, d) = (table.shape[0], table.shape[1]);
-            let mut out = Tensor::zeros(&[ids.shape[0], ids.shape[1], d]);
-            for (i, &id) in ids.data.iter().enumerate() {
-                let id = id as usize;
-                if id >= v {
-                    return Err(format!("token id {id} is outside the vocabulary of {v}"));
-                }
-                out.data[i * d..(i + 1) * d].copy_from_slice(&table.data[id * d..(id + 1) * d]);
-            }
-            out
-        }
+        Op::Embedding(o) => o.reference(ins)?,
         Op::Linear(o) => o.reference(ins)?,
         Op::Elementwise(o) => o.reference(ins)?,
         Op::Norm(o) => o.reference(ins)?,

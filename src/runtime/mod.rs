@@ -527,7 +527,7 @@ impl Runtime {
             // No limit: a RoPE or sinusoidal table is computed for any length.
             Op::Input
             | Op::Param { .. }
-            | Op::Embedding
+            | Op::Embedding(_)
             | Op::Linear(_)
             | Op::Norm(_)
             | Op::Elementwise(_)
@@ -592,6 +592,7 @@ impl Runtime {
                 Op::Elementwise(o) => o.incremental(),
                 Op::Heads(o) => o.incremental(),
                 Op::Linear(o) => o.incremental(),
+                Op::Embedding(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -627,7 +628,6 @@ impl Runtime {
                 | Op::Source { .. }
                 | Op::Input
                 | Op::Param { .. }
-                | Op::Embedding
                 | Op::SinusoidalTable { .. }
                 | Op::AddPositions
                 | Op::RopeTable { .. }

@@ -224,13 +224,7 @@ pub(crate) fn linear(x: Tensor<3>, w: Tensor<2>, bias: Option<Tensor<1>>, ctx: &
 /// Evaluate one op.
 pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
     match op {
-        Op::Embedding => {
-            let ids = ins[0].ids();
-            let table = ins[1].f2();
-            let [b, s] = ids.dims();
-            let d = table.dims()[1];
-            V::F3(table.select(0, ids.reshape([b * s])).reshape([b, s, d]))
-        }
+        Op::Embedding(o) => o.forward(ins, ctx),
         Op::Linear(o) => o.forward(ins, ctx),
         Op::Elementwise(o) => o.forward(ins, ctx),
         Op::Norm(o) => o.forward(ins, ctx),

@@ -31,7 +31,11 @@ impl Lowerer {
             &[self.opts.vocab, u64::from(*dim)],
             Init::Normal(Real(1.0)),
         );
-        let e = self.op(&at, Op::Embedding, &[x, table])?;
+        let e = self.op(
+            &at,
+            Op::Embedding(crate::ops::embedding::Embedding),
+            &[x, table],
+        )?;
         if *scale {
             self.op(
                 &at,
