@@ -204,3 +204,20 @@ pub fn main() -> i32 {
 pub(crate) fn color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
+
+/// Lock a run or sweep directory (creating it) for this command, whose command line names it
+/// in a second writer's error; a busy directory is an error naming its holder (exit 5).
+pub(crate) fn lock_dir(
+    dir: &std::path::Path,
+    mode: crate::os::lock::Mode,
+) -> Result<crate::os::lock::DirLock, i32> {
+    use crate::os::lock::{DirLock, LockError};
+    let what = std::env::args().collect::<Vec<_>>().join(" ");
+    DirLock::acquire(dir, mode, &what).map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            LockError::Busy { .. } => exit::BUSY,
+            LockError::Io { .. } => exit::UNUSABLE,
+        }
+    })
+}

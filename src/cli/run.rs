@@ -46,7 +46,6 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
         eprintln!("error: cannot install the Ctrl-C handler: {e}");
         return exit::INTERNAL;
     }
-    let what = std::env::args().collect::<Vec<_>>().join(" ");
     let (dir, recipe_path) = match (resume, recipe) {
         (Some(dir), _) => {
             if !holds_run(dir) {
@@ -76,7 +75,7 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
     }
     // One writer per run directory, held until this process ends.
     let (dir, _lock) = if resume.is_some() {
-        let lock = match lock_dir(&dir, &what) {
+        let lock = match super::lock_dir(&dir, crate::os::lock::Mode::Exclusive) {
             Ok(l) => l,
             Err(code) => return code,
         };
@@ -98,7 +97,7 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
                 .map_or(0, |d| d.as_secs());
             PathBuf::from("runs").join(format!("{name}-{secs}"))
         });
-        let lock = match lock_dir(&dir, &what) {
+        let lock = match super::lock_dir(&dir, crate::os::lock::Mode::Exclusive) {
             Ok(l) => l,
             Err(code) => return code,
         };
@@ -150,19 +149,6 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
             e.exit_code()
         }
     }
-}
-
-/// Take the run directory's lock (creating the directory); a busy directory is an error
-/// naming its holder.
-fn lock_dir(dir: &Path, what: &str) -> Result<crate::os::lock::DirLock, i32> {
-    use crate::os::lock::{DirLock, LockError, Mode};
-    DirLock::acquire(dir, Mode::Exclusive, what).map_err(|e| {
-        eprintln!("error: {e}");
-        match e {
-            LockError::Busy { .. } => exit::BUSY,
-            LockError::Io { .. } => exit::UNUSABLE,
-        }
-    })
 }
 
 /// A finished run's summary.json, when it holds one that reads.

@@ -1,7 +1,7 @@
 //! `kiln sweep`, `kiln sweep plan`, `kiln sweep report`.
 
 use super::{exit, ReportFormat};
-use crate::os::lock::{DirLock, LockError, Mode};
+use crate::os::lock::Mode;
 use crate::sweep::{self, Plan, Scope, Trial};
 use std::path::{Path, PathBuf};
 
@@ -82,18 +82,6 @@ fn checked_trials(
     Ok((name, trials))
 }
 
-/// Take the sweep directory's lock; a busy directory is an error naming its holder.
-fn lock(dir: &Path, mode: Mode) -> Result<DirLock, i32> {
-    let what = std::env::args().collect::<Vec<_>>().join(" ");
-    DirLock::acquire(dir, mode, &what).map_err(|e| {
-        eprintln!("error: {e}");
-        match e {
-            LockError::Busy { .. } => exit::BUSY,
-            LockError::Io { .. } => exit::UNUSABLE,
-        }
-    })
-}
-
 /// The kiln executable, to run trials with.
 fn kiln_exe() -> Result<PathBuf, i32> {
     std::env::current_exe().map_err(|e| {
@@ -121,7 +109,7 @@ fn run_trials(
         Ok(e) => e,
         Err(c) => return c,
     };
-    let _lock = match lock(dir, mode) {
+    let _lock = match super::lock_dir(dir, mode) {
         Ok(l) => l,
         Err(c) => return c,
     };
@@ -230,7 +218,7 @@ pub fn report_cmd(
             eprintln!("error: `{}` has no plan.json: without a current plan there is nothing to tell old results by; run the sweep once with the current recipe", dir.display());
             return exit::UNUSABLE;
         };
-        let _lock = match lock(dir, Mode::Exclusive) {
+        let _lock = match super::lock_dir(dir, Mode::Exclusive) {
             Ok(l) => l,
             Err(c) => return c,
         };
