@@ -146,7 +146,7 @@ impl Graph {
         inputs: &[NodeIndex],
         layer: &str,
         span: Option<Span>,
-    ) -> Result<NodeIndex, String> {
+    ) -> Result<NodeIndex, crate::ops::InferError> {
         let tys: Vec<TensorType> = inputs.iter().map(|&i| self.g[i].ty.clone()).collect();
         let ty = op.infer(&tys)?;
         let n = self.g.add_node(Node {

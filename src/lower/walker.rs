@@ -61,11 +61,7 @@ impl Lowerer {
         match self.g.add(op, inputs, &at.path, at.span) {
             Ok(n) => Some(n),
             Err(e) => {
-                let help = if e.contains("token ids") {
-                    "start the model with `{type: embedding, dim: ...}`"
-                } else {
-                    "check the widths and head counts of this layer against the layer before it"
-                };
+                let help = e.help();
                 self.error(
                     Code::Shape,
                     at.span,

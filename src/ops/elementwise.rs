@@ -1,7 +1,7 @@
 //! Elementwise ops: sums and products of two values, a constant factor, activations and
 //! dropout.
 
-use super::{float_input, port, OpDef, RefTensor};
+use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
 use crate::ir::op::Act;
 use crate::ir::{DType, Mixing, Real, TensorType};
 use crate::runtime::ops::Ctx;
@@ -57,12 +57,15 @@ impl OpDef for Elementwise {
         Mixing::Pointwise
     }
 
-    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, String> {
+    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let x = float_input(&ins[0])?;
         if let [_, b] = ins {
             float_input(b)?;
             if x.shape != b.shape {
-                return Err(format!("cannot combine shapes {} and {}", ins[0], ins[1]));
+                return Err(shapes(format!(
+                    "cannot combine shapes {} and {}",
+                    ins[0], ins[1]
+                )));
             }
         }
         Ok(TensorType {
@@ -73,6 +76,10 @@ impl OpDef for Elementwise {
 
     fn matmul_flops(&self, _: &[&TensorType], _: u64, _: u64) -> u64 {
         0
+    }
+
+    fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
+        None
     }
 
     fn incremental(&self) -> bool {
@@ -119,6 +126,10 @@ impl OpDef for Elementwise {
             Elementwise::Act(a) => V::F3(act(*a, ins[0].f3())),
             Elementwise::Dropout(p) => V::F3(dropout(ins[0].f3(), p.0, ctx)),
         }
+    }
+
+    fn decode(&self, ins: &[&V], ctx: &Ctx, _: &mut Option<Box<dyn OpState>>) -> V {
+        self.forward(ins, ctx)
     }
 }
 
@@ -180,11 +191,18 @@ mod tests {
             assert_eq!(op.infer(&ins).unwrap(), x, "{op:?}");
             let mut ids = ins.clone();
             ids[0].dtype = DType::I64;
-            assert!(op.infer(&ids).unwrap_err().contains("embedding"), "{op:?}");
+            assert!(
+                op.infer(&ids).unwrap_err() == InferError::TokenIds,
+                "{op:?}"
+            );
             if ins.len() == 2 {
                 let mut bad = ins.clone();
                 bad[1].shape[2] = Dim::Fixed(7);
-                assert!(op.infer(&bad).unwrap_err().contains("cannot combine"));
+                assert!(op
+                    .infer(&bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("cannot combine"));
             }
             assert_eq!(op.mixing(), Mixing::Pointwise);
             assert_eq!(op.is_pure(), !matches!(op, Elementwise::Dropout(_)));

@@ -1,6 +1,6 @@
 //! Token embedding: each id's row of a table.
 
-use super::{port, OpDef, RefTensor};
+use super::{port, shapes, InferError, OpDef, OpState, RefTensor};
 use crate::ir::{DType, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
@@ -30,20 +30,19 @@ impl OpDef for Embedding {
         Mixing::Pointwise
     }
 
-    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, String> {
+    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let p = self.ports();
         let ids = port(p, ins, "ids");
         if ids.dtype != DType::I64 {
-            return Err(
-                "an `embedding` reads token ids, but its input is already a sequence of vectors"
-                    .into(),
-            );
+            return Err(shapes(
+                "an `embedding` reads token ids, but its input is already a sequence of vectors",
+            ));
         }
         let d = port(p, ins, "table")
             .shape
             .get(1)
             .copied()
-            .ok_or("embedding table must be 2-D")?;
+            .ok_or(shapes("embedding table must be 2-D"))?;
         Ok(TensorType {
             dtype: DType::F32,
             shape: vec![ids.shape[0], ids.shape[1], d],
@@ -52,6 +51,10 @@ impl OpDef for Embedding {
 
     fn matmul_flops(&self, _: &[&TensorType], _: u64, _: u64) -> u64 {
         0
+    }
+
+    fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
+        None
     }
 
     fn incremental(&self) -> bool {
@@ -81,6 +84,10 @@ impl OpDef for Embedding {
         let d = table.dims()[1];
         V::F3(table.select(0, ids.reshape([b * s])).reshape([b, s, d]))
     }
+
+    fn decode(&self, ins: &[&V], ctx: &Ctx, _: &mut Option<Box<dyn OpState>>) -> V {
+        self.forward(ins, ctx)
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +97,23 @@ mod tests {
     use crate::ir::Dim;
     use crate::runtime::{tokens_tensor, DeviceKind};
     use crate::util::Rng;
+
+    #[test]
+    fn every_check_passes() {
+        use super::super::testing::{Arg, Case};
+        let mut rng = Rng::new(8);
+        let case = Case {
+            op: &Embedding,
+            args: vec![Arg::ids(3, 5, 7, &mut rng), Arg::fixed(&[7, 4], &mut rng)],
+            out_seq: Some(1),
+            tol: 1e-6,
+        };
+        case.infers_the_forward_shape();
+        case.matches_the_reference();
+        case.gradients_reach_every_input(&[]);
+        case.later_positions_change_no_earlier_output();
+        case.decodes_like_the_whole_sequence(2);
+    }
 
     #[test]
     fn rows_of_the_table_by_id_and_ids_outside_the_vocabulary_refused() {

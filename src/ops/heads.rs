@@ -1,6 +1,6 @@
 //! Splitting a sequence of vectors into attention heads and merging them back.
 
-use super::{float_input, port, OpDef, RefTensor};
+use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
 use crate::ir::{DType, Dim, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
@@ -44,23 +44,27 @@ impl OpDef for Heads {
         Mixing::Pointwise
     }
 
-    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, String> {
+    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let x = float_input(port(self.ports(), ins, "x"))?;
         let shape = match (self, x.shape.as_slice()) {
             (Heads::Split { heads }, [b, s, Dim::Fixed(w)]) if w % heads == 0 => {
                 vec![*b, Dim::Fixed(*heads), *s, Dim::Fixed(w / heads)]
             }
             (Heads::Split { heads }, [_, _, w]) => {
-                return Err(format!("width {w} is not divisible by {heads} heads"))
+                return Err(shapes(format!(
+                    "width {w} is not divisible by {heads} heads"
+                )))
             }
             (Heads::Split { .. }, _) => {
-                return Err(format!("expects [batch, seq, width], got {x}"))
+                return Err(shapes(format!("expects [batch, seq, width], got {x}")))
             }
             (Heads::Merge, [b, Dim::Fixed(h), s, Dim::Fixed(d)]) => {
                 vec![*b, *s, Dim::Fixed(h * d)]
             }
             (Heads::Merge, _) => {
-                return Err(format!("expects [batch, heads, seq, head_dim], got {x}"))
+                return Err(shapes(format!(
+                    "expects [batch, heads, seq, head_dim], got {x}"
+                )))
             }
         };
         Ok(TensorType {
@@ -71,6 +75,10 @@ impl OpDef for Heads {
 
     fn matmul_flops(&self, _: &[&TensorType], _: u64, _: u64) -> u64 {
         0
+    }
+
+    fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
+        None
     }
 
     fn incremental(&self) -> bool {
@@ -130,6 +138,10 @@ impl OpDef for Heads {
             }
         }
     }
+
+    fn decode(&self, ins: &[&V], ctx: &Ctx, _: &mut Option<Box<dyn OpState>>) -> V {
+        self.forward(ins, ctx)
+    }
 }
 
 #[cfg(test)]
@@ -153,7 +165,7 @@ mod tests {
         );
         assert_eq!(Heads::Merge.infer(&[y]).unwrap(), x);
         let e = Heads::Split { heads: 5 }.infer(&[x]).unwrap_err();
-        assert!(e.contains("not divisible by 5 heads"), "{e}");
+        assert!(e.to_string().contains("not divisible by 5 heads"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The position-wise linear map `x · weight (+ bias)` over the last axis.
 
-use super::{float_input, port, OpDef, RefTensor};
+use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
 use crate::ir::{DType, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
@@ -37,19 +37,21 @@ impl OpDef for Linear {
         Mixing::Pointwise
     }
 
-    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, String> {
+    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let p = self.ports();
         let x = float_input(port(p, ins, "x"))?;
         let (wi, wo) = match port(p, ins, "weight").shape.as_slice() {
             [a, b] => (*a, *b),
-            _ => return Err("linear weight must be 2-D".into()),
+            _ => return Err(shapes("linear weight must be 2-D")),
         };
         if x.shape.last() != Some(&wi) {
             let w = x.shape.last().map_or("?".to_string(), ToString::to_string);
-            return Err(format!("input width {w} does not match the weight's {wi}"));
+            return Err(shapes(format!(
+                "input width {w} does not match the weight's {wi}"
+            )));
         }
         if self.bias && port(p, ins, "bias").shape != vec![wo] {
-            return Err("bias shape does not match the output width".into());
+            return Err(shapes("bias shape does not match the output width"));
         }
         let mut shape = x.shape.clone();
         *shape.last_mut().expect("rank ≥ 1") = wo;
@@ -66,6 +68,10 @@ impl OpDef for Linear {
         // One multiply-add per row of x, input feature and output feature.
         let (i, o) = (w.len(0, seq), w.len(1, seq));
         2 * (x.numel(batch, seq) / i.max(1)) * i * o
+    }
+
+    fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
+        None
     }
 
     fn incremental(&self) -> bool {
@@ -104,6 +110,10 @@ impl OpDef for Linear {
             ctx,
         ))
     }
+
+    fn decode(&self, ins: &[&V], ctx: &Ctx, _: &mut Option<Box<dyn OpState>>) -> V {
+        self.forward(ins, ctx)
+    }
 }
 
 #[cfg(test)]
@@ -133,11 +143,41 @@ mod tests {
         let e = op
             .infer(&[x.clone(), w.clone(), ty(vec![Dim::Fixed(5)])])
             .unwrap_err();
-        assert!(e.contains("bias"), "{e}");
+        assert!(e.to_string().contains("bias"), "{e}");
         let e = Linear { bias: false }
             .infer(&[ty(vec![Dim::Batch, Dim::Seq, Dim::Fixed(7)]), w])
             .unwrap_err();
-        assert_eq!(e, "input width 7 does not match the weight's 6");
+        assert_eq!(
+            e,
+            InferError::Shapes("input width 7 does not match the weight's 6".into())
+        );
+    }
+
+    #[test]
+    fn every_check_passes_with_and_without_bias() {
+        use super::super::testing::{Arg, Case};
+        let mut rng = Rng::new(5);
+        for bias in [true, false] {
+            let op = Linear { bias };
+            let mut args = vec![
+                Arg::seq(&[2, 6, 5], 1, &mut rng),
+                Arg::fixed(&[5, 3], &mut rng),
+            ];
+            if bias {
+                args.push(Arg::fixed(&[3], &mut rng));
+            }
+            let case = Case {
+                op: &op,
+                args,
+                out_seq: Some(1),
+                tol: 1e-4,
+            };
+            case.infers_the_forward_shape();
+            case.matches_the_reference();
+            case.gradients_reach_every_input(&[]);
+            case.later_positions_change_no_earlier_output();
+            case.decodes_like_the_whole_sequence(3);
+        }
     }
 
     #[test]

@@ -19,6 +19,68 @@ use crate::ir::reference::Tensor as RefTensor;
 use crate::ir::{DType, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
+use burn::prelude::*;
+use std::any::Any;
+
+/// Why an op's inputs do not fit it (from [`OpDef::infer`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferError {
+    /// A float input got token ids: the model lacks an embedding.
+    #[error("expects a sequence of vectors, but gets token ids: put an `embedding` layer first")]
+    TokenIds,
+    /// Input shapes that do not fit the op or each other.
+    #[error("{0}")]
+    Shapes(String),
+    /// An attribute the op cannot work with (a hop longer than its frame, k above H).
+    #[error("{0}")]
+    Attribute(String),
+}
+
+impl InferError {
+    /// The advice a diagnostic gives with it.
+    pub fn help(&self) -> &'static str {
+        match self {
+            InferError::TokenIds => "start the model with `{type: embedding, dim: ...}`",
+            InferError::Shapes(_) => {
+                "check the widths and head counts of this layer against the layer before it"
+            }
+            InferError::Attribute(_) => "check this layer's settings",
+        }
+    }
+}
+
+impl From<InferError> for String {
+    fn from(e: InferError) -> String {
+        e.to_string()
+    }
+}
+
+/// Shorthand for an [`InferError::Shapes`].
+pub fn shapes(msg: impl Into<String>) -> InferError {
+    InferError::Shapes(msg.into())
+}
+
+/// What an op keeps between the calls of an incremental decoding (keys and values, a
+/// recurrence's state, its latest inputs): each op's own type, held by
+/// [`crate::runtime::KvCache`] per node.
+pub trait OpState: Any {
+    /// Keep batch rows `rows`, in that order (beam search continues the surviving
+    /// hypotheses).
+    fn select_rows(&mut self, rows: &Tensor<1, Int>);
+    /// The device its tensors live on.
+    fn device(&self) -> Device;
+    /// The shape `[batch, heads, positions, width]` of the keys it holds, if it holds keys.
+    fn key_shape(&self) -> Option<[usize; 4]>;
+}
+
+/// The state an op left at its last decoding call, as its own type `T`.
+pub fn take_state<T: OpState>(state: &mut Option<Box<dyn OpState>>) -> Option<T> {
+    let b: Box<dyn Any> = state.take()?;
+    Some(
+        *b.downcast::<T>()
+            .unwrap_or_else(|_| panic!("kiln bug: a decoding state of another op")),
+    )
+}
 
 /// Everything kiln needs to know about an op, in one place.
 pub trait OpDef {
@@ -34,10 +96,13 @@ pub trait OpDef {
     /// How output position t depends on input positions.
     fn mixing(&self) -> Mixing;
     /// The output type from the input types, or why they do not fit.
-    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, String>;
+    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError>;
     /// Multiply-add FLOPs of its matrix products for `batch` sequences of `seq` tokens (0 for
     /// ops that have none).
     fn matmul_flops(&self, ins: &[&TensorType], batch: u64, seq: u64) -> u64;
+    /// The longest sequence it can take (a learned position table's rows, a position-wise
+    /// map's `max_len`), from its input types; `None` when any length fits.
+    fn position_limit(&self, ins: &[&TensorType]) -> Option<usize>;
     /// Whether it decodes one position at a time from its inputs at that position (with the
     /// state it keeps, if any).
     fn incremental(&self) -> bool;
@@ -46,6 +111,11 @@ pub trait OpDef {
     fn reference(&self, ins: &[&RefTensor]) -> Result<RefTensor, String>;
     /// The Burn forward (training and inference).
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V;
+    /// One call of an incremental decoding (only for ops whose [`OpDef::incremental`] is
+    /// true): the outputs at positions `ctx.offset..ctx.offset + ctx.seq` from the inputs at
+    /// those positions and the op's own `state` from the earlier calls, which it updates.
+    /// Ops that keep no state return their [`OpDef::forward`].
+    fn decode(&self, ins: &[&V], ctx: &Ctx, state: &mut Option<Box<dyn OpState>>) -> V;
 }
 
 /// The input at port `name` of an op with ports `ports`.
@@ -58,12 +128,9 @@ pub fn port<'a, T>(ports: &[&str], ins: &'a [T], name: &str) -> &'a T {
 }
 
 /// `t` when it holds floats; token ids get the message that tells the user what to add.
-pub fn float_input(t: &TensorType) -> Result<&TensorType, String> {
+pub fn float_input(t: &TensorType) -> Result<&TensorType, InferError> {
     if t.dtype != DType::F32 {
-        return Err(
-            "expects a sequence of vectors, but gets token ids: put an `embedding` layer first"
-                .into(),
-        );
+        return Err(InferError::TokenIds);
     }
     Ok(t)
 }

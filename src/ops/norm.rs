@@ -1,7 +1,7 @@
 //! Normalizations over the last axis: LayerNorm, RMSNorm, and the L2 normalization of
 //! QK-norm.
 
-use super::{float_input, port, OpDef, RefTensor};
+use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
 use crate::ir::{DType, Mixing, Real, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::{fused, V};
@@ -55,11 +55,11 @@ impl OpDef for Norm {
         Mixing::Pointwise
     }
 
-    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, String> {
+    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let x = float_input(port(self.ports(), ins, "x"))?;
         for g in &ins[1..] {
             if g.shape.len() != 1 || Some(&g.shape[0]) != x.shape.last() {
-                return Err("norm parameters do not match the input width".into());
+                return Err(shapes("norm parameters do not match the input width"));
             }
         }
         Ok(TensorType {
@@ -70,6 +70,10 @@ impl OpDef for Norm {
 
     fn matmul_flops(&self, _: &[&TensorType], _: u64, _: u64) -> u64 {
         0
+    }
+
+    fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
+        None
     }
 
     fn incremental(&self) -> bool {
@@ -131,6 +135,10 @@ impl OpDef for Norm {
             }
         }
     }
+
+    fn decode(&self, ins: &[&V], ctx: &Ctx, _: &mut Option<Box<dyn OpState>>) -> V {
+        self.forward(ins, ctx)
+    }
 }
 
 #[cfg(test)]
@@ -188,12 +196,18 @@ mod tests {
             };
             let mut bad = ins.clone();
             bad[0] = ids;
-            assert!(op.infer(&bad).unwrap_err().contains("embedding"), "{op:?}");
+            assert!(
+                op.infer(&bad).unwrap_err() == InferError::TokenIds,
+                "{op:?}"
+            );
             if ins.len() > 1 {
                 let mut bad = ins.clone();
                 bad[1] = ty(&[Dim::Fixed(7)]);
                 assert!(
-                    op.infer(&bad).unwrap_err().contains("do not match"),
+                    op.infer(&bad)
+                        .unwrap_err()
+                        .to_string()
+                        .contains("do not match"),
                     "{op:?}"
                 );
             }

@@ -49,6 +49,8 @@ pub struct KvCache {
     /// An encoder-decoder's values that depend only on the source (the encoder's output and
     /// the cross-attention keys and values), computed on the first call.
     source: HashMap<NodeIndex, V>,
+    /// Each op's own decoding state (see [`crate::ops::OpState`]).
+    states: HashMap<NodeIndex, Box<dyn crate::ops::OpState>>,
 }
 
 impl KvCache {
@@ -77,6 +79,7 @@ impl KvCache {
                     .values()
                     .flat_map(|st| st.iter().map(Tensor::device)),
             )
+            .chain(self.states.values().map(|s| s.device()))
             .next()
         else {
             return;
@@ -88,6 +91,9 @@ impl KvCache {
             ),
             &dev,
         );
+        for st in self.states.values_mut() {
+            st.select_rows(&idx);
+        }
         for (k, v) in self.kv.values_mut() {
             *k = k.clone().select(0, idx.clone());
             *v = v.clone().select(0, idx.clone());
@@ -135,6 +141,7 @@ impl KvCache {
             .values()
             .map(|(k, _)| k.dims())
             .chain(self.phase.values().map(|pk| pk.k.dims()))
+            .chain(self.states.values().filter_map(|s| s.key_shape()))
             .collect();
         v.sort_unstable();
         v
@@ -480,95 +487,20 @@ impl Runtime {
     /// The longest input the model can read, where a layer limits it (`position_linear`,
     /// learned positions, padded spectral filters); `None` when no layer does.
     pub fn max_positions(&self) -> Option<usize> {
-        let g = &self.graph.g;
-        // Memory tokens in scope at a node take positions from the input.
-        let memory = |n: NodeIndex| match g[n].ty.shape.get(1) {
-            Some(crate::ir::Dim::SeqPlus(m)) => *m as usize,
-            _ => 0,
-        };
-        g.node_indices()
+        let g = &self.graph;
+        g.g.node_indices()
             .filter_map(|n| {
-                let limit = self.position_limit(n)?;
-                let src = match &g[n].op {
-                    Op::PadSeq { .. } => g
-                        .neighbors_directed(n, petgraph::Direction::Incoming)
-                        .next()?,
-                    _ => n,
+                let ins: Vec<&crate::ir::TensorType> =
+                    g.inputs(n).into_iter().map(|i| &g.g[i].ty).collect();
+                let limit = g.g[n].op.position_limit(&ins)?;
+                // Memory tokens in scope take positions from the input.
+                let memory = match ins.first().and_then(|t| t.shape.get(1)) {
+                    Some(crate::ir::Dim::SeqPlus(m)) => *m as usize,
+                    _ => 0,
                 };
-                Some(limit.saturating_sub(memory(src)))
+                Some(limit.saturating_sub(memory))
             })
             .min()
-    }
-
-    /// The positions node `n` can hold, where it limits them.
-    fn position_limit(&self, n: NodeIndex) -> Option<usize> {
-        let g = &self.graph.g;
-        match &g[n].op {
-            Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
-            Op::PadSeq { len } => {
-                // Padding a kernel parameter does not limit the input.
-                let src = g
-                    .neighbors_directed(n, petgraph::Direction::Incoming)
-                    .next()?;
-                (!matches!(g[src].op, Op::Param { .. } | Op::FreqMask { .. }))
-                    .then_some(*len as usize)
-            }
-            Op::SpectralFilter { n, causal, .. } => Some(if *causal {
-                *n as usize / 2
-            } else {
-                *n as usize
-            }),
-            Op::AddPositions => g
-                .neighbors_directed(n, petgraph::Direction::Incoming)
-                .find_map(|p| match &g[p].op {
-                    Op::Param { shape, .. } => Some(shape[0] as usize),
-                    _ => None,
-                }),
-            // No limit: a RoPE or sinusoidal table is computed for any length.
-            Op::Input
-            | Op::Param { .. }
-            | Op::Embedding(_)
-            | Op::Linear(_)
-            | Op::Norm(_)
-            | Op::Elementwise(_)
-            | Op::Heads(_)
-            | Op::SinusoidalTable { .. }
-            | Op::RopeTable { .. }
-            | Op::ApplyRope
-            | Op::RepeatKv { .. }
-            | Op::Attention { .. }
-            | Op::Lstm { .. }
-            | Op::Mamba { .. }
-            | Op::Ets { .. }
-            | Op::Mlstm { .. }
-            | Op::Slstm { .. }
-            | Op::Series { .. }
-            | Op::RevinNorm
-            | Op::RevinDenorm
-            | Op::Patch { .. }
-            | Op::ComplexFeatures
-            | Op::WindowedGate { .. }
-            | Op::Wave { .. }
-            | Op::HarmonicSelect { .. }
-            | Op::PhaseAttention { .. }
-            | Op::SliceFeatures { .. }
-            | Op::ConcatFeatures { .. }
-            | Op::BandAttention { .. }
-            | Op::ForecastHead { .. }
-            | Op::Source { .. }
-            | Op::CrossAttention { .. }
-            | Op::PadBias { .. }
-            | Op::PrependMemory
-            | Op::DropMemory { .. }
-            | Op::CropSeq
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
-            | Op::ComplexMul
-            | Op::FreqMask { .. }
-            | Op::MeanProbs { .. }
-            | Op::MeanForecasts { .. }
-            | Op::Output => None,
-        }
     }
 
     /// Whether some attention layer is declared `hard`.
@@ -805,6 +737,15 @@ impl Runtime {
                             let (out, state) = ops::lstm(op, &ins, ctx, c.lstm.remove(&n));
                             c.lstm.insert(n, state);
                             V::F3(out)
+                        }
+                        (Some(c), op) if op.def().is_some_and(OpDef::incremental) => {
+                            let def = op.def().expect("checked");
+                            let mut state = c.states.remove(&n);
+                            let v = def.decode(&ins, ctx, &mut state);
+                            if let Some(state) = state {
+                                c.states.insert(n, state);
+                            }
+                            v
                         }
                         _ => match &self.op_times {
                             None => ops::eval(op, &ins, ctx),
