@@ -7,20 +7,7 @@
 use burn::prelude::*;
 use kiln::runtime::fused::{self, Kernel, Visible};
 
-/// Deterministic values in about [-scale, scale].
-fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+use kiln_kernels::test_values as data;
 
 fn t<const D: usize>(shape: [usize; D], seed: u64, scale: f32, device: &Device) -> Tensor<D> {
     let n = shape.iter().product();

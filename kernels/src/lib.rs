@@ -78,24 +78,27 @@ pub use silu::{silu, silu_backward};
 pub use slstm::{slstm, slstm_backward, SlstmShape};
 pub use softmax::{softmax_rows, softmax_rows_backward, Visible};
 
+/// Deterministic values in about [−scale, scale] (a linear congruential generator): the
+/// inputs of the kernels' tests and of kiln's tests of the fused ops.
+pub fn test_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
 /// What the kernels' unit tests share: deterministic inputs and a finite-difference check of
 /// the backward passes against the forward ones.
 #[cfg(test)]
 mod testing {
-    /// Deterministic values in about [−scale, scale].
-    pub(crate) fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    pub(crate) use crate::test_values as data;
 
     /// `Σ w·y` in f64: the loss whose gradient with respect to y is `w`.
     pub(crate) fn weighted(y: &[f32], w: &[f32]) -> f64 {

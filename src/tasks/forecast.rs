@@ -141,9 +141,7 @@ impl Parts {
         val_fraction: f64,
         test_fraction: f64,
     ) -> Result<Self, ForecastError> {
-        let test = (n as f64 * test_fraction).round() as usize;
-        let val = (n as f64 * val_fraction).round() as usize;
-        let train = n.saturating_sub(test + val);
+        let (train, val, test) = super::split_lengths(n, val_fraction, test_fraction);
         if train < lookback + horizon {
             return Err(ForecastError::TooShort(format!(
                 "the training part has {train} steps of {n}, fewer than lookback + horizon = {}: lower `lookback`, `horizon` or the validation/test fractions",

@@ -140,9 +140,7 @@ impl Splits {
         test_fraction: f64,
         window: usize,
     ) -> Result<Self, DataError> {
-        let n_test = (n as f64 * test_fraction).floor() as usize;
-        let n_val = (n as f64 * val_fraction).floor() as usize;
-        let n_train = n.saturating_sub(n_test + n_val);
+        let (n_train, n_val, _) = crate::tasks::split_lengths(n, val_fraction, test_fraction);
         let s = Splits {
             train: 0..n_train,
             val: n_train..n_train + n_val,
