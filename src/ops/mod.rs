@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod heads;
 pub mod linear;
 pub mod norm;
+pub mod retention;
 #[cfg(test)]
 mod testing;
 
