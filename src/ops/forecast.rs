@@ -495,7 +495,7 @@ mod tests {
             InferError::TokenIds
         );
         for x in [f(&[bb, fx(3), fx(3)]), f(&[bb, Dim::Seq, fx(3)])] {
-            let e = patch.infer(&[x.clone()]).unwrap_err();
+            let e = patch.infer(std::slice::from_ref(&x)).unwrap_err();
             assert_eq!(
                 e,
                 shapes(format!(
