@@ -813,9 +813,10 @@ fn hard_attention_evaluated_softly_matches_the_soft_reference() {
 #[test]
 fn the_mean_of_forecasts_matches_the_reference() {
     use kiln::ir::Op;
+    use kiln::ops::ensemble::Ensemble;
     use kiln::runtime::{ops, V};
     let device = DeviceKind::Cpu.device(false);
-    let op = Op::MeanForecasts { members: 3 };
+    let op = Op::Ensemble(Ensemble::MeanForecasts { members: 3 });
     let members: Vec<_> = (0..3)
         .map(|i| pair([2, 5, 3], 20 + i, 1.0, &device))
         .collect();

@@ -12,6 +12,7 @@ pub use op::{
 };
 
 use crate::diag::Span;
+use crate::ops::ensemble::Ensemble;
 use crate::ops::OpDef;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
@@ -298,11 +299,11 @@ impl Graph {
             }
         }
         let members_n = outs.len() as u64;
-        let op = if series.is_some() {
-            Op::MeanForecasts { members: members_n }
+        let op = Op::Ensemble(if series.is_some() {
+            Ensemble::MeanForecasts { members: members_n }
         } else {
-            Op::MeanProbs { members: members_n }
-        };
+            Ensemble::MeanProbs { members: members_n }
+        });
         let mean = g.add(op, &outs, "ensemble", None)?;
         g.add(Op::Output, &[mean], "output", None)?;
         Ok(g)
@@ -380,6 +381,8 @@ impl Graph {
                     Op::Norm(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Elementwise(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Heads(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Forecast(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Ensemble(o) => o.matmul_flops(&types(&ins), batch, seq),
                     // Its value and output projections (the smoothing is an FFT convolution).
                     Op::Ets { .. } => [1, 5]
                         .iter()
@@ -393,7 +396,6 @@ impl Graph {
                     Op::CrossAttention { .. } => 4 * out * self.g[ins[1]].ty.len(2, seq),
                     // Every band's query against every band's key, and the values.
                     Op::BandAttention { bands } => 4 * out * bands,
-                    Op::ForecastHead { .. } => 2 * out * shape(ins[1])[0],
                     Op::SpectralFilter {
                         n: len,
                         algo: SpectralAlgo::Dense,
@@ -419,9 +421,6 @@ impl Graph {
                     | Op::PrependMemory
                     | Op::Source { .. }
                     | Op::Series { .. }
-                    | Op::RevinNorm
-                    | Op::RevinDenorm
-                    | Op::Patch { .. }
                     | Op::ComplexFeatures
                     | Op::WindowedGate { .. }
                     | Op::Wave { .. }
@@ -430,8 +429,6 @@ impl Graph {
                     | Op::ConcatFeatures { .. }
                     | Op::PadBias { .. }
                     | Op::DropMemory { .. }
-                    | Op::MeanProbs { .. }
-                    | Op::MeanForecasts { .. }
                     | Op::Output => 0,
                 }
             })

@@ -224,22 +224,9 @@ pub enum Op {
         /// Channels C.
         channels: u64,
     },
-    /// RevIN normalization `(x [b, L, C], gamma [C], beta [C]) → [b, L, C]`: each series
-    /// (per example and channel) minus its mean over L, divided by its standard deviation
-    /// (√(var + 1e-5)), then · gamma + beta.
-    RevinNorm,
-    /// RevIN's inverse `(y [b, H, C], x [b, L, C], gamma [C], beta [C]) → [b, H, C]`:
-    /// (y − beta) / gamma · std + mean, with x's statistics.
-    RevinDenorm,
-    /// Channel-independent patching `[b, L, C] → [b·C, N, len]`: each channel's series,
-    /// padded with `stride` copies of its last value, cut into N = ⌊(L − len)/stride⌋ + 2
-    /// patches of `len` steps, `stride` apart.
-    Patch {
-        /// Patch length P.
-        len: u64,
-        /// Stride S.
-        stride: u64,
-    },
+    /// RevIN normalization and its inverse, channel-independent patching and the flatten
+    /// head of a forecaster (see [`crate::ops::forecast`]).
+    Forecast(crate::ops::forecast::Forecast),
     /// Complex values to features `[.., f, d, 2] → [.., f, 2d]`: real parts, then imaginary.
     ComplexFeatures,
     /// Windowed spectral gate `(x [b, s, d], mix [3], gate [w/2+1, d, 2]) → [b, s, d]` (see
@@ -295,11 +282,6 @@ pub enum Op {
     BandAttention {
         /// Bands n.
         bands: u64,
-    },
-    /// Flatten head `(x [b·C, N, D], weight [N·D, H], bias [H]) → [b, H, C]`.
-    ForecastHead {
-        /// Channels C.
-        channels: u64,
     },
     /// An encoder-decoder model's source: the first `len` token ids of each row, `[b, len]`
     /// (the decoder's [`Op::Input`] is the rest of the row).
@@ -366,18 +348,9 @@ pub enum Op {
         /// The parameter is a time-domain kernel (DCT basis).
         dct: bool,
     },
-    /// Ensemble output `(logits_1, …, logits_n [b, s, v]) → [b, s, v]`:
-    /// ln(mean_i softmax(logits_i)), the log of the members' average probabilities.
-    MeanProbs {
-        /// Number of members.
-        members: u64,
-    },
-    /// Forecasting ensemble output `(y_1, …, y_n [b, H, C]) → [b, H, C]`: the mean of the
-    /// members' point forecasts.
-    MeanForecasts {
-        /// Number of members.
-        members: u64,
-    },
+    /// An ensemble's output from its members' outputs: the log of their average
+    /// probabilities, or the mean of their forecasts (see [`crate::ops::ensemble`]).
+    Ensemble(crate::ops::ensemble::Ensemble),
     /// The model's result.
     Output,
 }
@@ -391,6 +364,8 @@ impl Op {
             Op::Norm(o) => Some(o),
             Op::Elementwise(o) => Some(o),
             Op::Heads(o) => Some(o),
+            Op::Forecast(o) => Some(o),
+            Op::Ensemble(o) => Some(o),
             Op::Input
             | Op::Param { .. }
             | Op::SinusoidalTable { .. }
@@ -406,9 +381,6 @@ impl Op {
             | Op::Mlstm { .. }
             | Op::Slstm { .. }
             | Op::Series { .. }
-            | Op::RevinNorm
-            | Op::RevinDenorm
-            | Op::Patch { .. }
             | Op::ComplexFeatures
             | Op::WindowedGate { .. }
             | Op::Wave { .. }
@@ -417,7 +389,6 @@ impl Op {
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
             | Op::BandAttention { .. }
-            | Op::ForecastHead { .. }
             | Op::Source { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
@@ -430,8 +401,6 @@ impl Op {
             | Op::ComplexMul
             | Op::SpectralFilter { .. }
             | Op::FreqMask { .. }
-            | Op::MeanProbs { .. }
-            | Op::MeanForecasts { .. }
             | Op::Output => None,
         }
     }
@@ -450,6 +419,8 @@ impl Op {
             Op::Norm(o) => o.position_limit(ins),
             Op::Elementwise(o) => o.position_limit(ins),
             Op::Heads(o) => o.position_limit(ins),
+            Op::Forecast(o) => o.position_limit(ins),
+            Op::Ensemble(o) => o.position_limit(ins),
             Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
             // Padding a kernel parameter does not limit the input.
             Op::PadSeq { len } => seq_input().then_some(*len as usize),
@@ -477,9 +448,6 @@ impl Op {
             | Op::Mlstm { .. }
             | Op::Slstm { .. }
             | Op::Series { .. }
-            | Op::RevinNorm
-            | Op::RevinDenorm
-            | Op::Patch { .. }
             | Op::ComplexFeatures
             | Op::WindowedGate { .. }
             | Op::Wave { .. }
@@ -488,7 +456,6 @@ impl Op {
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
             | Op::BandAttention { .. }
-            | Op::ForecastHead { .. }
             | Op::Source { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
@@ -499,8 +466,6 @@ impl Op {
             | Op::Irfft { .. }
             | Op::ComplexMul
             | Op::FreqMask { .. }
-            | Op::MeanProbs { .. }
-            | Op::MeanForecasts { .. }
             | Op::Output => None,
         }
     }
@@ -537,10 +502,7 @@ impl Op {
             Op::PrependMemory => "prepend_memory",
             Op::Source { .. } => "source",
             Op::Series { .. } => "series",
-            Op::RevinNorm => "revin_norm",
-            Op::RevinDenorm => "revin_denorm",
-            Op::Patch { .. } => "patch",
-            Op::ForecastHead { .. } => "forecast_head",
+            Op::Forecast(o) => o.name(),
             Op::ComplexFeatures => "complex_features",
             Op::WindowedGate { .. } => "windowed_gate",
             Op::Wave { .. } => "wave",
@@ -552,8 +514,7 @@ impl Op {
             Op::CrossAttention { .. } => "cross_attention",
             Op::PadBias { .. } => "pad_bias",
             Op::DropMemory { .. } => "drop_memory",
-            Op::MeanProbs { .. } => "mean_probs",
-            Op::MeanForecasts { .. } => "mean_forecasts",
+            Op::Ensemble(o) => o.name(),
             Op::Output => "output",
         }
     }
@@ -612,15 +573,12 @@ impl Op {
             Op::DropMemory { count } => format!("count={count}"),
             Op::Source { len } => format!("len={len}"),
             Op::Series { lookback, channels } => format!("lookback={lookback} channels={channels}"),
-            Op::Patch { len, stride } => format!("len={len} stride={stride}"),
-            Op::ForecastHead { channels } => format!("channels={channels}"),
+            Op::Forecast(o) => o.attrs(),
             Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
                 format!("heads={heads}")
             }
             Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
-            Op::MeanProbs { members } | Op::MeanForecasts { members } => {
-                format!("members={members}")
-            }
+            Op::Ensemble(o) => o.attrs(),
             Op::WindowedGate { window, hop } => format!("window={window} hop={hop}"),
             Op::Wave { harmonics } => format!("harmonics={harmonics}"),
             Op::HarmonicSelect { k, temperature } => format!("k={k} temperature={}", temperature.0),
@@ -652,8 +610,6 @@ impl Op {
             | Op::CropSeq
             | Op::ComplexMul
             | Op::PrependMemory
-            | Op::RevinNorm
-            | Op::RevinDenorm
             | Op::ComplexFeatures
             | Op::Output => String::new(),
         }
@@ -662,7 +618,7 @@ impl Op {
     /// `false` for ops whose result is random (two of them on the same input differ), so CSE
     /// must not merge them; parameters are distinct by name anyway.
     pub fn is_pure(&self) -> bool {
-        if let Op::Elementwise(o) = self {
+        if let Some(o) = self.def() {
             return o.is_pure();
         }
         !matches!(
@@ -691,13 +647,9 @@ impl Op {
             | Op::PositionLinear { .. } => Mixing::Causal,
             Op::PhaseAttention { causal: true, .. } => Mixing::Causal,
             Op::PhaseAttention { causal: false, .. } | Op::WindowedGate { .. } => Mixing::Full,
-            Op::Attention { causal: false, .. }
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
-            | Op::RevinNorm
-            | Op::RevinDenorm
-            | Op::Patch { .. }
-            | Op::ForecastHead { .. } => Mixing::Full,
+            Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
+                Mixing::Full
+            }
             Op::SpectralFilter { causal, .. } => {
                 if *causal {
                     Mixing::Causal
@@ -710,6 +662,8 @@ impl Op {
             Op::Embedding(o) => o.mixing(),
             Op::Linear(o) => o.mixing(),
             Op::Heads(o) => o.mixing(),
+            Op::Forecast(o) => o.mixing(),
+            Op::Ensemble(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -734,8 +688,6 @@ impl Op {
             | Op::BandAttention { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
-            | Op::MeanProbs { .. }
-            | Op::MeanForecasts { .. }
             | Op::Output => Mixing::Pointwise,
         }
     }
@@ -744,8 +696,8 @@ impl Op {
     pub fn arity(&self) -> usize {
         match self {
             Op::Input | Op::Param { .. } | Op::Source { .. } | Op::Series { .. } => 0,
-            Op::RevinNorm | Op::ForecastHead { .. } => 3,
-            Op::RevinDenorm => 4,
+            Op::Forecast(o) => o.ports().len(),
+            Op::Ensemble(o) => o.ports().len(),
             Op::CrossAttention { key_mask } => 3 + usize::from(*key_mask),
             Op::AddPositions
             | Op::ApplyRope
@@ -767,7 +719,6 @@ impl Op {
             Op::Mlstm { .. } => 8,
             Op::Ets { .. } => 6,
             Op::Slstm { .. } => 4,
-            Op::MeanProbs { members } | Op::MeanForecasts { members } => *members as usize,
             Op::WindowedGate { .. } => 3,
             Op::HarmonicSelect { .. } => 2,
             Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
@@ -780,7 +731,6 @@ impl Op {
             | Op::Rfft { .. }
             | Op::Irfft { .. }
             | Op::FreqMask { .. }
-            | Op::Patch { .. }
             | Op::ComplexFeatures
             | Op::Wave { .. }
             | Op::SliceFeatures { .. }
@@ -828,9 +778,13 @@ impl Op {
                 shape: vec![Dim::Batch, Dim::Seq],
             }),
             Op::Param { shape, .. } => f32(shape.iter().map(|&d| Dim::Fixed(d)).collect()),
-            Op::Embedding(_) | Op::Linear(_) | Op::Norm(_) | Op::Elementwise(_) | Op::Heads(_) => {
-                unreachable!("families infer through `def`")
-            }
+            Op::Embedding(_)
+            | Op::Linear(_)
+            | Op::Norm(_)
+            | Op::Elementwise(_)
+            | Op::Heads(_)
+            | Op::Forecast(_)
+            | Op::Ensemble(_) => unreachable!("families infer through `def`"),
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
             Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
             Op::AddPositions => {
@@ -1096,30 +1050,6 @@ impl Op {
                 Dim::Fixed(*lookback),
                 Dim::Fixed(*channels),
             ]),
-            Op::RevinNorm | Op::RevinDenorm => {
-                let y = float(0)?;
-                let c = y.shape.get(2).copied();
-                let k = ins.len() - 2;
-                if y.shape.len() != 3
-                    || ins[k].shape != [c.unwrap_or(Dim::Batch)]
-                    || ins[k + 1].shape != ins[k].shape
-                    || (k == 2 && ins[1].shape.get(2) != c.as_ref())
-                {
-                    return Err(format!("RevIN expects [batch, steps, channels] series with per-channel parameters, got {y}"));
-                }
-                f32(y.shape.clone())
-            }
-            Op::Patch { len, stride } => match float(0)?.shape.as_slice() {
-                [Dim::Batch, Dim::Fixed(l), Dim::Fixed(c)] if l >= len => f32(vec![
-                    Dim::BatchTimes(*c),
-                    Dim::Fixed((l - len) / stride + 2),
-                    Dim::Fixed(*len),
-                ]),
-                _ => Err(format!(
-                    "patches of {len} steps need a series [batch, steps ≥ {len}, channels], got {}",
-                    ins[0]
-                )),
-            },
             Op::WindowedGate { window, hop } => {
                 let x = float(0)?;
                 let [_, _, Dim::Fixed(d)] = x.shape.as_slice() else {
@@ -1234,20 +1164,6 @@ impl Op {
                     ins[0]
                 )),
             },
-            Op::ForecastHead { channels } => {
-                match (float(0)?.shape.as_slice(), ins[1].shape.as_slice()) {
-                    (
-                        [Dim::BatchTimes(c), Dim::Fixed(n), Dim::Fixed(d)],
-                        [Dim::Fixed(i), Dim::Fixed(h)],
-                    ) if c == channels && n * d == *i && ins[2].shape == [Dim::Fixed(*h)] => {
-                        f32(vec![Dim::Batch, Dim::Fixed(*h), Dim::Fixed(*c)])
-                    }
-                    _ => Err(format!(
-                    "the forecast head expects patches [batch*{channels}, patches, width], got {}",
-                    ins[0]
-                )),
-                }
-            }
             Op::Source { len } => Ok(TensorType {
                 dtype: DType::I64,
                 shape: vec![Dim::Batch, Dim::Fixed(*len)],
@@ -1311,13 +1227,6 @@ impl Op {
                     return Err(format!("a frequency mask does not fit parameter {p}"));
                 }
                 f32(p.shape.clone())
-            }
-            Op::MeanProbs { .. } | Op::MeanForecasts { .. } => {
-                let x = float(0)?;
-                if ins.iter().any(|t| t != x) {
-                    return Err("ensemble members must all return the same logits shape".into());
-                }
-                f32(x.shape.clone())
             }
             Op::Output => Ok(ins[0].clone()),
         }

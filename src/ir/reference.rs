@@ -115,15 +115,6 @@ pub fn run_series(
     Err("the graph has no output".into())
 }
 
-/// Mean and √(var + 1e-5) of channel `c` of example `b` over the steps of `x` `[B, L, C]`.
-fn revin_stats(x: &Tensor, b: usize, c: usize) -> (f64, f64) {
-    let (l, cs) = (x.shape[1], x.shape[2]);
-    let vals: Vec<f64> = (0..l).map(|t| x.data[(b * l + t) * cs + c]).collect();
-    let m = vals.iter().sum::<f64>() / l as f64;
-    let v = vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / l as f64;
-    (m, (v + 1e-5).sqrt())
-}
-
 /// [`run`] with the spectral gates under a frequency-curriculum mask.
 pub fn run_masked(
     graph: &Graph,
@@ -281,6 +272,8 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             out
         }
         Op::Heads(o) => o.reference(ins)?,
+        Op::Forecast(o) => o.reference(ins)?,
+        Op::Ensemble(o) => o.reference(ins)?,
         Op::RopeTable {
             head_dim,
             base,
@@ -383,35 +376,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             d_conv,
             dt_rank,
         } => mamba(ins, *d_state as usize, *d_conv as usize, *dt_rank as usize),
-        Op::MeanForecasts { members } => {
-            let mut out = Tensor::zeros(&ins[0].shape);
-            for t in ins {
-                for (o, v) in out.data.iter_mut().zip(&t.data) {
-                    *o += v / *members as f64;
-                }
-            }
-            out
-        }
-        Op::MeanProbs { members } => {
-            let v = *ins[0].shape.last().expect("logits have a vocabulary axis");
-            let mut out = Tensor::zeros(&ins[0].shape);
-            for row in 0..out.data.len() / v {
-                for k in 0..v {
-                    let p: f64 = ins
-                        .iter()
-                        .map(|t| {
-                            let r = &t.data[row * v..(row + 1) * v];
-                            let m = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                            let z: f64 = r.iter().map(|x| (x - m).exp()).sum();
-                            (r[k] - m).exp() / z
-                        })
-                        .sum::<f64>()
-                        / *members as f64;
-                    out.data[row * v + k] = p.ln();
-                }
-            }
-            out
-        }
         Op::PositionLinear { max_len, bias } => {
             let (x, w) = (ins[0], ins[1]);
             let (b, s, i) = (x.shape[0], x.shape[1], x.shape[2]);
@@ -434,47 +398,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             out
         }
         Op::Mlstm { heads } => mlstm(ins, *heads as usize),
-        Op::RevinNorm | Op::RevinDenorm => {
-            let denorm = ins.len() == 4;
-            let (y, x) = (ins[0], ins[if denorm { 1 } else { 0 }]);
-            let (g, be) = (ins[ins.len() - 2], ins[ins.len() - 1]);
-            let (b, s, c) = (y.shape[0], y.shape[1], y.shape[2]);
-            let mut out = y.clone();
-            for bi in 0..b {
-                for ci in 0..c {
-                    let (m, sd) = revin_stats(x, bi, ci);
-                    for t in 0..s {
-                        let v = &mut out.data[(bi * s + t) * c + ci];
-                        *v = if denorm {
-                            (*v - be.data[ci]) / g.data[ci] * sd + m
-                        } else {
-                            (*v - m) / sd * g.data[ci] + be.data[ci]
-                        };
-                    }
-                }
-            }
-            out
-        }
-        Op::Patch { len, stride } => {
-            let x = ins[0];
-            let (b, l, c) = (x.shape[0], x.shape[1], x.shape[2]);
-            let (p, s) = (*len as usize, *stride as usize);
-            let n = (l - p) / s + 2;
-            let mut out = Tensor::zeros(&[b * c, n, p]);
-            for bi in 0..b {
-                for ci in 0..c {
-                    for ni in 0..n {
-                        for pi in 0..p {
-                            // Past the end: the last value, repeated.
-                            let t = (ni * s + pi).min(l - 1);
-                            out.data[((bi * c + ci) * n + ni) * p + pi] =
-                                x.data[(bi * l + t) * c + ci];
-                        }
-                    }
-                }
-            }
-            out
-        }
         Op::WindowedGate { window, hop } => windowed_gate(ins, *window as usize, *hop as usize)?,
         Op::Wave { .. } => {
             let mut out = ins[0].clone();
@@ -567,26 +490,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                 for c in 0..d {
                     out.data[r * 2 * d + c] = x.data[(r * d + c) * 2];
                     out.data[r * 2 * d + d + c] = x.data[(r * d + c) * 2 + 1];
-                }
-            }
-            out
-        }
-        Op::ForecastHead { channels } => {
-            let (x, w, bias) = (ins[0], ins[1], ins[2]);
-            let (bc, n, d) = (x.shape[0], x.shape[1], x.shape[2]);
-            let h = w.shape[1];
-            let c = *channels as usize;
-            let mut out = Tensor::zeros(&[bc / c, h, c]);
-            for r in 0..bc {
-                let flat = &x.data[r * n * d..(r + 1) * n * d];
-                for hi in 0..h {
-                    let v = bias.data[hi]
-                        + flat
-                            .iter()
-                            .enumerate()
-                            .map(|(i, a)| a * w.data[i * h + hi])
-                            .sum::<f64>();
-                    out.data[((r / c) * h + hi) * c + r % c] = v;
                 }
             }
             out

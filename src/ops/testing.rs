@@ -366,6 +366,57 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     }
 }
 
+impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
+    /// [`Case::infers_the_forward_shape`] for inputs that hold `batch` examples on axis 0
+    /// without an axis of positions (a forecaster's series `[b, L, C]`, whose L steps are
+    /// fixed, and its patches `[b·C, N, P]`): axis 0 of argument i is `lead[i]` (`Dim::Batch`,
+    /// or `Dim::BatchTimes(c)` for c channels folded into the batch) where that is `Some`,
+    /// and what [`Arg::ty`] makes it where `None`.
+    pub fn infers_the_forward_shape_with_batch(&self, batch: usize, lead: &[Option<Dim>]) {
+        assert_eq!(
+            lead.len(),
+            self.args.len(),
+            "{:?}: one lead per argument",
+            self.op
+        );
+        let tys: Vec<TensorType> = self
+            .args
+            .iter()
+            .zip(lead)
+            .map(|(a, l)| {
+                let mut ty = a.ty();
+                if let Some(d) = l {
+                    assert_eq!(
+                        d.value(batch as u64, 1) as usize,
+                        a.t.shape[0],
+                        "{:?}: axis 0 {d} for a batch of {batch}",
+                        self.op
+                    );
+                    ty.shape[0] = *d;
+                }
+                ty
+            })
+            .collect();
+        let ty = self
+            .op
+            .infer(&tys)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", self.op));
+        let (_, s) = self.batch_seq();
+        let want: Vec<usize> = ty
+            .shape
+            .iter()
+            .map(|d| d.value(batch as u64, s as u64) as usize)
+            .collect();
+        let device = DeviceKind::Cpu.device(false);
+        assert_eq!(
+            self.forward(&self.args, 0, &device).shape,
+            want,
+            "{:?}: inferred {ty}",
+            self.op
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

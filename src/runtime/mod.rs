@@ -525,13 +525,16 @@ impl Runtime {
                 Op::Heads(o) => o.incremental(),
                 Op::Linear(o) => o.incremental(),
                 Op::Embedding(o) => o.incremental(),
+                // A forecaster does not decode; a token ensemble decodes as its members do.
+                Op::Forecast(o) => o.incremental(),
+                Op::Ensemble(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
                     causal, key_mask, ..
                 } => *causal && !*key_mask,
                 Op::PhaseAttention { causal, .. } | Op::SpectralFilter { causal, .. } => *causal,
-                // Whole-sequence transforms, and the forecasting ops (a forecaster does not
+                // Whole-sequence transforms, and a forecaster's series (a forecaster does not
                 // decode).
                 Op::PadSeq { .. }
                 | Op::CropSeq
@@ -539,12 +542,7 @@ impl Runtime {
                 | Op::Irfft { .. }
                 | Op::ComplexMul
                 | Op::WindowedGate { .. }
-                | Op::Series { .. }
-                | Op::RevinNorm
-                | Op::RevinDenorm
-                | Op::Patch { .. }
-                | Op::ForecastHead { .. }
-                | Op::MeanForecasts { .. } => false,
+                | Op::Series { .. } => false,
                 // Recurrences and the position-wise map keep their own state; memory tokens
                 // stay at the front of every cache; the rest reads position t only.
                 Op::Lstm { .. }
@@ -572,7 +570,6 @@ impl Runtime {
                 | Op::SliceFeatures { .. }
                 | Op::ConcatFeatures { .. }
                 | Op::BandAttention { .. }
-                | Op::MeanProbs { .. }
                 | Op::Output => true,
             };
             if !ok {

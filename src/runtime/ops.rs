@@ -189,13 +189,6 @@ fn apply_per_channel(m: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
     m.matmul(xt).permute([2, 1, 0])
 }
 
-/// RevIN statistics of series `[b, L, C]`: mean and √(var + 1e-5) over L, `[b, 1, C]`.
-fn revin_stats(x: &Tensor<3>) -> (Tensor<3>, Tensor<3>) {
-    let mean = x.clone().mean_dim(1);
-    let var = (x.clone() - mean.clone()).powi_scalar(2).mean_dim(1);
-    (mean, (var + 1e-5).sqrt())
-}
-
 /// The sequence length of a value: axis 1 of token ids `[b, s]` or vectors `[b, s, d]`.
 fn seq_of(v: &V) -> usize {
     match v {
@@ -241,6 +234,8 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             V::F3(x + t.unsqueeze::<3>())
         }
         Op::Heads(o) => o.forward(ins, ctx),
+        Op::Forecast(o) => o.forward(ins, ctx),
+        Op::Ensemble(o) => o.forward(ins, ctx),
         Op::RopeTable {
             head_dim,
             base,
@@ -271,24 +266,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Mlstm { .. } => V::F3(mlstm(op, ins, ctx, None).0),
         Op::Ets { .. } => V::F3(ets(op, ins, ctx, None).0),
         Op::Slstm { .. } => V::F3(slstm(op, ins, ctx, None).0),
-        Op::MeanForecasts { members } => V::F3(
-            Tensor::stack::<4>(ins.iter().map(|x| x.f3()).collect(), 0)
-                .sum_dim(0)
-                .squeeze_dim::<3>(0)
-                .div_scalar(*members as f64),
-        ),
-        Op::MeanProbs { members } => {
-            // ln(mean_i p_i) = logsumexp_i(log_softmax_i) − ln n, stable in f32.
-            let lsm: Vec<Tensor<3>> = ins
-                .iter()
-                .map(|x| activation::log_softmax(x.f3(), 2))
-                .collect();
-            let st = Tensor::stack::<4>(lsm, 0);
-            let m = st.clone().max_dim(0);
-            let lse = (st - m.clone()).exp().sum_dim(0).log() + m;
-            let [_, b, s, v] = lse.dims();
-            V::F3(lse.reshape([b, s, v]).sub_scalar((*members as f64).ln()))
-        }
         Op::PositionLinear { max_len, bias } => {
             debug_assert_eq!(ins[1].f4().dims()[0], *max_len as usize);
             V::F3(position_linear(
@@ -304,41 +281,10 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
         },
         Op::CropSeq => V::F3(ins[0].f3().narrow(1, 0, seq_of(ins[1]))),
-        Op::RevinNorm => {
-            let (x, g, b) = (ins[0].f3(), ins[1].f1(), ins[2].f1());
-            let c = g.dims()[0];
-            let (mean, std) = revin_stats(&x);
-            V::F3((x - mean) / std * g.reshape([1, 1, c]) + b.reshape([1, 1, c]))
-        }
-        Op::RevinDenorm => {
-            let (y, x, g, b) = (ins[0].f3(), ins[1].f3(), ins[2].f1(), ins[3].f1());
-            let c = g.dims()[0];
-            let (mean, std) = revin_stats(&x);
-            V::F3((y - b.reshape([1, 1, c])) / g.reshape([1, 1, c]) * std + mean)
-        }
-        Op::Patch { len, stride } => {
-            let x = ins[0].f3();
-            let [b, l, c] = x.dims();
-            let (p, s) = (*len as usize, *stride as usize);
-            let n = (l - p) / s + 2;
-            let last = x.clone().narrow(1, l - 1, 1).expand([b, s, c]);
-            let xp = Tensor::cat(vec![x, last], 1).swap_dims(1, 2); // [b, c, l + s]
-            let patches: Vec<Tensor<3>> = (0..n).map(|i| xp.clone().narrow(2, i * s, p)).collect();
-            V::F3(Tensor::stack::<4>(patches, 2).reshape([b * c, n, p]))
-        }
         Op::ComplexFeatures => {
             let x = ins[0].f4();
             let [b, f, d, _] = x.dims();
             V::F3(x.permute([0, 1, 3, 2]).reshape([b, f, 2 * d]))
-        }
-        Op::ForecastHead { channels } => {
-            let x = ins[0].f3();
-            let [bc, n, d] = x.dims();
-            let (w, bias) = (ins[1].f2(), ins[2].f1());
-            let h = w.dims()[1];
-            let c = *channels as usize;
-            let z = mm(x.reshape([bc, n * d]), w, ctx) + bias.reshape([1, h]);
-            V::F3(z.reshape([bc / c, c, h]).swap_dims(1, 2))
         }
         Op::CrossAttention { key_mask } => {
             let (q, k, v) = (ins[0].f4(), ins[1].f4(), ins[2].f4());

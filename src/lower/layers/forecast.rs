@@ -3,6 +3,7 @@
 use crate::diag::Code;
 use crate::ir::{Dim, Init, Op};
 use crate::lower::{linear_init, seq_items, At, Lowerer};
+use crate::ops::forecast::Forecast;
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
 
@@ -32,10 +33,14 @@ impl Lowerer {
         let c = f.channels;
         let gamma = self.param(&at, "gamma", &[c], Init::Ones);
         let beta = self.param(&at, "beta", &[c], Init::Zeros);
-        let xn = self.op(&at, Op::RevinNorm, &[x, gamma, beta])?;
+        let xn = self.op(&at, Op::Forecast(Forecast::RevinNorm), &[x, gamma, beta])?;
         let nodes = node.and_then(|n| n.get("body")).and_then(seq_items);
         let y = self.seq(body, nodes, xn, path)?;
-        self.op(&at, Op::RevinDenorm, &[y, x, gamma, beta])
+        self.op(
+            &at,
+            Op::Forecast(Forecast::RevinDenorm),
+            &[y, x, gamma, beta],
+        )
     }
 
     pub(in crate::lower) fn patch(
@@ -57,10 +62,10 @@ impl Lowerer {
         }
         let p = self.op(
             &at,
-            Op::Patch {
+            Op::Forecast(Forecast::Patch {
                 len: u64::from(*len),
                 stride: u64::from(*stride),
-            },
+            }),
             &[x],
         )?;
         // Positions after patching count patches.
@@ -99,9 +104,9 @@ impl Lowerer {
         let b = self.param(&at, "bias", &[f.horizon], linear_init(n));
         self.op(
             &at,
-            Op::ForecastHead {
+            Op::Forecast(Forecast::Head {
                 channels: f.channels,
-            },
+            }),
             &[x, w, b],
         )
     }
