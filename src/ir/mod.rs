@@ -359,21 +359,7 @@ impl Graph {
                             2 * batch * seq * w[0] * w[1]
                         })
                         .sum(),
-                    // Projections, then the parallel form's two s × s products.
-                    Op::Mlstm { .. } => {
-                        [1, 3, 5, 7]
-                            .iter()
-                            .map(|&k| {
-                                let w = shape(ins[k]);
-                                2 * batch * seq * w[0] * w[1]
-                            })
-                            .sum::<u64>()
-                            + 4 * out * seq
-                    }
-                    Op::Slstm { .. } => {
-                        let (w, r) = (shape(ins[1]), shape(ins[2]));
-                        2 * batch * seq * (w[0] * w[1] + r[0] * r[1] * r[2])
-                    }
+                    Op::Xlstm(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::PositionLinear { .. } => {
                         let w = shape(ins[1]);
                         2 * out * w[1] * seq
@@ -383,14 +369,7 @@ impl Graph {
                     Op::Heads(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Forecast(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Ensemble(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    // Its value and output projections (the smoothing is an FFT convolution).
-                    Op::Ets { .. } => [1, 5]
-                        .iter()
-                        .map(|&k| {
-                            let w = shape(ins[k]);
-                            2 * batch * seq * w[0] * w[1]
-                        })
-                        .sum(),
+                    Op::Ets(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::PhaseAttention { .. } => 4 * out * seq,
                     // Scores and values over the source's positions.
                     Op::CrossAttention { .. } => 4 * out * self.g[ins[1]].ty.len(2, seq),

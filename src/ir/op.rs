@@ -198,25 +198,10 @@ pub enum Op {
         /// Rank r of Δ's projection.
         dt_rank: u64,
     },
-    /// Exponential smoothing attention `(x [b, s, d], v.weight [d, d], v.bias [d], alpha [H]
-    /// (logits), v0 [d], out.weight [d, d]) → [b, s, d]` (see the `ets_attention` layer).
-    Ets {
-        /// Heads H.
-        heads: u64,
-    },
-    /// xLSTM mLSTM layer `(x [b, s, d], qkvo.weight [d, 4d], qkvo.bias [4d], igate.weight
-    /// [d, H], igate.bias [H], fgate.weight [d, H], fgate.bias [H], out.weight [d, d]) →
-    /// [b, s, d]` (see the `mlstm` layer).
-    Mlstm {
-        /// Heads H.
-        heads: u64,
-    },
-    /// xLSTM sLSTM layer `(x [b, s, d], weight [d, 4d], recurrent [H, d/H, 4d/H], bias [4d])
-    /// → [b, s, d]`, gates in the order z, i, f, o (see the `slstm` layer).
-    Slstm {
-        /// Heads H.
-        heads: u64,
-    },
+    /// Exponential smoothing attention (see [`crate::ops::ets`]).
+    Ets(crate::ops::ets::Ets),
+    /// xLSTM's mLSTM and sLSTM layers (see [`crate::ops::xlstm`]).
+    Xlstm(crate::ops::xlstm::Xlstm),
     /// A forecasting model's input: `lookback` steps of `channels` values, `[b, L, C]`.
     Series {
         /// Steps L.
@@ -366,6 +351,8 @@ impl Op {
             Op::Heads(o) => Some(o),
             Op::Forecast(o) => Some(o),
             Op::Ensemble(o) => Some(o),
+            Op::Ets(o) => Some(o),
+            Op::Xlstm(o) => Some(o),
             Op::Input
             | Op::Param { .. }
             | Op::SinusoidalTable { .. }
@@ -377,9 +364,6 @@ impl Op {
             | Op::Lstm { .. }
             | Op::PositionLinear { .. }
             | Op::Mamba { .. }
-            | Op::Ets { .. }
-            | Op::Mlstm { .. }
-            | Op::Slstm { .. }
             | Op::Series { .. }
             | Op::ComplexFeatures
             | Op::WindowedGate { .. }
@@ -421,6 +405,8 @@ impl Op {
             Op::Heads(o) => o.position_limit(ins),
             Op::Forecast(o) => o.position_limit(ins),
             Op::Ensemble(o) => o.position_limit(ins),
+            Op::Ets(o) => o.position_limit(ins),
+            Op::Xlstm(o) => o.position_limit(ins),
             Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
             // Padding a kernel parameter does not limit the input.
             Op::PadSeq { len } => seq_input().then_some(*len as usize),
@@ -444,9 +430,6 @@ impl Op {
             | Op::Attention { .. }
             | Op::Lstm { .. }
             | Op::Mamba { .. }
-            | Op::Ets { .. }
-            | Op::Mlstm { .. }
-            | Op::Slstm { .. }
             | Op::Series { .. }
             | Op::ComplexFeatures
             | Op::WindowedGate { .. }
@@ -488,9 +471,8 @@ impl Op {
             Op::Attention { .. } => "attention",
             Op::Lstm { .. } => "lstm",
             Op::Mamba { .. } => "mamba",
-            Op::Mlstm { .. } => "mlstm",
-            Op::Ets { .. } => "ets",
-            Op::Slstm { .. } => "slstm",
+            Op::Xlstm(o) => o.name(),
+            Op::Ets(o) => o.name(),
             Op::PositionLinear { .. } => "position_linear",
             Op::PadSeq { .. } => "pad_seq",
             Op::CropSeq => "crop_seq",
@@ -574,9 +556,8 @@ impl Op {
             Op::Source { len } => format!("len={len}"),
             Op::Series { lookback, channels } => format!("lookback={lookback} channels={channels}"),
             Op::Forecast(o) => o.attrs(),
-            Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
-                format!("heads={heads}")
-            }
+            Op::Xlstm(o) => o.attrs(),
+            Op::Ets(o) => o.attrs(),
             Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
             Op::Ensemble(o) => o.attrs(),
             Op::WindowedGate { window, hop } => format!("window={window} hop={hop}"),
@@ -618,8 +599,8 @@ impl Op {
     /// `false` for ops whose result is random (two of them on the same input differ), so CSE
     /// must not merge them; parameters are distinct by name anyway.
     pub fn is_pure(&self) -> bool {
-        if let Some(o) = self.def() {
-            return o.is_pure();
+        if let Some(d) = self.def() {
+            return d.is_pure();
         }
         !matches!(
             self,
@@ -639,9 +620,6 @@ impl Op {
             Op::Attention { causal: true, .. }
             | Op::Lstm { .. }
             | Op::Mamba { .. }
-            | Op::Mlstm { .. }
-            | Op::Slstm { .. }
-            | Op::Ets { .. }
             | Op::PrependMemory
             | Op::DropMemory { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
@@ -664,6 +642,8 @@ impl Op {
             Op::Heads(o) => o.mixing(),
             Op::Forecast(o) => o.mixing(),
             Op::Ensemble(o) => o.mixing(),
+            Op::Xlstm(o) => o.mixing(),
+            Op::Ets(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -716,9 +696,8 @@ impl Op {
             } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
             Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
             Op::Mamba { .. } => 10,
-            Op::Mlstm { .. } => 8,
-            Op::Ets { .. } => 6,
-            Op::Slstm { .. } => 4,
+            Op::Xlstm(o) => o.ports().len(),
+            Op::Ets(o) => o.ports().len(),
             Op::WindowedGate { .. } => 3,
             Op::HarmonicSelect { .. } => 2,
             Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
@@ -784,7 +763,9 @@ impl Op {
             | Op::Elementwise(_)
             | Op::Heads(_)
             | Op::Forecast(_)
-            | Op::Ensemble(_) => unreachable!("families infer through `def`"),
+            | Op::Ensemble(_)
+            | Op::Xlstm(_)
+            | Op::Ets(_) => unreachable!("families infer through `def`"),
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
             Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
             Op::AddPositions => {
@@ -855,52 +836,6 @@ impl Op {
                     [b, s, _] => f32(vec![*b, *s, Dim::Fixed(*hidden)]),
                     _ => Err(format!("expects [batch, seq, width], got {x}")),
                 }
-            }
-            Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
-                let x = float(0)?;
-                let d = match x.shape.as_slice() {
-                    [_, _, Dim::Fixed(d)] if d % heads == 0 => *d,
-                    _ => {
-                        return Err(format!(
-                            "expects [batch, seq, width] with the width divisible by {heads} heads, got {x}"
-                        ))
-                    }
-                };
-                let (h, dh) = (*heads, d / heads);
-                let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
-                let want: Vec<Vec<Dim>> = if let Op::Ets { .. } = self {
-                    [&[d, d][..], &[d], &[h], &[d], &[d, d]]
-                        .iter()
-                        .map(|v| fx(v))
-                        .collect()
-                } else if matches!(self, Op::Mlstm { .. }) {
-                    [
-                        &[d, 4 * d][..],
-                        &[4 * d],
-                        &[d, h],
-                        &[h],
-                        &[d, h],
-                        &[h],
-                        &[d, d],
-                    ]
-                    .iter()
-                    .map(|v| fx(v))
-                    .collect()
-                } else {
-                    vec![fx(&[d, 4 * d]), fx(&[h, dh, 4 * dh]), fx(&[4 * d])]
-                };
-                for (k, w) in want.iter().enumerate() {
-                    if &ins[1 + k].shape != w {
-                        return Err(format!(
-                            "{} parameter {} has shape {}, expected {:?}",
-                            self.name(),
-                            k + 1,
-                            ins[1 + k],
-                            w
-                        ));
-                    }
-                }
-                f32(x.shape.clone())
             }
             Op::Mamba {
                 d_state,

@@ -397,7 +397,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Mlstm { heads } => mlstm(ins, *heads as usize),
+        Op::Xlstm(o) => o.reference(ins)?,
         Op::WindowedGate { window, hop } => windowed_gate(ins, *window as usize, *hop as usize)?,
         Op::Wave { .. } => {
             let mut out = ins[0].clone();
@@ -547,8 +547,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Ets { heads } => ets(ins, *heads as usize),
-        Op::Slstm { heads } => slstm(ins, *heads as usize),
+        Op::Ets(o) => o.reference(ins)?,
         Op::Lstm { layers, hidden, .. } => {
             let h = *hidden as usize;
             let mut x = ins[0].clone();
@@ -848,132 +847,6 @@ fn mamba(ins: &[&Tensor], n: usize, k: usize, r: usize) -> Tensor {
                     out.data[(bi * s + t) * d + o] += g * w_out.data[c * d + o];
                 }
             }
-        }
-    }
-    out
-}
-
-/// `x · W (+ b)` for one position: `x` of length i, `w` row-major `[i, o]`.
-fn affine(x: &[f64], w: &Tensor, b: Option<&Tensor>) -> Vec<f64> {
-    let o = w.shape[1];
-    (0..o)
-        .map(|j| {
-            b.map_or(0.0, |b| b.data[j])
-                + x.iter()
-                    .enumerate()
-                    .map(|(i, v)| v * w.data[i * o + j])
-                    .sum::<f64>()
-        })
-        .collect()
-}
-
-/// The mLSTM layer by its recurrence, unstabilized (Beck et al. 2024, eqs. 19–27):
-/// C_t = f_t C_{t−1} + e^{ĩ_t} v_t k_tᵀ, n_t = f_t n_{t−1} + e^{ĩ_t} k_t,
-/// h_t = σ(o_t) ⊙ C_t q_t / max(|n_tᵀ q_t|, 1), k scaled by 1/√d; then the output map.
-fn mlstm(ins: &[&Tensor], heads: usize) -> Tensor {
-    let x = ins[0];
-    let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-    let dh = d / heads;
-    let mut out = Tensor::zeros(&[b, s, d]);
-    for bi in 0..b {
-        let mut c = vec![vec![0.0; dh * dh]; heads];
-        let mut n = vec![vec![0.0; dh]; heads];
-        for t in 0..s {
-            let xt = &x.data[(bi * s + t) * d..(bi * s + t + 1) * d];
-            let qkvo = affine(xt, ins[1], Some(ins[2]));
-            let ig = affine(xt, ins[3], Some(ins[4]));
-            let fg = affine(xt, ins[5], Some(ins[6]));
-            let mut hcat = vec![0.0; d];
-            for h in 0..heads {
-                let q = &qkvo[h * dh..(h + 1) * dh];
-                let k: Vec<f64> = qkvo[d + h * dh..d + (h + 1) * dh]
-                    .iter()
-                    .map(|v| v / (dh as f64).sqrt())
-                    .collect();
-                let v = &qkvo[2 * d + h * dh..2 * d + (h + 1) * dh];
-                let (f, i) = (sigmoid(fg[h]), ig[h].exp());
-                for a in 0..dh {
-                    for bb in 0..dh {
-                        c[h][a * dh + bb] = f * c[h][a * dh + bb] + i * v[a] * k[bb];
-                    }
-                    n[h][a] = f * n[h][a] + i * k[a];
-                }
-                let den = (0..dh).map(|a| n[h][a] * q[a]).sum::<f64>().abs().max(1.0);
-                for a in 0..dh {
-                    let num: f64 = (0..dh).map(|bb| c[h][a * dh + bb] * q[bb]).sum();
-                    hcat[h * dh + a] = sigmoid(qkvo[3 * d + h * dh + a]) * num / den;
-                }
-            }
-            let y = affine(&hcat, ins[7], None);
-            out.data[(bi * s + t) * d..(bi * s + t + 1) * d].copy_from_slice(&y);
-        }
-    }
-    out
-}
-
-/// The sLSTM layer by its recurrence, unstabilized (Beck et al. 2024, eqs. 8–14) with a sigmoid
-/// forget gate: c_t = f_t c_{t−1} + e^{ĩ_t} tanh(z̃_t), n_t = f_t n_{t−1} + e^{ĩ_t},
-/// h_t = σ(õ_t) ⊙ c_t / n_t; pre-activations W x_t + R h_{t−1} + b, R block-diagonal per head.
-fn slstm(ins: &[&Tensor], heads: usize) -> Tensor {
-    let (x, w, r, bias) = (ins[0], ins[1], ins[2], ins[3]);
-    let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-    let dh = d / heads;
-    let mut out = Tensor::zeros(&[b, s, d]);
-    for bi in 0..b {
-        let (mut c, mut n, mut h) = (vec![0.0; d], vec![0.0; d], vec![0.0; d]);
-        for t in 0..s {
-            let xt = &x.data[(bi * s + t) * d..(bi * s + t + 1) * d];
-            let mut pre = affine(xt, w, Some(bias));
-            // Head hd's recurrent matrix [dh, 4·dh] maps its slice of h to its slices of the
-            // four gates (gate g of head hd at columns g·d + hd·dh ..).
-            for hd in 0..heads {
-                for g in 0..4 {
-                    for j in 0..dh {
-                        let acc: f64 = (0..dh)
-                            .map(|a| h[hd * dh + a] * r.data[(hd * dh + a) * 4 * dh + g * dh + j])
-                            .sum();
-                        pre[g * d + hd * dh + j] += acc;
-                    }
-                }
-            }
-            for u in 0..d {
-                let (z, i, f, o) = (
-                    pre[u].tanh(),
-                    pre[d + u].exp(),
-                    sigmoid(pre[2 * d + u]),
-                    sigmoid(pre[3 * d + u]),
-                );
-                c[u] = f * c[u] + i * z;
-                n[u] = f * n[u] + i;
-                h[u] = o * c[u] / n[u];
-            }
-            out.data[(bi * s + t) * d..(bi * s + t + 1) * d].copy_from_slice(&h);
-        }
-    }
-    out
-}
-
-/// Exponential smoothing attention by its recurrence: ES_t = (1 − α) ES_{t−1} + α v_t from
-/// ES_0 = v₀, α = σ(a) per head, v = x W_v + b; then the output map.
-fn ets(ins: &[&Tensor], heads: usize) -> Tensor {
-    let x = ins[0];
-    let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-    let dh = d / heads;
-    let mut out = Tensor::zeros(&[b, s, d]);
-    for bi in 0..b {
-        let mut es = ins[4].data.clone();
-        for t in 0..s {
-            let v = affine(
-                &x.data[(bi * s + t) * d..(bi * s + t + 1) * d],
-                ins[1],
-                Some(ins[2]),
-            );
-            for c in 0..d {
-                let alpha = sigmoid(ins[3].data[c / dh]);
-                es[c] = (1.0 - alpha) * es[c] + alpha * v[c];
-            }
-            let y = affine(&es, ins[5], None);
-            out.data[(bi * s + t) * d..(bi * s + t + 1) * d].copy_from_slice(&y);
         }
     }
     out

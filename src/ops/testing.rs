@@ -417,6 +417,92 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     }
 }
 
+/// Rows `rows` of axis 0 of `t`, in that order.
+pub fn select_rows(t: &RefTensor, rows: &[usize]) -> RefTensor {
+    let inner: usize = t.shape[1..].iter().product();
+    let mut shape = t.shape.clone();
+    shape[0] = rows.len();
+    RefTensor {
+        shape,
+        data: rows
+            .iter()
+            .flat_map(|&r| t.data[r * inner..(r + 1) * inner].to_vec())
+            .collect(),
+    }
+}
+
+impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
+    /// Decoding `prompt` positions, then reordering the op's state to batch rows `rows` (as
+    /// beam search does) and decoding the rest one position at a time from those rows'
+    /// inputs, gives the later outputs of the whole sequence of those rows.
+    pub fn decodes_after_reordering_rows(&self, prompt: usize, rows: &[usize]) {
+        let axis = self.out_seq.expect("an output with positions");
+        let device = DeviceKind::Cpu.device(false);
+        let (b, s) = self.batch_seq();
+        assert!(prompt < s, "{:?}: nothing left to decode", self.op);
+        let picked: Vec<Arg> = self
+            .args
+            .iter()
+            .map(|a| match a.seq {
+                Some(_) => Arg {
+                    t: select_rows(&a.t, rows),
+                    ..a.clone()
+                },
+                None => a.clone(),
+            })
+            .collect();
+        let whole = self.forward(&picked, 0, &device);
+        let mut state: Option<Box<dyn OpState>> = None;
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < s {
+            let (len, from, batch) = if at == 0 {
+                (prompt, &self.args, b)
+            } else {
+                (1, &picked, rows.len())
+            };
+            let args: Vec<Arg> = from
+                .iter()
+                .map(|a| match a.seq {
+                    Some(ax) => Arg {
+                        t: narrow(&a.t, ax, at, len),
+                        ..a.clone()
+                    },
+                    None => a.clone(),
+                })
+                .collect();
+            let vs: Vec<V> = args.iter().map(|a| a.value(&device)).collect();
+            let refs: Vec<&V> = vs.iter().collect();
+            let c = Ctx {
+                offset: at,
+                ..ctx(&device, batch, len)
+            };
+            let out = host_tensor(self.op.decode(&refs, &c, &mut state));
+            if at == 0 {
+                let idx = Tensor::<1, Int>::from_data(
+                    TensorData::new(
+                        rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                        [rows.len()],
+                    ),
+                    &device,
+                );
+                state
+                    .as_mut()
+                    .expect("a decoding state after the prompt")
+                    .select_rows(&idx);
+            } else {
+                parts.push(out);
+            }
+            at += len;
+        }
+        self.assert_close(
+            "decoded after reordering vs whole",
+            &concat(&parts, axis),
+            &narrow(&whole, axis, prompt, s - prompt),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

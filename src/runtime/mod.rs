@@ -39,8 +39,6 @@ pub struct KvCache {
     kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
     lstm: HashMap<NodeIndex, ops::LstmState>,
     mamba: HashMap<NodeIndex, ops::MambaState>,
-    /// xLSTM states, and ETS attention's last value (`[b, 1, 1, d]`).
-    xlstm: HashMap<NodeIndex, ops::XlstmState>,
     /// Per causal spectral filter: the inputs of its latest positions (as many as its kernel
     /// has taps, less one) `[b, h, d]`; per position-wise linear map: every earlier input.
     conv: HashMap<NodeIndex, Tensor<3>>,
@@ -74,11 +72,6 @@ impl KvCache {
             .chain(self.mamba.values().map(|(c, _)| c.device()))
             .chain(self.phase.values().map(|pk| pk.k.device()))
             .chain(self.conv.values().map(Tensor::device))
-            .chain(
-                self.xlstm
-                    .values()
-                    .flat_map(|st| st.iter().map(Tensor::device)),
-            )
             .chain(self.states.values().map(|s| s.device()))
             .next()
         else {
@@ -104,9 +97,6 @@ impl KvCache {
         }
         for v in self.source.values_mut() {
             *v = v.select_rows(&idx);
-        }
-        for t in self.xlstm.values_mut().flatten() {
-            *t = t.clone().select(0, idx.clone());
         }
         for x in self.conv.values_mut() {
             *x = x.clone().select(0, idx.clone());
@@ -528,6 +518,8 @@ impl Runtime {
                 // A forecaster does not decode; a token ensemble decodes as its members do.
                 Op::Forecast(o) => o.incremental(),
                 Op::Ensemble(o) => o.incremental(),
+                Op::Xlstm(o) => o.incremental(),
+                Op::Ets(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -547,9 +539,6 @@ impl Runtime {
                 // stay at the front of every cache; the rest reads position t only.
                 Op::Lstm { .. }
                 | Op::Mamba { .. }
-                | Op::Mlstm { .. }
-                | Op::Slstm { .. }
-                | Op::Ets { .. }
                 | Op::PositionLinear { .. }
                 | Op::PrependMemory
                 | Op::DropMemory { .. }
@@ -708,26 +697,6 @@ impl Runtime {
                         (Some(c), Op::Mamba { .. }) => {
                             let (out, state) = ops::mamba(op, &ins, ctx, c.mamba.remove(&n));
                             c.mamba.insert(n, state);
-                            V::F3(out)
-                        }
-                        (Some(c), Op::Ets { .. }) => {
-                            let init = c.xlstm.remove(&n).map(|st| {
-                                let [b, _, _, d] = st[0].dims();
-                                st[0].clone().reshape([b, d])
-                            });
-                            let (out, last) = ops::ets(op, &ins, ctx, init);
-                            let [b, d] = last.dims();
-                            c.xlstm.insert(n, vec![last.reshape([b, 1, 1, d])]);
-                            V::F3(out)
-                        }
-                        (Some(c), Op::Mlstm { .. } | Op::Slstm { .. }) => {
-                            let init = c.xlstm.remove(&n);
-                            let (out, state) = if let Op::Mlstm { .. } = op {
-                                ops::mlstm(op, &ins, ctx, init)
-                            } else {
-                                ops::slstm(op, &ins, ctx, init)
-                            };
-                            c.xlstm.insert(n, state);
                             V::F3(out)
                         }
                         (Some(c), Op::Lstm { .. }) => {

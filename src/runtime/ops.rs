@@ -144,7 +144,12 @@ fn irfft4(x: Tensor<4>, n: usize, ctx: &Ctx) -> Tensor<3> {
     ic.matmul(re) + is.matmul(im)
 }
 
-fn pad_axis<const D: usize>(x: Tensor<D>, axis: usize, len: usize, ctx: &Ctx) -> Tensor<D> {
+pub(crate) fn pad_axis<const D: usize>(
+    x: Tensor<D>,
+    axis: usize,
+    len: usize,
+    ctx: &Ctx,
+) -> Tensor<D> {
     let dims = x.dims();
     if dims[axis] == len {
         return x;
@@ -157,7 +162,13 @@ fn pad_axis<const D: usize>(x: Tensor<D>, axis: usize, len: usize, ctx: &Ctx) ->
 
 /// Convolution matrix `[d, s, s]` from a time-domain kernel `[taps, d]`: entry (c, t, u) is
 /// kernel[(t − u) mod n, c] (circular) or kernel[t − u, c] for t ≥ u, else 0 (causal).
-fn conv_matrix(kernel: Tensor<2>, s: usize, n: usize, causal: bool, ctx: &Ctx) -> Tensor<3> {
+pub(crate) fn conv_matrix(
+    kernel: Tensor<2>,
+    s: usize,
+    n: usize,
+    causal: bool,
+    ctx: &Ctx,
+) -> Tensor<3> {
     let [taps, d] = kernel.dims();
     let mut idx = vec![0i64; s * s];
     let mut keep = vec![0.0f32; s * s];
@@ -184,7 +195,7 @@ fn conv_matrix(kernel: Tensor<2>, s: usize, n: usize, causal: bool, ctx: &Ctx) -
 }
 
 /// Apply `[d, s, s]` matrices to `[b, s, d]` per channel.
-fn apply_per_channel(m: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
+pub(crate) fn apply_per_channel(m: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
     let xt = x.permute([2, 1, 0]); // [d, s, b]
     m.matmul(xt).permute([2, 1, 0])
 }
@@ -263,9 +274,8 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Attention { .. } => V::F4(attention(op, ins, ins[1].f4(), ins[2].f4(), ctx)),
         Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
         Op::Mamba { .. } => V::F3(mamba(op, ins, ctx, None).0),
-        Op::Mlstm { .. } => V::F3(mlstm(op, ins, ctx, None).0),
-        Op::Ets { .. } => V::F3(ets(op, ins, ctx, None).0),
-        Op::Slstm { .. } => V::F3(slstm(op, ins, ctx, None).0),
+        Op::Xlstm(o) => o.forward(ins, ctx),
+        Op::Ets(o) => o.forward(ins, ctx),
         Op::PositionLinear { max_len, bias } => {
             debug_assert_eq!(ins[1].f4().dims()[0], *max_len as usize);
             V::F3(position_linear(
@@ -827,23 +837,6 @@ pub fn mamba(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<MambaState>) -> (Tenso
     (out, (conv_state, h))
 }
 
-/// Causal depthwise convolution y_t = Σ_{j≤t} kernel[j] ⊙ x_{t−j} of `x [b, s, d]` with a
-/// kernel of s taps `[s, d]`: by FFT (zero-padded to a power of two ≥ 2s) for long sequences,
-/// as a dense per-channel matrix for short ones.
-pub fn causal_conv(x: Tensor<3>, kernel: Tensor<2>, ctx: &Ctx) -> Tensor<3> {
-    let s = x.dims()[1];
-    if s as u64 <= crate::passes::DENSE_MAX {
-        return apply_per_channel(conv_matrix(kernel, s, s, true, ctx), x);
-    }
-    let n = (2 * s).next_power_of_two();
-    let (xr, xi) = burn::signal::rfft(pad_axis(x, 1, n, ctx), 1, Some(n));
-    let (kr, ki) = burn::signal::rfft(pad_axis(kernel, 0, n, ctx), 0, Some(n));
-    let (kr, ki) = (kr.unsqueeze::<3>(), ki.unsqueeze::<3>());
-    let yr = xr.clone() * kr.clone() - xi.clone() * ki.clone();
-    let yi = xr * ki + xi * kr;
-    burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s)
-}
-
 /// The position-wise linear map's outputs at positions offset..t from the inputs of every
 /// position so far, `x [b, t, i]`: y_u = Σ_{r≤u} x_r · w[r, :, u, :] + bias[u]. With a cache,
 /// `x` holds the earlier positions' inputs too and only the new positions are computed.
@@ -907,114 +900,6 @@ pub fn causal_filter_step(
         })
         .collect();
     (Tensor::cat(ys, 1), filter_history(all, l))
-}
-
-/// Exponential smoothing attention over this call's positions from the previous ES value
-/// `init` `[b, d]` (v₀ when `None`); returns the outputs and the last ES value. With
-/// α = σ(a): ES_t = (1 − α)^{t+1} ES_{−1} + Σ_{j≤t} α (1 − α)^j v_{t−j}, a causal convolution.
-pub fn ets(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<Tensor<2>>) -> (Tensor<3>, Tensor<2>) {
-    let Op::Ets { heads } = op else {
-        unreachable!("ets op")
-    };
-    let x = ins[0].f3();
-    let [b, s, d] = x.dims();
-    let h = *heads as usize;
-    let v = mm(x, ins[1].f2().unsqueeze::<3>(), ctx) + ins[2].f1().reshape([1, 1, d]);
-    // Per channel: ln α and ln(1 − α), [1, d].
-    let a = ins[3]
-        .f1()
-        .reshape([h, 1])
-        .expand([h, d / h])
-        .reshape([1, d]);
-    let (ln_a, ln_1a) = (
-        activation::log_sigmoid(a.clone()),
-        activation::log_sigmoid(a.neg()),
-    );
-    let j: Tensor<2> = consts((0..s).map(|j| j as f32).collect(), [s, 1], ctx);
-    let kernel = (j.clone() * ln_1a.clone() + ln_a).exp();
-    let prev = init.unwrap_or_else(|| ins[4].f1().reshape([1, d]).expand([b, d]));
-    let decay = ((j + 1.0) * ln_1a).exp(); // (1 − α)^{t+1}, [s, d]
-    let es = causal_conv(v, kernel, ctx) + decay.unsqueeze::<3>() * prev.unsqueeze_dim::<3>(1);
-    let last = es.clone().narrow(1, s - 1, 1).reshape([b, d]);
-    (mm(es, ins[5].f2().unsqueeze::<3>(), ctx), last)
-}
-
-/// Recurrent state of an xLSTM layer. mLSTM: the stabilized memory C̄ `[b, H, d, d]`,
-/// normalizer n̄ `[b, H, 1, d]` and stabilizer m `[b, H, 1, 1]`. sLSTM: c, n, m and h, each
-/// `[b, H, 1, d]` (d = width / H).
-pub type XlstmState = Vec<Tensor<4>>;
-
-/// The mLSTM layer over this call's positions, continuing from `init` (a zero memory when
-/// `None`); returns the outputs and the final state. Stabilized parallel form over the
-/// chunk: with F_t = Σ_{u≤t} ln σ(f̃_u), position t weighs the carried memory by
-/// e^{F_t + m₀} and position s ≤ t by e^{F_t − F_s + ĩ_s}, all divided by e^{m_t} where m_t is
-/// the largest of these exponents, so nothing overflows; m_t cancels in the result, so it is
-/// held constant for the gradient.
-pub fn mlstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<XlstmState>) -> (Tensor<3>, XlstmState) {
-    let Op::Mlstm { heads } = op else {
-        unreachable!("mlstm op")
-    };
-    let x = ins[0].f3();
-    let [b, s, d] = x.dims();
-    let h = *heads as usize;
-    let dh = d / h;
-    let proj = |w: &V, bias: &V, o: usize| {
-        mm(x.clone(), w.f2().unsqueeze::<3>(), ctx) + bias.f1().reshape([1, 1, o])
-    };
-    let qkvo = proj(ins[1], ins[2], 4 * d);
-    let heads_of = |i: usize| {
-        qkvo.clone()
-            .narrow(2, i * d, d)
-            .reshape([b, s, h, dh])
-            .swap_dims(1, 2)
-    };
-    let (q, k, v) = (
-        heads_of(0),
-        heads_of(1).div_scalar((dh as f64).sqrt()),
-        heads_of(2),
-    );
-    let og = qkvo.narrow(2, 3 * d, d);
-    // Gates [b, H, s].
-    let ig = proj(ins[3], ins[4], h).swap_dims(1, 2);
-    let logf = activation::log_sigmoid(proj(ins[5], ins[6], h).swap_dims(1, 2));
-    let (hcat, st) = match init {
-        None if ctx.matmul_dtype.is_none() => fused::mlstm([q, k, v], [ig, logf]),
-        init => {
-            let init = init.map(|st| [st[0].clone(), st[1].clone(), st[2].clone()]);
-            fused::mlstm_plain([q, k, v], [ig, logf], init, |a, b| mm(a, b, ctx))
-        }
-    };
-    let out = mm(
-        activation::sigmoid(og) * hcat,
-        ins[7].f2().unsqueeze::<3>(),
-        ctx,
-    );
-    (out, st.to_vec())
-}
-
-/// The sLSTM layer step by step from `init` (zeros when `None`), with the paper's stabilizer
-/// m_t = max(ln f_t + m_{t−1}, ĩ_t); returns the outputs and the final state.
-pub fn slstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<XlstmState>) -> (Tensor<3>, XlstmState) {
-    let Op::Slstm { heads } = op else {
-        unreachable!("slstm op")
-    };
-    let x = ins[0].f3();
-    let [b, _, d] = x.dims();
-    let h = *heads as usize;
-    let dh = d / h;
-    // Input pre-activations for all positions, [b, s, 4d] (gate-major, then head).
-    let xw = linear(x, ins[1].f2(), Some(ins[3].f1()), ctx);
-    let r = ins[2].f3(); // [H, dh, 4dh]
-    let st: [Tensor<4>; 4] = match init {
-        Some(st) => st.try_into().expect("four sLSTM state tensors"),
-        None => std::array::from_fn(|_| Tensor::zeros([b, h, 1, dh], ctx.device)),
-    };
-    let (y, st) = if ctx.matmul_dtype.is_none() {
-        fused::slstm(xw, r, st)
-    } else {
-        fused::slstm_plain(xw, r, st, |a, b| mm(a, b, ctx))
-    };
-    (y, st.to_vec())
 }
 
 /// LSTM state of every layer: (h, c), each `[b, hidden]`.

@@ -92,7 +92,7 @@ impl Lowerer {
                 self.param(&at, "v0", &[d], Init::Normal(Real(0.02))),
                 self.param(&at, "out.weight", &[d, d], linear_init(d)),
             ];
-            self.op(&at, Op::Ets { heads: h }, &ins)
+            self.op(&at, Op::Ets(crate::ops::ets::Ets { heads: h }), &ins)
         } else if let Layer::Mlstm { .. } = layer {
             let ins = vec![
                 x,
@@ -105,7 +105,11 @@ impl Lowerer {
                 self.param(&at, "fgate.bias", &[h], Init::Const(Real(3.0))),
                 self.param(&at, "out.weight", &[d, d], linear_init(d)),
             ];
-            self.op(&at, Op::Mlstm { heads: h }, &ins)
+            self.op(
+                &at,
+                Op::Xlstm(crate::ops::xlstm::Xlstm::Mlstm { heads: h }),
+                &ins,
+            )
         } else {
             let dh = d / h;
             let ins = vec![
@@ -114,7 +118,11 @@ impl Lowerer {
                 self.param(&at, "recurrent", &[h, dh, 4 * dh], linear_init(dh)),
                 self.param(&at, "bias", &[4 * d], Init::Zeros),
             ];
-            self.op(&at, Op::Slstm { heads: h }, &ins)
+            self.op(
+                &at,
+                Op::Xlstm(crate::ops::xlstm::Xlstm::Slstm { heads: h }),
+                &ins,
+            )
         }
     }
 }
