@@ -388,11 +388,11 @@ impl Graph {
                             2 * batch * seq * w[0] * w[1]
                         })
                         .sum(),
-                    Op::PhaseAttention { .. } => 4 * out * seq,
+                    Op::PhaseAttention(o) => o.matmul_flops(&types(&ins), batch, seq),
                     // Scores and values over the source's positions.
                     Op::CrossAttention { .. } => 4 * out * self.g[ins[1]].ty.len(2, seq),
-                    // Every band's query against every band's key, and the values.
-                    Op::BandAttention { bands } => 4 * out * bands,
+                    Op::BandAttention(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Wave(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::ForecastHead { .. } => 2 * out * shape(ins[1])[0],
                     Op::SpectralFilter {
                         n: len,
@@ -424,8 +424,6 @@ impl Graph {
                     | Op::Patch { .. }
                     | Op::ComplexFeatures
                     | Op::WindowedGate { .. }
-                    | Op::Wave { .. }
-                    | Op::HarmonicSelect { .. }
                     | Op::SliceFeatures { .. }
                     | Op::ConcatFeatures { .. }
                     | Op::PadBias { .. }
@@ -457,7 +455,7 @@ impl Graph {
             .filter(|&n| {
                 matches!(
                     self.g[n].op,
-                    Op::Attention { .. } | Op::PhaseAttention { .. } | Op::CrossAttention { .. }
+                    Op::Attention { .. } | Op::PhaseAttention(_) | Op::CrossAttention { .. }
                 )
             })
             .filter_map(|n| {

@@ -4,16 +4,21 @@
 //! incrementally, its float64 reference and its Burn forward; its tests sit at the end of its
 //! file. [`crate::ir::Op`] holds one variant per family and dispatches to it.
 //!
-//! Families move here one at a time (issue 20): so far the norms, the elementwise ops, the head split, the linear map and the embedding. The other ops still have
-//! their arms in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
+//! Families move here one at a time (issue 20): so far the norms, the elementwise ops, the
+//! head split, the linear map, the embedding, the harmonic ops (`wave`: the wave encoding and
+//! the harmonic selection), phase-coherent attention and cross-band attention. The other ops
+//! still have their arms in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
 
+pub mod band_attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod heads;
 pub mod linear;
 pub mod norm;
+pub mod phase_attention;
 #[cfg(test)]
 mod testing;
+pub mod wave;
 
 use crate::ir::reference::Tensor as RefTensor;
 use crate::ir::{DType, Mixing, TensorType};
