@@ -112,20 +112,21 @@ impl OpDef for BandAttention {
         let mut out = RefTensor::zeros(&[b, s, n * c]);
         for r in 0..b * s {
             let at = |t: &RefTensor| t.data[r * c..(r + 1) * c].to_vec();
-            for i in 0..n {
-                let qi = at(q[i]);
-                let scores: Vec<f64> = (0..n)
-                    .map(|j| {
-                        let kj = at(k[j]);
+            for (i, qt) in q.iter().enumerate() {
+                let qi = at(qt);
+                let scores: Vec<f64> = k
+                    .iter()
+                    .map(|kt| {
+                        let kj = at(kt);
                         qi.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (c as f64).sqrt()
                     })
                     .collect();
                 let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|v| (v - mx).exp()).collect();
                 let z: f64 = e.iter().sum();
-                for j in 0..n {
-                    for (f, vf) in at(v[j]).iter().enumerate() {
-                        out.data[(r * n + i) * c + f] += e[j] / z * vf;
+                for (ej, vt) in e.iter().zip(&v) {
+                    for (f, vf) in at(vt).iter().enumerate() {
+                        out.data[(r * n + i) * c + f] += ej / z * vf;
                     }
                 }
             }

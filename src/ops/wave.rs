@@ -356,7 +356,10 @@ mod tests {
         };
         let enc = Wave::Encoding { harmonics: 2 };
         assert_eq!(enc.infer(std::slice::from_ref(&x)).unwrap(), x);
-        assert_eq!(enc.infer(&[ids.clone()]), Err(InferError::TokenIds));
+        assert_eq!(
+            enc.infer(std::slice::from_ref(&ids)),
+            Err(InferError::TokenIds)
+        );
         assert!(matches!(
             Wave::Encoding { harmonics: 3 }.infer(std::slice::from_ref(&x)),
             Err(InferError::Shapes(_))
