@@ -875,10 +875,10 @@ fn harmonic_selection_samples_gumbel_top_k_and_passes_gradients() {
     let scores = Tensor::<3>::from_data(TensorData::new(logits.repeat(b * s), [b, s, h]), &device)
         .require_grad();
     let select = |scores: &Tensor<3>, k: u64, tau: f64, ctx: &kiln::runtime::ops::Ctx| {
-        let op = Op::HarmonicSelect {
+        let op = Op::Wave(kiln::ops::wave::Wave::Select {
             k,
             temperature: Real(tau),
-        };
+        });
         ops::eval(&op, &[&V::F3(x.clone()), &V::F3(scores.clone())], ctx).f3()
     };
     let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();

@@ -370,11 +370,11 @@ impl Graph {
                     Op::Forecast(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Ensemble(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Ets(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::PhaseAttention { .. } => 4 * out * seq,
+                    Op::PhaseAttention(o) => o.matmul_flops(&types(&ins), batch, seq),
                     // Scores and values over the source's positions.
                     Op::CrossAttention { .. } => 4 * out * self.g[ins[1]].ty.len(2, seq),
-                    // Every band's query against every band's key, and the values.
-                    Op::BandAttention { bands } => 4 * out * bands,
+                    Op::BandAttention(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Wave(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::SpectralFilter {
                         n: len,
                         algo: SpectralAlgo::Dense,
@@ -402,8 +402,6 @@ impl Graph {
                     | Op::Series { .. }
                     | Op::ComplexFeatures
                     | Op::WindowedGate { .. }
-                    | Op::Wave { .. }
-                    | Op::HarmonicSelect { .. }
                     | Op::SliceFeatures { .. }
                     | Op::ConcatFeatures { .. }
                     | Op::PadBias { .. }
@@ -433,7 +431,7 @@ impl Graph {
             .filter(|&n| {
                 matches!(
                     self.g[n].op,
-                    Op::Attention { .. } | Op::PhaseAttention { .. } | Op::CrossAttention { .. }
+                    Op::Attention { .. } | Op::PhaseAttention(_) | Op::CrossAttention { .. }
                 )
             })
             .filter_map(|n| {

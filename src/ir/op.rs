@@ -224,32 +224,10 @@ pub enum Op {
         /// Hop between frame starts.
         hop: u64,
     },
-    /// Wave encoding's ranges `[.., 3H] → [.., 3H]`: per harmonic h, feature 3h is a frequency
-    /// softplus(·), 3h+1 an amplitude softplus(·), 3h+2 a phase π·tanh(·).
-    Wave {
-        /// Harmonics H.
-        harmonics: u64,
-    },
-    /// Harmonic selection `(x [b, s, H·g], scores [b, s, H]) → [b, s, H·g]`: each position
-    /// keeps the g features of its k best-scoring harmonics and zeroes the rest. In training
-    /// the scores get Gumbel noise and the hard top-k mask passes the gradient of the relaxed
-    /// top-k (straight-through).
-    HarmonicSelect {
-        /// Harmonics kept per position.
-        k: u64,
-        /// Temperature τ of the relaxed top-k.
-        temperature: Real,
-    },
-    /// Phase-coherent attention `(q [b, h, s, e], k, v, phase [b, h, s, P], amp?, blend [2])
-    /// → [b, h, s, e]`: softmax over keys of blend₀·q·k/√e + blend₁·C, with C the phase
-    /// coherence of the two positions (see the `phase_attention` layer); `amp` only in the
-    /// complex mode.
-    PhaseAttention {
-        /// Mask later positions.
-        causal: bool,
-        /// Complex (amplitude-weighted) coherence instead of the cosine one.
-        complex: bool,
-    },
+    /// The wave encoding's ranges and the harmonic selection (see [`crate::ops::wave`]).
+    Wave(crate::ops::wave::Wave),
+    /// Phase-coherent attention (see [`crate::ops::phase_attention`]).
+    PhaseAttention(crate::ops::phase_attention::PhaseAttention),
     /// `[.., d] → [.., len]`: features start..start+len.
     SliceFeatures {
         /// First feature.
@@ -262,12 +240,8 @@ pub enum Op {
         /// Number of inputs n.
         parts: u64,
     },
-    /// Cross-band attention `(q_1..q_n, k_1..k_n, v_1..v_n, each [b, s, c]) → [b, s, n·c]`:
-    /// at every position, band i attends over the n bands: Σ_j softmax_j(q_i·k_j/√c) v_j.
-    BandAttention {
-        /// Bands n.
-        bands: u64,
-    },
+    /// Cross-band attention (see [`crate::ops::band_attention`]).
+    BandAttention(crate::ops::band_attention::BandAttention),
     /// An encoder-decoder model's source: the first `len` token ids of each row, `[b, len]`
     /// (the decoder's [`Op::Input`] is the rest of the row).
     Source {
@@ -353,6 +327,9 @@ impl Op {
             Op::Ensemble(o) => Some(o),
             Op::Ets(o) => Some(o),
             Op::Xlstm(o) => Some(o),
+            Op::Wave(o) => Some(o),
+            Op::PhaseAttention(o) => Some(o),
+            Op::BandAttention(o) => Some(o),
             Op::Input
             | Op::Param { .. }
             | Op::SinusoidalTable { .. }
@@ -367,12 +344,8 @@ impl Op {
             | Op::Series { .. }
             | Op::ComplexFeatures
             | Op::WindowedGate { .. }
-            | Op::Wave { .. }
-            | Op::HarmonicSelect { .. }
-            | Op::PhaseAttention { .. }
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
-            | Op::BandAttention { .. }
             | Op::Source { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
@@ -407,6 +380,9 @@ impl Op {
             Op::Ensemble(o) => o.position_limit(ins),
             Op::Ets(o) => o.position_limit(ins),
             Op::Xlstm(o) => o.position_limit(ins),
+            Op::Wave(o) => o.position_limit(ins),
+            Op::PhaseAttention(o) => o.position_limit(ins),
+            Op::BandAttention(o) => o.position_limit(ins),
             Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
             // Padding a kernel parameter does not limit the input.
             Op::PadSeq { len } => seq_input().then_some(*len as usize),
@@ -433,12 +409,8 @@ impl Op {
             | Op::Series { .. }
             | Op::ComplexFeatures
             | Op::WindowedGate { .. }
-            | Op::Wave { .. }
-            | Op::HarmonicSelect { .. }
-            | Op::PhaseAttention { .. }
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
-            | Op::BandAttention { .. }
             | Op::Source { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
@@ -487,12 +459,11 @@ impl Op {
             Op::Forecast(o) => o.name(),
             Op::ComplexFeatures => "complex_features",
             Op::WindowedGate { .. } => "windowed_gate",
-            Op::Wave { .. } => "wave",
-            Op::HarmonicSelect { .. } => "harmonic_select",
-            Op::PhaseAttention { .. } => "phase_attention",
+            Op::Wave(o) => o.name(),
+            Op::PhaseAttention(o) => o.name(),
             Op::SliceFeatures { .. } => "slice_features",
             Op::ConcatFeatures { .. } => "concat_features",
-            Op::BandAttention { .. } => "band_attention",
+            Op::BandAttention(o) => o.name(),
             Op::CrossAttention { .. } => "cross_attention",
             Op::PadBias { .. } => "pad_bias",
             Op::DropMemory { .. } => "drop_memory",
@@ -561,15 +532,11 @@ impl Op {
             Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
             Op::Ensemble(o) => o.attrs(),
             Op::WindowedGate { window, hop } => format!("window={window} hop={hop}"),
-            Op::Wave { harmonics } => format!("harmonics={harmonics}"),
-            Op::HarmonicSelect { k, temperature } => format!("k={k} temperature={}", temperature.0),
-            Op::PhaseAttention { causal, complex } => format!(
-                "causal={causal} mode={}",
-                if *complex { "complex" } else { "cosine" }
-            ),
+            Op::Wave(o) => o.attrs(),
+            Op::PhaseAttention(o) => o.attrs(),
             Op::SliceFeatures { start, len } => format!("start={start} len={len}"),
             Op::ConcatFeatures { parts } => format!("parts={parts}"),
-            Op::BandAttention { bands } => format!("bands={bands}"),
+            Op::BandAttention(o) => o.attrs(),
             Op::Mamba {
                 d_state,
                 d_conv,
@@ -604,12 +571,7 @@ impl Op {
         }
         !matches!(
             self,
-            Op::Param { .. }
-                | Op::Input
-                | Op::Source { .. }
-                | Op::Series { .. }
-                | Op::Output
-                | Op::HarmonicSelect { .. }
+            Op::Param { .. } | Op::Input | Op::Source { .. } | Op::Series { .. } | Op::Output
         ) && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
             && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
     }
@@ -623,8 +585,7 @@ impl Op {
             | Op::PrependMemory
             | Op::DropMemory { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
-            Op::PhaseAttention { causal: true, .. } => Mixing::Causal,
-            Op::PhaseAttention { causal: false, .. } | Op::WindowedGate { .. } => Mixing::Full,
+            Op::WindowedGate { .. } => Mixing::Full,
             Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
                 Mixing::Full
             }
@@ -644,6 +605,9 @@ impl Op {
             Op::Ensemble(o) => o.mixing(),
             Op::Xlstm(o) => o.mixing(),
             Op::Ets(o) => o.mixing(),
+            Op::Wave(o) => o.mixing(),
+            Op::PhaseAttention(o) => o.mixing(),
+            Op::BandAttention(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -661,11 +625,8 @@ impl Op {
             | Op::Source { .. }
             | Op::Series { .. }
             | Op::ComplexFeatures
-            | Op::Wave { .. }
-            | Op::HarmonicSelect { .. }
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
-            | Op::BandAttention { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
             | Op::Output => Mixing::Pointwise,
@@ -699,10 +660,10 @@ impl Op {
             Op::Xlstm(o) => o.ports().len(),
             Op::Ets(o) => o.ports().len(),
             Op::WindowedGate { .. } => 3,
-            Op::HarmonicSelect { .. } => 2,
-            Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
+            Op::Wave(o) => o.ports().len(),
+            Op::PhaseAttention(o) => o.ports().len(),
+            Op::BandAttention(o) => o.ports().len(),
             Op::ConcatFeatures { parts } => *parts as usize,
-            Op::BandAttention { bands } => 3 * *bands as usize,
             Op::SinusoidalTable { .. }
             | Op::RopeTable { .. }
             | Op::RepeatKv { .. }
@@ -711,7 +672,6 @@ impl Op {
             | Op::Irfft { .. }
             | Op::FreqMask { .. }
             | Op::ComplexFeatures
-            | Op::Wave { .. }
             | Op::SliceFeatures { .. }
             | Op::PadBias { .. }
             | Op::DropMemory { .. }
@@ -765,7 +725,10 @@ impl Op {
             | Op::Forecast(_)
             | Op::Ensemble(_)
             | Op::Xlstm(_)
-            | Op::Ets(_) => unreachable!("families infer through `def`"),
+            | Op::Ets(_)
+            | Op::Wave(_)
+            | Op::PhaseAttention(_)
+            | Op::BandAttention(_) => unreachable!("families infer through `def`"),
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
             Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
             Op::AddPositions => {
@@ -1002,44 +965,6 @@ impl Op {
                 }
                 f32(x.shape.clone())
             }
-            Op::Wave { harmonics } => {
-                let x = float(0)?;
-                match x.shape.as_slice() {
-                    [_, _, Dim::Fixed(d)] if *d == 3 * harmonics => f32(x.shape.clone()),
-                    _ => Err(format!("expects [batch, seq, 3·{harmonics}], got {x}")),
-                }
-            }
-            Op::HarmonicSelect { k, .. } => {
-                let (x, sc) = (float(0)?, float(1)?);
-                match (x.shape.as_slice(), sc.shape.as_slice()) {
-                    ([b, s, Dim::Fixed(d)], [b2, s2, Dim::Fixed(h)])
-                        if b == b2 && s == s2 && *h > 0 && d % h == 0 && *k >= 1 && k <= h =>
-                    {
-                        f32(x.shape.clone())
-                    }
-                    _ => Err(format!(
-                        "expects [batch, seq, H·g] and scores [batch, seq, H] with k ≤ H, got {x} and {sc}"
-                    )),
-                }
-            }
-            Op::PhaseAttention { complex, .. } => {
-                let q = float(0)?;
-                let [b, h, s, _] = q.shape.as_slice() else {
-                    return Err(format!("expects [batch, heads, seq, width], got {q}"));
-                };
-                let ph = float(3)?;
-                let ok_kv = ins[1].shape == q.shape && ins[2].shape == q.shape;
-                let ok_ph = matches!(ph.shape.as_slice(), [b2, h2, s2, Dim::Fixed(_)] if b2 == b && h2 == h && s2 == s);
-                let ok_amp = !*complex || ins[4].shape == ph.shape;
-                let blend = ins[ins.len() - 1].shape == vec![Dim::Fixed(2)];
-                if !(ok_kv && ok_ph && ok_amp && blend) {
-                    return Err(format!(
-                        "phase attention inputs do not fit: q {q}, k {}, v {}, phase {ph}",
-                        ins[1], ins[2]
-                    ));
-                }
-                f32(q.shape.clone())
-            }
             Op::SliceFeatures { start, len } => {
                 let x = float(0)?;
                 match x.shape.split_last() {
@@ -1056,7 +981,7 @@ impl Op {
                     )),
                 }
             }
-            Op::ConcatFeatures { .. } | Op::BandAttention { .. } => {
+            Op::ConcatFeatures { .. } => {
                 if ins.is_empty() || ins[0].shape.len() != 3 {
                     return Err("expects one or more [batch, seq, width] inputs".into());
                 }
@@ -1070,25 +995,10 @@ impl Op {
                     if lead.as_ref().is_some_and(|p| p.as_slice() != l) {
                         return Err(format!("inputs of different shapes: {} and {x}", ins[0]));
                     }
-                    if matches!(self, Op::BandAttention { .. }) && ins[0].shape != x.shape {
-                        return Err(format!(
-                            "band queries, keys and values differ: {} and {x}",
-                            ins[0]
-                        ));
-                    }
                     lead = Some(l.to_vec());
                     total += d;
                 }
                 let mut shape = lead.unwrap_or_default();
-                if let Op::BandAttention { bands } = self {
-                    total /= 3;
-                    if shape.len() != 2 || *bands == 0 {
-                        return Err(format!(
-                            "expects [batch, seq, width] per band, got {}",
-                            ins[0]
-                        ));
-                    }
-                }
                 shape.push(Dim::Fixed(total));
                 f32(shape)
             }

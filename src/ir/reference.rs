@@ -274,6 +274,9 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Heads(o) => o.reference(ins)?,
         Op::Forecast(o) => o.reference(ins)?,
         Op::Ensemble(o) => o.reference(ins)?,
+        Op::Wave(o) => o.reference(ins)?,
+        Op::PhaseAttention(o) => o.reference(ins)?,
+        Op::BandAttention(o) => o.reference(ins)?,
         Op::RopeTable {
             head_dim,
             base,
@@ -399,34 +402,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         }
         Op::Xlstm(o) => o.reference(ins)?,
         Op::WindowedGate { window, hop } => windowed_gate(ins, *window as usize, *hop as usize)?,
-        Op::Wave { .. } => {
-            let mut out = ins[0].clone();
-            for (i, v) in out.data.iter_mut().enumerate() {
-                *v = match i % 3 {
-                    0 | 1 => softplus(*v),
-                    _ => PI * v.tanh(),
-                };
-            }
-            out
-        }
-        Op::HarmonicSelect { k, .. } => {
-            // Inference: the k best scores of each position, ties to the lower harmonic.
-            let (x, sc) = (ins[0], ins[1]);
-            let (d, h) = (x.shape[2], sc.shape[2]);
-            let g = d / h;
-            let mut out = x.clone();
-            for (r, row) in sc.data.chunks(h).enumerate() {
-                let mut idx: Vec<usize> = (0..h).collect();
-                idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                for &hh in &idx[*k as usize..] {
-                    for j in 0..g {
-                        out.data[r * d + hh * g + j] = 0.0;
-                    }
-                }
-            }
-            out
-        }
-        Op::PhaseAttention { causal, complex } => phase_attention(ins, *causal, *complex),
         Op::SliceFeatures { start, len } => {
             let x = ins[0];
             let d = *x.shape.last().unwrap_or(&1);
@@ -454,33 +429,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                 }
             }
             Tensor { shape, data }
-        }
-        Op::BandAttention { bands } => {
-            let n = *bands as usize;
-            let (b, s, c) = (ins[0].shape[0], ins[0].shape[1], ins[0].shape[2]);
-            let mut out = Tensor::zeros(&[b, s, n * c]);
-            for r in 0..b * s {
-                let at = |t: &Tensor| t.data[r * c..(r + 1) * c].to_vec();
-                for i in 0..n {
-                    let q = at(ins[i]);
-                    let scores: Vec<f64> = (0..n)
-                        .map(|j| {
-                            let k = at(ins[n + j]);
-                            q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() / (c as f64).sqrt()
-                        })
-                        .collect();
-                    let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|v| (v - mx).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for j in 0..n {
-                        let v = at(ins[2 * n + j]);
-                        for (f, vf) in v.iter().enumerate() {
-                            out.data[(r * n + i) * c + f] += e[j] / z * vf;
-                        }
-                    }
-                }
-            }
-            out
         }
         Op::ComplexFeatures => {
             let x = ins[0];
@@ -900,54 +848,4 @@ fn windowed_gate(ins: &[&Tensor], window: usize, hop: usize) -> Result<Tensor, S
         }
     }
     Ok(out)
-}
-
-/// Phase-coherent attention by its definition (see the `phase_attention` layer).
-fn phase_attention(ins: &[&Tensor], causal: bool, complex: bool) -> Tensor {
-    let (q, k, v, ph) = (ins[0], ins[1], ins[2], ins[3]);
-    let amp = complex.then(|| ins[4]);
-    let blend = &ins[ins.len() - 1].data;
-    let (bh, s, e) = (q.shape[0] * q.shape[1], q.shape[2], q.shape[3]);
-    let p = ph.shape[3];
-    let mut out = Tensor::zeros(&q.shape);
-    for r in 0..bh {
-        for i in 0..s {
-            let row = |t: &Tensor, j: usize, w: usize| {
-                t.data[(r * s + j) * w..(r * s + j + 1) * w].to_vec()
-            };
-            let (qi, phi) = (row(q, i, e), row(ph, i, p));
-            let keys = if causal { i + 1 } else { s };
-            let logits: Vec<f64> = (0..keys)
-                .map(|j| {
-                    let dot: f64 = qi.iter().zip(row(k, j, e)).map(|(a, b)| a * b).sum();
-                    let phj = row(ph, j, p);
-                    let coherence = match amp {
-                        None => (0..p).map(|m| (phi[m] - phj[m]).cos()).sum::<f64>() / p as f64,
-                        Some(a) => {
-                            let (ai, aj) = (row(a, i, p), row(a, j, p));
-                            let (mut re, mut im, mut norm) = (0.0, 0.0, 0.0);
-                            for m in 0..p {
-                                let w = ai[m] * aj[m];
-                                re += w * (phi[m] - phj[m]).cos();
-                                im += w * (phi[m] - phj[m]).sin();
-                                norm += w;
-                            }
-                            (re * re + im * im + 1e-12).sqrt() / (norm + 1e-6)
-                        }
-                    };
-                    blend[0] * dot / (e as f64).sqrt() + blend[1] * coherence
-                })
-                .collect();
-            let mx = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
-            let z: f64 = w.iter().sum();
-            for (j, wj) in w.iter().enumerate() {
-                let vj = row(v, j, e);
-                for (f, vf) in vj.iter().enumerate() {
-                    out.data[(r * s + i) * e + f] += wj / z * vf;
-                }
-            }
-        }
-    }
-    out
 }

@@ -332,7 +332,7 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
         },
         LayerNeed {
             asked: r.spec.train.regularizers.harmonic_sparsity != 0.0,
-            is_layer: |op| matches!(op, Op::HarmonicSelect { .. }),
+            is_layer: |op| matches!(op, Op::Wave(crate::ops::wave::Wave::Select { .. })),
             path: &["train", "regularizers", "harmonic_sparsity"],
             msg:
                 "the harmonic-sparsity term needs a `harmonic_select` layer, and the model has none",

@@ -4,9 +4,10 @@
 //! incrementally, its float64 reference and its Burn forward; its tests sit at the end of its
 //! file. [`crate::ir::Op`] holds one variant per family and dispatches to it.
 //!
-//! Families move here one at a time (issue 20); the ops not yet moved still have
-//! their arms in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
+//! Families move here one at a time (issue 20); the ops not yet moved still have their arms
+//! in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
 
+pub mod band_attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod ensemble;
@@ -16,9 +17,11 @@ pub mod heads;
 pub mod linear;
 pub mod norm;
 pub mod retention;
+pub mod phase_attention;
 #[cfg(test)]
 mod testing;
 pub mod xlstm;
+pub mod wave;
 
 use crate::ir::reference::Tensor as RefTensor;
 use crate::ir::{DType, Mixing, TensorType};

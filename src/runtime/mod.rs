@@ -42,8 +42,6 @@ pub struct KvCache {
     /// Per causal spectral filter: the inputs of its latest positions (as many as its kernel
     /// has taps, less one) `[b, h, d]`; per position-wise linear map: every earlier input.
     conv: HashMap<NodeIndex, Tensor<3>>,
-    /// Per phase-coherent attention op: keys, values and the keys' phases (and amplitudes).
-    phase: HashMap<NodeIndex, ops::PhaseKeys>,
     /// An encoder-decoder's values that depend only on the source (the encoder's output and
     /// the cross-attention keys and values), computed on the first call.
     source: HashMap<NodeIndex, V>,
@@ -70,7 +68,6 @@ impl KvCache {
                     .flat_map(|s| s.iter().map(|(h, _)| h.device())),
             )
             .chain(self.mamba.values().map(|(c, _)| c.device()))
-            .chain(self.phase.values().map(|pk| pk.k.device()))
             .chain(self.conv.values().map(Tensor::device))
             .chain(self.states.values().map(|s| s.device()))
             .next()
@@ -101,15 +98,6 @@ impl KvCache {
         for x in self.conv.values_mut() {
             *x = x.clone().select(0, idx.clone());
         }
-        for pk in self.phase.values_mut() {
-            let rows = |t: &Tensor<4>| t.clone().select(0, idx.clone());
-            *pk = ops::PhaseKeys {
-                k: rows(&pk.k),
-                v: rows(&pk.v),
-                phase: rows(&pk.phase),
-                amp: pk.amp.as_ref().map(rows),
-            };
-        }
         for st in self.lstm.values_mut() {
             for (h, c) in st.iter_mut() {
                 *h = h.clone().select(0, idx.clone());
@@ -130,7 +118,6 @@ impl KvCache {
             .kv
             .values()
             .map(|(k, _)| k.dims())
-            .chain(self.phase.values().map(|pk| pk.k.dims()))
             .chain(self.states.values().filter_map(|s| s.key_shape()))
             .collect();
         v.sort_unstable();
@@ -520,12 +507,15 @@ impl Runtime {
                 Op::Ensemble(o) => o.incremental(),
                 Op::Xlstm(o) => o.incremental(),
                 Op::Ets(o) => o.incremental(),
+                Op::Wave(o) => o.incremental(),
+                Op::PhaseAttention(o) => o.incremental(),
+                Op::BandAttention(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
                     causal, key_mask, ..
                 } => *causal && !*key_mask,
-                Op::PhaseAttention { causal, .. } | Op::SpectralFilter { causal, .. } => *causal,
+                Op::SpectralFilter { causal, .. } => *causal,
                 // Whole-sequence transforms, and a forecaster's series (a forecaster does not
                 // decode).
                 Op::PadSeq { .. }
@@ -554,11 +544,8 @@ impl Runtime {
                 | Op::RepeatKv { .. }
                 | Op::FreqMask { .. }
                 | Op::ComplexFeatures
-                | Op::Wave { .. }
-                | Op::HarmonicSelect { .. }
                 | Op::SliceFeatures { .. }
                 | Op::ConcatFeatures { .. }
-                | Op::BandAttention { .. }
                 | Op::Output => true,
             };
             if !ok {
@@ -659,16 +646,6 @@ impl Runtime {
                             }
                             let out = ops::attention(op, &ins, k.clone(), v.clone(), ctx);
                             c.kv.insert(n, (k, v));
-                            V::F4(out)
-                        }
-                        (Some(c), &Op::PhaseAttention { causal, complex }) => {
-                            let mut keys = ops::PhaseKeys::of(&ins, complex);
-                            if let Some(earlier) = c.phase.remove(&n) {
-                                keys = keys.after(earlier);
-                            }
-                            let out =
-                                ops::phase_attention(&ins, keys.clone(), causal, complex, ctx);
-                            c.phase.insert(n, keys);
                             V::F4(out)
                         }
                         (Some(c), Op::SpectralFilter { causal: true, .. }) => {

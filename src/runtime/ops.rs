@@ -362,53 +362,13 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             (*window as usize, *hop as usize),
             ctx,
         )),
-        Op::Wave { harmonics } => {
-            let x = ins[0].f3();
-            let [b, s, _] = x.dims();
-            let h = *harmonics as usize;
-            let x = x.reshape([b, s, h, 3]);
-            let fa = activation::softplus(x.clone().narrow(3, 0, 2), 1.0);
-            let ph = x.narrow(3, 2, 1).tanh().mul_scalar(std::f64::consts::PI);
-            V::F3(Tensor::cat(vec![fa, ph], 3).reshape([b, s, 3 * h]))
-        }
-        Op::HarmonicSelect { k, temperature } => V::F3(harmonic_select(
-            ins[0].f3(),
-            ins[1].f3(),
-            *k as usize,
-            temperature.0,
-            ctx,
-        )),
-        Op::PhaseAttention { causal, complex } => V::F4(phase_attention(
-            ins,
-            PhaseKeys::of(ins, *complex),
-            *causal,
-            *complex,
-            ctx,
-        )),
         Op::SliceFeatures { start, len } => {
             V::F3(ins[0].f3().narrow(2, *start as usize, *len as usize))
         }
         Op::ConcatFeatures { .. } => V::F3(Tensor::cat(ins.iter().map(|v| v.f3()).collect(), 2)),
-        Op::BandAttention { bands } => {
-            let n = *bands as usize;
-            let stack = |part: usize| {
-                Tensor::stack::<4>(
-                    ins[part * n..(part + 1) * n]
-                        .iter()
-                        .map(|v| v.f3())
-                        .collect(),
-                    2,
-                )
-            };
-            let (q, k, v) = (stack(0), stack(1), stack(2));
-            let [b, s, _, c] = q.dims();
-            let w = activation::softmax(
-                q.matmul(k.swap_dims(2, 3))
-                    .mul_scalar(1.0 / (c as f64).sqrt()),
-                3,
-            );
-            V::F3(w.matmul(v).reshape([b, s, n * c]))
-        }
+        Op::Wave(o) => o.forward(ins, ctx),
+        Op::PhaseAttention(o) => o.forward(ins, ctx),
+        Op::BandAttention(o) => o.forward(ins, ctx),
         Op::SpectralFilter { n, causal, algo } => {
             let x = ins[0].f3();
             let n = *n as usize;
@@ -590,141 +550,6 @@ fn windowed_gate(
     (num / den.clamp_min(1e-12).reshape([1, lp, 1])).narrow(1, pad, s)
 }
 
-/// Top-k mask `[b, s, h]`: 1 on exactly k entries of each row, its k largest.
-fn topk_mask(scores: Tensor<3>, k: usize) -> Tensor<3> {
-    let [b, s, _] = scores.dims();
-    let (_, idx) = scores.clone().topk_with_indices(k, 2);
-    scores.zeros_like().scatter(
-        2,
-        idx,
-        Tensor::ones([b, s, k], &scores.device()),
-        burn::tensor::IndexingUpdateOp::Add,
-    )
-}
-
-/// Harmonic selection (see [`Op::HarmonicSelect`]). Training: Gumbel-perturbed scores, the
-/// hard top-k mask forward and the relaxed top-k of Xie & Ermon (2019) backward, k softmaxes
-/// at temperature τ each removing the mass already taken (α ← α + ln(1 − a)).
-fn harmonic_select(x: Tensor<3>, scores: Tensor<3>, k: usize, tau: f64, ctx: &Ctx) -> Tensor<3> {
-    let [b, s, d] = x.dims();
-    let h = scores.dims()[2];
-    // The noise-free top-k is built only where it is read: for the sparsity statistic
-    // (training) and as the mask at evaluation.
-    if let Some(out) = ctx.aux {
-        let clean = topk_mask(scores.clone().detach(), k);
-        let p = activation::softmax(scores.clone().div_scalar(tau), 2);
-        let outside = (p * clean).sum_dim(2).neg().add_scalar(1.0).mean();
-        out.borrow_mut()
-            .harmonic_sparsity
-            .push(outside.reshape([1]));
-    }
-    let mask = if ctx.train {
-        let u = scores.random_like(Distribution::Uniform(1e-10, 1.0));
-        let noisy = scores + u.log().neg().log().neg();
-        let hard = topk_mask(noisy.clone().detach(), k);
-        let mut alpha = noisy;
-        let mut soft: Option<Tensor<3>> = None;
-        for _ in 0..k {
-            let a = activation::softmax(alpha.clone().div_scalar(tau), 2);
-            alpha = alpha + a.clone().neg().add_scalar(1.0).clamp_min(1e-12).log();
-            soft = Some(match soft {
-                Some(t) => t + a,
-                None => a,
-            });
-        }
-        let soft = soft.unwrap_or_else(|| hard.clone());
-        soft.clone() + (hard - soft).detach()
-    } else {
-        topk_mask(scores.detach(), k)
-    };
-    let g = d / h;
-    x * mask
-        .reshape([b, s, h, 1])
-        .expand([b, s, h, g])
-        .reshape([b, s, d])
-}
-
-/// The key side of phase-coherent attention, `[b, h, t, ·]` each: keys, values, the keys'
-/// phases and (complex mode) amplitudes. With a cache, t covers earlier positions too.
-#[derive(Clone)]
-pub struct PhaseKeys {
-    /// Keys `[b, h, t, e]`.
-    pub k: Tensor<4>,
-    /// Values `[b, h, t, e]`.
-    pub v: Tensor<4>,
-    /// The keys' phases `[b, h, t, P]`.
-    pub phase: Tensor<4>,
-    /// The keys' amplitudes `[b, h, t, P]` (complex mode only).
-    pub amp: Option<Tensor<4>>,
-}
-
-impl PhaseKeys {
-    /// The key side of this call's own positions (the op's inputs).
-    pub fn of(ins: &[&V], complex: bool) -> Self {
-        Self {
-            k: ins[1].f4(),
-            v: ins[2].f4(),
-            phase: ins[3].f4(),
-            amp: complex.then(|| ins[4].f4()),
-        }
-    }
-
-    /// `earlier`'s positions followed by this call's (along the sequence axis).
-    pub fn after(self, earlier: PhaseKeys) -> Self {
-        let cat = |a: Tensor<4>, b: Tensor<4>| Tensor::cat(vec![a, b], 2);
-        Self {
-            k: cat(earlier.k, self.k),
-            v: cat(earlier.v, self.v),
-            phase: cat(earlier.phase, self.phase),
-            amp: earlier.amp.zip(self.amp).map(|(a, b)| cat(a, b)),
-        }
-    }
-}
-
-/// Phase-coherent attention (see [`Op::PhaseAttention`]) of the queries in `ins` over `keys`,
-/// which may start `ctx.offset` cached positions earlier.
-pub fn phase_attention(
-    ins: &[&V],
-    keys: PhaseKeys,
-    causal: bool,
-    complex: bool,
-    ctx: &Ctx,
-) -> Tensor<4> {
-    let (q, ph) = (ins[0].f4(), ins[3].f4());
-    let blend = ins[ins.len() - 1].f1();
-    let [_, _, s, e] = q.dims();
-    let p = ph.dims()[3];
-    let dots = mm(q, keys.k.swap_dims(2, 3), ctx).mul_scalar(1.0 / (e as f64).sqrt());
-    let (cq, sq) = (ph.clone().cos(), ph.sin());
-    let (ck, sk) = (keys.phase.clone().cos(), keys.phase.sin());
-    let tr = |x: Tensor<4>| x.swap_dims(2, 3);
-    let coherence = if complex {
-        let (aq, ak) = (ins[4].f4(), keys.amp.expect("complex mode has amplitudes"));
-        let (caq, saq) = (aq.clone() * cq, aq.clone() * sq);
-        let (cak, sak) = (ak.clone() * ck, ak.clone() * sk);
-        let re = mm(caq.clone(), tr(cak.clone()), ctx) + mm(saq.clone(), tr(sak.clone()), ctx);
-        let im = mm(saq, tr(cak), ctx) - mm(caq, tr(sak), ctx);
-        let norm = mm(aq, tr(ak), ctx);
-        (re.powi_scalar(2) + im.powi_scalar(2))
-            .add_scalar(1e-12)
-            .sqrt()
-            / norm.add_scalar(1e-6)
-    } else {
-        (mm(cq, tr(ck), ctx) + mm(sq, tr(sk), ctx)).div_scalar(p as f64)
-    };
-    let logits = dots * blend.clone().narrow(0, 0, 1).reshape([1, 1, 1, 1])
-        + coherence * blend.narrow(0, 1, 1).reshape([1, 1, 1, 1]);
-    // Query i (absolute position offset + i) sees keys j ≤ offset + i.
-    let vis = fused::Visible {
-        queries: s,
-        causal,
-        offset: ctx.offset,
-    };
-    let probs = activation::softmax(fused::softmax_plain_mask(logits, vis), 3);
-    record_entropy(&probs, ctx);
-    mm(probs, keys.v, ctx)
-}
-
 /// Attention logits `[b, h, s, t]` plus a key-padding bias `[b, t]` (see [`Op::PadBias`]).
 fn add_key_bias(scores: Tensor<4>, bias: &V) -> Tensor<4> {
     let [b, t] = bias.f2().dims();
@@ -732,7 +557,7 @@ fn add_key_bias(scores: Tensor<4>, bias: &V) -> Tensor<4> {
 }
 
 /// When asked for ([`Ctx::aux`]): the mean entropy −Σ_j p_ij ln p_ij of the attention rows.
-fn record_entropy(probs: &Tensor<4>, ctx: &Ctx) {
+pub(crate) fn record_entropy(probs: &Tensor<4>, ctx: &Ctx) {
     if let Some(out) = ctx.aux {
         let h = (probs.clone() * probs.clone().clamp_min(1e-30).log())
             .sum_dim(3)

@@ -4,6 +4,7 @@
 use crate::diag::Code;
 use crate::ir::{Dim, Init, Mixing, Op, Real};
 use crate::lower::{seq_items, At, Lowerer};
+use crate::ops::band_attention::BandAttention;
 use crate::ops::elementwise::Elementwise;
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
@@ -158,7 +159,11 @@ impl Lowerer {
                     qkv.push(self.linear(&at, &format!("cross.{i}.{part}"), y, c, true)?);
                 }
             }
-            let a = self.op(&at, Op::BandAttention { bands: n as u64 }, &qkv)?;
+            let a = self.op(
+                &at,
+                Op::BandAttention(BandAttention { bands: n as u64 }),
+                &qkv,
+            )?;
             for (i, y) in outs.iter_mut().enumerate() {
                 let slice = Op::SliceFeatures {
                     start: i as u64 * c,

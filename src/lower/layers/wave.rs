@@ -6,6 +6,8 @@ use crate::ir::{Init, Op, Real};
 use crate::lower::{At, Lowerer};
 use crate::ops::elementwise::Elementwise;
 use crate::ops::heads::Heads;
+use crate::ops::phase_attention::PhaseAttention;
+use crate::ops::wave::Wave;
 use crate::spec::model::PhaseMode;
 use petgraph::stable_graph::NodeIndex;
 
@@ -18,7 +20,7 @@ impl Lowerer {
     ) -> Option<NodeIndex> {
         let h = u64::from(*harmonics);
         let y = self.linear(&at, "proj", x, 3 * h, true)?;
-        self.op(&at, Op::Wave { harmonics: h }, &[y])
+        self.op(&at, Op::Wave(Wave::Encoding { harmonics: h }), &[y])
     }
 
     pub(in crate::lower) fn harmonic_select(
@@ -41,10 +43,10 @@ impl Lowerer {
             return None;
         }
         let scores = self.linear(&at, "score", x, h, true)?;
-        let op = Op::HarmonicSelect {
+        let op = Op::Wave(Wave::Select {
             k,
             temperature: Real(*temperature),
-        };
+        });
         self.op(&at, op, &[x, scores])
     }
 
@@ -79,10 +81,10 @@ impl Lowerer {
             ins.push(self.op(&at, Op::Heads(Heads::Split { heads: h }), &[a])?);
         }
         ins.push(self.param(&at, "blend", &[2], Init::Ones));
-        let op = Op::PhaseAttention {
+        let op = Op::PhaseAttention(PhaseAttention {
             causal: *causal,
             complex,
-        };
+        });
         let o = self.op(&at, op, &ins)?;
         let o = self.op(&at, Op::Heads(Heads::Merge), &[o])?;
         self.linear(&at, "out", o, w, true)
