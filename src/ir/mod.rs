@@ -345,19 +345,8 @@ impl Graph {
                     Op::Linear(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Embedding(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Attention { .. } => 4 * out * seq,
-                    Op::Lstm { layers, .. } => (0..*layers as usize)
-                        .map(|l| {
-                            let (wi, wh) = (shape(ins[1 + 4 * l]), shape(ins[2 + 4 * l]));
-                            2 * batch * seq * (wi[0] * wi[1] + wh[0] * wh[1])
-                        })
-                        .sum(),
-                    Op::Mamba { .. } => [1, 4, 5, 9]
-                        .iter()
-                        .map(|&k| {
-                            let w = shape(ins[k]);
-                            2 * batch * seq * w[0] * w[1]
-                        })
-                        .sum(),
+                    Op::Lstm(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Mamba(o) => o.matmul_flops(&types(&ins), batch, seq),
                     // Projections, then the parallel form's two s × s products.
                     Op::Mlstm { .. } => {
                         [1, 3, 5, 7]
@@ -373,10 +362,7 @@ impl Graph {
                         let (w, r) = (shape(ins[1]), shape(ins[2]));
                         2 * batch * seq * (w[0] * w[1] + r[0] * r[1] * r[2])
                     }
-                    Op::PositionLinear { .. } => {
-                        let w = shape(ins[1]);
-                        2 * out * w[1] * seq
-                    }
+                    Op::PositionLinear(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Norm(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Elementwise(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Heads(o) => o.matmul_flops(&types(&ins), batch, seq),

@@ -366,6 +366,87 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     }
 }
 
+/// `t` with its rows (axis 0) in the order `rows`.
+pub fn select_rows(t: &RefTensor, rows: &[usize]) -> RefTensor {
+    let inner: usize = t.shape[1..].iter().product();
+    let mut shape = t.shape.clone();
+    shape[0] = rows.len();
+    RefTensor {
+        shape,
+        data: rows
+            .iter()
+            .flat_map(|&r| t.data[r * inner..(r + 1) * inner].iter().copied())
+            .collect(),
+    }
+}
+
+impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
+    /// Decoding `prompt` positions, then keeping the batch rows in reverse order through
+    /// [`OpState::select_rows`] (as beam search keeps its surviving hypotheses), then decoding
+    /// the rest one position at a time gives the later outputs of the whole sequence with its
+    /// rows reversed.
+    pub fn decodes_after_reordering_rows(&self, prompt: usize) {
+        assert!(self.op.incremental(), "{:?} does not decode", self.op);
+        let axis = self.out_seq.expect("an output with positions");
+        let device = DeviceKind::Cpu.device(false);
+        let (b, s) = self.batch_seq();
+        assert!(prompt < s, "positions after the prompt");
+        let rows: Vec<usize> = (0..b).rev().collect();
+        let reversed: Vec<Arg> = self
+            .args
+            .iter()
+            .map(|a| match a.seq {
+                Some(_) => Arg {
+                    t: select_rows(&a.t, &rows),
+                    ..a.clone()
+                },
+                None => a.clone(),
+            })
+            .collect();
+        let whole = self.forward(&reversed, 0, &device);
+        let mut state: Option<Box<dyn OpState>> = None;
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < s {
+            let len = if at == 0 { prompt } else { 1 };
+            let from = if at == 0 { &self.args } else { &reversed };
+            let args: Vec<Arg> = from
+                .iter()
+                .map(|a| match a.seq {
+                    Some(ax) => Arg {
+                        t: narrow(&a.t, ax, at, len),
+                        ..a.clone()
+                    },
+                    None => a.clone(),
+                })
+                .collect();
+            let vs: Vec<V> = args.iter().map(|a| a.value(&device)).collect();
+            let refs: Vec<&V> = vs.iter().collect();
+            let c = Ctx {
+                offset: at,
+                ..ctx(&device, b, len)
+            };
+            let out = host_tensor(self.op.decode(&refs, &c, &mut state));
+            if at == 0 {
+                let idx = rows.iter().map(|&r| r as i64).collect::<Vec<_>>();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [b]), &device);
+                state
+                    .as_mut()
+                    .unwrap_or_else(|| panic!("{:?} kept no state", self.op))
+                    .select_rows(&idx);
+            } else {
+                parts.push(out);
+            }
+            at += len;
+        }
+        self.assert_close(
+            "decoded after reordering vs whole",
+            &concat(&parts, axis),
+            &narrow(&whole, axis, prompt, s - prompt),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

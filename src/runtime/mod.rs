@@ -31,18 +31,16 @@ pub struct Aux {
 }
 
 /// What incremental decoding keeps between calls: per attention op its keys and values
-/// `[batch, H_kv, T, d]`, per LSTM op its state, and the number of positions seen.
+/// `[batch, H_kv, T, d]`, per recurrent op its state, and the number of positions seen.
 #[derive(Default)]
 pub struct KvCache {
     /// Positions processed so far.
     pub len: usize,
     kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
-    lstm: HashMap<NodeIndex, ops::LstmState>,
-    mamba: HashMap<NodeIndex, ops::MambaState>,
     /// xLSTM states, and ETS attention's last value (`[b, 1, 1, d]`).
     xlstm: HashMap<NodeIndex, ops::XlstmState>,
     /// Per causal spectral filter: the inputs of its latest positions (as many as its kernel
-    /// has taps, less one) `[b, h, d]`; per position-wise linear map: every earlier input.
+    /// has taps, less one) `[b, h, d]`.
     conv: HashMap<NodeIndex, Tensor<3>>,
     /// Per phase-coherent attention op: keys, values and the keys' phases (and amplitudes).
     phase: HashMap<NodeIndex, ops::PhaseKeys>,
@@ -66,12 +64,6 @@ impl KvCache {
             .kv
             .values()
             .map(|(k, _)| k.device())
-            .chain(
-                self.lstm
-                    .values()
-                    .flat_map(|s| s.iter().map(|(h, _)| h.device())),
-            )
-            .chain(self.mamba.values().map(|(c, _)| c.device()))
             .chain(self.phase.values().map(|pk| pk.k.device()))
             .chain(self.conv.values().map(Tensor::device))
             .chain(
@@ -98,10 +90,6 @@ impl KvCache {
             *k = k.clone().select(0, idx.clone());
             *v = v.clone().select(0, idx.clone());
         }
-        for (c, h) in self.mamba.values_mut() {
-            *c = c.clone().select(0, idx.clone());
-            *h = h.clone().select(0, idx.clone());
-        }
         for v in self.source.values_mut() {
             *v = v.select_rows(&idx);
         }
@@ -119,12 +107,6 @@ impl KvCache {
                 phase: rows(&pk.phase),
                 amp: pk.amp.as_ref().map(rows),
             };
-        }
-        for st in self.lstm.values_mut() {
-            for (h, c) in st.iter_mut() {
-                *h = h.clone().select(0, idx.clone());
-                *c = c.clone().select(0, idx.clone());
-            }
         }
     }
 
@@ -525,6 +507,9 @@ impl Runtime {
                 Op::Heads(o) => o.incremental(),
                 Op::Linear(o) => o.incremental(),
                 Op::Embedding(o) => o.incremental(),
+                Op::Lstm(o) => o.incremental(),
+                Op::Mamba(o) => o.incremental(),
+                Op::PositionLinear(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -545,14 +530,11 @@ impl Runtime {
                 | Op::Patch { .. }
                 | Op::ForecastHead { .. }
                 | Op::MeanForecasts { .. } => false,
-                // Recurrences and the position-wise map keep their own state; memory tokens
-                // stay at the front of every cache; the rest reads position t only.
-                Op::Lstm { .. }
-                | Op::Mamba { .. }
-                | Op::Mlstm { .. }
+                // Recurrences keep their own state; memory tokens stay at the front of every
+                // cache; the rest reads position t only.
+                Op::Mlstm { .. }
                 | Op::Slstm { .. }
                 | Op::Ets { .. }
-                | Op::PositionLinear { .. }
                 | Op::PrependMemory
                 | Op::DropMemory { .. }
                 | Op::CrossAttention { .. }
@@ -698,21 +680,6 @@ impl Runtime {
                             c.conv.insert(n, history);
                             V::F3(out)
                         }
-                        (Some(c), &Op::PositionLinear { bias, .. }) => {
-                            let mut x = ins[0].f3();
-                            if let Some(earlier) = c.conv.remove(&n) {
-                                x = Tensor::cat(vec![earlier, x], 1);
-                            }
-                            let (w, b) = (ins[1].f4(), bias.then(|| ins[2].f2()));
-                            let out = ops::position_linear(x.clone(), w, b, ctx.offset, ctx);
-                            c.conv.insert(n, x);
-                            V::F3(out)
-                        }
-                        (Some(c), Op::Mamba { .. }) => {
-                            let (out, state) = ops::mamba(op, &ins, ctx, c.mamba.remove(&n));
-                            c.mamba.insert(n, state);
-                            V::F3(out)
-                        }
                         (Some(c), Op::Ets { .. }) => {
                             let init = c.xlstm.remove(&n).map(|st| {
                                 let [b, _, _, d] = st[0].dims();
@@ -731,11 +698,6 @@ impl Runtime {
                                 ops::slstm(op, &ins, ctx, init)
                             };
                             c.xlstm.insert(n, state);
-                            V::F3(out)
-                        }
-                        (Some(c), Op::Lstm { .. }) => {
-                            let (out, state) = ops::lstm(op, &ins, ctx, c.lstm.remove(&n));
-                            c.lstm.insert(n, state);
                             V::F3(out)
                         }
                         (Some(c), op) if op.def().is_some_and(OpDef::incremental) => {
