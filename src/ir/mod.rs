@@ -328,12 +328,6 @@ impl Graph {
     /// elementwise work are not counted (every op says which it is: no op is left out). A training step
     /// costs about three times this (forward, and two products per product backward).
     pub fn matmul_flops(&self, batch: u64, seq: u64) -> u64 {
-        let shape = |n: NodeIndex| -> Vec<u64> {
-            match &self.g[n].op {
-                Op::Param { shape, .. } => shape.clone(),
-                _ => Vec::new(),
-            }
-        };
         let types = |ins: &[NodeIndex]| -> Vec<&TensorType> {
             ins.iter().map(|&i| &self.g[i].ty).collect()
         };
@@ -346,24 +340,10 @@ impl Graph {
                     Op::Linear(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Embedding(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Attention { .. } => 4 * out * seq,
-                    Op::Lstm { layers, .. } => (0..*layers as usize)
-                        .map(|l| {
-                            let (wi, wh) = (shape(ins[1 + 4 * l]), shape(ins[2 + 4 * l]));
-                            2 * batch * seq * (wi[0] * wi[1] + wh[0] * wh[1])
-                        })
-                        .sum(),
-                    Op::Mamba { .. } => [1, 4, 5, 9]
-                        .iter()
-                        .map(|&k| {
-                            let w = shape(ins[k]);
-                            2 * batch * seq * w[0] * w[1]
-                        })
-                        .sum(),
+                    Op::Lstm(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Mamba(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Xlstm(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::PositionLinear { .. } => {
-                        let w = shape(ins[1]);
-                        2 * out * w[1] * seq
-                    }
+                    Op::PositionLinear(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Norm(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Elementwise(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Heads(o) => o.matmul_flops(&types(&ins), batch, seq),

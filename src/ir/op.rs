@@ -169,35 +169,12 @@ pub enum Op {
         /// key-padding mask from [`Op::PadBias`]).
         key_mask: bool,
     },
-    /// `(x [b, s, i], then per layer w_ih [i, 4h], w_hh [h, 4h], b_ih [4h], b_hh [4h]) → [b, s, h]`.
-    Lstm {
-        /// Stacked layers.
-        layers: u64,
-        /// Hidden width.
-        hidden: u64,
-        /// Dropout between layers.
-        dropout: Real,
-    },
-    /// `(x [b, s, i], w [L, i, L, o], bias [L, o]?) → [b, s, o]`:
-    /// y[t] = Σ_{s'≤t} x[s'] · w[s', :, t, :] + bias[t] (position-wise linear model).
-    PositionLinear {
-        /// Longest sequence L.
-        max_len: u64,
-        /// Whether the third input (bias) is present.
-        bias: bool,
-    },
-    /// Mamba block (selective SSM): `(x [b, s, d], in_proj [d, 2e], conv_w [e, k], conv_b [e],
-    /// x_proj [e, r + 2n], dt_w [r, e], dt_b [e], a_log [e, n], d_skip [e], out_proj [e, d])
-    /// → [b, s, d]`, with e = expand · d inner channels, n states, r the rank of Δ and k the
-    /// width of the causal depthwise convolution.
-    Mamba {
-        /// State size n.
-        d_state: u64,
-        /// Convolution width k.
-        d_conv: u64,
-        /// Rank r of Δ's projection.
-        dt_rank: u64,
-    },
+    /// The stacked LSTM (see [`crate::ops::lstm`]).
+    Lstm(crate::ops::lstm::Lstm),
+    /// The position-wise linear model (see [`crate::ops::position_linear`]).
+    PositionLinear(crate::ops::position_linear::PositionLinear),
+    /// The Mamba block, a selective state-space model (see [`crate::ops::mamba`]).
+    Mamba(crate::ops::mamba::Mamba),
     /// Exponential smoothing attention (see [`crate::ops::ets`]).
     Ets(crate::ops::ets::Ets),
     /// xLSTM's mLSTM and sLSTM layers (see [`crate::ops::xlstm`]).
@@ -330,6 +307,9 @@ impl Op {
             Op::Wave(o) => Some(o),
             Op::PhaseAttention(o) => Some(o),
             Op::BandAttention(o) => Some(o),
+            Op::Lstm(o) => Some(o),
+            Op::PositionLinear(o) => Some(o),
+            Op::Mamba(o) => Some(o),
             Op::Input
             | Op::Param { .. }
             | Op::SinusoidalTable { .. }
@@ -338,9 +318,6 @@ impl Op {
             | Op::ApplyRope
             | Op::RepeatKv { .. }
             | Op::Attention { .. }
-            | Op::Lstm { .. }
-            | Op::PositionLinear { .. }
-            | Op::Mamba { .. }
             | Op::Series { .. }
             | Op::ComplexFeatures
             | Op::WindowedGate { .. }
@@ -383,7 +360,9 @@ impl Op {
             Op::Wave(o) => o.position_limit(ins),
             Op::PhaseAttention(o) => o.position_limit(ins),
             Op::BandAttention(o) => o.position_limit(ins),
-            Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
+            Op::Lstm(o) => o.position_limit(ins),
+            Op::PositionLinear(o) => o.position_limit(ins),
+            Op::Mamba(o) => o.position_limit(ins),
             // Padding a kernel parameter does not limit the input.
             Op::PadSeq { len } => seq_input().then_some(*len as usize),
             Op::SpectralFilter { n, causal, .. } => Some(if *causal {
@@ -404,8 +383,6 @@ impl Op {
             | Op::ApplyRope
             | Op::RepeatKv { .. }
             | Op::Attention { .. }
-            | Op::Lstm { .. }
-            | Op::Mamba { .. }
             | Op::Series { .. }
             | Op::ComplexFeatures
             | Op::WindowedGate { .. }
@@ -441,11 +418,11 @@ impl Op {
             Op::ApplyRope => "apply_rope",
             Op::RepeatKv { .. } => "repeat_kv",
             Op::Attention { .. } => "attention",
-            Op::Lstm { .. } => "lstm",
-            Op::Mamba { .. } => "mamba",
+            Op::Lstm(o) => o.name(),
+            Op::Mamba(o) => o.name(),
             Op::Xlstm(o) => o.name(),
             Op::Ets(o) => o.name(),
-            Op::PositionLinear { .. } => "position_linear",
+            Op::PositionLinear(o) => o.name(),
             Op::PadSeq { .. } => "pad_seq",
             Op::CropSeq => "crop_seq",
             Op::Rfft { .. } => "rfft",
@@ -517,11 +494,7 @@ impl Op {
             ),
             Op::CrossAttention { key_mask: true } => "key_mask".into(),
             Op::PadBias { pad } => format!("pad={pad}"),
-            Op::Lstm {
-                layers,
-                hidden,
-                dropout,
-            } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
+            Op::Lstm(o) => o.attrs(),
             Op::PadSeq { len } => format!("len={len}"),
             Op::DropMemory { count } => format!("count={count}"),
             Op::Source { len } => format!("len={len}"),
@@ -537,12 +510,8 @@ impl Op {
             Op::SliceFeatures { start, len } => format!("start={start} len={len}"),
             Op::ConcatFeatures { parts } => format!("parts={parts}"),
             Op::BandAttention(o) => o.attrs(),
-            Op::Mamba {
-                d_state,
-                d_conv,
-                dt_rank,
-            } => format!("d_state={d_state} d_conv={d_conv} dt_rank={dt_rank}"),
-            Op::PositionLinear { max_len, bias } => format!("max_len={max_len} bias={bias}"),
+            Op::Mamba(o) => o.attrs(),
+            Op::PositionLinear(o) => o.attrs(),
             Op::Rfft { n } | Op::Irfft { n } => format!("n={n}"),
             Op::SpectralFilter { n, causal, algo } => format!(
                 "n={n} causal={causal} algo={}",
@@ -573,18 +542,14 @@ impl Op {
             self,
             Op::Param { .. } | Op::Input | Op::Source { .. } | Op::Series { .. } | Op::Output
         ) && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
-            && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
     }
 
     /// How the op mixes sequence positions.
     pub fn mixing(&self) -> Mixing {
         match self {
             Op::Attention { causal: true, .. }
-            | Op::Lstm { .. }
-            | Op::Mamba { .. }
             | Op::PrependMemory
-            | Op::DropMemory { .. }
-            | Op::PositionLinear { .. } => Mixing::Causal,
+            | Op::DropMemory { .. } => Mixing::Causal,
             Op::WindowedGate { .. } => Mixing::Full,
             Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
                 Mixing::Full
@@ -608,6 +573,9 @@ impl Op {
             Op::Wave(o) => o.mixing(),
             Op::PhaseAttention(o) => o.mixing(),
             Op::BandAttention(o) => o.mixing(),
+            Op::Lstm(o) => o.mixing(),
+            Op::Mamba(o) => o.mixing(),
+            Op::PositionLinear(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -647,7 +615,7 @@ impl Op {
             | Op::PrependMemory
             | Op::SpectralFilter { .. } => 2,
             Op::Linear(o) => o.ports().len(),
-            Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
+            Op::PositionLinear(o) => o.ports().len(),
             Op::Norm(o) => o.ports().len(),
             Op::Elementwise(o) => o.ports().len(),
             Op::Embedding(o) => o.ports().len(),
@@ -655,8 +623,8 @@ impl Op {
             Op::Attention {
                 scale, key_mask, ..
             } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
-            Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
-            Op::Mamba { .. } => 10,
+            Op::Lstm(o) => o.ports().len(),
+            Op::Mamba(o) => o.ports().len(),
             Op::Xlstm(o) => o.ports().len(),
             Op::Ets(o) => o.ports().len(),
             Op::WindowedGate { .. } => 3,
@@ -710,7 +678,6 @@ impl Op {
             })
         };
         let float = |i: usize| crate::ops::float_input(&ins[i]).map_err(|e| e.to_string());
-        let last = |t: &TensorType| t.shape.last().copied();
         match self {
             Op::Input => Ok(TensorType {
                 dtype: DType::I64,
@@ -728,7 +695,10 @@ impl Op {
             | Op::Ets(_)
             | Op::Wave(_)
             | Op::PhaseAttention(_)
-            | Op::BandAttention(_) => unreachable!("families infer through `def`"),
+            | Op::BandAttention(_)
+            | Op::Lstm(_)
+            | Op::Mamba(_)
+            | Op::PositionLinear(_) => unreachable!("families infer through `def`"),
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
             Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
             Op::AddPositions => {
@@ -791,84 +761,6 @@ impl Op {
                     _ => Err(format!(
                         "expects [batch, heads, seq, head_dim] inputs, got {q} and {k}"
                     )),
-                }
-            }
-            Op::Lstm { hidden, .. } => {
-                let x = float(0)?;
-                match x.shape.as_slice() {
-                    [b, s, _] => f32(vec![*b, *s, Dim::Fixed(*hidden)]),
-                    _ => Err(format!("expects [batch, seq, width], got {x}")),
-                }
-            }
-            Op::Mamba {
-                d_state,
-                d_conv,
-                dt_rank,
-            } => {
-                let x = float(0)?;
-                let d = match x.shape.as_slice() {
-                    [_, _, Dim::Fixed(d)] => *d,
-                    _ => return Err(format!("expects [batch, seq, width], got {x}")),
-                };
-                let e = match ins[1].shape.as_slice() {
-                    [Dim::Fixed(i), Dim::Fixed(o)] if *i == d && o % 2 == 0 => o / 2,
-                    _ => return Err(format!("mamba in_proj {} does not fit input {x}", ins[1])),
-                };
-                let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
-                let want = [
-                    fx(&[e, *d_conv]),
-                    fx(&[e]),
-                    fx(&[e, dt_rank + 2 * d_state]),
-                    fx(&[*dt_rank, e]),
-                    fx(&[e]),
-                    fx(&[e, *d_state]),
-                    fx(&[e]),
-                    fx(&[e, d]),
-                ];
-                for (k, w) in want.iter().enumerate() {
-                    if &ins[2 + k].shape != w {
-                        return Err(format!(
-                            "mamba parameter {} has shape {}, expected {:?}",
-                            k + 2,
-                            ins[2 + k],
-                            w
-                        ));
-                    }
-                }
-                f32(x.shape.clone())
-            }
-            Op::PositionLinear { max_len, bias } => {
-                let x = float(0)?;
-                let (l, i, o) = match ins[1].shape.as_slice() {
-                    [Dim::Fixed(l), i, Dim::Fixed(l2), Dim::Fixed(o)] if l == l2 => (*l, *i, *o),
-                    _ => {
-                        return Err(format!(
-                            "position-linear weight {} is not [L, in, L, out]",
-                            ins[1]
-                        ))
-                    }
-                };
-                if l != *max_len || last(x) != Some(i) {
-                    return Err(format!(
-                        "position-linear weight {} does not fit input {x}",
-                        ins[1]
-                    ));
-                }
-                if *bias && ins[2].shape != vec![Dim::Fixed(l), Dim::Fixed(o)] {
-                    return Err("bias shape does not match [max_len, out]".into());
-                }
-                match x.shape.as_slice() {
-                    [b, s, _] => {
-                        if let Dim::Fixed(n) = s {
-                            if n > max_len {
-                                return Err(format!(
-                                    "a sequence of {n} positions exceeds max_len {max_len}"
-                                ));
-                            }
-                        }
-                        f32(vec![*b, *s, Dim::Fixed(o)])
-                    }
-                    _ => Err(format!("expects [batch, seq, width], got {x}")),
                 }
             }
             Op::PadSeq { len } => {

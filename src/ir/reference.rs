@@ -374,32 +374,8 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Mamba {
-            d_state,
-            d_conv,
-            dt_rank,
-        } => mamba(ins, *d_state as usize, *d_conv as usize, *dt_rank as usize),
-        Op::PositionLinear { max_len, bias } => {
-            let (x, w) = (ins[0], ins[1]);
-            let (b, s, i) = (x.shape[0], x.shape[1], x.shape[2]);
-            let (l, o) = (*max_len as usize, w.shape[3]);
-            let mut out = Tensor::zeros(&[b, s, o]);
-            for bi in 0..b {
-                for t in 0..s {
-                    for oi in 0..o {
-                        let mut acc = if *bias { ins[2].data[t * o + oi] } else { 0.0 };
-                        for sp in 0..=t {
-                            for ii in 0..i {
-                                acc += x.data[(bi * s + sp) * i + ii]
-                                    * w.data[((sp * i + ii) * l + t) * o + oi];
-                            }
-                        }
-                        out.data[(bi * s + t) * o + oi] = acc;
-                    }
-                }
-            }
-            out
-        }
+        Op::Mamba(o) => o.reference(ins)?,
+        Op::PositionLinear(o) => o.reference(ins)?,
         Op::Xlstm(o) => o.reference(ins)?,
         Op::WindowedGate { window, hop } => windowed_gate(ins, *window as usize, *hop as usize)?,
         Op::SliceFeatures { start, len } => {
@@ -496,49 +472,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             out
         }
         Op::Ets(o) => o.reference(ins)?,
-        Op::Lstm { layers, hidden, .. } => {
-            let h = *hidden as usize;
-            let mut x = ins[0].clone();
-            for l in 0..*layers as usize {
-                let (w_ih, w_hh, b_ih, b_hh) = (
-                    ins[1 + 4 * l],
-                    ins[2 + 4 * l],
-                    ins[3 + 4 * l],
-                    ins[4 + 4 * l],
-                );
-                let (b, s, i_dim) = (x.shape[0], x.shape[1], x.shape[2]);
-                let mut y = Tensor::zeros(&[b, s, h]);
-                for bi in 0..b {
-                    let mut hs = vec![0.0; h];
-                    let mut cs = vec![0.0; h];
-                    for si in 0..s {
-                        let xt = &x.data[(bi * s + si) * i_dim..(bi * s + si + 1) * i_dim];
-                        let gate = |col: usize| {
-                            let mut acc = b_ih.data[col] + b_hh.data[col];
-                            for (i, xv) in xt.iter().enumerate() {
-                                acc += xv * w_ih.data[i * 4 * h + col];
-                            }
-                            for (j, hv) in hs.iter().enumerate() {
-                                acc += hv * w_hh.data[j * 4 * h + col];
-                            }
-                            acc
-                        };
-                        let pre: Vec<f64> = (0..4 * h).map(gate).collect();
-                        for u in 0..h {
-                            let ig = sigmoid(pre[u]);
-                            let fg = sigmoid(pre[h + u]);
-                            let gg = pre[2 * h + u].tanh();
-                            let og = sigmoid(pre[3 * h + u]);
-                            cs[u] = fg * cs[u] + ig * gg;
-                            hs[u] = og * cs[u].tanh();
-                        }
-                        y.data[(bi * s + si) * h..(bi * s + si + 1) * h].copy_from_slice(&hs);
-                    }
-                }
-                x = y;
-            }
-            x
-        }
+        Op::Lstm(o) => o.reference(ins)?,
         Op::PadSeq { len } => {
             let x = ins[0];
             let (outer, n, d) = outer_n_d(&x.shape);
@@ -725,79 +659,6 @@ fn softplus(x: f64) -> f64 {
     } else {
         x.exp().ln_1p()
     }
-}
-
-fn silu(x: f64) -> f64 {
-    x / (1.0 + (-x).exp())
-}
-
-/// The Mamba block, step by step (Gu & Dao 2023; mamba.py): in_proj → (x, z); x ← SiLU(causal
-/// depthwise conv(x)); (δ, B, C) = x_proj(x); Δ = softplus(dt_proj(δ)); A = −exp(A_log);
-/// h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t x_t; y_t = C_t · h_t + D ⊙ x_t; out_proj(y ⊙ SiLU(z)).
-fn mamba(ins: &[&Tensor], n: usize, k: usize, r: usize) -> Tensor {
-    let x = ins[0];
-    let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-    let (w_in, conv_w, conv_b, w_x, dt_w, dt_b, a_log, d_skip, w_out) = (
-        ins[1], ins[2], ins[3], ins[4], ins[5], ins[6], ins[7], ins[8], ins[9],
-    );
-    let e = w_in.shape[1] / 2;
-    let p = r + 2 * n;
-    let mut out = Tensor::zeros(&[b, s, d]);
-    for bi in 0..b {
-        // in_proj
-        let mut xs = vec![vec![0.0; e]; s];
-        let mut zs = vec![vec![0.0; e]; s];
-        for t in 0..s {
-            for o in 0..2 * e {
-                let v: f64 = (0..d)
-                    .map(|i| x.data[(bi * s + t) * d + i] * w_in.data[i * 2 * e + o])
-                    .sum();
-                if o < e {
-                    xs[t][o] = v;
-                } else {
-                    zs[t][o - e] = v;
-                }
-            }
-        }
-        let mut h = vec![vec![0.0; n]; e];
-        for (t, z) in zs.iter().enumerate() {
-            // causal depthwise convolution: tap j reads position t + j − (k − 1)
-            let u: Vec<f64> = (0..e)
-                .map(|c| {
-                    let mut acc = conv_b.data[c];
-                    for j in 0..k {
-                        if let Some(tt) = (t + j).checked_sub(k - 1) {
-                            acc += conv_w.data[c * k + j] * xs[tt][c];
-                        }
-                    }
-                    silu(acc)
-                })
-                .collect();
-            let proj: Vec<f64> = (0..p)
-                .map(|o| (0..e).map(|c| u[c] * w_x.data[c * p + o]).sum())
-                .collect();
-            let (delta_in, bb, cc) = (&proj[..r], &proj[r..r + n], &proj[r + n..]);
-            for c in 0..e {
-                let dt = softplus(
-                    dt_b.data[c]
-                        + (0..r)
-                            .map(|j| delta_in[j] * dt_w.data[j * e + c])
-                            .sum::<f64>(),
-                );
-                let mut y = d_skip.data[c] * u[c];
-                for st in 0..n {
-                    let a = -a_log.data[c * n + st].exp();
-                    h[c][st] = (dt * a).exp() * h[c][st] + dt * bb[st] * u[c];
-                    y += cc[st] * h[c][st];
-                }
-                let g = y * silu(z[c]);
-                for o in 0..d {
-                    out.data[(bi * s + t) * d + o] += g * w_out.data[c * d + o];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The windowed spectral gate by its definition: frame, window, rfft, gate, irfft, window,

@@ -15,9 +15,12 @@ pub mod forecast;
 pub mod ets;
 pub mod heads;
 pub mod linear;
+pub mod lstm;
+pub mod mamba;
 pub mod norm;
 pub mod retention;
 pub mod phase_attention;
+pub mod position_linear;
 #[cfg(test)]
 mod testing;
 pub mod xlstm;

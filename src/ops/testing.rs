@@ -432,6 +432,12 @@ pub fn select_rows(t: &RefTensor, rows: &[usize]) -> RefTensor {
 }
 
 impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
+    /// The batch rows in reverse order (an argument of
+    /// [`Case::decodes_after_reordering_rows`]).
+    pub fn reversed_rows(&self) -> Vec<usize> {
+        (0..self.batch_seq().0).rev().collect()
+    }
+
     /// Decoding `prompt` positions, then reordering the op's state to batch rows `rows` (as
     /// beam search does) and decoding the rest one position at a time from those rows'
     /// inputs, gives the later outputs of the whole sequence of those rows.
@@ -502,6 +508,7 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
         );
     }
 }
+
 
 #[cfg(test)]
 mod tests {

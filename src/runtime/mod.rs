@@ -31,16 +31,14 @@ pub struct Aux {
 }
 
 /// What incremental decoding keeps between calls: per attention op its keys and values
-/// `[batch, H_kv, T, d]`, per LSTM op its state, and the number of positions seen.
+/// `[batch, H_kv, T, d]`, per recurrent op its state, and the number of positions seen.
 #[derive(Default)]
 pub struct KvCache {
     /// Positions processed so far.
     pub len: usize,
     kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
-    lstm: HashMap<NodeIndex, ops::LstmState>,
-    mamba: HashMap<NodeIndex, ops::MambaState>,
     /// Per causal spectral filter: the inputs of its latest positions (as many as its kernel
-    /// has taps, less one) `[b, h, d]`; per position-wise linear map: every earlier input.
+    /// has taps, less one) `[b, h, d]`.
     conv: HashMap<NodeIndex, Tensor<3>>,
     /// An encoder-decoder's values that depend only on the source (the encoder's output and
     /// the cross-attention keys and values), computed on the first call.
@@ -62,12 +60,6 @@ impl KvCache {
             .kv
             .values()
             .map(|(k, _)| k.device())
-            .chain(
-                self.lstm
-                    .values()
-                    .flat_map(|s| s.iter().map(|(h, _)| h.device())),
-            )
-            .chain(self.mamba.values().map(|(c, _)| c.device()))
             .chain(self.conv.values().map(Tensor::device))
             .chain(self.states.values().map(|s| s.device()))
             .next()
@@ -88,21 +80,11 @@ impl KvCache {
             *k = k.clone().select(0, idx.clone());
             *v = v.clone().select(0, idx.clone());
         }
-        for (c, h) in self.mamba.values_mut() {
-            *c = c.clone().select(0, idx.clone());
-            *h = h.clone().select(0, idx.clone());
-        }
         for v in self.source.values_mut() {
             *v = v.select_rows(&idx);
         }
         for x in self.conv.values_mut() {
             *x = x.clone().select(0, idx.clone());
-        }
-        for st in self.lstm.values_mut() {
-            for (h, c) in st.iter_mut() {
-                *h = h.clone().select(0, idx.clone());
-                *c = c.clone().select(0, idx.clone());
-            }
         }
     }
 
@@ -510,6 +492,9 @@ impl Runtime {
                 Op::Wave(o) => o.incremental(),
                 Op::PhaseAttention(o) => o.incremental(),
                 Op::BandAttention(o) => o.incremental(),
+                Op::Lstm(o) => o.incremental(),
+                Op::Mamba(o) => o.incremental(),
+                Op::PositionLinear(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -525,12 +510,9 @@ impl Runtime {
                 | Op::ComplexMul
                 | Op::WindowedGate { .. }
                 | Op::Series { .. } => false,
-                // Recurrences and the position-wise map keep their own state; memory tokens
-                // stay at the front of every cache; the rest reads position t only.
-                Op::Lstm { .. }
-                | Op::Mamba { .. }
-                | Op::PositionLinear { .. }
-                | Op::PrependMemory
+                // Memory tokens stay at the front of every cache; the rest reads position t
+                // only.
+                Op::PrependMemory
                 | Op::DropMemory { .. }
                 | Op::CrossAttention { .. }
                 | Op::PadBias { .. }
@@ -659,26 +641,6 @@ impl Runtime {
                                 ),
                             };
                             c.conv.insert(n, history);
-                            V::F3(out)
-                        }
-                        (Some(c), &Op::PositionLinear { bias, .. }) => {
-                            let mut x = ins[0].f3();
-                            if let Some(earlier) = c.conv.remove(&n) {
-                                x = Tensor::cat(vec![earlier, x], 1);
-                            }
-                            let (w, b) = (ins[1].f4(), bias.then(|| ins[2].f2()));
-                            let out = ops::position_linear(x.clone(), w, b, ctx.offset, ctx);
-                            c.conv.insert(n, x);
-                            V::F3(out)
-                        }
-                        (Some(c), Op::Mamba { .. }) => {
-                            let (out, state) = ops::mamba(op, &ins, ctx, c.mamba.remove(&n));
-                            c.mamba.insert(n, state);
-                            V::F3(out)
-                        }
-                        (Some(c), Op::Lstm { .. }) => {
-                            let (out, state) = ops::lstm(op, &ins, ctx, c.lstm.remove(&n));
-                            c.lstm.insert(n, state);
                             V::F3(out)
                         }
                         (Some(c), op) if op.def().is_some_and(OpDef::incremental) => {

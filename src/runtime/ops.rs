@@ -272,20 +272,11 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             )
         }
         Op::Attention { .. } => V::F4(attention(op, ins, ins[1].f4(), ins[2].f4(), ctx)),
-        Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
-        Op::Mamba { .. } => V::F3(mamba(op, ins, ctx, None).0),
+        Op::Lstm(o) => o.forward(ins, ctx),
+        Op::Mamba(o) => o.forward(ins, ctx),
         Op::Xlstm(o) => o.forward(ins, ctx),
         Op::Ets(o) => o.forward(ins, ctx),
-        Op::PositionLinear { max_len, bias } => {
-            debug_assert_eq!(ins[1].f4().dims()[0], *max_len as usize);
-            V::F3(position_linear(
-                ins[0].f3(),
-                ins[1].f4(),
-                bias.then(|| ins[2].f2()),
-                0,
-                ctx,
-            ))
-        }
+        Op::PositionLinear(o) => o.forward(ins, ctx),
         Op::PadSeq { len } => match ins[0] {
             V::F2(x) => V::F2(pad_axis(x.clone(), 0, *len as usize, ctx)),
             other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
@@ -605,91 +596,6 @@ fn adaptive_softmax(scores: Tensor<4>) -> Tensor<4> {
 /// Coefficients of β(H), highest power first (Veličković et al. 2024, `poly_fit`).
 pub const ADAPTIVE_POLY: [f64; 5] = [-0.037, 0.481, -2.3, 4.917, -1.791];
 
-/// Mamba state: the last k − 1 inputs of the convolution `[b, k − 1, e]` and the SSM state
-/// `[b, e, n]`.
-pub type MambaState = (Tensor<3>, Tensor<3>);
-
-/// The Mamba block from `init` (zeros when `None`); returns the outputs and the final state.
-/// The scan runs step by step; everything else is computed for all positions at once.
-pub fn mamba(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<MambaState>) -> (Tensor<3>, MambaState) {
-    let Op::Mamba {
-        d_state,
-        d_conv,
-        dt_rank,
-    } = op
-    else {
-        unreachable!("mamba op")
-    };
-    let (n, k, r) = (*d_state as usize, *d_conv as usize, *dt_rank as usize);
-    let x = ins[0].f3();
-    let [b, s, _] = x.dims();
-    let w_in = ins[1].f2();
-    let e = w_in.dims()[1] / 2;
-    let xz = mm(x, w_in.unsqueeze::<3>(), ctx);
-    let (xi, z) = (xz.clone().narrow(2, 0, e), xz.narrow(2, e, e));
-    let (prev, h) = init.unwrap_or_else(|| {
-        (
-            Tensor::<3>::zeros([b, k - 1, e], ctx.device),
-            Tensor::<3>::zeros([b, e, n], ctx.device),
-        )
-    });
-    // Causal depthwise convolution over [previous k − 1 inputs, this call's inputs].
-    let xp = Tensor::cat(vec![prev, xi], 1);
-    let conv_w = ins[2].f2();
-    let mut u = ins[3].f1().reshape([1, 1, e]).expand([b, s, e]);
-    for j in 0..k {
-        u = u + xp.clone().narrow(1, j, s) * conv_w.clone().narrow(1, j, 1).reshape([1, 1, e]);
-    }
-    let conv_state = xp.narrow(1, s, k - 1);
-    let u = activation::silu(u);
-    let proj = mm(u.clone(), ins[4].f2().unsqueeze::<3>(), ctx);
-    let (delta, bm, cm) = (
-        proj.clone().narrow(2, 0, r),
-        proj.clone().narrow(2, r, n),
-        proj.narrow(2, r + n, n),
-    );
-    let dt = activation::softplus(
-        mm(delta, ins[5].f2().unsqueeze::<3>(), ctx) + ins[6].f1().reshape([1, 1, e]),
-        1.0,
-    );
-    // The scan (see fused::selective_scan_plain for the op-by-op form).
-    let a = ins[7].f2().exp().neg().unsqueeze::<3>();
-    let dtx = dt.clone() * u.clone();
-    let (ys, h) = fused::selective_scan([dt, a, dtx, bm, cm], h);
-    // y_t = C_t · h_t + D x_t.
-    let y = ys + u * ins[8].f1().reshape([1, 1, e]);
-    let out = mm(y * activation::silu(z), ins[9].f2().unsqueeze::<3>(), ctx);
-    (out, (conv_state, h))
-}
-
-/// The position-wise linear map's outputs at positions offset..t from the inputs of every
-/// position so far, `x [b, t, i]`: y_u = Σ_{r≤u} x_r · w[r, :, u, :] + bias[u]. With a cache,
-/// `x` holds the earlier positions' inputs too and only the new positions are computed.
-pub fn position_linear(
-    x: Tensor<3>,
-    w: Tensor<4>,
-    bias: Option<Tensor<2>>,
-    offset: usize,
-    ctx: &Ctx,
-) -> Tensor<3> {
-    let [b, t, i] = x.dims();
-    let o = w.dims()[3];
-    let s = t - offset;
-    // Only the first t input positions and the s output positions matter:
-    // y = x[b, t·i] · (w ⊙ mask)[t·i, s·o], the mask keeping r ≤ offset + c.
-    let w = w.narrow(0, 0, t).narrow(2, offset, s);
-    let mask: Vec<f32> = (0..t * s)
-        .map(|k| f32::from(u8::from(k / s <= offset + k % s)))
-        .collect();
-    let mask = consts(mask, [t, s], ctx).reshape([t, 1, s, 1]);
-    let wm = (w * mask).reshape([t * i, s * o]);
-    let y = mm(x.reshape([b, t * i]), wm, ctx).reshape([b, s, o]);
-    match bias {
-        Some(bias) => y + bias.narrow(0, offset, s).unsqueeze::<3>(),
-        None => y,
-    }
-}
-
 /// What the causal spectral filter's cache keeps of the inputs `x [b, t, d]` for a kernel of
 /// `l` taps: the last l − 1 positions (at least 1, so no axis is empty; all t when fewer).
 pub fn filter_history(x: Tensor<3>, l: usize) -> Tensor<3> {
@@ -725,48 +631,6 @@ pub fn causal_filter_step(
         })
         .collect();
     (Tensor::cat(ys, 1), filter_history(all, l))
-}
-
-/// LSTM state of every layer: (h, c), each `[b, hidden]`.
-pub type LstmState = Vec<(Tensor<2>, Tensor<2>)>;
-
-/// The stacked LSTM from `init` (zeros when `None`); returns the outputs and the final state.
-pub fn lstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<LstmState>) -> (Tensor<3>, LstmState) {
-    let Op::Lstm {
-        layers,
-        hidden,
-        dropout: p,
-    } = op
-    else {
-        unreachable!("lstm op")
-    };
-    let h = *hidden as usize;
-    let mut x = ins[0].f3();
-    let mut finals = Vec::with_capacity(*layers as usize);
-    for l in 0..*layers as usize {
-        if l > 0 {
-            x = dropout(x, p.0, ctx);
-        }
-        let (w_ih, w_hh) = (ins[1 + 4 * l].f2(), ins[2 + 4 * l].f2());
-        let bias = ins[3 + 4 * l].f1() + ins[4 + 4 * l].f1();
-        let b = x.dims()[0];
-        let xw = linear(x, w_ih, Some(bias), ctx);
-        let (hs, cs) = match &init {
-            Some(st) => st[l].clone(),
-            None => (
-                Tensor::<2>::zeros([b, h], ctx.device),
-                Tensor::<2>::zeros([b, h], ctx.device),
-            ),
-        };
-        let (y, hs, cs) = if ctx.matmul_dtype.is_none() {
-            fused::lstm(xw, w_hh, hs, cs)
-        } else {
-            fused::lstm_plain(xw, w_hh, hs, cs, |a, b| mm(a, b, ctx))
-        };
-        finals.push((hs, cs));
-        x = y;
-    }
-    (x, finals)
 }
 
 #[cfg(test)]

@@ -37,12 +37,13 @@ pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
 /// Mamba's A_log (which, like the reference, is never decayed).
 fn decays(graph: &Graph, names: &[String], shapes: &[Vec<usize>], all: bool) -> Vec<bool> {
     use crate::ir::Op;
+    use crate::ops::{port, OpDef};
     let no_decay: std::collections::HashSet<String> = graph
         .g
         .node_indices()
         .filter_map(|n| match graph.g[n].op {
             Op::Embedding(_) | Op::AddPositions => Some(graph.inputs(n)[1]),
-            Op::Mamba { .. } => Some(graph.inputs(n)[7]),
+            Op::Mamba(o) => Some(*port(o.ports(), &graph.inputs(n), "a_log")),
             _ => None,
         })
         .filter_map(|p| match &graph.g[p].op {

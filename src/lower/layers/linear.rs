@@ -2,6 +2,7 @@
 
 use crate::ir::Op;
 use crate::lower::{linear_init, At, Lowerer};
+use crate::ops::position_linear::PositionLinear;
 use petgraph::stable_graph::NodeIndex;
 
 impl Lowerer {
@@ -36,10 +37,10 @@ impl Lowerer {
         }
         self.op(
             &at,
-            Op::PositionLinear {
+            Op::PositionLinear(PositionLinear {
                 max_len: l,
                 bias: *bias,
-            },
+            }),
             &ins,
         )
     }

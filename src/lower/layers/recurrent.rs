@@ -2,6 +2,8 @@
 
 use crate::ir::{Init, Op, Real};
 use crate::lower::{linear_init, At, Lowerer};
+use crate::ops::lstm::Lstm;
+use crate::ops::mamba::Mamba;
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
 
@@ -27,11 +29,11 @@ impl Lowerer {
         }
         self.op(
             &at,
-            Op::Lstm {
+            Op::Lstm(Lstm {
                 layers: u64::from(*layers),
                 hidden: h,
                 dropout: Real(*dropout),
-            },
+            }),
             &ins,
         )
     }
@@ -65,11 +67,11 @@ impl Lowerer {
         ];
         self.op(
             &at,
-            Op::Mamba {
+            Op::Mamba(Mamba {
                 d_state: n,
                 d_conv: k,
                 dt_rank: r,
-            },
+            }),
             &ins,
         )
     }
