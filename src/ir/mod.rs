@@ -6,10 +6,8 @@ pub mod print;
 pub mod reference;
 pub mod verify;
 
-pub use op::{
-    dct_basis, frames, rope_frequencies, window_basis, AttnScale, FreqCutoff, Init, Mixing, Op,
-    Real, SpectralAlgo,
-};
+pub use crate::ops::spectral::{FreqCutoff, SpectralAlgo};
+pub use op::{rope_frequencies, AttnScale, Init, Mixing, Op, Real};
 
 use crate::diag::Span;
 use crate::ops::OpDef;
@@ -394,16 +392,8 @@ impl Graph {
                     // Every band's query against every band's key, and the values.
                     Op::BandAttention { bands } => 4 * out * bands,
                     Op::ForecastHead { .. } => 2 * out * shape(ins[1])[0],
-                    Op::SpectralFilter {
-                        n: len,
-                        algo: SpectralAlgo::Dense,
-                        ..
-                    } => 2 * out * len,
-                    Op::SpectralFilter {
-                        algo: SpectralAlgo::Fft,
-                        ..
-                    }
-                    | Op::Input
+                    Op::Spectral(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Input
                     | Op::Param { .. }
                     | Op::SinusoidalTable { .. }
                     | Op::AddPositions
@@ -412,18 +402,12 @@ impl Graph {
                     | Op::RepeatKv { .. }
                     | Op::PadSeq { .. }
                     | Op::CropSeq
-                    | Op::Rfft { .. }
-                    | Op::Irfft { .. }
-                    | Op::ComplexMul
-                    | Op::FreqMask { .. }
                     | Op::PrependMemory
                     | Op::Source { .. }
                     | Op::Series { .. }
                     | Op::RevinNorm
                     | Op::RevinDenorm
                     | Op::Patch { .. }
-                    | Op::ComplexFeatures
-                    | Op::WindowedGate { .. }
                     | Op::Wave { .. }
                     | Op::HarmonicSelect { .. }
                     | Op::SliceFeatures { .. }

@@ -65,16 +65,6 @@ pub enum AttnScale {
     Learned,
 }
 
-/// Which algorithm a fused spectral filter uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SpectralAlgo {
-    /// rfft → multiply → irfft, O(n log n).
-    Fft,
-    /// The equivalent (circular or causal) convolution as a dense matrix product, O(n²), faster
-    /// for short sequences.
-    Dense,
-}
-
 /// Which positions an op lets an output position depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mixing {
@@ -126,6 +116,10 @@ pub enum Op {
     Elementwise(crate::ops::elementwise::Elementwise),
     /// Splitting into attention heads and merging them (see [`crate::ops::heads`]).
     Heads(crate::ops::heads::Heads),
+    /// The FFT and its inverse, complex products and features, the fused spectral filter,
+    /// the frequency-curriculum mask and the windowed spectral gate (see
+    /// [`crate::ops::spectral`]).
+    Spectral(crate::ops::spectral::Spectral),
     /// `(tokens) → [seq, dim]`: sinusoidal position table.
     SinusoidalTable {
         /// Width.
@@ -240,18 +234,6 @@ pub enum Op {
         /// Stride S.
         stride: u64,
     },
-    /// Complex values to features `[.., f, d, 2] → [.., f, 2d]`: real parts, then imaginary.
-    ComplexFeatures,
-    /// Windowed spectral gate `(x [b, s, d], mix [3], gate [w/2+1, d, 2]) → [b, s, d]` (see
-    /// the `windowed_spectral_gate` layer): frames of `window` steps `hop` apart, windowed by
-    /// softmax(mix)·(Hann, Hamming, rectangular), rfft, gated, irfft, windowed again,
-    /// overlap-added and divided by Σ window².
-    WindowedGate {
-        /// Frame length w.
-        window: u64,
-        /// Hop between frame starts.
-        hop: u64,
-    },
     /// Wave encoding's ranges `[.., 3H] → [.., 3H]`: per harmonic h, feature 3h is a frequency
     /// softplus(·), 3h+1 an amplitude softplus(·), 3h+2 a phase π·tanh(·).
     Wave {
@@ -334,38 +316,6 @@ pub enum Op {
     },
     /// `(x [b, len, d], like [b, s, ..]) → [b, s, d]`: the first s positions.
     CropSeq,
-    /// Real FFT along the second-to-last axis (length n): `[.., n, d] → [.., n/2+1, d, 2]`
-    /// (real and imaginary parts last).
-    Rfft {
-        /// Transform length.
-        n: u64,
-    },
-    /// Inverse of [`Op::Rfft`] (with the 1/n factor): `[.., n/2+1, d, 2] → [.., n, d]`.
-    Irfft {
-        /// Output length.
-        n: u64,
-    },
-    /// Complex product `([b, f, d, 2], [f, d, 2]) → [b, f, d, 2]`.
-    ComplexMul,
-    /// Fused spectral filter `(x [b, s, d], p) → [b, s, d]`. Circular form: p is the complex
-    /// gate `[n/2+1, d, 2]` and y = irfft(rfft(pad(x, n)) · p)[..s]. Causal form: p is a kernel
-    /// `[n/2, d]` and y = (p * x) a causal linear convolution, computed with padding to n.
-    SpectralFilter {
-        /// Transform length.
-        n: u64,
-        /// Causal (kernel) form.
-        causal: bool,
-        /// Algorithm.
-        algo: SpectralAlgo,
-    },
-    /// Frequency-curriculum mask of a spectral gate's parameter (identity outside a frequency
-    /// curriculum; see [`FreqCutoff`]). `dct: false`: a complex gate `[f, d, 2]`, each rfft
-    /// bin scaled by its weight. `dct: true`: a causal kernel `[l, d]`, low-passed in the
-    /// orthonormal DCT-II basis over its l taps.
-    FreqMask {
-        /// The parameter is a time-domain kernel (DCT basis).
-        dct: bool,
-    },
     /// Ensemble output `(logits_1, …, logits_n [b, s, v]) → [b, s, v]`:
     /// ln(mean_i softmax(logits_i)), the log of the members' average probabilities.
     MeanProbs {
@@ -391,6 +341,7 @@ impl Op {
             Op::Norm(o) => Some(o),
             Op::Elementwise(o) => Some(o),
             Op::Heads(o) => Some(o),
+            Op::Spectral(o) => Some(o),
             Op::Input
             | Op::Param { .. }
             | Op::SinusoidalTable { .. }
@@ -409,8 +360,6 @@ impl Op {
             | Op::RevinNorm
             | Op::RevinDenorm
             | Op::Patch { .. }
-            | Op::ComplexFeatures
-            | Op::WindowedGate { .. }
             | Op::Wave { .. }
             | Op::HarmonicSelect { .. }
             | Op::PhaseAttention { .. }
@@ -425,11 +374,6 @@ impl Op {
             | Op::DropMemory { .. }
             | Op::PadSeq { .. }
             | Op::CropSeq
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
-            | Op::ComplexMul
-            | Op::SpectralFilter { .. }
-            | Op::FreqMask { .. }
             | Op::MeanProbs { .. }
             | Op::MeanForecasts { .. }
             | Op::Output => None,
@@ -450,14 +394,10 @@ impl Op {
             Op::Norm(o) => o.position_limit(ins),
             Op::Elementwise(o) => o.position_limit(ins),
             Op::Heads(o) => o.position_limit(ins),
+            Op::Spectral(o) => o.position_limit(ins),
             Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
             // Padding a kernel parameter does not limit the input.
             Op::PadSeq { len } => seq_input().then_some(*len as usize),
-            Op::SpectralFilter { n, causal, .. } => Some(if *causal {
-                *n as usize / 2
-            } else {
-                *n as usize
-            }),
             // A learned table has its rows; a sinusoidal one is computed for any length.
             Op::AddPositions => match ins.get(1).map(|t| t.shape.as_slice()) {
                 Some([Dim::Fixed(n), _]) => Some(*n as usize),
@@ -480,8 +420,6 @@ impl Op {
             | Op::RevinNorm
             | Op::RevinDenorm
             | Op::Patch { .. }
-            | Op::ComplexFeatures
-            | Op::WindowedGate { .. }
             | Op::Wave { .. }
             | Op::HarmonicSelect { .. }
             | Op::PhaseAttention { .. }
@@ -495,10 +433,6 @@ impl Op {
             | Op::PrependMemory
             | Op::DropMemory { .. }
             | Op::CropSeq
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
-            | Op::ComplexMul
-            | Op::FreqMask { .. }
             | Op::MeanProbs { .. }
             | Op::MeanForecasts { .. }
             | Op::Output => None,
@@ -517,6 +451,7 @@ impl Op {
             Op::SinusoidalTable { .. } => "sinusoidal_table",
             Op::AddPositions => "add_positions",
             Op::Heads(o) => o.name(),
+            Op::Spectral(o) => o.name(),
             Op::RopeTable { .. } => "rope_table",
             Op::ApplyRope => "apply_rope",
             Op::RepeatKv { .. } => "repeat_kv",
@@ -529,11 +464,6 @@ impl Op {
             Op::PositionLinear { .. } => "position_linear",
             Op::PadSeq { .. } => "pad_seq",
             Op::CropSeq => "crop_seq",
-            Op::Rfft { .. } => "rfft",
-            Op::Irfft { .. } => "irfft",
-            Op::ComplexMul => "complex_mul",
-            Op::SpectralFilter { .. } => "spectral_filter",
-            Op::FreqMask { .. } => "freq_mask",
             Op::PrependMemory => "prepend_memory",
             Op::Source { .. } => "source",
             Op::Series { .. } => "series",
@@ -541,8 +471,6 @@ impl Op {
             Op::RevinDenorm => "revin_denorm",
             Op::Patch { .. } => "patch",
             Op::ForecastHead { .. } => "forecast_head",
-            Op::ComplexFeatures => "complex_features",
-            Op::WindowedGate { .. } => "windowed_gate",
             Op::Wave { .. } => "wave",
             Op::HarmonicSelect { .. } => "harmonic_select",
             Op::PhaseAttention { .. } => "phase_attention",
@@ -568,6 +496,7 @@ impl Op {
             Op::Norm(o) => o.attrs(),
             Op::SinusoidalTable { dim } => format!("dim={dim}"),
             Op::Heads(o) => o.attrs(),
+            Op::Spectral(o) => o.attrs(),
             Op::RopeTable {
                 head_dim,
                 base,
@@ -617,11 +546,9 @@ impl Op {
             Op::Mlstm { heads } | Op::Slstm { heads } | Op::Ets { heads } => {
                 format!("heads={heads}")
             }
-            Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
             Op::MeanProbs { members } | Op::MeanForecasts { members } => {
                 format!("members={members}")
             }
-            Op::WindowedGate { window, hop } => format!("window={window} hop={hop}"),
             Op::Wave { harmonics } => format!("harmonics={harmonics}"),
             Op::HarmonicSelect { k, temperature } => format!("k={k} temperature={}", temperature.0),
             Op::PhaseAttention { causal, complex } => format!(
@@ -637,24 +564,14 @@ impl Op {
                 dt_rank,
             } => format!("d_state={d_state} d_conv={d_conv} dt_rank={dt_rank}"),
             Op::PositionLinear { max_len, bias } => format!("max_len={max_len} bias={bias}"),
-            Op::Rfft { n } | Op::Irfft { n } => format!("n={n}"),
-            Op::SpectralFilter { n, causal, algo } => format!(
-                "n={n} causal={causal} algo={}",
-                match algo {
-                    SpectralAlgo::Fft => "fft",
-                    SpectralAlgo::Dense => "dense",
-                }
-            ),
             Op::CrossAttention { key_mask: false }
             | Op::Input
             | Op::AddPositions
             | Op::ApplyRope
             | Op::CropSeq
-            | Op::ComplexMul
             | Op::PrependMemory
             | Op::RevinNorm
             | Op::RevinDenorm
-            | Op::ComplexFeatures
             | Op::Output => String::new(),
         }
     }
@@ -663,6 +580,9 @@ impl Op {
     /// must not merge them; parameters are distinct by name anyway.
     pub fn is_pure(&self) -> bool {
         if let Op::Elementwise(o) = self {
+            return o.is_pure();
+        }
+        if let Op::Spectral(o) = self {
             return o.is_pure();
         }
         !matches!(
@@ -690,26 +610,18 @@ impl Op {
             | Op::DropMemory { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
             Op::PhaseAttention { causal: true, .. } => Mixing::Causal,
-            Op::PhaseAttention { causal: false, .. } | Op::WindowedGate { .. } => Mixing::Full,
+            Op::PhaseAttention { causal: false, .. } => Mixing::Full,
             Op::Attention { causal: false, .. }
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
             | Op::RevinNorm
             | Op::RevinDenorm
             | Op::Patch { .. }
             | Op::ForecastHead { .. } => Mixing::Full,
-            Op::SpectralFilter { causal, .. } => {
-                if *causal {
-                    Mixing::Causal
-                } else {
-                    Mixing::Full
-                }
-            }
             Op::Norm(o) => o.mixing(),
             Op::Elementwise(o) => o.mixing(),
             Op::Embedding(o) => o.mixing(),
             Op::Linear(o) => o.mixing(),
             Op::Heads(o) => o.mixing(),
+            Op::Spectral(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -722,11 +634,8 @@ impl Op {
             | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
             | Op::CropSeq
-            | Op::ComplexMul
-            | Op::FreqMask { .. }
             | Op::Source { .. }
             | Op::Series { .. }
-            | Op::ComplexFeatures
             | Op::Wave { .. }
             | Op::HarmonicSelect { .. }
             | Op::SliceFeatures { .. }
@@ -747,18 +656,14 @@ impl Op {
             Op::RevinNorm | Op::ForecastHead { .. } => 3,
             Op::RevinDenorm => 4,
             Op::CrossAttention { key_mask } => 3 + usize::from(*key_mask),
-            Op::AddPositions
-            | Op::ApplyRope
-            | Op::CropSeq
-            | Op::ComplexMul
-            | Op::PrependMemory
-            | Op::SpectralFilter { .. } => 2,
+            Op::AddPositions | Op::ApplyRope | Op::CropSeq | Op::PrependMemory => 2,
             Op::Linear(o) => o.ports().len(),
             Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::Norm(o) => o.ports().len(),
             Op::Elementwise(o) => o.ports().len(),
             Op::Embedding(o) => o.ports().len(),
             Op::Heads(o) => o.ports().len(),
+            Op::Spectral(o) => o.ports().len(),
             Op::Attention {
                 scale, key_mask, ..
             } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
@@ -768,7 +673,6 @@ impl Op {
             Op::Ets { .. } => 6,
             Op::Slstm { .. } => 4,
             Op::MeanProbs { members } | Op::MeanForecasts { members } => *members as usize,
-            Op::WindowedGate { .. } => 3,
             Op::HarmonicSelect { .. } => 2,
             Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
             Op::ConcatFeatures { parts } => *parts as usize,
@@ -777,11 +681,7 @@ impl Op {
             | Op::RopeTable { .. }
             | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
-            | Op::FreqMask { .. }
             | Op::Patch { .. }
-            | Op::ComplexFeatures
             | Op::Wave { .. }
             | Op::SliceFeatures { .. }
             | Op::PadBias { .. }
@@ -828,7 +728,12 @@ impl Op {
                 shape: vec![Dim::Batch, Dim::Seq],
             }),
             Op::Param { shape, .. } => f32(shape.iter().map(|&d| Dim::Fixed(d)).collect()),
-            Op::Embedding(_) | Op::Linear(_) | Op::Norm(_) | Op::Elementwise(_) | Op::Heads(_) => {
+            Op::Embedding(_)
+            | Op::Linear(_)
+            | Op::Norm(_)
+            | Op::Elementwise(_)
+            | Op::Heads(_)
+            | Op::Spectral(_) => {
                 unreachable!("families infer through `def`")
             }
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
@@ -1038,59 +943,6 @@ impl Op {
                 ([b, _, d], [_, s, ..]) => f32(vec![*b, *s, *d]),
                 _ => Err("crop expects [batch, len, width]".into()),
             },
-            Op::Rfft { n } => {
-                let x = float(0)?;
-                let r = x.shape.len();
-                if r < 2 || x.shape[r - 2] != Dim::Fixed(*n) {
-                    return Err(format!("rfft of length {n} does not fit {x}"));
-                }
-                let mut s = x.shape.clone();
-                s[r - 2] = Dim::Fixed(n / 2 + 1);
-                s.push(Dim::Fixed(2));
-                f32(s)
-            }
-            Op::Irfft { n } => {
-                let x = float(0)?;
-                let r = x.shape.len();
-                if r < 3
-                    || x.shape[r - 3] != Dim::Fixed(n / 2 + 1)
-                    || x.shape[r - 1] != Dim::Fixed(2)
-                {
-                    return Err(format!("irfft of length {n} does not fit {x}"));
-                }
-                let mut s = x.shape[..r - 1].to_vec();
-                s[r - 3] = Dim::Fixed(*n);
-                f32(s)
-            }
-            Op::ComplexMul => {
-                let x = float(0)?;
-                let g = &ins[1];
-                if x.shape.len() < g.shape.len()
-                    || x.shape[x.shape.len() - g.shape.len()..] != g.shape[..]
-                {
-                    return Err(format!("gate {g} does not fit spectrum {x}"));
-                }
-                f32(x.shape.clone())
-            }
-            Op::SpectralFilter { n, causal, .. } => {
-                let x = float(0)?;
-                let d = match x.shape.as_slice() {
-                    [_, _, d] => *d,
-                    _ => return Err(format!("expects [batch, seq, width], got {x}")),
-                };
-                let want = if *causal {
-                    vec![Dim::Fixed(n / 2), d]
-                } else {
-                    vec![Dim::Fixed(n / 2 + 1), d, Dim::Fixed(2)]
-                };
-                if ins[1].shape != want {
-                    return Err(format!(
-                        "spectral filter parameter {} does not fit input {x}",
-                        ins[1]
-                    ));
-                }
-                f32(x.shape.clone())
-            }
             Op::Series { lookback, channels } => f32(vec![
                 Dim::Batch,
                 Dim::Fixed(*lookback),
@@ -1120,23 +972,6 @@ impl Op {
                     ins[0]
                 )),
             },
-            Op::WindowedGate { window, hop } => {
-                let x = float(0)?;
-                let [_, _, Dim::Fixed(d)] = x.shape.as_slice() else {
-                    return Err(format!("expects [batch, seq, width], got {x}"));
-                };
-                if *hop == 0 || hop > window {
-                    return Err(format!("a hop of {hop} does not fit frames of {window}"));
-                }
-                let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
-                if ins[1].shape != fx(&[3]) || ins[2].shape != fx(&[window / 2 + 1, *d, 2]) {
-                    return Err(format!(
-                        "windowed gate parameters {} and {} do not fit {x}",
-                        ins[1], ins[2]
-                    ));
-                }
-                f32(x.shape.clone())
-            }
             Op::Wave { harmonics } => {
                 let x = float(0)?;
                 match x.shape.as_slice() {
@@ -1227,13 +1062,6 @@ impl Op {
                 shape.push(Dim::Fixed(total));
                 f32(shape)
             }
-            Op::ComplexFeatures => match float(0)?.shape.as_slice() {
-                [b, f, Dim::Fixed(d), Dim::Fixed(2)] => f32(vec![*b, *f, Dim::Fixed(2 * d)]),
-                _ => Err(format!(
-                    "expects complex values [.., f, width, 2], got {}",
-                    ins[0]
-                )),
-            },
             Op::ForecastHead { channels } => {
                 match (float(0)?.shape.as_slice(), ins[1].shape.as_slice()) {
                     (
@@ -1300,18 +1128,6 @@ impl Op {
                 };
                 f32(vec![x.shape[0], s, x.shape[2]])
             }
-            Op::FreqMask { dct } => {
-                let p = float(0)?;
-                let ok = if *dct {
-                    p.shape.len() == 2
-                } else {
-                    p.shape.len() == 3 && p.shape[2] == Dim::Fixed(2)
-                };
-                if !ok {
-                    return Err(format!("a frequency mask does not fit parameter {p}"));
-                }
-                f32(p.shape.clone())
-            }
             Op::MeanProbs { .. } | Op::MeanForecasts { .. } => {
                 let x = float(0)?;
                 if ins.iter().any(|t| t != x) {
@@ -1322,49 +1138,6 @@ impl Op {
             Op::Output => Ok(ins[0].clone()),
         }
     }
-}
-
-/// The frequency-curriculum mask at one step: bin k of F (normalized frequency
-/// f_k = k/(F − 1)) gets weight 1 if f_k ≤ cutoff else 0, or sigmoid(slope · (cutoff − f_k))
-/// with a slope.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FreqCutoff {
-    /// Cutoff, a fraction of the band.
-    pub cutoff: f64,
-    /// Slope of the soft mask; `None` for a hard one.
-    pub slope: Option<f64>,
-}
-
-impl FreqCutoff {
-    /// The weights of `bins` frequency bins, lowest first.
-    pub fn weights(&self, bins: usize) -> Vec<f64> {
-        (0..bins)
-            .map(|k| {
-                let f = if bins > 1 {
-                    k as f64 / (bins - 1) as f64
-                } else {
-                    0.0
-                };
-                match self.slope {
-                    None => f64::from(u8::from(f <= self.cutoff + 1e-12)),
-                    Some(a) => 1.0 / (1.0 + (-a * (self.cutoff - f)).exp()),
-                }
-            })
-            .collect()
-    }
-}
-
-/// The orthonormal DCT-II basis of `l` taps, row-major `[k, t]`: basis vector k at tap t is
-/// √(s/l)·cos(π(t + ½)k/l), s = 1 for k = 0 and 2 otherwise.
-pub fn dct_basis(l: usize) -> Vec<f64> {
-    (0..l * l)
-        .map(|i| {
-            let (k, t) = (i / l, i % l);
-            let s = if k == 0 { 1.0 } else { 2.0 };
-            (s / l as f64).sqrt()
-                * (std::f64::consts::PI * (t as f64 + 0.5) * k as f64 / l as f64).cos()
-        })
-        .collect()
 }
 
 /// Rotary frequencies θ_i (i < head_dim/2) and the factor cos and sin are scaled by: plain RoPE
@@ -1398,28 +1171,6 @@ pub fn rope_frequencies(
         .collect();
     let attention = if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
     (freqs, attention)
-}
-
-/// The three windows a `windowed_spectral_gate` mixes, periodic, of length w: Hann
-/// 0.5 − 0.5·cos(2πn/w), Hamming 0.54 − 0.46·cos(2πn/w) and rectangular 1 (`[3][w]`, row-major).
-pub fn window_basis(w: usize) -> Vec<f64> {
-    let mut out = vec![0.0; 3 * w];
-    for n in 0..w {
-        let c = (2.0 * std::f64::consts::PI * n as f64 / w as f64).cos();
-        out[n] = 0.5 - 0.5 * c;
-        out[w + n] = 0.54 - 0.46 * c;
-        out[2 * w + n] = 1.0;
-    }
-    out
-}
-
-/// Framing of a sequence of `len` steps into frames of `window` steps, `hop` apart:
-/// `(pad, count)`: the first frame starts `pad` = window − hop steps before the sequence, and
-/// `count` frames cover it (the padded sequence has (count − 1)·hop + window steps).
-pub fn frames(window: usize, hop: usize, len: usize) -> (usize, usize) {
-    let pad = window - hop;
-    let count = (pad + len).saturating_sub(window).div_ceil(hop) + 1;
-    (pad, count)
 }
 
 /// A key-padding bias `[b, t]` fits keys `[b, h, t, d]`.

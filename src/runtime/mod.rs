@@ -249,7 +249,7 @@ pub struct Runtime {
     pub soft_attention: bool,
     /// The frequency-curriculum mask applied to spectral gates (`None`: unmasked). Training
     /// sets it for the steps of a frequency curriculum.
-    pub freq_mask: Option<crate::ir::FreqCutoff>,
+    pub freq_mask: Option<crate::ops::spectral::FreqCutoff>,
     /// Nodes with a batch axis that depend on an encoder-decoder's source but not on the
     /// decoder's input: computed once per generation when decoding with a cache.
     source_only: std::collections::HashSet<NodeIndex>,
@@ -525,20 +525,17 @@ impl Runtime {
                 Op::Heads(o) => o.incremental(),
                 Op::Linear(o) => o.incremental(),
                 Op::Embedding(o) => o.incremental(),
+                Op::Spectral(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
                     causal, key_mask, ..
                 } => *causal && !*key_mask,
-                Op::PhaseAttention { causal, .. } | Op::SpectralFilter { causal, .. } => *causal,
+                Op::PhaseAttention { causal, .. } => *causal,
                 // Whole-sequence transforms, and the forecasting ops (a forecaster does not
                 // decode).
                 Op::PadSeq { .. }
                 | Op::CropSeq
-                | Op::Rfft { .. }
-                | Op::Irfft { .. }
-                | Op::ComplexMul
-                | Op::WindowedGate { .. }
                 | Op::Series { .. }
                 | Op::RevinNorm
                 | Op::RevinDenorm
@@ -565,8 +562,6 @@ impl Runtime {
                 | Op::RopeTable { .. }
                 | Op::ApplyRope
                 | Op::RepeatKv { .. }
-                | Op::FreqMask { .. }
-                | Op::ComplexFeatures
                 | Op::Wave { .. }
                 | Op::HarmonicSelect { .. }
                 | Op::SliceFeatures { .. }
@@ -684,19 +679,6 @@ impl Runtime {
                                 ops::phase_attention(&ins, keys.clone(), causal, complex, ctx);
                             c.phase.insert(n, keys);
                             V::F4(out)
-                        }
-                        (Some(c), Op::SpectralFilter { causal: true, .. }) => {
-                            let (x, kernel) = (ins[0].f3(), ins[1].f2());
-                            let (out, history) = match c.conv.remove(&n) {
-                                Some(history) => ops::causal_filter_step(x, kernel, history),
-                                // The first call (the prompt) runs the op whole.
-                                None => (
-                                    ops::eval(op, &ins, ctx).f3(),
-                                    ops::filter_history(x, kernel.dims()[0]),
-                                ),
-                            };
-                            c.conv.insert(n, history);
-                            V::F3(out)
                         }
                         (Some(c), &Op::PositionLinear { bias, .. }) => {
                             let mut x = ins[0].f3();
