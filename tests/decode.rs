@@ -799,56 +799,6 @@ fn strategies() -> [Decode; 3] {
 }
 
 #[test]
-fn the_causal_filter_step_matches_the_convolution_by_definition() {
-    use burn::prelude::{Tensor, TensorData};
-    let dev = DeviceKind::Cpu.device(false);
-    let (b, t, d, l) = (2, 19, 3, 6);
-    let val = |i: usize| ((i * 7919 % 101) as f64 / 50.0 - 1.0) as f32;
-    let x: Vec<f32> = (0..b * t * d).map(val).collect();
-    let k: Vec<f32> = (0..l * d).map(|i| val(i + 13)).collect();
-    // y[b, t, c] = Σ_{j < l, j ≤ t} k[j, c] x[b, t − j, c], in f64.
-    let want = |bi: usize, ti: usize, c: usize| -> f64 {
-        (0..l.min(ti + 1))
-            .map(|j| f64::from(k[j * d + c]) * f64::from(x[(bi * t + ti - j) * d + c]))
-            .sum()
-    };
-    let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [b, t, d]), &dev);
-    let kernel = Tensor::<2>::from_data(TensorData::new(k.clone(), [l, d]), &dev);
-    // The prompt (2 positions) is the history; then chunks of 1, 3, 1, 8 and 4 positions.
-    let mut history = xt.clone().narrow(1, 0, 2);
-    let mut at = 2;
-    for chunk in [1, 3, 1, 8, 4] {
-        let (y, h) = kiln::runtime::ops::causal_filter_step(
-            xt.clone().narrow(1, at, chunk),
-            kernel.clone(),
-            history,
-        );
-        assert_eq!(
-            h.dims()[1],
-            (at + chunk).min(l - 1),
-            "history keeps l − 1 inputs"
-        );
-        let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
-        for bi in 0..b {
-            for i in 0..chunk {
-                for c in 0..d {
-                    let got = f64::from(y[(bi * chunk + i) * d + c]);
-                    let w = want(bi, at + i, c);
-                    assert!(
-                        (got - w).abs() < 1e-5,
-                        "t {} channel {c}: {got} vs {w}",
-                        at + i
-                    );
-                }
-            }
-        }
-        history = h;
-        at += chunk;
-    }
-    assert_eq!(at, t);
-}
-
-#[test]
 fn bad_words_skip_the_eos_word_and_words_longer_than_the_sequence() {
     // transformers 4.46 `NoBadWordsLogitsProcessor` drops a bad word equal to [eos], and
     // `SequenceBiasLogitsProcessor` skips a word longer than the sequence so far.

@@ -6,6 +6,7 @@ use kiln::diag::{render_text, SourceMap};
 use kiln::ir::reference::{self, definitions, Rng, Tensor};
 use kiln::ir::{verify::verify, FreqCutoff, Graph, Op};
 use kiln::lower::{lower_document, noncausal_layers};
+use kiln::ops::spectral::{Spectral, SpectralFilter};
 use kiln::passes::{self, ALL};
 use proptest::prelude::*;
 use std::path::Path;
@@ -122,12 +123,15 @@ fn passes_change_what_they_claim() {
     assert_eq!(
         count(&o, |o| matches!(
             o,
-            Op::Rfft { .. } | Op::Irfft { .. } | Op::ComplexMul
+            Op::Spectral(Spectral::Rfft(_) | Spectral::Irfft(_) | Spectral::ComplexMul(_))
         )),
         0
     );
     assert_eq!(
-        count(&o, |o| matches!(o, Op::SpectralFilter { causal: true, .. })),
+        count(&o, |o| matches!(
+            o,
+            Op::Spectral(Spectral::Filter(SpectralFilter { causal: true, .. }))
+        )),
         4
     );
 
@@ -287,7 +291,7 @@ proptest! {
         let g = lower_document(&doc, None, None).unwrap();
         let (o, changes) = optimized(&g, &["spectral", "dce"]);
         prop_assert_eq!(changes.len(), 2);
-        prop_assert_eq!(o.g.node_weights().filter(|n| matches!(n.op, Op::SpectralFilter { .. })).count(), 1);
+        prop_assert_eq!(o.g.node_weights().filter(|n| matches!(n.op, Op::Spectral(Spectral::Filter(_)))).count(), 1);
         let seq = 1 + ((max_len - 1) as f64 * seq_frac) as usize;
         let params = reference::init_params(&g, 4);
         let toks: Vec<Vec<i64>> = vec![(0..seq as i64).map(|i| (i * 3) % 5).collect()];
@@ -307,7 +311,7 @@ proptest! {
 #[test]
 fn frequency_masks_scale_each_basis_vector_by_its_weight() {
     let l = 8;
-    let c = kiln::ir::dct_basis(l);
+    let c = kiln::ops::spectral::dct_basis(l);
     for a in 0..l {
         for b in 0..l {
             let dot: f64 = (0..l).map(|t| c[a * l + t] * c[b * l + t]).sum();
@@ -582,12 +586,13 @@ fn the_reference_definitions_give_hand_computed_values() {
     );
 }
 
-/// The runtime's helpers in `ir::op` (which the reference no longer calls) against the
+/// The runtime's helpers in `ir::op` and `ops::spectral` (which the reference does not call) against the
 /// reference's own definitions over many sizes and settings, so a bug in a helper shows here by
 /// name as well as in the runtime-against-reference tests.
 #[test]
 fn the_runtime_helpers_agree_with_the_reference_definitions() {
-    use kiln::ir::{dct_basis, frames, rope_frequencies, window_basis, Real};
+    use kiln::ir::{rope_frequencies, Real};
+    use kiln::ops::spectral::{dct_basis, frames, window_basis};
     for w in 1..=33 {
         let basis = window_basis(w);
         let rect = vec![1.0; w];
@@ -691,12 +696,12 @@ fn spectral_fusion_picks_dense_up_to_64_and_fft_above() {
         let (o, _) = optimized(&g, &["spectral", "dce"]);
         let ops: Vec<Op> =
             o.g.node_weights()
-                .filter(|n| matches!(n.op, Op::SpectralFilter { .. }))
+                .filter(|n| matches!(n.op, Op::Spectral(Spectral::Filter(_))))
                 .map(|n| n.op.clone())
                 .collect();
         assert_eq!(
             ops,
-            [Op::SpectralFilter { n, causal, algo }],
+            [Op::from(SpectralFilter { n, causal, algo })],
             "max_len {max_len}"
         );
     }

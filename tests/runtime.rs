@@ -591,6 +591,7 @@ fn check_projections(
 fn the_windowed_gate_reconstructs_with_an_identity_gate_and_matches_the_reference() {
     use burn::tensor::{Tensor, TensorData};
     use kiln::ir::Op;
+    use kiln::ops::spectral::WindowedGate;
     use kiln::runtime::{ops, V};
     let device = DeviceKind::Cpu.device(false);
     for (window, hop, len) in [
@@ -610,10 +611,10 @@ fn the_windowed_gate_reconstructs_with_an_identity_gate_and_matches_the_referenc
         }
         let gate = Tensor::<3>::from_data(TensorData::new(gate, [f, 3, 2]), &device);
         let (random_gate, random_gate_r) = pair([f, 3, 2], 40 + window as u64, 1.0, &device);
-        let op = Op::WindowedGate {
+        let op = Op::from(WindowedGate {
             window: window as u64,
             hop: hop as u64,
-        };
+        });
         for mix in [
             [0.0f32, 0.0, 0.0],
             [3.0, -1.0, -4.0],
@@ -661,14 +662,15 @@ fn the_windowed_gate_reconstructs_with_an_identity_gate_and_matches_the_referenc
 #[test]
 fn the_windowed_gate_gradients_match_the_reference() {
     use kiln::ir::Op;
+    use kiln::ops::spectral::WindowedGate;
     use kiln::runtime::{ops, V};
     let device = DeviceKind::Cpu.device(true);
     for (window, hop, len) in [(8, 3, 20), (6, 6, 7), (16, 4, 3)] {
         let f = window / 2 + 1;
-        let op = Op::WindowedGate {
+        let op = Op::from(WindowedGate {
             window: window as u64,
             hop: hop as u64,
-        };
+        });
         let (x, xr) = pair([2, len, 3], 1, 1.0, &device);
         let (mix, mix_r) = pair([3], 2, 1.0, &device);
         let (gate, gate_r) = pair([f, 3, 2], 3, 1.0, &device);
@@ -725,7 +727,8 @@ fn the_windowed_gate_gradients_match_the_reference() {
 /// the kernel or gate (projected on random directions: the filter is linear in each).
 #[test]
 fn the_spectral_filter_matches_the_reference_on_every_branch() {
-    use kiln::ir::{Op, SpectralAlgo};
+    use kiln::ir::Op;
+    use kiln::ops::spectral::{SpectralAlgo, SpectralFilter};
     use kiln::runtime::{ops, V};
     let device = DeviceKind::Cpu.device(true);
     for (n, causal, s) in [
@@ -749,11 +752,11 @@ fn the_spectral_filter_matches_the_reference_on_every_branch() {
         };
         let x = x.require_grad();
         for algo in [SpectralAlgo::Dense, SpectralAlgo::Fft] {
-            let op = Op::SpectralFilter {
+            let op = Op::from(SpectralFilter {
                 n: n as u64,
                 causal,
                 algo,
-            };
+            });
             let what = format!("n {n}, s {s}, causal {causal}, {algo:?}");
             let y = ops::eval(&op, &[&V::F3(x.clone()), &p], &ctx(&device, false, None)).f3();
             let want = reference::eval_op(&op, &[&xr, &pr]).unwrap();

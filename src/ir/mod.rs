@@ -6,10 +6,8 @@ pub mod print;
 pub mod reference;
 pub mod verify;
 
-pub use op::{
-    dct_basis, frames, rope_frequencies, window_basis, AttnScale, FreqCutoff, Init, Mixing, Op,
-    Real, SpectralAlgo,
-};
+pub use crate::ops::spectral::{FreqCutoff, SpectralAlgo};
+pub use op::{rope_frequencies, AttnScale, Init, Mixing, Op, Real};
 
 use crate::diag::Span;
 use crate::ops::ensemble::Ensemble;
@@ -355,16 +353,8 @@ impl Graph {
                     Op::CrossAttention { .. } => 4 * out * self.g[ins[1]].ty.len(2, seq),
                     Op::BandAttention(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Wave(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::SpectralFilter {
-                        n: len,
-                        algo: SpectralAlgo::Dense,
-                        ..
-                    } => 2 * out * len,
-                    Op::SpectralFilter {
-                        algo: SpectralAlgo::Fft,
-                        ..
-                    }
-                    | Op::Input
+                    Op::Spectral(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Input
                     | Op::Param { .. }
                     | Op::SinusoidalTable { .. }
                     | Op::AddPositions
@@ -373,15 +363,9 @@ impl Graph {
                     | Op::RepeatKv { .. }
                     | Op::PadSeq { .. }
                     | Op::CropSeq
-                    | Op::Rfft { .. }
-                    | Op::Irfft { .. }
-                    | Op::ComplexMul
-                    | Op::FreqMask { .. }
                     | Op::PrependMemory
                     | Op::Source { .. }
                     | Op::Series { .. }
-                    | Op::ComplexFeatures
-                    | Op::WindowedGate { .. }
                     | Op::SliceFeatures { .. }
                     | Op::ConcatFeatures { .. }
                     | Op::PadBias { .. }

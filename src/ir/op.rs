@@ -65,16 +65,6 @@ pub enum AttnScale {
     Learned,
 }
 
-/// Which algorithm a fused spectral filter uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SpectralAlgo {
-    /// rfft → multiply → irfft, O(n log n).
-    Fft,
-    /// The equivalent (circular or causal) convolution as a dense matrix product, O(n²), faster
-    /// for short sequences.
-    Dense,
-}
-
 /// Which positions an op lets an output position depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mixing {
@@ -126,6 +116,10 @@ pub enum Op {
     Elementwise(crate::ops::elementwise::Elementwise),
     /// Splitting into attention heads and merging them (see [`crate::ops::heads`]).
     Heads(crate::ops::heads::Heads),
+    /// The FFT and its inverse, complex products and features, the fused spectral filter,
+    /// the frequency-curriculum mask and the windowed spectral gate (see
+    /// [`crate::ops::spectral`]).
+    Spectral(crate::ops::spectral::Spectral),
     /// `(tokens) → [seq, dim]`: sinusoidal position table.
     SinusoidalTable {
         /// Width.
@@ -189,18 +183,6 @@ pub enum Op {
     /// RevIN normalization and its inverse, channel-independent patching and the flatten
     /// head of a forecaster (see [`crate::ops::forecast`]).
     Forecast(crate::ops::forecast::Forecast),
-    /// Complex values to features `[.., f, d, 2] → [.., f, 2d]`: real parts, then imaginary.
-    ComplexFeatures,
-    /// Windowed spectral gate `(x [b, s, d], mix [3], gate [w/2+1, d, 2]) → [b, s, d]` (see
-    /// the `windowed_spectral_gate` layer): frames of `window` steps `hop` apart, windowed by
-    /// softmax(mix)·(Hann, Hamming, rectangular), rfft, gated, irfft, windowed again,
-    /// overlap-added and divided by Σ window².
-    WindowedGate {
-        /// Frame length w.
-        window: u64,
-        /// Hop between frame starts.
-        hop: u64,
-    },
     /// The wave encoding's ranges and the harmonic selection (see [`crate::ops::wave`]).
     Wave(crate::ops::wave::Wave),
     /// Phase-coherent attention (see [`crate::ops::phase_attention`]).
@@ -252,38 +234,6 @@ pub enum Op {
     },
     /// `(x [b, len, d], like [b, s, ..]) → [b, s, d]`: the first s positions.
     CropSeq,
-    /// Real FFT along the second-to-last axis (length n): `[.., n, d] → [.., n/2+1, d, 2]`
-    /// (real and imaginary parts last).
-    Rfft {
-        /// Transform length.
-        n: u64,
-    },
-    /// Inverse of [`Op::Rfft`] (with the 1/n factor): `[.., n/2+1, d, 2] → [.., n, d]`.
-    Irfft {
-        /// Output length.
-        n: u64,
-    },
-    /// Complex product `([b, f, d, 2], [f, d, 2]) → [b, f, d, 2]`.
-    ComplexMul,
-    /// Fused spectral filter `(x [b, s, d], p) → [b, s, d]`. Circular form: p is the complex
-    /// gate `[n/2+1, d, 2]` and y = irfft(rfft(pad(x, n)) · p)[..s]. Causal form: p is a kernel
-    /// `[n/2, d]` and y = (p * x) a causal linear convolution, computed with padding to n.
-    SpectralFilter {
-        /// Transform length.
-        n: u64,
-        /// Causal (kernel) form.
-        causal: bool,
-        /// Algorithm.
-        algo: SpectralAlgo,
-    },
-    /// Frequency-curriculum mask of a spectral gate's parameter (identity outside a frequency
-    /// curriculum; see [`FreqCutoff`]). `dct: false`: a complex gate `[f, d, 2]`, each rfft
-    /// bin scaled by its weight. `dct: true`: a causal kernel `[l, d]`, low-passed in the
-    /// orthonormal DCT-II basis over its l taps.
-    FreqMask {
-        /// The parameter is a time-domain kernel (DCT basis).
-        dct: bool,
-    },
     /// An ensemble's output from its members' outputs: the log of their average
     /// probabilities, or the mean of their forecasts (see [`crate::ops::ensemble`]).
     Ensemble(crate::ops::ensemble::Ensemble),
@@ -309,6 +259,7 @@ impl Op {
             Op::BandAttention(o) => Some(o),
             Op::Lstm(o) => Some(o),
             Op::PositionLinear(o) => Some(o),
+            Op::Spectral(o) => Some(o),
             Op::Mamba(o) => Some(o),
             Op::Input
             | Op::Param { .. }
@@ -319,8 +270,6 @@ impl Op {
             | Op::RepeatKv { .. }
             | Op::Attention { .. }
             | Op::Series { .. }
-            | Op::ComplexFeatures
-            | Op::WindowedGate { .. }
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
             | Op::Source { .. }
@@ -330,11 +279,6 @@ impl Op {
             | Op::DropMemory { .. }
             | Op::PadSeq { .. }
             | Op::CropSeq
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
-            | Op::ComplexMul
-            | Op::SpectralFilter { .. }
-            | Op::FreqMask { .. }
             | Op::Output => None,
         }
     }
@@ -348,6 +292,7 @@ impl Op {
                 .is_some_and(|d| matches!(d, Dim::Seq | Dim::SeqPlus(_)))
         };
         match self {
+            Op::Spectral(o) => o.position_limit(ins),
             Op::Embedding(o) => o.position_limit(ins),
             Op::Linear(o) => o.position_limit(ins),
             Op::Norm(o) => o.position_limit(ins),
@@ -365,11 +310,6 @@ impl Op {
             Op::Mamba(o) => o.position_limit(ins),
             // Padding a kernel parameter does not limit the input.
             Op::PadSeq { len } => seq_input().then_some(*len as usize),
-            Op::SpectralFilter { n, causal, .. } => Some(if *causal {
-                *n as usize / 2
-            } else {
-                *n as usize
-            }),
             // A learned table has its rows; a sinusoidal one is computed for any length.
             Op::AddPositions => match ins.get(1).map(|t| t.shape.as_slice()) {
                 Some([Dim::Fixed(n), _]) => Some(*n as usize),
@@ -384,8 +324,6 @@ impl Op {
             | Op::RepeatKv { .. }
             | Op::Attention { .. }
             | Op::Series { .. }
-            | Op::ComplexFeatures
-            | Op::WindowedGate { .. }
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
             | Op::Source { .. }
@@ -394,10 +332,6 @@ impl Op {
             | Op::PrependMemory
             | Op::DropMemory { .. }
             | Op::CropSeq
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
-            | Op::ComplexMul
-            | Op::FreqMask { .. }
             | Op::Output => None,
         }
     }
@@ -414,6 +348,7 @@ impl Op {
             Op::SinusoidalTable { .. } => "sinusoidal_table",
             Op::AddPositions => "add_positions",
             Op::Heads(o) => o.name(),
+            Op::Spectral(o) => o.name(),
             Op::RopeTable { .. } => "rope_table",
             Op::ApplyRope => "apply_rope",
             Op::RepeatKv { .. } => "repeat_kv",
@@ -425,17 +360,10 @@ impl Op {
             Op::PositionLinear(o) => o.name(),
             Op::PadSeq { .. } => "pad_seq",
             Op::CropSeq => "crop_seq",
-            Op::Rfft { .. } => "rfft",
-            Op::Irfft { .. } => "irfft",
-            Op::ComplexMul => "complex_mul",
-            Op::SpectralFilter { .. } => "spectral_filter",
-            Op::FreqMask { .. } => "freq_mask",
             Op::PrependMemory => "prepend_memory",
             Op::Source { .. } => "source",
             Op::Series { .. } => "series",
             Op::Forecast(o) => o.name(),
-            Op::ComplexFeatures => "complex_features",
-            Op::WindowedGate { .. } => "windowed_gate",
             Op::Wave(o) => o.name(),
             Op::PhaseAttention(o) => o.name(),
             Op::SliceFeatures { .. } => "slice_features",
@@ -459,6 +387,7 @@ impl Op {
             Op::Norm(o) => o.attrs(),
             Op::SinusoidalTable { dim } => format!("dim={dim}"),
             Op::Heads(o) => o.attrs(),
+            Op::Spectral(o) => o.attrs(),
             Op::RopeTable {
                 head_dim,
                 base,
@@ -502,9 +431,7 @@ impl Op {
             Op::Forecast(o) => o.attrs(),
             Op::Xlstm(o) => o.attrs(),
             Op::Ets(o) => o.attrs(),
-            Op::FreqMask { dct } => format!("basis={}", if *dct { "dct" } else { "rfft" }),
             Op::Ensemble(o) => o.attrs(),
-            Op::WindowedGate { window, hop } => format!("window={window} hop={hop}"),
             Op::Wave(o) => o.attrs(),
             Op::PhaseAttention(o) => o.attrs(),
             Op::SliceFeatures { start, len } => format!("start={start} len={len}"),
@@ -512,22 +439,12 @@ impl Op {
             Op::BandAttention(o) => o.attrs(),
             Op::Mamba(o) => o.attrs(),
             Op::PositionLinear(o) => o.attrs(),
-            Op::Rfft { n } | Op::Irfft { n } => format!("n={n}"),
-            Op::SpectralFilter { n, causal, algo } => format!(
-                "n={n} causal={causal} algo={}",
-                match algo {
-                    SpectralAlgo::Fft => "fft",
-                    SpectralAlgo::Dense => "dense",
-                }
-            ),
             Op::CrossAttention { key_mask: false }
             | Op::Input
             | Op::AddPositions
             | Op::ApplyRope
             | Op::CropSeq
-            | Op::ComplexMul
             | Op::PrependMemory
-            | Op::ComplexFeatures
             | Op::Output => String::new(),
         }
     }
@@ -538,6 +455,9 @@ impl Op {
         if let Some(d) = self.def() {
             return d.is_pure();
         }
+        if let Op::Spectral(o) = self {
+            return o.is_pure();
+        }
         !matches!(
             self,
             Op::Param { .. } | Op::Input | Op::Source { .. } | Op::Series { .. } | Op::Output
@@ -547,19 +467,12 @@ impl Op {
     /// How the op mixes sequence positions.
     pub fn mixing(&self) -> Mixing {
         match self {
+            Op::Spectral(o) => o.mixing(),
             Op::Attention { causal: true, .. }
             | Op::PrependMemory
             | Op::DropMemory { .. } => Mixing::Causal,
-            Op::WindowedGate { .. } => Mixing::Full,
-            Op::Attention { causal: false, .. } | Op::Rfft { .. } | Op::Irfft { .. } => {
+            Op::Attention { causal: false, .. } => {
                 Mixing::Full
-            }
-            Op::SpectralFilter { causal, .. } => {
-                if *causal {
-                    Mixing::Causal
-                } else {
-                    Mixing::Full
-                }
             }
             Op::Norm(o) => o.mixing(),
             Op::Elementwise(o) => o.mixing(),
@@ -588,11 +501,8 @@ impl Op {
             | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
             | Op::CropSeq
-            | Op::ComplexMul
-            | Op::FreqMask { .. }
             | Op::Source { .. }
             | Op::Series { .. }
-            | Op::ComplexFeatures
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
             | Op::CrossAttention { .. }
@@ -605,15 +515,15 @@ impl Op {
     pub fn arity(&self) -> usize {
         match self {
             Op::Input | Op::Param { .. } | Op::Source { .. } | Op::Series { .. } => 0,
+            Op::Spectral(o) => o.ports().len(),
             Op::Forecast(o) => o.ports().len(),
             Op::Ensemble(o) => o.ports().len(),
             Op::CrossAttention { key_mask } => 3 + usize::from(*key_mask),
             Op::AddPositions
             | Op::ApplyRope
             | Op::CropSeq
-            | Op::ComplexMul
             | Op::PrependMemory
-            | Op::SpectralFilter { .. } => 2,
+ => 2,
             Op::Linear(o) => o.ports().len(),
             Op::PositionLinear(o) => o.ports().len(),
             Op::Norm(o) => o.ports().len(),
@@ -627,7 +537,6 @@ impl Op {
             Op::Mamba(o) => o.ports().len(),
             Op::Xlstm(o) => o.ports().len(),
             Op::Ets(o) => o.ports().len(),
-            Op::WindowedGate { .. } => 3,
             Op::Wave(o) => o.ports().len(),
             Op::PhaseAttention(o) => o.ports().len(),
             Op::BandAttention(o) => o.ports().len(),
@@ -636,10 +545,6 @@ impl Op {
             | Op::RopeTable { .. }
             | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
-            | Op::Rfft { .. }
-            | Op::Irfft { .. }
-            | Op::FreqMask { .. }
-            | Op::ComplexFeatures
             | Op::SliceFeatures { .. }
             | Op::PadBias { .. }
             | Op::DropMemory { .. }
@@ -698,7 +603,8 @@ impl Op {
             | Op::BandAttention(_)
             | Op::Lstm(_)
             | Op::Mamba(_)
-            | Op::PositionLinear(_) => unreachable!("families infer through `def`"),
+            | Op::PositionLinear(_)
+            | Op::Spectral(_) => unreachable!("families infer through `def`"),
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
             Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
             Op::AddPositions => {
@@ -782,81 +688,11 @@ impl Op {
                 ([b, _, d], [_, s, ..]) => f32(vec![*b, *s, *d]),
                 _ => Err("crop expects [batch, len, width]".into()),
             },
-            Op::Rfft { n } => {
-                let x = float(0)?;
-                let r = x.shape.len();
-                if r < 2 || x.shape[r - 2] != Dim::Fixed(*n) {
-                    return Err(format!("rfft of length {n} does not fit {x}"));
-                }
-                let mut s = x.shape.clone();
-                s[r - 2] = Dim::Fixed(n / 2 + 1);
-                s.push(Dim::Fixed(2));
-                f32(s)
-            }
-            Op::Irfft { n } => {
-                let x = float(0)?;
-                let r = x.shape.len();
-                if r < 3
-                    || x.shape[r - 3] != Dim::Fixed(n / 2 + 1)
-                    || x.shape[r - 1] != Dim::Fixed(2)
-                {
-                    return Err(format!("irfft of length {n} does not fit {x}"));
-                }
-                let mut s = x.shape[..r - 1].to_vec();
-                s[r - 3] = Dim::Fixed(*n);
-                f32(s)
-            }
-            Op::ComplexMul => {
-                let x = float(0)?;
-                let g = &ins[1];
-                if x.shape.len() < g.shape.len()
-                    || x.shape[x.shape.len() - g.shape.len()..] != g.shape[..]
-                {
-                    return Err(format!("gate {g} does not fit spectrum {x}"));
-                }
-                f32(x.shape.clone())
-            }
-            Op::SpectralFilter { n, causal, .. } => {
-                let x = float(0)?;
-                let d = match x.shape.as_slice() {
-                    [_, _, d] => *d,
-                    _ => return Err(format!("expects [batch, seq, width], got {x}")),
-                };
-                let want = if *causal {
-                    vec![Dim::Fixed(n / 2), d]
-                } else {
-                    vec![Dim::Fixed(n / 2 + 1), d, Dim::Fixed(2)]
-                };
-                if ins[1].shape != want {
-                    return Err(format!(
-                        "spectral filter parameter {} does not fit input {x}",
-                        ins[1]
-                    ));
-                }
-                f32(x.shape.clone())
-            }
             Op::Series { lookback, channels } => f32(vec![
                 Dim::Batch,
                 Dim::Fixed(*lookback),
                 Dim::Fixed(*channels),
             ]),
-            Op::WindowedGate { window, hop } => {
-                let x = float(0)?;
-                let [_, _, Dim::Fixed(d)] = x.shape.as_slice() else {
-                    return Err(format!("expects [batch, seq, width], got {x}"));
-                };
-                if *hop == 0 || hop > window {
-                    return Err(format!("a hop of {hop} does not fit frames of {window}"));
-                }
-                let fx = |v: &[u64]| v.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
-                if ins[1].shape != fx(&[3]) || ins[2].shape != fx(&[window / 2 + 1, *d, 2]) {
-                    return Err(format!(
-                        "windowed gate parameters {} and {} do not fit {x}",
-                        ins[1], ins[2]
-                    ));
-                }
-                f32(x.shape.clone())
-            }
             Op::SliceFeatures { start, len } => {
                 let x = float(0)?;
                 match x.shape.split_last() {
@@ -894,13 +730,6 @@ impl Op {
                 shape.push(Dim::Fixed(total));
                 f32(shape)
             }
-            Op::ComplexFeatures => match float(0)?.shape.as_slice() {
-                [b, f, Dim::Fixed(d), Dim::Fixed(2)] => f32(vec![*b, *f, Dim::Fixed(2 * d)]),
-                _ => Err(format!(
-                    "expects complex values [.., f, width, 2], got {}",
-                    ins[0]
-                )),
-            },
             Op::Source { len } => Ok(TensorType {
                 dtype: DType::I64,
                 shape: vec![Dim::Batch, Dim::Fixed(*len)],
@@ -953,64 +782,9 @@ impl Op {
                 };
                 f32(vec![x.shape[0], s, x.shape[2]])
             }
-            Op::FreqMask { dct } => {
-                let p = float(0)?;
-                let ok = if *dct {
-                    p.shape.len() == 2
-                } else {
-                    p.shape.len() == 3 && p.shape[2] == Dim::Fixed(2)
-                };
-                if !ok {
-                    return Err(format!("a frequency mask does not fit parameter {p}"));
-                }
-                f32(p.shape.clone())
-            }
             Op::Output => Ok(ins[0].clone()),
         }
     }
-}
-
-/// The frequency-curriculum mask at one step: bin k of F (normalized frequency
-/// f_k = k/(F − 1)) gets weight 1 if f_k ≤ cutoff else 0, or sigmoid(slope · (cutoff − f_k))
-/// with a slope.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FreqCutoff {
-    /// Cutoff, a fraction of the band.
-    pub cutoff: f64,
-    /// Slope of the soft mask; `None` for a hard one.
-    pub slope: Option<f64>,
-}
-
-impl FreqCutoff {
-    /// The weights of `bins` frequency bins, lowest first.
-    pub fn weights(&self, bins: usize) -> Vec<f64> {
-        (0..bins)
-            .map(|k| {
-                let f = if bins > 1 {
-                    k as f64 / (bins - 1) as f64
-                } else {
-                    0.0
-                };
-                match self.slope {
-                    None => f64::from(u8::from(f <= self.cutoff + 1e-12)),
-                    Some(a) => 1.0 / (1.0 + (-a * (self.cutoff - f)).exp()),
-                }
-            })
-            .collect()
-    }
-}
-
-/// The orthonormal DCT-II basis of `l` taps, row-major `[k, t]`: basis vector k at tap t is
-/// √(s/l)·cos(π(t + ½)k/l), s = 1 for k = 0 and 2 otherwise.
-pub fn dct_basis(l: usize) -> Vec<f64> {
-    (0..l * l)
-        .map(|i| {
-            let (k, t) = (i / l, i % l);
-            let s = if k == 0 { 1.0 } else { 2.0 };
-            (s / l as f64).sqrt()
-                * (std::f64::consts::PI * (t as f64 + 0.5) * k as f64 / l as f64).cos()
-        })
-        .collect()
 }
 
 /// Rotary frequencies θ_i (i < head_dim/2) and the factor cos and sin are scaled by: plain RoPE
@@ -1044,28 +818,6 @@ pub fn rope_frequencies(
         .collect();
     let attention = if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
     (freqs, attention)
-}
-
-/// The three windows a `windowed_spectral_gate` mixes, periodic, of length w: Hann
-/// 0.5 − 0.5·cos(2πn/w), Hamming 0.54 − 0.46·cos(2πn/w) and rectangular 1 (`[3][w]`, row-major).
-pub fn window_basis(w: usize) -> Vec<f64> {
-    let mut out = vec![0.0; 3 * w];
-    for n in 0..w {
-        let c = (2.0 * std::f64::consts::PI * n as f64 / w as f64).cos();
-        out[n] = 0.5 - 0.5 * c;
-        out[w + n] = 0.54 - 0.46 * c;
-        out[2 * w + n] = 1.0;
-    }
-    out
-}
-
-/// Framing of a sequence of `len` steps into frames of `window` steps, `hop` apart:
-/// `(pad, count)`: the first frame starts `pad` = window − hop steps before the sequence, and
-/// `count` frames cover it (the padded sequence has (count − 1)·hop + window steps).
-pub fn frames(window: usize, hop: usize, len: usize) -> (usize, usize) {
-    let pad = window - hop;
-    let count = (pad + len).saturating_sub(window).div_ceil(hop) + 1;
-    (pad, count)
 }
 
 /// A key-padding bias `[b, t]` fits keys `[b, h, t, d]`.

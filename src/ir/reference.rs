@@ -3,16 +3,16 @@
 //! Every op is written in the plainest form (loops, direct sums, the DFT by definition), with
 //! no shared code with the optimized paths, so optimized and unoptimized graphs, fused ops and
 //! the Burn runtime can be checked against it on tiny inputs. That includes the definitions
-//! the runtime takes from helpers in [`crate::ir::op`] (windows, framing, RoPE and YaRN
-//! frequencies, frequency-curriculum weights, the DCT): the reference has its own, in
-//! [`definitions`]. Dropout is the identity (evaluation mode).
+//! the runtime takes from helpers in [`crate::ir::op`] and [`crate::ops::spectral`] (windows,
+//! framing, RoPE and YaRN frequencies, frequency-curriculum weights, the DCT): the reference
+//! has its own, in [`definitions`]. Dropout is the identity (evaluation mode).
 
 pub mod definitions;
 
-use super::{AttnScale, FreqCutoff, Graph, Init, Op};
+use super::{AttnScale, Graph, Init, Op};
+use crate::ops::spectral::{FreqCutoff, Spectral};
 use crate::ops::OpDef;
 use std::collections::HashMap;
-use std::f64::consts::PI;
 
 /// A dense row-major float64 tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +107,6 @@ pub fn run_series(
                 .cloned()
                 .ok_or_else(|| format!("no value for parameter `{name}`"))?,
             Op::Output => return Ok(ins[0].clone()),
-            Op::FreqMask { .. } => ins[0].clone(),
             op => eval(op, &ins)?,
         };
         values.insert(n, v);
@@ -160,48 +159,15 @@ pub fn run_masked(
                 out = Some(ins[0].clone());
                 continue;
             }
-            Op::FreqMask { dct } => match mask {
+            Op::Spectral(Spectral::FreqMask(o)) => match mask {
                 None => ins[0].clone(),
-                Some(m) => freq_mask(ins[0], &m, *dct),
+                Some(m) => o.reference_masked(ins[0], &m),
             },
             op => eval(op, &ins)?,
         };
         values.insert(n, v);
     }
     out.ok_or_else(|| "the graph has no output".into())
-}
-
-/// The frequency-curriculum mask of a spectral gate's parameter `p` by its definition: a gate's
-/// bins (`[f, d, 2]`, `dct: false`) scaled one by one; a kernel's taps (`[l, d]`, `dct: true`)
-/// taken to the orthonormal DCT-II basis, its coefficients scaled, and transformed back.
-pub fn freq_mask(p: &Tensor, m: &FreqCutoff, dct: bool) -> Tensor {
-    let mut out = p.clone();
-    let bins = p.shape[0];
-    let w = definitions::curriculum_weights(m, bins);
-    let inner = p.data.len() / bins.max(1);
-    if !dct {
-        for (k, wk) in w.iter().enumerate() {
-            for v in &mut out.data[k * inner..(k + 1) * inner] {
-                *v *= wk;
-            }
-        }
-        return out;
-    }
-    let basis = |k: usize, t: usize| definitions::dct(bins, k, t);
-    for c in 0..inner {
-        let coef: Vec<f64> = (0..bins)
-            .map(|k| {
-                (0..bins)
-                    .map(|t| basis(k, t) * p.data[t * inner + c])
-                    .sum::<f64>()
-                    * w[k]
-            })
-            .collect();
-        for t in 0..bins {
-            out.data[t * inner + c] = (0..bins).map(|k| basis(k, t) * coef[k]).sum();
-        }
-    }
-    out
 }
 
 fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
@@ -211,10 +177,6 @@ fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
     }
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// Split a shape `[.., n, d]` at its second-to-last axis: (outer count, n, d).
 fn outer_n_d(shape: &[usize]) -> (usize, usize, usize) {
     let r = shape.len();
@@ -222,10 +184,10 @@ fn outer_n_d(shape: &[usize]) -> (usize, usize, usize) {
 }
 
 /// Evaluate one op on its inputs, as [`run`] does inside a graph: every op except the graph's
-/// inputs, parameters and output; a `freq_mask` is the identity here (see [`freq_mask`]).
+/// inputs, parameters and output; a `freq_mask` is the identity here (see
+/// [`crate::ops::spectral::FreqMask::reference_masked`]).
 pub fn eval_op(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
     match op {
-        Op::FreqMask { .. } => Ok(ins[0].clone()),
         Op::Input | Op::Source { .. } | Op::Series { .. } | Op::Param { .. } | Op::Output => {
             Err(format!("`{}` is not computed from inputs", op.name()))
         }
@@ -239,6 +201,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Linear(o) => o.reference(ins)?,
         Op::Elementwise(o) => o.reference(ins)?,
         Op::Norm(o) => o.reference(ins)?,
+        Op::Spectral(o) => o.reference(ins)?,
         Op::SinusoidalTable { dim } => {
             let s = ins[0].shape[1];
             let d = *dim as usize;
@@ -377,7 +340,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Mamba(o) => o.reference(ins)?,
         Op::PositionLinear(o) => o.reference(ins)?,
         Op::Xlstm(o) => o.reference(ins)?,
-        Op::WindowedGate { window, hop } => windowed_gate(ins, *window as usize, *hop as usize)?,
         Op::SliceFeatures { start, len } => {
             let x = ins[0];
             let d = *x.shape.last().unwrap_or(&1);
@@ -405,18 +367,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                 }
             }
             Tensor { shape, data }
-        }
-        Op::ComplexFeatures => {
-            let x = ins[0];
-            let (b, f, d) = (x.shape[0], x.shape[1], x.shape[2]);
-            let mut out = Tensor::zeros(&[b, f, 2 * d]);
-            for r in 0..b * f {
-                for c in 0..d {
-                    out.data[r * 2 * d + c] = x.data[(r * d + c) * 2];
-                    out.data[r * 2 * d + d + c] = x.data[(r * d + c) * 2 + 1];
-                }
-            }
-            out
         }
         Op::PadBias { pad } => map(ins[0], |id| if id == *pad as f64 { -1e9 } else { 0.0 }),
         Op::CrossAttention { key_mask } => {
@@ -498,124 +448,10 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::Rfft { n } => {
-            let x = ins[0];
-            let (outer, len, d) = outer_n_d(&x.shape);
-            let n = *n as usize;
-            let f = n / 2 + 1;
-            let mut shape = x.shape.clone();
-            let r = shape.len();
-            shape[r - 2] = f;
-            shape.push(2);
-            let mut out = Tensor::zeros(&shape);
-            for o in 0..outer {
-                for k in 0..f {
-                    for c in 0..d {
-                        let (mut re, mut im) = (0.0, 0.0);
-                        for t in 0..len {
-                            let a = -2.0 * PI * (k * t) as f64 / n as f64;
-                            let v = x.data[(o * len + t) * d + c];
-                            re += v * a.cos();
-                            im += v * a.sin();
-                        }
-                        let idx = ((o * f + k) * d + c) * 2;
-                        out.data[idx] = re;
-                        out.data[idx + 1] = im;
-                    }
-                }
-            }
-            out
-        }
-        Op::Irfft { n } => irfft(ins[0], *n as usize),
-        Op::ComplexMul => {
-            let (x, g) = (ins[0], ins[1]);
-            let gl = g.data.len();
-            let mut out = x.clone();
-            for (i, pair) in out.data.chunks_mut(2).enumerate() {
-                let gi = (i * 2) % gl;
-                let (a, b) = (pair[0], pair[1]);
-                let (c, d) = (g.data[gi], g.data[gi + 1]);
-                pair[0] = a * c - b * d;
-                pair[1] = a * d + b * c;
-            }
-            out
-        }
-        Op::SpectralFilter { n, causal, .. } => {
-            let (x, p) = (ins[0], ins[1]);
-            let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-            let n = *n as usize;
-            // The kernel in the time domain: the causal form stores it; the circular form's
-            // kernel is the inverse transform of its gate.
-            let kernel = if *causal { p.clone() } else { irfft(p, n) };
-            let taps = kernel.shape[0];
-            let mut out = Tensor::zeros(&[b, s, d]);
-            for bi in 0..b {
-                for t in 0..s {
-                    for c in 0..d {
-                        let mut acc = 0.0;
-                        for j in 0..taps {
-                            let src = if *causal {
-                                if j > t {
-                                    break;
-                                }
-                                t - j
-                            } else {
-                                (t + n - j % n) % n
-                            };
-                            if src < s {
-                                acc += kernel.data[j * d + c] * x.data[(bi * s + src) * d + c];
-                            }
-                        }
-                        out.data[(bi * s + t) * d + c] = acc;
-                    }
-                }
-            }
-            out
-        }
-        Op::Input
-        | Op::Source { .. }
-        | Op::Series { .. }
-        | Op::Param { .. }
-        | Op::FreqMask { .. }
-        | Op::Output => {
+        Op::Input | Op::Source { .. } | Op::Series { .. } | Op::Param { .. } | Op::Output => {
             unreachable!("handled by run")
         }
     })
-}
-
-/// Inverse real DFT along the second-to-last axis of a `[.., f, d, 2]` spectrum, with 1/n.
-fn irfft(x: &Tensor, n: usize) -> Tensor {
-    let r = x.shape.len();
-    let (outer, f, d) = (
-        x.shape[..r - 3].iter().product::<usize>(),
-        x.shape[r - 3],
-        x.shape[r - 2],
-    );
-    let mut shape = x.shape[..r - 1].to_vec();
-    shape[r - 3] = n;
-    let mut out = Tensor::zeros(&shape);
-    for o in 0..outer {
-        for t in 0..n {
-            for c in 0..d {
-                let mut acc = 0.0;
-                for k in 0..f {
-                    let idx = ((o * f + k) * d + c) * 2;
-                    let (re, im) = (x.data[idx], x.data[idx + 1]);
-                    let a = 2.0 * PI * (k * t) as f64 / n as f64;
-                    let term = re * a.cos() - im * a.sin();
-                    // Bins other than DC and (for even n) Nyquist stand for their conjugates too.
-                    let weight = if k == 0 || (n.is_multiple_of(2) && k == n / 2) {
-                        1.0
-                    } else {
-                        2.0
-                    };
-                    acc += weight * term;
-                }
-                out.data[(o * n + t) * d + c] = acc / n as f64;
-            }
-        }
-    }
-    out
 }
 
 /// Attention weights of one row of logits (inference): softmax; one-hot on the maximum for hard
@@ -653,60 +489,3 @@ fn attention_weights(logits: &[f64], hard: bool, adaptive: bool) -> Vec<f64> {
     softmax(poly.max(1.0))
 }
 
-fn softplus(x: f64) -> f64 {
-    if x > 20.0 {
-        x
-    } else {
-        x.exp().ln_1p()
-    }
-}
-
-/// The windowed spectral gate by its definition: frame, window, rfft, gate, irfft, window,
-/// overlap-add, divide by the summed squared window.
-fn windowed_gate(ins: &[&Tensor], window: usize, hop: usize) -> Result<Tensor, String> {
-    let (x, mix, gate) = (ins[0], ins[1], ins[2]);
-    let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-    let g = definitions::learned_window(window, &mix.data);
-    let (pad, count) = definitions::frame_layout(window, hop, s);
-    // Position t of the sequence is step n of frame c when c·hop + n = pad + t.
-    let at = |c: usize, n: usize| (c * hop + n).checked_sub(pad).filter(|&t| t < s);
-    let mut fr = Tensor::zeros(&[b * count, window, d]);
-    for bi in 0..b {
-        for c in 0..count {
-            for (n, gn) in g.iter().enumerate() {
-                if let Some(t) = at(c, n) {
-                    for ch in 0..d {
-                        fr.data[((bi * count + c) * window + n) * d + ch] =
-                            x.data[(bi * s + t) * d + ch] * gn;
-                    }
-                }
-            }
-        }
-    }
-    let spec = eval(&Op::Rfft { n: window as u64 }, &[&fr])?;
-    let spec = eval(&Op::ComplexMul, &[&spec, gate])?;
-    let y = irfft(&spec, window);
-    let mut den = vec![0.0; s];
-    for c in 0..count {
-        for (n, gn) in g.iter().enumerate() {
-            if let Some(t) = at(c, n) {
-                den[t] += gn * gn;
-            }
-        }
-    }
-    let mut out = Tensor::zeros(&[b, s, d]);
-    for bi in 0..b {
-        for c in 0..count {
-            for (n, gn) in g.iter().enumerate() {
-                if let Some(t) = at(c, n) {
-                    for ch in 0..d {
-                        out.data[(bi * s + t) * d + ch] +=
-                            y.data[((bi * count + c) * window + n) * d + ch] * gn
-                                / den[t].max(1e-12);
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}

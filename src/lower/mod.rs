@@ -323,7 +323,12 @@ pub fn lower_recipe(r: &crate::spec::LoadedRecipe) -> Result<Graph, Vec<Diagnost
     let needs = [
         LayerNeed {
             asked: r.spec.train.frequency_curriculum.is_some(),
-            is_layer: |op| matches!(op, Op::FreqMask { .. }),
+            is_layer: |op| {
+                matches!(
+                    op,
+                    Op::Spectral(crate::ops::spectral::Spectral::FreqMask(_))
+                )
+            },
             path: &["train", "frequency_curriculum"],
             msg: "a frequency curriculum needs a `spectral_gate` layer, and the model has none",
             label: "nothing to low-pass",

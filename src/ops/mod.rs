@@ -21,6 +21,7 @@ pub mod norm;
 pub mod retention;
 pub mod phase_attention;
 pub mod position_linear;
+pub mod spectral;
 #[cfg(test)]
 mod testing;
 pub mod xlstm;

@@ -510,6 +510,70 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
 }
 
 
+/// The checks of ops whose forward reads the frequency-curriculum mask of the context
+/// ([`Ctx::freq_mask`]), which the float64 reference takes as an argument instead.
+impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
+    /// The Burn forward under the mask `mask` agrees with `want`, the reference's output under
+    /// the same mask.
+    pub fn matches_under_mask(&self, mask: crate::ir::FreqCutoff, want: &RefTensor) {
+        let device = DeviceKind::Cpu.device(false);
+        let vs: Vec<V> = self.args.iter().map(|a| a.value(&device)).collect();
+        let refs: Vec<&V> = vs.iter().collect();
+        let (b, s) = self.batch_seq();
+        let c = Ctx {
+            freq_mask: Some(mask),
+            ..ctx(&device, b, s)
+        };
+        let got = host_tensor(self.op.forward(&refs, &c));
+        self.assert_close("forward vs reference under a mask", &got, want);
+    }
+
+    /// Under the mask `mask`, every float input except those named in `skip` gets a finite,
+    /// nonzero gradient.
+    pub fn gradients_reach_every_input_under_mask(
+        &self,
+        mask: crate::ir::FreqCutoff,
+        skip: &[&str],
+    ) {
+        let device = DeviceKind::Cpu.device(true);
+        let vs: Vec<V> = self
+            .args
+            .iter()
+            .map(|a| {
+                let v = a.value(&device);
+                if a.ids {
+                    v
+                } else {
+                    v.require_grad()
+                }
+            })
+            .collect();
+        let refs: Vec<&V> = vs.iter().collect();
+        let (b, s) = self.batch_seq();
+        let c = Ctx {
+            freq_mask: Some(mask),
+            ..ctx(&device, b, s)
+        };
+        let y = self.op.forward(&refs, &c).flat();
+        let grads = (y.clone() * y.tanh()).sum().backward();
+        for ((name, v), a) in self.op.ports().iter().zip(&vs).zip(&self.args) {
+            if a.ids || skip.contains(name) {
+                continue;
+            }
+            let g = v
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("{:?}: no gradient for `{name}`", self.op));
+            let g = host(g);
+            assert!(g.iter().all(|x| x.is_finite()), "{:?}: `{name}`", self.op);
+            assert!(
+                g.iter().any(|x| *x != 0.0),
+                "{:?}: the gradient of `{name}` is zero under {mask:?}",
+                self.op
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,8 @@
 //! intermediate tensors, and picks its algorithm by size: FFT for long sequences, a dense
 //! convolution matrix for short ones (`DENSE_MAX`).
 
-use crate::ir::{Graph, Op, SpectralAlgo};
+use crate::ir::{Graph, Op};
+use crate::ops::spectral::{ComplexMul, Irfft, Rfft, Spectral, SpectralAlgo, SpectralFilter};
 use petgraph::stable_graph::NodeIndex;
 
 /// Largest transform length computed as a dense matrix product.
@@ -34,7 +35,7 @@ pub fn run(g: &mut Graph) -> Vec<String> {
         let (layer, span) = (node.layer.clone(), node.span);
         let fused = g
             .add(
-                Op::SpectralFilter { n, causal, algo },
+                SpectralFilter { n, causal, algo }.into(),
                 &[x, param],
                 &layer,
                 span,
@@ -64,16 +65,16 @@ fn single_use(g: &Graph, n: NodeIndex) -> bool {
 fn matches(g: &Graph, crop: NodeIndex) -> Option<(NodeIndex, NodeIndex, u64, bool)> {
     let ins = g.inputs(crop);
     let (y, x) = (ins[0], ins[1]);
-    let Op::Irfft { n } = g.g[y].op else {
+    let Op::Spectral(Spectral::Irfft(Irfft { n })) = g.g[y].op else {
         return None;
     };
     let cm = g.inputs(y)[0];
-    if g.g[cm].op != Op::ComplexMul || !single_use(g, y) || !single_use(g, cm) {
+    if g.g[cm].op != ComplexMul.into() || !single_use(g, y) || !single_use(g, cm) {
         return None;
     }
     let cm_ins = g.inputs(cm);
     let (xf, gate) = (cm_ins[0], cm_ins[1]);
-    if g.g[xf].op != (Op::Rfft { n }) || !single_use(g, xf) {
+    if g.g[xf].op != (Rfft { n }).into() || !single_use(g, xf) {
         return None;
     }
     let pad = g.inputs(xf)[0];
@@ -82,14 +83,14 @@ fn matches(g: &Graph, crop: NodeIndex) -> Option<(NodeIndex, NodeIndex, u64, boo
     }
     // The gate or kernel: a parameter, possibly behind its frequency-curriculum mask.
     let param = |p: NodeIndex| match &g.g[p].op {
-        Op::FreqMask { .. } => g.inputs(p)[0],
+        Op::Spectral(Spectral::FreqMask(_)) => g.inputs(p)[0],
         _ => p,
     };
     if matches!(g.g[param(gate)].op, Op::Param { .. }) {
         return Some((x, gate, n, false));
     }
     match &g.g[gate].op {
-        Op::Rfft { n: m } if *m == n => {
+        Op::Spectral(Spectral::Rfft(Rfft { n: m })) if *m == n => {
             let kpad = g.inputs(gate)[0];
             if g.g[kpad].op != (Op::PadSeq { len: n }) {
                 return None;

@@ -208,7 +208,7 @@ pub struct Runtime {
     pub soft_attention: bool,
     /// The frequency-curriculum mask applied to spectral gates (`None`: unmasked). Training
     /// sets it for the steps of a frequency curriculum.
-    pub freq_mask: Option<crate::ir::FreqCutoff>,
+    pub freq_mask: Option<crate::ops::spectral::FreqCutoff>,
     /// Nodes with a batch axis that depend on an encoder-decoder's source but not on the
     /// decoder's input: computed once per generation when decoding with a cache.
     source_only: std::collections::HashSet<NodeIndex>,
@@ -484,6 +484,7 @@ impl Runtime {
                 Op::Heads(o) => o.incremental(),
                 Op::Linear(o) => o.incremental(),
                 Op::Embedding(o) => o.incremental(),
+                Op::Spectral(o) => o.incremental(),
                 // A forecaster does not decode; a token ensemble decodes as its members do.
                 Op::Forecast(o) => o.incremental(),
                 Op::Ensemble(o) => o.incremental(),
@@ -500,15 +501,10 @@ impl Runtime {
                 Op::Attention {
                     causal, key_mask, ..
                 } => *causal && !*key_mask,
-                Op::SpectralFilter { causal, .. } => *causal,
                 // Whole-sequence transforms, and a forecaster's series (a forecaster does not
                 // decode).
                 Op::PadSeq { .. }
                 | Op::CropSeq
-                | Op::Rfft { .. }
-                | Op::Irfft { .. }
-                | Op::ComplexMul
-                | Op::WindowedGate { .. }
                 | Op::Series { .. } => false,
                 // Memory tokens stay at the front of every cache; the rest reads position t
                 // only.
@@ -524,8 +520,6 @@ impl Runtime {
                 | Op::RopeTable { .. }
                 | Op::ApplyRope
                 | Op::RepeatKv { .. }
-                | Op::FreqMask { .. }
-                | Op::ComplexFeatures
                 | Op::SliceFeatures { .. }
                 | Op::ConcatFeatures { .. }
                 | Op::Output => true,
@@ -629,19 +623,6 @@ impl Runtime {
                             let out = ops::attention(op, &ins, k.clone(), v.clone(), ctx);
                             c.kv.insert(n, (k, v));
                             V::F4(out)
-                        }
-                        (Some(c), Op::SpectralFilter { causal: true, .. }) => {
-                            let (x, kernel) = (ins[0].f3(), ins[1].f2());
-                            let (out, history) = match c.conv.remove(&n) {
-                                Some(history) => ops::causal_filter_step(x, kernel, history),
-                                // The first call (the prompt) runs the op whole.
-                                None => (
-                                    ops::eval(op, &ins, ctx).f3(),
-                                    ops::filter_history(x, kernel.dims()[0]),
-                                ),
-                            };
-                            c.conv.insert(n, history);
-                            V::F3(out)
                         }
                         (Some(c), op) if op.def().is_some_and(OpDef::incremental) => {
                             let def = op.def().expect("checked");

@@ -3,7 +3,7 @@
 use super::fused;
 use super::value::V;
 use crate::ir::op::Act as Activation;
-use crate::ir::{AttnScale, Op, SpectralAlgo};
+use crate::ir::{AttnScale, Op};
 use crate::ops::OpDef;
 use burn::prelude::*;
 use burn::tensor::activation;
@@ -27,7 +27,7 @@ pub struct Ctx<'a> {
     /// Evaluate hard attention softly (see [`super::Runtime::soft_attention`]).
     pub soft_attention: bool,
     /// The frequency-curriculum mask of this step (see [`super::Runtime::freq_mask`]).
-    pub freq_mask: Option<crate::ir::FreqCutoff>,
+    pub freq_mask: Option<crate::ops::spectral::FreqCutoff>,
     /// Where layers put the statistics of the auxiliary loss terms, when asked for.
     pub aux: Option<&'a std::cell::RefCell<super::Aux>>,
 }
@@ -61,7 +61,8 @@ pub(crate) fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
     }
 }
 
-fn consts<const D: usize>(data: Vec<f32>, shape: [usize; D], ctx: &Ctx) -> Tensor<D> {
+/// A constant tensor of `shape` on the context's device.
+pub(crate) fn consts<const D: usize>(data: Vec<f32>, shape: [usize; D], ctx: &Ctx) -> Tensor<D> {
     Tensor::from_data(TensorData::new(data, shape), ctx.device)
 }
 
@@ -96,52 +97,6 @@ pub fn rope_tables(
         }
     }
     (c, sn)
-}
-
-/// Real DFT matrices for length n: `cos[f, t]`, `sin[f, t]` with f < n/2+1 (forward), and the
-/// inverse `icos[t, f]`, `isin[t, f]` including the 1/n factor and the weight 2 of the bins that
-/// stand for their conjugates.
-fn dft(n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-    let f = n / 2 + 1;
-    let (mut c, mut s) = (vec![0.0f32; f * n], vec![0.0f32; f * n]);
-    let (mut ic, mut is) = (vec![0.0f32; n * f], vec![0.0f32; n * f]);
-    for k in 0..f {
-        let w = if k == 0 || (n.is_multiple_of(2) && k == n / 2) {
-            1.0
-        } else {
-            2.0
-        };
-        for t in 0..n {
-            let a = 2.0 * std::f64::consts::PI * ((k * t) % n) as f64 / n as f64;
-            c[k * n + t] = a.cos() as f32;
-            s[k * n + t] = -(a.sin()) as f32;
-            ic[t * f + k] = (w * a.cos() / n as f64) as f32;
-            is[t * f + k] = (-w * a.sin() / n as f64) as f32;
-        }
-    }
-    (c, s, ic, is)
-}
-
-/// rfft along axis 1 of `[b, n, d]` (dense DFT): `[b, f, d, 2]`.
-fn rfft3(x: Tensor<3>, n: usize, ctx: &Ctx) -> Tensor<4> {
-    let f = n / 2 + 1;
-    let (c, s, _, _) = dft(n);
-    let c: Tensor<3> = consts(c, [1, f, n], ctx);
-    let s: Tensor<3> = consts(s, [1, f, n], ctx);
-    let re = c.matmul(x.clone());
-    let im = s.matmul(x);
-    Tensor::stack(vec![re, im], 3)
-}
-
-/// irfft of `[b, f, d, 2]` to `[b, n, d]` (dense).
-fn irfft4(x: Tensor<4>, n: usize, ctx: &Ctx) -> Tensor<3> {
-    let [b, f, d, _] = x.dims();
-    let (_, _, ic, is) = dft(n);
-    let ic: Tensor<3> = consts(ic, [1, n, f], ctx);
-    let is: Tensor<3> = consts(is, [1, n, f], ctx);
-    let re = x.clone().narrow(3, 0, 1).reshape([b, f, d]);
-    let im = x.narrow(3, 1, 1).reshape([b, f, d]);
-    ic.matmul(re) + is.matmul(im)
 }
 
 pub(crate) fn pad_axis<const D: usize>(
@@ -232,6 +187,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Linear(o) => o.forward(ins, ctx),
         Op::Elementwise(o) => o.forward(ins, ctx),
         Op::Norm(o) => o.forward(ins, ctx),
+        Op::Spectral(o) => o.forward(ins, ctx),
         // In incremental mode the table covers positions 0..offset + seq; its only reader,
         // AddPositions, takes the rows of this call (as it does from a learned table).
         Op::SinusoidalTable { dim } => {
@@ -282,11 +238,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
         },
         Op::CropSeq => V::F3(ins[0].f3().narrow(1, 0, seq_of(ins[1]))),
-        Op::ComplexFeatures => {
-            let x = ins[0].f4();
-            let [b, f, d, _] = x.dims();
-            V::F3(x.permute([0, 1, 3, 2]).reshape([b, f, 2 * d]))
-        }
         Op::CrossAttention { key_mask } => {
             let (q, k, v) = (ins[0].f4(), ins[1].f4(), ins[2].f4());
             let d = q.dims()[3] as f64;
@@ -314,45 +265,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let (m, s) = (*count as usize, x.dims()[1]);
             V::F3(x.narrow(1, m, s - m))
         }
-        Op::Rfft { n } => {
-            let n = *n as usize;
-            match ins[0] {
-                V::F2(x) => {
-                    let [len, d] = x.dims();
-                    let y = rfft3(x.clone().reshape([1, len, d]), n, ctx);
-                    let [_, f, d, _] = y.dims();
-                    V::F3(y.reshape([f, d, 2]))
-                }
-                other => V::F4(rfft3(other.f3(), n, ctx)),
-            }
-        }
-        Op::Irfft { n } => V::F3(irfft4(ins[0].f4(), *n as usize, ctx)),
-        Op::FreqMask { dct } => match ctx.freq_mask {
-            None => ins[0].clone(),
-            Some(m) if *dct => {
-                // h' = Cᵀ·(m ⊙ C·h).
-                let h = ins[0].f2();
-                let l = h.dims()[0];
-                let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
-                let c = consts(f32s(crate::ir::dct_basis(l)), [l, l], ctx);
-                let w = consts(f32s(m.weights(l)), [l, 1], ctx);
-                V::F2(c.clone().transpose().matmul(c.matmul(h) * w))
-            }
-            Some(m) => {
-                let g = ins[0].f3();
-                let f = g.dims()[0];
-                let w = m.weights(f).into_iter().map(|v| v as f32).collect();
-                V::F3(g * consts(w, [f, 1, 1], ctx))
-            }
-        },
-        Op::ComplexMul => V::F4(complex_mul(ins[0].f4(), ins[1].f3())),
-        Op::WindowedGate { window, hop } => V::F3(windowed_gate(
-            ins[0].f3(),
-            ins[1].f1(),
-            ins[2].f3(),
-            (*window as usize, *hop as usize),
-            ctx,
-        )),
         Op::SliceFeatures { start, len } => {
             V::F3(ins[0].f3().narrow(2, *start as usize, *len as usize))
         }
@@ -360,41 +272,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Wave(o) => o.forward(ins, ctx),
         Op::PhaseAttention(o) => o.forward(ins, ctx),
         Op::BandAttention(o) => o.forward(ins, ctx),
-        Op::SpectralFilter { n, causal, algo } => {
-            let x = ins[0].f3();
-            let n = *n as usize;
-            let s = x.dims()[1];
-            let fft_ok = n.is_power_of_two();
-            if *algo == SpectralAlgo::Fft && fft_ok {
-                let xp = pad_axis(x, 1, n, ctx);
-                let (xr, xi) = burn::signal::rfft(xp, 1, Some(n));
-                let (gr, gi) = if *causal {
-                    let kp = pad_axis(ins[1].f2(), 0, n, ctx);
-                    let (kr, ki) = burn::signal::rfft(kp, 0, Some(n));
-                    (kr.unsqueeze::<3>(), ki.unsqueeze::<3>())
-                } else {
-                    let g = ins[1].f3();
-                    let [f, d, _] = g.dims();
-                    (
-                        g.clone().narrow(2, 0, 1).reshape([1, f, d]),
-                        g.narrow(2, 1, 1).reshape([1, f, d]),
-                    )
-                };
-                let yr = xr.clone() * gr.clone() - xi.clone() * gi.clone();
-                let yi = xr * gi + xi * gr;
-                V::F3(burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s))
-            } else {
-                let kernel = if *causal {
-                    ins[1].f2()
-                } else {
-                    let g = ins[1].f3();
-                    let [f, d, _] = g.dims();
-                    irfft4(g.reshape([1, f, d, 2]), n, ctx).reshape([n, d])
-                };
-                let m = conv_matrix(kernel, s, n, *causal, ctx);
-                V::F3(apply_per_channel(m, x))
-            }
-        }
         Op::Input | Op::Source { .. } | Op::Series { .. } | Op::Param { .. } | Op::Output => {
             unreachable!("handled by the runtime")
         }
@@ -468,79 +345,6 @@ pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> 
     mm(probs, v, ctx).reshape([b, hq, s, d])
 }
 
-/// Complex product `[b, f, d, 2] · [f, d, 2]`.
-fn complex_mul(x: Tensor<4>, g: Tensor<3>) -> Tensor<4> {
-    let g = g.unsqueeze::<4>();
-    let (xr, xi) = (x.clone().narrow(3, 0, 1), x.narrow(3, 1, 1));
-    let (gr, gi) = (g.clone().narrow(3, 0, 1), g.narrow(3, 1, 1));
-    Tensor::cat(
-        vec![
-            xr.clone() * gr.clone() - xi.clone() * gi.clone(),
-            xr * gi + xi * gr,
-        ],
-        3,
-    )
-}
-
-/// The windowed spectral gate (see [`Op::WindowedGate`]): frames gathered with one `select`,
-/// transformed together, and overlap-added with one `select_assign`.
-fn windowed_gate(
-    x: Tensor<3>,
-    mix: Tensor<1>,
-    gate: Tensor<3>,
-    (window, hop): (usize, usize),
-    ctx: &Ctx,
-) -> Tensor<3> {
-    let [b, s, d] = x.dims();
-    let basis = crate::ir::window_basis(window)
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
-    let g = activation::softmax(mix, 0)
-        .reshape([1, 3])
-        .matmul(consts(basis, [3, window], ctx))
-        .reshape([window]);
-    let (pad, count) = crate::ir::frames(window, hop, s);
-    let lp = (count - 1) * hop + window;
-    let mut parts = Vec::new();
-    if pad > 0 {
-        parts.push(Tensor::zeros([b, pad, d], ctx.device));
-    }
-    parts.push(x);
-    if lp > pad + s {
-        parts.push(Tensor::zeros([b, lp - pad - s, d], ctx.device));
-    }
-    let xp = Tensor::cat(parts, 1);
-    let idx: Vec<i64> = (0..count)
-        .flat_map(|c| (0..window).map(move |n| (c * hop + n) as i64))
-        .collect();
-    let idx = Tensor::<1, Int>::from_ints(idx.as_slice(), ctx.device);
-    let gw = g.clone().reshape([1, window, 1]);
-    let frames = xp.select(1, idx.clone()).reshape([b * count, window, d]) * gw.clone();
-    let spec = complex_mul(rfft3(frames, window, ctx), gate);
-    let y = (irfft4(spec, window, ctx) * gw).reshape([b, count * window, d]);
-    let num = Tensor::<3>::zeros([b, lp, d], ctx.device).select_assign(
-        1,
-        idx.clone(),
-        y,
-        burn::tensor::IndexingUpdateOp::Add,
-    );
-    let g2 = g
-        .powi_scalar(2)
-        .reshape([1, window])
-        .repeat_dim(0, count)
-        .reshape([count * window]);
-    let den = Tensor::<1>::zeros([lp], ctx.device).select_assign(
-        0,
-        idx,
-        g2,
-        burn::tensor::IndexingUpdateOp::Add,
-    );
-    // Σ g² > 0 wherever the rectangular window has weight; the floor only guards a mix
-    // saturated to pure Hann without overlap.
-    (num / den.clamp_min(1e-12).reshape([1, lp, 1])).narrow(1, pad, s)
-}
-
 /// Attention logits `[b, h, s, t]` plus a key-padding bias `[b, t]` (see [`Op::PadBias`]).
 fn add_key_bias(scores: Tensor<4>, bias: &V) -> Tensor<4> {
     let [b, t] = bias.f2().dims();
@@ -595,43 +399,6 @@ fn adaptive_softmax(scores: Tensor<4>) -> Tensor<4> {
 
 /// Coefficients of β(H), highest power first (Veličković et al. 2024, `poly_fit`).
 pub const ADAPTIVE_POLY: [f64; 5] = [-0.037, 0.481, -2.3, 4.917, -1.791];
-
-/// What the causal spectral filter's cache keeps of the inputs `x [b, t, d]` for a kernel of
-/// `l` taps: the last l − 1 positions (at least 1, so no axis is empty; all t when fewer).
-pub fn filter_history(x: Tensor<3>, l: usize) -> Tensor<3> {
-    let t = x.dims()[1];
-    let keep = t.min(l.max(2) - 1);
-    x.narrow(1, t - keep, keep)
-}
-
-/// The causal spectral filter (a causal linear convolution with the kernel `[l, d]`) at this
-/// call's positions `x [b, s, d]`, continuing after `history` `[b, h, d]`, the inputs of the
-/// latest earlier positions (as [`filter_history`] keeps them): output t is
-/// Σ_{j<l} kernel[j] ⊙ x_{t−j}, one windowed product per position instead of an FFT over the
-/// whole sequence. Returns the outputs and the new history.
-pub fn causal_filter_step(
-    x: Tensor<3>,
-    kernel: Tensor<2>,
-    history: Tensor<3>,
-) -> (Tensor<3>, Tensor<3>) {
-    let [b, s, d] = x.dims();
-    let l = kernel.dims()[0];
-    let h = history.dims()[1];
-    let all = Tensor::cat(vec![history, x], 1);
-    // kernel[j] multiplies x_{t−j}: reversed, it lines up with a window ending at t.
-    let rev = kernel.flip([0]).unsqueeze::<3>();
-    let ys = (0..s)
-        .map(|i| {
-            let t = h + i;
-            let len = (t + 1).min(l);
-            let window = all.clone().narrow(1, t + 1 - len, len);
-            (window * rev.clone().narrow(1, l - len, len))
-                .sum_dim(1)
-                .reshape([b, 1, d])
-        })
-        .collect();
-    (Tensor::cat(ys, 1), filter_history(all, l))
-}
 
 #[cfg(test)]
 mod tests {

@@ -192,7 +192,7 @@ impl Trainer {
         let aux_on = reg.attention_entropy != 0.0 || reg.harmonic_sparsity != 0.0;
         let fc = t.frequency_curriculum.as_ref();
         let cutoff = fc.and_then(|c| c.cutoff(self.state.freq_clock));
-        rt.freq_mask = cutoff.map(|cutoff| crate::ir::FreqCutoff {
+        rt.freq_mask = cutoff.map(|cutoff| crate::ops::spectral::FreqCutoff {
             cutoff,
             slope: fc.and_then(|c| c.slope),
         });

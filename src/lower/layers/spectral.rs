@@ -6,6 +6,7 @@ use crate::ir::{Dim, Init, Mixing, Op, Real};
 use crate::lower::{seq_items, At, Lowerer};
 use crate::ops::band_attention::BandAttention;
 use crate::ops::elementwise::Elementwise;
+use crate::ops::spectral::{ComplexFeatures, ComplexMul, FreqMask, Irfft, Rfft, WindowedGate};
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
 
@@ -25,21 +26,21 @@ impl Lowerer {
         let y = if *causal {
             let n = 2 * l;
             let kernel = self.param(&at, "kernel", &[l, w], Init::Normal(Real(0.02)));
-            let kernel = self.op(&at, Op::FreqMask { dct: true }, &[kernel])?;
+            let kernel = self.op(&at, FreqMask { dct: true }.into(), &[kernel])?;
             let kp = self.op(&at, Op::PadSeq { len: n }, &[kernel])?;
-            let kf = self.op(&at, Op::Rfft { n }, &[kp])?;
+            let kf = self.op(&at, Rfft { n }.into(), &[kp])?;
             let p = self.op(&at, Op::PadSeq { len: n }, &[x])?;
-            let xf = self.op(&at, Op::Rfft { n }, &[p])?;
-            let yf = self.op(&at, Op::ComplexMul, &[xf, kf])?;
-            let y = self.op(&at, Op::Irfft { n }, &[yf])?;
+            let xf = self.op(&at, Rfft { n }.into(), &[p])?;
+            let yf = self.op(&at, ComplexMul.into(), &[xf, kf])?;
+            let y = self.op(&at, Irfft { n }.into(), &[yf])?;
             self.op(&at, Op::CropSeq, &[y, x])?
         } else {
             let gate = self.param(&at, "gate", &[l / 2 + 1, w, 2], Init::Normal(Real(0.02)));
-            let gate = self.op(&at, Op::FreqMask { dct: false }, &[gate])?;
+            let gate = self.op(&at, FreqMask { dct: false }.into(), &[gate])?;
             let p = self.op(&at, Op::PadSeq { len: l }, &[x])?;
-            let xf = self.op(&at, Op::Rfft { n: l }, &[p])?;
-            let yf = self.op(&at, Op::ComplexMul, &[xf, gate])?;
-            let y = self.op(&at, Op::Irfft { n: l }, &[yf])?;
+            let xf = self.op(&at, Rfft { n: l }.into(), &[p])?;
+            let yf = self.op(&at, ComplexMul.into(), &[xf, gate])?;
+            let y = self.op(&at, Irfft { n: l }.into(), &[yf])?;
             self.op(&at, Op::CropSeq, &[y, x])?
         };
         if *causal {
@@ -79,7 +80,8 @@ impl Lowerer {
         let w = self.width(x);
         let mix = self.param(&at, "window_mix", &[3], Init::Zeros);
         let gate = self.param(&at, "gate", &[n / 2 + 1, w, 2], Init::Normal(Real(0.02)));
-        self.op(&at, Op::WindowedGate { window: n, hop: h }, &[x, mix, gate])
+        let op = WindowedGate { window: n, hop: h };
+        self.op(&at, op.into(), &[x, mix, gate])
     }
 
     pub(in crate::lower) fn band_pyramid(
@@ -191,7 +193,7 @@ impl Lowerer {
             );
             return None;
         };
-        let f = self.op(&at, Op::Rfft { n }, &[x])?;
-        self.op(&at, Op::ComplexFeatures, &[f])
+        let f = self.op(&at, Rfft { n }.into(), &[x])?;
+        self.op(&at, ComplexFeatures.into(), &[f])
     }
 }
