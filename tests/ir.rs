@@ -6,6 +6,7 @@ use kiln::diag::{render_text, SourceMap};
 use kiln::ir::reference::{self, definitions, Rng, Tensor};
 use kiln::ir::{verify::verify, FreqCutoff, Graph, Op};
 use kiln::lower::{lower_document, noncausal_layers};
+use kiln::ops::attention::{Attention, RepeatKv, SelfAttention};
 use kiln::passes::{self, ALL};
 use proptest::prelude::*;
 use std::path::Path;
@@ -103,17 +104,20 @@ fn ir_matches_golden_files_before_and_after_each_pass() {
 fn passes_change_what_they_claim() {
     let g = lower_file("recipes/default.yaml", &[]);
     let count = |g: &Graph, f: fn(&Op) -> bool| g.g.node_weights().filter(|n| f(&n.op)).count();
-    assert_eq!(count(&g, |o| matches!(o, Op::RepeatKv { .. })), 4);
+    assert_eq!(
+        count(&g, |o| matches!(o, Op::Attention(Attention::RepeatKv(_)))),
+        4
+    );
     let (o, _) = optimized(&g, &["gqa", "dce"]);
     assert_eq!(
-        count(&o, |o| matches!(o, Op::RepeatKv { .. })),
+        count(&o, |o| matches!(o, Op::Attention(Attention::RepeatKv(_)))),
         0,
         "the K/V repeat is gone"
     );
-    assert!(o
-        .g
-        .node_weights()
-        .all(|n| !matches!(n.op, Op::Attention { kv_groups: 1, .. })));
+    assert!(o.g.node_weights().all(|n| !matches!(
+        n.op,
+        Op::Attention(Attention::Attend(SelfAttention { kv_groups: 1, .. }))
+    )));
     // K/V memory drops by G: the repeated tensors (G x the K/V size) are no longer materialized.
     assert!(o.activation_bytes(65) < g.activation_bytes(65));
 
@@ -263,10 +267,10 @@ proptest! {
         let g = lower_document(&doc, None, None).unwrap();
         verify(&g).unwrap();
         let (o, changes) = optimized(&g, &["gqa", "dce"]);
-        prop_assert_eq!(o.g.node_weights().filter(|n| matches!(n.op, Op::RepeatKv { .. })).count(), 0);
+        prop_assert_eq!(o.g.node_weights().filter(|n| matches!(n.op, Op::Attention(Attention::RepeatKv(RepeatKv { .. })))).count(), 0);
         prop_assert_eq!(changes.is_empty(), groups == 1);
         // The K and V the attention reads have kv heads, not `heads`.
-        let attn = o.g.node_indices().find(|&n| matches!(o.g[n].op, Op::Attention { .. })).unwrap();
+        let attn = o.g.node_indices().find(|&n| matches!(o.g[n].op, Op::Attention(Attention::Attend(_)))).unwrap();
         let k = o.inputs(attn)[1];
         prop_assert_eq!(o.g[k].ty.shape[1], kiln::ir::Dim::Fixed(u64::from(kv)));
         // Memory: exactly the two repeated tensors (B·heads·S·2 floats each) are gone.

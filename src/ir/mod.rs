@@ -344,7 +344,7 @@ impl Graph {
                 match &self.g[n].op {
                     Op::Linear(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Embedding(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Attention { .. } => 4 * out * seq,
+                    Op::Attention(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Lstm { layers, .. } => (0..*layers as usize)
                         .map(|l| {
                             let (wi, wh) = (shape(ins[1 + 4 * l]), shape(ins[2 + 4 * l]));
@@ -389,8 +389,6 @@ impl Graph {
                         })
                         .sum(),
                     Op::PhaseAttention { .. } => 4 * out * seq,
-                    // Scores and values over the source's positions.
-                    Op::CrossAttention { .. } => 4 * out * self.g[ins[1]].ty.len(2, seq),
                     // Every band's query against every band's key, and the values.
                     Op::BandAttention { bands } => 4 * out * bands,
                     Op::ForecastHead { .. } => 2 * out * shape(ins[1])[0],
@@ -409,7 +407,6 @@ impl Graph {
                     | Op::AddPositions
                     | Op::RopeTable { .. }
                     | Op::ApplyRope
-                    | Op::RepeatKv { .. }
                     | Op::PadSeq { .. }
                     | Op::CropSeq
                     | Op::Rfft { .. }
@@ -428,7 +425,6 @@ impl Graph {
                     | Op::HarmonicSelect { .. }
                     | Op::SliceFeatures { .. }
                     | Op::ConcatFeatures { .. }
-                    | Op::PadBias { .. }
                     | Op::DropMemory { .. }
                     | Op::MeanProbs { .. }
                     | Op::MeanForecasts { .. }
@@ -457,7 +453,10 @@ impl Graph {
             .filter(|&n| {
                 matches!(
                     self.g[n].op,
-                    Op::Attention { .. } | Op::PhaseAttention { .. } | Op::CrossAttention { .. }
+                    Op::Attention(
+                        crate::ops::attention::Attention::Attend(_)
+                            | crate::ops::attention::Attention::Cross(_)
+                    ) | Op::PhaseAttention { .. }
                 )
             })
             .filter_map(|n| {

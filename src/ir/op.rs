@@ -56,14 +56,7 @@ impl fmt::Display for Init {
     }
 }
 
-/// How attention logits are scaled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AttnScale {
-    /// q·k / √head_dim.
-    InvSqrtDim,
-    /// q̂·k̂ · g with a learned scalar g (QK-norm); g is the fourth input.
-    Learned,
-}
+pub use crate::ops::attention::AttnScale;
 
 /// Which algorithm a fused spectral filter uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,31 +137,9 @@ pub enum Op {
     },
     /// `(x [b, h, s, d], table) → x` rotated (half-split pairs i, i + d/2).
     ApplyRope,
-    /// `[b, hkv, s, d] → [b, hkv·g, s, d]`: repeat each KV head g times (head h of the result is
-    /// head ⌊h/g⌋ of the input).
-    RepeatKv {
-        /// Repeats.
-        groups: u64,
-    },
-    /// `(q [b, hq, s, d], k [b, hkv, s, d], v [b, hkv, s, d], g?) → [b, hq, s, d]` with
-    /// hq = hkv · kv_groups; query head h reads KV head ⌊h / kv_groups⌋.
-    Attention {
-        /// Mask later positions.
-        causal: bool,
-        /// Query heads per KV head (1: ordinary attention).
-        kv_groups: u64,
-        /// Logit scaling.
-        scale: AttnScale,
-        /// Dropout on the attention weights.
-        dropout: Real,
-        /// Hard (argmax) attention, trained straight-through.
-        hard: bool,
-        /// Entropy-adaptive temperature at inference.
-        adaptive: bool,
-        /// A last input `[b, t]` is added to every query's logits over the t keys (a
-        /// key-padding mask from [`Op::PadBias`]).
-        key_mask: bool,
-    },
+    /// Self-attention (with its decoding cache of keys and values), GQA's K/V repeat,
+    /// cross-attention and the key-padding mask (see [`crate::ops::attention`]).
+    Attention(crate::ops::attention::Attention),
     /// `(x [b, s, i], then per layer w_ih [i, 4h], w_hh [h, 4h], b_ih [4h], b_hh [4h]) → [b, s, h]`.
     Lstm {
         /// Stacked layers.
@@ -307,18 +278,6 @@ pub enum Op {
         /// Source length.
         len: u64,
     },
-    /// Cross-attention `(q [b, H, s, d], k [b, H, S, d], v [b, H, S, d], bias? [b, S]) →
-    /// [b, H, s, d]`: softmax(q kᵀ/√d + bias) v over all S source positions.
-    CrossAttention {
-        /// The fourth input (a key-padding mask from [`Op::PadBias`]) is present.
-        key_mask: bool,
-    },
-    /// Key-padding mask of an encoder-decoder's source `ids [b, S] → [b, S]`: −1e9 where the
-    /// id is the padding id, else 0; added to attention logits, it removes padded keys.
-    PadBias {
-        /// The padding id.
-        pad: i64,
-    },
     /// Memory tokens `(x [b, s, d], memory [m, d]) → [b, m + s, d]`: the m learned vectors
     /// prepended to every sequence.
     PrependMemory,
@@ -391,14 +350,13 @@ impl Op {
             Op::Norm(o) => Some(o),
             Op::Elementwise(o) => Some(o),
             Op::Heads(o) => Some(o),
+            Op::Attention(o) => Some(o),
             Op::Input
             | Op::Param { .. }
             | Op::SinusoidalTable { .. }
             | Op::AddPositions
             | Op::RopeTable { .. }
             | Op::ApplyRope
-            | Op::RepeatKv { .. }
-            | Op::Attention { .. }
             | Op::Lstm { .. }
             | Op::PositionLinear { .. }
             | Op::Mamba { .. }
@@ -419,8 +377,6 @@ impl Op {
             | Op::BandAttention { .. }
             | Op::ForecastHead { .. }
             | Op::Source { .. }
-            | Op::CrossAttention { .. }
-            | Op::PadBias { .. }
             | Op::PrependMemory
             | Op::DropMemory { .. }
             | Op::PadSeq { .. }
@@ -450,6 +406,7 @@ impl Op {
             Op::Norm(o) => o.position_limit(ins),
             Op::Elementwise(o) => o.position_limit(ins),
             Op::Heads(o) => o.position_limit(ins),
+            Op::Attention(o) => o.position_limit(ins),
             Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
             // Padding a kernel parameter does not limit the input.
             Op::PadSeq { len } => seq_input().then_some(*len as usize),
@@ -469,8 +426,6 @@ impl Op {
             | Op::SinusoidalTable { .. }
             | Op::RopeTable { .. }
             | Op::ApplyRope
-            | Op::RepeatKv { .. }
-            | Op::Attention { .. }
             | Op::Lstm { .. }
             | Op::Mamba { .. }
             | Op::Ets { .. }
@@ -490,8 +445,6 @@ impl Op {
             | Op::BandAttention { .. }
             | Op::ForecastHead { .. }
             | Op::Source { .. }
-            | Op::CrossAttention { .. }
-            | Op::PadBias { .. }
             | Op::PrependMemory
             | Op::DropMemory { .. }
             | Op::CropSeq
@@ -519,8 +472,7 @@ impl Op {
             Op::Heads(o) => o.name(),
             Op::RopeTable { .. } => "rope_table",
             Op::ApplyRope => "apply_rope",
-            Op::RepeatKv { .. } => "repeat_kv",
-            Op::Attention { .. } => "attention",
+            Op::Attention(o) => o.name(),
             Op::Lstm { .. } => "lstm",
             Op::Mamba { .. } => "mamba",
             Op::Mlstm { .. } => "mlstm",
@@ -549,8 +501,6 @@ impl Op {
             Op::SliceFeatures { .. } => "slice_features",
             Op::ConcatFeatures { .. } => "concat_features",
             Op::BandAttention { .. } => "band_attention",
-            Op::CrossAttention { .. } => "cross_attention",
-            Op::PadBias { .. } => "pad_bias",
             Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
             Op::MeanForecasts { .. } => "mean_forecasts",
@@ -578,31 +528,7 @@ impl Op {
                     "head_dim={head_dim} base={base} yarn(factor={f} original={l} beta_fast={bf} beta_slow={bs})"
                 ),
             },
-            Op::RepeatKv { groups } => format!("groups={groups}"),
-            Op::Attention {
-                causal,
-                kv_groups,
-                scale,
-                dropout,
-                hard,
-                adaptive,
-                key_mask,
-            } => format!(
-                "causal={causal} kv_groups={kv_groups} scale={} dropout={dropout}{}{}{}",
-                match scale {
-                    AttnScale::InvSqrtDim => "1/sqrt(d)",
-                    AttnScale::Learned => "learned",
-                },
-                if *hard { " hard" } else { "" },
-                if *adaptive {
-                    " adaptive_temperature"
-                } else {
-                    ""
-                },
-                if *key_mask { " key_mask" } else { "" }
-            ),
-            Op::CrossAttention { key_mask: true } => "key_mask".into(),
-            Op::PadBias { pad } => format!("pad={pad}"),
+            Op::Attention(o) => o.attrs(),
             Op::Lstm {
                 layers,
                 hidden,
@@ -645,8 +571,7 @@ impl Op {
                     SpectralAlgo::Dense => "dense",
                 }
             ),
-            Op::CrossAttention { key_mask: false }
-            | Op::Input
+            Op::Input
             | Op::AddPositions
             | Op::ApplyRope
             | Op::CropSeq
@@ -665,6 +590,9 @@ impl Op {
         if let Op::Elementwise(o) = self {
             return o.is_pure();
         }
+        if let Op::Attention(o) = self {
+            return o.is_pure();
+        }
         !matches!(
             self,
             Op::Param { .. }
@@ -673,15 +601,13 @@ impl Op {
                 | Op::Series { .. }
                 | Op::Output
                 | Op::HarmonicSelect { .. }
-        ) && !matches!(self, Op::Attention { dropout, .. } if dropout.0 > 0.0)
-            && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
+        ) && !matches!(self, Op::Lstm { dropout, .. } if dropout.0 > 0.0)
     }
 
     /// How the op mixes sequence positions.
     pub fn mixing(&self) -> Mixing {
         match self {
-            Op::Attention { causal: true, .. }
-            | Op::Lstm { .. }
+            Op::Lstm { .. }
             | Op::Mamba { .. }
             | Op::Mlstm { .. }
             | Op::Slstm { .. }
@@ -691,8 +617,7 @@ impl Op {
             | Op::PositionLinear { .. } => Mixing::Causal,
             Op::PhaseAttention { causal: true, .. } => Mixing::Causal,
             Op::PhaseAttention { causal: false, .. } | Op::WindowedGate { .. } => Mixing::Full,
-            Op::Attention { causal: false, .. }
-            | Op::Rfft { .. }
+            Op::Rfft { .. }
             | Op::Irfft { .. }
             | Op::RevinNorm
             | Op::RevinDenorm
@@ -710,6 +635,7 @@ impl Op {
             Op::Embedding(o) => o.mixing(),
             Op::Linear(o) => o.mixing(),
             Op::Heads(o) => o.mixing(),
+            Op::Attention(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
@@ -719,7 +645,6 @@ impl Op {
             | Op::AddPositions
             | Op::RopeTable { .. }
             | Op::ApplyRope
-            | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
             | Op::CropSeq
             | Op::ComplexMul
@@ -732,8 +657,6 @@ impl Op {
             | Op::SliceFeatures { .. }
             | Op::ConcatFeatures { .. }
             | Op::BandAttention { .. }
-            | Op::CrossAttention { .. }
-            | Op::PadBias { .. }
             | Op::MeanProbs { .. }
             | Op::MeanForecasts { .. }
             | Op::Output => Mixing::Pointwise,
@@ -746,7 +669,6 @@ impl Op {
             Op::Input | Op::Param { .. } | Op::Source { .. } | Op::Series { .. } => 0,
             Op::RevinNorm | Op::ForecastHead { .. } => 3,
             Op::RevinDenorm => 4,
-            Op::CrossAttention { key_mask } => 3 + usize::from(*key_mask),
             Op::AddPositions
             | Op::ApplyRope
             | Op::CropSeq
@@ -759,9 +681,7 @@ impl Op {
             Op::Elementwise(o) => o.ports().len(),
             Op::Embedding(o) => o.ports().len(),
             Op::Heads(o) => o.ports().len(),
-            Op::Attention {
-                scale, key_mask, ..
-            } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
+            Op::Attention(o) => o.ports().len(),
             Op::Lstm { layers, .. } => 1 + 4 * *layers as usize,
             Op::Mamba { .. } => 10,
             Op::Mlstm { .. } => 8,
@@ -775,7 +695,6 @@ impl Op {
             Op::BandAttention { bands } => 3 * *bands as usize,
             Op::SinusoidalTable { .. }
             | Op::RopeTable { .. }
-            | Op::RepeatKv { .. }
             | Op::PadSeq { .. }
             | Op::Rfft { .. }
             | Op::Irfft { .. }
@@ -784,7 +703,6 @@ impl Op {
             | Op::ComplexFeatures
             | Op::Wave { .. }
             | Op::SliceFeatures { .. }
-            | Op::PadBias { .. }
             | Op::DropMemory { .. }
             | Op::Output => 1,
         }
@@ -828,7 +746,12 @@ impl Op {
                 shape: vec![Dim::Batch, Dim::Seq],
             }),
             Op::Param { shape, .. } => f32(shape.iter().map(|&d| Dim::Fixed(d)).collect()),
-            Op::Embedding(_) | Op::Linear(_) | Op::Norm(_) | Op::Elementwise(_) | Op::Heads(_) => {
+            Op::Embedding(_)
+            | Op::Linear(_)
+            | Op::Norm(_)
+            | Op::Elementwise(_)
+            | Op::Heads(_)
+            | Op::Attention(_) => {
                 unreachable!("families infer through `def`")
             }
             // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
@@ -862,37 +785,6 @@ impl Op {
                         f32(x.shape.clone())
                     }
                     _ => Err(format!("rope table {} does not fit {}", ins[1], x)),
-                }
-            }
-            Op::RepeatKv { groups } => match float(0)?.shape.as_slice() {
-                [b, Dim::Fixed(h), s, d] => f32(vec![*b, Dim::Fixed(h * groups), *s, *d]),
-                _ => Err(format!(
-                    "expects [batch, heads, seq, head_dim], got {}",
-                    ins[0]
-                )),
-            },
-            Op::Attention {
-                kv_groups,
-                key_mask,
-                ..
-            } => {
-                let (q, k, v) = (float(0)?, float(1)?, float(2)?);
-                if *key_mask {
-                    key_bias_fits(float(ins.len() - 1)?, k)?;
-                }
-                match (q.shape.as_slice(), k.shape.as_slice()) {
-                    ([b, Dim::Fixed(hq), s, d], [_, Dim::Fixed(hk), _, dk]) => {
-                        if hq != &(hk * kv_groups) {
-                            return Err(format!("{hq} query heads cannot share {hk} key/value heads in groups of {kv_groups}"));
-                        }
-                        if d != dk || k.shape != v.shape {
-                            return Err(format!("query {q}, key {k} and value {v} do not fit"));
-                        }
-                        f32(vec![*b, Dim::Fixed(*hq), *s, *d])
-                    }
-                    _ => Err(format!(
-                        "expects [batch, heads, seq, head_dim] inputs, got {q} and {k}"
-                    )),
                 }
             }
             Op::Lstm { hidden, .. } => {
@@ -1252,27 +1144,6 @@ impl Op {
                 dtype: DType::I64,
                 shape: vec![Dim::Batch, Dim::Fixed(*len)],
             }),
-            Op::PadBias { .. } => match ins[0].shape.as_slice() {
-                [b, s] if ins[0].dtype == DType::I64 => f32(vec![*b, *s]),
-                _ => Err(format!("expects source ids [batch, len], got {}", ins[0])),
-            },
-            Op::CrossAttention { key_mask } => {
-                let q = float(0)?;
-                if *key_mask {
-                    key_bias_fits(float(3)?, &ins[1])?;
-                }
-                match (q.shape.as_slice(), ins[1].shape.as_slice()) {
-                    ([b, h, _, d], [b2, h2, _, d2])
-                        if b == b2 && h == h2 && d == d2 && ins[1] == ins[2] =>
-                    {
-                        f32(q.shape.clone())
-                    }
-                    _ => Err(format!(
-                        "keys {} and values {} do not fit queries {q}",
-                        ins[1], ins[2]
-                    )),
-                }
-            }
             Op::PrependMemory => {
                 let x = float(0)?;
                 match (x.shape.as_slice(), ins[1].shape.as_slice()) {
@@ -1420,12 +1291,4 @@ pub fn frames(window: usize, hop: usize, len: usize) -> (usize, usize) {
     let pad = window - hop;
     let count = (pad + len).saturating_sub(window).div_ceil(hop) + 1;
     (pad, count)
-}
-
-/// A key-padding bias `[b, t]` fits keys `[b, h, t, d]`.
-fn key_bias_fits(bias: &TensorType, k: &TensorType) -> Result<(), String> {
-    match (bias.shape.as_slice(), k.shape.as_slice()) {
-        ([b, t], [b2, _, t2, _]) if b == b2 && t == t2 => Ok(()),
-        _ => Err(format!("key mask {bias} does not fit keys {k}")),
-    }
 }

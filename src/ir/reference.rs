@@ -9,7 +9,7 @@
 
 pub mod definitions;
 
-use super::{AttnScale, FreqCutoff, Graph, Init, Op};
+use super::{FreqCutoff, Graph, Init, Op};
 use crate::ops::OpDef;
 use std::collections::HashMap;
 use std::f64::consts::PI;
@@ -213,13 +213,6 @@ pub fn freq_mask(p: &Tensor, m: &FreqCutoff, dct: bool) -> Tensor {
     out
 }
 
-fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
-    Tensor {
-        shape: x.shape.clone(),
-        data: x.data.iter().map(|&v| f(v)).collect(),
-    }
-}
-
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -318,66 +311,7 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::RepeatKv { groups } => {
-            let x = ins[0];
-            let (b, h, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-            let g = *groups as usize;
-            let mut out = Tensor::zeros(&[b, h * g, s, d]);
-            let per = s * d;
-            for bi in 0..b {
-                for ho in 0..h * g {
-                    let src = (bi * h + ho / g) * per;
-                    let dst = (bi * h * g + ho) * per;
-                    out.data[dst..dst + per].copy_from_slice(&x.data[src..src + per]);
-                }
-            }
-            out
-        }
-        Op::Attention {
-            causal,
-            kv_groups,
-            scale,
-            hard,
-            adaptive,
-            key_mask,
-            ..
-        } => {
-            let (q, k, v) = (ins[0], ins[1], ins[2]);
-            let bias = key_mask.then(|| ins[ins.len() - 1]);
-            let (b, hq, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-            let hk = k.shape[1];
-            let g = *kv_groups as usize;
-            let factor = match scale {
-                AttnScale::InvSqrtDim => 1.0 / (d as f64).sqrt(),
-                AttnScale::Learned => ins[3].data[0],
-            };
-            let mut out = Tensor::zeros(&q.shape);
-            for bi in 0..b {
-                for h in 0..hq {
-                    let kh = h / g;
-                    let qb = (bi * hq + h) * s * d;
-                    let kb = (bi * hk + kh) * s * d;
-                    for i in 0..s {
-                        let keys = if *causal { i + 1 } else { s };
-                        let logits: Vec<f64> = (0..keys)
-                            .map(|j| {
-                                (0..d)
-                                    .map(|c| q.data[qb + i * d + c] * k.data[kb + j * d + c])
-                                    .sum::<f64>()
-                                    * factor
-                                    + bias.map_or(0.0, |t| t.data[bi * s + j])
-                            })
-                            .collect();
-                        let w = attention_weights(&logits, *hard, *adaptive);
-                        for c in 0..d {
-                            out.data[qb + i * d + c] =
-                                (0..keys).map(|j| w[j] * v.data[kb + j * d + c]).sum();
-                        }
-                    }
-                }
-            }
-            out
-        }
+        Op::Attention(o) => o.reference(ins)?,
         Op::Mamba {
             d_state,
             d_conv,
@@ -587,35 +521,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                             .map(|(i, a)| a * w.data[i * h + hi])
                             .sum::<f64>();
                     out.data[((r / c) * h + hi) * c + r % c] = v;
-                }
-            }
-            out
-        }
-        Op::PadBias { pad } => map(ins[0], |id| if id == *pad as f64 { -1e9 } else { 0.0 }),
-        Op::CrossAttention { key_mask } => {
-            let (q, k, v) = (ins[0], ins[1], ins[2]);
-            let bias = key_mask.then(|| ins[3]);
-            let (b, h, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-            let t = k.shape[2];
-            let mut out = Tensor::zeros(&q.shape);
-            for bh in 0..b * h {
-                for i in 0..s {
-                    let qi = &q.data[(bh * s + i) * d..(bh * s + i + 1) * d];
-                    let scores: Vec<f64> = (0..t)
-                        .map(|j| {
-                            let kj = &k.data[(bh * t + j) * d..(bh * t + j + 1) * d];
-                            qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
-                                + bias.map_or(0.0, |m| m.data[bh / h * t + j])
-                        })
-                        .collect();
-                    let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|v| (v - mx).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for c in 0..d {
-                        out.data[(bh * s + i) * d + c] = (0..t)
-                            .map(|j| e[j] / z * v.data[(bh * t + j) * d + c])
-                            .sum();
-                    }
                 }
             }
             out
@@ -832,41 +737,6 @@ fn irfft(x: &Tensor, n: usize) -> Tensor {
         }
     }
     out
-}
-
-/// Attention weights of one row of logits (inference): softmax; one-hot on the maximum for hard
-/// attention (ties share); softmax(β·logits) with the entropy-adaptive β of Veličković et al.
-/// (2024) when `adaptive`.
-fn attention_weights(logits: &[f64], hard: bool, adaptive: bool) -> Vec<f64> {
-    let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if hard {
-        let hits = logits.iter().filter(|&&l| l == m).count() as f64;
-        return logits
-            .iter()
-            .map(|&l| if l == m { 1.0 / hits } else { 0.0 })
-            .collect();
-    }
-    let softmax = |beta: f64| -> Vec<f64> {
-        let e: Vec<f64> = logits.iter().map(|l| (beta * (l - m)).exp()).collect();
-        let z: f64 = e.iter().sum();
-        e.iter().map(|x| x / z).collect()
-    };
-    let p = softmax(1.0);
-    if !adaptive {
-        return p;
-    }
-    let h: f64 = -p
-        .iter()
-        .filter(|&&x| x > 0.0)
-        .map(|x| x * x.ln())
-        .sum::<f64>();
-    if h <= 0.5 {
-        return p;
-    }
-    let poly = [-0.037, 0.481, -2.3, 4.917, -1.791]
-        .iter()
-        .fold(0.0, |acc, c| acc * h + c);
-    softmax(poly.max(1.0))
 }
 
 fn softplus(x: f64) -> f64 {

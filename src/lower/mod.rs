@@ -11,6 +11,7 @@
 use crate::diag::{Code, Diagnostic, Span};
 use crate::ir::op::Act;
 use crate::ir::{DType, Dim, Graph, Init, Mixing, Op, Real};
+use crate::ops::attention::{Attention, PadBias};
 use crate::spec::yaml::Node;
 use crate::spec::{Activation, Layer, LoadedModel};
 use petgraph::stable_graph::NodeIndex;
@@ -95,8 +96,13 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
     l.input = l.g.add(root, &[], "", None).expect("input has no inputs");
     if model.spec.encoder.is_none() {
         l.input_bias = opts.input_pad.map(|pad| {
-            l.g.add(Op::PadBias { pad }, &[l.input], "", None)
-                .expect("input ids fit")
+            l.g.add(
+                Op::Attention(Attention::PadBias(PadBias { pad })),
+                &[l.input],
+                "",
+                None,
+            )
+            .expect("input ids fit")
         });
     }
     if let Some(enc) = &model.spec.encoder {
@@ -106,8 +112,13 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
                 .expect("source has no inputs");
         l.positions = src;
         l.key_bias = opts.source_pad.map(|pad| {
-            l.g.add(Op::PadBias { pad }, &[src], "encoder", None)
-                .expect("source ids fit")
+            l.g.add(
+                Op::Attention(Attention::PadBias(PadBias { pad })),
+                &[src],
+                "encoder",
+                None,
+            )
+            .expect("source ids fit")
         });
         let nodes = model.tree.get("encoder").and_then(seq_items);
         l.encoding = true;

@@ -400,3 +400,72 @@ mod tests {
             .all(|&v| (0.0..5.0).contains(&v) && v.fract() == 0.0));
     }
 }
+
+impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
+    /// As [`Case::gradients_reach_every_input`], in training mode (dropout active, hard
+    /// attention straight-through).
+    pub fn gradients_reach_every_input_in_training(&self, skip: &[&str]) {
+        let device = DeviceKind::Cpu.device(true);
+        let vs: Vec<V> = self
+            .args
+            .iter()
+            .map(|a| {
+                let v = a.value(&device);
+                if a.ids {
+                    v
+                } else {
+                    v.require_grad()
+                }
+            })
+            .collect();
+        let refs: Vec<&V> = vs.iter().collect();
+        let (b, s) = self.batch_seq();
+        let c = Ctx {
+            train: true,
+            ..ctx(&device, b, s)
+        };
+        let y = self.op.forward(&refs, &c).flat();
+        let grads = (y.clone() * y.tanh()).sum().backward();
+        for ((name, v), a) in self.op.ports().iter().zip(&vs).zip(&self.args) {
+            if a.ids || skip.contains(name) {
+                continue;
+            }
+            let g = v
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("{:?}: no gradient for `{name}`", self.op));
+            let g = host(g);
+            assert!(g.iter().all(|x| x.is_finite()), "{:?}: `{name}`", self.op);
+            assert!(
+                g.iter().any(|x| *x != 0.0),
+                "{:?}: the gradient of `{name}` is zero in training",
+                self.op
+            );
+        }
+    }
+
+    /// As [`Case::infers_the_forward_shape`], where the inputs numbered in `batched` have a
+    /// batch axis (axis 0) but no positions (an encoder's keys and values, its padding mask).
+    pub fn infers_the_forward_shape_batched(&self, batched: &[usize]) {
+        let mut tys: Vec<TensorType> = self.args.iter().map(Arg::ty).collect();
+        for &i in batched {
+            tys[i].shape[0] = Dim::Batch;
+        }
+        let ty = self
+            .op
+            .infer(&tys)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", self.op));
+        let (b, s) = self.batch_seq();
+        let want: Vec<usize> = ty
+            .shape
+            .iter()
+            .map(|d| d.value(b as u64, s as u64) as usize)
+            .collect();
+        let device = DeviceKind::Cpu.device(false);
+        assert_eq!(
+            self.forward(&self.args, 0, &device).shape,
+            want,
+            "{:?}: inferred {ty}",
+            self.op
+        );
+    }
+}

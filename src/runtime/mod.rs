@@ -30,13 +30,12 @@ pub struct Aux {
     pub harmonic_sparsity: Vec<Tensor<1>>,
 }
 
-/// What incremental decoding keeps between calls: per attention op its keys and values
-/// `[batch, H_kv, T, d]`, per LSTM op its state, and the number of positions seen.
+/// What incremental decoding keeps between calls: per op its state (an attention op's keys and
+/// values, an LSTM's state, ...), and the number of positions seen.
 #[derive(Default)]
 pub struct KvCache {
     /// Positions processed so far.
     pub len: usize,
-    kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
     lstm: HashMap<NodeIndex, ops::LstmState>,
     mamba: HashMap<NodeIndex, ops::MambaState>,
     /// xLSTM states, and ETS attention's last value (`[b, 1, 1, d]`).
@@ -63,14 +62,9 @@ impl KvCache {
     /// surviving hypotheses.
     pub fn reorder(&mut self, rows: &[usize]) {
         let Some(dev) = self
-            .kv
+            .lstm
             .values()
-            .map(|(k, _)| k.device())
-            .chain(
-                self.lstm
-                    .values()
-                    .flat_map(|s| s.iter().map(|(h, _)| h.device())),
-            )
+            .flat_map(|s| s.iter().map(|(h, _)| h.device()))
             .chain(self.mamba.values().map(|(c, _)| c.device()))
             .chain(self.phase.values().map(|pk| pk.k.device()))
             .chain(self.conv.values().map(Tensor::device))
@@ -93,10 +87,6 @@ impl KvCache {
         );
         for st in self.states.values_mut() {
             st.select_rows(&idx);
-        }
-        for (k, v) in self.kv.values_mut() {
-            *k = k.clone().select(0, idx.clone());
-            *v = v.clone().select(0, idx.clone());
         }
         for (c, h) in self.mamba.values_mut() {
             *c = c.clone().select(0, idx.clone());
@@ -137,10 +127,9 @@ impl KvCache {
     /// Shapes of the cached keys of every attention op (for tests and reports).
     pub fn key_shapes(&self) -> Vec<[usize; 4]> {
         let mut v: Vec<[usize; 4]> = self
-            .kv
+            .phase
             .values()
-            .map(|(k, _)| k.dims())
-            .chain(self.phase.values().map(|pk| pk.k.dims()))
+            .map(|pk| pk.k.dims())
             .chain(self.states.values().filter_map(|s| s.key_shape()))
             .collect();
         v.sort_unstable();
@@ -508,7 +497,7 @@ impl Runtime {
         self.graph
             .g
             .node_weights()
-            .any(|n| matches!(n.op, Op::Attention { hard: true, .. }))
+            .any(|n| matches!(&n.op, Op::Attention(a) if a.attend().is_some_and(|a| a.hard)))
     }
 
     /// `Ok` when every op of the graph has an incremental form; otherwise the op that has
@@ -525,11 +514,7 @@ impl Runtime {
                 Op::Heads(o) => o.incremental(),
                 Op::Linear(o) => o.incremental(),
                 Op::Embedding(o) => o.incremental(),
-                // A key mask over the decoder's own tokens (`mask_padding`) covers every
-                // position, so each step recomputes the prefix.
-                Op::Attention {
-                    causal, key_mask, ..
-                } => *causal && !*key_mask,
+                Op::Attention(o) => o.incremental(),
                 Op::PhaseAttention { causal, .. } | Op::SpectralFilter { causal, .. } => *causal,
                 // Whole-sequence transforms, and the forecasting ops (a forecaster does not
                 // decode).
@@ -555,8 +540,6 @@ impl Runtime {
                 | Op::PositionLinear { .. }
                 | Op::PrependMemory
                 | Op::DropMemory { .. }
-                | Op::CrossAttention { .. }
-                | Op::PadBias { .. }
                 | Op::Source { .. }
                 | Op::Input
                 | Op::Param { .. }
@@ -564,7 +547,6 @@ impl Runtime {
                 | Op::AddPositions
                 | Op::RopeTable { .. }
                 | Op::ApplyRope
-                | Op::RepeatKv { .. }
                 | Op::FreqMask { .. }
                 | Op::ComplexFeatures
                 | Op::Wave { .. }
@@ -665,16 +647,6 @@ impl Runtime {
                         _ => &ctx,
                     };
                     match (cache.as_deref_mut(), op) {
-                        (Some(c), Op::Attention { .. }) => {
-                            let (mut k, mut v) = (ins[1].f4(), ins[2].f4());
-                            if let Some((pk, pv)) = c.kv.remove(&n) {
-                                k = Tensor::cat(vec![pk, k], 2);
-                                v = Tensor::cat(vec![pv, v], 2);
-                            }
-                            let out = ops::attention(op, &ins, k.clone(), v.clone(), ctx);
-                            c.kv.insert(n, (k, v));
-                            V::F4(out)
-                        }
                         (Some(c), &Op::PhaseAttention { causal, complex }) => {
                             let mut keys = ops::PhaseKeys::of(&ins, complex);
                             if let Some(earlier) = c.phase.remove(&n) {

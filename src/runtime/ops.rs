@@ -3,7 +3,7 @@
 use super::fused;
 use super::value::V;
 use crate::ir::op::Act as Activation;
-use crate::ir::{AttnScale, Op, SpectralAlgo};
+use crate::ir::{Op, SpectralAlgo};
 use crate::ops::OpDef;
 use burn::prelude::*;
 use burn::tensor::activation;
@@ -255,17 +255,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             V::F3(Tensor::stack(vec![c, s], 2).narrow(0, ctx.offset, seq))
         }
         Op::ApplyRope => V::F4(super::fused::rope(ins[0].f4(), ins[1].f3())),
-        Op::RepeatKv { groups } => {
-            let x = ins[0].f4();
-            let [b, h, s, d] = x.dims();
-            let g = *groups as usize;
-            V::F4(
-                x.unsqueeze_dim::<5>(2)
-                    .repeat_dim(2, g)
-                    .reshape([b, h * g, s, d]),
-            )
-        }
-        Op::Attention { .. } => V::F4(attention(op, ins, ins[1].f4(), ins[2].f4(), ctx)),
+        Op::Attention(o) => o.forward(ins, ctx),
         Op::Lstm { .. } => V::F3(lstm(op, ins, ctx, None).0),
         Op::Mamba { .. } => V::F3(mamba(op, ins, ctx, None).0),
         Op::Mlstm { .. } => V::F3(mlstm(op, ins, ctx, None).0),
@@ -339,19 +329,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             let c = *channels as usize;
             let z = mm(x.reshape([bc, n * d]), w, ctx) + bias.reshape([1, h]);
             V::F3(z.reshape([bc / c, c, h]).swap_dims(1, 2))
-        }
-        Op::CrossAttention { key_mask } => {
-            let (q, k, v) = (ins[0].f4(), ins[1].f4(), ins[2].f4());
-            let d = q.dims()[3] as f64;
-            let mut scores = mm(q.div_scalar(d.sqrt()), k.swap_dims(2, 3), ctx);
-            if *key_mask {
-                scores = add_key_bias(scores, ins[3]);
-            }
-            V::F4(mm(activation::softmax(scores, 3), v, ctx))
-        }
-        Op::PadBias { pad } => {
-            let ids = ins[0].ids();
-            V::F2(ids.equal_elem(*pad).float().mul_scalar(-1e9))
         }
         Op::PrependMemory => {
             let (x, mem) = (ins[0].f3(), ins[1].f2());
@@ -492,73 +469,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             unreachable!("handled by the runtime")
         }
     }
-}
-
-/// Attention of the queries `ins[0]` over keys `k` and values `v` (`[b, H_kv, T, d]`, where T
-/// may exceed the queries' length by `ctx.offset` cached positions). Grouped formulation: the
-/// G query heads of a KV head become G·s rows of one matmul, so K/V are never repeated.
-pub fn attention(op: &Op, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> Tensor<4> {
-    let Op::Attention {
-        causal,
-        kv_groups,
-        scale,
-        dropout: p,
-        hard,
-        adaptive,
-        key_mask,
-    } = op
-    else {
-        unreachable!("attention op")
-    };
-    let q = ins[0].f4();
-    let [b, hq, s, d] = q.dims();
-    let hk = k.dims()[1];
-    let g = *kv_groups as usize;
-    // Query i (absolute position offset + i) sees keys j ≤ offset + i.
-    let vis = fused::Visible {
-        queries: s,
-        causal: *causal,
-        offset: ctx.offset,
-    };
-    let inv_sqrt = 1.0 / (d as f64).sqrt();
-    // Plain attention is one fused op (the 1/√d scale folded into its product); the variants
-    // that change or read the probabilities (hard and adaptive attention, key padding,
-    // dropout, the entropy term, mixed precision) are built from tensor ops.
-    let variant = *hard
-        || (*adaptive && !ctx.train)
-        || *key_mask
-        || (ctx.train && p.0 > 0.0)
-        || ctx.aux.is_some()
-        || ctx.matmul_dtype.is_some();
-    // A learned scale multiplies q. 1/√d goes into the fused product, or else on q ([.., s, d])
-    // rather than on the scores ([.., s, t]): one pass over the smaller tensor, forward and
-    // backward.
-    let (q, factor) = match scale {
-        AttnScale::InvSqrtDim => (q, Some(inv_sqrt)),
-        AttnScale::Learned => (q * ins[3].f1().reshape([1, 1, 1, 1]), None),
-    };
-    if !variant {
-        return fused::attention(q, k, v, factor.unwrap_or(1.0) as f32, vis);
-    }
-    let q = match factor {
-        Some(f) => q.mul_scalar(f),
-        None => q,
-    };
-    let q = q.reshape([b, hk, g * s, d]);
-    let mut scores = mm(q, k.swap_dims(2, 3), ctx);
-    if *key_mask {
-        scores = add_key_bias(scores, ins[ins.len() - 1]);
-    }
-    let probs = if *hard && !ctx.soft_attention {
-        hard_weights(fused::softmax_plain_mask(scores, vis), ctx.train)
-    } else if *adaptive && !ctx.train {
-        adaptive_softmax(fused::softmax_plain_mask(scores, vis))
-    } else {
-        fused::softmax_rows(scores, vis)
-    };
-    record_entropy(&probs, ctx);
-    let probs = dropout(probs, p.0, ctx);
-    mm(probs, v, ctx).reshape([b, hq, s, d])
 }
 
 /// Complex product `[b, f, d, 2] · [f, d, 2]`.
@@ -769,14 +679,8 @@ pub fn phase_attention(
     mm(probs, keys.v, ctx)
 }
 
-/// Attention logits `[b, h, s, t]` plus a key-padding bias `[b, t]` (see [`Op::PadBias`]).
-fn add_key_bias(scores: Tensor<4>, bias: &V) -> Tensor<4> {
-    let [b, t] = bias.f2().dims();
-    scores + bias.f2().reshape([b, 1, 1, t])
-}
-
 /// When asked for ([`Ctx::aux`]): the mean entropy −Σ_j p_ij ln p_ij of the attention rows.
-fn record_entropy(probs: &Tensor<4>, ctx: &Ctx) {
+pub(crate) fn record_entropy(probs: &Tensor<4>, ctx: &Ctx) {
     if let Some(out) = ctx.aux {
         let h = (probs.clone() * probs.clone().clamp_min(1e-30).log())
             .sum_dim(3)
@@ -785,44 +689,6 @@ fn record_entropy(probs: &Tensor<4>, ctx: &Ctx) {
         out.borrow_mut().attention_entropy.push(h.reshape([1]));
     }
 }
-
-/// Hard attention weights: one-hot on each row's largest score. In training, straight-through:
-/// the value of the hard weights with the gradient of the softmax ones.
-pub fn hard_weights(scores: Tensor<4>, train: bool) -> Tensor<4> {
-    let hard = argmax_weights(scores.clone());
-    if train {
-        let soft = activation::softmax(scores, 3);
-        soft.clone() + (hard - soft).detach()
-    } else {
-        hard
-    }
-}
-
-/// One-hot weights on the largest score of each row (along the last axis); tied maxima share
-/// the weight equally.
-fn argmax_weights(scores: Tensor<4>) -> Tensor<4> {
-    let dims = scores.dims();
-    let max = scores.clone().max_dim(3).expand(dims);
-    let hit = scores.equal(max).float();
-    hit.clone() / hit.sum_dim(3)
-}
-
-/// The entropy-adaptive temperature of Veličković et al. (2024): rows whose softmax entropy H
-/// exceeds 0.5 are recomputed as softmax(β·scores) with β = max(poly(H), 1).
-fn adaptive_softmax(scores: Tensor<4>) -> Tensor<4> {
-    let p = activation::softmax(scores.clone(), 3);
-    let h = (p.clone() * p.clamp_min(1e-30).log()).sum_dim(3).neg();
-    let poly = ADAPTIVE_POLY
-        .iter()
-        .fold(h.zeros_like(), |acc, &c| acc * h.clone() + c);
-    let beta = poly
-        .clamp_min(1.0)
-        .mask_where(h.clone().lower_equal_elem(0.5), h.ones_like());
-    activation::softmax(scores * beta, 3)
-}
-
-/// Coefficients of β(H), highest power first (Veličković et al. 2024, `poly_fit`).
-pub const ADAPTIVE_POLY: [f64; 5] = [-0.037, 0.481, -2.3, 4.917, -1.791];
 
 /// Mamba state: the last k − 1 inputs of the convolution `[b, k − 1, e]` and the SSM state
 /// `[b, e, n]`.
@@ -1111,76 +977,4 @@ pub fn lstm(op: &Op, ins: &[&V], ctx: &Ctx, init: Option<LstmState>) -> (Tensor<
         x = y;
     }
     (x, finals)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vec4(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
-
-    #[test]
-    fn hard_weights_are_one_hot_with_the_softmax_gradient() {
-        let device = Device::flex().autodiff();
-        let data = vec![0.3f32, 1.2, -0.5, 1.2, 2.0, 0.1, 0.0, -1.0];
-        let make = || {
-            Tensor::<4>::from_data(TensorData::new(data.clone(), [1, 1, 2, 4]), &device)
-                .require_grad()
-        };
-        let w = Tensor::<4>::from_data(
-            TensorData::new(
-                vec![1.0f32, -2.0, 0.5, 3.0, 0.7, 1.5, -1.0, 2.0],
-                [1, 1, 2, 4],
-            ),
-            &device,
-        );
-        // Row 0 ties at 1.2 (the weight is shared), row 1 peaks at 2.0.
-        let s = make();
-        let h = hard_weights(s.clone(), true);
-        assert_eq!(
-            vec4(h.clone()),
-            vec![0.0, 0.5, 0.0, 0.5, 1.0, 0.0, 0.0, 0.0]
-        );
-        let g_hard = s.grad(&(h * w.clone()).sum().backward()).unwrap();
-        let s = make();
-        let p = activation::softmax(s.clone(), 3);
-        let g_soft = s.grad(&(p * w).sum().backward()).unwrap();
-        let (a, b) = (
-            g_hard.into_data().try_to_vec::<f32>().unwrap(),
-            g_soft.into_data().try_to_vec::<f32>().unwrap(),
-        );
-        assert!(a.iter().any(|x| x.abs() > 1e-3), "the gradient is not zero");
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
-        }
-        // At inference the weights are hard and carry no softmax term.
-        assert_eq!(vec4(hard_weights(make(), false))[4..], [1.0, 0.0, 0.0, 0.0]);
-    }
-
-    #[test]
-    fn adaptive_softmax_sharpens_only_high_entropy_rows() {
-        let device = Device::flex();
-        // Row 0: one logit of 1 among 8 (entropy ≈ 1.99 > 0.5); row 1: a confident row.
-        let mut data = vec![1.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-        data.extend([12.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        let t = Tensor::<4>::from_data(TensorData::new(data, [1, 1, 2, 8]), &device);
-        let got = vec4(adaptive_softmax(t));
-        let soft = |beta: f64, top: f64| {
-            let z = (beta * top).exp() + 7.0;
-            ((beta * top).exp() / z, 1.0 / z)
-        };
-        let (p1, p0) = soft(1.0, 1.0);
-        let h = -(p1 * p1.ln() + 7.0 * p0 * p0.ln());
-        let beta = -0.037 * h.powi(4) + 0.481 * h.powi(3) - 2.3 * h.powi(2) + 4.917 * h - 1.791;
-        assert!(beta > 1.0, "β = {beta}");
-        let (q1, q0) = soft(beta, 1.0);
-        assert!((f64::from(got[0]) - q1).abs() < 1e-6 && (f64::from(got[1]) - q0).abs() < 1e-6);
-        let (r1, _) = soft(1.0, 12.0);
-        assert!(
-            (f64::from(got[8]) - r1).abs() < 1e-6,
-            "low-entropy rows keep β = 1"
-        );
-    }
 }
