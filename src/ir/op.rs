@@ -637,8 +637,7 @@ impl Op {
             Op::Heads(o) => o.mixing(),
             Op::Attention(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
-            // cross-attention reads the source, not later decoder positions; the ops after an
-            // FFT work on frequencies, mixed already by the FFT).
+            // the ops after an FFT work on frequencies, mixed already by the FFT).
             Op::Input
             | Op::Param { .. }
             | Op::SinusoidalTable { .. }

@@ -366,41 +366,6 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn narrow_and_concat_are_inverse() {
-        let mut rng = Rng::new(1);
-        let t = random(&[2, 5, 3], &mut rng);
-        for axis in 0..3 {
-            let n = t.shape[axis];
-            let parts = [narrow(&t, axis, 0, 2), narrow(&t, axis, 2, n - 2)];
-            assert_eq!(concat(&parts, axis), t);
-        }
-        assert_eq!(narrow(&t, 1, 1, 1).data[0], t.data[3]);
-    }
-
-    #[test]
-    fn arguments_have_batch_and_sequence_axes() {
-        let mut rng = Rng::new(2);
-        let a = Arg::given(random(&[2, 3, 5, 4], &mut rng), Some(2));
-        assert_eq!(
-            a.ty().shape,
-            vec![Dim::Batch, Dim::Fixed(3), Dim::Seq, Dim::Fixed(4)]
-        );
-        assert_eq!(Arg::fixed(&[4], &mut rng).ty().shape, vec![Dim::Fixed(4)]);
-        let ids = Arg::ids(2, 3, 5, &mut rng);
-        assert_eq!(ids.ty().dtype, DType::I64);
-        assert!(ids
-            .t
-            .data
-            .iter()
-            .all(|&v| (0.0..5.0).contains(&v) && v.fract() == 0.0));
-    }
-}
-
 impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     /// As [`Case::gradients_reach_every_input`], in training mode (dropout active, hard
     /// attention straight-through).
@@ -467,5 +432,40 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
             "{:?}: inferred {ty}",
             self.op
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrow_and_concat_are_inverse() {
+        let mut rng = Rng::new(1);
+        let t = random(&[2, 5, 3], &mut rng);
+        for axis in 0..3 {
+            let n = t.shape[axis];
+            let parts = [narrow(&t, axis, 0, 2), narrow(&t, axis, 2, n - 2)];
+            assert_eq!(concat(&parts, axis), t);
+        }
+        assert_eq!(narrow(&t, 1, 1, 1).data[0], t.data[3]);
+    }
+
+    #[test]
+    fn arguments_have_batch_and_sequence_axes() {
+        let mut rng = Rng::new(2);
+        let a = Arg::given(random(&[2, 3, 5, 4], &mut rng), Some(2));
+        assert_eq!(
+            a.ty().shape,
+            vec![Dim::Batch, Dim::Fixed(3), Dim::Seq, Dim::Fixed(4)]
+        );
+        assert_eq!(Arg::fixed(&[4], &mut rng).ty().shape, vec![Dim::Fixed(4)]);
+        let ids = Arg::ids(2, 3, 5, &mut rng);
+        assert_eq!(ids.ty().dtype, DType::I64);
+        assert!(ids
+            .t
+            .data
+            .iter()
+            .all(|&v| (0.0..5.0).contains(&v) && v.fract() == 0.0));
     }
 }

@@ -123,7 +123,7 @@ impl OpDef for CrossAttention {
         let d = q.dims()[3] as f64;
         let mut scores = mm(q.div_scalar(d.sqrt()), k.swap_dims(2, 3), ctx);
         if self.key_mask {
-            scores = add_key_bias(scores, *port(p, ins, "key_mask"));
+            scores = add_key_bias(scores, port::<&V>(p, ins, "key_mask"));
         }
         V::F4(mm(activation::softmax(scores, 3), v, ctx))
     }

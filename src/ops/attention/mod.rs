@@ -170,7 +170,10 @@ mod tests {
             dtype: DType::I64,
             shape: vec![Dim::Batch, Dim::Fixed(4)],
         };
-        assert_eq!(ops[3].infer(&[ids.clone()]).unwrap().dtype, DType::F32);
+        assert_eq!(
+            ops[3].infer(std::slice::from_ref(&ids)).unwrap().dtype,
+            DType::F32
+        );
         assert_eq!(ops[3].position_limit(&[&ids]), None);
     }
 }

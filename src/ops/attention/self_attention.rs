@@ -271,7 +271,7 @@ impl SelfAttention {
         let q = q.reshape([b, hk, g * s, d]);
         let mut scores = mm(q, k.swap_dims(2, 3), ctx);
         if self.key_mask {
-            scores = add_key_bias(scores, *port(ports, ins, "key_mask"));
+            scores = add_key_bias(scores, port::<&V>(ports, ins, "key_mask"));
         }
         let probs = if self.hard && !ctx.soft_attention {
             hard_weights(fused::softmax_plain_mask(scores, vis), ctx.train)
