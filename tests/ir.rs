@@ -6,6 +6,8 @@ use kiln::diag::{render_text, SourceMap};
 use kiln::ir::reference::{self, definitions, Rng, Tensor};
 use kiln::ir::{verify::verify, FreqCutoff, Graph, Op};
 use kiln::lower::{lower_document, noncausal_layers};
+use kiln::ops::attention::{Attention, RepeatKv, SelfAttention};
+use kiln::ops::positions::Positions;
 use kiln::ops::spectral::{Spectral, SpectralFilter};
 use kiln::passes::{self, ALL};
 use proptest::prelude::*;
@@ -58,7 +60,7 @@ fn vocab_of(g: &Graph) -> u64 {
             .find(|&n| matches!(g.g[n].op, Op::Embedding(_)))
             .expect("an embedding");
     match &g.g[g.inputs(emb)[1]].op {
-        Op::Param { shape, .. } => shape[0],
+        Op::Param(kiln::ir::Param { shape, .. }) => shape[0],
         _ => unreachable!("embedding tables are parameters"),
     }
 }
@@ -104,17 +106,20 @@ fn ir_matches_golden_files_before_and_after_each_pass() {
 fn passes_change_what_they_claim() {
     let g = lower_file("recipes/default.yaml", &[]);
     let count = |g: &Graph, f: fn(&Op) -> bool| g.g.node_weights().filter(|n| f(&n.op)).count();
-    assert_eq!(count(&g, |o| matches!(o, Op::RepeatKv { .. })), 4);
+    assert_eq!(
+        count(&g, |o| matches!(o, Op::Attention(Attention::RepeatKv(_)))),
+        4
+    );
     let (o, _) = optimized(&g, &["gqa", "dce"]);
     assert_eq!(
-        count(&o, |o| matches!(o, Op::RepeatKv { .. })),
+        count(&o, |o| matches!(o, Op::Attention(Attention::RepeatKv(_)))),
         0,
         "the K/V repeat is gone"
     );
-    assert!(o
-        .g
-        .node_weights()
-        .all(|n| !matches!(n.op, Op::Attention { kv_groups: 1, .. })));
+    assert!(o.g.node_weights().all(|n| !matches!(
+        n.op,
+        Op::Attention(Attention::Attend(SelfAttention { kv_groups: 1, .. }))
+    )));
     // K/V memory drops by G: the repeated tensors (G x the K/V size) are no longer materialized.
     assert!(o.activation_bytes(65) < g.activation_bytes(65));
 
@@ -136,10 +141,19 @@ fn passes_change_what_they_claim() {
     );
 
     let g = lower_file("recipes/anbn-inline.yaml", &[]);
-    assert_eq!(count(&g, |o| matches!(o, Op::RopeTable { .. })), 2);
+    assert_eq!(
+        count(&g, |o| matches!(
+            o,
+            Op::Positions(Positions::RopeTable { .. })
+        )),
+        2
+    );
     let (o, _) = optimized(&g, &["cse"]);
     assert_eq!(
-        count(&o, |o| matches!(o, Op::RopeTable { .. })),
+        count(&o, |o| matches!(
+            o,
+            Op::Positions(Positions::RopeTable { .. })
+        )),
         1,
         "one RoPE table serves every layer"
     );
@@ -267,10 +281,10 @@ proptest! {
         let g = lower_document(&doc, None, None).unwrap();
         verify(&g).unwrap();
         let (o, changes) = optimized(&g, &["gqa", "dce"]);
-        prop_assert_eq!(o.g.node_weights().filter(|n| matches!(n.op, Op::RepeatKv { .. })).count(), 0);
+        prop_assert_eq!(o.g.node_weights().filter(|n| matches!(n.op, Op::Attention(Attention::RepeatKv(RepeatKv { .. })))).count(), 0);
         prop_assert_eq!(changes.is_empty(), groups == 1);
         // The K and V the attention reads have kv heads, not `heads`.
-        let attn = o.g.node_indices().find(|&n| matches!(o.g[n].op, Op::Attention { .. })).unwrap();
+        let attn = o.g.node_indices().find(|&n| matches!(o.g[n].op, Op::Attention(Attention::Attend(_)))).unwrap();
         let k = o.inputs(attn)[1];
         prop_assert_eq!(o.g[k].ty.shape[1], kiln::ir::Dim::Fixed(u64::from(kv)));
         // Memory: exactly the two repeated tensors (B·heads·S·2 floats each) are gone.
@@ -436,13 +450,16 @@ fn masked_causal_gates_stay_causal() {
 #[test]
 fn matmul_flops_match_a_hand_count() {
     let g = lower_file("recipes/default.yaml", &[]);
-    let v =
-        g.g.node_weights()
-            .find_map(|n| match &n.op {
-                Op::Param { name, shape, .. } if name == "layers.3.proj.weight" => Some(shape[1]),
-                _ => None,
-            })
-            .unwrap();
+    let v = g
+        .g
+        .node_weights()
+        .find_map(|n| match &n.op {
+            Op::Param(kiln::ir::Param { name, shape, .. }) if name == "layers.3.proj.weight" => {
+                Some(shape[1])
+            }
+            _ => None,
+        })
+        .unwrap();
     let (b, s) = (3u64, 10u64);
     let per_layer = 32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 86;
     let linear = 2 * b * s * (2 * per_layer + 32 * v);
@@ -462,7 +479,8 @@ fn matmul_flops_match_a_hand_count() {
 /// divided by 4; cos and sin scale by 0.1·ln 4 + 1).
 #[test]
 fn yarn_frequencies_follow_the_reference_formula() {
-    use kiln::ir::{rope_frequencies, Real};
+    use kiln::ir::Real;
+    use kiln::ops::positions::rope_frequencies;
     let (f, scale) = rope_frequencies(16, 10000.0, Some((Real(4.0), 64, Real(32.0), Real(1.0))));
     let want = [
         1.0,
@@ -591,7 +609,8 @@ fn the_reference_definitions_give_hand_computed_values() {
 /// name as well as in the runtime-against-reference tests.
 #[test]
 fn the_runtime_helpers_agree_with_the_reference_definitions() {
-    use kiln::ir::{rope_frequencies, Real};
+    use kiln::ir::Real;
+    use kiln::ops::positions::rope_frequencies;
     use kiln::ops::spectral::{dct_basis, frames, window_basis};
     for w in 1..=33 {
         let basis = window_basis(w);

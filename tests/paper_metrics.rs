@@ -87,6 +87,8 @@ fn logits(g: &kiln::ir::Graph, rows: &[Vec<i64>]) -> Vec<f32> {
 #[test]
 fn the_papers_model_as_it_ran_masks_pad_keys_and_has_no_positions() {
     use kiln::ir::{reference, Op};
+    use kiln::ops::attention::{Attention, PadBias, SelfAttention};
+    use kiln::ops::positions::Positions;
     let compile = |file: &str, sets: &[&str]| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         kiln::compile::recipe(std::path::Path::new(file), &sets, false)
@@ -102,26 +104,27 @@ fn the_papers_model_as_it_ran_masks_pad_keys_and_has_no_positions() {
     let ops: Vec<&Op> = as_run.g.node_weights().map(|n| &n.op).collect();
     assert_eq!(
         ops.iter()
-            .filter(|o| matches!(o, Op::PadBias { pad: 2 }))
+            .filter(|o| matches!(o, Op::Attention(Attention::PadBias(PadBias { pad: 2 }))))
             .count(),
         1
     );
     let attentions: Vec<&&Op> = ops
         .iter()
-        .filter(|o| matches!(o, Op::Attention { .. }))
+        .filter(|o| matches!(o, Op::Attention(Attention::Attend(_))))
         .collect();
     assert_eq!(attentions.len(), 2);
     assert!(attentions.iter().all(|o| matches!(
         o,
-        Op::Attention {
+        Op::Attention(Attention::Attend(SelfAttention {
             key_mask: true,
             causal: true,
             ..
-        }
+        }))
     )));
-    assert!(!ops
-        .iter()
-        .any(|o| matches!(o, Op::SinusoidalTable { .. } | Op::AddPositions)));
+    assert!(!ops.iter().any(|o| matches!(
+        o,
+        Op::Positions(Positions::SinusoidalTable { .. } | Positions::Add)
+    )));
     // SOS a a b b EOS PAD PAD, and a row without padding.
     let rows = vec![
         vec![0, 3, 3, 4, 4, 1, 2, 2, 2],

@@ -405,7 +405,12 @@ fn encoder_decoder_case(source_pad: Option<i64>) {
     let g = kiln::lower::lower(&m, &opts).unwrap();
     let masks =
         g.g.node_weights()
-            .filter(|n| matches!(n.op, kiln::ir::Op::PadBias { .. }))
+            .filter(|n| {
+                matches!(
+                    n.op,
+                    kiln::ir::Op::Attention(kiln::ops::attention::Attention::PadBias(_))
+                )
+            })
             .count();
     assert_eq!(masks, usize::from(source_pad.is_some()));
     assert_eq!(
@@ -795,7 +800,10 @@ fn hard_attention_evaluated_softly_matches_the_soft_reference() {
     let mut soft = g.clone();
     let mut softened = 0;
     for w in soft.g.node_weights_mut() {
-        if let kiln::ir::Op::Attention { hard, .. } = &mut w.op {
+        if let kiln::ir::Op::Attention(kiln::ops::attention::Attention::Attend(
+            kiln::ops::attention::SelfAttention { hard, .. },
+        )) = &mut w.op
+        {
             softened += usize::from(*hard);
             *hard = false;
         }

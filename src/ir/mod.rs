@@ -7,11 +7,10 @@ pub mod reference;
 pub mod verify;
 
 pub use crate::ops::spectral::{FreqCutoff, SpectralAlgo};
-pub use op::{rope_frequencies, AttnScale, Init, Mixing, Op, Real};
+pub use op::{AttnScale, Init, Input, Mixing, Op, Output, Param, Real, Series, Source};
 
 use crate::diag::Span;
 use crate::ops::ensemble::Ensemble;
-use crate::ops::OpDef;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -208,21 +207,25 @@ impl Graph {
 
     /// The output node.
     pub fn output(&self) -> Option<NodeIndex> {
-        self.g.node_indices().find(|&n| self.g[n].op == Op::Output)
+        self.g
+            .node_indices()
+            .find(|&n| matches!(self.g[n].op, Op::Output(_)))
     }
 
     /// An encoder-decoder model's source length: each row of token ids starts with this many
     /// source ids, and the decoder reads the rest.
     pub fn source_len(&self) -> Option<usize> {
         self.g.node_weights().find_map(|n| match n.op {
-            Op::Source { len } => Some(len as usize),
+            Op::Source(Source { len }) => Some(len as usize),
             _ => None,
         })
     }
 
     /// The input node.
     pub fn input(&self) -> Option<NodeIndex> {
-        self.g.node_indices().find(|&n| self.g[n].op == Op::Input)
+        self.g
+            .node_indices()
+            .find(|&n| matches!(self.g[n].op, Op::Input(_)))
     }
 
     /// Nodes in a deterministic topological order (Kahn's algorithm, smallest index first), or
@@ -263,12 +266,14 @@ impl Graph {
         // Token models share an `Input`, forecasters their `Series`.
         let series = members
             .first()
-            .and_then(|m| {
-                m.g.node_weights()
-                    .find(|n| matches!(n.op, Op::Series { .. }))
-            })
+            .and_then(|m| m.g.node_weights().find(|n| matches!(n.op, Op::Series(_))))
             .map(|n| n.op.clone());
-        let input = g.add(series.clone().unwrap_or(Op::Input), &[], "input", None)?;
+        let input = g.add(
+            series.clone().unwrap_or(Op::Input(Input)),
+            &[],
+            "input",
+            None,
+        )?;
         let mut outs = Vec::with_capacity(members.len());
         for (i, m) in members.iter().enumerate() {
             let mut map = std::collections::HashMap::new();
@@ -276,17 +281,16 @@ impl Graph {
                 let node = &m.g[n];
                 let ins: Vec<NodeIndex> = m.inputs(n).iter().map(|x| map[x]).collect();
                 match &node.op {
-                    Op::Input | Op::Series { .. } => {
+                    Op::Input(_) | Op::Series(_) => {
                         map.insert(n, input);
                     }
-                    Op::Output => outs.push(ins[0]),
+                    Op::Output(_) => outs.push(ins[0]),
                     op => {
                         let op = match op {
-                            Op::Param { name, shape, init } => Op::Param {
-                                name: format!("member{i}.{name}"),
-                                shape: shape.clone(),
-                                init: *init,
-                            },
+                            Op::Param(p) => Op::Param(Param {
+                                name: format!("member{i}.{}", p.name),
+                                ..p.clone()
+                            }),
                             o => o.clone(),
                         };
                         let new = g.add(op, &ins, &format!("member{i}.{}", node.layer), None)?;
@@ -303,7 +307,7 @@ impl Graph {
             Ensemble::MeanProbs { members: members_n }
         });
         let mean = g.add(op, &outs, "ensemble", None)?;
-        g.add(Op::Output, &[mean], "output", None)?;
+        g.add(Op::Output(Output), &[mean], "output", None)?;
         Ok(g)
     }
 
@@ -312,7 +316,7 @@ impl Graph {
         self.g
             .node_weights()
             .filter_map(|n| match &n.op {
-                Op::Param { shape, .. } => Some(shape.iter().product::<u64>()),
+                Op::Param(p) => Some(p.shape.iter().product::<u64>()),
                 _ => None,
             })
             .sum()
@@ -326,54 +330,18 @@ impl Graph {
     /// elementwise work are not counted (every op says which it is: no op is left out). A training step
     /// costs about three times this (forward, and two products per product backward).
     pub fn matmul_flops(&self, batch: u64, seq: u64) -> u64 {
-        let types = |ins: &[NodeIndex]| -> Vec<&TensorType> {
-            ins.iter().map(|&i| &self.g[i].ty).collect()
-        };
         self.g
             .node_indices()
             .map(|n| {
-                let out = self.g[n].ty.numel(batch, seq);
-                let ins = self.inputs(n);
-                match &self.g[n].op {
-                    Op::Linear(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Embedding(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Attention { .. } => 4 * out * seq,
-                    Op::Lstm(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Mamba(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Xlstm(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::PositionLinear(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Norm(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Elementwise(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Heads(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Forecast(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Ensemble(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Ets(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::PhaseAttention(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    // Scores and values over the source's positions.
-                    Op::CrossAttention { .. } => 4 * out * self.g[ins[1]].ty.len(2, seq),
-                    Op::BandAttention(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Wave(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Spectral(o) => o.matmul_flops(&types(&ins), batch, seq),
-                    Op::Input
-                    | Op::Param { .. }
-                    | Op::SinusoidalTable { .. }
-                    | Op::AddPositions
-                    | Op::RopeTable { .. }
-                    | Op::ApplyRope
-                    | Op::RepeatKv { .. }
-                    | Op::PadSeq { .. }
-                    | Op::CropSeq
-                    | Op::PrependMemory
-                    | Op::Source { .. }
-                    | Op::Series { .. }
-                    | Op::SliceFeatures { .. }
-                    | Op::ConcatFeatures { .. }
-                    | Op::PadBias { .. }
-                    | Op::DropMemory { .. }
-                    | Op::Output => 0,
-                }
+                let ins = self.input_types(n);
+                self.g[n].op.def().matmul_flops(&ins, batch, seq)
             })
             .sum()
+    }
+
+    /// The types of a node's inputs, in port order.
+    pub fn input_types(&self, n: NodeIndex) -> Vec<&TensorType> {
+        self.inputs(n).into_iter().map(|i| &self.g[i].ty).collect()
     }
 
     /// Estimated activation memory of one example of length `seq`, in bytes: the sum of the
@@ -381,28 +349,22 @@ impl Graph {
     pub fn activation_bytes(&self, seq: u64) -> u64 {
         self.g
             .node_weights()
-            .filter(|n| !matches!(n.op, Op::Param { .. } | Op::Input | Op::Output))
+            .filter(|n| !matches!(n.op, Op::Param(_) | Op::Input(_) | Op::Output(_)))
             .map(|n| n.ty.numel(1, seq) * 4)
             .sum()
     }
 
-    /// The largest temporary buffer of one op for one example of length `seq`, in bytes:
-    /// attention's score and weight matrices (`[heads, seq, keys]` each), which are not values
+    /// The largest temporary buffer of one op for one example of length `seq`, in bytes (see
+    /// [`OpDef::workspace_bytes`]): attention's score and weight matrices, which are not values
     /// of the graph but dominate memory on long sequences.
     pub fn workspace_bytes(&self, seq: u64) -> u64 {
         self.g
             .node_indices()
-            .filter(|&n| {
-                matches!(
-                    self.g[n].op,
-                    Op::Attention { .. } | Op::PhaseAttention(_) | Op::CrossAttention { .. }
-                )
-            })
-            .filter_map(|n| {
-                let ins = self.inputs(n);
-                let (q, k) = (&self.g[*ins.first()?].ty, &self.g[*ins.get(1)?].ty);
-                // q [b, h, s, d] and k [b, h, t, d]: h·s·t scores and as many weights.
-                Some(q.len(1, seq) * q.len(2, seq) * k.len(2, seq) * 4 * 2)
+            .map(|n| {
+                self.g[n]
+                    .op
+                    .def()
+                    .workspace_bytes(&self.input_types(n), seq)
             })
             .max()
             .unwrap_or(0)

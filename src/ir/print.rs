@@ -28,7 +28,7 @@ pub fn to_text(graph: &Graph) -> String {
             .map(|i| format!("%{}", ids[i]))
             .collect();
         let attrs = node.op.attrs();
-        if let Op::Param { .. } = node.op {
+        if let Op::Param(_) = node.op {
             writeln!(out, "  %{} = param {attrs} : {}", ids[&n], node.ty).unwrap();
             continue;
         }
@@ -71,7 +71,7 @@ pub fn to_dot(graph: &Graph) -> String {
     for &n in &order {
         let node = &graph.g[n];
         let (label, shape) = match &node.op {
-            Op::Param { name, .. } => (format!("{name}\\n{}", node.ty), "box"),
+            Op::Param(crate::ir::Param { name, .. }) => (format!("{name}\\n{}", node.ty), "box"),
             op => (
                 format!(
                     "%{} {}\\n{}\\n{}",

@@ -20,24 +20,24 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<String>> {
             .filter(|n| std::mem::discriminant(&n.op) == std::mem::discriminant(want))
             .count()
     };
-    let inputs = count(&Op::Input)
-        + count(&Op::Series {
+    let inputs = count(&Op::Input(crate::ir::Input))
+        + count(&Op::Series(crate::ir::Series {
             lookback: 0,
             channels: 0,
-        });
+        }));
     if inputs != 1 {
         problems.push(format!("expected one input node, found {inputs}"));
     }
-    if count(&Op::Output) != 1 {
+    if count(&Op::Output(crate::ir::Output)) != 1 {
         problems.push(format!(
             "expected one output node, found {}",
-            count(&Op::Output)
+            count(&Op::Output(crate::ir::Output))
         ));
     }
     let mut names = HashSet::new();
     for n in g.node_indices() {
         let node = &g[n];
-        if let Op::Param { name, .. } = &node.op {
+        if let Op::Param(crate::ir::Param { name, .. }) = &node.op {
             if !names.insert(name.clone()) {
                 problems.push(format!("parameter name `{name}` is used twice"));
             }

@@ -11,6 +11,7 @@
 use crate::diag::{Code, Diagnostic, Span};
 use crate::ir::op::Act;
 use crate::ir::{DType, Dim, Graph, Init, Mixing, Op, Real};
+use crate::ops::attention::{Attention, PadBias};
 use crate::spec::yaml::Node;
 use crate::spec::{Activation, Layer, LoadedModel};
 use petgraph::stable_graph::NodeIndex;
@@ -86,28 +87,38 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
         input_bias: None,
     };
     let root = match opts.forecast {
-        Some(f) => Op::Series {
+        Some(f) => Op::Series(crate::ir::Series {
             lookback: f.lookback,
             channels: f.channels,
-        },
-        None => Op::Input,
+        }),
+        None => Op::Input(crate::ir::Input),
     };
     l.input = l.g.add(root, &[], "", None).expect("input has no inputs");
     if model.spec.encoder.is_none() {
         l.input_bias = opts.input_pad.map(|pad| {
-            l.g.add(Op::PadBias { pad }, &[l.input], "", None)
-                .expect("input ids fit")
+            l.g.add(
+                Op::Attention(Attention::PadBias(PadBias { pad })),
+                &[l.input],
+                "",
+                None,
+            )
+            .expect("input ids fit")
         });
     }
     if let Some(enc) = &model.spec.encoder {
         let len = opts.source_len.unwrap_or(PLACEHOLDER_SOURCE);
         let src =
-            l.g.add(Op::Source { len }, &[], "", None)
+            l.g.add(Op::Source(crate::ir::Source { len }), &[], "", None)
                 .expect("source has no inputs");
         l.positions = src;
         l.key_bias = opts.source_pad.map(|pad| {
-            l.g.add(Op::PadBias { pad }, &[src], "encoder", None)
-                .expect("source ids fit")
+            l.g.add(
+                Op::Attention(Attention::PadBias(PadBias { pad })),
+                &[src],
+                "encoder",
+                None,
+            )
+            .expect("source ids fit")
         });
         let nodes = model.tree.get("encoder").and_then(seq_items);
         l.encoding = true;
@@ -141,7 +152,7 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
                     .help("end a forecasting model with `{type: forecast_head}` (inside `revin`, if you use it)"),
             );
         } else {
-            l.g.add(Op::Output, &[out], "", None)
+            l.g.add(Op::Output(crate::ir::Output), &[out], "", None)
                 .expect("output takes any input");
         }
     } else if let Some(out) = out {
@@ -156,7 +167,7 @@ pub fn lower(model: &LoadedModel, opts: &LowerOptions) -> Result<Graph, Vec<Diag
                     .help("end the model with `{type: head}`, which projects to the vocabulary"),
             );
         } else {
-            l.g.add(Op::Output, &[out], "", None)
+            l.g.add(Op::Output(crate::ir::Output), &[out], "", None)
                 .expect("output takes any input");
         }
     }
@@ -203,7 +214,9 @@ pub fn noncausal_layers(g: &Graph) -> Vec<NodeIndex> {
     // source, which the decoder sees whole by design.
     let mut from_input = std::collections::HashSet::new();
     for &n in &order {
-        if g.g[n].op == Op::Input || g.inputs(n).iter().any(|i| from_input.contains(i)) {
+        if g.g[n].op == Op::Input(crate::ir::Input)
+            || g.inputs(n).iter().any(|i| from_input.contains(i))
+        {
             from_input.insert(n);
         }
     }

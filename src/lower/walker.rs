@@ -75,11 +75,11 @@ impl Lowerer {
     }
 
     pub(super) fn param(&mut self, at: &At, name: &str, shape: &[u64], init: Init) -> NodeIndex {
-        let op = Op::Param {
+        let op = Op::Param(crate::ir::Param {
             name: format!("{}.{name}", at.path),
             shape: shape.to_vec(),
             init,
-        };
+        });
         self.g
             .add(op, &[], &at.path, at.span)
             .expect("params have no inputs")

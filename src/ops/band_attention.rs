@@ -93,6 +93,10 @@ impl OpDef for BandAttention {
         4 * self.bands * q * self.bands
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }

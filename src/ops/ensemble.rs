@@ -95,6 +95,10 @@ impl OpDef for Ensemble {
         0
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }
@@ -242,7 +246,7 @@ mod tests {
             ("mean_forecasts", "members=2")
         );
         for (o, incremental) in [(&probs, true), (&forecasts, false)] {
-            let d = o.def().expect("a family");
+            let d = o.def();
             assert_eq!(o.mixing(), Mixing::Pointwise);
             assert_eq!(d.incremental(), incremental);
             assert!(o.is_pure());

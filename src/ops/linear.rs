@@ -70,6 +70,10 @@ impl OpDef for Linear {
         2 * (x.numel(batch, seq) / i.max(1)) * i * o
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }

@@ -177,6 +177,10 @@ impl OpDef for Lstm {
             .sum()
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }

@@ -7,25 +7,30 @@
 //! Families move here one at a time (issue 20); the ops not yet moved still have their arms
 //! in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
 
+pub mod attention;
 pub mod band_attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod ensemble;
-pub mod forecast;
 pub mod ets;
+pub mod forecast;
+pub mod graph;
 pub mod heads;
 pub mod linear;
 pub mod lstm;
 pub mod mamba;
+pub mod memory;
 pub mod norm;
-pub mod retention;
 pub mod phase_attention;
 pub mod position_linear;
+pub mod positions;
+pub mod retention;
+pub mod sequence;
 pub mod spectral;
 #[cfg(test)]
 mod testing;
-pub mod xlstm;
 pub mod wave;
+pub mod xlstm;
 
 use crate::ir::reference::Tensor as RefTensor;
 use crate::ir::{DType, Mixing, TensorType};
@@ -112,6 +117,10 @@ pub trait OpDef {
     /// Multiply-add FLOPs of its matrix products for `batch` sequences of `seq` tokens (0 for
     /// ops that have none).
     fn matmul_flops(&self, ins: &[&TensorType], batch: u64, seq: u64) -> u64;
+    /// Its largest temporary buffer for one example of `seq` positions, in bytes: memory it
+    /// needs beyond its inputs and output (attention's score and weight matrices, which
+    /// dominate memory on long sequences); 0 for ops that need none.
+    fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64;
     /// The longest sequence it can take (a learned position table's rows, a position-wise
     /// map's `max_len`), from its input types; `None` when any length fits.
     fn position_limit(&self, ins: &[&TensorType]) -> Option<usize>;

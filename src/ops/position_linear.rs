@@ -146,6 +146,10 @@ impl OpDef for PositionLinear {
         2 * out * i * seq
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         Some(self.max_len as usize)
     }

@@ -189,6 +189,12 @@ impl OpDef for Retention {
         2 * seq * (size(q) + size(v))
     }
 
+    fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
+        // The decay matrix D and the scores: h·s·s each, in f32.
+        let q: &TensorType = ins[0];
+        q.len(1, seq) * q.len(2, seq) * seq * 4 * 2
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }

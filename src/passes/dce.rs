@@ -17,7 +17,7 @@ pub fn run(g: &mut Graph) -> Vec<String> {
     }
     let dead: Vec<_> =
         g.g.node_indices()
-            .filter(|n| !live.contains(n) && g.g[*n].op != Op::Input)
+            .filter(|n| !live.contains(n) && g.g[*n].op != Op::Input(crate::ir::Input))
             .collect();
     if dead.is_empty() {
         return Vec::new();

@@ -7,17 +7,21 @@
 //! memory) are never materialized.
 
 use crate::ir::{Graph, Op};
+use crate::ops::attention::{Attention, RepeatKv, SelfAttention};
 
 pub fn run(g: &mut Graph) -> Vec<String> {
     let mut changes = Vec::new();
     let attns: Vec<_> =
         g.g.node_indices()
-            .filter(|&n| matches!(g.g[n].op, Op::Attention { .. }))
+            .filter(|&n| matches!(g.g[n].op, Op::Attention(Attention::Attend(_))))
             .collect();
     for n in attns {
         let ins = g.inputs(n);
         let (k, v) = (ins[1], ins[2]);
-        let (Op::RepeatKv { groups: gk }, Op::RepeatKv { groups: gv }) = (&g.g[k].op, &g.g[v].op)
+        let (
+            Op::Attention(Attention::RepeatKv(RepeatKv { groups: gk })),
+            Op::Attention(Attention::RepeatKv(RepeatKv { groups: gv })),
+        ) = (&g.g[k].op, &g.g[v].op)
         else {
             continue;
         };
@@ -26,7 +30,7 @@ pub fn run(g: &mut Graph) -> Vec<String> {
         }
         let groups = *gk;
         let (k_src, v_src) = (g.inputs(k)[0], g.inputs(v)[0]);
-        if let Op::Attention { kv_groups, .. } = &mut g.g[n].op {
+        if let Op::Attention(Attention::Attend(SelfAttention { kv_groups, .. })) = &mut g.g[n].op {
             *kv_groups *= groups;
         }
         g.set_input(n, 1, k_src);

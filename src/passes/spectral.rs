@@ -7,6 +7,7 @@
 //! convolution matrix for short ones (`DENSE_MAX`).
 
 use crate::ir::{Graph, Op};
+use crate::ops::sequence::Sequence;
 use crate::ops::spectral::{ComplexMul, Irfft, Rfft, Spectral, SpectralAlgo, SpectralFilter};
 use petgraph::stable_graph::NodeIndex;
 
@@ -17,7 +18,7 @@ pub fn run(g: &mut Graph) -> Vec<String> {
     let mut changes = Vec::new();
     let crops: Vec<_> =
         g.g.node_indices()
-            .filter(|&n| g.g[n].op == Op::CropSeq)
+            .filter(|&n| g.g[n].op == Op::Sequence(Sequence::Crop))
             .collect();
     for c in crops {
         if g.users(c).is_empty() {
@@ -78,7 +79,7 @@ fn matches(g: &Graph, crop: NodeIndex) -> Option<(NodeIndex, NodeIndex, u64, boo
         return None;
     }
     let pad = g.inputs(xf)[0];
-    if g.g[pad].op != (Op::PadSeq { len: n }) || g.inputs(pad)[0] != x {
+    if g.g[pad].op != (Op::Sequence(Sequence::Pad { len: n })) || g.inputs(pad)[0] != x {
         return None;
     }
     // The gate or kernel: a parameter, possibly behind its frequency-curriculum mask.
@@ -86,17 +87,17 @@ fn matches(g: &Graph, crop: NodeIndex) -> Option<(NodeIndex, NodeIndex, u64, boo
         Op::Spectral(Spectral::FreqMask(_)) => g.inputs(p)[0],
         _ => p,
     };
-    if matches!(g.g[param(gate)].op, Op::Param { .. }) {
+    if matches!(g.g[param(gate)].op, Op::Param(_)) {
         return Some((x, gate, n, false));
     }
     match &g.g[gate].op {
         Op::Spectral(Spectral::Rfft(Rfft { n: m })) if *m == n => {
             let kpad = g.inputs(gate)[0];
-            if g.g[kpad].op != (Op::PadSeq { len: n }) {
+            if g.g[kpad].op != (Op::Sequence(Sequence::Pad { len: n })) {
                 return None;
             }
             let kernel = g.inputs(kpad)[0];
-            let is_kernel = matches!(&g.g[param(kernel)].op, Op::Param { shape, .. } if shape.first() == Some(&(n / 2)));
+            let is_kernel = matches!(&g.g[param(kernel)].op, Op::Param(crate::ir::Param { shape, .. }) if shape.first() == Some(&(n / 2)));
             is_kernel.then_some((x, kernel, n, true))
         }
         _ => None,

@@ -12,8 +12,8 @@ pub mod weights_file;
 pub use value::V;
 pub use weights_file::{from_safetensors, load_weights, to_safetensors, to_safetensors_with};
 
-use crate::ir::{reference, Graph, Op};
-use crate::ops::OpDef;
+use crate::ir::{reference, Graph, Op, Param};
+use crate::ops::memory::Memory;
 use burn::prelude::*;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -30,20 +30,18 @@ pub struct Aux {
     pub harmonic_sparsity: Vec<Tensor<1>>,
 }
 
-/// What incremental decoding keeps between calls: per attention op its keys and values
-/// `[batch, H_kv, T, d]`, per recurrent op its state, and the number of positions seen.
+/// What incremental decoding keeps between calls: per op its own state (an attention op's
+/// keys and values, a recurrence's state, a causal filter's latest inputs; see
+/// [`crate::ops::OpState`]), an encoder-decoder's values that depend only on the source, and
+/// the number of positions seen.
 #[derive(Default)]
 pub struct KvCache {
     /// Positions processed so far.
     pub len: usize,
-    kv: HashMap<NodeIndex, (Tensor<4>, Tensor<4>)>,
-    /// Per causal spectral filter: the inputs of its latest positions (as many as its kernel
-    /// has taps, less one) `[b, h, d]`.
-    conv: HashMap<NodeIndex, Tensor<3>>,
     /// An encoder-decoder's values that depend only on the source (the encoder's output and
     /// the cross-attention keys and values), computed on the first call.
     source: HashMap<NodeIndex, V>,
-    /// Each op's own decoding state (see [`crate::ops::OpState`]).
+    /// Each op's own decoding state.
     states: HashMap<NodeIndex, Box<dyn crate::ops::OpState>>,
 }
 
@@ -57,11 +55,10 @@ impl KvCache {
     /// surviving hypotheses.
     pub fn reorder(&mut self, rows: &[usize]) {
         let Some(dev) = self
-            .kv
+            .states
             .values()
-            .map(|(k, _)| k.device())
-            .chain(self.conv.values().map(Tensor::device))
-            .chain(self.states.values().map(|s| s.device()))
+            .map(|s| s.device())
+            .chain(self.source.values().map(V::device))
             .next()
         else {
             return;
@@ -76,15 +73,8 @@ impl KvCache {
         for st in self.states.values_mut() {
             st.select_rows(&idx);
         }
-        for (k, v) in self.kv.values_mut() {
-            *k = k.clone().select(0, idx.clone());
-            *v = v.clone().select(0, idx.clone());
-        }
         for v in self.source.values_mut() {
             *v = v.select_rows(&idx);
-        }
-        for x in self.conv.values_mut() {
-            *x = x.clone().select(0, idx.clone());
         }
     }
 
@@ -96,12 +86,7 @@ impl KvCache {
 
     /// Shapes of the cached keys of every attention op (for tests and reports).
     pub fn key_shapes(&self) -> Vec<[usize; 4]> {
-        let mut v: Vec<[usize; 4]> = self
-            .kv
-            .values()
-            .map(|(k, _)| k.dims())
-            .chain(self.states.values().filter_map(|s| s.key_shape()))
-            .collect();
+        let mut v: Vec<[usize; 4]> = self.states.values().filter_map(|s| s.key_shape()).collect();
         v.sort_unstable();
         v
     }
@@ -234,13 +219,13 @@ fn memory_prefix(g: &Graph) -> HashMap<NodeIndex, usize> {
             .max()
             .unwrap_or(0);
         let p = match &g.g[n].op {
-            Op::PrependMemory => {
-                let Op::Param { shape, .. } = &g.g[ins[1]].op else {
+            Op::Memory(Memory::Prepend) => {
+                let Op::Param(Param { shape, .. }) = &g.g[ins[1]].op else {
                     unreachable!("memory tokens are a parameter")
                 };
                 inner + shape[0] as usize
             }
-            Op::DropMemory { count } => inner - *count as usize,
+            Op::Memory(Memory::Drop { count }) => inner - *count as usize,
             _ => inner,
         };
         if p > 0 {
@@ -256,10 +241,10 @@ fn source_only(g: &Graph) -> std::collections::HashSet<NodeIndex> {
     for &n in &order {
         let ins = g.inputs(n);
         match g.g[n].op {
-            Op::Input => {
+            Op::Input(_) => {
                 from_input.insert(n);
             }
-            Op::Source { .. } => from_src.push(n),
+            Op::Source(_) => from_src.push(n),
             _ if ins.iter().any(|i| from_input.contains(i)) => {
                 from_input.insert(n);
             }
@@ -322,7 +307,7 @@ impl Runtime {
             .g
             .node_indices()
             .filter_map(|n| match &graph.g[n].op {
-                Op::Param { name, shape, .. } => {
+                Op::Param(Param { name, shape, .. }) => {
                     Some((name.clone(), shape.iter().map(|&d| d as usize).collect(), n))
                 }
                 _ => None,
@@ -467,7 +452,7 @@ impl Runtime {
         self.graph
             .g
             .node_weights()
-            .any(|n| matches!(n.op, Op::Attention { hard: true, .. }))
+            .any(|n| matches!(&n.op, Op::Attention(a) if a.attend().is_some_and(|a| a.hard)))
     }
 
     /// `Ok` when every op of the graph has an incremental form; otherwise the op that has
@@ -478,52 +463,10 @@ impl Runtime {
             if self.source_only.contains(&n) {
                 continue;
             }
-            let ok = match &self.graph.g[n].op {
-                Op::Norm(o) => o.incremental(),
-                Op::Elementwise(o) => o.incremental(),
-                Op::Heads(o) => o.incremental(),
-                Op::Linear(o) => o.incremental(),
-                Op::Embedding(o) => o.incremental(),
-                Op::Spectral(o) => o.incremental(),
-                // A forecaster does not decode; a token ensemble decodes as its members do.
-                Op::Forecast(o) => o.incremental(),
-                Op::Ensemble(o) => o.incremental(),
-                Op::Xlstm(o) => o.incremental(),
-                Op::Ets(o) => o.incremental(),
-                Op::Wave(o) => o.incremental(),
-                Op::PhaseAttention(o) => o.incremental(),
-                Op::BandAttention(o) => o.incremental(),
-                Op::Lstm(o) => o.incremental(),
-                Op::Mamba(o) => o.incremental(),
-                Op::PositionLinear(o) => o.incremental(),
-                // A key mask over the decoder's own tokens (`mask_padding`) covers every
-                // position, so each step recomputes the prefix.
-                Op::Attention {
-                    causal, key_mask, ..
-                } => *causal && !*key_mask,
-                // Whole-sequence transforms, and a forecaster's series (a forecaster does not
-                // decode).
-                Op::PadSeq { .. }
-                | Op::CropSeq
-                | Op::Series { .. } => false,
-                // Memory tokens stay at the front of every cache; the rest reads position t
-                // only.
-                Op::PrependMemory
-                | Op::DropMemory { .. }
-                | Op::CrossAttention { .. }
-                | Op::PadBias { .. }
-                | Op::Source { .. }
-                | Op::Input
-                | Op::Param { .. }
-                | Op::SinusoidalTable { .. }
-                | Op::AddPositions
-                | Op::RopeTable { .. }
-                | Op::ApplyRope
-                | Op::RepeatKv { .. }
-                | Op::SliceFeatures { .. }
-                | Op::ConcatFeatures { .. }
-                | Op::Output => true,
-            };
+            // A key mask over the decoder's own tokens (`mask_padding`) covers every position,
+            // so such an attention recomputes the prefix; whole-sequence transforms and a
+            // forecaster's series do not decode.
+            let ok = self.graph.g[n].op.def().incremental();
             if !ok {
                 return Err(format!(
                     "`{}` ({}) has no incremental form",
@@ -585,20 +528,15 @@ impl Runtime {
             let op = &self.graph.g[n].op;
             let ins_idx = self.graph.inputs(n);
             let v = match op {
-                Op::Input | Op::Series { .. } => input.take().expect("one input"),
+                Op::Input(_) | Op::Series(_) => input.take().expect("one input"),
                 _ if self.source_only.contains(&n)
                     && cache.as_ref().is_some_and(|c| c.source.contains_key(&n)) =>
                 {
                     cache.as_ref().expect("checked").source[&n].clone()
                 }
-                Op::Source { .. } => V::I2(source.take().expect("the rows hold the source")),
-                Op::Param { .. } => self.params[self.slot[&n]].clone(),
-                Op::Output => return values.remove(&ins_idx[0]).expect("output value").f3(),
-                // After the first call of a cached generation, the memory tokens are already
-                // in every cache: the new tokens pass through unchanged.
-                Op::PrependMemory | Op::DropMemory { .. } if ctx.offset > 0 => {
-                    values[&ins_idx[0]].clone()
-                }
+                Op::Source(_) => V::I2(source.take().expect("the rows hold the source")),
+                Op::Param(_) => self.params[self.slot[&n]].clone(),
+                Op::Output(_) => return values.remove(&ins_idx[0]).expect("output value").f3(),
                 op => {
                     let ins: Vec<&V> = ins_idx.iter().map(|i| &values[i]).collect();
                     // Inside memory bodies, cached positions include the memory tokens.
@@ -614,18 +552,9 @@ impl Runtime {
                         _ => &ctx,
                     };
                     match (cache.as_deref_mut(), op) {
-                        (Some(c), Op::Attention { .. }) => {
-                            let (mut k, mut v) = (ins[1].f4(), ins[2].f4());
-                            if let Some((pk, pv)) = c.kv.remove(&n) {
-                                k = Tensor::cat(vec![pk, k], 2);
-                                v = Tensor::cat(vec![pv, v], 2);
-                            }
-                            let out = ops::attention(op, &ins, k.clone(), v.clone(), ctx);
-                            c.kv.insert(n, (k, v));
-                            V::F4(out)
-                        }
-                        (Some(c), op) if op.def().is_some_and(OpDef::incremental) => {
-                            let def = op.def().expect("checked");
+                        // What only the source determines runs whole on the first call.
+                        (Some(c), op) if op.def().incremental() => {
+                            let def = op.def();
                             let mut state = c.states.remove(&n);
                             let v = def.decode(&ins, ctx, &mut state);
                             if let Some(state) = state {

@@ -53,6 +53,17 @@ impl V {
     getter!(f3, F3, 3);
     getter!(f4, F4, 4);
 
+    /// The device it lives on.
+    pub fn device(&self) -> Device {
+        match self {
+            V::F1(t) => t.device(),
+            V::F2(t) => t.device(),
+            V::F3(t) => t.device(),
+            V::F4(t) => t.device(),
+            V::I2(t) => t.device(),
+        }
+    }
+
     /// The value as token ids.
     pub fn ids(&self) -> Tensor<2, Int> {
         match self {

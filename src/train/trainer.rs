@@ -42,12 +42,14 @@ fn decays(graph: &Graph, names: &[String], shapes: &[Vec<usize>], all: bool) -> 
         .g
         .node_indices()
         .filter_map(|n| match graph.g[n].op {
-            Op::Embedding(_) | Op::AddPositions => Some(graph.inputs(n)[1]),
+            Op::Embedding(_) | Op::Positions(crate::ops::positions::Positions::Add) => {
+                Some(graph.inputs(n)[1])
+            }
             Op::Mamba(o) => Some(*port(o.ports(), &graph.inputs(n), "a_log")),
             _ => None,
         })
         .filter_map(|p| match &graph.g[p].op {
-            Op::Param { name, .. } => Some(name.clone()),
+            Op::Param(crate::ir::Param { name, .. }) => Some(name.clone()),
             _ => None,
         })
         .collect();

@@ -3,8 +3,10 @@
 use crate::diag::Code;
 use crate::ir::{AttnScale, Init, Op, Real};
 use crate::lower::{At, Lowerer};
+use crate::ops::attention::{Attention, CrossAttention, RepeatKv, SelfAttention};
 use crate::ops::heads::Heads;
 use crate::ops::norm::Norm;
+use crate::ops::positions::Positions;
 use crate::spec::model::Rope;
 use petgraph::stable_graph::NodeIndex;
 
@@ -85,7 +87,7 @@ impl Lowerer {
         if let Some(r) = rope {
             let table = self.op(
                 &at,
-                Op::RopeTable {
+                Op::Positions(Positions::RopeTable {
                     head_dim: hd,
                     base: Real(r.base),
                     yarn: r.yarn.map(|y| {
@@ -96,15 +98,16 @@ impl Lowerer {
                             Real(y.beta_slow),
                         )
                     }),
-                },
+                }),
                 &[self.positions],
             )?;
-            q = self.op(&at, Op::ApplyRope, &[q, table])?;
-            k = self.op(&at, Op::ApplyRope, &[k, table])?;
+            q = self.op(&at, Op::Positions(Positions::ApplyRope), &[q, table])?;
+            k = self.op(&at, Op::Positions(Positions::ApplyRope), &[k, table])?;
         }
         if kv < h {
-            k = self.op(&at, Op::RepeatKv { groups: h / kv }, &[k])?;
-            v = self.op(&at, Op::RepeatKv { groups: h / kv }, &[v])?;
+            let repeat = Op::Attention(Attention::RepeatKv(RepeatKv { groups: h / kv }));
+            k = self.op(&at, repeat.clone(), &[k])?;
+            v = self.op(&at, repeat, &[v])?;
         }
         let mut ins = vec![q, k, v];
         let scale = if *qk_norm {
@@ -135,7 +138,7 @@ impl Lowerer {
         ins.extend(key_bias);
         let a = self.op(
             &at,
-            Op::Attention {
+            Op::Attention(Attention::Attend(SelfAttention {
                 causal: *causal,
                 kv_groups: 1,
                 scale,
@@ -143,7 +146,7 @@ impl Lowerer {
                 hard: *hard,
                 adaptive: *adaptive_temperature,
                 key_mask: key_bias.is_some(),
-            },
+            })),
             &ins,
         )?;
         let m = self.op(&at, Op::Heads(Heads::Merge), &[a])?;
@@ -175,9 +178,9 @@ impl Lowerer {
         let (q, k, v) = (split(self, q)?, split(self, k)?, split(self, v)?);
         let mut ins = vec![q, k, v];
         ins.extend(self.key_bias);
-        let op = Op::CrossAttention {
+        let op = Op::Attention(Attention::Cross(CrossAttention {
             key_mask: self.key_bias.is_some(),
-        };
+        }));
         let o = self.op(&at, op, &ins)?;
         let o = self.op(&at, Op::Heads(Heads::Merge), &[o])?;
         self.linear(&at, "out", o, d, true)

@@ -18,7 +18,7 @@ impl Lowerer {
         let Some(f) = self
             .opts
             .forecast
-            .filter(|_| matches!(self.g.g[x].op, Op::Series { .. }))
+            .filter(|_| matches!(self.g.g[x].op, Op::Series(_)))
         else {
             self.error(
                 Code::Structure,

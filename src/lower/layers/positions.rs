@@ -3,6 +3,7 @@
 use crate::diag::Code;
 use crate::ir::{Dim, Init, Op, Real};
 use crate::lower::{At, Lowerer};
+use crate::ops::positions::Positions;
 use petgraph::stable_graph::NodeIndex;
 
 impl Lowerer {
@@ -12,8 +13,12 @@ impl Lowerer {
         x: NodeIndex,
     ) -> Option<NodeIndex> {
         let dim = self.width(x);
-        let table = self.op(&at, Op::SinusoidalTable { dim }, &[self.positions])?;
-        self.op(&at, Op::AddPositions, &[x, table])
+        let table = self.op(
+            &at,
+            Op::Positions(Positions::SinusoidalTable { dim }),
+            &[self.positions],
+        )?;
+        self.op(&at, Op::Positions(Positions::Add), &[x, table])
     }
 
     pub(in crate::lower) fn learned_positions(
@@ -42,6 +47,6 @@ impl Lowerer {
             &[u64::from(*max_len), self.width(x)],
             Init::Normal(Real(0.02)),
         );
-        self.op(&at, Op::AddPositions, &[x, table])
+        self.op(&at, Op::Positions(Positions::Add), &[x, table])
     }
 }

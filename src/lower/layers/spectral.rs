@@ -6,6 +6,7 @@ use crate::ir::{Dim, Init, Mixing, Op, Real};
 use crate::lower::{seq_items, At, Lowerer};
 use crate::ops::band_attention::BandAttention;
 use crate::ops::elementwise::Elementwise;
+use crate::ops::sequence::Sequence;
 use crate::ops::spectral::{ComplexFeatures, ComplexMul, FreqMask, Irfft, Rfft, WindowedGate};
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
@@ -27,21 +28,21 @@ impl Lowerer {
             let n = 2 * l;
             let kernel = self.param(&at, "kernel", &[l, w], Init::Normal(Real(0.02)));
             let kernel = self.op(&at, FreqMask { dct: true }.into(), &[kernel])?;
-            let kp = self.op(&at, Op::PadSeq { len: n }, &[kernel])?;
+            let kp = self.op(&at, Op::Sequence(Sequence::Pad { len: n }), &[kernel])?;
             let kf = self.op(&at, Rfft { n }.into(), &[kp])?;
-            let p = self.op(&at, Op::PadSeq { len: n }, &[x])?;
+            let p = self.op(&at, Op::Sequence(Sequence::Pad { len: n }), &[x])?;
             let xf = self.op(&at, Rfft { n }.into(), &[p])?;
             let yf = self.op(&at, ComplexMul.into(), &[xf, kf])?;
             let y = self.op(&at, Irfft { n }.into(), &[yf])?;
-            self.op(&at, Op::CropSeq, &[y, x])?
+            self.op(&at, Op::Sequence(Sequence::Crop), &[y, x])?
         } else {
             let gate = self.param(&at, "gate", &[l / 2 + 1, w, 2], Init::Normal(Real(0.02)));
             let gate = self.op(&at, FreqMask { dct: false }.into(), &[gate])?;
-            let p = self.op(&at, Op::PadSeq { len: l }, &[x])?;
+            let p = self.op(&at, Op::Sequence(Sequence::Pad { len: l }), &[x])?;
             let xf = self.op(&at, Rfft { n: l }.into(), &[p])?;
             let yf = self.op(&at, ComplexMul.into(), &[xf, gate])?;
             let y = self.op(&at, Irfft { n: l }.into(), &[yf])?;
-            self.op(&at, Op::CropSeq, &[y, x])?
+            self.op(&at, Op::Sequence(Sequence::Crop), &[y, x])?
         };
         if *causal {
             // A linear convolution with a kernel of l taps, padded to 2l: causal as a
@@ -131,10 +132,10 @@ impl Lowerer {
             let (lo, hi) = (edges[i] * g, edges[i + 1] * g);
             let xi = self.op(
                 &at,
-                Op::SliceFeatures {
+                Op::Sequence(Sequence::SliceFeatures {
                     start: lo,
                     len: hi - lo,
-                },
+                }),
                 &[x],
             )?;
             let bn = nodes.and_then(|n| n.get(i)).and_then(seq_items);
@@ -167,17 +168,21 @@ impl Lowerer {
                 &qkv,
             )?;
             for (i, y) in outs.iter_mut().enumerate() {
-                let slice = Op::SliceFeatures {
+                let slice = Op::Sequence(Sequence::SliceFeatures {
                     start: i as u64 * c,
                     len: c,
-                };
+                });
                 let ai = self.op(&at, slice, &[a])?;
                 let width = self.width(*y);
                 let back = self.linear(&at, &format!("cross.{i}.out"), ai, width, true)?;
                 *y = self.op(&at, Op::Elementwise(Elementwise::Add), &[*y, back])?;
             }
         }
-        let cat = self.op(&at, Op::ConcatFeatures { parts: n as u64 }, &outs)?;
+        let cat = self.op(
+            &at,
+            Op::Sequence(Sequence::ConcatFeatures { parts: n as u64 }),
+            &outs,
+        )?;
         self.linear(&at, "fuse", cat, self.width(x), true)
     }
 

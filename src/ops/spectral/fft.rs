@@ -76,6 +76,10 @@ impl OpDef for Rfft {
         0
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }
@@ -145,6 +149,10 @@ impl OpDef for Irfft {
         0
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }
@@ -208,6 +216,10 @@ impl OpDef for ComplexMul {
         0
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }
@@ -267,6 +279,10 @@ impl OpDef for ComplexFeatures {
     }
 
     fn matmul_flops(&self, _: &[&TensorType], _: u64, _: u64) -> u64 {
+        0
+    }
+
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
         0
     }
 

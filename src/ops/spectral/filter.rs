@@ -101,6 +101,10 @@ impl OpDef for SpectralFilter {
         }
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         let n = self.n as usize;
         Some(if self.causal { n / 2 } else { n })

@@ -142,6 +142,10 @@ impl OpDef for FreqMask {
         0
     }
 
+    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
+        0
+    }
+
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
         None
     }

@@ -83,6 +83,10 @@ impl OpDef for Spectral {
         self.op().matmul_flops(ins, batch, seq)
     }
 
+    fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
+        self.op().workspace_bytes(ins, seq)
+    }
+
     fn position_limit(&self, ins: &[&TensorType]) -> Option<usize> {
         self.op().position_limit(ins)
     }
@@ -160,7 +164,7 @@ mod tests {
             assert_eq!(s.mixing(), o.mixing());
             assert_eq!(s.incremental(), o.incremental());
             let op: Op = Op::Spectral(s);
-            assert_eq!(op.def().map(OpDef::name), Some(s.name()));
+            assert_eq!(op.def().name(), s.name());
         }
         let x = TensorType {
             dtype: DType::F32,

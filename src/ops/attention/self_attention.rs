@@ -1,0 +1,579 @@
+//! Attention over the sequence's own positions, and its cache of keys and values for
+//! decoding.
+
+use super::weights::{adaptive_softmax, attention_weights, hard_weights};
+use super::{add_key_bias, key_bias_fits, AttnScale};
+use crate::ir::{DType, Dim, Mixing, Real, TensorType};
+use crate::ops::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
+use crate::runtime::ops::{dropout, mm, record_entropy, Ctx};
+use crate::runtime::{fused, V};
+use burn::prelude::*;
+
+/// `(q [b, hq, s, d], k [b, hkv, s, d], v [b, hkv, s, d], scale? [1], key_mask? [b, s]) →
+/// [b, hq, s, d]` with hq = hkv · kv_groups; query head h reads KV head ⌊h / kv_groups⌋.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SelfAttention {
+    /// Mask later positions.
+    pub causal: bool,
+    /// Query heads per KV head (1: ordinary attention).
+    pub kv_groups: u64,
+    /// Logit scaling.
+    pub scale: AttnScale,
+    /// Dropout on the attention weights.
+    pub dropout: Real,
+    /// Hard (argmax) attention, trained straight-through.
+    pub hard: bool,
+    /// Entropy-adaptive temperature at inference.
+    pub adaptive: bool,
+    /// A last input `[b, t]` is added to every query's logits over the t keys (a key-padding
+    /// mask from [`super::PadBias`]).
+    pub key_mask: bool,
+}
+
+/// What self-attention keeps between decoding calls: the keys and values of every position
+/// so far, `[batch, H_kv, T, d]` each (H_kv heads after the GQA pass).
+pub struct KvState {
+    /// Keys.
+    pub k: Tensor<4>,
+    /// Values.
+    pub v: Tensor<4>,
+}
+
+impl OpState for KvState {
+    fn select_rows(&mut self, rows: &Tensor<1, Int>) {
+        self.k = self.k.clone().select(0, rows.clone());
+        self.v = self.v.clone().select(0, rows.clone());
+    }
+
+    fn device(&self) -> Device {
+        self.k.device()
+    }
+
+    fn key_shape(&self) -> Option<[usize; 4]> {
+        Some(self.k.dims())
+    }
+}
+
+impl OpDef for SelfAttention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn attrs(&self) -> String {
+        format!(
+            "causal={} kv_groups={} scale={} dropout={}{}{}{}",
+            self.causal,
+            self.kv_groups,
+            match self.scale {
+                AttnScale::InvSqrtDim => "1/sqrt(d)",
+                AttnScale::Learned => "learned",
+            },
+            self.dropout,
+            if self.hard { " hard" } else { "" },
+            if self.adaptive {
+                " adaptive_temperature"
+            } else {
+                ""
+            },
+            if self.key_mask { " key_mask" } else { "" }
+        )
+    }
+
+    fn ports(&self) -> &'static [&'static str] {
+        match (self.scale, self.key_mask) {
+            (AttnScale::InvSqrtDim, false) => &["q", "k", "v"],
+            (AttnScale::Learned, false) => &["q", "k", "v", "scale"],
+            (AttnScale::InvSqrtDim, true) => &["q", "k", "v", "key_mask"],
+            (AttnScale::Learned, true) => &["q", "k", "v", "scale", "key_mask"],
+        }
+    }
+
+    fn is_pure(&self) -> bool {
+        self.dropout.0 <= 0.0
+    }
+
+    fn mixing(&self) -> Mixing {
+        if self.causal {
+            Mixing::Causal
+        } else {
+            Mixing::Full
+        }
+    }
+
+    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
+        if self.kv_groups == 0 {
+            return Err(InferError::Attribute(
+                "attention needs at least one query head per key/value head (kv_groups ≥ 1)".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout.0) {
+            return Err(InferError::Attribute(format!(
+                "attention dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
+        let p = self.ports();
+        let q = float_input(port(p, ins, "q"))?;
+        let k = float_input(port(p, ins, "k"))?;
+        let v = float_input(port(p, ins, "v"))?;
+        if self.key_mask {
+            key_bias_fits(port(p, ins, "key_mask"), k)?;
+        }
+        match (q.shape.as_slice(), k.shape.as_slice()) {
+            ([b, Dim::Fixed(hq), s, d], [_, Dim::Fixed(hk), _, dk]) => {
+                if *hq != hk * self.kv_groups {
+                    return Err(shapes(format!(
+                        "{hq} query heads cannot share {hk} key/value heads in groups of {}",
+                        self.kv_groups
+                    )));
+                }
+                if d != dk || k.shape != v.shape {
+                    return Err(shapes(format!(
+                        "query {q}, key {k} and value {v} do not fit"
+                    )));
+                }
+                Ok(TensorType {
+                    dtype: DType::F32,
+                    shape: vec![*b, Dim::Fixed(*hq), *s, *d],
+                })
+            }
+            _ => Err(shapes(format!(
+                "expects [batch, heads, seq, head_dim] inputs, got {q} and {k}"
+            ))),
+        }
+    }
+
+    fn matmul_flops(&self, ins: &[&TensorType], batch: u64, seq: u64) -> u64 {
+        // q·kᵀ and p·v over the full score matrix, as computed: 2 · 2 · (output size) · seq.
+        4 * port(self.ports(), ins, "q").numel(batch, seq) * seq
+    }
+
+    fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
+        // q [b, h, s, d] and k [b, h, t, d]: h·s·t scores and as many weights, in f32.
+        let (q, k): (&TensorType, &TensorType) = (ins[0], ins[1]);
+        q.len(1, seq) * q.len(2, seq) * k.len(2, seq) * 4 * 2
+    }
+
+    fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
+        None
+    }
+
+    fn incremental(&self) -> bool {
+        // A key mask over the decoder's own tokens (`mask_padding`) covers every position, so
+        // each step would recompute the prefix.
+        self.causal && !self.key_mask
+    }
+
+    fn reference(&self, ins: &[&RefTensor]) -> Result<RefTensor, String> {
+        let p = self.ports();
+        let (q, k, v) = (*port(p, ins, "q"), *port(p, ins, "k"), *port(p, ins, "v"));
+        let bias = self.key_mask.then(|| *port(p, ins, "key_mask"));
+        let (b, hq, s, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+        let (hk, t) = (k.shape[1], k.shape[2]);
+        let g = self.kv_groups as usize;
+        if hk * g != hq || t < s {
+            return Err(format!(
+                "attention of {hq} query heads over {hk} key/value heads in groups of {g}, {s} queries over {t} keys"
+            ));
+        }
+        let factor = match self.scale {
+            AttnScale::InvSqrtDim => 1.0 / (d as f64).sqrt(),
+            AttnScale::Learned => port(p, ins, "scale").data[0],
+        };
+        // The queries are the last s of the t positions.
+        let earlier = t - s;
+        let mut out = RefTensor::zeros(&q.shape);
+        for bi in 0..b {
+            for h in 0..hq {
+                let kh = h / g;
+                let qb = (bi * hq + h) * s * d;
+                let kb = (bi * hk + kh) * t * d;
+                for i in 0..s {
+                    let keys = if self.causal { earlier + i + 1 } else { t };
+                    let logits: Vec<f64> = (0..keys)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| q.data[qb + i * d + c] * k.data[kb + j * d + c])
+                                .sum::<f64>()
+                                * factor
+                                + bias.map_or(0.0, |m| m.data[bi * t + j])
+                        })
+                        .collect();
+                    let w = attention_weights(&logits, self.hard, self.adaptive);
+                    for c in 0..d {
+                        out.data[qb + i * d + c] =
+                            (0..keys).map(|j| w[j] * v.data[kb + j * d + c]).sum();
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
+        let p = self.ports();
+        let (k, v) = (port(p, ins, "k").f4(), port(p, ins, "v").f4());
+        V::F4(self.attend(ins, k, v, ctx))
+    }
+
+    fn decode(&self, ins: &[&V], ctx: &Ctx, state: &mut Option<Box<dyn OpState>>) -> V {
+        let p = self.ports();
+        let (mut k, mut v) = (port(p, ins, "k").f4(), port(p, ins, "v").f4());
+        if let Some(earlier) = take_state::<KvState>(state) {
+            k = Tensor::cat(vec![earlier.k, k], 2);
+            v = Tensor::cat(vec![earlier.v, v], 2);
+        }
+        let out = self.attend(ins, k.clone(), v.clone(), ctx);
+        *state = Some(Box::new(KvState { k, v }));
+        V::F4(out)
+    }
+}
+
+impl SelfAttention {
+    /// Attention of the queries in `ins` over keys `k` and values `v` (`[b, H_kv, T, d]`,
+    /// where T may exceed the queries' length by `ctx.offset` cached positions). Grouped
+    /// formulation: the G query heads of a KV head become G·s rows of one matmul, so K/V are
+    /// never repeated.
+    fn attend(&self, ins: &[&V], k: Tensor<4>, v: Tensor<4>, ctx: &Ctx) -> Tensor<4> {
+        let ports = self.ports();
+        let q = port(ports, ins, "q").f4();
+        let [b, hq, s, d] = q.dims();
+        let hk = k.dims()[1];
+        let g = self.kv_groups as usize;
+        let p = self.dropout.0;
+        // Query i (absolute position offset + i) sees keys j ≤ offset + i.
+        let vis = fused::Visible {
+            queries: s,
+            causal: self.causal,
+            offset: ctx.offset,
+        };
+        let inv_sqrt = 1.0 / (d as f64).sqrt();
+        // Plain attention is one fused op (the 1/√d scale folded into its product); the
+        // variants that change or read the probabilities (hard and adaptive attention, key
+        // padding, dropout, the entropy term, mixed precision) are built from tensor ops.
+        let variant = self.hard
+            || (self.adaptive && !ctx.train)
+            || self.key_mask
+            || (ctx.train && p > 0.0)
+            || ctx.aux.is_some()
+            || ctx.matmul_dtype.is_some();
+        // A learned scale multiplies q. 1/√d goes into the fused product, or else on q
+        // ([.., s, d]) rather than on the scores ([.., s, t]): one pass over the smaller
+        // tensor, forward and backward.
+        let (q, factor) = match self.scale {
+            AttnScale::InvSqrtDim => (q, Some(inv_sqrt)),
+            AttnScale::Learned => (
+                q * port(ports, ins, "scale").f1().reshape([1, 1, 1, 1]),
+                None,
+            ),
+        };
+        if !variant {
+            return fused::attention(q, k, v, factor.unwrap_or(1.0) as f32, vis);
+        }
+        let q = match factor {
+            Some(f) => q.mul_scalar(f),
+            None => q,
+        };
+        let q = q.reshape([b, hk, g * s, d]);
+        let mut scores = mm(q, k.swap_dims(2, 3), ctx);
+        if self.key_mask {
+            scores = add_key_bias(scores, port::<&V>(ports, ins, "key_mask"));
+        }
+        let probs = if self.hard && !ctx.soft_attention {
+            hard_weights(fused::softmax_plain_mask(scores, vis), ctx.train)
+        } else if self.adaptive && !ctx.train {
+            adaptive_softmax(fused::softmax_plain_mask(scores, vis))
+        } else {
+            fused::softmax_rows(scores, vis)
+        };
+        record_entropy(&probs, ctx);
+        let probs = dropout(probs, p, ctx);
+        mm(probs, v, ctx).reshape([b, hq, s, d])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{ctx, host, value, Arg, Case};
+    use crate::runtime::DeviceKind;
+    use crate::util::Rng;
+
+    /// How the weights are computed.
+    #[derive(Clone, Copy)]
+    enum Weights {
+        Softmax,
+        Hard,
+        Adaptive,
+    }
+
+    fn attention(
+        causal: bool,
+        kv_groups: u64,
+        learned: bool,
+        w: Weights,
+        mask: bool,
+    ) -> SelfAttention {
+        SelfAttention {
+            causal,
+            kv_groups,
+            scale: if learned {
+                AttnScale::Learned
+            } else {
+                AttnScale::InvSqrtDim
+            },
+            dropout: Real(0.0),
+            hard: matches!(w, Weights::Hard),
+            adaptive: matches!(w, Weights::Adaptive),
+            key_mask: mask,
+        }
+    }
+
+    /// Every branch: causal or not, 1/√d or a learned scale, one or two query heads per KV
+    /// head, softmax, hard or adaptive weights, with and without a key mask.
+    fn every_branch() -> Vec<SelfAttention> {
+        let mut ops = Vec::new();
+        for causal in [true, false] {
+            for learned in [false, true] {
+                for groups in [1, 2] {
+                    for w in [Weights::Softmax, Weights::Hard, Weights::Adaptive] {
+                        for mask in [false, true] {
+                            ops.push(attention(causal, groups, learned, w, mask));
+                        }
+                    }
+                }
+            }
+        }
+        ops
+    }
+
+    /// Inputs for `op`: q `[b, hkv·g, s, d]`, k and v `[b, hkv, s, d]`, the learned scale
+    /// `[1]`, a key mask `[b, s]`.
+    fn args(
+        op: &SelfAttention,
+        (b, hk, s, d): (usize, usize, usize, usize),
+        rng: &mut Rng,
+    ) -> Vec<Arg> {
+        let hq = hk * op.kv_groups as usize;
+        let mut args = vec![
+            Arg::seq(&[b, hq, s, d], 2, rng),
+            Arg::seq(&[b, hk, s, d], 2, rng),
+            Arg::seq(&[b, hk, s, d], 2, rng),
+        ];
+        if op.scale == AttnScale::Learned {
+            args.push(Arg::fixed(&[1], rng));
+        }
+        if op.key_mask {
+            args.push(Arg::seq(&[b, s], 1, rng));
+        }
+        args
+    }
+
+    const SHAPES: [(usize, usize, usize, usize); 3] = [(1, 1, 1, 3), (2, 2, 5, 4), (3, 1, 7, 5)];
+
+    #[test]
+    fn every_check_passes_on_every_branch() {
+        let mut rng = Rng::new(21);
+        for op in every_branch() {
+            for shape in SHAPES {
+                let case = Case {
+                    op: &op,
+                    args: args(&op, shape, &mut rng),
+                    out_seq: Some(2),
+                    tol: 1e-4,
+                };
+                case.infers_the_forward_shape();
+                case.matches_the_reference();
+                case.later_positions_change_no_earlier_output();
+                if op.incremental() {
+                    case.decodes_like_the_whole_sequence(3);
+                }
+                // With one position each query sees one key: its weight is 1 whatever q, k,
+                // the scale and the mask, so only v gets a gradient.
+                if shape.2 > 1 {
+                    // At inference hard attention is an argmax of the scores: no gradient
+                    // reaches q, k, the scale or the mask (training's straight-through does,
+                    // checked next).
+                    let skip: &[&str] = if op.hard {
+                        &["q", "k", "scale", "key_mask"]
+                    } else {
+                        &[]
+                    };
+                    case.gradients_reach_every_input(skip);
+                    case.gradients_reach_every_input_in_training(&[]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_causal_attention_without_a_key_mask_decodes() {
+        for op in every_branch() {
+            assert_eq!(op.incremental(), op.causal && !op.key_mask, "{op:?}");
+            let want = if op.causal {
+                Mixing::Causal
+            } else {
+                Mixing::Full
+            };
+            assert_eq!(op.mixing(), want);
+        }
+    }
+
+    #[test]
+    fn dropout_in_training_keeps_the_expected_weights_and_gradients() {
+        let mut rng = Rng::new(4);
+        let op = SelfAttention {
+            dropout: Real(0.25),
+            ..attention(false, 2, true, Weights::Softmax, false)
+        };
+        assert!(!op.is_pure());
+        // Gradients through the dropped weights, causal and not, with the learned scale.
+        for causal in [false, true] {
+            let op = SelfAttention { causal, ..op };
+            let case = Case {
+                op: &op,
+                args: args(&op, (2, 2, 6, 3), &mut rng),
+                out_seq: Some(2),
+                tol: 1e-4,
+            };
+            case.gradients_reach_every_input_in_training(&[]);
+            // At inference dropout is the identity.
+            case.matches_the_reference();
+        }
+        // Values of 1: each output is Σ_j keep_j·p_j / (1 − p), 1 on average, not always 1.
+        let device = DeviceKind::Cpu.device(false);
+        let (b, hk, s, d) = (4, 2, 32, 2);
+        let mut ins = args(&op, (b, hk, s, d), &mut rng);
+        ins[2].t.data.iter_mut().for_each(|x| *x = 1.0);
+        let vs: Vec<V> = ins.iter().map(|a| value(&a.t, &device)).collect();
+        let refs: Vec<&V> = vs.iter().collect();
+        let c = Ctx {
+            train: true,
+            ..ctx(&device, b, s)
+        };
+        let got = host(op.forward(&refs, &c));
+        let mean = got.iter().map(|&x| f64::from(x)).sum::<f64>() / got.len() as f64;
+        assert!((mean - 1.0).abs() < 0.03, "mean {mean}");
+        assert!(
+            got.iter().any(|&x| (x - 1.0).abs() > 0.05),
+            "nothing dropped"
+        );
+        let eval = host(op.forward(&refs, &ctx(&device, b, s)));
+        assert!(eval.iter().all(|&x| (x - 1.0).abs() < 1e-5));
+    }
+
+    /// The plain op runs the fused kernel; asking for the entropies (or a variant) builds it
+    /// from tensor ops: the two agree, and the entropy is recorded.
+    #[test]
+    fn the_fused_and_the_composed_forms_agree() {
+        let device = DeviceKind::Cpu.device(false);
+        let mut rng = Rng::new(9);
+        for (causal, groups, learned) in [(true, 1, false), (false, 2, true), (true, 2, true)] {
+            let op = attention(causal, groups, learned, Weights::Softmax, false);
+            let ins = args(&op, (2, 2, 5, 4), &mut rng);
+            let vs: Vec<V> = ins.iter().map(|a| value(&a.t, &device)).collect();
+            let refs: Vec<&V> = vs.iter().collect();
+            let fused = host(op.forward(&refs, &ctx(&device, 2, 5)));
+            let aux = std::cell::RefCell::new(crate::runtime::Aux::default());
+            let c = Ctx {
+                aux: Some(&aux),
+                ..ctx(&device, 2, 5)
+            };
+            let composed = host(op.forward(&refs, &c));
+            for (a, b) in fused.iter().zip(&composed) {
+                assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            assert_eq!(aux.borrow().attention_entropy.len(), 1);
+            // Hard attention evaluated softly is ordinary attention.
+            let hard = SelfAttention { hard: true, ..op };
+            let c = Ctx {
+                soft_attention: true,
+                ..ctx(&device, 2, 5)
+            };
+            let soft = host(hard.forward(&refs, &c));
+            for (a, b) in fused.iter().zip(&soft) {
+                assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_holds_every_key_and_follows_the_beams() {
+        let device = DeviceKind::Cpu.device(false);
+        let mut rng = Rng::new(13);
+        let op = attention(true, 2, false, Weights::Softmax, false);
+        let ins = args(&op, (3, 2, 4, 3), &mut rng);
+        let vs: Vec<V> = ins.iter().map(|a| value(&a.t, &device)).collect();
+        let refs: Vec<&V> = vs.iter().collect();
+        let mut state = None;
+        op.decode(&refs, &ctx(&device, 3, 4), &mut state);
+        let mut st = take_state::<KvState>(&mut state).expect("a state");
+        assert_eq!(st.key_shape(), Some([3, 2, 4, 3]));
+        let rows = Tensor::<1, Int>::from_ints([2, 2, 0], &device);
+        st.select_rows(&rows);
+        let k = host(V::F4(st.k.clone()));
+        let want = &ins[1].t.data;
+        let per = 2 * 4 * 3;
+        assert_eq!(k[..per], k[per..2 * per]);
+        for (a, b) in k[..per].iter().zip(&want[2 * per..]) {
+            assert_eq!(f64::from(*a), f64::from(*b as f32));
+        }
+    }
+
+    #[test]
+    fn infer_errors_say_what_does_not_fit() {
+        let t = |shape: &[Dim]| TensorType {
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        };
+        let (b, s, f) = (Dim::Batch, Dim::Seq, Dim::Fixed);
+        let op = attention(true, 2, false, Weights::Softmax, true);
+        let q = t(&[b, f(4), s, f(8)]);
+        let kv = t(&[b, f(2), s, f(8)]);
+        let mask = t(&[b, s]);
+        let good = [q.clone(), kv.clone(), kv.clone(), mask.clone()];
+        assert_eq!(op.infer(&good).unwrap(), q);
+        assert_eq!(
+            op.matmul_flops(&[&q, &kv, &kv, &mask], 3, 10),
+            4 * 3 * 4 * 10 * 8 * 10
+        );
+        let with = |i: usize, ty: TensorType| {
+            let mut ins = good.to_vec();
+            ins[i] = ty;
+            op.infer(&ins).unwrap_err()
+        };
+        let ids = TensorType {
+            dtype: DType::I64,
+            shape: vec![b, s],
+        };
+        assert_eq!(with(0, ids.clone()), InferError::TokenIds);
+        assert_eq!(with(3, ids), InferError::TokenIds);
+        let k3 = t(&[b, f(3), s, f(8)]);
+        assert_eq!(
+            with(1, k3.clone()),
+            shapes("4 query heads cannot share 3 key/value heads in groups of 2")
+        );
+        let e = with(2, t(&[b, f(2), s, f(4)]));
+        assert!(
+            matches!(&e, InferError::Shapes(m) if m.contains("do not fit")),
+            "{e}"
+        );
+        let m7 = t(&[b, f(7)]);
+        assert_eq!(
+            with(3, m7.clone()),
+            shapes(format!("key mask {m7} does not fit keys {kv}"))
+        );
+        let e = with(0, t(&[b, s, f(8)]));
+        assert!(
+            matches!(&e, InferError::Shapes(m) if m.contains("expects [batch, heads")),
+            "{e}"
+        );
+        let zero = SelfAttention { kv_groups: 0, ..op };
+        assert!(matches!(zero.infer(&good), Err(InferError::Attribute(_))));
+        let all = SelfAttention {
+            dropout: Real(1.0),
+            ..op
+        };
+        assert!(matches!(all.infer(&good), Err(InferError::Attribute(_))));
+    }
+}
