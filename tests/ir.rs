@@ -6,6 +6,7 @@ use kiln::diag::{render_text, SourceMap};
 use kiln::ir::reference::{self, definitions, Rng, Tensor};
 use kiln::ir::{verify::verify, FreqCutoff, Graph, Op};
 use kiln::lower::{lower_document, noncausal_layers};
+use kiln::ops::positions::Positions;
 use kiln::passes::{self, ALL};
 use proptest::prelude::*;
 use std::path::Path;
@@ -132,10 +133,10 @@ fn passes_change_what_they_claim() {
     );
 
     let g = lower_file("recipes/anbn-inline.yaml", &[]);
-    assert_eq!(count(&g, |o| matches!(o, Op::RopeTable { .. })), 2);
+    assert_eq!(count(&g, |o| matches!(o, Op::Positions(Positions::RopeTable { .. }))), 2);
     let (o, _) = optimized(&g, &["cse"]);
     assert_eq!(
-        count(&o, |o| matches!(o, Op::RopeTable { .. })),
+        count(&o, |o| matches!(o, Op::Positions(Positions::RopeTable { .. }))),
         1,
         "one RoPE table serves every layer"
     );
@@ -458,7 +459,8 @@ fn matmul_flops_match_a_hand_count() {
 /// divided by 4; cos and sin scale by 0.1·ln 4 + 1).
 #[test]
 fn yarn_frequencies_follow_the_reference_formula() {
-    use kiln::ir::{rope_frequencies, Real};
+    use kiln::ir::Real;
+    use kiln::ops::positions::rope_frequencies;
     let (f, scale) = rope_frequencies(16, 10000.0, Some((Real(4.0), 64, Real(32.0), Real(1.0))));
     let want = [
         1.0,
@@ -587,7 +589,8 @@ fn the_reference_definitions_give_hand_computed_values() {
 /// name as well as in the runtime-against-reference tests.
 #[test]
 fn the_runtime_helpers_agree_with_the_reference_definitions() {
-    use kiln::ir::{dct_basis, frames, rope_frequencies, window_basis, Real};
+    use kiln::ir::{dct_basis, frames, window_basis, Real};
+    use kiln::ops::positions::rope_frequencies;
     for w in 1..=33 {
         let basis = window_basis(w);
         let rect = vec![1.0; w];

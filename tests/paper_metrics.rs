@@ -87,6 +87,7 @@ fn logits(g: &kiln::ir::Graph, rows: &[Vec<i64>]) -> Vec<f32> {
 #[test]
 fn the_papers_model_as_it_ran_masks_pad_keys_and_has_no_positions() {
     use kiln::ir::{reference, Op};
+    use kiln::ops::positions::Positions;
     let compile = |file: &str, sets: &[&str]| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         kiln::compile::recipe(std::path::Path::new(file), &sets, false)
@@ -121,7 +122,10 @@ fn the_papers_model_as_it_ran_masks_pad_keys_and_has_no_positions() {
     )));
     assert!(!ops
         .iter()
-        .any(|o| matches!(o, Op::SinusoidalTable { .. } | Op::AddPositions)));
+        .any(|o| matches!(
+            o,
+            Op::Positions(Positions::SinusoidalTable { .. } | Positions::Add)
+        )));
     // SOS a a b b EOS PAD PAD, and a row without padding.
     let rows = vec![
         vec![0, 3, 3, 4, 4, 1, 2, 2, 2],

@@ -7,8 +7,7 @@ pub mod reference;
 pub mod verify;
 
 pub use op::{
-    dct_basis, frames, rope_frequencies, window_basis, AttnScale, FreqCutoff, Init, Mixing, Op,
-    Real, SpectralAlgo,
+    dct_basis, frames, window_basis, AttnScale, FreqCutoff, Init, Mixing, Op, Real, SpectralAlgo,
 };
 
 use crate::diag::Span;
@@ -380,6 +379,9 @@ impl Graph {
                     Op::Norm(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Elementwise(o) => o.matmul_flops(&types(&ins), batch, seq),
                     Op::Heads(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Positions(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Sequence(o) => o.matmul_flops(&types(&ins), batch, seq),
+                    Op::Memory(o) => o.matmul_flops(&types(&ins), batch, seq),
                     // Its value and output projections (the smoothing is an FFT convolution).
                     Op::Ets { .. } => [1, 5]
                         .iter()
@@ -405,18 +407,11 @@ impl Graph {
                     }
                     | Op::Input
                     | Op::Param { .. }
-                    | Op::SinusoidalTable { .. }
-                    | Op::AddPositions
-                    | Op::RopeTable { .. }
-                    | Op::ApplyRope
                     | Op::RepeatKv { .. }
-                    | Op::PadSeq { .. }
-                    | Op::CropSeq
                     | Op::Rfft { .. }
                     | Op::Irfft { .. }
                     | Op::ComplexMul
                     | Op::FreqMask { .. }
-                    | Op::PrependMemory
                     | Op::Source { .. }
                     | Op::Series { .. }
                     | Op::RevinNorm
@@ -426,10 +421,7 @@ impl Graph {
                     | Op::WindowedGate { .. }
                     | Op::Wave { .. }
                     | Op::HarmonicSelect { .. }
-                    | Op::SliceFeatures { .. }
-                    | Op::ConcatFeatures { .. }
                     | Op::PadBias { .. }
-                    | Op::DropMemory { .. }
                     | Op::MeanProbs { .. }
                     | Op::MeanForecasts { .. }
                     | Op::Output => 0,

@@ -126,24 +126,14 @@ pub enum Op {
     Elementwise(crate::ops::elementwise::Elementwise),
     /// Splitting into attention heads and merging them (see [`crate::ops::heads`]).
     Heads(crate::ops::heads::Heads),
-    /// `(tokens) → [seq, dim]`: sinusoidal position table.
-    SinusoidalTable {
-        /// Width.
-        dim: u64,
-    },
-    /// `(x [b, s, d], table [s or more, d]) → x + table[..s]`.
-    AddPositions,
-    /// `(tokens) → [seq, d/2, 2]`: cos and sin of RoPE angles.
-    RopeTable {
-        /// Head width (even).
-        head_dim: u64,
-        /// Frequency base.
-        base: Real,
-        /// YaRN scaling: (factor, original length, β_fast, β_slow).
-        yarn: Option<(Real, u64, Real, Real)>,
-    },
-    /// `(x [b, h, s, d], table) → x` rotated (half-split pairs i, i + d/2).
-    ApplyRope,
+    /// Position tables (sinusoidal, RoPE) and their use (see [`crate::ops::positions`]).
+    Positions(crate::ops::positions::Positions),
+    /// Padding and cropping positions, slicing and concatenating features (see
+    /// [`crate::ops::sequence`]).
+    Sequence(crate::ops::sequence::Sequence),
+    /// Memory tokens prepended to the sequence and dropped after the body (see
+    /// [`crate::ops::memory`]).
+    Memory(crate::ops::memory::Memory),
     /// `[b, hkv, s, d] → [b, hkv·g, s, d]`: repeat each KV head g times (head h of the result is
     /// head ⌊h/g⌋ of the input).
     RepeatKv {
@@ -278,18 +268,6 @@ pub enum Op {
         /// Complex (amplitude-weighted) coherence instead of the cosine one.
         complex: bool,
     },
-    /// `[.., d] → [.., len]`: features start..start+len.
-    SliceFeatures {
-        /// First feature.
-        start: u64,
-        /// Number of features.
-        len: u64,
-    },
-    /// `(x_1 [.., d_1], …, x_n [.., d_n]) → [.., Σ d_i]`: features side by side.
-    ConcatFeatures {
-        /// Number of inputs n.
-        parts: u64,
-    },
     /// Cross-band attention `(q_1..q_n, k_1..k_n, v_1..v_n, each [b, s, c]) → [b, s, n·c]`:
     /// at every position, band i attends over the n bands: Σ_j softmax_j(q_i·k_j/√c) v_j.
     BandAttention {
@@ -319,21 +297,6 @@ pub enum Op {
         /// The padding id.
         pad: i64,
     },
-    /// Memory tokens `(x [b, s, d], memory [m, d]) → [b, m + s, d]`: the m learned vectors
-    /// prepended to every sequence.
-    PrependMemory,
-    /// `[b, m + s, d] → [b, s, d]`: the outputs of the memory tokens dropped.
-    DropMemory {
-        /// Number of memory tokens m.
-        count: u64,
-    },
-    /// `[.., s, d] → [.., len, d]`, zero-padding the second-to-last axis (s ≤ len).
-    PadSeq {
-        /// Padded length.
-        len: u64,
-    },
-    /// `(x [b, len, d], like [b, s, ..]) → [b, s, d]`: the first s positions.
-    CropSeq,
     /// Real FFT along the second-to-last axis (length n): `[.., n, d] → [.., n/2+1, d, 2]`
     /// (real and imaginary parts last).
     Rfft {
@@ -391,12 +354,11 @@ impl Op {
             Op::Norm(o) => Some(o),
             Op::Elementwise(o) => Some(o),
             Op::Heads(o) => Some(o),
+            Op::Positions(o) => Some(o),
+            Op::Sequence(o) => Some(o),
+            Op::Memory(o) => Some(o),
             Op::Input
             | Op::Param { .. }
-            | Op::SinusoidalTable { .. }
-            | Op::AddPositions
-            | Op::RopeTable { .. }
-            | Op::ApplyRope
             | Op::RepeatKv { .. }
             | Op::Attention { .. }
             | Op::Lstm { .. }
@@ -414,17 +376,11 @@ impl Op {
             | Op::Wave { .. }
             | Op::HarmonicSelect { .. }
             | Op::PhaseAttention { .. }
-            | Op::SliceFeatures { .. }
-            | Op::ConcatFeatures { .. }
             | Op::BandAttention { .. }
             | Op::ForecastHead { .. }
             | Op::Source { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
-            | Op::PrependMemory
-            | Op::DropMemory { .. }
-            | Op::PadSeq { .. }
-            | Op::CropSeq
             | Op::Rfft { .. }
             | Op::Irfft { .. }
             | Op::ComplexMul
@@ -439,36 +395,23 @@ impl Op {
     /// The positions a sequence through this op can hold (see
     /// [`OpDef::position_limit`]).
     pub fn position_limit(&self, ins: &[&TensorType]) -> Option<usize> {
-        let seq_input = || {
-            ins.first()
-                .and_then(|t| t.shape.iter().rev().nth(1))
-                .is_some_and(|d| matches!(d, Dim::Seq | Dim::SeqPlus(_)))
-        };
         match self {
             Op::Embedding(o) => o.position_limit(ins),
             Op::Linear(o) => o.position_limit(ins),
             Op::Norm(o) => o.position_limit(ins),
             Op::Elementwise(o) => o.position_limit(ins),
             Op::Heads(o) => o.position_limit(ins),
+            Op::Positions(o) => o.position_limit(ins),
+            Op::Sequence(o) => o.position_limit(ins),
+            Op::Memory(o) => o.position_limit(ins),
             Op::PositionLinear { max_len, .. } => Some(*max_len as usize),
-            // Padding a kernel parameter does not limit the input.
-            Op::PadSeq { len } => seq_input().then_some(*len as usize),
             Op::SpectralFilter { n, causal, .. } => Some(if *causal {
                 *n as usize / 2
             } else {
                 *n as usize
             }),
-            // A learned table has its rows; a sinusoidal one is computed for any length.
-            Op::AddPositions => match ins.get(1).map(|t| t.shape.as_slice()) {
-                Some([Dim::Fixed(n), _]) => Some(*n as usize),
-                _ => None,
-            },
-            // No limit: a RoPE table is computed for any length.
             Op::Input
             | Op::Param { .. }
-            | Op::SinusoidalTable { .. }
-            | Op::RopeTable { .. }
-            | Op::ApplyRope
             | Op::RepeatKv { .. }
             | Op::Attention { .. }
             | Op::Lstm { .. }
@@ -485,16 +428,11 @@ impl Op {
             | Op::Wave { .. }
             | Op::HarmonicSelect { .. }
             | Op::PhaseAttention { .. }
-            | Op::SliceFeatures { .. }
-            | Op::ConcatFeatures { .. }
             | Op::BandAttention { .. }
             | Op::ForecastHead { .. }
             | Op::Source { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
-            | Op::PrependMemory
-            | Op::DropMemory { .. }
-            | Op::CropSeq
             | Op::Rfft { .. }
             | Op::Irfft { .. }
             | Op::ComplexMul
@@ -514,11 +452,10 @@ impl Op {
             Op::Linear(o) => o.name(),
             Op::Elementwise(o) => o.name(),
             Op::Norm(o) => o.name(),
-            Op::SinusoidalTable { .. } => "sinusoidal_table",
-            Op::AddPositions => "add_positions",
+            Op::Positions(o) => o.name(),
+            Op::Sequence(o) => o.name(),
+            Op::Memory(o) => o.name(),
             Op::Heads(o) => o.name(),
-            Op::RopeTable { .. } => "rope_table",
-            Op::ApplyRope => "apply_rope",
             Op::RepeatKv { .. } => "repeat_kv",
             Op::Attention { .. } => "attention",
             Op::Lstm { .. } => "lstm",
@@ -527,14 +464,11 @@ impl Op {
             Op::Ets { .. } => "ets",
             Op::Slstm { .. } => "slstm",
             Op::PositionLinear { .. } => "position_linear",
-            Op::PadSeq { .. } => "pad_seq",
-            Op::CropSeq => "crop_seq",
             Op::Rfft { .. } => "rfft",
             Op::Irfft { .. } => "irfft",
             Op::ComplexMul => "complex_mul",
             Op::SpectralFilter { .. } => "spectral_filter",
             Op::FreqMask { .. } => "freq_mask",
-            Op::PrependMemory => "prepend_memory",
             Op::Source { .. } => "source",
             Op::Series { .. } => "series",
             Op::RevinNorm => "revin_norm",
@@ -546,12 +480,9 @@ impl Op {
             Op::Wave { .. } => "wave",
             Op::HarmonicSelect { .. } => "harmonic_select",
             Op::PhaseAttention { .. } => "phase_attention",
-            Op::SliceFeatures { .. } => "slice_features",
-            Op::ConcatFeatures { .. } => "concat_features",
             Op::BandAttention { .. } => "band_attention",
             Op::CrossAttention { .. } => "cross_attention",
             Op::PadBias { .. } => "pad_bias",
-            Op::DropMemory { .. } => "drop_memory",
             Op::MeanProbs { .. } => "mean_probs",
             Op::MeanForecasts { .. } => "mean_forecasts",
             Op::Output => "output",
@@ -566,18 +497,10 @@ impl Op {
             Op::Elementwise(o) => o.attrs(),
             Op::Embedding(o) => o.attrs(),
             Op::Norm(o) => o.attrs(),
-            Op::SinusoidalTable { dim } => format!("dim={dim}"),
             Op::Heads(o) => o.attrs(),
-            Op::RopeTable {
-                head_dim,
-                base,
-                yarn,
-            } => match yarn {
-                None => format!("head_dim={head_dim} base={base}"),
-                Some((f, l, bf, bs)) => format!(
-                    "head_dim={head_dim} base={base} yarn(factor={f} original={l} beta_fast={bf} beta_slow={bs})"
-                ),
-            },
+            Op::Positions(o) => o.attrs(),
+            Op::Sequence(o) => o.attrs(),
+            Op::Memory(o) => o.attrs(),
             Op::RepeatKv { groups } => format!("groups={groups}"),
             Op::Attention {
                 causal,
@@ -608,8 +531,6 @@ impl Op {
                 hidden,
                 dropout,
             } => format!("layers={layers} hidden={hidden} dropout={dropout}"),
-            Op::PadSeq { len } => format!("len={len}"),
-            Op::DropMemory { count } => format!("count={count}"),
             Op::Source { len } => format!("len={len}"),
             Op::Series { lookback, channels } => format!("lookback={lookback} channels={channels}"),
             Op::Patch { len, stride } => format!("len={len} stride={stride}"),
@@ -628,8 +549,6 @@ impl Op {
                 "causal={causal} mode={}",
                 if *complex { "complex" } else { "cosine" }
             ),
-            Op::SliceFeatures { start, len } => format!("start={start} len={len}"),
-            Op::ConcatFeatures { parts } => format!("parts={parts}"),
             Op::BandAttention { bands } => format!("bands={bands}"),
             Op::Mamba {
                 d_state,
@@ -647,11 +566,7 @@ impl Op {
             ),
             Op::CrossAttention { key_mask: false }
             | Op::Input
-            | Op::AddPositions
-            | Op::ApplyRope
-            | Op::CropSeq
             | Op::ComplexMul
-            | Op::PrependMemory
             | Op::RevinNorm
             | Op::RevinDenorm
             | Op::ComplexFeatures
@@ -686,8 +601,6 @@ impl Op {
             | Op::Mlstm { .. }
             | Op::Slstm { .. }
             | Op::Ets { .. }
-            | Op::PrependMemory
-            | Op::DropMemory { .. }
             | Op::PositionLinear { .. } => Mixing::Causal,
             Op::PhaseAttention { causal: true, .. } => Mixing::Causal,
             Op::PhaseAttention { causal: false, .. } | Op::WindowedGate { .. } => Mixing::Full,
@@ -710,18 +623,15 @@ impl Op {
             Op::Embedding(o) => o.mixing(),
             Op::Linear(o) => o.mixing(),
             Op::Heads(o) => o.mixing(),
+            Op::Positions(o) => o.mixing(),
+            Op::Sequence(o) => o.mixing(),
+            Op::Memory(o) => o.mixing(),
             // Output t reads input t only (or nothing of the sequence: tables, parameters;
             // cross-attention reads the source, not later decoder positions; the ops after an
             // FFT work on frequencies, mixed already by the FFT).
             Op::Input
             | Op::Param { .. }
-            | Op::SinusoidalTable { .. }
-            | Op::AddPositions
-            | Op::RopeTable { .. }
-            | Op::ApplyRope
             | Op::RepeatKv { .. }
-            | Op::PadSeq { .. }
-            | Op::CropSeq
             | Op::ComplexMul
             | Op::FreqMask { .. }
             | Op::Source { .. }
@@ -729,8 +639,6 @@ impl Op {
             | Op::ComplexFeatures
             | Op::Wave { .. }
             | Op::HarmonicSelect { .. }
-            | Op::SliceFeatures { .. }
-            | Op::ConcatFeatures { .. }
             | Op::BandAttention { .. }
             | Op::CrossAttention { .. }
             | Op::PadBias { .. }
@@ -747,18 +655,16 @@ impl Op {
             Op::RevinNorm | Op::ForecastHead { .. } => 3,
             Op::RevinDenorm => 4,
             Op::CrossAttention { key_mask } => 3 + usize::from(*key_mask),
-            Op::AddPositions
-            | Op::ApplyRope
-            | Op::CropSeq
-            | Op::ComplexMul
-            | Op::PrependMemory
-            | Op::SpectralFilter { .. } => 2,
+            Op::ComplexMul | Op::SpectralFilter { .. } => 2,
             Op::Linear(o) => o.ports().len(),
             Op::PositionLinear { bias, .. } => 2 + usize::from(*bias),
             Op::Norm(o) => o.ports().len(),
             Op::Elementwise(o) => o.ports().len(),
             Op::Embedding(o) => o.ports().len(),
             Op::Heads(o) => o.ports().len(),
+            Op::Positions(o) => o.ports().len(),
+            Op::Sequence(o) => o.ports().len(),
+            Op::Memory(o) => o.ports().len(),
             Op::Attention {
                 scale, key_mask, ..
             } => 3 + usize::from(*scale == AttnScale::Learned) + usize::from(*key_mask),
@@ -771,21 +677,15 @@ impl Op {
             Op::WindowedGate { .. } => 3,
             Op::HarmonicSelect { .. } => 2,
             Op::PhaseAttention { complex, .. } => 5 + usize::from(*complex),
-            Op::ConcatFeatures { parts } => *parts as usize,
             Op::BandAttention { bands } => 3 * *bands as usize,
-            Op::SinusoidalTable { .. }
-            | Op::RopeTable { .. }
-            | Op::RepeatKv { .. }
-            | Op::PadSeq { .. }
+            Op::RepeatKv { .. }
             | Op::Rfft { .. }
             | Op::Irfft { .. }
             | Op::FreqMask { .. }
             | Op::Patch { .. }
             | Op::ComplexFeatures
             | Op::Wave { .. }
-            | Op::SliceFeatures { .. }
             | Op::PadBias { .. }
-            | Op::DropMemory { .. }
             | Op::Output => 1,
         }
     }
@@ -828,41 +728,15 @@ impl Op {
                 shape: vec![Dim::Batch, Dim::Seq],
             }),
             Op::Param { shape, .. } => f32(shape.iter().map(|&d| Dim::Fixed(d)).collect()),
-            Op::Embedding(_) | Op::Linear(_) | Op::Norm(_) | Op::Elementwise(_) | Op::Heads(_) => {
+            Op::Embedding(_)
+            | Op::Linear(_)
+            | Op::Norm(_)
+            | Op::Elementwise(_)
+            | Op::Heads(_)
+            | Op::Positions(_)
+            | Op::Sequence(_)
+            | Op::Memory(_) => {
                 unreachable!("families infer through `def`")
-            }
-            // Tables have the positions of their input ([batch, seq] ids or [batch, seq, d]).
-            Op::SinusoidalTable { dim } => f32(vec![ins[0].shape[1], Dim::Fixed(*dim)]),
-            Op::AddPositions => {
-                let x = float(0)?;
-                if x.shape.len() != 3 || ins[1].shape.len() != 2 || ins[1].shape[1] != x.shape[2] {
-                    return Err(format!(
-                        "position table {} does not fit input {}",
-                        ins[1], x
-                    ));
-                }
-                f32(x.shape.clone())
-            }
-            Op::RopeTable { head_dim, .. } => {
-                if head_dim % 2 != 0 {
-                    return Err(format!(
-                        "rotary embeddings need an even head width, got {head_dim}"
-                    ));
-                }
-                f32(vec![
-                    ins[0].shape[1],
-                    Dim::Fixed(head_dim / 2),
-                    Dim::Fixed(2),
-                ])
-            }
-            Op::ApplyRope => {
-                let x = float(0)?;
-                match (x.shape.as_slice(), ins[1].shape.as_slice()) {
-                    ([_, _, _, Dim::Fixed(d)], [_, Dim::Fixed(h), _]) if *d == 2 * h => {
-                        f32(x.shape.clone())
-                    }
-                    _ => Err(format!("rope table {} does not fit {}", ins[1], x)),
-                }
             }
             Op::RepeatKv { groups } => match float(0)?.shape.as_slice() {
                 [b, Dim::Fixed(h), s, d] => f32(vec![*b, Dim::Fixed(h * groups), *s, *d]),
@@ -1019,25 +893,6 @@ impl Op {
                     _ => Err(format!("expects [batch, seq, width], got {x}")),
                 }
             }
-            Op::PadSeq { len } => {
-                let x = float(0)?;
-                let r = x.shape.len();
-                if r < 2 {
-                    return Err(format!("expects [.., seq, width], got {x}"));
-                }
-                if let Dim::Fixed(s) = x.shape[r - 2] {
-                    if s > *len {
-                        return Err(format!("cannot pad a sequence of {s} positions to {len}"));
-                    }
-                }
-                let mut s = x.shape.clone();
-                s[r - 2] = Dim::Fixed(*len);
-                f32(s)
-            }
-            Op::CropSeq => match (float(0)?.shape.as_slice(), ins[1].shape.as_slice()) {
-                ([b, _, d], [_, s, ..]) => f32(vec![*b, *s, *d]),
-                _ => Err("crop expects [batch, len, width]".into()),
-            },
             Op::Rfft { n } => {
                 let x = float(0)?;
                 let r = x.shape.len();
@@ -1175,23 +1030,7 @@ impl Op {
                 }
                 f32(q.shape.clone())
             }
-            Op::SliceFeatures { start, len } => {
-                let x = float(0)?;
-                match x.shape.split_last() {
-                    Some((Dim::Fixed(d), lead))
-                        if lead.len() == 2 && start + len <= *d && *len > 0 =>
-                    {
-                        let mut shape = lead.to_vec();
-                        shape.push(Dim::Fixed(*len));
-                        f32(shape)
-                    }
-                    _ => Err(format!(
-                        "cannot take features {start}..{} of {x}",
-                        start + len
-                    )),
-                }
-            }
-            Op::ConcatFeatures { .. } | Op::BandAttention { .. } => {
+            Op::BandAttention { bands } => {
                 if ins.is_empty() || ins[0].shape.len() != 3 {
                     return Err("expects one or more [batch, seq, width] inputs".into());
                 }
@@ -1205,7 +1044,7 @@ impl Op {
                     if lead.as_ref().is_some_and(|p| p.as_slice() != l) {
                         return Err(format!("inputs of different shapes: {} and {x}", ins[0]));
                     }
-                    if matches!(self, Op::BandAttention { .. }) && ins[0].shape != x.shape {
+                    if ins[0].shape != x.shape {
                         return Err(format!(
                             "band queries, keys and values differ: {} and {x}",
                             ins[0]
@@ -1215,14 +1054,12 @@ impl Op {
                     total += d;
                 }
                 let mut shape = lead.unwrap_or_default();
-                if let Op::BandAttention { bands } = self {
-                    total /= 3;
-                    if shape.len() != 2 || *bands == 0 {
-                        return Err(format!(
-                            "expects [batch, seq, width] per band, got {}",
-                            ins[0]
-                        ));
-                    }
+                total /= 3;
+                if shape.len() != 2 || *bands == 0 {
+                    return Err(format!(
+                        "expects [batch, seq, width] per band, got {}",
+                        ins[0]
+                    ));
                 }
                 shape.push(Dim::Fixed(total));
                 f32(shape)
@@ -1272,33 +1109,6 @@ impl Op {
                         ins[1], ins[2]
                     )),
                 }
-            }
-            Op::PrependMemory => {
-                let x = float(0)?;
-                match (x.shape.as_slice(), ins[1].shape.as_slice()) {
-                    ([b, s, d], [Dim::Fixed(m), w]) if w == d => {
-                        let s = match s {
-                            Dim::Seq => Dim::SeqPlus(*m),
-                            Dim::SeqPlus(k) => Dim::SeqPlus(k + m),
-                            Dim::Fixed(n) => Dim::Fixed(n + m),
-                            Dim::Batch | Dim::BatchTimes(_) => {
-                                return Err(format!("expects [batch, seq, width], got {x}"))
-                            }
-                        };
-                        f32(vec![*b, s, *d])
-                    }
-                    _ => Err(format!("memory {} does not fit input {x}", ins[1])),
-                }
-            }
-            Op::DropMemory { count } => {
-                let x = float(0)?;
-                let s = match x.shape.as_slice() {
-                    [_, Dim::SeqPlus(k), _] if k == count => Dim::Seq,
-                    [_, Dim::SeqPlus(k), _] if k > count => Dim::SeqPlus(k - count),
-                    [_, Dim::Fixed(n), _] if n >= count => Dim::Fixed(n - count),
-                    _ => return Err(format!("cannot drop {count} memory tokens from {x}")),
-                };
-                f32(vec![x.shape[0], s, x.shape[2]])
             }
             Op::FreqMask { dct } => {
                 let p = float(0)?;
@@ -1365,39 +1175,6 @@ pub fn dct_basis(l: usize) -> Vec<f64> {
                 * (std::f64::consts::PI * (t as f64 + 0.5) * k as f64 / l as f64).cos()
         })
         .collect()
-}
-
-/// Rotary frequencies θ_i (i < head_dim/2) and the factor cos and sin are scaled by: plain RoPE
-/// θ_i = base^(−2i/d), or YaRN as Hugging Face computes it (`_compute_yarn_parameters`).
-pub fn rope_frequencies(
-    head_dim: u64,
-    base: f64,
-    yarn: Option<(Real, u64, Real, Real)>,
-) -> (Vec<f64>, f64) {
-    let d = head_dim as f64;
-    let half = (head_dim / 2) as usize;
-    let plain: Vec<f64> = (0..half).map(|i| base.powf(-2.0 * i as f64 / d)).collect();
-    let Some((factor, original, beta_fast, beta_slow)) = yarn else {
-        return (plain, 1.0);
-    };
-    let (s, l) = (factor.0, original as f64);
-    let correction = |rotations: f64| {
-        d * (l / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
-    };
-    let low = correction(beta_fast.0).floor().max(0.0);
-    let high = correction(beta_slow.0).ceil().min(d - 1.0);
-    let high = if low == high { high + 0.001 } else { high };
-    let freqs = plain
-        .iter()
-        .enumerate()
-        .map(|(i, &theta)| {
-            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
-            let keep = 1.0 - ramp;
-            theta / s * (1.0 - keep) + theta * keep
-        })
-        .collect();
-    let attention = if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
-    (freqs, attention)
 }
 
 /// The three windows a `windowed_spectral_gate` mixes, periodic, of length w: Hann

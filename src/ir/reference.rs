@@ -3,9 +3,9 @@
 //! Every op is written in the plainest form (loops, direct sums, the DFT by definition), with
 //! no shared code with the optimized paths, so optimized and unoptimized graphs, fused ops and
 //! the Burn runtime can be checked against it on tiny inputs. That includes the definitions
-//! the runtime takes from helpers in [`crate::ir::op`] (windows, framing, RoPE and YaRN
-//! frequencies, frequency-curriculum weights, the DCT): the reference has its own, in
-//! [`definitions`]. Dropout is the identity (evaluation mode).
+//! the runtime takes from helpers in [`crate::ir::op`] (windows, framing, frequency-curriculum
+//! weights, the DCT) and [`crate::ops::positions`] (RoPE and YaRN frequencies): the reference
+//! has its own, in [`definitions`]. Dropout is the identity (evaluation mode).
 
 pub mod definitions;
 
@@ -248,76 +248,10 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
         Op::Linear(o) => o.reference(ins)?,
         Op::Elementwise(o) => o.reference(ins)?,
         Op::Norm(o) => o.reference(ins)?,
-        Op::SinusoidalTable { dim } => {
-            let s = ins[0].shape[1];
-            let d = *dim as usize;
-            let mut t = Tensor::zeros(&[s, d]);
-            for pos in 0..s {
-                for j in 0..d {
-                    let i2 = (j - j % 2) as f64;
-                    let angle = pos as f64 / 10000f64.powf(i2 / d as f64);
-                    t.data[pos * d + j] = if j % 2 == 0 { angle.sin() } else { angle.cos() };
-                }
-            }
-            t
-        }
-        Op::AddPositions => {
-            let (x, t) = (ins[0], ins[1]);
-            let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-            if t.shape[0] < s {
-                return Err(format!(
-                    "position table has {} rows, the input {s} positions",
-                    t.shape[0]
-                ));
-            }
-            let mut out = x.clone();
-            for bi in 0..b {
-                for si in 0..s {
-                    for j in 0..d {
-                        out.data[(bi * s + si) * d + j] += t.data[si * d + j];
-                    }
-                }
-            }
-            out
-        }
         Op::Heads(o) => o.reference(ins)?,
-        Op::RopeTable {
-            head_dim,
-            base,
-            yarn,
-        } => {
-            let s = ins[0].shape[1];
-            let half = *head_dim as usize / 2;
-            let (freqs, scale) = definitions::rope_frequencies(*head_dim, base.0, *yarn);
-            let mut t = Tensor::zeros(&[s, half, 2]);
-            for pos in 0..s {
-                for (i, f) in freqs.iter().enumerate() {
-                    let theta = pos as f64 * f;
-                    t.data[(pos * half + i) * 2] = theta.cos() * scale;
-                    t.data[(pos * half + i) * 2 + 1] = theta.sin() * scale;
-                }
-            }
-            t
-        }
-        Op::ApplyRope => {
-            let (x, t) = (ins[0], ins[1]);
-            let (b, h, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-            let half = d / 2;
-            let mut out = x.clone();
-            for bh in 0..b * h {
-                for si in 0..s {
-                    let base = (bh * s + si) * d;
-                    for i in 0..half {
-                        let (c, sn) =
-                            (t.data[(si * half + i) * 2], t.data[(si * half + i) * 2 + 1]);
-                        let (x1, x2) = (x.data[base + i], x.data[base + i + half]);
-                        out.data[base + i] = x1 * c - x2 * sn;
-                        out.data[base + i + half] = x1 * sn + x2 * c;
-                    }
-                }
-            }
-            out
-        }
+        Op::Positions(o) => o.reference(ins)?,
+        Op::Sequence(o) => o.reference(ins)?,
+        Op::Memory(o) => o.reference(ins)?,
         Op::RepeatKv { groups } => {
             let x = ins[0];
             let (b, h, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
@@ -504,34 +438,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             out
         }
         Op::PhaseAttention { causal, complex } => phase_attention(ins, *causal, *complex),
-        Op::SliceFeatures { start, len } => {
-            let x = ins[0];
-            let d = *x.shape.last().unwrap_or(&1);
-            let (start, len) = (*start as usize, *len as usize);
-            let mut shape = x.shape.clone();
-            *shape.last_mut().unwrap_or(&mut 0) = len;
-            Tensor {
-                shape,
-                data: x
-                    .data
-                    .chunks(d)
-                    .flat_map(|r| r[start..start + len].iter().copied())
-                    .collect(),
-            }
-        }
-        Op::ConcatFeatures { .. } => {
-            let rows = ins[0].data.len() / ins[0].shape.last().copied().unwrap_or(1).max(1);
-            let widths: Vec<usize> = ins.iter().map(|t| *t.shape.last().unwrap_or(&0)).collect();
-            let mut shape = ins[0].shape.clone();
-            *shape.last_mut().unwrap_or(&mut 0) = widths.iter().sum();
-            let mut data = Vec::with_capacity(rows * widths.iter().sum::<usize>());
-            for r in 0..rows {
-                for (t, w) in ins.iter().zip(&widths) {
-                    data.extend_from_slice(&t.data[r * w..(r + 1) * w]);
-                }
-            }
-            Tensor { shape, data }
-        }
         Op::BandAttention { bands } => {
             let n = *bands as usize;
             let (b, s, c) = (ins[0].shape[0], ins[0].shape[1], ins[0].shape[2]);
@@ -620,30 +526,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
             }
             out
         }
-        Op::PrependMemory => {
-            let (x, mem) = (ins[0], ins[1]);
-            let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-            let m = mem.shape[0];
-            let mut out = Tensor::zeros(&[b, m + s, d]);
-            for bi in 0..b {
-                let o = bi * (m + s) * d;
-                out.data[o..o + m * d].copy_from_slice(&mem.data);
-                out.data[o + m * d..o + (m + s) * d]
-                    .copy_from_slice(&x.data[bi * s * d..(bi + 1) * s * d]);
-            }
-            out
-        }
-        Op::DropMemory { count } => {
-            let x = ins[0];
-            let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
-            let m = *count as usize;
-            let mut out = Tensor::zeros(&[b, s - m, d]);
-            for bi in 0..b {
-                out.data[bi * (s - m) * d..(bi + 1) * (s - m) * d]
-                    .copy_from_slice(&x.data[(bi * s + m) * d..(bi + 1) * s * d]);
-            }
-            out
-        }
         Op::Ets { heads } => ets(ins, *heads as usize),
         Op::Slstm { heads } => slstm(ins, *heads as usize),
         Op::Lstm { layers, hidden, .. } => {
@@ -688,31 +570,6 @@ fn eval(op: &Op, ins: &[&Tensor]) -> Result<Tensor, String> {
                 x = y;
             }
             x
-        }
-        Op::PadSeq { len } => {
-            let x = ins[0];
-            let (outer, n, d) = outer_n_d(&x.shape);
-            let len = *len as usize;
-            let mut shape = x.shape.clone();
-            let r = shape.len();
-            shape[r - 2] = len;
-            let mut out = Tensor::zeros(&shape);
-            for o in 0..outer {
-                out.data[o * len * d..o * len * d + n * d]
-                    .copy_from_slice(&x.data[o * n * d..(o + 1) * n * d]);
-            }
-            out
-        }
-        Op::CropSeq => {
-            let (x, like) = (ins[0], ins[1]);
-            let (b, n, d) = (x.shape[0], x.shape[1], x.shape[2]);
-            let s = like.shape[1];
-            let mut out = Tensor::zeros(&[b, s, d]);
-            for bi in 0..b {
-                out.data[bi * s * d..(bi + 1) * s * d]
-                    .copy_from_slice(&x.data[bi * n * d..bi * n * d + s * d]);
-            }
-            out
         }
         Op::Rfft { n } => {
             let x = ins[0];

@@ -4,14 +4,17 @@
 //! incrementally, its float64 reference and its Burn forward; its tests sit at the end of its
 //! file. [`crate::ir::Op`] holds one variant per family and dispatches to it.
 //!
-//! Families move here one at a time (issue 20): so far the norms, the elementwise ops, the head split, the linear map and the embedding. The other ops still have
+//! Families move here one at a time (issue 20): so far the norms, the elementwise ops, the head split, the linear map, the embedding, the position tables and RoPE, the sequence reshapes (padding, cropping, feature slices) and the memory tokens. The other ops still have
 //! their arms in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
 
 pub mod elementwise;
 pub mod embedding;
 pub mod heads;
 pub mod linear;
+pub mod memory;
 pub mod norm;
+pub mod positions;
+pub mod sequence;
 #[cfg(test)]
 mod testing;
 

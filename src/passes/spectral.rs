@@ -7,6 +7,7 @@
 //! convolution matrix for short ones (`DENSE_MAX`).
 
 use crate::ir::{Graph, Op, SpectralAlgo};
+use crate::ops::sequence::Sequence;
 use petgraph::stable_graph::NodeIndex;
 
 /// Largest transform length computed as a dense matrix product.
@@ -16,7 +17,7 @@ pub fn run(g: &mut Graph) -> Vec<String> {
     let mut changes = Vec::new();
     let crops: Vec<_> =
         g.g.node_indices()
-            .filter(|&n| g.g[n].op == Op::CropSeq)
+            .filter(|&n| g.g[n].op == Op::Sequence(Sequence::Crop))
             .collect();
     for c in crops {
         if g.users(c).is_empty() {
@@ -77,7 +78,7 @@ fn matches(g: &Graph, crop: NodeIndex) -> Option<(NodeIndex, NodeIndex, u64, boo
         return None;
     }
     let pad = g.inputs(xf)[0];
-    if g.g[pad].op != (Op::PadSeq { len: n }) || g.inputs(pad)[0] != x {
+    if g.g[pad].op != (Op::Sequence(Sequence::Pad { len: n })) || g.inputs(pad)[0] != x {
         return None;
     }
     // The gate or kernel: a parameter, possibly behind its frequency-curriculum mask.
@@ -91,7 +92,7 @@ fn matches(g: &Graph, crop: NodeIndex) -> Option<(NodeIndex, NodeIndex, u64, boo
     match &g.g[gate].op {
         Op::Rfft { n: m } if *m == n => {
             let kpad = g.inputs(gate)[0];
-            if g.g[kpad].op != (Op::PadSeq { len: n }) {
+            if g.g[kpad].op != (Op::Sequence(Sequence::Pad { len: n })) {
                 return None;
             }
             let kernel = g.inputs(kpad)[0];

@@ -13,6 +13,7 @@ pub use value::V;
 pub use weights_file::{from_safetensors, load_weights, to_safetensors, to_safetensors_with};
 
 use crate::ir::{reference, Graph, Op};
+use crate::ops::memory::Memory;
 use crate::ops::OpDef;
 use burn::prelude::*;
 use petgraph::stable_graph::NodeIndex;
@@ -275,13 +276,13 @@ fn memory_prefix(g: &Graph) -> HashMap<NodeIndex, usize> {
             .max()
             .unwrap_or(0);
         let p = match &g.g[n].op {
-            Op::PrependMemory => {
+            Op::Memory(Memory::Prepend) => {
                 let Op::Param { shape, .. } = &g.g[ins[1]].op else {
                     unreachable!("memory tokens are a parameter")
                 };
                 inner + shape[0] as usize
             }
-            Op::DropMemory { count } => inner - *count as usize,
+            Op::Memory(Memory::Drop { count }) => inner - *count as usize,
             _ => inner,
         };
         if p > 0 {
@@ -525,6 +526,9 @@ impl Runtime {
                 Op::Heads(o) => o.incremental(),
                 Op::Linear(o) => o.incremental(),
                 Op::Embedding(o) => o.incremental(),
+                Op::Positions(o) => o.incremental(),
+                Op::Sequence(o) => o.incremental(),
+                Op::Memory(o) => o.incremental(),
                 // A key mask over the decoder's own tokens (`mask_padding`) covers every
                 // position, so each step recomputes the prefix.
                 Op::Attention {
@@ -533,9 +537,7 @@ impl Runtime {
                 Op::PhaseAttention { causal, .. } | Op::SpectralFilter { causal, .. } => *causal,
                 // Whole-sequence transforms, and the forecasting ops (a forecaster does not
                 // decode).
-                Op::PadSeq { .. }
-                | Op::CropSeq
-                | Op::Rfft { .. }
+                Op::Rfft { .. }
                 | Op::Irfft { .. }
                 | Op::ComplexMul
                 | Op::WindowedGate { .. }
@@ -545,32 +547,24 @@ impl Runtime {
                 | Op::Patch { .. }
                 | Op::ForecastHead { .. }
                 | Op::MeanForecasts { .. } => false,
-                // Recurrences and the position-wise map keep their own state; memory tokens
-                // stay at the front of every cache; the rest reads position t only.
+                // Recurrences and the position-wise map keep their own state; the rest reads
+                // position t only.
                 Op::Lstm { .. }
                 | Op::Mamba { .. }
                 | Op::Mlstm { .. }
                 | Op::Slstm { .. }
                 | Op::Ets { .. }
                 | Op::PositionLinear { .. }
-                | Op::PrependMemory
-                | Op::DropMemory { .. }
                 | Op::CrossAttention { .. }
                 | Op::PadBias { .. }
                 | Op::Source { .. }
                 | Op::Input
                 | Op::Param { .. }
-                | Op::SinusoidalTable { .. }
-                | Op::AddPositions
-                | Op::RopeTable { .. }
-                | Op::ApplyRope
                 | Op::RepeatKv { .. }
                 | Op::FreqMask { .. }
                 | Op::ComplexFeatures
                 | Op::Wave { .. }
                 | Op::HarmonicSelect { .. }
-                | Op::SliceFeatures { .. }
-                | Op::ConcatFeatures { .. }
                 | Op::BandAttention { .. }
                 | Op::MeanProbs { .. }
                 | Op::Output => true,
@@ -645,11 +639,6 @@ impl Runtime {
                 Op::Source { .. } => V::I2(source.take().expect("the rows hold the source")),
                 Op::Param { .. } => self.params[self.slot[&n]].clone(),
                 Op::Output => return values.remove(&ins_idx[0]).expect("output value").f3(),
-                // After the first call of a cached generation, the memory tokens are already
-                // in every cache: the new tokens pass through unchanged.
-                Op::PrependMemory | Op::DropMemory { .. } if ctx.offset > 0 => {
-                    values[&ins_idx[0]].clone()
-                }
                 op => {
                     let ins: Vec<&V> = ins_idx.iter().map(|i| &values[i]).collect();
                     // Inside memory bodies, cached positions include the memory tokens.

@@ -65,39 +65,6 @@ fn consts<const D: usize>(data: Vec<f32>, shape: [usize; D], ctx: &Ctx) -> Tenso
     Tensor::from_data(TensorData::new(data, shape), ctx.device)
 }
 
-/// The sinusoidal table `[s, d]` (sin at even, cos at odd features).
-pub fn sinusoidal(s: usize, d: usize) -> Vec<f32> {
-    let mut t = vec![0.0f32; s * d];
-    for pos in 0..s {
-        for j in 0..d {
-            let i2 = (j - j % 2) as f64;
-            let angle = pos as f64 / 10000f64.powf(i2 / d as f64);
-            t[pos * d + j] = if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32;
-        }
-    }
-    t
-}
-
-/// RoPE cos and sin tables `[s, half]`.
-pub fn rope_tables(
-    s: usize,
-    head_dim: u64,
-    base: f64,
-    yarn: Option<(crate::ir::Real, u64, crate::ir::Real, crate::ir::Real)>,
-) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim as usize / 2;
-    let (freqs, scale) = crate::ir::rope_frequencies(head_dim, base, yarn);
-    let (mut c, mut sn) = (vec![0.0f32; s * half], vec![0.0f32; s * half]);
-    for pos in 0..s {
-        for i in 0..half {
-            let theta = pos as f64 * freqs[i];
-            c[pos * half + i] = (theta.cos() * scale) as f32;
-            sn[pos * half + i] = (theta.sin() * scale) as f32;
-        }
-    }
-    (c, sn)
-}
-
 /// Real DFT matrices for length n: `cos[f, t]`, `sin[f, t]` with f < n/2+1 (forward), and the
 /// inverse `icos[t, f]`, `isin[t, f]` including the 1/n factor and the weight 2 of the bins that
 /// stand for their conjugates.
@@ -144,7 +111,8 @@ fn irfft4(x: Tensor<4>, n: usize, ctx: &Ctx) -> Tensor<3> {
     ic.matmul(re) + is.matmul(im)
 }
 
-fn pad_axis<const D: usize>(x: Tensor<D>, axis: usize, len: usize, ctx: &Ctx) -> Tensor<D> {
+/// `x` zero-padded to `len` along `axis`.
+pub(crate) fn pad_axis<const D: usize>(x: Tensor<D>, axis: usize, len: usize, ctx: &Ctx) -> Tensor<D> {
     let dims = x.dims();
     if dims[axis] == len {
         return x;
@@ -196,15 +164,6 @@ fn revin_stats(x: &Tensor<3>) -> (Tensor<3>, Tensor<3>) {
     (mean, (var + 1e-5).sqrt())
 }
 
-/// The sequence length of a value: axis 1 of token ids `[b, s]` or vectors `[b, s, d]`.
-fn seq_of(v: &V) -> usize {
-    match v {
-        V::I2(t) => t.dims()[1],
-        V::F3(t) => t.dims()[1],
-        other => other.f4().dims()[2],
-    }
-}
-
 /// A linear map `x [b, s, i] · w [i, o] (+ bias [o])`: kiln's fused op in f32; in mixed
 /// precision one `[b·s, i] × [i, o]` product (gemm parallelizes a large matrix itself, and the
 /// weight gradient is one product instead of b products and a sum).
@@ -228,33 +187,10 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::Linear(o) => o.forward(ins, ctx),
         Op::Elementwise(o) => o.forward(ins, ctx),
         Op::Norm(o) => o.forward(ins, ctx),
-        // In incremental mode the table covers positions 0..offset + seq; its only reader,
-        // AddPositions, takes the rows of this call (as it does from a learned table).
-        Op::SinusoidalTable { dim } => {
-            let (end, d) = (ctx.offset + seq_of(ins[0]), *dim as usize);
-            V::F2(consts(sinusoidal(end, d), [end, d], ctx))
-        }
-        Op::AddPositions => {
-            let x = ins[0].f3();
-            let s = x.dims()[1];
-            let t = ins[1].f2().narrow(0, ctx.offset, s);
-            V::F3(x + t.unsqueeze::<3>())
-        }
         Op::Heads(o) => o.forward(ins, ctx),
-        Op::RopeTable {
-            head_dim,
-            base,
-            yarn,
-        } => {
-            let half = *head_dim as usize / 2;
-            let seq = seq_of(ins[0]);
-            let end = ctx.offset + seq;
-            let (c, s) = rope_tables(end, *head_dim, base.0, *yarn);
-            let c: Tensor<2> = consts(c, [end, half], ctx);
-            let s: Tensor<2> = consts(s, [end, half], ctx);
-            V::F3(Tensor::stack(vec![c, s], 2).narrow(0, ctx.offset, seq))
-        }
-        Op::ApplyRope => V::F4(super::fused::rope(ins[0].f4(), ins[1].f3())),
+        Op::Positions(o) => o.forward(ins, ctx),
+        Op::Sequence(o) => o.forward(ins, ctx),
+        Op::Memory(o) => o.forward(ins, ctx),
         Op::RepeatKv { groups } => {
             let x = ins[0].f4();
             let [b, h, s, d] = x.dims();
@@ -299,11 +235,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
                 ctx,
             ))
         }
-        Op::PadSeq { len } => match ins[0] {
-            V::F2(x) => V::F2(pad_axis(x.clone(), 0, *len as usize, ctx)),
-            other => V::F3(pad_axis(other.f3(), 1, *len as usize, ctx)),
-        },
-        Op::CropSeq => V::F3(ins[0].f3().narrow(1, 0, seq_of(ins[1]))),
         Op::RevinNorm => {
             let (x, g, b) = (ins[0].f3(), ins[1].f1(), ins[2].f1());
             let c = g.dims()[0];
@@ -352,20 +283,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
         Op::PadBias { pad } => {
             let ids = ins[0].ids();
             V::F2(ids.equal_elem(*pad).float().mul_scalar(-1e9))
-        }
-        Op::PrependMemory => {
-            let (x, mem) = (ins[0].f3(), ins[1].f2());
-            let [b, _, d] = x.dims();
-            let m = mem.dims()[0];
-            V::F3(Tensor::cat(
-                vec![mem.unsqueeze::<3>().expand([b, m, d]), x],
-                1,
-            ))
-        }
-        Op::DropMemory { count } => {
-            let x = ins[0].f3();
-            let (m, s) = (*count as usize, x.dims()[1]);
-            V::F3(x.narrow(1, m, s - m))
         }
         Op::Rfft { n } => {
             let n = *n as usize;
@@ -429,10 +346,6 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
             *complex,
             ctx,
         )),
-        Op::SliceFeatures { start, len } => {
-            V::F3(ins[0].f3().narrow(2, *start as usize, *len as usize))
-        }
-        Op::ConcatFeatures { .. } => V::F3(Tensor::cat(ins.iter().map(|v| v.f3()).collect(), 2)),
         Op::BandAttention { bands } => {
             let n = *bands as usize;
             let stack = |part: usize| {

@@ -5,6 +5,7 @@ use crate::ir::{AttnScale, Init, Op, Real};
 use crate::lower::{At, Lowerer};
 use crate::ops::heads::Heads;
 use crate::ops::norm::Norm;
+use crate::ops::positions::Positions;
 use crate::spec::model::Rope;
 use petgraph::stable_graph::NodeIndex;
 
@@ -85,7 +86,7 @@ impl Lowerer {
         if let Some(r) = rope {
             let table = self.op(
                 &at,
-                Op::RopeTable {
+                Op::Positions(Positions::RopeTable {
                     head_dim: hd,
                     base: Real(r.base),
                     yarn: r.yarn.map(|y| {
@@ -96,11 +97,11 @@ impl Lowerer {
                             Real(y.beta_slow),
                         )
                     }),
-                },
+                }),
                 &[self.positions],
             )?;
-            q = self.op(&at, Op::ApplyRope, &[q, table])?;
-            k = self.op(&at, Op::ApplyRope, &[k, table])?;
+            q = self.op(&at, Op::Positions(Positions::ApplyRope), &[q, table])?;
+            k = self.op(&at, Op::Positions(Positions::ApplyRope), &[k, table])?;
         }
         if kv < h {
             k = self.op(&at, Op::RepeatKv { groups: h / kv }, &[k])?;

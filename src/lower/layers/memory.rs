@@ -2,6 +2,7 @@
 
 use crate::diag::Code;
 use crate::ir::{Init, Op, Real};
+use crate::ops::memory::Memory;
 use crate::lower::{seq_items, At, Lowerer};
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
@@ -19,7 +20,7 @@ impl Lowerer {
         self.vectors(&at, x, kind)?;
         let m = u64::from(*count);
         let memory = self.param(&at, "memory", &[m, self.width(x)], Init::Normal(Real(0.02)));
-        let xm = self.op(&at, Op::PrependMemory, &[x, memory])?;
+        let xm = self.op(&at, Op::Memory(Memory::Prepend), &[x, memory])?;
         let nodes = node.and_then(|n| n.get("body")).and_then(seq_items);
         let saved = (self.positions, self.memory);
         (self.positions, self.memory) = (xm, self.memory + m);
@@ -37,6 +38,6 @@ impl Lowerer {
             );
             return None;
         }
-        self.op(&at, Op::DropMemory { count: m }, &[y])
+        self.op(&at, Op::Memory(Memory::Drop { count: m }), &[y])
     }
 }

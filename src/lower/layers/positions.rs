@@ -2,6 +2,7 @@
 
 use crate::diag::Code;
 use crate::ir::{Dim, Init, Op, Real};
+use crate::ops::positions::Positions;
 use crate::lower::{At, Lowerer};
 use petgraph::stable_graph::NodeIndex;
 
@@ -12,8 +13,8 @@ impl Lowerer {
         x: NodeIndex,
     ) -> Option<NodeIndex> {
         let dim = self.width(x);
-        let table = self.op(&at, Op::SinusoidalTable { dim }, &[self.positions])?;
-        self.op(&at, Op::AddPositions, &[x, table])
+        let table = self.op(&at, Op::Positions(Positions::SinusoidalTable { dim }), &[self.positions])?;
+        self.op(&at, Op::Positions(Positions::Add), &[x, table])
     }
 
     pub(in crate::lower) fn learned_positions(
@@ -42,6 +43,6 @@ impl Lowerer {
             &[u64::from(*max_len), self.width(x)],
             Init::Normal(Real(0.02)),
         );
-        self.op(&at, Op::AddPositions, &[x, table])
+        self.op(&at, Op::Positions(Positions::Add), &[x, table])
     }
 }

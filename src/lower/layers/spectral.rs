@@ -5,6 +5,7 @@ use crate::diag::Code;
 use crate::ir::{Dim, Init, Mixing, Op, Real};
 use crate::lower::{seq_items, At, Lowerer};
 use crate::ops::elementwise::Elementwise;
+use crate::ops::sequence::Sequence;
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
 
@@ -25,21 +26,21 @@ impl Lowerer {
             let n = 2 * l;
             let kernel = self.param(&at, "kernel", &[l, w], Init::Normal(Real(0.02)));
             let kernel = self.op(&at, Op::FreqMask { dct: true }, &[kernel])?;
-            let kp = self.op(&at, Op::PadSeq { len: n }, &[kernel])?;
+            let kp = self.op(&at, Op::Sequence(Sequence::Pad { len: n }), &[kernel])?;
             let kf = self.op(&at, Op::Rfft { n }, &[kp])?;
-            let p = self.op(&at, Op::PadSeq { len: n }, &[x])?;
+            let p = self.op(&at, Op::Sequence(Sequence::Pad { len: n }), &[x])?;
             let xf = self.op(&at, Op::Rfft { n }, &[p])?;
             let yf = self.op(&at, Op::ComplexMul, &[xf, kf])?;
             let y = self.op(&at, Op::Irfft { n }, &[yf])?;
-            self.op(&at, Op::CropSeq, &[y, x])?
+            self.op(&at, Op::Sequence(Sequence::Crop), &[y, x])?
         } else {
             let gate = self.param(&at, "gate", &[l / 2 + 1, w, 2], Init::Normal(Real(0.02)));
             let gate = self.op(&at, Op::FreqMask { dct: false }, &[gate])?;
-            let p = self.op(&at, Op::PadSeq { len: l }, &[x])?;
+            let p = self.op(&at, Op::Sequence(Sequence::Pad { len: l }), &[x])?;
             let xf = self.op(&at, Op::Rfft { n: l }, &[p])?;
             let yf = self.op(&at, Op::ComplexMul, &[xf, gate])?;
             let y = self.op(&at, Op::Irfft { n: l }, &[yf])?;
-            self.op(&at, Op::CropSeq, &[y, x])?
+            self.op(&at, Op::Sequence(Sequence::Crop), &[y, x])?
         };
         if *causal {
             // A linear convolution with a kernel of l taps, padded to 2l: causal as a
@@ -128,10 +129,10 @@ impl Lowerer {
             let (lo, hi) = (edges[i] * g, edges[i + 1] * g);
             let xi = self.op(
                 &at,
-                Op::SliceFeatures {
+                Op::Sequence(Sequence::SliceFeatures {
                     start: lo,
                     len: hi - lo,
-                },
+                }),
                 &[x],
             )?;
             let bn = nodes.and_then(|n| n.get(i)).and_then(seq_items);
@@ -160,17 +161,17 @@ impl Lowerer {
             }
             let a = self.op(&at, Op::BandAttention { bands: n as u64 }, &qkv)?;
             for (i, y) in outs.iter_mut().enumerate() {
-                let slice = Op::SliceFeatures {
+                let slice = Op::Sequence(Sequence::SliceFeatures {
                     start: i as u64 * c,
                     len: c,
-                };
+                });
                 let ai = self.op(&at, slice, &[a])?;
                 let width = self.width(*y);
                 let back = self.linear(&at, &format!("cross.{i}.out"), ai, width, true)?;
                 *y = self.op(&at, Op::Elementwise(Elementwise::Add), &[*y, back])?;
             }
         }
-        let cat = self.op(&at, Op::ConcatFeatures { parts: n as u64 }, &outs)?;
+        let cat = self.op(&at, Op::Sequence(Sequence::ConcatFeatures { parts: n as u64 }), &outs)?;
         self.linear(&at, "fuse", cat, self.width(x), true)
     }
 
