@@ -133,10 +133,19 @@ fn passes_change_what_they_claim() {
     );
 
     let g = lower_file("recipes/anbn-inline.yaml", &[]);
-    assert_eq!(count(&g, |o| matches!(o, Op::Positions(Positions::RopeTable { .. }))), 2);
+    assert_eq!(
+        count(&g, |o| matches!(
+            o,
+            Op::Positions(Positions::RopeTable { .. })
+        )),
+        2
+    );
     let (o, _) = optimized(&g, &["cse"]);
     assert_eq!(
-        count(&o, |o| matches!(o, Op::Positions(Positions::RopeTable { .. }))),
+        count(&o, |o| matches!(
+            o,
+            Op::Positions(Positions::RopeTable { .. })
+        )),
         1,
         "one RoPE table serves every layer"
     );

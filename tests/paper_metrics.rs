@@ -120,12 +120,10 @@ fn the_papers_model_as_it_ran_masks_pad_keys_and_has_no_positions() {
             ..
         }
     )));
-    assert!(!ops
-        .iter()
-        .any(|o| matches!(
-            o,
-            Op::Positions(Positions::SinusoidalTable { .. } | Positions::Add)
-        )));
+    assert!(!ops.iter().any(|o| matches!(
+        o,
+        Op::Positions(Positions::SinusoidalTable { .. } | Positions::Add)
+    )));
     // SOS a a b b EOS PAD PAD, and a row without padding.
     let rows = vec![
         vec![0, 3, 3, 4, 4, 1, 2, 2, 2],

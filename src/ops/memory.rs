@@ -72,9 +72,7 @@ impl OpDef for Memory {
                             Dim::SeqPlus(k) => Dim::SeqPlus(k + m),
                             Dim::Fixed(n) => Dim::Fixed(n + m),
                             Dim::Batch | Dim::BatchTimes(_) => {
-                                return Err(shapes(format!(
-                                    "expects [batch, seq, width], got {x}"
-                                )))
+                                return Err(shapes(format!("expects [batch, seq, width], got {x}")))
                             }
                         };
                         f32(vec![*b, s, *d])
@@ -176,5 +174,90 @@ impl OpDef for Memory {
         } else {
             self.forward(ins, ctx)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Arg, Case};
+    use super::*;
+    use crate::util::Rng;
+
+    #[test]
+    fn memory_tokens_pass_every_check() {
+        let mut rng = Rng::new(41);
+        for (b, s, d, m) in [(2, 5, 3, 2), (1, 4, 1, 1), (3, 3, 4, 3)] {
+            let prepend = Case {
+                op: &Memory::Prepend,
+                args: vec![
+                    Arg::seq(&[b, s, d], 1, &mut rng),
+                    Arg::fixed(&[m, d], &mut rng),
+                ],
+                out_seq: Some(1),
+                tol: 1e-6,
+            };
+            prepend.infers_the_forward_shape();
+            prepend.matches_the_reference();
+            prepend.gradients_reach_every_input(&[]);
+            prepend.later_positions_change_no_earlier_output();
+            prepend.decodes_like_the_whole_sequence(2);
+            let drop = Case {
+                op: &Memory::Drop { count: m as u64 },
+                args: vec![Arg::seq(&[b, m + s, d], 1, &mut rng)],
+                out_seq: Some(1),
+                tol: 1e-6,
+            };
+            // Its input has the body's positions, `seq + m`.
+            let x = TensorType {
+                dtype: DType::F32,
+                shape: vec![Dim::Batch, Dim::SeqPlus(m as u64), Dim::Fixed(d as u64)],
+            };
+            drop.infers_the_forward_shape_from(&[x], b, s);
+            drop.matches_the_reference();
+            drop.gradients_reach_every_input(&[]);
+            drop.later_positions_change_no_earlier_output();
+            // The prompt holds the memory tokens' outputs and two positions.
+            drop.decodes_like_the_whole_sequence(m + 2);
+        }
+    }
+
+    #[test]
+    fn infer_errors_and_the_lengths_memory_adds() {
+        let f = |shape: &[Dim]| TensorType {
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        };
+        let x = f(&[Dim::Batch, Dim::Seq, Dim::Fixed(4)]);
+        let mem = f(&[Dim::Fixed(3), Dim::Fixed(4)]);
+        let with = Memory::Prepend.infer(&[x.clone(), mem.clone()]).unwrap();
+        assert_eq!(with, f(&[Dim::Batch, Dim::SeqPlus(3), Dim::Fixed(4)]));
+        let nested = Memory::Prepend.infer(&[with.clone(), mem.clone()]).unwrap();
+        assert_eq!(nested.shape[1], Dim::SeqPlus(6));
+        assert_eq!(
+            Memory::Drop { count: 3 }.infer(std::slice::from_ref(&with)),
+            Ok(x.clone())
+        );
+        assert_eq!(Memory::Drop { count: 3 }.infer(&[nested]), Ok(with.clone()));
+        assert!(matches!(
+            Memory::Drop { count: 4 }.infer(&[with]),
+            Err(InferError::Shapes(e)) if e.contains("cannot drop 4")
+        ));
+        assert!(matches!(
+            Memory::Drop { count: 1 }.infer(std::slice::from_ref(&x)),
+            Err(InferError::Shapes(_))
+        ));
+        let narrow = f(&[Dim::Fixed(3), Dim::Fixed(5)]);
+        assert!(matches!(
+            Memory::Prepend.infer(&[x.clone(), narrow]),
+            Err(InferError::Shapes(e)) if e.contains("does not fit")
+        ));
+        let ids = TensorType {
+            dtype: DType::I64,
+            shape: vec![Dim::Batch, Dim::Seq],
+        };
+        assert_eq!(
+            Memory::Prepend.infer(&[ids, mem]),
+            Err(InferError::TokenIds)
+        );
     }
 }

@@ -105,9 +105,7 @@ impl OpDef for Positions {
                 let x = float_input(port(p, ins, "x"))?;
                 let t = port(p, ins, "table");
                 if x.shape.len() != 3 || t.shape.len() != 2 || t.shape[1] != x.shape[2] {
-                    return Err(shapes(format!(
-                        "position table {t} does not fit input {x}"
-                    )));
+                    return Err(shapes(format!("position table {t} does not fit input {x}")));
                 }
                 f32(x.shape.clone())
             }
@@ -237,7 +235,10 @@ impl OpDef for Positions {
             // In incremental mode the table covers positions 0..offset + seq; its only reader,
             // `Add`, takes the rows of this call (as it does from a learned table).
             Positions::SinusoidalTable { dim } => {
-                let (end, d) = (ctx.offset + seq_of(*port(p, ins, "positions")), *dim as usize);
+                let (end, d) = (
+                    ctx.offset + seq_of(port::<&V>(p, ins, "positions")),
+                    *dim as usize,
+                );
                 V::F2(consts(sinusoidal(end, d), [end, d]))
             }
             Positions::Add => {
@@ -252,7 +253,7 @@ impl OpDef for Positions {
                 yarn,
             } => {
                 let half = *head_dim as usize / 2;
-                let seq = seq_of(*port(p, ins, "positions"));
+                let seq = seq_of(port::<&V>(p, ins, "positions"));
                 let end = ctx.offset + seq;
                 let (c, s) = rope_tables(end, *head_dim, base.0, *yarn);
                 let (c, s) = (consts(c, [end, half]), consts(s, [end, half]));
@@ -337,4 +338,179 @@ pub fn rope_frequencies(head_dim: u64, base: f64, yarn: Option<Yarn>) -> (Vec<f6
         .collect();
     let attention = if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
     (freqs, attention)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Arg, Case};
+    use super::*;
+    use crate::util::Rng;
+
+    /// Head width 8, base 100, factor 4 over 64 positions: a correction range [0, 3], so pair
+    /// 0 keeps its frequency, pairs 1 and 2 blend and pair 3 is divided by 4.
+    const YARN: Yarn = (Real(4.0), 64, Real(32.0), Real(1.0));
+
+    #[test]
+    fn sinusoidal_tables_pass_every_check() {
+        let mut rng = Rng::new(21);
+        for (b, s, dim) in [(2, 5, 6), (1, 7, 5), (3, 1, 1)] {
+            let op = Positions::SinusoidalTable { dim };
+            // Token ids, or vectors (inside a memory body the table reads `[b, m + s, d]`).
+            for positions in [
+                Arg::ids(b, s, 9, &mut rng),
+                Arg::seq(&[b, s, 3], 1, &mut rng),
+            ] {
+                let case = Case {
+                    op: &op,
+                    args: vec![positions],
+                    out_seq: Some(0),
+                    tol: 1e-6,
+                };
+                case.infers_the_forward_shape();
+                case.matches_the_reference();
+                // No gradient check: the table reads its input's length, not its values, so no
+                // gradient reaches its one input (and a constant has no backward pass to run).
+                // Moving a position's value moves no row (the causality check wants a pointwise
+                // op to move its output); each decoding call holds the rows of every position
+                // so far, those of the whole sequence: no row depends on a later position.
+                case.decodes_the_rows_of_every_position_so_far(2);
+            }
+        }
+    }
+
+    #[test]
+    fn rope_tables_pass_every_check_with_and_without_yarn() {
+        let mut rng = Rng::new(22);
+        for yarn in [None, Some(YARN)] {
+            for (b, s, head_dim) in [(2, 6, 8), (1, 9, 6), (3, 2, 2)] {
+                let op = Positions::RopeTable {
+                    head_dim,
+                    base: Real(100.0),
+                    yarn,
+                };
+                let case = Case {
+                    op: &op,
+                    args: vec![Arg::ids(b, s, 5, &mut rng)],
+                    out_seq: Some(0),
+                    tol: 1e-6,
+                };
+                case.infers_the_forward_shape();
+                case.matches_the_reference();
+                // As for the sinusoidal table, no gradient check (its one input is token ids,
+                // read for their length) and no moving of a position's value (no row reads
+                // one); decoding gives the rows of each call's positions, those of the whole
+                // sequence: no row depends on a later position.
+                case.decodes_like_the_whole_sequence(3);
+            }
+        }
+    }
+
+    #[test]
+    fn adding_positions_passes_every_check() {
+        let mut rng = Rng::new(23);
+        // A learned table with more rows than positions, or exactly as many (a sinusoidal
+        // one). The op reads rows offset..offset + s of the table it gets, so every decoding
+        // call gets it whole (a learned table is a parameter; a sinusoidal one holds the rows
+        // of every position so far).
+        for (b, s, d, rows) in [(2, 5, 4, 8), (1, 3, 7, 3), (3, 6, 1, 9)] {
+            let case = Case {
+                op: &Positions::Add,
+                args: vec![
+                    Arg::seq(&[b, s, d], 1, &mut rng),
+                    Arg::fixed(&[rows, d], &mut rng),
+                ],
+                out_seq: Some(1),
+                tol: 1e-5,
+            };
+            case.infers_the_forward_shape();
+            case.matches_the_reference();
+            case.gradients_reach_every_input(&[]);
+            case.later_positions_change_no_earlier_output();
+            case.decodes_like_the_whole_sequence(2);
+        }
+    }
+
+    #[test]
+    fn applying_rope_passes_every_check() {
+        let mut rng = Rng::new(24);
+        for (b, h, s, d) in [(2, 3, 5, 8), (1, 1, 7, 2), (2, 2, 4, 6)] {
+            // The table of the call's positions (a RoPE table decodes rows offset..offset + s):
+            // cut into steps with x.
+            let case = Case {
+                op: &Positions::ApplyRope,
+                args: vec![
+                    Arg::seq(&[b, h, s, d], 2, &mut rng),
+                    Arg::seq(&[s, d / 2, 2], 0, &mut rng),
+                ],
+                out_seq: Some(2),
+                tol: 1e-5,
+            };
+            case.infers_the_forward_shape();
+            case.matches_the_reference();
+            case.gradients_reach_every_input(&[]);
+            case.later_positions_change_no_earlier_output();
+            case.decodes_like_the_whole_sequence(2);
+        }
+    }
+
+    #[test]
+    fn infer_errors_and_position_limits() {
+        let ty = |dtype, shape: &[Dim]| TensorType {
+            dtype,
+            shape: shape.to_vec(),
+        };
+        let ids = ty(DType::I64, &[Dim::Batch, Dim::Seq]);
+        let x = ty(DType::F32, &[Dim::Batch, Dim::Seq, Dim::Fixed(4)]);
+        let learned = ty(DType::F32, &[Dim::Fixed(8), Dim::Fixed(4)]);
+        let add = Positions::Add;
+        assert_eq!(
+            add.infer(&[ids.clone(), learned.clone()]),
+            Err(InferError::TokenIds)
+        );
+        let wide = ty(DType::F32, &[Dim::Fixed(8), Dim::Fixed(5)]);
+        assert!(matches!(
+            add.infer(&[x.clone(), wide]),
+            Err(InferError::Shapes(e)) if e.contains("does not fit")
+        ));
+        let rope = |head_dim| Positions::RopeTable {
+            head_dim,
+            base: Real(10000.0),
+            yarn: None,
+        };
+        assert_eq!(
+            rope(5).infer(std::slice::from_ref(&ids)),
+            Err(InferError::Attribute(
+                "rotary embeddings need an even head width, got 5".into()
+            ))
+        );
+        let table = rope(4).infer(std::slice::from_ref(&ids)).unwrap();
+        assert_eq!(table.shape, vec![Dim::Seq, Dim::Fixed(2), Dim::Fixed(2)]);
+        let q = |d| {
+            ty(
+                DType::F32,
+                &[Dim::Batch, Dim::Fixed(2), Dim::Seq, Dim::Fixed(d)],
+            )
+        };
+        assert_eq!(Positions::ApplyRope.infer(&[q(4), table.clone()]), Ok(q(4)));
+        assert!(matches!(
+            Positions::ApplyRope.infer(&[q(6), table.clone()]),
+            Err(InferError::Shapes(_))
+        ));
+        assert_eq!(
+            Positions::ApplyRope.infer(&[ids.clone(), table]),
+            Err(InferError::TokenIds)
+        );
+        let flat = ty(DType::I64, &[Dim::Batch]);
+        assert!(matches!(
+            Positions::SinusoidalTable { dim: 4 }.infer(&[flat]),
+            Err(InferError::Shapes(_))
+        ));
+        // A learned table limits the sequence to its rows; computed tables do not.
+        let sinusoidal = Positions::SinusoidalTable { dim: 4 }
+            .infer(std::slice::from_ref(&ids))
+            .unwrap();
+        assert_eq!(add.position_limit(&[&x, &learned]), Some(8));
+        assert_eq!(add.position_limit(&[&x, &sinusoidal]), None);
+        assert_eq!(rope(4).position_limit(&[&ids]), None);
+    }
 }

@@ -223,7 +223,10 @@ impl OpDef for Sequence {
             }
             Sequence::ConcatFeatures { .. } => {
                 let parts: Vec<&RefTensor> = p.iter().map(|name| *port(p, ins, name)).collect();
-                let widths: Vec<usize> = parts.iter().map(|t| *t.shape.last().unwrap_or(&0)).collect();
+                let widths: Vec<usize> = parts
+                    .iter()
+                    .map(|t| *t.shape.last().unwrap_or(&0))
+                    .collect();
                 let total: usize = widths.iter().sum();
                 let rows = parts[0].data.len() / widths[0].max(1);
                 let mut shape = parts[0].shape.clone();
@@ -253,11 +256,13 @@ impl OpDef for Sequence {
             Sequence::Crop => V::F3(port(p, ins, "x").f3().narrow(
                 1,
                 0,
-                seq_of(*port(p, ins, "like")),
+                seq_of(port::<&V>(p, ins, "like")),
             )),
-            Sequence::SliceFeatures { start, len } => {
-                V::F3(port(p, ins, "x").f3().narrow(2, *start as usize, *len as usize))
-            }
+            Sequence::SliceFeatures { start, len } => V::F3(port(p, ins, "x").f3().narrow(
+                2,
+                *start as usize,
+                *len as usize,
+            )),
             Sequence::ConcatFeatures { .. } => V::F3(Tensor::cat(
                 p.iter().map(|name| port(p, ins, name).f3()).collect(),
                 2,
@@ -275,19 +280,188 @@ impl OpDef for Sequence {
 pub fn numbered_ports(n: usize) -> &'static [&'static str] {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock, PoisonError};
-    static MADE: OnceLock<Mutex<(Vec<&'static str>, HashMap<usize, &'static [&'static str]>)>> =
-        OnceLock::new();
+    type Made = HashMap<usize, &'static [&'static str]>;
+    static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
     let mut made = MADE
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let (names, lists) = &mut *made;
-    while names.len() < n {
-        let name: &'static str = Box::leak(format!("x{}", names.len()).into_boxed_str());
-        names.push(name);
+    made.entry(n).or_insert_with(|| {
+        let names: Vec<&'static str> = (0..n)
+            .map(|i| &*Box::leak(format!("x{i}").into_boxed_str()))
+            .collect();
+        Box::leak(names.into_boxed_slice())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{random, Arg, Case};
+    use super::*;
+    use crate::util::Rng;
+
+    #[test]
+    fn padding_passes_every_check() {
+        let mut rng = Rng::new(31);
+        for (b, s, d, len) in [(2, 5, 3, 8), (1, 4, 1, 4), (3, 1, 6, 7)] {
+            let op = Sequence::Pad { len };
+            let case = Case {
+                op: &op,
+                args: vec![Arg::seq(&[b, s, d], 1, &mut rng)],
+                out_seq: Some(1),
+                tol: 1e-6,
+            };
+            case.infers_the_forward_shape();
+            case.matches_the_reference();
+            case.gradients_reach_every_input(&[]);
+            // Outputs s.. are padding: moving the last position moves output s − 1 and none
+            // before (the general check compares every output before the last, padding
+            // included, so only fits when nothing is padded).
+            case.moving_a_position_changes_no_earlier_output(&[("x", 1)], s - 1);
+            if s as u64 == len {
+                case.later_positions_change_no_earlier_output();
+            }
+            // A causal filter's kernel `[taps, d]`: no batch, no positions.
+            let kernel = Case {
+                op: &op,
+                args: vec![Arg::fixed(&[s, d], &mut rng)],
+                out_seq: None,
+                tol: 1e-6,
+            };
+            kernel.infers_the_forward_shape();
+            kernel.matches_the_reference();
+            kernel.gradients_reach_every_input(&[]);
+        }
     }
-    let names = &names[..n];
-    lists
-        .entry(n)
-        .or_insert_with(|| Box::leak(names.to_vec().into_boxed_slice()))
+
+    #[test]
+    fn cropping_passes_every_check() {
+        let mut rng = Rng::new(32);
+        for (b, n, s, d) in [(2, 8, 5, 3), (1, 4, 4, 2), (3, 7, 1, 5)] {
+            // x: a transform's output over the padded length n (a fixed length, not the
+            // sequence's); like: the sequence whose positions it keeps (vectors or ids).
+            for like in [
+                Arg::seq(&[b, s, 2], 1, &mut rng),
+                Arg::ids(b, s, 4, &mut rng),
+            ] {
+                let case = Case {
+                    op: &Sequence::Crop,
+                    args: vec![Arg::given(random(&[b, n, d], &mut rng), None), like],
+                    out_seq: Some(1),
+                    tol: 1e-6,
+                };
+                case.infers_the_forward_shape();
+                case.matches_the_reference();
+                // `like` gives its length only: no gradient reaches it.
+                case.gradients_reach_every_input(&["like"]);
+                // Position t of x is output t; the positions cropped away reach no output.
+                case.moving_a_position_changes_no_earlier_output(&[("x", 1)], s - 1);
+                case.moving_a_position_changes_no_earlier_output(&[("x", 1)], n - 1);
+            }
+        }
+    }
+
+    #[test]
+    fn feature_slices_pass_every_check() {
+        let mut rng = Rng::new(33);
+        for (b, s, d, start, len) in [(2, 5, 7, 2, 3), (1, 3, 4, 0, 4), (3, 6, 5, 4, 1)] {
+            let case = Case {
+                op: &Sequence::SliceFeatures { start, len },
+                args: vec![Arg::seq(&[b, s, d], 1, &mut rng)],
+                out_seq: Some(1),
+                tol: 1e-6,
+            };
+            case.infers_the_forward_shape();
+            case.matches_the_reference();
+            case.gradients_reach_every_input(&[]);
+            case.later_positions_change_no_earlier_output();
+            case.decodes_like_the_whole_sequence(2);
+        }
+    }
+
+    #[test]
+    fn feature_concatenations_pass_every_check() {
+        let mut rng = Rng::new(34);
+        for (b, s) in [(2, 5), (1, 3)] {
+            for widths in [vec![3], vec![2, 1, 5], vec![4, 4]] {
+                let op = Sequence::ConcatFeatures {
+                    parts: widths.len() as u64,
+                };
+                let case = Case {
+                    op: &op,
+                    args: widths
+                        .iter()
+                        .map(|&w| Arg::seq(&[b, s, w], 1, &mut rng))
+                        .collect(),
+                    out_seq: Some(1),
+                    tol: 1e-6,
+                };
+                case.infers_the_forward_shape();
+                case.matches_the_reference();
+                case.gradients_reach_every_input(&[]);
+                case.later_positions_change_no_earlier_output();
+                case.decodes_like_the_whole_sequence(2);
+            }
+        }
+    }
+
+    #[test]
+    fn infer_errors_ports_and_position_limits() {
+        let ty = |dtype, shape: &[Dim]| TensorType {
+            dtype,
+            shape: shape.to_vec(),
+        };
+        let f = |shape: &[Dim]| ty(DType::F32, shape);
+        let ids = ty(DType::I64, &[Dim::Batch, Dim::Seq]);
+        let x = f(&[Dim::Batch, Dim::Seq, Dim::Fixed(6)]);
+        let pad = Sequence::Pad { len: 8 };
+        assert_eq!(
+            pad.infer(std::slice::from_ref(&ids)),
+            Err(InferError::TokenIds)
+        );
+        assert!(matches!(
+            pad.infer(&[f(&[Dim::Fixed(6)])]),
+            Err(InferError::Shapes(_))
+        ));
+        let long = f(&[Dim::Fixed(9), Dim::Fixed(6)]);
+        assert_eq!(
+            pad.infer(std::slice::from_ref(&long)),
+            Err(shapes("cannot pad a sequence of 9 positions to 8"))
+        );
+        // Padding the sequence limits it; padding a kernel does not.
+        assert_eq!(pad.position_limit(&[&x]), Some(8));
+        assert_eq!(
+            pad.position_limit(&[&f(&[Dim::Fixed(4), Dim::Fixed(6)])]),
+            None
+        );
+        assert!(matches!(
+            Sequence::Crop.infer(&[f(&[Dim::Fixed(8), Dim::Fixed(6)]), x.clone()]),
+            Err(InferError::Shapes(_))
+        ));
+        let slice = |start, len| Sequence::SliceFeatures { start, len };
+        assert!(matches!(
+            slice(2, 0).infer(std::slice::from_ref(&x)),
+            Err(InferError::Attribute(_))
+        ));
+        assert_eq!(
+            slice(4, 3).infer(std::slice::from_ref(&x)),
+            Err(shapes(format!("cannot take features 4..7 of {x}")))
+        );
+        let cat = Sequence::ConcatFeatures { parts: 2 };
+        assert_eq!(
+            cat.infer(&[x.clone(), f(&[Dim::Batch, Dim::Seq, Dim::Fixed(3)])]),
+            Ok(f(&[Dim::Batch, Dim::Seq, Dim::Fixed(9)]))
+        );
+        assert!(matches!(
+            cat.infer(&[x.clone(), f(&[Dim::Batch, Dim::Fixed(2), Dim::Fixed(3)])]),
+            Err(InferError::Shapes(e)) if e.contains("different shapes")
+        ));
+        let ids3 = ty(DType::I64, &[Dim::Batch, Dim::Seq, Dim::Fixed(1)]);
+        assert_eq!(cat.infer(&[x, ids3]), Err(InferError::TokenIds));
+        // Numbered ports, made once per count.
+        assert_eq!(cat.ports(), &["x0", "x1"]);
+        assert_eq!(numbered_ports(3), &["x0", "x1", "x2"]);
+        assert!(std::ptr::eq(numbered_ports(3), numbered_ports(3)));
+        assert!(numbered_ports(0).is_empty());
+    }
 }

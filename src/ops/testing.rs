@@ -366,6 +366,123 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     }
 }
 
+/// Checks the ones above cannot express: tables of positions, which read the length of their
+/// input and not its values, and ops whose output has other positions than their input
+/// (padding, cropping).
+impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
+    /// The inputs at positions `at..at + len` (those without positions whole).
+    fn positions(&self, at: usize, len: usize) -> Vec<Arg> {
+        self.args
+            .iter()
+            .map(|a| match a.seq {
+                Some(ax) => Arg {
+                    t: narrow(&a.t, ax, at, len),
+                    ..a.clone()
+                },
+                None => a.clone(),
+            })
+            .collect()
+    }
+
+    /// [`Case::infers_the_forward_shape`] from input types `tys` instead of the arguments'
+    /// own, with the output's `batch` and `seq` (inputs whose position axis is not the plain
+    /// sequence: a memory body's `seq + m`).
+    pub fn infers_the_forward_shape_from(&self, tys: &[TensorType], batch: usize, seq: usize) {
+        let ty = self
+            .op
+            .infer(tys)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", self.op));
+        let want: Vec<usize> = ty
+            .shape
+            .iter()
+            .map(|d| d.value(batch as u64, seq as u64) as usize)
+            .collect();
+        let device = DeviceKind::Cpu.device(false);
+        assert_eq!(
+            self.forward(&self.args, 0, &device).shape,
+            want,
+            "{:?}: inferred {ty}",
+            self.op
+        );
+    }
+
+    /// For a table of positions whose decoding calls give the rows of every position so far
+    /// (0..offset + len, for a reader that takes the rows it needs): decoding `prompt`
+    /// positions, then one at a time, gives at each call the first rows of the whole
+    /// sequence's table (so no row depends on later positions).
+    pub fn decodes_the_rows_of_every_position_so_far(&self, prompt: usize) {
+        assert!(self.op.incremental(), "{:?} does not decode", self.op);
+        let axis = self.out_seq.expect("an output with positions");
+        let device = DeviceKind::Cpu.device(false);
+        let whole = self.forward(&self.args, 0, &device);
+        let (b, s) = self.batch_seq();
+        let mut state: Option<Box<dyn OpState>> = None;
+        let mut at = 0;
+        while at < s {
+            let len = if at == 0 { prompt.min(s) } else { 1 };
+            let vs: Vec<V> = self
+                .positions(at, len)
+                .iter()
+                .map(|a| a.value(&device))
+                .collect();
+            let refs: Vec<&V> = vs.iter().collect();
+            let c = Ctx {
+                offset: at,
+                ..ctx(&device, b, len)
+            };
+            let got = host_tensor(self.op.decode(&refs, &c, &mut state));
+            let want = narrow(&whole, axis, 0, at + len);
+            self.assert_close(&format!("rows after position {}", at + len), &got, &want);
+            at += len;
+        }
+    }
+
+    /// Moving the values at position `t` of the inputs `moved` (each a port and the axis of
+    /// its positions) leaves every output before position t where it was; a pointwise op
+    /// moves its output t, when it has one.
+    pub fn moving_a_position_changes_no_earlier_output(&self, moved: &[(&str, usize)], t: usize) {
+        let axis = self.out_seq.expect("an output with positions");
+        let device = DeviceKind::Cpu.device(false);
+        let whole = self.forward(&self.args, 0, &device);
+        let mut args = self.args.clone();
+        for (name, ax) in moved {
+            let i = self
+                .op
+                .ports()
+                .iter()
+                .position(|p| p == name)
+                .unwrap_or_else(|| panic!("{:?}: no port `{name}`", self.op));
+            let a = &mut args[i];
+            let n = a.t.shape[*ax];
+            let inner: usize = a.t.shape[ax + 1..].iter().product();
+            for (k, v) in a.t.data.iter_mut().enumerate() {
+                if (k / inner) % n == t {
+                    *v = match (a.ids, *v > 0.0) {
+                        (true, true) => *v - 1.0,
+                        (true, false) => *v + 1.0,
+                        (false, _) => *v + 3.0,
+                    };
+                }
+            }
+        }
+        let after = self.forward(&args, 0, &device);
+        let before = t.min(whole.shape[axis]);
+        self.assert_close(
+            &format!("outputs before position {t} after moving it"),
+            &narrow(&after, axis, 0, before),
+            &narrow(&whole, axis, 0, before),
+        );
+        if self.op.mixing() == Mixing::Pointwise && t < whole.shape[axis] {
+            assert_ne!(
+                narrow(&whole, axis, t, 1),
+                narrow(&after, axis, t, 1),
+                "{:?}: moving position {t} moved nothing",
+                self.op
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,7 +112,12 @@ fn irfft4(x: Tensor<4>, n: usize, ctx: &Ctx) -> Tensor<3> {
 }
 
 /// `x` zero-padded to `len` along `axis`.
-pub(crate) fn pad_axis<const D: usize>(x: Tensor<D>, axis: usize, len: usize, ctx: &Ctx) -> Tensor<D> {
+pub(crate) fn pad_axis<const D: usize>(
+    x: Tensor<D>,
+    axis: usize,
+    len: usize,
+    ctx: &Ctx,
+) -> Tensor<D> {
     let dims = x.dims();
     if dims[axis] == len {
         return x;

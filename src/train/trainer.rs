@@ -41,7 +41,9 @@ fn decays(graph: &Graph, names: &[String], shapes: &[Vec<usize>], all: bool) -> 
         .g
         .node_indices()
         .filter_map(|n| match graph.g[n].op {
-            Op::Embedding(_) | Op::Positions(crate::ops::positions::Positions::Add) => Some(graph.inputs(n)[1]),
+            Op::Embedding(_) | Op::Positions(crate::ops::positions::Positions::Add) => {
+                Some(graph.inputs(n)[1])
+            }
             Op::Mamba { .. } => Some(graph.inputs(n)[7]),
             _ => None,
         })

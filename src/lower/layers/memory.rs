@@ -2,8 +2,8 @@
 
 use crate::diag::Code;
 use crate::ir::{Init, Op, Real};
-use crate::ops::memory::Memory;
 use crate::lower::{seq_items, At, Lowerer};
+use crate::ops::memory::Memory;
 use crate::spec::Layer;
 use petgraph::stable_graph::NodeIndex;
 

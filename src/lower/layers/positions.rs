@@ -2,8 +2,8 @@
 
 use crate::diag::Code;
 use crate::ir::{Dim, Init, Op, Real};
-use crate::ops::positions::Positions;
 use crate::lower::{At, Lowerer};
+use crate::ops::positions::Positions;
 use petgraph::stable_graph::NodeIndex;
 
 impl Lowerer {
@@ -13,7 +13,11 @@ impl Lowerer {
         x: NodeIndex,
     ) -> Option<NodeIndex> {
         let dim = self.width(x);
-        let table = self.op(&at, Op::Positions(Positions::SinusoidalTable { dim }), &[self.positions])?;
+        let table = self.op(
+            &at,
+            Op::Positions(Positions::SinusoidalTable { dim }),
+            &[self.positions],
+        )?;
         self.op(&at, Op::Positions(Positions::Add), &[x, table])
     }
 

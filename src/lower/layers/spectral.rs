@@ -171,7 +171,11 @@ impl Lowerer {
                 *y = self.op(&at, Op::Elementwise(Elementwise::Add), &[*y, back])?;
             }
         }
-        let cat = self.op(&at, Op::Sequence(Sequence::ConcatFeatures { parts: n as u64 }), &outs)?;
+        let cat = self.op(
+            &at,
+            Op::Sequence(Sequence::ConcatFeatures { parts: n as u64 }),
+            &outs,
+        )?;
         self.linear(&at, "fuse", cat, self.width(x), true)
     }
 
