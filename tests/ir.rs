@@ -593,9 +593,9 @@ fn the_reference_definitions_give_hand_computed_values() {
     );
 }
 
-/// The runtime's helpers in `ir::op` (which the reference no longer calls) against the
-/// reference's own definitions over many sizes and settings, so a bug in a helper shows here by
-/// name as well as in the runtime-against-reference tests.
+/// The runtime's helpers in `ir::op` and `ops::positions` (which the reference does not call)
+/// against the reference's own definitions over many sizes and settings, so a bug in a helper
+/// shows here by name as well as in the runtime-against-reference tests.
 #[test]
 fn the_runtime_helpers_agree_with_the_reference_definitions() {
     use kiln::ir::{dct_basis, frames, window_basis, Real};

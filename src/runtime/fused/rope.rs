@@ -26,8 +26,8 @@ fn rope_apply(x: &FlexTensor, table: &[f32], sign: f32) -> FlexTensor {
     heads_view(y, shape)
 }
 
-/// The table `[s, d/2, 2]` (cos, sin interleaved, as `Op::RopeTable` builds it) as per-position
-/// rows of d/2 cosines then d/2 sines.
+/// The table `[s, d/2, 2]` (cos, sin interleaved, as `Positions::RopeTable` builds it) as
+/// per-position rows of d/2 cosines then d/2 sines.
 fn rope_rows(table: &FlexTensor) -> Vec<f32> {
     let v = values(table);
     let mut out = Vec::with_capacity(v.len());
