@@ -170,6 +170,8 @@ op_table! {
     Forecast(crate::ops::forecast::Forecast),
     /// Ensemble outputs (see [`crate::ops::ensemble`]).
     Ensemble(crate::ops::ensemble::Ensemble),
+    /// RetNet's multi-scale retention (see [`crate::ops::retention`]).
+    Retention(crate::ops::retention::Retention),
 }
 
 impl Op {

@@ -288,6 +288,7 @@ impl Lowerer {
             Layer::FourierFeatures {} => self.fourier_features(at, x),
             Layer::ForecastHead {} => self.forecast_head(at, x),
             Layer::CrossAttention { heads } => self.cross_attention(at, x, heads),
+            Layer::Retention { heads } => self.retention(at, x, heads),
             Layer::MemoryTokens { count, body } => self.memory_tokens(at, x, kind, count, body),
             Layer::Residual { body } => self.residual(at, x, body),
             Layer::Parallel { branches } => self.parallel(at, x, branches),

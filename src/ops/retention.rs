@@ -287,6 +287,10 @@ mod tests {
             for prompt in [1, 3] {
                 case.decodes_like_the_whole_sequence(prompt);
             }
+            if s > 2 {
+                // Beam search keeps rows in a new order (here reversed): the state follows.
+                case.decodes_after_reordering_rows(2, &case.reversed_rows());
+            }
         }
     }
 

@@ -315,6 +315,17 @@ pub enum Layer {
         #[schemars(range(min = 1, max = 1024))]
         heads: u32,
     },
+    /// RetNet's multi-scale retention (Sun et al. 2023): q, k, v and a gate g from the input
+    /// (no biases), q and k rotated by position as RoPE does (the paper's Θ, base 10000), and
+    /// per head i the decay γ_i = 1 − 2^(−5−i): o_t = Σ_{m ≤ t} γ^(t−m) (q_t · k_m / √d) v_m,
+    /// computed in parallel for training and from the recurrent state S_t = γ S_(t−1) + k_tᵀ v_t
+    /// when decoding. Each head's output is normalized (GroupNorm), gated by swish(g) and mapped
+    /// back to the width. Causal.
+    Retention {
+        /// Number of heads, each with its own decay (must divide the width into even parts).
+        #[schemars(range(min = 1, max = 1024))]
+        heads: u32,
+    },
     /// ETSformer's exponential smoothing attention (Woo et al. 2022): v = x W_v + b split
     /// into `heads` heads, each smoothed with its own learned α = σ(a) from a learned initial
     /// state v₀: ES_t = (1 − α)^t v₀ + Σ_{j<t} α (1 − α)^j v_{t−j} (positions 1..T), i.e.
@@ -597,6 +608,7 @@ impl Layer {
             Layer::Mlstm { .. } => "mlstm",
             Layer::CrossAttention { .. } => "cross_attention",
             Layer::EtsAttention { .. } => "ets_attention",
+            Layer::Retention { .. } => "retention",
             Layer::Slstm { .. } => "slstm",
             Layer::Layernorm { .. } => "layernorm",
             Layer::Rmsnorm { .. } => "rmsnorm",

@@ -10,5 +10,6 @@ mod memory;
 mod norm;
 mod positions;
 mod recurrent;
+mod retention;
 mod spectral;
 mod wave;
