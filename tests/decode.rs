@@ -490,6 +490,8 @@ fn cached_and_uncached_decoding_give_the_same_logits() {
         ("recipes/anbn-mamba.yaml", vec!["model.vars.depth=2"]),
         ("recipes/anbn-xlstm.yaml", vec!["model.vars.depth=2"]),
         ("recipes/anbn-ets.yaml", vec!["model.vars.depth=2"]),
+        // Retention decodes from each head's recurrent state.
+        ("recipes/anbn-retnet.yaml", vec!["model.vars.depth=2"]),
         (
             "recipes/anbn-hard-attention.yaml",
             vec!["model.vars.depth=2"],

@@ -7,8 +7,6 @@ use crate::runtime::ops::Ctx;
 use crate::runtime::V;
 use burn::prelude::*;
 use burn::tensor::activation;
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 
 /// `(q0..q{n−1}, k0..k{n−1}, v0..v{n−1}, each [b, s, c]) → [b, s, n·c]`: at every position,
 /// band i attends over the n bands, Σ_j softmax_j(q_i·k_j/√c) v_j.
@@ -37,19 +35,12 @@ impl OpDef for BandAttention {
     }
 
     fn ports(&self) -> &'static [&'static str] {
-        // One list of names per band count, made once (a model has few band counts).
-        static NAMES: OnceLock<Mutex<HashMap<u64, &'static [&'static str]>>> = OnceLock::new();
-        let mut names = NAMES
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        names.entry(self.bands).or_insert_with(|| {
-            let v: Vec<&'static str> = ["q", "k", "v"]
+        let n = self.bands;
+        super::counted_ports("band", n, || {
+            ["q", "k", "v"]
                 .iter()
-                .flat_map(|p| (0..self.bands).map(move |i| format!("{p}{i}")))
-                .map(|s| &*Box::leak(s.into_boxed_str()))
-                .collect();
-            Box::leak(v.into_boxed_slice())
+                .flat_map(|p| (0..n).map(move |i| format!("{p}{i}")))
+                .collect()
         })
     }
 

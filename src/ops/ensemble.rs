@@ -8,7 +8,6 @@ use crate::runtime::ops::Ctx;
 use crate::runtime::V;
 use burn::prelude::*;
 use burn::tensor::activation;
-use std::sync::{Mutex, PoisonError};
 
 /// How the members' outputs combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,18 +33,11 @@ impl Ensemble {
     }
 }
 
-/// The port names `member0`, `member1`, … of the first `n` members: one list for the whole
-/// process, grown (and leaked, once per growth) when a larger ensemble asks.
+/// The port names `member0`, `member1`, … of `n` members.
 fn member_ports(n: usize) -> &'static [&'static str] {
-    static NAMES: Mutex<&'static [&'static str]> = Mutex::new(&[]);
-    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
-    if names.len() < n {
-        let more = (names.len()..n.max(2 * names.len()))
-            .map(|i| &*Box::leak(format!("member{i}").into_boxed_str()));
-        let grown: Vec<&'static str> = names.iter().copied().chain(more).collect();
-        *names = Box::leak(grown.into_boxed_slice());
-    }
-    &names[..n]
+    super::counted_ports("member", n as u64, || {
+        (0..n).map(|i| format!("member{i}")).collect()
+    })
 }
 
 impl OpDef for Ensemble {

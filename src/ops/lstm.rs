@@ -6,8 +6,6 @@ use crate::ir::{DType, Dim, Mixing, Real, TensorType};
 use crate::runtime::ops::{dropout, linear, mm, Ctx};
 use crate::runtime::{fused, V};
 use burn::prelude::*;
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 /// `(x [b, s, i], then per layer l: l{l}.w_ih [i, 4h], l{l}.w_hh [h, 4h], l{l}.b_ih [4h],
 /// l{l}.b_hh [4h]) → [b, s, h]` (the input width i of every layer after the first is h).
@@ -29,21 +27,12 @@ fn layer_port(l: u64, p: &str) -> String {
     format!("l{l}.{p}")
 }
 
-/// The ports of an LSTM of `layers` layers: made once per layer count and kept (a few
-/// bytes per count a program meets).
+/// The ports of an LSTM of `layers` layers: `x`, then each layer's four parameters.
 fn ports_of(layers: u64) -> &'static [&'static str] {
-    static PORTS: Mutex<BTreeMap<u64, &'static [&'static str]>> = Mutex::new(BTreeMap::new());
-    let mut known = PORTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    known.entry(layers).or_insert_with(|| {
-        let names: Vec<&'static str> =
-            std::iter::once("x")
-                .chain((0..layers).flat_map(|l| {
-                    LAYER_PORTS.map(|p| &*Box::leak(layer_port(l, p).into_boxed_str()))
-                }))
-                .collect();
-        Box::leak(names.into_boxed_slice())
+    super::counted_ports("lstm", layers, || {
+        std::iter::once("x".to_string())
+            .chain((0..layers).flat_map(|l| LAYER_PORTS.map(|p| layer_port(l, p))))
+            .collect()
     })
 }
 

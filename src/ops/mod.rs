@@ -148,6 +148,32 @@ pub fn port<'a, T>(ports: &[&str], ins: &'a [T], name: &str) -> &'a T {
     &ins[i]
 }
 
+/// The port names of an op whose number of inputs is an attribute (an LSTM's layers, an
+/// ensemble's members, concatenated parts, bands): `make()` gives them for `n`, once per
+/// `(kind, n)` for the whole process, kept for good (names of ports are `'static`; a program
+/// meets few such counts).
+pub fn counted_ports(
+    kind: &'static str,
+    n: u64,
+    make: impl FnOnce() -> Vec<String>,
+) -> &'static [&'static str] {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    type Made = HashMap<(&'static str, u64), &'static [&'static str]>;
+    static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
+    let mut made = MADE
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    made.entry((kind, n)).or_insert_with(|| {
+        let names: Vec<&'static str> = make()
+            .into_iter()
+            .map(|s| &*Box::leak(s.into_boxed_str()))
+            .collect();
+        Box::leak(names.into_boxed_slice())
+    })
+}
+
 /// `t` when it holds floats; token ids get the message that tells the user what to add.
 pub fn float_input(t: &TensorType) -> Result<&TensorType, InferError> {
     if t.dtype != DType::F32 {

@@ -279,23 +279,9 @@ impl OpDef for Sequence {
     }
 }
 
-/// Port names `x0`, `x1`, … of an op with `n` inputs (`n` an attribute), made once for each n
-/// (the names of ports are static).
+/// Port names `x0`, `x1`, … of an op with `n` inputs (`n` an attribute).
 pub fn numbered_ports(n: usize) -> &'static [&'static str] {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock, PoisonError};
-    type Made = HashMap<usize, &'static [&'static str]>;
-    static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
-    let mut made = MADE
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    made.entry(n).or_insert_with(|| {
-        let names: Vec<&'static str> = (0..n)
-            .map(|i| &*Box::leak(format!("x{i}").into_boxed_str()))
-            .collect();
-        Box::leak(names.into_boxed_slice())
-    })
+    super::counted_ports("x", n as u64, || (0..n).map(|i| format!("x{i}")).collect())
 }
 
 #[cfg(test)]
