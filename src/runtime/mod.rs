@@ -4,11 +4,15 @@
 //! walks the graph's ops in topological order ([`ops::eval`]). Weights save and load as
 //! safetensors under their IR names, so a checkpoint states which model it belongs to.
 
+mod cache;
+mod device;
 pub mod fused;
 pub mod ops;
 pub mod value;
 pub mod weights_file;
 
+pub use cache::KvCache;
+pub use device::DeviceKind;
 pub use value::V;
 pub use weights_file::{from_safetensors, load_weights, to_safetensors, to_safetensors_with};
 
@@ -30,147 +34,8 @@ pub struct Aux {
     pub harmonic_sparsity: Vec<Tensor<1>>,
 }
 
-/// What incremental decoding keeps between calls: per op its own state (an attention op's
-/// keys and values, a recurrence's state, a causal filter's latest inputs; see
-/// [`crate::ops::OpState`]), an encoder-decoder's values that depend only on the source, and
-/// the number of positions seen.
-#[derive(Default)]
-pub struct KvCache {
-    /// Positions processed so far.
-    pub len: usize,
-    /// An encoder-decoder's values that depend only on the source (the encoder's output and
-    /// the cross-attention keys and values), computed on the first call.
-    source: HashMap<NodeIndex, V>,
-    /// Each op's own decoding state.
-    states: HashMap<NodeIndex, Box<dyn crate::ops::OpState>>,
-}
-
-impl KvCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Keep batch rows `rows` (in that order, repeats allowed): beam search continues the
-    /// surviving hypotheses.
-    pub fn reorder(&mut self, rows: &[usize]) {
-        let Some(dev) = self
-            .states
-            .values()
-            .map(|s| s.device())
-            .chain(self.source.values().map(V::device))
-            .next()
-        else {
-            return;
-        };
-        let idx = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                [rows.len()],
-            ),
-            &dev,
-        );
-        for st in self.states.values_mut() {
-            st.select_rows(&idx);
-        }
-        for v in self.source.values_mut() {
-            *v = v.select_rows(&idx);
-        }
-    }
-
-    /// Number of values held because they depend only on an encoder-decoder's source (the
-    /// encoder's output, cross-attention keys and values); 0 for decoder-only models.
-    pub fn source_values(&self) -> usize {
-        self.source.len()
-    }
-
-    /// Shapes of the cached keys of every attention op (for tests and reports).
-    pub fn key_shapes(&self) -> Vec<[usize; 4]> {
-        let mut v: Vec<[usize; 4]> = self.states.values().filter_map(|s| s.key_shape()).collect();
-        v.sort_unstable();
-        v
-    }
-}
-
 /// Named f32 tensors: `name → (row-major data, shape)`.
 pub type Weights = HashMap<String, (Vec<f32>, Vec<usize>)>;
-
-/// Which device to run on (also the values of the command line's `--device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceKind {
-    /// Burn's pure-Rust CPU backend (`flex`).
-    Cpu,
-    /// The best Vulkan device through Burn's Vulkan runtime (cargo feature `gpu`): a discrete GPU
-    /// first; `CUBECL_WGPU_DEFAULT_DEVICE` (e.g. `DiscreteGpu(1)`, `Cpu`) picks another.
-    #[cfg(feature = "gpu")]
-    Gpu,
-    /// The first CUDA GPU through Burn's CUDA runtime (cargo feature `cuda`).
-    #[cfg(feature = "cuda")]
-    Cuda,
-    /// The best wgpu device on any graphics API, with the WGSL compiler (cargo feature `wgpu`).
-    #[cfg(feature = "wgpu")]
-    Wgpu,
-}
-
-impl DeviceKind {
-    /// The Burn device; with `autodiff` gradients are recorded.
-    pub fn device(self, autodiff: bool) -> Device {
-        let d = match self {
-            DeviceKind::Cpu => Device::flex(),
-            #[cfg(feature = "gpu")]
-            DeviceKind::Gpu => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => Device::cuda(0),
-            #[cfg(feature = "wgpu")]
-            DeviceKind::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        };
-        if autodiff {
-            d.autodiff()
-        } else {
-            d
-        }
-    }
-
-    /// Whether the device can be used: runs one tiny computation on it. Burn's GPU runtimes
-    /// panic when no adapter (or driver library) is found, from a thread of their own; this
-    /// catches that and returns the runtime's message instead, so the command line reports a
-    /// clear error rather than a backtrace. The CPU is always usable.
-    pub fn probe(self) -> Result<(), String> {
-        use std::sync::{Arc, Mutex};
-        if self == DeviceKind::Cpu {
-            return Ok(());
-        }
-        let first: Arc<Mutex<Option<String>>> = Arc::default();
-        let seen = Arc::clone(&first);
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let mut m = seen.lock().unwrap_or_else(|e| e.into_inner());
-            if m.is_none() {
-                let payload = info.payload();
-                let text = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown error".into());
-                *m = Some(text);
-            }
-        }));
-        let result = std::panic::catch_unwind(|| {
-            let t = Tensor::<1>::ones([4], &self.device(false));
-            t.sum().into_scalar::<f32>()
-        });
-        std::panic::set_hook(previous);
-        let message = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match result {
-            Ok(4.0) => Ok(()),
-            Ok(s) => Err(format!("{self:?}: a test sum gave {s} instead of 4")),
-            Err(_) => Err(format!(
-                "{self:?}: {}",
-                message.unwrap_or_else(|| "the device could not be initialized".into())
-            )),
-        }
-    }
-}
 
 /// A model ready to run: the graph, its parameter values, and the device.
 pub struct Runtime {
