@@ -88,7 +88,7 @@ impl OpDef for Forecast {
                 let (g, b) = (port(p, ins, "gamma"), port(p, ins, "beta"));
                 let x_fits = match self {
                     Forecast::RevinDenorm => port(p, ins, "x").shape.get(2) == c.as_ref(),
-                    _ => true,
+                    Forecast::RevinNorm | Forecast::Patch { .. } | Forecast::Head { .. } => true,
                 };
                 if y.shape.len() != 3
                     || g.shape != [c.unwrap_or(Dim::Batch)]

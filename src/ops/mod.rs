@@ -7,6 +7,114 @@
 //! Families move here one at a time (issue 20); the ops not yet moved still have their arms
 //! in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
 
+/// A family of several op types: the enum (a variant per op, each holding a type that
+/// implements [`OpDef`]), `From` each op type into the family and into [`crate::ir::Op`]
+/// (through the family's variant `$family` of the op table), and the family's [`OpDef`],
+/// which passes every question to the op it holds.
+macro_rules! op_family {
+    (
+        $(#[$m:meta])*
+        pub enum $name:ident in $family:ident {
+            $($(#[$vm:meta])* $v:ident($t:ty),)*
+        }
+    ) => {
+        $(#[$m])*
+        pub enum $name {
+            $($(#[$vm])* $v($t),)*
+        }
+
+        impl $name {
+            /// The op it holds.
+            fn op(&self) -> &dyn $crate::ops::OpDef {
+                match self {
+                    $($name::$v(o) => o,)*
+                }
+            }
+        }
+
+        $(impl From<$t> for $name {
+            fn from(o: $t) -> $name {
+                $name::$v(o)
+            }
+        }
+
+        impl From<$t> for $crate::ir::Op {
+            fn from(o: $t) -> $crate::ir::Op {
+                $crate::ir::Op::$family($name::$v(o))
+            }
+        })*
+
+        impl $crate::ops::OpDef for $name {
+            fn name(&self) -> &'static str {
+                self.op().name()
+            }
+
+            fn attrs(&self) -> String {
+                self.op().attrs()
+            }
+
+            fn ports(&self) -> &'static [&'static str] {
+                self.op().ports()
+            }
+
+            fn is_pure(&self) -> bool {
+                self.op().is_pure()
+            }
+
+            fn mixing(&self) -> $crate::ir::Mixing {
+                self.op().mixing()
+            }
+
+            fn infer(
+                &self,
+                ins: &[$crate::ir::TensorType],
+            ) -> Result<$crate::ir::TensorType, $crate::ops::InferError> {
+                self.op().infer(ins)
+            }
+
+            fn matmul_flops(&self, ins: &[&$crate::ir::TensorType], batch: u64, seq: u64) -> u64 {
+                self.op().matmul_flops(ins, batch, seq)
+            }
+
+            fn workspace_bytes(&self, ins: &[&$crate::ir::TensorType], seq: u64) -> u64 {
+                self.op().workspace_bytes(ins, seq)
+            }
+
+            fn position_limit(&self, ins: &[&$crate::ir::TensorType]) -> Option<usize> {
+                self.op().position_limit(ins)
+            }
+
+            fn incremental(&self) -> bool {
+                self.op().incremental()
+            }
+
+            fn reference(
+                &self,
+                ins: &[&$crate::ops::RefTensor],
+            ) -> Result<$crate::ops::RefTensor, String> {
+                self.op().reference(ins)
+            }
+
+            fn forward(
+                &self,
+                ins: &[&$crate::runtime::V],
+                ctx: &$crate::runtime::ops::Ctx,
+            ) -> $crate::runtime::V {
+                self.op().forward(ins, ctx)
+            }
+
+            fn decode(
+                &self,
+                ins: &[&$crate::runtime::V],
+                ctx: &$crate::runtime::ops::Ctx,
+                state: &mut Option<Box<dyn $crate::ops::OpState>>,
+            ) -> $crate::runtime::V {
+                self.op().decode(ins, ctx, state)
+            }
+        }
+    };
+}
+
 pub mod attention;
 pub mod band_attention;
 pub mod elementwise;
@@ -32,7 +140,7 @@ mod testing;
 pub mod wave;
 pub mod xlstm;
 
-use crate::ir::reference::Tensor as RefTensor;
+pub use crate::ir::reference::Tensor as RefTensor;
 use crate::ir::{DType, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;

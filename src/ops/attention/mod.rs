@@ -16,9 +16,8 @@ pub use cross::{CrossAttention, PadBias};
 pub use repeat_kv::RepeatKv;
 pub use self_attention::{KvState, SelfAttention};
 
-use super::{float_input, InferError, OpDef, OpState, RefTensor};
-use crate::ir::{Mixing, TensorType};
-use crate::runtime::ops::Ctx;
+use super::{float_input, InferError};
+use crate::ir::TensorType;
 use crate::runtime::V;
 use burn::prelude::*;
 
@@ -31,90 +30,28 @@ pub enum AttnScale {
     Learned,
 }
 
-/// An op of the attention family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Attention {
-    /// Attention over the sequence's own positions (`attention`).
-    Attend(SelfAttention),
-    /// Each K/V head repeated for its query heads (`repeat_kv`).
-    RepeatKv(RepeatKv),
-    /// Attention over an encoder's output (`cross_attention`).
-    Cross(CrossAttention),
-    /// The key-padding mask of token ids (`pad_bias`).
-    PadBias(PadBias),
+op_family! {
+    /// An op of the attention family.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Attention in Attention {
+        /// Attention over the sequence's own positions (`attention`).
+        Attend(SelfAttention),
+        /// Each K/V head repeated for its query heads (`repeat_kv`).
+        RepeatKv(RepeatKv),
+        /// Attention over an encoder's output (`cross_attention`).
+        Cross(CrossAttention),
+        /// The key-padding mask of token ids (`pad_bias`).
+        PadBias(PadBias),
+    }
 }
 
 impl Attention {
-    /// The op itself.
-    fn op(&self) -> &dyn OpDef {
-        match self {
-            Attention::Attend(o) => o,
-            Attention::RepeatKv(o) => o,
-            Attention::Cross(o) => o,
-            Attention::PadBias(o) => o,
-        }
-    }
-
     /// The self-attention op, if it is one.
     pub fn attend(&self) -> Option<&SelfAttention> {
         match self {
             Attention::Attend(o) => Some(o),
             Attention::RepeatKv(_) | Attention::Cross(_) | Attention::PadBias(_) => None,
         }
-    }
-}
-
-impl OpDef for Attention {
-    fn name(&self) -> &'static str {
-        self.op().name()
-    }
-
-    fn attrs(&self) -> String {
-        self.op().attrs()
-    }
-
-    fn ports(&self) -> &'static [&'static str] {
-        self.op().ports()
-    }
-
-    fn is_pure(&self) -> bool {
-        self.op().is_pure()
-    }
-
-    fn mixing(&self) -> Mixing {
-        self.op().mixing()
-    }
-
-    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
-        self.op().infer(ins)
-    }
-
-    fn matmul_flops(&self, ins: &[&TensorType], batch: u64, seq: u64) -> u64 {
-        self.op().matmul_flops(ins, batch, seq)
-    }
-
-    fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
-        self.op().workspace_bytes(ins, seq)
-    }
-
-    fn position_limit(&self, ins: &[&TensorType]) -> Option<usize> {
-        self.op().position_limit(ins)
-    }
-
-    fn incremental(&self) -> bool {
-        self.op().incremental()
-    }
-
-    fn reference(&self, ins: &[&RefTensor]) -> Result<RefTensor, String> {
-        self.op().reference(ins)
-    }
-
-    fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
-        self.op().forward(ins, ctx)
-    }
-
-    fn decode(&self, ins: &[&V], ctx: &Ctx, state: &mut Option<Box<dyn OpState>>) -> V {
-        self.op().decode(ins, ctx, state)
     }
 }
 
@@ -138,7 +75,8 @@ fn add_key_bias(scores: Tensor<4>, bias: &V) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{DType, Dim, Real};
+    use crate::ir::{DType, Dim, Mixing, Real};
+    use crate::ops::OpDef;
 
     #[test]
     fn the_family_dispatches_to_its_ops() {

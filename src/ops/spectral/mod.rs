@@ -15,129 +15,33 @@ pub use filter::{FilterHistory, SpectralAlgo, SpectralFilter};
 pub use mask::{dct_basis, FreqCutoff, FreqMask};
 pub use window::{frames, window_basis, WindowedGate};
 
-use super::{InferError, OpDef, OpState, RefTensor};
-use crate::ir::{Mixing, Op, TensorType};
-use crate::runtime::ops::Ctx;
-use crate::runtime::V;
 
-/// A spectral op.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Spectral {
-    /// Real FFT along the second-to-last axis.
-    Rfft(Rfft),
-    /// Its inverse.
-    Irfft(Irfft),
-    /// A spectrum times a complex gate.
-    ComplexMul(ComplexMul),
-    /// Complex values to real features.
-    ComplexFeatures(ComplexFeatures),
-    /// The fused spectral filter (circular or causal).
-    Filter(SpectralFilter),
-    /// The frequency-curriculum mask of a gate or kernel.
-    FreqMask(FreqMask),
-    /// The windowed spectral gate.
-    WindowedGate(WindowedGate),
-}
-
-impl Spectral {
-    /// The op it holds.
-    fn op(&self) -> &dyn OpDef {
-        match self {
-            Spectral::Rfft(o) => o,
-            Spectral::Irfft(o) => o,
-            Spectral::ComplexMul(o) => o,
-            Spectral::ComplexFeatures(o) => o,
-            Spectral::Filter(o) => o,
-            Spectral::FreqMask(o) => o,
-            Spectral::WindowedGate(o) => o,
-        }
+op_family! {
+    /// A spectral op.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Spectral in Spectral {
+        /// Real FFT along the second-to-last axis.
+        Rfft(Rfft),
+        /// Its inverse.
+        Irfft(Irfft),
+        /// A spectrum times a complex gate.
+        ComplexMul(ComplexMul),
+        /// Complex values to real features.
+        ComplexFeatures(ComplexFeatures),
+        /// The fused spectral filter (circular or causal).
+        Filter(SpectralFilter),
+        /// The frequency-curriculum mask of a gate or kernel.
+        FreqMask(FreqMask),
+        /// The windowed spectral gate.
+        WindowedGate(WindowedGate),
     }
 }
-
-impl OpDef for Spectral {
-    fn name(&self) -> &'static str {
-        self.op().name()
-    }
-
-    fn attrs(&self) -> String {
-        self.op().attrs()
-    }
-
-    fn ports(&self) -> &'static [&'static str] {
-        self.op().ports()
-    }
-
-    fn is_pure(&self) -> bool {
-        self.op().is_pure()
-    }
-
-    fn mixing(&self) -> Mixing {
-        self.op().mixing()
-    }
-
-    fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
-        self.op().infer(ins)
-    }
-
-    fn matmul_flops(&self, ins: &[&TensorType], batch: u64, seq: u64) -> u64 {
-        self.op().matmul_flops(ins, batch, seq)
-    }
-
-    fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
-        self.op().workspace_bytes(ins, seq)
-    }
-
-    fn position_limit(&self, ins: &[&TensorType]) -> Option<usize> {
-        self.op().position_limit(ins)
-    }
-
-    fn incremental(&self) -> bool {
-        self.op().incremental()
-    }
-
-    fn reference(&self, ins: &[&RefTensor]) -> Result<RefTensor, String> {
-        self.op().reference(ins)
-    }
-
-    fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
-        self.op().forward(ins, ctx)
-    }
-
-    fn decode(&self, ins: &[&V], ctx: &Ctx, state: &mut Option<Box<dyn OpState>>) -> V {
-        self.op().decode(ins, ctx, state)
-    }
-}
-
-/// `Rfft { n }.into()` and the like: each op of the family as an IR op.
-macro_rules! into_op {
-    ($($t:ident => $v:ident),* $(,)?) => {$(
-        impl From<$t> for Spectral {
-            fn from(o: $t) -> Spectral {
-                Spectral::$v(o)
-            }
-        }
-        impl From<$t> for Op {
-            fn from(o: $t) -> Op {
-                Op::Spectral(Spectral::$v(o))
-            }
-        }
-    )*};
-}
-
-into_op!(
-    Rfft => Rfft,
-    Irfft => Irfft,
-    ComplexMul => ComplexMul,
-    ComplexFeatures => ComplexFeatures,
-    SpectralFilter => Filter,
-    FreqMask => FreqMask,
-    WindowedGate => WindowedGate,
-);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{DType, Dim};
+    use crate::ir::{DType, Dim, Op, TensorType};
+    use crate::ops::OpDef;
 
     #[test]
     fn the_family_passes_every_question_to_its_op() {
