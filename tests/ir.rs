@@ -217,6 +217,7 @@ fn causality_holds_under_perturbation() {
         "models/mamba.yaml",
         "models/xlstm.yaml",
         "models/ets.yaml",
+        "models/retnet.yaml",
         "models/transformer-memory.yaml",
         "models/wave.yaml",
     ] {

@@ -24,6 +24,7 @@ const MODELS: &[(&str, &[&str])] = &[
     ("models/mamba.yaml", &["vars.depth=2"]),
     ("models/xlstm.yaml", &["vars.depth=2"]),
     ("models/ets.yaml", &["vars.depth=2"]),
+    ("models/retnet.yaml", &["vars.depth=2"]),
     ("models/transformer-memory.yaml", &[]),
     ("models/xlstm.yaml", &["vars.depth=2", "vars.heads=1"]),
     // Small state and convolution; 12 positions make one full scan chunk of 8 and a partial one.

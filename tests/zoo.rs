@@ -266,6 +266,7 @@ fn recurrent_and_memory_models_train_and_decode() {
         ("anbn-mamba", "model.vars.depth=1", 100),
         ("anbn-xlstm", "model.vars.depth=2", 100),
         ("anbn-ets", "model.vars.depth=2", 150),
+        ("anbn-retnet", "model.vars.depth=1", 100),
         ("anbn-memory", "model.vars.depth=2", 100),
         ("anbn-wave", "model.vars.depth=1", 100),
         (
