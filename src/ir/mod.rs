@@ -355,7 +355,7 @@ impl Graph {
     }
 
     /// The largest temporary buffer of one op for one example of length `seq`, in bytes (see
-    /// [`OpDef::workspace_bytes`]): attention's score and weight matrices, which are not values
+    /// [`crate::ops::OpDef::workspace_bytes`]): attention's score and weight matrices, which are not values
     /// of the graph but dominate memory on long sequences.
     pub fn workspace_bytes(&self, seq: u64) -> u64 {
         self.g

@@ -1,4 +1,4 @@
-//! The IR's [`Op`]: one variant per op family, made from one table ([`op_table!`]), and the
+//! The IR's [`Op`]: one variant per op family, made from one table (`op_table!`), and the
 //! small types ops share (attributes, initialisations, mixing). What each op does lives in its
 //! family's module under [`crate::ops`].
 

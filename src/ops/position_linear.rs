@@ -9,7 +9,7 @@ use crate::runtime::V;
 use burn::prelude::*;
 
 /// `(x [b, s, i], weight [L, i, L, o], bias [L, o]?) → [b, s, o]`:
-/// y[t] = Σ_{s'≤t} x[s'] · weight[s', :, t, :] + bias[t].
+/// `y[t] = Σ_{s'≤t} x[s'] · weight[s', :, t, :] + bias[t]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PositionLinear {
     /// Longest sequence L.

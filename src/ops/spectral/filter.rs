@@ -1,5 +1,5 @@
 //! The fused spectral filter: `crop(irfft(rfft(pad(x)) · G))` as one op (see
-//! [`crate::passes::spectral`]), circular with a learned complex gate or causal with a learned
+//! `passes::spectral`), circular with a learned complex gate or causal with a learned
 //! kernel, by FFT or as a dense convolution matrix; the causal form decodes one position at a
 //! time from the inputs of its latest positions ([`FilterHistory`]).
 

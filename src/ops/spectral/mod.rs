@@ -2,7 +2,7 @@
 //! ([`fft`]), the fused spectral filter ([`filter`]), the frequency-curriculum mask of a
 //! spectral parameter ([`mask`]) and the windowed spectral gate ([`window`]).
 //!
-//! Each op is a type of its own implementing [`OpDef`]; [`Spectral`], the family's one
+//! Each op is a type of its own implementing [`crate::ops::OpDef`]; [`Spectral`], the family's one
 //! variant of [`crate::ir::Op`], holds one of them and passes every question on to it.
 
 pub mod fft;

@@ -345,7 +345,7 @@ pub enum Layer {
     },
     /// The position-wise linear model of the rule-extrapolation paper (Mészáros et al. 2024):
     /// every output position t is a linear function of the inputs at positions s ≤ t, with its
-    /// own weights for every pair (s, t): y[t] = Σ_{s≤t} x[s] · W[s, t] + b[t]. Causal; reads
+    /// own weights for every pair (s, t): `y[t] = Σ_{s≤t} x[s] · W[s, t] + b[t]`. Causal; reads
     /// at most `max_len` positions; decodes without a KV cache.
     PositionLinear {
         /// Longest sequence (the weights are sized max_len × width × max_len × out).
