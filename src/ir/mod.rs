@@ -325,10 +325,10 @@ impl Graph {
     /// Multiply-add work of one forward pass over `batch` sequences of `seq` tokens, in FLOPs
     /// (2 per multiply-add): the matrix products of linear maps, attention (the full score
     /// matrix, as computed; phase-coherent, cross- and band attention alike), LSTM gates,
-    /// Mamba, xLSTM and ETS projections (and mLSTM's s × s products), position-linear maps,
-    /// forecasting heads and dense spectral filters. Norms, activations, FFTs and the scan's
-    /// elementwise work are not counted (every op says which it is: no op is left out). A training step
-    /// costs about three times this (forward, and two products per product backward).
+    /// Mamba, xLSTM and ETS projections (and mLSTM's s × s products), retention's products,
+    /// position-linear maps, forecasting heads and dense spectral filters. Norms, activations, FFTs and the scan's
+    /// elementwise work are not counted (each op's family says: see
+    /// [`crate::ops::OpDef::matmul_flops`]). A training step costs about three times this (forward, and two products per product backward).
     pub fn matmul_flops(&self, batch: u64, seq: u64) -> u64 {
         self.g
             .node_indices()

@@ -1,11 +1,13 @@
 //! A naive float64 interpreter of the IR: the numerical reference.
 //!
-//! Every op is written in the plainest form (loops, direct sums, the DFT by definition), with
-//! no shared code with the optimized paths, so optimized and unoptimized graphs, fused ops and
-//! the Burn runtime can be checked against it on tiny inputs. That includes the definitions
-//! the runtime takes from helpers in [`crate::ir::op`] and [`crate::ops::spectral`] (windows,
-//! framing, RoPE and YaRN frequencies, frequency-curriculum weights, the DCT): the reference
-//! has its own, in [`definitions`]. Dropout is the identity (evaluation mode).
+//! It walks the graph and asks each op for its float64 reference
+//! ([`crate::ops::OpDef::reference`]), which every family writes in the plainest form (loops,
+//! direct sums, the DFT by definition) with no code shared with the optimized paths, so
+//! optimized and unoptimized graphs, fused ops and the Burn runtime can be checked against it
+//! on tiny inputs. That includes the definitions the runtime takes from helpers in
+//! [`crate::ops::positions`] and [`crate::ops::spectral`] (windows, framing, RoPE and YaRN
+//! frequencies, frequency-curriculum weights, the DCT): the reference has its own, in
+//! [`definitions`]. Dropout is the identity (evaluation mode).
 
 pub mod definitions;
 

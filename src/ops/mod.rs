@@ -3,9 +3,8 @@
 //! mixes positions, its output type, its matrix-product FLOPs, whether it decodes
 //! incrementally, its float64 reference and its Burn forward; its tests sit at the end of its
 //! file. [`crate::ir::Op`] holds one variant per family and dispatches to it.
-//!
-//! Families move here one at a time (issue 20); the ops not yet moved still have their arms
-//! in `ir/op.rs`, `ir/reference.rs` and `runtime/ops.rs`.
+//! Families of several op types are made with `op_family!`; `testing` holds the checks each
+//! family runs on itself (`Case`). How a layer is added: docs/reference/layout.md.
 
 /// A family of several op types: the enum (a variant per op, each holding a type that
 /// implements [`OpDef`]), `From` each op type into the family and into [`crate::ir::Op`]

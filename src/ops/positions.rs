@@ -140,11 +140,20 @@ impl OpDef for Positions {
 
     fn position_limit(&self, ins: &[&TensorType]) -> Option<usize> {
         // A learned table has its rows; a sinusoidal or RoPE one is computed for any length.
+        // Only a sequence that grows (the decoder's input, not an encoder's fixed source) is
+        // limited.
         match self {
-            Positions::Add => match port(self.ports(), ins, "table").shape.as_slice() {
-                [Dim::Fixed(n), _] => Some(*n as usize),
-                _ => None,
-            },
+            Positions::Add => {
+                let p = self.ports();
+                let grows = matches!(
+                    port(p, ins, "x").shape.get(1),
+                    Some(Dim::Seq | Dim::SeqPlus(_))
+                );
+                match port(p, ins, "table").shape.as_slice() {
+                    [Dim::Fixed(n), _] if grows => Some(*n as usize),
+                    _ => None,
+                }
+            }
             Positions::SinusoidalTable { .. }
             | Positions::RopeTable { .. }
             | Positions::ApplyRope => None,
@@ -516,5 +525,11 @@ mod tests {
         assert_eq!(add.position_limit(&[&x, &learned]), Some(8));
         assert_eq!(add.position_limit(&[&x, &sinusoidal]), None);
         assert_eq!(rope(4).position_limit(&[&ids]), None);
+        // An encoder's fixed source does not limit the decoded sequence, even through a table
+        // of fixed rows (a sinusoidal table of the source, or a learned one).
+        let source = ty(DType::F32, &[Dim::Batch, Dim::Fixed(6), Dim::Fixed(4)]);
+        let of_source = ty(DType::F32, &[Dim::Fixed(6), Dim::Fixed(4)]);
+        assert_eq!(add.position_limit(&[&source, &of_source]), None);
+        assert_eq!(add.position_limit(&[&source, &learned]), None);
     }
 }

@@ -183,10 +183,9 @@ impl OpDef for Retention {
 
     fn matmul_flops(&self, ins: &[&TensorType], batch: u64, seq: u64) -> u64 {
         let p = self.ports();
-        let size = |t: &TensorType| t.shape.iter().map(|d| d.value(batch, seq)).product::<u64>();
         // Q Kᵀ and (·) V: 2 multiply-adds per pair of positions and feature.
         let (q, v) = (*port(p, ins, "q"), *port(p, ins, "v"));
-        2 * seq * (size(q) + size(v))
+        2 * seq * (q.numel(batch, seq) + v.numel(batch, seq))
     }
 
     fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {

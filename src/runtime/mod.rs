@@ -299,8 +299,7 @@ impl Runtime {
         let g = &self.graph;
         g.g.node_indices()
             .filter_map(|n| {
-                let ins: Vec<&crate::ir::TensorType> =
-                    g.inputs(n).into_iter().map(|i| &g.g[i].ty).collect();
+                let ins = g.input_types(n);
                 let limit = g.g[n].op.position_limit(&ins)?;
                 // Memory tokens in scope take positions from the input.
                 let memory = match ins.first().and_then(|t| t.shape.get(1)) {
@@ -417,8 +416,11 @@ impl Runtime {
                         _ => &ctx,
                     };
                     match (cache.as_deref_mut(), op) {
-                        // What only the source determines runs whole on the first call.
-                        (Some(c), op) if op.def().incremental() => {
+                        // What only the source determines runs whole, once (and is kept in
+                        // `source`); the rest decodes with its own state.
+                        (Some(c), op)
+                            if op.def().incremental() && !self.source_only.contains(&n) =>
+                        {
                             let def = op.def();
                             let mut state = c.states.remove(&n);
                             let v = def.decode(&ins, ctx, &mut state);

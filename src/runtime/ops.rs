@@ -1,4 +1,6 @@
-//! Burn implementations of the IR ops.
+//! What the ops' Burn forwards share: the forward context ([`Ctx`]), products in the mixed
+//! precision, dropout, activations, constants, padding and convolution matrices, and [`eval`],
+//! one op's forward.
 
 use super::fused;
 use super::value::V;

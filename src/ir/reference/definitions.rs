@@ -1,9 +1,10 @@
 //! The reference's own forms of the definitions that the runtime computes with helpers from
-//! [`crate::ir::op`] (`rope_frequencies`) and [`crate::ops::spectral`] (`window_basis`,
-//! `frames`, `FreqCutoff::weights`, `dct_basis`). They are written here again from the documentation (docs/reference/
-//! components.md and curricula.md, the doc comments of the ops), in a different form where one
-//! exists, and share no code with those helpers, so a bug in a helper makes the runtime and the
-//! reference disagree instead of both computing the same wrong thing.
+//! [`crate::ops::positions`] (`rope_frequencies`) and [`crate::ops::spectral`]
+//! (`window_basis`, `frames`, `FreqCutoff::weights`, `dct_basis`). They are written here
+//! again from the documentation (docs/reference/components.md and curricula.md, the doc
+//! comments of the ops), in a different form where one exists, and share no code with those
+//! helpers, so a bug in a helper makes the runtime and the reference disagree instead of both
+//! computing the same wrong thing.
 
 use crate::ir::Real;
 use crate::ops::spectral::FreqCutoff;
