@@ -10,6 +10,7 @@
 //! [`definitions`]. Dropout is the identity (evaluation mode).
 
 pub mod definitions;
+pub mod math;
 
 use super::{Graph, Init, Op, Param};
 use crate::ops::spectral::{FreqCutoff, Spectral};

@@ -2,6 +2,7 @@
 //! bands (see the `band_pyramid` layer's `cross_band`).
 
 use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
+use crate::ir::reference::math::softmax;
 use crate::ir::{DType, Dim, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
@@ -116,12 +117,9 @@ impl OpDef for BandAttention {
                         qi.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (c as f64).sqrt()
                     })
                     .collect();
-                let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|v| (v - mx).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for (ej, vt) in e.iter().zip(&v) {
+                for (pj, vt) in softmax(&scores).iter().zip(&v) {
                     for (f, vf) in at(vt).iter().enumerate() {
-                        out.data[(r * n + i) * c + f] += ej / z * vf;
+                        out.data[(r * n + i) * c + f] += pj * vf;
                     }
                 }
             }

@@ -142,10 +142,9 @@ fn activation(a: Act, x: f64) -> f64 {
     match a {
         Act::Relu => x.max(0.0),
         Act::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Act::Silu => x / (1.0 + (-x).exp()),
+        Act::Silu => crate::ir::reference::math::silu(x),
         Act::Tanh => x.tanh(),
-        // ln(1 + eˣ), without overflow for large x.
-        Act::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+        Act::Softplus => crate::ir::reference::math::softplus(x),
     }
 }
 

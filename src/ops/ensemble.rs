@@ -3,6 +3,7 @@
 //! for forecasters.
 
 use super::{float_input, shapes, InferError, OpDef, OpState, RefTensor};
+use crate::ir::reference::math::softmax;
 use crate::ir::{DType, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
@@ -118,17 +119,12 @@ impl OpDef for Ensemble {
             Ensemble::MeanProbs { .. } => {
                 let v = *ins[0].shape.last().expect("logits have a vocabulary axis");
                 for row in 0..out.data.len() / v {
+                    let probs: Vec<Vec<f64>> = ins
+                        .iter()
+                        .map(|t| softmax(&t.data[row * v..(row + 1) * v]))
+                        .collect();
                     for k in 0..v {
-                        let p: f64 = ins
-                            .iter()
-                            .map(|t| {
-                                let r = &t.data[row * v..(row + 1) * v];
-                                let m = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                                let z: f64 = r.iter().map(|x| (x - m).exp()).sum();
-                                (r[k] - m).exp() / z
-                            })
-                            .sum::<f64>()
-                            / n;
+                        let p = probs.iter().map(|m| m[k]).sum::<f64>() / n;
                         out.data[row * v + k] = p.ln();
                     }
                 }

@@ -2,6 +2,7 @@
 //! between layers in training; it decodes with each layer's (h, c) as its state.
 
 use super::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
+use crate::ir::reference::math::sigmoid;
 use crate::ir::{DType, Dim, Mixing, Real, TensorType};
 use crate::runtime::ops::{dropout, linear, mm, Ctx};
 use crate::runtime::{fused, V};
@@ -229,10 +230,6 @@ impl OpDef for Lstm {
         *state = Some(Box::new(next));
         V::F3(y)
     }
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! that decodes with the last inputs of its convolution and its SSM state.
 
 use super::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
+use crate::ir::reference::math::{silu, softplus};
 use crate::ir::{DType, Dim, Mixing, TensorType};
 use crate::runtime::ops::{mm, Ctx};
 use crate::runtime::{fused, V};
@@ -298,18 +299,6 @@ impl OpDef for Mamba {
         *state = Some(Box::new(next));
         V::F3(y)
     }
-}
-
-fn softplus(x: f64) -> f64 {
-    if x > 20.0 {
-        x
-    } else {
-        x.exp().ln_1p()
-    }
-}
-
-fn silu(x: f64) -> f64 {
-    x / (1.0 + (-x).exp())
 }
 
 #[cfg(test)]

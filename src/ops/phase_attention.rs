@@ -2,6 +2,7 @@
 //! the two positions (see the `phase_attention` layer), cosine or complex, causal or not.
 
 use super::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
+use crate::ir::reference::math::softmax;
 use crate::ir::{DType, Dim, Mixing, TensorType};
 use crate::runtime::ops::{mm, record_entropy, Ctx};
 use crate::runtime::{fused, V};
@@ -142,12 +143,9 @@ impl OpDef for PhaseAttention {
                         blend[0] * dot / (e as f64).sqrt() + blend[1] * coherence
                     })
                     .collect();
-                let mx = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let w: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
-                let z: f64 = w.iter().sum();
-                for (j, wj) in w.iter().enumerate() {
+                for (j, wj) in softmax(&logits).iter().enumerate() {
                     for (f, vf) in row(v, j, e).iter().enumerate() {
-                        out.data[(r * s + i) * e + f] += wj / z * vf;
+                        out.data[(r * s + i) * e + f] += wj * vf;
                     }
                 }
             }

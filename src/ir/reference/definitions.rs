@@ -28,13 +28,9 @@ pub fn hamming(w: usize) -> Vec<f64> {
 /// rectangular), `mix` the three logits in that order.
 pub fn learned_window(w: usize, mix: &[f64]) -> Vec<f64> {
     assert_eq!(mix.len(), 3, "a window mix has three logits");
-    let top = mix.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = mix.iter().map(|m| (m - top).exp()).collect();
-    let z: f64 = e.iter().sum();
+    let p = super::math::softmax(mix);
     let (hn, hm) = (hann(w), hamming(w));
-    (0..w)
-        .map(|n| (e[0] * hn[n] + e[1] * hm[n] + e[2]) / z)
-        .collect()
+    (0..w).map(|n| p[0] * hn[n] + p[1] * hm[n] + p[2]).collect()
 }
 
 /// How frames of `window` steps, `hop` apart, lie over a sequence of `len` steps: the first

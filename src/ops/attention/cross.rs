@@ -5,6 +5,7 @@
 //! values), so each call of this op gets them whole.
 
 use super::{add_key_bias, key_bias_fits};
+use crate::ir::reference::math::softmax;
 use crate::ir::{DType, Mixing, TensorType};
 use crate::ops::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
 use crate::runtime::ops::{mm, Ctx};
@@ -106,13 +107,10 @@ impl OpDef for CrossAttention {
                             + mask.map_or(0.0, |m| m.data[bh / h * t + j])
                     })
                     .collect();
-                let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|v| (v - mx).exp()).collect();
-                let z: f64 = e.iter().sum();
+                let p = softmax(&scores);
                 for c in 0..d {
-                    out.data[(bh * s + i) * d + c] = (0..t)
-                        .map(|j| e[j] / z * v.data[(bh * t + j) * d + c])
-                        .sum();
+                    out.data[(bh * s + i) * d + c] =
+                        (0..t).map(|j| p[j] * v.data[(bh * t + j) * d + c]).sum();
                 }
             }
         }

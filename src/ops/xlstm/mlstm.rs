@@ -3,7 +3,8 @@
 //! parallel form over each call's positions (a fused kernel from a zero memory); decoding
 //! carries the memory between calls.
 
-use super::{affine, sigmoid, Xlstm};
+use super::{affine, Xlstm};
+use crate::ir::reference::math::sigmoid;
 use crate::ops::{port, OpDef, OpState, RefTensor};
 use crate::runtime::fused;
 use crate::runtime::ops::{mm, Ctx};

@@ -214,10 +214,6 @@ fn affine(x: &[f64], w: &RefTensor, b: Option<&RefTensor>) -> Vec<f64> {
 }
 
 /// The logistic function in float64.
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testing::{Arg, Case};

@@ -2,7 +2,8 @@
 //! gates, sigmoid forget gates and a block-diagonal (per head) recurrence, run step by step
 //! with the paper's stabilizer; decoding carries the state between calls.
 
-use super::{affine, sigmoid, Xlstm};
+use super::{affine, Xlstm};
+use crate::ir::reference::math::sigmoid;
 use crate::ops::{port, OpDef, OpState, RefTensor};
 use crate::runtime::fused;
 use crate::runtime::ops::{linear, mm, Ctx};
