@@ -189,9 +189,9 @@ impl OpDef for Retention {
     }
 
     fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
-        // The decay matrix D and the scores: h·s·s each, in f32.
-        let q: &TensorType = ins[0];
-        q.len(1, seq) * q.len(2, seq) * seq * 4 * 2
+        // The decay matrix D and the scores: h·s·s each, as attention's scores and weights.
+        let p = self.ports();
+        super::attention::score_bytes(*port(p, ins, "q"), *port(p, ins, "k"), seq)
     }
 
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {

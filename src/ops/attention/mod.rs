@@ -55,6 +55,12 @@ impl Attention {
     }
 }
 
+/// The bytes of the score and weight matrices of queries `q [b, h, s, d]` over keys
+/// `k [b, h, t, d]` for one example: h·s·t of each, in f32.
+pub fn score_bytes(q: &TensorType, k: &TensorType, seq: u64) -> u64 {
+    q.len(1, seq) * q.len(2, seq) * k.len(2, seq) * 4 * 2
+}
+
 /// A key-padding bias `[b, t]` (floats) fits keys `[b, h, t, d]`.
 fn key_bias_fits(bias: &TensorType, k: &TensorType) -> Result<(), InferError> {
     let bias = float_input(bias)?;

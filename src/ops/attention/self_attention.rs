@@ -149,9 +149,8 @@ impl OpDef for SelfAttention {
     }
 
     fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
-        // q [b, h, s, d] and k [b, h, t, d]: h·s·t scores and as many weights, in f32.
-        let (q, k): (&TensorType, &TensorType) = (ins[0], ins[1]);
-        q.len(1, seq) * q.len(2, seq) * k.len(2, seq) * 4 * 2
+        let p = self.ports();
+        super::score_bytes(*port(p, ins, "q"), *port(p, ins, "k"), seq)
     }
 
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
