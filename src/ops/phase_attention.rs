@@ -86,7 +86,11 @@ impl OpDef for PhaseAttention {
 
     fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
         let p = self.ports();
-        super::attention::score_bytes(*port(p, ins, "q"), *port(p, ins, "k"), seq)
+        super::attention::score_bytes(
+            port::<&TensorType>(p, ins, "q"),
+            port::<&TensorType>(p, ins, "k"),
+            seq,
+        )
     }
 
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
