@@ -83,7 +83,11 @@ impl OpDef for Forecast {
         match self {
             Forecast::RevinNorm | Forecast::RevinDenorm => {
                 // The normalized series (RevinNorm's x, RevinDenorm's y) comes first.
-                let y = float_input(&ins[0])?;
+                let first = match self {
+                    Forecast::RevinDenorm => "y",
+                    Forecast::RevinNorm | Forecast::Patch { .. } | Forecast::Head { .. } => "x",
+                };
+                let y = float_input(port(p, ins, first))?;
                 let c = y.shape.get(2).copied();
                 let (g, b) = (port(p, ins, "gamma"), port(p, ins, "beta"));
                 let x_fits = match self {

@@ -33,6 +33,17 @@ pub struct SpectralFilter {
     pub algo: SpectralAlgo,
 }
 
+impl SpectralFilter {
+    /// The port of its parameter: the causal form's kernel or the circular form's gate.
+    fn param_port(&self) -> &'static str {
+        if self.causal {
+            "kernel"
+        } else {
+            "gate"
+        }
+    }
+}
+
 impl OpDef for SpectralFilter {
     fn name(&self) -> &'static str {
         "spectral_filter"
@@ -73,7 +84,7 @@ impl OpDef for SpectralFilter {
     fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let (n, p) = (self.n, self.ports());
         let x = float_input(port(p, ins, "x"))?;
-        let param = float_input(&ins[1])?;
+        let param = float_input(port(p, ins, self.param_port()))?;
         let [_, _, d] = x.shape.as_slice() else {
             return Err(shapes(format!("expects [batch, seq, width], got {x}")));
         };
@@ -115,7 +126,8 @@ impl OpDef for SpectralFilter {
     }
 
     fn reference(&self, ins: &[&RefTensor]) -> Result<RefTensor, String> {
-        let (x, p) = (*port(self.ports(), ins, "x"), ins[1]);
+        let ports = self.ports();
+        let (x, p) = (*port(ports, ins, "x"), *port(ports, ins, self.param_port()));
         let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
         let n = self.n as usize;
         // The kernel in the time domain: the causal form stores it; the circular form's kernel
@@ -153,7 +165,7 @@ impl OpDef for SpectralFilter {
 
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
         let x = port(self.ports(), ins, "x").f3();
-        let param = ins[1];
+        let param = port(self.ports(), ins, self.param_port());
         let n = self.n as usize;
         let s = x.dims()[1];
         if self.algo == SpectralAlgo::Fft && n.is_power_of_two() {
