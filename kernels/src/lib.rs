@@ -7,7 +7,8 @@
 //! Burn's tensors and autodiff; `tests/fused.rs` in kiln checks each against the plain Burn ops
 //! it replaces.
 //!
-//! One module per kernel family, each re-exported here: `silu`, `softmax` (rows with a causal
+//! One module per kernel family, each re-exported here: `silu`, `act` (ReLU, GELU, tanh),
+//! `dropout` (a counter-based mask), `softmax` (rows with a causal
 //! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `linear`, `adamw`, `scan`
 //! (Mamba's selective scan), `lstm`, `slstm` and `mlstm` (xLSTM). `math` holds the vectorizable
 //! scalar functions they share, `gemm` the matrix operands and products.
@@ -50,8 +51,10 @@ macro_rules! vectorized {
     )*};
 }
 
+mod act;
 mod adamw;
 mod attention;
+mod dropout;
 mod gemm;
 mod linear;
 mod lstm;
@@ -64,8 +67,10 @@ mod silu;
 mod slstm;
 mod softmax;
 
+pub use act::{act, act_backward, erf, Act};
 pub use adamw::{adamw, AdamW};
 pub use attention::{attention, attention_backward, AttnShape};
+pub use dropout::{dropout, dropout_mask, Dropout};
 pub use gemm::View4;
 pub use linear::{linear, linear_backward};
 pub use lstm::{lstm, lstm_backward, LstmShape};
