@@ -46,7 +46,13 @@ pub fn erf(x: f32) -> f32 {
     // (truncation error below 2e-8 for |x| < 0.5).
     let x2 = x * x;
     let mut s = -1.0 / 9360.0;
-    for c in [1.0 / 1320.0, -1.0 / 216.0, 1.0 / 42.0, -1.0 / 10.0, 1.0 / 3.0] {
+    for c in [
+        1.0 / 1320.0,
+        -1.0 / 216.0,
+        1.0 / 42.0,
+        -1.0 / 10.0,
+        1.0 / 3.0,
+    ] {
         s = s * x2 + c;
     }
     let near = std::f32::consts::FRAC_2_SQRT_PI * x * (1.0 - x2 * s);

@@ -15,7 +15,6 @@ pub use filter::{FilterHistory, SpectralAlgo, SpectralFilter};
 pub use mask::{dct_basis, FreqCutoff, FreqMask};
 pub use window::{frames, window_basis, WindowedGate};
 
-
 op_family! {
     /// A spectral op.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
