@@ -1,8 +1,9 @@
 //! ReLU, GELU (the exact erf form) and tanh, and their gradients.
 
 use crate::math::{exp, tanh};
-use crate::GRAIN;
+use crate::{filled, GRAIN};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// An activation with a fused kernel here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,13 +14,6 @@ pub enum Act {
     Gelu,
     /// `tanh x`.
     Tanh,
-}
-
-impl Act {
-    /// Whether the backward pass reads the output (ReLU, tanh) rather than the input (GELU).
-    pub fn backward_reads_output(self) -> bool {
-        !matches!(self, Act::Gelu)
-    }
 }
 
 /// `erf x` in straight-line arithmetic the compiler can vectorize: Abramowitz and Stegun
@@ -67,65 +61,118 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/√(2π).
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
+#[inline(always)]
+fn relu1(x: f32) -> f32 {
+    // NaN propagates, as in Burn and PyTorch.
+    if x.is_nan() || x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+#[inline(always)]
+fn gelu1(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
+}
+
 vectorized! {
-    fn relu_chunk(x: &[f32], y: &mut [f32]) {
+    fn relu_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = if x > 0.0 { x } else { 0.0 };
+            y.write(relu1(x));
         }
     }
-    fn gelu_chunk(x: &[f32], y: &mut [f32]) {
+    fn gelu_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2));
+            y.write(gelu1(x));
         }
     }
-    fn tanh_chunk(x: &[f32], y: &mut [f32]) {
+    fn tanh_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = tanh(x);
+            y.write(tanh(x));
         }
     }
-    fn relu_backward_chunk(y: &[f32], g: &[f32], dx: &mut [f32]) {
-        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-            *d = if y > 0.0 { g } else { 0.0 };
+    fn relu_in_place_chunk(v: &mut [f32]) {
+        for v in v.iter_mut() {
+            *v = relu1(*v);
         }
     }
-    fn gelu_backward_chunk(x: &[f32], g: &[f32], dx: &mut [f32]) {
-        for ((d, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+    fn gelu_in_place_chunk(v: &mut [f32]) {
+        for v in v.iter_mut() {
+            *v = gelu1(*v);
+        }
+    }
+    fn tanh_in_place_chunk(v: &mut [f32]) {
+        for v in v.iter_mut() {
+            *v = tanh(*v);
+        }
+    }
+    fn relu_backward_chunk(x: &[f32], g: &mut [f32]) {
+        for (g, &x) in g.iter_mut().zip(x) {
+            *g = if x.is_nan() || x > 0.0 { *g } else { 0.0 };
+        }
+    }
+    fn gelu_backward_chunk(x: &[f32], g: &mut [f32]) {
+        for (g, &x) in g.iter_mut().zip(x) {
             let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
             let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
-            *d = g * (cdf + x * pdf);
+            *g *= cdf + x * pdf;
         }
     }
-    fn tanh_backward_chunk(y: &[f32], g: &[f32], dx: &mut [f32]) {
-        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-            *d = g * (1.0 - y * y);
+    fn tanh_backward_chunk(x: &[f32], g: &mut [f32]) {
+        for (g, &x) in g.iter_mut().zip(x) {
+            let y = tanh(x);
+            *g *= 1.0 - y * y;
         }
     }
 }
 
-/// `y = a(x)` elementwise.
-pub fn act(a: Act, x: &[f32], y: &mut [f32]) {
+/// `a(x)` elementwise.
+pub fn act(a: Act, x: &[f32]) -> Vec<f32> {
     let f = match a {
         Act::Relu => relu_chunk,
         Act::Gelu => gelu_chunk,
         Act::Tanh => tanh_chunk,
     };
-    y.par_chunks_mut(GRAIN)
-        .zip(x.par_chunks(GRAIN))
-        .for_each(|(y, x)| f(x, y));
+    filled(x.len(), |y| {
+        if a == Act::Relu {
+            // Memory-bound: one thread streams as fast as two, without waiting for the pool.
+            return f(x, y);
+        }
+        y.par_chunks_mut(GRAIN)
+            .zip(x.par_chunks(GRAIN))
+            .for_each(|(y, x)| f(x, y))
+    })
 }
 
-/// The gradient of [`act`]: `dx = g · a'(x)`, from the output `y` for ReLU and tanh (`g` where
-/// y > 0; `g (1 − y²)`) and from the input `x` for GELU (`g (Φ(x) + x φ(x))`); see
-/// [`Act::backward_reads_output`].
-pub fn act_backward(a: Act, x_or_y: &[f32], g: &[f32], dx: &mut [f32]) {
+/// [`act`] in place (for an input nothing else holds).
+pub fn act_in_place(a: Act, v: &mut [f32]) {
+    let f = match a {
+        Act::Relu => relu_in_place_chunk,
+        Act::Gelu => gelu_in_place_chunk,
+        Act::Tanh => tanh_in_place_chunk,
+    };
+    if a == Act::Relu {
+        return f(v);
+    }
+    v.par_chunks_mut(GRAIN).for_each(f);
+}
+
+/// The gradient of [`act`], in place of the output's gradient `g`: `g · a'(x)` from the input
+/// (`g` where x > 0; `g (1 − tanh² x)`; `g (Φ(x) + x φ(x))`). The input, not the output, so
+/// that the output is free for the next op to overwrite (as Burn's ReLU does).
+pub fn act_backward(a: Act, x: &[f32], g: &mut [f32]) {
     let f = match a {
         Act::Relu => relu_backward_chunk,
         Act::Gelu => gelu_backward_chunk,
         Act::Tanh => tanh_backward_chunk,
     };
-    dx.par_chunks_mut(GRAIN)
-        .zip(x_or_y.par_chunks(GRAIN).zip(g.par_chunks(GRAIN)))
-        .for_each(|(d, (x, g))| f(x, g, d));
+    if a == Act::Relu {
+        return f(x, g);
+    }
+    g.par_chunks_mut(GRAIN)
+        .zip(x.par_chunks(GRAIN))
+        .for_each(|(g, x)| f(x, g));
 }
 
 #[cfg(test)]
@@ -184,13 +231,14 @@ mod tests {
             ),
         ];
         for (a, f, df) in cases {
-            let mut y = vec![0.0f32; n];
-            act(a, &x, &mut y);
+            let y = act(a, &x);
+            let mut again = x.clone();
+            act_in_place(a, &mut again);
+            assert_eq!(y, again);
             let want: Vec<f64> = x.iter().map(|&x| f(x as f64)).collect();
             assert_close(&format!("{a:?}"), &y, &want, 5e-7);
-            let mut dx = vec![0.0f32; n];
-            let from = if a.backward_reads_output() { &y } else { &x };
-            act_backward(a, from, &g, &mut dx);
+            let mut dx = g.clone();
+            act_backward(a, &x, &mut dx);
             let want: Vec<f64> = x
                 .iter()
                 .zip(&g)

@@ -3,8 +3,9 @@
 //! (1 − p)·2³²), so the forward pass computes the mask as it goes and the backward pass
 //! computes it again: no mask is stored, and no generator state is shared between tasks.
 
-use crate::GRAIN;
+use crate::{filled, GRAIN};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// SplitMix64's increment (2⁶⁴ / φ).
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -49,9 +50,14 @@ impl Dropout {
 }
 
 vectorized! {
-    fn dropout_chunk(d: &Dropout, start: usize, x: &[f32], y: &mut [f32]) {
+    fn dropout_chunk(d: &Dropout, start: usize, x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-            *y = if d.keeps(start + j) { x * d.scale } else { 0.0 };
+            y.write(if d.keeps(start + j) { x * d.scale } else { 0.0 });
+        }
+    }
+    fn dropout_in_place_chunk(d: &Dropout, start: usize, g: &mut [f32]) {
+        for (j, g) in g.iter_mut().enumerate() {
+            *g = if d.keeps(start + j) { *g * d.scale } else { 0.0 };
         }
     }
     fn mask_chunk(d: &Dropout, start: usize, m: &mut [f32]) {
@@ -61,13 +67,21 @@ vectorized! {
     }
 }
 
-/// `y = x · mask / (1 − p)`. The backward pass is the same function of the output's gradient:
-/// `dx = g · mask / (1 − p)`.
-pub fn dropout(d: &Dropout, x: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(GRAIN)
-        .zip(x.par_chunks(GRAIN))
+/// `x · mask / (1 − p)`.
+pub fn dropout(d: &Dropout, x: &[f32]) -> Vec<f32> {
+    filled(x.len(), |y| {
+        y.par_chunks_mut(GRAIN)
+            .zip(x.par_chunks(GRAIN))
+            .enumerate()
+            .for_each(|(c, (y, x))| dropout_chunk(d, c * GRAIN, x, y))
+    })
+}
+
+/// [`dropout`] in place: the backward pass, `g · mask / (1 − p)`, in the output's gradient.
+pub fn dropout_in_place(d: &Dropout, g: &mut [f32]) {
+    g.par_chunks_mut(GRAIN)
         .enumerate()
-        .for_each(|(c, (y, x))| dropout_chunk(d, c * GRAIN, x, y));
+        .for_each(|(c, g)| dropout_in_place_chunk(d, c * GRAIN, g));
 }
 
 /// The mask itself, 1 where kept and 0 where dropped (for plain tensor ops and tests).
@@ -88,9 +102,11 @@ mod tests {
         let x = data(n, 1, 2.0);
         let p = 0.3;
         let d = Dropout::new(42, p);
-        let (mut y, mut m) = (vec![0.0f32; n], vec![0.0f32; n]);
-        dropout(&d, &x, &mut y);
+        let (y, mut m) = (dropout(&d, &x), vec![0.0f32; n]);
         dropout_mask(&d, &mut m);
+        let mut g = x.clone();
+        dropout_in_place(&d, &mut g);
+        assert_eq!(g, y);
         for i in 0..n {
             assert_eq!(m[i], if d.keeps(i) { 1.0 } else { 0.0 });
             assert_eq!(y[i], x[i] * m[i] * d.scale, "{i}");

@@ -21,6 +21,17 @@ fn rows_per_task(len: usize) -> usize {
     (GRAIN / len.max(1)).max(1)
 }
 
+/// A vector of `n` values written by `fill`, without zeroing them first (a pass over memory
+/// that an elementwise kernel would otherwise pay for). `fill` must write every element: the
+/// kernels that use this write each element of their output exactly once.
+fn filled(n: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `fill` initialized all n elements (its contract above).
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// `a + b` elementwise, in `a` (summing the per-task partial gradients of a weight).
 fn add(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
@@ -67,10 +78,10 @@ mod silu;
 mod slstm;
 mod softmax;
 
-pub use act::{act, act_backward, erf, Act};
+pub use act::{act, act_backward, act_in_place, erf, Act};
 pub use adamw::{adamw, AdamW};
 pub use attention::{attention, attention_backward, AttnShape};
-pub use dropout::{dropout, dropout_mask, Dropout};
+pub use dropout::{dropout, dropout_in_place, dropout_mask, Dropout};
 pub use gemm::View4;
 pub use linear::{linear, linear_backward};
 pub use lstm::{lstm, lstm_backward, LstmShape};

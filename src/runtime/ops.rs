@@ -66,7 +66,9 @@ fn dropout_key(device: &Device) -> u64 {
 
 pub(crate) fn act<const D: usize>(a: Activation, x: Tensor<D>) -> Tensor<D> {
     match a {
-        Activation::Relu => fused::relu(x),
+        // Burn's own ReLU: one pass, and measured faster than the fused kernel (`fused::relu`,
+        // benches/fused.rs), which has no arithmetic to save.
+        Activation::Relu => activation::relu(x),
         Activation::Gelu => fused::gelu(x),
         Activation::Silu => fused::silu(x),
         Activation::Tanh => fused::tanh_tensor(x),

@@ -9,7 +9,7 @@ use burn::tensor::activation;
 use burn_flex::FlexTensor;
 use kiln_kernels as k;
 
-use super::lane::{back, dense, lane, record, shape_of, tensor, values, Lane};
+use super::lane::{back, dense, lane, record, shape_of, tensor, values, values_mut, Lane};
 use super::Kernel;
 
 fn kernel(a: k::Act) -> Kernel {
@@ -24,42 +24,43 @@ fn kernel(a: k::Act) -> Kernel {
 struct ActBackward(k::Act);
 
 impl Backward<Flex, 1> for ActBackward {
-    /// The output for ReLU and tanh, the input for GELU (see [`k::Act::backward_reads_output`]).
+    /// The input.
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = dense(grads.consume::<Flex>(&ops.node));
+        let mut g = dense(grads.consume::<Flex>(&ops.node));
         let [parent] = ops.parents;
         if let Some(node) = parent {
             let s = ops.state;
-            let mut dx = vec![0.0f32; values(&s).len()];
-            k::act_backward(self.0, values(&s), values(&g), &mut dx);
+            // In place in the output's gradient (copied first only if something shares it).
+            k::act_backward(self.0, values(&s), values_mut(&mut g));
             kernel(self.0).ran_backward();
-            grads.register::<Flex>(node.id, tensor(dx, shape_of(&s)));
+            grads.register::<Flex>(node.id, g);
         }
     }
 }
 
-fn act_forward(a: k::Act, x: &FlexTensor) -> FlexTensor {
-    let mut y = vec![0.0f32; values(x).len()];
-    k::act(a, values(x), &mut y);
+/// `a(x)`, in x's own storage when nothing else holds it (no allocation), else in a new one.
+fn act_forward(a: k::Act, mut x: FlexTensor) -> FlexTensor {
     kernel(a).ran();
-    tensor(y, shape_of(x))
+    if x.is_unique() {
+        k::act_in_place(a, values_mut(&mut x));
+        return x;
+    }
+    tensor(k::act(a, values(&x)), shape_of(&x))
 }
 
 fn act<const D: usize>(a: k::Act, x: Tensor<D>) -> Tensor<D> {
     match lane(x) {
-        Lane::Plain(x) => back::<D>(Lane::Plain(act_forward(a, &dense(x)))),
+        Lane::Plain(x) => back::<D>(Lane::Plain(act_forward(a, dense(x)))),
         Lane::Tracked(x, ctx) => {
-            let out = record(ActBackward(a), [x.node()], |keep| {
-                let xs = dense(x.primitive().clone());
-                let y = act_forward(a, &xs);
-                let state = match keep {
-                    false => None,
-                    true if a.backward_reads_output() => Some(y.clone()),
-                    true => Some(xs),
-                };
-                (y, state)
+            let node = x.node();
+            let out = record(ActBackward(a), [node], |keep| {
+                let xs = dense(x.into_primitive());
+                match keep {
+                    false => (act_forward(a, xs), None),
+                    true => (act_forward(a, xs.clone()), Some(xs)),
+                }
             });
             back::<D>(Lane::Tracked(out, ctx))
         }

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn_flex::FlexTensor;
 use kiln_kernels as k;
 
-use super::lane::{back, dense, lane, record, shape_of, tensor, values, Lane};
+use super::lane::{back, dense, lane, record, shape_of, tensor, values, values_mut, Lane};
 use super::Kernel;
 
 #[derive(Debug)]
@@ -21,20 +21,25 @@ impl Backward<Flex, 1> for DropoutBackward {
     type State = k::Dropout;
 
     fn backward(self, ops: Ops<k::Dropout, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = dense(grads.consume::<Flex>(&ops.node));
+        let mut g = dense(grads.consume::<Flex>(&ops.node));
         let [parent] = ops.parents;
         if let Some(node) = parent {
-            grads.register::<Flex>(node.id, apply(&ops.state, &g));
+            // In place in the output's gradient (copied first only if something shares it).
+            k::dropout_in_place(&ops.state, values_mut(&mut g));
             Kernel::Dropout.ran_backward();
+            grads.register::<Flex>(node.id, g);
         }
     }
 }
 
-/// `x · mask / (1 − p)` by the kernel.
-fn apply(d: &k::Dropout, x: &FlexTensor) -> FlexTensor {
-    let mut y = vec![0.0f32; values(x).len()];
-    k::dropout(d, values(x), &mut y);
-    tensor(y, shape_of(x))
+/// `x · mask / (1 − p)` by the kernel, in x's own storage when nothing else holds it (the
+/// backward pass needs only the key, so the input is free to overwrite).
+fn apply(d: &k::Dropout, mut x: FlexTensor) -> FlexTensor {
+    if x.is_unique() {
+        k::dropout_in_place(d, values_mut(&mut x));
+        return x;
+    }
+    tensor(k::dropout(d, values(&x)), shape_of(&x))
 }
 
 /// Dropout of `x` with probability `p` (in [0, 1]) by the mask of `key`: element i (in
@@ -45,13 +50,14 @@ pub fn dropout<const D: usize>(x: Tensor<D>, p: f64, key: u64) -> Tensor<D> {
     let d = k::Dropout::new(key, p);
     match lane(x) {
         Lane::Plain(x) => {
-            let y = apply(&d, &dense(x));
+            let y = apply(&d, dense(x));
             Kernel::Dropout.ran();
             back::<D>(Lane::Plain(y))
         }
         Lane::Tracked(x, ctx) => {
-            let out = record(DropoutBackward, [x.node()], |keep| {
-                let y = apply(&d, &dense(x.primitive().clone()));
+            let node = x.node();
+            let out = record(DropoutBackward, [node], |keep| {
+                let y = apply(&d, dense(x.into_primitive()));
                 Kernel::Dropout.ran();
                 (y, keep.then_some(d))
             });
