@@ -72,6 +72,56 @@ fn main() {
         }),
     ));
 
+    type Op3 = fn(Tensor<3>) -> Tensor<3>;
+    let acts: [(&str, Op3); 3] = [
+        ("relu", fused::relu),
+        ("gelu", fused::gelu),
+        ("tanh", fused::tanh_tensor),
+    ];
+    for (name, f) in acts {
+        rows.push((
+            name,
+            format!("[{b}, {s}, {ff}]"),
+            time(reps, &|| {
+                train_call(&x, &|v: Vec<Tensor<3>>| f(v[0].clone()))
+            }),
+        ));
+    }
+    rows.push((
+        "dropout 0.1",
+        format!("[{b}, {s}, {ff}]"),
+        time(reps, &|| {
+            train_call(&x, &|v: Vec<Tensor<3>>| dropout(v[0].clone(), 0.1))
+        }),
+    ));
+    // The rule-extrapolation paper's Transformer (batch 128, 256 positions, ff 1024, 5 heads):
+    // its feed-forward activations and its attention probabilities.
+    let x = [rand([128, 256, 1024], &dev)];
+    rows.push((
+        "relu (paper)",
+        "[128, 256, 1024]".into(),
+        time(reps.min(5), &|| {
+            train_call(&x, &|v: Vec<Tensor<3>>| fused::relu(v[0].clone()))
+        }),
+    ));
+    rows.push((
+        "dropout (paper)",
+        "[128, 256, 1024]".into(),
+        time(reps.min(5), &|| {
+            train_call(&x, &|v: Vec<Tensor<3>>| dropout(v[0].clone(), 0.1))
+        }),
+    ));
+    drop(x);
+    let x = [rand([128, 5, 256, 256], &dev)];
+    rows.push((
+        "dropout (paper p)",
+        "[128, 5, 256, 256]".into(),
+        time(reps.min(5), &|| {
+            train_call(&x, &|v: Vec<Tensor<4>>| dropout(v[0].clone(), 0.1))
+        }),
+    ));
+    drop(x);
+
     let x = [rand([b, hk, (h / hk) * s, s], &dev)];
     rows.push((
         "causal softmax",
@@ -294,6 +344,17 @@ fn main() {
             on * 1e3,
             off / on
         );
+    }
+}
+
+/// Dropout as kiln runs it: the fused kernel, or (fused kernels off) what it replaced, Burn's
+/// Bernoulli mask drawn from the global generator, multiplied and divided.
+fn dropout<const D: usize>(x: Tensor<D>, p: f64) -> Tensor<D> {
+    if fused::enabled() {
+        fused::dropout(x, p, 0x5EED)
+    } else {
+        let keep = x.random_like(burn::tensor::Distribution::Bernoulli(1.0 - p));
+        x * keep / (1.0 - p)
     }
 }
 

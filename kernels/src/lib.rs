@@ -7,7 +7,8 @@
 //! Burn's tensors and autodiff; `tests/fused.rs` in kiln checks each against the plain Burn ops
 //! it replaces.
 //!
-//! One module per kernel family, each re-exported here: `silu`, `softmax` (rows with a causal
+//! One module per kernel family, each re-exported here: `silu`, `act` (ReLU, GELU, tanh),
+//! `dropout` (a counter-based mask), `softmax` (rows with a causal
 //! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `linear`, `adamw`, `scan`
 //! (Mamba's selective scan), `lstm`, `slstm` and `mlstm` (xLSTM). `math` holds the vectorizable
 //! scalar functions they share, `gemm` the matrix operands and products.
@@ -18,6 +19,17 @@ const GRAIN: usize = 1 << 14;
 /// Rows per rayon task for row-wise kernels over rows of `len` elements.
 fn rows_per_task(len: usize) -> usize {
     (GRAIN / len.max(1)).max(1)
+}
+
+/// A vector of `n` values written by `fill`, without zeroing them first (a pass over memory
+/// that an elementwise kernel would otherwise pay for). `fill` must write every element: the
+/// kernels that use this write each element of their output exactly once.
+fn filled(n: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `fill` initialized all n elements (its contract above).
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// `a + b` elementwise, in `a` (summing the per-task partial gradients of a weight).
@@ -50,8 +62,10 @@ macro_rules! vectorized {
     )*};
 }
 
+mod act;
 mod adamw;
 mod attention;
+mod dropout;
 mod gemm;
 mod linear;
 mod lstm;
@@ -64,8 +78,10 @@ mod silu;
 mod slstm;
 mod softmax;
 
+pub use act::{act, act_backward, act_in_place, erf, Act};
 pub use adamw::{adamw, AdamW};
 pub use attention::{attention, attention_backward, AttnShape};
+pub use dropout::{dropout, dropout_in_place, dropout_mask, Dropout};
 pub use gemm::View4;
 pub use linear::{linear, linear_backward};
 pub use lstm::{lstm, lstm_backward, LstmShape};

@@ -265,6 +265,28 @@ mod tests {
         assert!((frac - 0.25).abs() < 0.05, "dropped {frac}");
     }
 
+    /// The masks come from the device's generator, seeded by the trainer from (seed, step,
+    /// micro-batch): the same seeding gives the same masks, in order; the next dropout op (or
+    /// another step) gets another mask.
+    #[test]
+    fn dropout_masks_follow_the_seeding() {
+        let device = DeviceKind::Cpu.device(false);
+        let op = Elementwise::Dropout(Real(0.5));
+        let ins = vec![RefTensor {
+            shape: vec![2, 8, 64],
+            data: vec![1.0; 2 * 8 * 64],
+        }];
+        let masks = |seed: u64| {
+            device.seed(seed);
+            [run(&op, &ins, true, &device), run(&op, &ins, true, &device)]
+        };
+        let [a, b] = masks(crate::train::mix(7, 3, 0));
+        assert_eq!([a.clone(), b.clone()], masks(crate::train::mix(7, 3, 0)));
+        let [c, _] = masks(crate::train::mix(7, 4, 0));
+        assert_ne!(a, b, "two dropout ops, one mask");
+        assert_ne!(a, c, "two steps, one mask");
+    }
+
     #[test]
     fn gradients_reach_every_input() {
         let device = DeviceKind::Cpu.device(true);

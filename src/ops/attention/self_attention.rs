@@ -454,8 +454,20 @@ mod tests {
             train: true,
             ..ctx(&device, b, s)
         };
-        let got = host(op.forward(&refs, &c));
-        let mean = got.iter().map(|&x| f64::from(x)).sum::<f64>() / got.len() as f64;
+        // One draw's mean has a standard deviation of about 0.012 here (the weights are peaked):
+        // the mean over 8 seeded draws.
+        let draws: Vec<Vec<f32>> = (0..8)
+            .map(|seed| {
+                device.seed(seed);
+                host(op.forward(&refs, &c))
+            })
+            .collect();
+        let mean = draws
+            .iter()
+            .map(|g| g.iter().map(|&x| f64::from(x)).sum::<f64>() / g.len() as f64)
+            .sum::<f64>()
+            / 8.0;
+        let got = &draws[7];
         assert!((mean - 1.0).abs() < 0.03, "mean {mean}");
         assert!(
             got.iter().any(|&x| (x - 1.0).abs() > 0.05),

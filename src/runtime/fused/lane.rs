@@ -88,6 +88,12 @@ pub(super) fn values(t: &FlexTensor) -> &[f32] {
     &t.storage::<f32>()[..t.layout().num_elements()]
 }
 
+/// The elements of a dense tensor, to write in place (copied first if the storage is shared).
+pub(super) fn values_mut(t: &mut FlexTensor) -> &mut [f32] {
+    let n = t.layout().num_elements();
+    &mut t.storage_mut::<f32>()[..n]
+}
+
 pub(super) fn shape_of(t: &FlexTensor) -> Vec<usize> {
     t.layout().shape().to_vec()
 }

@@ -12,6 +12,8 @@
 //! | kernel | replaces |
 //! |---|---|
 //! | [`silu`] | `x · sigmoid(x)` (2 ops forward, 3 backward) |
+//! | [`gelu`], [`tanh_tensor`], [`relu`] | Burn's activations (GELU: 5 ops forward, ~10 backward; ReLU is one op already, and `Elementwise::Act` keeps Burn's, measured faster) |
+//! | [`dropout`] | a Bernoulli mask drawn, multiplied and kept for the backward pass (3 ops); here a counter-based mask, recomputed in the backward pass |
 //! | [`softmax_rows`] | the causal `mask_fill` and `softmax` of attention (6 ops forward) |
 //! | [`rmsnorm`] | `x / sqrt(mean(x²) + ε) · w` (6 ops forward) |
 //! | [`layernorm`] | `(x − mean) / sqrt(var + ε) · w + b` (9 ops forward) |
@@ -37,8 +39,10 @@
 //! the runs of every fused kernel, forward and backward, so that a test can tell the fused path
 //! ran: an op whose inputs the kernels cannot take falls back to the plain path silently.
 
+mod act;
 mod adamw;
 mod attention;
+mod dropout;
 mod lane;
 mod linear;
 mod lstm;
@@ -50,8 +54,10 @@ mod silu;
 mod slstm;
 mod softmax;
 
+pub use act::{gelu, relu, tanh_tensor};
 pub use adamw::{adamw, adamw_plain, AdamW};
 pub use attention::{attention, attention_plain};
+pub use dropout::{dropout, dropout_mask, dropout_plain};
 pub use kiln_kernels::{exp, log_sigmoid, tanh, Visible};
 pub use linear::{linear, linear_plain};
 pub use lstm::{lstm, lstm_plain};
@@ -107,11 +113,19 @@ pub enum Kernel {
     Slstm,
     /// [`mlstm`].
     Mlstm,
+    /// [`relu`].
+    Relu,
+    /// [`gelu`].
+    Gelu,
+    /// [`tanh_tensor`].
+    Tanh,
+    /// [`dropout`].
+    Dropout,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::Silu,
         Kernel::Softmax,
         Kernel::RmsNorm,
@@ -124,6 +138,10 @@ impl Kernel {
         Kernel::Lstm,
         Kernel::Slstm,
         Kernel::Mlstm,
+        Kernel::Relu,
+        Kernel::Gelu,
+        Kernel::Tanh,
+        Kernel::Dropout,
     ];
 
     /// Counts one run of this op's fused forward kernel.
