@@ -38,6 +38,11 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
         host_tensor(self.op.forward(&refs, &c))
     }
 
+    /// The inputs at positions `at..at + len` (those without positions whole).
+    pub(super) fn positions(&self, at: usize, len: usize) -> Vec<Arg> {
+        positions(&self.args, at, len)
+    }
+
     pub(super) fn assert_close(&self, what: &str, got: &RefTensor, want: &RefTensor) {
         assert_eq!(got.shape, want.shape, "{:?}: {what}: shapes", self.op);
         for (i, (g, w)) in got.data.iter().zip(&want.data).enumerate() {
@@ -52,15 +57,22 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     /// The inferred output type has the forward's shape (batch and sequence resolved).
     pub fn infers_the_forward_shape(&self) {
         let tys: Vec<TensorType> = self.args.iter().map(Arg::ty).collect();
+        let (b, s) = self.batch_seq();
+        self.infers_the_forward_shape_from(&tys, b, s);
+    }
+
+    /// [`Case::infers_the_forward_shape`] from input types `tys` instead of the arguments'
+    /// own, with the output's `batch` and `seq` (inputs whose position axis is not the plain
+    /// sequence: a memory body's `seq + m`).
+    pub fn infers_the_forward_shape_from(&self, tys: &[TensorType], batch: usize, seq: usize) {
         let ty = self
             .op
-            .infer(&tys)
+            .infer(tys)
             .unwrap_or_else(|e| panic!("{:?}: {e}", self.op));
-        let (b, s) = self.batch_seq();
         let want: Vec<usize> = ty
             .shape
             .iter()
-            .map(|d| d.value(b as u64, s as u64) as usize)
+            .map(|d| d.value(batch as u64, seq as u64) as usize)
             .collect();
         let device = DeviceKind::Cpu.device(false);
         assert_eq!(
@@ -170,17 +182,7 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
         let mut at = 0;
         while at < s {
             let len = if at == 0 { prompt.min(s) } else { 1 };
-            let args: Vec<Arg> = self
-                .args
-                .iter()
-                .map(|a| match a.seq {
-                    Some(ax) => Arg {
-                        t: narrow(&a.t, ax, at, len),
-                        ..a.clone()
-                    },
-                    None => a.clone(),
-                })
-                .collect();
+            let args = self.positions(at, len);
             let vs: Vec<V> = args.iter().map(|a| a.value(&device)).collect();
             let refs: Vec<&V> = vs.iter().collect();
             let c = Ctx {
@@ -192,4 +194,17 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
         }
         self.assert_close("decoded vs whole", &concat(&parts, axis), &whole);
     }
+}
+
+/// `args` at positions `at..at + len` (those without positions whole).
+pub(super) fn positions(args: &[Arg], at: usize, len: usize) -> Vec<Arg> {
+    args.iter()
+        .map(|a| match a.seq {
+            Some(ax) => Arg {
+                t: narrow(&a.t, ax, at, len),
+                ..a.clone()
+            },
+            None => a.clone(),
+        })
+        .collect()
 }

@@ -2,6 +2,7 @@
 //! masks, training-only gradients, inputs batched without positions, tables that grow with
 //! the positions decoded, and ops whose output length differs from their input's.
 
+use super::case::positions;
 use super::{concat, ctx, host, host_tensor, narrow, Arg, Case};
 use crate::ir::{Dim, Mixing, TensorType};
 use crate::ops::{OpDef, OpState, RefTensor};
@@ -40,23 +41,8 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
                 ty
             })
             .collect();
-        let ty = self
-            .op
-            .infer(&tys)
-            .unwrap_or_else(|e| panic!("{:?}: {e}", self.op));
         let (_, s) = self.batch_seq();
-        let want: Vec<usize> = ty
-            .shape
-            .iter()
-            .map(|d| d.value(batch as u64, s as u64) as usize)
-            .collect();
-        let device = DeviceKind::Cpu.device(false);
-        assert_eq!(
-            self.forward(&self.args, 0, &device).shape,
-            want,
-            "{:?}: inferred {ty}",
-            self.op
-        );
+        self.infers_the_forward_shape_from(&tys, batch, s);
     }
 }
 
@@ -110,16 +96,7 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
             } else {
                 (1, &picked, rows.len())
             };
-            let args: Vec<Arg> = from
-                .iter()
-                .map(|a| match a.seq {
-                    Some(ax) => Arg {
-                        t: narrow(&a.t, ax, at, len),
-                        ..a.clone()
-                    },
-                    None => a.clone(),
-                })
-                .collect();
+            let args = positions(from, at, len);
             let vs: Vec<V> = args.iter().map(|a| a.value(&device)).collect();
             let refs: Vec<&V> = vs.iter().collect();
             let c = Ctx {
@@ -265,23 +242,8 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
         for &i in batched {
             tys[i].shape[0] = Dim::Batch;
         }
-        let ty = self
-            .op
-            .infer(&tys)
-            .unwrap_or_else(|e| panic!("{:?}: {e}", self.op));
         let (b, s) = self.batch_seq();
-        let want: Vec<usize> = ty
-            .shape
-            .iter()
-            .map(|d| d.value(b as u64, s as u64) as usize)
-            .collect();
-        let device = DeviceKind::Cpu.device(false);
-        assert_eq!(
-            self.forward(&self.args, 0, &device).shape,
-            want,
-            "{:?}: inferred {ty}",
-            self.op
-        );
+        self.infers_the_forward_shape_from(&tys, b, s);
     }
 }
 
@@ -289,42 +251,6 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
 /// input and not its values, and ops whose output has other positions than their input
 /// (padding, cropping).
 impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
-    /// The inputs at positions `at..at + len` (those without positions whole).
-    fn positions(&self, at: usize, len: usize) -> Vec<Arg> {
-        self.args
-            .iter()
-            .map(|a| match a.seq {
-                Some(ax) => Arg {
-                    t: narrow(&a.t, ax, at, len),
-                    ..a.clone()
-                },
-                None => a.clone(),
-            })
-            .collect()
-    }
-
-    /// [`Case::infers_the_forward_shape`] from input types `tys` instead of the arguments'
-    /// own, with the output's `batch` and `seq` (inputs whose position axis is not the plain
-    /// sequence: a memory body's `seq + m`).
-    pub fn infers_the_forward_shape_from(&self, tys: &[TensorType], batch: usize, seq: usize) {
-        let ty = self
-            .op
-            .infer(tys)
-            .unwrap_or_else(|e| panic!("{:?}: {e}", self.op));
-        let want: Vec<usize> = ty
-            .shape
-            .iter()
-            .map(|d| d.value(batch as u64, seq as u64) as usize)
-            .collect();
-        let device = DeviceKind::Cpu.device(false);
-        assert_eq!(
-            self.forward(&self.args, 0, &device).shape,
-            want,
-            "{:?}: inferred {ty}",
-            self.op
-        );
-    }
-
     /// For a table of positions whose decoding calls give the rows of every position so far
     /// (0..offset + len, for a reader that takes the rows it needs): decoding `prompt`
     /// positions, then one at a time, gives at each call the first rows of the whole
