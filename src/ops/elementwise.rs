@@ -58,14 +58,12 @@ impl OpDef for Elementwise {
     }
 
     fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
-        let x = float_input(&ins[0])?;
-        if let [_, b] = ins {
-            float_input(b)?;
+        let p = self.ports();
+        let x = float_input(port(p, ins, p[0]))?;
+        if let Elementwise::Add | Elementwise::Mul = self {
+            let b = float_input(port(p, ins, "b"))?;
             if x.shape != b.shape {
-                return Err(shapes(format!(
-                    "cannot combine shapes {} and {}",
-                    ins[0], ins[1]
-                )));
+                return Err(shapes(format!("cannot combine shapes {x} and {b}")));
             }
         }
         Ok(TensorType {
@@ -119,16 +117,18 @@ impl OpDef for Elementwise {
 
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
         use crate::runtime::ops::{act, dropout};
+        let ports = self.ports();
+        let x = |name| port(ports, ins, name);
         match self {
-            Elementwise::Add => match (ins[0], ins[1]) {
+            Elementwise::Add => match (x("a"), x("b")) {
                 (V::F3(a), V::F3(b)) => V::F3(a.clone() + b.clone()),
                 (V::F4(a), V::F4(b)) => V::F4(a.clone() + b.clone()),
                 (a, b) => V::F2(a.f2() + b.f2()),
             },
-            Elementwise::Mul => V::F3(ins[0].f3() * ins[1].f3()),
-            Elementwise::Scale(c) => V::F3(ins[0].f3().mul_scalar(c.0)),
-            Elementwise::Act(a) => V::F3(act(*a, ins[0].f3())),
-            Elementwise::Dropout(p) => V::F3(dropout(ins[0].f3(), p.0, ctx)),
+            Elementwise::Mul => V::F3(x("a").f3() * x("b").f3()),
+            Elementwise::Scale(c) => V::F3(x("x").f3().mul_scalar(c.0)),
+            Elementwise::Act(a) => V::F3(act(*a, x("x").f3())),
+            Elementwise::Dropout(p) => V::F3(dropout(x("x").f3(), p.0, ctx)),
         }
     }
 

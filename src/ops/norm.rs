@@ -56,8 +56,10 @@ impl OpDef for Norm {
     }
 
     fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
-        let x = float_input(port(self.ports(), ins, "x"))?;
-        for g in &ins[1..] {
+        let p = self.ports();
+        let x = float_input(port(p, ins, "x"))?;
+        let params = p.iter().filter(|n| **n != "x").map(|n| port(p, ins, n));
+        for g in params {
             if g.shape.len() != 1 || Some(&g.shape[0]) != x.shape.last() {
                 return Err(shapes("norm parameters do not match the input width"));
             }
