@@ -42,14 +42,7 @@ pub fn ids_value(t: &RefTensor, device: &Device) -> V {
 
 /// A runtime value's data.
 pub fn host(v: V) -> Vec<f32> {
-    let data = match v {
-        V::F1(t) => t.into_data(),
-        V::F2(t) => t.into_data(),
-        V::F3(t) => t.into_data(),
-        V::F4(t) => t.into_data(),
-        V::I2(t) => t.float().into_data(),
-    };
-    data.convert::<f32>().try_to_vec::<f32>().unwrap()
+    v.to_vec()
 }
 
 /// A runtime value as a float64 tensor.
