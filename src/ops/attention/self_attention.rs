@@ -446,7 +446,12 @@ mod tests {
                 out_seq: Some(2),
                 tol: 1e-4,
             };
+            // Training stays on the fused attention kernel, forward and backward (the dropout is
+            // inside it). The counts are process-wide, so this shows that it ran, not alone.
+            let before = fused::calls(fused::Kernel::Attention);
             case.gradients_reach_every_input_in_training(&[]);
+            let after = fused::calls(fused::Kernel::Attention);
+            assert!(after.forward > before.forward && after.backward > before.backward);
             // At inference dropout is the identity.
             case.matches_the_reference();
         }
