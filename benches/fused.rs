@@ -191,6 +191,39 @@ fn main() {
         }),
     ));
 
+    rows.push((
+        "attn + dropout",
+        format!("q [{b}, {h}, {s}, {hd}], k, v [{b}, {hk}, {s}, {hd}]"),
+        time(reps, &|| {
+            train_call(&qkv, &|v: Vec<Tensor<4>>| {
+                let [q, k, v] = [0, 1, 2].map(|i| v[i].clone().swap_dims(1, 2));
+                let o = attention_dropout(q, k, v, scale, causal, 0.1);
+                o.swap_dims(1, 2).reshape([b, s, h * hd])
+            })
+        }),
+    ));
+    drop(qkv);
+    // The rule-extrapolation paper's Transformer: d_model 10, 5 heads, 256 positions, batch 128.
+    let (pb, ph, ps, pd) = (128, 5, 256, 2);
+    let qkv = [0, 1, 2].map(|_| rand([pb, ps, ph, pd], &dev));
+    let paper_vis = Visible {
+        queries: ps,
+        causal: true,
+        offset: 0,
+    };
+    rows.push((
+        "attn + drop (paper)",
+        format!("q, k, v [{pb}, {ph}, {ps}, {pd}]"),
+        time(reps.min(5), &|| {
+            train_call(&qkv, &|v: Vec<Tensor<4>>| {
+                let [q, k, v] = [0, 1, 2].map(|i| v[i].clone().swap_dims(1, 2));
+                let o = attention_dropout(q, k, v, 1.0 / (pd as f32).sqrt(), paper_vis, 0.1);
+                o.swap_dims(1, 2).reshape([pb, ps, ph * pd])
+            })
+        }),
+    ));
+    drop(qkv);
+
     let x = [rand([b, s, d], &dev)];
     let w = rand([d, ff], &dev);
     rows.push((
@@ -356,6 +389,32 @@ fn dropout<const D: usize>(x: Tensor<D>, p: f64) -> Tensor<D> {
         let keep = x.random_like(burn::tensor::Distribution::Bernoulli(1.0 - p));
         x * keep / (1.0 - p)
     }
+}
+
+/// Attention with dropout 0.1 on its probabilities as kiln runs it in training: inside the fused
+/// attention kernel, or (the "plain" column) the path before it, with the fused kernels on: the
+/// product, the fused softmax, the separate fused dropout (the same mask), the product with v.
+fn attention_dropout(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+    p: f64,
+) -> Tensor<4> {
+    if fused::enabled() {
+        return fused::attention_dropout(q, k, v, scale, vis, p, 0x5EED);
+    }
+    fused::set_enabled(true);
+    let [b, h, s, d] = q.dims();
+    let hk = k.dims()[1];
+    let q = q.mul_scalar(scale).reshape([b, hk, (h / hk) * s, d]);
+    let probs = fused::softmax_rows(q.matmul(k.swap_dims(2, 3)), vis);
+    let o = fused::dropout(probs, p, 0x5EED)
+        .matmul(v)
+        .reshape([b, h, s, d]);
+    fused::set_enabled(false);
+    o
 }
 
 fn rayon_threads() -> usize {

@@ -425,6 +425,83 @@ fn attention_matches_matmul_softmax_matmul() {
     }
 }
 
+/// Attention's dropout of the probabilities inside the fused kernel against the separate ops
+/// it replaces, softmax → `fused::dropout` (same key) → product with v: the same mask element
+/// for element, so the same values and gradients; by the run counts, the fused attention ran
+/// forward and backward (and the separate path ran the dropout kernel, not attention's).
+#[test]
+fn attention_dropout_matches_softmax_dropout_matmul() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // ([b, query heads, KV heads, s, t, d], causal, offset, p): grouped heads, a decoding
+    // offset, non-causal cross attention, several causal blocks, odd sizes.
+    let cases = [
+        ([2, 4, 2, 3, 3, 4], true, 0, 0.1),
+        ([1, 3, 3, 5, 9, 7], true, 4, 0.5),
+        ([3, 2, 2, 7, 11, 5], false, 0, 0.3),
+        ([2, 6, 2, 37, 37, 9], true, 0, 0.1),
+        ([1, 4, 1, 35, 45, 8], true, 10, 0.25),
+        ([2, 1, 1, 33, 31, 3], false, 0, 0.9),
+    ];
+    for (i, ([b, h, hk, s, tk, d], causal, offset, p)) in cases.into_iter().enumerate() {
+        let vis = vis(s, causal, offset);
+        let key = 1000 + i as u64;
+        let case = format!("({b},{h},{hk},{s},{tk},{d}) {vis:?} p {p}");
+        // As the head split makes them: transposed views of [b, s, heads, d].
+        let make = |dev: &Device| {
+            vec![
+                t([b, s, h, d], 12, 1.5, dev).swap_dims(1, 2),
+                t([b, tk, hk, d], 13, 1.5, dev).swap_dims(1, 2),
+                t([b, tk, hk, d], 14, 1.5, dev).swap_dims(1, 2),
+            ]
+        };
+        let fused_attn = |x: Vec<Tensor<4>>| {
+            fused::attention_dropout(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis, p, key)
+        };
+        // The separate ops, the G query heads of a KV head as G·s rows ([b, hk, G·s, t] has
+        // the row-major order of [b, h, s, t]).
+        let separate = |x: Vec<Tensor<4>>| {
+            let q = x[0]
+                .clone()
+                .mul_scalar(0.7)
+                .reshape([b, hk, (h / hk) * s, d]);
+            let probs = fused::softmax_rows(q.matmul(x[1].clone().swap_dims(2, 3)), vis);
+            fused::dropout(probs, p, key)
+                .matmul(x[2].clone())
+                .reshape([b, h, s, d])
+        };
+        for autodiff in [false, true] {
+            let (a, ga) = counted(&[Kernel::Attention], true, autodiff, || {
+                run_once(&make, &fused_attn, true, autodiff)
+            });
+            let (z, gz) = counted(&[Kernel::Dropout, Kernel::Softmax], true, autodiff, || {
+                counted(&[Kernel::Attention], false, false, || {
+                    run_once(&make, &separate, true, autodiff)
+                })
+            });
+            let v = max_diff(a, z);
+            assert!(v < 1e-5, "{case}: values differ by {v}");
+            for ((name, a), z) in ["q", "k", "v"].iter().zip(ga).zip(gz) {
+                let g = max_diff(a, z);
+                assert!(g < 1e-5, "{case}: {name} gradients differ by {g}");
+            }
+        }
+        // The fused kernels off: the plain path applies the same mask by tensor ops.
+        let (v, g) = compare(Kernel::Attention, make, fused_attn);
+        assert!(v < 1e-5, "{case}: plain values differ by {v}");
+        for (name, g) in ["q", "k", "v"].iter().zip(&g) {
+            assert!(*g < 1e-5, "{case}: plain {name} gradients differ by {g}");
+        }
+        // Dropout really drops: the output differs from attention without it.
+        let dev = Device::flex();
+        let x = make(&dev);
+        let plain = fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis);
+        assert!(
+            max_diff(fused_attn(x), plain) > 1e-3,
+            "{case}: nothing dropped"
+        );
+    }
+}
+
 #[test]
 fn linear_matches_matmul_and_bias() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,7 @@
 //! Attention `softmax(scale · q kᵀ) v` with grouped KV heads and a causal limit, and its
 //! gradients.
 
+use crate::dropout::{dropout_in_place_chunk, dropout_row, Dropout};
 use crate::gemm::{matmul, Mat, View4};
 use crate::softmax::{softmax_grad_in_place, softmax_in_place, Visible};
 use rayon::prelude::*;
@@ -52,6 +53,20 @@ fn attn_blocks(rows: usize, keys: usize, vis: Visible) -> Vec<(usize, usize, usi
     out
 }
 
+/// The values of one row block's scratch: the rows of a block (all `s` rows when nothing is
+/// causal) by `t` keys.
+fn block_len(s: usize, t: usize) -> usize {
+    ATTN_BLOCK.max(s) * t
+}
+
+/// The dropout of a block's probabilities `pb` (rows of `t`, the block's first element at
+/// index `first` of p) into `out`, rows of their first `lim` keys.
+fn drop_block(dr: &Dropout, first: usize, pb: &[f32], t: usize, lim: usize, out: &mut [f32]) {
+    for (i, (row, out)) in pb.chunks(t).zip(out.chunks_mut(lim)).enumerate() {
+        dropout_row(dr, first + i * t, &row[..lim], out);
+    }
+}
+
 /// Attention `o = softmax(scale · q kᵀ) v` per (batch, query head), each row over the keys
 /// `vis` lets it see (hidden keys get probability 0; `vis.queries` is the number of query
 /// positions). Query head h reads KV head h / (heads / kv_heads). `q` `[batch, heads, queries,
@@ -59,6 +74,11 @@ fn attn_blocks(rows: usize, keys: usize, vis: Visible) -> Vec<(usize, usize, usi
 /// probabilities `p` `[batch, heads, queries, keys]` (what the backward pass needs) and `o` laid
 /// out as `[batch, queries, heads, dim]` (the layout the heads are merged in). Batch rows run in
 /// parallel.
+///
+/// With `drop`, the probabilities are dropped out before the product with v: element
+/// `((b·heads + h)·queries + i)·keys + j` of p (its row-major index) is kept, and scaled by
+/// `1 / (1 − p)`, exactly when [`Dropout::keeps`] says so, the mask [`crate::dropout`] applies to
+/// the tensor p with the same key. `p` holds the probabilities before the dropout.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: View4,
@@ -67,6 +87,7 @@ pub fn attention(
     sh: AttnShape,
     scale: f32,
     vis: Visible,
+    drop: Option<&Dropout>,
     p: &mut [f32],
     o: &mut [f32],
 ) {
@@ -76,6 +97,8 @@ pub fn attention(
         .zip(o.par_chunks_mut(s * heads * d))
         .enumerate()
         .for_each(|(bi, (p, o))| {
+            // The dropped probabilities of one block, rows of its `lim` keys.
+            let mut dropped = vec![0.0f32; if drop.is_some() { block_len(s, t) } else { 0 }];
             for h in 0..heads {
                 let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
                 let ph = &mut p[h * s * t..(h + 1) * s * t];
@@ -85,15 +108,16 @@ pub fn attention(
                     for (i, row) in pb.chunks_mut(t).enumerate() {
                         softmax_in_place(row, vis.limit(r0 + i, t));
                     }
+                    let pm = match drop {
+                        Some(dr) => {
+                            let first = ((bi * heads + h) * s + r0) * t;
+                            drop_block(dr, first, pb, t, lim, &mut dropped);
+                            Mat::rows(&dropped, lim)
+                        }
+                        None => Mat::rows(pb, t),
+                    };
                     let ob = &mut o[r0 * heads * d + h * d..];
-                    matmul(
-                        ob,
-                        heads * d,
-                        (n, d, lim),
-                        (Mat::rows(pb, t), vm),
-                        false,
-                        1.0,
-                    );
+                    matmul(ob, heads * d, (n, d, lim), (pm, vm), false, 1.0);
                 }
             }
         });
@@ -101,7 +125,8 @@ pub fn attention(
 
 /// The gradients of [`attention`] from its inputs, its probabilities `p` and the output's
 /// gradient `go` (a view like q): writes `dq` laid out as `[batch, queries, heads, dim]` and
-/// `dk`, `dv` as `[batch, keys, kv_heads, dim]`.
+/// `dk`, `dv` as `[batch, keys, kv_heads, dim]`. With the forward pass's `drop`, the mask is
+/// computed again from its key and each element's index (none is stored).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     (q, k, v, go): (View4, View4, View4, View4),
@@ -109,6 +134,7 @@ pub fn attention_backward(
     sh: AttnShape,
     scale: f32,
     vis: Visible,
+    drop: Option<&Dropout>,
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
@@ -126,15 +152,23 @@ pub fn attention_backward(
         .for_each(|(bi, ((dq, (dk, dv)), p))| {
             dk.fill(0.0);
             dv.fill(0.0);
-            let mut ds = vec![0.0f32; ATTN_BLOCK.max(s) * t];
+            let mut ds = vec![0.0f32; block_len(s, t)];
+            let mut dropped = vec![0.0f32; if drop.is_some() { block_len(s, t) } else { 0 }];
             for h in 0..heads {
                 let kh = h / group;
                 let (qm, km, vm, gm) = (q.mat(bi, h), k.mat(bi, kh), v.mat(bi, kh), go.mat(bi, h));
                 let ph = &p[h * s * t..(h + 1) * s * t];
                 for &(r0, n, lim) in &blocks {
-                    let pb = Mat::rows(&ph[r0 * t..], t);
+                    let first = ((bi * heads + h) * s + r0) * t;
+                    let pb = match drop {
+                        Some(dr) => {
+                            drop_block(dr, first, &ph[r0 * t..(r0 + n) * t], t, lim, &mut dropped);
+                            Mat::rows(&dropped, lim)
+                        }
+                        None => Mat::rows(&ph[r0 * t..], t),
+                    };
                     let gob = gm.skip_rows(r0);
-                    // dv += pᵀ · go
+                    // dv += (dropped p)ᵀ · go
                     matmul(
                         &mut dv[kh * d..],
                         kv_rs,
@@ -143,9 +177,13 @@ pub fn attention_backward(
                         true,
                         1.0,
                     );
-                    // ds = softmax gradient of (go · vᵀ), rows of `lim`
+                    // ds = softmax gradient of (go · vᵀ) (times the mask / (1 − p)), rows of
+                    // `lim`
                     matmul(&mut ds, lim, (n, lim, d), (gob, vm.t()), false, 1.0);
                     for (i, g) in ds.chunks_mut(lim).take(n).enumerate() {
+                        if let Some(dr) = drop {
+                            dropout_in_place_chunk(dr, first + i * t, g);
+                        }
                         softmax_grad_in_place(&ph[(r0 + i) * t..(r0 + i) * t + lim], g);
                     }
                     let dsb = Mat::rows(&ds, lim);
@@ -222,7 +260,14 @@ mod tests {
 
     /// Runs [`attention`] on dense q `[b, h, s, d]`, k, v `[b, hk, t, d]`: returns o
     /// `[b, s, h, d]` and p.
-    fn run(q: &[f32], k: &[f32], v: &[f32], sh: AttnShape, vis: Visible) -> (Vec<f32>, Vec<f32>) {
+    fn run(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        sh: AttnShape,
+        vis: Visible,
+        drop: Option<&Dropout>,
+    ) -> (Vec<f32>, Vec<f32>) {
         let AttnShape {
             batch: b,
             heads: h,
@@ -234,13 +279,18 @@ mod tests {
         let (mut p, mut o) = (vec![0.0f32; b * h * s * t], vec![0.0f32; b * s * h * d]);
         let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
         let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, ks));
-        attention(q, k, v, sh, 0.7, vis, &mut p, &mut o);
+        attention(q, k, v, sh, 0.7, vis, drop, &mut p, &mut o);
         (o, p)
+    }
+
+    /// No dropout, and dropout of 0.3 (the mask of key 5).
+    fn drops() -> [Option<Dropout>; 2] {
+        [None, Some(Dropout::new(5, 0.3))]
     }
 
     #[test]
     fn attention_matches_its_definition() {
-        for (sh, vis) in cases() {
+        for ((sh, vis), drop) in cases().into_iter().flat_map(|c| drops().map(|d| (c, d))) {
             let AttnShape {
                 batch: b,
                 heads: h,
@@ -251,7 +301,7 @@ mod tests {
             } = sh;
             let q = data(b * h * s * d, 1, 1.5);
             let (k, v) = (data(b * hk * t * d, 2, 1.5), data(b * hk * t * d, 3, 1.5));
-            let (o, _) = run(&q, &k, &v, sh, vis);
+            let (o, _) = run(&q, &k, &v, sh, vis, drop.as_ref());
             let mut want = vec![0.0f64; o.len()];
             for bi in 0..b {
                 for hi in 0..h {
@@ -276,20 +326,30 @@ mod tests {
                         let out = &mut want[((bi * s + i) * h + hi) * d..][..d];
                         for (j, sc) in scores.iter().enumerate() {
                             let vr = kv(&v, j);
+                            // The mask of element (bi, hi, i, j) of p [b, h, s, t].
+                            let m = drop.map_or(1.0, |dr| {
+                                let at = ((bi * h + hi) * s + i) * t + j;
+                                if dr.keeps(at) {
+                                    dr.scale as f64
+                                } else {
+                                    0.0
+                                }
+                            });
                             for l in 0..d {
-                                out[l] += (sc - mx).exp() / z * vr[l] as f64;
+                                out[l] += m * (sc - mx).exp() / z * vr[l] as f64;
                             }
                         }
                     }
                 }
             }
-            assert_close(&format!("{sh:?} {vis:?}"), &o, &want, 1e-5);
+            assert_close(&format!("{sh:?} {vis:?} {drop:?}"), &o, &want, 1e-5);
         }
     }
 
     #[test]
     fn the_gradients_match_finite_differences() {
-        for (sh, vis) in cases() {
+        for ((sh, vis), drop) in cases().into_iter().flat_map(|c| drops().map(|d| (c, d))) {
+            let drop = drop.as_ref();
             let AttnShape {
                 batch: b,
                 heads: h,
@@ -303,7 +363,7 @@ mod tests {
             let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * d, 6, 1.5));
             // The loss's weights, laid out like o: [b, s, h, d].
             let w = data(b * s * h * d, 7, 1.0);
-            let (_, p) = run(&q, &k, &v, sh, vis);
+            let (_, p) = run(&q, &k, &v, sh, vis, drop);
             let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
             let mut dv = vec![0.0f32; v.len()];
             // o's gradient read as [b, h, s, d] through its [b, s, h, d] layout.
@@ -313,12 +373,13 @@ mod tests {
                 strides: [s * h * d, d, h * d],
             };
             let ins = (dense(&q, qs), dense(&k, ks), dense(&v, ks), go);
-            attention_backward(ins, &p, sh, 0.7, vis, &mut dq, &mut dk, &mut dv);
+            attention_backward(ins, &p, sh, 0.7, vis, drop, &mut dq, &mut dk, &mut dv);
             // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, d].
-            let case = format!("{sh:?} {vis:?}");
+            let case = format!("{sh:?} {vis:?} {drop:?}");
             let dq = swap12(&dq, [b, s, h, d]);
             let (dk, dv) = (swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, d]));
-            let loss = |q: &[f32], k: &[f32], v: &[f32]| weighted(&run(q, k, v, sh, vis).0, &w);
+            let loss =
+                |q: &[f32], k: &[f32], v: &[f32]| weighted(&run(q, k, v, sh, vis, drop).0, &w);
             check_grad(&format!("{case} dq"), &q, &dq, |q| loss(q, &k, &v));
             check_grad(&format!("{case} dk"), &k, &dk, |k| loss(&q, k, &v));
             check_grad(&format!("{case} dv"), &v, &dv, |v| loss(&q, &k, v));

@@ -55,9 +55,16 @@ vectorized! {
             y.write(if d.keeps(start + j) { x * d.scale } else { 0.0 });
         }
     }
-    fn dropout_in_place_chunk(d: &Dropout, start: usize, g: &mut [f32]) {
+    pub(crate) fn dropout_in_place_chunk(d: &Dropout, start: usize, g: &mut [f32]) {
         for (j, g) in g.iter_mut().enumerate() {
             *g = if d.keeps(start + j) { *g * d.scale } else { 0.0 };
+        }
+    }
+    /// `y ← x · mask / (1 − p)` for the elements `start..start + x.len()` (one attention row's
+    /// visible probabilities).
+    pub(crate) fn dropout_row(d: &Dropout, start: usize, x: &[f32], y: &mut [f32]) {
+        for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+            *y = if d.keeps(start + j) { x * d.scale } else { 0.0 };
         }
     }
     fn mask_chunk(d: &Dropout, start: usize, m: &mut [f32]) {

@@ -57,7 +57,7 @@ pub(crate) fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor
 /// forward pass, so that the masks depend only on those and on the op's place in the order of
 /// dropout ops, and are the same after a resume. One small draw per op; the mask itself comes
 /// from a counter-based hash of the key, in the forward kernel and again in the backward pass.
-fn dropout_key(device: &Device) -> u64 {
+pub(crate) fn dropout_key(device: &Device) -> u64 {
     let bits = Tensor::<1>::random([4], Distribution::Uniform(0.0, 65536.0), device)
         .into_data()
         .try_to_vec::<f32>()

@@ -5,7 +5,7 @@ use super::weights::{adaptive_softmax, attention_weights, hard_weights};
 use super::{add_key_bias, key_bias_fits, AttnScale};
 use crate::ir::{DType, Dim, Mixing, Real, TensorType};
 use crate::ops::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
-use crate::runtime::ops::{dropout, mm, record_entropy, Ctx};
+use crate::runtime::ops::{dropout, dropout_key, mm, record_entropy, Ctx};
 use crate::runtime::{fused, V};
 use burn::prelude::*;
 
@@ -251,13 +251,13 @@ impl SelfAttention {
             offset: ctx.offset,
         };
         let inv_sqrt = 1.0 / (d as f64).sqrt();
-        // Plain attention is one fused op (the 1/√d scale folded into its product); the
-        // variants that change or read the probabilities (hard and adaptive attention, key
-        // padding, dropout, the entropy term, mixed precision) are built from tensor ops.
+        // Plain attention is one fused op (the 1/√d scale folded into its product, the dropout
+        // of the probabilities in training inside it); the variants that change or read the
+        // probabilities (hard and adaptive attention, key padding, the entropy term, mixed
+        // precision) are built from tensor ops.
         let variant = self.hard
             || (self.adaptive && !ctx.train)
             || self.key_mask
-            || (ctx.train && p > 0.0)
             || ctx.aux.is_some()
             || ctx.matmul_dtype.is_some();
         // A learned scale multiplies q. 1/√d goes into the fused product, or else on q
@@ -271,7 +271,14 @@ impl SelfAttention {
             ),
         };
         if !variant {
-            return fused::attention(q, k, v, factor.unwrap_or(1.0) as f32, vis);
+            let scale = factor.unwrap_or(1.0) as f32;
+            if ctx.train && p > 0.0 {
+                // The same key, drawn at the same place, as the separate dropout below: the
+                // same mask on the probabilities [b, h, s, t].
+                let key = dropout_key(&q.device());
+                return fused::attention_dropout(q, k, v, scale, vis, p, key);
+            }
+            return fused::attention(q, k, v, scale, vis);
         }
         let q = match factor {
             Some(f) => q.mul_scalar(f),
@@ -439,7 +446,12 @@ mod tests {
                 out_seq: Some(2),
                 tol: 1e-4,
             };
+            // Training stays on the fused attention kernel, forward and backward (the dropout is
+            // inside it). The counts are process-wide, so this shows that it ran, not alone.
+            let before = fused::calls(fused::Kernel::Attention);
             case.gradients_reach_every_input_in_training(&[]);
+            let after = fused::calls(fused::Kernel::Attention);
+            assert!(after.forward > before.forward && after.backward > before.backward);
             // At inference dropout is the identity.
             case.matches_the_reference();
         }

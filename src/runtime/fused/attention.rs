@@ -10,6 +10,7 @@ use burn_flex::FlexTensor;
 use kiln_kernels as k;
 use std::sync::Arc;
 
+use super::dropout::dropout_plain;
 use super::lane::{back, heads_view, lane, record, shape_of, values_len, view, viewable, Lane};
 use super::softmax::softmax_plain;
 use super::{Kernel, Visible};
@@ -27,6 +28,8 @@ struct AttnState {
     sh: k::AttnShape,
     scale: f32,
     vis: Visible,
+    /// The dropout of the probabilities (its mask is computed again from the key).
+    drop: Option<k::Dropout>,
 }
 
 impl Backward<Flex, 3> for AttentionBackward {
@@ -46,6 +49,7 @@ impl Backward<Flex, 3> for AttentionBackward {
             sh,
             st.scale,
             st.vis,
+            st.drop.as_ref(),
             &mut dq,
             &mut dk,
             &mut dv,
@@ -67,6 +71,7 @@ fn attention_forward(
     v: &FlexTensor,
     scale: f32,
     vis: Visible,
+    drop: Option<&k::Dropout>,
 ) -> (FlexTensor, Vec<f32>, k::AttnShape) {
     let (qs, ks) = (shape_of(q), shape_of(kt));
     let sh = k::AttnShape {
@@ -79,7 +84,17 @@ fn attention_forward(
     };
     let mut p = vec![0.0f32; sh.batch * sh.heads * sh.queries * sh.keys];
     let mut o = vec![0.0f32; values_len(&qs)];
-    k::attention(view(q), view(kt), view(v), sh, scale, vis, &mut p, &mut o);
+    k::attention(
+        view(q),
+        view(kt),
+        view(v),
+        sh,
+        scale,
+        vis,
+        drop,
+        &mut p,
+        &mut o,
+    );
     Kernel::Attention.ran();
     (heads_view(o, [qs[0], qs[1], qs[2], qs[3]]), p, sh)
 }
@@ -92,10 +107,39 @@ fn attention_forward(
 /// the output and q's gradient come laid out as `[b, s, h, d]`, so merging and splitting the
 /// heads costs no copy either. Equal to [`attention_plain`].
 pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
+    attend(q, kt, v, scale, vis, None)
+}
+
+/// [`attention`] with dropout of probability `p` (in [0, 1]) on the probabilities, inside the
+/// fused kernel: after each row's softmax, element `(b, h, i, j)` of the probabilities
+/// `[b, h, s, t]` is kept, and scaled by `1 / (1 − p)`, exactly as [`super::dropout`] with the
+/// same `(p, key)` would keep it in that tensor; the backward pass computes the mask again
+/// from the key. Equal to `softmax → dropout(p, key) → · v` ([`attention_dropout_plain`]).
+pub fn attention_dropout(
+    q: Tensor<4>,
+    kt: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+    p: f64,
+    key: u64,
+) -> Tensor<4> {
+    attend(q, kt, v, scale, vis, Some((p, key)))
+}
+
+fn attend(
+    q: Tensor<4>,
+    kt: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+    drop: Option<(f64, u64)>,
+) -> Tensor<4> {
+    let dr = drop.map(|(p, key)| k::Dropout::new(key, p));
     match (lane(q), lane(kt), lane(v)) {
         (Lane::Plain(q), Lane::Plain(kt), Lane::Plain(v)) => {
             let (q, kt, v) = (viewable(q), viewable(kt), viewable(v));
-            let (o, _, _) = attention_forward(&q, &kt, &v, scale, vis);
+            let (o, _, _) = attention_forward(&q, &kt, &v, scale, vis, dr.as_ref());
             back::<4>(Lane::Plain(o))
         }
         (Lane::Tracked(q, ctx), Lane::Tracked(kt, _), Lane::Tracked(v, _)) => {
@@ -106,7 +150,7 @@ pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Vis
                     viewable(kt.primitive().clone()),
                     viewable(v.primitive().clone()),
                 );
-                let (o, p, sh) = attention_forward(&q, &k, &v, scale, vis);
+                let (o, p, sh) = attention_forward(&q, &k, &v, scale, vis, dr.as_ref());
                 let state = keep.then(|| AttnState {
                     q,
                     k,
@@ -115,12 +159,18 @@ pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Vis
                     sh,
                     scale,
                     vis,
+                    drop: dr,
                 });
                 (o, state)
             });
             back::<4>(Lane::Tracked(out, ctx))
         }
-        (q, kt, v) => attention_plain(back(q), back(kt), back(v), scale, vis),
+        (q, kt, v) => match drop {
+            Some((p, key)) => {
+                attention_dropout_plain(back(q), back(kt), back(v), scale, vis, p, key)
+            }
+            None => attention_plain(back(q), back(kt), back(v), scale, vis),
+        },
     }
 }
 
@@ -139,4 +189,23 @@ pub fn attention_plain(
     softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis)
         .matmul(v)
         .reshape([b, h, s, d])
+}
+
+/// The plain Burn path of [`attention_dropout`]: [`attention_plain`] with
+/// [`dropout_plain`] of the probabilities (`[b, h_kv, G·s, t]`, the same row-major order as
+/// `[b, h, s, t]`, so the same mask) before the product with v.
+pub fn attention_dropout_plain(
+    q: Tensor<4>,
+    kt: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+    p: f64,
+    key: u64,
+) -> Tensor<4> {
+    let [b, h, s, d] = q.dims();
+    let hk = kt.dims()[1];
+    let q = q.mul_scalar(scale).reshape([b, hk, (h / hk) * s, d]);
+    let probs = softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis);
+    dropout_plain(probs, p, key).matmul(v).reshape([b, h, s, d])
 }

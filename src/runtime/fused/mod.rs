@@ -18,7 +18,7 @@
 //! | [`rmsnorm`] | `x / sqrt(mean(x²) + ε) · w` (6 ops forward) |
 //! | [`layernorm`] | `(x − mean) / sqrt(var + ε) · w + b` (9 ops forward) |
 //! | [`rope`] | rotate-half RoPE: 4 slices, 6 products and sums, a concatenation |
-//! | [`attention`] | the scale, `q·kᵀ`, the mask, the softmax, `p·v`, and the head split and merge copies |
+//! | [`attention`], [`attention_dropout`] | the scale, `q·kᵀ`, the mask, the softmax, the dropout of the probabilities (its mask counter-based, as [`dropout`]'s), `p·v`, and the head split and merge copies |
 //! | [`linear`] | a reshape, `matmul` and a bias add (with transposed copies in the backward pass) |
 //! | [`selective_scan`] | Mamba's scan: 7 small tensor ops per position, positions in sequence |
 //! | [`lstm`] | the LSTM recurrence: a product and 11 tensor ops per position, positions in sequence |
@@ -56,7 +56,7 @@ mod softmax;
 
 pub use act::{gelu, relu, tanh_tensor};
 pub use adamw::{adamw, adamw_plain, AdamW};
-pub use attention::{attention, attention_plain};
+pub use attention::{attention, attention_dropout, attention_dropout_plain, attention_plain};
 pub use dropout::{dropout, dropout_mask, dropout_plain};
 pub use kiln_kernels::{exp, log_sigmoid, tanh, Visible};
 pub use linear::{linear, linear_plain};
