@@ -4,7 +4,7 @@
 //! steps of the window.
 
 use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
-use crate::ir::{DType, Dim, Mixing, TensorType};
+use crate::ir::{Dim, Mixing, TensorType};
 use crate::runtime::ops::{mm, Ctx};
 use crate::runtime::V;
 use burn::prelude::*;
@@ -74,12 +74,7 @@ impl OpDef for Forecast {
 
     fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let p = self.ports();
-        let f32 = |shape: Vec<Dim>| {
-            Ok(TensorType {
-                dtype: DType::F32,
-                shape,
-            })
-        };
+        let f32 = super::f32_type;
         match self {
             Forecast::RevinNorm | Forecast::RevinDenorm => {
                 // The normalized series (RevinNorm's x, RevinDenorm's y) comes first.
@@ -306,6 +301,7 @@ fn series_stats(x: &RefTensor, b: usize, c: usize) -> (f64, f64) {
 mod tests {
     use super::super::testing::{host_tensor, narrow, random, value, Arg, Case};
     use super::*;
+    use crate::ir::DType;
     use crate::ir::Op;
     use crate::runtime::DeviceKind;
     use crate::util::Rng;

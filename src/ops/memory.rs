@@ -2,7 +2,7 @@
 //! the body that reads them.
 
 use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
-use crate::ir::{DType, Dim, Mixing, TensorType};
+use crate::ir::{Dim, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
 use burn::prelude::*;
@@ -56,12 +56,7 @@ impl OpDef for Memory {
     fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let p = self.ports();
         let x = float_input(port(p, ins, "x"))?;
-        let f32 = |shape: Vec<Dim>| {
-            Ok(TensorType {
-                dtype: DType::F32,
-                shape,
-            })
-        };
+        let f32 = super::f32_type;
         match self {
             Memory::Prepend => {
                 let mem = port(p, ins, "memory");
@@ -185,6 +180,7 @@ impl OpDef for Memory {
 mod tests {
     use super::super::testing::{Arg, Case};
     use super::*;
+    use crate::ir::DType;
     use crate::util::Rng;
 
     #[test]

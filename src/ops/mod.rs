@@ -140,7 +140,7 @@ pub mod wave;
 pub mod xlstm;
 
 pub use crate::ir::reference::Tensor as RefTensor;
-use crate::ir::{DType, Mixing, TensorType};
+use crate::ir::{DType, Dim, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
 use burn::prelude::*;
@@ -278,6 +278,14 @@ pub fn counted_ports(
             .map(|s| &*Box::leak(s.into_boxed_str()))
             .collect();
         Box::leak(names.into_boxed_slice())
+    })
+}
+
+/// A float output of `shape` (what most ops infer).
+pub fn f32_type(shape: Vec<Dim>) -> Result<TensorType, InferError> {
+    Ok(TensorType {
+        dtype: DType::F32,
+        shape,
     })
 }
 

@@ -3,7 +3,7 @@
 
 use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
 use crate::ir::reference::definitions;
-use crate::ir::{DType, Dim, Mixing, Real, TensorType};
+use crate::ir::{Dim, Mixing, Real, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::{fused, V};
 use burn::prelude::*;
@@ -84,12 +84,7 @@ impl OpDef for Positions {
 
     fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let p = self.ports();
-        let f32 = |shape: Vec<Dim>| {
-            Ok(TensorType {
-                dtype: DType::F32,
-                shape,
-            })
-        };
+        let f32 = super::f32_type;
         // A table's positions are those of its input.
         let seq = || {
             let t = port(p, ins, "positions");
@@ -357,6 +352,7 @@ pub fn rope_frequencies(head_dim: u64, base: f64, yarn: Option<Yarn>) -> (Vec<f6
 mod tests {
     use super::super::testing::{Arg, Case};
     use super::*;
+    use crate::ir::DType;
     use crate::util::Rng;
 
     /// Head width 8, base 100, factor 4 over 64 positions: a correction range [0, 3], so pair

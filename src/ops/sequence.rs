@@ -3,7 +3,7 @@
 
 use super::positions::seq_of;
 use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
-use crate::ir::{DType, Dim, Mixing, TensorType};
+use crate::ir::{Dim, Mixing, TensorType};
 use crate::runtime::ops::{pad_axis, Ctx};
 use crate::runtime::V;
 use burn::prelude::*;
@@ -70,12 +70,7 @@ impl OpDef for Sequence {
 
     fn infer(&self, ins: &[TensorType]) -> Result<TensorType, InferError> {
         let p = self.ports();
-        let f32 = |shape: Vec<Dim>| {
-            Ok(TensorType {
-                dtype: DType::F32,
-                shape,
-            })
-        };
+        let f32 = super::f32_type;
         match self {
             Sequence::Pad { len } => {
                 let x = float_input(port(p, ins, "x"))?;
@@ -288,6 +283,7 @@ pub fn numbered_ports(n: usize) -> &'static [&'static str] {
 mod tests {
     use super::super::testing::{random, Arg, Case};
     use super::*;
+    use crate::ir::DType;
     use crate::util::Rng;
 
     #[test]

@@ -1,8 +1,8 @@
 //! The real FFT along the sequence axis and its inverse (dense DFT products), the complex
 //! product of a spectrum and a gate, and complex values as real features.
 
-use super::super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
-use crate::ir::{DType, Dim, Mixing, TensorType};
+use super::super::{f32_type, float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
+use crate::ir::{Dim, Mixing, TensorType};
 use crate::runtime::ops::{consts, Ctx};
 use crate::runtime::V;
 use burn::prelude::*;
@@ -30,13 +30,6 @@ pub struct ComplexMul;
 /// Complex values to features `[.., f, d, 2] → [.., f, 2d]`: real parts, then imaginary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ComplexFeatures;
-
-fn f32_type(shape: Vec<Dim>) -> Result<TensorType, InferError> {
-    Ok(TensorType {
-        dtype: DType::F32,
-        shape,
-    })
-}
 
 impl OpDef for Rfft {
     fn name(&self) -> &'static str {
@@ -464,6 +457,7 @@ pub(super) fn complex_mul_reference(x: &RefTensor, g: &RefTensor) -> RefTensor {
 mod tests {
     use super::super::super::testing::{Arg, Case};
     use super::*;
+    use crate::ir::DType;
     use crate::util::Rng;
 
     fn ty(dtype: DType, shape: Vec<Dim>) -> TensorType {

@@ -97,6 +97,18 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
 
     /// Every float input except those named in `skip` gets a finite, nonzero gradient.
     pub fn gradients_reach_every_input(&self, skip: &[&str]) {
+        self.gradients_under(false, None, skip, "");
+    }
+
+    /// The gradient check in training mode (`train`) or under a frequency mask; `when` ends
+    /// its failure messages.
+    pub(super) fn gradients_under(
+        &self,
+        train: bool,
+        freq_mask: Option<crate::ir::FreqCutoff>,
+        skip: &[&str],
+        when: &str,
+    ) {
         let device = DeviceKind::Cpu.device(true);
         let vs: Vec<V> = self
             .args
@@ -112,7 +124,12 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
             .collect();
         let refs: Vec<&V> = vs.iter().collect();
         let (b, s) = self.batch_seq();
-        let y = self.op.forward(&refs, &ctx(&device, b, s)).flat();
+        let c = Ctx {
+            train,
+            freq_mask,
+            ..ctx(&device, b, s)
+        };
+        let y = self.op.forward(&refs, &c).flat();
         // A loss that no normalization makes constant.
         let grads = (y.clone() * y.tanh()).sum().backward();
         for ((name, v), a) in self.op.ports().iter().zip(&vs).zip(&self.args) {
@@ -126,7 +143,7 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
             assert!(g.iter().all(|x| x.is_finite()), "{:?}: `{name}`", self.op);
             assert!(
                 g.iter().any(|x| *x != 0.0),
-                "{:?}: the gradient of `{name}` is zero",
+                "{:?}: the gradient of `{name}` is zero{when}",
                 self.op
             );
         }

@@ -3,7 +3,7 @@
 //! the positions decoded, and ops whose output length differs from their input's.
 
 use super::case::positions;
-use super::{concat, ctx, host, host_tensor, narrow, Arg, Case};
+use super::{concat, ctx, host_tensor, narrow, Arg, Case};
 use crate::ir::{Dim, Mixing, TensorType};
 use crate::ops::{OpDef, OpState, RefTensor};
 use crate::runtime::ops::Ctx;
@@ -154,42 +154,7 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
         mask: crate::ir::FreqCutoff,
         skip: &[&str],
     ) {
-        let device = DeviceKind::Cpu.device(true);
-        let vs: Vec<V> = self
-            .args
-            .iter()
-            .map(|a| {
-                let v = a.value(&device);
-                if a.ids {
-                    v
-                } else {
-                    v.require_grad()
-                }
-            })
-            .collect();
-        let refs: Vec<&V> = vs.iter().collect();
-        let (b, s) = self.batch_seq();
-        let c = Ctx {
-            freq_mask: Some(mask),
-            ..ctx(&device, b, s)
-        };
-        let y = self.op.forward(&refs, &c).flat();
-        let grads = (y.clone() * y.tanh()).sum().backward();
-        for ((name, v), a) in self.op.ports().iter().zip(&vs).zip(&self.args) {
-            if a.ids || skip.contains(name) {
-                continue;
-            }
-            let g = v
-                .grad(&grads)
-                .unwrap_or_else(|| panic!("{:?}: no gradient for `{name}`", self.op));
-            let g = host(g);
-            assert!(g.iter().all(|x| x.is_finite()), "{:?}: `{name}`", self.op);
-            assert!(
-                g.iter().any(|x| *x != 0.0),
-                "{:?}: the gradient of `{name}` is zero under {mask:?}",
-                self.op
-            );
-        }
+        self.gradients_under(false, Some(mask), skip, &format!(" under {mask:?}"));
     }
 }
 
@@ -197,42 +162,7 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     /// As [`Case::gradients_reach_every_input`], in training mode (dropout active, hard
     /// attention straight-through).
     pub fn gradients_reach_every_input_in_training(&self, skip: &[&str]) {
-        let device = DeviceKind::Cpu.device(true);
-        let vs: Vec<V> = self
-            .args
-            .iter()
-            .map(|a| {
-                let v = a.value(&device);
-                if a.ids {
-                    v
-                } else {
-                    v.require_grad()
-                }
-            })
-            .collect();
-        let refs: Vec<&V> = vs.iter().collect();
-        let (b, s) = self.batch_seq();
-        let c = Ctx {
-            train: true,
-            ..ctx(&device, b, s)
-        };
-        let y = self.op.forward(&refs, &c).flat();
-        let grads = (y.clone() * y.tanh()).sum().backward();
-        for ((name, v), a) in self.op.ports().iter().zip(&vs).zip(&self.args) {
-            if a.ids || skip.contains(name) {
-                continue;
-            }
-            let g = v
-                .grad(&grads)
-                .unwrap_or_else(|| panic!("{:?}: no gradient for `{name}`", self.op));
-            let g = host(g);
-            assert!(g.iter().all(|x| x.is_finite()), "{:?}: `{name}`", self.op);
-            assert!(
-                g.iter().any(|x| *x != 0.0),
-                "{:?}: the gradient of `{name}` is zero in training",
-                self.op
-            );
-        }
+        self.gradients_under(true, None, skip, " in training");
     }
 
     /// As [`Case::infers_the_forward_shape`], where the inputs numbered in `batched` have a
