@@ -8,13 +8,15 @@
 //! runtime computes them once per generation (its `source` values), not this family.
 
 pub mod cross;
+mod kv;
 pub mod repeat_kv;
 pub mod self_attention;
 mod weights;
 
 pub use cross::{CrossAttention, PadBias};
+pub use kv::KvState;
 pub use repeat_kv::RepeatKv;
-pub use self_attention::{KvState, SelfAttention};
+pub use self_attention::SelfAttention;
 
 use super::{float_input, InferError};
 use crate::ir::TensorType;

@@ -1,8 +1,8 @@
-//! Attention over the sequence's own positions, and its cache of keys and values for
-//! decoding.
+//! Attention over the sequence's own positions (its cache of keys and values for decoding
+//! is [`KvState`]).
 
 use super::weights::{adaptive_softmax, attention_weights, hard_weights};
-use super::{add_key_bias, key_bias_fits, AttnScale};
+use super::{add_key_bias, key_bias_fits, AttnScale, KvState};
 use crate::ir::{DType, Dim, Mixing, Real, TensorType};
 use crate::ops::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
 use crate::runtime::ops::{dropout, dropout_key, mm, record_entropy, Ctx};
@@ -28,30 +28,6 @@ pub struct SelfAttention {
     /// A last input `[b, t]` is added to every query's logits over the t keys (a key-padding
     /// mask from [`super::PadBias`]).
     pub key_mask: bool,
-}
-
-/// What self-attention keeps between decoding calls: the keys and values of every position
-/// so far, `[batch, H_kv, T, d]` each (H_kv heads after the GQA pass).
-pub struct KvState {
-    /// Keys.
-    pub k: Tensor<4>,
-    /// Values.
-    pub v: Tensor<4>,
-}
-
-impl OpState for KvState {
-    fn select_rows(&mut self, rows: &Tensor<1, Int>) {
-        self.k = self.k.clone().select(0, rows.clone());
-        self.v = self.v.clone().select(0, rows.clone());
-    }
-
-    fn device(&self) -> Device {
-        self.k.device()
-    }
-
-    fn key_shape(&self) -> Option<[usize; 4]> {
-        Some(self.k.dims())
-    }
 }
 
 impl OpDef for SelfAttention {
