@@ -3,7 +3,7 @@
 
 use crate::dropout::{dropout_in_place_chunk, dropout_row, Dropout};
 use crate::gemm::{matmul, Mat, View4};
-use crate::softmax::{softmax_grad_in_place, softmax_in_place, Visible};
+use crate::softmax::{softmax_from_stats, softmax_grad_in_place, softmax_in_place, Visible};
 use rayon::prelude::*;
 
 /// The sizes of one attention call.
@@ -31,17 +31,19 @@ impl AttnShape {
     }
 }
 
-/// Query rows per block of causal attention: a block's products stop at the last key its last
-/// row sees, which skips most of the hidden upper triangle (38 % of the work at 127 keys).
+/// Query rows per block: a causal block's products stop at the last key its last row sees,
+/// which skips most of the hidden upper triangle (38 % of the work at 127 keys), and a block's
+/// scores are all that is ever held at once when the probabilities are not kept.
 const ATTN_BLOCK: usize = 32;
 
 /// The row blocks of one pair: `(first row, rows, keys the block needs)`. Causal rows come in
 /// groups of `vis.queries` (one per query head of the KV head), each cut into blocks.
 fn attn_blocks(rows: usize, keys: usize, vis: Visible) -> Vec<(usize, usize, usize)> {
-    if !vis.causal {
-        return vec![(0, rows, keys)];
-    }
-    let q = vis.queries.max(1);
+    let q = if vis.causal {
+        vis.queries.max(1)
+    } else {
+        rows.max(1)
+    };
     let mut out = Vec::new();
     for g0 in (0..rows).step_by(q) {
         let g1 = (g0 + q).min(rows);
@@ -53,12 +55,6 @@ fn attn_blocks(rows: usize, keys: usize, vis: Visible) -> Vec<(usize, usize, usi
     out
 }
 
-/// The values of one row block's scratch: the rows of a block (all `s` rows when nothing is
-/// causal) by `t` keys.
-fn block_len(s: usize, t: usize) -> usize {
-    ATTN_BLOCK.max(s) * t
-}
-
 /// The dropout of a block's probabilities `pb` (rows of `t`, the block's first element at
 /// index `first` of p) into `out`, rows of their first `lim` keys.
 fn drop_block(dr: &Dropout, first: usize, pb: &[f32], t: usize, lim: usize, out: &mut [f32]) {
@@ -67,18 +63,52 @@ fn drop_block(dr: &Dropout, first: usize, pb: &[f32], t: usize, lim: usize, out:
     }
 }
 
+/// What the forward pass of [`attention`] keeps for [`attention_backward`].
+#[derive(Debug)]
+pub enum Saved<'a> {
+    /// The probabilities `[batch, heads, queries, keys]` (quadratic in the length).
+    Probs(&'a mut [f32]),
+    /// Each row's softmax statistics (its largest score and the inverse of its sum of
+    /// exponentials), `[batch, heads, queries, 2]`: memory linear in the length; the backward
+    /// pass computes each block's scores again, and the same probabilities to the bit.
+    Stats(&'a mut [f32]),
+    /// Nothing (no backward pass will run).
+    Nothing,
+}
+
+impl<'a> Saved<'a> {
+    /// One part per batch row.
+    fn split(self, sh: AttnShape) -> Vec<Saved<'a>> {
+        let per = sh.heads * sh.queries;
+        match self {
+            Saved::Probs(p) => p.chunks_mut(per * sh.keys).map(Saved::Probs).collect(),
+            Saved::Stats(st) => st.chunks_mut(per * 2).map(Saved::Stats).collect(),
+            Saved::Nothing => (0..sh.batch).map(|_| Saved::Nothing).collect(),
+        }
+    }
+}
+
+/// What the backward pass reads of the forward pass: see [`Saved`].
+#[derive(Clone, Copy, Debug)]
+pub enum Kept<'a> {
+    /// [`Saved::Probs`].
+    Probs(&'a [f32]),
+    /// [`Saved::Stats`].
+    Stats(&'a [f32]),
+}
+
 /// Attention `o = softmax(scale · q kᵀ) v` per (batch, query head), each row over the keys
 /// `vis` lets it see (hidden keys get probability 0; `vis.queries` is the number of query
 /// positions). Query head h reads KV head h / (heads / kv_heads). `q` `[batch, heads, queries,
-/// dim]`, `k` and `v` `[batch, kv_heads, keys, dim]` are read through their strides. Writes the
-/// probabilities `p` `[batch, heads, queries, keys]` (what the backward pass needs) and `o` laid
-/// out as `[batch, queries, heads, dim]` (the layout the heads are merged in). Batch rows run in
-/// parallel.
+/// dim]`, `k` and `v` `[batch, kv_heads, keys, dim]` are read through their strides. Writes `o`
+/// laid out as `[batch, queries, heads, dim]` (the layout the heads are merged in), and what
+/// `saved` asks for the backward pass. Batch rows run in parallel; each holds the scores of one
+/// block of [`ATTN_BLOCK`] rows at a time (unless it keeps every probability).
 ///
 /// With `drop`, the probabilities are dropped out before the product with v: element
 /// `((b·heads + h)·queries + i)·keys + j` of p (its row-major index) is kept, and scaled by
 /// `1 / (1 − p)`, exactly when [`Dropout::keeps`] says so, the mask [`crate::dropout`] applies to
-/// the tensor p with the same key. `p` holds the probabilities before the dropout.
+/// the tensor p with the same key. Kept probabilities are those before the dropout.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: View4,
@@ -88,25 +118,37 @@ pub fn attention(
     scale: f32,
     vis: Visible,
     drop: Option<&Dropout>,
-    p: &mut [f32],
+    saved: Saved,
     o: &mut [f32],
 ) {
     let (heads, s, t, d) = (sh.heads, sh.queries, sh.keys, sh.dim);
     let (group, blocks) = sh.plan(vis);
-    p.par_chunks_mut(heads * s * t)
-        .zip(o.par_chunks_mut(s * heads * d))
+    o.par_chunks_mut(s * heads * d)
+        .zip(saved.split(sh))
         .enumerate()
-        .for_each(|(bi, (p, o))| {
+        .for_each(|(bi, (o, saved))| {
+            let (mut probs, mut stats) = match saved {
+                Saved::Probs(p) => (Some(p), None),
+                Saved::Stats(st) => (None, Some(st)),
+                Saved::Nothing => (None, None),
+            };
+            let mut scratch = vec![0.0f32; if probs.is_some() { 0 } else { ATTN_BLOCK * t }];
             // The dropped probabilities of one block, rows of its `lim` keys.
-            let mut dropped = vec![0.0f32; if drop.is_some() { block_len(s, t) } else { 0 }];
+            let mut dropped = vec![0.0f32; if drop.is_some() { ATTN_BLOCK * t } else { 0 }];
             for h in 0..heads {
                 let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
-                let ph = &mut p[h * s * t..(h + 1) * s * t];
                 for &(r0, n, lim) in &blocks {
-                    let pb = &mut ph[r0 * t..(r0 + n) * t];
+                    let pb = match probs.as_deref_mut() {
+                        Some(p) => &mut p[(h * s + r0) * t..(h * s + r0 + n) * t],
+                        None => &mut scratch[..n * t],
+                    };
                     matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
                     for (i, row) in pb.chunks_mut(t).enumerate() {
-                        softmax_in_place(row, vis.limit(r0 + i, t));
+                        let st = softmax_in_place(&mut row[..lim], vis.limit(r0 + i, t));
+                        if let Some(stats) = stats.as_deref_mut() {
+                            let at = 2 * (h * s + r0 + i);
+                            (stats[at], stats[at + 1]) = st;
+                        }
                     }
                     let pm = match drop {
                         Some(dr) => {
@@ -123,14 +165,15 @@ pub fn attention(
         });
 }
 
-/// The gradients of [`attention`] from its inputs, its probabilities `p` and the output's
+/// The gradients of [`attention`] from its inputs, what its forward pass kept and the output's
 /// gradient `go` (a view like q): writes `dq` laid out as `[batch, queries, heads, dim]` and
 /// `dk`, `dv` as `[batch, keys, kv_heads, dim]`. With the forward pass's `drop`, the mask is
-/// computed again from its key and each element's index (none is stored).
+/// computed again from its key and each element's index (none is stored); with
+/// [`Kept::Stats`], so is each block's probabilities, from q, k and the row statistics.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     (q, k, v, go): (View4, View4, View4, View4),
-    p: &[f32],
+    kept: Kept,
     sh: AttnShape,
     scale: f32,
     vis: Visible,
@@ -142,30 +185,47 @@ pub fn attention_backward(
     let (heads, s, t, d) = (sh.heads, sh.queries, sh.keys, sh.dim);
     let (group, blocks) = sh.plan(vis);
     let kv_rs = sh.kv_heads * d;
+    let per = heads * s;
     dq.par_chunks_mut(s * heads * d)
         .zip(
             dk.par_chunks_mut(t * kv_rs)
                 .zip(dv.par_chunks_mut(t * kv_rs)),
         )
-        .zip(p.par_chunks(heads * s * t))
         .enumerate()
-        .for_each(|(bi, ((dq, (dk, dv)), p))| {
+        .for_each(|(bi, (dq, (dk, dv)))| {
             dk.fill(0.0);
             dv.fill(0.0);
-            let mut ds = vec![0.0f32; block_len(s, t)];
-            let mut dropped = vec![0.0f32; if drop.is_some() { block_len(s, t) } else { 0 }];
+            let mut ds = vec![0.0f32; ATTN_BLOCK * t];
+            let mut dropped = vec![0.0f32; if drop.is_some() { ATTN_BLOCK * t } else { 0 }];
+            let mut scratch = match kept {
+                Kept::Probs(_) => Vec::new(),
+                Kept::Stats(_) => vec![0.0f32; ATTN_BLOCK * t],
+            };
             for h in 0..heads {
                 let kh = h / group;
                 let (qm, km, vm, gm) = (q.mat(bi, h), k.mat(bi, kh), v.mat(bi, kh), go.mat(bi, h));
-                let ph = &p[h * s * t..(h + 1) * s * t];
                 for &(r0, n, lim) in &blocks {
                     let first = ((bi * heads + h) * s + r0) * t;
-                    let pb = match drop {
+                    // The block's probabilities, rows of t.
+                    let pb: &[f32] = match kept {
+                        Kept::Probs(p) => &p[(bi * per + h * s + r0) * t..][..n * t],
+                        Kept::Stats(stats) => {
+                            let pb = &mut scratch[..n * t];
+                            matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                            for (i, row) in pb.chunks_mut(t).enumerate() {
+                                let at = 2 * (bi * per + h * s + r0 + i);
+                                let st = (stats[at], stats[at + 1]);
+                                softmax_from_stats(&mut row[..lim], vis.limit(r0 + i, t), st);
+                            }
+                            pb
+                        }
+                    };
+                    let pm = match drop {
                         Some(dr) => {
-                            drop_block(dr, first, &ph[r0 * t..(r0 + n) * t], t, lim, &mut dropped);
+                            drop_block(dr, first, pb, t, lim, &mut dropped);
                             Mat::rows(&dropped, lim)
                         }
-                        None => Mat::rows(&ph[r0 * t..], t),
+                        None => Mat::rows(pb, t),
                     };
                     let gob = gm.skip_rows(r0);
                     // dv += (dropped p)ᵀ · go
@@ -173,7 +233,7 @@ pub fn attention_backward(
                         &mut dv[kh * d..],
                         kv_rs,
                         (lim, d, n),
-                        (pb.t(), gob),
+                        (pm.t(), gob),
                         true,
                         1.0,
                     );
@@ -184,7 +244,7 @@ pub fn attention_backward(
                         if let Some(dr) = drop {
                             dropout_in_place_chunk(dr, first + i * t, g);
                         }
-                        softmax_grad_in_place(&ph[(r0 + i) * t..(r0 + i) * t + lim], g);
+                        softmax_grad_in_place(&pb[i * t..i * t + lim], g);
                     }
                     let dsb = Mat::rows(&ds, lim);
                     // dq = scale · ds · k; dk += scale · dsᵀ · q
@@ -233,8 +293,8 @@ mod tests {
     }
 
     /// (shape, visibility): grouped heads with a decoding offset; more causal rows than a
-    /// block; cross attention with every key visible.
-    fn cases() -> [(AttnShape, Visible); 3] {
+    /// block; cross attention with every key visible, in one block and in two.
+    fn cases() -> [(AttnShape, Visible); 4] {
         let sh = |batch, heads, kv_heads, queries, keys, dim| AttnShape {
             batch,
             heads,
@@ -255,6 +315,10 @@ mod tests {
                 vis(ATTN_BLOCK + 3, true, 0),
             ),
             (sh(2, 2, 2, 3, 4, 5), vis(3, false, 0)),
+            (
+                sh(1, 2, 2, ATTN_BLOCK + 5, 7, 3),
+                vis(ATTN_BLOCK + 5, false, 0),
+            ),
         ]
     }
 
@@ -279,8 +343,39 @@ mod tests {
         let (mut p, mut o) = (vec![0.0f32; b * h * s * t], vec![0.0f32; b * s * h * d]);
         let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
         let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, ks));
-        attention(q, k, v, sh, 0.7, vis, drop, &mut p, &mut o);
+        attention(q, k, v, sh, 0.7, vis, drop, Saved::Probs(&mut p), &mut o);
+        // Keeping only the row statistics, or nothing, gives the same output to the bit.
+        let mut stats = vec![0.0f32; b * h * s * 2];
+        for saved in [Saved::Stats(&mut stats), Saved::Nothing] {
+            let mut o2 = vec![0.0f32; o.len()];
+            attention(q, k, v, sh, 0.7, vis, drop, saved, &mut o2);
+            assert_eq!(o, o2, "{sh:?} {vis:?}");
+        }
         (o, p)
+    }
+
+    /// Runs [`attention`] keeping the row statistics: returns them.
+    fn stats(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        sh: AttnShape,
+        vis: Visible,
+        drop: Option<&Dropout>,
+    ) -> Vec<f32> {
+        let AttnShape {
+            batch: b,
+            heads: h,
+            kv_heads: hk,
+            queries: s,
+            dim: d,
+            ..
+        } = sh;
+        let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * d]);
+        let (qs, ks) = ([b, h, s, d], [b, hk, sh.keys, d]);
+        let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, ks));
+        attention(q, k, v, sh, 0.7, vis, drop, Saved::Stats(&mut st), &mut o);
+        st
     }
 
     /// No dropout, and dropout of 0.3 (the mask of key 5).
@@ -373,7 +468,23 @@ mod tests {
                 strides: [s * h * d, d, h * d],
             };
             let ins = (dense(&q, qs), dense(&k, ks), dense(&v, ks), go);
-            attention_backward(ins, &p, sh, 0.7, vis, drop, &mut dq, &mut dk, &mut dv);
+            let kept = Kept::Probs(&p);
+            attention_backward(ins, kept, sh, 0.7, vis, drop, &mut dq, &mut dk, &mut dv);
+            // From the row statistics: the probabilities computed again, the same gradients
+            // to the bit.
+            let st = stats(&q, &k, &v, sh, vis, drop);
+            let mut again = (
+                vec![0.0f32; q.len()],
+                vec![0.0f32; k.len()],
+                vec![0.0; v.len()],
+            );
+            let (dq2, dk2, dv2) = (&mut again.0, &mut again.1, &mut again.2);
+            attention_backward(ins, Kept::Stats(&st), sh, 0.7, vis, drop, dq2, dk2, dv2);
+            assert_eq!(
+                (&dq, &dk, &dv),
+                (&*dq2, &*dk2, &*dv2),
+                "{sh:?} {vis:?} {drop:?}"
+            );
             // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, d].
             let case = format!("{sh:?} {vis:?} {drop:?}");
             let dq = swap12(&dq, [b, s, h, d]);

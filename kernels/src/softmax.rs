@@ -71,8 +71,10 @@ pub fn softmax_rows_backward(
 }
 
 vectorized! {
-    /// Softmax of `row[..n]` in place; `row[n..]` becomes 0.
-    pub(crate) fn softmax_in_place(row: &mut [f32], n: usize) {
+    /// Softmax of `row[..n]` in place; `row[n..]` becomes 0. Returns the row's statistics
+    /// `(max, 1 / Σ exp(x − max))`, from which [`softmax_from_stats`] computes the same values
+    /// again.
+    pub(crate) fn softmax_in_place(row: &mut [f32], n: usize) -> (f32, f32) {
         let (vis, hidden) = row.split_at_mut(n);
         let m = max(vis);
         for x in vis.iter_mut() {
@@ -81,6 +83,18 @@ vectorized! {
         let inv = 1.0 / sum(vis);
         for x in vis.iter_mut() {
             *x *= inv;
+        }
+        hidden.fill(0.0);
+        (m, inv)
+    }
+    /// The softmax of `row[..n]` in place from the statistics [`softmax_in_place`] returned
+    /// for the same scores: `exp(x − max) · inv`, the same operations in the same order, so the
+    /// same values to the bit; `row[n..]` becomes 0.
+    pub(crate) fn softmax_from_stats(row: &mut [f32], n: usize, stats: (f32, f32)) {
+        let (m, inv) = stats;
+        let (vis, hidden) = row.split_at_mut(n);
+        for x in vis.iter_mut() {
+            *x = exp(*x - m) * inv;
         }
         hidden.fill(0.0);
     }
