@@ -126,11 +126,14 @@ impl OpDef for SelfAttention {
 
     fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
         let p = self.ports();
-        super::score_bytes(
-            port::<&TensorType>(p, ins, "q"),
-            port::<&TensorType>(p, ins, "k"),
-            seq,
-        )
+        let (q, k) = (port::<&TensorType>(p, ins, "q"), port::<&TensorType>(p, ins, "k"));
+        // The variants that read or change the probabilities hold the whole score and weight
+        // matrices; plain attention runs as one fused kernel.
+        if self.hard || self.adaptive || self.key_mask {
+            super::score_bytes(q, k, seq)
+        } else {
+            super::fused_score_bytes(q, k, seq)
+        }
     }
 
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
