@@ -15,15 +15,10 @@ fn rand<const D: usize>(shape: [usize; D], dev: &Device) -> Tensor<D> {
 
 /// Median seconds of `f` over `reps` calls with the fused kernels on and off, alternating.
 fn time(reps: usize, f: &dyn Fn()) -> (f64, f64) {
-    time_with(reps, &fused::set_enabled, f)
-}
-
-/// Median seconds of `f` over `reps` calls with `set(true)` and `set(false)`, alternating.
-fn time_with(reps: usize, set: &dyn Fn(bool), f: &dyn Fn()) -> (f64, f64) {
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for i in 0..2 * reps + 2 {
         let fused_now = i % 2 == 0;
-        set(fused_now);
+        fused::set_enabled(fused_now);
         let t = Instant::now();
         f();
         let s = t.elapsed().as_secs_f64();
@@ -207,21 +202,6 @@ fn main() {
             })
         }),
     ));
-    // Keeping only each row's softmax statistics (the probabilities computed again in the
-    // backward pass) against keeping every probability: the "fused" column keeps statistics.
-    let keep_stats = |stats: bool| fused::set_keep_probs(Some(!stats));
-    rows.push((
-        "attn, row stats",
-        format!("q [{b}, {h}, {s}, {hd}], k, v [{b}, {hk}, {s}, {hd}]"),
-        time_with(reps, &keep_stats, &|| {
-            train_call(&qkv, &|v: Vec<Tensor<4>>| {
-                let [q, k, v] = [0, 1, 2].map(|i| v[i].clone().swap_dims(1, 2));
-                let o = attention_dropout(q, k, v, scale, causal, 0.1);
-                o.swap_dims(1, 2).reshape([b, s, h * hd])
-            })
-        }),
-    ));
-    fused::set_keep_probs(None);
     drop(qkv);
     // The rule-extrapolation paper's Transformer: d_model 10, 5 heads, 256 positions, batch 128.
     let (pb, ph, ps, pd) = (128, 5, 256, 2);
@@ -242,18 +222,6 @@ fn main() {
             })
         }),
     ));
-    rows.push((
-        "attn, stats (paper)",
-        format!("q, k, v [{pb}, {ph}, {ps}, {pd}]"),
-        time_with(reps.min(5), &keep_stats, &|| {
-            train_call(&qkv, &|v: Vec<Tensor<4>>| {
-                let [q, k, v] = [0, 1, 2].map(|i| v[i].clone().swap_dims(1, 2));
-                let o = attention_dropout(q, k, v, 1.0 / (pd as f32).sqrt(), paper_vis, 0.1);
-                o.swap_dims(1, 2).reshape([pb, ps, ph * pd])
-            })
-        }),
-    ));
-    fused::set_keep_probs(None);
     drop(qkv);
 
     let x = [rand([b, s, d], &dev)];
@@ -401,10 +369,6 @@ fn main() {
     println!(
         "{:<18} {:<48} {:>10} {:>10} {:>8}",
         "kernel", "shape", "plain ms", "fused ms", "speedup"
-    );
-    println!(
-        "(the `attn, row stats` rows: \"plain\" keeps every probability for the backward pass, \
-         \"fused\" only each row's softmax statistics)"
     );
     for (name, shape, (on, off)) in rows {
         println!(

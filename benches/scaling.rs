@@ -69,7 +69,10 @@ const MIXERS: [(&str, &str); 5] = [
         "spectral filter (causal FFT)",
         "{type: spectral_gate, max_len: $len, causal: true}",
     ),
-    ("Mamba (d_state 16)", "{type: mamba, d_state: 16, d_conv: 4}"),
+    (
+        "Mamba (d_state 16)",
+        "{type: mamba, d_state: 16, d_conv: 4}",
+    ),
     ("ETS attention (4 heads)", "{type: ets_attention, heads: 4}"),
     ("mLSTM (4 heads)", "{type: mlstm, heads: 4}"),
 ];

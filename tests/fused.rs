@@ -390,13 +390,7 @@ fn attention_matches_matmul_softmax_matmul() {
         ([1, 4, 2, 35, 45, 8], true, 10),
         ([2, 1, 1, 100, 100, 4], false, 0),
     ];
-    // Keeping every probability for the backward pass, and keeping only each row's softmax
-    // statistics (the probabilities computed again in the backward pass).
-    let modes = [true, false]
-        .into_iter()
-        .flat_map(|k| cases.map(|c| (k, c)));
-    for (keep, ([b, h, hk, s, tk, d], causal, offset)) in modes {
-        fused::set_keep_probs(Some(keep));
+    for ([b, h, hk, s, tk, d], causal, offset) in cases {
         let vis = vis(s, causal, offset);
         for heads_last in [false, true] {
             // q, k, v either dense [b, h, s, d] or, as the head split makes them, transposed
@@ -423,14 +417,12 @@ fn attention_matches_matmul_softmax_matmul() {
                 },
             );
             let case = format!("({b},{h},{hk},{s},{tk},{d}) {vis:?} heads last {heads_last}");
-            let case = format!("{case}, probabilities kept: {keep}");
             assert!(v < 4e-6, "{case}: values differ by {v}");
             for (name, g) in ["q", "k", "v"].iter().zip(&g) {
                 assert!(*g < 5e-6, "{case}: {name} gradients differ by {g}");
             }
         }
     }
-    fused::set_keep_probs(None);
 }
 
 /// Attention's dropout of the probabilities inside the fused kernel against the separate ops
@@ -450,15 +442,10 @@ fn attention_dropout_matches_softmax_dropout_matmul() {
         ([1, 4, 1, 35, 45, 8], true, 10, 0.25),
         ([2, 1, 1, 33, 31, 3], false, 0, 0.9),
     ];
-    let modes = [true, false]
-        .into_iter()
-        .flat_map(|k| cases.map(|c| (k, c)));
-    for (i, (keep, ([b, h, hk, s, tk, d], causal, offset, p))) in modes.enumerate() {
-        // Every probability kept for the backward pass, or only the row statistics.
-        fused::set_keep_probs(Some(keep));
+    for (i, ([b, h, hk, s, tk, d], causal, offset, p)) in cases.into_iter().enumerate() {
         let vis = vis(s, causal, offset);
         let key = 1000 + i as u64;
-        let case = format!("({b},{h},{hk},{s},{tk},{d}) {vis:?} p {p}, probabilities kept: {keep}");
+        let case = format!("({b},{h},{hk},{s},{tk},{d}) {vis:?} p {p}");
         // As the head split makes them: transposed views of [b, s, heads, d].
         let make = |dev: &Device| {
             vec![
@@ -513,7 +500,6 @@ fn attention_dropout_matches_softmax_dropout_matmul() {
             "{case}: nothing dropped"
         );
     }
-    fused::set_keep_probs(None);
 }
 
 #[test]

@@ -33,7 +33,7 @@ impl AttnShape {
 
 /// Query rows per block: a causal block's products stop at the last key its last row sees,
 /// which skips most of the hidden upper triangle (38 % of the work at 127 keys), and a block's
-/// scores are all that is ever held at once when the probabilities are not kept.
+/// scores are all of them that are ever held at once.
 const ATTN_BLOCK: usize = 32;
 
 /// The row blocks of one pair: `(first row, rows, keys the block needs)`. Causal rows come in
@@ -63,52 +63,20 @@ fn drop_block(dr: &Dropout, first: usize, pb: &[f32], t: usize, lim: usize, out:
     }
 }
 
-/// What the forward pass of [`attention`] keeps for [`attention_backward`].
-#[derive(Debug)]
-pub enum Saved<'a> {
-    /// The probabilities `[batch, heads, queries, keys]` (quadratic in the length).
-    Probs(&'a mut [f32]),
-    /// Each row's softmax statistics (its largest score and the inverse of its sum of
-    /// exponentials), `[batch, heads, queries, 2]`: memory linear in the length; the backward
-    /// pass computes each block's scores again, and the same probabilities to the bit.
-    Stats(&'a mut [f32]),
-    /// Nothing (no backward pass will run).
-    Nothing,
-}
-
-impl<'a> Saved<'a> {
-    /// One part per batch row.
-    fn split(self, sh: AttnShape) -> Vec<Saved<'a>> {
-        let per = sh.heads * sh.queries;
-        match self {
-            Saved::Probs(p) => p.chunks_mut(per * sh.keys).map(Saved::Probs).collect(),
-            Saved::Stats(st) => st.chunks_mut(per * 2).map(Saved::Stats).collect(),
-            Saved::Nothing => (0..sh.batch).map(|_| Saved::Nothing).collect(),
-        }
-    }
-}
-
-/// What the backward pass reads of the forward pass: see [`Saved`].
-#[derive(Clone, Copy, Debug)]
-pub enum Kept<'a> {
-    /// [`Saved::Probs`].
-    Probs(&'a [f32]),
-    /// [`Saved::Stats`].
-    Stats(&'a [f32]),
-}
-
 /// Attention `o = softmax(scale · q kᵀ) v` per (batch, query head), each row over the keys
 /// `vis` lets it see (hidden keys get probability 0; `vis.queries` is the number of query
 /// positions). Query head h reads KV head h / (heads / kv_heads). `q` `[batch, heads, queries,
 /// dim]`, `k` and `v` `[batch, kv_heads, keys, dim]` are read through their strides. Writes `o`
-/// laid out as `[batch, queries, heads, dim]` (the layout the heads are merged in), and what
-/// `saved` asks for the backward pass. Batch rows run in parallel; each holds the scores of one
-/// block of [`ATTN_BLOCK`] rows at a time (unless it keeps every probability).
+/// laid out as `[batch, queries, heads, dim]` (the layout the heads are merged in) and, when
+/// given, each row's softmax statistics `stats` `[batch, heads, queries, 2]` (its largest score
+/// and the inverse of its sum of exponentials), all the backward pass needs: memory linear in
+/// the length. Batch rows run in parallel; each holds the scores of one block of
+/// [`ATTN_BLOCK`] rows at a time.
 ///
 /// With `drop`, the probabilities are dropped out before the product with v: element
 /// `((b·heads + h)·queries + i)·keys + j` of p (its row-major index) is kept, and scaled by
 /// `1 / (1 − p)`, exactly when [`Dropout::keeps`] says so, the mask [`crate::dropout`] applies to
-/// the tensor p with the same key. Kept probabilities are those before the dropout.
+/// the tensor p with the same key.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: View4,
@@ -118,30 +86,26 @@ pub fn attention(
     scale: f32,
     vis: Visible,
     drop: Option<&Dropout>,
-    saved: Saved,
+    stats: Option<&mut [f32]>,
     o: &mut [f32],
 ) {
     let (heads, s, t, d) = (sh.heads, sh.queries, sh.keys, sh.dim);
     let (group, blocks) = sh.plan(vis);
+    let stats: Vec<Option<&mut [f32]>> = match stats {
+        Some(st) => st.chunks_mut(heads * s * 2).map(Some).collect(),
+        None => (0..sh.batch).map(|_| None).collect(),
+    };
     o.par_chunks_mut(s * heads * d)
-        .zip(saved.split(sh))
+        .zip(stats)
         .enumerate()
-        .for_each(|(bi, (o, saved))| {
-            let (mut probs, mut stats) = match saved {
-                Saved::Probs(p) => (Some(p), None),
-                Saved::Stats(st) => (None, Some(st)),
-                Saved::Nothing => (None, None),
-            };
-            let mut scratch = vec![0.0f32; if probs.is_some() { 0 } else { ATTN_BLOCK * t }];
+        .for_each(|(bi, (o, mut stats))| {
+            let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
             // The dropped probabilities of one block, rows of its `lim` keys.
             let mut dropped = vec![0.0f32; if drop.is_some() { ATTN_BLOCK * t } else { 0 }];
             for h in 0..heads {
                 let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
                 for &(r0, n, lim) in &blocks {
-                    let pb = match probs.as_deref_mut() {
-                        Some(p) => &mut p[(h * s + r0) * t..(h * s + r0 + n) * t],
-                        None => &mut scratch[..n * t],
-                    };
+                    let pb = &mut scratch[..n * t];
                     matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
                     for (i, row) in pb.chunks_mut(t).enumerate() {
                         let st = softmax_in_place(&mut row[..lim], vis.limit(r0 + i, t));
@@ -165,15 +129,16 @@ pub fn attention(
         });
 }
 
-/// The gradients of [`attention`] from its inputs, what its forward pass kept and the output's
-/// gradient `go` (a view like q): writes `dq` laid out as `[batch, queries, heads, dim]` and
-/// `dk`, `dv` as `[batch, keys, kv_heads, dim]`. With the forward pass's `drop`, the mask is
-/// computed again from its key and each element's index (none is stored); with
-/// [`Kept::Stats`], so is each block's probabilities, from q, k and the row statistics.
+/// The gradients of [`attention`] from its inputs, the row statistics its forward pass wrote
+/// and the output's gradient `go` (a view like q): writes `dq` laid out as `[batch, queries,
+/// heads, dim]` and `dk`, `dv` as `[batch, keys, kv_heads, dim]`. Each block's scores are
+/// computed again and turned into the forward pass's probabilities to the bit (the same
+/// products and the same `exp`); with the forward pass's `drop`, the mask is computed again
+/// from its key and each element's index. Nothing of size queries × keys is kept.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     (q, k, v, go): (View4, View4, View4, View4),
-    kept: Kept,
+    stats: &[f32],
     sh: AttnShape,
     scale: f32,
     vis: Visible,
@@ -197,29 +162,21 @@ pub fn attention_backward(
             dv.fill(0.0);
             let mut ds = vec![0.0f32; ATTN_BLOCK * t];
             let mut dropped = vec![0.0f32; if drop.is_some() { ATTN_BLOCK * t } else { 0 }];
-            let mut scratch = match kept {
-                Kept::Probs(_) => Vec::new(),
-                Kept::Stats(_) => vec![0.0f32; ATTN_BLOCK * t],
-            };
+            let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
             for h in 0..heads {
                 let kh = h / group;
                 let (qm, km, vm, gm) = (q.mat(bi, h), k.mat(bi, kh), v.mat(bi, kh), go.mat(bi, h));
                 for &(r0, n, lim) in &blocks {
                     let first = ((bi * heads + h) * s + r0) * t;
-                    // The block's probabilities, rows of t.
-                    let pb: &[f32] = match kept {
-                        Kept::Probs(p) => &p[(bi * per + h * s + r0) * t..][..n * t],
-                        Kept::Stats(stats) => {
-                            let pb = &mut scratch[..n * t];
-                            matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
-                            for (i, row) in pb.chunks_mut(t).enumerate() {
-                                let at = 2 * (bi * per + h * s + r0 + i);
-                                let st = (stats[at], stats[at + 1]);
-                                softmax_from_stats(&mut row[..lim], vis.limit(r0 + i, t), st);
-                            }
-                            pb
-                        }
-                    };
+                    // The block's probabilities, rows of t, as the forward pass had them.
+                    let pb = &mut scratch[..n * t];
+                    matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                    for (i, row) in pb.chunks_mut(t).enumerate() {
+                        let at = 2 * (bi * per + h * s + r0 + i);
+                        let st = (stats[at], stats[at + 1]);
+                        softmax_from_stats(&mut row[..lim], vis.limit(r0 + i, t), st);
+                    }
+                    let pb = &*pb;
                     let pm = match drop {
                         Some(dr) => {
                             drop_block(dr, first, pb, t, lim, &mut dropped);
@@ -323,7 +280,7 @@ mod tests {
     }
 
     /// Runs [`attention`] on dense q `[b, h, s, d]`, k, v `[b, hk, t, d]`: returns o
-    /// `[b, s, h, d]` and p.
+    /// `[b, s, h, d]` and the row statistics.
     fn run(
         q: &[f32],
         k: &[f32],
@@ -340,42 +297,15 @@ mod tests {
             keys: t,
             dim: d,
         } = sh;
-        let (mut p, mut o) = (vec![0.0f32; b * h * s * t], vec![0.0f32; b * s * h * d]);
+        let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * d]);
         let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
         let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, ks));
-        attention(q, k, v, sh, 0.7, vis, drop, Saved::Probs(&mut p), &mut o);
-        // Keeping only the row statistics, or nothing, gives the same output to the bit.
-        let mut stats = vec![0.0f32; b * h * s * 2];
-        for saved in [Saved::Stats(&mut stats), Saved::Nothing] {
-            let mut o2 = vec![0.0f32; o.len()];
-            attention(q, k, v, sh, 0.7, vis, drop, saved, &mut o2);
-            assert_eq!(o, o2, "{sh:?} {vis:?}");
-        }
-        (o, p)
-    }
-
-    /// Runs [`attention`] keeping the row statistics: returns them.
-    fn stats(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        sh: AttnShape,
-        vis: Visible,
-        drop: Option<&Dropout>,
-    ) -> Vec<f32> {
-        let AttnShape {
-            batch: b,
-            heads: h,
-            kv_heads: hk,
-            queries: s,
-            dim: d,
-            ..
-        } = sh;
-        let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * d]);
-        let (qs, ks) = ([b, h, s, d], [b, hk, sh.keys, d]);
-        let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, ks));
-        attention(q, k, v, sh, 0.7, vis, drop, Saved::Stats(&mut st), &mut o);
-        st
+        attention(q, k, v, sh, 0.7, vis, drop, Some(&mut st), &mut o);
+        // Without the statistics (no backward pass to come): the same output to the bit.
+        let mut o2 = vec![0.0f32; o.len()];
+        attention(q, k, v, sh, 0.7, vis, drop, None, &mut o2);
+        assert_eq!(o, o2, "{sh:?} {vis:?}");
+        (o, st)
     }
 
     /// No dropout, and dropout of 0.3 (the mask of key 5).
@@ -458,7 +388,7 @@ mod tests {
             let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * d, 6, 1.5));
             // The loss's weights, laid out like o: [b, s, h, d].
             let w = data(b * s * h * d, 7, 1.0);
-            let (_, p) = run(&q, &k, &v, sh, vis, drop);
+            let (_, st) = run(&q, &k, &v, sh, vis, drop);
             let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
             let mut dv = vec![0.0f32; v.len()];
             // o's gradient read as [b, h, s, d] through its [b, s, h, d] layout.
@@ -468,23 +398,7 @@ mod tests {
                 strides: [s * h * d, d, h * d],
             };
             let ins = (dense(&q, qs), dense(&k, ks), dense(&v, ks), go);
-            let kept = Kept::Probs(&p);
-            attention_backward(ins, kept, sh, 0.7, vis, drop, &mut dq, &mut dk, &mut dv);
-            // From the row statistics: the probabilities computed again, the same gradients
-            // to the bit.
-            let st = stats(&q, &k, &v, sh, vis, drop);
-            let mut again = (
-                vec![0.0f32; q.len()],
-                vec![0.0f32; k.len()],
-                vec![0.0; v.len()],
-            );
-            let (dq2, dk2, dv2) = (&mut again.0, &mut again.1, &mut again.2);
-            attention_backward(ins, Kept::Stats(&st), sh, 0.7, vis, drop, dq2, dk2, dv2);
-            assert_eq!(
-                (&dq, &dk, &dv),
-                (&*dq2, &*dk2, &*dv2),
-                "{sh:?} {vis:?} {drop:?}"
-            );
+            attention_backward(ins, &st, sh, 0.7, vis, drop, &mut dq, &mut dk, &mut dv);
             // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, d].
             let case = format!("{sh:?} {vis:?} {drop:?}");
             let dq = swap12(&dq, [b, s, h, d]);

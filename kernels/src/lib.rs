@@ -80,7 +80,7 @@ mod softmax;
 
 pub use act::{act, act_backward, act_in_place, erf, Act};
 pub use adamw::{adamw, AdamW};
-pub use attention::{attention, attention_backward, AttnShape, Kept, Saved};
+pub use attention::{attention, attention_backward, AttnShape};
 pub use dropout::{dropout, dropout_in_place, dropout_mask, Dropout};
 pub use gemm::View4;
 pub use linear::{linear, linear_backward};

@@ -63,14 +63,12 @@ pub fn score_bytes(q: &TensorType, k: &TensorType, seq: u64) -> u64 {
     q.len(1, seq) * q.len(2, seq) * k.len(2, seq) * 4 * 2
 }
 
-/// The bytes attention computed by the fused kernel (`runtime::fused::attention`) keeps for
-/// one example: every probability while they take at most
-/// [`KEEP_PROBS_BYTES`](crate::runtime::fused::KEEP_PROBS_BYTES) (for the whole batch), else
-/// each row's two softmax statistics: at most the larger of the two.
+/// The bytes attention computed by the fused kernel (`runtime::fused::attention`) holds for
+/// one example beyond its inputs and output: each row's two softmax statistics, kept for the
+/// backward pass, and the scores of one block of 32 query rows.
 pub fn fused_score_bytes(q: &TensorType, k: &TensorType, seq: u64) -> u64 {
     let rows = q.len(1, seq) * q.len(2, seq);
-    let probs = (rows * k.len(2, seq) * 4).min(crate::runtime::fused::KEEP_PROBS_BYTES as u64);
-    probs.max(rows * 2 * 4)
+    (rows * 2 + 32 * k.len(2, seq)) * 4
 }
 
 /// A key-padding bias `[b, t]` (floats) fits keys `[b, h, t, d]`.

@@ -126,7 +126,10 @@ impl OpDef for SelfAttention {
 
     fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
         let p = self.ports();
-        let (q, k) = (port::<&TensorType>(p, ins, "q"), port::<&TensorType>(p, ins, "k"));
+        let (q, k) = (
+            port::<&TensorType>(p, ins, "q"),
+            port::<&TensorType>(p, ins, "k"),
+        );
         // The variants that read or change the probabilities hold the whole score and weight
         // matrices; plain attention runs as one fused kernel.
         if self.hard || self.adaptive || self.key_mask {

@@ -8,7 +8,6 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn_flex::FlexTensor;
 use kiln_kernels as k;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use super::dropout::dropout_plain;
@@ -19,45 +18,14 @@ use super::{Kernel, Visible};
 #[derive(Debug)]
 struct AttentionBackward;
 
-/// What the forward pass kept: every probability, or each row's softmax statistics (see
-/// [`k::Saved`]).
-#[derive(Clone, Debug)]
-enum Kept {
-    Probs(Arc<Vec<f32>>),
-    Stats(Arc<Vec<f32>>),
-}
-
-/// Whether a training call keeps every probability (`Some(true)`), only the row statistics
-/// (`Some(false)`), or lets [`keeps_probs`] choose (`None`, 0): set by [`set_keep_probs`].
-static KEEP_PROBS: AtomicU8 = AtomicU8::new(0);
-
-/// Force the fused attention's training calls to keep every probability (`Some(true)`) or only
-/// each row's softmax statistics (`Some(false)`), or let the size choose (`None`, the default).
-/// For tests and benchmarks: both give the same values and gradients to the bit.
-pub fn set_keep_probs(keep: Option<bool>) {
-    KEEP_PROBS.store(keep.map_or(0, |k| 1 + k as u8), Ordering::Relaxed);
-}
-
-/// The probabilities of one call are kept for the backward pass while they take at most this
-/// many bytes; above, only the row statistics are, and the backward pass computes the
-/// probabilities again block by block, so that memory grows linearly with the length.
-pub const KEEP_PROBS_BYTES: usize = 64 << 20;
-
-/// Whether a training call of shape `sh` keeps every probability.
-fn keeps_probs(sh: &k::AttnShape) -> bool {
-    match KEEP_PROBS.load(Ordering::Relaxed) {
-        0 => sh.batch * sh.heads * sh.queries * sh.keys * 4 <= KEEP_PROBS_BYTES,
-        n => n == 2,
-    }
-}
-
 /// What the backward pass of attention keeps.
 #[derive(Clone, Debug)]
 struct AttnState {
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
-    kept: Kept,
+    /// Each row's softmax statistics (the probabilities are computed again from them).
+    stats: Arc<Vec<f32>>,
     sh: k::AttnShape,
     scale: f32,
     vis: Visible,
@@ -76,13 +44,9 @@ impl Backward<Flex, 3> for AttentionBackward {
         let mut dq = vec![0.0f32; sh.batch * sh.heads * sh.queries * sh.dim];
         let mut dk = vec![0.0f32; sh.batch * sh.kv_heads * sh.keys * sh.dim];
         let mut dv = dk.clone();
-        let kept = match &st.kept {
-            Kept::Probs(p) => k::Kept::Probs(p),
-            Kept::Stats(s) => k::Kept::Stats(s),
-        };
         k::attention_backward(
             (view(&st.q), view(&st.k), view(&st.v), view(&go)),
-            kept,
+            &st.stats,
             sh,
             st.scale,
             st.vis,
@@ -102,8 +66,8 @@ impl Backward<Flex, 3> for AttentionBackward {
     }
 }
 
-/// The forward pass; `keep`: whether a backward pass will run (then it returns what that
-/// needs).
+/// The forward pass; `keep`: whether a backward pass will run (then it also returns each
+/// row's softmax statistics, what that needs).
 fn attention_forward(
     q: &FlexTensor,
     kt: &FlexTensor,
@@ -112,7 +76,7 @@ fn attention_forward(
     vis: Visible,
     drop: Option<&k::Dropout>,
     keep: bool,
-) -> (FlexTensor, Option<Kept>, k::AttnShape) {
+) -> (FlexTensor, Option<Vec<f32>>, k::AttnShape) {
     let (qs, ks) = (shape_of(q), shape_of(kt));
     let sh = k::AttnShape {
         batch: qs[0],
@@ -122,32 +86,12 @@ fn attention_forward(
         keys: ks[2],
         dim: qs[3],
     };
-    let rows = sh.batch * sh.heads * sh.queries;
-    let mut kept = match (keep, keep && keeps_probs(&sh)) {
-        (false, _) => None,
-        (true, true) => Some(Kept::Probs(Arc::new(vec![0.0f32; rows * sh.keys]))),
-        (true, false) => Some(Kept::Stats(Arc::new(vec![0.0f32; rows * 2]))),
-    };
-    let saved = match kept.as_mut() {
-        // Freshly made: the only reference.
-        Some(Kept::Probs(p)) => k::Saved::Probs(Arc::get_mut(p).expect("a new buffer")),
-        Some(Kept::Stats(s)) => k::Saved::Stats(Arc::get_mut(s).expect("a new buffer")),
-        None => k::Saved::Nothing,
-    };
+    let mut stats = keep.then(|| vec![0.0f32; sh.batch * sh.heads * sh.queries * 2]);
     let mut o = vec![0.0f32; values_len(&qs)];
-    k::attention(
-        view(q),
-        view(kt),
-        view(v),
-        sh,
-        scale,
-        vis,
-        drop,
-        saved,
-        &mut o,
-    );
+    let st = stats.as_deref_mut();
+    k::attention(view(q), view(kt), view(v), sh, scale, vis, drop, st, &mut o);
     Kernel::Attention.ran();
-    (heads_view(o, [qs[0], qs[1], qs[2], qs[3]]), kept, sh)
+    (heads_view(o, [qs[0], qs[1], qs[2], qs[3]]), stats, sh)
 }
 
 /// Attention `softmax(scale · q kᵀ) v` of q `[b, h, s, d]` over k and v `[b, h_kv, t, d]`
@@ -201,12 +145,12 @@ fn attend(
                     viewable(kt.primitive().clone()),
                     viewable(v.primitive().clone()),
                 );
-                let (o, kept, sh) = attention_forward(&q, &k, &v, scale, vis, dr.as_ref(), keep);
-                let state = kept.map(|kept| AttnState {
+                let (o, stats, sh) = attention_forward(&q, &k, &v, scale, vis, dr.as_ref(), keep);
+                let state = stats.map(|stats| AttnState {
                     q,
                     k,
                     v,
-                    kept,
+                    stats: Arc::new(stats),
                     sh,
                     scale,
                     vis,

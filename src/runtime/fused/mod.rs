@@ -56,10 +56,7 @@ mod softmax;
 
 pub use act::{gelu, relu, tanh_tensor};
 pub use adamw::{adamw, adamw_plain, AdamW};
-pub use attention::{
-    attention, attention_dropout, attention_dropout_plain, attention_plain, set_keep_probs,
-    KEEP_PROBS_BYTES,
-};
+pub use attention::{attention, attention_dropout, attention_dropout_plain, attention_plain};
 pub use dropout::{dropout, dropout_mask, dropout_plain};
 pub use kiln_kernels::{exp, log_sigmoid, tanh, Visible};
 pub use linear::{linear, linear_plain};
