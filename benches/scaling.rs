@@ -11,7 +11,7 @@
 //! more than 20 GiB at the growth just measured.
 //!
 //! The mixers: causal softmax attention (the fused kernel, which keeps only each row's softmax
-//! statistics once the probabilities would take more than 64 MiB), the causal spectral filter
+//! statistics for the backward pass), the causal spectral filter
 //! (`spectral_gate`, an FFT convolution), Mamba's selective scan, ETS attention and the mLSTM
 //! (whose parallel form holds `[len, len]` matrices per head).
 
