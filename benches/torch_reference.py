@@ -5,7 +5,7 @@
 the twins are in benches/torch_twins/): transformer-modern (the default, what
 `recipes/default.yaml` and `benches/train.rs` use), transformer-postln (the rule-extrapolation
 paper's Transformer), transformer-memory, transformer-hard, transformer-adaptive, lstm, mamba,
-xlstm, linear, retnet, gfnet-causal, ets. Each twin has exactly the parameters of the kiln model
+xlstm, linear, retnet, gfnet-causal, ets, wave. Each twin has exactly the parameters of the kiln model
 (`benches/vs_torch.py` checks the counts) and computes what kiln's lowering computes. `--var
 NAME=VALUE` overrides one of the model file's vars, like kiln's `--set model.vars.NAME=VALUE`.
 
@@ -104,8 +104,11 @@ def main():
     def step():
         x = torch.randint(0, a.vocab, (a.batch, a.seq + 1), device=dev)
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = train_model(x[:, :-1])
+            logits, extra = train_model(x[:, :-1]), 0.0
+            if isinstance(logits, tuple):  # a regularizer's term (wave: harmonic sparsity)
+                logits, extra = logits
             loss = F.cross_entropy(logits.float().reshape(-1, a.vocab), x[:, 1:].reshape(-1))
+            loss = loss + extra
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -5,7 +5,7 @@ with the defaults of the kiln model file. `GENERATES` lists the families whose t
 with a cache or a recurrent state (the others have no generation row).
 """
 
-from . import mixers, recurrent, transformers
+from . import mixers, recurrent, transformers, wave
 
 FAMILIES = {
     "transformer-modern": transformers.modern,
@@ -20,9 +20,10 @@ FAMILIES = {
     "retnet": mixers.retnet,
     "gfnet-causal": mixers.gfnet,
     "ets": mixers.ets,
+    "wave": wave.wave,
 }
 
 GENERATES = {
     "transformer-modern", "transformer-postln", "transformer-memory", "transformer-hard",
-    "transformer-adaptive", "lstm", "mamba", "xlstm", "retnet", "ets",
+    "transformer-adaptive", "lstm", "mamba", "xlstm", "retnet", "ets", "wave",
 }
