@@ -2,8 +2,9 @@
 """PyTorch reference for kiln's benchmarks: the same model, trained and decoded the same way.
 
 `--model FAMILY` picks the PyTorch twin of one of kiln's bundled model files (models/FAMILY.yaml;
-the twins are in benches/torch_twins/): transformer-modern (the default, what
-`recipes/default.yaml` and `benches/train.rs` use), transformer-postln (the rule-extrapolation
+the twins are in benches/torch_twins/), with that file's vars: transformer-modern (what
+`recipes/default.yaml` uses; without `--model`, at the size of `benches/train.rs`: d 128,
+4 layers, d_ff 344), transformer-postln (the rule-extrapolation
 paper's Transformer), transformer-memory, transformer-hard, transformer-adaptive, lstm, mamba,
 xlstm, linear, retnet, gfnet-causal, ets, wave. Each twin has exactly the parameters of the kiln model
 (`benches/vs_torch.py` checks the counts) and computes what kiln's lowering computes. `--var
@@ -14,6 +15,8 @@ clipping, cross-entropy over every position, the model's own dropout, random tok
 `--vocab` symbols (throughput does not depend on the data), `--seq` tokens per sequence.
 `--compile` trains `torch.compile(model)`: the warm-up steps compile it (at least one warm-up
 step is run), and the first step's time is reported as `compile_s`, apart from the timed steps.
+Step-by-step loops (Mamba's scan, the sLSTM) stay out of the traced graph and run a compiled
+step function once per position (see `Steps` in torch_twins/common.py).
 Generation (greedy, `--gen-tokens` per sequence for `--gen-batch` sequences, with a key/value
 cache or the recurrent state) runs in eager mode only, for the twins that decode with a state.
 
@@ -41,6 +44,7 @@ except ImportError:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_twins import FAMILIES, GENERATES  # noqa: E402
+from torch_twins.common import Steps  # noqa: E402
 
 DEFAULT_VARS = {  # what the old flags set (benches/train.rs's d 128 model)
     "d_model": 128, "depth": 4, "heads": 4, "kv_heads": 2, "d_ff": 344,
@@ -57,7 +61,9 @@ def parse_var(s):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="transformer-modern", choices=sorted(FAMILIES))
+    p.add_argument("--model", default=None, choices=sorted(FAMILIES),
+                   help="the twin of models/MODEL.yaml, with that file's vars (without --model: "
+                        "transformer-modern at d 128, 4 layers, d_ff 344, as benches/train.rs)")
     p.add_argument("--var", action="append", default=[], type=parse_var,
                    help="NAME=VALUE: a model var (as kiln's --set model.vars.NAME=VALUE)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -84,8 +90,10 @@ def main():
     dev = torch.device(a.device)
     torch.manual_seed(0)
     model_vars = {}
-    if a.model == "transformer-modern":
+    if a.model is None:
+        a.model = "transformer-modern"
         model_vars.update(DEFAULT_VARS)
+    if a.model == "transformer-modern":
         for flag in ("d_model", "depth", "heads", "kv_heads", "d_ff"):
             if getattr(a, flag) is not None:
                 model_vars[flag] = getattr(a, flag)
@@ -95,6 +103,7 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     amp = {"f32": None, "bf16": torch.bfloat16, "f16": torch.float16}[a.precision]
     scaler = torch.amp.GradScaler(enabled=a.precision == "f16")
+    Steps.compiled = a.compile
     train_model = torch.compile(model) if a.compile else model
 
     def sync():

@@ -70,6 +70,9 @@ class Row:
 ROWS = [
     # The bundled recipes at their own sizes (max_length 64, batch 32).
     Row("transformer-modern (default)", "recipes/default.yaml", "transformer-modern", 65, 32, 10, 100),
+    Row("transformer-modern d128 (4 layers, seq 128)", "recipes/default.yaml", "transformer-modern",
+        128, 32, 3, 16, ["task.max_length=127", "model.vars.d_model=128", "model.vars.depth=4",
+                         "model.vars.d_ff=344"]),
     Row("transformer-memory", "recipes/anbn-memory.yaml", "transformer-memory", 65, 32, 10, 100),
     Row("transformer-hard", "recipes/anbn-hard-attention.yaml", "transformer-hard", 65, 32, 5, 40),
     Row("transformer-adaptive", "recipes/default.yaml", "transformer-adaptive", 65, 32, 10, 100,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Lm, PreNorm, RMSNorm, SwiGLU
+from .common import Lm, PreNorm, RMSNorm, Steps, SwiGLU
 
 
 class LstmLm(nn.Module):
@@ -77,14 +77,26 @@ class Mamba(nn.Module):
         a = -self.A_log.exp()  # [e, n]
         da = torch.exp(dt.unsqueeze(-1) * a)  # [b, s, e, n]
         dbx = (dt * u).unsqueeze(-1) * bm.unsqueeze(2)  # [b, s, e, n]
-        ys = []
-        for t in range(s):
-            h = da[:, t] * h + dbx[:, t]
-            ys.append((h @ cm[:, t].unsqueeze(-1)).squeeze(-1))
+        ys, h = mamba_scan(da, dbx, cm, h)
         if state is not None:
             state["ssm"] = h
-        y = torch.stack(ys, 1) + u * self.D
+        y = ys + u * self.D
         return self.out_proj(y * F.silu(z))
+
+
+def mamba_step(da, dbx, c, h):
+    h = da * h + dbx
+    return (h @ c.unsqueeze(-1)).squeeze(-1), h
+
+
+@torch.compiler.disable
+def mamba_scan(da, dbx, cm, h):
+    """h_t = da_t h_{t−1} + dbx_t, y_t = h_t C_t, position by position (see `Steps`)."""
+    step, ys = Steps.fn(mamba_step), []
+    for t in range(da.shape[1]):
+        y, h = step(da[:, t], dbx[:, t], cm[:, t], h)
+        ys.append(y)
+    return torch.stack(ys, 1), h
 
 
 def mamba(vocab, seq, v):
@@ -171,21 +183,31 @@ class Slstm(nn.Module):
         st = state if state is not None else {}
         zero = x.new_zeros(b, h_, dh)
         c, n, m, h = (st.get(k, zero) for k in ("c", "n", "m", "h"))
-        ys = []
-        for t in range(s):
-            pre = xw[:, t] + torch.einsum("bhi,hij->bhj", h, self.recurrent)
-            z, i, f, o = pre.split(dh, -1)
-            logf = F.logsigmoid(f)
-            mn = torch.maximum(logf + m, i)
-            ia, fa = torch.exp(i - mn), torch.exp(logf + m - mn)
-            c = fa * c + ia * torch.tanh(z)
-            n = fa * n + ia
-            h = torch.sigmoid(o) * c / n
-            m = mn
-            ys.append(h)
+        ys, (c, n, m, h) = slstm_scan(xw, self.recurrent, (c, n, m, h))
         if state is not None:
             state.update(c=c, n=n, m=m, h=h)
-        return torch.stack(ys, 1).reshape(b, s, d)
+        return ys.reshape(b, s, d)
+
+
+def slstm_step(xw, r, c, n, m, h):
+    pre = xw + torch.einsum("bhi,hij->bhj", h, r)
+    z, i, f, o = pre.chunk(4, -1)
+    logf = F.logsigmoid(f)
+    mn = torch.maximum(logf + m, i)
+    ia, fa = torch.exp(i - mn), torch.exp(logf + m - mn)
+    c = fa * c + ia * torch.tanh(z)
+    n = fa * n + ia
+    return c, n, mn, torch.sigmoid(o) * c / n
+
+
+@torch.compiler.disable
+def slstm_scan(xw, r, st):
+    """The sLSTM position by position (see `Steps`); xw [b, s, H, 4·dh]."""
+    step, ys = Steps.fn(slstm_step), []
+    for t in range(xw.shape[1]):
+        st = step(xw[:, t], r, *st)
+        ys.append(st[3])
+    return torch.stack(ys, 1), st
 
 
 class XlstmBlock(nn.Module):
