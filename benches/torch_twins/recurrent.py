@@ -92,9 +92,11 @@ def mamba_step(da, dbx, c, h):
 @torch.compiler.disable
 def mamba_scan(da, dbx, cm, h):
     """h_t = da_t h_{t−1} + dbx_t, y_t = h_t C_t, position by position (see `Steps`)."""
+    # unbind, not da[:, t]: the backward pass of unbind stacks the gradients once, where
+    # indexing would allocate and fill a zero gradient of the whole tensor per position.
     step, ys = Steps.fn(mamba_step), []
-    for t in range(da.shape[1]):
-        y, h = step(da[:, t], dbx[:, t], cm[:, t], h)
+    for da_t, dbx_t, c_t in zip(da.unbind(1), dbx.unbind(1), cm.unbind(1)):
+        y, h = step(da_t, dbx_t, c_t, h)
         ys.append(y)
     return torch.stack(ys, 1), h
 
@@ -204,8 +206,8 @@ def slstm_step(xw, r, c, n, m, h):
 def slstm_scan(xw, r, st):
     """The sLSTM position by position (see `Steps`); xw [b, s, H, 4·dh]."""
     step, ys = Steps.fn(slstm_step), []
-    for t in range(xw.shape[1]):
-        st = step(xw[:, t], r, *st)
+    for xw_t in xw.unbind(1):  # unbind: see mamba_scan
+        st = step(xw_t, r, *st)
         ys.append(st[3])
     return torch.stack(ys, 1), st
 
