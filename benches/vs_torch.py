@@ -90,7 +90,7 @@ ROWS = [
     Row("paper transformer-postln", "recipes/anbn-transformer-paper.yaml", "transformer-postln",
         257, 128, 1, 3),
     Row("paper lstm", "recipes/anbn-lstm.yaml", "lstm", 257, 128, 1, 6, PAPER),
-    Row("paper mamba (10 blocks)", "recipes/anbn-mamba.yaml", "mamba", 257, 128, 1, 3,
+    Row("paper mamba (10 blocks)", "recipes/anbn-mamba.yaml", "mamba", 257, 128, 1, 1,
         PAPER + ["model.vars.depth=10"]),
     Row("paper xlstm (d 64, 6 blocks)", "recipes/anbn-xlstm.yaml", "xlstm", 257, 128, 1, 3,
         PAPER + ["model.vars.d_model=64", "model.vars.depth=6"]),
