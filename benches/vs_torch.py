@@ -92,7 +92,7 @@ ROWS = [
     Row("paper lstm", "recipes/anbn-lstm.yaml", "lstm", 257, 128, 1, 6, PAPER),
     Row("paper mamba (10 blocks)", "recipes/anbn-mamba.yaml", "mamba", 257, 128, 1, 1,
         PAPER + ["model.vars.depth=10"]),
-    Row("paper xlstm (d 64, 6 blocks)", "recipes/anbn-xlstm.yaml", "xlstm", 257, 128, 1, 3,
+    Row("paper xlstm (d 64, 6 blocks)", "recipes/anbn-xlstm.yaml", "xlstm", 257, 128, 1, 2,
         PAPER + ["model.vars.d_model=64", "model.vars.depth=6"]),
     Row("paper linear", "recipes/anbn-linear.yaml", "linear", 257, 128, 2, 20,
         PAPER + ["model.vars.max_len=257"], gen=False),
