@@ -216,6 +216,30 @@ fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
     );
 }
 
+/// An encoder-decoder recipe benchmarks its generation too: each row starts with a source,
+/// which the generated-token count leaves out (it used to panic on a one-token prompt).
+#[test]
+fn bench_generates_with_an_encoder_decoder() {
+    let out = ok(&kiln()
+        .args(["bench", "recipes/reverse-encoder-decoder.yaml"])
+        .args([
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--gen-tokens",
+            "6",
+            "--gen-batch",
+            "2",
+        ])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["gen_tokens"], 2 * 6, "{v}");
+    assert_eq!(v["gen_cached"], true, "{v}");
+    assert!(v["gen_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+}
+
 /// A forecasting recipe benchmarks in windows per second, with no tokens and no generation;
 /// `--profile` adds the forward time by op.
 #[test]

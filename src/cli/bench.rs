@@ -164,6 +164,9 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
             }
         };
         let len = a.gen_tokens + 1;
+        // An encoder-decoder's rows start with its source (all zeros here), which the
+        // lengths do not count.
+        let src = rt.source_len().unwrap_or(0);
         let s = Settings {
             d: Decode {
                 max_length: Some(len as u32),
@@ -171,10 +174,10 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
             },
             eos: None,
             pad: 0,
-            default_max_length: len,
-            source_len: 0,
+            default_max_length: src + len,
+            source_len: src,
         };
-        let prompts = vec![vec![0i64]; a.gen_batch.max(1)];
+        let prompts = vec![vec![0i64; src + 1]; a.gen_batch.max(1)];
         // One short warm-up generation compiles the kernels of every shape used.
         let warm = Settings {
             d: Decode {
@@ -191,7 +194,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         let n: usize = got
             .iter()
             .flatten()
-            .map(|g| g.tokens.len().saturating_sub(1))
+            .map(|g| g.tokens.len().saturating_sub(src + 1))
             .sum();
         out["gen_batch"] = prompts.len().into();
         out["gen_tokens"] = n.into();
