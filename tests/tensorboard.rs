@@ -14,6 +14,7 @@ fn a_training_run_writes_its_scalars_and_texts_for_tensorboard() {
         .arg(&dir)
         .args(["--set", "task.max_length=16", "--set", "model.vars.depth=1"])
         .args(["--set", "train.steps=6", "--set", "train.eval_every=3"])
+        .args(["--set", "train.schedule.warmup_steps=2"])
         .output()
         .unwrap();
     ok(&out);
