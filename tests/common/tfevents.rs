@@ -27,7 +27,7 @@ pub struct Ev {
 
 fn masked(bytes: &[u8]) -> u32 {
     let c = crc32c::crc32c(bytes);
-    ((c >> 15) | (c << 17)).wrapping_add(0xa282_ead8)
+    c.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// The records of a file; panics (a test failure) on a bad CRC or a torn record.
