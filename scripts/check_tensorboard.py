@@ -2,8 +2,8 @@
 """Check kiln's TensorBoard event files with TensorBoard's own reader.
 
 Usage:
-  scripts/check_tensorboard.py RUN_DIR...   check runs (a directory without event files of
-                                            its own, such as a sweep's, is searched for runs)
+  scripts/check_tensorboard.py DIR...       check every run in or below DIR (a run, a
+                                            sweep, an ensemble and its members)
   scripts/check_tensorboard.py              train a tiny run, kill it after its first
                                             checkpoint, resume it, and check it
 
@@ -112,7 +112,10 @@ def check_run(run):
                 check(step in got, f"{run}: `{tag}` lacks step {step}")
                 check(same(got[step], x), f"{run}: `{tag}` at step {step}: {got[step]} vs {x}")
                 checked += 1
-    texts = acc.PluginTagToContent("text")
+    try:
+        texts = acc.PluginTagToContent("text")
+    except KeyError:  # no text at all (an ensemble member)
+        texts = {}
     for tag, file in [("recipe", "recipe.resolved.yaml"), ("graph", "graph.txt")]:
         path = run / file
         if not path.exists():
@@ -133,11 +136,9 @@ def check_run(run):
 
 
 def runs_in(path):
-    if any("tfevents" in p.name for p in path.iterdir() if p.is_file()):
-        yield path
-        return
+    """`path` and every directory below it that holds event files (as TensorBoard finds runs)."""
     found = False
-    for d in sorted(p for p in path.rglob("*") if p.is_dir()):
+    for d in [path] + sorted(p for p in path.rglob("*") if p.is_dir()):
         if any("tfevents" in p.name for p in d.iterdir() if p.is_file()):
             found = True
             yield d
