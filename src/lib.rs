@@ -21,5 +21,6 @@ pub mod runtime;
 pub mod spec;
 pub mod sweep;
 pub mod tasks;
+pub mod tensorboard;
 pub mod train;
 pub mod util;

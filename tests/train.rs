@@ -169,6 +169,25 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         resumed.replace(MARK, "{"),
         std::fs::read_to_string(a.join("metrics.jsonl")).unwrap()
     );
+    // Its TensorBoard events likewise: the older file cut back to step k (the steps it had
+    // written past the checkpoint are written again, once), a second file from the resume
+    // that starts with a SessionLog START at k + 1, and together the uninterrupted run's.
+    let (ea, ec) = (common::tfevents::events(&a), common::tfevents::events(&c));
+    assert_eq!(common::tfevents::files(&c).len(), 2);
+    for tag in ["train/loss", "train/grad_norm", "val/loss", "metrics/ood/n"] {
+        assert_eq!(
+            common::tfevents::scalars(&ec, tag),
+            common::tfevents::scalars(&ea, tag),
+            "{tag}"
+        );
+    }
+    let starts: Vec<i64> = ec
+        .iter()
+        .filter(|e| e.session_status == Some(1))
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(starts, [k as i64 + 1]);
+    assert_eq!(common::tfevents::texts(&ec, "recipe").len(), 1);
 
     // eval recomputes the same metrics from the checkpoint.
     let out = kiln().args(["eval", a.to_str().unwrap()]).output().unwrap();

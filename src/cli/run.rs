@@ -128,6 +128,7 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
         progress: true,
         device: a.device,
         matmul_dtype: a.matmul_dtype,
+        texts: run_texts(&dir),
     };
     let result = match &doc.spec.ensemble {
         None => train::train(&doc.spec, graph.clone(), &opts),
@@ -149,6 +150,18 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// The run's texts for TensorBoard: the resolved recipe and the graph, as the run directory
+/// holds them (files that do not read are left out).
+fn run_texts(dir: &Path) -> Vec<(String, String)> {
+    [("recipe", RESOLVED, "yaml"), ("graph", "graph.txt", "text")]
+        .into_iter()
+        .filter_map(|(tag, file, lang)| {
+            let text = std::fs::read_to_string(dir.join(file)).ok()?;
+            Some((tag.to_string(), crate::tensorboard::code_block(lang, &text)))
+        })
+        .collect()
 }
 
 /// A finished run's summary.json, when it holds one that reads.

@@ -80,6 +80,8 @@ pub fn train_ensemble(
                     graph.clone(),
                     &RunOptions {
                         dir: dir.clone(),
+                        // The recipe and graph are the ensemble's, in its own events.
+                        texts: Vec::new(),
                         ..opts.clone()
                     },
                 )
@@ -120,6 +122,16 @@ pub fn train_ensemble(
     let bs = data.batch_size(recipe.train.batch_size as usize);
     let val_loss = data.val_loss(&rt, bs.max(64));
     let metrics = data.report(&rt);
+    // The ensemble's own events: its texts, and its validation loss and metrics at its
+    // members' last step (their curves are in their directories).
+    let step = members.iter().map(|m| m.steps).max().unwrap_or(0);
+    let mut events = super::events::Events::open(&opts.dir, step, &opts.texts);
+    events.scalars(step, &[("val/loss".into(), val_loss)]);
+    events.json(
+        step,
+        "metrics",
+        &serde_json::to_value(&metrics).expect("report serializes"),
+    );
     let n = members.len() as f64;
     Ok(Summary {
         steps: members.iter().map(|m| m.steps).sum(),

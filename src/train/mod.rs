@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod data;
 mod ensemble;
+mod events;
 pub mod history;
 mod loss;
 pub mod memory;
@@ -135,6 +136,9 @@ pub struct RunOptions {
     pub device: crate::runtime::DeviceKind,
     /// Mixed precision: the dtype of matrix products (`None`: f32 throughout).
     pub matmul_dtype: Option<burn::tensor::FloatDType>,
+    /// Texts for TensorBoard, written at step 0 of the run's events (tag, Markdown): the
+    /// resolved recipe and the graph.
+    pub texts: Vec<(String, String)>,
 }
 
 /// Train `graph` on the recipe's task, writing into `opts.dir`; resumes from
@@ -159,6 +163,9 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         .append(true)
         .open(&metrics_path)
         .map_err(io_at(&metrics_path))?;
+    let mut events = events::Events::open(&opts.dir, tr.state.step, &opts.texts);
+    // The step whose task metrics this process wrote last (the final ones are not repeated).
+    let mut metrics_step = None;
 
     let bs = data.batch_size(t.batch_size as usize);
     let total = t
@@ -257,6 +264,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             line["freq_cutoff"] = stats.freq_cutoff.unwrap_or(1.0).into();
         }
         writeln!(metrics, "{line}").map_err(io_at(&metrics_path))?;
+        events.json(step, "train", &line);
         let last = step == total;
         if step % t.eval_every == 0 || last {
             val_loss = data.val_loss(&tr.rt, bs.max(64));
@@ -272,9 +280,12 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                 st.since_best += 1;
             }
             let mut line = serde_json::json!({"step": step, "val_loss": val_loss});
+            events.scalars(step, &[("val/loss".into(), val_loss)]);
             // A grammar task's metrics at every evaluation (the paper's maxima need them).
             if let Some(r) = data.evaluation_report(&tr.rt) {
                 line["task_metrics"] = serde_json::to_value(&r).expect("report serializes");
+                events.json(step, "metrics", &line["task_metrics"]);
+                metrics_step = Some(step);
                 if last {
                     final_report = Some(r);
                 }
@@ -323,6 +334,13 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         .filter(|_| tr.state.stopped.is_none())
         .unwrap_or_else(|| data.report(&tr.rt));
     let soft_attention_metrics = soft_attention_report(&data, &mut tr.rt);
+    let json = |r: &TaskReport| serde_json::to_value(r).expect("report serializes");
+    if metrics_step != Some(tr.state.step) {
+        events.json(tr.state.step, "metrics", &json(&metrics));
+    }
+    if let Some(m) = &soft_attention_metrics {
+        events.json(tr.state.step, "soft_attention", &json(m));
+    }
     let evaluations = history::read(&metrics_path);
     Ok(Summary {
         steps: tr.state.step,

@@ -2,6 +2,8 @@
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
+pub mod tfevents;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
