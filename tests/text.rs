@@ -326,7 +326,7 @@ fn a_text_run_reports_bits_per_character_beside_the_baselines_and_generates_text
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     assert!(
-        resolved.contains(&format!("vocab: {n_chars}")),
+        resolved.contains(&format!("\"vocab\": {n_chars}")),
         "{resolved}"
     );
     // Generation prints text that starts with the prompt.
