@@ -90,9 +90,9 @@ impl KneserNey {
         }
         // Continuation counts of k-grams: distinct (k+1)-grams ending in them.
         let mut cont = Vec::with_capacity(order.saturating_sub(1));
-        for k in 1..order {
+        for (k, higher) in raw.iter().enumerate().skip(1) {
             let mut count: FxHashMap<u128, u64> = FxHashMap::default();
-            for &g in raw[k].keys() {
+            for &g in higher.keys() {
                 *count.entry(g >> BITS).or_default() += 1;
             }
             cont.push(Order::from_counts(count, k, discount));
