@@ -59,11 +59,21 @@ pub fn recipe(
             });
         }
     };
-    let mut graph = crate::lower::lower_recipe(&doc)
-        .map_err(|d| CompileError::Invalid(render_text(&d, &sources, color)))?;
     // Data paths are relative to the recipe; absolute, the run directory's resolved recipe
     // (and `--resume` from anywhere, and a trial's content key) name the same file.
     doc.absolutize_data(path);
+    // A text task's vocabulary comes from its corpus or tokenizer: read it (tokenizing the
+    // corpus into the cache once) and write it into the spec, so the resolved recipe has it.
+    if let crate::spec::recipe::Task::Text(t) = &mut doc.spec.task {
+        if t.vocab.is_none() {
+            let dir = crate::tasks::text::cache::cache_dir();
+            let corpus = crate::tasks::text::open(t, &dir)
+                .map_err(|e| CompileError::Unreadable(format!("error: {e}\n")))?;
+            t.vocab = Some(corpus.vocab as u32);
+        }
+    }
+    let mut graph = crate::lower::lower_recipe(&doc)
+        .map_err(|d| CompileError::Invalid(render_text(&d, &sources, color)))?;
     let all: Vec<_> = crate::passes::ALL.iter().collect();
     crate::passes::optimize(&mut graph, &all, cfg!(debug_assertions))
         .map_err(|e| CompileError::Internal(e.to_string()))?;

@@ -125,6 +125,13 @@ pub fn eval_cmd(
             };
             (ids, settings, Box::new(|t: i64| t.to_string()))
         }
+        Data::Text(t) => match super::generate_text::prompt(t, p, d) {
+            Ok((ids, settings)) => (ids, settings, Box::new(|t: i64| t.to_string())),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
         Data::Forecast(_) => {
             eprintln!("error: a forecasting model has nothing to generate from a prompt; `kiln eval RUN` prints its test errors");
             return 2;
@@ -186,6 +193,9 @@ pub fn eval_cmd(
         }
     }
     let mut lm = crate::decode::ModelLm::new(&rt, d.use_cache);
+    if let Data::Text(t) = &data {
+        return super::generate_text::run(&mut lm, t, ids, &settings);
+    }
     let out = crate::decode::generate(&mut lm, &[ids], &settings);
     let beams = !matches!(
         d.strategy,

@@ -5,6 +5,7 @@ mod bench;
 mod data;
 pub mod exit;
 mod generate;
+mod generate_text;
 mod inspect;
 mod run;
 mod sweep;

@@ -232,6 +232,7 @@ fn print_ensemble(e: &train::EnsembleSummary, s: &Summary) {
         TaskReport::Uint16(_) => "uint16",
         TaskReport::Seq2seq(_) => "seq2seq",
         TaskReport::Forecast(_) => "forecast",
+        TaskReport::Text(_) => "text",
     });
     let whole = json(s);
     let members: Vec<serde_json::Value> = e.members.iter().map(json).collect();
@@ -280,6 +281,7 @@ pub(super) fn print_metrics(m: &TaskReport) {
     match m {
         TaskReport::Grammar(g) => print_grammar(g),
         TaskReport::Uint16(u) => print_stream(u),
+        TaskReport::Text(t) => print_text(t),
         TaskReport::Forecast(r) => {
             println!(
                 "test: {} windows (standardized units: the training part's mean and deviation per channel)",
@@ -400,6 +402,45 @@ fn print_stream(m: &StreamMetrics) {
         );
     }
     println!("(unigram: always the k values most frequent in the training part; the interval treats predictions as independent, which positions of one window are not)");
+}
+
+fn print_text(m: &crate::tasks::text::metrics::TextMetrics) {
+    println!(
+        "test: {} predictions in {} windows",
+        m.predictions, m.windows
+    );
+    let per = format!("bits/{}", m.unit);
+    println!(
+        "{:<22} {:>11} {:>10} {:>11}",
+        "", "nats/token", per, "perplexity"
+    );
+    let ngram = format!("Kneser-Ney {}-gram", m.ngram_order);
+    for (name, s) in [
+        ("model", &m.model),
+        (ngram.as_str(), &m.ngram),
+        ("unigram", &m.unigram),
+    ] {
+        let bits = s.bits_per_unit.map_or("-".into(), |b| format!("{b:.4}"));
+        println!(
+            "{name:<22} {:>11.4} {bits:>10} {:>11.3}",
+            s.nats_per_token, s.perplexity
+        );
+    }
+    println!(
+        "model − n-gram: {:+.4} nats/token, 95% CI [{:+.4}, {:+.4}] over the test windows: {}",
+        m.vs_ngram,
+        m.vs_ngram_ci95.0,
+        m.vs_ngram_ci95.1,
+        if m.beats_ngram {
+            "the model beats the n-gram"
+        } else {
+            "the model does NOT beat the n-gram"
+        }
+    );
+    println!(
+        "(baselines fitted on the training part: the n-gram on its first {} tokens; same targets and in-window histories as the model)",
+        m.ngram_train_tokens
+    );
 }
 
 /// A grammar task's metrics over the run's evaluations: at the lowest validation loss, and

@@ -116,8 +116,10 @@ pub(super) fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagn
                 "remove `distribution`",
             );
         }
-    } else if let Some(d) = &spec.train.regularizers.distribution {
-        let vocab = spec.task.vocab();
+    } else if let (Some(d), Some(vocab)) = (
+        &spec.train.regularizers.distribution,
+        spec.task.known_vocab(),
+    ) {
         for &s in &d.scales {
             if s < 2 || u64::from(s) > vocab {
                 diags.push(
@@ -178,12 +180,16 @@ pub(super) fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagn
             );
         }
     }
-    if let Task::Uint16 {
-        val_fraction,
-        test_fraction,
-        ..
-    } = &spec.task
-    {
+    let fractions = match &spec.task {
+        Task::Uint16 {
+            val_fraction,
+            test_fraction,
+            ..
+        } => Some((val_fraction, test_fraction)),
+        Task::Text(t) => Some((&t.val_fraction, &t.test_fraction)),
+        _ => None,
+    };
+    if let Some((val_fraction, test_fraction)) = fractions {
         if val_fraction + test_fraction >= 1.0 {
             diags.push(
                 Diagnostic::error(
@@ -308,7 +314,8 @@ fn check_decode(spec: &super::recipe::RecipeSpec, tree: &Node, diags: &mut Vec<D
             );
         }
     }
-    let vocab = spec.task.vocab();
+    // A text task's vocabulary is known once its corpus is read: compile checks ids then.
+    let vocab = spec.task.known_vocab().unwrap_or(u64::MAX);
     for (key, id) in [
         ("eos_token_id", d.eos_token_id),
         ("pad_token_id", d.pad_token_id),

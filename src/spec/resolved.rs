@@ -15,12 +15,21 @@ impl LoadedRecipe {
             Task::Forecast(f) => Some(&mut f.path),
             _ => None,
         };
-        if let Some(data) = data {
-            let dir = recipe.parent().unwrap_or(Path::new(""));
-            let cwd = std::env::current_dir().unwrap_or_default();
+        let dir = recipe.parent().unwrap_or(Path::new(""));
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let absolute = |data: &mut String| {
             *data = crate::util::normalize_path(&cwd.join(dir).join(&*data))
                 .to_string_lossy()
                 .into_owned();
+        };
+        if let Some(data) = data {
+            absolute(data);
+        }
+        if let Task::Text(t) = &mut self.spec.task {
+            absolute(&mut t.path);
+            if !matches!(t.tokenizer.as_str(), "char" | "byte") {
+                absolute(&mut t.tokenizer);
+            }
         }
     }
 
@@ -29,6 +38,7 @@ impl LoadedRecipe {
         match &self.spec.task {
             Task::Uint16 { path, .. } => vec![PathBuf::from(path)],
             Task::Forecast(f) => vec![PathBuf::from(&f.path)],
+            Task::Text(t) => crate::tasks::text::cache::task_files(t),
             _ => Vec::new(),
         }
     }

@@ -98,6 +98,20 @@ pub fn metrics_of(task: &str) -> Vec<Metric> {
                 reference: Some("/metrics/chance_token_accuracy"),
             },
         ]),
+        "text" => m.extend([
+            Metric {
+                name: "test_nats_per_token",
+                pointer: "/metrics/model/nats_per_token",
+                lower: true,
+                reference: Some("/metrics/ngram/nats_per_token"),
+            },
+            Metric {
+                name: "test_bits_per_unit",
+                pointer: "/metrics/model/bits_per_unit",
+                lower: true,
+                reference: Some("/metrics/ngram/bits_per_unit"),
+            },
+        ]),
         "uint16" => m.push(Metric {
             name: "top1",
             pointer: "/metrics/top/0/model",

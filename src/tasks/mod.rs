@@ -1,9 +1,10 @@
 //! Tasks: data and metrics. The rule-extrapolation grammars and next-value prediction on
-//! uint16 streams, forecasting and seq2seq; [`split_lengths`] cuts every stream.
+//! uint16 streams, forecasting, seq2seq and real text; [`split_lengths`] cuts every stream.
 
 pub mod forecast;
 pub mod grammar;
 pub mod seq2seq;
+pub mod text;
 pub mod uint16;
 
 /// The lengths `(train, validation, test)` of a series of `n` steps cut in time order: the

@@ -93,6 +93,9 @@ pub enum TrainError {
     /// The task's data cannot be used.
     #[error("{0}")]
     Data(#[from] crate::tasks::uint16::DataError),
+    /// A text task's corpus, tokenizer or token files cannot be used.
+    #[error("{0}")]
+    Text(#[from] crate::tasks::text::TextError),
     /// A forecasting task's data cannot be used.
     #[error("{0}")]
     Forecast(#[from] crate::tasks::forecast::ForecastError),
@@ -120,7 +123,8 @@ impl TrainError {
             TrainError::Io(_)
             | TrainError::Checkpoint(_)
             | TrainError::Data(_)
-            | TrainError::Forecast(_) => exit::UNUSABLE,
+            | TrainError::Forecast(_)
+            | TrainError::Text(_) => exit::UNUSABLE,
         }
     }
 }

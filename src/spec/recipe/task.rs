@@ -1,5 +1,5 @@
 //! A recipe's `task`: the rule-extrapolation grammars, uint16 streams, sequence-to-sequence
-//! problems and forecasting, with their defaults.
+//! problems, forecasting and real text, with their defaults.
 
 use super::super::defaults::{default_one, default_true};
 use schemars::JsonSchema;
@@ -94,6 +94,13 @@ pub enum Task {
     /// windows forecast targets inside their parts. Reported: MSE and MAE on the test part,
     /// beside the last-value and seasonal-naive baselines.
     Forecast(ForecastTask),
+    /// Language modelling on real text: a UTF-8 corpus tokenized at the `char` or `byte` level
+    /// or with a Hugging Face `tokenizer.json`, or nanoGPT's `train.bin` / `val.bin` token
+    /// files. The corpus is tokenized once into a cached token file; the token stream is cut
+    /// into contiguous training, validation and test parts, as a uint16 stream is. Reported:
+    /// test loss in nats per token, bits per character (or byte) and perplexity, beside the
+    /// unigram and interpolated Kneser-Ney n-gram baselines fitted on the training part.
+    Text(TextTask),
     /// Sequence-to-sequence transduction of random words over `symbols` symbols, for
     /// encoder-decoder models: the source is the word (padded to `max_length`), the target
     /// `BOS f(word) EOS` (padded). Ids: 0 PAD, 1 BOS, 2 EOS, then the symbols. Evaluated by
@@ -166,6 +173,63 @@ fn default_test_fraction() -> f64 {
     0.2
 }
 
+/// Settings of a text task (see [`Task::Text`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextTask {
+    /// The corpus, relative to the recipe: a UTF-8 text file, a folder of them (read
+    /// recursively in path order and concatenated), or a folder holding nanoGPT's
+    /// `train.bin` and `val.bin`.
+    pub path: String,
+    /// How text becomes tokens: `char` (each Unicode character of the corpus), `byte`
+    /// (256 ids), or the path of a Hugging Face `tokenizer.json` (relative to the recipe).
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// Number of token ids. Leave it out: kiln takes it from the corpus (`char`), 256
+    /// (`byte`) or the tokenizer, and writes it into the run's resolved recipe. Required for
+    /// nanoGPT token files without a `tokenizer.json`; their ids are uint16, or uint32 when
+    /// vocab is over 65 536.
+    #[serde(default)]
+    #[schemars(range(min = 2, max = 16777216))]
+    pub vocab: Option<u32>,
+    /// Length of the context window the model reads.
+    #[schemars(range(min = 1, max = 1048576))]
+    pub context: u32,
+    /// Fraction of the tokens (before the test part) used for validation. nanoGPT files:
+    /// ignored (the first half of `val.bin` validates, the second half tests).
+    #[serde(default = "default_fraction")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub val_fraction: f64,
+    /// Fraction of the tokens (at the end) used for testing.
+    #[serde(default = "default_fraction")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub test_fraction: f64,
+    /// Most non-overlapping windows (spread evenly over the part) used for the validation
+    /// loss and the test metrics; every position of a window is scored.
+    #[serde(default = "default_eval_windows")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub eval_windows: u32,
+    /// Order of the interpolated Kneser-Ney baseline (3 to 5 is usual).
+    #[serde(default = "default_ngram_order")]
+    #[schemars(range(min = 2, max = 5))]
+    pub ngram_order: u32,
+    /// Most training tokens (the start of the training part) the n-gram baseline is fitted
+    /// on, to bound its memory; the report says how many it used.
+    #[serde(default = "default_ngram_tokens")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub ngram_tokens: u64,
+}
+
+fn default_tokenizer() -> String {
+    "char".into()
+}
+fn default_ngram_order() -> u32 {
+    5
+}
+fn default_ngram_tokens() -> u64 {
+    10_000_000
+}
+
 /// What a sequence-to-sequence task asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -223,6 +287,23 @@ impl Task {
             Task::Uint16 { vocab, .. } => u64::from(*vocab),
             Task::Seq2seq { symbols, .. } => u64::from(*symbols) + seq2seq_ids::FIRST as u64,
             Task::Forecast(_) => 0,
+            Task::Text(t) => t.vocab.map_or(
+                if t.tokenizer == "byte" {
+                    256
+                } else {
+                    crate::lower::PLACEHOLDER_VOCAB
+                },
+                u64::from,
+            ),
+        }
+    }
+
+    /// The vocabulary when it is known without reading data: a text task's is known only
+    /// once its corpus or tokenizer is read (see [`crate::tasks::text`]), unless given.
+    pub fn known_vocab(&self) -> Option<u64> {
+        match self {
+            Task::Text(t) if t.vocab.is_none() && t.tokenizer != "byte" => None,
+            _ => Some(self.vocab()),
         }
     }
 
@@ -265,6 +346,7 @@ impl Task {
             Task::Uint16 { context, .. } => u64::from(*context),
             Task::Seq2seq { max_length, .. } => u64::from(*max_length) + 1,
             Task::Forecast(f) => u64::from(f.lookback),
+            Task::Text(t) => u64::from(t.context),
         }
     }
 }

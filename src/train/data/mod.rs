@@ -6,11 +6,13 @@ mod forecast;
 mod grammar;
 mod seq2seq;
 mod stream;
+mod text;
 
 pub use forecast::ForecastData;
 pub use grammar::GrammarData;
 pub use seq2seq::Seq2seqData;
 pub use stream::StreamData;
+pub use text::TextData;
 
 use super::TrainError;
 use crate::runtime::Runtime;
@@ -49,6 +51,8 @@ pub enum Data {
     Seq2seq(Seq2seqData),
     /// A forecasting series.
     Forecast(ForecastData),
+    /// Real text.
+    Text(Box<TextData>),
 }
 
 impl Data {
@@ -65,6 +69,7 @@ impl Data {
             Task::Forecast(_) => {
                 Data::Forecast(ForecastData::open(task)?.expect("a forecast task"))
             }
+            Task::Text(_) => Data::Text(Box::new(TextData::open(task)?.expect("a text task"))),
         })
     }
 
@@ -76,6 +81,7 @@ impl Data {
             Data::Seq2seq(g) => g.train.len() / bs,
             Data::Forecast(f) => f.starts[0].len() / bs,
             Data::Stream(s) => s.splits.train.len() / (bs * s.context),
+            Data::Text(t) => t.corpus.train.len() / (bs * t.context),
         };
         n.max(1) as u64
     }
@@ -86,7 +92,7 @@ impl Data {
             Data::Grammar(g) => bs.min(g.train.len()).max(1),
             Data::Seq2seq(g) => bs.min(g.train.len()).max(1),
             Data::Forecast(f) => bs.min(f.starts[0].len()).max(1),
-            Data::Stream(_) => bs.max(1),
+            Data::Stream(_) | Data::Text(_) => bs.max(1),
         }
     }
 
@@ -135,6 +141,10 @@ impl Data {
                     })
                     .collect()
             }
+            Data::Text(t) => {
+                let mut rng = Rng::new(super::mix(seed ^ 0xDA7A, state.step, micro));
+                (0..bs).map(|_| t.train_window(&mut rng)).collect()
+            }
         })
     }
 
@@ -154,6 +164,7 @@ impl Data {
             Data::Seq2seq(g) => std::borrow::Cow::Borrowed(&g.val),
             Data::Forecast(_) => std::borrow::Cow::Owned(Vec::new()),
             Data::Stream(s) => std::borrow::Cow::Owned(s.windows(&s.splits.val).0),
+            Data::Text(t) => std::borrow::Cow::Owned(t.windows(&t.corpus.val)),
         }
     }
 
@@ -163,7 +174,7 @@ impl Data {
     pub fn evaluation_report(&self, rt: &Runtime) -> Option<TaskReport> {
         match self {
             Data::Grammar(g) => Some(TaskReport::Grammar(g.report(rt))),
-            Data::Stream(_) | Data::Seq2seq(_) | Data::Forecast(_) => None,
+            Data::Stream(_) | Data::Seq2seq(_) | Data::Forecast(_) | Data::Text(_) => None,
         }
     }
 
@@ -173,6 +184,7 @@ impl Data {
             Data::Stream(s) => TaskReport::Uint16(s.report(rt)),
             Data::Seq2seq(s) => TaskReport::Seq2seq(s.report(rt)),
             Data::Forecast(f) => TaskReport::Forecast(f.report(rt)),
+            Data::Text(t) => TaskReport::Text(t.report(rt)),
         }
     }
 }
@@ -224,6 +236,8 @@ pub enum TaskReport {
     Seq2seq(crate::tasks::seq2seq::Seq2seqReport),
     /// Forecasting.
     Forecast(crate::tasks::forecast::ForecastReport),
+    /// Language modelling on text.
+    Text(crate::tasks::text::metrics::TextMetrics),
 }
 
 /// Grammar metrics with chance levels.
