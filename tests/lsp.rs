@@ -74,9 +74,9 @@ impl Client {
         loop {
             match self.recv() {
                 Message::Response(r) if r.id == id => {
-                    return match r.error {
-                        Some(e) => json!({"error": {"code": e.code, "message": e.message}}),
-                        None => r.result.unwrap_or(Value::Null),
+                    return match r.response_result {
+                        Err(e) => json!({"error": {"code": e.code, "message": e.message}}),
+                        Ok(v) => v,
                     }
                 }
                 _ => {}
@@ -133,7 +133,10 @@ impl Client {
 
 /// Line and UTF-16 column of `offset` bytes into the first `needle` of `text`.
 fn position(text: &str, needle: &str, offset: usize) -> (u32, u32) {
-    let at = text.find(needle).unwrap_or_else(|| panic!("{needle} in text")) + offset;
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} in text"))
+        + offset;
     let line = text[..at].matches('\n').count();
     let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     (line as u32, text[start..at].encode_utf16().count() as u32)
@@ -179,7 +182,10 @@ fn assert_same(lsp: &[Value], validate: &[Value]) {
             l["range"]["start"]["character"],
             v["column"].as_u64().unwrap() - 1
         );
-        assert_eq!(l["range"]["end"]["line"], v["end_line"].as_u64().unwrap() - 1);
+        assert_eq!(
+            l["range"]["end"]["line"],
+            v["end_line"].as_u64().unwrap() - 1
+        );
     }
 }
 
@@ -199,7 +205,10 @@ fn diagnostics_hover_completion_definition_and_shutdown() {
     c.open(&u, &broken);
     let diags = c.diagnostics(&u);
     assert_same(&diags, &expected);
-    assert_eq!(diags[0]["range"]["start"]["line"], position(&broken, "{type: attention", 0).0);
+    assert_eq!(
+        diags[0]["range"]["start"]["line"],
+        position(&broken, "{type: attention", 0).0
+    );
 
     // An unsaved edit that fixes it clears the diagnostics.
     c.change(&u, 2, &good);
@@ -216,11 +225,17 @@ fn diagnostics_hover_completion_definition_and_shutdown() {
     // On a `$variable`: its value and where it is defined.
     let h = c.at("textDocument/hover", &u, &good, "$d_model", 2);
     let text = h["contents"]["value"].as_str().unwrap();
-    assert!(text.contains("`$d_model` = `16`") && text.contains("line 8"), "{text}");
+    assert!(
+        text.contains("`$d_model` = `16`") && text.contains("line 8"),
+        "{text}"
+    );
     // On `kind`: the totals.
     let h = c.at("textDocument/hover", &u, &good, "kind: recipe", 1);
     let text = h["contents"]["value"].as_str().unwrap();
-    assert!(text.contains("parameters") && text.contains("activation memory"), "{text}");
+    assert!(
+        text.contains("parameters") && text.contains("activation memory"),
+        "{text}"
+    );
     assert!(text.contains("training needs"), "{text}");
 
     // Completion of a layer type, from the schema.
@@ -231,17 +246,36 @@ fn diagnostics_hover_completion_definition_and_shutdown() {
         .iter()
         .map(|i| i["label"].as_str().unwrap())
         .collect();
-    assert!(labels.contains(&"rmsnorm") && labels.contains(&"attention"), "{labels:?}");
+    assert!(
+        labels.contains(&"rmsnorm") && labels.contains(&"attention"),
+        "{labels:?}"
+    );
 
     // Go to definition of a `$variable`: its key under `vars`.
     let d = c.at("textDocument/definition", &u, &good, "$d_model}", 1);
     assert_eq!(d["uri"], u.as_str());
-    assert_eq!(d["range"]["start"]["line"], position(&good, "d_model: 16", 0).0);
+    assert_eq!(
+        d["range"]["start"]["line"],
+        position(&good, "d_model: 16", 0).0
+    );
 
     // Document symbols: the layer tree.
-    let s = c.request("textDocument/documentSymbol", json!({"textDocument": {"uri": u}}));
-    let model = s.as_array().unwrap().iter().find(|s| s["name"] == "model").unwrap();
-    let layers = model["children"].as_array().unwrap().iter().find(|s| s["name"] == "layers").unwrap();
+    let s = c.request(
+        "textDocument/documentSymbol",
+        json!({"textDocument": {"uri": u}}),
+    );
+    let model = s
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "model")
+        .unwrap();
+    let layers = model["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "layers")
+        .unwrap();
     let names: Vec<&str> = layers["children"]
         .as_array()
         .unwrap()
@@ -255,7 +289,10 @@ fn diagnostics_hover_completion_definition_and_shutdown() {
     let r = c.request("kiln/panic", Value::Null);
     assert_eq!(r["error"]["code"], -32603, "{r}");
     let h = c.at("textDocument/hover", &u, &good, "type: attention", 7);
-    assert!(h["contents"]["value"].as_str().unwrap().contains("attention"));
+    assert!(h["contents"]["value"]
+        .as_str()
+        .unwrap()
+        .contains("attention"));
     c.shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -265,7 +302,10 @@ fn editing_a_model_file_rechecks_the_recipe_that_uses_it() {
     let dir = setup("model");
     let model = std::fs::read_to_string("models/transformer-modern.yaml").unwrap();
     let recipe = std::fs::read_to_string("recipes/default.yaml").unwrap();
-    let (mp, rp) = (dir.join("models/transformer-modern.yaml"), dir.join("recipes/default.yaml"));
+    let (mp, rp) = (
+        dir.join("models/transformer-modern.yaml"),
+        dir.join("recipes/default.yaml"),
+    );
     std::fs::write(&mp, &model).unwrap();
     std::fs::write(&rp, &recipe).unwrap();
     let (mu, ru) = (uri(&mp), uri(&rp));
@@ -298,16 +338,25 @@ fn editing_a_model_file_rechecks_the_recipe_that_uses_it() {
         }
     }
     let on_recipe = on_recipe.unwrap();
-    assert_eq!(on_recipe[0]["code"], "K300", "{on_recipe:#?}");
-    assert_eq!(on_recipe[0]["range"]["start"]["line"], position(&recipe, "model:", 0).0);
+    assert_eq!(on_recipe[0]["code"], "K301", "{on_recipe:#?}");
+    assert_eq!(
+        on_recipe[0]["range"]["start"]["line"],
+        position(&recipe, "model:", 0).0
+    );
     let on_model = on_model.unwrap();
-    assert_eq!(on_model[0]["code"], "K300");
-    assert_eq!(on_model[0]["range"]["start"]["line"], position(&broken, "{type: attention", 0).0);
+    assert_eq!(on_model[0]["code"], "K301");
+    assert_eq!(
+        on_model[0]["range"]["start"]["line"],
+        position(&broken, "{type: attention", 0).0
+    );
     // The file on disk is unchanged, and `kiln validate` of the saved text agrees.
     std::fs::write(&mp, &broken).unwrap();
     let expected = validate(&rp);
-    assert_eq!(expected[0]["code"], "K300");
-    assert_eq!(expected[0]["line"], on_model[0]["range"]["start"]["line"].as_u64().unwrap() + 1);
+    assert_eq!(expected[0]["code"], "K301");
+    assert_eq!(
+        expected[0]["line"],
+        on_model[0]["range"]["start"]["line"].as_u64().unwrap() + 1
+    );
     c.shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -359,11 +408,21 @@ fn the_fuzz_corpus_never_crashes_the_server() {
         let lines = text.lines().count().max(1);
         let pos = json!({"line": rand() % lines, "character": rand() % 40});
         let params = json!({"textDocument": {"uri": u}, "position": pos});
-        for method in ["textDocument/hover", "textDocument/completion", "textDocument/definition"] {
+        for method in [
+            "textDocument/hover",
+            "textDocument/completion",
+            "textDocument/definition",
+        ] {
             let r = c.request(method, params.clone());
-            assert!(r.get("error").is_none(), "{method} on text {i}: {r}\n{text}");
+            assert!(
+                r.get("error").is_none(),
+                "{method} on text {i}: {r}\n{text}"
+            );
         }
-        let r = c.request("textDocument/documentSymbol", json!({"textDocument": {"uri": u}}));
+        let r = c.request(
+            "textDocument/documentSymbol",
+            json!({"textDocument": {"uri": u}}),
+        );
         assert!(r.get("error").is_none(), "symbols of text {i}: {r}");
     }
     c.shutdown();

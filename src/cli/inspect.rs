@@ -267,7 +267,6 @@ pub(super) fn graph_cmd(
     0
 }
 
-
 fn human_bytes(b: u64) -> String {
     if b >= 1 << 20 {
         format!("{:.2} MiB", b as f64 / f64::from(1 << 20))

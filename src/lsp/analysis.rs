@@ -47,7 +47,8 @@ impl Analysis {
 
     /// The document's text.
     pub fn text(&self) -> &str {
-        self.own().map_or("", |id| self.sources.get(id).text.as_str())
+        self.own()
+            .map_or("", |id| self.sources.get(id).text.as_str())
     }
 
     /// The document's YAML tree as written (before composition and substitution), when it
@@ -69,9 +70,7 @@ impl Analysis {
     /// into the recipe's model file is published on that file and, at the recipe's `model:`
     /// line, on the recipe.
     pub fn published(&self) -> Vec<(PathBuf, lsp::Diagnostic)> {
-        let model_span = self
-            .raw_tree()
-            .and_then(|t| t.get("model").map(|m| m.span));
+        let model_span = self.raw_tree().and_then(|t| t.get("model").map(|m| m.span));
         let mut out = Vec::new();
         for d in &self.diags {
             let file = d.span.and_then(|s| self.file_of(s));

@@ -64,12 +64,18 @@ pub(super) fn complete(text: &str, pos: lsp::Position) -> Vec<lsp::CompletionIte
         .filter(|s| s.get("properties").is_some())
         .collect();
     let of_type = |keep_all: bool| -> Vec<&Json> {
-        let ty = ctx.siblings.iter().find(|(k, _)| k == "type").map(|(_, v)| v);
+        let ty = ctx
+            .siblings
+            .iter()
+            .find(|(k, _)| k == "type")
+            .map(|(_, v)| v);
         let matching: Vec<&Json> = objects
             .iter()
             .copied()
             .filter(|o| {
-                ty.is_some_and(|t| o.pointer("/properties/type/const").and_then(Json::as_str) == Some(t))
+                ty.is_some_and(|t| {
+                    o.pointer("/properties/type/const").and_then(Json::as_str) == Some(t)
+                })
             })
             .collect();
         if keep_all || matching.is_empty() {
@@ -89,7 +95,12 @@ pub(super) fn complete(text: &str, pos: lsp::Position) -> Vec<lsp::CompletionIte
                     if ctx.siblings.iter().any(|(s, _)| s == k) {
                         continue;
                     }
-                    items.push(item(k, lsp::CompletionItemKind::PROPERTY, p, format!("{k}: ")));
+                    items.push(item(
+                        k,
+                        lsp::CompletionItemKind::PROPERTY,
+                        p,
+                        format!("{k}: "),
+                    ));
                 }
             }
         }
@@ -114,15 +125,25 @@ fn escape(k: &str) -> String {
 }
 
 fn description(s: &Json) -> Option<String> {
-    s.get("description").and_then(Json::as_str).map(str::to_string)
+    s.get("description")
+        .and_then(Json::as_str)
+        .map(str::to_string)
 }
 
-fn item(label: &str, kind: lsp::CompletionItemKind, doc: &Json, insert: String) -> lsp::CompletionItem {
+fn item(
+    label: &str,
+    kind: lsp::CompletionItemKind,
+    doc: &Json,
+    insert: String,
+) -> lsp::CompletionItem {
     let d = description(doc);
     lsp::CompletionItem {
         label: label.to_string(),
         kind: Some(kind),
-        detail: d.as_ref().and_then(|d| d.lines().next()).map(str::to_string),
+        detail: d
+            .as_ref()
+            .and_then(|d| d.lines().next())
+            .map(str::to_string),
         documentation: d.map(|d| {
             lsp::Documentation::MarkupContent(lsp::MarkupContent {
                 kind: lsp::MarkupKind::Markdown,
@@ -139,11 +160,21 @@ fn values(s: &Json, object: &Json, key: &str, out: &mut Vec<lsp::CompletionItem>
     // A layer's `type` documents the layer: describe the value by its object.
     let doc = if key == "type" { object } else { s };
     if let Some(c) = s.get("const").and_then(Json::as_str) {
-        out.push(item(c, lsp::CompletionItemKind::ENUM_MEMBER, doc, c.to_string()));
+        out.push(item(
+            c,
+            lsp::CompletionItemKind::ENUM_MEMBER,
+            doc,
+            c.to_string(),
+        ));
     }
     for v in s.get("enum").and_then(Json::as_array).into_iter().flatten() {
         if let Some(v) = v.as_str() {
-            out.push(item(v, lsp::CompletionItemKind::ENUM_MEMBER, doc, v.to_string()));
+            out.push(item(
+                v,
+                lsp::CompletionItemKind::ENUM_MEMBER,
+                doc,
+                v.to_string(),
+            ));
         }
     }
     let types = match s.get("type") {
@@ -172,7 +203,13 @@ fn alternatives<'a>(root: &'a Json, s: &'a Json) -> Vec<&'a Json> {
             }
         }
         for key in ["oneOf", "anyOf", "allOf"] {
-            for sub in s.get(key).and_then(Json::as_array).into_iter().flatten().rev() {
+            for sub in s
+                .get(key)
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .rev()
+            {
                 stack.push((sub, depth + 1));
             }
         }
@@ -257,7 +294,9 @@ fn shape(line: &str) -> Option<Shape<'_>> {
 /// The block key a line starts with (`key:` followed by a space or the end).
 fn block_key(rest: &str) -> Option<&str> {
     let (k, v) = rest.split_once(':')?;
-    (v.is_empty() || v.starts_with(' ')).then(|| k.trim()).filter(|k| !k.is_empty() && !k.contains(['{', '[', '"', '\'']))
+    (v.is_empty() || v.starts_with(' '))
+        .then(|| k.trim())
+        .filter(|k| !k.is_empty() && !k.contains(['{', '[', '"', '\'']))
 }
 
 impl Context {
@@ -348,8 +387,9 @@ impl Context {
             block_siblings_of(lines, row, me.col, !me.dashes.is_empty())
         } else {
             let (_, _, from) = frames.last().expect("a frame");
-            let start = line.len() - me.rest.len() + from;
-            flow_siblings(&line[start.min(line.len())..])
+            // `before` is the start of `line`, and `rest` the end of `before`.
+            let start = before.len() - me.rest.len() + from;
+            flow_siblings(line.get(start..).unwrap_or(""))
         };
         Some(Context {
             path,
@@ -396,7 +436,7 @@ fn block_siblings_of(lines: &Lines, row: usize, col: usize, first: bool) -> Vec<
         let Some(s) = shape(lines.line(r)).filter(|s| !s.rest.is_empty()) else {
             continue;
         };
-        if s.col < col || !s.dashes.is_empty() && s.col <= col {
+        if s.col < col || (!s.dashes.is_empty() && s.col <= col) {
             break;
         }
         if s.col == col {
@@ -464,7 +504,9 @@ mod tests {
         assert!(nested.contains(&"lr".to_string()), "{nested:?}");
         let boolean = labels("kind: model\nlayers:\n  - type: embedding\n    scale: |");
         assert_eq!(boolean, ["true", "false"]);
-        let vars = labels("kind: model\nvars:\n  d: 8\n  depth: 2\nlayers:\n  - {type: embedding, dim: $|");
+        let vars = labels(
+            "kind: model\nvars:\n  d: 8\n  depth: 2\nlayers:\n  - {type: embedding, dim: $|",
+        );
         assert_eq!(vars, ["$d", "$depth"]);
     }
 }

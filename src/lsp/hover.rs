@@ -88,7 +88,10 @@ fn describe_layer(a: &Analysis, layer: &Node, key: Option<&str>) -> String {
     let ty = layer.get("type").and_then(Node::as_str).unwrap_or("?");
     let schema = layer_doc(ty);
     let mut out = format!("**{ty}**");
-    if let Some(d) = schema.and_then(|s| s.get("description")).and_then(Json::as_str) {
+    if let Some(d) = schema
+        .and_then(|s| s.get("description"))
+        .and_then(Json::as_str)
+    {
         out.push_str(&format!(" — {}", d.replace('\n', " ")));
     }
     if let Some(k) = key.filter(|k| *k != "type") {
@@ -157,7 +160,11 @@ fn layer_facts(graph: &Graph, span: Span, type_span: Span, own: crate::diag::Sou
     let path = match copies.len() {
         0 => String::new(),
         1 => format!("`{}`", copies[0]),
-        n => format!("`{}` and {} more copies (parameters: all copies)", copies[0], n - 1),
+        n => format!(
+            "`{}` and {} more copies (parameters: all copies)",
+            copies[0],
+            n - 1
+        ),
     };
     let mixing = match mixing {
         Mixing::Pointwise => "no: each position on its own",

@@ -22,11 +22,11 @@ use lsp_types::notification::Notification as _;
 use lsp_types::request::Request as _;
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long after the last change of a buffer it is checked.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Set (to anything) in the environment, the server answers the request `kiln/panic` by
 /// panicking: the tests' way to check that a panic is not fatal.
@@ -106,7 +106,7 @@ pub fn serve(conn: &Connection) -> Result<(), lsp_server::ProtocolError> {
                 let resp = match catch_unwind(AssertUnwindSafe(|| server.request(req))) {
                     Ok(r) => r,
                     Err(p) => {
-                        let what = panic_text(&p);
+                        let what = panic_text(&*p);
                         server.log(&format!("internal error (panic) handling {method}: {what}"));
                         Response::new_err(
                             id,
@@ -126,7 +126,7 @@ pub fn serve(conn: &Connection) -> Result<(), lsp_server::ProtocolError> {
     }
 }
 
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -159,7 +159,7 @@ impl Server<'_> {
     /// Run `f`; a panic is logged (to stderr and the client) and the server goes on.
     fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Self)) {
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(self))) {
-            let text = panic_text(&p);
+            let text = panic_text(&*p);
             self.log(&format!("internal error (panic) handling {what}: {text}"));
             // Do not retry what panicked in a loop.
             for d in self.docs.values_mut() {
@@ -185,7 +185,8 @@ impl Server<'_> {
         use lsp::notification::{DidChangeTextDocument, DidCloseTextDocument, DidOpenTextDocument};
         match n.method.as_str() {
             DidOpenTextDocument::METHOD => {
-                let Ok(p) = n.extract::<lsp::DidOpenTextDocumentParams>(DidOpenTextDocument::METHOD)
+                let Ok(p) =
+                    n.extract::<lsp::DidOpenTextDocumentParams>(DidOpenTextDocument::METHOD)
                 else {
                     return;
                 };
@@ -214,9 +215,10 @@ impl Server<'_> {
                     return;
                 };
                 // Full synchronization: the last change holds the whole text.
-                if let (Some(doc), Some(change)) =
-                    (self.docs.get_mut(&path), p.content_changes.into_iter().last())
-                {
+                if let (Some(doc), Some(change)) = (
+                    self.docs.get_mut(&path),
+                    p.content_changes.into_iter().last(),
+                ) {
                     doc.text = change.text;
                     self.changed(&path, Instant::now() + DEBOUNCE);
                 }
@@ -239,12 +241,12 @@ impl Server<'_> {
     }
 
     /// `path` changed: check it, and every open document that reads it, at `at`.
-    fn changed(&mut self, path: &PathBuf, at: Instant) {
+    fn changed(&mut self, path: &Path, at: Instant) {
         for (p, doc) in &mut self.docs {
             let reads = doc
                 .analysis
                 .as_ref()
-                .is_some_and(|a| a.deps().contains(path));
+                .is_some_and(|a| a.deps().iter().any(|d| d == path));
             if p == path || reads {
                 doc.due = Some(doc.due.map_or(at, |d| d.max(at)));
             }
@@ -294,7 +296,11 @@ impl Server<'_> {
             for (file, d) in doc.analysis.iter().flat_map(Analysis::published) {
                 let list = by_file.entry(file).or_default();
                 let first = |d: &lsp::Diagnostic| {
-                    (d.range, d.code.clone(), d.message.lines().next().map(str::to_string))
+                    (
+                        d.range,
+                        d.code.clone(),
+                        d.message.lines().next().map(str::to_string),
+                    )
                 };
                 if !list.iter().any(|x| first(x) == first(&d)) {
                     list.push(d);
@@ -338,13 +344,14 @@ impl Server<'_> {
         use lsp::request::{Completion, DocumentSymbolRequest, GotoDefinition, HoverRequest};
         let id = req.id.clone();
         let result = match req.method.as_str() {
-            HoverRequest::METHOD => req
-                .extract::<lsp::HoverParams>(HoverRequest::METHOD)
-                .map(|(_, p)| {
-                    let at = p.text_document_position_params;
-                    let a = self.analysis(&at.text_document.uri);
-                    serde_json::to_value(a.and_then(|a| hover::hover(a, at.position)))
-                }),
+            HoverRequest::METHOD => {
+                req.extract::<lsp::HoverParams>(HoverRequest::METHOD)
+                    .map(|(_, p)| {
+                        let at = p.text_document_position_params;
+                        let a = self.analysis(&at.text_document.uri);
+                        serde_json::to_value(a.and_then(|a| hover::hover(a, at.position)))
+                    })
+            }
             Completion::METHOD => req
                 .extract::<lsp::CompletionParams>(Completion::METHOD)
                 .map(|(_, p)| {
@@ -352,9 +359,9 @@ impl Server<'_> {
                     let text = uri_path(&at.text_document.uri)
                         .and_then(|path| self.docs.get(&path))
                         .map(|d| d.text.clone());
-                    serde_json::to_value(
-                        text.map(|t| lsp::CompletionResponse::Array(complete::complete(&t, at.position))),
-                    )
+                    serde_json::to_value(text.map(|t| {
+                        lsp::CompletionResponse::Array(complete::complete(&t, at.position))
+                    }))
                 }),
             GotoDefinition::METHOD => req
                 .extract::<lsp::GotoDefinitionParams>(GotoDefinition::METHOD)

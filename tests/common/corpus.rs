@@ -113,7 +113,6 @@ pub fn apply(text: &str, edits: &[Edit]) -> String {
     s
 }
 
-
 /// Inputs that stress the parser's limits: deep nesting, huge lines, many keys, NULs, a BOM.
 pub fn pathological() -> Vec<(&'static str, Vec<u8>)> {
     let deep_flow = "[".repeat(100_000).into_bytes();
