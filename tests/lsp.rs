@@ -285,6 +285,11 @@ fn diagnostics_hover_completion_definition_and_shutdown() {
     assert_eq!(names, ["embedding", "repeat", "layernorm", "head"]);
     assert_eq!(layers["children"][1]["children"][0]["name"], "residual");
 
+    // Another YAML file (a CI workflow) gets no diagnostics from kiln.
+    let other = uri(&dir.join("workflow.yaml"));
+    c.open(&other, "on: push\njobs: {}\n");
+    assert_eq!(c.diagnostics(&other), Vec::<Value>::new());
+
     // A panic inside a request is answered with an error, and the server goes on.
     let r = c.request("kiln/panic", Value::Null);
     assert_eq!(r["error"]["code"], -32603, "{r}");

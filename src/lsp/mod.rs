@@ -133,12 +133,25 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
+/// Whether a YAML buffer is meant for kiln: it has a top-level `kind:` key or names a kiln
+/// schema in a modeline. Other YAML files (CI workflows, ...) get no diagnostics from kiln,
+/// which editors also start for them.
+fn is_kiln_document(text: &str) -> bool {
+    text.lines().any(|l| {
+        l.starts_with("kind:")
+            || l.contains("schemas/model.schema.json")
+            || l.contains("schemas/recipe.schema.json")
+    })
+}
+
 /// An open buffer.
 struct Doc {
     uri: lsp::Uri,
     text: String,
     /// Its last check (of the text it had then).
     analysis: Option<Analysis>,
+    /// That check's diagnostics, each with the file it is published on.
+    diagnostics: Vec<(PathBuf, lsp::Diagnostic)>,
     /// When it is due to be checked again (after a change, or a change of its model file).
     due: Option<Instant>,
 }
@@ -199,6 +212,7 @@ impl Server<'_> {
                         uri: p.text_document.uri,
                         text: p.text_document.text,
                         analysis: None,
+                        diagnostics: Vec::new(),
                         due: None,
                     },
                 );
@@ -281,6 +295,11 @@ impl Server<'_> {
         for p in paths {
             let a = Analysis::run(p, overlay.clone());
             if let Some(doc) = self.docs.get_mut(p) {
+                doc.diagnostics = if is_kiln_document(&doc.text) {
+                    a.published()
+                } else {
+                    Vec::new()
+                };
                 doc.analysis = Some(a);
                 doc.due = None;
             }
@@ -293,7 +312,7 @@ impl Server<'_> {
     fn publish(&mut self, checked: &[PathBuf]) {
         let mut by_file: HashMap<PathBuf, Vec<lsp::Diagnostic>> = HashMap::new();
         for doc in self.docs.values() {
-            for (file, d) in doc.analysis.iter().flat_map(Analysis::published) {
+            for (file, d) in doc.diagnostics.iter().cloned() {
                 let list = by_file.entry(file).or_default();
                 let first = |d: &lsp::Diagnostic| {
                     (
