@@ -142,6 +142,18 @@ fn position(text: &str, needle: &str, offset: usize) -> (u32, u32) {
     (line as u32, text[start..at].encode_utf16().count() as u32)
 }
 
+/// The number (with thousands separators) a text starts with.
+fn params(text: &str) -> u64 {
+    let digits: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("a number: {text}"))
+}
+
 fn uri(path: &Path) -> String {
     kiln::lsp::path_uri(path).unwrap().as_str().to_string()
 }
@@ -219,9 +231,11 @@ fn diagnostics_hover_completion_definition_and_shutdown() {
     let text = h["contents"]["value"].as_str().unwrap();
     assert!(text.contains("**attention**"), "{text}");
     assert!(text.contains("f32[batch, seq, 16]"), "{text}");
-    // Two copies (repeat) of q, k, v and output projections, 16×16 each (no biases in rope? the count is the graph's).
-    assert!(text.contains("| parameters |"), "{text}");
     assert!(text.contains("causally"), "{text}");
+    assert!(
+        text.contains("and 1 more copies"),
+        "inside `repeat: 2`: {text}"
+    );
     // On a `$variable`: its value and where it is defined.
     let h = c.at("textDocument/hover", &u, &good, "$d_model", 2);
     let text = h["contents"]["value"].as_str().unwrap();
@@ -237,6 +251,21 @@ fn diagnostics_hover_completion_definition_and_shutdown() {
         "{text}"
     );
     assert!(text.contains("training needs"), "{text}");
+    // The top-level layers' parameters add up to the model's.
+    let total = params(text.split("**: ").nth(1).unwrap());
+    let mut sum = 0;
+    for (needle, at) in [
+        ("{type: embedding", 7),
+        ("type: repeat", 7),
+        ("    - {type: layernorm}\n    - {type: head}", 12),
+        ("{type: head}", 7),
+    ] {
+        let h = c.at("textDocument/hover", &u, &good, needle, at);
+        let text = h["contents"]["value"].as_str().unwrap();
+        sum += params(text.split("| parameters | ").nth(1).unwrap());
+    }
+    assert!(total > 0);
+    assert_eq!(sum, total);
 
     // Completion of a layer type, from the schema.
     let items = c.at("textDocument/completion", &u, &good, "{type: layernorm}", 7);
