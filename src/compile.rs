@@ -34,6 +34,23 @@ impl CompileError {
     }
 }
 
+/// Check the document at `path` as `kiln validate` does: load it (YAML, the recipe's model
+/// file, overrides, `$variables`, the schema, the recipe's own checks), then lower it to the
+/// graph IR (shapes, `max_len`s, causality). Every source read goes into `sources`, which
+/// may stand in for files with unsaved text ([`SourceMap::with_overlay`]: `kiln lsp` checks
+/// editor buffers through this same function).
+pub fn check(
+    path: &Path,
+    sets: &[String],
+    sources: &mut SourceMap,
+) -> Result<(Document, Graph), crate::spec::LoadError> {
+    let doc = crate::spec::load(path, sets, sources)?;
+    match crate::lower::lower_document(&doc, None, None) {
+        Ok(graph) => Ok((doc, graph)),
+        Err(diags) => Err(crate::spec::LoadError { diags }),
+    }
+}
+
 /// Compile the recipe at `path`: its validated spec (model inlined, data paths absolute) and
 /// its optimized graph. `color` renders diagnostics for a terminal.
 pub fn recipe(

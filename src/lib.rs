@@ -13,6 +13,7 @@ pub mod decode;
 pub mod diag;
 pub mod ir;
 pub mod lower;
+pub mod lsp;
 pub mod ops;
 pub mod os;
 pub mod passes;

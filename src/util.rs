@@ -108,3 +108,16 @@ pub fn fmt_f64(f: f64) -> String {
         format!("{f}")
     }
 }
+
+/// A count with thousands separators: `1,234,567`.
+pub fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

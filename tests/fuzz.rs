@@ -2,6 +2,9 @@
 //! hang, and every diagnostic points inside its source. Generators: arbitrary bytes, bundled
 //! documents mutated with YAML-significant edits, and overrides of the bundled recipes' keys. `PROPTEST_CASES=100000 cargo test --release --test fuzz` runs a longer campaign.
 
+mod common;
+
+use common::corpus::{apply, bundled_texts, Edit, TOKENS};
 use kiln::diag::SourceMap;
 use proptest::prelude::*;
 use std::path::Path;
@@ -62,71 +65,6 @@ fn check(name: &str, bytes: Vec<u8>, overrides: &[String]) -> bool {
     true
 }
 
-const TOKENS: &[&str] = &[
-    ": ",
-    "- ",
-    "[",
-    "]",
-    "{",
-    "}",
-    ",",
-    "\t",
-    "&a ",
-    "*a",
-    "\"",
-    "'",
-    "#",
-    "\n",
-    "  ",
-    "$x",
-    "$",
-    "1e999",
-    "-1",
-    "~",
-    "!!str ",
-    "!foo ",
-    "? ",
-    "|\n",
-    ">\n",
-    "---\n",
-    "...\n",
-    "0x",
-    ".nan",
-    "99999999999999999999",
-    "type: ",
-    "kind: ",
-    "layers:",
-    "\u{feff}",
-    "\r\n",
-    "\0",
-    "\u{1F600}",
-    "%YAML 1.2\n",
-];
-
-fn bundled_texts() -> Vec<(String, String)> {
-    let mut v = Vec::new();
-    for dir in ["recipes", "models"] {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            v.push((
-                p.display().to_string(),
-                std::fs::read_to_string(&p).unwrap(),
-            ));
-        }
-    }
-    v.sort();
-    v
-}
-
-#[derive(Debug, Clone)]
-enum Edit {
-    Delete(usize, usize),
-    Insert(usize, usize),
-    DuplicateLine(usize),
-    SwapLines(usize, usize),
-    Indent(usize, usize),
-}
-
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (any::<usize>(), 0usize..20).prop_map(|(a, n)| Edit::Delete(a, n)),
@@ -135,48 +73,6 @@ fn edit() -> impl Strategy<Value = Edit> {
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Edit::SwapLines(a, b)),
         (any::<usize>(), 0usize..4).prop_map(|(a, n)| Edit::Indent(a, n)),
     ]
-}
-
-fn apply(text: &str, edits: &[Edit]) -> String {
-    let mut s = text.to_string();
-    let floor = |s: &str, i: usize| {
-        let mut i = if s.is_empty() { 0 } else { i % (s.len() + 1) };
-        while !s.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
-    };
-    for e in edits {
-        match e {
-            Edit::Delete(a, n) => {
-                let a = floor(&s, *a);
-                let b = floor(&s, (a + n).min(s.len()));
-                s.replace_range(a..b.max(a), "");
-            }
-            Edit::Insert(a, t) => {
-                let a = floor(&s, *a);
-                s.insert_str(a, TOKENS[*t]);
-            }
-            Edit::DuplicateLine(i) | Edit::Indent(i, _) | Edit::SwapLines(i, _) => {
-                let mut lines: Vec<String> = s.lines().map(String::from).collect();
-                if lines.is_empty() {
-                    continue;
-                }
-                let i = i % lines.len();
-                match e {
-                    Edit::DuplicateLine(_) => lines.insert(i, lines[i].clone()),
-                    Edit::Indent(_, n) => lines[i].insert_str(0, &" ".repeat(*n)),
-                    Edit::SwapLines(_, j) => {
-                        let j = j % lines.len();
-                        lines.swap(i, j);
-                    }
-                    _ => unreachable!(),
-                }
-                s = lines.join("\n");
-            }
-        }
-    }
-    s
 }
 
 /// A key of a bundled recipe (model inlined) that `--set` can edit, e.g. `train.optimizer.lr` or
@@ -444,25 +340,7 @@ fn overrides_found_by_fuzzing() {
 
 #[test]
 fn pathological_inputs_give_diagnostics() {
-    let deep_flow = "[".repeat(100_000).into_bytes();
-    let deep_block: String = (0..2000)
-        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
-        .collect();
-    let long_line = format!("kind: model\nname: {}\n", "x".repeat(1 << 20));
-    let many_keys: String = (0..50_000).map(|i| format!("k{i}: {i}\n")).collect();
-    for (name, bytes) in [
-        ("deep_flow", deep_flow),
-        ("deep_block", deep_block.into_bytes()),
-        ("long_line", long_line.into_bytes()),
-        ("many_keys", many_keys.into_bytes()),
-        ("nul", vec![0; 1000]),
-        (
-            "bom",
-            "\u{feff}kind: model\nlayers: [{type: head}]\n"
-                .as_bytes()
-                .to_vec(),
-        ),
-    ] {
+    for (name, bytes) in common::corpus::pathological() {
         check(&format!("{name}.yaml"), bytes, &[]);
     }
 }

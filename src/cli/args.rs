@@ -40,6 +40,12 @@ pub(super) enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Serve the Language Server Protocol on stdin/stdout, for editors.
+    ///
+    /// Diagnostics as `kiln validate` gives them, as you type; hover with a layer's shape and
+    /// parameters; completion from the schemas; go to definition; the layer tree as symbols.
+    /// docs/reference/editors.md shows how to set up VS Code, Neovim and Helix.
+    Lsp,
     /// Write the JSON Schemas of model and recipe files (for editors and other validators).
     #[command(
         after_help = "Examples:\n  kiln schema --out schemas/\n  kiln schema --check schemas/"

@@ -11,13 +11,7 @@ pub(super) fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32
     let mut json_files = Vec::new();
     for file in files {
         let mut sources = SourceMap::new();
-        let result =
-            spec::load(file, set, &mut sources).and_then(|doc| match crate::lower::lower_document(
-                &doc, None, None,
-            ) {
-                Ok(graph) => Ok((doc, graph)),
-                Err(diags) => Err(spec::LoadError { diags }),
-            });
+        let result = crate::compile::check(file, set, &mut sources);
         // A recipe's training memory: in the summary, and a warning when it cannot fit here.
         let mut memory = None;
         let (diags, file_status, summary) = match &result {
@@ -211,7 +205,7 @@ pub(super) fn graph_cmd(
         format!(
             "{}: {} parameters, {} ops",
             graph.name,
-            group_digits(params),
+            crate::util::group_digits(params),
             graph.g.node_count()
         ),
         format!(
@@ -271,18 +265,6 @@ pub(super) fn graph_cmd(
         }
     }
     0
-}
-
-fn group_digits(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn human_bytes(b: u64) -> String {

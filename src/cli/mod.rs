@@ -194,6 +194,7 @@ pub fn main() -> i32 {
                 2
             }
         },
+        Command::Lsp => crate::lsp::main(),
         Command::Schema { out, check } => inspect::schema_cmd(out.as_deref(), check.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());

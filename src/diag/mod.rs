@@ -9,7 +9,7 @@ mod render;
 mod suggest;
 
 pub use codes::Code;
-pub use render::{render_json, render_text};
+pub use render::{diagnostic_json, render_json, render_text};
 pub use suggest::{did_you_mean, one_of};
 
 use std::path::{Path, PathBuf};
@@ -113,6 +113,9 @@ impl Source {
 #[derive(Debug, Default, Clone)]
 pub struct SourceMap {
     sources: Vec<Source>,
+    /// Texts that stand in for files on disk (an editor's unsaved buffers): reading one of
+    /// these paths reads the text instead of the file.
+    overlay: std::collections::HashMap<PathBuf, String>,
 }
 
 impl SourceMap {
@@ -125,6 +128,28 @@ impl SourceMap {
     pub fn add(&mut self, origin: Origin, text: String) -> SourceId {
         self.sources.push(Source::new(origin, text));
         SourceId(self.sources.len() as u32 - 1)
+    }
+
+    /// An empty map whose reads of the given paths see the given texts instead of the files
+    /// (see [`crate::spec::load::read_source`]).
+    pub fn with_overlay(overlay: std::collections::HashMap<PathBuf, String>) -> Self {
+        SourceMap {
+            sources: Vec::new(),
+            overlay,
+        }
+    }
+
+    /// The text standing in for the file at `path`, if any.
+    pub fn overlay(&self, path: &Path) -> Option<&str> {
+        self.overlay.get(path).map(String::as_str)
+    }
+
+    /// The files read so far, in the order they were read.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.sources.iter().filter_map(|s| match &s.origin {
+            Origin::File(p) => Some(p.as_path()),
+            Origin::Override(_) => None,
+        })
     }
 
     /// Look a source up.

@@ -112,10 +112,15 @@ fn load_source(
     }
 }
 
-/// Read a file into the source map. Errors are K001 (cannot read) or K002 (not UTF-8).
+/// Read a file into the source map (or the text standing in for it: see
+/// [`SourceMap::with_overlay`]). Errors are K001 (cannot read) or K002 (not UTF-8).
 pub fn read_source(path: &Path, sources: &mut SourceMap) -> Result<SourceId, Diagnostic> {
     if let Some(id) = sources.find_file(path) {
         return Ok(id);
+    }
+    if let Some(text) = sources.overlay(path) {
+        let text = text.to_string();
+        return Ok(sources.add(Origin::File(path.to_path_buf()), text));
     }
     let bytes = std::fs::read(path).map_err(|e| {
         let mut d = Diagnostic::error(
