@@ -15,45 +15,13 @@
 
 use kiln::ir::Graph;
 use kiln::runtime::{tokens_tensor, DeviceKind, Runtime};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, l, new) };
-        if !q.is_null() {
-            if new >= l.size() {
-                let now = LIVE.fetch_add(new - l.size(), Ordering::Relaxed) + new - l.size();
-                PEAK.fetch_max(now, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(l.size() - new, Ordering::Relaxed);
-            }
-        }
-        q
-    }
-}
+#[path = "common/heap.rs"]
+mod heap;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: heap::Counting = heap::Counting;
 
 /// Lower `yaml` (a model) for sequences of `seq` tokens and run the named passes.
 fn compile(yaml: &str, seq: u64, passes: &[&str]) -> Graph {
@@ -87,12 +55,10 @@ fn measure(g: &Graph, batch: usize, seq: usize, reps: usize) -> (f64, usize, Vec
     let mut times = Vec::new();
     let mut peak = 0;
     for _ in 0..reps {
-        let base = LIVE.load(Ordering::Relaxed);
-        PEAK.store(base, Ordering::Relaxed);
         let t = Instant::now();
-        let _ = run();
+        let (_, bytes) = heap::peak_during(run);
         times.push(t.elapsed().as_secs_f64());
-        peak = peak.max(PEAK.load(Ordering::Relaxed) - base);
+        peak = peak.max(bytes);
     }
     times.sort_by(f64::total_cmp);
     (times[times.len() / 2], peak, out)

@@ -17,50 +17,13 @@
 
 use kiln::runtime::DeviceKind;
 use kiln::train::Trainer;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-/// The system allocator, counting the bytes live and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc`, passed on.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc`, passed on.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        // SAFETY: the caller's contract for `realloc`, passed on.
-        let p = unsafe { System.realloc(ptr, layout, new) };
-        if !p.is_null() {
-            if new >= layout.size() {
-                let now = LIVE.fetch_add(new - layout.size(), Ordering::Relaxed) + new;
-                PEAK.fetch_max(now - layout.size(), Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new, Ordering::Relaxed);
-            }
-        }
-        p
-    }
-}
+#[path = "common/heap.rs"]
+mod heap;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: heap::Counting = heap::Counting;
 
 /// Each mixer: its name and its layer (`$len` is the length).
 const MIXERS: [(&str, &str); 5] = [
@@ -114,12 +77,10 @@ fn measure(layer: &str, len: usize, dir: &std::path::Path) -> (f64, usize) {
     }
     let (mut times, mut peak) = (Vec::new(), 0);
     for _ in 0..reps {
-        let before = LIVE.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
         let t = Instant::now();
-        trainer.step(&batch, 100).expect("finite loss");
+        let (_, bytes) = heap::peak_during(|| trainer.step(&batch, 100).expect("finite loss"));
         times.push(t.elapsed().as_secs_f64());
-        peak = peak.max(PEAK.load(Ordering::Relaxed).saturating_sub(before));
+        peak = peak.max(bytes);
     }
     times.sort_by(f64::total_cmp);
     (times[times.len() / 2], peak)
