@@ -3,11 +3,21 @@
 use super::{exit, ReportFormat};
 use crate::sweep::{Report, Row, Stat};
 
-/// A metric's cell: `mean ± std`, `-` where no trial defines it, and how many finished
-/// trials left it undefined.
+/// ` ± std`, or nothing where fewer than two trials define the metric (a standard deviation
+/// of one value is undefined, not 0).
+fn spread(v: &Stat) -> String {
+    if v.n >= 2 {
+        format!(" ± {:.4}", v.std)
+    } else {
+        String::new()
+    }
+}
+
+/// A metric's cell: `mean ± std` (the mean alone from one trial), `-` where no trial defines
+/// it, and how many finished trials left it undefined.
 fn cell(v: &Stat) -> String {
     let mut c = match v.mean {
-        Some(m) => format!("{m:.4} ± {:.4}", v.std),
+        Some(m) => format!("{m:.4}{}", spread(v)),
         None => "-".to_string(),
     };
     if v.undefined > 0 {
@@ -83,7 +93,7 @@ pub fn print(rep: &Report, format: ReportFormat, metric: Option<&str>) -> i32 {
                     cells.push(v.n.to_string());
                     cells.push(v.undefined.to_string());
                     cells.push(v.mean.map_or(String::new(), |m| m.to_string()));
-                    cells.push(if v.mean.is_some() {
+                    cells.push(if v.mean.is_some() && v.n >= 2 {
                         v.std.to_string()
                     } else {
                         String::new()
@@ -152,16 +162,18 @@ fn best(rows: &[Row], rep: &Report, mi: usize, pick: &str) {
         .map(|c| format!(", 95% CI [{:.4}, {:.4}]", c.0, c.1))
         .unwrap_or_default();
     eprintln!(
-        "best by {pick}: {} ({mean:.4} ± {:.4}{ci}, n = {})",
-        best.point, b.std, b.n
+        "best by {pick}: {} ({mean:.4}{}{ci}, n = {})",
+        best.point,
+        spread(b),
+        b.n
     );
     for (other, omean) in &scored[1..] {
         let o = &other.values[mi];
         if b.overlaps(o) {
             eprintln!(
-                "  not significantly different from {} ({omean:.4} ± {:.4}): {} overlap",
+                "  not significantly different from {} ({omean:.4}{}): {} overlap",
                 other.point,
-                o.std,
+                spread(o),
                 if b.ci95.is_some() && o.ci95.is_some() {
                     "the 95% intervals"
                 } else {
@@ -169,5 +181,29 @@ fn best(rows: &[Row], rep: &Report, mi: usize, pick: &str) {
                 }
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(n: usize) -> Stat {
+        Stat {
+            name: "loss".into(),
+            n,
+            undefined: 0,
+            mean: Some(1.5),
+            std: 0.0,
+            ci95: None,
+            reference: None,
+        }
+    }
+
+    #[test]
+    fn one_trial_shows_no_spread() {
+        // Before: "1.5000 ± 0.0000", as if one seed had measured no variation.
+        assert_eq!(cell(&stat(1)), "1.5000");
+        assert_eq!(cell(&stat(2)), "1.5000 ± 0.0000");
     }
 }
