@@ -370,25 +370,36 @@ fn key(files: &[PathBuf], tokenizer: &Option<Tokenizer>) -> Result<String, TextE
         }
         Some(Tokenizer::Char { .. }) => unreachable!("char tokenizers are built from the corpus"),
     }
-    let mut buf = vec![0u8; CHUNK];
     for (i, f) in files.iter().enumerate() {
         h.update(format!("\nfile {i}\n"));
-        let mut r = std::fs::File::open(f).map_err(TextError::io("read the corpus file", f))?;
-        loop {
-            let n = r
-                .read(&mut buf)
-                .map_err(TextError::io("read the corpus file", f))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
+        for_each_byte_chunk(f, |bytes| {
+            h.update(bytes);
+            Ok(())
+        })?;
     }
     Ok(format!("{:x}", h.finalize())[..32].to_string())
 }
 
 /// Call `f` on each UTF-8 chunk of `file` (cut after a newline when one is near, so a
 /// tokenizer sees whole lines); invalid UTF-8 is an error naming its offset.
+/// Calls `f` on the bytes of `file`, a chunk of up to [`CHUNK`] bytes at a time.
+fn for_each_byte_chunk(
+    file: &Path,
+    mut f: impl FnMut(&[u8]) -> Result<(), TextError>,
+) -> Result<(), TextError> {
+    let mut r = std::fs::File::open(file).map_err(TextError::io("read the corpus file", file))?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = r
+            .read(&mut buf)
+            .map_err(TextError::io("read the corpus file", file))?;
+        if n == 0 {
+            return Ok(());
+        }
+        f(&buf[..n])?;
+    }
+}
+
 fn for_each_text_chunk(
     file: &Path,
     mut f: impl FnMut(&str) -> Result<(), TextError>,
@@ -523,19 +534,11 @@ fn write_ids(
     };
     for f in files {
         if let Tokenizer::Byte = tokenizer {
-            let mut r = std::fs::File::open(f).map_err(TextError::io("read the corpus file", f))?;
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = r
-                    .read(&mut buf)
-                    .map_err(TextError::io("read the corpus file", f))?;
-                if n == 0 {
-                    break;
-                }
-                let ids: Vec<u32> = buf[..n].iter().map(|&b| u32::from(b)).collect();
-                meta.text_chars += n as u64;
-                put(&mut meta, &ids, &mut w, tmp)?;
-            }
+            for_each_byte_chunk(f, |bytes| {
+                let ids: Vec<u32> = bytes.iter().map(|&b| u32::from(b)).collect();
+                meta.text_chars += bytes.len() as u64;
+                put(&mut meta, &ids, &mut w, tmp)
+            })?;
             continue;
         }
         let mut chars = 0u64;
