@@ -60,6 +60,22 @@ def rope(x, cos, sin):
     return torch.cat([x1 * c - x2 * n, x1 * n + x2 * c], dim=-1)
 
 
+def cache_offset(cache):
+    """Positions already in a key/value cache (0 without one)."""
+    return 0 if cache is None or cache.get("k") is None else cache["k"].shape[2]
+
+
+def cache_append(cache, k, v):
+    """Keys and values `[b, h, s, d]` after the cached ones, kept in `cache` (a dict, or None
+    when not decoding)."""
+    if cache is None:
+        return k, v
+    if cache.get("k") is not None:
+        k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+    cache["k"], cache["v"] = k, v
+    return k, v
+
+
 class Attention(nn.Module):
     """kiln `attention`: q/k/v/out linear maps (bias optional), grouped-query heads, optional
     rotary positions, causal scaled-dot-product attention with dropout on the probabilities.
@@ -87,15 +103,11 @@ class Attention(nn.Module):
         q = self.q(x).view(b, s, self.h, self.hd).transpose(1, 2)
         k = self.k(x).view(b, s, self.kv, self.hd).transpose(1, 2)
         v = self.v(x).view(b, s, self.kv, self.hd).transpose(1, 2)
-        off = 0 if cache is None or cache.get("k") is None else cache["k"].shape[2]
+        off = cache_offset(cache)
         if self.rope:
             q = rope(q, self.cos[off:], self.sin[off:])
             k = rope(k, self.cos[off:], self.sin[off:])
-        if cache is not None:
-            if cache.get("k") is not None:
-                k = torch.cat([cache["k"], k], 2)
-                v = torch.cat([cache["v"], v], 2)
-            cache["k"], cache["v"] = k, v
+        k, v = cache_append(cache, k, v)
         o = F.scaled_dot_product_attention(
             q, k, v, is_causal=self.causal and s > 1,
             dropout_p=self.dropout if self.training else 0.0,

@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Attention, Lm, PreNorm, RMSNorm, SwiGLU, Mlp, rope, sinusoidal_table
+from .common import (
+    Attention, Lm, PreNorm, RMSNorm, SwiGLU, Mlp, cache_append, cache_offset, rope,
+    sinusoidal_table,
+)
 
 
 class ModernBlock(nn.Module):
@@ -117,12 +120,9 @@ class HardAttention(Attention):
         q = self.q(x).view(b, s, self.h, self.hd).transpose(1, 2)
         k = self.k(x).view(b, s, self.kv, self.hd).transpose(1, 2)
         v = self.v(x).view(b, s, self.kv, self.hd).transpose(1, 2)
-        off = 0 if cache is None or cache.get("k") is None else cache["k"].shape[2]
+        off = cache_offset(cache)
         q, k = rope(q, self.cos[off:], self.sin[off:]), rope(k, self.cos[off:], self.sin[off:])
-        if cache is not None:
-            if cache.get("k") is not None:
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-            cache["k"], cache["v"] = k, v
+        k, v = cache_append(cache, k, v)
         scores = q @ k.transpose(2, 3) * self.hd ** -0.5
         t = k.shape[2]
         mask = torch.ones(s, t, dtype=torch.bool, device=x.device).tril(t - s)
@@ -149,12 +149,9 @@ class QkNormAttention(Attention):
         k = self.k(x).view(b, s, self.kv, self.hd).transpose(1, 2)
         v = self.v(x).view(b, s, self.kv, self.hd).transpose(1, 2)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        off = 0 if cache is None or cache.get("k") is None else cache["k"].shape[2]
+        off = cache_offset(cache)
         q, k = rope(q, self.cos[off:], self.sin[off:]), rope(k, self.cos[off:], self.sin[off:])
-        if cache is not None:
-            if cache.get("k") is not None:
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-            cache["k"], cache["v"] = k, v
+        k, v = cache_append(cache, k, v)
         o = F.scaled_dot_product_attention(q * self.qk_scale, k, v, is_causal=s > 1, scale=1.0,
                                            enable_gqa=self.h != self.kv)
         return self.out(o.transpose(1, 2).reshape(b, s, d))

@@ -178,12 +178,17 @@ pub fn attention_plain(
     scale: f32,
     vis: Visible,
 ) -> Tensor<4> {
+    let dims = q.dims();
+    plain_probs(q, kt, scale, vis).matmul(v).reshape(dims)
+}
+
+/// The probabilities of the plain paths: `[b, h_kv, G·s, t]`, the G query heads of a KV head
+/// stacked as G·s rows of one product (the row-major order of `[b, h, s, t]`).
+fn plain_probs(q: Tensor<4>, kt: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
     let [b, h, s, d] = q.dims();
     let hk = kt.dims()[1];
     let q = q.mul_scalar(scale).reshape([b, hk, (h / hk) * s, d]);
     softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis)
-        .matmul(v)
-        .reshape([b, h, s, d])
 }
 
 /// The plain Burn path of [`attention_dropout`]: [`attention_plain`] with
@@ -198,9 +203,7 @@ pub fn attention_dropout_plain(
     p: f64,
     key: u64,
 ) -> Tensor<4> {
-    let [b, h, s, d] = q.dims();
-    let hk = kt.dims()[1];
-    let q = q.mul_scalar(scale).reshape([b, hk, (h / hk) * s, d]);
-    let probs = softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis);
-    dropout_plain(probs, p, key).matmul(v).reshape([b, h, s, d])
+    let dims = q.dims();
+    let probs = plain_probs(q, kt, scale, vis);
+    dropout_plain(probs, p, key).matmul(v).reshape(dims)
 }
