@@ -1,6 +1,7 @@
 //! Each of kiln's fused CPU kernels against the plain Burn ops it replaces, at the shapes of
 //! the d 128, 4-layer benchmark model (batch 32, 127 positions): one training-style call, the
-//! forward pass plus the backward pass of a weighted sum of the output, median of repetitions.
+//! forward pass plus the backward pass of a weighted sum of the output, median of repetitions;
+//! the cross-entropy at GPT-2's vocabulary.
 //!
 //! `cargo bench --bench fused`. Prints one row per kernel with both times and their ratio,
 //! measured in the same run (the two paths alternate).
@@ -359,6 +360,21 @@ fn main() {
                 let [p2, m2, v2] = fused::adamw(take(p), g.clone(), take(m), take(v), &h);
                 (*p, *m, *v) = (p2, m2, v2);
             }
+        }),
+    ));
+
+    // A language model's loss over GPT-2's vocabulary: 8 sequences of 128 tokens.
+    let (lb, ls, lv) = (8, 128, 50_257);
+    let logits = [rand([lb, ls, lv], &dev)];
+    let ids: Vec<i64> = (0..lb * ls).map(|i| (i * 7919 % lv) as i64).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [lb, ls]), &dev);
+    rows.push((
+        "cross_entropy",
+        format!("[{lb}, {ls}, {lv}], ε 0.1"),
+        time(reps, &|| {
+            train_call(&logits, &|v: Vec<Tensor<3>>| {
+                fused::cross_entropy(v[0].clone(), targets.clone(), 0.1)
+            })
         }),
     ));
 

@@ -87,6 +87,11 @@ pub fn recipe(
             let corpus = crate::tasks::text::open(t, &dir)
                 .map_err(|e| CompileError::Unreadable(format!("error: {e}\n")))?;
             t.vocab = Some(corpus.vocab as u32);
+            let mut diags = Vec::new();
+            crate::spec::checks::check_token_ids(&doc.spec, &doc.tree, &mut diags);
+            if !diags.is_empty() {
+                return Err(CompileError::Invalid(render_text(&diags, &sources, color)));
+            }
         }
     }
     let mut graph = crate::lower::lower_recipe(&doc)

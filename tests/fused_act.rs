@@ -2,7 +2,8 @@
 //! the same values and gradients, on plain and autodiff tensors, at odd sizes and on a
 //! non-contiguous input; by the kernels' run counts, the fused path really ran (and the plain
 //! path ran none). Dropout is compared with the same mask applied by plain tensor ops, and its
-//! masks are checked for their kept fraction and their dependence on the key.
+//! masks are checked for their kept fraction and their dependence on the key. The fused
+//! cross-entropy (a language model's loss) against `log_softmax` and `gather`.
 
 use burn::prelude::*;
 use kiln::runtime::fused::{self, Kernel};
@@ -172,4 +173,31 @@ fn dropout_masks_keep_one_minus_p_and_depend_on_the_key_only() {
     }
     // p = 0 is the identity.
     assert!(mask(0.0, 5).iter().all(|&v| v == 1.0));
+}
+
+#[test]
+fn cross_entropy_matches_log_softmax_and_gather() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // Rows shorter than a vector, several tasks' worth of long rows, one element; with and
+    // without label smoothing.
+    for (shape, eps) in [([2, 3, 5], 0.0), ([3, 17, 1000], 0.1), ([1, 1, 1], 0.2)] {
+        let [b, s, v] = shape;
+        let f = move |x: Tensor<3>| {
+            let ids: Vec<i64> = (0..b * s).map(|i| ((i * 7 + 3) % v) as i64).collect();
+            let y = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, s]), &x.device());
+            fused::cross_entropy(x, y, eps).unsqueeze_dim::<3>(2)
+        };
+        let (v, g) = compare(Kernel::CrossEntropy, &|d| t(shape, 1, 4.0, d), &f);
+        assert!(v < 2e-5 && g < 1e-6, "{shape:?} ε {eps}: {v} {g}");
+    }
+    // A non-contiguous input (a transposed view).
+    let f = |x: Tensor<3>| {
+        let y = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 0, 6, 2, 3, 4], [2, 3]),
+            &x.device(),
+        );
+        fused::cross_entropy(x.swap_dims(1, 2), y, 0.1).unsqueeze_dim::<3>(2)
+    };
+    let (v, g) = compare(Kernel::CrossEntropy, &|d| t([2, 7, 3], 2, 3.0, d), &f);
+    assert!(v < 1e-5 && g < 1e-6, "transposed: {v} {g}");
 }

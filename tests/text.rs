@@ -357,3 +357,103 @@ fn a_text_run_reports_bits_per_character_beside_the_baselines_and_generates_text
     assert!(err.contains("'Z' does not occur in the corpus"), "{err}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn decoding_ids_beyond_the_corpus_vocabulary_are_refused_when_it_is_read() {
+    let d = tmp("ids");
+    std::fs::write(d.join("corpus.txt"), english(20)).unwrap();
+    let model = std::env::current_dir()
+        .unwrap()
+        .join("models/transformer-modern.yaml");
+    let recipe = d.join("recipe.yaml");
+    let write = |decode: &str| {
+        std::fs::write(
+            &recipe,
+            format!(
+                "kind: recipe\nmodel: {}\ntask: {{type: text, path: corpus.txt, context: 16}}\ntrain: {{optimizer: {{type: adamw, lr: 0.003}}, batch_size: 4, steps: 2}}\ndecode: {decode}\n",
+                model.display()
+            ),
+        )
+        .unwrap();
+    };
+    std::env::set_var("KILN_CACHE_DIR", d.join("cache"));
+    // The characters of the corpus: fewer than 40 distinct ones.
+    write("{eos_token_id: 500, pad_token_id: 3}");
+    let e = kiln::compile::recipe(&recipe, &[], false)
+        .err()
+        .expect("an eos id beyond the vocabulary")
+        .to_string();
+    assert!(
+        e.contains("eos_token_id") && e.contains("token id 500 is outside the task's vocabulary"),
+        "{e}"
+    );
+    // pad_token_id 3 is a character of the corpus: one error only.
+    assert_eq!(e.matches("outside the task's vocabulary").count(), 1, "{e}");
+    write("{bad_words_ids: [[1, 400]]}");
+    let e = kiln::compile::recipe(&recipe, &[], false)
+        .err()
+        .expect("a banned id beyond the vocabulary")
+        .to_string();
+    assert!(e.contains("bad_words_ids"), "{e}");
+    write("{eos_token_id: 2}");
+    assert!(kiln::compile::recipe(&recipe, &[], false).is_ok());
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// A byte-level BPE tokenizer.json as GPT-2's is built (ByteLevel pre-tokenizer, merges,
+/// ByteLevel decoder), trained by the `tokenizers` crate on `corpus` and saved to `out`.
+fn train_bpe(corpus: &Path, out: &Path, vocab: usize) {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::normalizers::NormalizerWrapper;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::TokenizerBuilder;
+    let mut trainer = BpeTrainerBuilder::new()
+        .show_progress(false)
+        .vocab_size(vocab)
+        .min_frequency(2)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let mut tok = TokenizerBuilder::new()
+        .with_model(BPE::default())
+        .with_normalizer(None::<NormalizerWrapper>)
+        // GPT-2's settings: no space added before the text.
+        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+        .with_post_processor(Some(ByteLevel::new(false, true, true)))
+        .with_decoder(Some(ByteLevel::new(false, true, true)))
+        .build()
+        .unwrap();
+    tok.train_from_files(&mut trainer, vec![corpus.to_string_lossy().into_owned()])
+        .unwrap()
+        .save(out, false)
+        .unwrap();
+}
+
+#[test]
+fn a_byte_level_bpe_tokenizer_round_trips_text_and_merges_characters() {
+    let d = tmp("bpe");
+    let (corpus, cache, tj) = (d.join("a.txt"), d.join("cache"), d.join("tokenizer.json"));
+    let text = english(30) + "Naïve café — “quoted” text, ünïcödé and emoji 🦀.\n";
+    std::fs::write(&corpus, &text).unwrap();
+    train_bpe(&corpus, &tj, 400);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    assert_eq!(json["model"]["type"], "BPE");
+    assert!(!json["model"]["merges"].as_array().unwrap().is_empty());
+    let c = text::open(
+        &task(&corpus, &tj.to_string_lossy(), 8, serde_json::json!({})),
+        &cache,
+    )
+    .unwrap();
+    // The vocabulary: the 256 byte symbols and the merges, at most what was asked for.
+    assert!(c.vocab > 256 && c.vocab <= 400, "{}", c.vocab);
+    let tok = c.tokenizer.as_ref().expect("a tokenizer");
+    let n = c.train.len() + c.val.len() + c.test.len();
+    let ids = c.train.tokens.slice(0..n);
+    assert!(ids.iter().all(|&i| (i as usize) < c.vocab));
+    // Every character comes back, multi-byte ones included, from fewer tokens than characters.
+    assert_eq!(tok.decode(&ids), text);
+    assert!(c.units_per_token.unwrap() > 2.0, "{:?}", c.units_per_token);
+    let prompt = "To be, or not";
+    assert_eq!(tok.decode(&tok.encode(prompt).unwrap()), prompt);
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -10,7 +10,8 @@
 //! One module per kernel family, each re-exported here: `silu`, `act` (ReLU, GELU, tanh),
 //! `dropout` (a counter-based mask), `softmax` (rows with a causal
 //! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `linear`, `adamw`, `scan`
-//! (Mamba's selective scan), `lstm`, `slstm` and `mlstm` (xLSTM). `math` holds the vectorizable
+//! (Mamba's selective scan), `lstm`, `slstm` and `mlstm` (xLSTM), `xent` (a language
+//! model's cross-entropy). `math` holds the vectorizable
 //! scalar functions they share, `gemm` the matrix operands and products.
 
 /// Elements per rayon task: large enough that scheduling is noise.
@@ -77,6 +78,7 @@ mod scan;
 mod silu;
 mod slstm;
 mod softmax;
+mod xent;
 
 pub use act::{act, act_backward, act_in_place, erf, Act};
 pub use adamw::{adamw, AdamW};
@@ -93,6 +95,7 @@ pub use scan::{selective_scan, selective_scan_backward, ScanInputs, ScanShape};
 pub use silu::{silu, silu_backward};
 pub use slstm::{slstm, slstm_backward, SlstmShape};
 pub use softmax::{softmax_rows, softmax_rows_backward, Visible};
+pub use xent::{cross_entropy, cross_entropy_backward};
 
 /// Deterministic values in about [−scale, scale] (a linear congruential generator): the
 /// inputs of the kernels' tests and of kiln's tests of the fused ops.

@@ -204,20 +204,23 @@ pub(super) fn check_recipe(spec: &RecipeSpec, tree: &Node, diags: &mut Vec<Diagn
     }
 }
 
+/// A conflict at `decode.<key>`.
+fn decode_conflict(tree: &Node, key: &str, msg: String, label: &str, help: &str) -> Diagnostic {
+    Diagnostic::error(
+        Code::Conflict,
+        Some(key_span_at(tree, &["decode", key])),
+        msg,
+    )
+    .label(label)
+    .help(help)
+}
+
 /// Contradictions inside `decode` (the schema checks each value on its own).
 fn check_decode(spec: &super::recipe::RecipeSpec, tree: &Node, diags: &mut Vec<Diagnostic>) {
     use super::recipe::Strategy;
     let d = &spec.decode;
     let mut err = |key: &str, msg: String, label: &str, help: &str| {
-        diags.push(
-            Diagnostic::error(
-                Code::Conflict,
-                Some(key_span_at(tree, &["decode", key])),
-                msg,
-            )
-            .label(label)
-            .help(help),
-        );
+        diags.push(decode_conflict(tree, key, msg, label, help));
     };
     let beams = matches!(
         d.strategy,
@@ -314,7 +317,29 @@ fn check_decode(spec: &super::recipe::RecipeSpec, tree: &Node, diags: &mut Vec<D
             );
         }
     }
-    // A text task's vocabulary is known once its corpus is read: compile checks ids then.
+    if let Some(bad) = d.bad_words_ids.iter().position(Vec::is_empty) {
+        err(
+            "bad_words_ids",
+            format!("`bad_words_ids` entry {bad} is empty"),
+            "an empty sequence",
+            "each entry is a non-empty list of token ids",
+        );
+    }
+    check_token_ids(spec, tree, diags);
+}
+
+/// Decoding's token ids (`eos_token_id`, `pad_token_id`, `bad_words_ids`) against the task's
+/// vocabulary. A text task's vocabulary is known only once its corpus or tokenizer is read:
+/// `compile::recipe` runs this again then.
+pub(crate) fn check_token_ids(
+    spec: &super::recipe::RecipeSpec,
+    tree: &Node,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let d = &spec.decode;
+    let mut err = |key: &str, msg: String, label: &str, help: &str| {
+        diags.push(decode_conflict(tree, key, msg, label, help));
+    };
     let vocab = spec.task.known_vocab().unwrap_or(u64::MAX);
     for (key, id) in [
         ("eos_token_id", d.eos_token_id),
@@ -339,14 +364,6 @@ fn check_decode(spec: &super::recipe::RecipeSpec, tree: &Node, diags: &mut Vec<D
             format!("`bad_words_ids` names a token outside the task's vocabulary of {vocab}"),
             "no such token",
             "token ids run from 0 to vocab − 1",
-        );
-    }
-    if let Some(bad) = d.bad_words_ids.iter().position(Vec::is_empty) {
-        err(
-            "bad_words_ids",
-            format!("`bad_words_ids` entry {bad} is empty"),
-            "an empty sequence",
-            "each entry is a non-empty list of token ids",
         );
     }
 }

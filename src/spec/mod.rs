@@ -1,7 +1,7 @@
 //! The spec stage: YAML documents (`kind: model`, `kind: recipe`), their types, their JSON
 //! Schemas, and loading with validation.
 
-mod checks;
+pub(crate) mod checks;
 mod defaults;
 pub mod load;
 pub mod model;

@@ -3,21 +3,13 @@
 
 use crate::runtime::{tokens_tensor, Runtime};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::softmax;
 
 /// Mean cross-entropy over all positions, with label smoothing ε (PyTorch semantics: the
-/// target is (1 − ε)·one-hot + ε/K).
+/// target is (1 − ε)·one-hot + ε/K); one fused kernel on the CPU.
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, smoothing: f64) -> Tensor<1> {
     let targets = targets_of(&logits, targets);
-    let logp = log_softmax(logits, 2);
-    let nll = logp.clone().gather(2, targets.unsqueeze_dim::<3>(2)).neg();
-    let loss = if smoothing > 0.0 {
-        let smooth = logp.mean_dim(2).neg();
-        nll.mul_scalar(1.0 - smoothing) + smooth.mul_scalar(smoothing)
-    } else {
-        nll
-    };
-    loss.mean()
+    crate::runtime::fused::cross_entropy(logits, targets, smoothing).mean()
 }
 
 /// The targets the logits predict. An encoder-decoder's logits cover only the target part of

@@ -25,6 +25,7 @@
 //! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
 //! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices |
 //! | [`adamw`] | the trainer's 12 tensor ops per parameter |
+//! | [`cross_entropy`] | the loss's `log_softmax` (5 passes over the logits, each allocating their size), `gather` and smoothing mean, and their backward passes |
 //!
 //! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
 //! checkpointing; anything else (a GPU backend, another dtype) takes the plain Burn path, which
@@ -53,6 +54,7 @@ mod scan;
 mod silu;
 mod slstm;
 mod softmax;
+mod xent;
 
 pub use act::{gelu, relu, tanh_tensor};
 pub use adamw::{adamw, adamw_plain, AdamW};
@@ -68,6 +70,7 @@ pub use scan::{selective_scan, selective_scan_plain};
 pub use silu::silu;
 pub use slstm::{slstm, slstm_plain};
 pub use softmax::{softmax_plain, softmax_plain_mask, softmax_rows};
+pub use xent::{cross_entropy, cross_entropy_plain};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -121,11 +124,13 @@ pub enum Kernel {
     Tanh,
     /// [`dropout`].
     Dropout,
+    /// [`cross_entropy`].
+    CrossEntropy,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::Silu,
         Kernel::Softmax,
         Kernel::RmsNorm,
@@ -142,6 +147,7 @@ impl Kernel {
         Kernel::Gelu,
         Kernel::Tanh,
         Kernel::Dropout,
+        Kernel::CrossEntropy,
     ];
 
     /// Counts one run of this op's fused forward kernel.

@@ -7,7 +7,6 @@ use crate::tasks::text::ngram::{KneserNey, Unigram};
 use crate::tasks::text::{self, Corpus, Part};
 use crate::tasks::uint16;
 use crate::train::TrainError;
-use burn::tensor::activation::log_softmax;
 
 /// The data of a text task: the token parts and what the report needs.
 pub struct TextData {
@@ -67,9 +66,7 @@ impl TextData {
         for batch in seqs.chunks(chunk) {
             let (x, y) = crate::train::split_xy(batch, &rt.device);
             let logits = rt.forward(x, false);
-            let nll = log_softmax(logits, 2)
-                .gather(2, y.unsqueeze_dim::<3>(2))
-                .neg()
+            let nll = crate::runtime::fused::cross_entropy(logits, y, 0.0)
                 .into_data()
                 .convert::<f32>()
                 .try_to_vec::<f32>()
