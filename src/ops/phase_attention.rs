@@ -7,7 +7,6 @@ use crate::ir::{DType, Dim, Mixing, TensorType};
 use crate::runtime::ops::{mm, record_entropy, Ctx};
 use crate::runtime::{fused, V};
 use burn::prelude::*;
-use burn::tensor::activation;
 
 /// `(q [b, h, s, e], k, v, phase [b, h, s, P], amp?, blend [2]) → [b, h, s, e]`: softmax over
 /// keys of blend₀·q·k/√e + blend₁·C, with C the phase coherence of the two positions; `amp`
@@ -197,7 +196,9 @@ impl PhaseAttention {
                 .sqrt()
                 / norm.add_scalar(1e-6)
         } else {
-            (mm(cq, tr(ck), ctx) + mm(sq, tr(sk), ctx)).div_scalar(np as f64)
+            // mean cos(φ − φ') = (cos φ · cos φ' + sin φ · sin φ') / P: one product over both.
+            let (q2, k2) = (Tensor::cat(vec![cq, sq], 3), Tensor::cat(vec![ck, sk], 3));
+            mm(q2, tr(k2), ctx).div_scalar(np as f64)
         };
         let logits = dots * blend.clone().narrow(0, 0, 1).reshape([1, 1, 1, 1])
             + coherence * blend.narrow(0, 1, 1).reshape([1, 1, 1, 1]);
@@ -207,7 +208,7 @@ impl PhaseAttention {
             causal: self.causal,
             offset: ctx.offset,
         };
-        let probs = activation::softmax(fused::softmax_plain_mask(logits, vis), 3);
+        let probs = fused::softmax_rows(logits, vis);
         record_entropy(&probs, ctx);
         mm(probs, keys.v, ctx)
     }
