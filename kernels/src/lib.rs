@@ -9,7 +9,8 @@
 //!
 //! One module per kernel family, each re-exported here: `silu`, `act` (ReLU, GELU, tanh),
 //! `dropout` (a counter-based mask), `softmax` (rows with a causal
-//! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `linear`, `adamw`, `scan`
+//! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `retention` (RetNet's, with its
+//! GroupNorm), `linear`, `adamw`, `scan`
 //! (Mamba's selective scan), `lstm`, `slstm` and `mlstm` (xLSTM). `math` holds the vectorizable
 //! scalar functions they share, `gemm` the matrix operands and products.
 
@@ -72,6 +73,7 @@ mod lstm;
 mod math;
 mod mlstm;
 mod norm;
+mod retention;
 mod rope;
 mod scan;
 mod silu;
@@ -88,6 +90,7 @@ pub use lstm::{lstm, lstm_backward, LstmShape};
 pub use math::{exp, log_sigmoid, tanh};
 pub use mlstm::{mlstm, mlstm_backward, MlstmShape};
 pub use norm::{norm, norm_backward, Norm};
+pub use retention::{retention, retention_backward, RetShape};
 pub use rope::rope;
 pub use scan::{selective_scan, selective_scan_backward, ScanInputs, ScanShape};
 pub use silu::{silu, silu_backward};
