@@ -24,6 +24,7 @@
 //! | [`lstm`] | the LSTM recurrence: a product and 11 tensor ops per position, positions in sequence |
 //! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
 //! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices |
+//! | [`retention`] | RetNet's retention and GroupNorm: a host-built `[h, s, s]` decay matrix, 2 products, the state's product (unused in training) and ~9 norm ops |
 //! | [`adamw`] | the trainer's 12 tensor ops per parameter |
 //!
 //! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
@@ -48,6 +49,7 @@ mod linear;
 mod lstm;
 mod mlstm;
 mod norm;
+mod retention;
 mod rope;
 mod scan;
 mod silu;
@@ -63,6 +65,9 @@ pub use linear::{linear, linear_plain};
 pub use lstm::{lstm, lstm_plain};
 pub use mlstm::{mlstm, mlstm_plain};
 pub use norm::{layernorm, layernorm_plain, rmsnorm, rmsnorm_plain};
+pub use retention::{
+    retention, retention_chunk_plain, retention_decay, retention_group_norm_plain, retention_plain,
+};
 pub use rope::{rope, rope_plain};
 pub use scan::{selective_scan, selective_scan_plain};
 pub use silu::silu;
@@ -121,11 +126,13 @@ pub enum Kernel {
     Tanh,
     /// [`dropout`].
     Dropout,
+    /// [`retention`].
+    Retention,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::Silu,
         Kernel::Softmax,
         Kernel::RmsNorm,
@@ -142,6 +149,7 @@ impl Kernel {
         Kernel::Gelu,
         Kernel::Tanh,
         Kernel::Dropout,
+        Kernel::Retention,
     ];
 
     /// Counts one run of this op's fused forward kernel.
