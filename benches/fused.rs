@@ -315,6 +315,22 @@ fn main() {
         }),
     ));
 
+    // One retention op with its GroupNorm at anbn-retnet's sizes (4 heads of 8, 65 positions).
+    let (rs, rh, rd) = (65, 4, 8);
+    let mut r_ins: Vec<Tensor<4>> = (0..3).map(|_| rand([b, rh, rs, rd], &dev)).collect();
+    r_ins.extend((0..2).map(|_| rand([1, 1, 1, rh * rd], &dev)));
+    rows.push((
+        "retention",
+        format!("[{b}, {rh}, {rs}, {rd}]"),
+        time(reps, &|| {
+            train_call(&r_ins, &|v: Vec<Tensor<4>>| {
+                let wb = |x: &Tensor<4>| x.clone().reshape([rh * rd]);
+                let [q, k, vv] = [0, 1, 2].map(|i| v[i].clone());
+                fused::retention(q, k, vv, wb(&v[3]), wb(&v[4]), 1e-5)
+            })
+        }),
+    ));
+
     // AdamW over the model's parameters (one step, as the trainer runs it: per tensor).
     let plain = Device::flex();
     let sizes = [d * d, d * hk * hd, d * ff, ff * d, d];

@@ -9,9 +9,9 @@
 //!
 //! One module per kernel family, each re-exported here: `silu`, `act` (ReLU, GELU, tanh),
 //! `dropout` (a counter-based mask), `softmax` (rows with a causal
-//! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `linear`, `adamw`, `scan`
-//! (Mamba's selective scan), `lstm`, `slstm` and `mlstm` (xLSTM), `xent` (a language
-//! model's cross-entropy). `math` holds the vectorizable
+//! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `retention` (RetNet's, with its
+//! GroupNorm), `linear`, `adamw`, `scan` (Mamba's selective scan), `lstm`, `slstm` and `mlstm`
+//! (xLSTM), `xent` (a language model's cross-entropy). `math` holds the vectorizable
 //! scalar functions they share, `gemm` the matrix operands and products.
 
 /// Elements per rayon task: large enough that scheduling is noise.
@@ -73,6 +73,7 @@ mod lstm;
 mod math;
 mod mlstm;
 mod norm;
+mod retention;
 mod rope;
 mod scan;
 mod silu;
@@ -90,6 +91,7 @@ pub use lstm::{lstm, lstm_backward, LstmShape};
 pub use math::{exp, log_sigmoid, tanh};
 pub use mlstm::{mlstm, mlstm_backward, MlstmShape};
 pub use norm::{norm, norm_backward, Norm};
+pub use retention::{retention, retention_backward, RetShape};
 pub use rope::rope;
 pub use scan::{selective_scan, selective_scan_backward, ScanInputs, ScanShape};
 pub use silu::{silu, silu_backward};

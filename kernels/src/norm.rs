@@ -16,7 +16,7 @@ pub struct Norm {
 
 vectorized! {
     /// One row: writes y and returns (mean, r); the mean is 0 without centering.
-    fn norm_row(x: &[f32], w: &[f32], b: &[f32], n: Norm, y: &mut [f32]) -> (f32, f32) {
+    pub(crate) fn norm_row(x: &[f32], w: &[f32], b: &[f32], n: Norm, y: &mut [f32]) -> (f32, f32) {
         let d = x.len() as f32;
         let mu = if n.center { sum(x) / d } else { 0.0 };
         let mut acc = [0.0f32; 8];
@@ -42,7 +42,7 @@ vectorized! {
     /// `dx = r (u − mean(u) − x̂ mean(u x̂))` (RMSNorm: without the mean(u) term); `dw += g x̂`,
     /// `db += g` (when `db` is not empty).
     #[allow(clippy::too_many_arguments)]
-    fn norm_row_backward(
+    pub(crate) fn norm_row_backward(
         x: &[f32],
         w: &[f32],
         g: &[f32],

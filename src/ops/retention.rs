@@ -10,12 +10,19 @@
 //!
 //! The paper's row normalizations of D and of the scores rescale each (position, head)
 //! by a positive factor, which the GroupNorm removes (up to its ε): they are left out.
+//!
+//! The forward pass (no previous state) runs as one fused kernel, [`fused::retention`];
+//! decoding, which carries the state, and mixed-precision products take the plain Burn path
+//! ([`fused::retention_chunk_plain`] and [`fused::retention_group_norm_plain`]).
 
 use super::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
 use crate::ir::{DType, Dim, Mixing, Real, TensorType};
+use crate::runtime::fused;
 use crate::runtime::ops::{mm, Ctx};
 use crate::runtime::V;
 use burn::prelude::*;
+
+pub use crate::runtime::fused::retention_decay as decay;
 
 /// `(q [b, h, s, d_k], k [b, h, s, d_k], v [b, h, s, d_v], weight [h·d_v], bias [h·d_v]) →
 /// [b, s, h·d_v]`: retention with per-head decays, then the heads' GroupNorm.
@@ -23,11 +30,6 @@ use burn::prelude::*;
 pub struct Retention {
     /// The GroupNorm's ε (added to each group's variance).
     pub eps: Real,
-}
-
-/// Head i's decay γ_i = 1 − 2^(−5−i).
-pub fn decay(head: usize) -> f64 {
-    1.0 - 2f64.powi(-5 - head as i32)
 }
 
 /// What decoding keeps: per head the state `S = Σ_m γ^(T−1−m) k_mᵀ v_m` over the T
@@ -51,72 +53,19 @@ impl OpState for RetentionState {
 }
 
 impl Retention {
-    /// Retention over `q`, `k`, `v` `[b, h, L, d]` following the state `prev` of the
-    /// positions before; returns the heads' outputs `[b, h, L, d_v]` and the new state.
-    fn chunk(
-        q: Tensor<4>,
-        k: Tensor<4>,
-        v: Tensor<4>,
-        prev: Option<Tensor<4>>,
-        ctx: &Ctx,
-    ) -> (Tensor<4>, Tensor<4>) {
-        let [b, h, l, dk] = q.dims();
-        let dv = v.dims()[3];
-        let device = q.device();
-        let k = k.mul_scalar(1.0 / (dk as f64).sqrt());
-        // D[h, t, m] = γ_h^(t−m) for m ≤ t; decay of the state into position t: γ^(t+1);
-        // weight of position m in the new state: γ^(L−1−m).
-        let (mut d, mut into, mut keep) = (vec![0f32; h * l * l], vec![0f32; h * l], vec![]);
-        for head in 0..h {
-            let g = decay(head);
-            for t in 0..l {
-                for m in 0..=t {
-                    d[(head * l + t) * l + m] = g.powi((t - m) as i32) as f32;
-                }
-                into[head * l + t] = g.powi(t as i32 + 1) as f32;
-            }
-            keep.extend((0..l).map(|m| g.powi((l - 1 - m) as i32) as f32));
-        }
-        let d = Tensor::<3>::from_data(TensorData::new(d, [h, l, l]), &device).unsqueeze::<4>();
-        let into = Tensor::<3>::from_data(TensorData::new(into, [h, l, 1]), &device);
-        let keep = Tensor::<3>::from_data(TensorData::new(keep, [h, l, 1]), &device);
-        let scores = mm(q.clone(), k.clone().swap_dims(2, 3), ctx) * d;
-        let mut out = mm(scores, v.clone(), ctx);
-        let gl: Vec<f32> = (0..h).map(|i| decay(i).powi(l as i32) as f32).collect();
-        let gl = Tensor::<1>::from_data(TensorData::new(gl, [h]), &device).reshape([1, h, 1, 1]);
-        let added = mm((k * keep.unsqueeze::<4>()).swap_dims(2, 3), v, ctx);
-        let state = match prev {
-            Some(s) => {
-                out = out + mm(q, s.clone(), ctx) * into.unsqueeze::<4>();
-                s * gl + added
-            }
-            None => added,
-        };
-        debug_assert_eq!(state.dims(), [b, h, dk, dv]);
-        (out, state)
-    }
-
-    /// The heads' GroupNorm: `[b, h, s, d_v] → [b, s, h·d_v]`, scaled and shifted.
-    fn group_norm(&self, o: Tensor<4>, weight: Tensor<1>, bias: Tensor<1>) -> Tensor<3> {
-        let [b, h, s, dv] = o.dims();
-        let o = o.swap_dims(1, 2);
-        let mean = o.clone().mean_dim(3);
-        let centred = o - mean;
-        let var = centred.clone().powi_scalar(2).mean_dim(3);
-        let y = centred / (var + self.eps.0).sqrt();
-        let y: Tensor<3> = y.reshape([b, s, h * dv]);
-        y * weight.unsqueeze::<3>() + bias.unsqueeze::<3>()
-    }
-
-    fn run(&self, ins: &[&V], ctx: &Ctx, prev: Option<Tensor<4>>) -> (V, Tensor<4>) {
+    /// The inputs q, k, v and the norm's weight and bias.
+    fn inputs(&self, ins: &[&V]) -> ([Tensor<4>; 3], [Tensor<1>; 2]) {
         let p = self.ports();
-        let (q, k, v) = (
-            port(p, ins, "q").f4(),
-            port(p, ins, "k").f4(),
-            port(p, ins, "v").f4(),
-        );
-        let (o, state) = Self::chunk(q, k, v, prev, ctx);
-        let y = self.group_norm(o, port(p, ins, "weight").f1(), port(p, ins, "bias").f1());
+        let qkv = ["q", "k", "v"].map(|n| port(p, ins, n).f4());
+        (qkv, ["weight", "bias"].map(|n| port(p, ins, n).f1()))
+    }
+
+    /// The plain path following the state `prev` of the positions before: the output and the
+    /// new state.
+    fn run(&self, ins: &[&V], ctx: &Ctx, prev: Option<Tensor<4>>) -> (V, Tensor<4>) {
+        let ([q, k, v], [w, b]) = self.inputs(ins);
+        let (o, state) = fused::retention_chunk_plain(q, k, v, prev, |a, b| mm(a, b, ctx));
+        let y = fused::retention_group_norm_plain(o, w, b, self.eps.0);
         (V::F3(y), state)
     }
 }
@@ -244,6 +193,12 @@ impl OpDef for Retention {
     }
 
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
+        // Without a previous state the fused kernel (which keeps no state) computes it all;
+        // decoding and mixed-precision products take the plain path.
+        if ctx.matmul_dtype.is_none() {
+            let ([q, k, v], [w, b]) = self.inputs(ins);
+            return V::F3(fused::retention(q, k, v, w, b, self.eps.0));
+        }
         self.run(ins, ctx, None).0
     }
 

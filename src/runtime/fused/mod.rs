@@ -24,6 +24,7 @@
 //! | [`lstm`] | the LSTM recurrence: a product and 11 tensor ops per position, positions in sequence |
 //! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
 //! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices |
+//! | [`retention`] | RetNet's retention and GroupNorm: a host-built `[h, s, s]` decay matrix, 2 products, the state's product (unused in training) and ~9 norm ops |
 //! | [`adamw`] | the trainer's 12 tensor ops per parameter |
 //! | [`cross_entropy`] | the loss's `log_softmax` (5 passes over the logits, each allocating their size), `gather` and smoothing mean, and their backward passes |
 //!
@@ -49,6 +50,7 @@ mod linear;
 mod lstm;
 mod mlstm;
 mod norm;
+mod retention;
 mod rope;
 mod scan;
 mod silu;
@@ -65,6 +67,9 @@ pub use linear::{linear, linear_plain};
 pub use lstm::{lstm, lstm_plain};
 pub use mlstm::{mlstm, mlstm_plain};
 pub use norm::{layernorm, layernorm_plain, rmsnorm, rmsnorm_plain};
+pub use retention::{
+    retention, retention_chunk_plain, retention_decay, retention_group_norm_plain, retention_plain,
+};
 pub use rope::{rope, rope_plain};
 pub use scan::{selective_scan, selective_scan_plain};
 pub use silu::silu;
@@ -126,11 +131,13 @@ pub enum Kernel {
     Dropout,
     /// [`cross_entropy`].
     CrossEntropy,
+    /// [`retention`].
+    Retention,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::Silu,
         Kernel::Softmax,
         Kernel::RmsNorm,
@@ -148,6 +155,7 @@ impl Kernel {
         Kernel::Tanh,
         Kernel::Dropout,
         Kernel::CrossEntropy,
+        Kernel::Retention,
     ];
 
     /// Counts one run of this op's fused forward kernel.
