@@ -10,7 +10,8 @@
 //! One module per kernel family, each re-exported here: `silu`, `act` (ReLU, GELU, tanh),
 //! `dropout` (a counter-based mask), `softmax` (rows with a causal
 //! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `linear`, `adamw`, `scan`
-//! (Mamba's selective scan), `lstm`, `slstm` and `mlstm` (xLSTM). `math` holds the vectorizable
+//! (Mamba's selective scan), `lstm`, `slstm` and `mlstm` (xLSTM), `smooth` (ETSformer's
+//! exponential smoothing) and `conv` (the causal depthwise convolution). `math` holds the vectorizable
 //! scalar functions they share, `gemm` the matrix operands and products.
 
 /// Elements per rayon task: large enough that scheduling is noise.
@@ -65,6 +66,7 @@ macro_rules! vectorized {
 mod act;
 mod adamw;
 mod attention;
+mod conv;
 mod dropout;
 mod gemm;
 mod linear;
@@ -76,11 +78,13 @@ mod rope;
 mod scan;
 mod silu;
 mod slstm;
+mod smooth;
 mod softmax;
 
 pub use act::{act, act_backward, act_in_place, erf, Act};
 pub use adamw::{adamw, AdamW};
 pub use attention::{attention, attention_backward, AttnShape};
+pub use conv::{causal_conv, causal_conv_backward, ConvShape};
 pub use dropout::{dropout, dropout_in_place, dropout_mask, Dropout};
 pub use gemm::View4;
 pub use linear::{linear, linear_backward};
@@ -92,6 +96,7 @@ pub use rope::rope;
 pub use scan::{selective_scan, selective_scan_backward, ScanInputs, ScanShape};
 pub use silu::{silu, silu_backward};
 pub use slstm::{slstm, slstm_backward, SlstmShape};
+pub use smooth::{smooth, smooth_backward, SmoothShape};
 pub use softmax::{softmax_rows, softmax_rows_backward, Visible};
 
 /// Deterministic values in about [−scale, scale] (a linear congruential generator): the
