@@ -261,7 +261,7 @@ fn main() {
     ));
 
     // ETS attention's smoothing at anbn-ets's sizes (d 32, 65 positions); the plain path is a
-    // dense convolution matrix (65 > DENSE_MAX: an FFT).
+    // causal convolution (by FFT: 65 positions > DENSE_MAX).
     let (es, ed) = (65, 32);
     let ets_ins = [
         rand([b, es, ed], &dev),
@@ -281,7 +281,8 @@ fn main() {
 
     // The causal spectral filter's convolution at anbn-gfnet-frequency's sizes (d 32, 65
     // positions, a kernel of 128 taps), then longer sequences with as many taps as positions
-    // (where the direct kernel's O(s²) meets the FFT's O(s log s); the plain path is the FFT).
+    // (where the direct kernel's O(s²) meets the FFT's O(s log s): at 512 both paths are
+    // the FFT, see `fused::conv_is_direct`).
     for (cs, taps) in [(65, 128), (128, 128), (256, 256), (512, 512)] {
         let conv_ins = [rand([b, cs, ed], &dev), rand([1, taps, ed], &dev)];
         rows.push((

@@ -175,26 +175,31 @@ fn causal_conv_matches_the_dense_and_fft_convolutions() {
     }
 }
 
-/// Beyond `CONV_DIRECT_MAX` positions the convolution takes the caller's plain path even with
-/// the kernels on.
+/// Where `conv_is_direct` says the FFT is faster, the convolution takes the caller's plain
+/// path even with the kernels on; a short kernel on the same long sequence stays direct.
 #[test]
-fn long_sequences_take_the_plain_convolution() {
+fn long_kernels_on_long_sequences_take_the_plain_convolution() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(fused::conv_is_direct(256, 256) && !fused::conv_is_direct(512, 512));
+    assert!(fused::conv_is_direct(4096, 64) && fused::conv_is_direct(1, 1000));
     let dev = Device::flex();
-    let s = fused::CONV_DIRECT_MAX + 1;
-    let (x, k) = (t([1, s, 2], 8, 1.0, &dev), t([4, 2], 9, 1.0, &dev));
-    let before = fused::calls(Kernel::CausalConv);
-    let mut called = false;
-    let y = fused::causal_conv(x.clone(), k.clone(), |x, k| {
-        called = true;
-        fused::causal_conv_plain(x, k)
-    });
-    assert!(called, "the plain path ran");
-    assert_eq!(fused::calls(Kernel::CausalConv), before);
-    // Within one position's reach of the start, the output is the definition's.
-    let (xs, ks, ys) = (flat(x), flat(k), flat(y));
-    for c in 0..2 {
-        let want = ks[c] * xs[2 + c] + ks[2 + c] * xs[c];
-        assert!((ys[2 + c] - want).abs() < 1e-5, "{} vs {want}", ys[2 + c]);
+    let s = 600;
+    for (taps, direct) in [(s, false), (8, true)] {
+        let (x, k) = (t([1, s, 2], 8, 1.0, &dev), t([taps, 2], 9, 1.0, &dev));
+        let before = fused::calls(Kernel::CausalConv);
+        let mut called = false;
+        let y = fused::causal_conv(x.clone(), k.clone(), |x, k| {
+            called = true;
+            fused::causal_conv_plain(x, k)
+        });
+        assert_eq!(called, !direct, "{taps} taps: the plain path ran");
+        let ran = fused::calls(Kernel::CausalConv).forward > before.forward;
+        assert_eq!(ran, direct, "{taps} taps: the fused kernel ran");
+        // Position 1 is the definition's: k[0] x[1] + k[1] x[0].
+        let (xs, ks, ys) = (flat(x), flat(k), flat(y));
+        for c in 0..2 {
+            let want = ks[c] * xs[2 + c] + ks[2 + c] * xs[c];
+            assert!((ys[2 + c] - want).abs() < 1e-4, "{} vs {want}", ys[2 + c]);
+        }
     }
 }

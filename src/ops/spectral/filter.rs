@@ -200,9 +200,9 @@ impl OpDef for SpectralFilter {
     }
 
     /// The causal form runs the fused direct convolution ([`fused::causal_conv`]) whatever the
-    /// algorithm (both compute the same convolution) up to [`fused::CONV_DIRECT_MAX`]
-    /// positions: measured faster there than either. The algorithm's path runs beyond that,
-    /// for the circular form, and with the fused kernels off.
+    /// algorithm (both compute the same convolution) where [`fused::conv_is_direct`] (up to
+    /// 256 positions at least): measured faster there than either. The algorithm's path runs
+    /// beyond that, for the circular form, and with the fused kernels off.
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
         let x = port(self.ports(), ins, "x").f3();
         let param = port(self.ports(), ins, self.param_port());

@@ -11,13 +11,22 @@ use kiln_kernels as k;
 use super::lane::{back, dense, lane, record, shape_of, tensor, values, Lane};
 use super::Kernel;
 
-/// The longest sequence [`causal_conv`] computes directly. The direct convolution costs
-/// O(len · taps) per channel, the FFT O(n log n) for a transform of n ≥ 2 len, and Burn's FFT
-/// runs as several separate tensor ops; measured on the project's 2-core machine (release,
-/// batch 32, 32 channels, taps = len, forward and backward; see
-/// `docs/measurements/2026-12-06-ets-conv-kernels.md`), the direct kernel stays faster up to
-/// about this length.
-pub const CONV_DIRECT_MAX: usize = 512;
+/// Whether [`causal_conv`] computes a convolution of `len` positions with `taps` taps directly:
+/// when the taps that reach an input, min(taps, len), are at most [`CONV_DIRECT_PER_LOG2`] ×
+/// log₂ n, n the FFT's length (a power of two ≥ 2 len). The direct kernel costs
+/// O(len · taps) per channel, the FFT O(n log n) (Burn's runs as several separate tensor ops);
+/// their ratio is about taps / log n. Measured (`cargo bench --bench fused`, batch 32,
+/// 32 channels, taps = len, forward and backward): the direct kernel 4.2× faster at 128
+/// positions, 2.4× at 256, 0.93× at 512, 0.56× at 1024 (see
+/// `docs/measurements/2026-12-06-ets-conv-kernels.md`).
+pub fn conv_is_direct(len: usize, taps: usize) -> bool {
+    let log_n = (2 * len).next_power_of_two().trailing_zeros() as usize;
+    taps.min(len) <= CONV_DIRECT_PER_LOG2 * log_n
+}
+
+/// See [`conv_is_direct`]: 40 puts the switch between 256 positions (direct, 2.4× faster)
+/// and 512 (FFT, 1.07× faster) when the kernel is as long as the sequence.
+pub const CONV_DIRECT_PER_LOG2: usize = 40;
 
 #[derive(Debug)]
 struct ConvBackward;
@@ -62,16 +71,16 @@ fn conv_forward(x: &FlexTensor, kernel: &FlexTensor) -> (FlexTensor, k::ConvShap
 
 /// The causal depthwise convolution `y[b, t, c] = Σ_{j ≤ t, j < taps} kernel[j, c] · x[b, t − j, c]`
 /// of `x` `[b, s, d]` with `kernel` `[taps, d]`: one fused op forward (per block of batch rows
-/// in parallel) and one backward, for sequences up to [`CONV_DIRECT_MAX`] positions. Longer
-/// ones, and inputs the kernel cannot take, go to `plain` (the caller's FFT or dense form of
+/// in parallel) and one backward, where [`conv_is_direct`] says it beats an FFT. Other
+/// sizes, and inputs the kernel cannot take, go to `plain` (the caller's FFT or dense form of
 /// the same convolution; [`causal_conv_plain`] is one).
 pub fn causal_conv(
     x: Tensor<3>,
     kernel: Tensor<2>,
     plain: impl FnOnce(Tensor<3>, Tensor<2>) -> Tensor<3>,
 ) -> Tensor<3> {
-    let d = x.dims()[2];
-    if x.dims()[1] > CONV_DIRECT_MAX || kernel.dims()[1] != d {
+    let [_, s, d] = x.dims();
+    if !conv_is_direct(s, kernel.dims()[0]) || kernel.dims()[1] != d {
         return plain(x, kernel);
     }
     match (lane(x), lane(kernel)) {

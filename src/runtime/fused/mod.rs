@@ -25,7 +25,7 @@
 //! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
 //! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices |
 //! | [`smooth`] | ETSformer's exponential smoothing as a causal convolution: ~10 ops building the kernel and decay, a dense `[d, s, s]` matrix product (or 3 FFTs); here one pass through time, and one back |
-//! | [`causal_conv`] | the causal spectral filter's dense `[d, s, s]` convolution matrix (a gather, a mask, a batched product) or its FFT convolution (2 rffts, 6 complex-product ops, an irfft), up to [`CONV_DIRECT_MAX`] positions |
+//! | [`causal_conv`] | the causal spectral filter's dense `[d, s, s]` convolution matrix (a gather, a mask, a batched product) or its FFT convolution (2 rffts, 6 complex-product ops, an irfft), where [`conv_is_direct`] (taps up to ~40 log₂ of the FFT length: all taps up to 256 positions) |
 //! | [`adamw`] | the trainer's 12 tensor ops per parameter |
 //!
 //! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
@@ -61,7 +61,7 @@ mod softmax;
 pub use act::{gelu, relu, tanh_tensor};
 pub use adamw::{adamw, adamw_plain, AdamW};
 pub use attention::{attention, attention_dropout, attention_dropout_plain, attention_plain};
-pub use conv::{causal_conv, causal_conv_plain, CONV_DIRECT_MAX};
+pub use conv::{causal_conv, causal_conv_plain, conv_is_direct, CONV_DIRECT_PER_LOG2};
 pub use dropout::{dropout, dropout_mask, dropout_plain};
 pub use kiln_kernels::{exp, log_sigmoid, tanh, Visible};
 pub use linear::{linear, linear_plain};
