@@ -261,6 +261,43 @@ fn main() {
         }),
     ));
 
+    // ETS attention's smoothing at anbn-ets's sizes (d 32, 65 positions); the plain path is a
+    // causal convolution (by FFT: 65 positions > DENSE_MAX).
+    let (es, ed) = (65, 32);
+    let ets_ins = [
+        rand([b, es, ed], &dev),
+        rand([1, 1, ed], &dev),
+        rand([1, b, ed], &dev),
+    ];
+    rows.push((
+        "ets smoothing",
+        format!("[{b}, {es}, {ed}]"),
+        time(reps, &|| {
+            train_call(&ets_ins, &|v: Vec<Tensor<3>>| {
+                let a = v[1].clone().reshape([ed]);
+                fused::smooth(v[0].clone(), a, v[2].clone().reshape([b, ed]))
+            })
+        }),
+    ));
+
+    // The causal spectral filter's convolution at anbn-gfnet-frequency's sizes (d 32, 65
+    // positions, a kernel of 128 taps), then longer sequences with as many taps as positions
+    // (where the direct kernel's O(s²) meets the FFT's O(s log s): at 512 both paths are
+    // the FFT, see `fused::conv_is_direct`).
+    for (cs, taps) in [(65, 128), (128, 128), (256, 256), (512, 512)] {
+        let conv_ins = [rand([b, cs, ed], &dev), rand([1, taps, ed], &dev)];
+        rows.push((
+            "causal conv",
+            format!("[{b}, {cs}, {ed}] × {taps} taps"),
+            time(reps, &|| {
+                train_call(&conv_ins, &|v: Vec<Tensor<3>>| {
+                    let k = v[1].clone().reshape([taps, ed]);
+                    fused::causal_conv(v[0].clone(), k, fused::causal_conv_plain)
+                })
+            }),
+        ));
+    }
+
     // One LSTM layer's recurrence at anbn-lstm's sizes (hidden 64, 64 positions).
     let (ls, lw) = (64, 64);
     let lstm_ins = [rand([b, ls, 4 * lw], &dev), rand([1, lw, 4 * lw], &dev)];

@@ -11,7 +11,8 @@
 //! `dropout` (a counter-based mask), `softmax` (rows with a causal
 //! limit), `norm` (RMSNorm and LayerNorm), `rope`, `attention`, `retention` (RetNet's, with its
 //! GroupNorm), `linear`, `adamw`, `scan` (Mamba's selective scan), `lstm`, `slstm` and `mlstm`
-//! (xLSTM), `xent` (a language model's cross-entropy). `math` holds the vectorizable
+//! (xLSTM), `xent` (a language model's cross-entropy), `smooth` (ETSformer's exponential
+//! smoothing) and `conv` (the causal depthwise convolution). `math` holds the vectorizable
 //! scalar functions they share, `gemm` the matrix operands and products.
 
 /// Elements per rayon task: large enough that scheduling is noise.
@@ -66,6 +67,7 @@ macro_rules! vectorized {
 mod act;
 mod adamw;
 mod attention;
+mod conv;
 mod dropout;
 mod gemm;
 mod linear;
@@ -78,12 +80,14 @@ mod rope;
 mod scan;
 mod silu;
 mod slstm;
+mod smooth;
 mod softmax;
 mod xent;
 
 pub use act::{act, act_backward, act_in_place, erf, Act};
 pub use adamw::{adamw, AdamW};
 pub use attention::{attention, attention_backward, AttnShape};
+pub use conv::{causal_conv, causal_conv_backward, ConvShape};
 pub use dropout::{dropout, dropout_in_place, dropout_mask, Dropout};
 pub use gemm::View4;
 pub use linear::{linear, linear_backward};
@@ -96,6 +100,7 @@ pub use rope::rope;
 pub use scan::{selective_scan, selective_scan_backward, ScanInputs, ScanShape};
 pub use silu::{silu, silu_backward};
 pub use slstm::{slstm, slstm_backward, SlstmShape};
+pub use smooth::{smooth, smooth_backward, SmoothShape};
 pub use softmax::{softmax_rows, softmax_rows_backward, Visible};
 pub use xent::{cross_entropy, cross_entropy_backward};
 

@@ -1,14 +1,15 @@
 //! Exponential smoothing attention (ETSformer): each head smooths the values of the positions
 //! so far with its own learned rate, ES_t = (1 − α) ES_{t−1} + α v_t from a learned start v₀;
-//! then the output map. The Burn forward runs the smoothing as one causal convolution over
-//! each call's positions; decoding carries the latest smoothed value between calls.
+//! then the output map. The Burn forward runs the smoothing as one fused pass through time
+//! over each call's positions (its plain path: one causal convolution); decoding carries the
+//! latest smoothed value between calls.
 
 use super::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
 use crate::ir::{DType, Dim, Mixing, TensorType};
+use crate::runtime::fused;
 use crate::runtime::ops::{mm, Ctx};
 use crate::runtime::V;
 use burn::prelude::*;
-use burn::tensor::activation;
 
 /// `(x [b, s, d], v.weight [d, d], v.bias [d], alpha [H] (logits), v0 [d], out.weight [d, d])
 /// → [b, s, d]`, d divisible by the heads H (see the `ets_attention` layer).
@@ -42,8 +43,9 @@ impl OpState for EtsState {
 
 impl Ets {
     /// Exponential smoothing attention over this call's positions from the previous ES value
-    /// `init` (v₀ when `None`); returns the outputs and the last ES value. With α = σ(a):
-    /// ES_t = (1 − α)^{t+1} ES_{−1} + Σ_{j≤t} α (1 − α)^j v_{t−j}, a causal convolution.
+    /// `init` (v₀ when `None`); returns the outputs and the last ES value. The smoothing is the
+    /// fused kernel [`fused::smooth`] (one pass through time); its plain path computes
+    /// ES_t = (1 − α)^{t+1} ES_{−1} + Σ_{j≤t} α (1 − α)^j v_{t−j} as a causal convolution.
     fn run(&self, ins: &[&V], ctx: &Ctx, init: Option<EtsState>) -> (Tensor<3>, EtsState) {
         let p = self.ports();
         let x = port(p, ins, "x").f3();
@@ -51,49 +53,21 @@ impl Ets {
         let h = self.heads as usize;
         let v = mm(x, port(p, ins, "v.weight").f2().unsqueeze::<3>(), ctx)
             + port(p, ins, "v.bias").f1().reshape([1, 1, d]);
-        // Per channel: ln α and ln(1 − α), [1, d].
+        // The logit of each channel's rate: its head's.
         let a = port(p, ins, "alpha")
             .f1()
             .reshape([h, 1])
             .expand([h, d / h])
-            .reshape([1, d]);
-        let (ln_a, ln_1a) = (
-            activation::log_sigmoid(a.clone()),
-            activation::log_sigmoid(a.neg()),
-        );
-        let j: Tensor<2> = Tensor::from_data(
-            TensorData::new((0..s).map(|j| j as f32).collect::<Vec<_>>(), [s, 1]),
-            ctx.device,
-        );
-        let kernel = (j.clone() * ln_1a.clone() + ln_a).exp();
+            .reshape([d]);
         let prev = match init {
             Some(st) => st.last,
             None => port(p, ins, "v0").f1().reshape([1, d]).expand([b, d]),
         };
-        let decay = ((j + 1.0) * ln_1a).exp(); // (1 − α)^{t+1}, [s, d]
-        let es = causal_conv(v, kernel, ctx) + decay.unsqueeze::<3>() * prev.unsqueeze_dim::<3>(1);
+        let es = fused::smooth(v, a, prev);
         let last = es.clone().narrow(1, s - 1, 1).reshape([b, d]);
         let out = mm(es, port(p, ins, "out.weight").f2().unsqueeze::<3>(), ctx);
         (out, EtsState { last })
     }
-}
-
-/// Causal depthwise convolution y_t = Σ_{j≤t} kernel[j] ⊙ x_{t−j} of `x [b, s, d]` with a
-/// kernel of s taps `[s, d]`: by FFT (zero-padded to a power of two ≥ 2s) for long sequences,
-/// as a dense per-channel matrix for short ones.
-fn causal_conv(x: Tensor<3>, kernel: Tensor<2>, ctx: &Ctx) -> Tensor<3> {
-    use crate::runtime::ops::{apply_per_channel, conv_matrix, pad_axis};
-    let s = x.dims()[1];
-    if s as u64 <= crate::passes::DENSE_MAX {
-        return apply_per_channel(conv_matrix(kernel, s, s, true, ctx), x);
-    }
-    let n = (2 * s).next_power_of_two();
-    let (xr, xi) = burn::signal::rfft(pad_axis(x, 1, n, ctx), 1, Some(n));
-    let (kr, ki) = burn::signal::rfft(pad_axis(kernel, 0, n, ctx), 0, Some(n));
-    let (kr, ki) = (kr.unsqueeze::<3>(), ki.unsqueeze::<3>());
-    let yr = xr.clone() * kr.clone() - xi.clone() * ki.clone();
-    let yi = xr * ki + xi * kr;
-    burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s)
 }
 
 impl OpDef for Ets {
@@ -151,7 +125,7 @@ impl OpDef for Ets {
     }
 
     fn matmul_flops(&self, ins: &[&TensorType], batch: u64, seq: u64) -> u64 {
-        // Its value and output projections (the smoothing is an FFT convolution).
+        // Its value and output projections (the smoothing is O(b·s·d), no product).
         ["v.weight", "out.weight"]
             .iter()
             .map(|name| {
@@ -254,7 +228,7 @@ mod tests {
     #[test]
     fn every_check_passes_on_random_shapes() {
         let mut rng = Rng::new(23);
-        // The dense convolution up to DENSE_MAX positions, the FFT beyond.
+        // The plain path: a dense convolution up to DENSE_MAX positions, an FFT beyond.
         let long = crate::passes::DENSE_MAX as usize + 3;
         for (b, s, d, h) in [(2, 6, 8, 2), (1, 5, 6, 3), (3, 7, 5, 1), (2, long, 4, 2)] {
             let op = Ets { heads: h as u64 };
@@ -264,14 +238,27 @@ mod tests {
                 out_seq: Some(1),
                 tol: 1e-4,
             };
-            case.infers_the_forward_shape();
-            case.matches_the_reference();
-            case.gradients_reach_every_input(&[]);
-            case.later_positions_change_no_earlier_output();
-            case.decodes_like_the_whole_sequence(3);
-            // Beam search: rows reversed, and the first twice.
-            let rows: Vec<usize> = (0..b).rev().chain([0]).collect();
-            case.decodes_after_reordering_rows(3, &rows);
+            // The fused smoothing, then its plain path (the convolution).
+            for fused_on in [true, false] {
+                let checks = || {
+                    case.infers_the_forward_shape();
+                    case.matches_the_reference();
+                    case.gradients_reach_every_input(&[]);
+                    case.later_positions_change_no_earlier_output();
+                    case.decodes_like_the_whole_sequence(3);
+                    // Beam search: rows reversed, and the first twice.
+                    let rows: Vec<usize> = (0..b).rev().chain([0]).collect();
+                    case.decodes_after_reordering_rows(3, &rows);
+                };
+                if fused_on {
+                    let before = fused::calls(fused::Kernel::Smooth);
+                    checks();
+                    let after = fused::calls(fused::Kernel::Smooth);
+                    assert!(after.forward > before.forward, "the fused smoothing ran");
+                } else {
+                    fused::plain_on_this_thread(checks);
+                }
+            }
         }
     }
 

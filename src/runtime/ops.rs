@@ -106,7 +106,7 @@ pub(crate) fn conv_matrix(
     s: usize,
     n: usize,
     causal: bool,
-    ctx: &Ctx,
+    device: &Device,
 ) -> Tensor<3> {
     let [taps, d] = kernel.dims();
     let mut idx = vec![0i64; s * s];
@@ -127,8 +127,8 @@ pub(crate) fn conv_matrix(
             }
         }
     }
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [s * s]), ctx.device);
-    let keep: Tensor<3> = consts(keep, [s, s, 1], ctx);
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [s * s]), device);
+    let keep: Tensor<3> = Tensor::from_data(TensorData::new(keep, [s, s, 1]), device);
     let m = kernel.select(0, idx).reshape([s, s, d]) * keep;
     m.permute([2, 0, 1])
 }

@@ -6,6 +6,7 @@
 use super::super::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
 use super::fft::{irfft4, irfft_reference};
 use crate::ir::{DType, Dim, Mixing, TensorType};
+use crate::runtime::fused;
 use crate::runtime::ops::{apply_per_channel, conv_matrix, pad_axis, Ctx};
 use crate::runtime::V;
 use burn::prelude::*;
@@ -40,6 +41,41 @@ impl SpectralFilter {
             "kernel"
         } else {
             "gate"
+        }
+    }
+
+    /// The filter by its algorithm: rfft → multiply → irfft, or the dense convolution matrix.
+    fn by_algo(&self, x: Tensor<3>, param: &V, ctx: &Ctx) -> Tensor<3> {
+        let n = self.n as usize;
+        let s = x.dims()[1];
+        if self.algo == SpectralAlgo::Fft && n.is_power_of_two() {
+            let xp = pad_axis(x, 1, n, ctx);
+            let (xr, xi) = burn::signal::rfft(xp, 1, Some(n));
+            let (gr, gi) = if self.causal {
+                let kp = pad_axis(param.f2(), 0, n, ctx);
+                let (kr, ki) = burn::signal::rfft(kp, 0, Some(n));
+                (kr.unsqueeze::<3>(), ki.unsqueeze::<3>())
+            } else {
+                let g = param.f3();
+                let [f, d, _] = g.dims();
+                (
+                    g.clone().narrow(2, 0, 1).reshape([1, f, d]),
+                    g.narrow(2, 1, 1).reshape([1, f, d]),
+                )
+            };
+            let yr = xr.clone() * gr.clone() - xi.clone() * gi.clone();
+            let yi = xr * gi + xi * gr;
+            burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s)
+        } else {
+            let kernel = if self.causal {
+                param.f2()
+            } else {
+                let g = param.f3();
+                let [f, d, _] = g.dims();
+                irfft4(g.reshape([1, f, d, 2]), n, ctx).reshape([n, d])
+            };
+            let m = conv_matrix(kernel, s, n, self.causal, ctx.device);
+            apply_per_channel(m, x)
         }
     }
 }
@@ -163,40 +199,18 @@ impl OpDef for SpectralFilter {
         Ok(out)
     }
 
+    /// The causal form runs the fused direct convolution ([`fused::causal_conv`]) whatever the
+    /// algorithm (both compute the same convolution) where [`fused::conv_is_direct`] (up to
+    /// 256 positions at least): measured faster there than either. The algorithm's path runs
+    /// beyond that, for the circular form, and with the fused kernels off.
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
         let x = port(self.ports(), ins, "x").f3();
         let param = port(self.ports(), ins, self.param_port());
-        let n = self.n as usize;
-        let s = x.dims()[1];
-        if self.algo == SpectralAlgo::Fft && n.is_power_of_two() {
-            let xp = pad_axis(x, 1, n, ctx);
-            let (xr, xi) = burn::signal::rfft(xp, 1, Some(n));
-            let (gr, gi) = if self.causal {
-                let kp = pad_axis(param.f2(), 0, n, ctx);
-                let (kr, ki) = burn::signal::rfft(kp, 0, Some(n));
-                (kr.unsqueeze::<3>(), ki.unsqueeze::<3>())
-            } else {
-                let g = param.f3();
-                let [f, d, _] = g.dims();
-                (
-                    g.clone().narrow(2, 0, 1).reshape([1, f, d]),
-                    g.narrow(2, 1, 1).reshape([1, f, d]),
-                )
-            };
-            let yr = xr.clone() * gr.clone() - xi.clone() * gi.clone();
-            let yi = xr * gi + xi * gr;
-            V::F3(burn::signal::irfft(yr, yi, 1, Some(n)).narrow(1, 0, s))
-        } else {
-            let kernel = if self.causal {
-                param.f2()
-            } else {
-                let g = param.f3();
-                let [f, d, _] = g.dims();
-                irfft4(g.reshape([1, f, d, 2]), n, ctx).reshape([n, d])
-            };
-            let m = conv_matrix(kernel, s, n, self.causal, ctx);
-            V::F3(apply_per_channel(m, x))
+        if self.causal {
+            let by_algo = |x, k| self.by_algo(x, &V::F2(k), ctx);
+            return V::F3(fused::causal_conv(x, param.f2(), by_algo));
         }
+        V::F3(self.by_algo(x, param, ctx))
     }
 
     /// The causal form: the first call (the prompt) runs the op whole; later calls convolve
@@ -286,7 +300,8 @@ mod tests {
 
     /// Every check on every branch: circular and causal, FFT and dense, n = 32 and 128 (powers
     /// of two: the FFT branch runs) and n = 100 (not one: the FFT falls back to the dense
-    /// product), on sequences of odd lengths shorter than the limit and as long as it.
+    /// product), on sequences of odd lengths shorter than the limit and as long as it; the
+    /// causal form with the fused direct convolution and without.
     #[test]
     fn every_check_passes_on_every_branch() {
         let mut rng = Rng::new(31);
@@ -313,12 +328,23 @@ mod tests {
                             out_seq: Some(1),
                             tol: 1e-4,
                         };
-                        case.infers_the_forward_shape();
-                        case.matches_the_reference();
-                        case.gradients_reach_every_input(&[]);
-                        case.later_positions_change_no_earlier_output();
+                        let checks = || {
+                            case.infers_the_forward_shape();
+                            case.matches_the_reference();
+                            case.gradients_reach_every_input(&[]);
+                            case.later_positions_change_no_earlier_output();
+                            if causal {
+                                case.decodes_like_the_whole_sequence(3);
+                            }
+                        };
+                        // The causal form: the fused direct convolution, then the algorithm's
+                        // path (what runs with the kernels off).
+                        let conv = || fused::calls(fused::Kernel::CausalConv).forward;
+                        let before = conv();
+                        checks();
                         if causal {
-                            case.decodes_like_the_whole_sequence(3);
+                            assert!(conv() > before, "the fused convolution ran");
+                            fused::plain_on_this_thread(checks);
                         }
                     }
                 }

@@ -25,6 +25,8 @@
 //! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
 //! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices |
 //! | [`retention`] | RetNet's retention and GroupNorm: a host-built `[h, s, s]` decay matrix, 2 products, the state's product (unused in training) and ~9 norm ops |
+//! | [`smooth`] | ETSformer's exponential smoothing as a causal convolution: ~10 ops building the kernel and decay, a dense `[d, s, s]` matrix product (or 3 FFTs); here one pass through time, and one back |
+//! | [`causal_conv`] | the causal spectral filter's dense `[d, s, s]` convolution matrix (a gather, a mask, a batched product) or its FFT convolution (2 rffts, 6 complex-product ops, an irfft), where [`conv_is_direct`] (taps up to ~40 log₂ of the FFT length: all taps up to 256 positions) |
 //! | [`adamw`] | the trainer's 12 tensor ops per parameter |
 //! | [`cross_entropy`] | the loss's `log_softmax` (5 passes over the logits, each allocating their size), `gather` and smoothing mean, and their backward passes |
 //!
@@ -44,6 +46,7 @@
 mod act;
 mod adamw;
 mod attention;
+mod conv;
 mod dropout;
 mod lane;
 mod linear;
@@ -55,12 +58,14 @@ mod rope;
 mod scan;
 mod silu;
 mod slstm;
+mod smooth;
 mod softmax;
 mod xent;
 
 pub use act::{gelu, relu, tanh_tensor};
 pub use adamw::{adamw, adamw_plain, AdamW};
 pub use attention::{attention, attention_dropout, attention_dropout_plain, attention_plain};
+pub use conv::{causal_conv, causal_conv_plain, conv_is_direct, CONV_DIRECT_PER_LOG2};
 pub use dropout::{dropout, dropout_mask, dropout_plain};
 pub use kiln_kernels::{exp, log_sigmoid, tanh, Visible};
 pub use linear::{linear, linear_plain};
@@ -74,6 +79,7 @@ pub use rope::{rope, rope_plain};
 pub use scan::{selective_scan, selective_scan_plain};
 pub use silu::silu;
 pub use slstm::{slstm, slstm_plain};
+pub use smooth::{smooth, smooth_plain};
 pub use softmax::{softmax_plain, softmax_plain_mask, softmax_rows};
 pub use xent::{cross_entropy, cross_entropy_plain};
 
@@ -87,9 +93,24 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// Whether the fused kernels are on.
+thread_local! {
+    /// Set while [`plain_on_this_thread`] runs.
+    static PLAIN_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the fused kernels are on (on this thread: see [`plain_on_this_thread`]).
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    ENABLED.load(Ordering::Relaxed) && !PLAIN_HERE.with(|p| p.get())
+}
+
+/// Runs `f` with the fused kernels off on the calling thread only: an op's unit tests check its
+/// plain path this way while other tests run beside them (which [`set_enabled`] would disturb).
+/// The kernels decide on the calling thread, before any work goes to the rayon pool.
+pub fn plain_on_this_thread<T>(f: impl FnOnce() -> T) -> T {
+    let was = PLAIN_HERE.with(|p| p.replace(true));
+    let out = f();
+    PLAIN_HERE.with(|p| p.set(was));
+    out
 }
 // ---------------------------------------------------------------------------------------------
 // Counting the runs of the fused kernels.
@@ -133,11 +154,15 @@ pub enum Kernel {
     CrossEntropy,
     /// [`retention`].
     Retention,
+    /// [`smooth`].
+    Smooth,
+    /// [`causal_conv`].
+    CausalConv,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::Silu,
         Kernel::Softmax,
         Kernel::RmsNorm,
@@ -156,6 +181,8 @@ impl Kernel {
         Kernel::Dropout,
         Kernel::CrossEntropy,
         Kernel::Retention,
+        Kernel::Smooth,
+        Kernel::CausalConv,
     ];
 
     /// Counts one run of this op's fused forward kernel.
