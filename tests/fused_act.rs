@@ -7,27 +7,8 @@
 
 use burn::prelude::*;
 use kiln::runtime::fused::{self, Kernel};
-use kiln_kernels::test_values as data;
-
-fn t<const D: usize>(shape: [usize; D], seed: u64, scale: f32, device: &Device) -> Tensor<D> {
-    let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(data(n, seed, scale), shape), device)
-}
-
-fn flat<const D: usize>(x: Tensor<D>) -> Vec<f32> {
-    x.into_data().try_to_vec::<f32>().unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-// The kernels switch a process-wide flag; the tests must not interleave.
-static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+mod fused_common;
+use fused_common::{flat, max_diff, t, LOCK};
 
 /// `f(x)` with the fused kernels `on` or off, on plain or autodiff tensors: the output and, on
 /// autodiff tensors, x's gradient for the loss `Σ w·y` (w fixed, so each element weighs

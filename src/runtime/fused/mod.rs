@@ -33,7 +33,7 @@
 //! Each kernel runs only on f32 flex tensors, plain or under `Autodiff<Flex>` without gradient
 //! checkpointing; anything else (a GPU backend, another dtype) takes the plain Burn path, which
 //! is also what [`set_enabled`]`(false)` selects. Burn's `extension` feature is what gives access
-//! to the backend tensor inside a [`Tensor`](burn::prelude::Tensor). `tests/fused.rs` checks
+//! to the backend tensor inside a [`Tensor`](burn::prelude::Tensor). `tests/fused*.rs` check
 //! every kernel against the plain path, values and gradients, and by [`calls`] that the fused
 //! path really ran; `kiln bench --unfused` measures the difference.
 //!
@@ -211,7 +211,7 @@ static CALLS: [[AtomicU64; 2]; Kernel::ALL.len()] =
     [const { [AtomicU64::new(0), AtomicU64::new(0)] }; Kernel::ALL.len()];
 
 /// How many times `kernel`'s fused forward and backward kernels have run in this process (the
-/// plain path counts nothing). `tests/fused.rs` reads these to prove the fused path ran.
+/// plain path counts nothing). `tests/fused*.rs` read these to prove the fused path ran.
 pub fn calls(kernel: Kernel) -> Calls {
     let [f, b] = &CALLS[kernel as usize];
     Calls {
