@@ -1,0 +1,157 @@
+//! Reading the training statistics back every N steps (what a GPU run does, so that the device
+//! never waits for the host inside a step) gives the run a read every step gives: the same
+//! metrics, TensorBoard scalars, checkpoints and summary, through a resume, and the same error
+//! at the same step when the loss diverges, with no bad checkpoint written.
+
+mod common;
+
+use common::{tfevents, tmp_path};
+use kiln::runtime::DeviceKind;
+use kiln::train::{train, RunOptions, Summary, TrainError};
+use std::path::Path;
+
+fn run(dir: &Path, recipe: &str, sets: &[&str], read_every: u64) -> Result<Summary, TrainError> {
+    let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
+    let (r, g) =
+        kiln::compile::recipe(Path::new(recipe), &sets, false).unwrap_or_else(|e| panic!("{e}"));
+    train(
+        &r.spec,
+        g,
+        &RunOptions {
+            dir: dir.to_path_buf(),
+            progress: false,
+            device: DeviceKind::Cpu,
+            matmul_dtype: None,
+            texts: Vec::new(),
+            read_every,
+        },
+    )
+}
+
+/// Everything a run leaves that does not depend on the clock.
+fn outputs(dir: &Path, s: &Summary) -> (String, Vec<u8>, Vec<u8>, String, String) {
+    let events: Vec<String> = tfevents::events(dir)
+        .iter()
+        .map(|e| format!("{} {:?}", e.step, e.values))
+        .collect();
+    let summary = Summary {
+        seconds: 0.0,
+        ..s.clone()
+    };
+    (
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap(),
+        std::fs::read(dir.join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(dir.join("best.safetensors")).unwrap(),
+        events.join("\n"),
+        serde_json::to_string(&summary).unwrap(),
+    )
+}
+
+// Gradient accumulation, a clip that binds at every step, and the three regularizer terms'
+// statistics; the run ends between two reads.
+const SETS: &[&str] = &[
+    "model.vars.d_model=16",
+    "model.vars.d_ff=24",
+    "model.vars.depth=1",
+    "task.max_length=16",
+    "train.batch_size=4",
+    "train.grad_accum=2",
+    "train.steps=11",
+    "train.eval_every=5",
+    "train.checkpoint_every=7",
+    "train.clip_grad_norm=0.05",
+    "train.schedule={type: constant}",
+    "train.regularizers.attention_entropy=0.1",
+    "train.regularizers.distribution={weight: 0.5, scales: [2, 3]}",
+];
+
+#[test]
+fn reading_every_few_steps_gives_the_run_a_read_every_step_gives() {
+    let (a, b) = (tmp_path("read", "every1"), tmp_path("read", "every4"));
+    let sa = run(&a, "recipes/default.yaml", SETS, 1).unwrap();
+    let sb = run(&b, "recipes/default.yaml", SETS, 4).unwrap();
+    let (oa, ob) = (outputs(&a, &sa), outputs(&b, &sb));
+    assert_eq!(oa.0, ob.0, "metrics.jsonl");
+    assert_eq!(oa.0.lines().filter(|l| l.contains("grad_norm")).count(), 11);
+    for key in ["attention_entropy", "distribution", "grad_norm"] {
+        assert!(oa.0.contains(key), "{key} is recorded: {}", oa.0);
+    }
+    assert!(oa.1 == ob.1, "the checkpoints differ");
+    assert!(oa.2 == ob.2, "the best weights differ");
+    assert_eq!(oa.3, ob.3, "TensorBoard events");
+    assert_eq!(oa.4, ob.4, "summary");
+    assert!(sa.final_loss.is_finite() && sa.steps == 11);
+    for d in [a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_deferred_run_resumes_as_a_run_read_every_step_resumes() {
+    // 6 steps, then resumed to 11 (a constant schedule: the learning rate does not depend on
+    // the total), read every 4 and every step.
+    let mut first: Vec<&str> = SETS.to_vec();
+    first.push("train.steps=6");
+    let mut got = Vec::new();
+    for (name, every) in [("resumed1", 1), ("resumed4", 4)] {
+        let d = tmp_path("read", name);
+        assert_eq!(
+            run(&d, "recipes/default.yaml", &first, every)
+                .unwrap()
+                .steps,
+            6
+        );
+        let s = run(&d, "recipes/default.yaml", SETS, every).unwrap();
+        assert_eq!(s.steps, 11);
+        got.push(outputs(&d, &s));
+        let _ = std::fs::remove_dir_all(d);
+    }
+    assert_eq!(got[0].0, got[1].0, "metrics.jsonl");
+    assert_eq!(got[0].0.matches("\"val_loss\"").count(), 4, "{}", got[0].0);
+    assert!(got[0].1 == got[1].1, "the checkpoints differ");
+    assert_eq!(got[0].3, got[1].3, "TensorBoard events");
+    assert_eq!(got[0].4, got[1].4, "summary");
+}
+
+#[test]
+fn a_diverging_deferred_run_stops_at_the_same_step_with_the_same_checkpoint() {
+    // Decoupled decay of lr·λ = 100 multiplies every weight by −99 per step: the loss
+    // overflows at step 5, the weights after step 4; checkpoints every 3 steps, reads every 8
+    // (steps 4-6 run before the read finds it, and nothing non-finite is saved).
+    let sets = [
+        "model.vars.depth=1",
+        "train.steps=200",
+        "train.checkpoint_every=3",
+        "train.eval_every=1000",
+        "train.schedule={type: constant}",
+        "train.optimizer={type: adamw, lr: 10, weight_decay: 10, decay_all: true}",
+    ];
+    let (a, b) = (tmp_path("read", "nan1"), tmp_path("read", "nan8"));
+    let ea = run(&a, "recipes/uint16-prng.yaml", &sets, 1).unwrap_err();
+    let eb = run(&b, "recipes/uint16-prng.yaml", &sets, 8).unwrap_err();
+    assert!(
+        matches!(
+            ea,
+            TrainError::NonFinite { .. } | TrainError::NonFiniteWeight { .. }
+        ),
+        "{ea}"
+    );
+    assert_eq!(ea.to_string(), eb.to_string());
+    assert!(
+        ea.to_string().contains("loss became NaN at step 5;"),
+        "{ea}"
+    );
+    assert!(ea.to_string().contains("checkpoint (step 3)"), "{ea}");
+    let ckpt = |d: &Path| std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    assert!(ckpt(&a) == ckpt(&b), "the kept checkpoints differ");
+    let (_, _, state) = kiln::train::load_checkpoint(&b.join("checkpoint.safetensors")).unwrap();
+    assert!(state.last_loss.is_some_and(f64::is_finite), "{state:?}");
+    let text = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        text,
+        std::fs::read_to_string(a.join("metrics.jsonl")).unwrap()
+    );
+    for d in [a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
