@@ -297,3 +297,30 @@ fn matmul_peak(device: &burn::prelude::Device, dtype: Option<FloatDType>) -> f64
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compilations_count_both_log_levels_and_a_missing_log_as_none() {
+        let dir = std::env::temp_dir().join(format!("kiln-compile-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        assert_eq!(compilations(&path), 0);
+        std::fs::write(
+            &path,
+            "[Compiling kernel] a\n[Compiling kernel]\n[START_KERNEL_COMPILATION]\nname: b\nsource\n[END_KERNEL_COMPILATION]\n",
+        )
+        .unwrap();
+        assert_eq!(compilations(&path), 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_median_is_the_upper_middle() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median(Vec::new()).is_nan());
+    }
+}

@@ -1,11 +1,12 @@
-//! Reading the training statistics back every N steps (what a GPU run does, so that the device
+//! What a run reads back from the device. Reading the training statistics back every N steps (what a GPU run does, so that the device
 //! never waits for the host inside a step) gives the run a read every step gives: the same
 //! metrics, TensorBoard scalars, checkpoints and summary, through a resume, and the same error
-//! at the same step when the loss diverges, with no bad checkpoint written.
+//! at the same step when the loss diverges, with no bad checkpoint written. And `kiln bench`
+//! prints each step as it finishes, with the kernels CubeCL's log says it compiled.
 
 mod common;
 
-use common::{tfevents, tmp_path};
+use common::{kiln, ok, tfevents, tmp_path};
 use kiln::runtime::DeviceKind;
 use kiln::train::{train, RunOptions, Summary, TrainError};
 use std::path::Path;
@@ -154,4 +155,65 @@ fn a_diverging_deferred_run_stops_at_the_same_step_with_the_same_checkpoint() {
     for d in [a, b] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+#[test]
+fn bench_prints_each_step_and_counts_compilations_from_the_log() {
+    // CubeCL's compilation log (written only by GPU runtimes): what it already holds is not
+    // counted; the CPU compiles nothing, so every step reports 0 and all timed steps are steady.
+    let dir = common::tmp_path("cli", "compile-log");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("compile.log");
+    std::fs::write(
+        &log,
+        "[Compiling kernel] matmul\n[START_KERNEL_COMPILATION]\nname: x\n",
+    )
+    .unwrap();
+    let out = kiln()
+        .args([
+            "bench",
+            "recipes/uint16-prng.yaml",
+            "--set",
+            "model.vars.depth=1",
+        ])
+        .args([
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--gen-tokens",
+            "0",
+            "--compile-log",
+        ])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let steps: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("kiln bench: step"))
+        .collect();
+    assert_eq!(steps.len(), 4, "{err}");
+    assert!(
+        steps[0].starts_with("kiln bench: step 1/4 (warm-up)"),
+        "{err}"
+    );
+    assert!(
+        steps[3].starts_with("kiln bench: step 4/4 (timed)"),
+        "{err}"
+    );
+    assert!(
+        steps.iter().all(|l| l.ends_with(", 0 kernels compiled")),
+        "{err}"
+    );
+    assert_eq!(
+        v["kernels_compiled_per_step"],
+        serde_json::json!([0, 0, 0, 0]),
+        "{v}"
+    );
+    assert!(v["last_step_compiling"].is_null(), "{v}");
+    assert_eq!(v["steady_steps"], 3, "{v}");
+    assert_eq!(v["steady_step_ms_median"], v["train_step_ms_median"], "{v}");
+    let _ = std::fs::remove_dir_all(dir);
 }
