@@ -1,8 +1,9 @@
-//! What a run reads back from the device. Reading the training statistics back every N steps (what a GPU run does, so that the device
+//! What GPU runs need, checked on the CPU. What a run reads back from the device: Reading the training statistics back every N steps (what a GPU run does, so that the device
 //! never waits for the host inside a step) gives the run a read every step gives: the same
 //! metrics, TensorBoard scalars, checkpoints and summary, through a resume, and the same error
 //! at the same step when the loss diverges, with no bad checkpoint written. And `kiln bench`
-//! prints each step as it finishes, with the kernels CubeCL's log says it compiled.
+//! prints each step as it finishes, with the kernels CubeCL's log says it compiled. And
+//! `benches/gpu_check.sh --dry-run` runs its whole plan with the CPU build.
 
 mod common;
 
@@ -216,4 +217,78 @@ fn bench_prints_each_step_and_counts_compilations_from_the_log() {
     assert_eq!(v["steady_steps"], 3, "{v}");
     assert_eq!(v["steady_step_ms_median"], v["train_step_ms_median"], "{v}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn gpu_check(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = std::process::Command::new("bash");
+    c.arg("benches/gpu_check.sh").args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries() {
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let out = tmp_path("gpu-check", "dry");
+    let o = gpu_check(&["--dry-run", out.to_str().unwrap()], &[("KILN", kiln)]);
+    let log = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{log}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let runs = std::fs::read_to_string(out.join("runs.tsv")).unwrap();
+    let rows: Vec<Vec<&str>> = runs.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 11, "{runs}");
+    assert!(
+        rows.iter().all(|r| r[1] == "0"),
+        "every run exits 0: {runs}"
+    );
+    for name in [
+        "kiln_d128_f32_cold",
+        "kiln_default_f32_warm",
+        "kiln_d128_bf16",
+    ] {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["kernels_compiled_per_step"],
+            serde_json::json!([0, 0, 0]),
+            "{name}: {v}"
+        );
+        assert!(v["gen_tokens_per_s"].as_f64().unwrap() > 0.0, "{name}: {v}");
+    }
+    assert!(out.join("run-default/summary.json").exists());
+    assert!(out.join("work/d128/cubecl.toml").exists());
+    // A missing binary and a binary without the device stop the check before it runs.
+    let o = gpu_check(
+        &["--dry-run", out.to_str().unwrap()],
+        &[("KILN", "/nonexistent/kiln")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no kiln binary at /nonexistent/kiln"));
+    let o = gpu_check(
+        &[out.to_str().unwrap()],
+        &[("KILN", kiln), ("KILN_FUSED", kiln)],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot run --device cuda (possible values: cpu)"),
+        "{err}"
+    );
+    // Runs that no longer fit the time budget are skipped and listed.
+    let o = gpu_check(
+        &["--dry-run", out.to_str().unwrap()],
+        &[("KILN", kiln), ("BUDGET_S", "0")],
+    );
+    assert!(o.status.success());
+    let runs = std::fs::read_to_string(out.join("runs.tsv")).unwrap();
+    assert_eq!(runs.matches("\tskipped\t").count(), 11, "{runs}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("skipped for time: torch_d128_f32"));
+    let _ = std::fs::remove_dir_all(out);
 }
