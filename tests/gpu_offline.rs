@@ -292,3 +292,35 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
     assert!(String::from_utf8_lossy(&o.stdout).contains("skipped for time: torch_d128_f32"));
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn position_tables_are_built_once_per_runtime_and_give_what_a_fresh_one_gives() {
+    use burn::prelude::{Int, Tensor, TensorData};
+    use kiln::runtime::Runtime;
+    // The default recipe's model (RoPE in every attention layer: one table) and a sinusoidal
+    // Transformer (its table); each forward of a kept runtime matches a fresh runtime's bit for
+    // bit, shorter (the table's first rows) and longer (the table grown) than the first.
+    for (model, sets) in [
+        ("recipes/default.yaml", vec![]),
+        ("recipes/anbn-transformer-paper.yaml", vec![]),
+    ] {
+        let (_, g) = kiln::compile::recipe(Path::new(model), &sets, false).unwrap();
+        let device = DeviceKind::Cpu.device(false);
+        let kept = Runtime::init(g.clone(), device.clone(), 3);
+        let weights = kept.values();
+        let run = |rt: &Runtime, len: usize| -> Vec<f32> {
+            let ids: Vec<i64> = (0..2 * len as i64).map(|i| i % 4).collect();
+            let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, len]), &device);
+            rt.forward(x, false)
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        for len in [8, 8, 5, 13] {
+            let fresh = Runtime::with_values(g.clone(), device.clone(), &weights).unwrap();
+            assert!(run(&kept, len) == run(&fresh, len), "{model}, length {len}");
+        }
+        assert_eq!(kept.consts.len(), 1, "{model}: one table, kept");
+    }
+}

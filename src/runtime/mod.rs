@@ -5,6 +5,7 @@
 //! safetensors under their IR names, so a checkpoint states which model it belongs to.
 
 mod cache;
+pub mod consts;
 mod device;
 pub mod fused;
 pub mod ops;
@@ -70,6 +71,8 @@ pub struct Runtime {
     /// `kiln bench --profile`. The CPU backend runs ops eagerly, so the times are the ops'
     /// own; on a GPU they would only be launch times.
     pub op_times: Option<std::cell::RefCell<HashMap<&'static str, (f64, usize)>>>,
+    /// Position tables built on the device once and reused by every forward pass.
+    pub consts: consts::Consts,
 }
 
 /// Per node inside a `memory_tokens` body: how many memory tokens precede the input's positions
@@ -196,6 +199,7 @@ impl Runtime {
             memory_prefix,
             source_len,
             op_times: None,
+            consts: consts::Consts::default(),
         };
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
@@ -380,6 +384,7 @@ impl Runtime {
             soft_attention: self.soft_attention,
             freq_mask: self.freq_mask,
             aux,
+            consts: Some(&self.consts),
         };
         let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
         let mut remaining: HashMap<NodeIndex, usize> = self

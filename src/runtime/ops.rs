@@ -31,6 +31,8 @@ pub struct Ctx<'a> {
     pub freq_mask: Option<crate::ops::spectral::FreqCutoff>,
     /// Where layers put the statistics of the auxiliary loss terms, when asked for.
     pub aux: Option<&'a std::cell::RefCell<super::Aux>>,
+    /// The runtime's constant tables (`None`: built at each call).
+    pub consts: Option<&'a super::consts::Consts>,
 }
 
 /// `a · b`, in `ctx.matmul_dtype` when mixed precision is on (the result is f32 either way).
