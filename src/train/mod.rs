@@ -239,7 +239,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             let result = if read_every == 1 {
                 Outcome::Read(tr.step_batches(&micro, total))
             } else {
-                Outcome::Deferred(tr.step_deferred(&micro, total))
+                Outcome::Deferred(Box::new(tr.step_deferred(&micro, total)))
             };
             let next = prefetch.map(|h| h.join().expect("the batch thread does not panic"));
             (result, next)
@@ -256,7 +256,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                 progress.finish();
                 return Err(non_finite(value, step + 1, &ckpt)?);
             }
-            Outcome::Deferred(p) => pending.push((step, p)),
+            Outcome::Deferred(p) => pending.push((step, *p)),
         }
         let last = step == total;
         // Read before the evaluation: a signal that arrives during it is seen at the next step.
@@ -373,7 +373,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
 /// A step's result: read back at once, or still on the device.
 enum Outcome {
     Read(Result<StepStats, f64>),
-    Deferred(Pending),
+    Deferred(Box<Pending>),
 }
 
 /// Read the `pending` steps back (one transfer) into `ready`; the first non-finite loss stops
