@@ -13,6 +13,16 @@ use kiln::train::{train, RunOptions, Summary, TrainError};
 use std::path::Path;
 
 fn run(dir: &Path, recipe: &str, sets: &[&str], read_every: u64) -> Result<Summary, TrainError> {
+    run_in(dir, recipe, sets, read_every, None)
+}
+
+fn run_in(
+    dir: &Path,
+    recipe: &str,
+    sets: &[&str],
+    read_every: u64,
+    matmul_dtype: Option<burn::tensor::FloatDType>,
+) -> Result<Summary, TrainError> {
     let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
     let (r, g) =
         kiln::compile::recipe(Path::new(recipe), &sets, false).unwrap_or_else(|e| panic!("{e}"));
@@ -23,7 +33,7 @@ fn run(dir: &Path, recipe: &str, sets: &[&str], read_every: u64) -> Result<Summa
             dir: dir.to_path_buf(),
             progress: false,
             device: DeviceKind::Cpu,
-            matmul_dtype: None,
+            matmul_dtype,
             texts: Vec::new(),
             read_every,
         },
@@ -83,9 +93,29 @@ fn reading_every_few_steps_gives_the_run_a_read_every_step_gives() {
     assert_eq!(oa.3, ob.3, "TensorBoard events");
     assert_eq!(oa.4, ob.4, "summary");
     assert!(sa.final_loss.is_finite() && sa.steps == 11);
-    for d in [a, b] {
+    // Mixed bf16 too.
+    let (c, e) = (tmp_path("read", "bf16-1"), tmp_path("read", "bf16-4"));
+    let bf16 = Some(burn::tensor::FloatDType::BF16);
+    let sc = run_in(&c, "recipes/default.yaml", SETS, 1, bf16).unwrap();
+    let se = run_in(&e, "recipes/default.yaml", SETS, 4, bf16).unwrap();
+    let (oc, oe) = (outputs(&c, &sc), outputs(&e, &se));
+    assert_eq!(oc.0, oe.0, "bf16 metrics.jsonl");
+    assert!(oc.1 == oe.1, "the bf16 checkpoints differ");
+    assert_ne!(oa.0, oc.0, "bf16 is not f32");
+    for d in [a, b, c, e] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+#[test]
+fn read_every_is_at_least_one() {
+    let out = kiln()
+        .args(["train", "recipes/default.yaml", "--read-every", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--read-every"), "{err}");
 }
 
 #[test]
