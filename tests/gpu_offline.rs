@@ -354,3 +354,44 @@ fn position_tables_are_built_once_per_runtime_and_give_what_a_fresh_one_gives() 
         assert_eq!(kept.consts.len(), 1, "{model}: one table, kept");
     }
 }
+
+#[test]
+fn host_drawn_dropout_keys_are_reproducible_and_resume_exactly() {
+    use kiln::train::Trainer;
+    // What a GPU trainer does (dropout keys from the host, no read per dropout op), on the
+    // CPU: the paper Transformer, with dropout in its embedding and attention.
+    let (r, g) =
+        kiln::compile::recipe(Path::new("recipes/anbn-transformer-paper.yaml"), &[], false)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let t = &r.spec.train;
+    let device = DeviceKind::Cpu.device(true);
+    let batch: Vec<Vec<i64>> = (0..4)
+        .map(|i| (0..13).map(|j| (i * 7 + j * 3) % 4).collect())
+        .collect();
+    let make = |host: bool| {
+        let mut tr = Trainer::new(t, g.clone(), device.clone());
+        tr.rt.host_dropout_keys = host;
+        tr
+    };
+    let steps = |tr: &mut Trainer, n: usize| -> Vec<f64> {
+        (0..n)
+            .map(|_| tr.step(std::slice::from_ref(&batch), 10).unwrap().loss)
+            .collect()
+    };
+    let host = steps(&mut make(true), 3);
+    assert_eq!(host, steps(&mut make(true), 3), "reproducible");
+    // The device's generator gives other masks: the host's keys are the ones used.
+    assert_ne!(host, steps(&mut make(false), 3));
+    // Saved after 2 steps and resumed: the third step is the uninterrupted run's.
+    let dir = tmp_path("read", "dropout-keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    let mut first = make(true);
+    steps(&mut first, 2);
+    first.save(&path).unwrap();
+    let mut resumed = Trainer::resume(t, g.clone(), device.clone(), &path).unwrap();
+    assert!(!resumed.rt.host_dropout_keys, "the CPU keeps its generator");
+    resumed.rt.host_dropout_keys = true;
+    assert_eq!(steps(&mut resumed, 1), host[2..]);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -528,6 +528,7 @@ fn ctx<'a>(
         freq_mask: None,
         aux,
         consts: None,
+        keys: None,
     }
 }
 

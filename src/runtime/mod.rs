@@ -73,6 +73,11 @@ pub struct Runtime {
     pub op_times: Option<std::cell::RefCell<HashMap<&'static str, (f64, usize)>>>,
     /// Position tables built on the device once and reused by every forward pass.
     pub consts: consts::Consts,
+    /// Draw dropout keys on the host ([`ops::KeyStream`], seeded by [`Runtime::seed_dropout`])
+    /// rather than from the device's generator: what a GPU runtime does, so that a training
+    /// step reads nothing back.
+    pub host_dropout_keys: bool,
+    keys: ops::KeyStream,
 }
 
 /// Per node inside a `memory_tokens` body: how many memory tokens precede the input's positions
@@ -200,6 +205,8 @@ impl Runtime {
             source_len,
             op_times: None,
             consts: consts::Consts::default(),
+            host_dropout_keys: false,
+            keys: ops::KeyStream::default(),
         };
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
@@ -242,6 +249,12 @@ impl Runtime {
             .iter()
             .map(|s| s.iter().product::<usize>())
             .sum()
+    }
+
+    /// Seed the host's dropout keys of the next forward pass (see
+    /// [`Runtime::host_dropout_keys`]).
+    pub fn seed_dropout(&self, seed: u64) {
+        self.keys.seed(seed);
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
@@ -385,6 +398,7 @@ impl Runtime {
             freq_mask: self.freq_mask,
             aux,
             consts: Some(&self.consts),
+            keys: self.host_dropout_keys.then_some(&self.keys),
         };
         let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
         let mut remaining: HashMap<NodeIndex, usize> = self

@@ -173,7 +173,14 @@ impl Trainer {
         Ok(Self::assemble(cfg, rt, mom, state))
     }
 
-    fn assemble(cfg: &crate::spec::recipe::Train, rt: Runtime, mom: Moments, state: State) -> Self {
+    fn assemble(
+        cfg: &crate::spec::recipe::Train,
+        mut rt: Runtime,
+        mom: Moments,
+        state: State,
+    ) -> Self {
+        // A GPU draws dropout keys on the host: no read inside a step.
+        rt.host_dropout_keys = rt.device.clone().without_autodiff() != Device::flex();
         let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
         let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
         Trainer {
@@ -267,7 +274,9 @@ impl Trainer {
             freq_cutoff: cutoff,
         };
         for (k, batch) in micro.iter().enumerate() {
-            device.seed(mix(t.seed, self.state.step, k as u64));
+            let seed = mix(t.seed, self.state.step, k as u64);
+            device.seed(seed);
+            rt.seed_dropout(seed);
             let forward = |input: V| {
                 if aux_on {
                     rt.forward_aux(input, true)

@@ -67,6 +67,7 @@ pub fn ctx(device: &Device, batch: usize, seq: usize) -> Ctx<'_> {
         freq_mask: None,
         aux: None,
         consts: None,
+        keys: None,
     }
 }
 
