@@ -527,6 +527,8 @@ fn ctx<'a>(
         soft_attention: false,
         freq_mask: None,
         aux,
+        consts: None,
+        keys: None,
     }
 }
 

@@ -380,8 +380,8 @@ fn decoding_ids_beyond_the_corpus_vocabulary_are_refused_when_it_is_read() {
     // The characters of the corpus: fewer than 40 distinct ones.
     write("{eos_token_id: 500, pad_token_id: 3}");
     let e = kiln::compile::recipe(&recipe, &[], false)
-        .err()
-        .expect("an eos id beyond the vocabulary")
+        .map(|_| ())
+        .expect_err("an eos id beyond the vocabulary")
         .to_string();
     assert!(
         e.contains("eos_token_id") && e.contains("token id 500 is outside the task's vocabulary"),
@@ -391,8 +391,8 @@ fn decoding_ids_beyond_the_corpus_vocabulary_are_refused_when_it_is_read() {
     assert_eq!(e.matches("outside the task's vocabulary").count(), 1, "{e}");
     write("{bad_words_ids: [[1, 400]]}");
     let e = kiln::compile::recipe(&recipe, &[], false)
-        .err()
-        .expect("a banned id beyond the vocabulary")
+        .map(|_| ())
+        .expect_err("a banned id beyond the vocabulary")
         .to_string();
     assert!(e.contains("bad_words_ids"), "{e}");
     write("{eos_token_id: 2}");

@@ -127,6 +127,12 @@ pub(super) enum Command {
         /// otherwise).
         #[arg(long)]
         ignore_memory_check: bool,
+        /// Steps between reads of the loss and gradient norm back to the host (default: 1 on
+        /// the CPU, where a read costs nothing; 25 on a GPU, which then does not wait for the
+        /// host inside a step). Evaluations, checkpoints and the end always read; the metrics
+        /// are the same whatever the value.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        read_every: Option<u64>,
     },
     /// Measure a recipe's training steps/s and tokens/s, and cached generation tokens/s, on a
     /// device; prints JSON. Runs no evaluation and writes nothing.
@@ -165,6 +171,11 @@ pub(super) enum Command {
         /// kernels are measured against.
         #[arg(long)]
         unfused: bool,
+        /// The file CubeCL's compilation logger writes (a `cubecl.toml` with
+        /// `[compilation.logger] level = "basic"` and `file = ...`, see docs/reference/gpu.md):
+        /// each step then reports the kernels compiled while it ran.
+        #[arg(long, value_name = "FILE")]
+        compile_log: Option<PathBuf>,
     },
     /// Recompute a run's task metrics from its best or last checkpoint.
     #[command(after_help = "Example:\n  kiln eval runs/default-1763856000 --checkpoint best")]

@@ -33,6 +33,8 @@ pub struct BenchArgs<'a> {
     pub profile: bool,
     /// Without kiln's fused CPU kernels.
     pub unfused: bool,
+    /// CubeCL's compilation log, to count the kernels each step compiles.
+    pub compile_log: Option<&'a Path>,
 }
 
 /// Run the benchmark; prints one JSON object on stdout. Returns the exit code.
@@ -77,6 +79,9 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     // A forecaster's batches are windows of a series: it reports windows/s, and has neither
     // tokens nor generation.
     let mut windows = 0usize;
+    // Kernels compiled before the first step (the log may hold an earlier run's), and per step.
+    let mut compiled_so_far = a.compile_log.map_or(0, compilations);
+    let mut per_step_compiled = Vec::new();
     for i in 0..a.warmup + a.steps {
         let micro: Vec<Batch> = (0..u64::from(t.grad_accum))
             .map(|k| data.train_batch(&mut tr.state, t.seed, k, bs))
@@ -85,18 +90,44 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
             tr.rt.op_times = Some(Default::default());
         }
         let start = Instant::now();
-        // The loss is read back to the host inside `step`, which waits for the device.
-        match tr.step_batches(&micro, total) {
+        // The loss is read back to the host, which waits for the device. On a GPU the step is
+        // the training loop's (no read inside it; its statistics read once after it).
+        let result = if a.device == DeviceKind::Cpu {
+            tr.step_batches(&micro, total)
+        } else {
+            let p = tr.step_deferred(&micro, total);
+            let s = crate::train::pending::read(std::slice::from_ref(&p))[0];
+            if s.loss.is_finite() {
+                Ok(s)
+            } else {
+                Err(s.loss)
+            }
+        };
+        match result {
             Ok(s) => loss = s.loss,
             Err(l) => {
                 eprintln!("error: the loss became {l} at benchmark step {i}");
                 return 1;
             }
         }
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let compiled = a.compile_log.map(|path| {
+            let now = compilations(path);
+            let n = now.saturating_sub(compiled_so_far);
+            compiled_so_far = now;
+            n
+        });
+        per_step_compiled.extend(compiled);
+        eprintln!(
+            "kiln bench: step {}/{total} ({}) {ms:.1} ms, loss {loss:.4}{}",
+            i + 1,
+            if i < a.warmup { "warm-up" } else { "timed" },
+            compiled.map_or(String::new(), |n| format!(", {n} kernels compiled")),
+        );
         if i < a.warmup {
-            warm_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            warm_ms.push(ms);
         } else {
-            times.push(start.elapsed().as_secs_f64());
+            times.push(ms / 1e3);
             for b in &micro {
                 match b {
                     Batch::Tokens(m) => {
@@ -130,6 +161,20 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         "train_matmul_gflops": flops as f64 / train_s / 1e9,
         "device_matmul_peak_gflops": matmul_peak(&a.device.device(false), a.matmul_dtype),
     });
+    if a.compile_log.is_some() {
+        // The steady state: the timed steps after the last one that compiled a kernel.
+        let last = per_step_compiled.iter().rposition(|&n| n > 0);
+        let steady: Vec<f64> = times
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| last.is_none_or(|l| a.warmup + k > l))
+            .map(|(_, s)| s * 1e3)
+            .collect();
+        out["kernels_compiled_per_step"] = per_step_compiled.clone().into();
+        out["last_step_compiling"] = last.map(|l| l + 1).into();
+        out["steady_steps"] = steady.len().into();
+        out["steady_step_ms_median"] = median(steady).into();
+    }
     if let Some(times) = tr.rt.op_times.take() {
         // Per timed step: each op kind's forward time, slowest first; the rest of the step
         // is the backward pass and the optimizer.
@@ -208,6 +253,20 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     0
 }
 
+/// The kernels CubeCL's compilation log at `path` records (one header per compilation, at its
+/// `basic` or `full` level); 0 while the file does not exist.
+pub fn compilations(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| {
+        t.matches("[Compiling kernel]").count() + t.matches("[START_KERNEL_COMPILATION]").count()
+    })
+}
+
+/// The median of `v` (the upper one of an even count); NaN when empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The device's matrix-product speed in GFLOP/s: the best of a few square products (n = 1024
 /// on the CPU, 4096 on a GPU) in the given precision, each waited for with `Device::sync`.
 fn matmul_peak(device: &burn::prelude::Device, dtype: Option<FloatDType>) -> f64 {
@@ -237,4 +296,31 @@ fn matmul_peak(device: &burn::prelude::Device, dtype: Option<FloatDType>) -> f64
         best = best.max(2.0 * (n as f64).powi(3) / secs / 1e9);
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compilations_count_both_log_levels_and_a_missing_log_as_none() {
+        let dir = std::env::temp_dir().join(format!("kiln-compile-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        assert_eq!(compilations(&path), 0);
+        std::fs::write(
+            &path,
+            "[Compiling kernel] a\n[Compiling kernel]\n[START_KERNEL_COMPILATION]\nname: b\nsource\n[END_KERNEL_COMPILATION]\n",
+        )
+        .unwrap();
+        assert_eq!(compilations(&path), 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_median_is_the_upper_middle() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median(Vec::new()).is_nan());
+    }
 }

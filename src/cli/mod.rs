@@ -58,6 +58,7 @@ pub fn main() -> i32 {
             device,
             precision,
             ignore_memory_check,
+            read_every,
         } => crate::cli::run::train_cmd(&crate::cli::run::TrainArgs {
             recipe: recipe.as_deref(),
             set: &set,
@@ -66,6 +67,7 @@ pub fn main() -> i32 {
             device,
             matmul_dtype: precision.matmul_dtype(),
             ignore_memory: ignore_memory_check,
+            read_every,
         }),
         Command::Bench {
             recipe,
@@ -78,6 +80,7 @@ pub fn main() -> i32 {
             gen_batch,
             profile,
             unfused,
+            compile_log,
         } => bench::bench_cmd(&bench::BenchArgs {
             recipe: &recipe,
             set: &set,
@@ -89,6 +92,7 @@ pub fn main() -> i32 {
             gen_batch,
             profile,
             unfused,
+            compile_log: compile_log.as_deref(),
         }),
         Command::Eval { run, checkpoint } => {
             crate::cli::generate::eval_cmd(&run, checkpoint, None, &[], false)

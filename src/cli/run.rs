@@ -38,6 +38,8 @@ pub struct TrainArgs<'a> {
     pub matmul_dtype: Option<burn::tensor::FloatDType>,
     /// Skip the memory estimate's check.
     pub ignore_memory: bool,
+    /// Steps between reads of the statistics (`None`: the device's default).
+    pub read_every: Option<u64>,
 }
 
 pub fn train_cmd(a: &TrainArgs) -> i32 {
@@ -129,6 +131,10 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
         device: a.device,
         matmul_dtype: a.matmul_dtype,
         texts: run_texts(&dir),
+        // A read costs nothing on the CPU; on a GPU it makes the host wait for the device.
+        read_every: a
+            .read_every
+            .unwrap_or(if a.device == DeviceKind::Cpu { 1 } else { 25 }),
     };
     let result = match &doc.spec.ensemble {
         None => train::train(&doc.spec, graph.clone(), &opts),

@@ -4,6 +4,7 @@
 use super::{float_input, port, shapes, InferError, OpDef, OpState, RefTensor};
 use crate::ir::reference::definitions;
 use crate::ir::{Dim, Mixing, Real, TensorType};
+use crate::runtime::consts::cached;
 use crate::runtime::ops::Ctx;
 use crate::runtime::{fused, V};
 use burn::prelude::*;
@@ -247,7 +248,12 @@ impl OpDef for Positions {
                     ctx.offset + seq_of(port::<&V>(p, ins, "positions")),
                     *dim as usize,
                 );
-                V::F2(consts(sinusoidal(end, d), [end, d]))
+                cached(
+                    ctx,
+                    || format!("sinusoidal/{d}"),
+                    end,
+                    |n| V::F2(consts(sinusoidal(n, d), [n, d])),
+                )
             }
             Positions::Add => {
                 let x = port(p, ins, "x").f3();
@@ -263,9 +269,13 @@ impl OpDef for Positions {
                 let half = *head_dim as usize / 2;
                 let seq = seq_of(port::<&V>(p, ins, "positions"));
                 let end = ctx.offset + seq;
-                let (c, s) = rope_tables(end, *head_dim, base.0, *yarn);
-                let (c, s) = (consts(c, [end, half]), consts(s, [end, half]));
-                V::F3(Tensor::stack(vec![c, s], 2).narrow(0, ctx.offset, seq))
+                let key = || format!("rope/{head_dim}/{base:?}/{yarn:?}");
+                let table = cached(ctx, key, end, |n| {
+                    let (c, s) = rope_tables(n, *head_dim, base.0, *yarn);
+                    let (c, s) = (consts(c, [n, half]), consts(s, [n, half]));
+                    V::F3(Tensor::stack(vec![c, s], 2))
+                });
+                V::F3(table.f3().narrow(0, ctx.offset, seq))
             }
             Positions::ApplyRope => V::F4(fused::rope(
                 port(p, ins, "x").f4(),

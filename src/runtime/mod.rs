@@ -5,6 +5,7 @@
 //! safetensors under their IR names, so a checkpoint states which model it belongs to.
 
 mod cache;
+pub mod consts;
 mod device;
 pub mod fused;
 pub mod ops;
@@ -70,6 +71,13 @@ pub struct Runtime {
     /// `kiln bench --profile`. The CPU backend runs ops eagerly, so the times are the ops'
     /// own; on a GPU they would only be launch times.
     pub op_times: Option<std::cell::RefCell<HashMap<&'static str, (f64, usize)>>>,
+    /// Position tables built on the device once and reused by every forward pass.
+    pub consts: consts::Consts,
+    /// Draw dropout keys on the host ([`ops::KeyStream`], seeded by [`Runtime::seed_dropout`])
+    /// rather than from the device's generator: what a GPU runtime does, so that a training
+    /// step reads nothing back.
+    pub host_dropout_keys: bool,
+    keys: ops::KeyStream,
 }
 
 /// Per node inside a `memory_tokens` body: how many memory tokens precede the input's positions
@@ -196,6 +204,9 @@ impl Runtime {
             memory_prefix,
             source_len,
             op_times: None,
+            consts: consts::Consts::default(),
+            host_dropout_keys: false,
+            keys: ops::KeyStream::default(),
         };
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
@@ -238,6 +249,12 @@ impl Runtime {
             .iter()
             .map(|s| s.iter().product::<usize>())
             .sum()
+    }
+
+    /// Seed the host's dropout keys of the next forward pass (see
+    /// [`Runtime::host_dropout_keys`]).
+    pub fn seed_dropout(&self, seed: u64) {
+        self.keys.seed(seed);
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
@@ -380,6 +397,8 @@ impl Runtime {
             soft_attention: self.soft_attention,
             freq_mask: self.freq_mask,
             aux,
+            consts: Some(&self.consts),
+            keys: self.host_dropout_keys.then_some(&self.keys),
         };
         let mut values: HashMap<NodeIndex, V> = HashMap::with_capacity(self.order.len());
         let mut remaining: HashMap<NodeIndex, usize> = self

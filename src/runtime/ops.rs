@@ -31,6 +31,35 @@ pub struct Ctx<'a> {
     pub freq_mask: Option<crate::ops::spectral::FreqCutoff>,
     /// Where layers put the statistics of the auxiliary loss terms, when asked for.
     pub aux: Option<&'a std::cell::RefCell<super::Aux>>,
+    /// The runtime's constant tables (`None`: built at each call).
+    pub consts: Option<&'a super::consts::Consts>,
+    /// Dropout keys drawn on the host (`None`: from the device's generator).
+    pub keys: Option<&'a KeyStream>,
+}
+
+/// Dropout keys drawn on the host, from a seed set before each forward pass (the trainer's
+/// (seed, step, micro-batch) mix): the n-th dropout op of the pass gets the n-th key, as with
+/// the device's generator, but without reading a value back, which on a GPU makes the host
+/// wait for the device once per dropout op. The GPU runtimes use it; the CPU keeps the
+/// device's generator (its masks, and so its numbers, unchanged).
+#[derive(Debug)]
+pub struct KeyStream(std::cell::RefCell<crate::util::Rng>);
+
+impl Default for KeyStream {
+    fn default() -> Self {
+        KeyStream(std::cell::RefCell::new(crate::util::Rng::new(0)))
+    }
+}
+
+impl KeyStream {
+    /// Start the stream of a forward pass.
+    pub fn seed(&self, seed: u64) {
+        *self.0.borrow_mut() = crate::util::Rng::new(seed);
+    }
+
+    fn next(&self) -> u64 {
+        self.0.borrow_mut().next_u64()
+    }
 }
 
 /// `a · b`, in `ctx.matmul_dtype` when mixed precision is on (the result is f32 either way).
@@ -48,7 +77,7 @@ pub(crate) fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor
     if !ctx.train || p <= 0.0 {
         return x;
     }
-    let key = dropout_key(&x.device());
+    let key = dropout_key(ctx, &x.device());
     fused::dropout(x, p, key)
 }
 
@@ -57,7 +86,10 @@ pub(crate) fn dropout<const D: usize>(x: Tensor<D>, p: f64, ctx: &Ctx) -> Tensor
 /// forward pass, so that the masks depend only on those and on the op's place in the order of
 /// dropout ops, and are the same after a resume. One small draw per op; the mask itself comes
 /// from a counter-based hash of the key, in the forward kernel and again in the backward pass.
-pub(crate) fn dropout_key(device: &Device) -> u64 {
+pub(crate) fn dropout_key(ctx: &Ctx, device: &Device) -> u64 {
+    if let Some(keys) = ctx.keys {
+        return keys.next();
+    }
     let bits = Tensor::<1>::random([4], Distribution::Uniform(0.0, 65536.0), device)
         .into_data()
         .try_to_vec::<f32>()

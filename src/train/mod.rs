@@ -11,6 +11,7 @@ mod events;
 pub mod history;
 mod loss;
 pub mod memory;
+pub mod pending;
 mod progress;
 pub mod schedule;
 mod trainer;
@@ -20,6 +21,7 @@ pub use data::{Batch, Data, GrammarData, GrammarReport, StreamData, TaskReport};
 pub use ensemble::{ensemble_model, soft_attention_report, train_ensemble, EnsembleSummary};
 pub(crate) use loss::split_xy;
 pub use loss::{cross_entropy, distribution_loss, eval_loss};
+pub use pending::Pending;
 pub(crate) use trainer::mix;
 pub use trainer::{StepGradients, StepStats, Trainer};
 
@@ -143,6 +145,12 @@ pub struct RunOptions {
     /// Texts for TensorBoard, written at step 0 of the run's events (tag, Markdown): the
     /// resolved recipe and the graph.
     pub texts: Vec<(String, String)>,
+    /// Steps between reads of the training statistics back to the host (1: every step). The
+    /// losses and gradient norms of the steps between stay on the device and are read all at
+    /// once, also at every evaluation, checkpoint, signal and at the end; the metrics and
+    /// checkpoints are the same whatever the value. A non-finite loss stops the run at the
+    /// next read (naming the step where it happened), before anything is saved.
+    pub read_every: u64,
 }
 
 /// Train `graph` on the recipe's task, writing into `opts.dir`; resumes from
@@ -212,6 +220,11 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
     };
     let mut ds = tr.state.clone();
     let mut micro = draw(&mut data, &mut ds);
+    let read_every = opts.read_every.max(1);
+    // Steps whose statistics are still on the device, and steps read but not yet written.
+    let mut pending: Vec<(u64, Pending)> = Vec::new();
+    let mut ready: Vec<(u64, StepStats)> = Vec::new();
+    let mut last_lr = f64::NAN;
     let mut after = (ds.epoch, ds.pos);
     while !resumed_done && tr.state.step < total {
         let (result, next) = std::thread::scope(|sc| {
@@ -223,7 +236,11 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                     (m, (ds.epoch, ds.pos))
                 })
             });
-            let result = tr.step_batches(&micro, total);
+            let result = if read_every == 1 {
+                Outcome::Read(tr.step_batches(&micro, total))
+            } else {
+                Outcome::Deferred(Box::new(tr.step_deferred(&micro, total)))
+            };
             let next = prefetch.map(|h| h.join().expect("the batch thread does not panic"));
             (result, next)
         });
@@ -232,44 +249,38 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
             micro = m;
             after = a;
         }
-        let stats = match result {
-            Ok(s) => s,
-            Err(value) => {
-                progress.finish();
-                return Err(TrainError::NonFinite {
-                    value,
-                    step: tr.state.step + 1,
-                    kept: if ckpt.exists() {
-                        load_checkpoint(&ckpt)?.2.step
-                    } else {
-                        0
-                    },
-                });
-            }
-        };
         let step = tr.state.step;
-        last_loss = stats.loss;
-        tr.state.last_loss = Some(stats.loss);
-        let mut line = serde_json::json!({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm});
-        if let Some(c) = &t.curriculum {
-            line["seq_len"] = c.length(step - 1, full, per_epoch).into();
+        match result {
+            Outcome::Read(Ok(s)) => ready.push((step, s)),
+            Outcome::Read(Err(value)) => {
+                progress.finish();
+                return Err(non_finite(value, step + 1, &ckpt)?);
+            }
+            Outcome::Deferred(p) => pending.push((step, *p)),
         }
-        if let Some(h) = stats.attention_entropy {
-            line["attention_entropy"] = h.into();
-        }
-        if let Some(h) = stats.harmonic_sparsity {
-            line["harmonic_sparsity"] = h.into();
-        }
-        if let Some(h) = stats.distribution {
-            line["distribution"] = h.into();
-        }
-        if t.frequency_curriculum.is_some() {
-            // 1 once the mask is lifted.
-            line["freq_cutoff"] = stats.freq_cutoff.unwrap_or(1.0).into();
-        }
-        writeln!(metrics, "{line}").map_err(io_at(&metrics_path))?;
-        events.json(step, "train", &line);
         let last = step == total;
+        // Read before the evaluation: a signal that arrives during it is seen at the next step.
+        let signal = crate::os::interrupt::received();
+        let due = signal.is_some()
+            || step % read_every == 0
+            || step % t.eval_every == 0
+            || step % t.checkpoint_every == 0
+            || last;
+        // A non-finite loss stops the run once the steps before it are recorded.
+        let settled = if due {
+            settle(&mut pending, &mut ready, &ckpt)
+        } else {
+            Ok(())
+        };
+        for (s, stats) in ready.drain(..) {
+            let line = train_line(t, s, &stats, full, per_epoch);
+            writeln!(metrics, "{line}").map_err(io_at(&metrics_path))?;
+            events.json(s, "train", &line);
+            last_loss = stats.loss;
+            tr.state.last_loss = Some(stats.loss);
+            last_lr = stats.lr;
+        }
+        settled.inspect_err(|_| progress.finish())?;
         if step % t.eval_every == 0 || last {
             val_loss = data.val_loss(&tr.rt, bs.max(64));
             let st = &mut tr.state;
@@ -295,7 +306,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                 }
             }
             writeln!(metrics, "{line}").map_err(io_at(&metrics_path))?;
-            progress.eval(step, stats.loss, val_loss, stats.lr);
+            progress.eval(step, last_loss, val_loss, last_lr);
             if let Some(es) = &t.early_stopping {
                 if tr.state.since_best >= es.patience {
                     stopped = format!(
@@ -308,8 +319,7 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
                 }
             }
         }
-        progress.step(step, stats.loss, val_loss);
-        let signal = crate::os::interrupt::received();
+        progress.step(step, last_loss, val_loss);
         if step % t.checkpoint_every == 0 || last || signal.is_some() {
             tr.save(&ckpt)?;
         }
@@ -358,6 +368,70 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         ensemble: None,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A step's result: read back at once, or still on the device.
+enum Outcome {
+    Read(Result<StepStats, f64>),
+    Deferred(Box<Pending>),
+}
+
+/// Read the `pending` steps back (one transfer) into `ready`; the first non-finite loss stops
+/// the run.
+fn settle(
+    pending: &mut Vec<(u64, Pending)>,
+    ready: &mut Vec<(u64, StepStats)>,
+    ckpt: &Path,
+) -> Result<(), TrainError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (steps, ps): (Vec<u64>, Vec<Pending>) = pending.drain(..).unzip();
+    for (step, stats) in steps.into_iter().zip(pending::read(&ps)) {
+        if !stats.loss.is_finite() {
+            return Err(non_finite(stats.loss, step, ckpt)?);
+        }
+        ready.push((step, stats));
+    }
+    Ok(())
+}
+
+/// The error of a loss that became `value` at `step`, with the step of the checkpoint kept.
+fn non_finite(value: f64, step: u64, ckpt: &Path) -> Result<TrainError, TrainError> {
+    let kept = if ckpt.exists() {
+        load_checkpoint(ckpt)?.2.step
+    } else {
+        0
+    };
+    Ok(TrainError::NonFinite { value, step, kept })
+}
+
+/// The metrics line of a training step.
+fn train_line(
+    t: &crate::spec::recipe::Train,
+    step: u64,
+    stats: &StepStats,
+    full: u64,
+    per_epoch: u64,
+) -> serde_json::Value {
+    let mut line = serde_json::json!({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm});
+    if let Some(c) = &t.curriculum {
+        line["seq_len"] = c.length(step - 1, full, per_epoch).into();
+    }
+    if let Some(h) = stats.attention_entropy {
+        line["attention_entropy"] = h.into();
+    }
+    if let Some(h) = stats.harmonic_sparsity {
+        line["harmonic_sparsity"] = h.into();
+    }
+    if let Some(h) = stats.distribution {
+        line["distribution"] = h.into();
+    }
+    if t.frequency_curriculum.is_some() {
+        // 1 once the mask is lifted.
+        line["freq_cutoff"] = stats.freq_cutoff.unwrap_or(1.0).into();
+    }
+    line
 }
 
 /// An I/O error with the path it happened on in its message (a full disk or a read-only

@@ -1,6 +1,7 @@
 //! The [`Trainer`]: one optimizer step (forward, loss and backward; global-norm clipping and
 //! the fused AdamW update) and its checkpoint.
 
+use super::pending::{self, Pending};
 use super::{
     checkpoint, cross_entropy, distribution_loss, load_checkpoint, schedule, split_xy, Batch,
     Moments, State, TrainError,
@@ -11,6 +12,7 @@ use crate::runtime::{Aux, Runtime, V};
 use crate::spec::recipe::Optimizer;
 use crate::util::Rng;
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use std::path::Path;
 
 /// Add each parameter's gradient in `grads` to its running sum in `acc`.
@@ -24,6 +26,31 @@ fn accumulate(acc: &mut [Option<Tensor<1>>], rt: &Runtime, grads: &burn::tensor:
             });
         }
     }
+}
+
+/// The squared global norm of `grads` (f32, one element; zero without parameters), on the device.
+fn norm2(grads: &[Tensor<1>], inner: &Device) -> Tensor<1> {
+    grads
+        .iter()
+        .map(|g| g.clone().powi_scalar(2).sum())
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| Tensor::zeros([1], inner))
+}
+
+/// PyTorch's clip factor `min(1, c / (norm + 1e-6))` from the squared norm, on the device. In
+/// f64 where the device has it, so that it equals, bit for bit, the factor computed on the host
+/// from the norm read back (f64 square root, sum and quotient are correctly rounded).
+fn clip_factor(norm2: Tensor<1>, c: f64) -> Tensor<1> {
+    let f64_ok = norm2.device().supports_dtype(FloatDType::F64);
+    let dtype = if f64_ok {
+        FloatDType::F64
+    } else {
+        FloatDType::F32
+    };
+    let norm = norm2.cast(dtype).sqrt();
+    (norm.full_like(c) / norm.add_scalar(1e-6))
+        .clamp_max(1.0)
+        .cast(FloatDType::F32)
 }
 
 pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -146,7 +173,14 @@ impl Trainer {
         Ok(Self::assemble(cfg, rt, mom, state))
     }
 
-    fn assemble(cfg: &crate::spec::recipe::Train, rt: Runtime, mom: Moments, state: State) -> Self {
+    fn assemble(
+        cfg: &crate::spec::recipe::Train,
+        mut rt: Runtime,
+        mom: Moments,
+        state: State,
+    ) -> Self {
+        // A GPU draws dropout keys on the host: no read inside a step.
+        rt.host_dropout_keys = rt.device.clone().without_autodiff() != Device::flex();
         let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
         let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
         Trainer {
@@ -176,6 +210,42 @@ impl Trainer {
     /// their loss and gradients (summed). A non-finite loss is returned as `Err`, with the
     /// model untouched.
     pub fn gradients(&mut self, micro: &[Batch], total: u64) -> Result<StepGradients, f64> {
+        let (grads, pending) = self.forward_backward(micro, total);
+        let stats = pending::read(std::slice::from_ref(&pending))[0];
+        if !stats.loss.is_finite() {
+            return Err(stats.loss);
+        }
+        Ok(StepGradients { grads, stats })
+    }
+
+    /// A whole step that reads nothing back from the device: the losses and the gradient norm
+    /// stay there (read them with [`pending::read`], which gives what [`Trainer::step_batches`]
+    /// gives), and global-norm clipping scales the gradients on the device. The update is
+    /// applied whatever the loss: a caller must read the loss before it saves the model.
+    pub fn step_deferred(&mut self, micro: &[Batch], total: u64) -> Pending {
+        let (grads, mut pending) = self.forward_backward(micro, total);
+        let norm2 = norm2(&grads, &self.rt.device.clone().without_autodiff());
+        let grads = match self.cfg.clip_grad_norm {
+            Some(c) => {
+                let clip = clip_factor(norm2.clone(), c);
+                grads
+                    .into_iter()
+                    .map(|g| {
+                        let n = g.dims()[0];
+                        g * clip.clone().expand([n])
+                    })
+                    .collect()
+            }
+            None => grads,
+        };
+        self.update(grads, pending.lr, 1.0);
+        pending.norm2 = Some(norm2);
+        pending
+    }
+
+    /// The forward and backward passes over the micro-batches: the gradients (per parameter,
+    /// flat, summed) and the step's statistics on the device. Reads nothing back.
+    fn forward_backward(&mut self, micro: &[Batch], total: u64) -> (Vec<Tensor<1>>, Pending) {
         let t = &self.cfg;
         let Optimizer::Adamw { lr, .. } = t.optimizer;
         let rt = &mut self.rt;
@@ -184,12 +254,6 @@ impl Trainer {
         let lr_now = schedule::lr_at(&t.schedule, lr, self.state.step, total);
         // Gradients summed over the accumulation micro-batches.
         let mut acc: Vec<Option<Tensor<1>>> = vec![None; rt.params.len()];
-        let mut loss_sum = 0.0;
-        // Mean attention entropy and harmonic sparsity over the micro-batches, when their
-        // terms are on.
-        let mut entropy: Option<f64> = None;
-        let mut sparsity: Option<f64> = None;
-        let mut distribution: Option<f64> = None;
         let reg = &t.regularizers;
         let aux_on = reg.attention_entropy != 0.0 || reg.harmonic_sparsity != 0.0;
         let fc = t.frequency_curriculum.as_ref();
@@ -199,8 +263,20 @@ impl Trainer {
             slope: fc.and_then(|c| c.slope),
         });
         let n_micro = micro.len() as f64;
+        let mut p = Pending {
+            loss: Vec::with_capacity(micro.len()),
+            entropy: Vec::new(),
+            sparsity: Vec::new(),
+            distribution: Vec::new(),
+            n_micro,
+            norm2: None,
+            lr: lr_now,
+            freq_cutoff: cutoff,
+        };
         for (k, batch) in micro.iter().enumerate() {
-            device.seed(mix(t.seed, self.state.step, k as u64));
+            let seed = mix(t.seed, self.state.step, k as u64);
+            device.seed(seed);
+            rt.seed_dropout(seed);
             let forward = |input: V| {
                 if aux_on {
                     rt.forward_aux(input, true)
@@ -215,8 +291,7 @@ impl Trainer {
                     let mut loss = cross_entropy(logits.clone(), y.clone(), t.label_smoothing);
                     if let Some(d) = &reg.distribution {
                         let term = distribution_loss(logits, y, &d.scales);
-                        let tv: f32 = term.clone().into_scalar();
-                        *distribution.get_or_insert(0.0) += f64::from(tv) / n_micro;
+                        p.distribution.push(term.clone().detach());
                         loss = loss + term.mul_scalar(d.weight);
                     }
                     (loss, aux)
@@ -233,48 +308,53 @@ impl Trainer {
                     ((pred - y.autodiff()).powi_scalar(2).mean(), aux)
                 }
             };
-            for (w, terms, mean) in [
-                (reg.attention_entropy, aux.attention_entropy, &mut entropy),
-                (reg.harmonic_sparsity, aux.harmonic_sparsity, &mut sparsity),
+            for (w, terms, means) in [
+                (reg.attention_entropy, aux.attention_entropy, &mut p.entropy),
+                (
+                    reg.harmonic_sparsity,
+                    aux.harmonic_sparsity,
+                    &mut p.sparsity,
+                ),
             ] {
                 if w != 0.0 && !terms.is_empty() {
                     let h = Tensor::cat(terms, 0).mean();
-                    let hv: f32 = h.clone().into_scalar();
-                    *mean.get_or_insert(0.0) += f64::from(hv) / n_micro;
+                    means.push(h.clone().detach());
                     loss = loss + h.mul_scalar(w);
                 }
             }
             let loss = loss.div_scalar(n_micro);
-            let value: f32 = loss.clone().into_scalar();
-            loss_sum += f64::from(value);
+            p.loss.push(loss.clone().detach());
             accumulate(&mut acc, rt, &loss.backward());
         }
         rt.freq_mask = None;
-        if !loss_sum.is_finite() {
-            return Err(loss_sum);
-        }
         let grads: Vec<Tensor<1>> = acc
             .into_iter()
             .zip(&rt.shapes)
             .map(|(g, s)| g.unwrap_or_else(|| Tensor::zeros([s.iter().product::<usize>()], &inner)))
             .collect();
-        Ok(StepGradients {
-            grads,
-            stats: StepStats {
-                loss: loss_sum,
-                grad_norm: f64::NAN,
-                lr: lr_now,
-                attention_entropy: entropy,
-                harmonic_sparsity: sparsity,
-                distribution,
-                freq_cutoff: cutoff,
-            },
-        })
+        (grads, p)
     }
 
     /// The second phase of a step: global-norm clipping and the AdamW update of every
     /// parameter with the gradients of [`Trainer::gradients`]; the step counts as done.
     pub fn apply(&mut self, g: StepGradients) -> StepStats {
+        let (grads, mut stats) = (g.grads, g.stats);
+        // Global-norm clipping over all parameters together (PyTorch clip_grad_norm_).
+        let inner = self.rt.device.clone().without_autodiff();
+        let norm2: f32 = norm2(&grads, &inner).into_scalar();
+        let norm = f64::from(norm2).sqrt();
+        let clip = self
+            .cfg
+            .clip_grad_norm
+            .map_or(1.0, |c| (c / (norm + 1e-6)).min(1.0));
+        self.update(grads, stats.lr, clip as f32);
+        stats.grad_norm = norm;
+        stats
+    }
+
+    /// The AdamW update of every parameter with `grads` (scaled by `clip` first); the step
+    /// counts as done.
+    fn update(&mut self, grads: Vec<Tensor<1>>, lr_now: f64, clip: f32) {
         let t = &self.cfg;
         let Optimizer::Adamw {
             beta1,
@@ -285,18 +365,6 @@ impl Trainer {
         } = t.optimizer;
         let fc = t.frequency_curriculum.as_ref();
         let rt = &mut self.rt;
-        let (grads, mut stats) = (g.grads, g.stats);
-        let lr_now = stats.lr;
-        // Global-norm clipping over all parameters together (PyTorch clip_grad_norm_).
-        let norm2: f32 = grads
-            .iter()
-            .map(|g| g.clone().powi_scalar(2).sum())
-            .reduce(|a, b| a + b)
-            .map_or(0.0, |t| t.into_scalar());
-        let norm = f64::from(norm2).sqrt();
-        let clip = t
-            .clip_grad_norm
-            .map_or(1.0, |c| (c / (norm + 1e-6)).min(1.0));
         let step1 = self.state.step + 1;
         let (bc1, bc2) = (
             1.0 - beta1.powi(step1 as i32),
@@ -310,7 +378,7 @@ impl Trainer {
             bc1: bc1 as f32,
             bc2: bc2 as f32,
             decay: 1.0,
-            clip: clip as f32,
+            clip,
         };
         // Parameters and moments move out of the runtime and `self.mom` so that the update can
         // reuse their buffers.
@@ -336,8 +404,6 @@ impl Trainer {
         if let Some(c) = fc {
             self.state.freq_clock += c.advance(self.state.since_best);
         }
-        stats.grad_norm = norm;
-        stats
     }
 
     /// Write the checkpoint (weights, moments, state) atomically.

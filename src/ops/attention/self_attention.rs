@@ -257,7 +257,7 @@ impl SelfAttention {
             if ctx.train && p > 0.0 {
                 // The same key, drawn at the same place, as the separate dropout below: the
                 // same mask on the probabilities [b, h, s, t].
-                let key = dropout_key(&q.device());
+                let key = dropout_key(ctx, &q.device());
                 return fused::attention_dropout(q, k, v, scale, vis, p, key);
             }
             return fused::attention(q, k, v, scale, vis);

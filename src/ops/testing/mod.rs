@@ -66,6 +66,8 @@ pub fn ctx(device: &Device, batch: usize, seq: usize) -> Ctx<'_> {
         soft_attention: false,
         freq_mask: None,
         aux: None,
+        consts: None,
+        keys: None,
     }
 }
 
