@@ -8,7 +8,7 @@
 use burn::prelude::*;
 use kiln::runtime::fused::{self, Kernel};
 mod fused_common;
-use fused_common::{flat, max_diff, t, LOCK};
+use fused_common::{assert_ran, flat, max_diff, t, LOCK};
 
 /// `f(x)` with the fused kernels `on` or off, on plain or autodiff tensors: the output and, on
 /// autodiff tensors, x's gradient for the loss `Σ w·y` (w fixed, so each element weighs
@@ -42,17 +42,7 @@ fn run(
         vec![]
     };
     fused::set_enabled(true);
-    let after = fused::calls(kernel);
-    if on {
-        assert!(after.forward > before.forward, "{kernel:?} did not run");
-        assert_eq!(
-            after.backward > before.backward,
-            autodiff,
-            "{kernel:?} backward"
-        );
-    } else {
-        assert_eq!(before, after, "{kernel:?} ran on the plain path");
-    }
+    assert_ran(kernel, before, on, autodiff);
     (flat(y.without_autodiff()), grad)
 }
 

@@ -7,7 +7,7 @@
 use burn::prelude::*;
 use kiln::runtime::fused::{self, Kernel};
 mod fused_common;
-use fused_common::{device, flat, max_diff, t, LOCK};
+use fused_common::{assert_ran, device, flat, max_diff, t, LOCK};
 
 /// `run(autodiff)` with the fused kernels `on` or off; asserts by the run counts that `kernel`
 /// ran forward (and backward on autodiff tensors) exactly when on.
@@ -21,17 +21,7 @@ fn counted(
     let before = fused::calls(kernel);
     let out = run(autodiff);
     fused::set_enabled(true);
-    let after = fused::calls(kernel);
-    if on {
-        assert!(after.forward > before.forward, "{kernel:?} did not run");
-        assert_eq!(
-            after.backward > before.backward,
-            autodiff,
-            "{kernel:?} backward"
-        );
-    } else {
-        assert_eq!(before, after, "{kernel:?} ran on the plain path");
-    }
+    assert_ran(kernel, before, on, autodiff);
     out
 }
 

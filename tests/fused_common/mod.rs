@@ -172,3 +172,20 @@ pub fn run_once<const D: usize, const E: usize>(
     fused::set_enabled(true);
     (out.without_autodiff(), grads)
 }
+
+/// Asserts by the run counts since `before` that `kernel` ran forward (and backward exactly on
+/// autodiff tensors) when `on`, and not at all when off.
+#[track_caller]
+pub fn assert_ran(kernel: Kernel, before: fused::Calls, on: bool, autodiff: bool) {
+    let after = fused::calls(kernel);
+    if on {
+        assert!(after.forward > before.forward, "{kernel:?} did not run");
+        assert_eq!(
+            after.backward > before.backward,
+            autodiff,
+            "{kernel:?} backward"
+        );
+    } else {
+        assert_eq!(before, after, "{kernel:?} ran on the plain path");
+    }
+}
