@@ -180,6 +180,21 @@ fn bench_rejects_generating_past_the_models_positions() {
 }
 
 #[test]
+fn bench_generates_as_many_tokens_as_the_model_reads_by_default() {
+    // No --gen-tokens: 256 would not fit the GFNet's 128 positions, so it generates 128.
+    let out = kiln()
+        .args(["bench", "recipes/anbn-gfnet-frequency.yaml", "--steps", "1"])
+        .args(["--warmup", "0", "--gen-batch", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("generating 128 tokens per sequence"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gen_tokens"], 128, "{v}");
+}
+
+#[test]
 fn bench_measures_training_and_generation_in_f32_and_mixed_bf16() {
     let mut rows = Vec::new();
     for precision in ["f32", "bf16"] {

@@ -157,9 +157,10 @@ pub(super) enum Command {
         /// Timed training steps.
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        /// Tokens generated per sequence (greedy, KV cache); 0 skips generation.
-        #[arg(long, default_value_t = 256)]
-        gen_tokens: usize,
+        /// Tokens generated per sequence (greedy, KV cache); 0 skips generation. Default: 256,
+        /// or as many as the model's positions allow when it reads fewer.
+        #[arg(long)]
+        gen_tokens: Option<usize>,
         /// Sequences generated at once.
         #[arg(long, default_value_t = 4)]
         gen_batch: usize,

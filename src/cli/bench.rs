@@ -11,6 +11,9 @@ use burn::tensor::FloatDType;
 use std::path::Path;
 use std::time::Instant;
 
+/// Tokens generated per sequence when `--gen-tokens` is not given.
+const DEFAULT_GEN_TOKENS: usize = 256;
+
 /// What `kiln bench` measures.
 pub struct BenchArgs<'a> {
     /// The recipe.
@@ -25,8 +28,9 @@ pub struct BenchArgs<'a> {
     pub warmup: usize,
     /// Timed training steps.
     pub steps: usize,
-    /// Generated tokens per sequence (0: no generation benchmark).
-    pub gen_tokens: usize,
+    /// Generated tokens per sequence (0: no generation benchmark); `None`: 256, or the model's
+    /// positions where it reads fewer.
+    pub gen_tokens: Option<usize>,
     /// Sequences generated at once.
     pub gen_batch: usize,
     /// Time every op of the timed steps' forward passes.
@@ -57,17 +61,21 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     tr.rt.matmul_dtype = a.matmul_dtype;
     // Generation starts from a one-token prompt: it reads gen_tokens positions.
     let forecaster = matches!(data, Data::Forecast(_));
-    if let Some(m) = tr
-        .rt
-        .max_positions()
-        .filter(|&m| a.gen_tokens > m && !forecaster)
-    {
-        eprintln!(
-            "error: the model reads at most {m} positions, so it can generate at most {m} tokens after the one-token prompt, but --gen-tokens asked for {}; lower --gen-tokens",
-            a.gen_tokens
-        );
-        return 2;
-    }
+    let limit = tr.rt.max_positions().filter(|_| !forecaster);
+    let gen_tokens = match (a.gen_tokens, limit) {
+        (Some(n), Some(m)) if n > m => {
+            eprintln!(
+                "error: the model reads at most {m} positions, so it can generate at most {m} tokens after the one-token prompt, but --gen-tokens asked for {n}; lower --gen-tokens"
+            );
+            return 2;
+        }
+        (Some(n), _) => n,
+        (None, Some(m)) if m < DEFAULT_GEN_TOKENS => {
+            eprintln!("generating {m} tokens per sequence: the model reads at most {m} positions");
+            m
+        }
+        (None, _) => DEFAULT_GEN_TOKENS,
+    };
     let bs = data.batch_size(t.batch_size as usize);
     let total = (a.warmup + a.steps) as u64;
     let mut tokens = 0usize;
@@ -196,7 +204,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         out["train_tokens_per_s"] = serde_json::Value::Null;
         out["train_matmul_gflops"] = serde_json::Value::Null;
     }
-    if a.gen_tokens > 0 && !forecaster {
+    if gen_tokens > 0 && !forecaster {
         let weights = tr.rt.values();
         let rt = match Runtime::with_values(graph, a.device.device(false), &weights) {
             Ok(mut rt) => {
@@ -208,7 +216,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
                 return 1;
             }
         };
-        let len = a.gen_tokens + 1;
+        let len = gen_tokens + 1;
         // An encoder-decoder's rows start with its source (all zeros here), which the
         // lengths do not count.
         let src = rt.source_len().unwrap_or(0);
