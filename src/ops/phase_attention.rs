@@ -179,11 +179,18 @@ impl PhaseAttention {
         let blend = port(p, ins, "blend").f1();
         let [_, _, s, e] = q.dims();
         let np = ph.dims()[3];
-        let dots = mm(q, keys.k.swap_dims(2, 3), ctx).mul_scalar(1.0 / (e as f64).sqrt());
         let (cq, sq) = (ph.clone().cos(), ph.sin());
         let (ck, sk) = (keys.phase.clone().cos(), keys.phase.sin());
         let tr = |x: Tensor<4>| x.swap_dims(2, 3);
-        let coherence = if self.complex {
+        let weight = |i: usize, scale: f64| {
+            blend
+                .clone()
+                .narrow(0, i, 1)
+                .reshape([1, 1, 1, 1])
+                .mul_scalar(scale)
+        };
+        let dot_weight = weight(0, 1.0 / (e as f64).sqrt());
+        let logits = if self.complex {
             let aq = port(p, ins, "amp").f4();
             let ak = keys.amp.expect("complex mode has amplitudes");
             let (caq, saq) = (aq.clone() * cq, aq.clone() * sq);
@@ -191,17 +198,23 @@ impl PhaseAttention {
             let re = mm(caq.clone(), tr(cak.clone()), ctx) + mm(saq.clone(), tr(sak.clone()), ctx);
             let im = mm(saq, tr(cak), ctx) - mm(caq, tr(sak), ctx);
             let norm = mm(aq, tr(ak), ctx);
-            (re.powi_scalar(2) + im.powi_scalar(2))
+            let coherence = (re.powi_scalar(2) + im.powi_scalar(2))
                 .add_scalar(1e-12)
                 .sqrt()
-                / norm.add_scalar(1e-6)
+                / norm.add_scalar(1e-6);
+            mm(q * dot_weight, tr(keys.k), ctx) + coherence * weight(1, 1.0)
         } else {
-            // mean cos(φ − φ') = (cos φ · cos φ' + sin φ · sin φ') / P: one product over both.
-            let (q2, k2) = (Tensor::cat(vec![cq, sq], 3), Tensor::cat(vec![ck, sk], 3));
-            mm(q2, tr(k2), ctx).div_scalar(np as f64)
+            // blend₀ q·k/√e + blend₁ mean cos(φ − φ'), and mean cos(φ − φ') = (cos φ · cos φ' +
+            // sin φ · sin φ') / P: one product of [q w₀, cos φ w₁, sin φ w₁] with [k, cos φ',
+            // sin φ'], the weights on the query side (s × (e + 2P) values, not s × s).
+            let coh_weight = weight(1, 1.0 / np as f64);
+            let qs = Tensor::cat(
+                vec![q * dot_weight, cq * coh_weight.clone(), sq * coh_weight],
+                3,
+            );
+            let ks = Tensor::cat(vec![keys.k, ck, sk], 3);
+            mm(qs, tr(ks), ctx)
         };
-        let logits = dots * blend.clone().narrow(0, 0, 1).reshape([1, 1, 1, 1])
-            + coherence * blend.narrow(0, 1, 1).reshape([1, 1, 1, 1]);
         // Query i (absolute position offset + i) sees keys j ≤ offset + i.
         let vis = fused::Visible {
             queries: s,
