@@ -224,16 +224,7 @@ pub fn attention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, check_grad, data, weighted};
-
-    /// A dense `[n0, n1, rows, cols]` view.
-    fn dense(v: &[f32], [_, n1, rows, cols]: [usize; 4]) -> View4<'_> {
-        View4 {
-            data: v,
-            off: 0,
-            strides: [n1 * rows * cols, rows * cols, cols],
-        }
-    }
+    use crate::testing::{assert_close, check_grad, data, dense, weighted};
 
     /// `[n0, a, b, d]` values laid out as `[n0, b, a, d]`.
     fn swap12(v: &[f32], [n0, a, b, d]: [usize; 4]) -> Vec<f32> {

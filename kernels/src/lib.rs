@@ -126,6 +126,15 @@ pub fn test_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 mod testing {
     pub(crate) use crate::test_values as data;
 
+    /// A dense `[n0, n1, rows, cols]` view.
+    pub(crate) fn dense(v: &[f32], [_, n1, rows, cols]: [usize; 4]) -> crate::View4<'_> {
+        crate::View4 {
+            data: v,
+            off: 0,
+            strides: [n1 * rows * cols, rows * cols, cols],
+        }
+    }
+
     /// `Σ w·y` in f64: the loss whose gradient with respect to y is `w`.
     pub(crate) fn weighted(y: &[f32], w: &[f32]) -> f64 {
         assert_eq!(y.len(), w.len());

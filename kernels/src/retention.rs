@@ -254,16 +254,7 @@ pub fn retention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, check_grad, data, weighted};
-
-    /// A dense `[n0, n1, rows, cols]` view.
-    fn dense(v: &[f32], [_, n1, rows, cols]: [usize; 4]) -> View4<'_> {
-        View4 {
-            data: v,
-            off: 0,
-            strides: [n1 * rows * cols, rows * cols, cols],
-        }
-    }
+    use crate::testing::{assert_close, check_grad, data, dense, weighted};
 
     fn sh(batch: usize, heads: usize, len: usize, key_dim: usize, value_dim: usize) -> RetShape {
         RetShape {
