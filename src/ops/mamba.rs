@@ -385,12 +385,7 @@ mod tests {
                 out_seq: Some(1),
                 tol: 1e-4,
             };
-            case.infers_the_forward_shape();
-            case.matches_the_reference();
-            case.gradients_reach_every_input(&[]);
-            case.later_positions_change_no_earlier_output();
-            case.decodes_like_the_whole_sequence(prompt);
-            case.decodes_after_reordering_rows(prompt, &case.reversed_rows());
+            case.passes_the_checks_of_a_decoding_op(prompt, &case.reversed_rows());
         }
     }
 

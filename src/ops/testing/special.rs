@@ -61,6 +61,19 @@ pub fn select_rows(t: &RefTensor, rows: &[usize]) -> RefTensor {
 }
 
 impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
+    /// The checks of an op that decodes with a state: the forward shape, the float64
+    /// reference, gradients reaching every input, causality by perturbation, cached decoding
+    /// after a `prompt`-position prompt, and decoding after beam search reorders the rows to
+    /// `rows`.
+    pub fn passes_the_checks_of_a_decoding_op(&self, prompt: usize, rows: &[usize]) {
+        self.infers_the_forward_shape();
+        self.matches_the_reference();
+        self.gradients_reach_every_input(&[]);
+        self.later_positions_change_no_earlier_output();
+        self.decodes_like_the_whole_sequence(prompt);
+        self.decodes_after_reordering_rows(prompt, rows);
+    }
+
     /// The batch rows in reverse order (an argument of
     /// [`Case::decodes_after_reordering_rows`]).
     pub fn reversed_rows(&self) -> Vec<usize> {
