@@ -349,6 +349,63 @@ fn attention_dropout_matches_softmax_dropout_matmul() {
     }
 }
 
+/// Hard attention in the fused kernel against its plain path (masked scores, one-hot weights
+/// on each row's maximum, straight-through in training, the dropout of the weights): values
+/// and every gradient, with and without dropout. Outside training the fused kernel serves
+/// plain tensors only (hard weights give q and k no gradient there).
+#[test]
+fn hard_attention_matches_its_plain_path() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // ([b, query heads, KV heads, s, t, d], causal, offset, dropout)
+    let cases = [
+        ([2, 4, 2, 3, 3, 4], true, 0, None),
+        ([1, 3, 3, 5, 9, 7], true, 4, Some(0.5)),
+        ([3, 2, 2, 7, 11, 5], false, 0, None),
+        ([2, 4, 2, 37, 37, 8], true, 0, Some(0.1)),
+        ([1, 2, 1, 35, 45, 8], true, 10, None),
+    ];
+    for (i, ([b, h, hk, s, tk, d], causal, offset, p)) in cases.into_iter().enumerate() {
+        let vis = vis(s, causal, offset);
+        let drop = p.map(|p| (p, 2000 + i as u64));
+        let case = format!("({b},{h},{hk},{s},{tk},{d}) {vis:?} {drop:?}");
+        let make = |dev: &Device| {
+            vec![
+                t([b, s, h, d], 22, 1.5, dev).swap_dims(1, 2),
+                t([b, tk, hk, d], 23, 1.5, dev).swap_dims(1, 2),
+                t([b, tk, hk, d], 24, 1.5, dev).swap_dims(1, 2),
+            ]
+        };
+        let hard = |train: bool| {
+            move |x: Vec<Tensor<4>>| {
+                let qkv = (x[0].clone(), x[1].clone(), x[2].clone());
+                fused::attention_hard(qkv, 0.7, vis, drop, train)
+            }
+        };
+        let (v, g) = compare(Kernel::Attention, make, hard(true));
+        assert!(v < 1e-5, "{case}: values differ by {v}");
+        for (name, g) in ["q", "k", "v"].iter().zip(&g) {
+            assert!(*g < 1e-5, "{case}: {name} gradients differ by {g}");
+        }
+        // Outside training (dropout is a training matter).
+        let infer = |x: Vec<Tensor<4>>| {
+            let qkv = (x[0].clone(), x[1].clone(), x[2].clone());
+            fused::attention_hard(qkv, 0.7, vis, None, false)
+        };
+        let (a, _) = counted(&[Kernel::Attention], true, false, || {
+            run_once(&make, &infer, true, false)
+        });
+        let (z, _) = counted(&[Kernel::Attention], false, false, || {
+            run_once(&make, &infer, false, false)
+        });
+        let v = max_diff(a.clone(), z);
+        assert!(v < 1e-5, "{case}: inference values differ by {v}");
+        // The weights are hard: the output differs from soft attention's.
+        let x = make(&Device::flex());
+        let soft = fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis);
+        assert!(max_diff(a, soft) > 1e-3, "{case}: the weights are soft");
+    }
+}
+
 #[test]
 fn linear_matches_matmul_and_bias() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());

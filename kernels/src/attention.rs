@@ -55,11 +55,64 @@ fn attn_blocks(rows: usize, keys: usize, vis: Visible) -> Vec<(usize, usize, usi
     out
 }
 
-/// The dropout of a block's probabilities `pb` (rows of `t`, the block's first element at
-/// index `first` of p) into `out`, rows of their first `lim` keys.
-fn drop_block(dr: &Dropout, first: usize, pb: &[f32], t: usize, lim: usize, out: &mut [f32]) {
-    for (i, (row, out)) in pb.chunks(t).zip(out.chunks_mut(lim)).enumerate() {
+/// The dropout of a block's weights `pb` (rows `rs` apart; the block's first element is at
+/// index `first` of p, whose rows are `t` long) into `out`, rows of their first `lim` keys.
+fn drop_block(
+    dr: &Dropout,
+    (first, t): (usize, usize),
+    pb: &[f32],
+    rs: usize,
+    lim: usize,
+    out: &mut [f32],
+) {
+    for (i, (row, out)) in pb.chunks(rs).zip(out.chunks_mut(lim)).enumerate() {
         dropout_row(dr, first + i * t, &row[..lim], out);
+    }
+}
+
+/// How the values are weighed, beyond the softmax of the scores.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Weighing<'a> {
+    /// Dropout of the weights before the product with v.
+    pub drop: Option<&'a Dropout>,
+    /// Hard attention: each row's weights are one-hot on its largest visible score (tied
+    /// maxima share the weight equally), and their gradient is the softmax's
+    /// (straight-through: `soft + (hard − soft)` with the difference held constant).
+    pub hard: bool,
+}
+
+/// Hard attention's weights of one row of raw scores: `out[j] = 1 / #ties` where
+/// `scores[j]` is the row's largest score (over its first `n`), else 0; `out` is as long as
+/// `scores`.
+fn hard_row(scores: &[f32], n: usize, out: &mut [f32]) {
+    let m = scores[..n]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let hits = scores[..n].iter().filter(|&&x| x == m).count();
+    let w = 1.0 / hits as f32;
+    for (j, (o, &x)) in out.iter_mut().zip(scores).enumerate() {
+        *o = if j < n && x == m { w } else { 0.0 };
+    }
+}
+
+/// The weights of the values of one block: the softmax probabilities `pb` (rows of `t`), or
+/// with `hard` the one-hot rows in `hard` (rows of `lim`), then dropped out into `dropped`
+/// (rows of `lim`) with `drop`. `first`: the index of the block's first element in p.
+fn value_weights<'b>(
+    how: Weighing,
+    (first, t, lim): (usize, usize, usize),
+    pb: &'b [f32],
+    hard: &'b [f32],
+    dropped: &'b mut [f32],
+) -> Mat<'b> {
+    let (src, rs) = if how.hard { (hard, lim) } else { (pb, t) };
+    match how.drop {
+        Some(dr) => {
+            drop_block(dr, (first, t), src, rs, lim, dropped);
+            Mat::rows(dropped, lim)
+        }
+        None => Mat::rows(src, rs),
     }
 }
 
@@ -73,10 +126,11 @@ fn drop_block(dr: &Dropout, first: usize, pb: &[f32], t: usize, lim: usize, out:
 /// the length. Batch rows run in parallel; each holds the scores of one block of
 /// [`ATTN_BLOCK`] rows at a time.
 ///
-/// With `drop`, the probabilities are dropped out before the product with v: element
+/// With `how.drop`, the weights are dropped out before the product with v: element
 /// `((b·heads + h)·queries + i)·keys + j` of p (its row-major index) is kept, and scaled by
 /// `1 / (1 − p)`, exactly when [`Dropout::keeps`] says so, the mask [`crate::dropout`] applies to
-/// the tensor p with the same key.
+/// the tensor p with the same key. With `how.hard`, the weights are one-hot on each row's
+/// largest score (see [`Weighing`]); the statistics are still the softmax's.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: View4,
@@ -85,7 +139,7 @@ pub fn attention(
     sh: AttnShape,
     scale: f32,
     vis: Visible,
-    drop: Option<&Dropout>,
+    how: Weighing,
     stats: Option<&mut [f32]>,
     o: &mut [f32],
 ) {
@@ -100,28 +154,32 @@ pub fn attention(
         .enumerate()
         .for_each(|(bi, (o, mut stats))| {
             let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
-            // The dropped probabilities of one block, rows of its `lim` keys.
-            let mut dropped = vec![0.0f32; if drop.is_some() { ATTN_BLOCK * t } else { 0 }];
+            // The dropped weights and the hard weights of one block, rows of its `lim` keys.
+            let mut dropped = block_buffer(how.drop.is_some(), t);
+            let mut hard = block_buffer(how.hard, t);
+            // Hard weights without a backward pass to come need no softmax.
+            let soft = !how.hard || stats.is_some();
             for h in 0..heads {
                 let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
                 for &(r0, n, lim) in &blocks {
                     let pb = &mut scratch[..n * t];
                     matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
                     for (i, row) in pb.chunks_mut(t).enumerate() {
-                        let st = softmax_in_place(&mut row[..lim], vis.limit(r0 + i, t));
+                        let seen = vis.limit(r0 + i, t);
+                        if how.hard {
+                            hard_row(&row[..lim], seen, &mut hard[i * lim..(i + 1) * lim]);
+                        }
+                        if !soft {
+                            continue;
+                        }
+                        let st = softmax_in_place(&mut row[..lim], seen);
                         if let Some(stats) = stats.as_deref_mut() {
                             let at = 2 * (h * s + r0 + i);
                             (stats[at], stats[at + 1]) = st;
                         }
                     }
-                    let pm = match drop {
-                        Some(dr) => {
-                            let first = ((bi * heads + h) * s + r0) * t;
-                            drop_block(dr, first, pb, t, lim, &mut dropped);
-                            Mat::rows(&dropped, lim)
-                        }
-                        None => Mat::rows(pb, t),
-                    };
+                    let first = ((bi * heads + h) * s + r0) * t;
+                    let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
                     let ob = &mut o[r0 * heads * d + h * d..];
                     matmul(ob, heads * d, (n, d, lim), (pm, vm), false, 1.0);
                 }
@@ -129,12 +187,19 @@ pub fn attention(
         });
 }
 
+/// A block's buffer of weights (`ATTN_BLOCK` rows of up to `t` keys) where `used`, else empty.
+fn block_buffer(used: bool, t: usize) -> Vec<f32> {
+    vec![0.0f32; if used { ATTN_BLOCK * t } else { 0 }]
+}
+
 /// The gradients of [`attention`] from its inputs, the row statistics its forward pass wrote
 /// and the output's gradient `go` (a view like q): writes `dq` laid out as `[batch, queries,
 /// heads, dim]` and `dk`, `dv` as `[batch, keys, kv_heads, dim]`. Each block's scores are
 /// computed again and turned into the forward pass's probabilities to the bit (the same
-/// products and the same `exp`); with the forward pass's `drop`, the mask is computed again
-/// from its key and each element's index. Nothing of size queries × keys is kept.
+/// products and the same `exp`); with the forward pass's `how.drop`, the mask is computed
+/// again from its key and each element's index; with `how.hard`, v's gradient comes from the
+/// hard weights and the scores' from the softmax (straight-through). Nothing of size queries ×
+/// keys is kept.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     (q, k, v, go): (View4, View4, View4, View4),
@@ -142,7 +207,7 @@ pub fn attention_backward(
     sh: AttnShape,
     scale: f32,
     vis: Visible,
-    drop: Option<&Dropout>,
+    how: Weighing,
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
@@ -161,7 +226,8 @@ pub fn attention_backward(
             dk.fill(0.0);
             dv.fill(0.0);
             let mut ds = vec![0.0f32; ATTN_BLOCK * t];
-            let mut dropped = vec![0.0f32; if drop.is_some() { ATTN_BLOCK * t } else { 0 }];
+            let mut dropped = block_buffer(how.drop.is_some(), t);
+            let mut hard = block_buffer(how.hard, t);
             let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
             for h in 0..heads {
                 let kh = h / group;
@@ -173,19 +239,16 @@ pub fn attention_backward(
                     matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
                     for (i, row) in pb.chunks_mut(t).enumerate() {
                         let at = 2 * (bi * per + h * s + r0 + i);
-                        let st = (stats[at], stats[at + 1]);
-                        softmax_from_stats(&mut row[..lim], vis.limit(r0 + i, t), st);
+                        let (st, seen) = ((stats[at], stats[at + 1]), vis.limit(r0 + i, t));
+                        if how.hard {
+                            hard_row(&row[..lim], seen, &mut hard[i * lim..(i + 1) * lim]);
+                        }
+                        softmax_from_stats(&mut row[..lim], seen, st);
                     }
                     let pb = &*pb;
-                    let pm = match drop {
-                        Some(dr) => {
-                            drop_block(dr, first, pb, t, lim, &mut dropped);
-                            Mat::rows(&dropped, lim)
-                        }
-                        None => Mat::rows(pb, t),
-                    };
+                    let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
                     let gob = gm.skip_rows(r0);
-                    // dv += (dropped p)ᵀ · go
+                    // dv += (dropped weights)ᵀ · go
                     matmul(
                         &mut dv[kh * d..],
                         kv_rs,
@@ -198,7 +261,7 @@ pub fn attention_backward(
                     // `lim`
                     matmul(&mut ds, lim, (n, lim, d), (gob, vm.t()), false, 1.0);
                     for (i, g) in ds.chunks_mut(lim).take(n).enumerate() {
-                        if let Some(dr) = drop {
+                        if let Some(dr) = how.drop {
                             dropout_in_place_chunk(dr, first + i * t, g);
                         }
                         softmax_grad_in_place(&pb[i * t..i * t + lim], g);
@@ -278,7 +341,7 @@ mod tests {
         v: &[f32],
         sh: AttnShape,
         vis: Visible,
-        drop: Option<&Dropout>,
+        how: Weighing,
     ) -> (Vec<f32>, Vec<f32>) {
         let AttnShape {
             batch: b,
@@ -291,10 +354,10 @@ mod tests {
         let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * d]);
         let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
         let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, ks));
-        attention(q, k, v, sh, 0.7, vis, drop, Some(&mut st), &mut o);
+        attention(q, k, v, sh, 0.7, vis, how, Some(&mut st), &mut o);
         // Without the statistics (no backward pass to come): the same output to the bit.
         let mut o2 = vec![0.0f32; o.len()];
-        attention(q, k, v, sh, 0.7, vis, drop, None, &mut o2);
+        attention(q, k, v, sh, 0.7, vis, how, None, &mut o2);
         assert_eq!(o, o2, "{sh:?} {vis:?}");
         (o, st)
     }
@@ -304,9 +367,26 @@ mod tests {
         [None, Some(Dropout::new(5, 0.3))]
     }
 
+    /// Every case with every dropout, soft and hard.
+    fn variants() -> Vec<((AttnShape, Visible), Option<Dropout>, bool)> {
+        let mut out = Vec::new();
+        for c in cases() {
+            for d in drops() {
+                for hard in [false, true] {
+                    out.push((c, d, hard));
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn attention_matches_its_definition() {
-        for ((sh, vis), drop) in cases().into_iter().flat_map(|c| drops().map(|d| (c, d))) {
+        for ((sh, vis), drop, hard) in variants() {
+            let how = Weighing {
+                drop: drop.as_ref(),
+                hard,
+            };
             let AttnShape {
                 batch: b,
                 heads: h,
@@ -317,7 +397,7 @@ mod tests {
             } = sh;
             let q = data(b * h * s * d, 1, 1.5);
             let (k, v) = (data(b * hk * t * d, 2, 1.5), data(b * hk * t * d, 3, 1.5));
-            let (o, _) = run(&q, &k, &v, sh, vis, drop.as_ref());
+            let (o, _) = run(&q, &k, &v, sh, vis, how);
             let mut want = vec![0.0f64; o.len()];
             for bi in 0..b {
                 for hi in 0..h {
@@ -339,6 +419,14 @@ mod tests {
                             .collect();
                         let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                         let z: f64 = scores.iter().map(|x| (x - mx).exp()).sum();
+                        // Hard: one-hot on the largest score (no ties in this data).
+                        let weight = |sc: f64| {
+                            if hard {
+                                f64::from(u8::from(sc == mx))
+                            } else {
+                                (sc - mx).exp() / z
+                            }
+                        };
                         let out = &mut want[((bi * s + i) * h + hi) * d..][..d];
                         for (j, sc) in scores.iter().enumerate() {
                             let vr = kv(&v, j);
@@ -352,20 +440,32 @@ mod tests {
                                 }
                             });
                             for l in 0..d {
-                                out[l] += m * (sc - mx).exp() / z * vr[l] as f64;
+                                out[l] += m * weight(*sc) * vr[l] as f64;
                             }
                         }
                     }
                 }
             }
-            assert_close(&format!("{sh:?} {vis:?} {drop:?}"), &o, &want, 1e-5);
+            assert_close(&format!("{sh:?} {vis:?} {how:?}"), &o, &want, 1e-5);
         }
     }
 
     #[test]
+    fn hard_weights_share_tied_maxima() {
+        let mut out = [9.0f32; 5];
+        hard_row(&[0.5, 2.0, -1.0, 2.0, 7.0], 4, &mut out);
+        assert_eq!(out, [0.0, 0.5, 0.0, 0.5, 0.0]);
+    }
+
+    /// Hard attention's gradients: v's those of its forward pass (linear in v), the scores'
+    /// the softmax's (straight-through), so q's and k's are soft attention's to the bit.
+    #[test]
     fn the_gradients_match_finite_differences() {
-        for ((sh, vis), drop) in cases().into_iter().flat_map(|c| drops().map(|d| (c, d))) {
-            let drop = drop.as_ref();
+        for ((sh, vis), drop, hard) in variants() {
+            let how = Weighing {
+                drop: drop.as_ref(),
+                hard,
+            };
             let AttnShape {
                 batch: b,
                 heads: h,
@@ -379,26 +479,34 @@ mod tests {
             let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * d, 6, 1.5));
             // The loss's weights, laid out like o: [b, s, h, d].
             let w = data(b * s * h * d, 7, 1.0);
-            let (_, st) = run(&q, &k, &v, sh, vis, drop);
-            let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
-            let mut dv = vec![0.0f32; v.len()];
-            // o's gradient read as [b, h, s, d] through its [b, s, h, d] layout.
-            let go = View4 {
-                data: &w,
-                off: 0,
-                strides: [s * h * d, d, h * d],
+            let (_, st) = run(&q, &k, &v, sh, vis, how);
+            let grads = |how| {
+                let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
+                let mut dv = vec![0.0f32; v.len()];
+                // o's gradient read as [b, h, s, d] through its [b, s, h, d] layout.
+                let go = View4 {
+                    data: &w,
+                    off: 0,
+                    strides: [s * h * d, d, h * d],
+                };
+                let ins = (dense(&q, qs), dense(&k, ks), dense(&v, ks), go);
+                attention_backward(ins, &st, sh, 0.7, vis, how, &mut dq, &mut dk, &mut dv);
+                // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, d].
+                let dq = swap12(&dq, [b, s, h, d]);
+                (dq, swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, d]))
             };
-            let ins = (dense(&q, qs), dense(&k, ks), dense(&v, ks), go);
-            attention_backward(ins, &st, sh, 0.7, vis, drop, &mut dq, &mut dk, &mut dv);
-            // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, d].
-            let case = format!("{sh:?} {vis:?} {drop:?}");
-            let dq = swap12(&dq, [b, s, h, d]);
-            let (dk, dv) = (swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, d]));
+            let (dq, dk, dv) = grads(how);
+            let case = format!("{sh:?} {vis:?} {how:?}");
             let loss =
-                |q: &[f32], k: &[f32], v: &[f32]| weighted(&run(q, k, v, sh, vis, drop).0, &w);
+                |q: &[f32], k: &[f32], v: &[f32]| weighted(&run(q, k, v, sh, vis, how).0, &w);
+            check_grad(&format!("{case} dv"), &v, &dv, |v| loss(&q, &k, v));
+            if hard {
+                let (sq, sk, _) = grads(Weighing { hard: false, ..how });
+                assert_eq!((dq, dk), (sq, sk), "{case}");
+                continue;
+            }
             check_grad(&format!("{case} dq"), &q, &dq, |q| loss(q, &k, &v));
             check_grad(&format!("{case} dk"), &k, &dk, |k| loss(&q, k, &v));
-            check_grad(&format!("{case} dv"), &v, &dv, |v| loss(&q, &k, v));
         }
     }
 

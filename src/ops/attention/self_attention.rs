@@ -233,12 +233,12 @@ impl SelfAttention {
             offset: ctx.offset,
         };
         let inv_sqrt = 1.0 / (d as f64).sqrt();
-        // Plain attention is one fused op (the 1/√d scale folded into its product, the dropout
-        // of the probabilities in training inside it); the variants that change or read the
-        // probabilities (hard and adaptive attention, key padding, the entropy term, mixed
+        // Plain and hard attention are one fused op (the 1/√d scale folded into its product,
+        // the dropout of the weights in training inside it); the variants that change or read
+        // the probabilities (adaptive attention, key padding, the entropy term, mixed
         // precision) are built from tensor ops.
-        let variant = self.hard
-            || (self.adaptive && !ctx.train)
+        let hard = self.hard && !ctx.soft_attention;
+        let variant = (!hard && self.adaptive && !ctx.train)
             || self.key_mask
             || ctx.aux.is_some()
             || ctx.matmul_dtype.is_some();
@@ -254,13 +254,14 @@ impl SelfAttention {
         };
         if !variant {
             let scale = factor.unwrap_or(1.0) as f32;
-            if ctx.train && p > 0.0 {
-                // The same key, drawn at the same place, as the separate dropout below: the
-                // same mask on the probabilities [b, h, s, t].
-                let key = dropout_key(ctx, &q.device());
-                return fused::attention_dropout(q, k, v, scale, vis, p, key);
-            }
-            return fused::attention(q, k, v, scale, vis);
+            // The same key, drawn at the same place, as the separate dropout below: the same
+            // mask on the weights [b, h, s, t].
+            let drop = (ctx.train && p > 0.0).then(|| (p, dropout_key(ctx, &q.device())));
+            return match (hard, drop) {
+                (true, drop) => fused::attention_hard((q, k, v), scale, vis, drop, ctx.train),
+                (false, Some((p, key))) => fused::attention_dropout(q, k, v, scale, vis, p, key),
+                (false, None) => fused::attention(q, k, v, scale, vis),
+            };
         }
         let q = match factor {
             Some(f) => q.mul_scalar(f),
@@ -271,7 +272,7 @@ impl SelfAttention {
         if self.key_mask {
             scores = add_key_bias(scores, port::<&V>(ports, ins, "key_mask"));
         }
-        let probs = if self.hard && !ctx.soft_attention {
+        let probs = if hard {
             hard_weights(fused::softmax_plain_mask(scores, vis), ctx.train)
         } else if self.adaptive && !ctx.train {
             adaptive_softmax(fused::softmax_plain_mask(scores, vis))

@@ -5,26 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::activation;
 
-/// Hard attention weights: one-hot on each row's largest score. In training, straight-through:
-/// the value of the hard weights with the gradient of the softmax ones.
-pub(super) fn hard_weights(scores: Tensor<4>, train: bool) -> Tensor<4> {
-    let hard = argmax_weights(scores.clone());
-    if train {
-        let soft = activation::softmax(scores, 3);
-        soft.clone() + (hard - soft).detach()
-    } else {
-        hard
-    }
-}
-
-/// One-hot weights on the largest score of each row (along the last axis); tied maxima share
-/// the weight equally.
-fn argmax_weights(scores: Tensor<4>) -> Tensor<4> {
-    let dims = scores.dims();
-    let max = scores.clone().max_dim(3).expand(dims);
-    let hit = scores.equal(max).float();
-    hit.clone() / hit.sum_dim(3)
-}
+pub(super) use crate::runtime::fused::hard_weights;
 
 /// The entropy-adaptive temperature of Veličković et al. (2024): rows whose softmax entropy H
 /// exceeds 0.5 are recomputed as softmax(β·scores) with β = max(poly(H), 1).

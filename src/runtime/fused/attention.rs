@@ -6,13 +6,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::Flex;
 use burn::prelude::*;
+use burn::tensor::activation;
 use burn_flex::FlexTensor;
 use kiln_kernels as k;
 use std::sync::Arc;
 
 use super::dropout::dropout_plain;
 use super::lane::{back, heads_view, lane, record, shape_of, values_len, view, viewable, Lane};
-use super::softmax::softmax_plain;
+use super::softmax::{softmax_plain, softmax_plain_mask};
 use super::{Kernel, Visible};
 
 #[derive(Debug)]
@@ -31,6 +32,17 @@ struct AttnState {
     vis: Visible,
     /// The dropout of the probabilities (its mask is computed again from the key).
     drop: Option<k::Dropout>,
+    /// Hard attention (straight-through).
+    hard: bool,
+}
+
+impl AttnState {
+    fn weighing(&self) -> k::Weighing<'_> {
+        k::Weighing {
+            drop: self.drop.as_ref(),
+            hard: self.hard,
+        }
+    }
 }
 
 impl Backward<Flex, 3> for AttentionBackward {
@@ -50,7 +62,7 @@ impl Backward<Flex, 3> for AttentionBackward {
             sh,
             st.scale,
             st.vis,
-            st.drop.as_ref(),
+            st.weighing(),
             &mut dq,
             &mut dk,
             &mut dv,
@@ -74,7 +86,7 @@ fn attention_forward(
     v: &FlexTensor,
     scale: f32,
     vis: Visible,
-    drop: Option<&k::Dropout>,
+    how: k::Weighing,
     keep: bool,
 ) -> (FlexTensor, Option<Vec<f32>>, k::AttnShape) {
     let (qs, ks) = (shape_of(q), shape_of(kt));
@@ -89,7 +101,7 @@ fn attention_forward(
     let mut stats = keep.then(|| vec![0.0f32; sh.batch * sh.heads * sh.queries * 2]);
     let mut o = vec![0.0f32; values_len(&qs)];
     let st = stats.as_deref_mut();
-    k::attention(view(q), view(kt), view(v), sh, scale, vis, drop, st, &mut o);
+    k::attention(view(q), view(kt), view(v), sh, scale, vis, how, st, &mut o);
     Kernel::Attention.ran();
     (heads_view(o, [qs[0], qs[1], qs[2], qs[3]]), stats, sh)
 }
@@ -102,7 +114,7 @@ fn attention_forward(
 /// the output and q's gradient come laid out as `[b, s, h, d]`, so merging and splitting the
 /// heads costs no copy either. Equal to [`attention_plain`].
 pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
-    attend(q, kt, v, scale, vis, None)
+    attend(q, kt, v, scale, vis, None, None)
 }
 
 /// [`attention`] with dropout of probability `p` (in [0, 1]) on the probabilities, inside the
@@ -119,9 +131,25 @@ pub fn attention_dropout(
     p: f64,
     key: u64,
 ) -> Tensor<4> {
-    attend(q, kt, v, scale, vis, Some((p, key)))
+    attend(q, kt, v, scale, vis, Some((p, key)), None)
 }
 
+/// Hard attention: [`attention`] (or [`attention_dropout`] with `drop = (p, key)`) with each
+/// row's weights one-hot on its largest visible score, tied maxima sharing the weight. In
+/// training (`train`), straight-through: the scores' gradient is the softmax's and v's that of
+/// the hard weights; outside training the weights carry no gradient to q and k. Equal to
+/// [`attention_hard_plain`].
+pub fn attention_hard(
+    (q, kt, v): (Tensor<4>, Tensor<4>, Tensor<4>),
+    scale: f32,
+    vis: Visible,
+    drop: Option<(f64, u64)>,
+    train: bool,
+) -> Tensor<4> {
+    attend(q, kt, v, scale, vis, drop, Some(train))
+}
+
+/// `hard`: `Some(train)` for hard attention.
 fn attend(
     q: Tensor<4>,
     kt: Tensor<4>,
@@ -129,15 +157,23 @@ fn attend(
     scale: f32,
     vis: Visible,
     drop: Option<(f64, u64)>,
+    hard: Option<bool>,
 ) -> Tensor<4> {
     let dr = drop.map(|(p, key)| k::Dropout::new(key, p));
+    let how = k::Weighing {
+        drop: dr.as_ref(),
+        hard: hard.is_some(),
+    };
     match (lane(q), lane(kt), lane(v)) {
         (Lane::Plain(q), Lane::Plain(kt), Lane::Plain(v)) => {
             let (q, kt, v) = (viewable(q), viewable(kt), viewable(v));
-            let (o, _, _) = attention_forward(&q, &kt, &v, scale, vis, dr.as_ref(), false);
+            let (o, _, _) = attention_forward(&q, &kt, &v, scale, vis, how, false);
             back::<4>(Lane::Plain(o))
         }
-        (Lane::Tracked(q, ctx), Lane::Tracked(kt, _), Lane::Tracked(v, _)) => {
+        // Hard weights outside training give q and k no gradient: the plain path.
+        (Lane::Tracked(q, ctx), Lane::Tracked(kt, _), Lane::Tracked(v, _))
+            if hard != Some(false) =>
+        {
             let nodes = [q.node(), kt.node(), v.node()];
             let out = record(AttentionBackward, nodes, |keep| {
                 let (q, k, v) = (
@@ -145,7 +181,7 @@ fn attend(
                     viewable(kt.primitive().clone()),
                     viewable(v.primitive().clone()),
                 );
-                let (o, stats, sh) = attention_forward(&q, &k, &v, scale, vis, dr.as_ref(), keep);
+                let (o, stats, sh) = attention_forward(&q, &k, &v, scale, vis, how, keep);
                 let state = stats.map(|stats| AttnState {
                     q,
                     k,
@@ -155,16 +191,20 @@ fn attend(
                     scale,
                     vis,
                     drop: dr,
+                    hard: hard.is_some(),
                 });
                 (o, state)
             });
             back::<4>(Lane::Tracked(out, ctx))
         }
-        (q, kt, v) => match drop {
-            Some((p, key)) => {
+        (q, kt, v) => match (hard, drop) {
+            (Some(train), drop) => {
+                attention_hard_plain((back(q), back(kt), back(v)), scale, vis, drop, train)
+            }
+            (None, Some((p, key))) => {
                 attention_dropout_plain(back(q), back(kt), back(v), scale, vis, p, key)
             }
-            None => attention_plain(back(q), back(kt), back(v), scale, vis),
+            (None, None) => attention_plain(back(q), back(kt), back(v), scale, vis),
         },
     }
 }
@@ -185,10 +225,50 @@ pub fn attention_plain(
 /// The probabilities of the plain paths: `[b, h_kv, G·s, t]`, the G query heads of a KV head
 /// stacked as G·s rows of one product (the row-major order of `[b, h, s, t]`).
 fn plain_probs(q: Tensor<4>, kt: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
+    softmax_plain(plain_scores(q, kt, scale), vis)
+}
+
+/// The scores of the plain paths, `[b, h_kv, G·s, t]` (see [`plain_probs`]).
+fn plain_scores(q: Tensor<4>, kt: Tensor<4>, scale: f32) -> Tensor<4> {
     let [b, h, s, d] = q.dims();
     let hk = kt.dims()[1];
     let q = q.mul_scalar(scale).reshape([b, hk, (h / hk) * s, d]);
-    softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis)
+    q.matmul(kt.swap_dims(2, 3))
+}
+
+/// The plain Burn path of [`attention_hard`]: the masked scores, [`hard_weights`], the
+/// dropout of the weights, the product with v.
+pub fn attention_hard_plain(
+    (q, kt, v): (Tensor<4>, Tensor<4>, Tensor<4>),
+    scale: f32,
+    vis: Visible,
+    drop: Option<(f64, u64)>,
+    train: bool,
+) -> Tensor<4> {
+    let dims = q.dims();
+    let scores = softmax_plain_mask(plain_scores(q, kt, scale), vis);
+    let w = hard_weights(scores, train);
+    let w = match drop {
+        Some((p, key)) => dropout_plain(w, p, key),
+        None => w,
+    };
+    w.matmul(v).reshape(dims)
+}
+
+/// Hard attention weights of masked scores: one-hot on each row's largest score (tied maxima
+/// share the weight equally). In training, straight-through: the value of the hard weights
+/// with the gradient of the softmax ones.
+pub fn hard_weights(scores: Tensor<4>, train: bool) -> Tensor<4> {
+    let dims = scores.dims();
+    let max = scores.clone().max_dim(3).expand(dims);
+    let hit = scores.clone().equal(max).float();
+    let hard = hit.clone() / hit.sum_dim(3);
+    if train {
+        let soft = activation::softmax(scores, 3);
+        soft.clone() + (hard - soft).detach()
+    } else {
+        hard
+    }
 }
 
 /// The plain Burn path of [`attention_dropout`]: [`attention_plain`] with

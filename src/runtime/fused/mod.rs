@@ -18,7 +18,7 @@
 //! | [`rmsnorm`] | `x / sqrt(mean(x²) + ε) · w` (6 ops forward) |
 //! | [`layernorm`] | `(x − mean) / sqrt(var + ε) · w + b` (9 ops forward) |
 //! | [`rope`] | rotate-half RoPE: 4 slices, 6 products and sums, a concatenation |
-//! | [`attention`], [`attention_dropout`] | the scale, `q·kᵀ`, the mask, the softmax, the dropout of the probabilities (its mask counter-based, as [`dropout`]'s), `p·v`, and the head split and merge copies |
+//! | [`attention`], [`attention_dropout`], [`attention_hard`] | the scale, `q·kᵀ`, the mask, the softmax (or hard attention's one-hot weights on each row's maximum, straight-through), the dropout of the probabilities (its mask counter-based, as [`dropout`]'s), `p·v`, and the head split and merge copies |
 //! | [`linear`] | a reshape, `matmul` and a bias add (with transposed copies in the backward pass) |
 //! | [`selective_scan`] | Mamba's scan: 7 small tensor ops per position, positions in sequence |
 //! | [`lstm`] | the LSTM recurrence: a product and 11 tensor ops per position, positions in sequence |
@@ -64,7 +64,10 @@ mod xent;
 
 pub use act::{gelu, relu, tanh_tensor};
 pub use adamw::{adamw, adamw_plain, AdamW};
-pub use attention::{attention, attention_dropout, attention_dropout_plain, attention_plain};
+pub use attention::{
+    attention, attention_dropout, attention_dropout_plain, attention_hard, attention_hard_plain,
+    attention_plain, hard_weights,
+};
 pub use conv::{causal_conv, causal_conv_plain, conv_is_direct, CONV_DIRECT_PER_LOG2};
 pub use dropout::{dropout, dropout_mask, dropout_plain};
 pub use kiln_kernels::{exp, log_sigmoid, tanh, Visible};
