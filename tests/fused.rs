@@ -406,6 +406,36 @@ fn hard_attention_matches_its_plain_path() {
     }
 }
 
+/// Values of another width than the queries and keys (phase-coherent attention's queries and
+/// keys carry its phases as extra features): values and every gradient against the plain path.
+#[test]
+fn attention_with_values_of_another_width_matches_the_plain_path() {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // ([b, query heads, KV heads, s, t, d, e], causal, offset)
+    for ([b, h, hk, s, tk, d, e], causal, offset) in [
+        ([2, 4, 4, 65, 65, 14, 6], true, 0),
+        ([1, 4, 2, 3, 9, 5, 8], true, 6),
+        ([2, 2, 1, 7, 5, 3, 4], false, 0),
+    ] {
+        let vis = vis(s, causal, offset);
+        let make = |dev: &Device| {
+            vec![
+                t([b, s, h, d], 32, 1.5, dev).swap_dims(1, 2),
+                t([b, tk, hk, d], 33, 1.5, dev).swap_dims(1, 2),
+                t([b, tk, hk, e], 34, 1.5, dev).swap_dims(1, 2),
+            ]
+        };
+        let (v, g) = compare(Kernel::Attention, make, |x: Vec<Tensor<4>>| {
+            fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 1.0, vis)
+        });
+        let case = format!("({b},{h},{hk},{s},{tk},{d},{e}) {vis:?}");
+        assert!(v < 4e-6, "{case}: values differ by {v}");
+        for (name, g) in ["q", "k", "v"].iter().zip(&g) {
+            assert!(*g < 5e-6, "{case}: {name} gradients differ by {g}");
+        }
+    }
+}
+
 #[test]
 fn linear_matches_matmul_and_bias() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,8 +19,10 @@ pub struct AttnShape {
     pub queries: usize,
     /// Key positions.
     pub keys: usize,
-    /// Features per query, key and value.
+    /// Features per query and key.
     pub dim: usize,
+    /// Features per value (and output).
+    pub value_dim: usize,
 }
 
 impl AttnShape {
@@ -119,8 +121,9 @@ fn value_weights<'b>(
 /// Attention `o = softmax(scale · q kᵀ) v` per (batch, query head), each row over the keys
 /// `vis` lets it see (hidden keys get probability 0; `vis.queries` is the number of query
 /// positions). Query head h reads KV head h / (heads / kv_heads). `q` `[batch, heads, queries,
-/// dim]`, `k` and `v` `[batch, kv_heads, keys, dim]` are read through their strides. Writes `o`
-/// laid out as `[batch, queries, heads, dim]` (the layout the heads are merged in) and, when
+/// dim]`, `k` `[batch, kv_heads, keys, dim]` and `v` `[batch, kv_heads, keys, value_dim]` are
+/// read through their strides. Writes `o` laid out as `[batch, queries, heads, value_dim]` (the
+/// layout the heads are merged in) and, when
 /// given, each row's softmax statistics `stats` `[batch, heads, queries, 2]` (its largest score
 /// and the inverse of its sum of exponentials), all the backward pass needs: memory linear in
 /// the length. Batch rows run in parallel; each holds the scores of one block of
@@ -143,13 +146,13 @@ pub fn attention(
     stats: Option<&mut [f32]>,
     o: &mut [f32],
 ) {
-    let (heads, s, t, d) = (sh.heads, sh.queries, sh.keys, sh.dim);
+    let (heads, s, t, d, e) = (sh.heads, sh.queries, sh.keys, sh.dim, sh.value_dim);
     let (group, blocks) = sh.plan(vis);
     let stats: Vec<Option<&mut [f32]>> = match stats {
         Some(st) => st.chunks_mut(heads * s * 2).map(Some).collect(),
         None => (0..sh.batch).map(|_| None).collect(),
     };
-    o.par_chunks_mut(s * heads * d)
+    o.par_chunks_mut(s * heads * e)
         .zip(stats)
         .enumerate()
         .for_each(|(bi, (o, mut stats))| {
@@ -180,8 +183,8 @@ pub fn attention(
                     }
                     let first = ((bi * heads + h) * s + r0) * t;
                     let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
-                    let ob = &mut o[r0 * heads * d + h * d..];
-                    matmul(ob, heads * d, (n, d, lim), (pm, vm), false, 1.0);
+                    let ob = &mut o[r0 * heads * e + h * e..];
+                    matmul(ob, heads * e, (n, e, lim), (pm, vm), false, 1.0);
                 }
             }
         });
@@ -194,7 +197,8 @@ fn block_buffer(used: bool, t: usize) -> Vec<f32> {
 
 /// The gradients of [`attention`] from its inputs, the row statistics its forward pass wrote
 /// and the output's gradient `go` (a view like q): writes `dq` laid out as `[batch, queries,
-/// heads, dim]` and `dk`, `dv` as `[batch, keys, kv_heads, dim]`. Each block's scores are
+/// heads, dim]`, `dk` as `[batch, keys, kv_heads, dim]` and `dv` as `[batch, keys, kv_heads,
+/// value_dim]`. Each block's scores are
 /// computed again and turned into the forward pass's probabilities to the bit (the same
 /// products and the same `exp`); with the forward pass's `how.drop`, the mask is computed
 /// again from its key and each element's index; with `how.hard`, v's gradient comes from the
@@ -212,14 +216,14 @@ pub fn attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    let (heads, s, t, d) = (sh.heads, sh.queries, sh.keys, sh.dim);
+    let (heads, s, t, d, e) = (sh.heads, sh.queries, sh.keys, sh.dim, sh.value_dim);
     let (group, blocks) = sh.plan(vis);
-    let kv_rs = sh.kv_heads * d;
+    let (kv_rs, v_rs) = (sh.kv_heads * d, sh.kv_heads * e);
     let per = heads * s;
     dq.par_chunks_mut(s * heads * d)
         .zip(
             dk.par_chunks_mut(t * kv_rs)
-                .zip(dv.par_chunks_mut(t * kv_rs)),
+                .zip(dv.par_chunks_mut(t * v_rs)),
         )
         .enumerate()
         .for_each(|(bi, (dq, (dk, dv)))| {
@@ -250,16 +254,16 @@ pub fn attention_backward(
                     let gob = gm.skip_rows(r0);
                     // dv += (dropped weights)ᵀ · go
                     matmul(
-                        &mut dv[kh * d..],
-                        kv_rs,
-                        (lim, d, n),
+                        &mut dv[kh * e..],
+                        v_rs,
+                        (lim, e, n),
                         (pm.t(), gob),
                         true,
                         1.0,
                     );
                     // ds = softmax gradient of (go · vᵀ) (times the mask / (1 − p)), rows of
                     // `lim`
-                    matmul(&mut ds, lim, (n, lim, d), (gob, vm.t()), false, 1.0);
+                    matmul(&mut ds, lim, (n, lim, e), (gob, vm.t()), false, 1.0);
                     for (i, g) in ds.chunks_mut(lim).take(n).enumerate() {
                         if let Some(dr) = how.drop {
                             dropout_in_place_chunk(dr, first + i * t, g);
@@ -304,15 +308,17 @@ mod tests {
     }
 
     /// (shape, visibility): grouped heads with a decoding offset; more causal rows than a
-    /// block; cross attention with every key visible, in one block and in two.
+    /// block (values wider than the keys); cross attention with every key visible, in one
+    /// block and in two (values narrower).
     fn cases() -> [(AttnShape, Visible); 4] {
-        let sh = |batch, heads, kv_heads, queries, keys, dim| AttnShape {
+        let sh = |batch, heads, kv_heads, queries, keys, (dim, value_dim)| AttnShape {
             batch,
             heads,
             kv_heads,
             queries,
             keys,
             dim,
+            value_dim,
         };
         let vis = |queries, causal, offset| Visible {
             queries,
@@ -320,14 +326,14 @@ mod tests {
             offset,
         };
         [
-            (sh(2, 4, 2, 3, 5, 4), vis(3, true, 2)),
+            (sh(2, 4, 2, 3, 5, (4, 4)), vis(3, true, 2)),
             (
-                sh(1, 2, 1, ATTN_BLOCK + 3, ATTN_BLOCK + 3, 3),
+                sh(1, 2, 1, ATTN_BLOCK + 3, ATTN_BLOCK + 3, (3, 5)),
                 vis(ATTN_BLOCK + 3, true, 0),
             ),
-            (sh(2, 2, 2, 3, 4, 5), vis(3, false, 0)),
+            (sh(2, 2, 2, 3, 4, (5, 5)), vis(3, false, 0)),
             (
-                sh(1, 2, 2, ATTN_BLOCK + 5, 7, 3),
+                sh(1, 2, 2, ATTN_BLOCK + 5, 7, (3, 2)),
                 vis(ATTN_BLOCK + 5, false, 0),
             ),
         ]
@@ -350,10 +356,11 @@ mod tests {
             queries: s,
             keys: t,
             dim: d,
+            value_dim: e,
         } = sh;
-        let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * d]);
+        let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * e]);
         let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
-        let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, ks));
+        let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, [b, hk, t, e]));
         attention(q, k, v, sh, 0.7, vis, how, Some(&mut st), &mut o);
         // Without the statistics (no backward pass to come): the same output to the bit.
         let mut o2 = vec![0.0f32; o.len()];
@@ -394,9 +401,10 @@ mod tests {
                 queries: s,
                 keys: t,
                 dim: d,
+                value_dim: e,
             } = sh;
             let q = data(b * h * s * d, 1, 1.5);
-            let (k, v) = (data(b * hk * t * d, 2, 1.5), data(b * hk * t * d, 3, 1.5));
+            let (k, v) = (data(b * hk * t * d, 2, 1.5), data(b * hk * t * e, 3, 1.5));
             let (o, _) = run(&q, &k, &v, sh, vis, how);
             let mut want = vec![0.0f64; o.len()];
             for bi in 0..b {
@@ -409,11 +417,12 @@ mod tests {
                             t
                         };
                         let qr = &q[((bi * h + hi) * s + i) * d..][..d];
-                        let kv =
-                            |m: &[f32], j: usize| m[((bi * hk + kh) * t + j) * d..][..d].to_vec();
+                        let row = |m: &[f32], j: usize, d: usize| {
+                            m[((bi * hk + kh) * t + j) * d..][..d].to_vec()
+                        };
                         let scores: Vec<f64> = (0..n)
                             .map(|j| {
-                                let kr = kv(&k, j);
+                                let kr = row(&k, j, d);
                                 0.7 * (0..d).map(|l| qr[l] as f64 * kr[l] as f64).sum::<f64>()
                             })
                             .collect();
@@ -427,9 +436,9 @@ mod tests {
                                 (sc - mx).exp() / z
                             }
                         };
-                        let out = &mut want[((bi * s + i) * h + hi) * d..][..d];
+                        let out = &mut want[((bi * s + i) * h + hi) * e..][..e];
                         for (j, sc) in scores.iter().enumerate() {
-                            let vr = kv(&v, j);
+                            let vr = row(&v, j, e);
                             // The mask of element (bi, hi, i, j) of p [b, h, s, t].
                             let m = drop.map_or(1.0, |dr| {
                                 let at = ((bi * h + hi) * s + i) * t + j;
@@ -439,7 +448,7 @@ mod tests {
                                     0.0
                                 }
                             });
-                            for l in 0..d {
+                            for l in 0..e {
                                 out[l] += m * weight(*sc) * vr[l] as f64;
                             }
                         }
@@ -473,27 +482,28 @@ mod tests {
                 queries: s,
                 keys: t,
                 dim: d,
+                value_dim: e,
             } = sh;
-            let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
+            let (qs, ks, vs) = ([b, h, s, d], [b, hk, t, d], [b, hk, t, e]);
             let q = data(b * h * s * d, 4, 1.5);
-            let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * d, 6, 1.5));
-            // The loss's weights, laid out like o: [b, s, h, d].
-            let w = data(b * s * h * d, 7, 1.0);
+            let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * e, 6, 1.5));
+            // The loss's weights, laid out like o: [b, s, h, e].
+            let w = data(b * s * h * e, 7, 1.0);
             let (_, st) = run(&q, &k, &v, sh, vis, how);
             let grads = |how| {
                 let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
                 let mut dv = vec![0.0f32; v.len()];
-                // o's gradient read as [b, h, s, d] through its [b, s, h, d] layout.
+                // o's gradient read as [b, h, s, e] through its [b, s, h, e] layout.
                 let go = View4 {
                     data: &w,
                     off: 0,
-                    strides: [s * h * d, d, h * d],
+                    strides: [s * h * e, e, h * e],
                 };
-                let ins = (dense(&q, qs), dense(&k, ks), dense(&v, ks), go);
+                let ins = (dense(&q, qs), dense(&k, ks), dense(&v, vs), go);
                 attention_backward(ins, &st, sh, 0.7, vis, how, &mut dq, &mut dk, &mut dv);
-                // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, d].
+                // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, ·].
                 let dq = swap12(&dq, [b, s, h, d]);
-                (dq, swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, d]))
+                (dq, swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, e]))
             };
             let (dq, dk, dv) = grads(how);
             let case = format!("{sh:?} {vis:?} {how:?}");

@@ -190,6 +190,12 @@ impl PhaseAttention {
                 .mul_scalar(scale)
         };
         let dot_weight = weight(0, 1.0 / (e as f64).sqrt());
+        // Query i (absolute position offset + i) sees keys j ≤ offset + i.
+        let vis = fused::Visible {
+            queries: s,
+            causal: self.causal,
+            offset: ctx.offset,
+        };
         let logits = if self.complex {
             let aq = port(p, ins, "amp").f4();
             let ak = keys.amp.expect("complex mode has amplitudes");
@@ -213,13 +219,12 @@ impl PhaseAttention {
                 3,
             );
             let ks = Tensor::cat(vec![keys.k, ck, sk], 3);
+            if ctx.aux.is_none() && ctx.matmul_dtype.is_none() {
+                // softmax(qs ksᵀ) v is attention of qs over ks with values v: the fused
+                // kernel (nothing of size s × s kept for the backward pass).
+                return fused::attention(qs, ks, keys.v, 1.0, vis);
+            }
             mm(qs, tr(ks), ctx)
-        };
-        // Query i (absolute position offset + i) sees keys j ≤ offset + i.
-        let vis = fused::Visible {
-            queries: s,
-            causal: self.causal,
-            offset: ctx.offset,
         };
         let probs = fused::softmax_rows(logits, vis);
         record_entropy(&probs, ctx);

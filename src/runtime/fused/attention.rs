@@ -55,7 +55,7 @@ impl Backward<Flex, 3> for AttentionBackward {
         let sh = st.sh;
         let mut dq = vec![0.0f32; sh.batch * sh.heads * sh.queries * sh.dim];
         let mut dk = vec![0.0f32; sh.batch * sh.kv_heads * sh.keys * sh.dim];
-        let mut dv = dk.clone();
+        let mut dv = vec![0.0f32; sh.batch * sh.kv_heads * sh.keys * sh.value_dim];
         k::attention_backward(
             (view(&st.q), view(&st.k), view(&st.v), view(&go)),
             &st.stats,
@@ -69,8 +69,9 @@ impl Backward<Flex, 3> for AttentionBackward {
         );
         Kernel::Attention.ran_backward();
         let q_shape = [sh.batch, sh.heads, sh.queries, sh.dim];
-        let kv_shape = [sh.batch, sh.kv_heads, sh.keys, sh.dim];
-        for (parent, grad, shape) in [(pq, dq, q_shape), (pk, dk, kv_shape), (pv, dv, kv_shape)] {
+        let k_shape = [sh.batch, sh.kv_heads, sh.keys, sh.dim];
+        let v_shape = [sh.batch, sh.kv_heads, sh.keys, sh.value_dim];
+        for (parent, grad, shape) in [(pq, dq, q_shape), (pk, dk, k_shape), (pv, dv, v_shape)] {
             if let Some(node) = parent {
                 grads.register::<Flex>(node.id, heads_view(grad, shape));
             }
@@ -97,17 +98,19 @@ fn attention_forward(
         queries: qs[2],
         keys: ks[2],
         dim: qs[3],
+        value_dim: shape_of(v)[3],
     };
     let mut stats = keep.then(|| vec![0.0f32; sh.batch * sh.heads * sh.queries * 2]);
-    let mut o = vec![0.0f32; values_len(&qs)];
+    let os = [qs[0], qs[1], qs[2], sh.value_dim];
+    let mut o = vec![0.0f32; values_len(&os)];
     let st = stats.as_deref_mut();
     k::attention(view(q), view(kt), view(v), sh, scale, vis, how, st, &mut o);
     Kernel::Attention.ran();
-    (heads_view(o, [qs[0], qs[1], qs[2], qs[3]]), stats, sh)
+    (heads_view(o, os), stats, sh)
 }
 
-/// Attention `softmax(scale · q kᵀ) v` of q `[b, h, s, d]` over k and v `[b, h_kv, t, d]`
-/// (query head i reads KV head i / (h / h_kv)), each query over the keys `vis` lets it see
+/// Attention `softmax(scale · q kᵀ) v` of q `[b, h, s, d]` over k `[b, h_kv, t, d]` and v
+/// `[b, h_kv, t, e]` (query head i reads KV head i / (h / h_kv); the output is `[b, h, s, e]`), each query over the keys `vis` lets it see
 /// (`vis.queries` = s). One fused op forward (per batch row, in parallel: per head two matrix
 /// products and the softmax, in causal row blocks) and one backward. q, k, v and the output's
 /// gradient are read through their strides (the head split's transposed views cost no copy);
@@ -218,8 +221,14 @@ pub fn attention_plain(
     scale: f32,
     vis: Visible,
 ) -> Tensor<4> {
-    let dims = q.dims();
+    let dims = out_dims(&q, &v);
     plain_probs(q, kt, scale, vis).matmul(v).reshape(dims)
+}
+
+/// The output's shape, `[b, h, s, e]`, from q `[b, h, s, d]` and v `[b, h_kv, t, e]`.
+fn out_dims(q: &Tensor<4>, v: &Tensor<4>) -> [usize; 4] {
+    let [b, h, s, _] = q.dims();
+    [b, h, s, v.dims()[3]]
 }
 
 /// The probabilities of the plain paths: `[b, h_kv, G·s, t]`, the G query heads of a KV head
@@ -245,7 +254,7 @@ pub fn attention_hard_plain(
     drop: Option<(f64, u64)>,
     train: bool,
 ) -> Tensor<4> {
-    let dims = q.dims();
+    let dims = out_dims(&q, &v);
     let scores = softmax_plain_mask(plain_scores(q, kt, scale), vis);
     let w = hard_weights(scores, train);
     let w = match drop {
@@ -283,7 +292,7 @@ pub fn attention_dropout_plain(
     p: f64,
     key: u64,
 ) -> Tensor<4> {
-    let dims = q.dims();
+    let dims = out_dims(&q, &v);
     let probs = plain_probs(q, kt, scale, vis);
     dropout_plain(probs, p, key).matmul(v).reshape(dims)
 }
