@@ -219,7 +219,7 @@ impl PhaseAttention {
                 3,
             );
             let ks = Tensor::cat(vec![keys.k, ck, sk], 3);
-            if ctx.aux.is_none() && ctx.matmul_dtype.is_none() {
+            if !ctx.wants_attention_entropy() && ctx.matmul_dtype.is_none() {
                 // softmax(qs ksᵀ) v is attention of qs over ks with values v: the fused
                 // kernel (nothing of size s × s kept for the backward pass).
                 return fused::attention(qs, ks, keys.v, 1.0, vis);

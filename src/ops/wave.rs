@@ -193,7 +193,7 @@ fn harmonic_select(x: Tensor<3>, scores: Tensor<3>, k: usize, tau: f64, ctx: &Ct
     let h = scores.dims()[2];
     // The noise-free top-k is built only where it is read: for the sparsity statistic
     // (training) and as the mask at evaluation.
-    if let Some(out) = ctx.aux {
+    if let Some(out) = ctx.aux.filter(|_| ctx.wants_harmonic_sparsity()) {
         let clean = topk_mask(scores.clone().detach(), k);
         let p = activation::softmax(scores.clone().div_scalar(tau), 2);
         let outside = (p * clean).sum_dim(2).neg().add_scalar(1.0).mean();

@@ -25,14 +25,51 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Statistics of one forward pass that auxiliary loss terms read, each a differentiable
-/// scalar `[1]` per layer in graph order.
-#[derive(Default)]
+/// scalar `[1]` per layer in graph order. `Aux::default()` records every statistic;
+/// [`Aux::wanting`] only some.
 pub struct Aux {
+    /// Which statistics the layers record. One not wanted costs nothing: attention keeps its
+    /// fused kernel unless the entropies are wanted (they need the probabilities).
+    pub wants: AuxWants,
     /// Per attention layer: the mean entropy (nats) of its attention rows.
     pub attention_entropy: Vec<Tensor<1>>,
     /// Per `harmonic_select` layer: the mean probability mass its scorer puts outside the
     /// harmonics it keeps.
     pub harmonic_sparsity: Vec<Tensor<1>>,
+}
+
+/// Which statistics an [`Aux`] collects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuxWants {
+    /// [`Aux::attention_entropy`].
+    pub attention_entropy: bool,
+    /// [`Aux::harmonic_sparsity`].
+    pub harmonic_sparsity: bool,
+}
+
+impl AuxWants {
+    /// Every statistic.
+    pub const ALL: AuxWants = AuxWants {
+        attention_entropy: true,
+        harmonic_sparsity: true,
+    };
+}
+
+impl Aux {
+    /// An empty record of the statistics `wants` names.
+    pub fn wanting(wants: AuxWants) -> Self {
+        Aux {
+            wants,
+            attention_entropy: Vec::new(),
+            harmonic_sparsity: Vec::new(),
+        }
+    }
+}
+
+impl Default for Aux {
+    fn default() -> Self {
+        Aux::wanting(AuxWants::ALL)
+    }
 }
 
 /// Named f32 tensors: `name → (row-major data, shape)`.
@@ -275,7 +312,11 @@ impl Runtime {
         tokens: Tensor<2, Int>,
         train: bool,
     ) -> (Tensor<3>, Vec<Tensor<1>>) {
-        let (out, aux) = self.forward_aux(V::I2(tokens), train);
+        let wants = AuxWants {
+            attention_entropy: true,
+            harmonic_sparsity: false,
+        };
+        let (out, aux) = self.forward_aux(V::I2(tokens), train, wants);
         (out, aux.attention_entropy)
     }
 
@@ -285,9 +326,9 @@ impl Runtime {
     }
 
     /// Forward pass of token ids (`V::I2`) or a series (`V::F3`) that also returns the
-    /// statistics the auxiliary loss terms need (see [`Aux`]).
-    pub fn forward_aux(&self, input: V, train: bool) -> (Tensor<3>, Aux) {
-        let cell = std::cell::RefCell::new(Aux::default());
+    /// statistics the auxiliary loss terms need, those `wants` names (see [`Aux`]).
+    pub fn forward_aux(&self, input: V, train: bool, wants: AuxWants) -> (Tensor<3>, Aux) {
+        let cell = std::cell::RefCell::new(Aux::wanting(wants));
         let out = self.run(input, train, None, Some(&cell));
         (out, cell.into_inner())
     }

@@ -37,6 +37,19 @@ pub struct Ctx<'a> {
     pub keys: Option<&'a KeyStream>,
 }
 
+impl Ctx<'_> {
+    /// Whether this pass records attention entropies (then attention needs its
+    /// probabilities, so it runs as tensor ops).
+    pub fn wants_attention_entropy(&self) -> bool {
+        self.aux.is_some_and(|a| a.borrow().wants.attention_entropy)
+    }
+
+    /// Whether this pass records the harmonic selections' sparsity.
+    pub fn wants_harmonic_sparsity(&self) -> bool {
+        self.aux.is_some_and(|a| a.borrow().wants.harmonic_sparsity)
+    }
+}
+
 /// Dropout keys drawn on the host, from a seed set before each forward pass (the trainer's
 /// (seed, step, micro-batch) mix): the n-th dropout op of the pass gets the n-th key, as with
 /// the device's generator, but without reading a value back, which on a GPU makes the host
@@ -195,7 +208,7 @@ pub fn eval(op: &Op, ins: &[&V], ctx: &Ctx) -> V {
 
 /// When asked for ([`Ctx::aux`]): the mean entropy −Σ_j p_ij ln p_ij of the attention rows.
 pub(crate) fn record_entropy(probs: &Tensor<4>, ctx: &Ctx) {
-    if let Some(out) = ctx.aux {
+    if let Some(out) = ctx.aux.filter(|_| ctx.wants_attention_entropy()) {
         let h = (probs.clone() * probs.clone().clamp_min(1e-30).log())
             .sum_dim(3)
             .neg()

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::ir::Graph;
 use crate::runtime::fused::{self, AdamW};
-use crate::runtime::{Aux, Runtime, V};
+use crate::runtime::{Aux, AuxWants, Runtime, V};
 use crate::spec::recipe::Optimizer;
 use crate::util::Rng;
 use burn::prelude::*;
@@ -255,7 +255,11 @@ impl Trainer {
         // Gradients summed over the accumulation micro-batches.
         let mut acc: Vec<Option<Tensor<1>>> = vec![None; rt.params.len()];
         let reg = &t.regularizers;
-        let aux_on = reg.attention_entropy != 0.0 || reg.harmonic_sparsity != 0.0;
+        let wants = AuxWants {
+            attention_entropy: reg.attention_entropy != 0.0,
+            harmonic_sparsity: reg.harmonic_sparsity != 0.0,
+        };
+        let aux_on = wants.attention_entropy || wants.harmonic_sparsity;
         let fc = t.frequency_curriculum.as_ref();
         let cutoff = fc.and_then(|c| c.cutoff(self.state.freq_clock));
         rt.freq_mask = cutoff.map(|cutoff| crate::ops::spectral::FreqCutoff {
@@ -279,7 +283,7 @@ impl Trainer {
             rt.seed_dropout(seed);
             let forward = |input: V| {
                 if aux_on {
-                    rt.forward_aux(input, true)
+                    rt.forward_aux(input, true, wants)
                 } else {
                     (rt.forward_value(input, true), Aux::default())
                 }

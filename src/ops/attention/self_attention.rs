@@ -240,7 +240,7 @@ impl SelfAttention {
         let hard = self.hard && !ctx.soft_attention;
         let variant = (!hard && self.adaptive && !ctx.train)
             || self.key_mask
-            || ctx.aux.is_some()
+            || ctx.wants_attention_entropy()
             || ctx.matmul_dtype.is_some();
         // A learned scale multiplies q. 1/√d goes into the fused product, or else on q
         // ([.., s, d]) rather than on the scores ([.., s, t]): one pass over the smaller
@@ -289,7 +289,7 @@ impl SelfAttention {
 mod tests {
     use super::*;
     use crate::ops::testing::{ctx, host, value, Arg, Case};
-    use crate::runtime::DeviceKind;
+    use crate::runtime::{AuxWants, DeviceKind};
     use crate::util::Rng;
 
     /// How the weights are computed.
@@ -494,6 +494,17 @@ mod tests {
                 assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
             }
             assert_eq!(aux.borrow().attention_entropy.len(), 1);
+            // Other statistics wanted, not the entropies: the fused kernel, to the bit.
+            let aux = std::cell::RefCell::new(crate::runtime::Aux::wanting(AuxWants {
+                attention_entropy: false,
+                harmonic_sparsity: true,
+            }));
+            let c = Ctx {
+                aux: Some(&aux),
+                ..ctx(&device, 2, 5)
+            };
+            assert_eq!(host(op.forward(&refs, &c)), fused);
+            assert!(aux.borrow().attention_entropy.is_empty());
             // Hard attention evaluated softly is ordinary attention.
             let hard = SelfAttention { hard: true, ..op };
             let c = Ctx {
