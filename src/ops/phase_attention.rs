@@ -156,7 +156,7 @@ impl OpDef for PhaseAttention {
     }
 
     fn forward(&self, ins: &[&V], ctx: &Ctx) -> V {
-        V::F4(self.attend(ins, PhaseKeys::of(self, ins), ctx))
+        V::F4(self.attend(ins, PhaseKeys::of(self, ins), true, ctx))
     }
 
     fn decode(&self, ins: &[&V], ctx: &Ctx, state: &mut Option<Box<dyn OpState>>) -> V {
@@ -164,7 +164,7 @@ impl OpDef for PhaseAttention {
         if let Some(earlier) = take_state::<PhaseKeys>(state) {
             keys = keys.after(earlier);
         }
-        let out = self.attend(ins, keys.clone(), ctx);
+        let out = self.attend(ins, keys.clone(), false, ctx);
         *state = Some(Box::new(keys));
         V::F4(out)
     }
@@ -172,15 +172,20 @@ impl OpDef for PhaseAttention {
 
 impl PhaseAttention {
     /// The queries in `ins` over `keys`, which may start `ctx.offset` cached positions
-    /// earlier.
-    fn attend(&self, ins: &[&V], keys: PhaseKeys, ctx: &Ctx) -> Tensor<4> {
+    /// earlier. `own`: the keys are this call's own positions (the queries' phases are the
+    /// keys', so their cosines and sines are computed once).
+    fn attend(&self, ins: &[&V], keys: PhaseKeys, own: bool, ctx: &Ctx) -> Tensor<4> {
         let p = self.ports();
         let (q, ph) = (port(p, ins, "q").f4(), port(p, ins, "phase").f4());
         let blend = port(p, ins, "blend").f1();
         let [_, _, s, e] = q.dims();
         let np = ph.dims()[3];
         let (cq, sq) = (ph.clone().cos(), ph.sin());
-        let (ck, sk) = (keys.phase.clone().cos(), keys.phase.sin());
+        let (ck, sk) = if own {
+            (cq.clone(), sq.clone())
+        } else {
+            (keys.phase.clone().cos(), keys.phase.sin())
+        };
         let tr = |x: Tensor<4>| x.swap_dims(2, 3);
         let weight = |i: usize, scale: f64| {
             blend

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 mod ensemble;
 mod events;
+pub mod grouped;
 pub mod history;
 mod loss;
 pub mod memory;

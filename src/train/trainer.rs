@@ -1,6 +1,7 @@
 //! The [`Trainer`]: one optimizer step (forward, loss and backward; global-norm clipping and
 //! the fused AdamW update) and its checkpoint.
 
+use super::grouped::adamw_grouped;
 use super::pending::{self, Pending};
 use super::{
     checkpoint, cross_entropy, distribution_loss, load_checkpoint, schedule, split_xy, Batch,
@@ -124,6 +125,9 @@ pub struct Trainer {
     cfg: crate::spec::recipe::Train,
     /// Steps, data position and early-stopping state.
     pub state: State,
+    /// Update all parameters at once over grouped buffers ([`super::grouped`]), as a GPU
+    /// does, rather than per parameter with the CPU's fused kernel.
+    pub grouped_adamw: bool,
 }
 
 impl Trainer {
@@ -179,8 +183,10 @@ impl Trainer {
         mom: Moments,
         state: State,
     ) -> Self {
-        // A GPU draws dropout keys on the host: no read inside a step.
-        rt.host_dropout_keys = rt.device.clone().without_autodiff() != Device::flex();
+        // A GPU draws dropout keys on the host (no read inside a step) and updates the
+        // parameters over grouped buffers (a few kernels, not ~10 per parameter).
+        let gpu = rt.device.clone().without_autodiff() != Device::flex();
+        rt.host_dropout_keys = gpu;
         let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
         let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
         Trainer {
@@ -189,6 +195,7 @@ impl Trainer {
             decay,
             cfg: cfg.clone(),
             state,
+            grouped_adamw: gpu,
         }
     }
 
@@ -391,19 +398,40 @@ impl Trainer {
             std::mem::take(&mut self.mom.m),
             std::mem::take(&mut self.mom.v),
         );
-        for (i, (((g, p), m), v)) in grads.into_iter().zip(ps).zip(ms).zip(vs).enumerate() {
-            let p = p.detach().flat();
-            let decay = if self.decay[i] && weight_decay > 0.0 {
-                (1.0 - lr_now * weight_decay) as f32
-            } else {
-                1.0
-            };
-            let [p, m, v] = fused::adamw(p, g, m, v, &AdamW { decay, ..h });
-            self.mom.m.push(m);
-            self.mom.v.push(v);
-            rt.params
-                .push(V::from_flat(p.autodiff(), &rt.shapes[i]).require_grad());
-        }
+        let decays: Vec<f32> = self
+            .decay
+            .iter()
+            .map(|&d| {
+                if d && weight_decay > 0.0 {
+                    (1.0 - lr_now * weight_decay) as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let ps: Vec<Tensor<1>> = ps.into_iter().map(|p| p.detach().flat()).collect();
+        let [ps, ms, vs] = if self.grouped_adamw {
+            adamw_grouped(ps, grads, (ms, vs), &decays, &h)
+        } else {
+            let mut out: [Vec<Tensor<1>>; 3] = Default::default();
+            for ((((g, p), m), v), &decay) in grads.into_iter().zip(ps).zip(ms).zip(vs).zip(&decays)
+            {
+                for (o, x) in out
+                    .iter_mut()
+                    .zip(fused::adamw(p, g, m, v, &AdamW { decay, ..h }))
+                {
+                    o.push(x);
+                }
+            }
+            out
+        };
+        self.mom.m = ms;
+        self.mom.v = vs;
+        rt.params = ps
+            .into_iter()
+            .zip(&rt.shapes)
+            .map(|(p, s)| V::from_flat(p.autodiff(), s).require_grad())
+            .collect();
         self.state.step = step1;
         if let Some(c) = fc {
             self.state.freq_clock += c.advance(self.state.since_best);
