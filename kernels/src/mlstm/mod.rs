@@ -166,7 +166,8 @@ fn forward_with(
 }
 
 /// Runs `grads` (the gradients of q, k, v, ĩ, ln f of one (batch row, head) from its rows of
-/// `gy`, `[s, w]`) on every (batch row, head) in parallel; returns them concatenated.
+/// `gy`, `[s, w]`) on every (batch row, head) in parallel; returns them concatenated (each
+/// (batch row, head) copies its own into place, so only the threads' temporaries add to them).
 fn backward_with(
     ins: Inputs,
     sh: MlstmShape,
@@ -174,34 +175,38 @@ fn backward_with(
     grads: impl Fn(Head, &[f32]) -> [Vec<f32>; 5] + Sync,
 ) -> [Vec<f32>; 5] {
     let SlstmShape {
-        batch,
         len: s,
         heads: nh,
         head_dim: w,
+        ..
     } = sh;
     let d = sh.width();
     sh.check_mlstm_inputs(ins);
-    let n = ins.0 .0.len();
+    let (n, gates) = (ins.0 .0.len(), ins.1 .0.len());
     assert_eq!(gy.len(), n);
-    let parts: Vec<[Vec<f32>; 5]> = (0..batch * nh)
-        .into_par_iter()
-        .map(|bh| {
+    let [mut dq, mut dk, mut dv, mut dig, mut dlogf] =
+        [n, n, n, gates, gates].map(|len| vec![0.0f32; len]);
+    if n == 0 {
+        return [dq, dk, dv, dig, dlogf];
+    }
+    dq.par_chunks_mut(s * w)
+        .zip(dk.par_chunks_mut(s * w))
+        .zip(dv.par_chunks_mut(s * w))
+        .zip(dig.par_chunks_mut(s))
+        .zip(dlogf.par_chunks_mut(s))
+        .enumerate()
+        .for_each(|(bh, ((((dq, dk), dv), dig), dlogf))| {
             let (bi, hd) = (bh / nh, bh % nh);
             let mut g = Vec::with_capacity(s * w);
             for t in 0..s {
                 g.extend_from_slice(&gy[(bi * s + t) * d + hd * w..][..w]);
             }
-            grads(Head::of(ins, bh, (s, w)), &g)
-        })
-        .collect();
-    let gates = ins.1 .0.len();
-    let mut out = [n, n, n, gates, gates].map(Vec::with_capacity);
-    for p in parts {
-        for (o, x) in out.iter_mut().zip(p) {
-            o.extend_from_slice(&x);
-        }
-    }
-    out
+            let got = grads(Head::of(ins, bh, (s, w)), &g);
+            for (o, x) in [dq, dk, dv, dig, dlogf].into_iter().zip(got) {
+                o.copy_from_slice(&x);
+            }
+        });
+    [dq, dk, dv, dig, dlogf]
 }
 
 /// xLSTM's mLSTM cells (Beck et al. 2024) from a zero memory, per (batch row, head) in
