@@ -216,8 +216,15 @@ fn recurrences_with_a_differentiable_state_take_the_plain_path() {
 #[test]
 fn mlstm_matches_the_parallel_form_in_burn_ops() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // (batch, heads, positions, width per head)
-    for (b, nh, s, dh) in [(2, 2, 5, 3), (3, 1, 17, 8), (1, 1, 1, 1), (2, 4, 64, 8)] {
+    // (batch, heads, positions, width per head): up to one chunk of the kernel's chunkwise form
+    // (64 positions), and three chunks with a shorter last one.
+    for (b, nh, s, dh) in [
+        (2, 2, 5, 3),
+        (3, 1, 17, 8),
+        (1, 1, 1, 1),
+        (2, 4, 64, 8),
+        (2, 2, 150, 4),
+    ] {
         let run = |on: bool, autodiff: bool| {
             fused::set_enabled(on);
             let dev = device(autodiff);
@@ -260,8 +267,12 @@ fn mlstm_matches_the_parallel_form_in_burn_ops() {
             "ln f",
         ];
         let case = format!("({b},{nh},{s},{dh})");
-        // Gradients reach ~40 at s = 64 (sums over 64 positions): 1e-4 is ~3e-6 relative.
-        assert_paths_agree(Kernel::Mlstm, &run, 1e-4, &case, &names);
+        // Gradients reach ~40 at s = 64 (sums over 64 positions): 1e-4 is ~3e-6 relative. At
+        // 150 positions the plain path's running sums F of ln f reach about −90, so its
+        // exponents F_t − F_u round at ~1e-5 (the kernel sums ln f within each chunk): 1e-3 is
+        // ~1e-4 relative to gradients of ~13.
+        let tol = if s > 64 { 1e-3 } else { 1e-4 };
+        assert_paths_agree(Kernel::Mlstm, &run, tol, &case, &names);
     }
 }
 

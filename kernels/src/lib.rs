@@ -93,7 +93,7 @@ pub use gemm::View4;
 pub use linear::{linear, linear_backward};
 pub use lstm::{lstm, lstm_backward, LstmShape};
 pub use math::{exp, log_sigmoid, tanh};
-pub use mlstm::{mlstm, mlstm_backward, MlstmShape};
+pub use mlstm::{mlstm, mlstm_backward, MlstmShape, MLSTM_CHUNK};
 pub use norm::{norm, norm_backward, Norm};
 pub use retention::{retention, retention_backward, RetShape};
 pub use rope::rope;

@@ -1,7 +1,8 @@
 //! xLSTM's mLSTM layer (Beck et al. 2024): a matrix memory per head, written with exponential
 //! input gates and sigmoid forget gates, read by a query. The Burn forward runs the stabilized
-//! parallel form over each call's positions (a fused kernel from a zero memory); decoding
-//! carries the memory between calls.
+//! parallel form over each call's positions, or from a zero memory a fused kernel in the
+//! equal chunkwise form (memory linear in the positions); decoding carries the memory between
+//! calls.
 
 use super::{affine, Xlstm};
 use crate::ir::reference::math::sigmoid;

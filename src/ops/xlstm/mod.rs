@@ -13,6 +13,7 @@ use super::{float_input, port, shapes, take_state, InferError, OpDef, OpState, R
 use crate::ir::{DType, Dim, Mixing, TensorType};
 use crate::runtime::ops::Ctx;
 use crate::runtime::V;
+use kiln_kernels::MLSTM_CHUNK;
 
 /// An xLSTM layer over `x [b, s, d]`, `d` divisible by its heads H (dh = d / H), → `[b, s, d]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,14 +138,19 @@ impl OpDef for Xlstm {
             2 * batch * seq * w.len(0, seq) * w.len(1, seq)
         };
         match self {
-            // Projections, then the parallel form's two s × s products.
-            Xlstm::Mlstm { .. } => {
-                let out = port(p, ins, "x").numel(batch, seq);
+            // Projections, then the chunkwise form's products: per chunk of l positions the two
+            // l × l blocks (q kᵀ, P v), and per position the memory read C̃ q and written v kᵀ.
+            Xlstm::Mlstm { heads } => {
+                let x = port(p, ins, "x");
+                let (out, d) = (x.numel(batch, seq), x.len(2, seq));
+                let l = MLSTM_CHUNK as u64;
+                let blocks = (seq / l) * l * l + (seq % l) * (seq % l);
                 ["qkvo.weight", "igate.weight", "fgate.weight", "out.weight"]
                     .iter()
                     .map(|w| proj(w))
                     .sum::<u64>()
-                    + 4 * out * seq
+                    + 4 * batch * d * blocks
+                    + 4 * out * (d / heads)
             }
             Xlstm::Slstm { .. } => {
                 let r = port(p, ins, "recurrent");
@@ -153,8 +159,13 @@ impl OpDef for Xlstm {
         }
     }
 
-    fn workspace_bytes(&self, _: &[&TensorType], _: u64) -> u64 {
-        0
+    fn workspace_bytes(&self, ins: &[&TensorType], seq: u64) -> u64 {
+        match self {
+            Xlstm::Mlstm { heads } => {
+                mlstm_workspace_bytes(port(self.ports(), ins, "x").len(2, seq), *heads, seq)
+            }
+            Xlstm::Slstm { .. } => 0,
+        }
     }
 
     fn position_limit(&self, _: &[&TensorType]) -> Option<usize> {
@@ -196,6 +207,19 @@ impl OpDef for Xlstm {
         *state = Some(next);
         V::F3(out)
     }
+}
+
+/// The bytes the fused mLSTM kernel (`kiln_kernels::mlstm`, chunkwise) holds for one example
+/// of `seq` positions and width `d` beyond its inputs and output, linear in `seq`: per head the
+/// memory entering each chunk of [`MLSTM_CHUNK`] positions (C̃, ñ and m: dh² + dh + 1 floats),
+/// kept by the backward pass, and one chunk's five `[L, L]` blocks and six `[L, dh]` ones. The
+/// plain path (decoding from a carried memory, mixed-precision products) holds `[s, s]`
+/// matrices instead, as attention's plain variants do.
+pub fn mlstm_workspace_bytes(d: u64, heads: u64, seq: u64) -> u64 {
+    let dh = d / heads.max(1);
+    let l = (MLSTM_CHUNK as u64).min(seq);
+    let kept = heads * seq.div_ceil(MLSTM_CHUNK as u64) * (dh * dh + dh + 1);
+    (kept + 5 * l * l + 6 * l * dh) * 4
 }
 
 /// `x · W (+ b)` for one position in float64: `x` of length i, `w` row-major `[i, o]` (the
@@ -292,7 +316,38 @@ mod tests {
     }
 
     #[test]
-    fn flops_count_the_projections_and_the_parallel_products() {
+    fn the_mlstm_workspace_is_the_chunkwise_kernels_and_linear_in_the_positions() {
+        let (d, h) = (64u64, 4u64);
+        let op = Xlstm::Mlstm { heads: h };
+        let x = ty(&[Dim::Batch, Dim::Seq, Dim::Fixed(d)]);
+        let params: Vec<TensorType> = op
+            .param_shapes(d)
+            .iter()
+            .map(|sh| ty(&sh.iter().map(|&n| Dim::Fixed(n)).collect::<Vec<_>>()))
+            .collect();
+        let ins: Vec<&TensorType> = std::iter::once(&x).chain(&params).collect();
+        let ws = |seq| op.workspace_bytes(&ins, seq);
+        // 100 positions: two chunks' memories per head (16² + 16 + 1 floats each), one 64 × 64
+        // chunk's blocks.
+        assert_eq!(ws(100), (4 * 2 * 273 + 5 * 64 * 64 + 6 * 64 * 16) * 4);
+        // Doubling the positions at most doubles it, and on long sequences it stays far below
+        // one head's [s, s] matrix of the parallel form (4 GiB at 32 768 positions).
+        for seq in [1024, 16_384, 32_768] {
+            assert!(
+                ws(2 * seq) <= 2 * ws(seq),
+                "{seq}: {} vs {}",
+                ws(2 * seq),
+                ws(seq)
+            );
+            if seq > 1024 {
+                assert!(ws(seq) * 100 < seq * seq * 4, "{seq}: {}", ws(seq));
+            }
+        }
+        assert_eq!(Xlstm::Slstm { heads: h }.workspace_bytes(&ins[..1], 100), 0);
+    }
+
+    #[test]
+    fn flops_count_the_projections_and_the_chunkwise_products() {
         let (b, s, d, h) = (3u64, 5u64, 8u64, 2u64);
         for op in [Xlstm::Mlstm { heads: h }, Xlstm::Slstm { heads: h }] {
             let x = ty(&[Dim::Batch, Dim::Seq, Dim::Fixed(d)]);
@@ -303,13 +358,23 @@ mod tests {
                 .collect();
             let ins: Vec<&TensorType> = std::iter::once(&x).chain(&params).collect();
             let want = match op {
+                // 5 positions: one chunk of 5.
                 Xlstm::Mlstm { .. } => {
-                    2 * b * s * (d * 4 * d + d * h + d * h + d * d) + 4 * (b * s * d) * s
+                    2 * b * s * (d * 4 * d + d * h + d * h + d * d)
+                        + 4 * b * d * s * s
+                        + 4 * (b * s * d) * (d / h)
                 }
                 Xlstm::Slstm { .. } => 2 * b * s * (d * 4 * d + h * (d / h) * (4 * d / h)),
             };
             assert_eq!(op.matmul_flops(&ins, b, s), want, "{op:?}");
             assert_eq!(op.attrs(), "heads=2");
+            if let Xlstm::Mlstm { .. } = op {
+                // 100 positions: chunks of 64 and 36, not one 100 × 100 block.
+                let s = 100;
+                let proj = 2 * b * s * (d * 4 * d + d * h + d * h + d * d);
+                let blocks = 4 * b * d * (64 * 64 + 36 * 36) + 4 * (b * s * d) * (d / h);
+                assert_eq!(op.matmul_flops(&ins, b, s), proj + blocks);
+            }
         }
     }
 }

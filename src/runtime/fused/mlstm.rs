@@ -1,4 +1,5 @@
-//! xLSTM's mLSTM cells (parallel form), with their fused backward pass.
+//! xLSTM's mLSTM cells (the kernel's chunkwise form; the plain path's parallel form), with
+//! their fused backward pass.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -71,13 +72,14 @@ fn mlstm_forward(ins: &[FlexTensor; 5]) -> (FlexTensor, [FlexTensor; 3], k::Mlst
     (tensor(y, vec![b, s, nh * w]), fin, sh)
 }
 
-/// xLSTM's mLSTM cells from a zero memory, in the stabilized parallel form: q, k, v
-/// `[b, H, s, dh]` (k already scaled by 1/√dh), the input gate pre-activations ĩ and ln f
-/// (ln σ of the forget gate's) `[b, H, s]`. Returns every h merged over the heads `[b, s, d]`
-/// and the memory after the last position (C `[b, H, dh, dh]`, n `[b, H, 1, dh]`, m
-/// `[b, H, 1, 1]`, without gradients: only decoding reads them). One fused op per (batch row,
-/// head) forward and backward (which recomputes the s × s matrices instead of keeping them).
-/// Equal to [`mlstm_plain`] from no initial state with a plain product.
+/// xLSTM's mLSTM cells from a zero memory: q, k, v `[b, H, s, dh]` (k already scaled by
+/// 1/√dh), the input gate pre-activations ĩ and ln f (ln σ of the forget gate's) `[b, H, s]`.
+/// Returns every h merged over the heads `[b, s, d]` and the memory after the last position
+/// (C `[b, H, dh, dh]`, n `[b, H, 1, dh]`, m `[b, H, 1, 1]`, without gradients: only decoding
+/// reads them). One fused op per (batch row, head) forward and backward, in the chunkwise form
+/// (chunks of [`k::MLSTM_CHUNK`] positions; the backward pass keeps only the memory entering
+/// each chunk and recomputes the chunk's blocks), so memory is linear in s. Equal to
+/// [`mlstm_plain`] (the stabilized parallel form) from no initial state with a plain product.
 pub fn mlstm(qkv: [Tensor<4>; 3], gates: [Tensor<3>; 2]) -> (Tensor<3>, [Tensor<4>; 3]) {
     let plain = |qkv, gates| mlstm_plain(qkv, gates, None, |a, b| a.matmul(b));
     let [q, k, v] = qkv;

@@ -23,7 +23,7 @@
 //! | [`selective_scan`] | Mamba's scan: 7 small tensor ops per position, positions in sequence |
 //! | [`lstm`] | the LSTM recurrence: a product and 11 tensor ops per position, positions in sequence |
 //! | [`slstm`] | xLSTM's sLSTM recurrence: 2 products and ~20 tensor ops per position |
-//! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices |
+//! | [`mlstm`] | xLSTM's mLSTM cells: ~25 tensor ops over `[b, H, s, s]` matrices (the kernel: chunkwise, memory linear in s) |
 //! | [`retention`] | RetNet's retention and GroupNorm: a host-built `[h, s, s]` decay matrix, 2 products, the state's product (unused in training) and ~9 norm ops |
 //! | [`smooth`] | ETSformer's exponential smoothing as a causal convolution: ~10 ops building the kernel and decay, a dense `[d, s, s]` matrix product (or 3 FFTs); here one pass through time, and one back |
 //! | [`causal_conv`] | the causal spectral filter's dense `[d, s, s]` convolution matrix (a gather, a mask, a batched product) or its FFT convolution (2 rffts, 6 complex-product ops, an irfft), where [`conv_is_direct`] (taps up to ~40 log₂ of the FFT length: all taps up to 256 positions) |
