@@ -1,7 +1,8 @@
 //! How each sequence mixer's training cost grows with the length: one training step (forward,
 //! backward, AdamW) at batch 1 of a one-block model (embedding, residual [LayerNorm, mixer],
 //! LayerNorm, head; width 64) per mixer and length, from 1 024 positions doubling up to
-//! `KILN_SCALING_MAX` (default 65 536).
+//! `KILN_SCALING_MAX` (default 65 536). `KILN_SCALING_ONLY=mLSTM` runs only the mixers whose
+//! name contains that text.
 //!
 //! `cargo bench --bench scaling`. For each (mixer, length) it prints the median step time and
 //! the step's peak heap memory above what was allocated before it (a counting allocator wraps
@@ -13,7 +14,7 @@
 //! The mixers: causal softmax attention (the fused kernel, which keeps only each row's softmax
 //! statistics for the backward pass), the causal spectral filter
 //! (`spectral_gate`, an FFT convolution), Mamba's selective scan, ETS attention and the mLSTM
-//! (whose parallel form holds `[len, len]` matrices per head).
+//! (its fused kernel in the chunkwise form: memory linear in the length).
 
 use kiln::runtime::DeviceKind;
 use kiln::train::Trainer;
@@ -107,7 +108,8 @@ fn main() {
         rayon::current_num_threads()
     );
     let mut summary = Vec::new();
-    for (name, layer) in MIXERS {
+    let only = std::env::var("KILN_SCALING_ONLY").unwrap_or_default();
+    for (name, layer) in MIXERS.into_iter().filter(|(n, _)| n.contains(only.as_str())) {
         let mut points = Vec::new();
         let mut len = 1024;
         while len <= max {
