@@ -180,7 +180,7 @@ impl Trainer {
         state: State,
     ) -> Self {
         // A GPU draws dropout keys on the host: no read inside a step.
-        rt.host_dropout_keys = rt.device.clone().without_autodiff() != Device::flex();
+        rt.host_dropout_keys = !crate::runtime::is_cpu(&rt.device);
         let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
         let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
         Trainer {

@@ -10,6 +10,8 @@ use burn_flex::FlexTensor;
 use kiln_kernels as k;
 use std::sync::Arc;
 
+use crate::runtime::consts::Consts;
+
 use super::dropout::dropout_plain;
 use super::lane::{back, heads_view, lane, record, shape_of, values_len, view, viewable, Lane};
 use super::softmax::softmax_plain;
@@ -101,8 +103,17 @@ fn attention_forward(
 /// gradient are read through their strides (the head split's transposed views cost no copy);
 /// the output and q's gradient come laid out as `[b, s, h, d]`, so merging and splitting the
 /// heads costs no copy either. Equal to [`attention_plain`].
-pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
-    attend(q, kt, v, scale, vis, None)
+///
+/// The plain path takes its causal mask from `masks` (the runtime's tables) where given.
+pub fn attention(
+    q: Tensor<4>,
+    kt: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+    masks: Option<&Consts>,
+) -> Tensor<4> {
+    attend(q, kt, v, scale, vis, None, masks)
 }
 
 /// [`attention`] with dropout of probability `p` (in [0, 1]) on the probabilities, inside the
@@ -110,6 +121,7 @@ pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Vis
 /// `[b, h, s, t]` is kept, and scaled by `1 / (1 − p)`, exactly as [`super::dropout`] with the
 /// same `(p, key)` would keep it in that tensor; the backward pass computes the mask again
 /// from the key. Equal to `softmax → dropout(p, key) → · v` ([`attention_dropout_plain`]).
+#[allow(clippy::too_many_arguments)]
 pub fn attention_dropout(
     q: Tensor<4>,
     kt: Tensor<4>,
@@ -118,8 +130,9 @@ pub fn attention_dropout(
     vis: Visible,
     p: f64,
     key: u64,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
-    attend(q, kt, v, scale, vis, Some((p, key)))
+    attend(q, kt, v, scale, vis, Some((p, key)), masks)
 }
 
 fn attend(
@@ -129,6 +142,7 @@ fn attend(
     scale: f32,
     vis: Visible,
     drop: Option<(f64, u64)>,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
     let dr = drop.map(|(p, key)| k::Dropout::new(key, p));
     match (lane(q), lane(kt), lane(v)) {
@@ -162,9 +176,9 @@ fn attend(
         }
         (q, kt, v) => match drop {
             Some((p, key)) => {
-                attention_dropout_plain(back(q), back(kt), back(v), scale, vis, p, key)
+                attention_dropout_plain(back(q), back(kt), back(v), scale, vis, p, key, masks)
             }
-            None => attention_plain(back(q), back(kt), back(v), scale, vis),
+            None => attention_plain(back(q), back(kt), back(v), scale, vis, masks),
         },
     }
 }
@@ -177,23 +191,33 @@ pub fn attention_plain(
     v: Tensor<4>,
     scale: f32,
     vis: Visible,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
     let dims = q.dims();
-    plain_probs(q, kt, scale, vis).matmul(v).reshape(dims)
+    plain_probs(q, kt, scale, vis, masks)
+        .matmul(v)
+        .reshape(dims)
 }
 
 /// The probabilities of the plain paths: `[b, h_kv, G·s, t]`, the G query heads of a KV head
 /// stacked as G·s rows of one product (the row-major order of `[b, h, s, t]`).
-fn plain_probs(q: Tensor<4>, kt: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
+fn plain_probs(
+    q: Tensor<4>,
+    kt: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+    masks: Option<&Consts>,
+) -> Tensor<4> {
     let [b, h, s, d] = q.dims();
     let hk = kt.dims()[1];
     let q = q.mul_scalar(scale).reshape([b, hk, (h / hk) * s, d]);
-    softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis)
+    softmax_plain(q.matmul(kt.swap_dims(2, 3)), vis, masks)
 }
 
 /// The plain Burn path of [`attention_dropout`]: [`attention_plain`] with
 /// [`dropout_plain`] of the probabilities (`[b, h_kv, G·s, t]`, the same row-major order as
 /// `[b, h, s, t]`, so the same mask) before the product with v.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_dropout_plain(
     q: Tensor<4>,
     kt: Tensor<4>,
@@ -202,8 +226,9 @@ pub fn attention_dropout_plain(
     vis: Visible,
     p: f64,
     key: u64,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
     let dims = q.dims();
-    let probs = plain_probs(q, kt, scale, vis);
+    let probs = plain_probs(q, kt, scale, vis, masks);
     dropout_plain(probs, p, key).matmul(v).reshape(dims)
 }

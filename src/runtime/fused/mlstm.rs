@@ -1,5 +1,6 @@
 //! xLSTM's mLSTM cells (parallel form), with their fused backward pass.
 
+use crate::runtime::consts::{future_mask, Consts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
@@ -77,9 +78,14 @@ fn mlstm_forward(ins: &[FlexTensor; 5]) -> (FlexTensor, [FlexTensor; 3], k::Mlst
 /// and the memory after the last position (C `[b, H, dh, dh]`, n `[b, H, 1, dh]`, m
 /// `[b, H, 1, 1]`, without gradients: only decoding reads them). One fused op per (batch row,
 /// head) forward and backward (which recomputes the s × s matrices instead of keeping them).
-/// Equal to [`mlstm_plain`] from no initial state with a plain product.
-pub fn mlstm(qkv: [Tensor<4>; 3], gates: [Tensor<3>; 2]) -> (Tensor<3>, [Tensor<4>; 3]) {
-    let plain = |qkv, gates| mlstm_plain(qkv, gates, None, |a, b| a.matmul(b));
+/// Equal to [`mlstm_plain`] from no initial state with a plain product (which takes its causal
+/// mask from `masks`, the runtime's tables, where given).
+pub fn mlstm(
+    qkv: [Tensor<4>; 3],
+    gates: [Tensor<3>; 2],
+    masks: Option<&Consts>,
+) -> (Tensor<3>, [Tensor<4>; 3]) {
+    let plain = |qkv, gates| mlstm_plain(qkv, gates, None, masks, |a, b| a.matmul(b));
     let [q, k, v] = qkv;
     let [ig, logf] = gates;
     let lanes = ([q, k, v].map(lane), [ig, logf].map(lane));
@@ -114,7 +120,8 @@ pub fn mlstm(qkv: [Tensor<4>; 3], gates: [Tensor<3>; 2]) -> (Tensor<3>, [Tensor<
 }
 
 /// The plain Burn path of [`mlstm`], continuing from `init` (C, n, m; a zero memory when
-/// `None`), with `mm` for the products (the runtime passes its mixed-precision product).
+/// `None`), with `mm` for the products (the runtime passes its mixed-precision product) and the
+/// causal mask from `masks` (the runtime's tables) where given.
 /// F_t = Σ_{u≤t} ln f_u; position t weighs the carried memory by e^{F_t + m₀} and position
 /// s ≤ t by e^{F_t − F_s + ĩ_s}, all divided by e^{m_t} where m_t is the largest of these
 /// exponents, so nothing overflows; m_t cancels in the result, so it is held constant for the
@@ -123,6 +130,7 @@ pub fn mlstm_plain(
     [q, k, v]: [Tensor<4>; 3],
     [ig, logf]: [Tensor<3>; 2],
     init: Option<[Tensor<4>; 3]>,
+    masks: Option<&Consts>,
     mm: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
 ) -> (Tensor<3>, [Tensor<4>; 3]) {
     let [b, h, s, dh] = q.dims();
@@ -137,7 +145,7 @@ pub fn mlstm_plain(
         ]
     });
     let a = f_cum.clone() + m0;
-    let future = Tensor::<2, Bool>::tril_mask([s, s], 0, &device);
+    let future = future_mask(masks, s, s, 0, &device);
     let logd = (f_cum.clone() - (f_cum - ig).swap_dims(2, 3)).mask_fill(
         future.unsqueeze::<4>().expand([b, h, s, s]),
         f32::NEG_INFINITY,

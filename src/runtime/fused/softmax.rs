@@ -9,6 +9,8 @@ use burn::tensor::activation;
 use burn_flex::FlexTensor;
 use kiln_kernels as k;
 
+use crate::runtime::consts::{future_mask, Consts};
+
 use super::lane::{back, dense, lane, record, shape_of, tensor, values, Lane};
 use super::{Kernel, Visible};
 
@@ -48,8 +50,9 @@ impl Backward<Flex, 1> for SoftmaxBackward {
 }
 
 /// Softmax over the last axis of scores `[b, h, R, t]`, each row over the keys `vis` lets it
-/// see; the others get probability 0 (exactly what `mask_fill(−∞)` and `softmax` give).
-pub fn softmax_rows(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
+/// see; the others get probability 0 (exactly what `mask_fill(−∞)` and `softmax` give). The
+/// plain path takes its causal mask from `masks` (the runtime's tables) where given.
+pub fn softmax_rows(scores: Tensor<4>, vis: Visible, masks: Option<&Consts>) -> Tensor<4> {
     match lane(scores) {
         Lane::Plain(x) => back::<4>(Lane::Plain(softmax_forward(&dense(x), vis))),
         Lane::Tracked(x, ctx) => {
@@ -60,27 +63,31 @@ pub fn softmax_rows(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
             });
             back::<4>(Lane::Tracked(out, ctx))
         }
-        Lane::Other(x) => softmax_plain(x, vis),
+        Lane::Other(x) => softmax_plain(x, vis, masks),
     }
 }
 
 /// The plain Burn path of [`softmax_rows`].
-pub fn softmax_plain(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
-    activation::softmax(softmax_plain_mask(scores, vis), 3)
+pub fn softmax_plain(scores: Tensor<4>, vis: Visible, masks: Option<&Consts>) -> Tensor<4> {
+    activation::softmax(softmax_plain_mask(scores, vis, masks), 3)
 }
 
 /// The scores with −∞ where `vis` hides a key (for the attention variants that read the masked
-/// scores themselves: hard and adaptive attention).
-pub fn softmax_plain_mask(scores: Tensor<4>, vis: Visible) -> Tensor<4> {
+/// scores themselves: hard and adaptive attention). The causal mask `[s, t]` comes from
+/// `masks` (built once per runtime and device, [`Consts::future_mask`]) where given, else is
+/// built here; the R = G·s rows of grouped attention are G groups of s queries, so the mask is
+/// broadcast over them as `[b, h, G, s, t]` (views: no copy of the mask per call).
+pub fn softmax_plain_mask(scores: Tensor<4>, vis: Visible, masks: Option<&Consts>) -> Tensor<4> {
     if !vis.causal {
         return scores;
     }
     let [b, h, r, t] = scores.dims();
     let s = vis.queries;
-    let mask = Tensor::<2, Bool>::tril_mask([s, t], vis.offset as i64, &scores.device());
-    let mask = mask
-        .unsqueeze_dim::<3>(0)
-        .repeat_dim(0, r / s)
-        .reshape([1, 1, r, t]);
-    scores.mask_fill(mask.expand([b, h, r, t]), f32::NEG_INFINITY)
+    let g = r / s;
+    let mask = future_mask(masks, s, t, vis.offset, &scores.device());
+    let mask = mask.reshape([1, 1, 1, s, t]).expand([b, h, g, s, t]);
+    scores
+        .reshape([b, h, g, s, t])
+        .mask_fill(mask, f32::NEG_INFINITY)
+        .reshape([b, h, r, t])
 }
