@@ -39,6 +39,9 @@ pub struct BenchArgs<'a> {
     pub unfused: bool,
     /// CubeCL's compilation log, to count the kernels each step compiles.
     pub compile_log: Option<&'a Path>,
+    /// Preallocate the generation's KV cache (`Some(true)`) or let it grow; `None`: the
+    /// device's default (growing on the CPU, static on a GPU).
+    pub static_kv_cache: Option<bool>,
 }
 
 /// Run the benchmark; prints one JSON object on stdout. Returns the exit code.
@@ -239,9 +242,16 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
             },
             ..s.clone()
         };
-        generate(&mut ModelLm::new(&rt, true), &prompts, &warm);
+        let lm = || {
+            let lm = ModelLm::new(&rt, true);
+            match a.static_kv_cache {
+                Some(on) => lm.static_cache(on),
+                None => lm,
+            }
+        };
+        generate(&mut lm(), &prompts, &warm);
         let start = Instant::now();
-        let mut lm = ModelLm::new(&rt, true);
+        let mut lm = lm();
         let got = generate(&mut lm, &prompts, &s);
         let secs = start.elapsed().as_secs_f64();
         let n: usize = got
@@ -252,6 +262,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         out["gen_batch"] = prompts.len().into();
         out["gen_tokens"] = n.into();
         out["gen_cached"] = rt.cache_support().is_ok().into();
+        out["gen_kv_cache"] = if lm.is_static() { "static" } else { "growing" }.into();
         out["gen_tokens_per_s"] = (n as f64 / secs).into();
     }
     println!(

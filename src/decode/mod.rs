@@ -70,20 +70,40 @@ impl<'a> ModelLm<'a> {
     pub fn is_static(&self) -> bool {
         self.static_cache
     }
+
+    /// Whether decoding is incremental.
+    pub fn cached(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The cache (after generation: what it holds).
+    pub fn cache(&self) -> Option<&KvCache> {
+        self.cache.as_ref()
+    }
 }
 
 /// A new cache for sequences of `len` tokens: growing, or (`static_cache`) preallocated for
-/// the `reserved` length, without the source, at least `len` and at most the model's
-/// positions.
-fn fresh_cache(rt: &Runtime, static_cache: bool, reserved: Option<usize>, len: usize) -> KvCache {
+/// the positions the model will be fed: one less than the `reserved` length (the last token
+/// is never fed), without the source, at least `len`'s and at most the model's positions.
+/// Without a reservation, or past it (`overflow`), it holds twice `len`'s positions.
+fn fresh_cache(
+    rt: &Runtime,
+    static_cache: bool,
+    reserved: Option<usize>,
+    len: usize,
+    overflow: bool,
+) -> KvCache {
     if !static_cache {
         return KvCache::new();
     }
     let src = rt.source_len().unwrap_or(0);
     let need = len.saturating_sub(src);
-    let want = reserved.unwrap_or(len).saturating_sub(src).max(need);
+    let want = match reserved {
+        Some(r) if !overflow => r.saturating_sub(1 + src),
+        _ => 2 * need,
+    };
     // A prompt longer than the positions fails in the model, as it does uncached.
-    let cap = rt.max_positions().map_or(want, |m| want.min(m.max(need)));
+    let cap = rt.max_positions().map_or(want, |m| want.min(m)).max(need);
     KvCache::with_capacity(cap)
 }
 
@@ -108,13 +128,13 @@ impl NextLogits for ModelLm<'_> {
             Some(cache) => {
                 let len = seqs.first().map_or(0, Vec::len);
                 let src = self.rt.source_len().unwrap_or(0);
-                let full = cache.len == 0
-                    || len != src + cache.len + 1
-                    || cache.capacity.is_some_and(|c| cache.len + 1 > c);
-                if full {
+                let next = cache.len > 0 && len == src + cache.len + 1;
+                let overflow = next && cache.capacity.is_some_and(|c| cache.len + 1 > c);
+                if !next || overflow {
                     // A new sequence, or one longer than `reserve` announced: run it whole
                     // into a new cache (with room for it).
-                    *cache = fresh_cache(self.rt, self.static_cache, self.reserved, len);
+                    let (rt, on, r) = (self.rt, self.static_cache, self.reserved);
+                    *cache = fresh_cache(rt, on, r, len, overflow);
                     let out = self.rt.forward_cached(tokens_tensor(seqs, device), cache);
                     return last_logits(out.expect("the cache has room for the sequence"));
                 }
