@@ -271,7 +271,7 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
     );
     let runs = std::fs::read_to_string(out.join("runs.tsv")).unwrap();
     let rows: Vec<Vec<&str>> = runs.lines().map(|l| l.split('\t').collect()).collect();
-    assert_eq!(rows.len(), 11, "{runs}");
+    assert_eq!(rows.len(), 12, "{runs}");
     assert!(
         rows.iter().all(|r| r[1] == "0"),
         "every run exits 0: {runs}"
@@ -292,6 +292,12 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
         );
         assert!(v["gen_tokens_per_s"].as_f64().unwrap() > 0.0, "{name}: {v}");
     }
+    let growing: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("kiln_d128_gen_growing.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(growing["gen_kv_cache"], "growing", "{growing}");
+    assert!(growing["gen_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(out.join("run-default/summary.json").exists());
     assert!(out.join("work/d128/cubecl.toml").exists());
     // A missing binary and a binary without the device stop the check before it runs.
@@ -318,7 +324,7 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
     );
     assert!(o.status.success());
     let runs = std::fs::read_to_string(out.join("runs.tsv")).unwrap();
-    assert_eq!(runs.matches("\tskipped\t").count(), 11, "{runs}");
+    assert_eq!(runs.matches("\tskipped\t").count(), 12, "{runs}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("skipped for time: torch_d128_f32"));
     let _ = std::fs::remove_dir_all(out);
 }
