@@ -401,3 +401,39 @@ fn host_drawn_dropout_keys_are_reproducible_and_resume_exactly() {
     assert_eq!(steps(&mut resumed, 1), host[2..]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `kiln bench` generates with the KV cache it is told, and by default with the CPU's growing
+/// one (a GPU's default, the preallocated one, cannot be run here).
+#[test]
+fn bench_generates_with_the_kv_cache_it_is_told() {
+    let bench = |extra: &[&str]| -> serde_json::Value {
+        let out = kiln()
+            .args([
+                "bench",
+                "recipes/default.yaml",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ])
+            .args(["--gen-tokens", "6", "--gen-batch", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        serde_json::from_str(&ok(&out)).unwrap()
+    };
+    for (extra, want) in [
+        (vec![], "growing"),
+        (vec!["--kv-cache", "static"], "static"),
+        (vec!["--kv-cache", "growing"], "growing"),
+    ] {
+        let v = bench(&extra);
+        assert_eq!(v["gen_kv_cache"], want, "{extra:?}: {v}");
+        assert_eq!(v["gen_tokens"], 12, "{extra:?}: {v}");
+    }
+    let out = kiln()
+        .args(["bench", "recipes/default.yaml", "--kv-cache", "fixed"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
