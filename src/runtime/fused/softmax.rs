@@ -91,3 +91,44 @@ pub fn softmax_plain_mask(scores: Tensor<4>, vis: Visible, masks: Option<&Consts
         .mask_fill(mask, f32::NEG_INFINITY)
         .reshape([b, h, r, t])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Grouped rows (G groups of s queries), a decoding offset and keys past the last query
+    /// (a preallocated cache): −∞ exactly where key j comes after query i (j > offset + i),
+    /// the scores elsewhere, with the runtime's mask table and with one built at the call.
+    #[test]
+    fn the_mask_hides_exactly_the_later_keys_of_every_group() {
+        let device = Device::flex();
+        let consts = Consts::default();
+        for (b, h, g, s, t, offset) in [(2, 2, 2, 3, 9, 4), (1, 3, 1, 5, 5, 0), (1, 1, 3, 1, 6, 2)]
+        {
+            let r = g * s;
+            let n = b * h * r * t;
+            let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let scores =
+                Tensor::<4>::from_data(TensorData::new(data.clone(), [b, h, r, t]), &device);
+            let vis = Visible {
+                queries: s,
+                causal: true,
+                offset,
+            };
+            for masks in [None, Some(&consts)] {
+                let got = softmax_plain_mask(scores.clone(), vis, masks)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .expect("f32");
+                for (idx, (&x, &y)) in data.iter().zip(&got).enumerate() {
+                    let (j, row) = (idx % t, (idx / t) % r);
+                    let hidden = j > offset + row % s;
+                    let want = if hidden { f32::NEG_INFINITY } else { x };
+                    assert_eq!(y, want, "{:?} row {row} key {j}", (b, h, g, s, t, offset));
+                }
+            }
+        }
+        // A 9 × 9 table served all three.
+        assert_eq!(consts.masks_built(), 1);
+    }
+}
