@@ -318,6 +318,20 @@ fn matmul_peak(device: &burn::prelude::Device, dtype: Option<FloatDType>) -> f64
     best
 }
 
+/// A [`ModelLm`] that reserves room for `.1` tokens whatever a generation announces: the
+/// warm-up generation then preallocates the timed one's cache.
+struct Reserved<'a>(ModelLm<'a>, usize);
+
+impl NextLogits for Reserved<'_> {
+    fn next_logits(&mut self, seqs: &[Vec<i64>], parents: Option<&[usize]>) -> Vec<Vec<f32>> {
+        self.0.next_logits(seqs, parents)
+    }
+
+    fn reserve(&mut self, len: usize) {
+        self.0.reserve(len.max(self.1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,19 +356,5 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
         assert!(median(Vec::new()).is_nan());
-    }
-}
-
-/// A [`ModelLm`] that reserves room for `.1` tokens whatever a generation announces: the
-/// warm-up generation then preallocates the timed one's cache.
-struct Reserved<'a>(ModelLm<'a>, usize);
-
-impl NextLogits for Reserved<'_> {
-    fn next_logits(&mut self, seqs: &[Vec<i64>], parents: Option<&[usize]>) -> Vec<Vec<f32>> {
-        self.0.next_logits(seqs, parents)
-    }
-
-    fn reserve(&mut self, len: usize) {
-        self.0.reserve(len.max(self.1));
     }
 }
