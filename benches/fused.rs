@@ -129,7 +129,7 @@ fn main() {
         format!("[{b}, {hk}, {}, {s}]", (h / hk) * s),
         time(reps, &|| {
             train_call(&x, &|v: Vec<Tensor<4>>| {
-                fused::softmax_rows(v[0].clone(), causal)
+                fused::softmax_rows(v[0].clone(), causal, None)
             })
         }),
     ));
@@ -185,7 +185,7 @@ fn main() {
         time(reps, &|| {
             train_call(&qkv, &|v: Vec<Tensor<4>>| {
                 let [q, k, v] = [0, 1, 2].map(|i| v[i].clone().swap_dims(1, 2));
-                let o = fused::attention(q, k, v, scale, causal);
+                let o = fused::attention(q, k, v, scale, causal, None);
                 // Merging the heads, as the model does next.
                 o.swap_dims(1, 2).reshape([b, s, h * hd])
             })
@@ -347,7 +347,7 @@ fn main() {
                 let gate = |x: &Tensor<4>| x.clone().reshape([b, xh, xs]);
                 let logf = burn::tensor::activation::log_sigmoid(gate(&v[4]));
                 let qkv = [v[0].clone(), v[1].clone().mul_scalar(0.35), v[2].clone()];
-                fused::mlstm(qkv, [gate(&v[3]), logf]).0
+                fused::mlstm(qkv, [gate(&v[3]), logf], None).0
             })
         }),
     ));
@@ -472,13 +472,13 @@ fn attention_dropout(
     p: f64,
 ) -> Tensor<4> {
     if fused::enabled() {
-        return fused::attention_dropout(q, k, v, scale, vis, p, 0x5EED);
+        return fused::attention_dropout(q, k, v, scale, vis, p, 0x5EED, None);
     }
     fused::set_enabled(true);
     let [b, h, s, d] = q.dims();
     let hk = k.dims()[1];
     let q = q.mul_scalar(scale).reshape([b, hk, (h / hk) * s, d]);
-    let probs = fused::softmax_rows(q.matmul(k.swap_dims(2, 3)), vis);
+    let probs = fused::softmax_rows(q.matmul(k.swap_dims(2, 3)), vis, None);
     let o = fused::dropout(probs, p, 0x5EED)
         .matmul(v)
         .reshape([b, h, s, d]);

@@ -23,6 +23,8 @@
 #   kiln_d128_f32_fused_cold, kiln_d128_f32_fused_warm     fused build, d 128 model
 #   kiln_d128_bf16                                         unfused build, mixed bf16
 #   kiln_default_train                                     `kiln train` of the default recipe
+#   kiln_d128_gen_growing                                  generation with the growing KV cache
+#                                                          (the others preallocate it on a GPU)
 # Each `kiln bench` also times cached generation (--gen-tokens). OUT_DIR then holds NAME.json
 # and NAME.err per run, runs.tsv (name, exit status, seconds, kernels compiled),
 # env.txt (GPU, driver, binaries) and summary.md (one row per run; needs python3).
@@ -58,6 +60,7 @@ if [ $DRY = 1 ]; then
     TINY=(--set train.batch_size=2 --set task.context=16)
     TINY_DEFAULT=(--set train.batch_size=2 --set task.max_length=8)
     BENCH=(--warmup 1 --steps 2 --gen-tokens 4 --gen-batch 1)
+    GEN=(--warmup 0 --steps 1 --gen-tokens 4 --gen-batch 1)
     TORCH=(--warmup 1 --steps 1 --gen-tokens 4 --gen-batch 1 --threads 1)
     TORCH_D128=(--seq 16 --batch 2)
     TORCH_DEFAULT=(--seq 8 --batch 2)
@@ -72,6 +75,7 @@ else
     TINY=()
     TINY_DEFAULT=()
     BENCH=(--warmup 5 --steps 30 --gen-tokens 256 --gen-batch 4)
+    GEN=(--warmup 0 --steps 1 --gen-tokens 256 --gen-batch 4)
     TORCH=(--warmup 5 --steps 30 --gen-tokens 256 --gen-batch 4)
     TORCH_D128=(--seq 128 --batch 32)
     TORCH_DEFAULT=(--seq 64 --batch 32)
@@ -213,13 +217,17 @@ d=$(workdir default)
 rm -rf "$OUT/run-default"
 run kiln_default_train "$d" "$TRAIN_S" "$KILN" train "$R/default.yaml" --device "$DEVICE" \
     "${TRAIN[@]}" --out "$OUT/run-default"
+# The growing KV cache (a new shape per token) against the other runs' preallocated one.
+d=$(workdir d128)
+run kiln_d128_gen_growing "$d" "$WARM" "$KILN" bench --device "$DEVICE" "${GEN[@]}" \
+    --kv-cache growing --compile-log compile.log "$R/uint16-prng.yaml" "${D128[@]}"
 
 # One row per run: its exit status and time, kernels compiled, and the numbers of its JSON.
 "$PYTHON" - "$OUT" <<'EOF' || echo "(no summary: $PYTHON failed)"
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 keys = ["train_steps_per_s", "train_step_ms_median", "steady_step_ms_median",
-        "last_step_compiling", "gen_tokens_per_s", "params"]
+        "last_step_compiling", "gen_tokens_per_s", "gen_kv_cache", "params"]
 rows = ["| run | exit | s | kernels compiled | warm-up s | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 5) + "|"]
 for line in (out / "runs.tsv").read_text().splitlines():

@@ -109,7 +109,10 @@ fn main() {
     );
     let mut summary = Vec::new();
     let only = std::env::var("KILN_SCALING_ONLY").unwrap_or_default();
-    for (name, layer) in MIXERS.into_iter().filter(|(n, _)| n.contains(only.as_str())) {
+    for (name, layer) in MIXERS
+        .into_iter()
+        .filter(|(n, _)| n.contains(only.as_str()))
+    {
         let mut points = Vec::new();
         let mut len = 1024;
         while len <= max {

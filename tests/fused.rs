@@ -62,7 +62,7 @@ fn softmax_matches_mask_fill_and_softmax() {
         let (v, g) = compare(
             Kernel::Softmax,
             |d| vec![t(shape, 3, 6.0, d)],
-            |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone(), vis),
+            |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone(), vis, None),
         );
         assert!(v < 1e-6, "{shape:?} {vis:?}: values differ by {v}");
         assert!(
@@ -75,7 +75,9 @@ fn softmax_matches_mask_fill_and_softmax() {
     let (v, g) = compare(
         Kernel::Softmax,
         |d| vec![t([2, 3, 6, 6], 4, 80.0, d)],
-        |x: Vec<Tensor<4>>| fused::softmax_rows(x[0].clone().swap_dims(2, 3), vis(6, true, 0)),
+        |x: Vec<Tensor<4>>| {
+            fused::softmax_rows(x[0].clone().swap_dims(2, 3), vis(6, true, 0), None)
+        },
     );
     assert!(v < 1e-6 && g[0] < 1e-5, "{v} {g:?}");
 }
@@ -260,7 +262,7 @@ fn attention_matches_matmul_softmax_matmul() {
                     ]
                 },
                 |x: Vec<Tensor<4>>| {
-                    fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis)
+                    fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis, None)
                 },
             );
             let case = format!("({b},{h},{hk},{s},{tk},{d}) {vis:?} heads last {heads_last}");
@@ -302,7 +304,16 @@ fn attention_dropout_matches_softmax_dropout_matmul() {
             ]
         };
         let fused_attn = |x: Vec<Tensor<4>>| {
-            fused::attention_dropout(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis, p, key)
+            fused::attention_dropout(
+                x[0].clone(),
+                x[1].clone(),
+                x[2].clone(),
+                0.7,
+                vis,
+                p,
+                key,
+                None,
+            )
         };
         // The separate ops, the G query heads of a KV head as G·s rows ([b, hk, G·s, t] has
         // the row-major order of [b, h, s, t]).
@@ -311,7 +322,7 @@ fn attention_dropout_matches_softmax_dropout_matmul() {
                 .clone()
                 .mul_scalar(0.7)
                 .reshape([b, hk, (h / hk) * s, d]);
-            let probs = fused::softmax_rows(q.matmul(x[1].clone().swap_dims(2, 3)), vis);
+            let probs = fused::softmax_rows(q.matmul(x[1].clone().swap_dims(2, 3)), vis, None);
             fused::dropout(probs, p, key)
                 .matmul(x[2].clone())
                 .reshape([b, h, s, d])
@@ -341,7 +352,7 @@ fn attention_dropout_matches_softmax_dropout_matmul() {
         // Dropout really drops: the output differs from attention without it.
         let dev = Device::flex();
         let x = make(&dev);
-        let plain = fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis);
+        let plain = fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis, None);
         assert!(
             max_diff(fused_attn(x), plain) > 1e-3,
             "{case}: nothing dropped"
@@ -378,7 +389,7 @@ fn hard_attention_matches_its_plain_path() {
         let hard = |train: bool| {
             move |x: Vec<Tensor<4>>| {
                 let qkv = (x[0].clone(), x[1].clone(), x[2].clone());
-                fused::attention_hard(qkv, 0.7, vis, drop, train)
+                fused::attention_hard(qkv, 0.7, vis, drop, train, None)
             }
         };
         let (v, g) = compare(Kernel::Attention, make, hard(true));
@@ -389,7 +400,7 @@ fn hard_attention_matches_its_plain_path() {
         // Outside training (dropout is a training matter).
         let infer = |x: Vec<Tensor<4>>| {
             let qkv = (x[0].clone(), x[1].clone(), x[2].clone());
-            fused::attention_hard(qkv, 0.7, vis, None, false)
+            fused::attention_hard(qkv, 0.7, vis, None, false, None)
         };
         let (a, _) = counted(&[Kernel::Attention], true, false, || {
             run_once(&make, &infer, true, false)
@@ -401,7 +412,7 @@ fn hard_attention_matches_its_plain_path() {
         assert!(v < 1e-5, "{case}: inference values differ by {v}");
         // The weights are hard: the output differs from soft attention's.
         let x = make(&Device::flex());
-        let soft = fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis);
+        let soft = fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 0.7, vis, None);
         assert!(max_diff(a, soft) > 1e-3, "{case}: the weights are soft");
     }
 }
@@ -426,7 +437,7 @@ fn attention_with_values_of_another_width_matches_the_plain_path() {
             ]
         };
         let (v, g) = compare(Kernel::Attention, make, |x: Vec<Tensor<4>>| {
-            fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 1.0, vis)
+            fused::attention(x[0].clone(), x[1].clone(), x[2].clone(), 1.0, vis, None)
         });
         let case = format!("({b},{h},{hk},{s},{tk},{d},{e}) {vis:?}");
         assert!(v < 4e-6, "{case}: values differ by {v}");

@@ -241,7 +241,7 @@ fn mlstm_matches_the_parallel_form_in_burn_ops() {
                 grad3(t([b, nh, s], 103, 3.0, &dev)),
                 grad3(t([b, nh, s], 104, 1.0, &dev).exp().neg().mul_scalar(0.5)),
             ];
-            let (y, st) = fused::mlstm(qkv.clone(), gates.clone());
+            let (y, st) = fused::mlstm(qkv.clone(), gates.clone(), None);
             fused::set_enabled(true);
             let mut out = vec![y.clone().without_autodiff().reshape([-1])];
             out.extend(

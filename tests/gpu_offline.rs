@@ -271,7 +271,7 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
     );
     let runs = std::fs::read_to_string(out.join("runs.tsv")).unwrap();
     let rows: Vec<Vec<&str>> = runs.lines().map(|l| l.split('\t').collect()).collect();
-    assert_eq!(rows.len(), 11, "{runs}");
+    assert_eq!(rows.len(), 12, "{runs}");
     assert!(
         rows.iter().all(|r| r[1] == "0"),
         "every run exits 0: {runs}"
@@ -292,6 +292,12 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
         );
         assert!(v["gen_tokens_per_s"].as_f64().unwrap() > 0.0, "{name}: {v}");
     }
+    let growing: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("kiln_d128_gen_growing.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(growing["gen_kv_cache"], "growing", "{growing}");
+    assert!(growing["gen_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(out.join("run-default/summary.json").exists());
     assert!(out.join("work/d128/cubecl.toml").exists());
     // A missing binary and a binary without the device stop the check before it runs.
@@ -318,7 +324,7 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
     );
     assert!(o.status.success());
     let runs = std::fs::read_to_string(out.join("runs.tsv")).unwrap();
-    assert_eq!(runs.matches("\tskipped\t").count(), 11, "{runs}");
+    assert_eq!(runs.matches("\tskipped\t").count(), 12, "{runs}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("skipped for time: torch_d128_f32"));
     let _ = std::fs::remove_dir_all(out);
 }
@@ -435,7 +441,11 @@ fn grouped_adamw_trains_as_the_per_parameter_update_and_resumes() {
     let (wa, wb) = (a.rt.values(), b.rt.values());
     for (name, (x, _)) in &wa {
         let y = &wb[name].0;
-        let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        let d = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
         assert!(d < 1e-5, "{name} differs by {d}");
     }
     // Saved after 2 grouped steps and resumed grouped: the uninterrupted run's next steps.
@@ -449,4 +459,40 @@ fn grouped_adamw_trains_as_the_per_parameter_update_and_resumes() {
     resumed.grouped_adamw = true;
     assert_eq!(steps(&mut resumed, 2), la[2..]);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `kiln bench` generates with the KV cache it is told, and by default with the CPU's growing
+/// one (a GPU's default, the preallocated one, cannot be run here).
+#[test]
+fn bench_generates_with_the_kv_cache_it_is_told() {
+    let bench = |extra: &[&str]| -> serde_json::Value {
+        let out = kiln()
+            .args([
+                "bench",
+                "recipes/default.yaml",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ])
+            .args(["--gen-tokens", "6", "--gen-batch", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        serde_json::from_str(&ok(&out)).unwrap()
+    };
+    for (extra, want) in [
+        (vec![], "growing"),
+        (vec!["--kv-cache", "static"], "static"),
+        (vec!["--kv-cache", "growing"], "growing"),
+    ] {
+        let v = bench(&extra);
+        assert_eq!(v["gen_kv_cache"], want, "{extra:?}: {v}");
+        assert_eq!(v["gen_tokens"], 12, "{extra:?}: {v}");
+    }
+    let out = kiln()
+        .args(["bench", "recipes/default.yaml", "--kv-cache", "fixed"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -523,6 +523,7 @@ fn ctx<'a>(
         batch: 0,
         seq: 0,
         offset: 0,
+        kv_capacity: None,
         matmul_dtype: None,
         soft_attention: false,
         freq_mask: None,

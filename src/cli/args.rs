@@ -177,6 +177,12 @@ pub(super) enum Command {
         /// each step then reports the kernels compiled while it ran.
         #[arg(long, value_name = "FILE")]
         compile_log: Option<PathBuf>,
+        /// The generation's KV cache: `static` (buffers preallocated for the whole generation,
+        /// the same shapes at every token) or `growing` (one position longer per token).
+        /// Default: growing on the CPU, where it is cheaper; static on a GPU, where a new shape
+        /// means new kernels. Both give the same tokens.
+        #[arg(long, value_name = "KIND")]
+        kv_cache: Option<KvCacheKind>,
     },
     /// Recompute a run's task metrics from its best or last checkpoint.
     #[command(after_help = "Example:\n  kiln eval runs/default-1763856000 --checkpoint best")]
@@ -427,6 +433,15 @@ pub enum ReportFormat {
     Csv,
     /// JSON rows.
     Json,
+}
+
+/// The layout of a generation's KV cache (`kiln bench --kv-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheKind {
+    /// Preallocated for the whole generation, written in place: static shapes.
+    Static,
+    /// Grown by one position per token.
+    Growing,
 }
 
 /// Numeric precision of training.

@@ -3,7 +3,7 @@
 //! The binary-only counterpart of `cargo bench` (which needs the source tree and a toolchain):
 //! it is what runs on a GPU machine, and what `benches/torch_reference.py` is compared with.
 
-use crate::decode::{generate, ModelLm, Settings};
+use crate::decode::{generate, ModelLm, NextLogits, Settings};
 use crate::runtime::{DeviceKind, Runtime};
 use crate::spec::recipe::Decode;
 use crate::train::{Batch, Data, Trainer};
@@ -39,6 +39,9 @@ pub struct BenchArgs<'a> {
     pub unfused: bool,
     /// CubeCL's compilation log, to count the kernels each step compiles.
     pub compile_log: Option<&'a Path>,
+    /// Preallocate the generation's KV cache (`Some(true)`) or let it grow; `None`: the
+    /// device's default (growing on the CPU, static on a GPU).
+    pub static_kv_cache: Option<bool>,
 }
 
 /// Run the benchmark; prints one JSON object on stdout. Returns the exit code.
@@ -231,7 +234,8 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
             source_len: src,
         };
         let prompts = vec![vec![0i64; src + 1]; a.gen_batch.max(1)];
-        // One short warm-up generation compiles the kernels of every shape used.
+        // One short warm-up generation compiles the kernels of every shape used (with a
+        // preallocated cache, its capacity is the timed generation's: the same shapes).
         let warm = Settings {
             d: Decode {
                 max_length: Some(4),
@@ -239,9 +243,16 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
             },
             ..s.clone()
         };
-        generate(&mut ModelLm::new(&rt, true), &prompts, &warm);
+        let lm = || {
+            let lm = ModelLm::new(&rt, true);
+            match a.static_kv_cache {
+                Some(on) => lm.static_cache(on),
+                None => lm,
+            }
+        };
+        generate(&mut Reserved(lm(), src + len), &prompts, &warm);
         let start = Instant::now();
-        let mut lm = ModelLm::new(&rt, true);
+        let mut lm = lm();
         let got = generate(&mut lm, &prompts, &s);
         let secs = start.elapsed().as_secs_f64();
         let n: usize = got
@@ -252,6 +263,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         out["gen_batch"] = prompts.len().into();
         out["gen_tokens"] = n.into();
         out["gen_cached"] = rt.cache_support().is_ok().into();
+        out["gen_kv_cache"] = if lm.is_static() { "static" } else { "growing" }.into();
         out["gen_tokens_per_s"] = (n as f64 / secs).into();
     }
     println!(
@@ -304,6 +316,20 @@ fn matmul_peak(device: &burn::prelude::Device, dtype: Option<FloatDType>) -> f64
         best = best.max(2.0 * (n as f64).powi(3) / secs / 1e9);
     }
     best
+}
+
+/// A [`ModelLm`] that reserves room for `.1` tokens whatever a generation announces: the
+/// warm-up generation then preallocates the timed one's cache.
+struct Reserved<'a>(ModelLm<'a>, usize);
+
+impl NextLogits for Reserved<'_> {
+    fn next_logits(&mut self, seqs: &[Vec<i64>], parents: Option<&[usize]>) -> Vec<Vec<f32>> {
+        self.0.next_logits(seqs, parents)
+    }
+
+    fn reserve(&mut self, len: usize) {
+        self.0.reserve(len.max(self.1));
+    }
 }
 
 #[cfg(test)]

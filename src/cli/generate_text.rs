@@ -121,4 +121,8 @@ impl NextLogits for Streaming<'_> {
         self.show(&text, false);
         self.inner.next_logits(seqs, parents)
     }
+
+    fn reserve(&mut self, len: usize) {
+        self.inner.reserve(len);
+    }
 }

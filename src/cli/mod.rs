@@ -81,6 +81,7 @@ pub fn main() -> i32 {
             profile,
             unfused,
             compile_log,
+            kv_cache,
         } => bench::bench_cmd(&bench::BenchArgs {
             recipe: &recipe,
             set: &set,
@@ -93,6 +94,7 @@ pub fn main() -> i32 {
             profile,
             unfused,
             compile_log: compile_log.as_deref(),
+            static_kv_cache: kv_cache.map(|k| k == args::KvCacheKind::Static),
         }),
         Command::Eval { run, checkpoint } => {
             crate::cli::generate::eval_cmd(&run, checkpoint, None, &[], false)

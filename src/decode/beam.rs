@@ -92,6 +92,7 @@ pub(super) fn beam(
     let procs = Processors::new(&s.d, s.eos, prompt_len, super::min_tokens_to_keep(s))
         .skipping(s.source_len);
     let mut rng = Rng::new(s.d.seed);
+    lm.reserve(max_len);
     let mut seqs: Vec<Vec<i64>> = prompts
         .iter()
         .flat_map(|p| std::iter::repeat_n(p.clone(), k))

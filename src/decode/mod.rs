@@ -19,27 +19,56 @@ pub trait NextLogits {
     /// have one length); `parents[r]` is the row of the previous call that row r continues
     /// (`None` on the first call).
     fn next_logits(&mut self, seqs: &[Vec<i64>], parents: Option<&[usize]>) -> Vec<Vec<f32>>;
+
+    /// Called once before a generation's first call: no row will grow past `len` tokens
+    /// (source and prompt included). A model with a preallocated cache sizes it so.
+    fn reserve(&mut self, _len: usize) {}
 }
 
 /// A trained model as a [`NextLogits`] source; with a cache, each call after the first runs
 /// the model on one new token per row.
+///
+/// The cache is preallocated (static shapes, [`KvCache::with_capacity`]) on a GPU, where a
+/// new shape per token means new kernels and allocations, and grows by one position per token
+/// on the CPU, where that is cheaper; [`ModelLm::static_cache`] chooses. The capacity is the
+/// length [`NextLogits::reserve`] announces (less an encoder-decoder's source), at most the
+/// model's positions ([`Runtime::max_positions`]).
 pub struct ModelLm<'a> {
     rt: &'a Runtime,
     cache: Option<KvCache>,
+    /// Preallocate the cache.
+    static_cache: bool,
+    /// The longest sequence announced by [`NextLogits::reserve`].
+    reserved: Option<usize>,
     /// Model calls made (for tests and benchmarks).
     pub calls: usize,
 }
 
 impl<'a> ModelLm<'a> {
     /// Wrap `rt`; `use_cache` asks for incremental decoding, which is used when every op of
-    /// the graph allows it ([`Runtime::cache_support`]).
+    /// the graph allows it ([`Runtime::cache_support`]), with a preallocated cache where `rt`
+    /// runs on a GPU.
     pub fn new(rt: &'a Runtime, use_cache: bool) -> Self {
         let cache = (use_cache && rt.cache_support().is_ok()).then(KvCache::new);
         ModelLm {
             rt,
             cache,
+            static_cache: !crate::runtime::is_cpu(&rt.device),
+            reserved: None,
             calls: 0,
         }
+    }
+
+    /// Preallocate the cache (`true`, static shapes) or let it grow (`false`), whatever the
+    /// device; both give the same tokens and logits.
+    pub fn static_cache(mut self, on: bool) -> Self {
+        self.static_cache = on;
+        self
+    }
+
+    /// Whether the cache is preallocated (when there is one).
+    pub fn is_static(&self) -> bool {
+        self.static_cache
     }
 
     /// Whether decoding is incremental.
@@ -51,6 +80,31 @@ impl<'a> ModelLm<'a> {
     pub fn cache(&self) -> Option<&KvCache> {
         self.cache.as_ref()
     }
+}
+
+/// A new cache for sequences of `len` tokens: growing, or (`static_cache`) preallocated for
+/// the positions the model will be fed: one less than the `reserved` length (the last token
+/// is never fed), without the source, at least `len`'s and at most the model's positions.
+/// Without a reservation, or past it (`overflow`), it holds twice `len`'s positions.
+fn fresh_cache(
+    rt: &Runtime,
+    static_cache: bool,
+    reserved: Option<usize>,
+    len: usize,
+    overflow: bool,
+) -> KvCache {
+    if !static_cache {
+        return KvCache::new();
+    }
+    let src = rt.source_len().unwrap_or(0);
+    let need = len.saturating_sub(src);
+    let want = match reserved {
+        Some(r) if !overflow => r.saturating_sub(1 + src),
+        _ => 2 * need,
+    };
+    // A prompt longer than the positions fails in the model, as it does uncached.
+    let cap = rt.max_positions().map_or(want, |m| want.min(m)).max(need);
+    KvCache::with_capacity(cap)
 }
 
 fn last_logits(logits: burn::prelude::Tensor<3>) -> Vec<Vec<f32>> {
@@ -74,9 +128,15 @@ impl NextLogits for ModelLm<'_> {
             Some(cache) => {
                 let len = seqs.first().map_or(0, Vec::len);
                 let src = self.rt.source_len().unwrap_or(0);
-                if cache.len == 0 || len != src + cache.len + 1 {
-                    *cache = KvCache::new();
-                    return last_logits(self.rt.forward_cached(tokens_tensor(seqs, device), cache));
+                let next = cache.len > 0 && len == src + cache.len + 1;
+                let overflow = next && cache.capacity.is_some_and(|c| cache.len + 1 > c);
+                if !next || overflow {
+                    // A new sequence, or one longer than `reserve` announced: run it whole
+                    // into a new cache (with room for it).
+                    let (rt, on, r) = (self.rt, self.static_cache, self.reserved);
+                    *cache = fresh_cache(rt, on, r, len, overflow);
+                    let out = self.rt.forward_cached(tokens_tensor(seqs, device), cache);
+                    return last_logits(out.expect("the cache has room for the sequence"));
                 }
                 if let Some(p) = parents {
                     if p.iter().enumerate().any(|(i, &r)| i != r) {
@@ -84,9 +144,14 @@ impl NextLogits for ModelLm<'_> {
                     }
                 }
                 let last: Vec<Vec<i64>> = seqs.iter().map(|s| vec![s[len - 1]]).collect();
-                last_logits(self.rt.forward_cached(tokens_tensor(&last, device), cache))
+                let out = self.rt.forward_cached(tokens_tensor(&last, device), cache);
+                last_logits(out.expect("the cache has room for one more position"))
             }
         }
+    }
+
+    fn reserve(&mut self, len: usize) {
+        self.reserved = Some(len);
     }
 }
 
@@ -178,6 +243,7 @@ fn sample_or_greedy(
     let sample = s.d.strategy == Strategy::Sample;
     let procs = Processors::new(&s.d, s.eos, prompt_len, 1).skipping(s.source_len);
     let mut rng = Rng::new(s.d.seed);
+    lm.reserve(max_len);
     let mut seqs: Vec<Vec<i64>> = prompts
         .iter()
         .flat_map(|p| std::iter::repeat_n(p.clone(), n_ret))

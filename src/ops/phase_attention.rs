@@ -1,6 +1,7 @@
 //! Phase-coherent attention: multi-head attention whose logits add the phase coherence of
 //! the two positions (see the `phase_attention` layer), cosine or complex, causal or not.
 
+use super::attention::append;
 use super::{float_input, port, shapes, take_state, InferError, OpDef, OpState, RefTensor};
 use crate::ir::reference::math::softmax;
 use crate::ir::{DType, Dim, Mixing, TensorType};
@@ -160,10 +161,7 @@ impl OpDef for PhaseAttention {
     }
 
     fn decode(&self, ins: &[&V], ctx: &Ctx, state: &mut Option<Box<dyn OpState>>) -> V {
-        let mut keys = PhaseKeys::of(self, ins);
-        if let Some(earlier) = take_state::<PhaseKeys>(state) {
-            keys = keys.after(earlier);
-        }
+        let keys = PhaseKeys::of(self, ins).after(take_state::<PhaseKeys>(state), ctx);
         let out = self.attend(ins, keys.clone(), false, ctx);
         *state = Some(Box::new(keys));
         V::F4(out)
@@ -227,11 +225,11 @@ impl PhaseAttention {
             if !ctx.wants_attention_entropy() && ctx.matmul_dtype.is_none() {
                 // softmax(qs ksᵀ) v is attention of qs over ks with values v: the fused
                 // kernel (nothing of size s × s kept for the backward pass).
-                return fused::attention(qs, ks, keys.v, 1.0, vis);
+                return fused::attention(qs, ks, keys.v, 1.0, vis, ctx.consts);
             }
             mm(qs, tr(ks), ctx)
         };
-        let probs = fused::softmax_rows(logits, vis);
+        let probs = fused::softmax_rows(logits, vis, ctx.consts);
         record_entropy(&probs, ctx);
         mm(probs, keys.v, ctx)
     }
@@ -264,14 +262,26 @@ impl PhaseKeys {
         }
     }
 
-    /// `earlier`'s positions followed by this call's (along the sequence axis).
-    fn after(self, earlier: PhaseKeys) -> Self {
-        let cat = |a: Tensor<4>, b: Tensor<4>| Tensor::cat(vec![a, b], 2);
-        Self {
-            k: cat(earlier.k, self.k),
-            v: cat(earlier.v, self.v),
-            phase: cat(earlier.phase, self.phase),
-            amp: earlier.amp.zip(self.amp).map(|(a, b)| cat(a, b)),
+    /// `earlier`'s positions followed by this call's (along the sequence axis): concatenated,
+    /// or written in place into buffers of `ctx.kv_capacity` positions (see
+    /// [`super::attention::append`]; the positions not written yet come after every query's
+    /// causal limit, so they get probability 0).
+    fn after(self, earlier: Option<PhaseKeys>, ctx: &Ctx) -> Self {
+        let (off, cap) = (ctx.offset, ctx.kv_capacity);
+        let add = |a: Option<Tensor<4>>, b: Tensor<4>| append(a, b, off, cap);
+        match earlier {
+            None => Self {
+                k: add(None, self.k),
+                v: add(None, self.v),
+                phase: add(None, self.phase),
+                amp: self.amp.map(|b| add(None, b)),
+            },
+            Some(e) => Self {
+                k: add(Some(e.k), self.k),
+                v: add(Some(e.v), self.v),
+                phase: add(Some(e.phase), self.phase),
+                amp: self.amp.map(|b| add(e.amp, b)),
+            },
         }
     }
 }

@@ -78,3 +78,10 @@ impl DeviceKind {
         }
     }
 }
+
+/// Whether `device` is the CPU (Burn's `flex` backend, with or without autodiff): the runtime
+/// picks its CPU defaults there (a KV cache that grows by concatenation, dropout keys from the
+/// device's generator) and its GPU ones elsewhere.
+pub fn is_cpu(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}

@@ -12,8 +12,8 @@ pub mod ops;
 pub mod value;
 pub mod weights_file;
 
-pub use cache::KvCache;
-pub use device::DeviceKind;
+pub use cache::{CacheFull, KvCache};
+pub use device::{is_cpu, DeviceKind};
 pub use value::V;
 pub use weights_file::{from_safetensors, load_weights, to_safetensors, to_safetensors_with};
 
@@ -338,17 +338,32 @@ impl Runtime {
     /// cache. Attention reads the cached K/V (H_kv heads after the GQA pass) instead of
     /// recomputing them, LSTMs continue from their cached state, and position tables start at
     /// the cached length, so each new token costs O(T) instead of O(T²). Check
-    /// [`Runtime::cache_support`] first.
-    pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+    /// [`Runtime::cache_support`] first. A cache with a capacity ([`KvCache::with_capacity`])
+    /// refuses a call that would go past it ([`CacheFull`]), before any work.
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, CacheFull> {
         let src = if cache.len == 0 {
             self.source_len().unwrap_or(0)
         } else {
             0
         };
         let n = tokens.dims()[1] - src;
+        if let Some(capacity) = cache.capacity {
+            if cache.len + n > capacity {
+                return Err(CacheFull {
+                    capacity,
+                    held: cache.len,
+                    new: n,
+                    needed: cache.len + n,
+                });
+            }
+        }
         let out = self.run(V::I2(tokens), false, Some(cache), None);
         cache.len += n;
-        out
+        Ok(out)
     }
 
     /// The longest input the model can read, where a layer limits it (`position_linear`,
@@ -434,6 +449,7 @@ impl Runtime {
             batch,
             seq,
             offset: cache.as_ref().map_or(0, |c| c.len),
+            kv_capacity: cache.as_ref().and_then(|c| c.capacity),
             matmul_dtype: self.matmul_dtype,
             soft_attention: self.soft_attention,
             freq_mask: self.freq_mask,
@@ -463,12 +479,15 @@ impl Runtime {
                 Op::Output(_) => return values.remove(&ins_idx[0]).expect("output value").f3(),
                 op => {
                     let ins: Vec<&V> = ins_idx.iter().map(|i| &values[i]).collect();
-                    // Inside memory bodies, cached positions include the memory tokens.
+                    // Inside memory bodies, cached positions include the memory tokens (the
+                    // first call's input already starts with them), and so do preallocated
+                    // buffers.
                     let shifted;
                     let ctx = match self.memory_prefix.get(&n) {
-                        Some(&m) if ctx.offset > 0 => {
+                        Some(&m) => {
                             shifted = ops::Ctx {
-                                offset: ctx.offset + m,
+                                offset: if ctx.offset > 0 { ctx.offset + m } else { 0 },
+                                kv_capacity: ctx.kv_capacity.map(|c| c + m),
                                 ..ctx
                             };
                             &shifted

@@ -23,6 +23,11 @@ pub struct Ctx<'a> {
     /// Positions already processed before this call (incremental decoding with a
     /// [`super::KvCache`]); 0 for an ordinary forward pass.
     pub offset: usize,
+    /// Incremental decoding with a preallocated cache ([`super::KvCache::with_capacity`]):
+    /// the positions each attention layer's key and value buffers hold (this call's and the
+    /// earlier ones included), written in place, so every decoding step has the same shapes.
+    /// `None`: the cache grows by concatenation (and outside decoding).
+    pub kv_capacity: Option<usize>,
     /// Mixed precision: the dtype matrix products run in (see [`super::Runtime::matmul_dtype`]).
     pub matmul_dtype: Option<burn::tensor::FloatDType>,
     /// Evaluate hard attention softly (see [`super::Runtime::soft_attention`]).

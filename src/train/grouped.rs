@@ -80,7 +80,7 @@ mod tests {
     }
 
     fn host(x: Tensor<1>) -> Vec<f32> {
-        x.into_data().to_vec().expect("f32")
+        x.into_data().try_to_vec::<f32>().expect("f32")
     }
 
     /// Against the per-parameter update, plain (to the bit) and fused (the CPU's kernel):

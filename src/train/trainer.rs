@@ -185,7 +185,7 @@ impl Trainer {
     ) -> Self {
         // A GPU draws dropout keys on the host (no read inside a step) and updates the
         // parameters over grouped buffers (a few kernels, not ~10 per parameter).
-        let gpu = rt.device.clone().without_autodiff() != Device::flex();
+        let gpu = !crate::runtime::is_cpu(&rt.device);
         rt.host_dropout_keys = gpu;
         let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
         let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);

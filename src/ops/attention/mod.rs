@@ -14,6 +14,7 @@ pub mod self_attention;
 mod weights;
 
 pub use cross::{CrossAttention, PadBias};
+pub(crate) use kv::append;
 pub use kv::KvState;
 pub use repeat_kv::RepeatKv;
 pub use self_attention::SelfAttention;

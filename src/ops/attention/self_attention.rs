@@ -1,6 +1,7 @@
 //! Attention over the sequence's own positions (its cache of keys and values for decoding
 //! is [`KvState`]).
 
+use super::kv::append;
 use super::weights::{adaptive_softmax, attention_weights, hard_weights};
 use super::{add_key_bias, key_bias_fits, AttnScale, KvState};
 use crate::ir::{DType, Dim, Mixing, Real, TensorType};
@@ -203,11 +204,14 @@ impl OpDef for SelfAttention {
 
     fn decode(&self, ins: &[&V], ctx: &Ctx, state: &mut Option<Box<dyn OpState>>) -> V {
         let p = self.ports();
-        let (mut k, mut v) = (port(p, ins, "k").f4(), port(p, ins, "v").f4());
-        if let Some(earlier) = take_state::<KvState>(state) {
-            k = Tensor::cat(vec![earlier.k, k], 2);
-            v = Tensor::cat(vec![earlier.v, v], 2);
-        }
+        let (k, v) = (port(p, ins, "k").f4(), port(p, ins, "v").f4());
+        let earlier = take_state::<KvState>(state);
+        let (ek, ev) = earlier.map(|e| (e.k, e.v)).unzip();
+        // Grown by one call's positions, or written into buffers of a fixed capacity; there
+        // the positions not written yet lie after every query's causal limit, so they get
+        // probability 0 and the output is the growing cache's.
+        let k = append(ek, k, ctx.offset, ctx.kv_capacity);
+        let v = append(ev, v, ctx.offset, ctx.kv_capacity);
         let out = self.attend(ins, k.clone(), v.clone(), ctx);
         *state = Some(Box::new(KvState { k, v }));
         V::F4(out)
@@ -257,10 +261,15 @@ impl SelfAttention {
             // The same key, drawn at the same place, as the separate dropout below: the same
             // mask on the weights [b, h, s, t].
             let drop = (ctx.train && p > 0.0).then(|| (p, dropout_key(ctx, &q.device())));
+            let masks = ctx.consts;
             return match (hard, drop) {
-                (true, drop) => fused::attention_hard((q, k, v), scale, vis, drop, ctx.train),
-                (false, Some((p, key))) => fused::attention_dropout(q, k, v, scale, vis, p, key),
-                (false, None) => fused::attention(q, k, v, scale, vis),
+                (true, drop) => {
+                    fused::attention_hard((q, k, v), scale, vis, drop, ctx.train, masks)
+                }
+                (false, Some((p, key))) => {
+                    fused::attention_dropout(q, k, v, scale, vis, p, key, masks)
+                }
+                (false, None) => fused::attention(q, k, v, scale, vis, masks),
             };
         }
         let q = match factor {
@@ -273,11 +282,14 @@ impl SelfAttention {
             scores = add_key_bias(scores, port::<&V>(ports, ins, "key_mask"));
         }
         let probs = if hard {
-            hard_weights(fused::softmax_plain_mask(scores, vis), ctx.train)
+            hard_weights(
+                fused::softmax_plain_mask(scores, vis, ctx.consts),
+                ctx.train,
+            )
         } else if self.adaptive && !ctx.train {
-            adaptive_softmax(fused::softmax_plain_mask(scores, vis))
+            adaptive_softmax(fused::softmax_plain_mask(scores, vis, ctx.consts))
         } else {
-            fused::softmax_rows(scores, vis)
+            fused::softmax_rows(scores, vis, ctx.consts)
         };
         record_entropy(&probs, ctx);
         let probs = dropout(probs, p, ctx);

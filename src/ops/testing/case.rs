@@ -187,29 +187,50 @@ impl<O: OpDef + std::fmt::Debug> Case<'_, O> {
     }
 
     /// Decoding `prompt` positions, then one at a time, each call with the op's state from
-    /// the calls before, gives the outputs of the whole sequence.
+    /// the calls before, gives the outputs of the whole sequence: with a cache that grows and
+    /// with one preallocated for two positions more than the sequence ([`Ctx::kv_capacity`]),
+    /// whose cached keys then keep one shape.
     pub fn decodes_like_the_whole_sequence(&self, prompt: usize) {
         assert!(self.op.incremental(), "{:?} does not decode", self.op);
         let axis = self.out_seq.expect("an output with positions");
         let device = DeviceKind::Cpu.device(false);
         let whole = self.forward(&self.args, 0, &device);
         let (b, s) = self.batch_seq();
-        let mut state: Option<Box<dyn OpState>> = None;
-        let mut parts = Vec::new();
-        let mut at = 0;
-        while at < s {
-            let len = if at == 0 { prompt.min(s) } else { 1 };
-            let args = self.positions(at, len);
-            let vs: Vec<V> = args.iter().map(|a| a.value(&device)).collect();
-            let refs: Vec<&V> = vs.iter().collect();
-            let c = Ctx {
-                offset: at,
-                ..ctx(&device, b, len)
+        for capacity in [None, Some(s + 2)] {
+            let mut state: Option<Box<dyn OpState>> = None;
+            let mut parts = Vec::new();
+            let mut shapes = Vec::new();
+            let mut at = 0;
+            while at < s {
+                let len = if at == 0 { prompt.min(s) } else { 1 };
+                let args = self.positions(at, len);
+                let vs: Vec<V> = args.iter().map(|a| a.value(&device)).collect();
+                let refs: Vec<&V> = vs.iter().collect();
+                let c = Ctx {
+                    offset: at,
+                    kv_capacity: capacity,
+                    ..ctx(&device, b, len)
+                };
+                parts.push(host_tensor(self.op.decode(&refs, &c, &mut state)));
+                shapes.extend(state.as_ref().and_then(|st| st.key_shape()));
+                at += len;
+            }
+            let what = match capacity {
+                None => "decoded vs whole".to_string(),
+                Some(c) => format!("decoded with a capacity of {c} vs whole"),
             };
-            parts.push(host_tensor(self.op.decode(&refs, &c, &mut state)));
-            at += len;
+            self.assert_close(&what, &concat(&parts, axis), &whole);
+            if let Some(c) = capacity {
+                if let Some(first) = shapes.first() {
+                    assert_eq!(first[2], c, "{:?}: the cache is not preallocated", self.op);
+                }
+                assert!(
+                    shapes.windows(2).all(|w| w[0] == w[1]),
+                    "{:?}: the cached keys changed shape: {shapes:?}",
+                    self.op
+                );
+            }
         }
-        self.assert_close("decoded vs whole", &concat(&parts, axis), &whole);
     }
 }
 

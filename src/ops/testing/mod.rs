@@ -62,6 +62,7 @@ pub fn ctx(device: &Device, batch: usize, seq: usize) -> Ctx<'_> {
         batch,
         seq,
         offset: 0,
+        kv_capacity: None,
         matmul_dtype: None,
         soft_attention: false,
         freq_mask: None,

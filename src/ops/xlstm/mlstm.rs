@@ -81,10 +81,12 @@ pub(super) fn forward(
     let ig = proj("igate.weight", "igate.bias", h).swap_dims(1, 2);
     let logf = activation::log_sigmoid(proj("fgate.weight", "fgate.bias", h).swap_dims(1, 2));
     let (hcat, [c, n, m]) = match init {
-        None if ctx.matmul_dtype.is_none() => fused::mlstm([q, k, v], [ig, logf]),
+        None if ctx.matmul_dtype.is_none() => fused::mlstm([q, k, v], [ig, logf], ctx.consts),
         init => {
             let init = init.map(|st| [st.c, st.n, st.m]);
-            fused::mlstm_plain([q, k, v], [ig, logf], init, |a, b| mm(a, b, ctx))
+            fused::mlstm_plain([q, k, v], [ig, logf], init, ctx.consts, |a, b| {
+                mm(a, b, ctx)
+            })
         }
     };
     let out = mm(

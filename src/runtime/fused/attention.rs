@@ -11,6 +11,8 @@ use burn_flex::FlexTensor;
 use kiln_kernels as k;
 use std::sync::Arc;
 
+use crate::runtime::consts::Consts;
+
 use super::dropout::dropout_plain;
 use super::lane::{back, heads_view, lane, record, shape_of, values_len, view, viewable, Lane};
 use super::softmax::{softmax_plain, softmax_plain_mask};
@@ -116,8 +118,17 @@ fn attention_forward(
 /// gradient are read through their strides (the head split's transposed views cost no copy);
 /// the output and q's gradient come laid out as `[b, s, h, d]`, so merging and splitting the
 /// heads costs no copy either. Equal to [`attention_plain`].
-pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
-    attend(q, kt, v, scale, vis, None, None)
+///
+/// The plain path takes its causal mask from `masks` (the runtime's tables) where given.
+pub fn attention(
+    q: Tensor<4>,
+    kt: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+    masks: Option<&Consts>,
+) -> Tensor<4> {
+    attend((q, kt, v), scale, vis, None, None, masks)
 }
 
 /// [`attention`] with dropout of probability `p` (in [0, 1]) on the probabilities, inside the
@@ -125,6 +136,7 @@ pub fn attention(q: Tensor<4>, kt: Tensor<4>, v: Tensor<4>, scale: f32, vis: Vis
 /// `[b, h, s, t]` is kept, and scaled by `1 / (1 − p)`, exactly as [`super::dropout`] with the
 /// same `(p, key)` would keep it in that tensor; the backward pass computes the mask again
 /// from the key. Equal to `softmax → dropout(p, key) → · v` ([`attention_dropout_plain`]).
+#[allow(clippy::too_many_arguments)]
 pub fn attention_dropout(
     q: Tensor<4>,
     kt: Tensor<4>,
@@ -133,8 +145,9 @@ pub fn attention_dropout(
     vis: Visible,
     p: f64,
     key: u64,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
-    attend(q, kt, v, scale, vis, Some((p, key)), None)
+    attend((q, kt, v), scale, vis, Some((p, key)), None, masks)
 }
 
 /// Hard attention: [`attention`] (or [`attention_dropout`] with `drop = (p, key)`) with each
@@ -148,19 +161,19 @@ pub fn attention_hard(
     vis: Visible,
     drop: Option<(f64, u64)>,
     train: bool,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
-    attend(q, kt, v, scale, vis, drop, Some(train))
+    attend((q, kt, v), scale, vis, drop, Some(train), masks)
 }
 
 /// `hard`: `Some(train)` for hard attention.
 fn attend(
-    q: Tensor<4>,
-    kt: Tensor<4>,
-    v: Tensor<4>,
+    (q, kt, v): (Tensor<4>, Tensor<4>, Tensor<4>),
     scale: f32,
     vis: Visible,
     drop: Option<(f64, u64)>,
     hard: Option<bool>,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
     let dr = drop.map(|(p, key)| k::Dropout::new(key, p));
     let how = k::Weighing {
@@ -202,12 +215,13 @@ fn attend(
         }
         (q, kt, v) => match (hard, drop) {
             (Some(train), drop) => {
-                attention_hard_plain((back(q), back(kt), back(v)), scale, vis, drop, train)
+                let qkv = (back(q), back(kt), back(v));
+                attention_hard_plain(qkv, scale, vis, drop, train, masks)
             }
             (None, Some((p, key))) => {
-                attention_dropout_plain(back(q), back(kt), back(v), scale, vis, p, key)
+                attention_dropout_plain(back(q), back(kt), back(v), scale, vis, p, key, masks)
             }
-            (None, None) => attention_plain(back(q), back(kt), back(v), scale, vis),
+            (None, None) => attention_plain(back(q), back(kt), back(v), scale, vis, masks),
         },
     }
 }
@@ -220,9 +234,12 @@ pub fn attention_plain(
     v: Tensor<4>,
     scale: f32,
     vis: Visible,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
     let dims = out_dims(&q, &v);
-    plain_probs(q, kt, scale, vis).matmul(v).reshape(dims)
+    plain_probs(q, kt, scale, vis, masks)
+        .matmul(v)
+        .reshape(dims)
 }
 
 /// The output's shape, `[b, h, s, e]`, from q `[b, h, s, d]` and v `[b, h_kv, t, e]`.
@@ -233,8 +250,14 @@ fn out_dims(q: &Tensor<4>, v: &Tensor<4>) -> [usize; 4] {
 
 /// The probabilities of the plain paths: `[b, h_kv, G·s, t]`, the G query heads of a KV head
 /// stacked as G·s rows of one product (the row-major order of `[b, h, s, t]`).
-fn plain_probs(q: Tensor<4>, kt: Tensor<4>, scale: f32, vis: Visible) -> Tensor<4> {
-    softmax_plain(plain_scores(q, kt, scale), vis)
+fn plain_probs(
+    q: Tensor<4>,
+    kt: Tensor<4>,
+    scale: f32,
+    vis: Visible,
+    masks: Option<&Consts>,
+) -> Tensor<4> {
+    softmax_plain(plain_scores(q, kt, scale), vis, masks)
 }
 
 /// The scores of the plain paths, `[b, h_kv, G·s, t]` (see [`plain_probs`]).
@@ -253,9 +276,10 @@ pub fn attention_hard_plain(
     vis: Visible,
     drop: Option<(f64, u64)>,
     train: bool,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
     let dims = out_dims(&q, &v);
-    let scores = softmax_plain_mask(plain_scores(q, kt, scale), vis);
+    let scores = softmax_plain_mask(plain_scores(q, kt, scale), vis, masks);
     let w = hard_weights(scores, train);
     let w = match drop {
         Some((p, key)) => dropout_plain(w, p, key),
@@ -283,6 +307,7 @@ pub fn hard_weights(scores: Tensor<4>, train: bool) -> Tensor<4> {
 /// The plain Burn path of [`attention_dropout`]: [`attention_plain`] with
 /// [`dropout_plain`] of the probabilities (`[b, h_kv, G·s, t]`, the same row-major order as
 /// `[b, h, s, t]`, so the same mask) before the product with v.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_dropout_plain(
     q: Tensor<4>,
     kt: Tensor<4>,
@@ -291,8 +316,9 @@ pub fn attention_dropout_plain(
     vis: Visible,
     p: f64,
     key: u64,
+    masks: Option<&Consts>,
 ) -> Tensor<4> {
     let dims = out_dims(&q, &v);
-    let probs = plain_probs(q, kt, scale, vis);
+    let probs = plain_probs(q, kt, scale, vis, masks);
     dropout_plain(probs, p, key).matmul(v).reshape(dims)
 }

@@ -1,6 +1,7 @@
 //! xLSTM's mLSTM cells (the kernel's chunkwise form; the plain path's parallel form), with
 //! their fused backward pass.
 
+use crate::runtime::consts::{future_mask, Consts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
@@ -79,9 +80,14 @@ fn mlstm_forward(ins: &[FlexTensor; 5]) -> (FlexTensor, [FlexTensor; 3], k::Mlst
 /// reads them). One fused op per (batch row, head) forward and backward, in the chunkwise form
 /// (chunks of [`k::MLSTM_CHUNK`] positions; the backward pass keeps only the memory entering
 /// each chunk and recomputes the chunk's blocks), so memory is linear in s. Equal to
-/// [`mlstm_plain`] (the stabilized parallel form) from no initial state with a plain product.
-pub fn mlstm(qkv: [Tensor<4>; 3], gates: [Tensor<3>; 2]) -> (Tensor<3>, [Tensor<4>; 3]) {
-    let plain = |qkv, gates| mlstm_plain(qkv, gates, None, |a, b| a.matmul(b));
+/// [`mlstm_plain`] (the stabilized parallel form) from no initial state with a plain product
+/// (which takes its causal mask from `masks`, the runtime's tables, where given).
+pub fn mlstm(
+    qkv: [Tensor<4>; 3],
+    gates: [Tensor<3>; 2],
+    masks: Option<&Consts>,
+) -> (Tensor<3>, [Tensor<4>; 3]) {
+    let plain = |qkv, gates| mlstm_plain(qkv, gates, None, masks, |a, b| a.matmul(b));
     let [q, k, v] = qkv;
     let [ig, logf] = gates;
     let lanes = ([q, k, v].map(lane), [ig, logf].map(lane));
@@ -116,7 +122,8 @@ pub fn mlstm(qkv: [Tensor<4>; 3], gates: [Tensor<3>; 2]) -> (Tensor<3>, [Tensor<
 }
 
 /// The plain Burn path of [`mlstm`], continuing from `init` (C, n, m; a zero memory when
-/// `None`), with `mm` for the products (the runtime passes its mixed-precision product).
+/// `None`), with `mm` for the products (the runtime passes its mixed-precision product) and the
+/// causal mask from `masks` (the runtime's tables) where given.
 /// F_t = Σ_{u≤t} ln f_u; position t weighs the carried memory by e^{F_t + m₀} and position
 /// s ≤ t by e^{F_t − F_s + ĩ_s}, all divided by e^{m_t} where m_t is the largest of these
 /// exponents, so nothing overflows; m_t cancels in the result, so it is held constant for the
@@ -125,6 +132,7 @@ pub fn mlstm_plain(
     [q, k, v]: [Tensor<4>; 3],
     [ig, logf]: [Tensor<3>; 2],
     init: Option<[Tensor<4>; 3]>,
+    masks: Option<&Consts>,
     mm: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
 ) -> (Tensor<3>, [Tensor<4>; 3]) {
     let [b, h, s, dh] = q.dims();
@@ -139,7 +147,7 @@ pub fn mlstm_plain(
         ]
     });
     let a = f_cum.clone() + m0;
-    let future = Tensor::<2, Bool>::tril_mask([s, s], 0, &device);
+    let future = future_mask(masks, s, s, 0, &device);
     let logd = (f_cum.clone() - (f_cum - ig).swap_dims(2, 3)).mask_fill(
         future.unsqueeze::<4>().expand([b, h, s, s]),
         f32::NEG_INFINITY,
