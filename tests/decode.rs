@@ -8,6 +8,9 @@ use kiln::runtime::{DeviceKind, Runtime};
 use kiln::spec::recipe::{Decode, EarlyStop, Strategy};
 use std::path::Path;
 
+mod decode_common;
+use decode_common::{model, perturbed};
+
 /// A model given by a function of the sequence so far.
 struct Table<F: Fn(&[i64]) -> Vec<f32>>(F);
 
@@ -412,32 +415,6 @@ fn beam_sampling_samples_and_is_seeded() {
     assert!(firsts.len() > 1 || firsts.contains(&2), "{firsts:?}");
 }
 
-fn model(file: &str, sets: &[&str]) -> Runtime {
-    let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
-    let (_, g) =
-        kiln::compile::recipe(Path::new(file), &sets, false).unwrap_or_else(|e| panic!("{e}"));
-    Runtime::init(g, DeviceKind::Cpu.device(false), 11)
-}
-
-/// [`model`] with every parameter moved by Gaussian noise (0.3 of the tensor's RMS, plus 0.05):
-/// fresh models have unit norm gains, zero biases and near-uniform outputs, which hide a cached
-/// path that drops a term.
-fn perturbed(file: &str, sets: &[&str]) -> Runtime {
-    let rt = model(file, sets);
-    let mut rng = kiln::ir::reference::Rng::new(17);
-    let mut values = rt.values();
-    let mut names: Vec<String> = values.keys().cloned().collect();
-    names.sort();
-    for name in names {
-        let data = &mut values.get_mut(&name).unwrap().0;
-        let rms = (data.iter().map(|x| x * x).sum::<f32>() / data.len().max(1) as f32).sqrt();
-        for x in data.iter_mut() {
-            *x += (0.3 * rms + 0.05) * rng.normal() as f32;
-        }
-    }
-    Runtime::with_values(rt.graph().clone(), rt.device.clone(), &values).unwrap()
-}
-
 /// Decodes with the cache and, on every call, runs the uncached model on the same sequences and
 /// compares all the logits: returns the cached ones.
 struct Checked<'a> {
@@ -517,7 +494,7 @@ fn cached_and_uncached_decoding_give_the_same_logits() {
         ),
     ];
     for (file, sets) in cases {
-        let rt = perturbed(file, &sets);
+        let rt = perturbed(file, &sets, 17);
         for d in strategies() {
             // At least 8 steps before EOS may end a row (padded after it).
             let s = Settings {

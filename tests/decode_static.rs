@@ -5,38 +5,11 @@
 //! capacity. And the causal mask of the plain path, built once per runtime.
 
 use kiln::decode::{generate, Generated, ModelLm, NextLogits, Settings};
-use kiln::runtime::{fused, tokens_tensor, CacheFull, DeviceKind, KvCache, Runtime};
+use kiln::runtime::{fused, tokens_tensor, CacheFull, KvCache, Runtime};
 use kiln::spec::recipe::{Decode, Strategy};
-use std::path::Path;
 
-fn model(file: &str, sets: &[&str]) -> Runtime {
-    model_on(file, sets, false)
-}
-
-fn model_on(file: &str, sets: &[&str], autodiff: bool) -> Runtime {
-    let sets: Vec<String> = sets.iter().map(ToString::to_string).collect();
-    let (_, g) =
-        kiln::compile::recipe(Path::new(file), &sets, false).unwrap_or_else(|e| panic!("{e}"));
-    Runtime::init(g, DeviceKind::Cpu.device(autodiff), 11)
-}
-
-/// [`model`] with every parameter moved by Gaussian noise (fresh models have near-uniform
-/// outputs, which would hide a difference).
-fn perturbed(file: &str, sets: &[&str]) -> Runtime {
-    let rt = model(file, sets);
-    let mut rng = kiln::ir::reference::Rng::new(23);
-    let mut values = rt.values();
-    let mut names: Vec<String> = values.keys().cloned().collect();
-    names.sort();
-    for name in names {
-        let data = &mut values.get_mut(&name).unwrap().0;
-        let rms = (data.iter().map(|x| x * x).sum::<f32>() / data.len().max(1) as f32).sqrt();
-        for x in data.iter_mut() {
-            *x += (0.3 * rms + 0.05) * rng.normal() as f32;
-        }
-    }
-    Runtime::with_values(rt.graph().clone(), rt.device.clone(), &values).unwrap()
-}
+mod decode_common;
+use decode_common::{model, model_on, perturbed};
 
 /// Greedy, beam search (3 beams, 2 returned) and seeded sampling.
 fn strategies() -> [Decode; 3] {
@@ -209,7 +182,7 @@ fn static_and_growing_caches_give_the_same_logits_and_tokens() {
     ];
     let mut bitwise = Vec::new();
     for (file, sets) in cases {
-        let rt = perturbed(file, &sets);
+        let rt = perturbed(file, &sets, 23);
         let what = format!("{file} {sets:?}");
         // 4 prompt tokens and 9 new: 12 positions fed (the last token is not).
         let memory = if file.contains("memory") { 4 } else { 0 };
@@ -233,7 +206,7 @@ fn the_plain_path_agrees_too() {
             ("recipes/default.yaml", vec![]),
             ("recipes/anbn-wave.yaml", vec!["model.vars.depth=1"]),
         ] {
-            let rt = perturbed(file, &sets);
+            let rt = perturbed(file, &sets, 23);
             agree(&rt, &format!("plain {file}"), &prompts, &settings(7), 10);
         }
     });
@@ -245,6 +218,7 @@ fn an_encoder_decoder_preallocates_only_the_decoder_positions() {
     let rt = perturbed(
         "recipes/reverse-encoder-decoder.yaml",
         &["task.max_length=6", "model.vars.depth=1"],
+        23,
     );
     let prompts = vec![vec![3, 4, 5, 0, 0, 0, 1], vec![7, 7, 3, 4, 5, 6, 1]];
     let s = Settings {
@@ -269,6 +243,7 @@ fn the_capacity_stops_at_the_models_positions() {
             "model.layers.1.max_len=12",
             "task.max_length=11",
         ],
+        23,
     );
     assert_eq!(rt.max_positions(), Some(12));
     let prompts = vec![vec![0, 3, 3], vec![0, 4, 4]];
@@ -282,7 +257,7 @@ fn the_capacity_stops_at_the_models_positions() {
 /// at twice the prompt and doubles when full: still the growing cache's logits.
 #[test]
 fn a_static_cache_without_a_reservation_grows_by_doubling() {
-    let rt = perturbed("recipes/default.yaml", &[]);
+    let rt = perturbed("recipes/default.yaml", &[], 23);
     let mut fixed = ModelLm::new(&rt, true).static_cache(true);
     let mut growing = ModelLm::new(&rt, true);
     assert!(!growing.is_static(), "the CPU grows its cache by default");

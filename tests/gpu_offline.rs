@@ -361,6 +361,16 @@ fn position_tables_are_built_once_per_runtime_and_give_what_a_fresh_one_gives() 
     }
 }
 
+/// The losses of `n` training steps of `tr` on one fixed batch of 4 sequences of 13 ids.
+fn steps(tr: &mut kiln::train::Trainer, n: usize) -> Vec<f64> {
+    let batch: Vec<Vec<i64>> = (0..4)
+        .map(|i| (0..13).map(|j| (i * 7 + j * 3) % 4).collect())
+        .collect();
+    (0..n)
+        .map(|_| tr.step(std::slice::from_ref(&batch), 10).unwrap().loss)
+        .collect()
+}
+
 #[test]
 fn host_drawn_dropout_keys_are_reproducible_and_resume_exactly() {
     use kiln::train::Trainer;
@@ -371,18 +381,10 @@ fn host_drawn_dropout_keys_are_reproducible_and_resume_exactly() {
             .unwrap_or_else(|e| panic!("{e}"));
     let t = &r.spec.train;
     let device = DeviceKind::Cpu.device(true);
-    let batch: Vec<Vec<i64>> = (0..4)
-        .map(|i| (0..13).map(|j| (i * 7 + j * 3) % 4).collect())
-        .collect();
     let make = |host: bool| {
         let mut tr = Trainer::new(t, g.clone(), device.clone());
         tr.rt.host_dropout_keys = host;
         tr
-    };
-    let steps = |tr: &mut Trainer, n: usize| -> Vec<f64> {
-        (0..n)
-            .map(|_| tr.step(std::slice::from_ref(&batch), 10).unwrap().loss)
-            .collect()
     };
     let host = steps(&mut make(true), 3);
     assert_eq!(host, steps(&mut make(true), 3), "reproducible");
@@ -418,19 +420,11 @@ fn grouped_adamw_trains_as_the_per_parameter_update_and_resumes() {
     .unwrap_or_else(|e| panic!("{e}"));
     let t = &r.spec.train;
     let device = DeviceKind::Cpu.device(true);
-    let batch: Vec<Vec<i64>> = (0..4)
-        .map(|i| (0..13).map(|j| (i * 7 + j * 3) % 4).collect())
-        .collect();
     let make = |grouped: bool| {
         let mut tr = Trainer::new(t, g.clone(), device.clone());
         assert!(!tr.grouped_adamw, "the CPU updates per parameter");
         tr.grouped_adamw = grouped;
         tr
-    };
-    let steps = |tr: &mut Trainer, n: usize| -> Vec<f64> {
-        (0..n)
-            .map(|_| tr.step(std::slice::from_ref(&batch), 10).unwrap().loss)
-            .collect()
     };
     let (mut a, mut b) = (make(true), make(false));
     let (la, lb) = (steps(&mut a, 4), steps(&mut b, 4));
