@@ -36,6 +36,7 @@ fn run_in(
             matmul_dtype,
             texts: Vec::new(),
             read_every,
+            pad_to: None,
         },
     )
 }

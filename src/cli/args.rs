@@ -133,6 +133,12 @@ pub(super) enum Command {
         /// are the same whatever the value.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         read_every: Option<u64>,
+        /// Pad token inputs on the right to a multiple of N positions, and drop the padded
+        /// positions' outputs (default: 16 on a GPU, whose kernels then see shapes that
+        /// vectorise; 1, no padding, on the CPU). Only a causal token model whose positions
+        /// allow the padded length is padded; others run unpadded, with a note.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+        pad_to: Option<u64>,
     },
     /// Measure a recipe's training steps/s and tokens/s, and cached generation tokens/s, on a
     /// device; prints JSON. Runs no evaluation and writes nothing.
@@ -183,6 +189,11 @@ pub(super) enum Command {
         /// means new kernels. Both give the same tokens.
         #[arg(long, value_name = "KIND")]
         kv_cache: Option<KvCacheKind>,
+        /// Pad token inputs on the right to a multiple of N positions where the model allows
+        /// it (default: 16 on a GPU, 1 on the CPU; see `kiln train --pad-to`). The JSON's
+        /// `train_padded_len` is the length the steps ran at.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+        pad_to: Option<u64>,
     },
     /// Recompute a run's task metrics from its best or last checkpoint.
     #[command(after_help = "Example:\n  kiln eval runs/default-1763856000 --checkpoint best")]

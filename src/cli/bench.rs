@@ -42,6 +42,8 @@ pub struct BenchArgs<'a> {
     /// Preallocate the generation's KV cache (`Some(true)`) or let it grow; `None`: the
     /// device's default (growing on the CPU, static on a GPU).
     pub static_kv_cache: Option<bool>,
+    /// Pad token inputs to a multiple of this many positions (`None`: the device's default).
+    pub pad_to: Option<usize>,
 }
 
 /// Run the benchmark; prints one JSON object on stdout. Returns the exit code.
@@ -62,6 +64,12 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     let params = graph.param_count();
     let mut tr = Trainer::new(t, graph.clone(), a.device.device(true));
     tr.rt.matmul_dtype = a.matmul_dtype;
+    if let Some(p) = a.pad_to {
+        tr.rt.pad_to = p;
+        if let Some(note) = tr.rt.pad_note() {
+            eprintln!("{note}");
+        }
+    }
     // Generation starts from a one-token prompt: it reads gen_tokens positions.
     let forecaster = matches!(data, Data::Forecast(_));
     let limit = tr.rt.max_positions().filter(|_| !forecaster);
@@ -90,6 +98,8 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
     // A forecaster's batches are windows of a series: it reports windows/s, and has neither
     // tokens nor generation.
     let mut windows = 0usize;
+    // The length the last timed step's token inputs ran at, padded.
+    let mut padded_len = None;
     // Kernels compiled before the first step (the log may hold an earlier run's), and per step.
     let mut compiled_so_far = a.compile_log.map_or(0, compilations);
     let mut per_step_compiled = Vec::new();
@@ -145,6 +155,7 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
                         tokens += m.iter().map(|s| s.len().saturating_sub(1)).sum::<usize>();
                         let len = m.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
                         flops += 3 * graph.matmul_flops(m.len() as u64, len as u64);
+                        padded_len = Some(tr.rt.padded_len(len));
                     }
                     Batch::Series { x_dims, .. } => windows += x_dims[0],
                 }
@@ -169,6 +180,8 @@ pub fn bench_cmd(a: &BenchArgs) -> i32 {
         "train_step_ms_fastest": sorted.first().map_or(f64::NAN, |m| m * 1e3),
         "warmup_step_ms": warm_ms,
         "last_loss": loss,
+        "pad_to": tr.rt.pad_to,
+        "train_padded_len": padded_len,
         "train_matmul_gflops": flops as f64 / train_s / 1e9,
         "device_matmul_peak_gflops": matmul_peak(&a.device.device(false), a.matmul_dtype),
     });

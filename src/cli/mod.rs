@@ -59,6 +59,7 @@ pub fn main() -> i32 {
             precision,
             ignore_memory_check,
             read_every,
+            pad_to,
         } => crate::cli::run::train_cmd(&crate::cli::run::TrainArgs {
             recipe: recipe.as_deref(),
             set: &set,
@@ -68,6 +69,7 @@ pub fn main() -> i32 {
             matmul_dtype: precision.matmul_dtype(),
             ignore_memory: ignore_memory_check,
             read_every,
+            pad_to: pad_to.map(|p| p as usize),
         }),
         Command::Bench {
             recipe,
@@ -82,6 +84,7 @@ pub fn main() -> i32 {
             unfused,
             compile_log,
             kv_cache,
+            pad_to,
         } => bench::bench_cmd(&bench::BenchArgs {
             recipe: &recipe,
             set: &set,
@@ -95,6 +98,7 @@ pub fn main() -> i32 {
             unfused,
             compile_log: compile_log.as_deref(),
             static_kv_cache: kv_cache.map(|k| k == args::KvCacheKind::Static),
+            pad_to: pad_to.map(|p| p as usize),
         }),
         Command::Eval { run, checkpoint } => {
             crate::cli::generate::eval_cmd(&run, checkpoint, None, &[], false)

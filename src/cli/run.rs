@@ -40,6 +40,8 @@ pub struct TrainArgs<'a> {
     pub ignore_memory: bool,
     /// Steps between reads of the statistics (`None`: the device's default).
     pub read_every: Option<u64>,
+    /// Pad token inputs to a multiple of this many positions (`None`: the device's default).
+    pub pad_to: Option<usize>,
 }
 
 pub fn train_cmd(a: &TrainArgs) -> i32 {
@@ -135,6 +137,7 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
         read_every: a
             .read_every
             .unwrap_or(if a.device == DeviceKind::Cpu { 1 } else { 25 }),
+        pad_to: a.pad_to,
     };
     let result = match &doc.spec.ensemble {
         None => train::train(&doc.spec, graph.clone(), &opts),

@@ -9,6 +9,7 @@ pub mod consts;
 mod device;
 pub mod fused;
 pub mod ops;
+mod pad;
 pub mod value;
 pub mod weights_file;
 
@@ -115,6 +116,11 @@ pub struct Runtime {
     /// step reads nothing back.
     pub host_dropout_keys: bool,
     keys: ops::KeyStream,
+    /// Pad token inputs on the right to a multiple of this many positions where the model
+    /// allows it ([`Runtime::padded_len`]); 1: never. The trainer sets 16 on a GPU.
+    pub pad_to: usize,
+    /// The longest padded input, or why the model cannot be padded ([`pad`]).
+    pad_limit: Result<usize, String>,
 }
 
 /// Per node inside a `memory_tokens` body: how many memory tokens precede the input's positions
@@ -244,7 +250,10 @@ impl Runtime {
             consts: consts::Consts::default(),
             host_dropout_keys: false,
             keys: ops::KeyStream::default(),
+            pad_to: 1,
+            pad_limit: Ok(0),
         };
+        rt.pad_limit = pad::limit(&rt);
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
             match values.get(&name) {
@@ -295,8 +304,9 @@ impl Runtime {
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+    /// Padded as [`Runtime::padded_len`] says.
     pub fn forward(&self, tokens: Tensor<2, Int>, train: bool) -> Tensor<3> {
-        self.run(V::I2(tokens), train, None, None)
+        self.run_padded(V::I2(tokens), train)
     }
 
     /// A forecasting model's forward pass: series `[batch, lookback, channels]` to forecasts
@@ -320,13 +330,15 @@ impl Runtime {
         (out, aux.attention_entropy)
     }
 
-    /// Forward pass of token ids (`V::I2`) or a series (`V::F3`).
+    /// Forward pass of token ids (`V::I2`, padded as [`Runtime::padded_len`] says) or a
+    /// series (`V::F3`).
     pub fn forward_value(&self, input: V, train: bool) -> Tensor<3> {
-        self.run(input, train, None, None)
+        self.run_padded(input, train)
     }
 
     /// Forward pass of token ids (`V::I2`) or a series (`V::F3`) that also returns the
-    /// statistics the auxiliary loss terms need, those `wants` names (see [`Aux`]).
+    /// statistics the auxiliary loss terms need, those `wants` names (see [`Aux`]). Never
+    /// padded: the statistics would average over the padded positions too.
     pub fn forward_aux(&self, input: V, train: bool, wants: AuxWants) -> (Tensor<3>, Aux) {
         let cell = std::cell::RefCell::new(Aux::wanting(wants));
         let out = self.run(input, train, None, Some(&cell));

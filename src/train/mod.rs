@@ -24,7 +24,7 @@ pub(crate) use loss::split_xy;
 pub use loss::{cross_entropy, distribution_loss, eval_loss};
 pub use pending::Pending;
 pub(crate) use trainer::mix;
-pub use trainer::{StepGradients, StepStats, Trainer};
+pub use trainer::{StepGradients, StepStats, Trainer, GPU_PAD_TO};
 
 use crate::ir::Graph;
 use crate::spec::recipe::RecipeSpec;
@@ -152,6 +152,10 @@ pub struct RunOptions {
     /// checkpoints are the same whatever the value. A non-finite loss stops the run at the
     /// next read (naming the step where it happened), before anything is saved.
     pub read_every: u64,
+    /// Pad token inputs to a multiple of this many positions where the model allows it
+    /// ([`crate::runtime::Runtime::padded_len`]); `None`: the device's default (16 on a GPU,
+    /// 1, no padding, on the CPU).
+    pub pad_to: Option<usize>,
 }
 
 /// Train `graph` on the recipe's task, writing into `opts.dir`; resumes from
@@ -168,6 +172,12 @@ pub fn train(recipe: &RecipeSpec, graph: Graph, opts: &RunOptions) -> Result<Sum
         Trainer::new(t, graph, device)
     };
     tr.rt.matmul_dtype = opts.matmul_dtype;
+    if let Some(p) = opts.pad_to {
+        tr.rt.pad_to = p;
+        if let Some(note) = tr.rt.pad_note().filter(|_| opts.progress) {
+            eprintln!("{note}");
+        }
+    }
     // Metrics of steps after the checkpoint would be written again: drop them.
     let metrics_path = opts.dir.join("metrics.jsonl");
     truncate_metrics(&metrics_path, tr.state.step).map_err(io_at(&metrics_path))?;

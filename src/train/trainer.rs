@@ -16,6 +16,9 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use std::path::Path;
 
+/// The multiple of positions a GPU pads token inputs to ([`Runtime::pad_to`]).
+pub const GPU_PAD_TO: usize = 16;
+
 /// Add each parameter's gradient in `grads` to its running sum in `acc`.
 fn accumulate(acc: &mut [Option<Tensor<1>>], rt: &Runtime, grads: &burn::tensor::Gradients) {
     for (i, p) in rt.params.iter().enumerate() {
@@ -183,10 +186,12 @@ impl Trainer {
         mom: Moments,
         state: State,
     ) -> Self {
-        // A GPU draws dropout keys on the host (no read inside a step) and updates the
-        // parameters over grouped buffers (a few kernels, not ~10 per parameter).
+        // A GPU draws dropout keys on the host (no read inside a step), updates the
+        // parameters over grouped buffers (a few kernels, not ~10 per parameter) and runs
+        // token inputs padded to a multiple of 16 positions (static shapes that vectorise).
         let gpu = !crate::runtime::is_cpu(&rt.device);
         rt.host_dropout_keys = gpu;
+        rt.pad_to = if gpu { GPU_PAD_TO } else { 1 };
         let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
         let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
         Trainer {
