@@ -20,6 +20,7 @@
 #   torch_d128_f32, torch_d128_bf16, torch_default_f32    benches/torch_reference.py --device cuda
 #   kiln_d128_f32_cold, kiln_d128_f32_warm                 unfused build, d 128 model
 #   kiln_default_f32_cold, kiln_default_f32_warm           unfused build, recipes/default.yaml
+#   kiln_default_f32_nopad                                 the same, lengths not padded (--pad-to 1)
 #   kiln_d128_f32_fused_cold, kiln_d128_f32_fused_warm     fused build, d 128 model
 #   kiln_d128_bf16                                         unfused build, mixed bf16
 #   kiln_default_train                                     `kiln train` of the default recipe
@@ -221,6 +222,11 @@ run kiln_default_train "$d" "$TRAIN_S" "$KILN" train "$R/default.yaml" --device 
 d=$(workdir d128)
 run kiln_d128_gen_growing "$d" "$WARM" "$KILN" bench --device "$DEVICE" "${GEN[@]}" \
     --kv-cache growing --compile-log compile.log "$R/uint16-prng.yaml" "${D128[@]}"
+# Last (the first to be skipped for time): the default recipe's 65 positions unpadded,
+# against the GPU default (padded to 80).
+d=$(workdir default)
+run kiln_default_f32_nopad "$d" "$WARM" "$KILN" "${B[@]}" --pad-to 1 "$R/default.yaml" \
+    "${TINY_DEFAULT[@]}"
 
 # One row per run: its exit status and time, kernels compiled, and the numbers of its JSON.
 "$PYTHON" - "$OUT" <<'EOF' || echo "(no summary: $PYTHON failed)"

@@ -272,7 +272,7 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
     );
     let runs = std::fs::read_to_string(out.join("runs.tsv")).unwrap();
     let rows: Vec<Vec<&str>> = runs.lines().map(|l| l.split('\t').collect()).collect();
-    assert_eq!(rows.len(), 12, "{runs}");
+    assert_eq!(rows.len(), 13, "{runs}");
     assert!(
         rows.iter().all(|r| r[1] == "0"),
         "every run exits 0: {runs}"
@@ -325,7 +325,7 @@ fn the_gpu_check_runs_its_plan_with_the_cpu_build_and_refuses_missing_binaries()
     );
     assert!(o.status.success());
     let runs = std::fs::read_to_string(out.join("runs.tsv")).unwrap();
-    assert_eq!(runs.matches("\tskipped\t").count(), 12, "{runs}");
+    assert_eq!(runs.matches("\tskipped\t").count(), 13, "{runs}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("skipped for time: torch_d128_f32"));
     let _ = std::fs::remove_dir_all(out);
 }
