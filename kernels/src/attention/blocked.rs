@@ -5,7 +5,7 @@
 //! the first sums each row's `D = Σ_j p_j · dp̃_j` (and counts hard attention's tied maxima),
 //! the second computes the gradients.
 
-use super::{value_weights, Weighing, ATTN_BLOCK};
+use super::{head, value_weights, Weighing, ATTN_BLOCK};
 use crate::dropout::dropout_in_place_chunk;
 use crate::gemm::{matmul, Mat};
 use crate::math::{dot, exp, max, sum};
@@ -139,7 +139,7 @@ pub(super) fn forward_rows(
             }
         }
         let first = pr.p0 + r0 * t + c0;
-        let (sb, hard) = (&buf.scores[..n * w], &buf.hard[..]);
+        let (sb, hard) = (&buf.scores[..n * w], head(&buf.hard, n * w));
         let pm = value_weights(how, (first, t, w), sb, hard, &mut buf.dropped);
         matmul(o, o_rs, (n, e, w), (pm, vm.skip_rows(c0)), true, 1.0);
     }
@@ -199,7 +199,7 @@ pub(super) fn backward_rows(
                 }
                 softmax_from_stats(row, seen, st(i));
             }
-            let (sb, hard) = (&buf.scores[..n * w], &buf.hard[..]);
+            let (sb, hard) = (&buf.scores[..n * w], head(&buf.hard, n * w));
             if pass == 1 {
                 // dv += (dropped weights)ᵀ · go
                 let pm = value_weights(how, (first, t, w), sb, hard, &mut buf.dropped);

@@ -60,19 +60,17 @@ fn attn_blocks(rows: usize, keys: usize, vis: Visible) -> Vec<(usize, usize, usi
     out
 }
 
-/// The dropout of a block's weights `pb` (rows `rs` apart; the block's first element is at
-/// index `first` of p, whose rows are `t` long) into `out`, rows of their first `lim` keys.
-fn drop_block(
-    dr: &Dropout,
-    (first, t): (usize, usize),
-    pb: &[f32],
-    rs: usize,
-    lim: usize,
-    out: &mut [f32],
-) {
-    for (i, (row, out)) in pb.chunks(rs).zip(out.chunks_mut(lim)).enumerate() {
-        dropout_row(dr, first + i * t, &row[..lim], out);
+/// The dropout of a block's weights `pb` (rows of `lim`; the block's first element is at
+/// index `first` of p, whose rows are `t` long) into `out` (rows of `lim`).
+fn drop_block(dr: &Dropout, (first, t): (usize, usize), pb: &[f32], lim: usize, out: &mut [f32]) {
+    for (i, (row, out)) in pb.chunks(lim).zip(out.chunks_mut(lim)).enumerate() {
+        dropout_row(dr, first + i * t, row, out);
     }
+}
+
+/// The first `len` elements of a buffer, or all of it where shorter (an unused buffer).
+fn head(buf: &[f32], len: usize) -> &[f32] {
+    &buf[..len.min(buf.len())]
 }
 
 /// How the values are weighed, beyond the softmax of the scores.
@@ -102,7 +100,7 @@ fn hard_row(scores: &[f32], n: usize, out: &mut [f32]) {
 }
 
 /// The weights of the values of one block: the softmax probabilities `pb`, or with `hard` the
-/// one-hot rows in `hard`, both rows of `lim`, then dropped out into `dropped` (rows of `lim`)
+/// one-hot rows in `hard`, both the block's rows of `lim`, then dropped out into `dropped` (rows of `lim`)
 /// with `drop`. `first`: the index of the block's first element in p, whose rows are `t` long.
 fn value_weights<'b>(
     how: Weighing,
@@ -114,7 +112,7 @@ fn value_weights<'b>(
     let src = if how.hard { hard } else { pb };
     match how.drop {
         Some(dr) => {
-            drop_block(dr, (first, t), src, lim, lim, dropped);
+            drop_block(dr, (first, t), src, lim, dropped);
             Mat::rows(dropped, lim)
         }
         None => Mat::rows(src, lim),
@@ -217,7 +215,7 @@ fn attention_kb(
                             (stats[at], stats[at + 1]) = st;
                         }
                     }
-                    let (pb, hard) = (&buf.scores[..n * lim], &buf.hard[..]);
+                    let (pb, hard) = (&buf.scores[..n * lim], head(&buf.hard, n * lim));
                     let first = p0 + r0 * t;
                     let pm = value_weights(how, (first, t, lim), pb, hard, &mut buf.dropped);
                     matmul(ob, heads * e, (n, e, lim), (pm, vm), false, 1.0);
@@ -306,7 +304,7 @@ fn attention_backward_kb(
                         }
                         softmax_from_stats(row, seen, st);
                     }
-                    let (pb, hard) = (&buf.scores[..n * lim], &buf.hard[..]);
+                    let (pb, hard) = (&buf.scores[..n * lim], head(&buf.hard, n * lim));
                     let pm = value_weights(how, (first, t, lim), pb, hard, &mut buf.dropped);
                     let gob = gm.skip_rows(r0);
                     // dv += (dropped weights)ᵀ · go

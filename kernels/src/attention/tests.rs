@@ -47,15 +47,14 @@ fn cases() -> [(AttnShape, Visible); 4] {
     ]
 }
 
-/// Runs [`attention`] on dense q `[b, h, s, d]`, k, v `[b, hk, t, d]`: returns o
-/// `[b, s, h, d]` and the row statistics.
+/// Runs [`attention`] with key blocks of `kb` on dense q `[b, h, s, d]`, k, v `[b, hk, t, d]`:
+/// returns o `[b, s, h, d]` and the row statistics.
 fn run(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v): (&[f32], &[f32], &[f32]),
     sh: AttnShape,
     vis: Visible,
     how: Weighing,
+    kb: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let AttnShape {
         batch: b,
@@ -69,26 +68,65 @@ fn run(
     let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * e]);
     let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
     let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, [b, hk, t, e]));
-    attention(q, k, v, sh, 0.7, vis, how, Some(&mut st), &mut o);
+    attention_kb(q, k, v, sh, 0.7, vis, how, Some(&mut st), &mut o, kb);
     // Without the statistics (no backward pass to come): the same output to the bit.
     let mut o2 = vec![0.0f32; o.len()];
-    attention(q, k, v, sh, 0.7, vis, how, None, &mut o2);
-    assert_eq!(o, o2, "{sh:?} {vis:?}");
+    attention_kb(q, k, v, sh, 0.7, vis, how, None, &mut o2, kb);
+    assert_eq!(o, o2, "{sh:?} {vis:?} kb {kb}");
     (o, st)
 }
+
+/// The gradients of [`attention`] with key blocks of `kb` (q, k, v dense as in [`run`]) for
+/// the loss `Σ w·o`, with the statistics `st`: dq `[b, h, s, d]`, dk, dv `[b, hk, t, ·]`.
+fn grads(
+    (q, k, v, w): (&[f32], &[f32], &[f32], &[f32]),
+    st: &[f32],
+    (sh, vis, how): (AttnShape, Visible, Weighing),
+    kb: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let AttnShape {
+        batch: b,
+        heads: h,
+        kv_heads: hk,
+        queries: s,
+        keys: t,
+        dim: d,
+        value_dim: e,
+    } = sh;
+    let (qs, ks, vs) = ([b, h, s, d], [b, hk, t, d], [b, hk, t, e]);
+    let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
+    let mut dv = vec![0.0f32; v.len()];
+    // o's gradient read as [b, h, s, e] through its [b, s, h, e] layout.
+    let go = View4 {
+        data: w,
+        off: 0,
+        strides: [s * h * e, e, h * e],
+    };
+    let ins = (dense(q, qs), dense(k, ks), dense(v, vs), go);
+    let outs = (&mut dq[..], &mut dk[..], &mut dv[..]);
+    attention_backward_kb(ins, st, sh, 0.7, vis, how, outs, kb);
+    // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, ·].
+    let dq = swap12(&dq, [b, s, h, d]);
+    (dq, swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, e]))
+}
+
+/// Key blocks: the default, and blocks of 2, 3, 4 and 7 keys (each case's rows see 3 to 37).
+const KBS: [usize; 5] = [KEY_BLOCK, 2, 3, 4, 7];
 
 /// No dropout, and dropout of 0.3 (the mask of key 5).
 fn drops() -> [Option<Dropout>; 2] {
     [None, Some(Dropout::new(5, 0.3))]
 }
 
-/// Every case with every dropout, soft and hard.
-fn variants() -> Vec<((AttnShape, Visible), Option<Dropout>, bool)> {
+/// Every case with every dropout, soft and hard, with every key block.
+fn variants() -> Vec<((AttnShape, Visible), Option<Dropout>, bool, usize)> {
     let mut out = Vec::new();
     for c in cases() {
         for d in drops() {
             for hard in [false, true] {
-                out.push((c, d, hard));
+                for kb in KBS {
+                    out.push((c, d, hard, kb));
+                }
             }
         }
     }
@@ -97,7 +135,7 @@ fn variants() -> Vec<((AttnShape, Visible), Option<Dropout>, bool)> {
 
 #[test]
 fn attention_matches_its_definition() {
-    for ((sh, vis), drop, hard) in variants() {
+    for ((sh, vis), drop, hard, kb) in variants() {
         let how = Weighing {
             drop: drop.as_ref(),
             hard,
@@ -113,7 +151,7 @@ fn attention_matches_its_definition() {
         } = sh;
         let q = data(b * h * s * d, 1, 1.5);
         let (k, v) = (data(b * hk * t * d, 2, 1.5), data(b * hk * t * e, 3, 1.5));
-        let (o, _) = run(&q, &k, &v, sh, vis, how);
+        let (o, _) = run((&q, &k, &v), sh, vis, how, kb);
         let mut want = vec![0.0f64; o.len()];
         for bi in 0..b {
             for hi in 0..h {
@@ -163,7 +201,7 @@ fn attention_matches_its_definition() {
                 }
             }
         }
-        assert_close(&format!("{sh:?} {vis:?} {how:?}"), &o, &want, 1e-5);
+        assert_close(&format!("{sh:?} {vis:?} {how:?} kb {kb}"), &o, &want, 1e-5);
     }
 }
 
@@ -178,7 +216,7 @@ fn hard_weights_share_tied_maxima() {
 /// the softmax's (straight-through), so q's and k's are soft attention's to the bit.
 #[test]
 fn the_gradients_match_finite_differences() {
-    for ((sh, vis), drop, hard) in variants() {
+    for ((sh, vis), drop, hard, kb) in variants() {
         let how = Weighing {
             drop: drop.as_ref(),
             hard,
@@ -192,31 +230,17 @@ fn the_gradients_match_finite_differences() {
             dim: d,
             value_dim: e,
         } = sh;
-        let (qs, ks, vs) = ([b, h, s, d], [b, hk, t, d], [b, hk, t, e]);
         let q = data(b * h * s * d, 4, 1.5);
         let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * e, 6, 1.5));
         // The loss's weights, laid out like o: [b, s, h, e].
         let w = data(b * s * h * e, 7, 1.0);
-        let (_, st) = run(&q, &k, &v, sh, vis, how);
-        let grads = |how| {
-            let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
-            let mut dv = vec![0.0f32; v.len()];
-            // o's gradient read as [b, h, s, e] through its [b, s, h, e] layout.
-            let go = View4 {
-                data: &w,
-                off: 0,
-                strides: [s * h * e, e, h * e],
-            };
-            let ins = (dense(&q, qs), dense(&k, ks), dense(&v, vs), go);
-            attention_backward(ins, &st, sh, 0.7, vis, how, &mut dq, &mut dk, &mut dv);
-            // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, ·].
-            let dq = swap12(&dq, [b, s, h, d]);
-            (dq, swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, e]))
-        };
+        let (_, st) = run((&q, &k, &v), sh, vis, how, kb);
+        let grads = |how| grads((&q, &k, &v, &w), &st, (sh, vis, how), kb);
         let (dq, dk, dv) = grads(how);
-        let case = format!("{sh:?} {vis:?} {how:?}");
-        let loss =
-            |q: &[f32], k: &[f32], v: &[f32]| weighted(&run(q, k, v, sh, vis, how).0, &w);
+        let case = format!("{sh:?} {vis:?} {how:?} kb {kb}");
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| {
+            weighted(&run((q, k, v), sh, vis, how, kb).0, &w)
+        };
         check_grad(&format!("{case} dv"), &v, &dv, |v| loss(&q, &k, v));
         if hard {
             let (sq, sk, _) = grads(Weighing { hard: false, ..how });
