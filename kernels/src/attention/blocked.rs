@@ -161,14 +161,16 @@ pub(super) type Grads<'g> = (
 );
 
 /// The gradients of rows `r0..r0 + n` of a pair, `kb` keys at a time: `stats` holds the rows'
-/// statistics (two per row from the block's first), `gm` the output's gradient of the pair;
+/// statistics (two per row from the block's first), `out` the pair's output `[queries,
+/// value_dim]` where kept (soft attention: then the first pass is skipped), `gm` the output's
+/// gradient of the pair;
 /// `dq` starts at the block's first row (rows `dq_rs` apart, written), `dk` and `dv` at the
 /// pair's KV head (rows `dk_rs` and `dv_rs` apart, accumulated).
 pub(super) fn backward_rows(
     pr: &Pair,
     (r0, n, lim): (usize, usize, usize),
     buf: &mut Buffers,
-    stats: &[f32],
+    (stats, out): (&[f32], Option<Mat>),
     gm: Mat,
     outs: Grads,
 ) {
@@ -179,7 +181,15 @@ pub(super) fn backward_rows(
     // Each row's Σ_j p_j · dp̃_j, and its count of tied maxima (hard).
     let mut dsum = [0.0f32; ATTN_BLOCK];
     let mut count = [0.0f32; ATTN_BLOCK];
-    for pass in 0..2 {
+    // Soft attention's output gives the sums at once: Σ_j p_j · mask_j · (go · v_j) = go · o.
+    let given = out.filter(|_| !how.hard);
+    if let Some(om) = given {
+        let om = om.skip_rows(r0);
+        for (i, s) in dsum.iter_mut().take(n).enumerate() {
+            *s = dot(&gob.data[i * gob.rs..][..e], &om.data[i * om.rs..][..e]);
+        }
+    }
+    for pass in usize::from(given.is_some())..2 {
         for c0 in (0..lim).step_by(pr.kb) {
             let w = pr.kb.min(lim - c0);
             let first = pr.p0 + r0 * t + c0;

@@ -121,7 +121,7 @@ fn value_weights<'b>(
 
 /// Keys per key block: a row block that sees more keys than this takes them this many at a
 /// time with the online softmax ([`blocked`]), so its scores stay in cache at any length.
-const KEY_BLOCK: usize = 512;
+pub const KEY_BLOCK: usize = 512;
 
 /// Attention `o = softmax(scale · q kᵀ) v` per (batch, query head), each row over the keys
 /// `vis` lets it see (hidden keys get probability 0; `vis.queries` is the number of query
@@ -232,13 +232,14 @@ fn attention_kb(
 /// products and the same `exp`); with the forward pass's `how.drop`, the mask is computed
 /// again from its key and each element's index; with `how.hard`, v's gradient comes from the
 /// hard weights and the scores' from the softmax (straight-through). Nothing of size queries ×
-/// keys is kept. Row blocks that see more than [`KEY_BLOCK`] keys take them in key blocks, in
-/// two passes: the first sums each row's `Σ_j p_j · dp̃_j` (the softmax gradient's row term),
-/// the second computes the gradients.
+/// keys is kept. Row blocks that see more than [`KEY_BLOCK`] keys take them in key blocks; the
+/// softmax gradient's row term `Σ_j p_j · dp̃_j` is `go · o` where the forward pass's output `o`
+/// (laid out as it wrote it, `[batch, queries, heads, value_dim]`) is given and the weights
+/// were soft; otherwise (hard attention, or no `o`) a first pass over the key blocks sums it.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     ins: (View4, View4, View4, View4),
-    stats: &[f32],
+    stats: (&[f32], Option<&[f32]>),
     sh: AttnShape,
     scale: f32,
     vis: Visible,
@@ -254,7 +255,7 @@ pub fn attention_backward(
 #[allow(clippy::too_many_arguments)]
 fn attention_backward_kb(
     (q, k, v, go): (View4, View4, View4, View4),
-    stats: &[f32],
+    (stats, out): (&[f32], Option<&[f32]>),
     sh: AttnShape,
     scale: f32,
     vis: Visible,
@@ -287,9 +288,16 @@ fn attention_backward_kb(
                     if lim > kb {
                         let pr = Pair { mats, p0, sizes: (t, d, e), scale, vis, how, kb };
                         let st = &stats[2 * (bi * per + h * s + r0)..];
+                        // The pair's output, rows `heads · e` apart.
+                        let om = out.map(|o| Mat {
+                            data: &o[(bi * s * heads + h) * e..],
+                            rs: heads * e,
+                            cs: 1,
+                        });
                         let (dkh, dvh) = (&mut dk[kh * d..], &mut dv[kh * e..]);
                         let outs = ((dqb, heads * d), (dkh, kv_rs), (dvh, v_rs));
-                        blocked::backward_rows(&pr, (r0, n, lim), &mut buf, st, gm, outs);
+                        let sto = (st, om);
+                        blocked::backward_rows(&pr, (r0, n, lim), &mut buf, sto, gm, outs);
                         continue;
                     }
                     let first = p0 + r0 * t;

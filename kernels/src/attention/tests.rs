@@ -80,7 +80,7 @@ fn run(
 /// the loss `Σ w·o`, with the statistics `st`: dq `[b, h, s, d]`, dk, dv `[b, hk, t, ·]`.
 fn grads(
     (q, k, v, w): (&[f32], &[f32], &[f32], &[f32]),
-    st: &[f32],
+    st: (&[f32], Option<&[f32]>),
     (sh, vis, how): (AttnShape, Visible, Weighing),
     kb: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -234,8 +234,10 @@ fn the_gradients_match_finite_differences() {
         let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * e, 6, 1.5));
         // The loss's weights, laid out like o: [b, s, h, e].
         let w = data(b * s * h * e, 7, 1.0);
-        let (_, st) = run((&q, &k, &v), sh, vis, how, kb);
-        let grads = |how| grads((&q, &k, &v, &w), &st, (sh, vis, how), kb);
+        let (o, st) = run((&q, &k, &v), sh, vis, how, kb);
+        // Soft attention's output, from which the backward pass sums its row terms.
+        let given = (!hard).then_some(&o[..]);
+        let grads = |how| grads((&q, &k, &v, &w), (&st, given), (sh, vis, how), kb);
         let (dq, dk, dv) = grads(how);
         let case = format!("{sh:?} {vis:?} {how:?} kb {kb}");
         let loss = |q: &[f32], k: &[f32], v: &[f32]| {
@@ -294,19 +296,24 @@ fn key_blocks_agree_with_one_block() {
         let (k, v) = (data(b * hk * t * d, 9, 2.0), data(b * hk * t * e, 10, 1.5));
         let w = data(b * s * h * e, 11, 1.0);
         let case = format!("{sh:?} {vis:?} {how:?} kb {kb}");
-        let one = |kb| {
+        // The gradients with the row terms summed over the key blocks, or from the output.
+        let one = |kb, with_out: bool| {
             let (o, st) = run((&q, &k, &v), sh, vis, how, kb);
-            let g = grads((&q, &k, &v, &w), &st, (sh, vis, how), kb);
+            let given = with_out.then_some(&o[..]);
+            let g = grads((&q, &k, &v, &w), (&st, given), (sh, vis, how), kb);
             (o, st, g)
         };
-        let (o, st, (dq, dk, dv)) = one(kb);
-        let (o1, st1, (dq1, dk1, dv1)) = one(usize::MAX);
-        let wide = |x: Vec<f32>| x.iter().map(|&x| x as f64).collect::<Vec<_>>();
-        assert_close(&format!("{case} o"), &o, &wide(o1), 1e-5);
-        assert_close(&format!("{case} stats"), &st, &wide(st1), 1e-5);
-        assert_close(&format!("{case} dq"), &dq, &wide(dq1), 1e-5);
-        assert_close(&format!("{case} dk"), &dk, &wide(dk1), 1e-5);
-        assert_close(&format!("{case} dv"), &dv, &wide(dv1), 1e-5);
+        let (o1, st1, (dq1, dk1, dv1)) = one(usize::MAX, false);
+        let wide = |x: &[f32]| x.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        for with_out in [false, !hard] {
+            let case = format!("{case} with o {with_out}");
+            let (o, st, (dq, dk, dv)) = one(kb, with_out);
+            assert_close(&format!("{case} o"), &o, &wide(&o1), 1e-5);
+            assert_close(&format!("{case} stats"), &st, &wide(&st1), 1e-5);
+            assert_close(&format!("{case} dq"), &dq, &wide(&dq1), 1e-5);
+            assert_close(&format!("{case} dk"), &dk, &wide(&dk1), 1e-5);
+            assert_close(&format!("{case} dv"), &dv, &wide(&dv1), 1e-5);
+        }
     }
 }
 
@@ -348,13 +355,39 @@ fn hard_ties_share_the_weight_across_key_blocks() {
     };
     let w = data(6, 12, 1.0);
     let (_, st1) = run((&q, &k, &v), sh, vis, how, usize::MAX);
-    let g1 = grads((&q, &k, &v, &w), &st1, (sh, vis, how), usize::MAX);
+    let g1 = grads((&q, &k, &v, &w), (&st1, None), (sh, vis, how), usize::MAX);
     for kb in [1, 2, 3, 5, 8] {
         let (o, st) = run((&q, &k, &v), sh, vis, how, kb);
         assert_close(&format!("kb {kb}"), &o, &want, 1e-6);
-        let g = grads((&q, &k, &v, &w), &st, (sh, vis, how), kb);
+        let g = grads((&q, &k, &v, &w), (&st, None), (sh, vis, how), kb);
         let wide = |x: &[f32]| x.iter().map(|&x| x as f64).collect::<Vec<_>>();
         assert_close(&format!("kb {kb} dv"), &g.2, &wide(&g1.2), 1e-6);
         assert_close(&format!("kb {kb} dq"), &g.0, &wide(&g1.0), 1e-5);
+    }
+}
+
+#[test]
+#[ignore]
+fn time_key_blocks() {
+    let t_list: Vec<usize> = std::env::var("KB_T").unwrap().split(',').map(|x| x.parse().unwrap()).collect();
+    let kbs: Vec<usize> = std::env::var("KB_KB").unwrap().split(',').map(|x| x.parse().unwrap()).collect();
+    for t in t_list {
+        let sh = AttnShape { batch: 1, heads: 4, kv_heads: 4, queries: t, keys: t, dim: 16, value_dim: 16 };
+        let vis = Visible { queries: t, causal: true, offset: 0 };
+        let q = data(4 * t * 16, 1, 1.0);
+        let (k, v) = (data(4 * t * 16, 2, 1.0), data(4 * t * 16, 3, 1.0));
+        let w = data(4 * t * 16, 4, 1.0);
+        let how = Weighing::default();
+        for &kb in &kbs {
+            let t0 = std::time::Instant::now();
+            let (mut st, mut o) = (vec![0.0f32; 4 * t * 2], vec![0.0f32; 4 * t * 16]);
+            let s4 = [1, 4, t, 16];
+            attention_kb(dense(&q, s4), dense(&k, s4), dense(&v, s4), sh, 0.7, vis, how, Some(&mut st), &mut o, kb);
+            let f = t0.elapsed().as_secs_f64();
+            let with_out = std::env::var("KB_O").is_ok();
+            let _ = grads((&q, &k, &v, &w), (&st, with_out.then_some(&o[..])), (sh, vis, how), kb);
+            let all = t0.elapsed().as_secs_f64();
+            println!("t {t} kb {kb}: forward {f:.2} s, forward+backward {all:.2} s");
+        }
     }
 }
