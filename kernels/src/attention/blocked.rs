@@ -85,7 +85,14 @@ vectorized! {
 /// One key block of a row's hard attention: the weights `hw` are 1 on the raw scores equal
 /// to the running maximum `hm` (over `row[..n]`), else 0; `count` counts them. When the block
 /// raises the maximum, the earlier ties and their values (`acc`) are dropped.
-fn hard_step(row: &[f32], n: usize, hm: &mut f32, count: &mut f32, hw: &mut [f32], acc: &mut [f32]) {
+fn hard_step(
+    row: &[f32],
+    n: usize,
+    hm: &mut f32,
+    count: &mut f32,
+    hw: &mut [f32],
+    acc: &mut [f32],
+) {
     let bm = row[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if bm > *hm {
         (*hm, *count) = (bm, 0.0);
@@ -195,7 +202,14 @@ pub(super) fn backward_rows(
             let first = pr.p0 + r0 * t + c0;
             // The block's probabilities as the forward pass had them (and the hard weights).
             let sb = &mut buf.scores[..n * w];
-            matmul(sb, w, (n, w, d), (qb, km.skip_rows(c0).t()), false, pr.scale);
+            matmul(
+                sb,
+                w,
+                (n, w, d),
+                (qb, km.skip_rows(c0).t()),
+                false,
+                pr.scale,
+            );
             for (i, row) in sb.chunks_mut(w).enumerate() {
                 let seen = pr.vis.limit(r0 + i, t).saturating_sub(c0).min(w);
                 let (mx, _) = st(i);
@@ -204,7 +218,11 @@ pub(super) fn backward_rows(
                 } else if how.hard {
                     let hw = &mut buf.hard[i * w..(i + 1) * w];
                     for (j, (h, &x)) in hw.iter_mut().zip(&*row).enumerate() {
-                        *h = if j < seen && x == mx { 1.0 / count[i] } else { 0.0 };
+                        *h = if j < seen && x == mx {
+                            1.0 / count[i]
+                        } else {
+                            0.0
+                        };
                     }
                 }
                 softmax_from_stats(row, seen, st(i));
@@ -234,7 +252,14 @@ pub(super) fn backward_rows(
             }
             // dq (+)= scale · ds · k; dk += scale · dsᵀ · q
             let dsb = Mat::rows(ds, w);
-            matmul(dq, dq_rs, (n, d, w), (dsb, km.skip_rows(c0)), c0 > 0, pr.scale);
+            matmul(
+                dq,
+                dq_rs,
+                (n, d, w),
+                (dsb, km.skip_rows(c0)),
+                c0 > 0,
+                pr.scale,
+            );
             let dkb = &mut dk[c0 * dk_rs..];
             matmul(dkb, dk_rs, (w, d, n), (dsb.t(), qb), true, pr.scale);
         }

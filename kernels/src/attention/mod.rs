@@ -194,13 +194,28 @@ fn attention_kb(
                     let ob = &mut o[r0 * heads * e + h * e..];
                     if lim > kb {
                         let (sizes, st) = ((t, d, e), stats.as_deref_mut());
-                        let pr = Pair { mats, p0, sizes, scale, vis, how, kb };
+                        let pr = Pair {
+                            mats,
+                            p0,
+                            sizes,
+                            scale,
+                            vis,
+                            how,
+                            kb,
+                        };
                         let st = st.map(|st| &mut st[2 * (h * s + r0)..]);
                         blocked::forward_rows(&pr, (r0, n, lim), &mut buf, st, ob, heads * e);
                         continue;
                     }
                     let pb = &mut buf.scores[..n * lim];
-                    matmul(pb, lim, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                    matmul(
+                        pb,
+                        lim,
+                        (n, lim, d),
+                        (qm.skip_rows(r0), km.t()),
+                        false,
+                        scale,
+                    );
                     for (i, row) in pb.chunks_mut(lim).enumerate() {
                         let seen = vis.limit(r0 + i, t);
                         if how.hard {
@@ -286,7 +301,15 @@ fn attention_backward_kb(
                 for &(r0, n, lim) in &blocks {
                     let dqb = &mut dq[r0 * heads * d + h * d..];
                     if lim > kb {
-                        let pr = Pair { mats, p0, sizes: (t, d, e), scale, vis, how, kb };
+                        let pr = Pair {
+                            mats,
+                            p0,
+                            sizes: (t, d, e),
+                            scale,
+                            vis,
+                            how,
+                            kb,
+                        };
                         let st = &stats[2 * (bi * per + h * s + r0)..];
                         // The pair's output, rows `heads · e` apart.
                         let om = out.map(|o| Mat {
@@ -303,7 +326,14 @@ fn attention_backward_kb(
                     let first = p0 + r0 * t;
                     // The block's probabilities, rows of lim, as the forward pass had them.
                     let pb = &mut buf.scores[..n * lim];
-                    matmul(pb, lim, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                    matmul(
+                        pb,
+                        lim,
+                        (n, lim, d),
+                        (qm.skip_rows(r0), km.t()),
+                        false,
+                        scale,
+                    );
                     for (i, row) in pb.chunks_mut(lim).enumerate() {
                         let at = 2 * (bi * per + h * s + r0 + i);
                         let (st, seen) = ((stats[at], stats[at + 1]), vis.limit(r0 + i, t));

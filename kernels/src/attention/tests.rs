@@ -240,9 +240,8 @@ fn the_gradients_match_finite_differences() {
         let grads = |how| grads((&q, &k, &v, &w), (&st, given), (sh, vis, how), kb);
         let (dq, dk, dv) = grads(how);
         let case = format!("{sh:?} {vis:?} {how:?} kb {kb}");
-        let loss = |q: &[f32], k: &[f32], v: &[f32]| {
-            weighted(&run((q, k, v), sh, vis, how, kb).0, &w)
-        };
+        let loss =
+            |q: &[f32], k: &[f32], v: &[f32]| weighted(&run((q, k, v), sh, vis, how, kb).0, &w);
         check_grad(&format!("{case} dv"), &v, &dv, |v| loss(&q, &k, v));
         if hard {
             let (sq, sk, _) = grads(Weighing { hard: false, ..how });
@@ -348,7 +347,12 @@ fn hard_ties_share_the_weight_across_key_blocks() {
             .map(|l| js.iter().map(|&j| v[2 * j + l] as f64).sum::<f64>() / js.len() as f64)
             .collect()
     };
-    let want: Vec<f64> = [mean(&[4, 6, 7]), mean(&[2]), mean(&[0, 1, 2, 3, 4, 5, 6, 7])].concat();
+    let want: Vec<f64> = [
+        mean(&[4, 6, 7]),
+        mean(&[2]),
+        mean(&[0, 1, 2, 3, 4, 5, 6, 7]),
+    ]
+    .concat();
     let how = Weighing {
         drop: None,
         hard: true,
@@ -363,31 +367,5 @@ fn hard_ties_share_the_weight_across_key_blocks() {
         let wide = |x: &[f32]| x.iter().map(|&x| x as f64).collect::<Vec<_>>();
         assert_close(&format!("kb {kb} dv"), &g.2, &wide(&g1.2), 1e-6);
         assert_close(&format!("kb {kb} dq"), &g.0, &wide(&g1.0), 1e-5);
-    }
-}
-
-#[test]
-#[ignore]
-fn time_key_blocks() {
-    let t_list: Vec<usize> = std::env::var("KB_T").unwrap().split(',').map(|x| x.parse().unwrap()).collect();
-    let kbs: Vec<usize> = std::env::var("KB_KB").unwrap().split(',').map(|x| x.parse().unwrap()).collect();
-    for t in t_list {
-        let sh = AttnShape { batch: 1, heads: 4, kv_heads: 4, queries: t, keys: t, dim: 16, value_dim: 16 };
-        let vis = Visible { queries: t, causal: true, offset: 0 };
-        let q = data(4 * t * 16, 1, 1.0);
-        let (k, v) = (data(4 * t * 16, 2, 1.0), data(4 * t * 16, 3, 1.0));
-        let w = data(4 * t * 16, 4, 1.0);
-        let how = Weighing::default();
-        for &kb in &kbs {
-            let t0 = std::time::Instant::now();
-            let (mut st, mut o) = (vec![0.0f32; 4 * t * 2], vec![0.0f32; 4 * t * 16]);
-            let s4 = [1, 4, t, 16];
-            attention_kb(dense(&q, s4), dense(&k, s4), dense(&v, s4), sh, 0.7, vis, how, Some(&mut st), &mut o, kb);
-            let f = t0.elapsed().as_secs_f64();
-            let with_out = std::env::var("KB_O").is_ok();
-            let _ = grads((&q, &k, &v, &w), (&st, with_out.then_some(&o[..])), (sh, vis, how), kb);
-            let all = t0.elapsed().as_secs_f64();
-            println!("t {t} kb {kb}: forward {f:.2} s, forward+backward {all:.2} s");
-        }
     }
 }
