@@ -118,8 +118,11 @@ fn drops() -> [Option<Dropout>; 2] {
     [None, Some(Dropout::new(5, 0.3))]
 }
 
+/// A case, its dropout, whether hard, and its key block.
+type Variant = ((AttnShape, Visible), Option<Dropout>, bool, usize);
+
 /// Every case with every dropout, soft and hard, with every key block.
-fn variants() -> Vec<((AttnShape, Visible), Option<Dropout>, bool, usize)> {
+fn variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for c in cases() {
         for d in drops() {
