@@ -86,7 +86,7 @@ mod xent;
 
 pub use act::{act, act_backward, act_in_place, erf, Act};
 pub use adamw::{adamw, AdamW};
-pub use attention::{attention, attention_backward, AttnShape, Weighing, KEY_BLOCK};
+pub use attention::{attention, attention_backward, AttnShape, Weighing};
 pub use conv::{causal_conv, causal_conv_backward, ConvShape};
 pub use dropout::{dropout, dropout_in_place, dropout_mask, Dropout};
 pub use gemm::View4;

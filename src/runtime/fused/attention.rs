@@ -29,10 +29,6 @@ struct AttnState {
     v: FlexTensor,
     /// Each row's softmax statistics (the probabilities are computed again from them).
     stats: Arc<Vec<f32>>,
-    /// Soft attention's output (`[b, h, s, e]` over its `[b, s, h, e]` storage): each row's
-    /// `Σ p · dp̃` is `go · o`, which spares rows longer than a key block a pass over their
-    /// keys. Kept only where there are such rows.
-    o: Option<FlexTensor>,
     sh: k::AttnShape,
     scale: f32,
     vis: Visible,
@@ -64,7 +60,7 @@ impl Backward<Flex, 3> for AttentionBackward {
         let mut dv = vec![0.0f32; sh.batch * sh.kv_heads * sh.keys * sh.value_dim];
         k::attention_backward(
             (view(&st.q), view(&st.k), view(&st.v), view(&go)),
-            (&st.stats, st.o.as_ref().map(|o| o.storage::<f32>())),
+            &st.stats,
             sh,
             st.scale,
             st.vis,
@@ -207,9 +203,6 @@ fn attend(
                     k,
                     v,
                     stats: Arc::new(stats),
-                    // Only rows longer than a key block use it (shorter ones sum `Σ p · dp̃`
-                    // from the probabilities they hold).
-                    o: (hard.is_none() && sh.keys > k::KEY_BLOCK).then(|| o.clone()),
                     sh,
                     scale,
                     vis,

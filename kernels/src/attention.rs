@@ -1,0 +1,541 @@
+//! Attention `softmax(scale · q kᵀ) v` with grouped KV heads and a causal limit, and its
+//! gradients.
+
+use crate::dropout::{dropout_in_place_chunk, dropout_row, Dropout};
+use crate::gemm::{matmul, Mat, View4};
+use crate::softmax::{softmax_from_stats, softmax_grad_in_place, softmax_in_place, Visible};
+use rayon::prelude::*;
+
+/// The sizes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Batch.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (dividing `heads`: query head h reads KV head h / (heads / kv_heads)).
+    pub kv_heads: usize,
+    /// Query positions.
+    pub queries: usize,
+    /// Key positions.
+    pub keys: usize,
+    /// Features per query and key.
+    pub dim: usize,
+    /// Features per value (and output).
+    pub value_dim: usize,
+}
+
+impl AttnShape {
+    /// Query heads per KV head, and the row blocks of one head (see [`attn_blocks`]).
+    fn plan(&self, vis: Visible) -> (usize, Vec<(usize, usize, usize)>) {
+        let group = self.heads / self.kv_heads.max(1);
+        (group, attn_blocks(self.queries, self.keys, vis))
+    }
+}
+
+/// Query rows per block: a causal block's products stop at the last key its last row sees,
+/// which skips most of the hidden upper triangle (38 % of the work at 127 keys), and a block's
+/// scores are all of them that are ever held at once.
+const ATTN_BLOCK: usize = 32;
+
+/// The row blocks of one pair: `(first row, rows, keys the block needs)`. Causal rows come in
+/// groups of `vis.queries` (one per query head of the KV head), each cut into blocks.
+fn attn_blocks(rows: usize, keys: usize, vis: Visible) -> Vec<(usize, usize, usize)> {
+    let q = if vis.causal {
+        vis.queries.max(1)
+    } else {
+        rows.max(1)
+    };
+    let mut out = Vec::new();
+    for g0 in (0..rows).step_by(q) {
+        let g1 = (g0 + q).min(rows);
+        for r0 in (g0..g1).step_by(ATTN_BLOCK) {
+            let n = ATTN_BLOCK.min(g1 - r0);
+            out.push((r0, n, vis.limit(r0 + n - 1, keys)));
+        }
+    }
+    out
+}
+
+/// The dropout of a block's weights `pb` (rows `rs` apart; the block's first element is at
+/// index `first` of p, whose rows are `t` long) into `out`, rows of their first `lim` keys.
+fn drop_block(
+    dr: &Dropout,
+    (first, t): (usize, usize),
+    pb: &[f32],
+    rs: usize,
+    lim: usize,
+    out: &mut [f32],
+) {
+    for (i, (row, out)) in pb.chunks(rs).zip(out.chunks_mut(lim)).enumerate() {
+        dropout_row(dr, first + i * t, &row[..lim], out);
+    }
+}
+
+/// How the values are weighed, beyond the softmax of the scores.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Weighing<'a> {
+    /// Dropout of the weights before the product with v.
+    pub drop: Option<&'a Dropout>,
+    /// Hard attention: each row's weights are one-hot on its largest visible score (tied
+    /// maxima share the weight equally), and their gradient is the softmax's
+    /// (straight-through: `soft + (hard − soft)` with the difference held constant).
+    pub hard: bool,
+}
+
+/// Hard attention's weights of one row of raw scores: `out[j] = 1 / #ties` where
+/// `scores[j]` is the row's largest score (over its first `n`), else 0; `out` is as long as
+/// `scores`.
+fn hard_row(scores: &[f32], n: usize, out: &mut [f32]) {
+    let m = scores[..n]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let hits = scores[..n].iter().filter(|&&x| x == m).count();
+    let w = 1.0 / hits as f32;
+    for (j, (o, &x)) in out.iter_mut().zip(scores).enumerate() {
+        *o = if j < n && x == m { w } else { 0.0 };
+    }
+}
+
+/// The weights of the values of one block: the softmax probabilities `pb` (rows of `t`), or
+/// with `hard` the one-hot rows in `hard` (rows of `lim`), then dropped out into `dropped`
+/// (rows of `lim`) with `drop`. `first`: the index of the block's first element in p.
+fn value_weights<'b>(
+    how: Weighing,
+    (first, t, lim): (usize, usize, usize),
+    pb: &'b [f32],
+    hard: &'b [f32],
+    dropped: &'b mut [f32],
+) -> Mat<'b> {
+    let (src, rs) = if how.hard { (hard, lim) } else { (pb, t) };
+    match how.drop {
+        Some(dr) => {
+            drop_block(dr, (first, t), src, rs, lim, dropped);
+            Mat::rows(dropped, lim)
+        }
+        None => Mat::rows(src, rs),
+    }
+}
+
+/// Attention `o = softmax(scale · q kᵀ) v` per (batch, query head), each row over the keys
+/// `vis` lets it see (hidden keys get probability 0; `vis.queries` is the number of query
+/// positions). Query head h reads KV head h / (heads / kv_heads). `q` `[batch, heads, queries,
+/// dim]`, `k` `[batch, kv_heads, keys, dim]` and `v` `[batch, kv_heads, keys, value_dim]` are
+/// read through their strides. Writes `o` laid out as `[batch, queries, heads, value_dim]` (the
+/// layout the heads are merged in) and, when
+/// given, each row's softmax statistics `stats` `[batch, heads, queries, 2]` (its largest score
+/// and the inverse of its sum of exponentials), all the backward pass needs: memory linear in
+/// the length. Batch rows run in parallel; each holds the scores of one block of
+/// [`ATTN_BLOCK`] rows at a time.
+///
+/// With `how.drop`, the weights are dropped out before the product with v: element
+/// `((b·heads + h)·queries + i)·keys + j` of p (its row-major index) is kept, and scaled by
+/// `1 / (1 − p)`, exactly when [`Dropout::keeps`] says so, the mask [`crate::dropout`] applies to
+/// the tensor p with the same key. With `how.hard`, the weights are one-hot on each row's
+/// largest score (see [`Weighing`]); the statistics are still the softmax's.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: View4,
+    k: View4,
+    v: View4,
+    sh: AttnShape,
+    scale: f32,
+    vis: Visible,
+    how: Weighing,
+    stats: Option<&mut [f32]>,
+    o: &mut [f32],
+) {
+    let (heads, s, t, d, e) = (sh.heads, sh.queries, sh.keys, sh.dim, sh.value_dim);
+    let (group, blocks) = sh.plan(vis);
+    let stats: Vec<Option<&mut [f32]>> = match stats {
+        Some(st) => st.chunks_mut(heads * s * 2).map(Some).collect(),
+        None => (0..sh.batch).map(|_| None).collect(),
+    };
+    o.par_chunks_mut(s * heads * e)
+        .zip(stats)
+        .enumerate()
+        .for_each(|(bi, (o, mut stats))| {
+            let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
+            // The dropped weights and the hard weights of one block, rows of its `lim` keys.
+            let mut dropped = block_buffer(how.drop.is_some(), t);
+            let mut hard = block_buffer(how.hard, t);
+            // Hard weights without a backward pass to come need no softmax.
+            let soft = !how.hard || stats.is_some();
+            for h in 0..heads {
+                let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
+                for &(r0, n, lim) in &blocks {
+                    let pb = &mut scratch[..n * t];
+                    matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                    for (i, row) in pb.chunks_mut(t).enumerate() {
+                        let seen = vis.limit(r0 + i, t);
+                        if how.hard {
+                            hard_row(&row[..lim], seen, &mut hard[i * lim..(i + 1) * lim]);
+                        }
+                        if !soft {
+                            continue;
+                        }
+                        let st = softmax_in_place(&mut row[..lim], seen);
+                        if let Some(stats) = stats.as_deref_mut() {
+                            let at = 2 * (h * s + r0 + i);
+                            (stats[at], stats[at + 1]) = st;
+                        }
+                    }
+                    let first = ((bi * heads + h) * s + r0) * t;
+                    let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
+                    let ob = &mut o[r0 * heads * e + h * e..];
+                    matmul(ob, heads * e, (n, e, lim), (pm, vm), false, 1.0);
+                }
+            }
+        });
+}
+
+/// A block's buffer of weights (`ATTN_BLOCK` rows of up to `t` keys) where `used`, else empty.
+fn block_buffer(used: bool, t: usize) -> Vec<f32> {
+    vec![0.0f32; if used { ATTN_BLOCK * t } else { 0 }]
+}
+
+/// The gradients of [`attention`] from its inputs, the row statistics its forward pass wrote
+/// and the output's gradient `go` (a view like q): writes `dq` laid out as `[batch, queries,
+/// heads, dim]`, `dk` as `[batch, keys, kv_heads, dim]` and `dv` as `[batch, keys, kv_heads,
+/// value_dim]`. Each block's scores are
+/// computed again and turned into the forward pass's probabilities to the bit (the same
+/// products and the same `exp`); with the forward pass's `how.drop`, the mask is computed
+/// again from its key and each element's index; with `how.hard`, v's gradient comes from the
+/// hard weights and the scores' from the softmax (straight-through). Nothing of size queries ×
+/// keys is kept.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    (q, k, v, go): (View4, View4, View4, View4),
+    stats: &[f32],
+    sh: AttnShape,
+    scale: f32,
+    vis: Visible,
+    how: Weighing,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (heads, s, t, d, e) = (sh.heads, sh.queries, sh.keys, sh.dim, sh.value_dim);
+    let (group, blocks) = sh.plan(vis);
+    let (kv_rs, v_rs) = (sh.kv_heads * d, sh.kv_heads * e);
+    let per = heads * s;
+    dq.par_chunks_mut(s * heads * d)
+        .zip(
+            dk.par_chunks_mut(t * kv_rs)
+                .zip(dv.par_chunks_mut(t * v_rs)),
+        )
+        .enumerate()
+        .for_each(|(bi, (dq, (dk, dv)))| {
+            dk.fill(0.0);
+            dv.fill(0.0);
+            let mut ds = vec![0.0f32; ATTN_BLOCK * t];
+            let mut dropped = block_buffer(how.drop.is_some(), t);
+            let mut hard = block_buffer(how.hard, t);
+            let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
+            for h in 0..heads {
+                let kh = h / group;
+                let (qm, km, vm, gm) = (q.mat(bi, h), k.mat(bi, kh), v.mat(bi, kh), go.mat(bi, h));
+                for &(r0, n, lim) in &blocks {
+                    let first = ((bi * heads + h) * s + r0) * t;
+                    // The block's probabilities, rows of t, as the forward pass had them.
+                    let pb = &mut scratch[..n * t];
+                    matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                    for (i, row) in pb.chunks_mut(t).enumerate() {
+                        let at = 2 * (bi * per + h * s + r0 + i);
+                        let (st, seen) = ((stats[at], stats[at + 1]), vis.limit(r0 + i, t));
+                        if how.hard {
+                            hard_row(&row[..lim], seen, &mut hard[i * lim..(i + 1) * lim]);
+                        }
+                        softmax_from_stats(&mut row[..lim], seen, st);
+                    }
+                    let pb = &*pb;
+                    let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
+                    let gob = gm.skip_rows(r0);
+                    // dv += (dropped weights)ᵀ · go
+                    matmul(
+                        &mut dv[kh * e..],
+                        v_rs,
+                        (lim, e, n),
+                        (pm.t(), gob),
+                        true,
+                        1.0,
+                    );
+                    // ds = softmax gradient of (go · vᵀ) (times the mask / (1 − p)), rows of
+                    // `lim`
+                    matmul(&mut ds, lim, (n, lim, e), (gob, vm.t()), false, 1.0);
+                    for (i, g) in ds.chunks_mut(lim).take(n).enumerate() {
+                        if let Some(dr) = how.drop {
+                            dropout_in_place_chunk(dr, first + i * t, g);
+                        }
+                        softmax_grad_in_place(&pb[i * t..i * t + lim], g);
+                    }
+                    let dsb = Mat::rows(&ds, lim);
+                    // dq = scale · ds · k; dk += scale · dsᵀ · q
+                    let dqb = &mut dq[r0 * heads * d + h * d..];
+                    matmul(dqb, heads * d, (n, d, lim), (dsb, km), false, scale);
+                    let qb = qm.skip_rows(r0);
+                    matmul(
+                        &mut dk[kh * d..],
+                        kv_rs,
+                        (lim, d, n),
+                        (dsb.t(), qb),
+                        true,
+                        scale,
+                    );
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, check_grad, data, dense, weighted};
+
+    /// `[n0, a, b, d]` values laid out as `[n0, b, a, d]`.
+    fn swap12(v: &[f32], [n0, a, b, d]: [usize; 4]) -> Vec<f32> {
+        let mut out = vec![0.0f32; v.len()];
+        for i in 0..n0 {
+            for j in 0..a {
+                for l in 0..b {
+                    let (from, to) = (((i * a + j) * b + l) * d, ((i * b + l) * a + j) * d);
+                    out[to..to + d].copy_from_slice(&v[from..from + d]);
+                }
+            }
+        }
+        out
+    }
+
+    /// (shape, visibility): grouped heads with a decoding offset; more causal rows than a
+    /// block (values wider than the keys); cross attention with every key visible, in one
+    /// block and in two (values narrower).
+    fn cases() -> [(AttnShape, Visible); 4] {
+        let sh = |batch, heads, kv_heads, queries, keys, (dim, value_dim)| AttnShape {
+            batch,
+            heads,
+            kv_heads,
+            queries,
+            keys,
+            dim,
+            value_dim,
+        };
+        let vis = |queries, causal, offset| Visible {
+            queries,
+            causal,
+            offset,
+        };
+        [
+            (sh(2, 4, 2, 3, 5, (4, 4)), vis(3, true, 2)),
+            (
+                sh(1, 2, 1, ATTN_BLOCK + 3, ATTN_BLOCK + 3, (3, 5)),
+                vis(ATTN_BLOCK + 3, true, 0),
+            ),
+            (sh(2, 2, 2, 3, 4, (5, 5)), vis(3, false, 0)),
+            (
+                sh(1, 2, 2, ATTN_BLOCK + 5, 7, (3, 2)),
+                vis(ATTN_BLOCK + 5, false, 0),
+            ),
+        ]
+    }
+
+    /// Runs [`attention`] on dense q `[b, h, s, d]`, k, v `[b, hk, t, d]`: returns o
+    /// `[b, s, h, d]` and the row statistics.
+    fn run(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        sh: AttnShape,
+        vis: Visible,
+        how: Weighing,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let AttnShape {
+            batch: b,
+            heads: h,
+            kv_heads: hk,
+            queries: s,
+            keys: t,
+            dim: d,
+            value_dim: e,
+        } = sh;
+        let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * e]);
+        let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
+        let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, [b, hk, t, e]));
+        attention(q, k, v, sh, 0.7, vis, how, Some(&mut st), &mut o);
+        // Without the statistics (no backward pass to come): the same output to the bit.
+        let mut o2 = vec![0.0f32; o.len()];
+        attention(q, k, v, sh, 0.7, vis, how, None, &mut o2);
+        assert_eq!(o, o2, "{sh:?} {vis:?}");
+        (o, st)
+    }
+
+    /// No dropout, and dropout of 0.3 (the mask of key 5).
+    fn drops() -> [Option<Dropout>; 2] {
+        [None, Some(Dropout::new(5, 0.3))]
+    }
+
+    /// Every case with every dropout, soft and hard.
+    fn variants() -> Vec<((AttnShape, Visible), Option<Dropout>, bool)> {
+        let mut out = Vec::new();
+        for c in cases() {
+            for d in drops() {
+                for hard in [false, true] {
+                    out.push((c, d, hard));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_its_definition() {
+        for ((sh, vis), drop, hard) in variants() {
+            let how = Weighing {
+                drop: drop.as_ref(),
+                hard,
+            };
+            let AttnShape {
+                batch: b,
+                heads: h,
+                kv_heads: hk,
+                queries: s,
+                keys: t,
+                dim: d,
+                value_dim: e,
+            } = sh;
+            let q = data(b * h * s * d, 1, 1.5);
+            let (k, v) = (data(b * hk * t * d, 2, 1.5), data(b * hk * t * e, 3, 1.5));
+            let (o, _) = run(&q, &k, &v, sh, vis, how);
+            let mut want = vec![0.0f64; o.len()];
+            for bi in 0..b {
+                for hi in 0..h {
+                    let kh = hi / (h / hk);
+                    for i in 0..s {
+                        let n = if vis.causal {
+                            (vis.offset + i + 1).min(t)
+                        } else {
+                            t
+                        };
+                        let qr = &q[((bi * h + hi) * s + i) * d..][..d];
+                        let row = |m: &[f32], j: usize, d: usize| {
+                            m[((bi * hk + kh) * t + j) * d..][..d].to_vec()
+                        };
+                        let scores: Vec<f64> = (0..n)
+                            .map(|j| {
+                                let kr = row(&k, j, d);
+                                0.7 * (0..d).map(|l| qr[l] as f64 * kr[l] as f64).sum::<f64>()
+                            })
+                            .collect();
+                        let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = scores.iter().map(|x| (x - mx).exp()).sum();
+                        // Hard: one-hot on the largest score (no ties in this data).
+                        let weight = |sc: f64| {
+                            if hard {
+                                f64::from(u8::from(sc == mx))
+                            } else {
+                                (sc - mx).exp() / z
+                            }
+                        };
+                        let out = &mut want[((bi * s + i) * h + hi) * e..][..e];
+                        for (j, sc) in scores.iter().enumerate() {
+                            let vr = row(&v, j, e);
+                            // The mask of element (bi, hi, i, j) of p [b, h, s, t].
+                            let m = drop.map_or(1.0, |dr| {
+                                let at = ((bi * h + hi) * s + i) * t + j;
+                                if dr.keeps(at) {
+                                    dr.scale as f64
+                                } else {
+                                    0.0
+                                }
+                            });
+                            for l in 0..e {
+                                out[l] += m * weight(*sc) * vr[l] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            assert_close(&format!("{sh:?} {vis:?} {how:?}"), &o, &want, 1e-5);
+        }
+    }
+
+    #[test]
+    fn hard_weights_share_tied_maxima() {
+        let mut out = [9.0f32; 5];
+        hard_row(&[0.5, 2.0, -1.0, 2.0, 7.0], 4, &mut out);
+        assert_eq!(out, [0.0, 0.5, 0.0, 0.5, 0.0]);
+    }
+
+    /// Hard attention's gradients: v's those of its forward pass (linear in v), the scores'
+    /// the softmax's (straight-through), so q's and k's are soft attention's to the bit.
+    #[test]
+    fn the_gradients_match_finite_differences() {
+        for ((sh, vis), drop, hard) in variants() {
+            let how = Weighing {
+                drop: drop.as_ref(),
+                hard,
+            };
+            let AttnShape {
+                batch: b,
+                heads: h,
+                kv_heads: hk,
+                queries: s,
+                keys: t,
+                dim: d,
+                value_dim: e,
+            } = sh;
+            let (qs, ks, vs) = ([b, h, s, d], [b, hk, t, d], [b, hk, t, e]);
+            let q = data(b * h * s * d, 4, 1.5);
+            let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * e, 6, 1.5));
+            // The loss's weights, laid out like o: [b, s, h, e].
+            let w = data(b * s * h * e, 7, 1.0);
+            let (_, st) = run(&q, &k, &v, sh, vis, how);
+            let grads = |how| {
+                let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
+                let mut dv = vec![0.0f32; v.len()];
+                // o's gradient read as [b, h, s, e] through its [b, s, h, e] layout.
+                let go = View4 {
+                    data: &w,
+                    off: 0,
+                    strides: [s * h * e, e, h * e],
+                };
+                let ins = (dense(&q, qs), dense(&k, ks), dense(&v, vs), go);
+                attention_backward(ins, &st, sh, 0.7, vis, how, &mut dq, &mut dk, &mut dv);
+                // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, ·].
+                let dq = swap12(&dq, [b, s, h, d]);
+                (dq, swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, e]))
+            };
+            let (dq, dk, dv) = grads(how);
+            let case = format!("{sh:?} {vis:?} {how:?}");
+            let loss =
+                |q: &[f32], k: &[f32], v: &[f32]| weighted(&run(q, k, v, sh, vis, how).0, &w);
+            check_grad(&format!("{case} dv"), &v, &dv, |v| loss(&q, &k, v));
+            if hard {
+                let (sq, sk, _) = grads(Weighing { hard: false, ..how });
+                assert_eq!((dq, dk), (sq, sk), "{case}");
+                continue;
+            }
+            check_grad(&format!("{case} dq"), &q, &dq, |q| loss(q, &k, &v));
+            check_grad(&format!("{case} dk"), &k, &dk, |k| loss(&q, k, &v));
+        }
+    }
+
+    #[test]
+    fn causal_blocks_cover_every_row_once() {
+        let vis = Visible {
+            queries: 70,
+            causal: true,
+            offset: 5,
+        };
+        // Two query groups of 70 rows.
+        let blocks = attn_blocks(140, 80, vis);
+        let mut next = 0;
+        for (r0, n, lim) in blocks {
+            assert_eq!(r0, next);
+            assert!(n <= ATTN_BLOCK && n > 0);
+            assert_eq!(lim, vis.limit(r0 + n - 1, 80));
+            next = r0 + n;
+        }
+        assert_eq!(next, 140);
+    }
+}
