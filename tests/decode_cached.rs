@@ -5,11 +5,11 @@
 
 use kiln::decode::{generate, Generated, ModelLm, NextLogits, Settings};
 use kiln::runtime::{DeviceKind, Runtime};
-use kiln::spec::recipe::{Decode, Strategy};
+use kiln::spec::recipe::Decode;
 use std::path::Path;
 
 mod decode_common;
-use decode_common::{model, perturbed};
+use decode_common::{model, perturbed, strategies};
 
 fn tokens(g: &[Generated]) -> Vec<Vec<i64>> {
     g.iter().map(|g| g.tokens.clone()).collect()
@@ -338,23 +338,4 @@ fn encoder_decoder_decoding_encodes_the_source_once() {
     };
     let out = generate(&mut ModelLm::new(&rt, true), &prompts[..1], &s);
     assert_eq!(out[0][0].tokens.len(), 6 + 3);
-}
-
-/// Greedy, beam search (3 beams, 2 returned) and seeded sampling: what the cached-vs-uncached
-/// tests compare.
-fn strategies() -> [Decode; 3] {
-    [
-        Decode::default(),
-        Decode {
-            strategy: Strategy::Beam,
-            num_beams: 3,
-            num_return_sequences: 2,
-            ..Decode::default()
-        },
-        Decode {
-            strategy: Strategy::Sample,
-            seed: 5,
-            ..Decode::default()
-        },
-    ]
 }

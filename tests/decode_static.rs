@@ -6,28 +6,10 @@
 
 use kiln::decode::{generate, Generated, ModelLm, NextLogits, Settings};
 use kiln::runtime::{fused, tokens_tensor, CacheFull, KvCache, Runtime};
-use kiln::spec::recipe::{Decode, Strategy};
+use kiln::spec::recipe::Decode;
 
 mod decode_common;
-use decode_common::{model, model_on, perturbed};
-
-/// Greedy, beam search (3 beams, 2 returned) and seeded sampling.
-fn strategies() -> [Decode; 3] {
-    [
-        Decode::default(),
-        Decode {
-            strategy: Strategy::Beam,
-            num_beams: 3,
-            num_return_sequences: 2,
-            ..Decode::default()
-        },
-        Decode {
-            strategy: Strategy::Sample,
-            seed: 5,
-            ..Decode::default()
-        },
-    ]
-}
+use decode_common::{model, model_on, perturbed, strategies};
 
 fn tokens(g: &[Vec<Generated>]) -> Vec<Vec<Vec<i64>>> {
     g.iter()

@@ -6,7 +6,7 @@
 use kiln::decode::process::Processors;
 use kiln::decode::{Generated, NextLogits, Settings};
 use kiln::runtime::{DeviceKind, Runtime};
-use kiln::spec::recipe::Decode;
+use kiln::spec::recipe::{Decode, Strategy};
 use std::path::Path;
 
 /// The model of recipe `file` (with `sets` applied) on the CPU, without autodiff, seed 11.
@@ -80,4 +80,23 @@ pub fn kept(d: Decode, scores: &[f32], min_keep: usize) -> Vec<usize> {
     let mut s = scores.to_vec();
     Processors::new(&d, Some(EOS), 1, min_keep).warp(&mut s);
     (0..s.len()).filter(|&i| s[i].is_finite()).collect()
+}
+
+/// Greedy, beam search (3 beams, 2 returned) and seeded sampling: what the tests of cached
+/// decoding compare.
+pub fn strategies() -> [Decode; 3] {
+    [
+        Decode::default(),
+        Decode {
+            strategy: Strategy::Beam,
+            num_beams: 3,
+            num_return_sequences: 2,
+            ..Decode::default()
+        },
+        Decode {
+            strategy: Strategy::Sample,
+            seed: 5,
+            ..Decode::default()
+        },
+    ]
 }
