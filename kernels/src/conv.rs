@@ -98,19 +98,19 @@ pub fn causal_conv_backward(x: &[f32], k: &[f32], sh: ConvShape, g: &[f32]) -> [
     let gk = gx
         .par_chunks_mut(rows * s * d)
         .zip(x.par_chunks(rows * s * d).zip(g.par_chunks(rows * s * d)))
-        .fold(
-            || vec![0.0f32; k.len()],
-            |mut gk, (gx, (x, g))| {
-                for (gx, (x, g)) in gx
-                    .chunks_mut(s * d)
-                    .zip(x.chunks(s * d).zip(g.chunks(s * d)))
-                {
-                    conv_row_backward(x, k, sh.taps, g, gx, &mut gk);
-                }
-                gk
-            },
-        )
-        .reduce(|| vec![0.0f32; k.len()], add);
+        .map(|(gx, (x, g))| {
+            let mut gk = vec![0.0f32; k.len()];
+            for (gx, (x, g)) in gx
+                .chunks_mut(s * d)
+                .zip(x.chunks(s * d).zip(g.chunks(s * d)))
+            {
+                conv_row_backward(x, k, sh.taps, g, gx, &mut gk);
+            }
+            gk
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f32; k.len()], add);
     [gx, gk]
 }
 

@@ -34,7 +34,9 @@ fn filled(n: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec
     v
 }
 
-/// `a + b` elementwise, in `a` (summing the per-task partial gradients of a weight).
+/// `a + b` elementwise, in `a` (summing the per-task partial gradients of a weight). The
+/// kernels collect the partial sums and add them in task order: rayon's `fold` and `reduce`
+/// group the tasks as work stealing splits them, so their float sums changed from run to run.
 fn add(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
     a

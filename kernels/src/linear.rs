@@ -29,16 +29,16 @@ pub fn linear_backward(
     let dw = want[1].then(|| product(i, o, n, Mat::transposed(x, i), Mat::rows(g, o), None));
     let db = want[2].then(|| {
         g.par_chunks(rows_per_task(o) * o)
-            .fold(
-                || vec![0.0f32; o],
-                |mut acc, rows| {
-                    for row in rows.chunks(o) {
-                        acc.iter_mut().zip(row).for_each(|(a, r)| *a += r);
-                    }
-                    acc
-                },
-            )
-            .reduce(|| vec![0.0f32; o], add)
+            .map(|rows| {
+                let mut acc = vec![0.0f32; o];
+                for row in rows.chunks(o) {
+                    acc.iter_mut().zip(row).for_each(|(a, r)| *a += r);
+                }
+                acc
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(vec![0.0f32; o], add)
     });
     [dx, dw, db]
 }
@@ -47,6 +47,29 @@ pub fn linear_backward(
 mod tests {
     use super::*;
     use crate::testing::{assert_close, data};
+
+    /// The bias gradient sums the rows' partial sums in task order, so repeated runs agree to
+    /// the bit on a pool whose threads steal work differently each time (rayon's fold/reduce
+    /// grouped the rows as the stealing happened to split them).
+    #[test]
+    fn the_bias_gradient_is_the_same_to_the_bit_on_every_run() {
+        let (n, i, o) = (4099, 3, 37);
+        let (x, w, g) = (
+            data(n * i, 1, 1.0),
+            data(i * o, 2, 1.0),
+            data(n * o, 3, 1e3),
+        );
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let first = pool.install(|| linear_backward(&x, &w, &g, (n, i, o), [false, false, true]));
+        for _ in 0..40 {
+            let again =
+                pool.install(|| linear_backward(&x, &w, &g, (n, i, o), [false, false, true]));
+            assert_eq!(again[2], first[2]);
+        }
+    }
 
     /// `a [m, k] · b [k, n]` in f64.
     fn naive(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f64> {

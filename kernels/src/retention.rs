@@ -181,72 +181,71 @@ pub fn retention_backward(
         .zip(dk.par_chunks_mut(s * h * kd))
         .zip(dv.par_chunks_mut(s * h * vd))
         .enumerate()
-        .fold(
-            || vec![0.0f32; 2 * width],
-            |mut acc, (bi, ((dq, dk), dv))| {
-                dk.fill(0.0);
-                dv.fill(0.0);
-                let (gw, gb) = acc.split_at_mut(width);
-                let (gy, st) = (&gy[bi * s * width..], &stats[bi * s * h * 2..]);
-                let mut pb = vec![0.0f32; RET_BLOCK * s];
-                let mut gs = vec![0.0f32; RET_BLOCK * s];
-                let (mut ob, mut gob) =
-                    (vec![0.0f32; RET_BLOCK * vd], vec![0.0f32; RET_BLOCK * vd]);
-                for hi in 0..h {
-                    let (qm, km, vm) = (q.mat(bi, hi), k.mat(bi, hi), v.mat(bi, hi));
-                    let pw = &pw[hi * s..(hi + 1) * s];
-                    let f = hi * vd..(hi + 1) * vd;
-                    for (r0, n) in blocks(s) {
-                        let lim = r0 + n;
-                        decayed_scores(&mut pb, (qm, km), (r0, n, kd), scale, pw);
-                        let pm = Mat::rows(&pb, lim);
-                        let (ob, gob) = (&mut ob[..n * vd], &mut gob[..n * vd]);
-                        matmul(ob, vd, (n, vd, lim), (pm, vm), false, 1.0);
-                        // The norm's gradients: go (of o) per row, dw and db.
-                        for (i, (o, go)) in ob
-                            .chunks_exact(vd)
-                            .zip(gob.chunks_exact_mut(vd))
-                            .enumerate()
-                        {
-                            let at = (r0 + i) * h + hi;
-                            let g = &gy[at * vd..(at + 1) * vd];
-                            let stat = (st[2 * at], st[2 * at + 1]);
-                            let (dw, db) = (&mut gw[f.clone()], &mut gb[f.clone()]);
-                            norm_row_backward(o, &w[f.clone()], g, stat, true, go, dw, db);
-                        }
-                        let gom = Mat::rows(gob, vd);
-                        // dv += (decayed scores)ᵀ · go
-                        matmul(
-                            &mut dv[hi * vd..],
-                            h * vd,
-                            (lim, vd, n),
-                            (pm.t(), gom),
-                            true,
-                            1.0,
-                        );
-                        // The scores' gradient: (go · vᵀ) ⊙ D.
-                        let gs = &mut gs[..n * lim];
-                        matmul(gs, lim, (n, lim, vd), (gom, vm.t()), false, 1.0);
-                        decay_rows(gs, r0, n, pw);
-                        let gsm = Mat::rows(gs, lim);
-                        // dq = scale · gs · k; dk += scale · gsᵀ · q
-                        let dqb = &mut dq[r0 * h * kd + hi * kd..];
-                        matmul(dqb, h * kd, (n, kd, lim), (gsm, km), false, scale);
-                        let qb = qm.skip_rows(r0);
-                        matmul(
-                            &mut dk[hi * kd..],
-                            h * kd,
-                            (lim, kd, n),
-                            (gsm.t(), qb),
-                            true,
-                            scale,
-                        );
+        .map(|(bi, ((dq, dk), dv))| {
+            let mut acc = vec![0.0f32; 2 * width];
+            dk.fill(0.0);
+            dv.fill(0.0);
+            let (gw, gb) = acc.split_at_mut(width);
+            let (gy, st) = (&gy[bi * s * width..], &stats[bi * s * h * 2..]);
+            let mut pb = vec![0.0f32; RET_BLOCK * s];
+            let mut gs = vec![0.0f32; RET_BLOCK * s];
+            let (mut ob, mut gob) = (vec![0.0f32; RET_BLOCK * vd], vec![0.0f32; RET_BLOCK * vd]);
+            for hi in 0..h {
+                let (qm, km, vm) = (q.mat(bi, hi), k.mat(bi, hi), v.mat(bi, hi));
+                let pw = &pw[hi * s..(hi + 1) * s];
+                let f = hi * vd..(hi + 1) * vd;
+                for (r0, n) in blocks(s) {
+                    let lim = r0 + n;
+                    decayed_scores(&mut pb, (qm, km), (r0, n, kd), scale, pw);
+                    let pm = Mat::rows(&pb, lim);
+                    let (ob, gob) = (&mut ob[..n * vd], &mut gob[..n * vd]);
+                    matmul(ob, vd, (n, vd, lim), (pm, vm), false, 1.0);
+                    // The norm's gradients: go (of o) per row, dw and db.
+                    for (i, (o, go)) in ob
+                        .chunks_exact(vd)
+                        .zip(gob.chunks_exact_mut(vd))
+                        .enumerate()
+                    {
+                        let at = (r0 + i) * h + hi;
+                        let g = &gy[at * vd..(at + 1) * vd];
+                        let stat = (st[2 * at], st[2 * at + 1]);
+                        let (dw, db) = (&mut gw[f.clone()], &mut gb[f.clone()]);
+                        norm_row_backward(o, &w[f.clone()], g, stat, true, go, dw, db);
                     }
+                    let gom = Mat::rows(gob, vd);
+                    // dv += (decayed scores)ᵀ · go
+                    matmul(
+                        &mut dv[hi * vd..],
+                        h * vd,
+                        (lim, vd, n),
+                        (pm.t(), gom),
+                        true,
+                        1.0,
+                    );
+                    // The scores' gradient: (go · vᵀ) ⊙ D.
+                    let gs = &mut gs[..n * lim];
+                    matmul(gs, lim, (n, lim, vd), (gom, vm.t()), false, 1.0);
+                    decay_rows(gs, r0, n, pw);
+                    let gsm = Mat::rows(gs, lim);
+                    // dq = scale · gs · k; dk += scale · gsᵀ · q
+                    let dqb = &mut dq[r0 * h * kd + hi * kd..];
+                    matmul(dqb, h * kd, (n, kd, lim), (gsm, km), false, scale);
+                    let qb = qm.skip_rows(r0);
+                    matmul(
+                        &mut dk[hi * kd..],
+                        h * kd,
+                        (lim, kd, n),
+                        (gsm.t(), qb),
+                        true,
+                        scale,
+                    );
                 }
-                acc
-            },
-        )
-        .reduce(|| vec![0.0f32; 2 * width], add);
+            }
+            acc
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f32; 2 * width], add);
     let (gw, gb) = acc.split_at(width);
     (gw.to_vec(), gb.to_vec())
 }

@@ -124,39 +124,39 @@ pub fn selective_scan_backward(
         .zip(gdtx.par_chunks_mut(s * e))
         .zip(gb.par_chunks_mut(s * n).zip(gc.par_chunks_mut(s * n)))
         .enumerate()
-        .fold(
-            || vec![0.0f32; e * n],
-            |mut ga, (bi, ((gdt, gdtx), (gb, gc)))| {
-                // The gradient flowing into the state, per channel.
-                let mut gh = vec![0.0f32; e * n];
-                let mut scratch = vec![0.0f32; 2 * n];
-                for t in (0..s).rev() {
-                    let row = bi * s + t;
-                    let (bt, ct) = (&bm[row * n..][..n], &cm[row * n..][..n]);
-                    let (gbt, gct) = (&mut gb[t * n..][..n], &mut gc[t * n..][..n]);
-                    let cur = &hs[row * e * n..][..e * n];
-                    let prev = if t == 0 {
-                        &h0[bi * e * n..][..e * n]
-                    } else {
-                        &hs[(row - 1) * e * n..][..e * n]
-                    };
-                    scan_step_backward(
-                        (&mut gh, &mut ga, &mut scratch),
-                        (gbt, gct),
-                        (cur, prev, a),
-                        (
-                            &dt[row * e..][..e],
-                            &dtx[row * e..][..e],
-                            &gy[row * e..][..e],
-                        ),
-                        (bt, ct),
-                        (&mut gdt[t * e..(t + 1) * e], &mut gdtx[t * e..(t + 1) * e]),
-                    );
-                }
-                ga
-            },
-        )
-        .reduce(|| vec![0.0f32; e * n], add);
+        .map(|(bi, ((gdt, gdtx), (gb, gc)))| {
+            let mut ga = vec![0.0f32; e * n];
+            // The gradient flowing into the state, per channel.
+            let mut gh = vec![0.0f32; e * n];
+            let mut scratch = vec![0.0f32; 2 * n];
+            for t in (0..s).rev() {
+                let row = bi * s + t;
+                let (bt, ct) = (&bm[row * n..][..n], &cm[row * n..][..n]);
+                let (gbt, gct) = (&mut gb[t * n..][..n], &mut gc[t * n..][..n]);
+                let cur = &hs[row * e * n..][..e * n];
+                let prev = if t == 0 {
+                    &h0[bi * e * n..][..e * n]
+                } else {
+                    &hs[(row - 1) * e * n..][..e * n]
+                };
+                scan_step_backward(
+                    (&mut gh, &mut ga, &mut scratch),
+                    (gbt, gct),
+                    (cur, prev, a),
+                    (
+                        &dt[row * e..][..e],
+                        &dtx[row * e..][..e],
+                        &gy[row * e..][..e],
+                    ),
+                    (bt, ct),
+                    (&mut gdt[t * e..(t + 1) * e], &mut gdtx[t * e..(t + 1) * e]),
+                );
+            }
+            ga
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f32; e * n], add);
     [gdt, ga, gdtx, gb, gc]
 }
 

@@ -281,7 +281,9 @@ pub fn slstm_backward(
             }
             dr
         })
-        .reduce(|| vec![0.0f32; nh * w * 4 * w], add);
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f32; nh * w * 4 * w], add);
     [dxw, dr]
 }
 

@@ -109,21 +109,21 @@ pub fn smooth_backward(
         .zip(ginit.par_chunks_mut(rows * d))
         .zip(v.par_chunks(rows * s * d).zip(init.par_chunks(rows * d)))
         .zip(es.par_chunks(rows * s * d).zip(g.par_chunks(rows * s * d)))
-        .fold(
-            || vec![0.0f32; d],
-            |mut ga, (((gv, gh), (v, init)), (es, g))| {
-                for (((gv, gh), (v, init)), (es, g)) in gv
-                    .chunks_mut(s * d)
-                    .zip(gh.chunks_mut(d))
-                    .zip(v.chunks(s * d).zip(init.chunks(d)))
-                    .zip(es.chunks(s * d).zip(g.chunks(s * d)))
-                {
-                    smooth_row_backward(v, &alpha, init, es, g, gv, gh, &mut ga);
-                }
-                ga
-            },
-        )
-        .reduce(|| vec![0.0f32; d], add);
+        .map(|(((gv, gh), (v, init)), (es, g))| {
+            let mut ga = vec![0.0f32; d];
+            for (((gv, gh), (v, init)), (es, g)) in gv
+                .chunks_mut(s * d)
+                .zip(gh.chunks_mut(d))
+                .zip(v.chunks(s * d).zip(init.chunks(d)))
+                .zip(es.chunks(s * d).zip(g.chunks(s * d)))
+            {
+                smooth_row_backward(v, &alpha, init, es, g, gv, gh, &mut ga);
+            }
+            ga
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f32; d], add);
     // dα/da = α (1 − α).
     let ga = ga
         .iter()
