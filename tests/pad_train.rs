@@ -249,3 +249,24 @@ fn bench_reports_the_padded_length() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// A resumed run pads as the run it continues did (the checkpoint records it), not as its
+/// device's default: otherwise a run forced to pad on the CPU, or not to pad on a GPU, would
+/// change its shapes (and its dropout masks) at the resume.
+#[test]
+fn a_resumed_run_pads_as_the_checkpointed_run_did() {
+    let (spec, g) = compile("recipes/default.yaml", &["model.vars.depth=1"]);
+    let dir = std::env::temp_dir().join(format!("kiln-pad-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    let device = kiln::runtime::DeviceKind::Cpu.device(true);
+    for pad_to in [16, 1] {
+        let mut tr = trainer(&spec, &g, pad_to);
+        tr.step(&[rows(3, 4, L + 1, 4)], 10).unwrap();
+        tr.save(&path).unwrap();
+        let resumed = Trainer::resume(&spec.train, g.clone(), device.clone(), &path).unwrap();
+        assert_eq!(resumed.rt.pad_to, pad_to);
+        assert_eq!(resumed.state.pad_to, Some(pad_to));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

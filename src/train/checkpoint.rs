@@ -38,6 +38,11 @@ pub struct State {
     /// reason trains no further.
     #[serde(default)]
     pub stopped: Option<String>,
+    /// The multiple of positions token inputs were padded to when the checkpoint was written
+    /// ([`crate::runtime::Runtime::pad_to`]); a resumed run pads the same way (`None`: a
+    /// checkpoint from before padding existed, which never padded on the CPU).
+    #[serde(default)]
+    pub pad_to: Option<usize>,
 }
 
 impl State {
@@ -52,6 +57,7 @@ impl State {
             last_loss: None,
             last_val_loss: None,
             stopped: None,
+            pad_to: None,
         }
     }
 }

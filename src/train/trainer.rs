@@ -191,7 +191,8 @@ impl Trainer {
         // token inputs padded to a multiple of 16 positions (static shapes that vectorise).
         let gpu = !crate::runtime::is_cpu(&rt.device);
         rt.host_dropout_keys = gpu;
-        rt.pad_to = if gpu { GPU_PAD_TO } else { 1 };
+        // A resumed run pads as the run it continues did.
+        rt.pad_to = state.pad_to.unwrap_or(if gpu { GPU_PAD_TO } else { 1 });
         let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
         let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
         Trainer {
@@ -445,6 +446,10 @@ impl Trainer {
 
     /// Write the checkpoint (weights, moments, state) atomically.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        checkpoint::save_checkpoint(path, &self.rt, &self.mom, &self.state)
+        let state = State {
+            pad_to: Some(self.rt.pad_to),
+            ..self.state.clone()
+        };
+        checkpoint::save_checkpoint(path, &self.rt, &self.mom, &state)
     }
 }
