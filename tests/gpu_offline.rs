@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{kiln, ok, tfevents, tmp_path};
+use common::{bench_json, kiln, ok, tfevents, tmp_path};
 use kiln::runtime::DeviceKind;
 use kiln::train::{train, RunOptions, Summary, TrainError};
 use std::path::Path;
@@ -460,21 +460,16 @@ fn grouped_adamw_trains_as_the_per_parameter_update_and_resumes() {
 /// one (a GPU's default, the preallocated one, cannot be run here).
 #[test]
 fn bench_generates_with_the_kv_cache_it_is_told() {
-    let bench = |extra: &[&str]| -> serde_json::Value {
-        let out = kiln()
-            .args([
-                "bench",
-                "recipes/default.yaml",
-                "--steps",
-                "1",
-                "--warmup",
-                "0",
-            ])
-            .args(["--gen-tokens", "6", "--gen-batch", "2"])
-            .args(extra)
-            .output()
-            .unwrap();
-        serde_json::from_str(&ok(&out)).unwrap()
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "recipes/default.yaml",
+            "--gen-tokens",
+            "6",
+            "--gen-batch",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        bench_json(&args)
     };
     for (extra, want) in [
         (vec![], "growing"),

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::prelude::*;
-use common::{kiln, ok};
+use common::{bench_json, kiln};
 use kiln::ir::reference::Rng;
 use kiln::spec::recipe::RecipeSpec;
 use kiln::train::{eval_loss, Batch, Trainer};
@@ -215,26 +215,18 @@ fn a_model_is_not_padded_past_its_positions() {
 
 #[test]
 fn bench_reports_the_padded_length() {
-    let run = |extra: &[&str]| -> serde_json::Value {
-        let out = kiln()
-            .args([
-                "bench",
-                "recipes/uint16-prng.yaml",
-                "--set",
-                "model.vars.depth=1",
-                "--set",
-                "task.context=37",
-                "--steps",
-                "1",
-                "--warmup",
-                "0",
-                "--gen-tokens",
-                "0",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        serde_json::from_str(&ok(&out)).unwrap()
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "recipes/uint16-prng.yaml",
+            "--set",
+            "model.vars.depth=1",
+            "--set",
+            "task.context=37",
+            "--gen-tokens",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        bench_json(&args)
     };
     let plain = run(&[]);
     let padded = run(&["--pad-to", "16"]);
@@ -256,7 +248,7 @@ fn bench_reports_the_padded_length() {
 #[test]
 fn a_resumed_run_pads_as_the_checkpointed_run_did() {
     let (spec, g) = compile("recipes/default.yaml", &["model.vars.depth=1"]);
-    let dir = std::env::temp_dir().join(format!("kiln-pad-resume-{}", std::process::id()));
+    let dir = common::tmp_path("pad", "resume");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("checkpoint.safetensors");
     let device = kiln::runtime::DeviceKind::Cpu.device(true);

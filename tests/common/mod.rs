@@ -32,4 +32,16 @@ pub fn ok(out: &Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The JSON of one `kiln bench` run of a single timed step without warm-up: `args` name the
+/// recipe and any other options.
+pub fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = kiln()
+        .arg("bench")
+        .args(args)
+        .args(["--steps", "1", "--warmup", "0"])
+        .output()
+        .unwrap();
+    serde_json::from_str(&ok(&out)).unwrap()
+}
 pub mod corpus;
