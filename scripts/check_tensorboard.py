@@ -137,6 +137,8 @@ def check_run(run):
 
 def runs_in(path):
     """`path` and every directory below it that holds event files (as TensorBoard finds runs)."""
+    if not path.is_dir():
+        raise Failed(f"{path}: not a directory")
     found = False
     for d in [path] + sorted(p for p in path.rglob("*") if p.is_dir()):
         if any("tfevents" in p.name for p in d.iterdir() if p.is_file()):
