@@ -259,6 +259,13 @@ fn a_resumed_run_pads_as_the_checkpointed_run_did() {
         let resumed = Trainer::resume(&spec.train, g.clone(), device.clone(), &path).unwrap();
         assert_eq!(resumed.rt.pad_to, pad_to);
         assert_eq!(resumed.state.pad_to, Some(pad_to));
+        // What `kiln train --resume` reads from the header for its memory estimate.
+        let stored = kiln::train::stored_state(&path).unwrap();
+        assert_eq!(stored.pad_to, Some(pad_to));
+        assert_eq!(stored.step, resumed.state.step);
     }
+    // A file that is not a checkpoint has no stored state.
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    assert!(kiln::train::stored_state(&path).is_none());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -18,7 +18,7 @@ pub(super) fn validate(files: &[PathBuf], set: &[String], format: Format) -> i32
             Ok((doc, graph)) => {
                 let mut summary = describe(doc);
                 if let Document::Recipe(r) = doc {
-                    let est = crate::train::memory::training(graph, &r.spec);
+                    let est = crate::train::memory::training(graph, &r.spec, 1);
                     summary.push_str(&format!(
                         ", training needs {}",
                         crate::os::memory::human(est.total())

@@ -70,9 +70,15 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
         Err(code) => return code,
     };
     let name = doc.spec.name.clone().unwrap_or_else(|| "recipe".into());
-    // Refuse what cannot fit before anything is written.
+    // Refuse what cannot fit before anything is written, at the length the run pads to.
+    let stored = resume
+        .as_ref()
+        .and_then(|_| train::stored_state(&dir.join("checkpoint.safetensors")));
+    let pad_to = a.pad_to.unwrap_or_else(|| {
+        train::default_pad_to(a.device != DeviceKind::Cpu, stored.and_then(|s| s.pad_to))
+    });
     if !a.ignore_memory {
-        if let Err(e) = train::memory::training(&graph, &doc.spec).check("training") {
+        if let Err(e) = train::memory::training(&graph, &doc.spec, pad_to).check("training") {
             eprintln!("error: {e}");
             return exit::TOO_LARGE;
         }

@@ -45,7 +45,7 @@ fn checked_trials(
         let sets: Vec<String> = set.iter().chain(&t.sets).cloned().collect();
         let doc = match crate::compile::recipe(recipe, &sets, super::color()) {
             Ok((doc, graph)) => {
-                let est = crate::train::memory::training(&graph, &doc.spec);
+                let est = crate::train::memory::training(&graph, &doc.spec, 1);
                 if let Err(e) = est
                     .check("training")
                     .or_else(|e| if memory { Err(e) } else { Ok(()) })

@@ -201,7 +201,7 @@ fn document(a: &Analysis) -> Option<String> {
         if crate::lower::is_causal(&g) { "yes" } else { "no (a position can see later positions)" }
     );
     if let Document::Recipe(r) = doc {
-        let est = crate::train::memory::training(&g, &r.spec);
+        let est = crate::train::memory::training(&g, &r.spec, 1);
         out.push_str(&format!(
             "\n\ntraining needs {}",
             crate::os::memory::human(est.total())

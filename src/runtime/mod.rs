@@ -9,7 +9,7 @@ pub mod consts;
 mod device;
 pub mod fused;
 pub mod ops;
-mod pad;
+pub mod pad;
 pub mod value;
 pub mod weights_file;
 
@@ -253,7 +253,7 @@ impl Runtime {
             pad_to: 1,
             pad_limit: Ok(0),
         };
-        rt.pad_limit = pad::limit(&rt);
+        rt.pad_limit = pad::limit(&rt.graph);
         let mut missing = Vec::new();
         for (name, shape, node) in params_nodes {
             match values.get(&name) {
@@ -381,19 +381,7 @@ impl Runtime {
     /// The longest input the model can read, where a layer limits it (`position_linear`,
     /// learned positions, padded spectral filters); `None` when no layer does.
     pub fn max_positions(&self) -> Option<usize> {
-        let g = &self.graph;
-        g.g.node_indices()
-            .filter_map(|n| {
-                let ins = g.input_types(n);
-                let limit = g.g[n].op.position_limit(&ins)?;
-                // Memory tokens in scope take positions from the input.
-                let memory = match ins.first().and_then(|t| t.shape.get(1)) {
-                    Some(crate::ir::Dim::SeqPlus(m)) => *m as usize,
-                    _ => 0,
-                };
-                Some(limit.saturating_sub(memory))
-            })
-            .min()
+        pad::max_positions(&self.graph)
     }
 
     /// Whether some attention layer is declared `hard`.

@@ -11,14 +11,13 @@
 //! within its positions ([`Runtime::max_positions`]). Otherwise it runs at the length given.
 
 use super::{Runtime, V};
-use crate::ir::{Dim, Op};
+use crate::ir::{Dim, Graph, Op};
 use burn::prelude::*;
 
-/// Why a runtime's graph cannot be padded, or the longest input it may be padded to
-/// (`usize::MAX` when no layer limits the positions).
-pub(super) fn limit(rt: &Runtime) -> Result<usize, String> {
-    let g = rt.graph();
-    if rt.source_len.is_some() {
+/// Why `g` cannot be padded, or the longest input it may be padded to (`usize::MAX` when no
+/// layer limits the positions).
+pub fn limit(g: &Graph) -> Result<usize, String> {
+    if g.source_len().is_some() {
         return Err("an encoder-decoder's logits cover only its target part".into());
     }
     if g.g.node_weights().any(|n| matches!(n.op, Op::Series(_))) {
@@ -39,7 +38,41 @@ pub(super) fn limit(rt: &Runtime) -> Result<usize, String> {
             g.g[n].layer
         ));
     }
-    Ok(rt.max_positions().unwrap_or(usize::MAX))
+    Ok(max_positions(g).unwrap_or(usize::MAX))
+}
+
+/// The most positions `g` accepts (see [`Runtime::max_positions`]).
+pub(super) fn max_positions(g: &Graph) -> Option<usize> {
+    g.g.node_indices()
+        .filter_map(|n| {
+            let ins = g.input_types(n);
+            let limit = g.g[n].op.position_limit(&ins)?;
+            // Memory tokens in scope take positions from the input.
+            let memory = match ins.first().and_then(|t| t.shape.get(1)) {
+                Some(Dim::SeqPlus(m)) => *m as usize,
+                _ => 0,
+            };
+            Some(limit.saturating_sub(memory))
+        })
+        .min()
+}
+
+/// The length at which `seq` positions run when padded to a multiple of `pad_to` under
+/// `limit` (see [`limit`]): rounded up where the model allows padding and the rounded length
+/// is within its positions, `seq` otherwise.
+pub fn padded(limit: &Result<usize, String>, pad_to: usize, seq: usize) -> usize {
+    let to = pad_to.max(1);
+    match limit {
+        Ok(limit) if to > 1 => {
+            let p = seq.div_ceil(to) * to;
+            if p <= *limit {
+                p
+            } else {
+                seq
+            }
+        }
+        _ => seq,
+    }
 }
 
 impl Runtime {
@@ -47,18 +80,7 @@ impl Runtime {
     /// multiple of [`Runtime::pad_to`] where the model allows padding (see the module) and the
     /// rounded length is within its positions; `seq` otherwise.
     pub fn padded_len(&self, seq: usize) -> usize {
-        let to = self.pad_to.max(1);
-        match &self.pad_limit {
-            Ok(limit) if to > 1 => {
-                let p = seq.div_ceil(to) * to;
-                if p <= *limit {
-                    p
-                } else {
-                    seq
-                }
-            }
-            _ => seq,
-        }
+        padded(&self.pad_limit, self.pad_to, seq)
     }
 
     /// A note for a user who asked for padding ([`Runtime::pad_to`] > 1) that this model

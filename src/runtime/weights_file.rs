@@ -85,7 +85,13 @@ pub fn to_safetensors_with(
 fn header(bytes: &[u8]) -> Result<(BTreeMap<String, String>, Option<Checksums>), WeightsError> {
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| WeightsError::Format(e.to_string()))?;
-    let meta = header.metadata().clone().unwrap_or_default();
+    verified(header.metadata().clone().unwrap_or_default())
+}
+
+/// A file's `__metadata__` with kiln's entries checked against their checksums.
+fn verified(
+    meta: HashMap<String, String>,
+) -> Result<(BTreeMap<String, String>, Option<Checksums>), WeightsError> {
     let Some(text) = meta.get(KILN) else {
         return Ok((meta.into_iter().collect(), None));
     };
@@ -105,6 +111,32 @@ fn header(bytes: &[u8]) -> Result<(BTreeMap<String, String>, Option<Checksums>),
         }
     }
     Ok((h.metadata, Some(h.checksums)))
+}
+
+/// The verified metadata of the safetensors file at `path`, read from its header alone (its
+/// tensors are neither read nor checked).
+pub fn file_metadata(path: &Path) -> Result<BTreeMap<String, String>, WeightsError> {
+    use std::io::Read;
+    let format = |e: String| WeightsError::Format(e);
+    let mut f = std::fs::File::open(path).map_err(|e| format(e.to_string()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| format("it is shorter than a safetensors header".into()))?;
+    // safetensors caps its header at 100 MB.
+    let n = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .filter(|&n| n <= 100_000_000)
+        .ok_or_else(|| format("its header length is not a safetensors one".into()))?;
+    let mut text = vec![0u8; n];
+    f.read_exact(&mut text)
+        .map_err(|_| format("its header is cut short".into()))?;
+    #[derive(serde::Deserialize)]
+    struct Top {
+        #[serde(rename = "__metadata__", default)]
+        metadata: HashMap<String, String>,
+    }
+    let top: Top = serde_json::from_slice(&text).map_err(|e| format(e.to_string()))?;
+    verified(top.metadata).map(|(m, _)| m)
 }
 
 /// The verified metadata of a safetensors file (see [`to_safetensors_with`]).
@@ -280,5 +312,29 @@ mod tests {
         bad.get_mut("a").unwrap().0[1] = f32::INFINITY;
         let e = from_safetensors(&plain(&bad)).unwrap_err().to_string();
         assert!(e.contains("non-finite value (inf at index 1)"), "{e}");
+    }
+
+    #[test]
+    fn a_files_metadata_is_read_from_its_header_alone() {
+        let meta = HashMap::from([("kiln_state".to_string(), "{\"step\":3}".to_string())]);
+        let bytes = to_safetensors_with(&sample(), Some(meta)).unwrap();
+        let dir = std::env::temp_dir().join(format!("kiln-header-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(file_metadata(&path).unwrap(), metadata(&bytes).unwrap());
+        // The tensors are not read: a file cut after its header still gives its metadata.
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        std::fs::write(&path, &bytes[..8 + n]).unwrap();
+        assert_eq!(file_metadata(&path).unwrap(), metadata(&bytes).unwrap());
+        // A damaged entry is refused, as when the whole file is read.
+        let mut damaged = bytes[..8 + n].to_vec();
+        let at = damaged.windows(4).position(|w| w == b"step").unwrap();
+        damaged[at + 1] = b'o';
+        std::fs::write(&path, damaged).unwrap();
+        assert!(file_metadata(&path).is_err());
+        std::fs::write(&path, &bytes[..8 + n / 2]).unwrap();
+        assert!(file_metadata(&path).is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -150,6 +150,14 @@ pub fn load_checkpoint(path: &Path) -> Result<Loaded, TrainError> {
     Ok((w, m, state))
 }
 
+/// The training state stored in the checkpoint at `path`, read from the file's header alone
+/// (its tensors are not read); `None` when there is none to read ([`load_checkpoint`] says why
+/// when the run loads it).
+pub fn stored_state(path: &Path) -> Option<State> {
+    let meta = crate::runtime::weights_file::file_metadata(path).ok()?;
+    serde_json::from_str(meta.get("kiln_state")?).ok()
+}
+
 /// What to do about a damaged weights file: use the other one of the run.
 pub fn checkpoint_help(path: &Path) -> &'static str {
     match path.file_name().and_then(|n| n.to_str()) {

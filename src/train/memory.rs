@@ -61,10 +61,14 @@ impl Estimate {
     }
 }
 
-/// Training `graph` as `recipe` says.
-pub fn training(graph: &Graph, recipe: &RecipeSpec) -> Estimate {
+/// Training `graph` as `recipe` says, with token inputs padded to a multiple of `pad_to`
+/// positions where the model allows it (as [`crate::runtime::Runtime::padded_len`] pads them;
+/// 1: no padding, as on the CPU).
+pub fn training(graph: &Graph, recipe: &RecipeSpec, pad_to: usize) -> Estimate {
     let params = graph.param_count();
     let seq = recipe.task.max_seq();
+    let limit = crate::runtime::pad::limit(graph);
+    let seq = crate::runtime::pad::padded(&limit, pad_to, seq as usize) as u64;
     let (act, work) = (graph.activation_bytes(seq), graph.workspace_bytes(seq));
     let batch = u64::from(recipe.train.batch_size);
     let train = batch.saturating_mul(act.saturating_mul(2).saturating_add(work));
@@ -88,5 +92,31 @@ pub fn generation(graph: &Graph, batch: u64, seq: u64) -> Estimate {
         activations: batch.saturating_mul(per),
         batch,
         seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(recipe: &str) -> (RecipeSpec, Graph) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(recipe);
+        let (doc, graph) = crate::compile::recipe(&path, &[], false).unwrap();
+        (doc.spec, graph)
+    }
+
+    #[test]
+    fn the_estimate_is_for_the_length_a_run_pads_to() {
+        // Sequences of up to 64 tokens and a start token: 65 positions, 80 once padded to 16.
+        let (spec, graph) = compiled("recipes/default.yaml");
+        let plain = training(&graph, &spec, 1);
+        let padded = training(&graph, &spec, 16);
+        assert_eq!(plain.seq, 65);
+        assert_eq!(padded.seq, 80);
+        assert!(padded.activations > plain.activations);
+        assert_eq!(padded.state, plain.state);
+        // An encoder-decoder is not padded (its logits cover only the target part).
+        let (spec, graph) = compiled("recipes/reverse-encoder-decoder.yaml");
+        assert_eq!(training(&graph, &spec, 16), training(&graph, &spec, 1));
     }
 }

@@ -17,14 +17,14 @@ mod progress;
 pub mod schedule;
 mod trainer;
 
-pub use checkpoint::{load_checkpoint, Moments, State};
+pub use checkpoint::{load_checkpoint, stored_state, Moments, State};
 pub use data::{Batch, Data, GrammarData, GrammarReport, StreamData, TaskReport};
 pub use ensemble::{ensemble_model, soft_attention_report, train_ensemble, EnsembleSummary};
 pub(crate) use loss::split_xy;
 pub use loss::{cross_entropy, distribution_loss, eval_loss};
 pub use pending::Pending;
 pub(crate) use trainer::mix;
-pub use trainer::{StepGradients, StepStats, Trainer, GPU_PAD_TO};
+pub use trainer::{default_pad_to, StepGradients, StepStats, Trainer, GPU_PAD_TO};
 
 use crate::ir::Graph;
 use crate::spec::recipe::RecipeSpec;

@@ -19,6 +19,13 @@ use std::path::Path;
 /// The multiple of positions a GPU pads token inputs to ([`Runtime::pad_to`]).
 pub const GPU_PAD_TO: usize = 16;
 
+/// The multiple of positions a run pads token inputs to unless asked otherwise: what the run it
+/// resumes padded to (`stored`, from its checkpoint), else the device's default (16 on a GPU,
+/// none on the CPU).
+pub fn default_pad_to(gpu: bool, stored: Option<usize>) -> usize {
+    stored.unwrap_or(if gpu { GPU_PAD_TO } else { 1 })
+}
+
 /// Add each parameter's gradient in `grads` to its running sum in `acc`.
 fn accumulate(acc: &mut [Option<Tensor<1>>], rt: &Runtime, grads: &burn::tensor::Gradients) {
     for (i, p) in rt.params.iter().enumerate() {
@@ -192,7 +199,7 @@ impl Trainer {
         let gpu = !crate::runtime::is_cpu(&rt.device);
         rt.host_dropout_keys = gpu;
         // A resumed run pads as the run it continues did.
-        rt.pad_to = state.pad_to.unwrap_or(if gpu { GPU_PAD_TO } else { 1 });
+        rt.pad_to = default_pad_to(gpu, state.pad_to);
         let Optimizer::Adamw { decay_all, .. } = cfg.optimizer;
         let decay = decays(rt.graph(), &rt.names, &rt.shapes, decay_all);
         Trainer {
