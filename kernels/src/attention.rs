@@ -126,8 +126,8 @@ fn value_weights<'b>(
 /// layout the heads are merged in) and, when
 /// given, each row's softmax statistics `stats` `[batch, heads, queries, 2]` (its largest score
 /// and the inverse of its sum of exponentials), all the backward pass needs: memory linear in
-/// the length. Batch rows run in parallel; each holds the scores of one block of
-/// [`ATTN_BLOCK`] rows at a time.
+/// the length. Blocks of [`ATTN_BLOCK`] rows (of every batch row, all heads) run in
+/// parallel; each holds the scores of one block at a time.
 ///
 /// With `how.drop`, the weights are dropped out before the product with v: element
 /// `((b·heads + h)·queries + i)·keys + j` of p (its row-major index) is kept, and scaled by
@@ -148,23 +148,34 @@ pub fn attention(
 ) {
     let (heads, s, t, d, e) = (sh.heads, sh.queries, sh.keys, sh.dim, sh.value_dim);
     let (group, blocks) = sh.plan(vis);
-    let stats: Vec<Option<&mut [f32]>> = match stats {
-        Some(st) => st.chunks_mut(heads * s * 2).map(Some).collect(),
-        None => (0..sh.batch).map(|_| None).collect(),
-    };
-    o.par_chunks_mut(s * heads * e)
-        .zip(stats)
-        .enumerate()
-        .for_each(|(bi, (o, mut stats))| {
-            let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
-            // The dropped weights and the hard weights of one block, rows of its `lim` keys.
-            let mut dropped = block_buffer(how.drop.is_some(), t);
-            let mut hard = block_buffer(how.hard, t);
-            // Hard weights without a backward pass to come need no softmax.
-            let soft = !how.hard || stats.is_some();
-            for h in 0..heads {
-                let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
-                for &(r0, n, lim) in &blocks {
+    // One task per (batch row, row block), all heads: a long sequence of one batch row uses
+    // every core. The blocks cover the rows in order, so each owns a slice of o.
+    let mut tasks = Vec::with_capacity(sh.batch * blocks.len());
+    for (bi, ob) in o.chunks_mut(s * heads * e).enumerate() {
+        let mut rest = ob;
+        for &block in &blocks {
+            let (mine, more) = rest.split_at_mut(block.1 * heads * e);
+            tasks.push((bi, block, mine));
+            rest = more;
+        }
+    }
+    // Hard weights without a backward pass to come need no softmax.
+    let want_stats = stats.is_some();
+    let soft = !how.hard || want_stats;
+    let block_stats: Vec<Vec<f32>> = tasks
+        .into_par_iter()
+        .map_init(
+            || {
+                // The scores, the dropped weights and the hard weights of one block.
+                let scratch = vec![0.0f32; ATTN_BLOCK * t];
+                let dropped = block_buffer(how.drop.is_some(), t);
+                (scratch, dropped, block_buffer(how.hard, t))
+            },
+            |(scratch, dropped, hard), (bi, (r0, n, lim), ob)| {
+                // This block's statistics, [heads, n, 2].
+                let mut st = vec![0.0f32; if want_stats { heads * n * 2 } else { 0 }];
+                for h in 0..heads {
+                    let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
                     let pb = &mut scratch[..n * t];
                     matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
                     for (i, row) in pb.chunks_mut(t).enumerate() {
@@ -175,19 +186,30 @@ pub fn attention(
                         if !soft {
                             continue;
                         }
-                        let st = softmax_in_place(&mut row[..lim], seen);
-                        if let Some(stats) = stats.as_deref_mut() {
-                            let at = 2 * (h * s + r0 + i);
-                            (stats[at], stats[at + 1]) = st;
+                        let row_st = softmax_in_place(&mut row[..lim], seen);
+                        if want_stats {
+                            let at = 2 * (h * n + i);
+                            (st[at], st[at + 1]) = row_st;
                         }
                     }
                     let first = ((bi * heads + h) * s + r0) * t;
-                    let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
-                    let ob = &mut o[r0 * heads * e + h * e..];
-                    matmul(ob, heads * e, (n, e, lim), (pm, vm), false, 1.0);
+                    let pm = value_weights(how, (first, t, lim), pb, hard, dropped);
+                    matmul(&mut ob[h * e..], heads * e, (n, e, lim), (pm, vm), false, 1.0);
                 }
+                st
+            },
+        )
+        .collect();
+    if let Some(stats) = stats {
+        let per_batch = blocks.len();
+        for (ti, st) in block_stats.iter().enumerate() {
+            let (bi, (r0, n, _)) = (ti / per_batch, blocks[ti % per_batch]);
+            for h in 0..heads {
+                let at = 2 * ((bi * heads + h) * s + r0);
+                stats[at..at + 2 * n].copy_from_slice(&st[2 * h * n..2 * (h + 1) * n]);
             }
-        });
+        }
+    }
 }
 
 /// A block's buffer of weights (`ATTN_BLOCK` rows of up to `t` keys) where `used`, else empty.
@@ -218,24 +240,29 @@ pub fn attention_backward(
 ) {
     let (heads, s, t, d, e) = (sh.heads, sh.queries, sh.keys, sh.dim, sh.value_dim);
     let (group, blocks) = sh.plan(vis);
-    let (kv_rs, v_rs) = (sh.kv_heads * d, sh.kv_heads * e);
     let per = heads * s;
-    dq.par_chunks_mut(s * heads * d)
-        .zip(
-            dk.par_chunks_mut(t * kv_rs)
-                .zip(dv.par_chunks_mut(t * v_rs)),
-        )
-        .enumerate()
-        .for_each(|(bi, (dq, (dk, dv)))| {
-            dk.fill(0.0);
-            dv.fill(0.0);
+    // One task per (batch row, KV head), with the query heads that read it, so that one long
+    // batch row uses every core. Each writes its gradients into buffers of its own (dq of its
+    // query heads `[group, s, d]`, dk `[t, d]`, dv `[t, e]`), copied into place after: the
+    // sums are those of one pass over the heads and blocks in order, as before the split.
+    let tasks: Vec<(usize, usize)> = (0..sh.batch)
+        .flat_map(|bi| (0..sh.kv_heads).map(move |kh| (bi, kh)))
+        .collect();
+    let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(bi, kh)| {
+            let (mut dq, mut dk, mut dv) = (
+                vec![0.0f32; group * s * d],
+                vec![0.0f32; t * d],
+                vec![0.0f32; t * e],
+            );
             let mut ds = vec![0.0f32; ATTN_BLOCK * t];
             let mut dropped = block_buffer(how.drop.is_some(), t);
             let mut hard = block_buffer(how.hard, t);
             let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
-            for h in 0..heads {
-                let kh = h / group;
-                let (qm, km, vm, gm) = (q.mat(bi, h), k.mat(bi, kh), v.mat(bi, kh), go.mat(bi, h));
+            let (km, vm) = (k.mat(bi, kh), v.mat(bi, kh));
+            for (hi, h) in (kh * group..(kh + 1) * group).enumerate() {
+                let (qm, gm) = (q.mat(bi, h), go.mat(bi, h));
                 for &(r0, n, lim) in &blocks {
                     let first = ((bi * heads + h) * s + r0) * t;
                     // The block's probabilities, rows of t, as the forward pass had them.
@@ -253,14 +280,7 @@ pub fn attention_backward(
                     let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
                     let gob = gm.skip_rows(r0);
                     // dv += (dropped weights)ᵀ · go
-                    matmul(
-                        &mut dv[kh * e..],
-                        v_rs,
-                        (lim, e, n),
-                        (pm.t(), gob),
-                        true,
-                        1.0,
-                    );
+                    matmul(&mut dv, e, (lim, e, n), (pm.t(), gob), true, 1.0);
                     // ds = softmax gradient of (go · vᵀ) (times the mask / (1 − p)), rows of
                     // `lim`
                     matmul(&mut ds, lim, (n, lim, e), (gob, vm.t()), false, 1.0);
@@ -272,20 +292,33 @@ pub fn attention_backward(
                     }
                     let dsb = Mat::rows(&ds, lim);
                     // dq = scale · ds · k; dk += scale · dsᵀ · q
-                    let dqb = &mut dq[r0 * heads * d + h * d..];
-                    matmul(dqb, heads * d, (n, d, lim), (dsb, km), false, scale);
+                    let dqb = &mut dq[(hi * s + r0) * d..];
+                    matmul(dqb, d, (n, d, lim), (dsb, km), false, scale);
                     let qb = qm.skip_rows(r0);
-                    matmul(
-                        &mut dk[kh * d..],
-                        kv_rs,
-                        (lim, d, n),
-                        (dsb.t(), qb),
-                        true,
-                        scale,
-                    );
+                    matmul(&mut dk, d, (lim, d, n), (dsb.t(), qb), true, scale);
                 }
             }
-        });
+            (dq, dk, dv)
+        })
+        .collect();
+    // Into place: dq `[batch, queries, heads, d]`, dk `[batch, keys, kv_heads, d]`, dv
+    // `[batch, keys, kv_heads, e]`.
+    let hk = sh.kv_heads;
+    for (&(bi, kh), (gq, gk, gv)) in tasks.iter().zip(&grads) {
+        for hi in 0..group {
+            let h = kh * group + hi;
+            for i in 0..s {
+                let to = ((bi * s + i) * heads + h) * d;
+                dq[to..to + d].copy_from_slice(&gq[(hi * s + i) * d..(hi * s + i + 1) * d]);
+            }
+        }
+        for j in 0..t {
+            let to = ((bi * t + j) * hk + kh) * d;
+            dk[to..to + d].copy_from_slice(&gk[j * d..(j + 1) * d]);
+            let to = ((bi * t + j) * hk + kh) * e;
+            dv[to..to + e].copy_from_slice(&gv[j * e..(j + 1) * e]);
+        }
+    }
 }
 
 #[cfg(test)]
