@@ -462,3 +462,49 @@ fn the_fuzz_corpus_never_crashes_the_server() {
     c.shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Whether `tool` runs here (`tool --version`).
+fn installed(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A real editor's client: headless Neovim's built-in LSP client against `kiln lsp` on a
+/// recipe whose 3 heads do not divide the width (`editors/nvim/check.sh`), where nvim is
+/// installed.
+#[test]
+fn neovims_client_receives_kilns_diagnostics_and_hover() {
+    if !installed("nvim") {
+        eprintln!("nvim is not installed: skipped");
+        return;
+    }
+    let out = std::process::Command::new("sh")
+        .arg("editors/nvim/check.sh")
+        .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+        .output()
+        .unwrap();
+    let text = common::ok(&out);
+    assert!(
+        text.contains("broken.yaml:19:45: ERROR[K300] (kiln) width 16 is not divisible by 3 heads"),
+        "{text}"
+    );
+    assert!(text.contains("hover: **attention**"), "{text}");
+}
+
+/// The VS Code extension's manifest and activation (`editors/vscode/check.sh`), where node
+/// is installed.
+#[test]
+fn the_vs_code_extension_starts_kiln_lsp() {
+    if !installed("node") {
+        eprintln!("node is not installed: skipped");
+        return;
+    }
+    let out = std::process::Command::new("sh")
+        .arg("editors/vscode/check.sh")
+        .output()
+        .unwrap();
+    let text = common::ok(&out);
+    assert!(text.contains("ok: kiln-lsp"), "{text}");
+}

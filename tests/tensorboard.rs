@@ -109,3 +109,30 @@ fn a_training_run_writes_its_scalars_and_texts_for_tensorboard() {
     assert_eq!(texts, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// TensorBoard's own reader (`scripts/check_tensorboard.py`: EventAccumulator) on a run that
+/// was killed after its first checkpoint and resumed, where Python has the `tensorboard`
+/// package (`KILN_PYTHON` names the interpreter; default `python3`).
+#[test]
+fn tensorboards_own_reader_reads_a_killed_and_resumed_run() {
+    let python = std::env::var("KILN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = std::process::Command::new(&python)
+        .args(["-c", "import tensorboard"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        eprintln!("{python} has no `tensorboard` package: skipped");
+        return;
+    }
+    let out = std::process::Command::new(&python)
+        .arg("scripts/check_tensorboard.py")
+        .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    assert!(
+        text.contains("killed after its first checkpoint, resumed"),
+        "{text}"
+    );
+    assert!(text.contains("values equal to metrics.jsonl"), "{text}");
+}

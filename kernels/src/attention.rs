@@ -194,7 +194,14 @@ pub fn attention(
                     }
                     let first = ((bi * heads + h) * s + r0) * t;
                     let pm = value_weights(how, (first, t, lim), pb, hard, dropped);
-                    matmul(&mut ob[h * e..], heads * e, (n, e, lim), (pm, vm), false, 1.0);
+                    matmul(
+                        &mut ob[h * e..],
+                        heads * e,
+                        (n, e, lim),
+                        (pm, vm),
+                        false,
+                        1.0,
+                    );
                 }
                 st
             },
