@@ -126,8 +126,8 @@ fn value_weights<'b>(
 /// layout the heads are merged in) and, when
 /// given, each row's softmax statistics `stats` `[batch, heads, queries, 2]` (its largest score
 /// and the inverse of its sum of exponentials), all the backward pass needs: memory linear in
-/// the length. Blocks of [`ATTN_BLOCK`] rows (of every batch row, all heads) run in
-/// parallel; each holds the scores of one block at a time.
+/// the length. Batch rows run in parallel (blocks of [`ATTN_BLOCK`] rows of them when there
+/// are fewer batch rows than threads); each task holds the scores of one block at a time.
 ///
 /// With `how.drop`, the weights are dropped out before the product with v: element
 /// `((b·heads + h)·queries + i)·keys + j` of p (its row-major index) is kept, and scaled by
@@ -148,34 +148,40 @@ pub fn attention(
 ) {
     let (heads, s, t, d, e) = (sh.heads, sh.queries, sh.keys, sh.dim, sh.value_dim);
     let (group, blocks) = sh.plan(vis);
-    // One task per (batch row, row block), all heads: a long sequence of one batch row uses
-    // every core. The blocks cover the rows in order, so each owns a slice of o.
-    let mut tasks = Vec::with_capacity(sh.batch * blocks.len());
+    // A task per batch row, or, when there are fewer batch rows than threads (one long
+    // sequence), per row block of a batch row: it runs every head of its rows, owns their
+    // slice of o (the blocks cover the rows in order) and returns their statistics.
+    let per_task = if sh.batch >= rayon::current_num_threads() {
+        blocks.len()
+    } else {
+        1
+    };
+    let mut tasks = Vec::new();
     for (bi, ob) in o.chunks_mut(s * heads * e).enumerate() {
         let mut rest = ob;
-        for &block in &blocks {
-            let (mine, more) = rest.split_at_mut(block.1 * heads * e);
-            tasks.push((bi, block, mine));
+        for bl in blocks.chunks(per_task) {
+            let rows: usize = bl.iter().map(|b| b.1).sum();
+            let (mine, more) = rest.split_at_mut(rows * heads * e);
+            tasks.push((bi, bl, mine));
             rest = more;
         }
     }
     // Hard weights without a backward pass to come need no softmax.
     let want_stats = stats.is_some();
     let soft = !how.hard || want_stats;
-    let block_stats: Vec<Vec<f32>> = tasks
+    let task_stats: Vec<Vec<f32>> = tasks
         .into_par_iter()
-        .map_init(
-            || {
-                // The scores, the dropped weights and the hard weights of one block.
-                let scratch = vec![0.0f32; ATTN_BLOCK * t];
-                let dropped = block_buffer(how.drop.is_some(), t);
-                (scratch, dropped, block_buffer(how.hard, t))
-            },
-            |(scratch, dropped, hard), (bi, (r0, n, lim), ob)| {
-                // This block's statistics, [heads, n, 2].
-                let mut st = vec![0.0f32; if want_stats { heads * n * 2 } else { 0 }];
-                for h in 0..heads {
-                    let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
+        .map(|(bi, bl, ob)| {
+            let (r_base, rows) = (bl[0].0, bl.iter().map(|b| b.1).sum::<usize>());
+            // The scores, the dropped weights and the hard weights of one block.
+            let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
+            let mut dropped = block_buffer(how.drop.is_some(), t);
+            let mut hard = block_buffer(how.hard, t);
+            // The statistics of these rows, [heads, rows, 2].
+            let mut st = vec![0.0f32; if want_stats { heads * rows * 2 } else { 0 }];
+            for h in 0..heads {
+                let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
+                for &(r0, n, lim) in bl {
                     let pb = &mut scratch[..n * t];
                     matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
                     for (i, row) in pb.chunks_mut(t).enumerate() {
@@ -188,32 +194,31 @@ pub fn attention(
                         }
                         let row_st = softmax_in_place(&mut row[..lim], seen);
                         if want_stats {
-                            let at = 2 * (h * n + i);
+                            let at = 2 * (h * rows + r0 - r_base + i);
                             (st[at], st[at + 1]) = row_st;
                         }
                     }
                     let first = ((bi * heads + h) * s + r0) * t;
-                    let pm = value_weights(how, (first, t, lim), pb, hard, dropped);
-                    matmul(
-                        &mut ob[h * e..],
-                        heads * e,
-                        (n, e, lim),
-                        (pm, vm),
-                        false,
-                        1.0,
-                    );
+                    let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
+                    let ob = &mut ob[(r0 - r_base) * heads * e + h * e..];
+                    matmul(ob, heads * e, (n, e, lim), (pm, vm), false, 1.0);
                 }
-                st
-            },
-        )
+            }
+            st
+        })
         .collect();
     if let Some(stats) = stats {
-        let per_batch = blocks.len();
-        for (ti, st) in block_stats.iter().enumerate() {
-            let (bi, (r0, n, _)) = (ti / per_batch, blocks[ti % per_batch]);
+        let tasks_per_row = blocks.len().div_ceil(per_task);
+        for (ti, st) in task_stats.iter().enumerate() {
+            let (bi, bl) = (
+                ti / tasks_per_row,
+                &blocks[(ti % tasks_per_row) * per_task..],
+            );
+            let bl = &bl[..per_task.min(bl.len())];
+            let (r_base, rows) = (bl[0].0, bl.iter().map(|b| b.1).sum::<usize>());
             for h in 0..heads {
-                let at = 2 * ((bi * heads + h) * s + r0);
-                stats[at..at + 2 * n].copy_from_slice(&st[2 * h * n..2 * (h + 1) * n]);
+                let at = 2 * ((bi * heads + h) * s + r_base);
+                stats[at..at + 2 * rows].copy_from_slice(&st[2 * h * rows..2 * (h + 1) * rows]);
             }
         }
     }
@@ -248,84 +253,106 @@ pub fn attention_backward(
     let (heads, s, t, d, e) = (sh.heads, sh.queries, sh.keys, sh.dim, sh.value_dim);
     let (group, blocks) = sh.plan(vis);
     let per = heads * s;
-    // One task per (batch row, KV head), with the query heads that read it, so that one long
-    // batch row uses every core. Each writes its gradients into buffers of its own (dq of its
-    // query heads `[group, s, d]`, dk `[t, d]`, dv `[t, e]`), copied into place after: the
-    // sums are those of one pass over the heads and blocks in order, as before the split.
-    let tasks: Vec<(usize, usize)> = (0..sh.batch)
-        .flat_map(|bi| (0..sh.kv_heads).map(move |kh| (bi, kh)))
-        .collect();
-    let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
-        .par_iter()
-        .map(|&(bi, kh)| {
-            let (mut dq, mut dk, mut dv) = (
-                vec![0.0f32; group * s * d],
-                vec![0.0f32; t * d],
-                vec![0.0f32; t * e],
-            );
-            let mut ds = vec![0.0f32; ATTN_BLOCK * t];
-            let mut dropped = block_buffer(how.drop.is_some(), t);
-            let mut hard = block_buffer(how.hard, t);
-            let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
-            let (km, vm) = (k.mat(bi, kh), v.mat(bi, kh));
-            for (hi, h) in (kh * group..(kh + 1) * group).enumerate() {
-                let (qm, gm) = (q.mat(bi, h), go.mat(bi, h));
-                for &(r0, n, lim) in &blocks {
-                    let first = ((bi * heads + h) * s + r0) * t;
-                    // The block's probabilities, rows of t, as the forward pass had them.
-                    let pb = &mut scratch[..n * t];
-                    matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
-                    for (i, row) in pb.chunks_mut(t).enumerate() {
-                        let at = 2 * (bi * per + h * s + r0 + i);
-                        let (st, seen) = ((stats[at], stats[at + 1]), vis.limit(r0 + i, t));
-                        if how.hard {
-                            hard_row(&row[..lim], seen, &mut hard[i * lim..(i + 1) * lim]);
-                        }
-                        softmax_from_stats(&mut row[..lim], seen, st);
+    let (kv_rs, v_rs) = (sh.kv_heads * d, sh.kv_heads * e);
+    // The gradients of batch row `bi` from KV heads `khs` and the query heads that read them,
+    // written at rows of `rs` (dq, dk, dv) from column 0 for the first head of the range. The
+    // sums run over the heads and blocks in order, however the work is split.
+    let grads = |bi: usize,
+                 khs: std::ops::Range<usize>,
+                 (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+                 (q_rs, k_rs, v_rs): (usize, usize, usize)| {
+        let mut ds = vec![0.0f32; ATTN_BLOCK * t];
+        let mut dropped = block_buffer(how.drop.is_some(), t);
+        let mut hard = block_buffer(how.hard, t);
+        let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
+        let (h0, kh0) = (khs.start * group, khs.start);
+        for h in khs.start * group..khs.end * group {
+            let kh = h / group;
+            let (qm, km, vm, gm) = (q.mat(bi, h), k.mat(bi, kh), v.mat(bi, kh), go.mat(bi, h));
+            let (dv, dk) = (&mut dv[(kh - kh0) * e..], &mut dk[(kh - kh0) * d..]);
+            for &(r0, n, lim) in &blocks {
+                let first = ((bi * heads + h) * s + r0) * t;
+                // The block's probabilities, rows of t, as the forward pass had them.
+                let pb = &mut scratch[..n * t];
+                matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                for (i, row) in pb.chunks_mut(t).enumerate() {
+                    let at = 2 * (bi * per + h * s + r0 + i);
+                    let (st, seen) = ((stats[at], stats[at + 1]), vis.limit(r0 + i, t));
+                    if how.hard {
+                        hard_row(&row[..lim], seen, &mut hard[i * lim..(i + 1) * lim]);
                     }
-                    let pb = &*pb;
-                    let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
-                    let gob = gm.skip_rows(r0);
-                    // dv += (dropped weights)ᵀ · go
-                    matmul(&mut dv, e, (lim, e, n), (pm.t(), gob), true, 1.0);
-                    // ds = softmax gradient of (go · vᵀ) (times the mask / (1 − p)), rows of
-                    // `lim`
-                    matmul(&mut ds, lim, (n, lim, e), (gob, vm.t()), false, 1.0);
-                    for (i, g) in ds.chunks_mut(lim).take(n).enumerate() {
-                        if let Some(dr) = how.drop {
-                            dropout_in_place_chunk(dr, first + i * t, g);
-                        }
-                        softmax_grad_in_place(&pb[i * t..i * t + lim], g);
-                    }
-                    let dsb = Mat::rows(&ds, lim);
-                    // dq = scale · ds · k; dk += scale · dsᵀ · q
-                    let dqb = &mut dq[(hi * s + r0) * d..];
-                    matmul(dqb, d, (n, d, lim), (dsb, km), false, scale);
-                    let qb = qm.skip_rows(r0);
-                    matmul(&mut dk, d, (lim, d, n), (dsb.t(), qb), true, scale);
+                    softmax_from_stats(&mut row[..lim], seen, st);
                 }
-            }
-            (dq, dk, dv)
-        })
-        .collect();
-    // Into place: dq `[batch, queries, heads, d]`, dk `[batch, keys, kv_heads, d]`, dv
-    // `[batch, keys, kv_heads, e]`.
-    let hk = sh.kv_heads;
-    for (&(bi, kh), (gq, gk, gv)) in tasks.iter().zip(&grads) {
-        for hi in 0..group {
-            let h = kh * group + hi;
-            for i in 0..s {
-                let to = ((bi * s + i) * heads + h) * d;
-                dq[to..to + d].copy_from_slice(&gq[(hi * s + i) * d..(hi * s + i + 1) * d]);
+                let pb = &*pb;
+                let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
+                let gob = gm.skip_rows(r0);
+                // dv += (dropped weights)ᵀ · go
+                matmul(dv, v_rs, (lim, e, n), (pm.t(), gob), true, 1.0);
+                // ds = softmax gradient of (go · vᵀ) (times the mask / (1 − p)), rows of `lim`
+                matmul(&mut ds, lim, (n, lim, e), (gob, vm.t()), false, 1.0);
+                for (i, g) in ds.chunks_mut(lim).take(n).enumerate() {
+                    if let Some(dr) = how.drop {
+                        dropout_in_place_chunk(dr, first + i * t, g);
+                    }
+                    softmax_grad_in_place(&pb[i * t..i * t + lim], g);
+                }
+                let dsb = Mat::rows(&ds, lim);
+                // dq = scale · ds · k; dk += scale · dsᵀ · q
+                let dqb = &mut dq[r0 * q_rs + (h - h0) * d..];
+                matmul(dqb, q_rs, (n, d, lim), (dsb, km), false, scale);
+                let qb = qm.skip_rows(r0);
+                matmul(dk, k_rs, (lim, d, n), (dsb.t(), qb), true, scale);
             }
         }
-        for j in 0..t {
-            let to = ((bi * t + j) * hk + kh) * d;
-            dk[to..to + d].copy_from_slice(&gk[j * d..(j + 1) * d]);
-            let to = ((bi * t + j) * hk + kh) * e;
-            dv[to..to + e].copy_from_slice(&gv[j * e..(j + 1) * e]);
-        }
+    };
+    let (dq_n, dk_n, dv_n) = (s * heads * d, t * kv_rs, t * v_rs);
+    let rows = dq
+        .par_chunks_mut(dq_n)
+        .zip(dk.par_chunks_mut(dk_n).zip(dv.par_chunks_mut(dv_n)))
+        .enumerate();
+    if sh.batch >= rayon::current_num_threads() {
+        // A task per batch row, writing its gradients in place.
+        rows.for_each(|(bi, (dq, (dk, dv)))| {
+            dk.fill(0.0);
+            dv.fill(0.0);
+            grads(bi, 0..sh.kv_heads, (dq, dk, dv), (heads * d, kv_rs, v_rs));
+        });
+        return;
     }
+    // Fewer batch rows than threads (one long sequence): a task per (batch row, KV head),
+    // each into buffers of its own (dq of its query heads `[s, group · d]`, dk `[t, d]`, dv
+    // `[t, e]`), copied into place after.
+    rows.for_each(|(bi, (dq, (dk, dv)))| {
+        let parts: Vec<_> = (0..sh.kv_heads)
+            .into_par_iter()
+            .map(|kh| {
+                let mut g = (
+                    vec![0.0f32; s * group * d],
+                    vec![0.0f32; t * d],
+                    vec![0.0f32; t * e],
+                );
+                grads(
+                    bi,
+                    kh..kh + 1,
+                    (&mut g.0, &mut g.1, &mut g.2),
+                    (group * d, d, e),
+                );
+                g
+            })
+            .collect();
+        for (kh, (gq, gk, gv)) in parts.iter().enumerate() {
+            let (w, at) = (group * d, kh * group * d);
+            for (to, from) in dq.chunks_mut(heads * d).zip(gq.chunks(w)) {
+                to[at..at + w].copy_from_slice(from);
+            }
+            for (to, from) in dk.chunks_mut(kv_rs).zip(gk.chunks(d)) {
+                to[kh * d..(kh + 1) * d].copy_from_slice(from);
+            }
+            for (to, from) in dv.chunks_mut(v_rs).zip(gv.chunks(e)) {
+                to[kh * e..(kh + 1) * e].copy_from_slice(from);
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -557,6 +584,55 @@ mod tests {
             }
             check_grad(&format!("{case} dq"), &q, &dq, |q| loss(q, &k, &v));
             check_grad(&format!("{case} dk"), &k, &dk, |k| loss(&q, k, &v));
+        }
+    }
+
+    /// The work is split by batch row, or by row block and KV head when there are fewer batch
+    /// rows than threads: both splits give the same output, statistics and gradients, to the
+    /// bit.
+    #[test]
+    fn the_split_of_the_work_changes_no_bit() {
+        let in_pool = |threads: usize, f: &(dyn Fn() -> Vec<Vec<f32>> + Sync)| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(f)
+        };
+        for ((sh, vis), drop, hard) in variants() {
+            let how = Weighing {
+                drop: drop.as_ref(),
+                hard,
+            };
+            let AttnShape {
+                batch: b,
+                heads: h,
+                kv_heads: hk,
+                queries: s,
+                keys: t,
+                dim: d,
+                value_dim: e,
+            } = sh;
+            let q = data(b * h * s * d, 4, 1.5);
+            let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * e, 6, 1.5));
+            let w = data(b * s * h * e, 7, 1.0);
+            let all = || {
+                let (o, st) = run(&q, &k, &v, sh, vis, how);
+                let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
+                let mut dv = vec![0.0f32; v.len()];
+                let go = View4 {
+                    data: &w,
+                    off: 0,
+                    strides: [s * h * e, e, h * e],
+                };
+                let (qd, kd) = (dense(&q, [b, h, s, d]), dense(&k, [b, hk, t, d]));
+                let ins = (qd, kd, dense(&v, [b, hk, t, e]), go);
+                attention_backward(ins, &st, sh, 0.7, vis, how, &mut dq, &mut dk, &mut dv);
+                vec![o, st, dq, dk, dv]
+            };
+            // One thread: a task per batch row; more threads than batch rows: the split.
+            assert!(b < 8);
+            assert_eq!(in_pool(1, &all), in_pool(8, &all), "{sh:?} {vis:?} {how:?}");
         }
     }
 
