@@ -30,6 +30,7 @@ Generation is measured in eager mode only.
     python3 benches/vs_torch.py --only paper --rounds 3 --no-compile         # rows whose name has "paper"
     python3 benches/vs_torch.py --check                                      # 1 step each: rows work, counts match
     python3 benches/vs_torch.py --list                                       # the rows
+    python3 benches/vs_torch.py --long --markdown                            # long sequences
 
 On a 2-core CPU the whole matrix with 2 rounds takes about 25 minutes (the paper Transformer
 alone about 6). Where torch is not installed for `--python` the script says so and exits 0.
@@ -37,11 +38,13 @@ See docs/reference/benchmarks.md.
 """
 
 import argparse
+import atexit
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +68,7 @@ class Row:
     steps: int
     sets: list = field(default_factory=list)  # kiln --set; model.vars.X=Y also go to the twin
     gen: bool = True  # both sides decode from a cache / recurrent state
+    vocab: int = 5  # the task's vocabulary (aⁿbⁿ's unless the row trains on a uint16 stream)
 
 
 ROWS = [
@@ -98,6 +102,18 @@ ROWS = [
         PAPER + ["model.vars.max_len=257"], gen=False),
 ]
 
+# Long sequences (`--long`): one block of the modern Transformer at width 64 (4 heads of 16
+# features, as benches/scaling.rs) on the uint16 stream's vocabulary of 64; its attention through the
+# fused kernel in kiln, `F.scaled_dot_product_attention`'s memory-efficient CPU kernel in the
+# twin), batch 1, random tokens, no generation.
+LONG_ROWS = [
+    Row(f"long: transformer-modern, 1 block, {n} positions", "recipes/uint16-prng.yaml",
+        "transformer-modern", n, 1, w, k, [f"task.context={n}", "train.batch_size=1",
+                                           "model.vars.depth=1", "model.vars.d_model=64"],
+        gen=False, vocab=64)
+    for n, w, k in [(4096, 1, 3), (16384, 1, 1), (65536, 0, 1)]
+]
+
 
 def default_kiln():
     target = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
@@ -118,7 +134,7 @@ def commands(row, a, warmup, steps, gen_tokens):
     for s in COMMON + row.sets:
         kcmd += ["--set", s]
     tcmd = [a.python, "benches/torch_reference.py", "--model", row.twin, "--device", "cpu"]
-    tcmd += ["--threads", str(a.threads), "--vocab", "5", "--batch", str(row.batch)]
+    tcmd += ["--threads", str(a.threads), "--vocab", str(row.vocab), "--batch", str(row.batch)]
     tcmd += ["--seq", str(row.seq), "--warmup", str(warmup), "--steps", str(steps)]
     tcmd += ["--gen-tokens", str(gen_tokens), "--gen-batch", "4"]
     for s in row.sets:
@@ -157,10 +173,12 @@ def main():
                    help="one round of 1 warm-up + 1 timed step and 4 generated tokens per row: "
                         "every row runs and the parameter counts match (timings meaningless)")
     p.add_argument("--list", action="store_true", help="print the rows and exit")
+    p.add_argument("--long", action="store_true",
+                   help="the long-sequence rows (batch 1, 4 096 to 65 536 positions) instead")
     p.add_argument("--python", default=sys.executable, help="the Python that has torch")
     p.add_argument("--kiln", default=default_kiln(), help="the release binary")
     a = p.parse_args()
-    rows = [r for r in ROWS if a.only in r.name]
+    rows = [r for r in (LONG_ROWS if a.long else ROWS) if a.only in r.name]
     if a.list:
         for r in rows:
             sets = " ".join(f"--set {s}" for s in r.sets)
@@ -176,6 +194,14 @@ def main():
     if not Path(a.kiln).exists():
         sys.exit(f"{a.kiln} does not exist: run `cargo build --release` first")
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+    if a.long:
+        # A stream long enough for one window of 65 536 values in its validation part (10 %).
+        stream = Path(tempfile.gettempdir()) / f"kiln-vs-torch-{os.getpid()}.u16"
+        subprocess.run([a.kiln, "data", "generate", "prng", "--values", "700000", "--out",
+                        str(stream)], check=True, capture_output=True)
+        atexit.register(lambda: stream.unlink(missing_ok=True))
+        for r in rows:
+            r.sets = r.sets + [f"task.path={stream}"]
     rounds = 1 if a.check else a.rounds
     results = []
     torch_version = "pytorch"
