@@ -463,12 +463,23 @@ fn the_fuzz_corpus_never_crashes_the_server() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Whether `tool` runs here (`tool --version`).
-fn installed(tool: &str) -> bool {
-    std::process::Command::new(tool)
+/// The output of `sh script` (with `KILN` naming the binary under test), or `None` where `tool`
+/// is not installed (`tool --version` fails).
+fn editor_check(tool: &str, script: &str) -> Option<String> {
+    let installed = std::process::Command::new(tool)
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!("{tool} is not installed: skipped");
+        return None;
+    }
+    let out = std::process::Command::new("sh")
+        .arg(script)
+        .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+        .output()
+        .unwrap();
+    Some(common::ok(&out))
 }
 
 /// A real editor's client: headless Neovim's built-in LSP client against `kiln lsp` on a
@@ -476,16 +487,9 @@ fn installed(tool: &str) -> bool {
 /// installed.
 #[test]
 fn neovims_client_receives_kilns_diagnostics_and_hover() {
-    if !installed("nvim") {
-        eprintln!("nvim is not installed: skipped");
+    let Some(text) = editor_check("nvim", "editors/nvim/check.sh") else {
         return;
-    }
-    let out = std::process::Command::new("sh")
-        .arg("editors/nvim/check.sh")
-        .env("KILN", env!("CARGO_BIN_EXE_kiln"))
-        .output()
-        .unwrap();
-    let text = common::ok(&out);
+    };
     assert!(
         text.contains("broken.yaml:19:45: ERROR[K300] (kiln) width 16 is not divisible by 3 heads"),
         "{text}"
@@ -497,14 +501,8 @@ fn neovims_client_receives_kilns_diagnostics_and_hover() {
 /// is installed.
 #[test]
 fn the_vs_code_extension_starts_kiln_lsp() {
-    if !installed("node") {
-        eprintln!("node is not installed: skipped");
+    let Some(text) = editor_check("node", "editors/vscode/check.sh") else {
         return;
-    }
-    let out = std::process::Command::new("sh")
-        .arg("editors/vscode/check.sh")
-        .output()
-        .unwrap();
-    let text = common::ok(&out);
+    };
     assert!(text.contains("ok: kiln-lsp"), "{text}");
 }

@@ -177,6 +177,46 @@ fn hard_weights_share_tied_maxima() {
     assert_eq!(out, [0.0, 0.5, 0.0, 0.5, 0.0]);
 }
 
+/// q `[b, h, s, d]`, k `[b, hk, t, d]`, v `[b, hk, t, e]` and a loss's weights `w` laid out
+/// like o, `[b, s, h, e]`.
+fn inputs(sh: AttnShape) -> [Vec<f32>; 4] {
+    let (b, h, hk, s, t) = (sh.batch, sh.heads, sh.kv_heads, sh.queries, sh.keys);
+    [
+        data(b * h * s * sh.dim, 4, 1.5),
+        data(b * hk * t * sh.dim, 5, 1.5),
+        data(b * hk * t * sh.value_dim, 6, 1.5),
+        data(b * s * h * sh.value_dim, 7, 1.0),
+    ]
+}
+
+/// [`attention_backward`] of the loss `Σ w · o` from the statistics `st`: dq `[b, s, h, d]`,
+/// dk `[b, t, hk, d]` and dv `[b, t, hk, e]`, as the kernel lays them out.
+fn backward(
+    [q, k, v, w]: &[Vec<f32>; 4],
+    st: &[f32],
+    (sh, vis): (AttnShape, Visible),
+    how: Weighing,
+) -> [Vec<f32>; 3] {
+    let (b, h, hk, s, t) = (sh.batch, sh.heads, sh.kv_heads, sh.queries, sh.keys);
+    let (d, e) = (sh.dim, sh.value_dim);
+    let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
+    let mut dv = vec![0.0f32; v.len()];
+    // o's gradient read as [b, h, s, e] through its [b, s, h, e] layout.
+    let go = View4 {
+        data: w,
+        off: 0,
+        strides: [s * h * e, e, h * e],
+    };
+    let ins = (
+        dense(q, [b, h, s, d]),
+        dense(k, [b, hk, t, d]),
+        dense(v, [b, hk, t, e]),
+        go,
+    );
+    attention_backward(ins, st, sh, 0.7, vis, how, &mut dq, &mut dk, &mut dv);
+    [dq, dk, dv]
+}
+
 /// Hard attention's gradients: v's those of its forward pass (linear in v), the scores'
 /// the softmax's (straight-through), so q's and k's are soft attention's to the bit.
 #[test]
@@ -186,47 +226,28 @@ fn the_gradients_match_finite_differences() {
             drop: drop.as_ref(),
             hard,
         };
-        let AttnShape {
-            batch: b,
-            heads: h,
-            kv_heads: hk,
-            queries: s,
-            keys: t,
-            dim: d,
-            value_dim: e,
-        } = sh;
-        let (qs, ks, vs) = ([b, h, s, d], [b, hk, t, d], [b, hk, t, e]);
-        let q = data(b * h * s * d, 4, 1.5);
-        let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * e, 6, 1.5));
-        // The loss's weights, laid out like o: [b, s, h, e].
-        let w = data(b * s * h * e, 7, 1.0);
-        let (_, st) = run(&q, &k, &v, sh, vis, how);
+        let (b, h, hk, s, t) = (sh.batch, sh.heads, sh.kv_heads, sh.queries, sh.keys);
+        let (d, e) = (sh.dim, sh.value_dim);
+        let ins = inputs(sh);
+        let [q, k, v, w] = &ins;
+        let (_, st) = run(q, k, v, sh, vis, how);
         let grads = |how| {
-            let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
-            let mut dv = vec![0.0f32; v.len()];
-            // o's gradient read as [b, h, s, e] through its [b, s, h, e] layout.
-            let go = View4 {
-                data: &w,
-                off: 0,
-                strides: [s * h * e, e, h * e],
-            };
-            let ins = (dense(&q, qs), dense(&k, ks), dense(&v, vs), go);
-            attention_backward(ins, &st, sh, 0.7, vis, how, &mut dq, &mut dk, &mut dv);
-            // dq is laid out as [b, s, h, d], dk and dv as [b, t, hk, ·].
+            let [dq, dk, dv] = backward(&ins, &st, (sh, vis), how);
+            // As [b, h, s, d] and [b, hk, t, ·], like q, k and v.
             let dq = swap12(&dq, [b, s, h, d]);
             (dq, swap12(&dk, [b, t, hk, d]), swap12(&dv, [b, t, hk, e]))
         };
         let (dq, dk, dv) = grads(how);
         let case = format!("{sh:?} {vis:?} {how:?}");
-        let loss = |q: &[f32], k: &[f32], v: &[f32]| weighted(&run(q, k, v, sh, vis, how).0, &w);
-        check_grad(&format!("{case} dv"), &v, &dv, |v| loss(&q, &k, v));
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| weighted(&run(q, k, v, sh, vis, how).0, w);
+        check_grad(&format!("{case} dv"), v, &dv, |v| loss(q, k, v));
         if hard {
             let (sq, sk, _) = grads(Weighing { hard: false, ..how });
             assert_eq!((dq, dk), (sq, sk), "{case}");
             continue;
         }
-        check_grad(&format!("{case} dq"), &q, &dq, |q| loss(q, &k, &v));
-        check_grad(&format!("{case} dk"), &k, &dk, |k| loss(&q, k, &v));
+        check_grad(&format!("{case} dq"), q, &dq, |q| loss(q, k, v));
+        check_grad(&format!("{case} dk"), k, &dk, |k| loss(q, k, v));
     }
 }
 
@@ -247,34 +268,15 @@ fn the_split_of_the_work_changes_no_bit() {
             drop: drop.as_ref(),
             hard,
         };
-        let AttnShape {
-            batch: b,
-            heads: h,
-            kv_heads: hk,
-            queries: s,
-            keys: t,
-            dim: d,
-            value_dim: e,
-        } = sh;
-        let q = data(b * h * s * d, 4, 1.5);
-        let (k, v) = (data(b * hk * t * d, 5, 1.5), data(b * hk * t * e, 6, 1.5));
-        let w = data(b * s * h * e, 7, 1.0);
+        let ins = inputs(sh);
         let all = || {
-            let (o, st) = run(&q, &k, &v, sh, vis, how);
-            let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
-            let mut dv = vec![0.0f32; v.len()];
-            let go = View4 {
-                data: &w,
-                off: 0,
-                strides: [s * h * e, e, h * e],
-            };
-            let (qd, kd) = (dense(&q, [b, h, s, d]), dense(&k, [b, hk, t, d]));
-            let ins = (qd, kd, dense(&v, [b, hk, t, e]), go);
-            attention_backward(ins, &st, sh, 0.7, vis, how, &mut dq, &mut dk, &mut dv);
+            let [q, k, v, _] = &ins;
+            let (o, st) = run(q, k, v, sh, vis, how);
+            let [dq, dk, dv] = backward(&ins, &st, (sh, vis), how);
             vec![o, st, dq, dk, dv]
         };
         // One thread: a task per batch row; more threads than batch rows: the split.
-        assert!(b < 8);
+        assert!(sh.batch < 8);
         assert_eq!(in_pool(1, &all), in_pool(8, &all), "{sh:?} {vis:?} {how:?}");
     }
 }
