@@ -105,7 +105,7 @@ ROWS = [
 # Long sequences (`--long`): one block of the modern Transformer at width 64 (4 heads of 16
 # features, as benches/scaling.rs) on the uint16 stream's vocabulary of 64; its attention through the
 # fused kernel in kiln, `F.scaled_dot_product_attention`'s memory-efficient CPU kernel in the
-# twin), batch 1, random tokens, no generation.
+# twin), batch 1, no generation; kiln trains on a PRNG stream, the twin on random tokens.
 LONG_ROWS = [
     Row(f"long: transformer-modern, 1 block, {n} positions", "recipes/uint16-prng.yaml",
         "transformer-modern", n, 1, w, k, [f"task.context={n}", "train.batch_size=1",
@@ -197,9 +197,9 @@ def main():
     if a.long:
         # A stream long enough for one window of 65 536 values in its validation part (10 %).
         stream = Path(tempfile.gettempdir()) / f"kiln-vs-torch-{os.getpid()}.u16"
+        atexit.register(lambda: stream.unlink(missing_ok=True))
         subprocess.run([a.kiln, "data", "generate", "prng", "--values", "700000", "--out",
                         str(stream)], check=True, capture_output=True)
-        atexit.register(lambda: stream.unlink(missing_ok=True))
         for r in rows:
             r.sets = r.sets + [f"task.path={stream}"]
     rounds = 1 if a.check else a.rounds

@@ -117,7 +117,11 @@ fn a_training_run_writes_its_scalars_and_texts_for_tensorboard() {
 fn tensorboards_own_reader_reads_a_killed_and_resumed_run() {
     let python = std::env::var("KILN_PYTHON").unwrap_or_else(|_| "python3".into());
     let has = std::process::Command::new(&python)
-        .args(["-c", "import tensorboard"])
+        .args([
+            "-c",
+            "from tensorboard.backend.event_processing import event_accumulator\n\
+             from tensorboard.util import tensor_util",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has {

@@ -17,5 +17,9 @@ dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir/recipes"
 sed 's/heads: 2/heads: 3/' "$root/recipes/anbn-inline.yaml" > "$dir/recipes/broken.yaml"
+# check.lua quits on success; a Lua error leaves nvim at its next -c, which exits with status 2.
+# `timeout` bounds the whole run where it exists.
+bound=""
+command -v timeout >/dev/null 2>&1 && bound="timeout 120"
 KILN="$KILN" KILN_CHECK_FILE="$dir/recipes/broken.yaml" \
-  nvim --headless --clean -n -c "luafile $root/editors/nvim/check.lua" 2>&1
+  $bound nvim --headless --clean -n -c "luafile $root/editors/nvim/check.lua" -c "cquit 2" 2>&1

@@ -10,5 +10,7 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 node check.js
 if command -v vsce >/dev/null 2>&1 && [ -d node_modules ]; then
-  vsce package --out /tmp/kiln-lsp.vsix && echo "packed /tmp/kiln-lsp.vsix"
+  out="$(mktemp -d)/kiln-lsp.vsix"
+  vsce package --allow-missing-repository --skip-license --out "$out" </dev/null \
+    && echo "packed $out"
 fi

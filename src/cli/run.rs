@@ -71,9 +71,13 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
     };
     let name = doc.spec.name.clone().unwrap_or_else(|| "recipe".into());
     // Refuse what cannot fit before anything is written, at the length the run pads to.
-    let stored = resume
-        .as_ref()
-        .and_then(|_| train::stored_state(&dir.join("checkpoint.safetensors")));
+    // An ensemble's checkpoints are its members' (`member-<seed>/`), which all pad alike.
+    let ckpt = |d: PathBuf| train::stored_state(&d.join("checkpoint.safetensors"));
+    let first_member = doc.spec.ensemble.as_ref().and_then(|e| e.seeds.first());
+    let stored = resume.as_ref().and_then(|_| {
+        ckpt(dir.clone())
+            .or_else(|| first_member.and_then(|s| ckpt(dir.join(format!("member-{s}")))))
+    });
     let pad_to = a.pad_to.unwrap_or_else(|| {
         train::default_pad_to(a.device != DeviceKind::Cpu, stored.and_then(|s| s.pad_to))
     });

@@ -127,6 +127,10 @@ pub fn file_metadata(path: &Path) -> Result<BTreeMap<String, String>, WeightsErr
         .ok()
         .filter(|&n| n <= 100_000_000)
         .ok_or_else(|| format("its header length is not a safetensors one".into()))?;
+    // Nothing is allocated for a header the file cannot hold.
+    if f.metadata().map_or(0, |m| m.len()) < n as u64 + 8 {
+        return Err(format("its header is cut short".into()));
+    }
     let mut text = vec![0u8; n];
     f.read_exact(&mut text)
         .map_err(|_| format("its header is cut short".into()))?;

@@ -171,41 +171,49 @@ pub fn attention(
     let soft = !how.hard || want_stats;
     let task_stats: Vec<Vec<f32>> = tasks
         .into_par_iter()
-        .map(|(bi, bl, ob)| {
-            let (r_base, rows) = (bl[0].0, bl.iter().map(|b| b.1).sum::<usize>());
-            // The scores, the dropped weights and the hard weights of one block.
-            let mut scratch = vec![0.0f32; ATTN_BLOCK * t];
-            let mut dropped = block_buffer(how.drop.is_some(), t);
-            let mut hard = block_buffer(how.hard, t);
-            // The statistics of these rows, [heads, rows, 2].
-            let mut st = vec![0.0f32; if want_stats { heads * rows * 2 } else { 0 }];
-            for h in 0..heads {
-                let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
-                for &(r0, n, lim) in bl {
-                    let pb = &mut scratch[..n * t];
-                    matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
-                    for (i, row) in pb.chunks_mut(t).enumerate() {
-                        let seen = vis.limit(r0 + i, t);
-                        if how.hard {
-                            hard_row(&row[..lim], seen, &mut hard[i * lim..(i + 1) * lim]);
+        .map_init(
+            || {
+                // The scores, the dropped weights and the hard weights of one block, made once
+                // per worker, not per task.
+                let scratch = vec![0.0f32; ATTN_BLOCK * t];
+                (
+                    scratch,
+                    block_buffer(how.drop.is_some(), t),
+                    block_buffer(how.hard, t),
+                )
+            },
+            |(scratch, dropped, hard), (bi, bl, ob)| {
+                let (r_base, rows) = (bl[0].0, bl.iter().map(|b| b.1).sum::<usize>());
+                // The statistics of these rows, [heads, rows, 2].
+                let mut st = vec![0.0f32; if want_stats { heads * rows * 2 } else { 0 }];
+                for h in 0..heads {
+                    let (qm, km, vm) = (q.mat(bi, h), k.mat(bi, h / group), v.mat(bi, h / group));
+                    for &(r0, n, lim) in bl {
+                        let pb = &mut scratch[..n * t];
+                        matmul(pb, t, (n, lim, d), (qm.skip_rows(r0), km.t()), false, scale);
+                        for (i, row) in pb.chunks_mut(t).enumerate() {
+                            let seen = vis.limit(r0 + i, t);
+                            if how.hard {
+                                hard_row(&row[..lim], seen, &mut hard[i * lim..(i + 1) * lim]);
+                            }
+                            if !soft {
+                                continue;
+                            }
+                            let row_st = softmax_in_place(&mut row[..lim], seen);
+                            if want_stats {
+                                let at = 2 * (h * rows + r0 - r_base + i);
+                                (st[at], st[at + 1]) = row_st;
+                            }
                         }
-                        if !soft {
-                            continue;
-                        }
-                        let row_st = softmax_in_place(&mut row[..lim], seen);
-                        if want_stats {
-                            let at = 2 * (h * rows + r0 - r_base + i);
-                            (st[at], st[at + 1]) = row_st;
-                        }
+                        let first = ((bi * heads + h) * s + r0) * t;
+                        let pm = value_weights(how, (first, t, lim), pb, hard, dropped);
+                        let ob = &mut ob[(r0 - r_base) * heads * e + h * e..];
+                        matmul(ob, heads * e, (n, e, lim), (pm, vm), false, 1.0);
                     }
-                    let first = ((bi * heads + h) * s + r0) * t;
-                    let pm = value_weights(how, (first, t, lim), pb, &hard, &mut dropped);
-                    let ob = &mut ob[(r0 - r_base) * heads * e + h * e..];
-                    matmul(ob, heads * e, (n, e, lim), (pm, vm), false, 1.0);
                 }
-            }
-            st
-        })
+                st
+            },
+        )
         .collect();
     if let Some(stats) = stats {
         let tasks_per_row = blocks.len().div_ceil(per_task);

@@ -69,12 +69,13 @@ fn run(
         dim: d,
         value_dim: e,
     } = sh;
-    let (mut st, mut o) = (vec![0.0f32; b * h * s * 2], vec![0.0f32; b * s * h * e]);
+    // NaN where the kernel has not written: every element must be.
+    let (mut st, mut o) = (vec![f32::NAN; b * h * s * 2], vec![f32::NAN; b * s * h * e]);
     let (qs, ks) = ([b, h, s, d], [b, hk, t, d]);
     let (q, k, v) = (dense(q, qs), dense(k, ks), dense(v, [b, hk, t, e]));
     attention(q, k, v, sh, 0.7, vis, how, Some(&mut st), &mut o);
     // Without the statistics (no backward pass to come): the same output to the bit.
-    let mut o2 = vec![0.0f32; o.len()];
+    let mut o2 = vec![f32::NAN; o.len()];
     attention(q, k, v, sh, 0.7, vis, how, None, &mut o2);
     assert_eq!(o, o2, "{sh:?} {vis:?}");
     (o, st)
@@ -199,8 +200,9 @@ fn backward(
 ) -> [Vec<f32>; 3] {
     let (b, h, hk, s, t) = (sh.batch, sh.heads, sh.kv_heads, sh.queries, sh.keys);
     let (d, e) = (sh.dim, sh.value_dim);
-    let (mut dq, mut dk) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()]);
-    let mut dv = vec![0.0f32; v.len()];
+    // NaN where the kernel has not written: every element must be.
+    let (mut dq, mut dk) = (vec![f32::NAN; q.len()], vec![f32::NAN; k.len()]);
+    let mut dv = vec![f32::NAN; v.len()];
     // o's gradient read as [b, h, s, e] through its [b, s, h, e] layout.
     let go = View4 {
         data: w,

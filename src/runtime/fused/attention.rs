@@ -113,8 +113,9 @@ fn attention_forward(
 
 /// Attention `softmax(scale · q kᵀ) v` of q `[b, h, s, d]` over k `[b, h_kv, t, d]` and v
 /// `[b, h_kv, t, e]` (query head i reads KV head i / (h / h_kv); the output is `[b, h, s, e]`), each query over the keys `vis` lets it see
-/// (`vis.queries` = s). One fused op forward (per batch row, in parallel: per head two matrix
-/// products and the softmax, in causal row blocks) and one backward. q, k, v and the output's
+/// (`vis.queries` = s). One fused op forward (per batch row, in parallel, or per row block when
+/// batch rows are fewer than threads: per head two matrix products and the softmax, in causal
+/// row blocks) and one backward. q, k, v and the output's
 /// gradient are read through their strides (the head split's transposed views cost no copy);
 /// the output and q's gradient come laid out as `[b, s, h, d]`, so merging and splitting the
 /// heads costs no copy either. Equal to [`attention_plain`].
