@@ -58,6 +58,17 @@ fn resuming_a_finished_run_changes_nothing() {
     );
     assert_eq!(line(&again, "OOD ("), line(&first, "OOD ("));
     assert_eq!(std::fs::read(d.join("summary.json")).unwrap(), summary);
+    // A finished run's stored result is shown even where training it again could not fit
+    // (here: a recipe whose batch needs far more memory than any test machine has). Before,
+    // the memory check refused it with exit 4.
+    let recipe = d.join("recipe.resolved.yaml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let huge = text.replacen("\"batch_size\": 32", "\"batch_size\": 1048576", 1);
+    assert_ne!(huge, text, "{text}");
+    std::fs::write(&recipe, huge).unwrap();
+    let again = ok(&resume());
+    assert_eq!(line(&again, "OOD ("), line(&first, "OOD ("));
+    std::fs::write(&recipe, &text).unwrap();
     // Finished, but killed before its summary was written (a sweep re-resumes such a trial):
     // the losses come from the checkpoint.
     std::fs::remove_file(d.join("summary.json")).unwrap();

@@ -81,19 +81,19 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
     let pad_to = a.pad_to.unwrap_or_else(|| {
         train::default_pad_to(a.device != DeviceKind::Cpu, stored.and_then(|s| s.pad_to))
     });
-    if !a.ignore_memory {
-        if let Err(e) = train::memory::training(&graph, &doc.spec, pad_to).check("training") {
-            eprintln!("error: {e}");
-            return exit::TOO_LARGE;
-        }
-    }
+    let too_large = || {
+        let est = train::memory::training(&graph, &doc.spec, pad_to);
+        let e = est.check("training").err().filter(|_| !a.ignore_memory)?;
+        eprintln!("error: {e}");
+        Some(exit::TOO_LARGE)
+    };
     // One writer per run directory, held until this process ends.
     let (dir, _lock) = if resume.is_some() {
         let lock = match super::lock_dir(&dir, crate::os::lock::Mode::Exclusive) {
             Ok(l) => l,
             Err(code) => return code,
         };
-        // A finished run: its stored result, unchanged.
+        // A finished run: its stored result, unchanged (nothing is run, so nothing need fit).
         if let Some(summary) = read_summary(&dir) {
             eprintln!(
                 "kiln: `{}` has finished; its stored result (nothing was run or changed):",
@@ -102,8 +102,14 @@ pub fn train_cmd(a: &TrainArgs) -> i32 {
             print_summary(&name, &graph, &summary, &dir);
             return exit::OK;
         }
+        if let Some(code) = too_large() {
+            return code;
+        }
         (dir, lock)
     } else {
+        if let Some(code) = too_large() {
+            return code;
+        }
         let dir = out.unwrap_or_else(|| {
             let name = doc.spec.name.clone().unwrap_or_else(|| "run".into());
             let secs = std::time::SystemTime::now()
