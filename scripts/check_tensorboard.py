@@ -176,6 +176,8 @@ def tiny_run(out):
     killed = child.poll() is None
     child.send_signal(signal.SIGKILL)
     _, err = child.communicate()
+    if killed and not (out / "checkpoint.safetensors").exists():
+        raise Failed(f"kiln train wrote no checkpoint within 300 s; killed:\n{err}")
     if not killed and child.returncode != 0:
         raise Failed(f"kiln train failed:\n{err}")
     print(f"tiny run: {'killed after its first checkpoint' if killed else 'finished before the kill'}"
