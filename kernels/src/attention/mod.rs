@@ -162,14 +162,15 @@ pub fn attention(
         for bl in blocks.chunks(per_task) {
             let rows: usize = bl.iter().map(|b| b.1).sum();
             let (mine, more) = rest.split_at_mut(rows * heads * e);
-            tasks.push((bi, bl, mine));
+            tasks.push((bi, bl, (bl[0].0, rows), mine));
             rest = more;
         }
     }
     // Hard weights without a backward pass to come need no softmax.
     let want_stats = stats.is_some();
     let soft = !how.hard || want_stats;
-    let task_stats: Vec<Vec<f32>> = tasks
+    // Each task's statistics, with the batch row and the rows (first, count) they are for.
+    let task_stats: Vec<(usize, (usize, usize), Vec<f32>)> = tasks
         .into_par_iter()
         .map_init(
             || {
@@ -182,8 +183,7 @@ pub fn attention(
                     block_buffer(how.hard, t),
                 )
             },
-            |(scratch, dropped, hard), (bi, bl, ob)| {
-                let (r_base, rows) = (bl[0].0, bl.iter().map(|b| b.1).sum::<usize>());
+            |(scratch, dropped, hard), (bi, bl, (r_base, rows), ob)| {
                 // The statistics of these rows, [heads, rows, 2].
                 let mut st = vec![0.0f32; if want_stats { heads * rows * 2 } else { 0 }];
                 for h in 0..heads {
@@ -211,19 +211,13 @@ pub fn attention(
                         matmul(ob, heads * e, (n, e, lim), (pm, vm), false, 1.0);
                     }
                 }
-                st
+                (bi, (r_base, rows), st)
             },
         )
         .collect();
     if let Some(stats) = stats {
-        let tasks_per_row = blocks.len().div_ceil(per_task);
-        for (ti, st) in task_stats.iter().enumerate() {
-            let (bi, bl) = (
-                ti / tasks_per_row,
-                &blocks[(ti % tasks_per_row) * per_task..],
-            );
-            let bl = &bl[..per_task.min(bl.len())];
-            let (r_base, rows) = (bl[0].0, bl.iter().map(|b| b.1).sum::<usize>());
+        for (bi, (r_base, rows), st) in &task_stats {
+            let (bi, r_base, rows) = (*bi, *r_base, *rows);
             for h in 0..heads {
                 let at = 2 * ((bi * heads + h) * s + r_base);
                 stats[at..at + 2 * rows].copy_from_slice(&st[2 * h * rows..2 * (h + 1) * rows]);
